@@ -1,0 +1,7 @@
+"""CLI: grant commands (placeholder until implemented)."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,29 @@
+"""One error tree.  Every message is a user-facing sentence; the CLI maps classes to exit codes."""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base of every error mcp-guard raises on purpose.  ``str(e)`` is shown to people as is."""
+
+    exit_code: int = 1
+
+
+class ConfigError(GuardError):
+    """guard.yaml or a policy file is invalid.  ``problems`` holds ``file:line:col: message`` lines."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = problems if problems is not None else [message]
+
+
+class UpstreamError(GuardError):
+    """An upstream server failed to start, crashed, hung or answered nonsense."""
+
+
+class StateError(GuardError):
+    """The state store (budgets, rate limits, revocations, approvals) is unreachable or corrupt."""
+
+
+class AuditError(GuardError):
+    """The audit log could not be written; the guard refuses the call (fail closed)."""
