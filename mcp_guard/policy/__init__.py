@@ -1,0 +1,99 @@
+"""The policy engine: YAML tool policies -> a compiled ``PolicySet`` -> ``Decision`` values.
+
+Pure: no asyncio, no MCP, no telemetry.  The public surface::
+
+    policies = load("policies/")                     # or load_sources([(name, text), ...])
+    decide(policies, principal, "fs/read_file", {"path": "/srv/a"})  -> Decision
+    visible(policies, principal, "fs/read_file")                       -> bool
+    holder = PolicyHolder(lambda: load("policies/")); holder.reload()   # hot reload, keeps last good
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from os import PathLike
+from typing import Any
+
+from mcp_guard.errors import ConfigError
+from mcp_guard.identity import Principal
+from mcp_guard.policy.engine import BoundLimit, Explanation, PolicySet, PolicyTrace, RuleTrace
+from mcp_guard.policy.model import Condition, Decision, Effect, Limit, Policy, Rule, RuleRef, Subjects
+from mcp_guard.policy.parse import Parsed, dump, parse_sources, parse_text
+
+__all__ = [
+    "BoundLimit",
+    "Condition",
+    "Decision",
+    "Effect",
+    "Explanation",
+    "Limit",
+    "Parsed",
+    "Policy",
+    "PolicyHolder",
+    "PolicySet",
+    "PolicyTrace",
+    "Rule",
+    "RuleRef",
+    "RuleTrace",
+    "Subjects",
+    "decide",
+    "dump",
+    "load",
+    "load_sources",
+    "parse_sources",
+    "parse_text",
+    "visible",
+]
+
+
+def load_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str] | None = None) -> PolicySet:
+    """Parse and compile ``(file name, text)`` pairs; ``ConfigError`` lists every problem at once."""
+    parsed = parse_sources(sources, upstreams=upstreams)
+    if parsed.errors:
+        n = len(parsed.errors)
+        raise ConfigError(f"invalid policies ({n} problem{'s' if n != 1 else ''})", parsed.lines())
+    return PolicySet(parsed.policies, [str(w) for w in parsed.warnings])
+
+
+def load(*paths: str | PathLike[str], upstreams: Sequence[str] | None = None) -> PolicySet:
+    """Load policy files and directories (every ``*.yaml`` under them, ``*.test.yaml`` excepted)."""
+    from pathlib import Path
+
+    from mcp_guard.config import policy_sources  # the one module that reads files
+
+    return load_sources(policy_sources([Path(p) for p in paths]), upstreams=upstreams)
+
+
+def decide(policies: PolicySet, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
+           annotations: Mapping[str, Any] | None = None) -> Decision:
+    """Decide one call of ``tool`` (``UPSTREAM/TOOL``); see ``PolicySet.decide``."""
+    return policies.decide(principal, tool, args, annotations)
+
+
+def visible(policies: PolicySet, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``tools/list`` shows ``tool`` to ``principal``; see ``PolicySet.visible``."""
+    return policies.visible(principal, tool, annotations)
+
+
+class PolicyHolder:
+    """The live policy set.  ``reload`` builds the new set beside the old and swaps the reference
+    (atomic for readers); a broken source keeps the last good set and returns why."""
+
+    def __init__(self, build: Callable[[], PolicySet]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self.current: PolicySet = build()
+        self.last_problems: list[str] = []
+
+    def reload(self) -> list[str]:
+        """Rebuild; returns the problems that kept the old set ([] when swapped in)."""
+        with self._lock:
+            try:
+                fresh = self._build()
+            except ConfigError as exc:
+                self.last_problems = list(exc.problems)
+                return self.last_problems
+            self.current = fresh
+            self.last_problems = []
+            return []
