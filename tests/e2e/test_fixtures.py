@@ -30,6 +30,7 @@ from fixtures import (
 )
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from pydantic import FileUrl
 
 from mcp_guard.config import load_config
 
@@ -100,20 +101,20 @@ async def test_recording_server_announces_list_changed() -> None:
 
 
 async def test_recording_server_progress_roots_env(record_file: RecordFile) -> None:
-    progress: list[float] = []
+    seen: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     async def on_roots(ctx: Any) -> t.ListRootsResult:
-        return t.ListRootsResult(roots=[t.Root(uri="file:///srv/work", name="work")])
+        return t.ListRootsResult(roots=[t.Root(uri=FileUrl("file:///srv/work"), name="work")])
 
     env = tools_env({**record_file.env(), "FIXTURE_SECRET": "s3"})
     async with stdio_session(recording_server_command(), env=env, list_roots_callback=on_roots) as c:
         await c.call_tool("slow", {"seconds": 0.2}, progress_callback=on_progress)
         assert json.loads(_text(await c.call_tool("list_roots", {}))) == ["file:///srv/work"]
         assert _text(await c.call_tool("getenv", {"name": "FIXTURE_SECRET"})) == "s3"
-    assert progress == [1, 2, 3, 4]
+    assert seen == [1, 2, 3, 4]
 
 
 async def test_recording_server_crash_and_hang(tmp_path: Path, record_file: RecordFile) -> None:
@@ -147,7 +148,7 @@ async def test_conformance_fixture_over_stdio(mode: Mode) -> None:
 
 
 async def test_conformance_fixture_over_http(conformance_http_url: str) -> None:
-    async def on_sampling(ctx: Any, params: t.CreateMessageRequestParams) -> t.CreateMessageResult:
+    async def on_sampling(context: Any, params: t.CreateMessageRequestParams) -> t.CreateMessageResult:
         return t.CreateMessageResult(role="assistant", model="m", content=t.TextContent(type="text", text="42"))
 
     async with Client(conformance_http_url, mode="legacy", sampling_callback=on_sampling) as c:
