@@ -31,6 +31,7 @@ __all__ = [
     "Parsed",
     "Policy",
     "PolicyHolder",
+    "PolicyLoadError",
     "PolicySet",
     "PolicyTrace",
     "Rule",
@@ -47,12 +48,16 @@ __all__ = [
 ]
 
 
+class PolicyLoadError(ConfigError):
+    """Policy files with errors; ``problems`` holds every ``file:line:col: message`` line."""
+
+
 def load_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str] | None = None) -> PolicySet:
     """Parse and compile ``(file name, text)`` pairs; ``ConfigError`` lists every problem at once."""
     parsed = parse_sources(sources, upstreams=upstreams)
     if parsed.errors:
         n = len(parsed.errors)
-        raise ConfigError(f"invalid policies ({n} problem{'s' if n != 1 else ''})", parsed.lines())
+        raise PolicyLoadError(f"invalid policies ({n} problem{'s' if n != 1 else ''})", parsed.lines())
     return PolicySet(parsed.policies, [str(w) for w in parsed.warnings])
 
 

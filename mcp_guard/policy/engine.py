@@ -18,7 +18,7 @@ from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit,
 
 _CACHE_MAX = 65_536
 _NO_ARGS: Mapping[str, Any] = {}
-_DEFAULT_TEXT = {Effect.DENY: "this tool is denied", Effect.APPROVE: "this call needs a person's approval", Effect.ALLOW: "allowed"}
+_VERB = {Effect.DENY: "denied", Effect.APPROVE: "needs a human to approve", Effect.ALLOW: "allowed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,15 @@ class BoundLimit:
 
     @property
     def key(self) -> str:
-        return f"{self.policy}#limit{self.index + 1}"
+        return f"{self.policy}/limit{self.index + 1}"
+
+    @property
+    def per_minute(self) -> int | None:
+        return self.limit.per_minute
+
+    @property
+    def per_session(self) -> int | None:
+        return self.limit.per_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,11 @@ class PolicySet:
         )
         self._cands: dict[str, _Candidates] = {}
         self._profiles: dict[tuple[str, tuple[str, ...], str | None], bytearray] = {}
+
+    @classmethod
+    def empty(cls) -> PolicySet:
+        """No policies: every tool hidden, every call denied."""
+        return cls(())
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -269,8 +282,9 @@ class PolicySet:
 def _combine(matched: list[_Rule], tool: str) -> Decision:
     """All ``matched`` rules share one effect; the first in canonical order gives the reason."""
     first = matched[0]
-    text = first.rule.reason.rstrip(". ") if first.rule.reason else _DEFAULT_TEXT[first.effect]
-    return Decision(first.effect, tuple(r.ref for r in matched), f"{text} (policy {first.ref.policy})")
+    text = f": {first.rule.reason.rstrip('. ')}" if first.rule.reason else ""
+    sentence = f"mcp-guard {_VERB[first.effect]} {tool}{text} (policy {first.ref.policy})"
+    return Decision(first.effect, tuple(r.ref for r in matched), sentence)
 
 
 def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations: Mapping[str, Any] | None) -> str:
@@ -288,5 +302,5 @@ def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations:
 
 def _default_deny(tool: str, near: _Rule | None, failure: str | None) -> Decision:
     if near is None or failure is None:
-        return Decision(Effect.DENY, (), f"no policy allows {tool} for this principal")
-    return Decision(Effect.DENY, (), f"{failure} (policy {near.ref.policy})", cited=near.ref)
+        return Decision(Effect.DENY, (), f"mcp-guard denied {tool}: no policy allows it for this principal")
+    return Decision(Effect.DENY, (), f"mcp-guard denied {tool}: {failure} (policy {near.ref.policy})", cited=near.ref)

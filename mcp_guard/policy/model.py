@@ -97,7 +97,8 @@ class Decision:
     """The answer for one call: a value, never an exception.
 
     ``rules`` are the matched rules of the winning effect (empty for the default deny).
-    ``reason`` is one sentence built from policy text only, never from argument values.
+    ``reason`` is the one sentence the caller sees (spec §5), built from policy text and the
+    tool name only, never from argument values.
     ``cited`` is the rule the reason quotes when nothing matched but a rule nearly did.
     """
 
@@ -109,6 +110,12 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.effect is Effect.ALLOW
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        """``("support-tickets#2", ...)``: the deciding rules (or the cited one) for audit and spans."""
+        refs = self.rules or ((self.cited,) if self.cited else ())
+        return tuple(str(r) for r in refs)
 
     @property
     def policy_ids(self) -> tuple[str, ...]:
