@@ -1,0 +1,116 @@
+"""The state store interface shared by every backend, and the helpers they have in common."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+RATE_WINDOW = 60.0
+"""Rate limits count allowed calls in a sliding window of this many seconds ending now."""
+
+APPROVAL_POLL = 0.1
+"""How often ``approval_wait`` looks for an answer (seconds)."""
+
+APPROVAL_RETENTION = 7 * 86400.0
+"""Resolved approval records are kept this long, then garbage-collected."""
+
+PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One budget to draw a call from: at most ``limit`` calls on ``key`` until ``expires_at``.
+
+    After ``expires_at`` (epoch seconds) the counter is gone and starts again from zero; ``None``
+    keeps it for as long as the store keeps data.
+    """
+
+    key: str
+    limit: int
+    expires_at: float | None = None
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Budgets, rate limits, revocations and the approval queue; every method may raise StateError."""
+
+    url: str
+
+    async def consume(self, counters: Sequence[Counter]) -> str | None:
+        """All or nothing: count one call on every counter if each is below its limit and return
+        None; otherwise count nothing and return the key of the first exhausted counter."""
+        ...
+
+    async def rate(self, key: str, per_minute: int, now: float | None = None) -> bool:
+        """True (and counted) if fewer than ``per_minute`` calls were allowed on ``key`` in the
+        last 60 seconds; False (not counted) otherwise."""
+        ...
+
+    async def revoke(self, jti: str, reason: str | None = None) -> None: ...
+
+    async def revoked(self, jtis: Sequence[str]) -> str | None:
+        """The first of ``jtis`` that is revoked, else None; sees other processes' revocations."""
+        ...
+
+    async def approval_create(self, record: Mapping[str, Any]) -> str: ...
+
+    async def approval_get(self, approval_id: str) -> dict[str, Any] | None: ...
+
+    async def approval_resolve(
+        self, approval_id: str, approved: bool, approver: str, reason: str | None = None
+    ) -> bool:
+        """Answer a pending request; False if it is unknown, already answered or expired."""
+        ...
+
+    async def approval_list(self, pending_only: bool = True) -> list[dict[str, Any]]: ...
+
+    async def approval_wait(self, approval_id: str, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
+        """The answered record, or None after ``timeout`` seconds (the request is then ``expired``)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StateError now if the store is unusable (call at startup to fail early)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def new_approval_id() -> str:
+    """Eight hex characters: short enough to type into ``mcp-guard approvals approve``."""
+    return secrets.token_hex(4)
+
+
+def normalise_approval_id(approval_id: str) -> str:
+    return approval_id.strip().lower()
+
+
+def approval_record(record: Mapping[str, Any], approval_id: str, now: float | None = None) -> dict[str, Any]:
+    """The stored form of a new request: the caller's fields plus id, created and pending status."""
+    out = dict(record)
+    out["id"] = approval_id
+    out.setdefault("created", time.time() if now is None else now)
+    out["status"] = PENDING
+    for name in ("approver", "reason", "resolved"):
+        out.pop(name, None)
+    return out
+
+
+def is_overdue(record: Mapping[str, Any], now: float) -> bool:
+    """A pending request whose ``expires_at`` has passed can no longer be answered."""
+    expires = record.get("expires_at")
+    return record.get("status") == PENDING and isinstance(expires, int | float) and now >= expires
+
+
+def merge_counters(counters: Sequence[Counter]) -> list[Counter]:
+    """One call counts once per key: a repeated key keeps its first position and the smallest limit."""
+    seen: dict[str, Counter] = {}
+    for c in counters:
+        prior = seen.get(c.key)
+        if prior is None:
+            seen[c.key] = c
+        elif c.limit < prior.limit:
+            seen[c.key] = Counter(c.key, c.limit, prior.expires_at if prior.expires_at is not None else c.expires_at)
+    return list(seen.values())
