@@ -1,7 +1,62 @@
-"""CLI: run commands (placeholder until implemented)."""
+"""CLI: ``mcp-guard run`` — the guard an agent host launches as its MCP server (stdio)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from mcp_guard.config import GuardConfig, UpstreamConfig, default_config, load_config
+from mcp_guard.errors import ConfigError
+
+
+def setup_logging(level: str | None) -> None:
+    """Logs go to stderr only: in stdio mode stdout belongs to the MCP protocol."""
+    name = (level or os.environ.get("MCP_GUARD_LOG_LEVEL") or "INFO").upper()
+    logging.basicConfig(level=getattr(logging, name, logging.INFO), format="mcp-guard %(levelname)s %(name)s: %(message)s")
+
+
+def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str, policies: tuple[str, ...]) -> GuardConfig:
+    """Fold ``--policies`` and ``-- COMMAND ...`` into the configuration."""
+    upstreams = dict(config.upstreams)
+    if command:
+        if name in upstreams:
+            raise ConfigError(f"--name {name}: an upstream with this name is already configured; choose another name")
+        upstreams[name] = UpstreamConfig(name=name, command=command[0], args=tuple(command[1:]), cwd=os.getcwd())
+    extra = tuple(Path(p).resolve() for p in policies)
+    for p in extra:
+        if not p.exists():
+            raise ConfigError(f"--policies {p}: no such file or directory")
+    return dataclasses.replace(config, upstreams=upstreams, policies=config.policies + extra)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="guard.yaml")
+@click.option("--policies", multiple=True, type=click.Path(), help="A policy file or directory (repeatable).")
+@click.option("--name", default="upstream", show_default=True, help="Namespace of the inline upstream.")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(config_path: str | None, policies: tuple[str, ...], name: str, log_level: str | None, command: tuple[str, ...]) -> None:
+    """Guard MCP servers on stdio: register this command in your agent host.
+
+    \b
+    mcp-guard run --config guard.yaml
+    mcp-guard run --policies ./policies -- npx -y @modelcontextprotocol/server-filesystem ./workspace
+    """
+    setup_logging(log_level)
+    config = load_config(config_path) if config_path else default_config()
+    config = merge_inline(config, command, name, policies)
+    if not config.upstreams:
+        raise click.UsageError("nothing to guard: give --config with upstreams, or a server command after --")
+    from mcp_guard.proxy.guard import run_stdio
+
+    asyncio.run(run_stdio(config))
+
+
+from mcp_guard.demo import demo  # noqa: E402
+
+COMMANDS: list[click.Command] = [run, demo]

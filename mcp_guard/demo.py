@@ -1,0 +1,154 @@
+"""``mcp-guard demo``: a guarded session against the real filesystem reference server, in a terminal.
+
+Everything is generated in a temporary directory (a workspace, guard.yaml, one policy); the demo
+then drives ``mcp-guard run`` with the official ``mcp`` client exactly as an agent host would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+
+FS_PACKAGE = "@modelcontextprotocol/server-filesystem@2026.8.31"
+
+
+def _filesystem_server() -> tuple[str, list[str], dict[str, str]]:
+    """The pinned server from the project's .tools (scripts/setup), else from PATH, else via npx."""
+    here = Path(__file__).resolve().parent.parent
+    tools = here / ".tools" / "node_modules" / ".bin"
+    env: dict[str, str] = {}
+    if (tools / "mcp-server-filesystem").exists():
+        env["PATH"] = f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"
+        return str(tools / "mcp-server-filesystem"), [], env
+    found = shutil.which("mcp-server-filesystem")
+    if found:
+        return found, [], env
+    return "npx", ["-y", FS_PACKAGE], env
+
+
+def write_demo(root: Path) -> Path:
+    workspace = root / "workspace"
+    (workspace / "notes").mkdir(parents=True)
+    (workspace / "README.md").write_text("# Demo workspace\nThe agent may read this.\n")
+    (workspace / "notes" / "todo.md").write_text("- ship mcp-guard\n")
+    (root / "secret.txt").write_text("outside the workspace: the agent must never read this\n")
+    command, args, env = _filesystem_server()
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "demo.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            policies:
+              - id: demo-workspace
+                description: The demo agent reads the workspace; writes need a human; moves never happen.
+                subjects:
+                  agents: ["demo-agent"]
+                rules:
+                  - effect: allow
+                    tools: ["fs/read_text_file", "fs/list_directory", "fs/directory_tree", "fs/search_files", "fs/get_file_info", "fs/list_allowed_directories"]
+                    when:
+                      args.path: {{under: "{workspace}"}}
+                  - effect: allow
+                    tools: ["fs/list_allowed_directories"]
+                  - effect: approve
+                    tools: ["fs/write_file", "fs/edit_file"]
+                    when:
+                      args.path: {{under: "{workspace}"}}
+                  - effect: deny
+                    tools: ["fs/move_file"]
+                    reason: Moving files is never delegated to agents.
+            """
+        )
+    )
+    guard = root / "guard.yaml"
+    guard.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "upstreams": {"fs": {"command": command, "args": [*args, str(workspace)], "env": env}},
+                "policies": "./policies",
+                "identity": {"user": "alice@example.com", "agent": "demo-agent", "purpose": "demo"},
+                "audit": {"path": "./audit.jsonl"},
+                "state": {"url": "memory://"},
+            },
+            indent=2,
+        )
+    )
+    return guard
+
+
+def _text(result: Any) -> str:
+    parts = [c.text for c in result.content if getattr(c, "type", "") == "text"]
+    return " ".join(parts).strip()
+
+
+async def run_demo(root: Path) -> int:
+    from mcp import Client, StdioServerParameters
+    from mcp.shared.exceptions import MCPError
+
+    guard = write_demo(root)
+    workspace = root / "workspace"
+    b = lambda s: click.style(s, bold=True)  # noqa: E731
+    ok = lambda s: click.style(s, fg="green")  # noqa: E731
+    no = lambda s: click.style(s, fg="red")  # noqa: E731
+    click.echo(b("mcp-guard demo") + f": an agent session guarded in front of {FS_PACKAGE.rsplit('@', 1)[0]}")
+    click.echo(f"  files:    {root}  (guard.yaml, policies/demo.yaml, workspace/, audit.jsonl)")
+    click.echo("  identity: user alice@example.com, agent demo-agent, purpose demo (self-asserted from guard.yaml)\n")
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_guard", "run", "--config", str(guard), "--log-level", "WARNING"],
+        env={**os.environ},
+    )
+    async with Client(params, mode="legacy", client_info=None) as client:
+        listed = await client.list_tools()
+        names = [t.name for t in listed.tools]
+        click.echo(b(f"1. Discovery: the agent can see {len(names)} tools") + " (the server has 14; the rest are hidden, and behave as if they did not exist)")
+        for n in names:
+            click.echo(f"     {n}")
+        steps: list[tuple[str, str, dict[str, Any]]] = [
+            ("2. Allowed call", "fs_read_text_file", {"path": str(workspace / "README.md")}),
+            ("3. Refused: path escape", "fs_read_text_file", {"path": f"{workspace}/../secret.txt"}),
+            ("4. Refused: needs a human, and this client cannot be asked", "fs_write_file", {"path": str(workspace / "x.md"), "content": "hi"}),
+            ("5. Hidden tool called by guessing its name", "fs_move_file", {"source": str(workspace / "README.md"), "destination": "/tmp/x"}),
+        ]
+        for title, tool, args in steps:
+            click.echo("\n" + b(title) + f": {tool} {json.dumps(args)}")
+            try:
+                res = await client.call_tool(tool, args)
+            except MCPError as exc:
+                click.echo("   " + no(f"JSON-RPC error {exc.error.code}: {exc.error.message}"))
+                continue
+            text = _text(res)
+            line = text.splitlines()[0] if text else ""
+            click.echo("   " + (no(line) if res.is_error else ok("-> " + line)))
+    audit = root / "audit.jsonl"
+    records = [json.loads(x) for x in audit.read_text().splitlines()] if audit.exists() else []
+    click.echo("\n" + b(f"6. Audit: {len(records)} hash-chained records in {audit}"))
+    for r in records:
+        click.echo(f"     {r.get('decision', '?'):<18} {r.get('upstream')}/{r.get('tool')}  policies={r.get('policy_ids')}")
+    click.echo("\nRe-run with --keep to inspect the files (then: mcp-guard audit verify audit.jsonl).")
+    return 0
+
+
+@click.command()
+@click.option("--keep", is_flag=True, help="Keep the generated directory instead of deleting it.")
+def demo(keep: bool) -> None:
+    """Run a guarded session against the real filesystem MCP server and show what the guard did."""
+    import anyio
+
+    root = Path(tempfile.mkdtemp(prefix="mcp-guard-demo-"))
+    try:
+        code = anyio.run(run_demo, root)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""MCP-aware, transport-agnostic core of the guard: one ``GuardSession`` per host session."""

@@ -1,0 +1,79 @@
+"""The aggregated tool catalogue: every upstream's tools under their host-facing names."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mcp_guard.config import EXPOSED_NAME
+from mcp_guard.proxy.wire import Message
+from mcp_guard.upstreams.connection import Upstream
+
+log = logging.getLogger("mcp_guard.catalogue")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolEntry:
+    exposed: str  # the name the host sees and calls
+    upstream: str
+    name: str  # the upstream's own name
+    qualified: str  # "UPSTREAM/TOOL", the name policies and grants speak of
+    definition: Message  # host-facing definition (name rewritten)
+    annotations: Message | None  # only when the operator trusts this upstream's annotations
+
+
+class CollisionError(Exception):
+    pass
+
+
+class Catalogue:
+    """Rebuilt whenever an upstream (re)connects or says its list changed; lookups are dict hits."""
+
+    def __init__(self) -> None:
+        self.entries: tuple[ToolEntry, ...] = ()
+        self.by_exposed: dict[str, ToolEntry] = {}
+        self.version = 0
+        self.problems: list[str] = []
+
+    def rebuild(self, upstreams: Iterable[Upstream]) -> None:
+        entries: list[ToolEntry] = []
+        by_exposed: dict[str, ToolEntry] = {}
+        problems: list[str] = []
+        for up in upstreams:
+            for tool in up.tools:
+                name = tool["name"]
+                exposed = up.config.exposed(name)
+                if not EXPOSED_NAME.match(exposed):
+                    problems.append(
+                        f"tool {up.name}/{name} is not exposed: `{exposed}` is not a host-safe name ([A-Za-z0-9_-], at most 64 characters)"
+                    )
+                    continue
+                if exposed in by_exposed:
+                    other = by_exposed[exposed]
+                    problems.append(
+                        f"tool name collision: {other.qualified} and {up.name}/{name} would both be exposed as `{exposed}` "
+                        f"(set `prefix: true` on one of the upstreams)"
+                    )
+                    continue
+                definition = dict(tool)
+                definition["name"] = exposed
+                annotations = tool.get("annotations") if up.config.trust_annotations else None
+                entry = ToolEntry(
+                    exposed,
+                    up.name,
+                    name,
+                    f"{up.name}/{name}",
+                    definition,
+                    annotations if isinstance(annotations, dict) else None,
+                )
+                by_exposed[exposed] = entry
+                entries.append(entry)
+        for p in problems:
+            if p not in self.problems:
+                log.error("%s", p)
+        self.entries, self.by_exposed, self.problems = tuple(entries), by_exposed, problems
+        self.version += 1
+
+    def collisions(self) -> list[str]:
+        return [p for p in self.problems if p.startswith("tool name collision")]

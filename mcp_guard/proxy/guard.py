@@ -1,0 +1,91 @@
+"""Assemble a running guard from a ``GuardConfig``: policies, grant chain, state store, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from mcp_guard.config import GuardConfig, policy_sources
+from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.policy import PolicySet, load_sources
+from mcp_guard.proxy.session import GuardContext, GuardSession
+
+log = logging.getLogger("mcp_guard")
+
+
+def load_policy_set(config: GuardConfig) -> PolicySet:
+    """Compile the configured policies; no policies at all means deny everything (and say so)."""
+    if not config.policies:
+        log.warning("no policies configured: every tool is hidden and every call is refused (default deny)")
+        return PolicySet.empty()
+    policies = load_sources(policy_sources(config.policies), upstreams=list(config.upstreams) or None)
+    for w in policies.warnings:
+        log.warning("%s", w)
+    return policies
+
+
+def load_chain(config: GuardConfig) -> object | None:
+    """Verify the configured grant chain once at start-up; an invalid chain refuses to start."""
+    token = config.identity.grant
+    if not token:
+        return None
+    from mcp_guard.grants import ChainVerifier, load_public_key
+
+    if token.startswith("@"):
+        try:
+            with open(token[1:], encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the grant chain {token[1:]}: {exc.strerror or exc}") from None
+    issuers = {name: load_public_key(path) for name, path in config.trust.issuers.items()}
+    verifier = ChainVerifier(issuers, config.trust.audience)
+    return verifier.verify(token, time.time())
+
+
+async def build_context(config: GuardConfig) -> GuardContext:
+    from mcp_guard.state import open_store
+
+    policies = load_policy_set(config)
+    chain = load_chain(config)
+    audit = None
+    if config.audit.path:
+        from mcp_guard.audit import AuditLog
+
+        audit = AuditLog(config.audit.path, fsync=config.audit.fsync, max_bytes=config.audit.max_bytes)
+    store = open_store(config.state_url)
+    ctx = GuardContext(config=config, policies=policies, store=store, audit=audit, chain=chain)  # type: ignore[arg-type]
+    with contextlib.suppress(ImportError):
+        from mcp_guard.proxy.approvals import make_approver
+
+        ctx.approver = make_approver(ctx)
+    return ctx
+
+
+async def run_stdio(config: GuardConfig) -> None:
+    """The ``mcp-guard run`` main loop: serve the host on stdio until it closes stdin."""
+    from mcp_guard.transports.stdio import StdioHost
+
+    ctx = await build_context(config)
+    host = StdioHost()
+    await host.open()
+    session = GuardSession(ctx, host)
+    loop = asyncio.get_running_loop()
+    serving = loop.create_task(host.serve(session.handle))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, serving.cancel)
+    try:
+        await serving
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await session.close()
+        with contextlib.suppress(Exception):
+            await ctx.store.close()
+        await host.close()
+
+
+__all__ = ["GuardError", "build_context", "load_policy_set", "run_stdio"]

@@ -1,0 +1,121 @@
+"""JSON-RPC on the wire: parse once, build replies, and the protocol constants the guard needs.
+
+Messages are plain dicts from ``orjson``; only what the guard decides on is looked at, the rest
+is forwarded as it came.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+Message = dict[str, Any]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+LEGACY_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MODERN_VERSIONS = ("2026-07-28",)
+LATEST_LEGACY = "2025-11-25"
+MODERN = "2026-07-28"
+
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+RESERVED_META_PREFIX = "io.modelcontextprotocol/"
+GUARD_META_PREFIX = "dev.mcp-guard/"
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def dumps(message: Message) -> bytes:
+    """One line of JSON, newline-terminated (the stdio framing)."""
+    return orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def result(request_id: Any, value: Message) -> Message:
+    return {"jsonrpc": "2.0", "id": request_id, "result": value}
+
+
+def error(request_id: Any, code: int, message: str, data: Any = None) -> Message:
+    err: Message = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": err}
+
+
+def request(request_id: Any, method: str, params: Message | None = None) -> Message:
+    msg: Message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def notification(method: str, params: Message | None = None) -> Message:
+    msg: Message = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def is_request(msg: Message) -> bool:
+    return "method" in msg and "id" in msg and msg["id"] is not None
+
+
+def is_notification(msg: Message) -> bool:
+    return "method" in msg and "id" not in msg
+
+
+def is_response(msg: Message) -> bool:
+    return "method" not in msg and ("result" in msg or "error" in msg)
+
+
+def tool_error(text: str) -> Message:
+    """A ``CallToolResult`` that tells the caller (and its model) what was refused and why."""
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def strip_meta(params: Message | None, *, drop_reserved: bool) -> Message | None:
+    """Copy of ``params`` without the guard's own ``_meta`` keys (and the host's era keys, which
+    describe the host, not the guard, when ``drop_reserved``).  Returns ``params`` itself when
+    there is nothing to strip, so the common case costs one dict lookup."""
+    if not params:
+        return params
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or not meta:
+        return params
+    if not any(k.startswith(GUARD_META_PREFIX) or (drop_reserved and k.startswith(RESERVED_META_PREFIX)) for k in meta):
+        return params
+    kept = {
+        k: v
+        for k, v in meta.items()
+        if not k.startswith(GUARD_META_PREFIX) and not (drop_reserved and k.startswith(RESERVED_META_PREFIX))
+    }
+    out = dict(params)
+    if kept:
+        out["_meta"] = kept
+    else:
+        del out["_meta"]
+    return out
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer (from an upstream, or one the guard gives)."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_message(self, request_id: Any) -> Message:
+        return error(request_id, self.code, self.message, self.data)

@@ -1,0 +1,69 @@
+"""The host-facing stdio transport: newline-delimited JSON-RPC on stdin/stdout.
+
+stdout carries MCP messages only; everything else the guard says goes to stderr.  Reads use
+asyncio pipes (no thread per line); a malformed line is answered with a parse error and never
+stops the guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from mcp_guard.proxy.wire import PARSE_ERROR, Message, dumps, error
+
+log = logging.getLogger("mcp_guard.stdio")
+
+LINE_LIMIT = 64 * 1024 * 1024
+
+
+class StdioHost:
+    def __init__(self) -> None:
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=LINE_LIMIT)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(sys.stdin.fileno()), "rb", 0))
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(os.dup(sys.stdout.fileno()), "wb", 0)
+        )
+        self._reader = reader
+        self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def send(self, message: Message) -> None:
+        assert self._writer is not None
+        self._writer.write(dumps(message))
+        await self._writer.drain()
+
+    async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None:
+        """Read until EOF, handing each parsed message to ``handle``."""
+        assert self._reader is not None
+        while True:
+            try:
+                line = await self._reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                await self.send(error(None, PARSE_ERROR, f"Parse error: message larger than {LINE_LIMIT} bytes"))
+                continue
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                log.warning("the host sent a line that is not JSON: %.200r", line)
+                await self.send(error(None, PARSE_ERROR, "Parse error: the line is not valid JSON"))
+                continue
+            await handle(message)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

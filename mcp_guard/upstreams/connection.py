@@ -1,0 +1,285 @@
+"""One upstream server as the guard sees it: handshake, tool catalogue, request/response matching,
+time-outs, and restart with backoff when it crashes.
+
+The guard speaks the handshake era (2025-11-25 ``initialize``) to upstreams: every reference
+server accepts it, and it keeps server->client requests (sampling, elicitation, roots) possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from mcp_guard import __version__
+from mcp_guard.config import UpstreamConfig
+from mcp_guard.errors import UpstreamError
+from mcp_guard.proxy.wire import (
+    LATEST_LEGACY,
+    METHOD_NOT_FOUND,
+    Message,
+    RpcError,
+    error,
+    is_notification,
+    is_request,
+    is_response,
+    notification,
+    request,
+)
+from mcp_guard.upstreams.channel import Channel
+
+log = logging.getLogger("mcp_guard.upstream")
+
+STARTUP_TIMEOUT = 60.0  # npx may download a package on first start
+MAX_BACKOFF = 30.0
+MAX_LIST_PAGES = 1000
+
+
+class UpstreamHandler(Protocol):
+    async def upstream_request(self, upstream: Upstream, message: Message) -> None: ...
+    async def upstream_notification(self, upstream: Upstream, message: Message) -> None: ...
+    async def upstream_changed(self, upstream: Upstream) -> None: ...
+
+
+def open_channel(config: UpstreamConfig) -> Channel:
+    if config.url is not None:
+        from mcp_guard.upstreams.http import HttpChannel
+
+        return HttpChannel(config)
+    from mcp_guard.upstreams.stdio import StdioChannel
+
+    return StdioChannel(config)
+
+
+class Upstream:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        handler: UpstreamHandler,
+        channel_factory: Callable[[UpstreamConfig], Channel] = open_channel,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.handler = handler
+        self._factory = channel_factory
+        self.status = "idle"  # idle | starting | ready | down | closed
+        self.last_error = ""
+        self.capabilities: Message = {}
+        self.server_info: Message = {}
+        self.instructions: str | None = None
+        self.protocol_version = LATEST_LEGACY
+        self.tools: list[Message] = []
+        self.client_capabilities: Message = {}
+        self._channel: Channel | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._attempted = asyncio.Event()
+        self._closed = False
+        self.generation = 0  # bumps on every successful (re)connect
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, client_capabilities: Message) -> None:
+        """Connect (once); returns when the first attempt succeeded or failed (never raises)."""
+        if self._supervisor is None:
+            self.client_capabilities = client_capabilities
+            self.status = "starting"
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._attempted.wait(), STARTUP_TIMEOUT + 5)
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._closed:
+            channel = self._factory(self.config)
+            reader: asyncio.Task[None] | None = None
+            reason = ""
+            try:
+                await channel.open()
+                self._channel = channel
+                reader = asyncio.get_running_loop().create_task(self._read_loop(channel))
+                await asyncio.wait_for(self._handshake(), STARTUP_TIMEOUT)
+                self.status = "ready"
+                self.generation += 1
+                self.last_error = ""
+                backoff = 0.5
+                self._attempted.set()
+                log.info("upstream %s ready (%s, %d tools)", self.name, self.server_info.get("name", "?"), len(self.tools))
+                await self._notify_changed()
+                await reader
+                reason = channel.exit_reason()
+            except TimeoutError:
+                reason = f"did not finish its handshake within {STARTUP_TIMEOUT:.0f}s"
+            except (UpstreamError, RpcError) as exc:
+                reason = str(exc)
+            except asyncio.CancelledError:
+                reason = "was stopped"
+                raise
+            except Exception as exc:  # never let one upstream take the guard down
+                log.exception("upstream %s failed", self.name)
+                reason = f"failed ({type(exc).__name__}: {exc})"
+            finally:
+                self._channel = None
+                if reader is not None:
+                    reader.cancel()
+                self._fail_pending(f"upstream {self.name} {reason}" if reason else f"upstream {self.name} is down")
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                if reason and not reason.startswith(f"upstream {self.name}"):
+                    reason = f"upstream {self.name} {reason}"
+                self.last_error = reason or f"upstream {self.name} is down"
+                if not self._closed:
+                    self.status = "down"
+                self._attempted.set()
+            if self._closed:
+                break
+            await self._notify_changed()
+            log.warning("%s; restarting in %.1fs", self.last_error, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+            self.status = "starting"
+
+    async def _notify_changed(self) -> None:
+        try:
+            await self.handler.upstream_changed(self)
+        except Exception:
+            log.exception("handling a change of upstream %s failed", self.name)
+
+    async def _handshake(self) -> None:
+        init = await self.request(
+            "initialize",
+            {
+                "protocolVersion": LATEST_LEGACY,
+                "capabilities": self.client_capabilities,
+                "clientInfo": {"name": "mcp-guard", "version": __version__},
+            },
+        )
+        self.protocol_version = str(init.get("protocolVersion") or LATEST_LEGACY)
+        self.capabilities = init.get("capabilities") or {}
+        self.server_info = init.get("serverInfo") or {}
+        self.instructions = init.get("instructions")
+        await self.notify("notifications/initialized")
+        await self.refresh_tools()
+
+    async def refresh_tools(self) -> None:
+        """Fetch every page of ``tools/list``; the catalogue is only replaced when all pages arrived."""
+        if "tools" not in self.capabilities:
+            self.tools = []
+            return
+        tools: list[Message] = []
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = await self.request("tools/list", {"cursor": cursor} if cursor else None)
+            tools.extend(t for t in page.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("name"), str))
+            cursor = page.get("nextCursor")
+            if not cursor:
+                break
+        self.tools = tools
+
+    async def close(self) -> None:
+        self._closed = True
+        self.status = "closed"
+        channel = self._channel
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(BaseException):
+                await self._supervisor
+
+    # ------------------------------------------------------------------ messages
+
+    async def _read_loop(self, channel: Channel) -> None:
+        while (message := await channel.receive()) is not None:
+            try:
+                if is_response(message):
+                    fut = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+                    if fut is not None and not fut.done():
+                        fut.set_result(message)
+                elif is_request(message):
+                    if message.get("method") == "ping":
+                        await channel.send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
+                    else:
+                        asyncio.get_running_loop().create_task(self._guarded(self.handler.upstream_request(self, message)))
+                elif is_notification(message):
+                    await self.handler.upstream_notification(self, message)
+                else:
+                    log.warning("[%s] sent a message that is neither request, response nor notification", self.name)
+            except Exception:
+                log.exception("[%s] handling a message failed", self.name)
+
+    async def _guarded(self, coro: Any) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("[%s] handling a request failed", self.name)
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(UpstreamError(reason))
+
+    async def call(
+        self,
+        method: str,
+        params: Message | None,
+        *,
+        timeout: float | None = None,
+        on_id: Callable[[int], None] | None = None,
+    ) -> Message:
+        """Send a request; return the upstream's whole response message (result or error).
+
+        Raises ``UpstreamError`` when the upstream is down, dies, or does not answer in time
+        (then it is also sent ``notifications/cancelled``).
+        """
+        channel = self._channel
+        if channel is None:
+            raise UpstreamError(self.last_error or f"upstream {self.name} is not running")
+        request_id = next(self._ids)
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        if on_id is not None:
+            on_id(request_id)
+        try:
+            await channel.send(request(request_id, method, params))
+            return await asyncio.wait_for(fut, timeout or self.config.timeout)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await channel.send(notification("notifications/cancelled", {"requestId": request_id, "reason": "timed out"}))
+            raise UpstreamError(
+                f"upstream {self.name} did not answer {method} within {timeout or self.config.timeout:g}s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def request(self, method: str, params: Message | None = None, *, timeout: float | None = None) -> Message:
+        """Like ``call`` but returns the ``result`` and raises ``RpcError`` for an error answer."""
+        response = await self.call(method, params, timeout=timeout)
+        if "error" in response:
+            err = response["error"] if isinstance(response["error"], dict) else {}
+            raise RpcError(int(err.get("code", -32603)), str(err.get("message", "error")), err.get("data"))
+        result = response.get("result")
+        return result if isinstance(result, dict) else {}
+
+    async def notify(self, method: str, params: Message | None = None) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        with contextlib.suppress(UpstreamError):
+            await channel.send(notification(method, params))
+
+    async def respond(self, message: Message) -> None:
+        """Answer a request the upstream sent (sampling, elicitation, roots)."""
+        channel = self._channel
+        if channel is not None:
+            with contextlib.suppress(UpstreamError):
+                await channel.send(message)
+
+    async def refuse(self, request_id: Any, text: str) -> None:
+        await self.respond(error(request_id, METHOD_NOT_FOUND, text))
