@@ -1,0 +1,123 @@
+"""Transparency, measured by the official suite: `@modelcontextprotocol/conformance` server scenarios
+(active suite) run against the project's fixture alone and through `mcp-guard run`.
+
+The suite speaks only Streamable HTTP, so a stdio server sits behind supergateway (research doc
+§1.5). supergateway has no Host/Origin check, so `dns-rebinding-protection` fails behind it
+whatever is inside; every other check that passes against the fixture directly must pass through
+the guard too (allow-all policy, `prefix: false`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from fixtures import (
+    ALLOW_ALL,
+    conformance_server_command,
+    free_port,
+    guard_command,
+    mcp_guard_bin,
+    requires_tools,
+    serve_http,
+    stdio_upstream,
+    tool_path,
+    tools_env,
+    write_guard_config,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_tools("conformance", "supergateway")]
+
+SUPERGATEWAY_ONLY_FAILURES = frozenset({"dns-rebinding-protection"})
+_RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
+
+Checks = dict[tuple[str, str], str]
+"""(scenario, check id) -> status ("SUCCESS", "FAILURE", ...)."""
+
+
+def run_conformance(url: str, out_dir: Path, *, timeout: float = 240.0) -> Checks:
+    """Run the active server suite against ``url``; return every check's status from its checks.json."""
+    proc = subprocess.run(
+        [str(tool_path("conformance")), "server", "--url", url, "-o", str(out_dir)],
+        capture_output=True, text=True, timeout=timeout, env=tools_env(),
+    )
+    (out_dir / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    checks: Checks = {}
+    for checks_file in sorted(out_dir.glob("*/checks.json")):
+        m = _RESULT_DIR.match(checks_file.parent.name)
+        if not m:
+            continue
+        for check in json.loads(checks_file.read_text(encoding="utf-8")):
+            checks[(m["scenario"], str(check["id"]))] = str(check["status"])
+    assert checks, f"conformance produced no results (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    return checks
+
+
+def passed(checks: Checks) -> set[tuple[str, str]]:
+    return {key for key, status in checks.items() if status == "SUCCESS"}
+
+
+def failed(checks: Checks) -> set[tuple[str, str]]:
+    return {key for key, status in checks.items() if status == "FAILURE"}
+
+
+def _report(missing: set[tuple[str, str]], out_dir: Path) -> str:
+    lines = [f"  {scenario} / {check}" for scenario, check in sorted(missing)]
+    return f"{len(missing)} checks pass directly but not here (details under {out_dir}):\n" + "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Checks:
+    """The fixture alone, over the SDK's own Streamable HTTP: the reference score."""
+    out = tmp_path_factory.mktemp("conformance-direct")
+    port = free_port()
+    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=out / "server.log") as url:
+        return run_conformance(url, out)
+
+
+def _through_supergateway(argv: Sequence[str], out: Path) -> Checks:
+    port = free_port()
+    gateway = [str(tool_path("supergateway")), "--stdio", shlex.join(argv), "--outputTransport", "streamableHttp",
+               "--stateful", "--port", str(port)]
+    with serve_http(gateway, port, log=out / "supergateway.log"):
+        return run_conformance(f"http://localhost:{port}/mcp", out)
+
+
+def test_fixture_passes_the_active_suite(direct: Checks) -> None:
+    assert not failed(direct), f"fixture fails: {sorted(failed(direct))}"
+    assert len(passed(direct)) >= 40
+    assert {scenario for scenario, _ in direct} >= {"tools-call-sampling", "tools-call-elicitation", "dns-rebinding-protection"}
+
+
+@pytest.mark.timeout(300)
+def test_supergateway_baseline(direct: Checks, tmp_path: Path) -> None:
+    """The bridge alone (fixture over stdio) loses nothing but its own Host/Origin check."""
+    via = _through_supergateway(conformance_server_command(), tmp_path)
+    missing = {key for key in passed(direct) - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
+    assert not missing, _report(missing, tmp_path)
+    assert {s for s, _ in failed(via)} <= SUPERGATEWAY_ONLY_FAILURES
+
+
+def _guard_run_exists() -> bool:
+    proc = subprocess.run([str(mcp_guard_bin()), "run", "--help"], capture_output=True, timeout=60)
+    return proc.returncode == 0
+
+
+@pytest.mark.timeout(300)
+def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path) -> None:
+    """supergateway -> mcp-guard run (allow-all, prefix: false) -> fixture over stdio scores like the fixture."""
+    if not _guard_run_exists():
+        pytest.xfail("proxy not yet implemented (`mcp-guard run` is missing)")
+    config = write_guard_config(
+        tmp_path / "guard",
+        {"conformance": stdio_upstream(conformance_server_command(), prefix=False)},
+        ALLOW_ALL,
+    )
+    via = _through_supergateway(guard_command(config), tmp_path)
+    missing = {key for key in passed(direct) - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
+    assert not missing, _report(missing, tmp_path)
