@@ -1,7 +1,287 @@
-"""CLI: policy commands (placeholder until implemented)."""
+"""CLI: ``check``, ``explain`` and ``test`` — the policy author's tools (spec §1, §3).
+
+Problems go to stderr as ``file:line:col: message (hint)`` lines; results go to stdout.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
 import click
 
-COMMANDS: list[click.Command] = []
+from mcp_guard.config import GuardConfig, iter_policy_files, iter_policy_test_files, load_config, read_sources
+from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.identity import Principal
+from mcp_guard.policy import Effect, Explanation, PolicySet, load_sources, parse_sources
+from mcp_guard.policy._match import split_tool
+from mcp_guard.policy.testing import Outcome, TestFile, parse_test_file, run_case
+
+EXIT = {Effect.ALLOW: 0, Effect.DENY: 1, Effect.APPROVE: 2}
+
+
+def _show(p: Path) -> str:
+    return os.path.relpath(p) if p.is_absolute() else str(p)
+
+
+def _fail(lines: Sequence[str]) -> NoReturn:
+    for line in lines:
+        click.echo(line, err=True)
+    sys.exit(1)
+
+
+def _sort_key(line: str) -> tuple[str, int, int]:
+    file, _, rest = line.partition(":")
+    parts = rest.split(":", 2)
+    try:
+        return file, int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        return file, 0, 0
+
+
+# --------------------------------------------------------------------------- check
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="guard.yaml to validate, with its policies.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
+    """Validate guard.yaml and policy files; print every problem; exit 1 on any error."""
+    if config_path is None and not paths:
+        if Path("guard.yaml").exists():
+            config_path = Path("guard.yaml")
+        elif Path("policies").is_dir():
+            paths = (Path("policies"),)
+        else:
+            raise GuardError("nothing to check: give --config guard.yaml or a policy file or directory")
+    lines: list[str] = []
+    errors = 0
+    targets: list[Path] = list(paths)
+    upstreams: list[str] | None = None
+    if config_path is not None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            lines.extend(exc.problems)
+            errors += sum(1 for p in exc.problems if ": warning: " not in p)
+        else:
+            targets.extend(config.policies)
+            upstreams = list(config.upstreams) or None
+    files: list[Path] = []
+    tests: list[Path] = []
+    for t in targets:
+        if not t.exists():
+            lines.append(f"{_show(t)}:1:1: no such file or directory")
+            errors += 1
+            continue
+        files.extend(iter_policy_files(t))
+        if t.is_dir():
+            tests.extend(iter_policy_test_files(t))
+    try:
+        sources = read_sources(files)
+        test_sources = read_sources(tests)
+    except ConfigError as exc:
+        _fail([*lines, *exc.problems])
+    parsed = parse_sources(sources, upstreams=upstreams)
+    problems = [*parsed.problems, *(p for name, text in test_sources for p in parse_test_file(text, name).problems)]
+    errors += sum(1 for p in problems if p.severity == "error")
+    lines.extend(sorted((str(p) for p in problems), key=_sort_key))
+    for line in lines:
+        click.echo(line, err=True)
+    warnings = len(lines) - errors
+    if errors:
+        click.echo(f"mcp-guard: {errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}", err=True)
+        sys.exit(1)
+    rules = sum(len(p.rules) for p in parsed.policies)
+    click.echo(f"ok: {len(parsed.policies)} policies, {rules} rules in {len(files)} files"
+               + (f", {len(tests)} test files" if tests else "") + (f" ({warnings} warnings)" if warnings else ""))
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GuardError(f"{option} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise GuardError(f"{option} must be a JSON object")
+    return value
+
+
+def _load_for(config: GuardConfig | None, policy_paths: tuple[Path, ...]) -> PolicySet:
+    paths = [*(config.policies if config else ()), *policy_paths]
+    if not paths:
+        raise GuardError("no policies to explain against: the configuration names none and no --policies was given")
+    files = [f for p in paths for f in iter_policy_files(p)]
+    return load_sources(read_sources(files))
+
+
+def _render(expl: Explanation, tool: str, who: Principal, shown: bool) -> list[str]:
+    d = expl.decision
+    yes = {True: "yes", False: "no"}
+    out = [
+        f"decision: {d.effect}",
+        f"reason: {d.reason}",
+        f"principal: {' -> '.join(who.chain)}"
+        + (f" (purpose {who.purpose})" if who.purpose else "") + ("" if who.verified else ", self-asserted"),
+        f"tool: {tool} (listed in tools/list: {yes[shown]})",
+    ]
+    if d.rules or d.cited:
+        out.append(f"decided by: {', '.join(d.rule_ids)}" if d.rules else f"nearest rule: {', '.join(d.rule_ids)}")
+    for pol in expl.policies:
+        subj = "matches" if pol.subjects_failing is None else f"does not match ({pol.subjects_failing})"
+        out.append("")
+        out.append(f"policy {pol.id} ({pol.source}): subjects {subj}")
+        for r in pol.rules:
+            out.append(f"  rule {r.ref.rule} {r.effect}: {'MATCHED' if r.matched else 'no match'}")
+            out.append(f"    tools: {yes[r.tools]}")
+            if not r.annotations:
+                out.append("    annotations: no")
+            for text, ok in r.conditions:
+                out.append(f"    {text}: {yes[ok]}")
+    if not expl.policies:
+        out.append("")
+        out.append("no policies: everything is denied")
+    return out
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="guard.yaml whose policies (and identity defaults) to use.")
+@click.option("--policies", "policy_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Policy file or directory (instead of, or on top of, the configuration's).")
+@click.option("--tool", required=True, help="UPSTREAM/TOOL, e.g. fs/read_text_file.")
+@click.option("--args", "args_json", help="The call's arguments as a JSON object.")
+@click.option("--annotations", "annotations_json", help="The tool's trusted annotations as a JSON object.")
+@click.option("--user", help="Origin user (default: the configuration's identity, then $USER).")
+@click.option("--agent", help="Acting agent.")
+@click.option("--purpose", help="Purpose of the session.")
+@click.option("--grant", help="A grant chain token (or @file); it decides the identity and must permit the call too.")
+def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str, args_json: str | None,
+            annotations_json: str | None, user: str | None, agent: str | None, purpose: str | None, grant: str | None) -> None:
+    """Show the decision for one call and every rule considered; exit 0 allow, 1 deny, 2 approve.
+
+    Offline: no upstream is started; the tool is named, not discovered.
+    """
+    config = load_config(config_path) if config_path else None
+    if config is None and not policy_paths:
+        raise GuardError("give --config guard.yaml (or --policies PATH)")
+    args = _json_object(args_json, "--args") or {}
+    annotations = _json_object(annotations_json, "--annotations")
+    policies = _load_for(config, policy_paths)
+    chain = None
+    if grant:
+        chain = _verify_grant(grant, config)
+        who = chain.principal
+    else:
+        ident = config.identity if config else None
+        u = user or (ident.user if ident else None) or os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+        a = agent if agent is not None else (ident.agent if ident else None)
+        p = purpose if purpose is not None else (ident.purpose if ident else None)
+        who = Principal(user=u, agents=(a,) if a else (), purpose=p)
+    upstream = split_tool(tool)[0]
+    if "/" not in tool:
+        raise GuardError(f"--tool must be UPSTREAM/TOOL, not `{tool}`")
+    if config is not None and config.upstreams and upstream not in config.upstreams:
+        click.echo(f"decision: deny\nreason: mcp-guard denied {tool}: no upstream named `{upstream}` is configured")
+        sys.exit(1)
+    expl = policies.explain(who, tool, args, annotations)
+    lines = _render(expl, tool, who, policies.visible(who, tool, annotations))
+    effect = expl.decision.effect
+    if chain is not None:
+        late = chain.check_time(time.time())
+        check_ = chain.check_call(tool, args)
+        lines.append("")
+        lines.append(f"grant chain {' -> '.join(chain.principal.chain)} (links {', '.join(chain.link_ids)}):")
+        if late is not None:
+            lines.append(f"  {late}")
+            effect = Effect.DENY
+        elif not check_.allowed:
+            lines.append(f"  refuses: {check_.reason}")
+            effect = Effect.DENY
+        else:
+            lines.append("  permits the call" + (" with a human's approval" if check_.approval_required else ""))
+            if check_.approval_required and effect is Effect.ALLOW:
+                effect = Effect.APPROVE
+        if effect is not expl.decision.effect:
+            lines[0] = f"decision: {effect} (policies alone: {expl.decision.effect})"
+    click.echo("\n".join(lines))
+    sys.exit(EXIT[effect])
+
+
+def _verify_grant(token: str, config: GuardConfig | None) -> Any:
+    from mcp_guard.grants import ChainVerifier, load_public_key
+
+    if token.startswith("@"):
+        try:
+            token = Path(token[1:]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise GuardError(f"cannot read the grant chain {token[1:]}: {exc.strerror or exc}") from None
+    if config is None or not config.trust.issuers:
+        raise GuardError("--grant needs --config with trust.issuers to verify the chain")
+    issuers = {name: load_public_key(path) for name, path in config.trust.issuers.items()}
+    return ChainVerifier(issuers, config.trust.audience).verify(token, time.time())
+
+
+# --------------------------------------------------------------------------- test
+
+
+@click.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def test_cmd(paths: tuple[Path, ...]) -> None:
+    """Run policy test cases (*.test.yaml); print pass/fail per case; exit 1 on any failure."""
+    targets = list(paths) or [Path("policies")]
+    files: list[Path] = []
+    for t in targets:
+        if not t.exists():
+            raise GuardError(f"{_show(t)} does not exist")
+        found = list(iter_policy_test_files(t))
+        if not found:
+            raise GuardError(f"no *.test.yaml files under {_show(t)}")
+        files.extend(found)
+    sets: dict[tuple[Path, ...], PolicySet | list[str]] = {}
+    passed = failed = 0
+    for f, (name, text) in zip(files, read_sources(files), strict=True):
+        tf = parse_test_file(text, name)
+        if tf.problems:
+            for p in tf.problems:
+                click.echo(str(p), err=True)
+            failed += max(1, len(tf.cases))
+            continue
+        ps = _policies_for(f, tf, sets)
+        if isinstance(ps, list):
+            click.echo(f"FAIL {name}: its policies do not load", err=True)
+            for line in ps:
+                click.echo(f"  {line}", err=True)
+            failed += len(tf.cases)
+            continue
+        for case in tf.cases:
+            out: Outcome = run_case(ps, case)
+            passed += out.passed
+            failed += not out.passed
+            click.echo(f"{'PASS' if out.passed else 'FAIL'} {case.where}: {case.name}" + ("" if out.passed else f" — {out.detail}"))
+    click.echo(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+def _policies_for(file: Path, tf: TestFile, cache: dict[tuple[Path, ...], PolicySet | list[str]]) -> PolicySet | list[str]:
+    """A test file runs against its ``policies:`` paths, else every policy in its directory tree."""
+    roots = tuple((file.parent / p).resolve() for p in tf.policies) or (file.parent.resolve(),)
+    if roots not in cache:
+        try:
+            cache[roots] = load_sources(read_sources([f for r in roots for f in iter_policy_files(r)]))
+        except ConfigError as exc:
+            cache[roots] = list(exc.problems)
+    return cache[roots]
+
+
+COMMANDS: list[click.Command] = [check, explain, test_cmd]

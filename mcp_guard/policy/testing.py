@@ -1,0 +1,166 @@
+"""Policy test cases (spec §3.5): ``*.test.yaml`` files of principal + call + expected effect.
+
+Pure: the caller reads the files and picks the policy set each file runs against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp_guard.identity import Principal
+from mcp_guard.policy.engine import PolicySet
+from mcp_guard.policy.model import Effect
+from mcp_guard.yamlsrc import Path, Problem, SourceMap, YamlSyntaxError, did_you_mean, load
+
+_TOP = ("cases", "policies")
+_CASE = ("name", "principal", "call", "expect", "visible", "decided_by")
+_PRINCIPAL = ("user", "agent", "agents", "purpose")
+_CALL = ("tool", "args", "annotations")
+_EXPECT = tuple(e.value for e in Effect)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    where: str  # "file:line"
+    principal: Principal
+    tool: str
+    args: dict[str, Any]
+    annotations: dict[str, Any] | None
+    expect: Effect
+    visible: bool | None = None
+    decided_by: tuple[str, ...] = ()
+
+
+@dataclass
+class TestFile:
+    file: str
+    cases: list[Case] = field(default_factory=list)
+    policies: tuple[str, ...] = ()  # paths relative to the test file, as written
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    case: Case
+    passed: bool
+    detail: str  # what was decided, one sentence
+
+
+def parse_test_file(text: str, file: str) -> TestFile:
+    out = TestFile(file)
+    try:
+        data, smap = load(text, file)
+    except YamlSyntaxError as exc:
+        out.problems.append(exc.problem)
+        return out
+
+    def err(path: Path, message: str, hint: str | None = None) -> None:
+        at = (*path, "__value__") if (*path, "__value__") in smap.positions else path
+        out.problems.append(smap.problem(at, message, hint))
+
+    def mapping(value: Any, path: Path, allowed: tuple[str, ...], what: str) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            err(path, f"{what} must be a mapping")
+            return None
+        bad = [k for k in value if k not in allowed]
+        for k in bad:
+            out.problems.append(smap.problem((*path, k), f"unknown key `{k}` in {what}", did_you_mean(str(k), allowed)))
+        return None if bad else value
+
+    top = mapping(data, (), _TOP, "a policy test file")
+    if top is None:
+        return out
+    pol = top.get("policies")
+    if pol is not None:
+        if isinstance(pol, str):
+            pol = [pol]
+        if not isinstance(pol, list) or not all(isinstance(p, str) for p in pol):
+            err(("policies",), "`policies` must be a path or a list of paths")
+        else:
+            out.policies = tuple(pol)
+    cases = top.get("cases")
+    if not isinstance(cases, list) or not cases:
+        err(("cases",) if "cases" in top else (), "a policy test file needs a non-empty list of `cases`")
+        return out
+    for i, raw in enumerate(cases):
+        case = _case(raw, ("cases", i), mapping, err, smap)
+        if case is not None:
+            out.cases.append(case)
+    return out
+
+
+def _case(raw: Any, path: Path, mapping: Any, err: Any, smap: SourceMap) -> Case | None:
+    m = mapping(raw, path, _CASE, "a test case")
+    if m is None:
+        return None
+    ok = True
+    name = m.get("name")
+    if not isinstance(name, str) or not name:
+        err((*path, "name") if "name" in m else path, "test case needs a `name`")
+        ok = False
+    pr = mapping(m.get("principal"), (*path, "principal"), _PRINCIPAL, "principal")
+    principal = None
+    if pr is not None:
+        user = pr.get("user")
+        agents = pr.get("agents", [pr["agent"]] if "agent" in pr else [])
+        purpose = pr.get("purpose")
+        if not isinstance(user, str):
+            err((*path, "principal"), "principal needs a `user` string")
+        elif not isinstance(agents, list) or not all(isinstance(a, str) for a in agents) or ("agent" in pr and "agents" in pr):
+            err((*path, "principal"), "principal takes `agent` (a string) or `agents` (a list, origin side first)")
+        elif purpose is not None and not isinstance(purpose, str):
+            err((*path, "principal", "purpose"), "`purpose` must be a string")
+        else:
+            principal = Principal(user=user, agents=tuple(agents), purpose=purpose)
+    call = mapping(m.get("call"), (*path, "call"), _CALL, "call")
+    tool, args, annotations = None, {}, None
+    if call is not None:
+        tool = call.get("tool")
+        args = call.get("args", {})
+        annotations = call.get("annotations")
+        if not isinstance(tool, str) or "/" not in tool:
+            err((*path, "call", "tool") if "tool" in call else (*path, "call"), "`call.tool` must be UPSTREAM/TOOL")
+            tool = None
+        if not isinstance(args, dict):
+            err((*path, "call", "args"), "`call.args` must be a mapping")
+            ok = False
+        if annotations is not None and not isinstance(annotations, dict):
+            err((*path, "call", "annotations"), "`call.annotations` must be a mapping")
+            ok = False
+    expect = m.get("expect")
+    if expect not in _EXPECT:
+        err((*path, "expect") if "expect" in m else path, f"`expect` must be allow, deny or approve, not `{expect}`",
+            did_you_mean(str(expect), _EXPECT))
+        ok = False
+    visible = m.get("visible")
+    if visible is not None and not isinstance(visible, bool):
+        err((*path, "visible"), "`visible` must be true or false")
+        ok = False
+    decided = m.get("decided_by", [])
+    if isinstance(decided, str):
+        decided = [decided]
+    if not isinstance(decided, list) or not all(isinstance(d, str) for d in decided):
+        err((*path, "decided_by"), "`decided_by` must be a policy id or a list of them")
+        ok = False
+    if not ok or principal is None or tool is None or not isinstance(name, str):
+        return None
+    line, _ = smap.at(path)
+    return Case(name, f"{smap.file}:{line}", principal, tool, args, annotations, Effect(expect), visible, tuple(decided))
+
+
+def run_case(policies: PolicySet, case: Case) -> Outcome:
+    decision = policies.decide(case.principal, case.tool, case.args, case.annotations)
+    failures = []
+    if decision.effect is not case.expect:
+        failures.append(f"expected {case.expect}, got {decision.effect}")
+    if case.visible is not None:
+        shown = policies.visible(case.principal, case.tool, case.annotations)
+        if shown is not case.visible:
+            failures.append(f"expected the tool {'listed' if case.visible else 'hidden'}, it is {'listed' if shown else 'hidden'}")
+    missing = [p for p in case.decided_by if p not in decision.policy_ids]
+    if missing:
+        failures.append(f"expected policy {', '.join(missing)} among the deciding policies {list(decision.policy_ids)}")
+    detail = "; ".join(failures) + (" — " if failures else "") + decision.reason
+    return Outcome(case, not failures, detail)
