@@ -26,7 +26,9 @@ class LinkView:
         raw_act = c.get("act")
         act: dict[str, Any] = raw_act if isinstance(raw_act, dict) else {}
         agent = str(act.get("sub", "?")).removeprefix("agent:")
-        out = [f"link {self.index}: {c.get('iss', '?')} -> agent {agent}  (id {c.get('jti', '?')})"]
+        issuer = str(c.get("iss", "?"))
+        issuer = f"agent {issuer[6:]}" if issuer.startswith("agent:") else f"issuer {issuer}"
+        out = [f"link {self.index}: {issuer} -> agent {agent}  (id {c.get('jti', '?')})"]
         window = []
         for name in ("nbf", "exp"):
             v = c.get(name)

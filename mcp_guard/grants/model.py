@@ -176,7 +176,7 @@ class Link:
 
     @property
     def label(self) -> str:
-        return f"link {self.index} (agent {self.agent})"
+        return f"link {self.index}, agent {self.agent}"
 
 
 _CLAIMS = frozenset(
