@@ -31,6 +31,11 @@ class Verdict:
     policy_ids: tuple[str, ...] = ()
     rule_ids: tuple[str, ...] = ()
     approver: str | None = None
+    # Human approval (issue 6), set on approved/rejected verdicts that went through an approver:
+    approval_channel: str | None = None  # elicitation | input_required | queue | remembered | none
+    approval_answer: str | None = None  # approve | reject | decline | cancel | timeout | invalid_state | error
+    approval_wait: float | None = None  # seconds the call waited for the human
+    approval_id: str | None = None  # queue id (``mcp-guard approvals``) or the sealed state's nonce
 
     @property
     def forward(self) -> bool:

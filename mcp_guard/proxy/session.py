@@ -82,6 +82,20 @@ class NoApprover:
         )
 
 
+class InputRequired(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by an approver to answer ``tools/call`` with a 2026-07-28 ``InputRequiredResult``
+    (``result``) instead of a ``CallToolResult``; ``verdict`` (approval_required) is audited."""
+
+    def __init__(self, result: Message, verdict: enforce.Verdict) -> None:
+        super().__init__("input required")
+        self.result = result
+        self.verdict = verdict
+
+
+# tools/call params that belong to the guard's own input_required round trip, never forwarded
+_GUARD_ROUND_TRIP = ("requestState", "inputResponses")
+
+
 @dataclass
 class GuardContext:
     """What every session of one guard shares: config, compiled policies, state, audit, identity."""
@@ -367,7 +381,14 @@ class GuardSession:
             args = {}
         if not isinstance(args, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
-        verdict = await self._verdict(who, entry, args, message)
+        try:
+            verdict = await self._verdict(who, entry, args, message)
+        except InputRequired as ask:
+            try:
+                await self._audit(who, entry, args, ask.verdict)
+            except _AuditRefusal as exc:
+                return result(rid, tool_error(exc.message))
+            return result(rid, ask.result)
         upstream = self.upstreams[entry.upstream]
         try:
             if not verdict.forward:
@@ -380,7 +401,7 @@ class GuardSession:
             await self._audit(who, entry, args, verdict)
         except _AuditRefusal as exc:
             return result(rid, tool_error(exc.message))
-        forwarded = dict(params)
+        forwarded = {k: v for k, v in params.items() if k not in _GUARD_ROUND_TRIP}
         forwarded["name"] = entry.name
         forwarded = strip_meta(forwarded, drop_reserved=True) or forwarded
         try:
@@ -432,6 +453,13 @@ class GuardSession:
             "reason": verdict.reason,
             "approver": verdict.approver,
         }
+        if verdict.approval_channel is not None:
+            record["approval"] = {
+                "channel": verdict.approval_channel,
+                "answer": verdict.approval_answer,
+                "wait_s": None if verdict.approval_wait is None else round(verdict.approval_wait, 3),
+                "id": verdict.approval_id,
+            }
         if note:
             record["note"] = note
         if self.ctx.config.audit.include_args:
