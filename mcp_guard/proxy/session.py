@@ -82,7 +82,7 @@ class NoApprover:
         )
 
 
-class InputRequired(Exception):  # noqa: N818 - a control-flow signal, not an error
+class InputRequired(Exception):
     """Raised by an approver to answer ``tools/call`` with a 2026-07-28 ``InputRequiredResult``
     (``result``) instead of a ``CallToolResult``; ``verdict`` (approval_required) is audited."""
 
