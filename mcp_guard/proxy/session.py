@@ -170,6 +170,11 @@ class GuardSession:
         if not isinstance(message, dict):
             await self.send(error(None, INVALID_REQUEST, "Invalid Request: expected a JSON-RPC object"))
             return
+        rid = message.get("id")
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int, float))):
+            # JSON-RPC ids are strings or numbers; anything else cannot be matched (or even hashed)
+            await self.send(error(None, INVALID_REQUEST, "Invalid Request: id must be a string or a number"))
+            return
         if is_request(message):
             rid = message["id"]
             task = asyncio.get_running_loop().create_task(self._serve(message))

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from mcp_guard.proxy.wire import PARSE_ERROR, Message, dumps, error
+from mcp_guard.proxy.wire import INTERNAL_ERROR, PARSE_ERROR, Message, dumps, error
 
 log = logging.getLogger("mcp_guard.stdio")
 
@@ -62,7 +62,11 @@ class StdioHost:
                 log.warning("the host sent a line that is not JSON: %.200r", line)
                 await self.send(error(None, PARSE_ERROR, "Parse error: the line is not valid JSON"))
                 continue
-            await handle(message)
+            try:
+                await handle(message)
+            except Exception:  # one bad message must never end the session
+                log.exception("handling a message from the host failed")
+                await self.send(error(None, INTERNAL_ERROR, "Internal error: mcp-guard could not handle the message"))
 
     async def close(self) -> None:
         if self._writer is not None:
