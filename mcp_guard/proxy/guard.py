@@ -32,7 +32,7 @@ def load_chain(config: GuardConfig) -> object | None:
     token = config.identity.grant
     if not token:
         return None
-    from mcp_guard.grants import ChainVerifier, load_public_key
+    from mcp_guard.grants import ChainVerifier, GrantError, load_public_key
 
     if token.startswith("@"):
         try:
@@ -42,7 +42,10 @@ def load_chain(config: GuardConfig) -> object | None:
             raise ConfigError(f"cannot read the grant chain {token[1:]}: {exc.strerror or exc}") from None
     issuers = {name: load_public_key(path) for name, path in config.trust.issuers.items()}
     verifier = ChainVerifier(issuers, config.trust.audience)
-    return verifier.verify(token, time.time())
+    try:
+        return verifier.verify(token, time.time())
+    except GrantError as exc:
+        raise GrantError(exc.code, f"the grant chain (identity.grant / MCP_GUARD_GRANT) is invalid ({exc.code}): {exc}", exc.link_index) from None
 
 
 async def build_context(config: GuardConfig) -> GuardContext:
