@@ -155,6 +155,6 @@ async def test_invalid_chain_refuses_to_start(tmp_path: Path) -> None:
         input="", capture_output=True, text=True, timeout=30, env=_env(tampered),
     )
     assert done.returncode == 1
-    assert "grant chain is invalid" in done.stderr
+    assert "is invalid (bad_signature)" in done.stderr
     assert "Traceback" not in done.stderr
     assert record.records() == []
