@@ -1,0 +1,55 @@
+"""A second OS process using the state store (run as a script by the cross-process tests).
+
+    python stateproc.py consume URL KEY LIMIT TRIES GO_FILE  -> prints how many calls were allowed
+    python stateproc.py rate URL KEY PER_MINUTE TRIES GO_FILE -> prints how many calls were allowed
+    python stateproc.py revoke URL JTI
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from mcp_guard.state import Counter, open_store
+
+
+def _wait_for(go_file: str) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go_file):
+        if time.monotonic() > deadline:
+            raise SystemExit("no go signal")
+        time.sleep(0.002)
+
+
+async def main(argv: list[str]) -> None:
+    command, url = argv[0], argv[1]
+    store = open_store(url)
+    try:
+        if command == "consume":
+            key, limit, tries, go = argv[2], int(argv[3]), int(argv[4]), argv[5]
+            print("ready", flush=True)
+            _wait_for(go)
+            allowed = 0
+            for _ in range(tries):
+                if await store.consume([Counter(key, limit), Counter(key + ":parent", limit * 10)]) is None:
+                    allowed += 1
+            print(allowed, flush=True)
+        elif command == "rate":
+            key, per_minute, tries, go = argv[2], int(argv[3]), int(argv[4]), argv[5]
+            print("ready", flush=True)
+            _wait_for(go)
+            allowed = sum([await store.rate(key, per_minute) for _ in range(tries)])
+            print(allowed, flush=True)
+        elif command == "revoke":
+            await store.revoke(argv[2], "revoked from another process")
+            print("revoked", flush=True)
+        else:
+            raise SystemExit(f"unknown command {command}")
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
