@@ -97,9 +97,16 @@ async def run_demo(root: Path) -> int:
 
     guard = write_demo(root)
     workspace = root / "workspace"
-    b = lambda s: click.style(s, bold=True)  # noqa: E731
-    ok = lambda s: click.style(s, fg="green")  # noqa: E731
-    no = lambda s: click.style(s, fg="red")  # noqa: E731
+
+    def b(text: str) -> str:
+        return click.style(text, bold=True)
+
+    def ok(text: str) -> str:
+        return click.style(text, fg="green")
+
+    def no(text: str) -> str:
+        return click.style(text, fg="red")
+
     click.echo(b("mcp-guard demo") + f": an agent session guarded in front of {FS_PACKAGE.rsplit('@', 1)[0]}")
     click.echo(f"  files:    {root}  (guard.yaml, policies/demo.yaml, workspace/, audit.jsonl)")
     click.echo("  identity: user alice@example.com, agent demo-agent, purpose demo (self-asserted from guard.yaml)\n")

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mcp_guard import __version__
+from mcp_guard import __version__, telemetry
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import AuditError, StateError, UpstreamError
 from mcp_guard.identity import Principal
@@ -177,7 +177,7 @@ class GuardSession:
             return
         if is_request(message):
             rid = message["id"]
-            task = asyncio.get_running_loop().create_task(self._serve(message))
+            task = asyncio.get_running_loop().create_task(telemetry.serve(self, message, self._serve))
             self._inflight[rid] = task
         elif is_notification(message):
             await self._host_notification(message)
@@ -216,6 +216,7 @@ class GuardSession:
             self._upstream_ids.pop(rid, None)
         if self.era == "modern" and isinstance(response.get("result"), dict):
             response["result"].setdefault("resultType", "complete")
+        telemetry.set_response(response)
         await self.send(response)
 
     def _note_era(self, message: Message) -> None:
@@ -309,8 +310,9 @@ class GuardSession:
         self.era = "legacy"
         requested = params.get("protocolVersion")
         self.protocol_version = requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
-        self.client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
-        self.client_capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+        info, caps = params.get("clientInfo"), params.get("capabilities")
+        self.client_info = info if isinstance(info, dict) else {}
+        self.client_capabilities = caps if isinstance(caps, dict) else {}
         await self._ensure_started()
         await self._check_collisions()
         out: Message = {
@@ -369,6 +371,7 @@ class GuardSession:
         if self.era == "modern":
             out["ttlMs"] = 0
             out["cacheScope"] = "private"
+        telemetry.note_tools(len(page), len(self.catalogue.entries) - len(tools))
         return result(message["id"], out)
 
     async def _tools_call(self, message: Message) -> Message:
@@ -387,7 +390,7 @@ class GuardSession:
         if not isinstance(args, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
         try:
-            verdict = await self._verdict(who, entry, args, message)
+            verdict = await telemetry.decision(self, who, entry, self._verdict(who, entry, args, message))
         except InputRequired as ask:
             try:
                 await self._audit(who, entry, args, ask.verdict)
@@ -467,6 +470,7 @@ class GuardSession:
             }
         if note:
             record["note"] = note
+        record.update(telemetry.audit_ids())
         if self.ctx.config.audit.include_args:
             record["args"] = args
         try:
@@ -611,7 +615,7 @@ class GuardSession:
         response["id"] = rid
         await upstream.respond(response)
 
-    async def request_host(self, method: str, params: Message | None, timeout: float | None = None) -> Message:
+    async def request_host(self, method: str, params: Message | None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
         """Send a request to the host and wait for its whole answer message."""
         self._host_ids += 1
         hid = self._host_ids

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from mcp_guard import __version__
+from mcp_guard import __version__, telemetry
 from mcp_guard.config import UpstreamConfig
 from mcp_guard.errors import UpstreamError
 from mcp_guard.proxy.wire import (
@@ -94,7 +94,7 @@ class Upstream:
 
     async def _supervise(self) -> None:
         backoff = 0.5
-        while not self._closed:
+        while not self._stopping():
             channel = self._factory(self.config)
             reader: asyncio.Task[None] | None = None
             reason = ""
@@ -132,16 +132,20 @@ class Upstream:
                 if reason and not reason.startswith(f"upstream {self.name}"):
                     reason = f"upstream {self.name} {reason}"
                 self.last_error = reason or f"upstream {self.name} is down"
-                if not self._closed:
+                if not self._stopping():
                     self.status = "down"
                 self._attempted.set()
-            if self._closed:
+            if self._stopping():
                 break
             await self._notify_changed()
             log.warning("%s; restarting in %.1fs", self.last_error, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
             self.status = "starting"
+
+    def _stopping(self) -> bool:
+        """A method, not the attribute, so type narrowing does not assume it cannot change."""
+        return self._closed
 
     async def _notify_changed(self) -> None:
         try:
@@ -230,14 +234,25 @@ class Upstream:
         method: str,
         params: Message | None,
         *,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline, sent on as notifications/cancelled
         on_id: Callable[[int], None] | None = None,
     ) -> Message:
         """Send a request; return the upstream's whole response message (result or error).
 
         Raises ``UpstreamError`` when the upstream is down, dies, or does not answer in time
-        (then it is also sent ``notifications/cancelled``).
+        (then it is also sent ``notifications/cancelled``).  Traced as a CLIENT span when
+        telemetry is on (its trace context goes into ``params._meta``).
         """
+        return await telemetry.upstream_call(self, method, params, self._call, timeout=timeout, on_id=on_id)
+
+    async def _call(
+        self,
+        method: str,
+        params: Message | None,
+        *,
+        timeout: float | None = None,
+        on_id: Callable[[int], None] | None = None,
+    ) -> Message:
         channel = self._channel
         if channel is None:
             raise UpstreamError(self.last_error or f"upstream {self.name} is not running")
@@ -258,7 +273,7 @@ class Upstream:
         finally:
             self._pending.pop(request_id, None)
 
-    async def request(self, method: str, params: Message | None = None, *, timeout: float | None = None) -> Message:
+    async def request(self, method: str, params: Message | None = None, *, timeout: float | None = None) -> Message:  # noqa: ASYNC109
         """Like ``call`` but returns the ``result`` and raises ``RpcError`` for an error answer."""
         response = await self.call(method, params, timeout=timeout)
         if "error" in response:
