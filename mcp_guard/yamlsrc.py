@@ -66,7 +66,7 @@ def _build(node: yaml.Node, path: Path, smap: SourceMap, loader: _Loader) -> Any
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = loader.construct_object(key_node, deep=True)
             key = key if isinstance(key, str | int | bool | float) or key is None else str(key)
             child = (*path, key if isinstance(key, str | int) else str(key))
             smap.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
@@ -79,7 +79,7 @@ def _build(node: yaml.Node, path: Path, smap: SourceMap, loader: _Loader) -> Any
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), smap, loader) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return loader.construct_object(node, deep=True)
 
 
 def load(text: str, file: str) -> tuple[Any, SourceMap]:
@@ -98,7 +98,7 @@ def load(text: str, file: str) -> tuple[Any, SourceMap]:
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(Problem(file, 1, 1, f"invalid YAML: {exc}")) from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
 
 
 class YamlSyntaxError(Exception):

@@ -250,7 +250,7 @@ class Upstream:
         method: str,
         params: Message | None,
         *,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
         on_id: Callable[[int], None] | None = None,
     ) -> Message:
         channel = self._channel
