@@ -1,0 +1,433 @@
+"""Human approval for ``effect: approve`` (spec §6): ask a person, bound to the exact call.
+
+Three channels, picked per call from what the host can do:
+
+- legacy hosts (2025-06-18 / 2025-11-25) that declared form elicitation get an
+  ``elicitation/create`` request on the session's back channel;
+- 2026-07-28 hosts that declare ``elicitation`` in the request's ``_meta`` get an
+  ``InputRequiredResult`` whose ``requestState`` is sealed (AES-256-GCM, per-guard key) and bound to
+  the principal, the tool, the arguments' SHA-256 and an expiry; redeeming it consumes its nonce in
+  the state store, so it answers one call once;
+- every other host waits in the approval queue of the state store, answered from another terminal
+  with ``mcp-guard approvals approve|reject ID``.
+
+No answer within ``approvals.timeout`` is a rejection.  Only an explicit "accept" with
+``approve: true`` approves; anything else — decline, cancel, ``approve: false``, an error, a
+malformed answer, a forged or replayed state — rejects (fail closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from mcp_guard.audit import args_hash, canonical
+from mcp_guard.identity import Principal
+from mcp_guard.proxy.enforce import Verdict
+from mcp_guard.proxy.session import InputRequired
+from mcp_guard.proxy.wire import META_CLIENT_CAPABILITIES, Message
+from mcp_guard.state import APPROVED, Counter
+
+if TYPE_CHECKING:
+    from mcp_guard.config import ApprovalsConfig
+    from mcp_guard.proxy.catalogue import ToolEntry
+    from mcp_guard.proxy.session import GuardContext, GuardSession
+
+log = logging.getLogger("mcp_guard.approvals")
+
+APPROVAL_KEY = "mcp-guard.approval"
+"""The ``inputRequests`` / ``inputResponses`` key of the guard's own approval question."""
+
+STATE_VERSION = 1
+_AAD = b"mcp-guard/approval-state/v1"
+_NONCE_BYTES = 12
+MAX_STATE_CHARS = 4096  # a sealed state is ~250 characters; anything far larger is not ours
+
+MAX_VALUE_CHARS = 300  # one argument value in the prompt
+MAX_ARGS_CHARS = 2000  # all arguments in the prompt
+MAX_PREVIEW_CHARS = 400  # the one-line preview stored with a queued request
+MAX_HUMAN_REASON = 200
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+APPROVAL_SCHEMA: Message = {
+    "type": "object",
+    "properties": {
+        "approve": {
+            "type": "boolean",
+            "title": "Approve this call?",
+            "description": "Yes lets exactly this call through once; no refuses it.",
+            "default": False,
+        },
+        "reason": {
+            "type": "string",
+            "title": "Reason (optional)",
+            "description": "Recorded in the audit log and shown to the agent.",
+            "maxLength": 500,
+        },
+    },
+    "required": ["approve"],
+}
+
+
+# --------------------------------------------------------------------------- what the human sees
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _value(value: Any) -> str:
+    """JSON, so quotes, newlines and control characters in an argument stay visibly escaped and an
+    argument can never forge a line of the prompt."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return _clip(text, MAX_VALUE_CHARS)
+
+
+def render_arguments(args: Mapping[str, Any]) -> list[str]:
+    """One ``name = value`` line per top-level argument, each value and the whole block capped."""
+    if not args:
+        return ["  (no arguments)"]
+    lines: list[str] = []
+    used = 0
+    for i, (key, value) in enumerate(args.items()):
+        name = key if _PLAIN_KEY.match(key) else _value(key)
+        line = f"  {name} = {_value(value)}"
+        if used + len(line) > MAX_ARGS_CHARS:
+            lines.append(f"  … {len(args) - i} more argument(s) not shown (the approval still binds all of them)")
+            break
+        lines.append(line)
+        used += len(line)
+    return lines
+
+
+def args_preview(args: Mapping[str, Any]) -> str:
+    """The compact one-line form kept with a queued request (``mcp-guard approvals list``)."""
+    return _clip(orjson.dumps(dict(args), default=repr).decode(), MAX_PREVIEW_CHARS)
+
+
+def _why(verdict: Verdict) -> str:
+    if verdict.policy_ids:
+        return "policy " + ", ".join(verdict.policy_ids) + " requires a human for this call"
+    return "the grant chain requires a human for this tool"
+
+
+def render_prompt(who: Principal, entry: ToolEntry, args: Mapping[str, Any], verdict: Verdict) -> str:
+    """The text of the approval question: who, what, why, and the exact arguments."""
+    agent_note = f"verified grant {who.grant_id}" if who.verified and who.grant_id else ("verified grant" if who.verified else "self-asserted")
+    lines = [
+        "mcp-guard asks you to approve a tool call.",
+        "",
+        f"Tool:      {entry.qualified}  (called as {entry.exposed})",
+        f"Upstream:  {entry.upstream}",
+        f"User:      {who.user}",
+        f"Agent:     {who.agent or '?'}  ({agent_note})",
+        f"Chain:     {' > '.join(who.chain)}",
+        f"Purpose:   {who.purpose or '(none given)'}",
+        f"Why:       {_why(verdict)}",
+        f"Arguments (SHA-256 {args_hash(dict(args))[:16]}…):",
+        *render_arguments(args),
+        "",
+        "Approving lets exactly this call through once; different arguments ask again.",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- sealed request state
+
+
+def _principal_tag(who: Principal) -> str:
+    material = canonical([list(who.chain), who.purpose, who.grant_id, who.verified])
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class StateSealer:
+    """AES-256-GCM envelope for ``requestState``: the host can neither read nor alter it."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._aead = AESGCM(key or AESGCM.generate_key(bit_length=256))
+
+    def seal(self, payload: Mapping[str, Any]) -> str:
+        iv = os.urandom(_NONCE_BYTES)
+        return _b64(iv + self._aead.encrypt(iv, orjson.dumps(dict(payload)), _AAD))
+
+    def open(self, token: Any) -> dict[str, Any] | None:
+        """The payload, or None for anything not sealed by this guard (altered, foreign, garbage)."""
+        if not isinstance(token, str) or not token or len(token) > MAX_STATE_CHARS:
+            return None
+        try:
+            raw = _unb64(token)
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _AAD)
+            payload = orjson.loads(plain)
+        except (ValueError, binascii.Error, InvalidTag, orjson.JSONDecodeError):
+            return None
+        return payload if isinstance(payload, dict) and payload.get("v") == STATE_VERSION else None
+
+
+# --------------------------------------------------------------------------- the approver
+
+
+def _form_capable(elicitation: Any) -> bool:
+    """``elicitation: {}`` (2025-06-18 style) means form; 2025-11-25+ may list modes explicitly."""
+    return isinstance(elicitation, dict) and (not elicitation or "form" in elicitation)
+
+
+def _human_reason(content: Any) -> str | None:
+    if not isinstance(content, dict):
+        return None
+    reason = content.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        return None
+    return _clip(" ".join(reason.split()), MAX_HUMAN_REASON)
+
+
+class GuardApprover:
+    """The guard's ``Approver``: picks the channel per call and returns ``approved`` or ``rejected``."""
+
+    def __init__(self, ctx: GuardContext, key: bytes | None = None) -> None:
+        self.ctx = ctx
+        self.sealer = StateSealer(key)
+        self._remembered: weakref.WeakKeyDictionary[GuardSession, dict[tuple[str, str, str], str]] = weakref.WeakKeyDictionary()
+
+    @property
+    def config(self) -> ApprovalsConfig:
+        return self.ctx.config.approvals
+
+    async def ask(self, session: GuardSession, entry: ToolEntry, args: dict[str, Any], verdict: Verdict, request: Message) -> Verdict:
+        who = session.principal
+        digest = args_hash(args)
+        memo_key = (_principal_tag(who), entry.qualified, digest)
+        if self.config.remember == "session":
+            earlier = self._remembered.get(session, {}).get(memo_key)
+            if earlier is not None:
+                return self._approved(verdict, entry, earlier, "remembered", 0.0, None)
+        params = request.get("params") if isinstance(request.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        if session.era == "modern":
+            if "requestState" in params:
+                out = await self._redeem(session, who, entry, args, digest, verdict, params)
+            elif _form_capable(self._request_capabilities(params).get("elicitation")):
+                raise self._input_required(who, entry, args, digest, verdict)
+            else:
+                out = await self._queue(session, who, entry, args, digest, verdict)
+        elif _form_capable(session.client_capabilities.get("elicitation")):
+            out = await self._elicit(session, who, entry, args, verdict)
+        else:
+            out = await self._queue(session, who, entry, args, digest, verdict)
+        if out.decision == "approved" and self.config.remember == "session":
+            self._remembered.setdefault(session, {})[memo_key] = out.approver or "?"
+        return out
+
+    # -- verdicts
+
+    @staticmethod
+    def _approved(verdict: Verdict, entry: ToolEntry, approver: str, channel: str, wait: float, approval_id: str | None) -> Verdict:
+        return dataclasses.replace(
+            verdict,
+            decision="approved",
+            reason=f"mcp-guard forwarded {entry.qualified}: approved by {approver}",
+            approver=approver,
+            approval_channel=channel,
+            approval_answer="approve",
+            approval_wait=wait,
+            approval_id=approval_id,
+        )
+
+    @staticmethod
+    def _rejected(verdict: Verdict, entry: ToolEntry, why: str, answer: str, channel: str, wait: float,
+                  approver: str | None = None, approval_id: str | None = None) -> Verdict:
+        return dataclasses.replace(
+            verdict,
+            decision="rejected",
+            reason=f"mcp-guard refused {entry.qualified}: {why}",
+            approver=approver,
+            approval_channel=channel,
+            approval_answer=answer,
+            approval_wait=wait,
+            approval_id=approval_id,
+        )
+
+    def _from_elicit_result(self, verdict: Verdict, entry: ToolEntry, answer: Any, channel: str, wait: float,
+                            approver: str, approval_id: str | None) -> Verdict:
+        """Only ``accept`` with ``approve: true`` approves; every other shape rejects."""
+        action = answer.get("action") if isinstance(answer, dict) else None
+        content = answer.get("content") if isinstance(answer, dict) else None
+        reason = _human_reason(content)
+        suffix = f" ({reason})" if reason else ""
+        if action == "accept" and isinstance(content, dict) and content.get("approve") is True:
+            return self._approved(verdict, entry, approver, channel, wait, approval_id)
+        if action == "accept":
+            return self._rejected(verdict, entry, f"the human rejected it{suffix}", "reject", channel, wait, approver, approval_id)
+        if action == "decline":
+            return self._rejected(verdict, entry, "the human declined to approve it", "decline", channel, wait, approver, approval_id)
+        if action == "cancel":
+            return self._rejected(verdict, entry, "the approval request was dismissed without an answer", "cancel", channel, wait, approver, approval_id)
+        return self._rejected(verdict, entry, "the approval answer was not understood", "error", channel, wait, None, approval_id)
+
+    @staticmethod
+    def _host_name(session: GuardSession) -> str:
+        return "host:" + str(session.client_info.get("name") or "unknown")
+
+    @staticmethod
+    def _request_capabilities(params: Message) -> Message:
+        meta = params.get("_meta")
+        caps = meta.get(META_CLIENT_CAPABILITIES) if isinstance(meta, dict) else None
+        return caps if isinstance(caps, dict) else {}
+
+    # -- legacy: elicitation/create on the back channel
+
+    async def _elicit(self, session: GuardSession, who: Principal, entry: ToolEntry, args: dict[str, Any], verdict: Verdict) -> Verdict:
+        params: Message = {"message": render_prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA}
+        if session.protocol_version >= "2025-11-25":
+            params = {"mode": "form", **params}  # 2025-06-18 hosts know no `mode`
+        timeout = self.config.timeout
+        start = time.monotonic()
+        response = await session.request_host("elicitation/create", params, timeout)
+        wait = time.monotonic() - start
+        if "error" in response:
+            if wait >= timeout * 0.99:
+                return self._rejected(verdict, entry, f"no human answered within {timeout:g}s", "timeout", "elicitation", wait)
+            message = response["error"].get("message") if isinstance(response["error"], dict) else None
+            log.warning("the host refused the approval elicitation: %s", message)
+            return self._rejected(verdict, entry, "the host could not ask a human for approval", "error", "elicitation", wait)
+        return self._from_elicit_result(verdict, entry, response.get("result"), "elicitation", wait, self._host_name(session), None)
+
+    # -- 2026-07-28: input_required with a sealed, single-use requestState
+
+    def _input_required(self, who: Principal, entry: ToolEntry, args: dict[str, Any], digest: str, verdict: Verdict) -> InputRequired:
+        now = self.ctx.clock()
+        nonce = secrets.token_hex(16)
+        state = self.sealer.seal({
+            "v": STATE_VERSION,
+            "n": nonce,
+            "p": _principal_tag(who),
+            "t": entry.qualified,
+            "a": digest,
+            "iat": now,
+            "exp": now + self.config.timeout,
+        })
+        elicitation: Message = {
+            "method": "elicitation/create",
+            "params": {"mode": "form", "message": render_prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA},
+        }
+        result: Message = {"resultType": "input_required", "inputRequests": {APPROVAL_KEY: elicitation}, "requestState": state}
+        asked = dataclasses.replace(verdict, approval_channel="input_required", approval_answer="asked", approval_id=nonce)
+        return InputRequired(result, asked)
+
+    async def _redeem(self, session: GuardSession, who: Principal, entry: ToolEntry, args: dict[str, Any], digest: str,
+                      verdict: Verdict, params: Message) -> Verdict:
+        now = self.ctx.clock()
+        state = self.sealer.open(params.get("requestState"))
+
+        def invalid(why: str, nonce: str | None = None) -> Verdict:
+            log.warning("refused an approval requestState for %s: %s", entry.qualified, why)
+            return self._rejected(verdict, entry, "the approval state is invalid, expired or already used", "invalid_state",
+                                  "input_required", 0.0, None, nonce)
+
+        if state is None:
+            return invalid("not sealed by this guard, or altered")
+        nonce = state.get("n")
+        exp = state.get("exp")
+        iat = state.get("iat")
+        if not isinstance(nonce, str) or not isinstance(exp, int | float) or not isinstance(iat, int | float):
+            return invalid("malformed", None)
+        if now >= exp:
+            return invalid("expired", nonce)
+        if state.get("p") != _principal_tag(who) or state.get("t") != entry.qualified or state.get("a") != digest:
+            return invalid("bound to a different principal, tool or arguments", nonce)
+        if await self.ctx.store.consume([Counter(f"approval-state:{nonce}", 1, float(exp) + 60.0)]) is not None:
+            return invalid("already used", nonce)
+        wait = max(0.0, now - float(iat))
+        responses = params.get("inputResponses")
+        answer = responses.get(APPROVAL_KEY) if isinstance(responses, dict) else None
+        if answer is None:
+            raise self._input_required(who, entry, args, digest, verdict)  # spec: missing response -> ask again
+        return self._from_elicit_result(verdict, entry, answer, "input_required", wait, self._host_name(session), nonce)
+
+    # -- no elicitation: the approval queue in the state store
+
+    async def _queue(self, session: GuardSession, who: Principal, entry: ToolEntry, args: dict[str, Any], digest: str,
+                     verdict: Verdict) -> Verdict:
+        store = self.ctx.store
+        timeout = self.config.timeout
+        start = time.monotonic()
+        approval_id = await store.approval_create({
+            "session": session.id,
+            "principal": list(who.chain),
+            "user": who.user,
+            "agent": who.agent,
+            "verified": who.verified,
+            "purpose": who.purpose,
+            "upstream": entry.upstream,
+            "tool": entry.name,
+            "qualified": entry.qualified,
+            "policy_ids": list(verdict.policy_ids),
+            "args_sha256": digest,
+            "args_preview": args_preview(args),
+            "message": render_prompt(who, entry, args, verdict),
+            "expires_at": time.time() + timeout,
+        })
+        log.warning(
+            "approval %s: %s for %s waits up to %gs for a human: mcp-guard approvals approve %s (or reject %s)",
+            approval_id, entry.qualified, " > ".join(who.chain), timeout, approval_id, approval_id,
+        )
+        try:
+            record = await store.approval_wait(approval_id, timeout)
+        except BaseException:
+            # the caller went away (cancelled) or the store failed: the request must not stay answerable
+            try:
+                await store.approval_resolve(approval_id, False, "mcp-guard", "the call was cancelled")
+            except Exception:  # best effort; the original error wins
+                log.debug("could not withdraw approval %s", approval_id)
+            raise
+        wait = time.monotonic() - start
+        if record is None:
+            return self._rejected(verdict, entry, f"no human answered within {timeout:g}s", "timeout", "queue", wait, None, approval_id)
+        approver = str(record.get("approver") or "unknown")
+        if record.get("status") == APPROVED:
+            return self._approved(verdict, entry, approver, "queue", wait, approval_id)
+        reason = record.get("reason")
+        suffix = f" ({_clip(' '.join(str(reason).split()), MAX_HUMAN_REASON)})" if reason else ""
+        return self._rejected(verdict, entry, f"rejected by {approver}{suffix}", "reject", "queue", wait, approver, approval_id)
+
+
+def make_approver(ctx: GuardContext) -> GuardApprover:
+    """The approver ``build_context`` installs; one per guard, so one state-sealing key per guard."""
+    return GuardApprover(ctx)
+
+
+__all__ = [
+    "APPROVAL_KEY",
+    "APPROVAL_SCHEMA",
+    "GuardApprover",
+    "StateSealer",
+    "args_preview",
+    "make_approver",
+    "render_arguments",
+    "render_prompt",
+]
