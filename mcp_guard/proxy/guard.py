@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 
+from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, policy_sources
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.policy import PolicySet, load_sources
@@ -53,6 +54,7 @@ async def build_context(config: GuardConfig) -> GuardContext:
 
     policies = load_policy_set(config)
     chain = load_chain(config)
+    telemetry.setup(config.telemetry)  # off unless OTEL_* or the telemetry: block ask for it
     audit = None
     if config.audit.path:
         from mcp_guard.audit import AuditLog
@@ -88,6 +90,7 @@ async def run_stdio(config: GuardConfig) -> None:
         await session.close()
         with contextlib.suppress(Exception):
             await ctx.store.close()
+        telemetry.shutdown()  # flush queued spans, bounded by the export timeout
         await host.close()
 
 

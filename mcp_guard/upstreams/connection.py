@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 from collections.abc import Callable
@@ -88,7 +89,8 @@ class Upstream:
         if self._supervisor is None:
             self.client_capabilities = client_capabilities
             self.status = "starting"
-            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            # a fresh context: restarts and refreshes must not join the trace of the request that started us
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), context=contextvars.Context())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._attempted.wait(), STARTUP_TIMEOUT + 5)
 
