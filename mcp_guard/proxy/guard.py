@@ -82,11 +82,18 @@ async def run_stdio(config: GuardConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, serving.cancel)
+    from mcp_guard.proxy.reload import watch_policies
+
+    reload_now = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+    watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now))
     try:
         await serving
     except asyncio.CancelledError:
         pass
     finally:
+        watcher.cancel()
         await session.close()
         with contextlib.suppress(Exception):
             await ctx.store.close()

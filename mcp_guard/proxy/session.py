@@ -660,6 +660,13 @@ class GuardSession:
             return  # the first build happens once every upstream has had its first try
         await self._tools_changed()
 
+    async def policies_changed(self) -> None:
+        """After a policy reload: tell the host if what it may see changed."""
+        before = self._visible_cache[1] if self._visible_cache is not None else None
+        after = self.visible_tools()
+        if before is not None and [e.exposed for e in before] != [e.exposed for e in after] and self.era == "legacy":
+            await self.send(notification("notifications/tools/list_changed"))
+
     async def _tools_changed(self) -> None:
         before = [e.definition for e in self.visible_tools()]
         self._rebuild_catalogue()

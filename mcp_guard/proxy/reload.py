@@ -1,0 +1,67 @@
+"""Hot reload of policies: a changed file (polled) or SIGHUP builds a new ``PolicySet`` beside the
+live one and swaps the reference; a broken file keeps the last good set and says why in the log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from mcp_guard.config import GuardConfig, iter_policy_files
+from mcp_guard.errors import ConfigError
+from mcp_guard.proxy.session import GuardContext
+
+log = logging.getLogger("mcp_guard.reload")
+
+POLL_SECONDS = 1.0
+
+
+def policy_fingerprint(config: GuardConfig) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, size) of every policy file: cheap to compute once a second."""
+    out: list[tuple[str, int, int]] = []
+    for root in config.policies:
+        for p in iter_policy_files(root) if root.exists() else [root]:
+            try:
+                st = os.stat(p)
+                out.append((str(p), st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(p), -1, -1))
+    return tuple(out)
+
+
+def reload_policies(ctx: GuardContext) -> list[str]:
+    """Try to swap in freshly compiled policies; returns the problems that kept the old set."""
+    from mcp_guard.proxy.guard import load_policy_set
+
+    try:
+        fresh = load_policy_set(ctx.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.error("policy reload refused, keeping the last good policies: %s", line)
+        return list(exc.problems)
+    ctx.policies = fresh  # one reference assignment: every later decision sees the new set
+    log.info("policies reloaded (%d policies)", len(fresh.policies))
+    return []
+
+
+async def watch_policies(ctx: GuardContext, changed: Callable[[], Awaitable[None]], wake: asyncio.Event) -> None:
+    """Poll the policy files (and wake on SIGHUP); after a successful swap call ``changed``."""
+    if not ctx.config.policies:
+        return
+    seen = policy_fingerprint(ctx.config)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+        forced = wake.is_set()
+        wake.clear()
+        now = policy_fingerprint(ctx.config)
+        if now == seen and not forced:
+            continue
+        seen = now
+        if not reload_policies(ctx):
+            await changed()
+
+
+__all__ = ["policy_fingerprint", "reload_policies", "watch_policies"]
