@@ -4,11 +4,19 @@ told the list changed, and a broken edit keeps the last good policies (and says 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import mcp_types as types
 import pytest
-from fixtures import RecordFile, guarded_session, recording_server_command, stdio_upstream, write_guard_config, write_policies
+from fixtures import (
+    RecordFile,
+    guarded_session,
+    recording_server_command,
+    stdio_upstream,
+    write_guard_config,
+    write_policies,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -16,8 +24,8 @@ ECHO_ONLY = [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/echo"]}]}]
 ECHO_AND_READ = [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/echo", "rec/read_note"]}]}]
 
 
-async def _until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(predicate: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.2)
