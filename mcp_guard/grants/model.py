@@ -15,6 +15,7 @@ from jsonschema.exceptions import SchemaError
 from referencing import Registry
 
 from mcp_guard.grants.errors import MALFORMED, GrantError
+from mcp_guard.grants.fastschema import Check, compile_fast
 from mcp_guard.grants.keys import jwk_to_public_key, thumbprint
 
 DEFAULT_AUDIENCE = "urn:mcp-guard:local"
@@ -84,18 +85,31 @@ def _check_refs(node: Any) -> None:
             _check_refs(v)
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledSchema:
+    """``jsonschema`` for the truth and the explanation; ``fast`` (when the schema allows) for the hot path."""
+
+    validator: Draft202012Validator
+    fast: Check | None
+
+    def is_valid(self, instance: Any) -> bool:
+        if self.fast is not None:
+            return self.fast(instance)
+        return bool(self.validator.is_valid(instance))
+
+
 @functools.lru_cache(maxsize=1024)
-def _compiled(canonical: str) -> Draft202012Validator:
+def _compiled(canonical: str) -> CompiledSchema:
     schema = json.loads(canonical)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise GrantError(MALFORMED, f"an argument schema is not valid JSON Schema 2020-12: {exc.message}") from None
-    return Draft202012Validator(schema, registry=_EMPTY_REGISTRY)
+    return CompiledSchema(Draft202012Validator(schema, registry=_EMPTY_REGISTRY), compile_fast(schema))
 
 
-def compile_schema(schema: Any) -> Draft202012Validator:
-    """Validators are compiled once per distinct schema; chains share them (cache keyed by canonical JSON)."""
+def compile_schema(schema: Any) -> CompiledSchema:
+    """Compiled once per distinct schema; chains share them (cache keyed by canonical JSON)."""
     if not isinstance(schema, dict | bool):
         raise GrantError(MALFORMED, "an argument schema must be a JSON Schema object")
     _check_refs(schema)
@@ -111,7 +125,7 @@ class ToolEntry:
     approval: Approval = "never"
     max_calls: int | None = None
     arguments: Any = None  # a JSON Schema, or None
-    validator: Draft202012Validator | None = field(default=None, compare=False, repr=False)
+    validator: CompiledSchema | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"approval": self.approval}

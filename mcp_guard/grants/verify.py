@@ -242,19 +242,40 @@ class GrantChain:
     def budgets(self, tool: str) -> tuple[Budget, ...]:
         return self._plan(tool).budgets
 
+    def explain_call(self, tool: str, args: Mapping[str, Any] | None) -> list[str]:
+        """One verdict line per link, without short-circuit (for ``explain``); never shows argument values."""
+        instance = dict(args) if args is not None else {}
+        lines = []
+        for link in self.links:
+            head = f"link {link.index} ({link.iss} -> agent {link.agent}, id {link.jti})"
+            entries = link.entries_for(tool)
+            if not entries:
+                lines.append(f"{head}: refuses: {tool} is not among its tools")
+                continue
+            problems = [p for e in entries if e.validator is not None and (p := _arguments_problem(e, instance))]
+            notes = [f"via {', '.join(e.pattern for e in entries)}"]
+            if any(e.approval == "always" for e in entries):
+                notes.append("needs approval")
+            notes += [f"max_calls {e.max_calls} for {e.pattern}" for e in entries if e.max_calls is not None]
+            if link.max_calls is not None:
+                notes.append(f"max_calls {link.max_calls} for the link")
+            verdict = f"refuses: {problems[0]}" if problems else "permits"
+            lines.append(f"{head}: {verdict} ({'; '.join(notes)})")
+        return lines
+
 
 def _arguments_problem(entry: ToolEntry, instance: dict[str, Any]) -> str | None:
     """None if the arguments satisfy the schema; else a description naming paths, never values."""
-    validator = entry.validator
-    assert validator is not None
+    compiled = entry.validator
+    assert compiled is not None
     try:
-        if validator.is_valid(instance):
+        if compiled.is_valid(instance):
             return None
-        error = next(iter(validator.iter_errors(instance)), None)
+        error = next(iter(compiled.validator.iter_errors(instance)), None)
     except Exception:  # unresolvable $ref, recursion: fail closed
         return "arguments that can be checked against the schema are"
-    if error is None:  # pragma: no cover - is_valid and iter_errors disagree
-        return "valid arguments are"
+    if error is None:  # pragma: no cover - the fast checker and jsonschema disagree: refuse anyway
+        return "arguments that pass the argument schema are"
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     return f"args{path} fails the `{error.validator}` constraint"
 

@@ -297,7 +297,7 @@ def test_garbage_is_malformed(world: World, token: str) -> None:
 
 
 def test_duplicate_json_members_are_refused(world: World) -> None:
-    h, p = decode(world.root())
+    _h, p = decode(world.root())
     raw = '{"alg":"EdDSA","typ":"mcp-guard-grant+jwt","alg":"EdDSA"}'
     signing_input = f"{b64(raw.encode())}.{b64(__import__('json').dumps(p).encode())}"
     token = f"{signing_input}.{b64(world.idp.sign(signing_input.encode()))}"
