@@ -1,0 +1,102 @@
+"""Summarize drive.py JSON lines: medians across rounds, ratios vs. the baseline.
+
+Usage: python summarize.py results.jsonl [--baseline direct] [--markdown]
+
+Ratios are target/baseline for every column, so >1 means slower for latency
+and CPU columns and <1 means slower for the throughput column (rps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+
+COLS = [
+    # (json key, header, decimals)
+    ("init_ms", "init ms", 0),
+    ("list_p50_ms", "list p50 ms", 2),
+    ("seq_p50_ms", "seq p50 ms", 3),
+    ("seq_p99_ms", "seq p99 ms", 3),
+    ("conc_rps", "conc16 rps", 0),
+    ("conc_p99_ms", "conc p99 ms", 1),
+    ("seq_server_cpu_us", "srv CPU us/call", 0),
+    ("seq_top_cpu_us", "proxy-proc CPU us/call", 0),
+    ("conc_errors", "errors", 0),
+]
+RATIO_COLS = [  # (json key, header)
+    ("list_p50_ms", "x list"),
+    ("seq_p50_ms", "x seq50"),
+    ("seq_p99_ms", "x seq99"),
+    ("conc_rps", "x rps"),
+    ("seq_server_cpu_us", "x cpu"),
+]
+
+
+def med(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("jsonl")
+    ap.add_argument("--baseline", default="direct")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+
+    groups: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    order: list[str] = []
+    with open(args.jsonl) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            n = r.get("tools_listed", 0) - 1  # minus echo
+            groups[n][r["label"]].append(r)
+            if r["label"] not in order:
+                order.append(r["label"])
+
+    sep = " | " if args.markdown else "  "
+    for n in sorted(groups):
+        by = groups[n]
+        base = by.get(args.baseline)
+        print(f"\n### {n} dummy tools (+echo); medians over rounds; rounds per target: "
+              + ", ".join(f"{t}={len(by[t])}" for t in order if t in by))
+        hdr = ["target"] + [h for _, h, _ in COLS] + [h for _, h in RATIO_COLS]
+        rows = []
+        for t in order:
+            if t not in by:
+                continue
+            row = [t]
+            for key, _, dec in COLS:
+                v = med(by[t], key)
+                row.append("-" if v is None else f"{v:.{dec}f}")
+            for key, _ in RATIO_COLS:
+                v, b = med(by[t], key), (med(base, key) if base else None)
+                row.append("-" if (v is None or not b) else f"{v / b:.2f}")
+            rows.append(row)
+        widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=False)]
+        if args.markdown:
+            print("| " + " | ".join(h.ljust(w) for h, w in zip(hdr, widths, strict=False)) + " |")
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+            for row in rows:
+                print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)) + " |")
+        else:
+            print(sep.join(h.rjust(w) for h, w in zip(hdr, widths, strict=False)))
+            for row in rows:
+                print(sep.join(str(x).rjust(w) for x, w in zip(row, widths, strict=False)))
+        # noise: spread of seq p50 across rounds
+        spread = []
+        for t in order:
+            if t in by and len(by[t]) > 1:
+                v = [r["seq_p50_ms"] for r in by[t]]
+                spread.append(f"{t} {min(v):.3f}-{max(v):.3f}")
+        if spread:
+            print("seq p50 range across rounds (ms): " + "; ".join(spread))
+
+
+if __name__ == "__main__":
+    main()
