@@ -23,7 +23,7 @@ def guard_yaml(tmp_path: Path, record_file: RecordFile) -> GuardYaml:
     """``guard_yaml(timeout="20s", remember="none", state="memory://") -> guard.yaml`` with an audit log."""
 
     def make(timeout: str = "20s", remember: str = "none", state: str = "memory://") -> Path:
-        return write_guard_config(
+        path: Path = write_guard_config(
             tmp_path,
             {"notes": stdio_upstream(recording_server_command(), env=record_file.env())},
             POLICIES,
@@ -32,5 +32,6 @@ def guard_yaml(tmp_path: Path, record_file: RecordFile) -> GuardYaml:
             audit={"path": str(tmp_path / "audit.jsonl")},
             state={"url": state},
         )
+        return path
 
     return make

@@ -33,7 +33,7 @@ async def pending(config: Path) -> dict[str, Any]:
     while asyncio.get_running_loop().time() < deadline:
         code, out, err = await cli("approvals", "list", "--json", "--config", str(config))
         assert code == 0, err
-        records = [json.loads(line) for line in out.splitlines() if line.strip()]
+        records: list[dict[str, Any]] = [json.loads(line) for line in out.splitlines() if line.strip()]
         if records:
             assert len(records) == 1
             return records[0]
