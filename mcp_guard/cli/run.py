@@ -18,6 +18,8 @@ def setup_logging(level: str | None) -> None:
     """Logs go to stderr only: in stdio mode stdout belongs to the MCP protocol."""
     name = (level or os.environ.get("MCP_GUARD_LOG_LEVEL") or "INFO").upper()
     logging.basicConfig(level=getattr(logging, name, logging.INFO), format="mcp-guard %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx2", "httpx", "httpcore", "mcp"):  # one line per HTTP request is not news
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str, policies: tuple[str, ...]) -> GuardConfig:

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard.session")
 
 PAGE_SIZE = 1000  # tools per tools/list page toward the host
+CACHEABLE = frozenset(
+    {"server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
+)  # 2026-07-28 results that must carry ttlMs + cacheScope
 
 
 class HostTransport(Protocol):
@@ -215,7 +218,12 @@ class GuardSession:
             self._inflight.pop(rid, None)
             self._upstream_ids.pop(rid, None)
         if self.era == "modern" and isinstance(response.get("result"), dict):
-            response["result"].setdefault("resultType", "complete")
+            out = response["result"]
+            out.setdefault("resultType", "complete")
+            if method in CACHEABLE and out["resultType"] == "complete":
+                # answers may vary by principal, so they are never shared between callers
+                out.setdefault("ttlMs", 0)
+                out.setdefault("cacheScope", "private")
         telemetry.set_response(response)
         await self.send(response)
 
