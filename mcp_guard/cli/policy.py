@@ -138,7 +138,7 @@ def _render(expl: Explanation, tool: str, who: Principal, shown: bool) -> list[s
     if d.rules or d.cited:
         out.append(f"decided by: {', '.join(d.rule_ids)}" if d.rules else f"nearest rule: {', '.join(d.rule_ids)}")
     for pol in expl.policies:
-        subj = "matches" if pol.subjects_failing is None else f"does not match ({pol.subjects_failing})"
+        subj = "match" if pol.subjects_failing is None else f"do not match ({pol.subjects_failing})"
         out.append("")
         out.append(f"policy {pol.id} ({pol.source}): subjects {subj}")
         for r in pol.rules:
