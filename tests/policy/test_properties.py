@@ -8,7 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_guard.identity import Principal
-from mcp_guard.policy import Condition, Effect, Limit, Policy, PolicySet, Rule, Subjects, dump, load_sources, parse_text
+from mcp_guard.policy import (
+    Condition,
+    Effect,
+    Limit,
+    Policy,
+    PolicySet,
+    Rule,
+    Subjects,
+    dump,
+    load_sources,
+    parse_text,
+)
 
 TOOLS = ["fs/read", "fs/write", "git/log", "memory/delete_all"]
 PATTERNS = [*TOOLS, "fs/*", "*/read", "*/delete*", "*/*", "g?t/log", "fs/w*e"]
