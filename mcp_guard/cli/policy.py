@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import yaml
 
 from mcp_guard.config import GuardConfig, iter_policy_files, iter_policy_test_files, load_config, read_sources
 from mcp_guard.errors import ConfigError, GuardError
@@ -69,6 +70,8 @@ def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
         except ConfigError as exc:
             lines.extend(exc.problems)
             errors += sum(1 for p in exc.problems if ": warning: " not in p)
+            more, upstreams = _salvage(config_path)
+            targets.extend(more)
         else:
             targets.extend(config.policies)
             upstreams = list(config.upstreams) or None
@@ -95,11 +98,31 @@ def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
         click.echo(line, err=True)
     warnings = len(lines) - errors
     if errors:
-        click.echo(f"mcp-guard: {errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}", err=True)
+        click.echo(f"mcp-guard: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}", err=True)
         sys.exit(1)
     rules = sum(len(p.rules) for p in parsed.policies)
-    click.echo(f"ok: {len(parsed.policies)} policies, {rules} rules in {len(files)} files"
-               + (f", {len(tests)} test files" if tests else "") + (f" ({warnings} warnings)" if warnings else ""))
+    click.echo(f"ok: {_plural(len(parsed.policies), 'policy', 'policies')}, {_plural(rules, 'rule')} in {_plural(len(files), 'file')}"
+               + (f", {_plural(len(tests), 'test file')}" if tests else "") + (f" ({_plural(warnings, 'warning')})" if warnings else ""))
+
+
+def _salvage(config_path: Path) -> tuple[list[Path], list[str] | None]:
+    """The policy paths and upstream names of a guard.yaml that failed to load, so ``check``
+    still reports the policies' problems in the same run."""
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return [], None
+    if not isinstance(data, dict):
+        return [], None
+    raw = data.get("policies")
+    names = [raw] if isinstance(raw, str) else [p for p in raw if isinstance(p, str)] if isinstance(raw, list) else []
+    ups = data.get("upstreams")
+    paths = [config_path.parent / n for n in names if "${" not in n]
+    return [p for p in paths if p.exists()], [str(u) for u in ups] if isinstance(ups, dict) and ups else None
+
+
+def _plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"
 
 
 # --------------------------------------------------------------------------- explain

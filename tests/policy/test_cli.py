@@ -1,0 +1,110 @@
+"""``mcp-guard explain`` and ``mcp-guard test`` end to end through the real click commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mcp_guard.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+SUPPORT = """\
+version: 1
+policies:
+  - id: support-tickets
+    subjects: {users: ["*@example.com"], agents: [support-bot], purposes: [ticket-triage]}
+    rules:
+      - effect: allow
+        tools: ["fs/read_text_file"]
+        when: {args.path: {under: /srv/tickets}}
+      - effect: approve
+        tools: ["fs/write_file"]
+        when: {args.path: {under: /srv/tickets}}
+      - effect: deny
+        tools: ["fs/move_file"]
+        reason: Moves are never delegated.
+"""
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> Path:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "support.yaml").write_text(SUPPORT)
+    cfg = tmp_path / "guard.yaml"
+    cfg.write_text("version: 1\nupstreams:\n  fs: {command: mcp-server-filesystem}\npolicies: ./policies\n"
+                   "identity: {user: alice@example.com, agent: support-bot, purpose: ticket-triage}\n")
+    return cfg
+
+
+def explain(cfg: Path, tool: str, args: dict[str, object] | None = None, *extra: str) -> tuple[int, str]:
+    argv = ["explain", "--config", str(cfg), "--tool", tool, *extra]
+    if args is not None:
+        argv += ["--args", json.dumps(args)]
+    result = CliRunner().invoke(main, argv)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def test_explain_exit_codes(guard: Path) -> None:
+    assert explain(guard, "fs/read_text_file", {"path": "/srv/tickets/1"})[0] == 0
+    assert explain(guard, "fs/read_text_file", {"path": "/srv/tickets/../x"})[0] == 1
+    assert explain(guard, "fs/write_file", {"path": "/srv/tickets/1"})[0] == 2
+    assert explain(guard, "fs/move_file", {})[0] == 1
+
+
+def test_explain_prints_every_rule_and_whether_it_matched(guard: Path) -> None:
+    code, out = explain(guard, "fs/read_text_file", {"path": "/etc/passwd"})
+    assert code == 1
+    assert "decision: deny" in out
+    assert "reason: mcp-guard denied fs/read_text_file: args.path must be under /srv/tickets (policy support-tickets)" in out
+    assert out.count("  rule ") == 3  # every rule, not only the candidates
+    assert "args.path must be under /srv/tickets: no" in out
+    assert "/etc/passwd" not in out
+
+
+def test_explain_takes_identity_options_over_the_config(guard: Path) -> None:
+    code, out = explain(guard, "fs/read_text_file", {"path": "/srv/tickets/1"}, "--user", "eve@evil.test")
+    assert code == 1 and "subjects do not match (users)" in out
+
+
+def test_explain_refuses_an_unconfigured_upstream_and_bad_json(guard: Path) -> None:
+    code, out = explain(guard, "nope/read", {})
+    assert code == 1 and "no upstream named `nope` is configured" in out
+    result = CliRunner().invoke(main, ["explain", "--config", str(guard), "--tool", "fs/read_text_file", "--args", "{nope"])
+    assert result.exit_code == 1 and "--args is not valid JSON" in result.output and "Traceback" not in result.output
+
+
+def test_mcp_guard_test_passes_on_the_shipped_policies() -> None:
+    result = CliRunner().invoke(main, ["test", str(REPO / "policies")])
+    assert result.exit_code == 0, result.output
+    assert " 0 failed" in result.output and "FAIL" not in result.output
+
+
+def test_mcp_guard_test_reports_each_failure_and_exits_1(tmp_path: Path) -> None:
+    shutil.copy(REPO / "policies" / "time.yaml", tmp_path / "time.yaml")
+    (tmp_path / "time.test.yaml").write_text(
+        "cases:\n"
+        "  - name: right\n    principal: {user: u}\n    call: {tool: time/get_current_time, args: {timezone: UTC}}\n    expect: allow\n"
+        "  - name: wrong\n    principal: {user: u}\n    call: {tool: time/get_current_time, args: {timezone: UTC}}\n    expect: deny\n"
+    )
+    result = CliRunner().invoke(main, ["test", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "PASS" in result.output and "time.test.yaml:2: right" in result.output
+    assert "FAIL" in result.output and "time.test.yaml:6: wrong — expected deny, got allow" in result.output
+    assert "1 passed, 1 failed" in result.output
+
+
+def test_mcp_guard_test_fails_when_the_policies_do_not_load(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("version: 1\npolicies:\n  - id: p\n    rules: [{effect: alow, tools: [a/b]}]\n")
+    (tmp_path / "p.test.yaml").write_text("cases:\n  - {name: x, principal: {user: u}, call: {tool: a/b}, expect: allow}\n")
+    result = CliRunner().invoke(main, ["test", str(tmp_path)])
+    assert result.exit_code == 1 and "did you mean `allow`?" in result.output
+
+
+def test_mcp_guard_test_without_test_files_is_an_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["test", str(tmp_path)])
+    assert result.exit_code == 1 and "no *.test.yaml files" in result.output
