@@ -218,6 +218,8 @@ class Upstream:
                     log.warning("[%s] sent a message that is neither request, response nor notification", self.name)
             except Exception:
                 log.exception("[%s] handling a message failed", self.name)
+        # the upstream is gone: fail what waits on it now (a handshake would otherwise sit out its time-out)
+        self._fail_pending(f"upstream {self.name} {channel.exit_reason()}")
 
     async def _guarded(self, coro: Any) -> None:
         try:

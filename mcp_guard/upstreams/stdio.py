@@ -89,6 +89,8 @@ class StdioChannel:
             except ConnectionError:
                 return None
             if not line:
+                with contextlib.suppress(TimeoutError):  # so exit_reason() can name the exit code
+                    await asyncio.wait_for(proc.wait(), 1.0)
                 return None
             if not line.strip():
                 continue
