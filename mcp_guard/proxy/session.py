@@ -390,6 +390,12 @@ class GuardSession:
         name = params.get("name")
         entry = self.catalogue.by_exposed.get(name) if isinstance(name, str) else None
         who = self.principal
+        if entry is None and isinstance(name, str):
+            entry = self._unstarted_entry(name)
+            if entry is not None and enforce.is_visible(self.ctx.policies, self.ctx.chain, who, entry):
+                down = self.upstreams[entry.upstream].last_error or f"upstream {entry.upstream} has not started"
+                return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
+            entry = None
         if entry is None or not enforce.is_visible(self.ctx.policies, self.ctx.chain, who, entry):
             raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
         args = params.get("arguments")
@@ -426,6 +432,17 @@ class GuardSession:
             return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
         response["id"] = rid
         return response
+
+    def _unstarted_entry(self, name: str) -> ToolEntry | None:
+        """The tool ``name`` would be on a prefixed upstream that has never come up (so its tools are
+        unknown): policy alone then decides between "upstream down" and "Unknown tool", which says
+        nothing about what the upstream really has."""
+        for up in self.upstreams.values():
+            prefix = f"{up.name}_"
+            if up.config.prefix and up.generation == 0 and up.status != "ready" and name.startswith(prefix) and len(name) > len(prefix):
+                tool = name[len(prefix) :]
+                return ToolEntry(name, up.name, tool, f"{up.name}/{tool}", {"name": name}, None)
+        return None
 
     async def _verdict(self, who: Principal, entry: ToolEntry, args: dict[str, Any], message: Message) -> enforce.Verdict:
         ctx = self.ctx
