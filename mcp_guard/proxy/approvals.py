@@ -129,7 +129,7 @@ def _why(verdict: Verdict) -> str:
     return "the grant chain requires a human for this tool"
 
 
-def render_prompt(who: Principal, entry: ToolEntry, args: Mapping[str, Any], verdict: Verdict) -> str:
+def render_prompt(who: Principal, entry: ToolEntry, args: Mapping[str, Any], verdict: Verdict, *, remember: bool = False) -> str:
     """The text of the approval question: who, what, why, and the exact arguments."""
     agent_note = f"verified grant {who.grant_id}" if who.verified and who.grant_id else ("verified grant" if who.verified else "self-asserted")
     lines = [
@@ -145,7 +145,9 @@ def render_prompt(who: Principal, entry: ToolEntry, args: Mapping[str, Any], ver
         f"Arguments (SHA-256 {args_hash(dict(args))[:16]}…):",
         *render_arguments(args),
         "",
-        "Approving lets exactly this call through once; different arguments ask again.",
+        "Approving lets exactly this call through"
+        + ("; identical calls in this session pass again" if remember else " once")
+        + ", and different arguments ask again.",
     ]
     return "\n".join(lines)
 
@@ -289,6 +291,9 @@ class GuardApprover:
             return self._rejected(verdict, entry, "the approval request was dismissed without an answer", "cancel", channel, wait, approver, approval_id)
         return self._rejected(verdict, entry, "the approval answer was not understood", "error", channel, wait, None, approval_id)
 
+    def _prompt(self, who: Principal, entry: ToolEntry, args: dict[str, Any], verdict: Verdict) -> str:
+        return render_prompt(who, entry, args, verdict, remember=self.config.remember == "session")
+
     @staticmethod
     def _host_name(session: GuardSession) -> str:
         return "host:" + str(session.client_info.get("name") or "unknown")
@@ -302,7 +307,7 @@ class GuardApprover:
     # -- legacy: elicitation/create on the back channel
 
     async def _elicit(self, session: GuardSession, who: Principal, entry: ToolEntry, args: dict[str, Any], verdict: Verdict) -> Verdict:
-        params: Message = {"message": render_prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA}
+        params: Message = {"message": self._prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA}
         if session.protocol_version >= "2025-11-25":
             params = {"mode": "form", **params}  # 2025-06-18 hosts know no `mode`
         timeout = self.config.timeout
@@ -333,7 +338,7 @@ class GuardApprover:
         })
         elicitation: Message = {
             "method": "elicitation/create",
-            "params": {"mode": "form", "message": render_prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA},
+            "params": {"mode": "form", "message": self._prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA},
         }
         result: Message = {"resultType": "input_required", "inputRequests": {APPROVAL_KEY: elicitation}, "requestState": state}
         asked = dataclasses.replace(verdict, approval_channel="input_required", approval_answer="asked", approval_id=nonce)
@@ -389,7 +394,7 @@ class GuardApprover:
             "policy_ids": list(verdict.policy_ids),
             "args_sha256": digest,
             "args_preview": args_preview(args),
-            "message": render_prompt(who, entry, args, verdict),
+            "message": self._prompt(who, entry, args, verdict),
             "expires_at": time.time() + timeout,
         })
         log.warning(
