@@ -35,10 +35,10 @@ def text(result: t.CallToolResult) -> str:
     return block.text
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, timeout: float = 20.0,
+async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, within: float = 20.0,
                      interval: float = 0.1) -> T:
     """Re-run ``probe`` until ``accept`` holds (for effects that arrive asynchronously, e.g. roots)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await probe()
         if accept(value) or time.monotonic() > deadline:
@@ -64,20 +64,20 @@ class RawGuard:
     async def send(self, message: Mapping[str, Any]) -> None:
         await self.send_line(json.dumps(message))
 
-    async def recv(self, timeout: float = 30.0) -> dict[str, Any]:
+    async def recv(self, within: float = 30.0) -> dict[str, Any]:
         """The next message the guard writes (any kind)."""
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
         assert line, "the guard closed its stdout"
         self.lines.append(line)
         message = json.loads(line)
         assert isinstance(message, dict), line
         return message
 
-    async def answer(self, rid: Any, timeout: float = 30.0) -> dict[str, Any]:
+    async def answer(self, rid: Any, within: float = 30.0) -> dict[str, Any]:
         """Wait for the response to request ``rid``; other messages go to ``others``."""
         while True:
-            message = await self.recv(timeout)
+            message = await self.recv(within)
             if "method" not in message and message.get("id") == rid:
                 return message
             self.others.append(message)
@@ -101,7 +101,7 @@ class RawGuard:
 async def raw_guard(config: Path, *, stderr: Path | None = None) -> AsyncIterator[RawGuard]:
     """Start ``mcp-guard run --config CONFIG`` with pipes; stop it (and only it) afterwards."""
     errpath = stderr or config.parent / "guard.stderr"
-    with open(errpath, "ab") as err:
+    with open(errpath, "ab") as err:  # noqa: ASYNC230 - the child needs a real fd
         proc = await asyncio.create_subprocess_exec(
             *guard_command(config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
             env=tools_env(), cwd=config.parent, limit=64 * 1024 * 1024,

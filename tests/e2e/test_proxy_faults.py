@@ -1,0 +1,168 @@
+"""Issue 3 acceptance, faults: upstreams that fail to start, crash or hang; a host that sends garbage.
+
+Each failure is answered with one clear sentence for the failing upstream's tools while the other
+upstreams keep working, the guard never hangs or dies, and its stdout carries only JSON-RPC.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fixtures import (
+    MODES,
+    VENV_BIN,
+    Mode,
+    RecordFile,
+    guard_command,
+    guarded_session,
+    recording_server_command,
+    stdio_session,
+    stdio_upstream,
+    tools_env,
+    write_guard_config,
+)
+from helpers_proxy import eventually, raw_guard, text
+from mcp.shared.exceptions import MCPError
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_upstream_that_fails_to_start_does_not_take_the_others_down(mode: Mode, tmp_path: Path) -> None:
+    config = write_guard_config(
+        tmp_path,
+        {
+            "bad": stdio_upstream([str(tmp_path / "no-such-server")]),
+            "dead": stdio_upstream(recording_server_command("--fail-start")),
+            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+        },
+    )
+    log = tmp_path / "guard.log"
+    async with guarded_session(config, mode=mode, stderr=log) as c:
+        names = {tool.name for tool in (await c.list_tools()).tools}
+        assert names == {"time_get_current_time", "time_convert_time"}
+        assert json.loads(text(await c.call_tool("time_get_current_time", {"timezone": "UTC"})))["timezone"] == "UTC"
+        for name in ("bad_echo", "dead_echo"):
+            result = await c.call_tool(name, {"text": "x"})
+            assert result.is_error
+            upstream = name.split("_")[0]
+            assert text(result).startswith(f"mcp-guard could not call {upstream}/echo: upstream {upstream} "), text(result)
+    stderr = log.read_text()
+    assert "upstream bad could not start" in stderr and "No such file" in stderr
+    assert "upstream dead exited with code 3" in stderr
+    assert "refusing to start" in stderr  # the upstream's own stderr lands in the guard's log
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_crash_gives_a_clear_error_then_the_upstream_is_restarted(
+    mode: Mode, tmp_path: Path, record_file: RecordFile
+) -> None:
+    config = write_guard_config(
+        tmp_path,
+        {
+            "rec": stdio_upstream(recording_server_command(), env=record_file.env()),
+            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+        },
+    )
+    log = tmp_path / "guard.log"
+    async with guarded_session(config, mode=mode, stderr=log) as c:
+        assert text(await c.call_tool("rec_echo", {"text": "before"})) == "before"
+        crashed = await c.call_tool("rec_crash", {})
+        assert crashed.is_error
+        assert text(crashed) == "mcp-guard could not complete rec/crash: upstream rec exited with code 3"
+        # the other upstream is unaffected while rec restarts
+        assert not (await c.call_tool("time_get_current_time", {"timezone": "UTC"})).is_error
+
+        async def echo() -> str:
+            return text(await c.call_tool("rec_echo", {"text": "after"}))
+
+        assert await eventually(echo, lambda out: out == "after") == "after"
+    pids = {r["pid"] for r in record_file.records() if r.get("tool") == "echo"}
+    assert len(pids) == 2, "the echo after the crash was served by a new process"
+    assert "restarting in" in log.read_text()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_hang_times_out_without_hanging_the_guard(mode: Mode, tmp_path: Path, record_file: RecordFile) -> None:
+    config = write_guard_config(
+        tmp_path,
+        {"rec": stdio_upstream(recording_server_command(), env=record_file.env(), timeout="2s")},
+    )
+    async with guarded_session(config, mode=mode, read_timeout_seconds=60.0) as c:
+        started = time.monotonic()
+        hung = await c.call_tool("rec_hang", {})
+        elapsed = time.monotonic() - started
+        assert hung.is_error
+        assert text(hung) == "mcp-guard could not complete rec/hang: upstream rec did not answer tools/call within 2s"
+        assert 1.5 < elapsed < 20
+        # the same upstream still serves other calls
+        assert text(await c.call_tool("rec_echo", {"text": "alive"})) == "alive"
+    assert record_file.tools_called() == ["hang", "echo"]
+
+
+async def test_malformed_host_input_is_answered_and_the_guard_keeps_serving(tmp_path: Path,
+                                                                            record_file: RecordFile) -> None:
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record_file.env())})
+    async with raw_guard(config) as guard:
+        init = await guard.initialize()
+        assert init["result"]["serverInfo"]["name"] == "mcp-guard"
+        bad_lines: list[tuple[bytes, int]] = [
+            (b"{not json", -32700),
+            (b"\x00\xff\xfe", -32700),
+            (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"', -32700),  # truncated
+            (b"[1, 2, 3]", -32600),
+            (b"42", -32600),
+            (b"null", -32600),
+            (b'{"jsonrpc": "2.0", "id": {"nested": 1}, "method": "ping"}', -32600),
+            (b'{"jsonrpc": "2.0", "id": [1], "method": "ping"}', -32600),
+            (b'{"jsonrpc": "2.0", "id": 7, "method": 5}', -32600),
+        ]
+        for line, code in bad_lines:
+            await guard.send_line(line)
+            answer = await guard.recv()
+            assert answer.get("error", {}).get("code") == code, (line, answer)
+        await guard.send_line(b"")  # blank lines are ignored
+        bad_params = [
+            ({"name": "rec_echo", "arguments": [1, 2]}, "Invalid params: `arguments` must be an object"),
+            (None, "Invalid params: tools/call needs a `name`"),
+            ({"name": 5}, "Unknown tool: 5"),
+        ]
+        for params, message in bad_params:
+            answer = await guard.request("tools/call", params)
+            assert answer["error"] == {"code": -32602, "message": message}
+        assert (await guard.request("tools/list", {"cursor": "not-a-cursor"}))["error"]["code"] == -32602
+        # still serving, and the garbage never reached the upstream
+        echo = await guard.request("tools/call", {"name": "rec_echo", "arguments": {"text": "ok"}})
+        assert echo["result"]["content"][0]["text"] == "ok"
+        assert (await guard.request("ping"))["result"] == {}
+    assert guard.proc.returncode == 0
+    for line in guard.lines:  # stdout carried JSON-RPC messages and nothing else
+        message = json.loads(line)
+        assert message["jsonrpc"] == "2.0" and ("result" in message or "error" in message or "method" in message)
+    assert record_file.tools_called() == ["echo"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_stdout_carries_only_json_rpc(mode: Mode, tmp_path: Path, record_file: RecordFile) -> None:
+    """Tee the guard's stdout while an SDK client drives a chatty session (upstream stderr, a crash)."""
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record_file.env())})
+    tee = tmp_path / "stdout.jsonl"
+    wrapper = tmp_path / "tee-guard.sh"
+    wrapper.write_text("#!/bin/sh\nexec " + " ".join(guard_command(config)) + f" | tee {tee}\n")
+    wrapper.chmod(0o755)
+    async with stdio_session([str(wrapper)], mode=mode, env=tools_env(), cwd=tmp_path) as c:
+        await c.list_tools()
+        await c.call_tool("rec_echo", {"text": "x"})
+        await c.call_tool("rec_getenv", {"name": "PATH"})
+        with pytest.raises(MCPError):
+            await c.call_tool("nope", {})
+        await c.call_tool("rec_crash", {})
+    lines = tee.read_bytes().splitlines()
+    assert len(lines) >= 5
+    for line in lines:
+        message = json.loads(line)
+        assert isinstance(message, dict) and message.get("jsonrpc") == "2.0", line
+
