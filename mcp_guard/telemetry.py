@@ -247,9 +247,9 @@ class BoundedBatchProcessor(SpanProcessor):
                     self._maybe_log()
         return True
 
-    def _maybe_log(self) -> None:
+    def _maybe_log(self, *, final: bool = False) -> None:
         now = time.monotonic()
-        if (self.dropped, self.failed) == self._logged or now - self._last_log < _LOG_EVERY:
+        if (self.dropped, self.failed) == self._logged or (now - self._last_log < _LOG_EVERY and not final):
             return
         self._last_log = now
         self._logged = (self.dropped, self.failed)
@@ -272,6 +272,7 @@ class BoundedBatchProcessor(SpanProcessor):
         self._thread.join(DEFAULT_EXPORT_TIMEOUT)
         self._export_all(time.monotonic() + DEFAULT_EXPORT_TIMEOUT)
         self._exporter.shutdown()
+        self._maybe_log(final=True)
 
 
 class _Throttle(logging.Filter):
