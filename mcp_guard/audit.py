@@ -124,26 +124,28 @@ class AuditLog:
         return self._head
 
     # -- file handling
+    #
+    # Every read of the file goes through our own descriptor (pread), never the path: another
+    # process may rotate the path away at any moment.  Everything that reads or moves the head
+    # happens under flock on the current file, after checking that the path still names it.
 
     def _open(self) -> None:
         assert self.path is not None
-        parent = Path(self.path).parent
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise AuditError(f"cannot open the audit log {self.path}: {_describe(exc)}") from None
-        self._close_fd()
-        self._fd = fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                self._resync()
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._open_fd()
+            with self._locked():
+                pass  # find the head (and repair a torn tail) under the lock
         except OSError as exc:
             self._close_fd()
-            raise AuditError(f"cannot read the audit log {self.path}: {_describe(exc)}") from None
+            raise AuditError(f"cannot open the audit log {self.path}: {_describe(exc)}") from None
+
+    def _open_fd(self) -> None:
+        assert self.path is not None
+        self._close_fd()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._ino = os.fstat(self._fd).st_ino
+        self._size = -1  # unknown: resync under the lock
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -151,82 +153,12 @@ class AuditLog:
                 os.close(self._fd)
             self._fd = -1
 
-    def _resync(self) -> None:
-        """Re-read the head from the file (under the lock): on open, or after another process wrote."""
-        st = os.fstat(self._fd)
-        self._ino = st.st_ino
-        self._size = st.st_size
-        if not _is_regular(st.st_mode) or st.st_size == 0:
-            if st.st_size == 0 and _is_regular(st.st_mode):
-                self._head = _last_hash_of_rotated(self.path) if self.path else GENESIS
-            return
+    def _acquire(self) -> None:
+        """Lock the file the path names now, with ``_head`` and ``_size`` current."""
         assert self.path is not None
-        last, start, complete = _read_last_line(self.path, st.st_size)
-        record = _parse(last)
-        if complete:
-            if record is None or not isinstance(record.get("hash"), str):
-                raise AuditError(
-                    f"the last line of the audit log {self.path} is not an audit record; "
-                    f"run `mcp-guard audit verify {self.path}`"
-                )
-            self._head = record["hash"]
-            return
-        if record is not None:
-            if not isinstance(record.get("hash"), str) or record_hash(record) != record["hash"]:
-                raise AuditError(
-                    f"the last line of the audit log {self.path} is not an intact audit record; "
-                    f"run `mcp-guard audit verify {self.path}`"
-                )
-            os.write(self._fd, b"\n")  # only the newline was lost
-            self._size += 1
-            self._head = record["hash"]
-            return
-        # A torn final line: a writer died mid-append, so the call it described was never forwarded.
-        log.warning(
-            "audit log %s ends with a torn record (%d bytes, incomplete write from a crash); "
-            "discarding it and chaining to the last complete record",
-            self.path,
-            st.st_size - start,
-        )
-        os.truncate(self.path, start)
-        self._size = start
-        if start == 0:
-            self._head = _last_hash_of_rotated(self.path)
-        else:
-            prev_line, _, _ = _read_last_line(self.path, start)
-            prev = _parse(prev_line)
-            if prev is None or not isinstance(prev.get("hash"), str):
-                raise AuditError(
-                    f"the audit log {self.path} is damaged before its last line; run `mcp-guard audit verify {self.path}`"
-                )
-            self._head = prev["hash"]
-
-    def _rotate(self) -> None:
-        assert self.path is not None
-        n = 1
-        while os.path.exists(f"{self.path}.{n}"):
-            n += 1
-        for i in range(n - 1, 0, -1):
-            os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
-        os.rename(self.path, f"{self.path}.1")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if self.fsync:
-            _fsync_dir(self.path)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        old = self._fd
-        self._fd = fd
-        self._ino = os.fstat(fd).st_ino
-        self._size = 0
-        fcntl.flock(old, fcntl.LOCK_UN)
-        os.close(old)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the file lock on the current file, following renames by other processes."""
-        assert self.path is not None
-        for _ in range(16):
+        for _ in range(64):
             if self._fd < 0:
-                self._open()
+                self._open_fd()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 current = os.stat(self.path).st_ino
@@ -235,16 +167,85 @@ class AuditLog:
             if current == self._ino:
                 break
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._close_fd()  # rotated or removed by someone else: reopen the file at the path
+            self._close_fd()  # rotated or removed by someone else: reopen what the path names now
         else:
-            raise AuditError(f"the audit log {self.path} keeps changing under us")
+            raise AuditError(f"the audit log {self.path} keeps being replaced under us")
         try:
-            if os.fstat(self._fd).st_size != self._size:
-                self._resync()  # another process appended
+            if self._size < 0 or os.fstat(self._fd).st_size != self._size:
+                self._resync()  # first use, or another process appended
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._acquire()
+        try:
             yield
         finally:
-            if self._fd >= 0:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._release()
+
+    def _resync(self) -> None:
+        """Re-read the head from the end of the file (under the lock)."""
+        st = os.fstat(self._fd)
+        self._size = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            return  # a device such as /dev/full: nothing to resume
+        if st.st_size == 0:
+            self._head = _last_hash_of_rotated(self.path)
+            return
+        last, start, complete = _last_line(self._fd, st.st_size)
+        record = parse_record(last)
+        if complete or record is not None:
+            if record is None or not isinstance(record.get("hash"), str) or record_hash(record) != record["hash"]:
+                raise AuditError(
+                    f"the last line of the audit log {self.path} is not an intact audit record; "
+                    f"run `mcp-guard audit verify {self.path}`"
+                )
+            self._head = record["hash"]
+            if complete:
+                return
+            os.write(self._fd, b"\n")  # only the newline was lost
+            self._size += 1
+            return
+        # A torn final line: a writer died mid-append, so the call it described was never forwarded.
+        log.warning(
+            "audit log %s ends with a torn record (%d bytes, incomplete write from a crash); "
+            "discarding it and chaining to the last complete record",
+            self.path,
+            st.st_size - start,
+        )
+        os.ftruncate(self._fd, start)
+        self._size = start
+        if start == 0:
+            self._head = _last_hash_of_rotated(self.path)
+            return
+        prev_line, _, _ = _last_line(self._fd, start)
+        prev = parse_record(prev_line)
+        if prev is None or not isinstance(prev.get("hash"), str):
+            raise AuditError(
+                f"the audit log {self.path} is damaged before its last line; run `mcp-guard audit verify {self.path}`"
+            )
+        self._head = prev["hash"]
+
+    def _rotate(self) -> None:
+        """Shift ``FILE.N`` up and move ``FILE`` to ``FILE.1`` (holding its lock), then lock the new ``FILE``."""
+        assert self.path is not None
+        n = 1
+        while os.path.exists(f"{self.path}.{n}"):
+            n += 1
+        for i in range(n - 1, 0, -1):
+            os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+        os.rename(self.path, f"{self.path}.1")
+        if self.fsync:
+            _fsync_dir(self.path)
+        self._release()
+        self._close_fd()
+        self._acquire()  # another process may have created (and written to) the new file first
 
     # -- appending
 
@@ -273,8 +274,11 @@ class AuditLog:
                 with self._locked():
                     body["prev"] = self._head
                     digest, line = _encode(body)
-                    if self.max_bytes is not None and self._size > 0 and self._size + len(line) > self.max_bytes:
+                    while self.max_bytes is not None and self._size > 0 and self._size + len(line) > self.max_bytes:
                         self._rotate()
+                    if body["prev"] != self._head:
+                        body["prev"] = self._head
+                        digest, line = _encode(body)
                     self._write(line)
                     self._head = digest
                     return digest
@@ -315,10 +319,6 @@ def _encode(body: dict[str, Any]) -> tuple[str, bytes]:
     return digest, data[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
 
-def _is_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
-
-
 def _fsync_dir(path: str) -> None:
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
@@ -327,7 +327,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _parse(line: bytes) -> dict[str, Any] | None:
+def parse_record(line: bytes) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None if it is not one (torn, foreign or empty)."""
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -338,27 +339,23 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _read_last_line(path: str, end: int) -> tuple[bytes, int, bool]:
-    """The last line of ``path[:end]`` (without its newline), its start offset, and whether it ended in one."""
-    with open(path, "rb") as f:
-        f.seek(max(0, end - 1))
-        complete = end > 0 and f.read(1) == b"\n"
-        stop = end - 1 if complete else end
-        pos = stop
-        chunks: list[bytes] = []
-        while pos > 0:
-            step = min(_TAIL_CHUNK, pos)
-            f.seek(pos - step)
-            chunk = f.read(step)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                chunks.append(chunk[nl + 1 :])
-                pos = pos - step + nl + 1
-                break
-            chunks.append(chunk)
-            pos -= step
-        chunks.reverse()
-        return b"".join(chunks), pos, complete
+def _last_line(fd: int, end: int) -> tuple[bytes, int, bool]:
+    """The last line of the file's first ``end`` bytes (no newline), its offset, and whether it ended in one."""
+    complete = end > 0 and os.pread(fd, 1, end - 1) == b"\n"
+    pos = end - 1 if complete else end
+    chunks: list[bytes] = []
+    while pos > 0:
+        step = min(_TAIL_CHUNK, pos)
+        chunk = os.pread(fd, step, pos - step)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            chunks.append(chunk[nl + 1 :])
+            pos = pos - step + nl + 1
+            break
+        chunks.append(chunk)
+        pos -= step
+    chunks.reverse()
+    return b"".join(chunks), pos, complete
 
 
 def _last_hash_of_rotated(path: str | None) -> str:
@@ -372,8 +369,12 @@ def _last_hash_of_rotated(path: str | None) -> str:
         return GENESIS
     if size == 0:
         return GENESIS
-    line, _, _ = _read_last_line(prev, size)
-    record = _parse(line)
+    fd = os.open(prev, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        line, _, _ = _last_line(fd, size)
+    finally:
+        os.close(fd)
+    record = parse_record(line)
     if record is None or not isinstance(record.get("hash"), str):
         raise AuditError(f"the last line of the audit log {prev} is not an audit record; run `mcp-guard audit verify {path}`")
     return str(record["hash"])
@@ -427,7 +428,7 @@ def verify(path: str, *, after: str | None = None) -> VerifyResult:
             return VerifyResult(False, count, None, f"cannot read: {_describe(exc)}", head, name, tuple(files))
         with f:
             for lineno, raw in enumerate(f, 1):
-                record = _parse(raw)
+                record = parse_record(raw)
                 if record is None and not raw.endswith(b"\n") and fi == len(files) - 1:
                     warnings.append(
                         f"{name}:{lineno}: torn final record (incomplete write by a crashed writer; "
@@ -487,7 +488,7 @@ def _find_hash(files: list[str], digest: str) -> tuple[str, int] | None:
         try:
             with open(name, "rb") as f:
                 for i, raw in enumerate(f, 1):
-                    if needle in raw and (rec := _parse(raw)) is not None and rec.get("hash") == digest:
+                    if needle in raw and (rec := parse_record(raw)) is not None and rec.get("hash") == digest:
                         return name, i
         except OSError:
             continue
@@ -513,7 +514,7 @@ def read_tail(path: str, n: int) -> list[dict[str, Any]]:
     lines = data.split(b"\n")
     if end > 0:
         lines = lines[1:]  # the first piece may be the end of an older line
-    records = [rec for raw in lines if raw.strip() and (rec := _parse(raw)) is not None]
+    records = [rec for raw in lines if raw.strip() and (rec := parse_record(raw)) is not None]
     return records[-n:] if n > 0 else []
 
 
