@@ -17,6 +17,7 @@ from mcp_guard.policy._match import Matcher, glob_matcher, is_literal, split_too
 from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit, Policy, Rule, RuleRef
 
 _CACHE_MAX = 65_536
+_PROFILES_MAX = 1_024  # each profile is one byte per rule
 _NO_ARGS: Mapping[str, Any] = {}
 _VERB = {Effect.DENY: "denied", Effect.APPROVE: "needs a human to approve", Effect.ALLOW: "allowed"}
 
@@ -60,11 +61,21 @@ class _Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class _Profile:
+    """What is known about one principal, filled lazily: per policy (subjects) and per rule
+    (subjects and principal conditions); 0 = not yet computed, 1 = no, 2 = yes."""
+
+    policies: bytearray
+    rules: bytearray
+
+
+@dataclass(frozen=True, slots=True)
 class _Candidates:
     deny: tuple[_Rule, ...]
     approve: tuple[_Rule, ...]
     allow: tuple[_Rule, ...]
     permits: tuple[_Rule, ...]  # approve + allow in canonical order (for the near-miss reason)
+    blanket_deny: tuple[_Rule, ...]  # deny rules without argument conditions (discovery)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +163,7 @@ class PolicySet:
             for pi, p in enumerate(self.policies) for li, lim in enumerate(p.limits)
         )
         self._cands: dict[str, _Candidates] = {}
-        self._profiles: dict[tuple[str, tuple[str, ...], str | None], bytearray] = {}
+        self._profiles: dict[tuple[str, tuple[str, ...], str | None], _Profile] = {}
 
     @classmethod
     def empty(cls) -> PolicySet:
@@ -182,52 +193,53 @@ class PolicySet:
             tuple(r for r in ordered if r.effect is Effect.APPROVE),
             tuple(r for r in ordered if r.effect is Effect.ALLOW),
             tuple(r for r in ordered if r.effect is not Effect.DENY),
+            tuple(r for r in ordered if r.effect is Effect.DENY and not r.arg_conds),
         )
         if len(self._cands) >= _CACHE_MAX:
             self._cands.clear()
         self._cands[tool] = found
         return found
 
-    def _profile(self, p: Principal) -> bytearray:
-        """Per principal, per policy: 0 = not yet known, 1 = subjects do not match, 2 = they do."""
+    def _profile(self, p: Principal) -> _Profile:
         key = (p.user, p.agents, p.purpose)
         prof = self._profiles.get(key)
         if prof is None:
-            if len(self._profiles) >= _CACHE_MAX:
+            if len(self._profiles) >= _PROFILES_MAX:
                 self._profiles.clear()
-            prof = self._profiles[key] = bytearray(len(self.policies))
+            prof = self._profiles[key] = _Profile(bytearray(len(self.policies)), bytearray(len(self._rules)))
         return prof
 
-    def _subject_ok(self, prof: bytearray, r: _Rule, p: Principal) -> bool:
-        state = prof[r.policy]
+    def _subjects_ok(self, prof: _Profile, policy: int, p: Principal) -> bool:
+        state = prof.policies[policy]
         if not state:
-            state = prof[r.policy] = 1 if self._subjects[r.policy].failing(p) else 2
+            state = prof.policies[policy] = 1 if self._subjects[policy].failing(p) else 2
         return state == 2
 
-    def _applies_statically(self, r: _Rule, prof: bytearray, p: Principal, annotations: Mapping[str, Any] | None) -> bool:
-        """Everything but the arguments: subjects, annotations, principal conditions."""
-        return (
-            self._subject_ok(prof, r, p)
-            and (not r.annotations or r.annotations_ok(annotations))
-            and all(c.test(_NO_ARGS, p) for c in r.principal_conds)
-        )
+    def _static(self, prof: _Profile, r: _Rule, p: Principal) -> int:
+        """Fill ``prof.rules[r.order]``: subjects and principal conditions (2 = hold, 1 = not)."""
+        ok = self._subjects_ok(prof, r.policy, p) and all(c.test(_NO_ARGS, p) for c in r.principal_conds)
+        state = prof.rules[r.order] = 2 if ok else 1
+        return state
 
     # ----------------------------------------------------------------- decisions
 
     def decide(self, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
                annotations: Mapping[str, Any] | None = None) -> Decision:
         """The decision for calling ``tool`` (``UPSTREAM/TOOL``) with ``args`` as ``principal``."""
-        c = self._candidates(tool)
+        c = self._cands.get(tool) or self._candidates(tool)
         prof = self._profile(principal)
+        states = prof.rules
         a = args if isinstance(args, Mapping) else _NO_ARGS
         for tier in (c.deny, c.approve, c.allow):
             matched = [
                 r for r in tier
-                if self._applies_statically(r, prof, principal, annotations) and all(x.test(a, principal) for x in r.arg_conds)
+                if (states[r.order] or self._static(prof, r, principal)) == 2
+                and (not r.annotations or r.annotations_ok(annotations))
+                and all(x.test(a, principal) for x in r.arg_conds)
             ]
             if matched:
                 return _combine(matched, tool)
-        near = next((r for r in c.permits if self._subject_ok(prof, r, principal)), None)
+        near = next((r for r in c.permits if self._subjects_ok(prof, r.policy, principal)), None)
         return _default_deny(tool, near, _first_failure(near, principal, a, annotations) if near else None)
 
     def visible(self, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None) -> bool:
@@ -236,12 +248,16 @@ class PolicySet:
         Some allow/approve rule could apply (argument conditions ignored) and no deny rule that
         has no argument condition applies.
         """
-        c = self._candidates(tool)
+        c = self._cands.get(tool) or self._candidates(tool)
         prof = self._profile(principal)
-        for r in c.deny:
-            if not r.arg_conds and self._applies_statically(r, prof, principal, annotations):
+        states = prof.rules
+        for r in c.blanket_deny:
+            if (states[r.order] or self._static(prof, r, principal)) == 2 and (not r.annotations or r.annotations_ok(annotations)):
                 return False
-        return any(self._applies_statically(r, prof, principal, annotations) for r in c.permits)
+        for r in c.permits:
+            if (states[r.order] or self._static(prof, r, principal)) == 2 and (not r.annotations or r.annotations_ok(annotations)):
+                return True
+        return False
 
     def limits(self, principal: Principal, tool: str) -> tuple[BoundLimit, ...]:
         """The limits of every policy that applies to ``principal`` and names ``tool``."""
