@@ -139,6 +139,8 @@ class GuardSession:
         self._prompt_owner: dict[str, tuple[Upstream, str]] = {}
         self._resource_owner: dict[str, Upstream] = {}
         self._agent_default: str | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._host_initialized = asyncio.Event()  # legacy hosts take requests only after `initialized`
         self._handlers: dict[str, Callable[[Message], Awaitable[Message]]] = {
             "initialize": self._initialize,
             "server/discover": self._discover,
@@ -255,7 +257,9 @@ class GuardSession:
             for up in self.upstreams.values():
                 if up.config.roots == "pass" and up.status == "ready":
                     await up.notify(method, params or None)
-        elif method in ("notifications/initialized", "notifications/progress"):
+        elif method == "notifications/initialized":
+            self._host_initialized.set()
+        elif method == "notifications/progress":
             return
         else:
             log.debug("host notification %s not relayed", method)
@@ -650,6 +654,8 @@ class GuardSession:
         if params is not None:
             msg["params"] = params
         try:
+            if self.era == "legacy" and not self._host_initialized.is_set():
+                await asyncio.wait_for(self._host_initialized.wait(), timeout)
             await self.send(msg)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -661,12 +667,10 @@ class GuardSession:
     async def upstream_notification(self, upstream: Upstream, message: Message) -> None:
         method = message.get("method")
         if method == "notifications/tools/list_changed":
-            try:
-                await upstream.refresh_tools()
-            except (RpcError, UpstreamError) as exc:
-                log.warning("refreshing the tools of %s failed: %s", upstream.name, exc)
-                return
-            await self._tools_changed()
+            # refreshing needs the upstream's read loop, which is the caller: never wait on it here
+            task = asyncio.get_running_loop().create_task(self._refresh_tools(upstream))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             return
         if method == "notifications/cancelled":
             params = message.get("params") if isinstance(message.get("params"), dict) else {}
@@ -679,6 +683,14 @@ class GuardSession:
         if self.era == "modern" and method == "notifications/message":
             return  # 2026-07-28: log notifications only for requests that opted in
         await self.send(message)
+
+    async def _refresh_tools(self, upstream: Upstream) -> None:
+        try:
+            await upstream.refresh_tools()
+        except (RpcError, UpstreamError) as exc:
+            log.warning("refreshing the tools of %s failed: %s", upstream.name, exc)
+            return
+        await self.upstream_changed(upstream)
 
     async def upstream_changed(self, upstream: Upstream) -> None:
         if self._started is None or not self._started.done():
