@@ -406,8 +406,7 @@ _REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("mcp_
 def principal_attributes(who: Principal) -> Mapping[str, AttributeValue]:
     """Spec §7 identity attributes (cached: a session's principal rarely changes)."""
     attrs: dict[str, AttributeValue] = {
-        PRINCIPAL_CHAIN: list(who.chain),
-        PRINCIPAL_VERIFIED: who.verified,
+        PRINCIPAL_CHAIN: who.chain,
         ENDUSER_ID: who.user,
         DELEGATION_DEPTH: who.depth,
     }
@@ -424,13 +423,10 @@ def decision_attributes(verdict: VerdictLike, entry: EntryLike) -> dict[str, Att
     """Spec §7 decision attributes: policy text only, never argument values."""
     attrs: dict[str, AttributeValue] = {
         DECISION: verdict.decision,
-        POLICY_IDS: list(verdict.policy_ids),
+        POLICY_IDS: verdict.policy_ids,
         DECISION_REASON: verdict.reason,
         UPSTREAM: entry.upstream,
-        TOOL: entry.qualified,
     }
-    if verdict.rule_ids:
-        attrs[RULE_IDS] = list(verdict.rule_ids)
     if verdict.approver:
         attrs[APPROVER] = verdict.approver
     return attrs
@@ -565,11 +561,12 @@ class Telemetry:
             _REQUEST.reset(req_token)
             otel_context.detach(token)
             if span.is_recording():
-                span.set_attribute(MCP_PROTOCOL_VERSION, session.protocol_version)
+                end: dict[str, AttributeValue] = {MCP_PROTOCOL_VERSION: session.protocol_version}
                 if session.era == "legacy":
-                    span.set_attribute(MCP_SESSION_ID, session.id)
+                    end[MCP_SESSION_ID] = session.id
                 if not state.guarded and method not in ("initialize", "server/discover", "ping"):
-                    span.set_attributes(principal_attributes(session.principal))
+                    end.update(principal_attributes(session.principal))
+                span.set_attributes(end)
             span.end()
             metric: dict[str, AttributeValue] = {MCP_METHOD_NAME: method, NETWORK_TRANSPORT: "pipe",
                                                  MCP_PROTOCOL_VERSION: session.protocol_version}
@@ -588,24 +585,26 @@ class Telemetry:
             GUARDRAIL_TARGET_TYPE: "input",
             GUARDRAIL_TARGET_SUBTYPE: "tool_call",
             GUARDRAIL_TARGET_ID: entry.qualified,
-            GEN_AI_TOOL_NAME: entry.exposed,
+            PRINCIPAL_VERIFIED: who.verified,
             **ident,
         }
         with self.tracer.start_as_current_span(GUARDRAIL_SPAN, kind=SpanKind.INTERNAL, attributes=attrs) as span:
             result = await verdict
             decided = decision_attributes(result, entry)
             verdict_type, action = _VERDICTS.get(result.decision, _DENY)
-            span.set_attributes(decided)
-            span.set_attributes({
+            outcome: dict[str, AttributeValue] = {
+                **decided,
                 GUARDRAIL_VERDICT_TYPE: verdict_type,
                 GUARDRAIL_ACTION_TYPE: action,
                 GUARDRAIL_VERDICT_CODE: result.decision,
                 GUARDRAIL_VERDICT_REASON: result.reason,
-            })
+            }
             if result.policy_ids:
-                span.set_attribute(GUARDRAIL_POLICY_ID, result.policy_ids[0])
+                outcome[GUARDRAIL_POLICY_ID] = result.policy_ids[0]
             if result.rule_ids:
-                span.set_attribute(GUARDRAIL_RULE_ID, result.rule_ids[0])
+                outcome[GUARDRAIL_RULE_ID] = result.rule_ids[0]
+                outcome[RULE_IDS] = result.rule_ids
+            span.set_attributes(outcome)
             if result.decision in ("approved", "rejected"):
                 event: dict[str, AttributeValue] = {DECISION: result.decision}
                 if result.approver:

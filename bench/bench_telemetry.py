@@ -1,0 +1,185 @@
+"""CPU the guard spends per tool call on tracing (OTLP exporter on) and the audit log.
+
+Runs the real ``mcp-guard run`` in front of ``bench/echo_server.py`` and drives sequential
+``tools/call echo`` requests over raw JSON-RPC, reading the guard process's own CPU time
+(user + system, all its threads, so the span export thread is included) from /proc before and after
+the calls.  Variants, interleaved round by round:
+
+  off      no telemetry, no audit (the baseline)
+  trace    OTLP/HTTP traces + metrics to a live sink (this process runs a dummy OTLP HTTP sink
+           answering 200, or pass --endpoint to use e.g. a running Phoenix)
+  audit    hash-chained audit log (fsync off, the default)
+  both     trace + audit: the issue's bar is <= 100 µs CPU per call over ``off``
+
+Run: .venv/bin/python bench/bench_telemetry.py [--calls 2000] [--rounds 5] [--endpoint URL] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.server
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ECHO = HERE / "echo_server.py"
+GUARD = Path(sys.executable).parent / "mcp-guard"
+TICKS = os.sysconf("SC_CLK_TCK")
+VARIANTS = ("off", "trace", "audit", "both")
+
+
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """Accepts any OTLP/HTTP export and answers 200 with an empty protobuf body."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).received += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def write_config(directory: Path, audit: bool) -> Path:
+    policies = directory / "policies"
+    policies.mkdir(parents=True, exist_ok=True)
+    (policies / "allow.yaml").write_text(yaml.safe_dump({
+        "version": 1,
+        "policies": [{"id": "bench", "rules": [{"id": "echo", "effect": "allow", "tools": ["echo/echo"]}]}],
+    }))
+    doc: dict[str, Any] = {
+        "version": 1,
+        "upstreams": {"echo": {"command": sys.executable, "args": [str(ECHO), "--tools", "0"]}},
+        "policies": "./policies",
+        "identity": {"user": "alice@example.com", "agent": "bench-agent", "purpose": "benchmark"},
+        "state": {"url": "memory://"},
+    }
+    if audit:
+        doc["audit"] = {"path": str(directory / "audit.jsonl")}
+    path = directory / "guard.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run_variant(variant: str, calls: int, endpoint: str, work: Path) -> float:
+    """CPU µs per call of the guard process for one variant (after start-up and a warm-up)."""
+    directory = work / f"{variant}-{time.monotonic_ns()}"
+    config = write_config(directory, audit=variant in ("audit", "both"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if variant in ("trace", "both"):
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        env["OTEL_SERVICE_NAME"] = "mcp-guard-bench"
+    proc = subprocess.Popen([str(GUARD), "run", "--config", str(config)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=directory)
+    assert proc.stdin is not None and proc.stdout is not None
+    ids = iter(range(1, 10**9))
+
+    def rpc(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": next(ids), "method": method}
+        if params is not None:
+            msg["params"] = params
+        proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        proc.stdin.flush()
+        while True:
+            answer: dict[str, Any] = json.loads(proc.stdout.readline())
+            if answer.get("id") == msg["id"]:
+                return answer
+
+    def call(i: int) -> None:
+        params = {"name": "echo_echo", "arguments": {"text": f"hello {i}"},
+                  "_meta": {"traceparent": f"00-{i:032x}-{i:016x}-01"}}
+        answer = rpc("tools/call", params)
+        if answer.get("result", {}).get("isError") is not False:
+            raise SystemExit(f"{variant}: the call failed: {answer}")
+
+    try:
+        rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}})
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        for i in range(200):  # warm-up: imports, caches, first export
+            call(i)
+        before = cpu_seconds(proc.pid)
+        for i in range(calls):
+            call(i + 1000)
+        time.sleep(1.5)  # let the export thread ship what the calls produced (its CPU counts too)
+        after = cpu_seconds(proc.pid)
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    return (after - before) / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--endpoint", help="OTLP/HTTP base URL (default: a dummy sink in this process)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = ap.parse_args()
+    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    with contextlib.ExitStack() as stack:
+        endpoint = args.endpoint or stack.enter_context(otlp_sink())
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-telemetry-")))
+        for _ in range(args.rounds):
+            for variant in VARIANTS:
+                samples[variant].append(run_variant(variant, args.calls, endpoint, work))
+    med = {v: statistics.median(s) for v, s in samples.items()}
+    result = {
+        "calls": args.calls,
+        "rounds": args.rounds,
+        "endpoint": args.endpoint or "dummy OTLP sink",
+        "exports_received": _Sink.received,
+        "cpu_us_per_call": {v: round(m, 1) for v, m in med.items()},
+        "added_us_per_call": {v: round(med[v] - med["off"], 1) for v in VARIANTS if v != "off"},
+        "samples": {v: [round(x, 1) for x in s] for v, s in samples.items()},
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"guard CPU per call, median of {args.rounds} rounds x {args.calls} calls ({result['endpoint']}):")
+    for v in VARIANTS:
+        added = "" if v == "off" else f"  (+{med[v] - med['off']:.1f} µs)"
+        print(f"  {v:<6} {med[v]:8.1f} µs{added}   samples {samples[v]}")
+    print(f"OTLP exports received by the sink: {_Sink.received}")
+
+
+if __name__ == "__main__":
+    main()
