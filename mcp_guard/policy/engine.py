@@ -60,6 +60,15 @@ class _Rule:
         return True
 
 
+@dataclass(slots=True)
+class _Bucket:
+    """The rules naming one upstream literally: by exact tool, and tool globs by literal prefix."""
+
+    literal: dict[str, list[_Rule]]
+    globs: dict[str, list[_Rule]]
+    lengths: tuple[int, ...]  # the distinct prefix lengths in ``globs``
+
+
 @dataclass(frozen=True, slots=True)
 class _Profile:
     """What is known about one principal, filled lazily: per policy (subjects) and per rule
@@ -144,8 +153,10 @@ class PolicySet:
                     tuple(c for c in conds if not c.source.is_argument), tuple(c for c in conds if c.source.is_argument),
                 ))
         self._rules = tuple(rules)
-        # index: upstream -> (literal tool -> rules, glob rules); plus rules whose upstream is a glob
-        self._by_upstream: dict[str, tuple[dict[str, list[_Rule]], list[_Rule]]] = {}
+        # index: upstream -> literal tool -> rules, and upstream -> literal prefix of a tool glob ->
+        # rules (so a lookup only tries the globs that share the tool's prefix); plus the rules
+        # whose upstream is itself a glob
+        self._by_upstream: dict[str, _Bucket] = {}
         self._any_upstream: list[_Rule] = []
         for r in rules:
             for pattern in r.rule.tools:
@@ -153,11 +164,14 @@ class PolicySet:
                 if not is_literal(up):
                     self._any_upstream.append(r)
                     continue
-                literal, globs = self._by_upstream.setdefault(up, ({}, []))
+                bucket = self._by_upstream.setdefault(up, _Bucket({}, {}, ()))
                 if is_literal(tool):
-                    literal.setdefault(tool, []).append(r)
+                    bucket.literal.setdefault(tool, []).append(r)
                 else:
-                    globs.append(r)
+                    prefix = tool[: min(i for i in (tool.find("*"), tool.find("?")) if i >= 0)]
+                    bucket.globs.setdefault(prefix, []).append(r)
+        for bucket in self._by_upstream.values():
+            bucket.lengths = tuple(sorted({len(k) for k in bucket.globs}))
         self._limits = tuple(
             (pi, BoundLimit(p.id, li, lim), glob_matcher(lim.tools, segment=True))
             for pi, p in enumerate(self.policies) for li, lim in enumerate(p.limits)
@@ -170,6 +184,12 @@ class PolicySet:
         """No policies: every tool hidden, every call denied."""
         return cls(())
 
+    def warm(self, tools: Iterable[str]) -> None:
+        """Build the per-tool candidate lists now (e.g. for the catalogue, right after a reload and
+        before the swap), so the first ``tools/list`` does not pay for them."""
+        for tool in tools:
+            self._candidates(tool)
+
     def __len__(self) -> int:
         return len(self._rules)
 
@@ -181,10 +201,14 @@ class PolicySet:
             return found
         up, name = split_tool(tool)
         picked: dict[int, _Rule] = {}
-        literal, globs = self._by_upstream.get(up, ({}, []))
-        for r in literal.get(name, ()):
-            picked[r.order] = r
-        for r in (*globs, *self._any_upstream):
+        bucket = self._by_upstream.get(up)
+        tried: list[_Rule] = list(self._any_upstream)
+        if bucket is not None:
+            for r in bucket.literal.get(name, ()):
+                picked[r.order] = r
+            for n in bucket.lengths:
+                tried.extend(bucket.globs.get(name[:n], ()))
+        for r in tried:
             if r.order not in picked and r.tools(tool):
                 picked[r.order] = r
         ordered = [picked[k] for k in sorted(picked)]
