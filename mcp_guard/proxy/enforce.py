@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.identity import Principal
@@ -102,11 +102,10 @@ async def check_limits(
     counters: list[Counter] = []
     for limit in policies.limits(who, entry.qualified):
         if limit.per_minute is not None and not await store.rate(f"rate:{session_id}:{limit.key}", limit.per_minute):
-            return Verdict(
-                "budget_exhausted",
-                f"mcp-guard denied {entry.qualified}: rate limit of {limit.per_minute} calls per minute reached ({limit.key.split('/')[0]} limits)",
-                verdict.policy_ids,
-                verdict.rule_ids,
+            return replace(
+                verdict,
+                decision="budget_exhausted",
+                reason=f"mcp-guard denied {entry.qualified}: rate limit of {limit.per_minute} calls per minute reached ({limit.key.split('/')[0]} limits)",
             )
         if limit.per_session is not None:
             counters.append(Counter(f"session:{session_id}:{limit.key}", limit.per_session, time.time() + 86400))
@@ -116,10 +115,5 @@ async def check_limits(
         exhausted = await store.consume(counters)
         if exhausted is not None:
             what = "the grant's call budget" if exhausted.startswith("grant:") or not exhausted.startswith("session:") else "the session's call budget"
-            return Verdict(
-                "budget_exhausted",
-                f"mcp-guard denied {entry.qualified}: {what} is used up",
-                verdict.policy_ids,
-                verdict.rule_ids,
-            )
+            return replace(verdict, decision="budget_exhausted", reason=f"mcp-guard denied {entry.qualified}: {what} is used up")
     return verdict
