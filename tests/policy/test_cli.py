@@ -108,3 +108,18 @@ def test_mcp_guard_test_fails_when_the_policies_do_not_load(tmp_path: Path) -> N
 def test_mcp_guard_test_without_test_files_is_an_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["test", str(tmp_path)])
     assert result.exit_code == 1 and "no *.test.yaml files" in result.output
+
+
+def test_explain_with_a_grant_takes_its_identity_and_intersects_the_decision(guard: Path, tmp_path: Path) -> None:
+    from mcp_guard.grants import issue_grant, load_private_key, write_keypair
+
+    priv, _jwk, pem = write_keypair(tmp_path / "keys")
+    cfg = guard.read_text() + f"trust:\n  issuers:\n    corp: {pem}\n"
+    guard.write_text(cfg.replace("identity: {user: alice@example.com, agent: support-bot, purpose: ticket-triage}\n", ""))
+    token = issue_grant(load_private_key(priv), "corp", "alice@example.com", "support-bot", ["fs/read_text_file"],
+                        purpose="ticket-triage")
+    code, out = explain(guard, "fs/read_text_file", {"path": "/srv/tickets/1"}, "--grant", token)
+    assert code == 0, out
+    assert "user:alice@example.com -> agent:support-bot" in out and "permits the call" in out
+    code, out = explain(guard, "fs/write_file", {"path": "/srv/tickets/1"}, "--grant", token)
+    assert code == 1 and "decision: deny (policies alone: approve)" in out
