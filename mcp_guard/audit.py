@@ -398,13 +398,20 @@ class VerifyResult:
 
 
 def rotated_set(path: str) -> list[str]:
-    """``FILE.N`` … ``FILE.1``, ``FILE``: the files of a rotated log, oldest first (those that exist)."""
-    older: list[str] = []
-    n = 1
-    while os.path.exists(f"{path}.{n}"):
-        older.append(f"{path}.{n}")
-        n += 1
-    older.reverse()
+    """``FILE.N`` … ``FILE.1``, ``FILE``: the files of a rotated log, oldest first (those that exist).
+
+    Numbers may have gaps: a writer killed while shifting files leaves e.g. ``.4 .2 .1``, still in
+    order, and the next rotation closes the gap.
+    """
+    p = Path(path)
+    numbered: list[tuple[int, str]] = []
+    if p.parent.is_dir():
+        prefix = p.name + "."
+        for entry in os.scandir(p.parent):
+            suffix = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+            if suffix.isdigit() and not suffix.startswith("0"):
+                numbered.append((int(suffix), os.path.join(os.path.dirname(path), entry.name)))
+    older = [name for _, name in sorted(numbered, reverse=True)]
     return [*older, path] if os.path.exists(path) or not older else older
 
 
