@@ -39,25 +39,36 @@ GENESIS = "0" * 64
 _TAIL_CHUNK = 64 * 1024
 
 
+class ApprovalInfo(TypedDict, total=False):
+    channel: str  # elicitation | input_required | queue
+    answer: str  # approve | reject | decline | cancel | timeout | asked | error
+    wait_s: float | None
+    id: str | None
+
+
 class AuditRecord(TypedDict, total=False):
-    """The fields the guard writes (docs/audit.md); every one but ``decision`` may be absent."""
+    """The fields the guard writes (docs/audit.md); readers must tolerate absent ones."""
 
     time: str
     session: str
     principal: list[str]
+    user: str
+    agent: str
     verified: bool
-    purpose: str
-    grant_id: str
+    purpose: str | None
+    grant_id: str | None
     upstream: str
     tool: str
-    args_hash: str
+    exposed: str
+    args_sha256: str
     args: Any
     decision: str
     policy_ids: list[str]
-    reason: str
-    approver: str
-    approval_id: str
-    approval_wait_ms: float
+    rule_ids: list[str]
+    reason: str | None
+    approver: str | None
+    approval: ApprovalInfo
+    note: str
     trace_id: str
     span_id: str
     prev: str
@@ -545,8 +556,13 @@ def format_record(record: Mapping[str, Any]) -> str:
         parts.append("[" + ", ".join(str(p) for p in policies) + "]")
     if record.get("reason"):
         parts.append(f"| {record['reason']}")
+    approval = record.get("approval") if isinstance(record.get("approval"), dict) else {}
+    assert isinstance(approval, dict)
+    wait = approval.get("wait_s")
+    waited = f" after {float(wait):.1f}s" if isinstance(wait, int | float) and not isinstance(wait, bool) else ""
     if record.get("approver"):
-        wait = record.get("approval_wait_ms")
-        waited = f" after {float(wait) / 1000:.1f}s" if isinstance(wait, int | float) else ""
-        parts.append(f"(approver {record['approver']}{waited})")
+        via = f" via {approval['channel']}" if approval.get("channel") else ""
+        parts.append(f"(approver {record['approver']}{via}{waited})")
+    elif approval.get("answer") and approval.get("answer") != "approve":
+        parts.append(f"(approval {approval['answer']}{waited})")
     return "  ".join(parts)

@@ -22,7 +22,7 @@ def main(path: str, count: int, max_bytes: int | None, fsync: bool) -> None:
             "principal": ["user:alice@example.com", "agent:planner"],
             "upstream": "fs",
             "tool": "read_text_file",
-            "args_hash": args_hash({"path": f"/srv/tickets/{i}.md", "pad": "x" * (i % 200)}),
+            "args_sha256": args_hash({"path": f"/srv/tickets/{i}.md", "pad": "x" * (i % 200)}),
             "decision": "allow",
             "policy_ids": ["support-tickets"],
             "seq": i,

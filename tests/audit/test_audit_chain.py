@@ -27,7 +27,7 @@ def _decision(i: int, **extra: object) -> dict[str, object]:
         "grant_id": "jti-coder",
         "upstream": "fs",
         "tool": "read_text_file",
-        "args_hash": args_hash({"path": f"/srv/tickets/{i}.md"}),
+        "args_sha256": args_hash({"path": f"/srv/tickets/{i}.md"}),
         "decision": "allow",
         "policy_ids": ["support-tickets"],
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",

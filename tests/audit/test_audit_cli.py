@@ -27,12 +27,12 @@ def _log(path: Path, n: int = 5, **kwargs: object) -> list[str]:
                 "grant_id": "jti-3",
                 "upstream": "fs",
                 "tool": "write_file",
-                "args_hash": args_hash({"path": f"/srv/tickets/{i}.md"}),
+                "args_sha256": args_hash({"path": f"/srv/tickets/{i}.md"}),
                 "decision": "approved" if i % 2 else "deny",
                 "policy_ids": ["support-tickets"],
                 "reason": None if i % 2 else "mcp-guard denied fs/write_file: args.path must be under /srv/tickets (policy support-tickets)",
                 "approver": "bob@host" if i % 2 else None,
-                "approval_wait_ms": 4200.0 if i % 2 else None,
+                **({"approval": {"channel": "queue", "answer": "approve", "wait_s": 4.2, "id": "3fa9c2d1"}} if i % 2 else {}),
             })
             for i in range(n)
         ]
@@ -93,7 +93,7 @@ def test_tail_is_readable(tmp_path: Path) -> None:
     deny, approved = lines
     assert "deny" in deny and "user:alice@example.com > agent:planner > agent:coder" in deny
     assert "fs/write_file" in deny and "[support-tickets]" in deny and "args.path must be under /srv/tickets" in deny
-    assert "approved" in approved and "approver bob@host after 4.2s" in approved
+    assert "approved" in approved and "approver bob@host via queue after 4.2s" in approved
     assert "for ticket-triage" in approved
 
 

@@ -15,7 +15,7 @@ def _request(**extra: object) -> dict[str, object]:
         "upstream": "fs",
         "principal": ["user:alice@example.com", "agent:planner", "agent:coder"],
         "purpose": "ticket-triage",
-        "args_hash": "ab" * 32,
+        "args_sha256": "ab" * 32,
         "args_preview": '{"path": "/srv/tickets/42.md"}',
         "session": "s1",
         **extra,

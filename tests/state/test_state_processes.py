@@ -108,7 +108,7 @@ async def test_cli_in_another_process_answers_a_waiting_call(shared_url: str, tm
     try:
         approval_id = await store.approval_create(
             {"tool": "write_file", "upstream": "fs", "principal": ["user:alice", "agent:bot"],
-             "purpose": "triage", "args_hash": "00" * 32, "args_preview": '{"path": "/srv/x"}'}
+             "purpose": "triage", "args_sha256": "00" * 32, "args_preview": '{"path": "/srv/x"}'}
         )
         waiter = asyncio.create_task(store.approval_wait(approval_id, 30.0))
 
