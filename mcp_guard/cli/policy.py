@@ -218,25 +218,30 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str,
         click.echo(f"decision: deny\nreason: mcp-guard denied {tool}: no upstream named `{upstream}` is configured")
         sys.exit(1)
     expl = policies.explain(who, tool, args, annotations)
-    lines = _render(expl, tool, who, policies.visible(who, tool, annotations))
+    listed = policies.visible(who, tool, annotations) and (chain is None or chain.permits_tool(tool))
+    lines = _render(expl, tool, who, listed)
     effect = expl.decision.effect
     if chain is not None:
         late = chain.check_time(time.time())
         check_ = chain.check_call(tool, args)
         lines.append("")
         lines.append(f"grant chain {' -> '.join(chain.principal.chain)} (links {', '.join(chain.link_ids)}):")
+        lines.extend(f"  {line}" for line in chain.explain_call(tool, args))  # every link, no short-circuit
+        grant_reason = None
         if late is not None:
-            lines.append(f"  {late}")
-            effect = Effect.DENY
+            lines.append(f"  chain: {late}")
+            effect, grant_reason = Effect.DENY, str(late)
         elif not check_.allowed:
-            lines.append(f"  refuses: {check_.reason}")
-            effect = Effect.DENY
+            lines.append(f"  chain refuses: {check_.reason}")
+            effect, grant_reason = Effect.DENY, check_.reason
         else:
-            lines.append("  permits the call" + (" with a human's approval" if check_.approval_required else ""))
+            lines.append("  chain permits the call" + (" with a human's approval" if check_.approval_required else ""))
             if check_.approval_required and effect is Effect.ALLOW:
                 effect = Effect.APPROVE
         if effect is not expl.decision.effect:
             lines[0] = f"decision: {effect} (policies alone: {expl.decision.effect})"
+            if grant_reason is not None and len(lines) > 1 and lines[1].startswith("reason:"):
+                lines[1] = f"reason: mcp-guard denied {tool}: {grant_reason}"
     click.echo("\n".join(lines))
     sys.exit(EXIT[effect])
 

@@ -123,3 +123,21 @@ def test_explain_with_a_grant_takes_its_identity_and_intersects_the_decision(gua
     assert "user:alice@example.com -> agent:support-bot" in out and "permits the call" in out
     code, out = explain(guard, "fs/write_file", {"path": "/srv/tickets/1"}, "--grant", token)
     assert code == 1 and "decision: deny (policies alone: approve)" in out
+
+
+def test_explain_with_a_grant_shows_every_link_verdict(guard: Path, tmp_path: Path) -> None:
+    from mcp_guard.grants import delegate, generate_keypair, issue_grant, load_private_key, write_keypair
+
+    priv, _jwk, pem = write_keypair(tmp_path / "keys")
+    cfg = guard.read_text() + f"trust:\n  issuers:\n    corp: {pem}\n"
+    guard.write_text(cfg.replace("identity: {user: alice@example.com, agent: support-bot, purpose: ticket-triage}\n", ""))
+    bot_key, bot_pub = generate_keypair()
+    root = issue_grant(load_private_key(priv), "corp", "alice@example.com", "support-bot", ["fs/*"],
+                       purpose="ticket-triage", agent_key=bot_pub, depth=1)
+    chain = delegate(root, bot_key, "summarizer", ["fs/read_text_file"])
+    code, out = explain(guard, "fs/write_file", {"path": "/srv/tickets/1"}, "--grant", chain)
+    assert code == 1
+    assert "link 0 (corp -> agent support-bot" in out and "permits (via fs/*)" in out
+    assert "link 1 (agent:support-bot -> agent summarizer" in out and "refuses: fs/write_file is not among its tools" in out
+    assert "listed in tools/list: no" in out
+    assert "chain refuses: the grant of agent summarizer does not include fs/write_file" in out
