@@ -87,7 +87,7 @@ async def run_stdio(config: GuardConfig) -> None:
     reload_now = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
-    watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now))
+    watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now, session.tool_names))
     try:
         await serving
     except asyncio.CancelledError:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from mcp_guard.config import GuardConfig, iter_policy_files
 from mcp_guard.errors import ConfigError
@@ -31,8 +31,9 @@ def policy_fingerprint(config: GuardConfig) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def reload_policies(ctx: GuardContext) -> list[str]:
-    """Try to swap in freshly compiled policies; returns the problems that kept the old set."""
+def reload_policies(ctx: GuardContext, tools: Iterable[str] = ()) -> list[str]:
+    """Try to swap in freshly compiled policies (warmed for ``tools`` before the swap, so no
+    call pays for the new set's first lookups); returns the problems that kept the old set."""
     from mcp_guard.proxy.guard import load_policy_set
 
     try:
@@ -41,12 +42,18 @@ def reload_policies(ctx: GuardContext) -> list[str]:
         for line in exc.problems:
             log.error("policy reload refused, keeping the last good policies: %s", line)
         return list(exc.problems)
+    fresh.warm(tools)
     ctx.policies = fresh  # one reference assignment: every later decision sees the new set
     log.info("policies reloaded (%d policies)", len(fresh.policies))
     return []
 
 
-async def watch_policies(ctx: GuardContext, changed: Callable[[], Awaitable[None]], wake: asyncio.Event) -> None:
+async def watch_policies(
+    ctx: GuardContext,
+    changed: Callable[[], Awaitable[None]],
+    wake: asyncio.Event,
+    tools: Callable[[], Iterable[str]] = tuple,
+) -> None:
     """Poll the policy files (and wake on SIGHUP); after a successful swap call ``changed``."""
     if not ctx.config.policies:
         return
@@ -60,7 +67,7 @@ async def watch_policies(ctx: GuardContext, changed: Callable[[], Awaitable[None
         if now == seen and not forced:
             continue
         seen = now
-        if not reload_policies(ctx):
+        if not reload_policies(ctx, tools()):
             await changed()
 
 

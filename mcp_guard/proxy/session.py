@@ -292,7 +292,12 @@ class GuardSession:
 
     def _rebuild_catalogue(self) -> None:
         self.catalogue.rebuild(self.upstreams.values())
+        self.ctx.policies.warm(self.tool_names())  # per-tool rule lists built here, not on the first call
         self._visible_cache = None
+
+    def tool_names(self) -> list[str]:
+        """Every catalogued tool as ``UPSTREAM/TOOL`` (for warming a freshly loaded policy set)."""
+        return [e.qualified for e in self.catalogue.entries]
 
     def _merged_capabilities(self) -> Message:
         caps: Message = {"tools": {"listChanged": True}}
