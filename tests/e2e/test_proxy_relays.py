@@ -104,16 +104,16 @@ async def test_server_to_client_requests_are_relayed_legacy(config: Path) -> Non
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_progress_resources_prompts_completion(mode: Mode, config: Path) -> None:
-    progress: list[tuple[float, float | None]] = []
+    seen: list[tuple[float, float | None]] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, total))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total))
 
     async with guarded_session(config, mode=mode) as c:
         done = await c.call_tool("everything_trigger-long-running-operation", {"duration": 1, "steps": 3},
                                  progress_callback=on_progress)
         assert not done.is_error and "completed" in text(done)
-        assert progress == [(1, 3), (2, 3), (3, 3)]
+        assert seen == [(1, 3), (2, 3), (3, 3)]
 
         resources = (await c.list_resources()).resources
         uris = [str(r.uri) for r in resources]
