@@ -97,7 +97,7 @@ def write_config(directory: Path, audit: bool) -> Path:
     return path
 
 
-def run_variant(variant: str, calls: int, endpoint: str, work: Path) -> float:
+def run_variant(variant: str, calls: int, endpoint: str, work: Path, extra: dict[str, str] | None = None) -> float:
     """CPU µs per call of the guard process for one variant (after start-up and a warm-up)."""
     directory = work / f"{variant}-{time.monotonic_ns()}"
     config = write_config(directory, audit=variant in ("audit", "both"))
@@ -105,6 +105,7 @@ def run_variant(variant: str, calls: int, endpoint: str, work: Path) -> float:
     if variant in ("trace", "both"):
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         env["OTEL_SERVICE_NAME"] = "mcp-guard-bench"
+        env.update(extra or {})
     proc = subprocess.Popen([str(GUARD), "run", "--config", str(config)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=directory)
     assert proc.stdin is not None and proc.stdout is not None
@@ -151,14 +152,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--endpoint", help="OTLP/HTTP base URL (default: a dummy sink in this process)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--otel", action="append", default=[], metavar="VAR=VALUE",
+                    help="extra OTEL_* setting for the traced variants, e.g. OTEL_METRICS_EXPORTER=none")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     args = ap.parse_args()
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    variants = [v for v in args.variants.split(",") if v]
+    if "off" not in variants or any(v not in VARIANTS for v in variants):
+        ap.error(f"--variants must include off and name only {', '.join(VARIANTS)}")
+    extra = dict(kv.split("=", 1) for kv in args.otel)
+    samples: dict[str, list[float]] = {v: [] for v in variants}
     with contextlib.ExitStack() as stack:
         endpoint = args.endpoint or stack.enter_context(otlp_sink())
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-telemetry-")))
         for _ in range(args.rounds):
-            for variant in VARIANTS:
-                samples[variant].append(run_variant(variant, args.calls, endpoint, work))
+            for variant in variants:
+                samples[variant].append(run_variant(variant, args.calls, endpoint, work, extra))
     med = {v: statistics.median(s) for v, s in samples.items()}
     result = {
         "calls": args.calls,
@@ -166,7 +174,8 @@ def main() -> None:
         "endpoint": args.endpoint or "dummy OTLP sink",
         "exports_received": _Sink.received,
         "cpu_us_per_call": {v: round(m, 1) for v, m in med.items()},
-        "added_us_per_call": {v: round(med[v] - med["off"], 1) for v in VARIANTS if v != "off"},
+        "added_us_per_call": {v: round(med[v] - med["off"], 1) for v in variants if v != "off"},
+        "otel": extra,
         "samples": {v: [round(x, 1) for x in s] for v, s in samples.items()},
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -175,7 +184,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"guard CPU per call, median of {args.rounds} rounds x {args.calls} calls ({result['endpoint']}):")
-    for v in VARIANTS:
+    for v in variants:
         added = "" if v == "off" else f"  (+{med[v] - med['off']:.1f} µs)"
         print(f"  {v:<6} {med[v]:8.1f} µs{added}   samples {samples[v]}")
     print(f"OTLP exports received by the sink: {_Sink.received}")

@@ -226,11 +226,15 @@ class BoundedBatchProcessor(SpanProcessor):
         while not self._stopped:
             self._wake.wait(self._delay)
             self._wake.clear()
-            self._export_all()
+            self._export_all(flush=False)
 
-    def _export_all(self, deadline: float | None = None) -> bool:
+    def _export_all(self, deadline: float | None = None, *, flush: bool = True) -> bool:
+        """Export what is queued; the timer (``flush=False``) sends one batch, then only full ones,
+        so a busy guard ships few large requests instead of a stream of small ones."""
         with self._export_lock:
-            while self._queue:
+            first = True
+            while self._queue and (flush or first or len(self._queue) >= self._max_batch):
+                first = False
                 if deadline is not None and time.monotonic() > deadline:
                     return False
                 batch: list[ReadableSpan] = []
