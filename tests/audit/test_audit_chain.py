@@ -79,6 +79,12 @@ def test_args_hash_is_canonical() -> None:
     assert canonical({"k": "v"}) == b'{"k":"v"}'
 
 
+@pytest.mark.parametrize("value", [1e-05, -2.5e-09, 1e-4, 0.00012, 1e16, 1e22, 2**64, "1e-5", {"x": [1e-7, "é\n"]}])
+def test_canonical_is_exactly_the_stdlib_form(value: object) -> None:
+    """Anyone can recompute hashes with ``json.dumps``; orjson's float spellings must not leak in."""
+    assert canonical(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def test_chain_resumes_when_the_log_is_reopened(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     first = _write(path, 2)
