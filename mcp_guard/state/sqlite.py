@@ -162,11 +162,18 @@ class SqliteStore:
     async def consume(self, counters: Sequence[Counter]) -> str | None:
         merged = merge_counters(counters)
         now = time.time()
+        if not merged:
+            return None
+        marks = ",".join("?" * len(merged))
         with self._tx() as db:
+            rows = db.execute(
+                f"SELECT key, value FROM counters WHERE key IN ({marks}) AND (expires_at IS NULL OR expires_at > ?)",
+                (*(c.key for c in merged), now),
+            ).fetchall()
+            current = dict(rows)
             values: list[int] = []
             for c in merged:
-                row = db.execute("SELECT value, expires_at FROM counters WHERE key = ?", (c.key,)).fetchone()
-                value = 0 if row is None or (row[1] is not None and row[1] <= now) else int(row[0])
+                value = int(current.get(c.key, 0))
                 if value >= c.limit:
                     return c.key
                 values.append(value)
