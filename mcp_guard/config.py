@@ -40,6 +40,7 @@ class UpstreamConfig:
     roots: RootsMode = "none"
     timeout: float = 300.0
     trust_annotations: bool = False
+    protocol: Literal["legacy", "auto", "modern"] = "legacy"  # the era the guard speaks to it
 
     def exposed(self, tool: str) -> str:
         """The name the host sees for this upstream's ``tool``."""
@@ -217,7 +218,7 @@ class _Reader:
 
 
 _TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file"}
-_UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations"}
+_UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol"}
 _IDENTITY = {"user", "agent", "purpose", "grant"}
 _TRUST = {"issuers", "audience"}
 _APPROVALS = {"timeout", "remember"}
@@ -295,6 +296,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             roots=roots,
             timeout=r.duration(u.get("timeout"), (*path, "timeout"), 300.0),
             trust_annotations=r.boolean(u.get("trust_annotations"), (*path, "trust_annotations"), False),
+            protocol=r.choice(u.get("protocol"), (*path, "protocol"), ("legacy", "auto", "modern"), "legacy"),  # type: ignore[arg-type]
         )
 
     pol_raw = top.get("policies")

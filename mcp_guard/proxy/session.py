@@ -219,6 +219,13 @@ class GuardSession:
         finally:
             self._inflight.pop(rid, None)
             self._upstream_ids.pop(rid, None)
+        if self.era != "modern" and isinstance(response.get("result"), dict) and "resultType" in response["result"]:
+            out = response["result"]  # from a 2026-07-28 upstream to a handshake-era host
+            if out.get("resultType") == "input_required":
+                response = error(rid, INTERNAL_ERROR, f"the upstream asked for more input to answer {method}, which mcp-guard does not relay yet")
+            else:
+                for key in ("resultType", "ttlMs", "cacheScope"):
+                    out.pop(key, None)
         if self.era == "modern" and isinstance(response.get("result"), dict):
             out = response["result"]
             out.setdefault("resultType", "complete")

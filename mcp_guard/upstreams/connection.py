@@ -20,7 +20,12 @@ from mcp_guard.config import UpstreamConfig
 from mcp_guard.errors import UpstreamError
 from mcp_guard.proxy.wire import (
     LATEST_LEGACY,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_PROTOCOL_VERSION,
+    META_SERVER_INFO,
     METHOD_NOT_FOUND,
+    MODERN,
     Message,
     RpcError,
     error,
@@ -34,6 +39,8 @@ from mcp_guard.upstreams.channel import Channel
 
 log = logging.getLogger("mcp_guard.upstream")
 
+CLIENT_INFO = {"name": "mcp-guard", "version": __version__}
+LISTEN_FOREVER = 10.0 * 365 * 86400  # a subscriptions/listen request stays open for the connection's life
 STARTUP_TIMEOUT = 60.0  # npx may download a package on first start
 MAX_BACKOFF = 30.0
 MAX_LIST_PAGES = 1000
@@ -72,6 +79,8 @@ class Upstream:
         self.server_info: Message = {}
         self.instructions: str | None = None
         self.protocol_version = LATEST_LEGACY
+        self.era = "legacy"  # or "modern" (2026-07-28) once server/discover succeeded
+        self._listen: asyncio.Task[None] | None = None
         self.tools: list[Message] = []
         self.client_capabilities: Message = {}
         self._channel: Channel | None = None
@@ -128,6 +137,9 @@ class Upstream:
                 self._channel = None
                 if reader is not None:
                     reader.cancel()
+                if self._listen is not None:
+                    self._listen.cancel()
+                    self._listen = None
                 self._fail_pending(f"upstream {self.name} {reason}" if reason else f"upstream {self.name} is down")
                 with contextlib.suppress(Exception):
                     await channel.close()
@@ -156,12 +168,18 @@ class Upstream:
             log.exception("handling a change of upstream %s failed", self.name)
 
     async def _handshake(self) -> None:
+        if self.config.protocol != "legacy" and await self._discover():
+            await self.refresh_tools()
+            if isinstance(self.capabilities.get("tools"), dict) and self.capabilities["tools"].get("listChanged"):
+                self._listen = asyncio.get_running_loop().create_task(self._listen_for_changes())
+            return
+        self.era = "legacy"
         init = await self.request(
             "initialize",
             {
                 "protocolVersion": LATEST_LEGACY,
                 "capabilities": self.client_capabilities,
-                "clientInfo": {"name": "mcp-guard", "version": __version__},
+                "clientInfo": CLIENT_INFO,
             },
         )
         self.protocol_version = str(init.get("protocolVersion") or LATEST_LEGACY)
@@ -170,6 +188,44 @@ class Upstream:
         self.instructions = init.get("instructions")
         await self.notify("notifications/initialized")
         await self.refresh_tools()
+
+    async def _discover(self) -> bool:
+        """Probe 2026-07-28 with ``server/discover``; False means: use the handshake era."""
+        self.era = "modern"  # so the probe itself carries the per-request _meta
+        try:
+            disc = await self.request("server/discover", {}, timeout=min(self.config.timeout, 30.0))
+        except RpcError as exc:
+            self.era = "legacy"
+            if self.config.protocol == "modern":
+                raise UpstreamError(f"upstream {self.name} does not speak protocol {MODERN} ({exc.message})") from None
+            return False
+        versions = disc.get("supportedVersions")
+        if not isinstance(versions, list) or MODERN not in versions:
+            self.era = "legacy"
+            if self.config.protocol == "modern":
+                raise UpstreamError(f"upstream {self.name} does not support protocol {MODERN}")
+            return False
+        self.protocol_version = MODERN
+        self.capabilities = disc.get("capabilities") or {}
+        meta = disc.get("_meta")
+        self.server_info = (meta.get(META_SERVER_INFO) if isinstance(meta, dict) else None) or {}
+        self.instructions = disc.get("instructions")
+        return True
+
+    async def _listen_for_changes(self) -> None:
+        """2026-07-28 delivers list changes only on a ``subscriptions/listen`` stream."""
+        with contextlib.suppress(UpstreamError, RpcError, asyncio.CancelledError):
+            await self.request("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, timeout=LISTEN_FOREVER)
+
+    def _modern(self, params: Message | None) -> Message:
+        """Per-request ``_meta`` of 2026-07-28: what the guard is and can do (it relays no input requests)."""
+        out = dict(params) if params else {}
+        meta = dict(out.get("_meta") or {})
+        meta[META_PROTOCOL_VERSION] = MODERN
+        meta[META_CLIENT_CAPABILITIES] = {}
+        meta[META_CLIENT_INFO] = CLIENT_INFO
+        out["_meta"] = meta
+        return out
 
     async def refresh_tools(self) -> None:
         """Fetch every page of ``tools/list``; the catalogue is only replaced when all pages arrived."""
@@ -266,7 +322,7 @@ class Upstream:
         if on_id is not None:
             on_id(request_id)
         try:
-            await channel.send(request(request_id, method, params))
+            await channel.send(request(request_id, method, self._modern(params) if self.era == "modern" else params))
             return await asyncio.wait_for(fut, timeout or self.config.timeout)
         except TimeoutError:
             with contextlib.suppress(Exception):
