@@ -169,7 +169,7 @@ class Upstream:
 
     async def _handshake(self) -> None:
         if self.config.protocol != "legacy" and await self._discover():
-            await self.refresh_tools()
+            await self.refresh_tools(per_page=STARTUP_TIMEOUT)
             if isinstance(self.capabilities.get("tools"), dict) and self.capabilities["tools"].get("listChanged"):
                 self._listen = asyncio.get_running_loop().create_task(self._listen_for_changes())
             return
@@ -181,19 +181,20 @@ class Upstream:
                 "capabilities": self.client_capabilities,
                 "clientInfo": CLIENT_INFO,
             },
+            timeout=STARTUP_TIMEOUT,  # `timeout:` bounds calls; a start (npx, imports) may take longer
         )
         self.protocol_version = str(init.get("protocolVersion") or LATEST_LEGACY)
         self.capabilities = init.get("capabilities") or {}
         self.server_info = init.get("serverInfo") or {}
         self.instructions = init.get("instructions")
         await self.notify("notifications/initialized")
-        await self.refresh_tools()
+        await self.refresh_tools(per_page=STARTUP_TIMEOUT)
 
     async def _discover(self) -> bool:
         """Probe 2026-07-28 with ``server/discover``; False means: use the handshake era."""
         self.era = "modern"  # so the probe itself carries the per-request _meta
         try:
-            disc = await self.request("server/discover", {}, timeout=min(self.config.timeout, 30.0))
+            disc = await self.request("server/discover", {}, timeout=30.0)
         except RpcError as exc:
             self.era = "legacy"
             if self.config.protocol == "modern":
@@ -227,7 +228,7 @@ class Upstream:
         out["_meta"] = meta
         return out
 
-    async def refresh_tools(self) -> None:
+    async def refresh_tools(self, *, per_page: float | None = None) -> None:
         """Fetch every page of ``tools/list``; the catalogue is only replaced when all pages arrived."""
         if "tools" not in self.capabilities:
             self.tools = []
@@ -235,7 +236,7 @@ class Upstream:
         tools: list[Message] = []
         cursor: str | None = None
         for _ in range(MAX_LIST_PAGES):
-            page = await self.request("tools/list", {"cursor": cursor} if cursor else None)
+            page = await self.request("tools/list", {"cursor": cursor} if cursor else None, timeout=per_page)
             tools.extend(t for t in page.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("name"), str))
             cursor = page.get("nextCursor")
             if not cursor:
