@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mcp_guard.config import EXPOSED_NAME
+from mcp_guard.pinning import PinSet, PinStatus, tool_digest
 from mcp_guard.proxy.wire import Message
 from mcp_guard.upstreams.connection import Upstream
 
@@ -20,7 +21,9 @@ class ToolEntry:
     name: str  # the upstream's own name
     qualified: str  # "UPSTREAM/TOOL", the name policies and grants speak of
     definition: Message  # host-facing definition (name rewritten)
-    annotations: Message | None  # only when the operator trusts this upstream's annotations
+    annotations: Message | None  # only when trusted: pinned and unchanged, or `trust_annotations: true`
+    pin: PinStatus = "off"  # pinned | new | changed | off (pinning: off)
+    held: bool = False  # hidden and refused: pinning: enforce and not pinned as it is now
 
 
 class CollisionError(Exception):
@@ -30,7 +33,11 @@ class CollisionError(Exception):
 class Catalogue:
     """Rebuilt whenever an upstream (re)connects or says its list changed; lookups are dict hits."""
 
-    def __init__(self) -> None:
+    def __init__(self, pins: PinSet | None = None, mode: str = "off") -> None:
+        self.pins = pins if pins is not None else PinSet()
+        # off | warn | enforce; warn without a lock file has nothing to compare with (said once at start)
+        self.mode = "off" if pins is None and mode == "warn" else mode
+        self._warned: set[tuple[str, str]] = set()
         self.entries: tuple[ToolEntry, ...] = ()
         self.by_exposed: dict[str, ToolEntry] = {}
         self.version = 0
@@ -58,7 +65,11 @@ class Catalogue:
                     continue
                 definition = dict(tool)
                 definition["name"] = exposed
-                annotations = tool.get("annotations") if up.config.trust_annotations else None
+                pin: PinStatus = "off" if self.mode == "off" else self.pins.status(up.name, tool)
+                if pin in ("new", "changed"):
+                    self._warn(up.name, tool, pin)
+                trusted = up.config.trust_annotations or pin == "pinned"
+                annotations = tool.get("annotations") if trusted else None
                 entry = ToolEntry(
                     exposed,
                     up.name,
@@ -66,6 +77,8 @@ class Catalogue:
                     f"{up.name}/{name}",
                     definition,
                     annotations if isinstance(annotations, dict) else None,
+                    pin,
+                    self.mode == "enforce" and pin in ("new", "changed"),
                 )
                 by_exposed[exposed] = entry
                 entries.append(entry)
@@ -74,6 +87,15 @@ class Catalogue:
                 log.error("%s", p)
         self.entries, self.by_exposed, self.problems = tuple(entries), by_exposed, problems
         self.version += 1
+
+    def _warn(self, upstream: str, tool: Message, pin: str) -> None:
+        key = (f"{upstream}/{tool['name']}", tool_digest(tool))
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        what = "is not in the lock file" if pin == "new" else "changed since it was pinned"
+        action = "hidden and refused until `mcp-guard pin --update` accepts it" if self.mode == "enforce" else "allowed (pinning: warn)"
+        log.warning("tool %s %s: %s", key[0], what, action)
 
     def collisions(self) -> list[str]:
         return [p for p in self.problems if p.startswith("tool name collision")]

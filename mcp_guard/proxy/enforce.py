@@ -44,6 +44,8 @@ class Verdict:
 
 def is_visible(policies: PolicySet, chain: GrantChain | None, who: Principal, entry: ToolEntry) -> bool:
     """Spec §3.4: some allow/approve rule could apply, no unconditional deny, every link permits it."""
+    if entry.held:
+        return False  # pinning: enforce and the tool is new or changed since review
     if chain is not None and not chain.permits_tool(entry.qualified):
         return False
     return policies.visible(who, entry.qualified, entry.annotations)

@@ -61,7 +61,14 @@ async def build_context(config: GuardConfig) -> GuardContext:
 
         audit = AuditLog(config.audit.path, fsync=config.audit.fsync, max_bytes=config.audit.max_bytes)
     store = open_store(config.state_url)
-    ctx = GuardContext(config=config, policies=policies, store=store, audit=audit, chain=chain)  # type: ignore[arg-type]
+    pins = None
+    if config.pinning != "off" and config.lock_file is not None:
+        from mcp_guard.pinning import read_lock
+
+        pins = read_lock(config.lock_file)
+        if pins is None:
+            log.warning("pinning: %s but %s does not exist: run `mcp-guard pin --config ...` to record the tools", config.pinning, config.lock_file)
+    ctx = GuardContext(config=config, policies=policies, store=store, audit=audit, chain=chain, pins=pins)  # type: ignore[arg-type]
     with contextlib.suppress(ImportError):
         from mcp_guard.proxy.approvals import make_approver
 

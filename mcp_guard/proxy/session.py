@@ -22,6 +22,7 @@ from mcp_guard import __version__, telemetry
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import AuditError, StateError, UpstreamError
 from mcp_guard.identity import Principal
+from mcp_guard.pinning import PinSet
 from mcp_guard.policy import PolicySet
 from mcp_guard.proxy import enforce
 from mcp_guard.proxy.catalogue import Catalogue, ToolEntry
@@ -109,6 +110,7 @@ class GuardContext:
     audit: AuditLog | None = None
     chain: GrantChain | None = None
     approver: Approver = field(default_factory=NoApprover)
+    pins: PinSet | None = None
     clock: Callable[[], float] = time.time
 
 
@@ -129,7 +131,7 @@ class GuardSession:
         self.client_info: Message = {}
         self.client_capabilities: Message = {}
         self.upstreams: dict[str, Upstream] = {name: Upstream(cfg, self) for name, cfg in ctx.config.upstreams.items()}
-        self.catalogue = Catalogue()
+        self.catalogue = Catalogue(ctx.pins, ctx.config.pinning)
         self._started: asyncio.Task[None] | None = None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
@@ -511,6 +513,8 @@ class GuardSession:
             }
         if note:
             record["note"] = note
+        if entry.pin in ("new", "changed"):
+            record["pin"] = entry.pin
         record.update(telemetry.audit_ids())
         if self.ctx.config.audit.include_args:
             record["args"] = args
