@@ -147,8 +147,12 @@ async def test_malformed_host_input_is_answered_and_the_guard_keeps_serving(tmp_
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_stdout_carries_only_json_rpc(mode: Mode, tmp_path: Path, record_file: RecordFile) -> None:
-    """Tee the guard's stdout while an SDK client drives a chatty session (upstream stderr, a crash)."""
-    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record_file.env())})
+    """Tee the guard's stdout while an SDK client drives a chatty session: upstream stderr, an upstream
+    that writes garbage and a stray answer on its stdout before speaking MCP, a crash."""
+    noise = "echo 'not json from upstream'; echo '[1, 2]'; echo '{\"jsonrpc\": \"2.0\", \"id\": 999, \"result\": {}}'"
+    noisy = stdio_upstream(["/bin/sh", "-c", noise + '; exec "$0" "$@"', *recording_server_command()])
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record_file.env()),
+                                           "noisy": noisy})
     tee = tmp_path / "stdout.jsonl"
     wrapper = tmp_path / "tee-guard.sh"
     wrapper.write_text("#!/bin/sh\nexec " + " ".join(guard_command(config)) + f" | tee {tee}\n")
@@ -157,6 +161,7 @@ async def test_stdout_carries_only_json_rpc(mode: Mode, tmp_path: Path, record_f
         await c.list_tools()
         await c.call_tool("rec_echo", {"text": "x"})
         await c.call_tool("rec_getenv", {"name": "PATH"})
+        assert text(await c.call_tool("noisy_echo", {"text": "through the noise"})) == "through the noise"
         with pytest.raises(MCPError):
             await c.call_tool("nope", {})
         await c.call_tool("rec_crash", {})
