@@ -119,10 +119,9 @@ async def test_recording_server_progress_roots_env(record_file: RecordFile) -> N
 
 async def test_recording_server_crash_and_hang(tmp_path: Path, record_file: RecordFile) -> None:
     stderr = tmp_path / "upstream.stderr"
-    async with stdio_session(recording_server_command(), env=tools_env(record_file.env()), stderr=stderr,
-                             read_timeout_seconds=1.0) as c:
+    async with stdio_session(recording_server_command(), env=tools_env(record_file.env()), stderr=stderr) as c:
         with pytest.raises(MCPError):
-            await c.call_tool("hang", {})  # times out client-side
+            await c.call_tool("hang", {}, read_timeout_seconds=1.0)  # times out client-side
         with pytest.raises(MCPError):
             await c.call_tool("crash", {})
     assert record_file.tools_called() == ["hang", "crash"]
