@@ -23,6 +23,7 @@ from fixtures import (
     requires_tools,
     stdio_upstream,
     tool_path,
+    tools_env,
     write_guard_config,
     write_policies,
 )
@@ -219,3 +220,22 @@ async def test_collision_is_refused_naming_both_tools(tmp_path: Path) -> None:
     message = answer["error"]["message"]
     assert "collision" in message and "a/echo" in message and "b/echo" in message, message
     assert "a/echo and b/echo" in (tmp_path / "guard.log").read_text()
+
+
+async def test_upstream_environment_is_its_own(tmp_path: Path, record_file: RecordFile) -> None:
+    """The child gets its configured env (with ${VAR} expansion) and never the guard's MCP_GUARD_* secrets."""
+    config = write_guard_config(
+        tmp_path,
+        {"rec": stdio_upstream(recording_server_command(),
+                               env={**record_file.env(), "GIVEN": "${GUARD_TEST_VALUE}", "DEFAULTED": "${GUARD_TEST_UNSET:-dflt}"})},
+        [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/getenv"]}]}],
+    )
+    env = tools_env({"GUARD_TEST_VALUE": "expanded", "MCP_GUARD_SECRET_THING": "must-not-leak"})
+    env.pop("GUARD_TEST_UNSET", None)
+    async with guarded_session(config, env=env) as c:
+        async def getenv(name: str) -> str:
+            return text(await c.call_tool("rec_getenv", {"name": name}))
+
+        assert await getenv("GIVEN") == "expanded"
+        assert await getenv("DEFAULTED") == "dflt"
+        assert await getenv("MCP_GUARD_SECRET_THING") == ""
