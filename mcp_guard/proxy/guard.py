@@ -16,6 +16,8 @@ from mcp_guard.proxy.session import GuardContext, GuardSession
 
 log = logging.getLogger("mcp_guard")
 
+DRAIN_SECONDS = 10.0
+
 
 def load_policy_set(config: GuardConfig) -> PolicySet:
     """Compile the configured policies; no policies at all means deny everything (and say so)."""
@@ -97,6 +99,7 @@ async def run_stdio(config: GuardConfig) -> None:
     watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now, session.tool_names))
     try:
         await serving
+        await session.drain(DRAIN_SECONDS)  # EOF on stdin: answer what was already asked
     except asyncio.CancelledError:
         pass
     finally:

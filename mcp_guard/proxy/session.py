@@ -729,6 +729,12 @@ class GuardSession:
 
     # ------------------------------------------------------------------ shutdown
 
+    async def drain(self, grace: float) -> None:
+        """The host closed its input: let requests already received finish, for at most ``grace`` s."""
+        pending = [t for t in self._inflight.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+
     async def close(self) -> None:
         for task in list(self._inflight.values()):
             task.cancel()

@@ -8,11 +8,13 @@ stops the guard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -27,18 +29,29 @@ class StdioHost:
     def __init__(self) -> None:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._out: BinaryIO | None = None  # stdout when it is a regular file (`> log.jsonl`)
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=LINE_LIMIT)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(sys.stdin.fileno()), "rb", 0))
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(os.dup(sys.stdout.fileno()), "wb", 0)
-        )
+        stdin = os.fdopen(os.dup(sys.stdin.fileno()), "rb", 0)
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+        except ValueError:  # a regular file (`< requests.jsonl`): no pipe to poll, read it in a thread
+            threading.Thread(target=_feed, args=(stdin, reader, loop), name="stdin-reader", daemon=True).start()
         self._reader = reader
+        stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb", 0)
+        try:
+            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
+        except ValueError:  # a regular file: plain writes never block for long
+            self._out = stdout
+            return
         self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def send(self, message: Message) -> None:
+        if self._out is not None:
+            self._out.write(dumps(message))
+            return
         assert self._writer is not None
         self._writer.write(dumps(message))
         await self._writer.drain()
@@ -71,3 +84,17 @@ class StdioHost:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self._out is not None:
+            self._out.close()
+
+
+def _feed(source: BinaryIO, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+    """Hand a file's lines to the event loop's reader, then EOF."""
+    try:
+        for line in source:
+            loop.call_soon_threadsafe(reader.feed_data, line)
+    except (OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop may be gone already
+            loop.call_soon_threadsafe(reader.feed_eof)
