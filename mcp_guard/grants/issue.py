@@ -34,7 +34,11 @@ Tools = Iterable[str] | Mapping[str, Mapping[str, Any]]
 
 
 def new_jti() -> str:
-    return secrets.token_urlsafe(16)
+    """128 random bits, base64url, never starting with ``-`` (so an id is never mistaken for a
+    command-line option, e.g. in ``mcp-guard grant revoke ID``)."""
+    while (jti := secrets.token_urlsafe(16))[0] == "-":
+        pass
+    return jti
 
 
 def _entries(tools: Tools, approve: Iterable[str], tool_args: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures import RecordFile, guarded_session, mcp_guard_bin, recording_server_command, stdio_upstream, tools_env, write_guard_config
+from fixtures import (
+    RecordFile,
+    guarded_session,
+    mcp_guard_bin,
+    recording_server_command,
+    stdio_upstream,
+    tools_env,
+    write_guard_config,
+)
 from mcp.shared.exceptions import MCPError
 
 from mcp_guard.grants import delegate, generate_keypair, issue_grant, public_jwk
@@ -91,14 +99,14 @@ async def test_list_is_the_intersection_and_calls_outside_are_not_forwarded(tmp_
 async def test_revoke_from_another_process_takes_effect_on_the_next_call(tmp_path: Path) -> None:
     keys = Keys(tmp_path)
     record = RecordFile(tmp_path / "rec.jsonl")
-    chain, coder_link = keys.chain(coder_tools=["rec/echo"])
+    chain, _ = keys.chain(coder_tools=["rec/echo"])
     config = _config(tmp_path, keys, record)
     async with guarded_session(config, env=_env(chain)) as client:
         assert not (await client.call_tool("rec_echo", {"text": "1"})).is_error
         planner_jti = _link_id(chain.split("~")[0])  # revoking an ancestor revokes its descendants
         done = await asyncio.to_thread(
             subprocess.run,
-            [str(mcp_guard_bin()), "grant", "revoke", "--config", str(config), planner_jti],
+            [str(mcp_guard_bin()), "grant", "revoke", "--config", str(config), "--", planner_jti],
             capture_output=True, text=True, timeout=30, env=_env(""),
         )
         assert done.returncode == 0, done.stderr
@@ -144,7 +152,7 @@ async def test_budget_holds_across_two_guard_processes(tmp_path: Path) -> None:
     assert len(record.calls()) == 5
 
 
-async def test_invalid_chain_refuses_to_start(tmp_path: Path) -> None:
+def test_invalid_chain_refuses_to_start(tmp_path: Path) -> None:
     keys = Keys(tmp_path)
     record = RecordFile(tmp_path / "rec.jsonl")
     chain, _ = keys.chain(coder_tools=["rec/echo"])

@@ -106,3 +106,9 @@ def test_explain_call_gives_every_link_a_verdict(world: World) -> None:
     assert len(lines) == 3
     assert "permits" in lines[0] and "needs approval" in lines[0]
     assert "permits" in lines[1] and "refuses" in lines[2]
+
+
+def test_link_ids_never_look_like_command_line_options() -> None:
+    from mcp_guard.grants.issue import new_jti
+
+    assert all(not new_jti().startswith("-") for _ in range(2000))
