@@ -78,6 +78,7 @@ def write_demo(root: Path) -> Path:
                 "policies": "./policies",
                 "identity": {"user": "alice@example.com", "agent": "demo-agent", "purpose": "demo"},
                 "audit": {"path": "./audit.jsonl"},
+                "approvals": {"timeout": "30s"},
                 "state": {"url": "memory://"},
             },
             indent=2,
@@ -115,7 +116,17 @@ async def run_demo(root: Path) -> int:
         args=["-m", "mcp_guard", "run", "--config", str(guard), "--log-level", "WARNING"],
         env={**os.environ},
     )
-    async with Client(params, mode="legacy", client_info=None) as client:
+    async def human(context: Any, request: Any) -> Any:
+        """Stands in for the person at the host: shows the guard's question, then says yes."""
+        import mcp_types as types
+
+        click.echo("   " + click.style("the guard asks the human (elicitation):", fg="yellow"))
+        for line in str(request.message).splitlines():
+            click.echo("   | " + line)
+        click.echo("   " + click.style("the human answers: approve", fg="yellow"))
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    async with Client(params, mode="legacy", client_info=None, elicitation_callback=human) as client:
         listed = await client.list_tools()
         names = [t.name for t in listed.tools]
         click.echo(b(f"1. Discovery: the agent can see {len(names)} tools") + " (the server has 14; the rest are hidden, and behave as if they did not exist)")
@@ -124,7 +135,7 @@ async def run_demo(root: Path) -> int:
         steps: list[tuple[str, str, dict[str, Any]]] = [
             ("2. Allowed call", "fs_read_text_file", {"path": str(workspace / "README.md")}),
             ("3. Refused: path escape", "fs_read_text_file", {"path": f"{workspace}/../secret.txt"}),
-            ("4. Refused: needs a human, and this client cannot be asked", "fs_write_file", {"path": str(workspace / "x.md"), "content": "hi"}),
+            ("4. Needs a human: a write under the workspace", "fs_write_file", {"path": str(workspace / "notes" / "done.md"), "content": "- demo ran\n"}),
             ("5. Hidden tool called by guessing its name", "fs_move_file", {"source": str(workspace / "README.md"), "destination": "/tmp/x"}),
         ]
         for title, tool, args in steps:
