@@ -93,7 +93,9 @@ def _text(result: Any) -> str:
 
 
 async def run_demo(root: Path) -> int:
+    import mcp_types as types
     from mcp import Client, StdioServerParameters
+    from mcp.client.session import ClientRequestContext
     from mcp.shared.exceptions import MCPError
 
     guard = write_demo(root)
@@ -116,12 +118,10 @@ async def run_demo(root: Path) -> int:
         args=["-m", "mcp_guard", "run", "--config", str(guard), "--log-level", "WARNING"],
         env={**os.environ},
     )
-    async def human(context: Any, request: Any) -> Any:
+    async def human(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
         """Stands in for the person at the host: shows the guard's question, then says yes."""
-        import mcp_types as types
-
         click.echo("   " + click.style("the guard asks the human (elicitation):", fg="yellow"))
-        for line in str(request.message).splitlines():
+        for line in str(params.message).splitlines():
             click.echo("   | " + line)
         click.echo("   " + click.style("the human answers: approve", fg="yellow"))
         return types.ElicitResult(action="accept", content={"approve": True})
