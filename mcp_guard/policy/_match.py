@@ -62,10 +62,11 @@ def normalise_path(path: str) -> tuple[bool, tuple[str, ...]] | None:
     """``(absolute, components)`` with ``.``, ``..`` and empty segments resolved lexically.
 
     None when the path cannot be judged safely: it contains a NUL or a backslash (a separator
-    on some servers, a filename character on others), or a relative path climbs above its start.
+    on some servers, a filename character on others), it starts with ``~`` (servers such as
+    server-filesystem expand it to a home directory), or a relative path climbs above its start.
     ``..`` at an absolute root stays at the root, as the kernel does.
     """
-    if not path or "\x00" in path or "\\" in path:
+    if not path or "\x00" in path or "\\" in path or path.startswith("~"):
         return None
     absolute = path.startswith("/")
     out: list[str] = []

@@ -127,6 +127,13 @@ def test_under_a_relative_root(value: str, expected: bool) -> None:
     assert allows(one_rule({"args.path": {"under": "work"}}), {"path": value}) is expected
 
 
+@pytest.mark.parametrize("root", [".", "work", "/home/alice"])
+@pytest.mark.parametrize("value", ["~", "~/work/a", "~alice/work", "~/.ssh/id_rsa"])
+def test_a_home_relative_path_is_never_under_anything(root: str, value: str) -> None:
+    # server-filesystem expands `~` to the home directory: it is neither relative nor judgeable
+    assert not allows(one_rule({"args.path": {"under": root}}), {"path": value})
+
+
 @pytest.mark.parametrize(("value", "expected"), [("abc", True), ("abcd", False), ([1, 2, 3], True), ([1, 2, 3, 4], False),
                                                  (123, False), ({"a": 1}, False)])
 def test_max_length_counts_characters_or_elements(value: Any, expected: bool) -> None:
