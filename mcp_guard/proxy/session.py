@@ -122,16 +122,34 @@ class _HostRequest:
 
 
 class GuardSession:
-    def __init__(self, ctx: GuardContext, host: HostTransport) -> None:
+    """One host session.  On stdio it owns the upstream connections; in ``serve`` mode many
+    sessions (one per HTTP session or grant) share those of a ``hub`` session, and each carries
+    its own verified grant chain."""
+
+    def __init__(
+        self,
+        ctx: GuardContext,
+        host: HostTransport,
+        *,
+        hub: GuardSession | None = None,
+        chain: GrantChain | None = None,
+    ) -> None:
         self.ctx = ctx
         self.host = host
+        self.hub = hub
+        self.chain = chain if hub is not None else ctx.chain
         self.id = uuid.uuid4().hex
         self.era: str | None = None  # "legacy" | "modern"
         self.protocol_version = LATEST_LEGACY
         self.client_info: Message = {}
         self.client_capabilities: Message = {}
-        self.upstreams: dict[str, Upstream] = {name: Upstream(cfg, self) for name, cfg in ctx.config.upstreams.items()}
-        self.catalogue = Catalogue(ctx.pins, ctx.config.pinning)
+        self.upstreams: dict[str, Upstream]
+        self.catalogue: Catalogue
+        if hub is not None:
+            self.upstreams, self.catalogue = hub.upstreams, hub.catalogue
+        else:
+            self.upstreams = {name: Upstream(cfg, self) for name, cfg in ctx.config.upstreams.items()}
+            self.catalogue = Catalogue(ctx.pins, ctx.config.pinning)
         self._started: asyncio.Task[None] | None = None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
@@ -164,8 +182,8 @@ class GuardSession:
 
     @property
     def principal(self) -> Principal:
-        if self.ctx.chain is not None:
-            return self.ctx.chain.principal
+        if self.chain is not None:
+            return self.chain.principal
         ident = self.ctx.config.identity
         agent = ident.agent or self._agent_default or str(self.client_info.get("name") or "unknown-agent")
         return Principal(user=ident.user or "unknown-user", agents=(agent,), purpose=ident.purpose, verified=False)
@@ -276,6 +294,9 @@ class GuardSession:
     # ------------------------------------------------------------------ start-up
 
     async def _ensure_started(self) -> None:
+        if self.hub is not None:
+            await self.hub._ensure_started()
+            return
         if self._started is None:
             self._started = asyncio.get_running_loop().create_task(self._start_upstreams())
         await asyncio.shield(self._started)
@@ -378,7 +399,7 @@ class GuardSession:
         if self._visible_cache is not None and self._visible_cache[0] == key:
             return self._visible_cache[1]
         who = self.principal
-        tools = [e for e in self.catalogue.entries if enforce.is_visible(self.ctx.policies, self.ctx.chain, who, e)]
+        tools = [e for e in self.catalogue.entries if enforce.is_visible(self.ctx.policies, self.chain, who, e)]
         self._visible_cache = (key, tools)
         return tools
 
@@ -410,11 +431,11 @@ class GuardSession:
         who = self.principal
         if entry is None and isinstance(name, str):
             entry = self._unstarted_entry(name)
-            if entry is not None and enforce.is_visible(self.ctx.policies, self.ctx.chain, who, entry):
+            if entry is not None and enforce.is_visible(self.ctx.policies, self.chain, who, entry):
                 down = self.upstreams[entry.upstream].last_error or f"upstream {entry.upstream} has not started"
                 return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
             entry = None
-        if entry is None or not enforce.is_visible(self.ctx.policies, self.ctx.chain, who, entry):
+        if entry is None or not enforce.is_visible(self.ctx.policies, self.chain, who, entry):
             raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
         args = params.get("arguments")
         if args is None:
@@ -466,15 +487,15 @@ class GuardSession:
         ctx = self.ctx
         now = ctx.clock()
         try:
-            if ctx.chain is not None:
-                revoked = await ctx.store.revoked(ctx.chain.link_ids)
+            if self.chain is not None:
+                revoked = await ctx.store.revoked(self.chain.link_ids)
                 if revoked is not None:
                     return enforce.Verdict("deny", f"mcp-guard denied {entry.qualified}: grant link {revoked} was revoked")
-            verdict = enforce.decide(ctx.policies, ctx.chain, who, entry, args, now)
+            verdict = enforce.decide(ctx.policies, self.chain, who, entry, args, now)
             if verdict.decision == "approval_required":
                 verdict = await ctx.approver.ask(self, entry, args, verdict, message)
             if verdict.forward:
-                verdict = await enforce.check_limits(ctx.store, ctx.policies, ctx.chain, who, entry, self.id, verdict)
+                verdict = await enforce.check_limits(ctx.store, ctx.policies, self.chain, who, entry, self.id, verdict)
         except StateError as exc:
             return enforce.Verdict("deny", f"mcp-guard denied {entry.qualified}: the state store is unavailable ({exc})")
         return verdict
@@ -738,7 +759,8 @@ class GuardSession:
     async def close(self) -> None:
         for task in list(self._inflight.values()):
             task.cancel()
-        await asyncio.gather(*(up.close() for up in self.upstreams.values()), return_exceptions=True)
+        if self.hub is None:  # a hub's sessions share its upstreams; only the hub stops them
+            await asyncio.gather(*(up.close() for up in self.upstreams.values()), return_exceptions=True)
 
 
 class _AuditRefusal(RpcError):
