@@ -59,6 +59,38 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str, log_level
     asyncio.run(run_stdio(config))
 
 
+@click.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="guard.yaml")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
+@click.option("--allow-origin", multiple=True, help="A browser Origin allowed besides localhost (repeatable).")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
+def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], log_level: str | None) -> None:
+    """Serve the guard over Streamable HTTP at /mcp; callers present grant chains as bearer tokens."""
+    setup_logging(log_level)
+    config = load_config(config_path)
+    if not config.trust.issuers:
+        raise ConfigError(f"{config_path}: serve mode needs trust.issuers to verify the bearer grant chains callers present")
+    if not config.upstreams:
+        raise ConfigError(f"{config_path}: nothing to guard: no upstreams are configured")
+    asyncio.run(_serve(config, host, port, allow_origin))
+
+
+async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
+    from mcp_guard import telemetry
+    from mcp_guard.grants import ChainVerifier, load_public_key
+    from mcp_guard.proxy.guard import build_context
+    from mcp_guard.transports.http import serve_http
+
+    ctx = await build_context(config)
+    verifier = ChainVerifier({name: load_public_key(p) for name, p in config.trust.issuers.items()}, config.trust.audience)
+    try:
+        await serve_http(ctx, verifier, host, port, allow_origin)
+    finally:
+        await ctx.store.close()
+        telemetry.shutdown()
+
+
 from mcp_guard.demo import demo  # noqa: E402
 
-COMMANDS: list[click.Command] = [run, demo]
+COMMANDS: list[click.Command] = [run, serve, demo]

@@ -1,0 +1,120 @@
+"""``mcp-guard serve``: Streamable HTTP at /mcp, identity from bearer grant chains, one set of
+upstreams shared by every caller, each caller seeing and doing only what its own chain allows."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from fixtures import (
+    Mode,
+    RecordFile,
+    free_port,
+    mcp_guard_bin,
+    recording_server_command,
+    stdio_upstream,
+    stop_process,
+    tools_env,
+    wait_for_port,
+    write_guard_config,
+)
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
+
+pytestmark = pytest.mark.e2e
+
+
+class Setup:
+    def __init__(self, tmp: Path) -> None:
+        self.key, pub = generate_keypair()
+        (tmp / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
+        self.record = RecordFile(tmp / "rec.jsonl")
+        self.config = write_guard_config(
+            tmp,
+            {"rec": stdio_upstream(recording_server_command(), env=self.record.env())},
+            [{"id": "rec", "rules": [{"effect": "allow", "tools": ["rec/*"]}, {"effect": "deny", "tools": ["rec/delete_note"]}]}],
+            trust={"issuers": {"corp-idp": str(tmp / "idp.jwk")}},
+            state={"url": f"sqlite:///{tmp / 'state.db'}"},
+            audit={"path": str(tmp / "audit.jsonl")},
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+    def grant(self, user: str, agent: str, tools: list[str], **kw: object) -> str:
+        return issue_grant(self.key, "corp-idp", user, agent, tools, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Setup]:
+    setup = Setup(tmp_path)
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=tools_env())
+    try:
+        wait_for_port(setup.port, timeout=60)
+        yield setup
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str, token: str | None, mode: Mode = "legacy") -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with create_mcp_http_client(headers=headers) as http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+        yield client
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_each_caller_gets_what_its_own_chain_allows(served: Setup, mode: Mode) -> None:
+    alice = served.grant("alice@example.com", "planner", ["rec/echo", "rec/read_note", "rec/delete_note"])
+    bob = served.grant("bob@example.com", "reviewer", ["rec/read_note"])
+    async with connect(served.url, alice, mode) as a, connect(served.url, bob, mode) as b:
+        assert sorted(t.name for t in (await a.list_tools()).tools) == ["rec_echo", "rec_read_note"]  # delete: policy
+        assert [t.name for t in (await b.list_tools()).tools] == ["rec_read_note"]
+        assert not (await a.call_tool("rec_echo", {"text": "from alice"})).is_error
+        with pytest.raises(MCPError) as hidden:
+            await b.call_tool("rec_echo", {"text": "from bob"})
+        assert hidden.value.error.message == "Unknown tool: rec_echo"
+    assert [args for _, args in served.record.calls()] == [{"text": "from alice"}]
+    audit = [json.loads(line) for line in (served.record.path.parent / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["principal"] == ["user:alice@example.com", "agent:planner"] and audit[-1]["verified"] is True
+
+
+async def test_no_or_bad_token_is_401_with_a_reason(served: Setup) -> None:
+    async with httpx2.AsyncClient() as http:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        none = await http.post(served.url, json=body, headers={"Accept": "application/json, text/event-stream"})
+        assert none.status_code == 401 and 'error="invalid_request"' in none.headers["www-authenticate"]
+        forged = served.grant("mallory", "x", ["rec/*"])[:-4] + "AAAA"
+        bad = await http.post(served.url, json=body, headers={"Authorization": f"Bearer {forged}",
+                                                            "Accept": "application/json, text/event-stream"})
+        assert bad.status_code == 401 and "bad_signature" in bad.headers["www-authenticate"]
+        evil = await http.post(served.url, json=body, headers={"Authorization": f"Bearer {served.grant('a', 'b', ['rec/echo'])}",
+                                                             "Origin": "https://evil.example"})
+        assert evil.status_code == 403
+    assert served.record.calls() == []
+
+
+async def test_a_session_is_bound_to_the_grant_that_opened_it(served: Setup) -> None:
+    alice = served.grant("alice@example.com", "planner", ["rec/echo"])
+    bob = served.grant("bob@example.com", "reviewer", ["rec/echo"])
+    async with httpx2.AsyncClient() as http:
+        accept = {"Accept": "application/json, text/event-stream"}
+        init = await http.post(served.url, headers={"Authorization": f"Bearer {alice}", **accept}, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        sid = init.headers["mcp-session-id"]
+        stolen = await http.post(served.url, headers={"Authorization": f"Bearer {bob}", "Mcp-Session-Id": sid, **accept},
+                                 json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        assert stolen.status_code == 403
