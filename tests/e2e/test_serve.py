@@ -41,7 +41,8 @@ class Setup:
         self.config = write_guard_config(
             tmp,
             {"rec": stdio_upstream(recording_server_command(), env=self.record.env())},
-            [{"id": "rec", "rules": [{"effect": "allow", "tools": ["rec/*"]}, {"effect": "deny", "tools": ["rec/delete_note"]}]}],
+            [{"id": "rec", "rules": [{"effect": "allow", "tools": ["rec/*"]}, {"effect": "deny", "tools": ["rec/delete_note"]},
+                                     {"effect": "approve", "tools": ["rec/write_note"]}]}],
             trust={"issuers": {"corp-idp": str(tmp / "idp.jwk")}},
             state={"url": f"sqlite:///{tmp / 'state.db'}"},
             audit={"path": str(tmp / "audit.jsonl")},
@@ -118,3 +119,32 @@ async def test_a_session_is_bound_to_the_grant_that_opened_it(served: Setup) -> 
         stolen = await http.post(served.url, headers={"Authorization": f"Bearer {bob}", "Mcp-Session-Id": sid, **accept},
                                  json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         assert stolen.status_code == 403
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mcp-guard ARGS`` in a second process, without blocking the client's event loop."""
+    import asyncio
+
+    return await asyncio.to_thread(
+        subprocess.run, [str(mcp_guard_bin()), *args], capture_output=True, text=True, timeout=30, env=tools_env()
+    )
+
+
+async def test_an_approval_waits_in_the_queue_and_a_second_process_releases_it(served: Setup) -> None:
+    import asyncio
+
+    alice = served.grant("alice@example.com", "planner", ["rec/write_note"])
+    async with connect(served.url, alice) as client:
+        call = asyncio.ensure_future(client.call_tool("rec_write_note", {"path": "n", "text": "t"}))
+        for _ in range(100):
+            listed = await _cli("approvals", "list", "--json", "--config", str(served.config))
+            waiting = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+            if waiting:
+                break
+            await asyncio.sleep(0.2)
+        assert len(waiting) == 1 and not call.done() and served.record.calls() == []
+        done = await _cli("approvals", "approve", waiting[0]["id"], "--config", str(served.config))
+        assert done.returncode == 0, done.stderr
+        result = await asyncio.wait_for(call, 30)
+    assert not result.is_error
+    assert served.record.tools_called() == ["write_note"]
