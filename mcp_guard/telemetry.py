@@ -7,10 +7,18 @@ Plus the MCP operation-duration histograms and a ``mcp_guard.decisions`` counter
 
 Design choices:
 
-- A private ``TracerProvider``, never the global one: the ``mcp`` SDK's own instrumentation
+- The hot path is cheap (the issue's bar: tracing plus audit ≤ 100 µs CPU per call).  Spans are
+  light records (``telemetry_otlp.LightSpan``) built from attributes the guard's own code produced,
+  not SDK spans that validate every attribute; OTLP/HTTP gets protobuf written directly with the
+  repeating attributes' bytes cached (``telemetry_otlp.SpanEncoder``).  Any other exporter
+  (console, the SDK's in-memory one in tests, any ``SpanExporter``) gets the same spans as SDK
+  ``ReadableSpan``\\ s, converted on the export thread.  The decision counter is summed in a plain
+  dict and handed to the SDK counter when a metric reader collects.
+- No tracer provider, and never the global one: the ``mcp`` SDK's own instrumentation
   (``mcp-python-sdk`` tracer) stays a no-op, so nothing is emitted twice, and only the W3C
   ``traceparent``/``tracestate`` are injected upstream, never ``baggage`` (principal and grant data
-  must not leak to upstreams through it).
+  must not leak to upstreams through it).  Sampling follows ``OTEL_TRACES_SAMPLER`` like the SDK
+  (parent-based, always on by default).
 - Off unless configured (``OTEL_TRACES_EXPORTER``/``OTEL_METRICS_EXPORTER`` or an OTLP endpoint, or
   the ``telemetry:`` block); off costs one module-global check per hook.
 - Export runs on a background thread behind a bounded queue with a short timeout: a dead or slow
@@ -26,26 +34,29 @@ import contextvars
 import functools
 import logging
 import os
+import random
+import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import SpanKind, TraceState
 
 from mcp_guard import __version__
 from mcp_guard.errors import ConfigError
+from mcp_guard.telemetry_otlp import LightOTLPSpanExporter, LightSpan, SpanEncoder
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Counter, Histogram
+    from opentelemetry.metrics import CallbackOptions, Histogram, Observation
     from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.sampling import Sampler
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.util.types import AttributeValue
 
     from mcp_guard.config import TelemetryConfig
@@ -123,8 +134,6 @@ DEFAULT_BATCH = 512
 DEFAULT_DELAY = 1.0
 _LOG_EVERY = 30.0
 
-_PROPAGATOR = TraceContextTextMapPropagator()  # W3C trace context only: never baggage
-
 
 # --------------------------------------------------------------------------- what the proxy passes in
 
@@ -176,27 +185,30 @@ class EntryLike(Protocol):
 # --------------------------------------------------------------------------- bounded export
 
 
-class BoundedBatchProcessor(SpanProcessor):
+class BoundedBatchProcessor:
     """Batches ended spans to an exporter on a daemon thread; never blocks the caller.
 
     ``on_end`` only appends to a bounded deque (the guard's event loop must never wait on a
     collector); when the queue is full the span is dropped and counted.  Failed exports count as
-    dropped too.  Both are logged at most every 30 s with the running totals.
+    dropped too.  Both are logged at most every 30 s with the running totals.  ``export`` sends one
+    batch and says whether the collector took it; ``close`` shuts the exporter down.
     """
 
     def __init__(
         self,
-        exporter: SpanExporter,
+        export: Callable[[list[LightSpan]], bool],
+        close: Callable[[], object],
         *,
         max_queue_size: int = DEFAULT_QUEUE,
         max_batch_size: int = DEFAULT_BATCH,
         schedule_delay: float = DEFAULT_DELAY,
     ) -> None:
-        self._exporter = exporter
+        self._export = export
+        self._close = close
         self._max_queue = max_queue_size
         self._max_batch = min(max_batch_size, max_queue_size)
         self._delay = schedule_delay
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue: collections.deque[LightSpan] = collections.deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
         self._stopped = False
@@ -208,18 +220,16 @@ class BoundedBatchProcessor(SpanProcessor):
         self._thread = threading.Thread(target=self._run, name="mcp-guard-span-export", daemon=True)
         self._thread.start()
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
-
-    def on_end(self, span: ReadableSpan) -> None:
+    def on_end(self, span: LightSpan) -> None:
         if self._stopped:
             return
-        if len(self._queue) >= self._max_queue:
+        queue = self._queue
+        if len(queue) >= self._max_queue:
             self.dropped += 1
             self._maybe_log()
             return
-        self._queue.append(span)
-        if len(self._queue) >= self._max_batch:
+        queue.append(span)
+        if len(queue) == self._max_batch:  # once per batch: Event.set costs a lock and a notify
             self._wake.set()
 
     def _run(self) -> None:
@@ -237,12 +247,13 @@ class BoundedBatchProcessor(SpanProcessor):
                 first = False
                 if deadline is not None and time.monotonic() > deadline:
                     return False
-                batch: list[ReadableSpan] = []
+                batch: list[LightSpan] = []
                 while self._queue and len(batch) < self._max_batch:
                     batch.append(self._queue.popleft())
                 try:
-                    ok = self._exporter.export(batch) is SpanExportResult.SUCCESS
+                    ok = self._export(batch)
                 except Exception:  # an exporter bug must not kill the export thread
+                    log.debug("span export failed", exc_info=True)
                     ok = False
                 if ok:
                     self.exported += len(batch)
@@ -275,8 +286,25 @@ class BoundedBatchProcessor(SpanProcessor):
         self._wake.set()
         self._thread.join(DEFAULT_EXPORT_TIMEOUT)
         self._export_all(time.monotonic() + DEFAULT_EXPORT_TIMEOUT)
-        self._exporter.shutdown()
+        self._close()
         self._maybe_log(final=True)
+
+
+def span_sender(exporter: SpanExporter, resource: Resource, scope: InstrumentationScope) -> Callable[[list[LightSpan]], bool]:
+    """How a batch of light spans reaches ``exporter``: protobuf bytes written directly for the
+    guard's OTLP exporter, SDK ``ReadableSpan``\\ s for any other (console, in-memory, custom)."""
+    if isinstance(exporter, LightOTLPSpanExporter):
+        encoder = SpanEncoder(resource, scope, uncached=(JSONRPC_REQUEST_ID, MCP_RESOURCE_URI))
+
+        def send_bytes(batch: list[LightSpan]) -> bool:
+            return exporter.export_bytes(encoder.request(batch), len(batch))
+
+        return send_bytes
+
+    def send_readable(batch: list[LightSpan]) -> bool:
+        return exporter.export([s.readable(resource, scope) for s in batch]) is SpanExportResult.SUCCESS
+
+    return send_readable
 
 
 class _Throttle(logging.Filter):
@@ -393,61 +421,107 @@ def resolve(config: TelemetryConfig | None = None, environ: Mapping[str, str] | 
 # --------------------------------------------------------------------------- per-request state
 
 
-@dataclass(slots=True)
 class _Request:
     """What one host request's spans share (kept in a context variable of its task)."""
 
-    span: Span
-    error_type: str | None = None
-    guarded: dict[str, AttributeValue] = field(default_factory=dict)  # principal + decision, for child spans
-    guardrail: trace.SpanContext | None = None
+    __slots__ = ("current", "error_type", "guarded", "guardrail", "span")
+
+    def __init__(self, span: LightSpan | None) -> None:
+        self.span = span  # the SERVER span (None when only metrics are on)
+        self.current = span  # the parent of spans started now (the guardrail span during a decision)
+        self.error_type: str | None = None
+        self.guarded: dict[str, AttributeValue] = {}  # principal + decision, for child spans
+        self.guardrail: LightSpan | None = None
 
 
 _REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("mcp_guard_request", default=None)
 
 
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
 @functools.lru_cache(maxsize=256)
 def principal_attributes(who: Principal) -> Mapping[str, AttributeValue]:
-    """Spec §7 identity attributes (cached: a session's principal rarely changes)."""
+    """Spec §7 identity attributes (cached: a session's principal rarely changes; coerced once to
+    valid attribute values, since spans take them as they are)."""
     attrs: dict[str, AttributeValue] = {
-        PRINCIPAL_CHAIN: who.chain,
-        ENDUSER_ID: who.user,
-        DELEGATION_DEPTH: who.depth,
+        PRINCIPAL_CHAIN: tuple(_text(c) for c in who.chain),
+        ENDUSER_ID: _text(who.user),
+        DELEGATION_DEPTH: int(who.depth),
     }
     if who.agent:
-        attrs[GEN_AI_AGENT_NAME] = who.agent
+        attrs[GEN_AI_AGENT_NAME] = _text(who.agent)
     if who.purpose:
-        attrs[PURPOSE] = who.purpose
+        attrs[PURPOSE] = _text(who.purpose)
     if who.grant_id:
-        attrs[GRANT_ID] = who.grant_id
+        attrs[GRANT_ID] = _text(who.grant_id)
     return attrs
 
 
 def decision_attributes(verdict: VerdictLike, entry: EntryLike) -> dict[str, AttributeValue]:
     """Spec §7 decision attributes: policy text only, never argument values."""
-    attrs: dict[str, AttributeValue] = {
-        DECISION: verdict.decision,
-        POLICY_IDS: verdict.policy_ids,
-        DECISION_REASON: verdict.reason,
-        UPSTREAM: entry.upstream,
+    return dict(_decided(verdict.decision, tuple(verdict.policy_ids), tuple(verdict.rule_ids), verdict.reason,
+                         entry.upstream, verdict.approver)[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _decided(
+    decision: str, policy_ids: tuple[str, ...], rule_ids: tuple[str, ...], reason: str, upstream: str, approver: str | None
+) -> tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
+    """(spec §7 decision attributes, the guardrail span's outcome attributes), built once per
+    distinct outcome: the same rule deciding the same way repeats call after call."""
+    decided: dict[str, AttributeValue] = {
+        DECISION: _text(decision),
+        POLICY_IDS: tuple(_text(p) for p in policy_ids),
+        DECISION_REASON: _text(reason),
+        UPSTREAM: _text(upstream),
     }
-    if verdict.approver:
-        attrs[APPROVER] = verdict.approver
-    return attrs
+    if approver:
+        decided[APPROVER] = _text(approver)
+    verdict_type, action = _VERDICTS.get(decision, _DENY)
+    outcome: dict[str, AttributeValue] = {
+        **decided,
+        GUARDRAIL_VERDICT_TYPE: verdict_type,
+        GUARDRAIL_ACTION_TYPE: action,
+        GUARDRAIL_VERDICT_CODE: decided[DECISION],
+        GUARDRAIL_VERDICT_REASON: decided[DECISION_REASON],
+    }
+    if policy_ids:
+        outcome[GUARDRAIL_POLICY_ID] = _text(policy_ids[0])
+    if rule_ids:
+        outcome[GUARDRAIL_RULE_ID] = _text(rule_ids[0])
+        outcome[RULE_IDS] = tuple(_text(r) for r in rule_ids)
+    return decided, outcome
 
 
-def _carrier(params: Any) -> dict[str, str] | None:
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    if not isinstance(meta, dict):
+# W3C traceparent, exactly as the SDK's TraceContextTextMapPropagator reads it
+_TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
+_TRACESTATE_MAX = 512
+_NO_TRACE = "0" * 32
+_NO_SPAN = "0" * 16
+
+
+def _remote_parent(meta: Mapping[str, Any]) -> tuple[int, int, bool, TraceState | None] | None:
+    """(trace id, span id, sampled, trace state) from the host's ``_meta``, or None."""
+    header = meta.get("traceparent")
+    if not isinstance(header, str) or not header or len(header) > 512:
         return None
-    tp = meta.get("traceparent")
-    if not isinstance(tp, str):
+    match = _TRACEPARENT.search(header)
+    if match is None:
         return None
-    carrier = {"traceparent": tp}
+    version, trace_id, span_id, flags, rest = match.groups()
+    if trace_id == _NO_TRACE or span_id == _NO_SPAN or (version == "00" and rest) or version == "ff":
+        return None
+    state = None
     ts = meta.get("tracestate")
-    if isinstance(ts, str):
-        carrier["tracestate"] = ts
-    return carrier
+    if isinstance(ts, str) and len(ts) <= _TRACESTATE_MAX:
+        state = TraceState.from_header([ts])
+    return int(trace_id, 16), int(span_id, 16), bool(int(flags, 16) & 1), state
+
+
+def _traceparent(span: LightSpan) -> str:
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.flags:02x}"
 
 
 def _target(method: str, params: Any) -> tuple[str | None, str | None]:
@@ -472,11 +546,41 @@ def _error_of(response: Mapping[str, Any]) -> tuple[str | None, str | None, str 
     return None, None, None
 
 
+
+_CACHE_LIMIT = 4096
+_UNGUARDED = frozenset(("initialize", "server/discover", "ping"))
+_RESOURCE_METHODS = frozenset(("resources/read", "resources/subscribe", "resources/unsubscribe"))
+_GUARDRAIL_FIXED: Mapping[str, AttributeValue] = {
+    GEN_AI_OPERATION_NAME: "run_guardrail",
+    GUARDRAIL_COMPONENT_NAME: COMPONENT,
+    GUARDRAIL_TARGET_TYPE: "input",
+    GUARDRAIL_TARGET_SUBTYPE: "tool_call",
+}
+
+
+def _sampler_from_env() -> Sampler | None:
+    """The ``OTEL_TRACES_SAMPLER`` sampler, or None for the default (parent-based, always on),
+    which the hot path applies inline."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if name in ("", "parentbased_always_on"):
+        return None
+    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+
+    return _get_from_env_or_default()
+
+
+def _new_id(bits: int) -> int:
+    while True:
+        value = random.getrandbits(bits)
+        if value:
+            return value
+
+
 # --------------------------------------------------------------------------- the live instance
 
 
 class Telemetry:
-    """Tracer, instruments and the hooks' real implementations (used when telemetry is on)."""
+    """Span pipeline, instruments and the hooks' real implementations (used when telemetry is on)."""
 
     def __init__(
         self,
@@ -486,30 +590,29 @@ class Telemetry:
         metric_reader: MetricReader | None = None,
     ) -> None:
         from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.settings = settings
-        resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
+        self.resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
+        self.scope = InstrumentationScope("mcp_guard", __version__)
         self.processor: BoundedBatchProcessor | None = None
-        self.provider: TracerProvider | None = None
         exporter = span_exporter or _span_exporter(settings)
         if exporter is not None:
-            self.provider = TracerProvider(resource=resource)
             self.processor = BoundedBatchProcessor(
-                exporter,
+                span_sender(exporter, self.resource, self.scope),
+                exporter.shutdown,
                 max_queue_size=settings.max_queue_size,
                 max_batch_size=settings.max_batch_size,
                 schedule_delay=settings.schedule_delay,
             )
-            self.provider.add_span_processor(self.processor)
-            self.tracer: trace.Tracer = self.provider.get_tracer("mcp_guard", __version__)
-        else:
-            self.tracer = trace.NoOpTracer()
+        self.tracing = self.processor is not None
+        self._sampler = _sampler_from_env() if self.tracing else None
         self.meter_provider: Any = None
         reader = metric_reader or _metric_reader(settings)
         if reader is not None:
             from opentelemetry.sdk.metrics import MeterProvider
 
-            self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+            self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[reader])
             meter: Any = self.meter_provider.get_meter("mcp_guard", __version__)
         else:
             from opentelemetry.metrics import NoOpMeter
@@ -523,13 +626,67 @@ class Telemetry:
             CLIENT_DURATION, unit="s", description="Duration of MCP requests the guard sent to upstreams.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.decisions: Counter = meter.create_counter(
-            DECISIONS, unit="{decision}", description="Tool-call decisions by outcome."
+        # summed here, reported as the running totals whenever a reader collects (a monotonic sum,
+        # as a synchronous counter would produce, at a dict increment per decision)
+        self._decision_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.decisions = meter.create_observable_counter(
+            DECISIONS, callbacks=[self._observe_decisions], unit="{decision}", description="Tool-call decisions by outcome."
         )
+        self._server_metric: dict[tuple[Any, ...], Mapping[str, AttributeValue]] = {}
+        self._client_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
         for name in _NOISY_LOGGERS:
             logger = logging.getLogger(name)
             if not any(isinstance(f, _Throttle) for f in logger.filters):
                 logger.addFilter(_Throttle())
+
+    # -- spans
+
+    def _start(
+        self,
+        name: str,
+        kind: SpanKind,
+        attrs: dict[str, AttributeValue],
+        parent: LightSpan | None,
+        remote: tuple[int, int, bool, TraceState | None] | None = None,
+    ) -> LightSpan:
+        """A new span under ``parent`` (a span of this request) or ``remote`` (the host's context)."""
+        if parent is not None:
+            trace_id, parent_id, sampled, state, is_remote = parent.trace_id, parent.span_id, parent.sampled, parent.trace_state, False
+        elif remote is not None:
+            trace_id, parent_id, sampled, state = remote
+            is_remote = True
+        else:
+            trace_id, parent_id, sampled, state, is_remote = _new_id(128), 0, True, None, False
+        if self._sampler is not None:
+            sampled, state = self._sample(name, kind, attrs, trace_id, parent_id, sampled, state, is_remote)
+        return LightSpan(name, kind, trace_id, _new_id(64), parent_id, is_remote, sampled, state, attrs, time.time_ns())
+
+    def _sample(
+        self, name: str, kind: SpanKind, attrs: dict[str, AttributeValue], trace_id: int, parent_id: int,
+        parent_sampled: bool, state: TraceState | None, is_remote: bool,
+    ) -> tuple[bool, TraceState | None]:
+        """A configured (non-default) sampler decides, as the SDK's tracer would ask it."""
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+        assert self._sampler is not None
+        context = None
+        if parent_id:
+            parent_ctx = SpanContext(trace_id, parent_id, is_remote, TraceFlags(1 if parent_sampled else 0), state)
+            context = trace.set_span_in_context(NonRecordingSpan(parent_ctx))
+        result = self._sampler.should_sample(context, trace_id, name, kind, attrs)
+        return bool(result.decision.is_sampled()), result.trace_state  # type: ignore[no-untyped-call]
+
+    def _end(self, span: LightSpan) -> None:
+        span.end = time.time_ns()
+        if span.sampled and self.processor is not None:
+            self.processor.on_end(span)
+
+    def _observe_decisions(self, options: CallbackOptions) -> list[Observation]:
+        from opentelemetry.metrics import Observation
+
+        return [Observation(n, {DECISION: d, UPSTREAM: u, GEN_AI_TOOL_NAME: t})
+                for (d, u, t), n in list(self._decision_counts.items())]
 
     # -- host side
 
@@ -538,24 +695,25 @@ class Telemetry:
         method = method if isinstance(method, str) else "_OTHER"
         params = message.get("params")
         target_attr, target = _target(method, params)
-        carrier = _carrier(params)
-        parent = _PROPAGATOR.extract(carrier) if carrier else otel_context.Context()
-        attrs: dict[str, AttributeValue] = {
-            MCP_METHOD_NAME: method,
-            JSONRPC_REQUEST_ID: str(message.get("id")),
-            NETWORK_TRANSPORT: "pipe",
-        }
-        if target_attr is not None and target is not None:
-            attrs[target_attr] = target
-            if method == "tools/call":
-                attrs[GEN_AI_OPERATION_NAME] = "execute_tool"
-        elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe") and isinstance(params, dict):
-            uri = params.get("uri")
-            if isinstance(uri, str):
-                attrs[MCP_RESOURCE_URI] = uri
-        span = self.tracer.start_span(f"{method} {target}" if target else method, parent, SpanKind.SERVER, attrs)
+        span: LightSpan | None = None
+        if self.tracing:
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            remote = _remote_parent(meta) if isinstance(meta, dict) else None
+            attrs: dict[str, AttributeValue] = {
+                MCP_METHOD_NAME: method,
+                JSONRPC_REQUEST_ID: str(message.get("id")),
+                NETWORK_TRANSPORT: "pipe",
+            }
+            if target is not None:
+                attrs[target_attr] = target  # type: ignore[index]
+                if method == "tools/call":
+                    attrs[GEN_AI_OPERATION_NAME] = "execute_tool"
+            elif method in _RESOURCE_METHODS and isinstance(params, dict):
+                uri = params.get("uri")
+                if isinstance(uri, str):
+                    attrs[MCP_RESOURCE_URI] = uri
+            span = self._start(f"{method} {target}" if target else method, SpanKind.SERVER, attrs, None, remote)
         state = _Request(span)
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
         req_token = _REQUEST.set(state)
         start = time.perf_counter()
         try:
@@ -563,65 +721,118 @@ class Telemetry:
         finally:
             elapsed = time.perf_counter() - start
             _REQUEST.reset(req_token)
-            otel_context.detach(token)
-            if span.is_recording():
-                end: dict[str, AttributeValue] = {MCP_PROTOCOL_VERSION: session.protocol_version}
-                if session.era == "legacy":
-                    end[MCP_SESSION_ID] = session.id
-                if not state.guarded and method not in ("initialize", "server/discover", "ping"):
-                    end.update(principal_attributes(session.principal))
-                span.set_attributes(end)
-            span.end()
-            metric: dict[str, AttributeValue] = {MCP_METHOD_NAME: method, NETWORK_TRANSPORT: "pipe",
-                                                 MCP_PROTOCOL_VERSION: session.protocol_version}
-            if target_attr is not None and target is not None:
-                metric[target_attr] = target
-            if state.error_type:
-                metric[ERROR_TYPE] = state.error_type
+            version = session.protocol_version
+            if span is not None:
+                if span.sampled:
+                    end = span.attrs
+                    end[MCP_PROTOCOL_VERSION] = _text(version)
+                    if session.era == "legacy":
+                        end[MCP_SESSION_ID] = _text(session.id)
+                    if not state.guarded and method not in _UNGUARDED:
+                        end.update(principal_attributes(session.principal))
+                self._end(span)
+            key = (method, version, target_attr, target, state.error_type)
+            metric = self._server_metric.get(key)
+            if metric is None:
+                built: dict[str, AttributeValue] = {MCP_METHOD_NAME: method, NETWORK_TRANSPORT: "pipe",
+                                                    MCP_PROTOCOL_VERSION: _text(version)}
+                if target is not None:
+                    built[target_attr] = target  # type: ignore[index]
+                if state.error_type:
+                    built[ERROR_TYPE] = state.error_type
+                if len(self._server_metric) >= _CACHE_LIMIT:
+                    self._server_metric.clear()
+                metric = self._server_metric[key] = built
             self.server_duration.record(elapsed, metric)
 
     async def decide(self, session: SessionLike, who: Principal, entry: EntryLike, verdict: Awaitable[VerdictLike]) -> VerdictLike:
         state = _REQUEST.get()
-        ident = principal_attributes(who)
-        attrs: dict[str, AttributeValue] = {
-            GEN_AI_OPERATION_NAME: "run_guardrail",
-            GUARDRAIL_COMPONENT_NAME: COMPONENT,
-            GUARDRAIL_TARGET_TYPE: "input",
-            GUARDRAIL_TARGET_SUBTYPE: "tool_call",
-            GUARDRAIL_TARGET_ID: entry.qualified,
-            PRINCIPAL_VERIFIED: who.verified,
-            **ident,
-        }
-        with self.tracer.start_as_current_span(GUARDRAIL_SPAN, kind=SpanKind.INTERNAL, attributes=attrs) as span:
-            result = await verdict
-            decided = decision_attributes(result, entry)
-            verdict_type, action = _VERDICTS.get(result.decision, _DENY)
-            outcome: dict[str, AttributeValue] = {
-                **decided,
-                GUARDRAIL_VERDICT_TYPE: verdict_type,
-                GUARDRAIL_ACTION_TYPE: action,
-                GUARDRAIL_VERDICT_CODE: result.decision,
-                GUARDRAIL_VERDICT_REASON: result.reason,
+        span: LightSpan | None = None
+        prev = state.current if state is not None else None
+        if self.tracing:
+            ident = principal_attributes(who)
+            attrs: dict[str, AttributeValue] = {
+                **_GUARDRAIL_FIXED,
+                GUARDRAIL_TARGET_ID: _text(entry.qualified),
+                PRINCIPAL_VERIFIED: bool(who.verified),
+                **ident,
             }
-            if result.policy_ids:
-                outcome[GUARDRAIL_POLICY_ID] = result.policy_ids[0]
-            if result.rule_ids:
-                outcome[GUARDRAIL_RULE_ID] = result.rule_ids[0]
-                outcome[RULE_IDS] = result.rule_ids
-            span.set_attributes(outcome)
+            span = self._start(GUARDRAIL_SPAN, SpanKind.INTERNAL, attrs, prev)
+            if state is not None:
+                state.current = span
+        try:
+            result = await verdict
+        except BaseException as exc:  # as the SDK's start_as_current_span ends it
+            if span is not None:
+                if isinstance(exc, Exception):
+                    self._record_exception(span, exc)
+                if state is not None:
+                    state.current = prev
+                self._end(span)
+            raise
+        if span is not None and state is not None:
+            state.current = prev
+        decided, outcome = _decided(result.decision, tuple(result.policy_ids), tuple(result.rule_ids), result.reason,
+                                    entry.upstream, result.approver)
+        if span is not None:
+            span.attrs.update(outcome)
             if result.decision in ("approved", "rejected"):
-                event: dict[str, AttributeValue] = {DECISION: result.decision}
+                event: dict[str, AttributeValue] = {DECISION: decided[DECISION]}
                 if result.approver:
-                    event[APPROVER] = result.approver
-                span.add_event("mcp_guard.approval.resolved", event)
+                    event[APPROVER] = _text(result.approver)
+                span.add_event("mcp_guard.approval.resolved", time.time_ns(), event)
             if state is not None:
                 state.guarded = {**ident, **decided}
-                state.guardrail = span.get_span_context()
-                state.span.set_attributes(state.guarded)
-        self.decisions.add(1, {DECISION: result.decision, UPSTREAM: entry.upstream, GEN_AI_TOOL_NAME: entry.exposed})
+                state.guardrail = span
+                if state.span is not None:
+                    state.span.attrs.update(state.guarded)
+            self._end(span)
+        self._decision_counts[(result.decision, entry.upstream, entry.exposed)] += 1
         return result
 
+    @staticmethod
+    def _record_exception(span: LightSpan, exc: BaseException) -> None:
+        module = type(exc).__module__
+        qualname = type(exc).__qualname__
+        span.add_event("exception", time.time_ns(), {
+            "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+            "exception.message": str(exc),
+            "exception.stacktrace": "".join(traceback.format_exception(exc)),
+            "exception.escaped": "False",
+        })
+        span.set_error(f"{type(exc).__name__}: {exc}")
+
     # -- upstream side
+
+    def _client_attrs(self, upstream: UpstreamLike, method: str, target_attr: str | None, target: str | None,
+                      ) -> tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
+        """(span attributes, metric attributes) of a request to ``upstream``, built once per kind."""
+        url = getattr(upstream.config, "url", None)
+        key = (upstream.name, upstream.protocol_version, url, method, target_attr, target)
+        found = self._client_base.get(key)
+        if found is not None:
+            return found
+        attrs: dict[str, AttributeValue] = {
+            MCP_METHOD_NAME: method,
+            MCP_PROTOCOL_VERSION: _text(upstream.protocol_version),
+            NETWORK_TRANSPORT: "tcp" if url else "pipe",
+            UPSTREAM: _text(upstream.name),
+        }
+        if url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            if parts.hostname:
+                attrs[SERVER_ADDRESS] = parts.hostname
+                attrs[SERVER_PORT] = parts.port or (443 if parts.scheme == "https" else 80)
+        if target is not None:
+            attrs[target_attr] = target  # type: ignore[index]
+            if method == "tools/call":
+                attrs[GEN_AI_OPERATION_NAME] = "execute_tool"
+        if len(self._client_base) >= _CACHE_LIMIT:
+            self._client_base.clear()
+        found = self._client_base[key] = (attrs, dict(attrs))
+        return found
 
     async def call(
         self,
@@ -633,77 +844,70 @@ class Telemetry:
         on_id: Callable[[int], None] | None,
     ) -> dict[str, Any]:
         target_attr, target = _target(method, params)
-        url = getattr(upstream.config, "url", None)
-        attrs: dict[str, AttributeValue] = {
-            MCP_METHOD_NAME: method,
-            MCP_PROTOCOL_VERSION: upstream.protocol_version,
-            NETWORK_TRANSPORT: "tcp" if url else "pipe",
-            UPSTREAM: upstream.name,
-        }
-        if url:
-            from urllib.parse import urlsplit
-
-            parts = urlsplit(url)
-            if parts.hostname:
-                attrs[SERVER_ADDRESS] = parts.hostname
-                attrs[SERVER_PORT] = parts.port or (443 if parts.scheme == "https" else 80)
-        if target_attr is not None and target is not None:
-            attrs[target_attr] = target
-            if method == "tools/call":
-                attrs[GEN_AI_OPERATION_NAME] = "execute_tool"
-        metric = dict(attrs)
-        state = _REQUEST.get()
-        if state is not None and state.guarded:
-            attrs.update(state.guarded)
-        span = self.tracer.start_span(f"{method} {target}" if target else method, kind=SpanKind.CLIENT, attributes=attrs)
+        base, metric = self._client_attrs(upstream, method, target_attr, target)
         out = dict(params) if params else {}
         meta = out.get("_meta")
         meta = dict(meta) if isinstance(meta, dict) else {}
         meta.pop("baggage", None)  # the guard never forwards baggage it did not vet
-        _PROPAGATOR.inject(meta, trace.set_span_in_context(span))
+        span: LightSpan | None = None
+        if self.tracing:
+            attrs = dict(base)
+            state = _REQUEST.get()
+            if state is not None and state.guarded:
+                attrs.update(state.guarded)
+            span = self._start(f"{method} {target}" if target else method, SpanKind.CLIENT, attrs,
+                               state.current if state is not None else None)
+            meta["traceparent"] = _traceparent(span)
+            if span.trace_state:
+                meta["tracestate"] = span.trace_state.to_header()
         if meta:
             out["_meta"] = meta
+        noted = on_id
+        if span is not None:
+            span_attrs = span.attrs
 
-        def noted(request_id: int) -> None:
-            span.set_attribute(JSONRPC_REQUEST_ID, str(request_id))
-            if on_id is not None:
-                on_id(request_id)
+            def noted(request_id: int) -> None:
+                span_attrs[JSONRPC_REQUEST_ID] = str(request_id)
+                if on_id is not None:
+                    on_id(request_id)
 
         start = time.perf_counter()
         error_type: str | None = None
         try:
             response = await send(method, out or None, timeout=timeout, on_id=noted)
             error_type, code, text = _error_of(response)
-            if error_type is not None:
-                span.set_attribute(ERROR_TYPE, error_type)
+            if error_type is not None and span is not None:
+                span.attrs[ERROR_TYPE] = error_type
                 if code is not None:
-                    span.set_attribute(RPC_RESPONSE_STATUS_CODE, code)
-                span.set_status(Status(StatusCode.ERROR, text))
+                    span.attrs[RPC_RESPONSE_STATUS_CODE] = code
+                span.set_error(text)
             return response
         except BaseException as exc:
             error_type = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__qualname__
-            span.set_attribute(ERROR_TYPE, error_type)
-            span.set_status(Status(StatusCode.ERROR, str(exc) or error_type))
+            if span is not None:
+                span.attrs[ERROR_TYPE] = error_type
+                span.set_error(str(exc) or error_type)
             raise
         finally:
-            span.end()
+            if span is not None:
+                self._end(span)
             if error_type is not None:
-                metric[ERROR_TYPE] = error_type
+                metric = {**metric, ERROR_TYPE: error_type}
             self.client_duration.record(time.perf_counter() - start, metric)
 
     # -- lifecycle
 
     def flush(self, timeout: float = DEFAULT_EXPORT_TIMEOUT) -> bool:
         ok = True
-        if self.provider is not None:
-            ok = self.provider.force_flush(int(timeout * 1000))
+        if self.processor is not None:
+            ok = self.processor.force_flush(int(timeout * 1000))
         if self.meter_provider is not None:
             ok = bool(self.meter_provider.force_flush(int(timeout * 1000))) and ok
         return ok
 
     def shutdown(self) -> None:
-        if self.provider is not None:
-            self.provider.shutdown()
+        if self.processor is not None:
+            self.processor.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown(timeout_millis=int(self.settings.timeout * 1000))
 
@@ -714,9 +918,7 @@ def _span_exporter(settings: Settings) -> SpanExporter | None:
 
         return ConsoleSpanExporter(out=sys.stderr)  # stdout is the MCP stream
     if settings.traces == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(endpoint=settings.traces_endpoint, timeout=settings.timeout)
+        return LightOTLPSpanExporter(endpoint=settings.traces_endpoint, timeout=settings.timeout)
     return None
 
 
@@ -818,17 +1020,19 @@ def set_response(response: Mapping[str, Any]) -> None:
         return
     state.error_type = error_type
     span = state.span
-    span.set_attribute(ERROR_TYPE, error_type)
-    if code is not None:
-        span.set_attribute(RPC_RESPONSE_STATUS_CODE, code)
-    span.set_status(Status(StatusCode.ERROR, text))
+    if span is not None:
+        span.attrs[ERROR_TYPE] = error_type
+        if code is not None:
+            span.attrs[RPC_RESPONSE_STATUS_CODE] = code
+        span.set_error(text)
 
 
 def note_tools(listed: int, hidden: int) -> None:
     """``tools/list``: how many tools the host saw and how many policy or grant hid."""
     state = _REQUEST.get()
-    if state is not None:
-        state.span.set_attributes({TOOLS_LISTED: listed, TOOLS_HIDDEN: hidden})
+    if state is not None and state.span is not None:
+        state.span.attrs[TOOLS_LISTED] = int(listed)
+        state.span.attrs[TOOLS_HIDDEN] = int(hidden)
 
 
 def audit_ids() -> dict[str, str]:
@@ -836,10 +1040,10 @@ def audit_ids() -> dict[str, str]:
     state = _REQUEST.get()
     if state is None:
         return {}
-    ctx = state.guardrail or state.span.get_span_context()
-    if not ctx.is_valid:
+    span = state.guardrail or state.span
+    if span is None:
         return {}
-    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+    return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
 
 
 def upstream_call(
@@ -860,6 +1064,7 @@ def upstream_call(
 
 __all__ = [
     "BoundedBatchProcessor",
+    "LightSpan",
     "Settings",
     "Telemetry",
     "active",

@@ -1,0 +1,91 @@
+"""The hand-written OTLP encoder: its bytes parse with the official ``opentelemetry.proto`` classes
+and equal what the SDK's own encoder writes for the same spans."""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, StatusCode, TraceState
+
+from mcp_guard.telemetry_otlp import LightSpan, SpanEncoder
+
+RESOURCE = Resource.create({"service.name": "mcp-guard-test", "service.version": "0.1.0", "deployment.n": 3})
+SCOPE = InstrumentationScope("mcp_guard", "0.1.0")
+HOST_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+def spans() -> list[LightSpan]:
+    """A guarded call's three spans plus the odd cases: a root span, unicode, big and negative
+    numbers, an error status, events, a remote parent with trace state."""
+    state = TraceState([("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE")])
+    server = LightSpan("tools/call notes_echo", SpanKind.SERVER, HOST_TRACE, 0x1111111111111111, 0x00F067AA0BA902B7,
+                       True, True, state, {
+                           "mcp.method.name": "tools/call", "jsonrpc.request.id": "2", "network.transport": "pipe",
+                           "mcp_guard.principal.chain": ("user:alice@example.com", "agent:support-bot"),
+                           "mcp_guard.delegation.depth": 1, "mcp_guard.principal.verified": False,
+                       }, 1_764_000_000_000_000_000)
+    server.end = server.start + 1_234_567
+    server.set_error("tool said no — ünïcode")
+    guard = LightSpan("run_guardrail mcp-guard", SpanKind.INTERNAL, HOST_TRACE, 0x2222222222222222, server.span_id,
+                      False, True, state, {
+                          "gen_ai.operation.name": "run_guardrail", "mcp_guard.policy.ids": ("notes-policy",),
+                          "mcp_guard.rule.ids": (), "big": 2**62, "negative": -5, "ratio": 0.25, "yes": True,
+                      }, server.start + 10)
+    guard.end = guard.start + 500
+    guard.add_event("mcp_guard.approval.resolved", guard.end, {"mcp_guard.decision": "approved",
+                                                               "mcp_guard.approver": "bob"})
+    client = LightSpan("tools/call echo", SpanKind.CLIENT, HOST_TRACE, 0x3333333333333333, server.span_id, False, True,
+                       state, {"mcp.method.name": "tools/call", "server.port": 8443, "empty": ""}, guard.end)
+    client.end = client.start + 99
+    client.set_error(None)
+    root = LightSpan("tools/list", SpanKind.CLIENT, 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0, False,
+                     True, None, {}, 1)
+    root.end = 2
+    return [server, guard, client, root]
+
+
+def test_bytes_parse_and_equal_the_sdk_encoders_output() -> None:
+    light = spans()
+    encoder = SpanEncoder(RESOURCE, SCOPE, uncached={"jsonrpc.request.id"})
+    ours = encoder.request(light)
+    sdk = encode_spans([s.readable(RESOURCE, SCOPE) for s in light])
+    parsed = ExportTraceServiceRequest.FromString(ours)
+    assert parsed == sdk
+    assert ours == sdk.SerializeToString()  # same fields in the same order, byte for byte
+    # the cache serves the second batch from the same bytes
+    assert encoder.request(light) == ours
+
+
+def test_parsed_fields_are_what_the_span_said() -> None:
+    light = spans()
+    parsed = ExportTraceServiceRequest.FromString(SpanEncoder(RESOURCE, SCOPE).request(light))
+    (rs,) = parsed.resource_spans
+    assert {kv.key: kv.value.string_value or kv.value.int_value for kv in rs.resource.attributes}["service.name"] == "mcp-guard-test"
+    (ss,) = rs.scope_spans
+    assert (ss.scope.name, ss.scope.version) == ("mcp_guard", "0.1.0")
+    server, guard, client, root = ss.spans
+    assert server.trace_id.hex() == format(HOST_TRACE, "032x")
+    assert server.parent_span_id.hex() == "00f067aa0ba902b7"
+    assert server.trace_state == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+    assert server.flags == 0x300  # has-is-remote + is-remote
+    assert server.kind == 2 and guard.kind == 1 and client.kind == 3
+    assert server.status.code == StatusCode.ERROR.value and server.status.message == "tool said no — ünïcode"
+    assert server.end_time_unix_nano - server.start_time_unix_nano == 1_234_567
+    chain = next(kv for kv in server.attributes if kv.key == "mcp_guard.principal.chain")
+    assert [v.string_value for v in chain.value.array_value.values] == ["user:alice@example.com", "agent:support-bot"]
+    values = {kv.key: kv.value for kv in guard.attributes}
+    assert values["negative"].int_value == -5 and values["big"].int_value == 2**62
+    assert values["ratio"].double_value == 0.25 and values["yes"].bool_value is True
+    assert guard.events[0].name == "mcp_guard.approval.resolved" and guard.flags == 0x100
+    assert root.parent_span_id == b"" and root.status.code == 0
+
+
+def test_a_stream_of_distinct_values_does_not_grow_the_cache_forever() -> None:
+    encoder = SpanEncoder(RESOURCE, SCOPE)
+    span = spans()[3]
+    for i in range(20_000):
+        span.attrs = {"mcp.resource.uri": f"file:///{i}"}
+        encoder.request([span])
+    assert len(encoder._attr_cache) <= 8192
