@@ -2,7 +2,7 @@
 
 Not a timed test: run it by hand on a quiet machine and copy the table into docs/performance.md.
 
-    .venv/bin/python bench/policy_bench.py [--calls 20000] [--json out.json]
+    .venv/bin/python bench/bench_policy.py [--calls 20000] [--json out.json]
 
 Sets of 10, 1,000 and 10,000 rules over 100 upstreams (50 tools each, 5,000 tools): literal and
 globbed tools, argument conditions (under, in, regex, max), principal conditions, subjects, a few
