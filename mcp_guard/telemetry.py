@@ -49,10 +49,10 @@ from opentelemetry.trace import SpanKind, TraceState
 
 from mcp_guard import __version__
 from mcp_guard.errors import ConfigError
+from mcp_guard.telemetry_metrics import DurationHistogram, Instruments, MonotonicCounter
 from mcp_guard.telemetry_otlp import LightOTLPSpanExporter, LightSpan, SpanEncoder
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import CallbackOptions, Histogram, Observation
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.sampling import Sampler
@@ -294,7 +294,7 @@ def span_sender(exporter: SpanExporter, resource: Resource, scope: Instrumentati
     """How a batch of light spans reaches ``exporter``: protobuf bytes written directly for the
     guard's OTLP exporter, SDK ``ReadableSpan``\\ s for any other (console, in-memory, custom)."""
     if isinstance(exporter, LightOTLPSpanExporter):
-        encoder = SpanEncoder(resource, scope, uncached=(JSONRPC_REQUEST_ID, MCP_RESOURCE_URI))
+        encoder = SpanEncoder(resource, scope)
 
         def send_bytes(batch: list[LightSpan]) -> bool:
             return exporter.export_bytes(encoder.request(batch), len(batch))
@@ -558,6 +558,16 @@ _GUARDRAIL_FIXED: Mapping[str, AttributeValue] = {
 }
 
 
+def _server_metric(method: str, version: object, target_attr: str | None, target: str | None,
+                   error_type: str | None) -> dict[str, AttributeValue]:
+    attrs: dict[str, AttributeValue] = {MCP_METHOD_NAME: method, NETWORK_TRANSPORT: "pipe", MCP_PROTOCOL_VERSION: _text(version)}
+    if target_attr is not None and target is not None:
+        attrs[target_attr] = target
+    if error_type:
+        attrs[ERROR_TYPE] = error_type
+    return attrs
+
+
 def _sampler_from_env() -> Sampler | None:
     """The ``OTEL_TRACES_SAMPLER`` sampler, or None for the default (parent-based, always on),
     which the hot path applies inline."""
@@ -607,33 +617,20 @@ class Telemetry:
             )
         self.tracing = self.processor is not None
         self._sampler = _sampler_from_env() if self.tracing else None
-        self.meter_provider: Any = None
+        self.metrics: Instruments | None = None
         reader = metric_reader or _metric_reader(settings)
         if reader is not None:
-            from opentelemetry.sdk.metrics import MeterProvider
-
-            self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[reader])
-            meter: Any = self.meter_provider.get_meter("mcp_guard", __version__)
+            self.metrics = Instruments(self.resource, self.scope, reader)
+            self.server_duration: DurationHistogram | None = self.metrics.histogram(
+                SERVER_DURATION, "s", "Duration of MCP requests the guard served for the host.", DURATION_BUCKETS)
+            self.client_duration: DurationHistogram | None = self.metrics.histogram(
+                CLIENT_DURATION, "s", "Duration of MCP requests the guard sent to upstreams.", DURATION_BUCKETS)
+            self.decisions: MonotonicCounter | None = self.metrics.counter(
+                DECISIONS, "{decision}", "Tool-call decisions by outcome.")
         else:
-            from opentelemetry.metrics import NoOpMeter
-
-            meter = NoOpMeter("mcp_guard")
-        self.server_duration: Histogram = meter.create_histogram(
-            SERVER_DURATION, unit="s", description="Duration of MCP requests the guard served for the host.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.client_duration: Histogram = meter.create_histogram(
-            CLIENT_DURATION, unit="s", description="Duration of MCP requests the guard sent to upstreams.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        # summed here, reported as the running totals whenever a reader collects (a monotonic sum,
-        # as a synchronous counter would produce, at a dict increment per decision)
-        self._decision_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self.decisions = meter.create_observable_counter(
-            DECISIONS, callbacks=[self._observe_decisions], unit="{decision}", description="Tool-call decisions by outcome."
-        )
-        self._server_metric: dict[tuple[Any, ...], Mapping[str, AttributeValue]] = {}
-        self._client_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
+            self.server_duration = self.client_duration = None
+            self.decisions = None
+        self._client_base: dict[tuple[Any, ...], tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
         for name in _NOISY_LOGGERS:
             logger = logging.getLogger(name)
             if not any(isinstance(f, _Throttle) for f in logger.filters):
@@ -682,12 +679,6 @@ class Telemetry:
         if span.sampled and self.processor is not None:
             self.processor.on_end(span)
 
-    def _observe_decisions(self, options: CallbackOptions) -> list[Observation]:
-        from opentelemetry.metrics import Observation
-
-        return [Observation(n, {DECISION: d, UPSTREAM: u, GEN_AI_TOOL_NAME: t})
-                for (d, u, t), n in list(self._decision_counts.items())]
-
     # -- host side
 
     async def serve(self, session: SessionLike, message: Mapping[str, Any], handler: Callable[[Any], Awaitable[None]]) -> None:
@@ -699,20 +690,18 @@ class Telemetry:
         if self.tracing:
             meta = params.get("_meta") if isinstance(params, dict) else None
             remote = _remote_parent(meta) if isinstance(meta, dict) else None
-            attrs: dict[str, AttributeValue] = {
-                MCP_METHOD_NAME: method,
-                JSONRPC_REQUEST_ID: str(message.get("id")),
-                NETWORK_TRANSPORT: "pipe",
-            }
+            attrs: dict[str, AttributeValue] = {MCP_METHOD_NAME: method, NETWORK_TRANSPORT: "pipe"}
+            uri: Any = None
             if target is not None:
                 attrs[target_attr] = target  # type: ignore[index]
                 if method == "tools/call":
                     attrs[GEN_AI_OPERATION_NAME] = "execute_tool"
             elif method in _RESOURCE_METHODS and isinstance(params, dict):
                 uri = params.get("uri")
-                if isinstance(uri, str):
-                    attrs[MCP_RESOURCE_URI] = uri
             span = self._start(f"{method} {target}" if target else method, SpanKind.SERVER, attrs, None, remote)
+            span.unique[JSONRPC_REQUEST_ID] = str(message.get("id"))
+            if isinstance(uri, str):
+                span.unique[MCP_RESOURCE_URI] = uri
         state = _Request(span)
         req_token = _REQUEST.set(state)
         start = time.perf_counter()
@@ -731,19 +720,11 @@ class Telemetry:
                     if not state.guarded and method not in _UNGUARDED:
                         end.update(principal_attributes(session.principal))
                 self._end(span)
-            key = (method, version, target_attr, target, state.error_type)
-            metric = self._server_metric.get(key)
-            if metric is None:
-                built: dict[str, AttributeValue] = {MCP_METHOD_NAME: method, NETWORK_TRANSPORT: "pipe",
-                                                    MCP_PROTOCOL_VERSION: _text(version)}
-                if target is not None:
-                    built[target_attr] = target  # type: ignore[index]
-                if state.error_type:
-                    built[ERROR_TYPE] = state.error_type
-                if len(self._server_metric) >= _CACHE_LIMIT:
-                    self._server_metric.clear()
-                metric = self._server_metric[key] = built
-            self.server_duration.record(elapsed, metric)
+            hist = self.server_duration
+            if hist is not None:
+                error_type = state.error_type
+                hist.record((method, version, target_attr, target, error_type), elapsed,
+                            lambda: _server_metric(method, version, target_attr, target, error_type))
 
     async def decide(self, session: SessionLike, who: Principal, entry: EntryLike, verdict: Awaitable[VerdictLike]) -> VerdictLike:
         state = _REQUEST.get()
@@ -787,7 +768,9 @@ class Telemetry:
                 if state.span is not None:
                     state.span.attrs.update(state.guarded)
             self._end(span)
-        self._decision_counts[(result.decision, entry.upstream, entry.exposed)] += 1
+        if self.decisions is not None:
+            d, u, t = result.decision, entry.upstream, entry.exposed
+            self.decisions.add((d, u, t), 1, lambda: {DECISION: _text(d), UPSTREAM: _text(u), GEN_AI_TOOL_NAME: _text(t)})
         return result
 
     @staticmethod
@@ -805,8 +788,8 @@ class Telemetry:
     # -- upstream side
 
     def _client_attrs(self, upstream: UpstreamLike, method: str, target_attr: str | None, target: str | None,
-                      ) -> tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
-        """(span attributes, metric attributes) of a request to ``upstream``, built once per kind."""
+                      ) -> tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
+        """(key, span attributes, metric attributes) of a request to ``upstream``, built once per kind."""
         url = getattr(upstream.config, "url", None)
         key = (upstream.name, upstream.protocol_version, url, method, target_attr, target)
         found = self._client_base.get(key)
@@ -831,7 +814,7 @@ class Telemetry:
                 attrs[GEN_AI_OPERATION_NAME] = "execute_tool"
         if len(self._client_base) >= _CACHE_LIMIT:
             self._client_base.clear()
-        found = self._client_base[key] = (attrs, dict(attrs))
+        found = self._client_base[key] = (key, attrs, dict(attrs))
         return found
 
     async def call(
@@ -844,7 +827,7 @@ class Telemetry:
         on_id: Callable[[int], None] | None,
     ) -> dict[str, Any]:
         target_attr, target = _target(method, params)
-        base, metric = self._client_attrs(upstream, method, target_attr, target)
+        ckey, base, metric = self._client_attrs(upstream, method, target_attr, target)
         out = dict(params) if params else {}
         meta = out.get("_meta")
         meta = dict(meta) if isinstance(meta, dict) else {}
@@ -864,10 +847,10 @@ class Telemetry:
             out["_meta"] = meta
         noted = on_id
         if span is not None:
-            span_attrs = span.attrs
+            unique = span.unique
 
             def noted(request_id: int) -> None:
-                span_attrs[JSONRPC_REQUEST_ID] = str(request_id)
+                unique[JSONRPC_REQUEST_ID] = str(request_id)
                 if on_id is not None:
                     on_id(request_id)
 
@@ -891,9 +874,14 @@ class Telemetry:
         finally:
             if span is not None:
                 self._end(span)
-            if error_type is not None:
-                metric = {**metric, ERROR_TYPE: error_type}
-            self.client_duration.record(time.perf_counter() - start, metric)
+            hist = self.client_duration
+            if hist is not None:
+                elapsed = time.perf_counter() - start
+                if error_type is None:
+                    hist.record(ckey, elapsed, lambda: metric)
+                else:
+                    failed = error_type
+                    hist.record((ckey, failed), elapsed, lambda: {**metric, ERROR_TYPE: failed})
 
     # -- lifecycle
 
@@ -901,15 +889,15 @@ class Telemetry:
         ok = True
         if self.processor is not None:
             ok = self.processor.force_flush(int(timeout * 1000))
-        if self.meter_provider is not None:
-            ok = bool(self.meter_provider.force_flush(int(timeout * 1000))) and ok
+        if self.metrics is not None:
+            ok = self.metrics.force_flush(timeout * 1000) and ok
         return ok
 
     def shutdown(self) -> None:
         if self.processor is not None:
             self.processor.shutdown()
-        if self.meter_provider is not None:
-            self.meter_provider.shutdown(timeout_millis=int(self.settings.timeout * 1000))
+        if self.metrics is not None:
+            self.metrics.shutdown(timeout_millis=self.settings.timeout * 1000)
 
 
 def _span_exporter(settings: Settings) -> SpanExporter | None:

@@ -44,6 +44,7 @@ _FLAGS = struct.Struct("<2sI")  # Span.flags (16, fixed32): tag 133 is two varin
 _FLAGS_TAG = b"\x85\x01"
 _SMALL = [bytes([n]) for n in range(128)]
 _CACHE_LIMIT = 8192
+_BLOCK_LIMIT = 1024
 
 
 def _varint(n: int) -> bytes:
@@ -94,11 +95,29 @@ class LightSpan:
     """One finished (or running) span of the guard: what the exporters need, nothing more.
 
     Attributes are written straight into ``attrs`` by the guard's own code with values that are
-    already valid OTLP attribute values (str, bool, int, float or tuples of str).
+    already valid OTLP attribute values (str, bool, int, float or tuples of str).  ``attrs`` holds
+    the ones that repeat from call to call (their encoding is cached as one block), ``unique`` the
+    few that differ on every request (JSON-RPC ids, resource URIs).
     """
 
-    __slots__ = ("attrs", "end", "events", "flags", "kind", "name", "parent_id", "parent_remote",
-                 "sampled", "span_id", "start", "status_code", "status_message", "trace_id", "trace_state")
+    __slots__ = (
+        "attrs",
+        "end",
+        "events",
+        "flags",
+        "kind",
+        "name",
+        "parent_id",
+        "parent_remote",
+        "sampled",
+        "span_id",
+        "start",
+        "status_code",
+        "status_message",
+        "trace_id",
+        "trace_state",
+        "unique",
+    )
 
     def __init__(
         self,
@@ -123,6 +142,7 @@ class LightSpan:
         self.flags = 1 if sampled else 0  # W3C trace flags
         self.trace_state = trace_state
         self.attrs = attrs
+        self.unique: dict[str, AttributeValue] = {}
         self.start = start
         self.end = 0
         self.status_code = StatusCode.UNSET
@@ -157,7 +177,7 @@ class LightSpan:
             context=context,
             parent=parent,
             resource=resource,
-            attributes=BoundedAttributes(attributes=self.attrs, immutable=True),
+            attributes=BoundedAttributes(attributes={**self.attrs, **self.unique}, immutable=True),
             events=events,
             kind=self.kind,
             status=Status(self.status_code, self.status_message),
@@ -183,25 +203,48 @@ class SpanEncoder:
         self._scope = _field(b"\x0a", scope_msg)  # ScopeSpans.scope
         self._scope_tail = _field(b"\x1a", scope.schema_url.encode()) if scope.schema_url else b""
         self._uncached = frozenset(uncached)
-        self._attr_cache: dict[tuple[str, Any, type], bytes] = {}
+        self._blocks: dict[tuple[tuple[str, Any], ...], bytes] = {}
+        self._attr_cache: dict[Any, dict[Any, bytes]] = {}
+        self._cached = 0
         self._name_cache: dict[str, bytes] = {}
 
     def _attrs(self, tag: bytes, attrs: Mapping[str, Any]) -> list[bytes]:
         cache = self._attr_cache
-        uncached = self._uncached
         out = []
         for key, value in attrs.items():
-            if key in uncached:
-                out.append(_field(tag, _key_value(key, value)))
-                continue
-            ck = (key, value, value.__class__)
-            encoded = cache.get(ck)
+            # key -> value -> bytes (no tuple to build per lookup); a bool gets its own table, as
+            # True == 1 would otherwise find an int's bytes
+            per_key = cache.get(key if value.__class__ is not bool else (key, bool))
+            encoded = per_key.get(value) if per_key is not None else None
             if encoded is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                encoded = cache[ck] = _field(tag, _key_value(key, value))
+                encoded = _field(tag, _key_value(key, value))
+                if key not in self._uncached:
+                    self._remember(key if value.__class__ is not bool else (key, bool), value, encoded, per_key)
             out.append(encoded)
         return out
+
+    def _block(self, attrs: Mapping[str, Any]) -> bytes:
+        """All of a span's repeating attributes, encoded once per distinct set."""
+        try:
+            sig = tuple(attrs.items())
+            block = self._blocks.get(sig)
+        except TypeError:  # an unhashable value: encode it as it is
+            return b"".join(self._attrs(b"\x4a", attrs))
+        if block is None:
+            if len(self._blocks) >= _BLOCK_LIMIT:
+                self._blocks.clear()
+            block = self._blocks[sig] = b"".join(self._attrs(b"\x4a", attrs))
+        return block
+
+    def _remember(self, key: Any, value: Any, encoded: bytes, per_key: dict[Any, bytes] | None) -> None:
+        if self._cached >= _CACHE_LIMIT:
+            self._attr_cache.clear()
+            self._cached = 0
+            per_key = None
+        if per_key is None:
+            per_key = self._attr_cache[key] = {}
+        per_key[value] = encoded
+        self._cached += 1
 
     def span(self, s: LightSpan) -> bytes:
         """``trace.v1.Span`` (without its field tag)."""
@@ -219,7 +262,9 @@ class SpanEncoder:
         parts.append(name)
         parts.append(_TIMES.pack(0x39, s.start, 0x41, s.end))
         if s.attrs:
-            parts += self._attrs(b"\x4a", s.attrs)
+            parts.append(self._block(s.attrs))
+        if s.unique:
+            parts += [_field(b"\x4a", _key_value(k, v)) for k, v in s.unique.items()]
         if s.events:
             for ev_name, ts, ev_attrs in s.events:
                 event = _EVENT_TIME.pack(0x09, ts) + _field(b"\x12", ev_name.encode("utf-8")) + _attributes(b"\x1a", ev_attrs)

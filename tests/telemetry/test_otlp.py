@@ -22,10 +22,11 @@ def spans() -> list[LightSpan]:
     state = TraceState([("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE")])
     server = LightSpan("tools/call notes_echo", SpanKind.SERVER, HOST_TRACE, 0x1111111111111111, 0x00F067AA0BA902B7,
                        True, True, state, {
-                           "mcp.method.name": "tools/call", "jsonrpc.request.id": "2", "network.transport": "pipe",
+                           "mcp.method.name": "tools/call", "network.transport": "pipe",
                            "mcp_guard.principal.chain": ("user:alice@example.com", "agent:support-bot"),
                            "mcp_guard.delegation.depth": 1, "mcp_guard.principal.verified": False,
                        }, 1_764_000_000_000_000_000)
+    server.unique["jsonrpc.request.id"] = "2"
     server.end = server.start + 1_234_567
     server.set_error("tool said no — ünïcode")
     guard = LightSpan("run_guardrail mcp-guard", SpanKind.INTERNAL, HOST_TRACE, 0x2222222222222222, server.span_id,
@@ -46,16 +47,35 @@ def spans() -> list[LightSpan]:
     return [server, guard, client, root]
 
 
+def _sorted_attributes(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    """The same request with each span's attributes in key order (their order carries no meaning)."""
+    out = ExportTraceServiceRequest()
+    out.CopyFrom(request)
+    for rs in out.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                ordered = sorted(span.attributes, key=lambda kv: kv.key)
+                copies = [type(kv)() for kv in ordered]
+                for copy, kv in zip(copies, ordered, strict=True):
+                    copy.CopyFrom(kv)
+                del span.attributes[:]
+                span.attributes.extend(copies)
+    return out
+
+
 def test_bytes_parse_and_equal_the_sdk_encoders_output() -> None:
     light = spans()
-    encoder = SpanEncoder(RESOURCE, SCOPE, uncached={"jsonrpc.request.id"})
+    encoder = SpanEncoder(RESOURCE, SCOPE)
     ours = encoder.request(light)
     sdk = encode_spans([s.readable(RESOURCE, SCOPE) for s in light])
     parsed = ExportTraceServiceRequest.FromString(ours)
-    assert parsed == sdk
-    assert ours == sdk.SerializeToString()  # same fields in the same order, byte for byte
+    assert _sorted_attributes(parsed) == _sorted_attributes(sdk)
     # the cache serves the second batch from the same bytes
     assert encoder.request(light) == ours
+    # without per-request attributes the order is the SDK's too: the same bytes
+    for span in light:
+        span.unique.clear()
+    assert encoder.request(light) == encode_spans([s.readable(RESOURCE, SCOPE) for s in light]).SerializeToString()
 
 
 def test_parsed_fields_are_what_the_span_said() -> None:
@@ -66,6 +86,7 @@ def test_parsed_fields_are_what_the_span_said() -> None:
     (ss,) = rs.scope_spans
     assert (ss.scope.name, ss.scope.version) == ("mcp_guard", "0.1.0")
     server, guard, client, root = ss.spans
+    assert [kv.value.string_value for kv in server.attributes if kv.key == "jsonrpc.request.id"] == ["2"]
     assert server.trace_id.hex() == format(HOST_TRACE, "032x")
     assert server.parent_span_id.hex() == "00f067aa0ba902b7"
     assert server.trace_state == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
@@ -86,6 +107,7 @@ def test_a_stream_of_distinct_values_does_not_grow_the_cache_forever() -> None:
     encoder = SpanEncoder(RESOURCE, SCOPE)
     span = spans()[3]
     for i in range(20_000):
-        span.attrs = {"mcp.resource.uri": f"file:///{i}"}
+        span.attrs = {"mcp_guard.tools.listed": i, "mcp.method.name": "tools/list"}
         encoder.request([span])
-    assert len(encoder._attr_cache) <= 8192
+    assert encoder._cached <= 8192 and sum(len(v) for v in encoder._attr_cache.values()) <= 8192
+    assert len(encoder._blocks) <= 1024
