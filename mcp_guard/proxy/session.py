@@ -26,6 +26,7 @@ from mcp_guard.pinning import PinSet
 from mcp_guard.policy import PolicySet
 from mcp_guard.proxy import enforce
 from mcp_guard.proxy.catalogue import Catalogue, ToolEntry
+from mcp_guard.proxy.relay import Relay
 from mcp_guard.proxy.wire import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -160,6 +161,7 @@ class GuardSession:
         self._resource_owner: dict[str, Upstream] = {}
         self._agent_default: str | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._relay = Relay()
         self._host_initialized = asyncio.Event()  # legacy hosts take requests only after `initialized`
         self._handlers: dict[str, Callable[[Message], Awaitable[Message]]] = {
             "initialize": self._initialize,
@@ -303,13 +305,12 @@ class GuardSession:
 
     def _upstream_capabilities(self, up: Upstream) -> Message:
         """What the guard tells an upstream it can do: only what it can actually relay or answer."""
-        caps: Message = {}
-        if self.era != "modern":
-            for key in ("sampling", "elicitation"):
-                if key in self.client_capabilities:
-                    caps[key] = self.client_capabilities[key]
+        caps: Message = {}  # a 2026-07-28 host gets the questions as input_required results (proxy/relay.py)
+        for key in ("sampling", "elicitation"):
+            if key in self.client_capabilities:
+                caps[key] = self.client_capabilities[key]
         roots = up.config.roots
-        if isinstance(roots, tuple) or (roots == "pass" and "roots" in self.client_capabilities and self.era != "modern"):
+        if isinstance(roots, tuple) or (roots == "pass" and "roots" in self.client_capabilities):
             caps["roots"] = {"listChanged": roots == "pass"}
         return caps
 
@@ -442,6 +443,8 @@ class GuardSession:
             args = {}
         if not isinstance(args, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
+        if self.era == "modern" and Relay.is_resume(params):  # answers to an upstream's questions
+            return await self._relay.resume(params, self._binding(who, entry, args), self._request_capabilities(message), rid)
         try:
             verdict = await telemetry.decision(self, who, entry, self._verdict(who, entry, args, message))
         except InputRequired as ask:
@@ -465,12 +468,29 @@ class GuardSession:
         forwarded = {k: v for k, v in params.items() if k not in _GUARD_ROUND_TRIP}
         forwarded["name"] = entry.name
         forwarded = strip_meta(forwarded, drop_reserved=True) or forwarded
+        if self.era == "modern":  # the upstream may ask questions mid-call: relayed as input_required
+            call = asyncio.ensure_future(upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid)))
+            return await self._relay.start(upstream, call, self._binding(who, entry, args), self._request_capabilities(message), rid)
         try:
             response = await upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid))
         except UpstreamError as exc:
             return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
         response["id"] = rid
         return response
+
+    @staticmethod
+    def _binding(who: Principal, entry: ToolEntry, args: dict[str, Any]) -> tuple[str, str, str]:
+        """What a parked call's requestState is bound to: who, which tool, which arguments."""
+        from mcp_guard.audit import args_hash
+
+        return (" > ".join(who.chain), entry.qualified, args_hash(args))
+
+    def _request_capabilities(self, message: Message) -> Message:
+        """2026-07-28: the capabilities this very request declares (else the session's)."""
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        caps = meta.get(META_CLIENT_CAPABILITIES) if isinstance(meta, dict) else None
+        return caps if isinstance(caps, dict) else self.client_capabilities
 
     def _unstarted_entry(self, name: str) -> ToolEntry | None:
         """The tool ``name`` would be on a prefixed upstream that has never come up (so its tools are
@@ -673,8 +693,12 @@ class GuardSession:
             if roots == "none":
                 await upstream.respond(result(rid, {"roots": []}))
                 return
+        if self.era == "modern":
+            if not await self._relay.offer(upstream, message):
+                await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host outside a tool call")
+            return
         capability = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}.get(str(method))
-        if self.era == "modern" or capability is None or capability not in self.client_capabilities:
+        if capability is None or capability not in self.client_capabilities:
             await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host")
             return
         response = await self.request_host(str(method), message.get("params"))
@@ -757,6 +781,7 @@ class GuardSession:
             await asyncio.wait(pending, timeout=grace)
 
     async def close(self) -> None:
+        self._relay.close()
         for task in list(self._inflight.values()):
             task.cancel()
         if self.hub is None:  # a hub's sessions share its upstreams; only the hub stops them

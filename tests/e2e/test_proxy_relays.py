@@ -25,6 +25,7 @@ from fixtures import (
     write_guard_config,
 )
 from helpers_proxy import text
+from mcp.shared.exceptions import MCPError
 from pydantic import FileUrl
 
 pytestmark = [pytest.mark.e2e, requires_tools("mcp-server-everything")]
@@ -139,17 +140,45 @@ async def test_progress_resources_prompts_completion(mode: Mode, config: Path) -
         assert completion.completion.values == ["Engineering"]
 
 
-async def test_sampling_is_not_offered_on_2026_07_28(config: Path) -> None:
-    """The modern face has no server->client requests: the upstream is not offered sampling/elicitation."""
+async def test_server_to_client_requests_become_input_required_on_2026_07_28(config: Path) -> None:
+    """A 2026-07-28 host has no back channel: the upstream's mid-call questions reach it as
+    ``input_required`` results (which the SDK client answers through the same callbacks) and the
+    answers go back to the still-waiting upstream call."""
     host = Host()
     async with guarded_session(config, mode="auto", **host.callbacks()) as c:
         assert c.protocol_version == "2026-07-28"
         names = {tool.name for tool in (await c.list_tools()).tools}
-        assert "everything_echo" in names
-        assert "everything_trigger-sampling-request" not in names
-        assert "everything_trigger-elicitation-request" not in names
+        assert {"everything_trigger-sampling-request", "everything_trigger-elicitation-request",
+                "everything_get-roots-list"} <= names
+        sampled = await c.call_tool("everything_trigger-sampling-request", {"prompt": "6x7?", "maxTokens": 5})
+        assert not sampled.is_error and '"text": "42"' in text(sampled)
+        assert len(host.sampling) == 1
+        elicited = await c.call_tool("everything_trigger-elicitation-request", {})
+        assert not elicited.is_error and "declined" in text(elicited)
+        assert len(host.elicitations) == 1
+        roots = await c.call_tool("everything_get-roots-list", {})
+        assert "file:///srv/host-root" in text(roots)
         echoed = await c.call_tool("everything_echo", {"message": "modern"})
         assert "modern" in text(echoed)
-    assert host.sampling == [] and host.elicitations == []
 
 
+async def test_a_relay_request_state_is_single_use_and_bound_to_its_call(config: Path) -> None:
+    host = Host()
+    args = {"prompt": "a", "maxTokens": 5}
+    async with guarded_session(config, mode="auto", **host.callbacks()) as c:
+        first = await c.session.call_tool("everything_trigger-sampling-request", args, allow_input_required=True)
+        assert isinstance(first, t.InputRequiredResult) and first.request_state is not None
+        state = first.request_state
+        answer = {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "x"}}
+                  for key in first.input_requests}
+        with pytest.raises(MCPError) as moved:  # bound to these arguments: not to others
+            await c.session.call_tool("everything_trigger-sampling-request", {**args, "prompt": "b"},
+                                      input_responses=answer, request_state=state, allow_input_required=True)
+        assert moved.value.error.code == -32602
+        done = await c.session.call_tool("everything_trigger-sampling-request", args,
+                                         input_responses=answer, request_state=state, allow_input_required=True)
+        assert isinstance(done, t.CallToolResult) and not done.is_error and '"model": "m"' in text(done)
+        with pytest.raises(MCPError) as replayed:  # single use
+            await c.session.call_tool("everything_trigger-sampling-request", args,
+                                      input_responses=answer, request_state=state, allow_input_required=True)
+        assert replayed.value.error.code == -32602

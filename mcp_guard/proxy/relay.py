@@ -1,0 +1,154 @@
+"""Upstream input requests (sampling, elicitation, roots) for a 2026-07-28 host.
+
+A 2026-07-28 host cannot be sent requests: the protocol's multi round-trip pattern has the server
+answer ``tools/call`` with ``resultType: "input_required"`` instead, and the host retries the call
+with ``inputResponses`` and the opaque ``requestState``.  A handshake-era upstream, though, asks
+mid-call with a request of its own.  The guard bridges the two: while a host's call is in flight,
+an upstream request is *parked* — the upstream call keeps waiting — and the host gets an
+``input_required`` result whose ``requestState`` names the parked call.  The retry delivers the
+answers to the upstream and waits again, for the result or the next question.
+
+``requestState`` is a random 128-bit handle, single use, kept only in this process and bound to
+the principal, the tool and the arguments' hash of the call that parked it: it cannot be forged,
+replayed, or moved to another call.  The policy decision was made (and audited) when the call was
+first forwarded; a retry is the same call, so it is not decided or counted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mcp_guard.proxy.wire import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    Message,
+    error,
+    result,
+    tool_error,
+)
+
+if TYPE_CHECKING:
+    from mcp_guard.upstreams.connection import Upstream
+
+log = logging.getLogger("mcp_guard.relay")
+
+STATE_PREFIX = "mcp-guard-relay."
+PARK_SECONDS = 600.0  # a host that never retries: the upstream call is cancelled after this
+KIND = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
+@dataclass
+class _Call:
+    """One host call forwarded to an upstream, possibly waiting for the host's input."""
+
+    upstream: Upstream
+    task: asyncio.Task[Message]
+    binding: tuple[str, str, str]  # principal chain, qualified tool, arguments hash
+    capabilities: Message  # what the host declared on the request that is waiting now
+    questions: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
+    asked: dict[str, Message] = field(default_factory=dict)  # inputRequests key -> upstream request
+    expiry: asyncio.TimerHandle | None = None
+
+
+class Relay:
+    def __init__(self) -> None:
+        self._running: dict[str, list[_Call]] = {}  # upstream name -> calls in flight
+        self._parked: dict[str, _Call] = {}  # requestState -> call waiting for the host
+
+    @staticmethod
+    def is_resume(params: Message) -> bool:
+        state = params.get("requestState")
+        return isinstance(state, str) and state.startswith(STATE_PREFIX)
+
+    async def start(self, upstream: Upstream, call: asyncio.Task[Message], binding: tuple[str, str, str], capabilities: Message, rid: Any) -> Message:
+        """Wait for the forwarded call: its result, or an ``input_required`` for the first question."""
+        entry = _Call(upstream, call, binding, capabilities)
+        self._running.setdefault(upstream.name, []).append(entry)
+        return await self._wait(entry, rid)
+
+    async def resume(self, params: Message, binding: tuple[str, str, str], capabilities: Message, rid: Any) -> Message:
+        """A host's retry: hand its answers to the upstream, then wait again."""
+        state = str(params.get("requestState"))
+        entry = self._parked.get(state)
+        if entry is None or entry.binding != binding:  # a foreign attempt leaves the real one intact
+            return error(rid, INVALID_PARAMS, "Invalid params: unknown, used or foreign requestState")
+        del self._parked[state]
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+        entry.capabilities = capabilities
+        responses = params.get("inputResponses") if isinstance(params.get("inputResponses"), dict) else {}
+        assert isinstance(responses, dict)
+        for key, question in entry.asked.items():
+            answer = responses.get(key)
+            if isinstance(answer, dict):
+                await entry.upstream.respond(result(question["id"], answer))
+            else:
+                await entry.upstream.respond(error(question["id"], INTERNAL_ERROR, "the host gave no answer"))
+        entry.asked = {}
+        self._running.setdefault(entry.upstream.name, []).append(entry)
+        return await self._wait(entry, rid)
+
+    async def offer(self, upstream: Upstream, message: Message) -> bool:
+        """An upstream request: True if it was taken for a host call waiting on that upstream."""
+        calls = [c for c in self._running.get(upstream.name, []) if not c.task.done()]
+        kind = KIND.get(str(message.get("method")))
+        if len(calls) != 1 or kind is None:
+            return False  # nothing (or more than one call) it could belong to: refused by the caller
+        if kind not in calls[0].capabilities:
+            await upstream.respond(error(message["id"], METHOD_NOT_FOUND, f"the host did not declare {kind}"))
+            return True
+        calls[0].questions.put_nowait(message)
+        return True
+
+    async def _wait(self, entry: _Call, rid: Any) -> Message:
+        question = asyncio.ensure_future(entry.questions.get())
+        try:
+            await asyncio.wait({entry.task, question}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            entry.task.cancel()
+            raise
+        finally:
+            self._running[entry.upstream.name] = [c for c in self._running.get(entry.upstream.name, []) if c is not entry]
+        if entry.task.done():
+            question.cancel()
+            return self._final(entry, rid)
+        first = question.result()
+        asked = [first]
+        while not entry.questions.empty():
+            asked.append(entry.questions.get_nowait())
+        entry.asked = {f"upstream.{i}": q for i, q in enumerate(asked, 1)}
+        state = STATE_PREFIX + secrets.token_urlsafe(16)
+        self._parked[state] = entry
+        entry.expiry = asyncio.get_running_loop().call_later(PARK_SECONDS, self._expire, state)
+        requests = {key: {"method": q["method"], "params": q.get("params") or {}} for key, q in entry.asked.items()}
+        return result(rid, {"resultType": "input_required", "inputRequests": requests, "requestState": state})
+
+    @staticmethod
+    def _final(entry: _Call, rid: Any) -> Message:
+        try:
+            response = entry.task.result()
+        except Exception as exc:
+            return result(rid, tool_error(f"mcp-guard could not complete {entry.binding[1]}: {exc}"))
+        response["id"] = rid
+        return response
+
+    def _expire(self, state: str) -> None:
+        entry = self._parked.pop(state, None)
+        if entry is not None:
+            log.warning("%s waited %.0fs for the host's input; cancelled", entry.binding[1], PARK_SECONDS)
+            entry.task.cancel()
+
+    def close(self) -> None:
+        for entry in self._parked.values():
+            entry.task.cancel()
+        self._parked.clear()
+        with contextlib.suppress(Exception):
+            for calls in self._running.values():
+                for c in calls:
+                    c.task.cancel()
