@@ -88,6 +88,11 @@ async def run_stdio(config: GuardConfig) -> None:
     session = GuardSession(ctx, host)
     loop = asyncio.get_running_loop()
     serving = loop.create_task(host.serve(session.handle))
+
+    def stop() -> None:
+        serving.cancel()
+
+    session.on_fatal = stop
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, serving.cancel)
@@ -109,6 +114,8 @@ async def run_stdio(config: GuardConfig) -> None:
             await ctx.store.close()
         telemetry.shutdown()  # flush queued spans, bounded by the export timeout
         await host.close()
+    if session.fatal is not None:
+        raise ConfigError(session.fatal)
 
 
 __all__ = ["GuardError", "build_context", "load_policy_set", "run_stdio"]

@@ -162,6 +162,8 @@ class GuardSession:
         self._agent_default: str | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._relay = Relay()
+        self.fatal: str | None = None  # set when the guard must not go on (a start-up error)
+        self.on_fatal: Callable[[], None] | None = None
         self._host_initialized = asyncio.Event()  # legacy hosts take requests only after `initialized`
         self._handlers: dict[str, Callable[[Message], Awaitable[Message]]] = {
             "initialize": self._initialize,
@@ -257,6 +259,8 @@ class GuardSession:
                 out.setdefault("cacheScope", "private")
         telemetry.set_response(response)
         await self.send(response)
+        if self.fatal is not None and self.on_fatal is not None:
+            self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
 
     def _note_era(self, message: Message) -> None:
         params = message.get("params")
@@ -388,7 +392,8 @@ class GuardSession:
 
     async def _check_collisions(self) -> None:
         if collisions := self.catalogue.collisions():
-            raise RpcError(INTERNAL_ERROR, "mcp-guard cannot start: " + "; ".join(collisions))
+            self.fatal = "mcp-guard cannot start: " + "; ".join(collisions)
+            raise RpcError(INTERNAL_ERROR, self.fatal)
 
     async def _ping(self, message: Message) -> Message:
         return result(message["id"], {})

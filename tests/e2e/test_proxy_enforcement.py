@@ -8,6 +8,7 @@ path-escape refusal below is the guard's doing: the upstream itself would have s
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from fixtures import (
     write_policies,
 )
 from fixtures.recording_server import BASE_TOOLS
-from helpers_proxy import raw_guard, text
+from helpers_proxy import LEGACY_INIT, raw_guard, text
 from mcp.shared.exceptions import MCPError
 
 pytestmark = [pytest.mark.e2e, requires_tools("mcp-server-filesystem")]
@@ -215,7 +216,9 @@ async def test_collision_is_refused_naming_both_tools(tmp_path: Path) -> None:
         },
     )
     async with raw_guard(config, stderr=tmp_path / "guard.log") as guard:
-        answer = await guard.initialize()
+        answer = await guard.request("initialize", LEGACY_INIT)
+        exit_code = await asyncio.wait_for(guard.proc.wait(), 30)  # a start-up error: answered, then it exits
+    assert exit_code == 1
     assert answer["error"]["code"] == -32603
     message = answer["error"]["message"]
     assert "collision" in message and "a/echo" in message and "b/echo" in message, message
