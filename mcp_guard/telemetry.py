@@ -579,6 +579,14 @@ def _sampler_from_env() -> Sampler | None:
     return _get_from_env_or_default()
 
 
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+
+
+def _ignore(span: LightSpan) -> None:
+    return None
+
+
 def _new_id(bits: int) -> int:
     while True:
         value = random.getrandbits(bits)
@@ -616,6 +624,7 @@ class Telemetry:
                 schedule_delay=settings.schedule_delay,
             )
         self.tracing = self.processor is not None
+        self._on_end: Callable[[LightSpan], None] = self.processor.on_end if self.processor is not None else _ignore
         self._sampler = _sampler_from_env() if self.tracing else None
         self.metrics: Instruments | None = None
         reader = metric_reader or _metric_reader(settings)
@@ -630,6 +639,10 @@ class Telemetry:
         else:
             self.server_duration = self.client_duration = None
             self.decisions = None
+        # (the cached mapping, the attributes built from it): keyed by id, checked by identity
+        self._guardrail_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
+        self._guarded: dict[tuple[int, int], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue],
+                                                   dict[str, AttributeValue]]] = {}
         self._client_base: dict[tuple[Any, ...], tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
         for name in _NOISY_LOGGERS:
             logger = logging.getLogger(name)
@@ -653,10 +666,11 @@ class Telemetry:
             trace_id, parent_id, sampled, state = remote
             is_remote = True
         else:
-            trace_id, parent_id, sampled, state, is_remote = _new_id(128), 0, True, None, False
+            trace_id, parent_id, sampled, state, is_remote = _getrandbits(128) or _new_id(128), 0, True, None, False
         if self._sampler is not None:
             sampled, state = self._sample(name, kind, attrs, trace_id, parent_id, sampled, state, is_remote)
-        return LightSpan(name, kind, trace_id, _new_id(64), parent_id, is_remote, sampled, state, attrs, time.time_ns())
+        return LightSpan(name, kind, trace_id, _getrandbits(64) or _new_id(64), parent_id, is_remote, sampled, state,
+                         attrs, _time_ns())
 
     def _sample(
         self, name: str, kind: SpanKind, attrs: dict[str, AttributeValue], trace_id: int, parent_id: int,
@@ -675,9 +689,9 @@ class Telemetry:
         return bool(result.decision.is_sampled()), result.trace_state  # type: ignore[no-untyped-call]
 
     def _end(self, span: LightSpan) -> None:
-        span.end = time.time_ns()
-        if span.sampled and self.processor is not None:
-            self.processor.on_end(span)
+        span.end = _time_ns()
+        if span.sampled:
+            self._on_end(span)
 
     # -- host side
 
@@ -732,13 +746,18 @@ class Telemetry:
         prev = state.current if state is not None else None
         if self.tracing:
             ident = principal_attributes(who)
-            attrs: dict[str, AttributeValue] = {
-                **_GUARDRAIL_FIXED,
-                GUARDRAIL_TARGET_ID: _text(entry.qualified),
-                PRINCIPAL_VERIFIED: bool(who.verified),
-                **ident,
-            }
-            span = self._start(GUARDRAIL_SPAN, SpanKind.INTERNAL, attrs, prev)
+            key = (entry.qualified, who.verified, id(ident))
+            base = self._guardrail_base.get(key)
+            if base is None or base[0] is not ident:
+                if len(self._guardrail_base) >= _CACHE_LIMIT:
+                    self._guardrail_base.clear()
+                base = self._guardrail_base[key] = (ident, {
+                    **_GUARDRAIL_FIXED,
+                    GUARDRAIL_TARGET_ID: _text(entry.qualified),
+                    PRINCIPAL_VERIFIED: bool(who.verified),
+                    **ident,
+                })
+            span = self._start(GUARDRAIL_SPAN, SpanKind.INTERNAL, dict(base[1]), prev)
             if state is not None:
                 state.current = span
         try:
@@ -763,7 +782,13 @@ class Telemetry:
                     event[APPROVER] = _text(result.approver)
                 span.add_event("mcp_guard.approval.resolved", time.time_ns(), event)
             if state is not None:
-                state.guarded = {**ident, **decided}
+                gkey = (id(ident), id(decided))
+                guarded = self._guarded.get(gkey)
+                if guarded is None or guarded[0] is not ident or guarded[1] is not decided:
+                    if len(self._guarded) >= _CACHE_LIMIT:
+                        self._guarded.clear()
+                    guarded = self._guarded[gkey] = (ident, decided, {**ident, **decided})
+                state.guarded = guarded[2]
                 state.guardrail = span
                 if state.span is not None:
                     state.span.attrs.update(state.guarded)

@@ -203,7 +203,7 @@ class SpanEncoder:
         self._scope = _field(b"\x0a", scope_msg)  # ScopeSpans.scope
         self._scope_tail = _field(b"\x1a", scope.schema_url.encode()) if scope.schema_url else b""
         self._uncached = frozenset(uncached)
-        self._blocks: dict[tuple[tuple[str, Any], ...], bytes] = {}
+        self._blocks: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
         self._attr_cache: dict[Any, dict[Any, bytes]] = {}
         self._cached = 0
         self._name_cache: dict[str, bytes] = {}
@@ -226,7 +226,7 @@ class SpanEncoder:
     def _block(self, attrs: Mapping[str, Any]) -> bytes:
         """All of a span's repeating attributes, encoded once per distinct set."""
         try:
-            sig = tuple(attrs.items())
+            sig = (tuple(attrs), tuple(attrs.values()))
             block = self._blocks.get(sig)
         except TypeError:  # an unhashable value: encode it as it is
             return b"".join(self._attrs(b"\x4a", attrs))
