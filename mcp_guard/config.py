@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.yamlsrc import Path as YPath
-from mcp_guard.yamlsrc import Problem, SourceMap, YamlSyntaxError, did_you_mean, load
+from mcp_guard.yamlsrc import SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
 
 DEFAULT_AUDIENCE = "urn:mcp-guard:local"
 DEFAULT_STATE_URL = "sqlite:///.mcp-guard/state.db"
@@ -146,17 +146,16 @@ def parse_duration(value: Any) -> float | None:
 # --------------------------------------------------------------------------- loading
 
 
-class _Reader:
-    """Walks the parsed YAML, collecting every problem instead of stopping at the first."""
+class _Reader(SourceReader):
+    """guard.yaml's reader: strings expand ``${VAR}`` from ``environ``."""
 
     def __init__(self, smap: SourceMap, environ: Mapping[str, str]) -> None:
-        self.smap = smap
+        super().__init__(smap)
         self.environ = environ
-        self.problems: list[Problem] = []
 
-    def error(self, path: YPath, message: str, hint: str | None = None, value: bool = False) -> None:
-        at = (*path, "__value__") if value and (*path, "__value__") in self.smap.positions else path
-        self.problems.append(self.smap.problem(at, message, hint))
+    def error(self, path: YPath, message: str, hint: str | None = None, *, value: bool = False, warning: bool = False) -> None:
+        """Config problems point at the key unless ``value`` asks for the value's position."""
+        super().error(path, message, hint, value=value, warning=warning)
 
     def mapping(self, data: Any, path: YPath, allowed: set[str], what: str) -> dict[str, Any]:
         if data is None:
@@ -164,9 +163,7 @@ class _Reader:
         if not isinstance(data, dict):
             self.error(path, f"{what} must be a mapping", value=True)
             return {}
-        for key in data:
-            if key not in allowed:
-                self.error((*path, key), f"unknown key `{key}` in {what}", did_you_mean(str(key), allowed))
+        self.unknown_keys(data, path, sorted(allowed), what)
         return data
 
     def string(self, data: Any, path: YPath, *, expand_env: bool = True) -> str | None:

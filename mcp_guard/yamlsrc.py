@@ -107,6 +107,28 @@ class YamlSyntaxError(Exception):
         self.problem = problem
 
 
+class SourceReader:
+    """Walks parsed YAML collecting every problem (never stopping at the first); the config and
+    policy readers build on it."""
+
+    def __init__(self, smap: SourceMap, problems: list[Problem] | None = None) -> None:
+        self.smap = smap
+        self.problems: list[Problem] = [] if problems is None else problems
+
+    def error(self, path: Path, message: str, hint: str | None = None, *, value: bool = True, warning: bool = False) -> None:
+        """Record a problem at ``path`` (at its value when ``value`` and the value has a position)."""
+        at = (*path, "__value__") if value and (*path, "__value__") in self.smap.positions else path
+        self.problems.append(self.smap.problem(at, message, hint, "warning" if warning else "error"))
+
+    def unknown_keys(self, data: dict[Any, Any], path: Path, allowed: Iterable[str], what: str, *, list_all: bool = False) -> None:
+        """An error with a "did you mean" hint for every key of ``data`` not in ``allowed``."""
+        choices = list(allowed)
+        for key in data:
+            if key not in choices:
+                hint = did_you_mean(str(key), choices) or (f"expected one of {', '.join(choices)}" if list_all else None)
+                self.error((*path, key), f"unknown key `{key}` in {what}", hint, value=False)
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """``"did you mean `approve`?"`` for a near miss, else None."""
     match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)

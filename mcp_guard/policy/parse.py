@@ -27,7 +27,7 @@ from mcp_guard.policy.model import (
     Rule,
     Subjects,
 )
-from mcp_guard.yamlsrc import Path, Problem, SourceMap, YamlSyntaxError, did_you_mean, load
+from mcp_guard.yamlsrc import Path, Problem, SourceReader, YamlSyntaxError, did_you_mean, load
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 TOOL = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s]{1,128}$")
@@ -73,15 +73,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class _Reader:
-    def __init__(self, smap: SourceMap, problems: list[Problem]) -> None:
-        self.smap = smap
-        self.problems = problems
-
-    def error(self, path: Path, message: str, hint: str | None = None, *, value: bool = True, warning: bool = False) -> None:
-        at = (*path, "__value__") if value and (*path, "__value__") in self.smap.positions else path
-        self.problems.append(self.smap.problem(at, message, hint, "warning" if warning else "error"))
-
+class _Reader(SourceReader):
     def where(self, path: Path) -> str:
         line, _col = self.smap.at(path)
         return f"{self.smap.file}:{line}"
@@ -90,9 +82,7 @@ class _Reader:
         if not isinstance(data, dict):
             self.error(path, f"{what} must be a mapping")
             return None
-        for key in data:
-            if key not in allowed:
-                self.error((*path, key), f"unknown key `{key}` in {what}", did_you_mean(str(key), allowed) or f"expected one of {', '.join(allowed)}", value=False)
+        self.unknown_keys(data, path, allowed, what, list_all=True)
         return data
 
     def text(self, data: Any, path: Path, what: str) -> str | None:

@@ -1,0 +1,132 @@
+"""guard.yaml (spec §2): every problem at once as file:line:col with hints, ${VAR} expansion,
+paths relative to the file, defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_guard.config import (
+    DEFAULT_AUDIENCE,
+    expand,
+    load_config,
+    parse_config,
+    parse_duration,
+    resolve_state_url,
+)
+from mcp_guard.errors import ConfigError
+
+SPEC_EXAMPLE = """\
+version: 1
+upstreams:
+  fs:
+    command: npx
+    args: ["-y", "@modelcontextprotocol/server-filesystem", "./workspace"]
+    env: {LOG_LEVEL: info}
+  time:
+    command: mcp-server-time
+  tickets:
+    url: http://127.0.0.1:9000/mcp
+    headers: {Authorization: "Bearer ${TICKETS_TOKEN}"}
+policies: ./policies
+identity:
+  user: ${USER}
+  agent: claude-desktop
+  purpose: code-review
+  grant: ${MCP_GUARD_GRANT:-}
+trust:
+  issuers:
+    corp-idp: ./keys/corp-idp.jwk
+  audience: urn:mcp-guard:local
+approvals:
+  timeout: 120s
+audit:
+  path: ./audit.jsonl
+pinning: enforce
+state:
+  url: sqlite:///.mcp-guard/state.db
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "corp-idp.jwk").write_text("{}")
+    return tmp_path
+
+
+def test_the_spec_example_loads(home: Path) -> None:
+    (home / "guard.yaml").write_text(SPEC_EXAMPLE)
+    cfg = load_config(home / "guard.yaml", environ={"USER": "alice", "TICKETS_TOKEN": "t0k"})
+    assert list(cfg.upstreams) == ["fs", "time", "tickets"]
+    assert cfg.upstreams["fs"].args[-1] == "./workspace" and cfg.upstreams["fs"].env == {"LOG_LEVEL": "info"}
+    assert cfg.upstreams["tickets"].headers == {"Authorization": "Bearer t0k"}
+    assert cfg.upstreams["fs"].exposed("read_file") == "fs_read_file"
+    assert cfg.policies == ((home / "policies").resolve(),)
+    assert cfg.identity.user == "alice" and cfg.identity.grant is None and cfg.identity.purpose == "code-review"
+    assert cfg.trust.issuers == {"corp-idp": (home / "keys" / "corp-idp.jwk").resolve()}
+    assert cfg.trust.audience == DEFAULT_AUDIENCE
+    assert cfg.approvals.timeout == 120.0 and cfg.pinning == "enforce"
+    assert cfg.audit.path == str((home / "audit.jsonl").resolve())
+    assert cfg.state_url == f"sqlite:///{(home / '.mcp-guard' / 'state.db').resolve()}"
+
+
+def test_every_problem_at_once_with_positions_and_hints(home: Path) -> None:
+    text = "version: 1\nupstreams:\n  fs:\n    comand: npx\n  t:\n    command: x\n    roots: pas\nidentity:\n  agnt: a\npinning: enforc\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, str(home / "guard.yaml"), environ={})
+    lines = err.value.problems
+    assert any(line.endswith("guard.yaml:4:5: unknown key `comand` in upstream `fs` (did you mean `command`?)") for line in lines)
+    assert any(":3:3: upstream `fs` needs exactly one of `command`" in line for line in lines)
+    assert any(":7:12: `roots` must be one of pass | none, not `pas` (did you mean `pass`?)" in line for line in lines)
+    assert any(":9:3: unknown key `agnt` in identity (did you mean `agent`?)" in line for line in lines)
+    assert any(":10:10: `pinning` must be one of off | warn | enforce" in line for line in lines)
+    assert [int(line.split(":")[1]) for line in lines] == sorted(int(line.split(":")[1]) for line in lines)
+
+
+def test_unset_variable_is_an_error_unless_defaulted(home: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("version: 1\nidentity:\n  user: ${NOPE}\n", str(home / "g.yaml"), environ={})
+    assert "environment variable NOPE is not set" in err.value.problems[0]
+    cfg = parse_config("version: 1\nidentity:\n  user: ${NOPE:-bob}\n", str(home / "g.yaml"), environ={})
+    assert cfg.identity.user == "bob"
+
+
+@pytest.mark.parametrize(("text", "env", "out"), [
+    ("${A}", {"A": "x"}, "x"), ("${A:-d}", {}, "d"), ("${A:-d}", {"A": ""}, "d"), ("pre-${A}-post", {"A": "1"}, "pre-1-post"),
+    ("$A stays", {"A": "1"}, "$A stays"),
+])
+def test_expansion(text: str, env: dict[str, str], out: str) -> None:
+    assert expand(text, env)[0] == out
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("120s", 120.0), ("10m", 600.0), ("1h", 3600.0), ("500ms", 0.5), (90, 90.0), ("1d", 86400.0)])
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", -1, True, "10 parsecs"])
+def test_bad_durations(value: object) -> None:
+    assert parse_duration(value) is None
+
+
+def test_state_urls(tmp_path: Path) -> None:
+    assert resolve_state_url("sqlite:///rel/s.db", tmp_path) == f"sqlite:///{(tmp_path / 'rel' / 's.db').resolve()}"
+    assert resolve_state_url("sqlite:////abs/s.db", tmp_path) == "sqlite:////abs/s.db"
+    assert resolve_state_url("redis://127.0.0.1:6379/0", tmp_path) == "redis://127.0.0.1:6379/0"
+
+
+def test_upstream_options(home: Path) -> None:
+    text = ("version: 1\nupstreams:\n  fs:\n    command: x\n    prefix: false\n    roots: [./ws]\n    timeout: 2s\n"
+            "    protocol: auto\n    trust_annotations: true\n")
+    up = parse_config(text, str(home / "g.yaml"), environ={}).upstreams["fs"]
+    assert (up.prefix, up.roots, up.timeout, up.protocol, up.trust_annotations) == (False, (str((home / "ws").resolve()),), 2.0, "auto", True)
+    assert up.exposed("read") == "read"
+
+
+def test_invalid_yaml_names_the_line(home: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("version: 1\nupstreams: [\n", str(home / "g.yaml"), environ={})
+    assert err.value.problems[0].startswith(f"{home / 'g.yaml'}:3:1: invalid YAML")
