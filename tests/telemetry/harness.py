@@ -38,7 +38,7 @@ SECRET = "s3cret-argument-value"
 def guard_yaml(directory: Path, record: Path, **extra: Any) -> Path:
     upstream = {"command": sys.executable, "args": [str(META_UPSTREAM)], "env": {"RECORD_FILE": str(record)}}
     extra.setdefault("identity", IDENTITY)
-    return write_guard_config(directory, {"notes": upstream}, POLICIES, **extra)
+    return Path(write_guard_config(directory, {"notes": upstream}, POLICIES, **extra))
 
 
 def received(record: Path) -> list[dict[str, Any]]:
