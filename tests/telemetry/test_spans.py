@@ -281,3 +281,36 @@ async def test_modern_era_has_no_session_id(tmp_path: Path, exporter: Any) -> No
     server = one(finished(exporter), "tools/call notes_echo")
     assert attrs(server)["mcp.protocol.version"] == "2026-07-28"
     assert "mcp.session.id" not in attrs(server)
+
+
+async def test_the_configured_sampler_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_TRACES_SAMPLER``: ratio 0 records no new trace, but a sampled host parent still wins
+    (parent-based), and an unrecorded call still carries trace context upstream (flags 00)."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    spans = InMemorySpanExporter()
+    telemetry.setup(span_exporter=spans, environ={})
+    record = tmp_path / "received.jsonl"
+    config = load_config(guard_yaml(tmp_path, record))
+    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"))
+    host = Host()
+    session = GuardSession(ctx, host)
+    host.session = session
+    try:
+        await host.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                          "clientInfo": {"name": "test-host", "version": "1"}})
+        await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": "unsampled"}})
+        await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": "sampled"},
+                                          "_meta": {"traceparent": TRACEPARENT}})
+        active = telemetry.active()
+        assert active is not None
+        active.flush()
+        exported = list(spans.get_finished_spans())
+        assert {format(s.context.trace_id, "032x") for s in exported} == {HOST_TRACE_ID}
+        assert len([s for s in exported if s.name == "run_guardrail mcp-guard"]) == 1
+        sent = [m for m in received(record) if m.get("method") == "tools/call"]
+        assert sent[0]["params"]["_meta"]["traceparent"].endswith("-00")
+        assert sent[1]["params"]["_meta"]["traceparent"].startswith(f"00-{HOST_TRACE_ID}-")
+    finally:
+        await session.close()
+        telemetry.shutdown()
