@@ -532,14 +532,20 @@ class GuardSession:
             return
         from mcp_guard.audit import args_hash
 
+        # the principal's fields, built once per principal (not per call: ``chain`` is formatted each time)
+        known: tuple[Principal, Message] | None = getattr(self, "_audit_who", None)
+        if known is None or known[0] is not who:
+            known = self._audit_who = (who, {
+                "principal": list(who.chain),
+                "user": who.user,
+                "agent": who.agent,
+                "verified": who.verified,
+                "purpose": who.purpose,
+                "grant_id": who.grant_id,
+            })
         record: Message = {
+            **known[1],
             "session": self.id,
-            "principal": list(who.chain),
-            "user": who.user,
-            "agent": who.agent,
-            "verified": who.verified,
-            "purpose": who.purpose,
-            "grant_id": who.grant_id,
             "upstream": entry.upstream,
             "tool": entry.name,
             "exposed": entry.exposed,
