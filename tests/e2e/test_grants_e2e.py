@@ -7,7 +7,6 @@ import asyncio
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fixtures import (
@@ -19,6 +18,7 @@ from fixtures import (
     tools_env,
     write_guard_config,
 )
+from helpers_proxy import text
 from mcp.shared.exceptions import MCPError
 
 from mcp_guard.grants import delegate, generate_keypair, issue_grant, public_jwk
@@ -65,10 +65,6 @@ def _env(chain: str) -> dict[str, str]:
     return tools_env({"MCP_GUARD_GRANT": chain})
 
 
-def _text(result: Any) -> str:
-    return " ".join(c.text for c in result.content if getattr(c, "type", "") == "text")
-
-
 def _link_id(token: str) -> str:
     import base64
     import json
@@ -112,7 +108,7 @@ async def test_revoke_from_another_process_takes_effect_on_the_next_call(tmp_pat
         assert done.returncode == 0, done.stderr
         refused = await client.call_tool("rec_echo", {"text": "2"})
         assert refused.is_error
-        assert "revoked" in _text(refused)
+        assert "revoked" in text(refused)
     assert [a for _, a in record.calls()] == [{"text": "1"}]
 
 
@@ -127,7 +123,7 @@ async def test_expiry_mid_session_refuses(tmp_path: Path) -> None:
         await asyncio.sleep(max(0.0, started + 5.5 - time.time()))
         late = await client.call_tool("rec_echo", {"text": "late"})
         assert late.is_error
-        assert "expire" in _text(late).lower()
+        assert "expire" in text(late).lower()
     assert [a for _, a in record.calls()] == [{"text": "early"}]
 
 
@@ -144,7 +140,7 @@ async def test_budget_holds_across_two_guard_processes(tmp_path: Path) -> None:
                 res = await client.call_tool("rec_echo", {"text": f"{tag}{i}"})
                 outcomes.append(not res.is_error)
                 if res.is_error:
-                    assert "budget" in _text(res)
+                    assert "budget" in text(res)
         return outcomes
 
     a, b = await asyncio.gather(hammer("a"), hammer("b"))
