@@ -519,7 +519,8 @@ class GuardSession:
             verdict = enforce.decide(ctx.policies, self.chain, who, entry, args, now)
             if verdict.decision == "approval_required":
                 verdict = await ctx.approver.ask(self, entry, args, verdict, message)
-            if verdict.forward:
+            if verdict.forward and self.upstreams[entry.upstream].status == "ready":
+                # only a call that will be forwarded spends a rate slot or a budget unit
                 verdict = await enforce.check_limits(ctx.store, ctx.policies, self.chain, who, entry, self.id, verdict)
         except StateError as exc:
             return enforce.Verdict("deny", f"mcp-guard denied {entry.qualified}: the state store is unavailable ({exc})")

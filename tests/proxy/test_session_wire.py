@@ -182,3 +182,20 @@ async def test_unsafe_tool_names_are_not_exposed(tmp_path: Path, record_file: Re
         assert answer["error"] == {"code": -32602, "message": "Unknown tool: rec_has space"}
 
 
+
+
+async def test_a_call_to_a_down_upstream_spends_no_budget(tmp_path: Path, record_file: RecordFile) -> None:
+    limited = [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/echo"]}],
+                "limits": [{"tools": ["rec/*"], "per_session": 1}]}]
+    async with guard_session(tmp_path, {"rec": _rec(record_file)}, limited) as host:
+        await host.initialize()
+        upstream = host.session.upstreams["rec"]
+        upstream.status, upstream.last_error = "down", "upstream rec exited with code 3"  # as after a crash
+        down = await host.request("tools/call", _call("rec_echo", {"text": "while down"}))
+        assert down["result"]["isError"] and "upstream rec exited with code 3" in down["result"]["content"][0]["text"]
+        upstream.status = "ready"  # back: the one call of the session's budget is still there
+        up = await host.request("tools/call", _call("rec_echo", {"text": "after"}))
+        assert up["result"]["isError"] is False
+        spent = await host.request("tools/call", _call("rec_echo", {"text": "again"}))
+        assert "budget is used up" in spent["result"]["content"][0]["text"]
+    assert [args for _, args in record_file.calls()] == [{"text": "after"}]
