@@ -65,6 +65,7 @@ class TrustConfig:
 class ApprovalsConfig:
     timeout: float = 120.0
     remember: Literal["none", "session"] = "none"
+    state_key: str | None = None  # shared secret sealing 2026-07-28 requestState across replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +219,7 @@ _TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "a
 _UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol"}
 _IDENTITY = {"user", "agent", "purpose", "grant"}
 _TRUST = {"issuers", "audience"}
-_APPROVALS = {"timeout", "remember"}
+_APPROVALS = {"timeout", "remember", "state_key"}
 _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
@@ -332,7 +333,10 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
     approvals = ApprovalsConfig(
         timeout=r.duration(ap.get("timeout"), ("approvals", "timeout"), 120.0),
         remember="session" if r.choice(ap.get("remember"), ("approvals", "remember"), ("none", "session"), "none") == "session" else "none",
+        state_key=r.string(ap.get("state_key"), ("approvals", "state_key")) or None,
     )
+    if approvals.state_key is not None and len(approvals.state_key) < 32:
+        r.error(("approvals", "state_key"), "`state_key` must be at least 32 characters of secret", value=True)
 
     au = r.mapping(top.get("audit"), ("audit",), _AUDIT, "audit")
     audit_path = r.string(au.get("path"), ("audit", "path"))

@@ -422,8 +422,12 @@ class GuardApprover:
 
 
 def make_approver(ctx: GuardContext) -> GuardApprover:
-    """The approver ``build_context`` installs; one per guard, so one state-sealing key per guard."""
-    return GuardApprover(ctx)
+    """The approver ``build_context`` installs: a random state-sealing key per guard, or the one
+    derived from ``approvals.state_key`` so every replica of a ``serve`` deployment opens the
+    ``requestState`` another sealed (single use still holds: the nonce is spent in the shared store)."""
+    secret = ctx.config.approvals.state_key
+    key = hashlib.sha256(b"mcp-guard/approval-state-key/v1\x00" + secret.encode()).digest() if secret else None
+    return GuardApprover(ctx, key)
 
 
 __all__ = [

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from mcp_guard.errors import ConfigError
 from mcp_guard.identity import Principal
 from mcp_guard.proxy.approvals import MAX_ARGS_CHARS, StateSealer, render_arguments, render_prompt
 from mcp_guard.proxy.catalogue import ToolEntry
@@ -52,3 +56,23 @@ def test_seal_round_trip_and_foreign_keys() -> None:
     assert sealer.open(token[:-2]) is None
     assert sealer.open("") is None and sealer.open(None) is None and sealer.open("!!!") is None
     assert sealer.open("A" * 10_000) is None
+
+
+def test_replicas_sharing_a_state_key_open_each_others_request_state(tmp_path: Path) -> None:
+    from mcp_guard.config import parse_config
+    from mcp_guard.policy import PolicySet
+    from mcp_guard.proxy.approvals import make_approver
+    from mcp_guard.proxy.session import GuardContext
+    from mcp_guard.state.memory import MemoryStore
+
+    def approver(text: str) -> Any:
+        cfg = parse_config(text, str(tmp_path / "guard.yaml"), environ={"K": "s" * 40})
+        return make_approver(GuardContext(config=cfg, policies=PolicySet.empty(), store=MemoryStore()))
+
+    shared = "version: 1\napprovals:\n  state_key: ${K}\n"
+    a, b, lone = approver(shared), approver(shared), approver("version: 1\n")
+    sealed = a.sealer.seal({"v": 1, "n": "nonce"})
+    assert b.sealer.open(sealed) == {"v": 1, "n": "nonce"}
+    assert lone.sealer.open(sealed) is None  # without the key, a random one per guard
+    with pytest.raises(ConfigError):
+        parse_config("version: 1\napprovals:\n  state_key: short\n", str(tmp_path / "g.yaml"), environ={})
