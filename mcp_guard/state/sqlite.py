@@ -83,14 +83,22 @@ class SqliteStore:
             )
         except sqlite3.Error as exc:
             raise self._error(exc) from None
-        try:
-            self._setup()
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise self._error(exc) from None
-        except StateError:
-            self._db.close()
-            raise
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self._setup()
+                break
+            except (sqlite3.OperationalError, StateError) as exc:
+                # Two processes opening a new database at once: switching it to WAL (and a
+                # SHARED->RESERVED upgrade in rollback mode) can fail at once with "locked",
+                # without the busy handler; the loser simply tries again.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    self._db.close()
+                    raise self._error(exc) if isinstance(exc, sqlite3.Error) else exc from None
+                time.sleep(0.02)
+            except sqlite3.Error as exc:
+                self._db.close()
+                raise self._error(exc) from None
 
     # -- plumbing
 

@@ -228,3 +228,22 @@ def test_sqlite_relative_url_is_relative_to_cwd(tmp_path: Path, monkeypatch: pyt
     asyncio.run(_touch("sqlite:///rel/state.db"))
     assert (tmp_path / "rel" / "state.db").exists()
     assert os.path.isabs(str(tmp_path))
+
+
+def test_processes_opening_a_new_sqlite_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """Several guards starting together on a fresh state.db: the WAL switch / schema creation race
+    (SQLite answers "locked" at once there, without its busy handler) must never fail a start."""
+    opener = (
+        "import asyncio, os, sys, time\nfrom mcp_guard.state import Counter, open_store\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.0005)\n"
+        "async def main():\n    s = open_store(sys.argv[1]); await s.consume([Counter('k', 9)]); await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    for attempt in range(12):  # the race is probabilistic: ~5-10 % of simultaneous starts hit it
+        url, go = f"sqlite:///{tmp_path / f'state-{attempt}.db'}", tmp_path / f"go-{attempt}"
+        procs = [subprocess.Popen([PYTHON, "-c", opener, url, str(go)], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        time.sleep(0.4)  # every process imported and is spinning on the go file
+        go.touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
