@@ -400,6 +400,16 @@ def default_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
     )
 
 
+def read_token(value: str) -> str:
+    """A grant chain given literally or as ``@file`` (spec §1); an unreadable file is a ConfigError."""
+    if not value.startswith("@"):
+        return value.strip()
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the grant chain {value[1:]}: {exc.strerror or exc}") from None
+
+
 # --------------------------------------------------------------------------- policy sources
 
 

@@ -69,7 +69,9 @@ def _tool_args(values: tuple[str, ...]) -> dict[str, Any]:
 def _verifier(config: GuardConfig | None, trust: tuple[str, ...], audience: str | None) -> ChainVerifier | None:
     issuers = {}
     if config is not None:
-        issuers.update({name: load_public_key(path) for name, path in config.trust.issuers.items()})
+        from mcp_guard.proxy.guard import issuer_keys
+
+        issuers.update(issuer_keys(config))
     for item in trust:
         name, sep, path = item.partition("=")
         if not sep or not name:

@@ -247,17 +247,13 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str,
 
 
 def _verify_grant(token: str, config: GuardConfig | None) -> Any:
-    from mcp_guard.grants import ChainVerifier, load_public_key
+    from mcp_guard.config import read_token
+    from mcp_guard.proxy.guard import chain_verifier
 
-    if token.startswith("@"):
-        try:
-            token = Path(token[1:]).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise GuardError(f"cannot read the grant chain {token[1:]}: {exc.strerror or exc}") from None
+    text = read_token(token)
     if config is None or not config.trust.issuers:
         raise GuardError("--grant needs --config with trust.issuers to verify the chain")
-    issuers = {name: load_public_key(path) for name, path in config.trust.issuers.items()}
-    return ChainVerifier(issuers, config.trust.audience).verify(token, time.time())
+    return chain_verifier(config).verify(text, time.time())
 
 
 # --------------------------------------------------------------------------- test

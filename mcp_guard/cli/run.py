@@ -78,12 +78,11 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
     from mcp_guard import telemetry
-    from mcp_guard.grants import ChainVerifier, load_public_key
-    from mcp_guard.proxy.guard import build_context
+    from mcp_guard.proxy.guard import build_context, chain_verifier
     from mcp_guard.transports.http import serve_http
 
     ctx = await build_context(config)
-    verifier = ChainVerifier({name: load_public_key(p) for name, p in config.trust.issuers.items()}, config.trust.audience)
+    verifier = chain_verifier(config)
     try:
         await serve_http(ctx, verifier, host, port, allow_origin)
     finally:

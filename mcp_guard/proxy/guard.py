@@ -7,12 +7,18 @@ import contextlib
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from mcp_guard import telemetry
-from mcp_guard.config import GuardConfig, policy_sources
+from mcp_guard.config import GuardConfig, policy_sources, read_token
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.policy import PolicySet, load_sources
 from mcp_guard.proxy.session import GuardContext, GuardSession
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from mcp_guard.grants import ChainVerifier
 
 log = logging.getLogger("mcp_guard")
 
@@ -30,23 +36,29 @@ def load_policy_set(config: GuardConfig) -> PolicySet:
     return policies
 
 
+def issuer_keys(config: GuardConfig) -> dict[str, Ed25519PublicKey]:
+    """The public keys ``trust.issuers`` names, by issuer."""
+    from mcp_guard.grants import load_public_key
+
+    return {name: load_public_key(path) for name, path in config.trust.issuers.items()}
+
+
+def chain_verifier(config: GuardConfig) -> ChainVerifier:
+    """The verifier of this guard's trust: ``trust.issuers`` for roots, ``trust.audience``."""
+    from mcp_guard.grants import ChainVerifier
+
+    return ChainVerifier(issuer_keys(config), config.trust.audience)
+
+
 def load_chain(config: GuardConfig) -> object | None:
     """Verify the configured grant chain once at start-up; an invalid chain refuses to start."""
-    token = config.identity.grant
-    if not token:
+    if not config.identity.grant:
         return None
-    from mcp_guard.grants import ChainVerifier, GrantError, load_public_key
+    from mcp_guard.grants import GrantError
 
-    if token.startswith("@"):
-        try:
-            with open(token[1:], encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the grant chain {token[1:]}: {exc.strerror or exc}") from None
-    issuers = {name: load_public_key(path) for name, path in config.trust.issuers.items()}
-    verifier = ChainVerifier(issuers, config.trust.audience)
+    token = read_token(config.identity.grant)
     try:
-        return verifier.verify(token, time.time())
+        return chain_verifier(config).verify(token, time.time())
     except GrantError as exc:
         raise GrantError(exc.code, f"the grant chain (identity.grant / MCP_GUARD_GRANT) is invalid ({exc.code}): {exc}", exc.link_index) from None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_guard import __version__, telemetry
+from mcp_guard.audit import args_hash
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import AuditError, StateError, UpstreamError
 from mcp_guard.identity import Principal
@@ -26,6 +27,7 @@ from mcp_guard.pinning import PinSet
 from mcp_guard.policy import PolicySet
 from mcp_guard.proxy import enforce
 from mcp_guard.proxy.catalogue import Catalogue, ToolEntry
+from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay
 from mcp_guard.proxy.wire import (
     INTERNAL_ERROR,
@@ -46,6 +48,7 @@ from mcp_guard.proxy.wire import (
     is_request,
     is_response,
     notification,
+    request,
     result,
     strip_meta,
     tool_error,
@@ -486,8 +489,6 @@ class GuardSession:
     @staticmethod
     def _binding(who: Principal, entry: ToolEntry, args: dict[str, Any]) -> tuple[str, str, str]:
         """What a parked call's requestState is bound to: who, which tool, which arguments."""
-        from mcp_guard.audit import args_hash
-
         return (" > ".join(who.chain), entry.qualified, args_hash(args))
 
     def _request_capabilities(self, message: Message) -> Message:
@@ -531,8 +532,6 @@ class GuardSession:
         audit = self.ctx.audit
         if audit is None:
             return
-        from mcp_guard.audit import args_hash
-
         # the principal's fields, built once per principal (not per call: ``chain`` is formatted each time)
         known: tuple[Principal, Message] | None = getattr(self, "_audit_who", None)
         if known is None or known[0] is not who:
@@ -709,7 +708,7 @@ class GuardSession:
             if not await self._relay.offer(upstream, message):
                 await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host outside a tool call")
             return
-        capability = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}.get(str(method))
+        capability = RELAYED_KIND.get(str(method))
         if capability is None or capability not in self.client_capabilities:
             await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host")
             return
@@ -723,9 +722,7 @@ class GuardSession:
         hid = self._host_ids
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._host_pending[hid] = _HostRequest(fut)
-        msg: Message = {"jsonrpc": "2.0", "id": hid, "method": method}
-        if params is not None:
-            msg["params"] = params
+        msg = request(hid, method, params)
         try:
             if self.era == "legacy" and not self._host_initialized.is_set():
                 await asyncio.wait_for(self._host_initialized.wait(), timeout)

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
+from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.session import GuardContext, GuardSession
 from mcp_guard.proxy.wire import INVALID_REQUEST, PARSE_ERROR, Message, error, is_request
 
@@ -37,7 +38,7 @@ MAX_BODY = 4 * 1024 * 1024
 MAX_SESSIONS = 10_000
 HEADER_MISMATCH = -32020
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
-RELAYED_CAPABILITIES = ("sampling", "elicitation", "roots")  # need a stream back to the client
+RELAYED_CAPABILITIES = frozenset(RELAYED_KIND.values())  # need a stream back to the client
 
 
 class _NullHost:
