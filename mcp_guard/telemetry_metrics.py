@@ -72,6 +72,13 @@ class _Instrument:
         self.unit = unit
         self.description = description
 
+    @staticmethod
+    def _slot(points: Mapping[Any, Any], key: Any, attrs: Callable[[], Mapping[str, AttributeValue]]) -> tuple[Any, Mapping[str, AttributeValue]]:
+        """The key and attributes of a new point: past the cardinality limit, the overflow point."""
+        if len(points) >= CARDINALITY_LIMIT:
+            return _OVERFLOW_KEY, _OVERFLOW
+        return key, attrs()
+
 
 class DurationHistogram(_Instrument):
     """``record(key, seconds, attrs)``: ``attrs`` is only called the first time ``key`` is seen."""
@@ -97,10 +104,7 @@ class DurationHistogram(_Instrument):
 
     def _new(self, key: Any, attrs: Callable[[], Mapping[str, AttributeValue]]) -> HistogramPoint:
         with self._owner.lock:
-            if len(self.points) >= CARDINALITY_LIMIT:
-                key, made = _OVERFLOW_KEY, _OVERFLOW
-            else:
-                made = attrs()
+            key, made = self._slot(self.points, key, attrs)
             point = self.points.get(key)
             if point is None:
                 point = self.points[key] = HistogramPoint(made, len(self.bounds) + 1, self._owner.start_for_new("Histogram"))
@@ -117,10 +121,7 @@ class MonotonicCounter(_Instrument):
         point = self.points.get(key)
         with self._owner.lock:
             if point is None:
-                if len(self.points) >= CARDINALITY_LIMIT:
-                    key, made = _OVERFLOW_KEY, _OVERFLOW
-                else:
-                    made = attrs()
+                key, made = self._slot(self.points, key, attrs)
                 point = self.points.get(key)
                 if point is None:
                     point = self.points[key] = SumPoint(made, self._owner.start_for_new("Counter"))
