@@ -170,7 +170,7 @@ def _render(expl: Explanation, tool: str, who: Principal, shown: bool) -> list[s
             if not r.annotations:
                 out.append("    annotations: no")
             for text, ok in r.conditions:
-                out.append(f"    {text}: {yes[ok]}")
+                out.append(f"    {text}: {'cannot be judged' if ok is None else yes[ok]}")
     if not expl.policies:
         out.append("")
         out.append("no policies: everything is denied")
