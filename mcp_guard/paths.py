@@ -214,7 +214,7 @@ class Under:
 
     def __init__(self, root: str) -> None:
         self.text = root
-        path = file_uri_path(root) if root[:5].lower() == "file:" else root
+        path = file_uri_path(root) if root[:5].lower() == "file:" else None if _SCHEME.match(root) else root
         self._root = normalise_path(path) if path is not None else None
         self._folded = tuple(p.casefold() for p in self._root[1]) if self._root else ()
 
@@ -231,8 +231,8 @@ class Under:
             path = file_uri_path(value)
             if path is None:
                 return None
-        elif uri:
-            return None
+        elif uri or _SCHEME.match(value):
+            return None  # another scheme (http:, c:, ...): what it names is not a path here
         else:
             path = value
         relative_here = ctx is not None and ctx.workdir is not None and not path.startswith("/")
