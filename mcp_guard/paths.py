@@ -196,27 +196,31 @@ def file_uri_path(uri: str) -> str | None:
 # --------------------------------------------------------------------------- under
 
 
-def _within(parts: Parts, root: Parts, root_folded: Parts) -> Tri:
+def _within(parts: Parts, root: Parts, root_folded: str) -> Tri:
     """True when ``parts`` starts with ``root``; None when it does only ignoring case (a
-    case-insensitive disk would make it the same folder); else False."""
+    case-insensitive disk would make it the same folder); else False.  ``root_folded`` is the
+    root's segments joined by ``/`` and case-folded."""
     n = len(root)
-    if parts[:n] == root:
+    head = parts[:n]
+    if head == root:
         return True
-    if len(parts) >= n and tuple(p.casefold() for p in parts[:n]) == root_folded:
-        return None
-    return False
+    if len(head) < n or "/".join(head).casefold() != root_folded:
+        return False
+    return None
 
 
 class Under:
     """The ``under`` judgement for one root (a path or a ``file:`` URI), compiled once."""
 
-    __slots__ = ("_folded", "_root", "text")
+    __slots__ = ("_abs", "_folded", "_parts", "_root", "text")
 
     def __init__(self, root: str) -> None:
         self.text = root
         path = file_uri_path(root) if root[:5].lower() == "file:" else None if _SCHEME.match(root) else root
         self._root = normalise_path(path) if path is not None else None
-        self._folded = tuple(p.casefold() for p in self._root[1]) if self._root else ()
+        self._abs: bool = self._root[0] if self._root is not None else True
+        self._parts: Parts | None = self._root[1] if self._root is not None else None
+        self._folded = "/".join(self._root[1]).casefold() if self._root else ""
 
     @property
     def usable(self) -> bool:
@@ -225,12 +229,27 @@ class Under:
 
     def judge(self, value: Any, ctx: PathContext | None = None, *, uri: bool = False) -> Tri:
         """Is ``value`` (a path, or a ``file:`` URI) under the root?  ``uri``: only URIs are accepted."""
-        if not isinstance(value, str) or self._root is None:
+        root = self._parts
+        if not isinstance(value, str) or root is None:
             return None
-        if value[:5].lower() == "file:":
-            path = file_uri_path(value)
-            if path is None:
+        if ctx is None and not uri and ":" not in value:  # the hot path: a plain path, nothing to place
+            got = normalise_path(value)
+            if got is None or got[0] is not self._abs:
                 return None
+            return _within(got[1], root, self._folded)
+        return self._judge(value, ctx, uri)
+
+    def _judge(self, value: str, ctx: PathContext | None, uri: bool) -> Tri:
+        assert self._root is not None
+        if ":" not in value:
+            if uri:
+                return None
+            path = value
+        elif value[:5].lower() == "file:":
+            found = file_uri_path(value)
+            if found is None:
+                return None
+            path = found
         elif uri or _SCHEME.match(value):
             return None  # another scheme (http:, c:, ...): what it names is not a path here
         else:
@@ -246,7 +265,7 @@ class Under:
             if joined is None:
                 return None
             root_abs, root = joined
-            folded = tuple(p.casefold() for p in root)
+            folded = "/".join(root).casefold()
         if absolute != root_abs:
             return None  # a relative value against an absolute root (or the reverse): the base is unknown
         lexical = _within(parts, root, folded)
@@ -259,7 +278,7 @@ class Under:
         if real is None:
             return None
         real_root = _resolved(ctx.resolve, "/" + "/".join(root)) or root
-        resolved = _within(real, real_root, tuple(p.casefold() for p in real_root))
+        resolved = _within(real, real_root, "/".join(real_root).casefold())
         if resolved is True or (resolved is False and lexical is False):
             return resolved
         return None  # the link and its target disagree (or case decides): never "not under"

@@ -173,14 +173,6 @@ def _getter(key: str) -> tuple[Getter, bool]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Decided:
-    verdict: bool
-
-
-_DECIDED = {True: _Decided(True), False: _Decided(False)}
-
-
-@dataclass(frozen=True, slots=True)
 class Compiled:
     """A compiled condition.  ``test`` is the universal reading (allow rules: every element of a
     ``[*]`` must hold); ``test_any`` the existential one (deny/approve rules: one element is
@@ -192,19 +184,12 @@ class Compiled:
     pred: Pred
     presence: bool | None  # `present: x` operand, if any
 
-    def _value(self, args: Mapping[str, Any], principal: Principal) -> Any:
-        """The value to judge, or a ``_Decided`` verdict when presence alone decides."""
+    def test(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
         value = self.get(args, principal)
         if value is MISSING:
-            return _DECIDED[self.presence is False]
+            return self.presence is False
         if self.presence is False:
-            return _DECIDED[False]
-        return value
-
-    def test(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
-        value = self._value(args, principal)
-        if isinstance(value, _Decided):
-            return value.verdict
+            return False
         if value is WRONG:
             return None
         if not self.fans:
@@ -223,11 +208,14 @@ class Compiled:
         return result
 
     def test_any(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
+        """The existential reading; the engine calls ``test`` directly when the key does not fan out."""
         if not self.fans:
             return self.test(args, principal, ctx)
-        value = self._value(args, principal)
-        if isinstance(value, _Decided):
-            return value.verdict
+        value = self.get(args, principal)
+        if value is MISSING:
+            return self.presence is False
+        if self.presence is False:
+            return False
         result: Tri = False
         for v in value:
             if v is MISSING:

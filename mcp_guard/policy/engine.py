@@ -7,7 +7,7 @@ decision.  ``explain`` walks every rule without short-circuit and combines with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ from mcp_guard.policy._match import (
     split_tool,
 )
 from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit, Policy, Rule, RuleRef
+
+Check = Callable[[Mapping[str, Any], Principal, PathContext | None], Tri]
 
 _CACHE_MAX = 65_536
 _PROFILES_MAX = 1_024  # each profile is one byte per rule
@@ -63,6 +65,7 @@ class _Rule:
     prompts: Matcher
     uri_conds: tuple[Compiled, ...]  # the `uri` conditions among arg_conds (known at list time)
     argument_conds: tuple[Compiled, ...]  # the `args.*` conditions among arg_conds
+    checks: tuple[Check, ...]  # arg_conds as this effect reads them (test, or test_any for a deny's [*])
 
     def selects(self, kind: Kind, name: str) -> bool:
         return (self.tools if kind is Kind.TOOL else self.resources if kind is Kind.RESOURCE else self.prompts)(name)
@@ -180,6 +183,7 @@ class PolicySet:
                     tuple(c for c in conds if not c.source.is_argument), per_request,
                     resource_matcher(rule.resources), glob_matcher(rule.prompts, segment=True),
                     tuple(c for c in per_request if c.source.is_uri), tuple(c for c in per_request if not c.source.is_uri),
+                    tuple(c.test_any if c.fans and rule.effect is not Effect.ALLOW else c.test for c in per_request),
                 ))
         self._rules = tuple(rules)
         self._index = {kind: _Index(kind, rules) for kind in Kind}
@@ -271,14 +275,14 @@ class PolicySet:
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x.test(a, principal, paths) is True for x in r.arg_conds)
+                    and all(x(a, principal, paths) is True for x in r.checks)
                 ]
             else:
                 matched = [
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x.test_any(a, principal, paths) is not False for x in r.arg_conds)
+                    and all(x(a, principal, paths) is not False for x in r.checks)
                 ]
             if matched:
                 return _combine(matched, label)
