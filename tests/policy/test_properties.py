@@ -11,6 +11,7 @@ from mcp_guard.identity import Principal
 from mcp_guard.policy import (
     Condition,
     Effect,
+    Kind,
     Limit,
     Policy,
     PolicySet,
@@ -156,3 +157,51 @@ def test_explain_gives_the_same_decision_as_decide(
 ) -> None:
     ps = PolicySet(pols)
     assert ps.explain(who, tool, args, ann).decision == ps.decide(who, tool, args, ann)
+
+
+# --------------------------------------------------------------------------- resources and prompts
+
+RESOURCE_SELECTORS = ["docs/*", "docs/file:///srv/*", "*/file:///srv/a*", "*/*", "fs/mem://*", "d?cs/*"]
+RESOURCES = ["docs/file:///srv/a", "docs/file:///srv/../etc/x", "fs/mem://x", "docs/file:///srv/s%C3%A9cret",
+             "fs/file:///SRV/a", "docs/file:///srv/a%2F..%2Fb", "docs/mem://x", "fs/%zz", "docs"]
+PROMPTS = ["git/commit", "git/review", "fs/summarise"]
+PROMPT_SELECTORS = ["git/*", "git/commit", "*/summ*", "*/*"]
+URI_CONDITIONS = st.builds(
+    lambda op: Condition("uri", (op,)),
+    st.sampled_from([("under", "file:///srv"), ("under", "/srv/a"), ("glob", "*a*"), ("in", ("file:///srv/a",)),
+                     ("regex", "file:.*"), ("not_in", ("mem://x",)), ("equals", "fs/mem://x"), ("present", True)]),
+)
+KIND_RULES = st.builds(
+    lambda effect, res, prm, conds: Rule(effect, (), tuple(conds) if res else (), (), None, None, tuple(res), tuple(prm)),
+    st.sampled_from(list(Effect)),
+    st.lists(st.sampled_from(RESOURCE_SELECTORS), max_size=2, unique=True),
+    st.lists(st.sampled_from(PROMPT_SELECTORS), max_size=2, unique=True),
+    st.lists(URI_CONDITIONS, max_size=1),
+).filter(lambda r: bool(r.resources or r.prompts))
+KIND_POLICIES = st.lists(st.builds(Policy, st.sampled_from(["a", "b", "c"]), st.lists(KIND_RULES, max_size=4).map(tuple),
+                                   st.none(), SUBJECTS), max_size=3, unique_by=lambda p: p.id)
+REQUESTS = st.one_of(st.tuples(st.just(Kind.RESOURCE), st.sampled_from(RESOURCES)), st.tuples(st.just(Kind.PROMPT), st.sampled_from(PROMPTS)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(KIND_POLICIES, PRINCIPALS, REQUESTS)
+def test_a_hidden_resource_or_prompt_is_never_allowed_and_explain_agrees(
+    pols: list[Policy], who: Principal, request: tuple[Kind, str]
+) -> None:
+    kind, name = request
+    ps = PolicySet(pols)
+    d = ps.decide(who, name, kind=kind)
+    if not ps.visible(who, name, kind=kind):
+        assert d.effect is Effect.DENY
+    assert ps.explain(who, name, kind=kind).decision == d
+    assert PolicySet([]).decide(who, name, kind=kind).effect is Effect.DENY
+    # tools never see resource or prompt rules
+    assert ps.decide(who, name.split("/")[0] + "/x").effect is Effect.DENY
+
+
+@settings(max_examples=100, deadline=None)
+@given(KIND_POLICIES)
+def test_parse_of_dump_is_identity_with_resources_and_prompts(pols: list[Policy]) -> None:
+    parsed = parse_text(dump(pols))
+    assert parsed.errors == []
+    assert parsed.policies == pols
