@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_guard.identity import Principal
-from mcp_guard.paths import PathContext, Tri, Under, nfc
+from mcp_guard.paths import PathContext, Tri, Under, nfc, uri_forms
 from mcp_guard.policy._match import glob_matcher
 from mcp_guard.policy.model import URI_KEY, Condition
 
@@ -228,9 +228,24 @@ class Compiled:
         return result
 
 
+def _canonical_operand(op: str, operand: Any) -> Any:
+    """A ``uri`` operand in the canonical form the URI is judged in, so ``%C3%A9`` in a policy
+    equals ``é`` in a request (``under`` and ``regex`` operands are left as written)."""
+    def canon(x: Any) -> Any:
+        forms = uri_forms(x) if isinstance(x, str) else None
+        return forms[0] if forms else x
+
+    if op in ("equals", "glob"):
+        return canon(operand)
+    if op in ("in", "not_in"):
+        return tuple(canon(x) for x in operand)
+    return operand
+
+
 def compile_condition(cond: Condition) -> Compiled:
     get, fans = _getter(cond.key)
-    preds = [_op(op, v, uri=cond.is_uri) for op, v in cond.ops if op != "present"]
+    ops = [(op, _canonical_operand(op, v) if cond.is_uri else v) for op, v in cond.ops]
+    preds = [_op(op, v, uri=cond.is_uri) for op, v in ops if op != "present"]
     presence = next((v for op, v in cond.ops if op == "present"), None)
     pred: Pred
     if not preds:
