@@ -71,12 +71,15 @@ def normalise_path(path: str) -> tuple[bool, Parts] | None:
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _HEX = frozenset("0123456789abcdefABCDEF")
-# characters an escape may be decoded to without changing how a URI splits (RFC 3986 gen- and
-# sub-delimiters, ``%`` and controls stay escaped)
-_KEEP_ESCAPED = frozenset(":/?#[]@!$&'()*+,;=%") | frozenset(chr(c) for c in range(0x21)) | {"\x7f"}
+# characters an escape is not decoded to, because that would change how the URI splits: in the
+# path ``/``, ``?``, ``#``, ``%`` and ``\`` (a separator to some servers); in the query and
+# fragment every RFC 3986 delimiter; controls everywhere
+_CONTROLS = frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+_KEEP_IN_PATH = frozenset("/?#%\\") | _CONTROLS
+_KEEP_IN_TAIL = frozenset(":/?#[]@!$&'()*+,;=%\\") | _CONTROLS
 
 
-def _decode(text: str, *, everything: bool) -> str | None:
+def _decode(text: str, *, everything: bool, keep: frozenset[str] = _KEEP_IN_PATH) -> str | None:
     """Percent-decode ``text``: every escape (``everything``) or only those that do not change
     the URI's structure (the rest are kept, with upper-case hex).  None on a malformed escape or
     bytes that are not UTF-8."""
@@ -103,7 +106,7 @@ def _decode(text: str, *, everything: bool) -> str | None:
         if everything:
             out.append(decoded)
         else:
-            out.extend(f"%{ord(c):02X}" if c in _KEEP_ESCAPED else c for c in decoded)
+            out.extend(f"%{ord(c):02X}" if c in keep else c for c in decoded)
     return "".join(out)
 
 
@@ -155,7 +158,7 @@ def uri_forms(uri: str) -> tuple[str, ...] | None:
     if parts is None:  # not a URI: judged as the text it is
         return (nfc(uri),)
     head, path, tail = parts
-    lit_path, lit_tail = _decode(path, everything=False), _decode(tail, everything=False)
+    lit_path, lit_tail = _decode(path, everything=False), _decode(tail, everything=False, keep=_KEEP_IN_TAIL)
     if lit_path is None or lit_tail is None:
         return None
     literal = nfc(head + lit_path + lit_tail)
@@ -167,6 +170,14 @@ def uri_forms(uri: str) -> tuple[str, ...] | None:
         forms.append(nfc(head + (_remove_dots(full_path) if full_path.startswith("/") else full_path) + full_tail))
     forms.append(literal)
     return tuple(dict.fromkeys(forms))
+
+
+def canonical_uri(text: str) -> str:
+    """The canonical reading of a URI (or of a URI glob in a policy or grant, whose ``*`` are
+    kept), so a selector written with escapes or in NFD selects the decoded, NFC request; text
+    that cannot be read as a URI is returned as is (it then only matches itself)."""
+    forms = uri_forms(text)
+    return forms[0] if forms else text
 
 
 def file_uri_path(uri: str) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_guard.identity import Principal
-from mcp_guard.paths import PathContext, Tri, Under, nfc, uri_forms
+from mcp_guard.paths import PathContext, Tri, Under, canonical_uri, nfc
 from mcp_guard.policy._match import glob_matcher
 from mcp_guard.policy.model import URI_KEY, Condition
 
@@ -232,8 +232,7 @@ def _canonical_operand(op: str, operand: Any) -> Any:
     """A ``uri`` operand in the canonical form the URI is judged in, so ``%C3%A9`` in a policy
     equals ``é`` in a request (``under`` and ``regex`` operands are left as written)."""
     def canon(x: Any) -> Any:
-        forms = uri_forms(x) if isinstance(x, str) else None
-        return forms[0] if forms else x
+        return canonical_uri(x) if isinstance(x, str) else x
 
     if op in ("equals", "glob"):
         return canon(operand)
