@@ -72,10 +72,11 @@ def normalise_path(path: str) -> tuple[bool, Parts] | None:
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # characters an escape is not decoded to, because that would change how the URI splits: in the
-# path ``/``, ``?``, ``#``, ``%`` and ``\`` (a separator to some servers); in the query and
-# fragment every RFC 3986 delimiter; controls everywhere
+# path ``/``, ``?``, ``#``, ``%`` and ``\`` (a separator to some servers), and ``*``, which is
+# glob syntax in selectors and grant patterns (an escaped star there stays a literal star); in
+# the query and fragment every RFC 3986 delimiter; controls everywhere
 _CONTROLS = frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
-_KEEP_IN_PATH = frozenset("/?#%\\") | _CONTROLS
+_KEEP_IN_PATH = frozenset("/?#%\\*") | _CONTROLS
 _KEEP_IN_TAIL = frozenset(":/?#[]@!$&'()*+,;=%\\") | _CONTROLS
 
 

@@ -90,3 +90,9 @@ def test_resource_patterns_are_canonical_like_requests(world: World) -> None:
     assert chain.permits(R, "docs/file:///srv/open/a%20b") and not chain.permits(R, "docs/file:///srv/open/a")
     assert covers("docs/file:///srv/*", "docs/file:///srv/a/%2E%2E/b", R)
     assert not covers("docs/file:///srv/*", "docs/file:///srv/a/../../etc/*", R)
+
+
+def test_an_escaped_star_in_a_pattern_stays_a_literal_star(world: World) -> None:
+    chain = world.verifier.verify(world.root(resources=["docs/file:///srv/a%2A"]), NOW + 30)
+    assert not chain.permits(R, "docs/file:///srv/abc")
+    assert not covers("docs/file:///srv/a%2A", "docs/file:///srv/a*", R)
