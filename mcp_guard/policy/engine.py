@@ -300,7 +300,7 @@ class PolicySet:
         and no unconditional deny of all its resources does.
         """
         if kind is not Kind.RESOURCE:
-            c = self._cands.get(tool) or self._candidates(tool) if kind is Kind.TOOL else self._index[kind].candidates(tool)
+            c = (self._cands.get(tool) or self._candidates(tool)) if kind is Kind.TOOL else self._index[kind].candidates(tool)
             return self._visible(c, principal, annotations, None)
         if not judge_uri:
             permits, blanket = self._template_rules(split_resource_selector(tool)[0])
