@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mcp_guard.audit import args_hash, canonical
 from mcp_guard.identity import Principal
+from mcp_guard.jsonrpc import META_CLIENT_CAPABILITIES, Message
 from mcp_guard.proxy.enforce import Verdict
 from mcp_guard.proxy.session import InputRequired
-from mcp_guard.proxy.wire import META_CLIENT_CAPABILITIES, Message
 from mcp_guard.state import APPROVED, Counter
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mcp_guard.config import EXPOSED_NAME
+from mcp_guard.jsonrpc import Message
 from mcp_guard.pinning import PinSet, PinStatus, tool_digest
-from mcp_guard.proxy.wire import Message
 from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard.catalogue")

@@ -21,15 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mcp_guard import __version__, telemetry
 from mcp_guard.audit import args_hash
 from mcp_guard.config import GuardConfig
-from mcp_guard.errors import AuditError, StateError, UpstreamError
+from mcp_guard.errors import AuditError, RpcError, StateError, UpstreamError
 from mcp_guard.identity import Principal
-from mcp_guard.pinning import PinSet
-from mcp_guard.policy import PolicySet
-from mcp_guard.proxy import enforce
-from mcp_guard.proxy.catalogue import Catalogue, ToolEntry
-from mcp_guard.proxy.relay import KIND as RELAYED_KIND
-from mcp_guard.proxy.relay import Relay
-from mcp_guard.proxy.wire import (
+from mcp_guard.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -42,7 +36,6 @@ from mcp_guard.proxy.wire import (
     METHOD_NOT_FOUND,
     MODERN,
     Message,
-    RpcError,
     error,
     is_notification,
     is_request,
@@ -53,6 +46,12 @@ from mcp_guard.proxy.wire import (
     strip_meta,
     tool_error,
 )
+from mcp_guard.pinning import PinSet
+from mcp_guard.policy import PolicySet
+from mcp_guard.proxy import enforce
+from mcp_guard.proxy.catalogue import Catalogue, ToolEntry
+from mcp_guard.proxy.relay import KIND as RELAYED_KIND
+from mcp_guard.proxy.relay import Relay
 from mcp_guard.upstreams.connection import Upstream
 
 if TYPE_CHECKING:

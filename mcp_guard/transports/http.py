@@ -28,9 +28,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
+from mcp_guard.jsonrpc import INVALID_REQUEST, PARSE_ERROR, Message, error, is_request
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.session import GuardContext, GuardSession
-from mcp_guard.proxy.wire import INVALID_REQUEST, PARSE_ERROR, Message, error, is_request
 
 log = logging.getLogger("mcp_guard.http")
 

@@ -1,5 +1,7 @@
 """JSON-RPC on the wire: parse once, build replies, and the protocol constants the guard needs.
 
+The bottom floor: every layer (proxy, upstreams, transports, telemetry) speaks in these message
+shapes, ids and error codes, so this module imports nothing of the guard's except the error tree.
 Messages are plain dicts from ``orjson``; only what the guard decides on is looked at, the rest
 is forwarded as it came.
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from mcp_guard.errors import RpcError  # noqa: F401  (re-exported: the wire answer of the error tree)
 
 Message = dict[str, Any]
 
@@ -106,16 +110,3 @@ def strip_meta(params: Message | None, *, drop_reserved: bool) -> Message | None
     else:
         del out["_meta"]
     return out
-
-
-class RpcError(Exception):
-    """A JSON-RPC error answer (from an upstream, or one the guard gives)."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_message(self, request_id: Any) -> Message:
-        return error(request_id, self.code, self.message, self.data)
