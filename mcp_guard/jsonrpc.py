@@ -8,7 +8,8 @@ is forwarded as it came.
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, Protocol
 
 import orjson
 
@@ -22,6 +23,7 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 UNSUPPORTED_PROTOCOL_VERSION = -32022
+REFUSED = -32001  # mcp-guard refused a request it mediates whose answer has no error field (not tools/call)
 
 LEGACY_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -35,6 +37,20 @@ META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 GUARD_META_PREFIX = "dev.mcp-guard/"
+
+
+class HostTransport(Protocol):
+    """Where a session's answers and notifications to its host go (stdio, HTTP, a test pair)."""
+
+    async def send(self, message: Message) -> None: ...
+
+
+class Era(enum.StrEnum):
+    """The protocol era a host speaks: the handshake (2025-06-18 / 2025-11-25 ``initialize``,
+    sessions, server-to-client requests) or 2026-07-28 (``server/discover``, per-request ``_meta``)."""
+
+    LEGACY = "legacy"
+    MODERN = "modern"
 
 
 def loads(data: bytes | str) -> Any:

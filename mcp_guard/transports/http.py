@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
-from mcp_guard.jsonrpc import INVALID_REQUEST, PARSE_ERROR, Message, error, is_request
+from mcp_guard.jsonrpc import INVALID_REQUEST, PARSE_ERROR, Era, Message, error, is_request
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.session import GuardContext, GuardSession
 
@@ -95,7 +95,7 @@ class HttpGuard:
         self.verifier = verifier
         self.allowed_origins = allowed_origins
         self.hub = GuardSession(ctx, _NullHost())
-        self.hub.era = "modern"  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
+        self.hub.era = Era.MODERN  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
         self.sessions: OrderedDict[str, _Session] = OrderedDict()  # Mcp-Session-Id -> session (handshake era)
         self.stateless: OrderedDict[str, _Session] = OrderedDict()  # grant -> session (2026-07-28)
         self.app = Starlette(routes=[Route("/mcp", self.endpoint, methods=["GET", "POST", "DELETE"])])
