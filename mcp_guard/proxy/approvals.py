@@ -235,7 +235,9 @@ class GuardApprover:
             if earlier is not None:
                 return self._approved(verdict, entry, earlier, "remembered", 0.0, None)
         params = req.params
-        if req.era == Era.MODERN:
+        if self.ctx.approval_queue_only:
+            out = await self._queue(req, who, entry, args, digest, verdict)  # the caller must not approve itself
+        elif req.era == Era.MODERN:
             if "requestState" in params:
                 out = await self._redeem(req, who, entry, args, digest, verdict, params)
             elif _form_capable(self._request_capabilities(params).get("elicitation")):

@@ -61,6 +61,7 @@ class RequestContext:
     capabilities: Message  # what the host declared: this request's ``_meta`` (2026-07-28) or the handshake's
     client_info: Message
     ask_host: AskHost | None = None
+    limit_scope: str = ""  # what per_minute/per_session limits count by (the session id unless set)
 
     @property
     def params(self) -> Message:
@@ -183,7 +184,8 @@ class Pipeline:
                 verdict = await guard.approver.ask(req, target, args, verdict)
             if verdict.forward and self.upstreams[target.upstream].status == "ready":
                 # only a request that will be forwarded spends a rate slot or a budget unit
-                verdict = await check_limits(guard.store, guard.policies, req.chain, who, target, req.session_id, verdict)
+                verdict = await check_limits(guard.store, guard.policies, req.chain, who, target,
+                                             req.limit_scope or req.session_id, verdict)
         except StateError as exc:
             return Verdict(Outcome.DENY, f"mcp-guard denied {target.qualified}: the state store is unavailable ({exc})")
         return verdict

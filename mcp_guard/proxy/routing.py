@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard.routing")
 
 PAGE_SIZE = 1000  # items per list page toward the host
+RESOURCE_NOT_FOUND = -32002  # what some servers answer for an unknown URI (the MCP spec now says -32602)
 MAX_UPSTREAM_PAGES = 1000
 
 # tools/call params that belong to the guard's own input_required round trip, never forwarded
@@ -337,7 +338,17 @@ class Router:
         if not isinstance(uri, str):
             raise RpcError(INVALID_PARAMS, f"Invalid params: {req.method} needs a `uri` string")
         target = await self.resource_target(req, uri)
-        return await self.pipeline.run(req, target, {"uri": uri}, self._forwarder(req, params))
+        forward = self._forwarder(req, params)
+
+        async def same_as_unknown(up: Upstream) -> Message:
+            # an allowed URI the upstream does not have answers like one the guard does not know
+            response = await forward(up)
+            err = response.get("error")
+            if isinstance(err, dict) and err.get("code") in (INVALID_PARAMS, RESOURCE_NOT_FOUND):
+                return RpcError(INVALID_PARAMS, unknown_text(Kind.RESOURCE, uri)).to_message(response.get("id"))
+            return response
+
+        return await self.pipeline.run(req, target, {"uri": uri}, same_as_unknown)
 
     async def prompts_get(self, req: RequestContext) -> Message:
         params = params_of(req.message, "prompts/get")

@@ -57,8 +57,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcp_guard.session")
 
-# requests that go through the call pipeline, which checks the chain itself
-_MEDIATED = frozenset({"tools/call", "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get", "completion/complete"})
+# the chain's expiry and revocation are checked for every request but these: ping says nothing,
+# and tools/call is checked by the call pipeline itself (a refusal is then a tool result)
+_CHAIN_CHECKED_LATER = frozenset({"ping", "tools/call"})
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
 
 
@@ -74,6 +75,7 @@ class GuardContext:
     approver: Approver = field(default_factory=NoApprover)
     pins: PinSet | None = None
     clock: Callable[[], float] = time.time
+    approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
 
 
 @dataclass
@@ -101,6 +103,7 @@ class GuardSession:
         self.hub = hub
         self.chain = chain if hub is not None else ctx.chain
         self.id = uuid.uuid4().hex
+        self.limit_scope = self.id  # what per_minute/per_session limits count by
         self.profile = HostProfile()
         self.upstreams: dict[str, Upstream]
         self.catalogue: Catalogue
@@ -181,7 +184,7 @@ class GuardSession:
     def _request(self, message: Message) -> RequestContext:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
-                              profile.request_capabilities(message), profile.client_info, self.request_host)
+                              profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope)
 
     # ------------------------------------------------------------------ host side
 
@@ -220,7 +223,7 @@ class GuardSession:
             if not isinstance(method, str):
                 raise RpcError(INVALID_REQUEST, "Invalid Request: method must be a string")
             handler = self._handlers.get(method)
-            if req.chain is not None and method not in _MEDIATED and method != "ping":
+            if req.chain is not None and method not in _CHAIN_CHECKED_LATER:
                 refused = await self.pipeline.chain_refusal(req)  # revoked or expired: nothing at all
                 if refused is not None:
                     await self.pipeline.audit_refused(req, None, None, refused)
