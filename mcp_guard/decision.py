@@ -15,53 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard.policy import BoundLimit, Decision, Effect, PolicySet
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import PathContext
+from mcp_guard.policy import Decision, Effect, PolicySet
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain
-    from mcp_guard.grants.model import Budget, CallCheck
     from mcp_guard.identity import Principal
 
 
-# ---------------------------------------------------------------- TEMPORARY until the core's kinds land
-class Kind(enum.StrEnum):
-    TOOL = "tool"
-    RESOURCE = "resource"
-    PROMPT = "prompt"
-
-
-@dataclass(frozen=True, slots=True)
-class PathContext:
-    workdir: str | None
-    resolve: Any
-
-
-def _decide(p: PolicySet, who: Principal, name: str, args: Mapping[str, Any], ann: Mapping[str, Any] | None,
-            kind: Kind, paths: PathContext | None) -> Decision:
-    if kind is Kind.TOOL:
-        return p.decide(who, name, args, ann)
-    return Decision(Effect.DENY, (), f"mcp-guard denied {name}: no rule allows it")
-
-
-def _visible(p: PolicySet, who: Principal, name: str, ann: Mapping[str, Any] | None, kind: Kind, judge_uri: bool) -> bool:
-    return p.visible(who, name, ann) if kind is Kind.TOOL else False
-
-
-def _permits(chain: GrantChain, kind: Kind, name: str) -> bool:
-    return chain.permits_tool(name) if kind is Kind.TOOL else False
-
-
-def _check_call(chain: GrantChain, name: str, args: Mapping[str, Any], kind: Kind) -> CallCheck:
-    return chain.check_call(name, args)
-
-
-def limits(p: PolicySet, who: Principal, name: str, kind: Kind) -> tuple[BoundLimit, ...]:
-    return p.limits(who, name) if kind is Kind.TOOL else ()
-
-
-def budgets(chain: GrantChain, name: str, kind: Kind) -> tuple[Budget, ...]:
-    return chain.budgets(name)
-# ---------------------------------------------------------------- end TEMPORARY
 
 
 class Outcome(enum.StrEnum):
@@ -113,9 +75,9 @@ def is_visible(
     judge_uri: bool = True,
 ) -> bool:
     """Discovery: some allow/approve rule could apply, no unconditional deny, every link permits it."""
-    if chain is not None and not _permits(chain, kind, name):
+    if chain is not None and not chain.permits(kind, name):
         return False
-    return _visible(policies, who, name, annotations, kind, judge_uri)
+    return policies.visible(who, name, annotations, kind=kind, judge_uri=judge_uri)
 
 
 def evaluate(
@@ -136,12 +98,12 @@ def evaluate(
         late = chain.check_time(now)
         if late is not None:
             return Verdict(Outcome.EXPIRED, f"mcp-guard denied {name}: {late}")
-    decision: Decision = _decide(policies, who, name, args, annotations, kind, paths)
+    decision: Decision = policies.decide(who, name, args, annotations, kind=kind, paths=paths)
     if decision.effect is Effect.DENY:
         return Verdict(Outcome.DENY, decision.reason, decision.policy_ids, decision.rule_ids)
     needs_approval = decision.effect is Effect.APPROVE
     if chain is not None:
-        check = _check_call(chain, name, args, kind)
+        check = chain.check_call(name, args, kind, paths=paths)
         if not check.allowed:
             return Verdict(Outcome.DENY, f"mcp-guard denied {name}: {check.reason}", decision.policy_ids, decision.rule_ids)
         needs_approval = needs_approval or check.approval_required

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from mcp_guard.decision import Outcome, Verdict, budgets, limits
+from mcp_guard.decision import Outcome, Verdict
 from mcp_guard.identity import Principal
 from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.catalogue import Target
@@ -33,7 +33,7 @@ async def check_limits(
     from mcp_guard.state import Counter
 
     counters: list[Counter] = []
-    for limit in limits(policies, who, entry.qualified, entry.kind):
+    for limit in policies.limits(who, entry.qualified, entry.kind):
         if limit.per_minute is not None and not await store.rate(f"rate:{session_id}:{limit.key}", limit.per_minute):
             return replace(
                 verdict,
@@ -43,7 +43,7 @@ async def check_limits(
         if limit.per_session is not None:
             counters.append(Counter(f"session:{session_id}:{limit.key}", limit.per_session, time.time() + 86400))
     if chain is not None:
-        counters.extend(Counter(b.key, b.limit, b.expires_at) for b in budgets(chain, entry.qualified, entry.kind))
+        counters.extend(Counter(b.key, b.limit, b.expires_at) for b in chain.budgets(entry.qualified, entry.kind))
     if counters:
         exhausted = await store.consume(counters)
         if exhausted is not None:

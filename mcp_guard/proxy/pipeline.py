@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -107,17 +106,12 @@ class Pipeline:
         self.guard = guard
         self.upstreams = upstreams
         self._audit_who: tuple[Principal, Message] | None = None
-        self._paths: dict[str, PathContext | None] = {}
 
     def paths(self, upstream: str) -> PathContext | None:
-        """How path conditions are judged for ``upstream``: against its ``workdir``, and with
-        symlinks resolved on the guard's filesystem when it says ``resolve: true``."""
-        if upstream not in self._paths:
-            cfg = self.guard.config.upstreams.get(upstream)
-            workdir = getattr(cfg, "workdir", None)
-            resolve = bool(getattr(cfg, "resolve", False))
-            self._paths[upstream] = PathContext(workdir, resolve_path if resolve else None) if (workdir or resolve) else None
-        return self._paths[upstream]
+        """How path conditions are judged for ``upstream``: against its ``workdir``, symlinks
+        resolved on the guard's filesystem when it says ``resolve: true``."""
+        cfg = self.guard.config.upstreams.get(upstream)
+        return cfg.paths if cfg is not None else None
 
     # ------------------------------------------------------------------ the chain, on every request
 
@@ -284,15 +278,6 @@ class Pipeline:
         except AuditError as exc:
             log.error("audit write failed: %s", exc)
             raise AuditRefusal(f"mcp-guard refused {what}: the audit log cannot be written") from None
-
-
-def resolve_path(path: str) -> str | None:
-    """The real path of ``path`` on the guard's own filesystem (every symlink followed), or None
-    when it cannot be resolved (missing, a loop, no permission): such a path is refused."""
-    try:
-        return os.path.realpath(path, strict=True)
-    except (OSError, ValueError):
-        return None
 
 
 def unknown_verdict(text: str) -> Verdict:

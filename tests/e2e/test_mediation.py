@@ -87,19 +87,19 @@ async def test_only_what_a_rule_allows_is_listed_and_reachable(tmp_path: Path, m
     async with guarded_session(_config(tmp_path, record), mode=mode) as c:
         s = c.session
         assert [r.uri for r in (await s.list_resources()).resources] == [ALLOWED_DOC]
-        assert [t.uri_template for t in (await s.list_resource_templates()).resource_templates] == [TEXT_TEMPLATE]
-        assert sorted(p.name for p in (await s.list_prompts()).prompts) == ["completable-prompt", "simple-prompt"]
+        # a template is listed when some resource rule of its upstream could apply (its URIs are judged on read)
+        assert sorted(t.uri_template for t in (await s.list_resource_templates()).resource_templates) == [BLOB_TEMPLATE, TEXT_TEMPLATE]
+        assert sorted(p.name for p in (await s.list_prompts()).prompts) == ["everything_completable-prompt", "everything_simple-prompt"]
 
         assert "Architecture" in (await s.read_resource(ALLOWED_DOC)).contents[0].text  # type: ignore[union-attr]
         assert (await s.read_resource("demo://resource/dynamic/text/7")).contents  # by its template
-        assert (await s.get_prompt("simple-prompt")).messages
-        done = await s.complete({"type": "ref/prompt", "name": "completable-prompt"}, {"name": "department", "value": "E"})
+        assert (await s.get_prompt("everything_simple-prompt")).messages
+        done = await s.complete({"type": "ref/prompt", "name": "everything_completable-prompt"}, {"name": "department", "value": "E"})
         assert "Engineering" in done.completion.values
 
         for call in (lambda: s.read_resource(HIDDEN_DOC), lambda: s.read_resource("demo://resource/dynamic/blob/1"),
-                     lambda: s.get_prompt("args-prompt", {"city": "x", "state": "y"}),
-                     lambda: s.complete({"type": "ref/prompt", "name": "resource-prompt"}, {"name": "resourceType", "value": ""}),
-                     lambda: s.complete({"type": "ref/resource", "uri": BLOB_TEMPLATE}, {"name": "resourceId", "value": "1"})):
+                     lambda: s.get_prompt("everything_args-prompt", {"city": "x", "state": "y"}),
+                     lambda: s.complete({"type": "ref/prompt", "name": "everything_resource-prompt"}, {"name": "resourceType", "value": ""})):
             with pytest.raises(MCPError) as refused:
                 await call()
             assert refused.value.error.code == -32602
@@ -112,8 +112,8 @@ async def test_hidden_answers_exactly_like_unknown_and_both_are_audited(tmp_path
         s = c.session
         pairs = [
             (lambda name: s.read_resource(name), HIDDEN_DOC, MISSING_DOC),
-            (lambda name: s.get_prompt(name), "args-prompt", "no-such-prompt"),
-            (lambda name: s.complete({"type": "ref/prompt", "name": name}, {"name": "x", "value": ""}), "args-prompt", "no-such-prompt"),
+            (lambda name: s.get_prompt(name), "everything_args-prompt", "everything_no-such-prompt"),
+            (lambda name: s.complete({"type": "ref/prompt", "name": name}, {"name": "x", "value": ""}), "everything_args-prompt", "everything_no-such-prompt"),
             (lambda name: c.call_tool(name, {}), "rec_delete_note", "rec_no_such_tool"),
         ]
         for call, hidden, unknown in pairs:
@@ -127,7 +127,7 @@ async def test_hidden_answers_exactly_like_unknown_and_both_are_audited(tmp_path
             assert code_a == -32602 and hidden in text_a
     unknown = [r for r in _audit(tmp_path) if r["decision"] == "unknown"]
     named = {(r["kind"], r.get("uri") or r.get("prompt") or r.get("tool")) for r in unknown}
-    assert {("resource", HIDDEN_DOC), ("resource", MISSING_DOC), ("prompt", "args-prompt"), ("prompt", "no-such-prompt"),
+    assert {("resource", HIDDEN_DOC), ("resource", MISSING_DOC), ("prompt", "everything_args-prompt"), ("prompt", "everything_no-such-prompt"),
             ("tool", "rec_delete_note"), ("tool", "rec_no_such_tool")} <= named
     assert record.calls() == []
 
@@ -137,7 +137,7 @@ async def test_hidden_is_byte_for_byte_unknown_on_the_wire(tmp_path: Path) -> No
     async with raw_guard(_config(tmp_path, record)) as g:
         await g.initialize()
         for method, key, hidden, unknown in (("resources/read", "uri", HIDDEN_DOC, MISSING_DOC),
-                                             ("prompts/get", "name", "args-prompt", "no-such-prompt"),
+                                             ("prompts/get", "name", "everything_args-prompt", "everything_no-such-prompt"),
                                              ("tools/call", "name", "rec_delete_note", "rec_nope")):
             await g.request(method, {key: hidden}, rid=1)
             first = g.lines[-1]
@@ -221,8 +221,8 @@ async def test_a_revoked_chain_gets_nothing_on_any_request_kind(served: _Served,
         assert revoked.returncode == 0, revoked.stderr
         before = len(served.record.records())
         for call in (c.list_tools, s.list_resources, s.list_resource_templates, s.list_prompts,
-                     lambda: s.read_resource(ALLOWED_DOC), lambda: s.get_prompt("simple-prompt"),
-                     lambda: s.complete({"type": "ref/prompt", "name": "completable-prompt"}, {"name": "department", "value": ""})):
+                     lambda: s.read_resource(ALLOWED_DOC), lambda: s.get_prompt("everything_simple-prompt"),
+                     lambda: s.complete({"type": "ref/prompt", "name": "everything_completable-prompt"}, {"name": "department", "value": ""})):
             with pytest.raises(MCPError) as refused:
                 await call()
             assert "revoked" in refused.value.error.message or refused.value.error.code == -32602, refused.value.error
