@@ -39,6 +39,10 @@ RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 GUARD_META_PREFIX = "dev.mcp-guard/"
 
 
+# server-to-client requests an upstream may send, and the host capability each needs
+SERVER_TO_CLIENT = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
 class HostTransport(Protocol):
     """Where a session's answers and notifications to its host go (stdio, HTTP, a test pair)."""
 

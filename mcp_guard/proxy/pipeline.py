@@ -209,26 +209,31 @@ class Pipeline:
             })
         return known[1]
 
-    async def audit(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict, note: str | None = None) -> None:
-        """One record per decision, flushed before the request is forwarded; a failed write refuses it."""
-        audit = self.guard.audit
-        if audit is None:
-            return
+    def _record(self, req: RequestContext, kind: Kind | None, upstream: str | None, name: Any, exposed: Any,
+                verdict: Verdict) -> Message:
         record: Message = {
             **self._who(req.principal),
             "session": req.session_id,
             "method": req.method,
-            "kind": str(target.kind),
-            "upstream": target.upstream,
-            NAME_FIELD[target.kind]: target.name,
-            "exposed": target.exposed,
-            "args_sha256": args_hash(args),
+            "kind": str(kind) if kind is not None else None,
+            "upstream": upstream,
             "decision": str(verdict.decision),
             "policy_ids": list(verdict.policy_ids),
             "rule_ids": list(verdict.rule_ids),
             "reason": verdict.reason,
             "approver": verdict.approver,
         }
+        if kind is not None:
+            record[NAME_FIELD[kind]] = name
+            record["exposed"] = exposed
+        return record
+
+    async def audit(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict, note: str | None = None) -> None:
+        """One record per decision, flushed before the request is forwarded; a failed write refuses it."""
+        if self.guard.audit is None:
+            return
+        record = self._record(req, target.kind, target.upstream, target.name, target.exposed, verdict)
+        record["args_sha256"] = args_hash(args)
         if verdict.approval_channel is not None:
             record["approval"] = {
                 "channel": verdict.approval_channel,
@@ -248,24 +253,9 @@ class Pipeline:
     async def audit_refused(self, req: RequestContext, kind: Kind | None, name: Any, verdict: Verdict, upstream: str | None = None) -> None:
         """A request refused before it had a target: a hidden or unknown name (``unknown``, the
         name as the caller sent it), an unknown method, or a revoked or expired chain."""
-        audit = self.guard.audit
-        if audit is None:
+        if self.guard.audit is None:
             return
-        record: Message = {
-            **self._who(req.principal),
-            "session": req.session_id,
-            "method": req.method,
-            "kind": str(kind) if kind is not None else None,
-            "upstream": upstream,
-            "decision": str(verdict.decision),
-            "policy_ids": list(verdict.policy_ids),
-            "rule_ids": list(verdict.rule_ids),
-            "reason": verdict.reason,
-            "approver": None,
-        }
-        if kind is not None:
-            record[NAME_FIELD[kind]] = name
-            record["exposed"] = name
+        record = self._record(req, kind, upstream, name, name, verdict)
         record.update(telemetry.audit_ids())
         with contextlib.suppress(AuditRefusal):  # refused anyway; the failure is logged
             self._append(record, str(name))

@@ -306,6 +306,10 @@ class GuardSession:
 
     # ------------------------------------------------------------------ start-up
 
+    async def start(self) -> None:
+        """Start the upstreams (once; a hub's sessions share its start)."""
+        await self._ensure_started()
+
     async def _ensure_started(self) -> None:
         if self.hub is not None:
             await self.hub._ensure_started()

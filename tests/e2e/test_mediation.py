@@ -25,16 +25,14 @@ from fixtures import (
     recording_server_command,
     requires_tools,
     stdio_upstream,
-    stop_process,
     tool_path,
     tools_env,
-    wait_for_port,
     write_guard_config,
 )
 from helpers_proxy import raw_guard
 from mcp.shared.exceptions import MCPError
 from test_grants_e2e import _link_id
-from test_serve import connect
+from test_serve import connect, serving
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
@@ -197,15 +195,8 @@ class _Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[_Served]:
     setup = _Served(tmp_path)
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=tools_env())
-    try:
-        wait_for_port(setup.port, timeout=60)
+    with serving(setup.config, setup.port):
         yield setup
-    finally:
-        stop_process(proc)
-        log.close()
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -54,18 +54,25 @@ class Setup:
         return issue_grant(self.key, "corp-idp", user, agent, tools, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Setup]:
-    setup = Setup(tmp_path)
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port)],
+@contextlib.contextmanager
+def serving(config: Path, port: int) -> Iterator[None]:
+    """``mcp-guard serve --config CONFIG --port PORT`` until the block ends (log: serve.log beside it)."""
+    log = (config.parent / "serve.log").open("w")
+    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=tools_env())
     try:
-        wait_for_port(setup.port, timeout=60)
-        yield setup
+        wait_for_port(port, timeout=60)
+        yield
     finally:
         stop_process(proc)
         log.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Setup]:
+    setup = Setup(tmp_path)
+    with serving(setup.config, setup.port):
+        yield setup
 
 
 @contextlib.asynccontextmanager
