@@ -387,8 +387,11 @@ class Router:
             uri = ref.get("uri")
             if not isinstance(uri, str):
                 raise RpcError(INVALID_PARAMS, "Invalid params: a ref/resource needs a `uri` string")
-            target = await self.resource_target(req, uri, judge_uri=False)
-            return await self.pipeline.run(req, target, args, self._forwarder(req, params), exact=False)
+            await self._resource_owner(uri)  # knows the templates from here on
+            # a template's URI is a pattern: it is judged as its listing is; any other URI exactly
+            exact = uri not in self.owners.templates
+            target = await self.resource_target(req, uri, judge_uri=exact)
+            return await self.pipeline.run(req, target, args, self._forwarder(req, params), exact=exact)
         raise RpcError(INVALID_PARAMS, "Invalid params: `ref.type` must be ref/prompt or ref/resource")
 
     async def set_level(self, req: RequestContext) -> Message:

@@ -94,6 +94,8 @@ async def test_only_what_a_rule_allows_is_listed_and_reachable(tmp_path: Path, m
         assert (await s.get_prompt("everything_simple-prompt")).messages
         done = await s.complete({"type": "ref/prompt", "name": "everything_completable-prompt"}, {"name": "department", "value": "E"})
         assert "Engineering" in done.completion.values
+        by_template = await s.complete({"type": "ref/resource", "uri": TEXT_TEMPLATE}, {"name": "resourceId", "value": "1"})
+        assert by_template.completion.values == ["1"]
 
         for call in (lambda: s.read_resource(HIDDEN_DOC), lambda: s.read_resource("demo://resource/dynamic/blob/1"),
                      lambda: s.get_prompt("everything_args-prompt", {"city": "x", "state": "y"}),
