@@ -176,6 +176,30 @@ async def test_unknown_methods_are_refused_and_never_reach_the_upstream(tmp_path
     assert {r["method"] for r in refused} >= {"tasks/list", "TOOLS/CALL"}
 
 
+@requires_tools("mcp-server-filesystem")
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_symlink_out_of_the_allowed_root_is_refused_before_the_upstream(tmp_path: Path, mode: Mode) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "ok.txt").write_text("fine")
+    (tmp_path / "secret.txt").write_text("s3cret")
+    (allowed / "link.txt").symlink_to(tmp_path / "secret.txt")
+    config = write_guard_config(
+        tmp_path, {"fs": stdio_upstream([str(tool_path("mcp-server-filesystem")), str(tmp_path)], resolve=True, workdir=str(allowed))},
+        [{"id": "fs", "rules": [{"effect": "allow", "tools": ["fs/read_text_file"], "when": {"args.path": {"under": str(allowed)}}}]}],
+        audit={"path": str(tmp_path / "audit.jsonl")})
+    async with guarded_session(config, mode=mode) as c:
+        ok = await c.call_tool("fs_read_text_file", {"path": str(allowed / "ok.txt")})
+        assert not ok.is_error and ok.content[0].text == "fine"  # type: ignore[union-attr]
+        relative = await c.call_tool("fs_read_text_file", {"path": "ok.txt"})  # judged against the workdir
+        assert not relative.is_error or "mcp-guard" not in relative.content[0].text  # type: ignore[union-attr]
+        for path in (str(allowed / "link.txt"), "link.txt"):
+            refused = await c.call_tool("fs_read_text_file", {"path": path})
+            assert refused.is_error and refused.content[0].text.startswith("mcp-guard denied fs/read_text_file"), refused
+            assert "s3cret" not in refused.content[0].text  # type: ignore[union-attr]
+    assert [r["decision"] for r in _audit(tmp_path)] == ["allow", "allow", "deny", "deny"]
+
+
 # --------------------------------------------------------------------------- serve (HTTP): a revoked chain gets nothing
 
 
