@@ -134,6 +134,10 @@ class Router:
                 *, judge_uri: bool = True) -> bool:
         return is_visible(self._policies(), req.chain, req.principal, qualified, annotations, kind, judge_uri=judge_uri)
 
+    def shows(self, who: Principal, chain: GrantChain | None, kind: Kind, qualified: str) -> bool:
+        """Whether ``who`` may see ``qualified`` at all (for what an upstream tells the host unasked)."""
+        return is_visible(self._policies(), chain, who, qualified, None, kind)
+
     def visible_tools(self, who: Principal, chain: GrantChain | None) -> list[Target]:
         policies = self._policies()
         key = (self.catalogue.version, id(policies), who)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig
-from mcp_guard.decision import Outcome, Verdict
+from mcp_guard.decision import Kind, Outcome, Verdict
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
@@ -390,14 +390,19 @@ class GuardSession:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        assert isinstance(params, dict)
         if method == "notifications/cancelled":
-            params = message.get("params") if isinstance(message.get("params"), dict) else {}
-            assert isinstance(params, dict)
             # the upstream cancels a request it sent us; our host-facing ids are our own
-            pending = self._host_pending.get(params.get("requestId"))  # type: ignore[arg-type]
+            rid = params.get("requestId")
+            pending = self._host_pending.get(rid) if isinstance(rid, int) and not isinstance(rid, bool) else None
             if pending is not None:
                 pending.future.cancel()
             return
+        if method == "notifications/resources/updated":
+            uri = params.get("uri")  # only about a resource this host may see
+            if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
+                return
         if self.era == Era.MODERN and method == "notifications/message":
             return  # 2026-07-28: log notifications only for requests that opted in
         await self.send(message)
