@@ -103,7 +103,17 @@ class Owners:
     resources: dict[str, str] = field(default_factory=dict)  # uri -> upstream
     templates: dict[str, tuple[str, re.Pattern[str]]] = field(default_factory=dict)  # uriTemplate -> (upstream, pattern)
     prompts: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed name -> (upstream, own name)
+    # listed since the last list_changed: a name missing then is unknown, without asking the upstreams
+    # again (so looking up a nonexistent name costs what looking up a hidden one does: no timing oracle)
     prompts_known: bool = False
+    resources_known: bool = False
+
+    def changed(self, method: str) -> None:
+        """An upstream said its resources or prompts changed: list them again on the next lookup."""
+        if method == "notifications/prompts/list_changed":
+            self.prompts_known = False
+        elif method == "notifications/resources/list_changed":
+            self.resources_known = False
 
 
 class Router:
@@ -255,6 +265,7 @@ class Router:
             template = it["uriTemplate"]
             if template not in self.owners.templates:
                 self.owners.templates[template] = (up.name, _template_pattern(template))
+        self.owners.resources_known = True
         return items
 
     async def _prompts(self) -> list[tuple[Upstream, str, Message]]:
@@ -291,16 +302,15 @@ class Router:
 
     async def _resource_owner(self, uri: str) -> str | None:
         """The upstream that owns ``uri``: as last listed, else by a template, else the only one."""
-        for attempt in range(2):
-            owner = self.owners.resources.get(uri)
-            if owner is not None:
-                return owner
-            for template, (name, pattern) in self.owners.templates.items():
-                if uri == template or pattern.fullmatch(uri):
-                    return name
-            if attempt == 0:
-                await self._resources()
-                await self._templates()
+        if not self.owners.resources_known:
+            await self._resources()
+            await self._templates()
+        owner = self.owners.resources.get(uri)
+        if owner is not None:
+            return owner
+        for template, (name, pattern) in self.owners.templates.items():
+            if uri == template or pattern.fullmatch(uri):
+                return name
         ready = self._ready("resources")
         return ready[0].name if len(ready) == 1 else None
 
@@ -313,7 +323,7 @@ class Router:
 
     async def prompt_target(self, req: RequestContext, exposed: Any) -> Target:
         """A visible prompt, or the audited ``Unknown prompt`` (hidden == unknown)."""
-        if not self.owners.prompts_known or (isinstance(exposed, str) and exposed not in self.owners.prompts):
+        if not self.owners.prompts_known:
             await self._prompts()
         found = self.owners.prompts.get(exposed) if isinstance(exposed, str) else None
         if found is None or not self.visible(req, Kind.PROMPT, f"{found[0]}/{found[1]}"):

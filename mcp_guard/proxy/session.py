@@ -399,7 +399,9 @@ class GuardSession:
             if pending is not None:
                 pending.future.cancel()
             return
-        if method == "notifications/resources/updated":
+        if method in ("notifications/prompts/list_changed", "notifications/resources/list_changed"):
+            self.owners.changed(method)
+        elif method == "notifications/resources/updated":
             uri = params.get("uri")  # only about a resource this host may see
             if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
                 return
@@ -416,6 +418,8 @@ class GuardSession:
         await self.upstream_changed(upstream)
 
     async def upstream_changed(self, upstream: Upstream) -> None:
+        self.owners.changed("notifications/prompts/list_changed")  # (re)connected: its lists may differ
+        self.owners.changed("notifications/resources/list_changed")
         if self._started is None or not self._started.done():
             return  # the first build happens once every upstream has had its first try
         await self._tools_changed()
