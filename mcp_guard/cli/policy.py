@@ -5,6 +5,7 @@ Problems go to stderr as ``file:line:col: message (hint)`` lines; results go to 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -24,12 +25,15 @@ from mcp_guard.config import (
     load_config,
     read_sources,
 )
+from mcp_guard.decision import Outcome as Decided
+from mcp_guard.decision import evaluate, is_visible
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.policy import Effect, Explanation, Kind, PathContext, PolicySet, load_sources, parse_sources
 from mcp_guard.policy.testing import Outcome, TestFile, parse_test_file, run_case
 
 EXIT = {Effect.ALLOW: 0, Effect.DENY: 1, Effect.APPROVE: 2}
+_EFFECT = collections.defaultdict(lambda: Effect.DENY, {Decided.ALLOW: Effect.ALLOW, Decided.APPROVAL_REQUIRED: Effect.APPROVE})
 
 
 def _show(p: Path) -> str:
@@ -232,12 +236,14 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str 
         click.echo(f"decision: deny\nreason: mcp-guard denied {label}: no upstream named `{upstream}` is configured")
         sys.exit(1)
     paths: PathContext | None = config.upstreams[upstream].paths if config is not None and upstream in config.upstreams else None
+    now = time.time()
     expl = policies.explain(who, name, args, annotations, kind=kind, paths=paths)
-    listed = policies.visible(who, name, annotations, kind=kind) and (chain is None or chain.permits(kind, name))
+    listed = is_visible(policies, chain, who, name, annotations, kind)
     lines = _render(expl, name, who, listed, kind)
-    effect = expl.decision.effect
+    # the decision is the proxy's own evaluator; what follows only shows how each part saw it
+    effect = _EFFECT[evaluate(policies, chain, who, name, args, annotations, now, kind=kind, paths=paths).decision]
     if chain is not None:
-        late = chain.check_time(time.time())
+        late = chain.check_time(now)
         check_ = chain.check_call(name, args, kind, paths=paths)
         lines.append("")
         lines.append(f"grant chain {' -> '.join(chain.principal.chain)} (links {', '.join(chain.link_ids)}):")
@@ -245,14 +251,12 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str 
         grant_reason = None
         if late is not None:
             lines.append(f"  chain: {late}")
-            effect, grant_reason = Effect.DENY, str(late)
+            grant_reason = str(late)
         elif not check_.allowed:
             lines.append(f"  chain refuses: {check_.reason}")
-            effect, grant_reason = Effect.DENY, check_.reason
+            grant_reason = check_.reason
         else:
             lines.append("  chain permits the call" + (" with a human's approval" if check_.approval_required else ""))
-            if check_.approval_required and effect is Effect.ALLOW:
-                effect = Effect.APPROVE
         if effect is not expl.decision.effect:
             lines[0] = f"decision: {effect} (policies alone: {expl.decision.effect})"
             if grant_reason is not None and len(lines) > 1 and lines[1].startswith("reason:"):
