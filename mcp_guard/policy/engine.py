@@ -487,10 +487,7 @@ def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations:
         wanted = ", ".join(f"{k}: {str(v).lower()}" for k, v in r.annotations)
         return f"the tool must be annotated {wanted} by a pinned upstream"
     for c, a, ctx in [*((c, _NO_ARGS, None) for c in r.principal_conds), *((c, args, paths) for c in r.arg_conds)]:
-        got = c.test(a, p, ctx)
-        if got is None:
-            return f"{describe(c.source)} (a value that cannot be judged is refused)"
-        if not got:
+        if c.test(a, p, ctx) is not True:  # false or unjudgeable: the same requirement, said once
             return describe(c.source)
     return "no rule allows it"  # unreachable when called on a rule that did not match
 
