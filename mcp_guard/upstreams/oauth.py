@@ -25,7 +25,6 @@ upstream: they are not logged, audited or put on spans.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ipaddress
 import json
@@ -427,7 +426,8 @@ def _open_browser(url: str) -> None:
         webbrowser.open(url)
 
 
-def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notify: Notify | None = None) -> GuardProvider | None:
+def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notify: Notify | None = None,
+               wait: float = CALLBACK_TIMEOUT) -> GuardProvider | None:
     """The ``httpx2.Auth`` for an upstream's ``auth:`` (None when it has none).
 
     ``interactive`` None means: only when ``$BROWSER`` is set (``run``); ``login`` passes True.
@@ -472,7 +472,7 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
         asyncio.get_running_loop().run_in_executor(None, _open_browser, url)
 
     async def callback_handler() -> AuthorizationCodeResult:
-        params = await listener.wait(CALLBACK_TIMEOUT)
+        params = await listener.wait(wait)
         if "error" in params:
             detail = params.get("error_description") or params["error"]
             raise AuthRefused(f"the authorization server refused: {detail}")
@@ -523,10 +523,10 @@ def http_client(config: UpstreamConfig, auth: GuardProvider | None) -> httpx2.As
     return httpx2.AsyncClient(timeout=timeout, headers=dict(config.headers), auth=auth, transport=CheckedTransport(config.url))
 
 
-async def login(config: UpstreamConfig, notify: Notify) -> OAuthToken:
+async def login(config: UpstreamConfig, notify: Notify, wait: float = CALLBACK_TIMEOUT) -> OAuthToken:
     """Run the flow now (``mcp-guard login``): one authenticated ``initialize`` makes the SDK
     discover, register and authorize exactly as a later ``run`` would."""
-    provider = build_auth(config, interactive=True, notify=notify)
+    provider = build_auth(config, interactive=True, notify=notify, wait=wait)
     if provider is None:
         raise UpstreamError(f"upstream {config.name} has no `auth: oauth` or `auth: client_credentials` to log in with")
     assert config.url is not None
@@ -556,10 +556,3 @@ def logout(config: UpstreamConfig) -> bool:
     if config.token_file is None:
         raise UpstreamError(f"upstream {config.name} has no `auth: oauth` or `auth: client_credentials`")
     return TokenStore(Path(config.token_file), config.url or "").clear()
-
-
-def token_fingerprint(token: str) -> str:
-    """A short non-reversible label for a token, for messages that must not show the token."""
-    import hashlib
-
-    return base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()[:6]).decode()
