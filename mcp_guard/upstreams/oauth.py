@@ -201,9 +201,11 @@ class CheckedTransport(httpx2.AsyncBaseTransport):
     local deployment and its authorization server may be too).
     """
 
-    def __init__(self, upstream_url: str, inner: httpx2.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, upstream_url: str, inner: httpx2.AsyncBaseTransport | None = None,
+                 on_refuse: Callable[[str], None] | None = None) -> None:
         self.upstream = httpx2.URL(upstream_url)
         self.inner = inner or httpx2.AsyncHTTPTransport()
+        self.on_refuse = on_refuse  # the refusal ends the request outside the auth flow: report it
         self._local: bool | None = None
 
     async def _upstream_is_local(self) -> bool:
@@ -233,7 +235,13 @@ class CheckedTransport(httpx2.AsyncBaseTransport):
             )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        await self.check(request.url)
+        try:
+            await self.check(request.url)
+        except AuthRefused as exc:
+            log.warning("%s", exc)
+            if self.on_refuse is not None:
+                self.on_refuse(str(exc))
+            raise
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -520,7 +528,12 @@ def http_client(config: UpstreamConfig, auth: GuardProvider | None) -> httpx2.As
     if auth is None:
         return httpx2.AsyncClient(timeout=timeout, headers=dict(config.headers))
     assert config.url is not None
-    return httpx2.AsyncClient(timeout=timeout, headers=dict(config.headers), auth=auth, transport=CheckedTransport(config.url))
+
+    def refused(reason: str) -> None:
+        auth.failure = reason
+
+    transport = CheckedTransport(config.url, on_refuse=refused)
+    return httpx2.AsyncClient(timeout=timeout, headers=dict(config.headers), auth=auth, transport=transport)
 
 
 async def login(config: UpstreamConfig, notify: Notify, wait: float = CALLBACK_TIMEOUT) -> OAuthToken:

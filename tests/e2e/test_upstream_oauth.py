@@ -46,14 +46,24 @@ Scores = dict[str, tuple[int, int]]
 """scenario -> (checks passed, checks failed)."""
 
 
+# Auth scenarios outside `--suite auth` (back-compat, draft, the client-credentials extension).
+EXTRA_SCENARIOS = (
+    "auth/client-credentials-basic", "auth/2025-03-26-oauth-metadata-backcompat",
+    "auth/2025-03-26-oauth-endpoint-fallback", "auth/resource-mismatch",
+    "auth/offline-access-scope", "auth/offline-access-not-supported",
+)
+
+
 def run_auth_suite(kind: str, out: Path) -> Scores:
-    """`conformance client --suite auth` with ``conformance_auth_client.py KIND`` as the client."""
-    proc = subprocess.run(
-        [str(tool_path("conformance")), "client", "--command", shlex.join([PYTHON, str(AUTH_CLIENT), kind]),
-         "--suite", "auth", "-o", str(out)],
-        capture_output=True, text=True, timeout=400, env=tools_env(),
-    )
-    (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    """`conformance client --suite auth` and the extra scenarios, with ``conformance_auth_client.py KIND``."""
+    command = ["--command", shlex.join([PYTHON, str(AUTH_CLIENT), kind]), "-o", str(out)]
+    runs = [["--suite", "auth"]] + [["--scenario", scenario] for scenario in EXTRA_SCENARIOS]
+    out.mkdir(parents=True, exist_ok=True)
+    for which in runs:
+        proc = subprocess.run([str(tool_path("conformance")), "client", *command, *which],
+                              capture_output=True, text=True, timeout=400, env=tools_env())
+        with open(out / "conformance.log", "a", encoding="utf-8") as log:
+            log.write(proc.stdout + proc.stderr)
     scores: Scores = {}
     for checks_file in sorted(out.glob("auth/*/checks.json")):
         m = _RESULT_DIR.match(checks_file.parent.name)
@@ -61,7 +71,7 @@ def run_auth_suite(kind: str, out: Path) -> Scores:
             continue
         statuses = [str(c["status"]) for c in json.loads(checks_file.read_text(encoding="utf-8"))]
         scores["auth/" + m["scenario"]] = (statuses.count("SUCCESS"), statuses.count("FAILURE"))
-    assert scores, f"conformance produced no results (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    assert scores, f"conformance produced no results; see {out / 'conformance.log'}"
     return scores
 
 
@@ -75,7 +85,7 @@ def test_guard_scores_at_least_the_sdk_client_on_the_auth_suite(tmp_path: Path) 
         s, g = sdk.get(scenario, (0, 0)), guard.get(scenario, (0, 0))
         lines.append(f"{scenario:45} {s[0]:>4}/{s[1]:<4} {g[0]:>4}/{g[1]:<4}")
     print("\n".join(lines))  # passed/failed checks per scenario, shown with -s or on failure
-    assert len(sdk) >= 14
+    assert len(sdk) >= 14 + len(EXTRA_SCENARIOS)
     worse = [s for s in sdk if guard.get(s, (0, 0))[0] < sdk[s][0] or guard.get(s, (0, 0))[1] > sdk[s][1]]
     assert not worse, "the guard scores below the SDK client on:\n" + "\n".join(lines)
     assert sum(p for p, _ in guard.values()) >= sum(p for p, _ in sdk.values())
@@ -190,5 +200,18 @@ def test_login_times_out_without_a_browser_answer(tmp_path: Path) -> None:
                     env=_guard_env(BROWSER=shlex.join([sys.executable, "-c", "pass"])), cwd=tmp_path)
     assert done.returncode != 0
     assert "no authorization arrived at the loopback redirect within 2s" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any(_stored(f).get("tokens") for f in (tmp_path / "state" / "tokens").rglob("*.token"))
+
+
+def test_an_authorization_response_from_another_issuer_is_refused(tmp_path: Path) -> None:
+    """RFC 9207: a redirect whose `iss` is not the authorization server's (a mix-up attack) is refused."""
+    with scenario_server("auth/metadata-default", tmp_path / "scenario.log") as url:
+        config = write_guard_config(tmp_path, {"up": {"url": url, "auth": {"oauth": {}}}},
+                                    state={"url": "sqlite:///state/state.db"})
+        env = _guard_env(BROWSER=BROWSER, OAUTH_BROWSER_ISS="https://attacker.example")
+        done = _cli("login", "up", "--config", str(config), "--timeout", "30s", env=env, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "iss mismatch: https://attacker.example" in done.stderr
     assert "Traceback" not in done.stderr
     assert not any(_stored(f).get("tokens") for f in (tmp_path / "state" / "tokens").rglob("*.token"))
