@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -27,9 +28,11 @@ import pytest
 from fixtures import (
     FIXTURES_DIR,
     PYTHON,
+    free_port,
     guarded_session,
     mcp_guard_bin,
     requires_tools,
+    serve_http,
     stop_process,
     tool_path,
     tools_env,
@@ -215,3 +218,77 @@ def test_an_authorization_response_from_another_issuer_is_refused(tmp_path: Path
     assert "iss mismatch: https://attacker.example" in done.stderr
     assert "Traceback" not in done.stderr
     assert not any(_stored(f).get("tokens") for f in (tmp_path / "state" / "tokens").rglob("*.token"))
+
+
+# --------------------------------------------------------------------------- a real authorization server
+
+
+@contextlib.contextmanager
+def protected_upstream(tmp_path: Path, ttl: int) -> Iterator[tuple[str, str, int, Path]]:
+    """oidc-provider (issuer) + an SDK MCP server that accepts only its JWTs for itself.
+
+    Yields (upstream URL, issuer, loopback redirect port registered for `guard-app`, record of the
+    accepted tokens).
+    """
+    as_port, mcp_port, redirect_port = free_port(), free_port(), free_port()
+    issuer, url = f"http://127.0.0.1:{as_port}", f"http://127.0.0.1:{mcp_port}/mcp"
+    record = tmp_path / "accepted.jsonl"
+    as_argv = [str(tool_path("node")), str(FIXTURES_DIR / "oidc_as.mjs"), str(as_port), url, str(ttl),
+               f"http://127.0.0.1:{redirect_port}/callback"]
+    server_argv = [PYTHON, str(FIXTURES_DIR / "protected_server.py"), "--port", str(mcp_port), "--issuer", issuer,
+                   "--record", str(record)]
+    with serve_http(as_argv, as_port, log=tmp_path / "as.log"), serve_http(server_argv, mcp_port, log=tmp_path / "server.log"):
+        yield url, issuer, redirect_port, record
+
+
+def _accepted(record: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+@requires_tools("node")
+async def test_client_credentials_against_oidc_provider_gets_calls_and_renews(tmp_path: Path) -> None:
+    with protected_upstream(tmp_path, ttl=3) as (url, issuer, _, record):
+        cc = {"client_id": "svc", "client_secret": "${SVC_SECRET}", "scopes": ["tools"], "issuer": issuer}
+        config = write_guard_config(tmp_path, {"svc": {"url": url, "auth": {"client_credentials": cc}}},
+                                    state={"url": "sqlite:///state/state.db"},
+                                    audit={"path": str(tmp_path / "audit.jsonl"), "include_args": True})
+        log = tmp_path / "guard.log"
+        async with guarded_session(config, env=_guard_env(SVC_SECRET="svc-secret"), stderr=log) as host:
+            assert [t.name for t in (await host.list_tools()).tools] == ["svc_whoami"]
+            first = await host.call_tool("svc_whoami", {})
+            assert not first.is_error and "client=svc" in first.content[0].text  # type: ignore[union-attr]
+            await asyncio.sleep(4)  # the 3 s token expires; the next call gets a new one by itself
+            second = await host.call_tool("svc_whoami", {})
+            assert not second.is_error, second
+        tokens = {a["jti"] for a in _accepted(record)}
+        assert len(tokens) >= 2
+        stored = _stored(tmp_path / "state" / "tokens" / "default" / "svc.token")
+        secret_values = [stored["tokens"]["access_token"], "svc-secret"]
+        for where in (log.read_text(), (tmp_path / "audit.jsonl").read_text()):
+            for value in secret_values:
+                assert value not in where
+
+
+@requires_tools("node")
+async def test_authorization_code_against_oidc_provider_logs_in_and_refreshes_after_a_restart(tmp_path: Path) -> None:
+    with protected_upstream(tmp_path, ttl=3) as (url, issuer, redirect_port, record):
+        oauth = {"client_id": "guard-app", "redirect_uri": f"http://127.0.0.1:{redirect_port}/callback",
+                 "scopes": ["tools", "offline_access"]}
+        config = write_guard_config(tmp_path, {"app": {"url": url, "prefix": False, "auth": {"oauth": oauth}}},
+                                    state={"url": "sqlite:///state/state.db"}, identity={"user": "alice"})
+        done = _cli("login", "app", "--config", str(config), "--timeout", "60s",
+                    env=_guard_env(BROWSER=BROWSER), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "refreshable" in done.stdout
+        token_file = tmp_path / "state" / "tokens" / "alice" / "app.token"
+        before = _stored(token_file)["tokens"]
+        await asyncio.sleep(4)  # the access token expired while no guard ran
+        log = tmp_path / "guard.log"
+        async with guarded_session(config, env=_guard_env(), stderr=log) as host:
+            answer = await host.call_tool("whoami", {})
+            assert not answer.is_error and "sub=alice" in answer.content[0].text  # type: ignore[union-attr]
+        after = _stored(token_file)["tokens"]
+        assert after["access_token"] != before["access_token"]  # refreshed, at the issuer's token endpoint
+        assert "Authorize mcp-guard" not in log.read_text()  # no new authorization was needed
+        for value in (before["access_token"], after["access_token"], before.get("refresh_token", "-"), after.get("refresh_token", "-")):
+            assert value not in log.read_text()
