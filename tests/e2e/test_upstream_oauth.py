@@ -271,7 +271,7 @@ async def test_client_credentials_against_oidc_provider_gets_calls_and_renews(tm
 
 @requires_tools("node")
 async def test_authorization_code_against_oidc_provider_logs_in_and_refreshes_after_a_restart(tmp_path: Path) -> None:
-    with protected_upstream(tmp_path, ttl=3) as (url, issuer, redirect_port, record):
+    with protected_upstream(tmp_path, ttl=3) as (url, _issuer, redirect_port, _record):
         oauth = {"client_id": "guard-app", "redirect_uri": f"http://127.0.0.1:{redirect_port}/callback",
                  "scopes": ["tools", "offline_access"]}
         config = write_guard_config(tmp_path, {"app": {"url": url, "prefix": False, "auth": {"oauth": oauth}}},
