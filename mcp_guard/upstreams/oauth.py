@@ -66,6 +66,7 @@ logging.getLogger("mcp.client.auth").setLevel(logging.CRITICAL)
 REFRESH_MARGIN = 60.0  # refresh this long before the access token expires
 CALLBACK_TIMEOUT = 300.0  # how long a login waits on the person at the browser
 MAX_AUTHORIZATIONS = 3  # full authorizations per upstream per ten minutes (step-up loops end here)
+_AUTHORIZATIONS: dict[Path, list[float]] = {}  # per token file, across reconnects of one process
 CALLBACK_PATH = "/callback"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -323,14 +324,14 @@ class _GuardFlow:
     store: TokenStore
     scopes: tuple[str, ...]
     failure: str | None
-    _authorizations: list[float]
+    may_authorize: bool
 
-    def _setup(self, name: str, store: TokenStore, scopes: tuple[str, ...]) -> None:
+    def _setup(self, name: str, store: TokenStore, scopes: tuple[str, ...], may_authorize: bool) -> None:
         self.name = name
         self.store = store
         self.scopes = scopes
         self.failure = None
-        self._authorizations = []
+        self.may_authorize = may_authorize  # False: a person would be needed and none is there
 
     async def _initialize(self) -> None:
         """The SDK reloads tokens and client; the guard also reloads expiry and metadata, so a
@@ -371,10 +372,14 @@ class _GuardFlow:
         return ok
 
     async def _perform_authorization(self) -> httpx2.Request:
-        """Every full authorization: within the retry limit, and asking for the configured scopes too."""
+        """Every full authorization: only with someone to ask, within the retry limit, and asking
+        for the configured scopes too."""
+        if not self.may_authorize:
+            raise LoginRequired(f"needs authorization: run `mcp-guard login {self.name}` first")
         now = time.monotonic()
-        self._authorizations = [t for t in self._authorizations if now - t < 600.0] + [now]
-        if len(self._authorizations) > MAX_AUTHORIZATIONS:
+        recent = [t for t in _AUTHORIZATIONS.get(self.store.path, []) if now - t < 600.0] + [now]
+        _AUTHORIZATIONS[self.store.path] = recent
+        if len(recent) > MAX_AUTHORIZATIONS:
             raise AuthRefused(f"authorized {MAX_AUTHORIZATIONS} times in ten minutes and the upstream still refuses; giving up")
         if self.scopes:
             self.context.client_metadata.scope = union_scopes(self.context.client_metadata.scope, " ".join(self.scopes))
@@ -459,7 +464,7 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
             server_url=config.url, storage=store, client_id=auth.client_id, client_secret=auth.client_secret,
             scope=" ".join(auth.scopes) or None, issuer=auth.issuer,
         ) if auth.issuer else _quiet_client_credentials(config.url, store, auth)
-        cc._setup(config.name, store, auth.scopes)
+        cc._setup(config.name, store, auth.scopes, True)
         return cc
 
     may_ask = interactive if interactive is not None else config.browser is not None
@@ -473,8 +478,6 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
         target = urlsplit(url)
         if target.scheme != "https" and not (target.scheme == "http" and target.hostname in LOOPBACK_HOSTS):
             raise AuthRefused(f"refused to open the authorization page {target.scheme}://{target.netloc}{target.path}: only https is allowed")
-        if not may_ask:
-            raise LoginRequired(f"needs authorization: run `mcp-guard login {name}` first")
         await listener.start()
         say(f"Authorize mcp-guard for upstream {name} by opening:\n  {url}")
         asyncio.get_running_loop().run_in_executor(None, _open_browser, url)
@@ -506,7 +509,7 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
         callback_handler=callback_handler,
         client_metadata_url=auth.client_metadata_url,
     )
-    provider._setup(name, store, auth.scopes)
+    provider._setup(name, store, auth.scopes, may_ask)
     return provider
 
 
