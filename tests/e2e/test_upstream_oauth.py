@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import shlex
@@ -241,8 +242,13 @@ def protected_upstream(tmp_path: Path, ttl: int) -> Iterator[tuple[str, str, int
         yield url, issuer, redirect_port, record
 
 
-def _accepted(record: Path) -> list[dict[str, Any]]:
+def _presented(record: Path) -> list[dict[str, Any]]:
+    """Every bearer token the protected upstream was shown (hashed), accepted or not."""
     return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+def _accepted(record: Path) -> list[dict[str, Any]]:
+    return [entry for entry in _presented(record) if entry["accepted"]]
 
 
 @requires_tools("node")
@@ -292,3 +298,34 @@ async def test_authorization_code_against_oidc_provider_logs_in_and_refreshes_af
         assert "Authorize mcp-guard" not in log.read_text()  # no new authorization was needed
         for value in (before["access_token"], after["access_token"], before.get("refresh_token", "-"), after.get("refresh_token", "-")):
             assert value not in log.read_text()
+
+
+@requires_tools("node")
+async def test_serve_never_sends_the_callers_token_upstream(tmp_path: Path) -> None:
+    """serve: callers present grant chains to the guard; the upstream only ever sees the guard's JWT."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
+
+    key, pub = generate_keypair()
+    (tmp_path / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
+    chain = issue_grant(key, "corp-idp", "alice", "agent", ["svc/*"])
+    with protected_upstream(tmp_path, ttl=60) as (url, issuer, _, record):
+        cc = {"client_id": "svc", "client_secret": "svc-secret", "scopes": ["tools"], "issuer": issuer}
+        config = write_guard_config(tmp_path, {"svc": {"url": url, "auth": {"client_credentials": cc}}},
+                                    state={"url": "sqlite:///state/state.db"},
+                                    trust={"issuers": {"corp-idp": str(tmp_path / "idp.jwk")}})
+        port = free_port()
+        with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)], port,
+                        log=tmp_path / "serve.log", env=_guard_env()):
+            headers = {"Authorization": f"Bearer {chain}"}
+            async with (create_mcp_http_client(headers=headers) as http,
+                        Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), mode="legacy") as host):
+                answer = await host.call_tool("svc_whoami", {})
+                assert not answer.is_error and "client=svc" in answer.content[0].text  # type: ignore[union-attr]
+    presented = _presented(record)
+    assert presented and all(entry["accepted"] for entry in presented)
+    assert hashlib.sha256(chain.encode()).hexdigest() not in {entry["sha256"] for entry in presented}
+    assert chain not in (tmp_path / "serve.log").read_text()
