@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -523,6 +524,13 @@ def browser_command(environ: Mapping[str, str] | None = None) -> str | None:
     """``$BROWSER``: when set, ``run`` may open an authorization page itself (else it asks for ``login``)."""
     env = os.environ if environ is None else environ
     return env.get("BROWSER") or None
+
+
+def has_browser(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``login`` should open a browser: ``$BROWSER``, or a desktop session (never a
+    console browser taking over the terminal the URL is printed on)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("BROWSER") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"))
 
 
 def read_token(value: str) -> str:

@@ -10,7 +10,7 @@ import asyncio
 
 import click
 
-from mcp_guard.config import GuardConfig, UpstreamConfig, load_config
+from mcp_guard.config import GuardConfig, UpstreamConfig, has_browser, load_config
 from mcp_guard.errors import ConfigError
 
 _config_option = click.option("--config", "config_path", default="guard.yaml", show_default=True,
@@ -36,8 +36,8 @@ def _upstream(config: GuardConfig, name: str, config_path: str) -> UpstreamConfi
 def login(upstream: str, config_path: str, wait: str) -> None:
     """Authorize the guard at an HTTP upstream now and store its tokens (encrypted, for this user).
 
-    Prints the authorization URL, opens it in $BROWSER or the system browser when there is one, and
-    waits for the redirect to a loopback address on this machine.
+    Prints the authorization URL, opens it in $BROWSER or the desktop's browser when there is one,
+    and waits for the authorization server's redirect to a loopback address on this machine.
     """
     from mcp_guard.cli.run import setup_logging
     from mcp_guard.config import parse_duration
@@ -48,7 +48,7 @@ def login(upstream: str, config_path: str, wait: str) -> None:
     if seconds is None:
         raise click.BadParameter("must be a duration such as 30s or 5m", param_hint="--timeout")
     up = _upstream(load_config(config_path), upstream, config_path)
-    tokens = asyncio.run(run_login(up, lambda text: click.echo(text, err=True), seconds))
+    tokens = asyncio.run(run_login(up, lambda text: click.echo(text, err=True), seconds, open_browser=has_browser()))
     expiry = f", expires in {tokens.expires_in}s" if tokens.expires_in else ""
     refresh = ", refreshable" if tokens.refresh_token else ""
     scope = f" for scope `{tokens.scope}`" if tokens.scope else ""

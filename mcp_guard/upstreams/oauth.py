@@ -44,7 +44,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from mcp.client.auth import OAuthClientProvider, TokenStorage
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.auth.utils import union_scopes
-from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT, create_mcp_http_client
 from mcp.shared.auth import (
     AuthorizationCodeResult,
     OAuthClientInformationFull,
@@ -253,16 +253,17 @@ class CheckedTransport(httpx2.AsyncBaseTransport):
 
 
 class LoopbackCallback:
-    """A one-shot HTTP listener on 127.0.0.1 that receives the authorization redirect."""
+    """A one-shot HTTP listener on a loopback address that receives the authorization redirect."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host  # "localhost" listens on every loopback address it names (127.0.0.1 and ::1)
         self.port = port
         self._result: asyncio.Future[dict[str, str]] | None = None
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         self._result = asyncio.get_running_loop().create_future()
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -369,6 +370,8 @@ class _GuardFlow:
         ok = bool(await super()._handle_refresh_response(response))  # type: ignore[misc]
         if ok:
             self._remember()
+        else:  # refused (revoked, expired): never offer it again, also not after a restart
+            self.store.save(tokens=None, expires_at=None)
         return ok
 
     async def _perform_authorization(self) -> httpx2.Request:
@@ -394,6 +397,7 @@ class _GuardFlow:
                 response = yield outgoing
                 outgoing = await flow.asend(response)
         except StopAsyncIteration:
+            self.failure = None
             return
         except UpstreamError as exc:
             self.failure = str(exc)
@@ -440,11 +444,12 @@ def _open_browser(url: str) -> None:
 
 
 def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notify: Notify | None = None,
-               wait: float = CALLBACK_TIMEOUT) -> GuardProvider | None:
+               wait: float = CALLBACK_TIMEOUT, open_browser: bool | None = None) -> GuardProvider | None:
     """The ``httpx2.Auth`` for an upstream's ``auth:`` (None when it has none).
 
     ``interactive`` None means: only when ``$BROWSER`` is set (``run``); ``login`` passes True.
-    ``notify`` shows the authorization URL (stderr by default).
+    ``notify`` shows the authorization URL (stderr by default); ``open_browser`` (default: when
+    ``$BROWSER`` is set) also opens it, through ``$BROWSER`` or the desktop's browser.
     """
     auth = config.auth
     if auth is None or config.url is None or config.token_file is None:
@@ -468,10 +473,11 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
         return cc
 
     may_ask = interactive if interactive is not None else config.browser is not None
+    launch = open_browser if open_browser is not None else config.browser is not None
     redirect = _redirect_uri(auth, store)
     if fixed is not None and fixed.redirect_uris is None:
         fixed.redirect_uris = [AnyUrl(redirect)]
-    listener = LoopbackCallback(urlsplit(redirect).port or 0)
+    listener = LoopbackCallback(urlsplit(redirect).hostname or "127.0.0.1", urlsplit(redirect).port or 0)
     name = config.name
 
     async def redirect_handler(url: str) -> None:
@@ -480,7 +486,8 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
             raise AuthRefused(f"refused to open the authorization page {target.scheme}://{target.netloc}{target.path}: only https is allowed")
         await listener.start()
         say(f"Authorize mcp-guard for upstream {name} by opening:\n  {url}")
-        asyncio.get_running_loop().run_in_executor(None, _open_browser, url)
+        if launch:
+            asyncio.get_running_loop().run_in_executor(None, _open_browser, url)
 
     async def callback_handler() -> AuthorizationCodeResult:
         params = await listener.wait(wait)
@@ -527,10 +534,10 @@ def _quiet_client_credentials(url: str, store: TokenStore, auth: ClientCredentia
 
 def http_client(config: UpstreamConfig, auth: GuardProvider | None) -> httpx2.AsyncClient:
     """The upstream's HTTP client: the SDK's timeouts, static headers, and with ``auth`` the checked transport."""
-    timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
     if auth is None:
-        return httpx2.AsyncClient(timeout=timeout, headers=dict(config.headers))
+        return create_mcp_http_client(headers=dict(config.headers))
     assert config.url is not None
+    timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
 
     def refused(reason: str) -> None:
         auth.failure = reason
@@ -539,10 +546,10 @@ def http_client(config: UpstreamConfig, auth: GuardProvider | None) -> httpx2.As
     return httpx2.AsyncClient(timeout=timeout, headers=dict(config.headers), auth=auth, transport=transport)
 
 
-async def login(config: UpstreamConfig, notify: Notify, wait: float = CALLBACK_TIMEOUT) -> OAuthToken:
+async def login(config: UpstreamConfig, notify: Notify, wait: float = CALLBACK_TIMEOUT, open_browser: bool = True) -> OAuthToken:
     """Run the flow now (``mcp-guard login``): one authenticated ``initialize`` makes the SDK
     discover, register and authorize exactly as a later ``run`` would."""
-    provider = build_auth(config, interactive=True, notify=notify, wait=wait)
+    provider = build_auth(config, interactive=True, notify=notify, wait=wait, open_browser=open_browser)
     if provider is None:
         raise UpstreamError(f"upstream {config.name} has no `auth: oauth` or `auth: client_credentials` to log in with")
     assert config.url is not None
