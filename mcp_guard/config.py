@@ -32,7 +32,7 @@ class OAuthConfig:
     """``auth: {oauth: …}``: authorization code + PKCE with a loopback redirect, tokens kept per user."""
 
     client_id: str | None = None  # a pre-registered client; else a metadata document or registration
-    client_secret: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
     client_metadata_url: str | None = None
     scopes: tuple[str, ...] = ()
     redirect_uri: str | None = None  # the loopback URI registered for a pre-registered client
@@ -43,7 +43,7 @@ class ClientCredentialsConfig:
     """``auth: {client_credentials: …}``: a service's own credentials, no person in the loop."""
 
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     scopes: tuple[str, ...] = ()
     issuer: str | None = None  # the only authorization server these credentials may be sent to
 
