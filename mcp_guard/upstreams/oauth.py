@@ -378,14 +378,19 @@ class _GuardFlow:
         """Every full authorization: only with someone to ask, within the retry limit, and asking
         for the configured scopes too."""
         if not self.may_authorize:
+            # remember what the upstream asked for (a step-up's scopes), so the next login asks for it too
+            wanted = self.context.client_metadata.scope
+            if wanted and wanted != self.store.load().get("wanted_scope"):
+                self.store.save(wanted_scope=wanted)
             raise LoginRequired(f"needs authorization: run `mcp-guard login {self.name}` first")
         now = time.monotonic()
         recent = [t for t in _AUTHORIZATIONS.get(self.store.path, []) if now - t < 600.0] + [now]
         _AUTHORIZATIONS[self.store.path] = recent
         if len(recent) > MAX_AUTHORIZATIONS:
             raise AuthRefused(f"authorized {MAX_AUTHORIZATIONS} times in ten minutes and the upstream still refuses; giving up")
-        if self.scopes:
-            self.context.client_metadata.scope = union_scopes(self.context.client_metadata.scope, " ".join(self.scopes))
+        wanted = union_scopes(" ".join(self.scopes) or None, self.store.load().get("wanted_scope"))
+        if wanted:
+            self.context.client_metadata.scope = union_scopes(self.context.client_metadata.scope, wanted)
         return await super()._perform_authorization()  # type: ignore[misc, no-any-return]
 
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
@@ -547,27 +552,34 @@ def http_client(config: UpstreamConfig, auth: GuardProvider | None) -> httpx2.As
 
 
 async def login(config: UpstreamConfig, notify: Notify, wait: float = CALLBACK_TIMEOUT, open_browser: bool = True) -> OAuthToken:
-    """Run the flow now (``mcp-guard login``): one authenticated ``initialize`` makes the SDK
-    discover, register and authorize exactly as a later ``run`` would."""
+    """Run the flow now (``mcp-guard login``): ``initialize`` and ``tools/list``, as a later ``run``
+    begins, make the SDK discover, register and authorize exactly as that run would (a server may
+    leave ``initialize`` open and protect only what follows)."""
     provider = build_auth(config, interactive=True, notify=notify, wait=wait, open_browser=open_browser)
     if provider is None:
         raise UpstreamError(f"upstream {config.name} has no `auth: oauth` or `auth: client_credentials` to log in with")
     assert config.url is not None
     provider.store.save(tokens=None, expires_at=None)  # a login always asks again
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "mcp-guard", "version": __version__}}}
-    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+    version = "2025-11-25"
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": version}
+    init = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "mcp-guard", "version": __version__}}
+    probes = [("initialize", 1, init), ("notifications/initialized", None, None), ("tools/list", 2, {})]
     async with http_client(config, provider) as client:
-        try:
-            response = await client.post(config.url, json=body, headers=headers)
-        except httpx2.TransportError as exc:
-            raise UpstreamError(f"upstream {config.name} at {config.url} is unreachable: {exc}") from None
-        if response.status_code in (401, 403):
-            raise AuthRefused(f"upstream {config.name} still answers {response.status_code} after authorization")
-        session = response.headers.get("mcp-session-id")
-        if session:  # end the session the probe opened
+        for method, rid, params in probes:
+            body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+            if rid is not None:
+                body.update(id=rid, params=params)
+            try:
+                response = await client.post(config.url, json=body, headers=headers)
+            except httpx2.TransportError as exc:
+                raise UpstreamError(f"upstream {config.name} at {config.url} is unreachable: {exc}") from None
+            if response.status_code in (401, 403):
+                raise AuthRefused(f"upstream {config.name} still answers {response.status_code} after authorization")
+            if response.headers.get("mcp-session-id"):
+                headers["mcp-session-id"] = response.headers["mcp-session-id"]
+        if "mcp-session-id" in headers:  # end the session the probe opened
             with contextlib.suppress(httpx2.HTTPError):
-                await client.delete(config.url, headers={"mcp-session-id": session})
+                await client.delete(config.url, headers=headers)
     tokens = await provider.store.get_tokens()
     if tokens is None:
         raise AuthRefused(f"upstream {config.name} did not ask for authorization, so there is nothing to store")

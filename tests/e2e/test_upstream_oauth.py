@@ -329,3 +329,30 @@ async def test_serve_never_sends_the_callers_token_upstream(tmp_path: Path) -> N
     assert presented and all(entry["accepted"] for entry in presented)
     assert hashlib.sha256(chain.encode()).hexdigest() not in {entry["sha256"] for entry in presented}
     assert chain not in (tmp_path / "serve.log").read_text()
+
+
+async def test_a_step_up_without_a_browser_is_remembered_for_the_next_login(tmp_path: Path) -> None:
+    """403 insufficient_scope in a run without a browser: the call fails with one sentence, and the
+    next `login` asks for the old and the challenged scopes together; then the call goes through."""
+    with scenario_server("auth/scope-step-up", tmp_path / "scenario.log") as url:
+        config = write_guard_config(tmp_path, {"up": {"url": url, "prefix": False, "auth": {"oauth": {}}}},
+                                    state={"url": "sqlite:///state/state.db"})
+        opened = tmp_path / "opened.txt"
+        login_env = _guard_env(BROWSER=BROWSER, OAUTH_BROWSER_LOG=str(opened))
+        assert _cli("login", "up", "--config", str(config), env=login_env, cwd=tmp_path).returncode == 0
+        assert "scope=mcp%3Abasic" in opened.read_text() and "mcp%3Awrite" not in opened.read_text()
+
+        log = tmp_path / "guard.log"
+        async with guarded_session(config, env=_guard_env(), stderr=log) as host:
+            assert [t.name for t in (await host.list_tools()).tools] == ["test-tool"]
+            with pytest.raises(Exception) as refused:  # noqa: PT011 - an error result or an MCP error, both say the same
+                result = await host.call_tool("test-tool", {})
+                raise AssertionError(result.content[0].text)  # type: ignore[union-attr]
+            assert "run `mcp-guard login up` first" in str(refused.value)
+
+        opened.unlink()
+        again = _cli("login", "up", "--config", str(config), env=login_env, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "scope=mcp%3Abasic+mcp%3Awrite" in opened.read_text()
+        async with guarded_session(config, env=_guard_env(), stderr=log) as host:
+            assert not (await host.call_tool("test-tool", {})).is_error
