@@ -497,7 +497,7 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
     async def callback_handler() -> AuthorizationCodeResult:
         params = await listener.wait(wait)
         if "error" in params:
-            detail = params.get("error_description") or params["error"]
+            detail = (params.get("error_description") or params["error"])[:200]
             raise AuthRefused(f"the authorization server refused: {detail}")
         if not params.get("code"):
             raise AuthRefused("the authorization redirect carried no code")

@@ -345,7 +345,7 @@ async def test_a_step_up_without_a_browser_is_remembered_for_the_next_login(tmp_
         log = tmp_path / "guard.log"
         async with guarded_session(config, env=_guard_env(), stderr=log) as host:
             assert [t.name for t in (await host.list_tools()).tools] == ["test-tool"]
-            with pytest.raises(Exception) as refused:  # noqa: PT011 - an error result or an MCP error, both say the same
+            with pytest.raises(Exception) as refused:
                 result = await host.call_tool("test-tool", {})
                 raise AssertionError(result.content[0].text)  # type: ignore[union-attr]
             assert "run `mcp-guard login up` first" in str(refused.value)
