@@ -230,7 +230,9 @@ class GuardApprover:
                 return self._approved(verdict, entry, earlier, "remembered", 0.0, None)
         params = request.get("params") if isinstance(request.get("params"), dict) else {}
         assert isinstance(params, dict)
-        if session.era == "modern":
+        if self.ctx.approval_queue_only:
+            out = await self._queue(session, who, entry, args, digest, verdict)  # the caller must not approve itself
+        elif session.era == "modern":
             if "requestState" in params:
                 out = await self._redeem(session, who, entry, args, digest, verdict, params)
             elif _form_capable(self._request_capabilities(params).get("elicitation")):

@@ -116,6 +116,7 @@ class GuardContext:
     approver: Approver = field(default_factory=NoApprover)
     pins: PinSet | None = None
     clock: Callable[[], float] = time.time
+    approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
 
 
 @dataclass
@@ -143,6 +144,7 @@ class GuardSession:
         self.hub = hub
         self.chain = chain if hub is not None else ctx.chain
         self.id = uuid.uuid4().hex
+        self.limit_scope = self.id  # what per_minute/per_session limits count by (serve: the principal)
         self.era: str | None = None  # "legacy" | "modern"
         self.protocol_version = LATEST_LEGACY
         self.client_info: Message = {}
@@ -522,7 +524,7 @@ class GuardSession:
                 verdict = await ctx.approver.ask(self, entry, args, verdict, message)
             if verdict.forward and self.upstreams[entry.upstream].status == "ready":
                 # only a call that will be forwarded spends a rate slot or a budget unit
-                verdict = await enforce.check_limits(ctx.store, ctx.policies, self.chain, who, entry, self.id, verdict)
+                verdict = await enforce.check_limits(ctx.store, ctx.policies, self.chain, who, entry, self.limit_scope, verdict)
         except StateError as exc:
             return enforce.Verdict("deny", f"mcp-guard denied {entry.qualified}: the state store is unavailable ({exc})")
         return verdict
