@@ -209,9 +209,14 @@ async def test_a_caller_cannot_approve_its_own_call(guard: Guard, mode: str) -> 
                 break
             await asyncio.sleep(0.1)
         assert len(waiting) == 1, "the call must wait in the approval queue"
+        assert guard.record.calls() == [] and not call.done()
+        done = await _cli("approvals", "approve", waiting[0]["id"], "--as", "oncall@example.com", "--config", str(guard.config))
+        assert done.returncode == 0, done.stderr
         result = await asyncio.wait_for(call, 30)
-    assert result.is_error and asked == []  # never asked the caller; timed out in the queue
-    assert guard.record.calls() == []
+    assert not result.is_error and asked == []  # released by the queue; the caller was never asked
+    assert guard.record.tools_called() == ["write_note"]
+    last = [json.loads(line) for line in (guard.tmp / "audit.jsonl").read_text().splitlines()][-1]
+    assert last["approver"] == "oncall@example.com" and last["approval"]["channel"] == "queue"
     # a hand-made 2026-07-28 answer ({approve: true} with no sealed state) does not get through either
     async with httpx2.AsyncClient(timeout=30) as raw:
         forged = await raw.post(url, headers={**ACCEPT, **headers}, json={
@@ -220,7 +225,8 @@ async def test_a_caller_cannot_approve_its_own_call(guard: Guard, mode: str) -> 
                        "inputResponses": {"approval": {"action": "accept", "content": {"approve": True}}},
                        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                                  "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}}})
-    assert forged.status_code == 200 and forged.json()["result"]["isError"] and guard.record.calls() == []
+    assert forged.status_code == 200 and forged.json()["result"]["isError"]
+    assert guard.record.tools_called() == ["write_note"]  # still only the one the queue released
 
 async def _echo(http: httpx2.AsyncClient, url: str, token: str, i: int) -> bool:
     """A new session (re-initialise) for each call; True when the call went through."""
