@@ -10,10 +10,12 @@ missing scope, a token for another resource.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +271,46 @@ async def test_token_exchange_then_offline_delegation(served: Served, idp: Idp, 
     # the root is bound to the agent's key: someone else's key cannot extend it
     stolen = await _cli("grant", "delegate", "--chain", root, "--key", str(sub_priv), "--agent", "thief", "--tools", "rec/echo")
     assert stolen.returncode != 0
+
+
+# --------------------------------------------------------------------------- the official suite
+
+
+# what `serve` cannot pass by design: plain JSON answers, no stream back to the caller (docs/serve.md)
+SERVE_LIMITATIONS = frozenset({
+    "tools-call-with-logging", "tools-call-with-progress", "tools-call-sampling", "tools-call-elicitation",
+    "elicitation-sep1034-defaults", "elicitation-sep1330-enums",
+})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@requires_tools("conformance")
+def test_conformance_suite_through_serve_with_an_idp_token(idp: Idp, tmp_path: Path) -> None:
+    """conformance -> bearer proxy (adds the IdP's token; Host/Origin unchanged) -> serve -> fixture."""
+    from fixtures import ALLOW_ALL, conformance_server_command
+    from test_conformance import failed, passed, run_conformance
+
+    serve_port, proxy_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{serve_port}/mcp"
+    config = write_guard_config(
+        tmp_path, {"conformance": stdio_upstream(conformance_server_command(), prefix=False)}, ALLOW_ALL,
+        serve={"url": url, "oauth": [{"issuer": idp.issuer, "scopes": ["mcp"]}], "allowed_hosts": [f"localhost:{proxy_port}"]},
+    )
+    token = idp.token("planner", url)
+    with contextlib.ExitStack() as stack:
+        for argv, port, name in (
+            ([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(serve_port)], serve_port, "serve"),
+            ([sys.executable, str(Path(__file__).parents[1] / "fixtures" / "bearer_proxy.py"), str(proxy_port),
+              f"http://127.0.0.1:{serve_port}", token], proxy_port, "proxy"),
+        ):
+            log = stack.enter_context((tmp_path / f"{name}.log").open("ab"))
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=tools_env())
+            stack.callback(stop_process, proc)
+            wait_for_port(port, timeout=60, proc=proc)
+        checks = run_conformance(f"http://localhost:{proxy_port}/mcp", tmp_path / "results")
+    ok, bad = passed(checks), failed(checks)
+    print(f"conformance through serve + OAuth: {len(ok)} passed, {len(bad)} failed: {sorted(bad)}")
+    assert {scenario for scenario, _ in bad} <= SERVE_LIMITATIONS, sorted(bad)
+    assert ("dns-rebinding-protection", "localhost-host-rebinding-rejected") in ok
+    assert len(ok) >= 25  # active suite, measured: 25 passed, the 6 limitations above failed
