@@ -96,6 +96,12 @@ class _ReplyHost:
         answer["id"] = original
         return answer
 
+    def abort(self, reason: str) -> None:
+        """The session is closing: answer every request still waiting, so no POST hangs."""
+        for inner, fut in list(self._waiting.items()):
+            if not fut.done():
+                fut.set_result(error(inner, INVALID_REQUEST, reason))
+
     async def cancel(self, session: GuardSession, message: Message) -> None:
         """``notifications/cancelled`` for a request still open on another POST: cancel it in the
         session and close that POST with a JSON-RPC error (an HTTP request needs an answer)."""
@@ -146,12 +152,17 @@ class Caller:
 
 @dataclass
 class _Session:
+    key: str  # "sid:<Mcp-Session-Id>" or "id:<binding>" (2026-07-28, one per caller)
     session: GuardSession
     host: _ReplyHost
     binding: str
     owner: str
     used: float
     busy: int = 0
+
+    async def close(self, reason: str) -> None:
+        self.host.abort(reason)
+        await self.session.close()
 
 
 def _token_key(token: str) -> str:
@@ -185,7 +196,7 @@ class HttpGuard:
         ctx.approval_queue_only = True  # the caller holds every other channel: it must not approve itself
         self.hub = GuardSession(ctx, _NullHost())
         self.hub.era = "modern"  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
-        self.entries: OrderedDict[str, _Session] = OrderedDict()  # "sid:<id>" | "id:<binding>" -> session, LRU order
+        self.entries: dict[str, _Session] = {}  # _Session.key -> session
         self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
         self._sweeper: asyncio.Task[None] | None = None
         self.mcp_path = "/mcp"
@@ -228,7 +239,7 @@ class HttpGuard:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for entry in list(self.entries.values()):
-            await entry.session.close()
+            await entry.close("The guard is shutting down")
         self.entries.clear()
         await self.hub.close()
 
@@ -358,7 +369,7 @@ class HttpGuard:
             if entry is None or entry.binding != caller.binding:
                 return Response(status_code=404)
             self._drop(f"sid:{sid}")
-            await entry.session.close()
+            await entry.close("Session ended")
             return Response(status_code=200)
         body = await self.read_body(request)
         if isinstance(body, Response):
@@ -413,7 +424,7 @@ class HttpGuard:
     async def _open(self, key: str, caller: Caller) -> _Session:
         """A new session for ``caller``; past ``max_sessions_per_principal`` its own oldest idle one goes."""
         host = _ReplyHost()
-        entry = _Session(_CallerSession(self.ctx, host, self.hub, caller), host, caller.binding, caller.owner, time.monotonic())
+        entry = _Session(key, _CallerSession(self.ctx, host, self.hub, caller), host, caller.binding, caller.owner, time.monotonic())
         self.entries[key] = entry
         mine = self.owned.setdefault(caller.owner, OrderedDict())
         mine[key] = None
@@ -423,11 +434,14 @@ class HttpGuard:
             if old is not None:
                 log.info("%s has more than %d sessions: its least recently used one is closed", caller.owner,
                          self.serve.max_sessions_per_principal)
-                await old.session.close()
+                await old.close("Session closed: this caller opened too many sessions")
         return entry
 
     def _touch(self, entry: _Session) -> None:
         entry.used = time.monotonic()
+        mine = self.owned.get(entry.owner)
+        if mine is not None and entry.key in mine:
+            mine.move_to_end(entry.key)
 
     def _drop(self, key: str) -> _Session | None:
         entry = self.entries.pop(key, None)
@@ -446,7 +460,7 @@ class HttpGuard:
         for key in stale:
             entry = self._drop(key)
             if entry is not None:
-                await entry.session.close()
+                await entry.close("Session expired")
         return len(stale)
 
     async def _sweep(self) -> None:
