@@ -184,6 +184,42 @@ async def test_protected_resource_metadata_and_the_challenge(served: Served, idp
     assert 'scope="mcp"' in challenge and "error=" not in challenge  # RFC 6750: no error code without credentials
 
 
+class _Tokens:
+    """In-memory TokenStorage for the SDK's OAuth client."""
+
+    def __init__(self) -> None:
+        self.tokens: Any = None
+        self.client: Any = None
+
+    async def get_tokens(self) -> Any:
+        return self.tokens
+
+    async def set_tokens(self, tokens: Any) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> Any:
+        return self.client
+
+    async def set_client_info(self, client_info: Any) -> None:
+        self.client = client_info
+
+
+async def test_the_sdks_oauth_client_discovers_everything_from_the_401(served: Served, idp: Idp) -> None:
+    """The mcp SDK's own OAuth client (client_credentials): 401 -> RFC 9728 metadata -> the IdP's
+    metadata -> a token for this resource (RFC 8707) -> the call; nothing configured but the URL."""
+    from mcp import Client
+    from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    storage = _Tokens()
+    auth = ClientCredentialsOAuthProvider(served.url, storage, "planner", CLIENTS["planner"]["secret"], scope="mcp", issuer=idp.issuer)
+    async with create_mcp_http_client(auth=auth) as http, Client(streamable_http_client(served.url, http_client=http)) as client:
+        assert not (await client.call_tool("rec_echo", {"text": "discovered"})).is_error
+    assert storage.tokens is not None and jwt.decode(storage.tokens.access_token, options={"verify_signature": False})["aud"] == served.url
+    assert served.record.calls() == [("echo", {"text": "discovered"})]
+
+
 # --------------------------------------------------------------------------- attacks
 
 
@@ -259,6 +295,14 @@ async def test_token_exchange_then_offline_delegation(served: Served, idp: Idp, 
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": root,
             "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "cnf_jwk": agent_jwk.read_text()})
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+        exchange = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": access,
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "cnf_jwk": agent_jwk.read_text()}
+        for change, code in (({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+                             ({"cnf_jwk": json.dumps(idp.jwks()["keys"][0])}, "invalid_request"),  # not an Ed25519 public key
+                             ({"subject_token": idp.token("expired", served.url)}, "invalid_grant"),
+                             ({"subject_token_type": "urn:ietf:params:oauth:token-type:id_token"}, "invalid_request")):
+            bad = await http.post(f"http://127.0.0.1:{served.port}/token", data={**exchange, **change})
+            assert bad.status_code == 400 and bad.json()["error"] == code, (change, bad.text)
     delegated = await _cli("grant", "delegate", "--chain", root, "--key", str(agent_priv), "--agent", "summarizer",
                            "--agent-key", str(sub_jwk), "--tools", "rec/echo", "--ttl", "10m")
     assert delegated.returncode == 0, delegated.stderr
