@@ -245,10 +245,6 @@ class HttpGuard:
 
     # ------------------------------------------------------------------ resource server
 
-    @property
-    def resource(self) -> str | None:
-        return self.serve.url
-
     def _challenge(self, request: Request | None, code: str | None, description: str | None, scope: str | None = None) -> str:
         parts = ['Bearer realm="mcp-guard"']
         if self.oauth is not None:
@@ -285,6 +281,7 @@ class HttpGuard:
         if scope is None and self.oauth is not None and self.oauth.scopes:
             scope = " ".join(self.oauth.scopes)
         word = "Forbidden" if status == 403 else "Unauthorized"
+        log.info("refused a request with HTTP %d: %s", status, description)  # no tool call: not an audit decision
         return JSONResponse(
             error(None, INVALID_REQUEST, f"{word}: {description}"),
             status_code=status,
