@@ -79,7 +79,7 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
     from mcp_guard import telemetry
-    from mcp_guard.proxy.guard import build_context, chain_verifier
+    from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
     from mcp_guard.transports.exchange import TokenExchange
     from mcp_guard.transports.http import serve_http
     from mcp_guard.transports.oauth import OAuthVerifier
@@ -90,7 +90,8 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     te = config.serve.token_exchange
     exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
     try:
-        await serve_http(ctx, verifier, host, port, allow_origin, oauth=oauth, exchange=exchange)
+        await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin, config=config.serve,
+                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange)
     finally:
         await ctx.store.close()
         telemetry.shutdown()

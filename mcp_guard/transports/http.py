@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -34,9 +34,15 @@ from starlette.routing import Route
 from mcp_guard.config import ServeConfig
 from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
 from mcp_guard.identity import Principal
-from mcp_guard.proxy.relay import KIND as RELAYED_KIND
-from mcp_guard.proxy.session import GuardContext, GuardSession
-from mcp_guard.proxy.wire import INVALID_REQUEST, PARSE_ERROR, Message, error, is_request
+from mcp_guard.jsonrpc import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    SERVER_TO_CLIENT,
+    HostTransport,
+    Message,
+    error,
+    is_request,
+)
 from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
 
 if TYPE_CHECKING:
@@ -49,15 +55,24 @@ log = logging.getLogger("mcp_guard.http")
 HEADER_MISMATCH = -32020
 REQUEST_CANCELLED = -32800
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
-RELAYED_CAPABILITIES = frozenset(RELAYED_KIND.values())  # need a stream back to the client
+RELAYED_CAPABILITIES = frozenset(SERVER_TO_CLIENT.values())  # need a stream back to the client
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
-class _NullHost:
-    """The hub session's host: upstream notifications have no single client to go to."""
+class HostSession(Protocol):
+    """One caller's guard session, as the transport drives it."""
 
-    async def send(self, message: Message) -> None:
-        log.debug("not delivered in serve mode: %s", message.get("method"))
+    async def handle(self, message: Any) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Sessions(Protocol):
+    """What serving needs from the guard: its shared upstreams, and a new session per caller whose
+    principal is the verified token's and whose limits count by ``limit_scope`` (the principal)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> HostSession: ...
 
 
 class _ReplyHost:
@@ -75,7 +90,7 @@ class _ReplyHost:
         else:
             log.debug("not delivered over plain JSON: %s", message.get("method") or message.get("id"))
 
-    async def ask(self, session: GuardSession, message: Message) -> Message:
+    async def ask(self, session: HostSession, message: Message) -> Message:
         """Hand one request to the session under an id unique to this host, and await its answer."""
         original = message["id"]
         inner = f"h{next(self._ids)}"
@@ -102,7 +117,7 @@ class _ReplyHost:
             if not fut.done():
                 fut.set_result(error(inner, INVALID_REQUEST, reason))
 
-    async def cancel(self, session: GuardSession, message: Message) -> None:
+    async def cancel(self, session: HostSession, message: Message) -> None:
         """``notifications/cancelled`` for a request still open on another POST: cancel it in the
         session and close that POST with a JSON-RPC error (an HTTP request needs an answer)."""
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
@@ -114,19 +129,6 @@ class _ReplyHost:
         fut = self._waiting.get(inner)
         if fut is not None and not fut.done():
             fut.set_result(error(inner, REQUEST_CANCELLED, "Request cancelled"))
-
-
-class _CallerSession(GuardSession):
-    """A guard session whose principal is the verified bearer token's (grant chain or OAuth)."""
-
-    def __init__(self, ctx: GuardContext, host: _ReplyHost, hub: GuardSession, caller: Caller) -> None:
-        super().__init__(ctx, host, hub=hub, chain=caller.chain)
-        self._caller = caller.principal
-        self.limit_scope = caller.owner_id  # limits count per principal, not per session
-
-    @property
-    def principal(self) -> Principal:
-        return self._caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,7 @@ class Caller:
 @dataclass
 class _Session:
     key: str  # "sid:<Mcp-Session-Id>" or "id:<binding>" (2026-07-28, one per caller)
-    session: GuardSession
+    session: HostSession
     host: _ReplyHost
     binding: str
     owner: str
@@ -178,24 +180,24 @@ def resource_metadata_url(resource: str) -> str:
 class HttpGuard:
     def __init__(
         self,
-        ctx: GuardContext,
+        sessions: Sessions,
         verifier: ChainVerifier,
         *,
+        config: ServeConfig | None = None,
+        chain_issuers: frozenset[str] = frozenset(),
         allowed_origins: tuple[str, ...] = (),
         oauth: OAuthVerifier | None = None,
         exchange: TokenExchange | None = None,
         listen: tuple[str, int] | None = None,
     ) -> None:
-        self.ctx = ctx
+        self.guard = sessions
         self.verifier = verifier
+        self.chain_issuers = chain_issuers  # trust.issuers: a JWT naming one of these is a grant chain
         self.oauth = oauth
         self.exchange = exchange
         self.allowed_origins = allowed_origins
-        self.serve: ServeConfig = ctx.config.serve
+        self.serve = config or ServeConfig()
         self.allowed_hosts = self._allowed_hosts(listen)
-        ctx.approval_queue_only = True  # the caller holds every other channel: it must not approve itself
-        self.hub = GuardSession(ctx, _NullHost())
-        self.hub.era = "modern"  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
         self.entries: dict[str, _Session] = {}  # _Session.key -> session
         self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
         self._sweeper: asyncio.Task[None] | None = None
@@ -232,7 +234,7 @@ class HttpGuard:
         await self.app(scope, receive, send)
 
     async def start(self) -> None:
-        await self.hub._ensure_started()
+        await self.guard.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
@@ -241,7 +243,7 @@ class HttpGuard:
         for entry in list(self.entries.values()):
             await entry.close("The guard is shutting down")
         self.entries.clear()
-        await self.hub.close()
+        await self.guard.close()
 
     # ------------------------------------------------------------------ resource server
 
@@ -318,7 +320,7 @@ class HttpGuard:
         if self.oauth is None or "~" in token:
             return False
         iss = self._oauth_issuer(token)
-        return iss in self.oauth.issuers or iss not in self.ctx.config.trust.issuers
+        return iss in self.oauth.issuers or iss not in self.chain_issuers
 
     @staticmethod
     def _oauth_issuer(token: str) -> str | None:
@@ -421,7 +423,8 @@ class HttpGuard:
     async def _open(self, key: str, caller: Caller) -> _Session:
         """A new session for ``caller``; past ``max_sessions_per_principal`` its own oldest idle one goes."""
         host = _ReplyHost()
-        entry = _Session(key, _CallerSession(self.ctx, host, self.hub, caller), host, caller.binding, caller.owner, time.monotonic())
+        session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id)  # limits count per principal
+        entry = _Session(key, session, host, caller.binding, caller.owner, time.monotonic())
         self.entries[key] = entry
         mine = self.owned.setdefault(caller.owner, OrderedDict())
         mine[key] = None
@@ -477,19 +480,22 @@ class HttpGuard:
 
 
 async def serve_http(
-    ctx: GuardContext,
+    sessions: Sessions,
     verifier: ChainVerifier,
     host: str,
     port: int,
     allowed_origins: tuple[str, ...] = (),
     *,
+    config: ServeConfig | None = None,
+    chain_issuers: frozenset[str] = frozenset(),
     oauth: OAuthVerifier | None = None,
     exchange: TokenExchange | None = None,
 ) -> None:
     """Run until cancelled (SIGINT/SIGTERM)."""
     import uvicorn
 
-    guard = HttpGuard(ctx, verifier, allowed_origins=allowed_origins, oauth=oauth, exchange=exchange, listen=(host, port))
+    guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
+                      oauth=oauth, exchange=exchange, listen=(host, port))
     await guard.start()
     server = uvicorn.Server(uvicorn.Config(guard, host=host, port=port, log_level="warning", lifespan="off"))
     log.info("serving MCP at http://%s:%d%s", host, port, guard.mcp_path)
