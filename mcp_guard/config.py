@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.paths import PathContext
@@ -24,6 +26,30 @@ EXPOSED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 RootsMode = Literal["pass", "none"] | tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthConfig:
+    """``auth: {oauth: …}``: authorization code + PKCE with a loopback redirect, tokens kept per user."""
+
+    client_id: str | None = None  # a pre-registered client; else a metadata document or registration
+    client_secret: str | None = field(default=None, repr=False)
+    client_metadata_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    redirect_uri: str | None = None  # the loopback URI registered for a pre-registered client
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentialsConfig:
+    """``auth: {client_credentials: …}``: a service's own credentials, no person in the loop."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: tuple[str, ...] = ()
+    issuer: str | None = None  # the only authorization server these credentials may be sent to
+
+
+UpstreamAuth = OAuthConfig | ClientCredentialsConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +74,9 @@ class UpstreamConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", PathContext(self.workdir, resolve_path if self.resolve else None))
+    auth: UpstreamAuth | None = None  # the guard's own OAuth client toward an HTTP upstream
+    token_file: str | None = None  # where that client keeps its tokens (encrypted), for this user
+    browser: str | None = None  # $BROWSER when set: `run` may then authorize interactively itself
 
     def exposed(self, tool: str) -> str:
         """The name the host sees for this upstream's ``tool``."""
@@ -259,7 +288,10 @@ class _Reader(SourceReader):
 
 _TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve"}
 _UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol",
-             "workdir", "resolve"}
+             "workdir", "resolve", "auth"}
+_AUTH = {"oauth", "client_credentials", "headers"}
+_OAUTH = {"client_id", "client_secret", "client_metadata_url", "scopes", "redirect_uri"}
+_CLIENT_CREDENTIALS = {"client_id", "client_secret", "scopes", "issuer"}
 _IDENTITY = {"user", "agent", "purpose", "grant"}
 _TRUST = {"issuers", "audience"}
 _APPROVALS = {"timeout", "remember", "state_key"}
@@ -302,6 +334,75 @@ def resolve_state_url(url: str, base: Path) -> str:
         if not rest.startswith("/"):
             return "sqlite:///" + str((base / rest).resolve())
     return url
+
+
+def _scopes(r: _Reader, data: Any, path: YPath) -> tuple[str, ...]:
+    """``scopes: [a, b]`` or ``scopes: "a b"``."""
+    if data is None:
+        return ()
+    if isinstance(data, list):
+        return tuple(s for i, v in enumerate(data) if (s := r.string(v, (*path, i))))
+    text = r.string(data, path)
+    return tuple(text.split()) if text else ()
+
+
+def _loopback_uri(text: str) -> bool:
+    u = urlsplit(text)
+    return u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost", "::1") and u.port is not None
+
+
+def _parse_auth(r: _Reader, data: Any, path: YPath, url: str | None, headers: dict[str, str]) -> UpstreamAuth | None:
+    """``auth:`` on an HTTP upstream: ``oauth``, ``client_credentials`` or static ``headers``.
+
+    ``headers`` are merged into the upstream's static headers (so ``auth: {headers: …}`` and the
+    top-level ``headers:`` are one thing); an ``Authorization`` header beside an OAuth form is
+    refused, since the guard would overwrite one credential with the other.
+    """
+    a = r.mapping(data, path, _AUTH, "auth")
+    if url is None:
+        r.error(path, "`auth` applies to HTTP upstreams (`url`) only", "a stdio server takes its credentials from `env`")
+        return None
+    for k, v in r.mapping(a.get("headers"), (*path, "headers"), set(a.get("headers") or {}), "headers").items():
+        headers[str(k)] = r.string(v, (*path, "headers", k)) or ""
+    forms = [k for k in ("oauth", "client_credentials") if k in a]
+    if not forms:
+        if "headers" not in a:
+            r.error(path, "`auth` needs one of `oauth`, `client_credentials` or `headers`")
+        return None
+    if len(forms) > 1:
+        r.error(path, "`auth` takes one of `oauth` or `client_credentials`, not both")
+        return None
+    if any(k.lower() == "authorization" for k in headers):
+        r.error(path, f"`auth.{forms[0]}` supplies the Authorization header; remove the static one from `headers`")
+    form = forms[0]
+    fpath: YPath = (*path, form)
+    if form == "oauth":
+        o = r.mapping(a.get("oauth"), fpath, _OAUTH, "auth.oauth")
+        client_id = r.string(o.get("client_id"), (*fpath, "client_id")) or None
+        secret = r.string(o.get("client_secret"), (*fpath, "client_secret")) or None
+        cimd = r.string(o.get("client_metadata_url"), (*fpath, "client_metadata_url")) or None
+        redirect = r.string(o.get("redirect_uri"), (*fpath, "redirect_uri")) or None
+        if secret and not client_id:
+            r.error((*fpath, "client_secret"), "`client_secret` needs the pre-registered `client_id` it belongs to")
+        if cimd and client_id:
+            r.error((*fpath, "client_metadata_url"), "give either a pre-registered `client_id` or a `client_metadata_url`, not both")
+        if cimd and (urlsplit(cimd).scheme != "https" or urlsplit(cimd).path in ("", "/")):
+            r.error((*fpath, "client_metadata_url"), "`client_metadata_url` must be an https URL with a path (it is the client's id)", value=True)
+        if redirect and not _loopback_uri(redirect):
+            r.error((*fpath, "redirect_uri"), "`redirect_uri` must be a loopback URL with a port, such as http://127.0.0.1:8765/callback", value=True)
+        return OAuthConfig(client_id=client_id, client_secret=secret, client_metadata_url=cimd,
+                           scopes=_scopes(r, o.get("scopes"), (*fpath, "scopes")), redirect_uri=redirect)
+    c = r.mapping(a.get("client_credentials"), fpath, _CLIENT_CREDENTIALS, "auth.client_credentials")
+    cc_id = r.string(c.get("client_id"), (*fpath, "client_id"))
+    cc_secret = r.string(c.get("client_secret"), (*fpath, "client_secret"))
+    for key, val in (("client_id", cc_id), ("client_secret", cc_secret)):
+        if not val:
+            r.error(fpath, f"`client_credentials` needs `{key}`")
+    issuer = r.string(c.get("issuer"), (*fpath, "issuer")) or None
+    if issuer and urlsplit(issuer).scheme not in ("https", "http"):
+        r.error((*fpath, "issuer"), "`issuer` must be the authorization server's https URL", value=True)
+    return ClientCredentialsConfig(client_id=cc_id or "", client_secret=cc_secret or "",
+                                   scopes=_scopes(r, c.get("scopes"), (*fpath, "scopes")), issuer=issuer)
 
 
 def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = None) -> GuardConfig:
@@ -355,6 +456,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         # never guessed from `cwd`: servers resolve relative paths their own way (server-filesystem
         # against its first allowed directory), and a wrong guess would place a path past a deny
         workdir_path = _resolve(base, workdir) if workdir else None
+        auth = _parse_auth(r, u.get("auth"), (*path, "auth"), url, headers) if "auth" in u else None
         upstreams[name] = UpstreamConfig(
             name=name,
             command=command,
@@ -370,6 +472,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             protocol=r.choice(u.get("protocol"), (*path, "protocol"), ("legacy", "auto", "modern"), "legacy"),  # type: ignore[arg-type]
             workdir=str(workdir_path) if workdir_path is not None else None,
             resolve=resolve and url is None,
+            auth=auth,
         )
 
     pol_raw = top.get("policies")
@@ -438,6 +541,10 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
     telemetry = TelemetryConfig(**{k: r.string(te.get(k), ("telemetry", k)) for k in sorted(_TELEMETRY)})
 
     serve = _parse_serve(r, top.get("serve"), base, trust)
+    tokens = _token_dir(resolve_state_url(state_url, base), base) / _file_safe(identity.user or env.get("USER") or env.get("LOGNAME") or "default")
+    for name, up in upstreams.items():
+        if up.auth is not None:
+            upstreams[name] = replace(up, token_file=str(tokens / f"{name}.token"), browser=browser_command(env))
 
     errors = [p for p in r.problems if p.severity == "error"]
     if errors:
@@ -562,6 +669,31 @@ def default_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
         identity=IdentityConfig(user=env.get("USER") or env.get("LOGNAME"), grant=env.get("MCP_GUARD_GRANT") or None),
         state_url=resolve_state_url(DEFAULT_STATE_URL, Path.cwd()),
     )
+
+
+def _token_dir(state_url: str, base: Path) -> Path:
+    """Where upstream OAuth tokens live: ``tokens/`` beside the sqlite state database (else in
+    ``.mcp-guard/`` beside guard.yaml): machine-local, never in a shared store."""
+    if state_url.startswith("sqlite:///"):
+        return Path(state_url[len("sqlite:///"):]).parent / "tokens"
+    return base / ".mcp-guard" / "tokens"
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name).lstrip(".") or "default"
+
+
+def browser_command(environ: Mapping[str, str] | None = None) -> str | None:
+    """``$BROWSER``: when set, ``run`` may open an authorization page itself (else it asks for ``login``)."""
+    env = os.environ if environ is None else environ
+    return env.get("BROWSER") or None
+
+
+def has_browser(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``login`` should open a browser: ``$BROWSER``, or a desktop session (never a
+    console browser taking over the terminal the URL is printed on)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("BROWSER") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"))
 
 
 def read_token(value: str) -> str:

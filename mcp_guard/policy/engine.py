@@ -111,6 +111,7 @@ class _Candidates:
     allow: tuple[_Rule, ...]
     permits: tuple[_Rule, ...]  # approve + allow in canonical order (for the near-miss reason)
     blanket_deny: tuple[_Rule, ...]  # deny rules without argument conditions (discovery)
+    tiers: tuple[tuple[tuple[_Rule, ...], bool], ...] = ()  # the non-empty tiers, most severe first; True = allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +270,7 @@ class PolicySet:
                 paths: PathContext | None, label: str) -> Decision:
         prof = self._profile(principal)
         states = prof.rules
-        for tier, allow in ((c.deny, False), (c.approve, False), (c.allow, True)):
+        for tier, allow in c.tiers:  # precomputed: no allocation, empty tiers skipped
             if allow:
                 matched = [
                     r for r in tier
@@ -457,12 +458,14 @@ class _Index:
         ordered = [picked[k] for k in sorted(picked)]
         # a deny hides at list time when nothing but the URI (known then) conditions it
         resource = kind is Kind.RESOURCE
+        deny = tuple(r for r in ordered if r.effect is Effect.DENY)
+        approve = tuple(r for r in ordered if r.effect is Effect.APPROVE)
+        allow = tuple(r for r in ordered if r.effect is Effect.ALLOW)
         found = _Candidates(
-            tuple(r for r in ordered if r.effect is Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.APPROVE),
-            tuple(r for r in ordered if r.effect is Effect.ALLOW),
+            deny, approve, allow,
             tuple(r for r in ordered if r.effect is not Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.DENY and not (r.argument_conds if resource else r.arg_conds)),
+            tuple(r for r in deny if not (r.argument_conds if resource else r.arg_conds)),
+            tuple((tier, is_allow) for tier, is_allow in ((deny, False), (approve, False), (allow, True)) if tier),
         )
         if len(self.cache) >= _CACHE_MAX:
             self.cache.clear()
@@ -484,10 +487,7 @@ def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations:
         wanted = ", ".join(f"{k}: {str(v).lower()}" for k, v in r.annotations)
         return f"the tool must be annotated {wanted} by a pinned upstream"
     for c, a, ctx in [*((c, _NO_ARGS, None) for c in r.principal_conds), *((c, args, paths) for c in r.arg_conds)]:
-        got = c.test(a, p, ctx)
-        if got is None:
-            return f"{describe(c.source)} (a value that cannot be judged is refused)"
-        if not got:
+        if c.test(a, p, ctx) is not True:  # false or unjudgeable: the same requirement, said once
             return describe(c.source)
     return "no rule allows it"  # unreachable when called on a rule that did not match
 
