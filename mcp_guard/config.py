@@ -123,6 +123,40 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthIssuerConfig:
+    """One authorization server whose JWT access tokens ``serve`` accepts."""
+
+    issuer: str
+    audience: str  # the canonical resource URI the token must name in ``aud`` (default serve.url)
+    scopes: tuple[str, ...] = ()  # every one required
+    user: str = "sub"  # claim naming the origin user
+    agent: str | None = None  # claim naming the agent; None = client_id, then azp
+    purpose: str | None = None  # claim naming the purpose
+
+
+@dataclass(frozen=True, slots=True)
+class TokenExchangeConfig:
+    """``POST /token``: OAuth access tokens exchanged for grant-chain roots signed by ``key``."""
+
+    key: Path
+    issuer: str  # must be one of trust.issuers, so the roots it signs verify here
+    ttl: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """``mcp-guard serve``: the public resource URI, OAuth issuers, and limits under abuse."""
+
+    url: str | None = None  # canonical resource URI (RFC 8707 audience, RFC 9728 ``resource``)
+    oauth: tuple[OAuthIssuerConfig, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the listen address and url's host
+    max_sessions_per_principal: int = 64
+    session_idle: float = 1800.0
+    max_body: int = 4 * 1024 * 1024
+    token_exchange: TokenExchangeConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GuardConfig:
     source: Path | None = None
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
@@ -135,6 +169,7 @@ class GuardConfig:
     lock_file: Path | None = None
     state_url: str = DEFAULT_STATE_URL
     telemetry: TelemetryConfig = TelemetryConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -251,7 +286,7 @@ class _Reader(SourceReader):
         return seconds
 
 
-_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file"}
+_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve"}
 _UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol",
              "workdir", "resolve", "auth"}
 _AUTH = {"oauth", "client_credentials", "headers"}
@@ -263,6 +298,10 @@ _APPROVALS = {"timeout", "remember", "state_key"}
 _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
+_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "session_idle", "max_body", "token_exchange"}
+_OAUTH = {"issuer", "audience", "scopes", "user", "agent", "purpose"}
+_TOKEN_EXCHANGE = {"key", "issuer", "ttl"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_path(path: str) -> str | None:
@@ -501,6 +540,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
     te = r.mapping(top.get("telemetry"), ("telemetry",), _TELEMETRY, "telemetry")
     telemetry = TelemetryConfig(**{k: r.string(te.get(k), ("telemetry", k)) for k in sorted(_TELEMETRY)})
 
+    serve = _parse_serve(r, top.get("serve"), base, trust)
     tokens = _token_dir(resolve_state_url(state_url, base), base) / _file_safe(identity.user or env.get("USER") or env.get("LOGNAME") or "default")
     for name, up in upstreams.items():
         if up.auth is not None:
@@ -522,6 +562,93 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         lock_file=_resolve(base, lock) if lock else base / "guard.lock",
         state_url=resolve_state_url(state_url, base),
         telemetry=telemetry,
+        serve=serve,
+    )
+
+
+def _http_url(r: _Reader, raw: Any, path: YPath, what: str) -> str | None:
+    """An absolute http(s) URL without fragment; ``http://`` only on a loopback host."""
+    from urllib.parse import urlsplit
+
+    text = r.string(raw, path)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        r.error(path, f"{what} must be an absolute https:// URL without a #fragment", value=True)
+        return None
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        r.error(path, f"{what} must use https:// (http:// is accepted only on 127.0.0.1, localhost or ::1)", value=True)
+        return None
+    return text
+
+
+def _string_list(r: _Reader, raw: Any, path: YPath) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.error(path, f"`{path[-1]}` must be a list of strings", value=True)
+        return ()
+    return tuple(s for i, v in enumerate(raw) if (s := r.string(v, (*path, i))))
+
+
+def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeConfig:
+    """The ``serve:`` block (only ``mcp-guard serve`` reads it)."""
+    sv = r.mapping(raw, ("serve",), _SERVE, "serve")
+    url = _http_url(r, sv.get("url"), ("serve", "url"), "`serve.url`")
+    issuers: list[OAuthIssuerConfig] = []
+    oauth_raw = sv.get("oauth")
+    if oauth_raw is not None and not isinstance(oauth_raw, list):
+        r.error(("serve", "oauth"), "`serve.oauth` must be a list of authorization servers (`- issuer: https://...`)", value=True)
+        oauth_raw = []
+    for i, item in enumerate(oauth_raw or []):
+        path: YPath = ("serve", "oauth", i)
+        o = r.mapping(item, path, _OAUTH, "serve.oauth entry")
+        issuer = _http_url(r, o.get("issuer"), (*path, "issuer"), "`issuer`")
+        if "issuer" not in o:
+            r.error(path, "each serve.oauth entry needs `issuer`")
+        audience = r.string(o.get("audience"), (*path, "audience")) or url
+        if audience is None and issuer is not None:
+            r.error(path, "set `serve.url` (the canonical resource URI tokens must be issued for) or this entry's `audience`")
+        if issuer and audience:
+            issuers.append(OAuthIssuerConfig(
+                issuer=issuer,
+                audience=audience,
+                scopes=_string_list(r, o.get("scopes"), (*path, "scopes")),
+                user=r.string(o.get("user"), (*path, "user")) or "sub",
+                agent=r.string(o.get("agent"), (*path, "agent")) or None,
+                purpose=r.string(o.get("purpose"), (*path, "purpose")) or None,
+            ))
+    exchange = None
+    if sv.get("token_exchange") is not None:
+        tpath: YPath = ("serve", "token_exchange")
+        te = r.mapping(sv.get("token_exchange"), tpath, _TOKEN_EXCHANGE, "serve.token_exchange")
+        key = r.string(te.get("key"), (*tpath, "key"))
+        te_issuer = r.string(te.get("issuer"), (*tpath, "issuer"))
+        if not key or not te_issuer:
+            r.error(tpath, "`token_exchange` needs `key` (the issuer's private key) and `issuer` (its name in trust.issuers)")
+        elif te_issuer not in trust.issuers:
+            r.error((*tpath, "issuer"), f"issuer `{te_issuer}` must also be listed in trust.issuers so the roots it signs verify",
+                    did_you_mean(te_issuer, list(trust.issuers)), value=True)
+        elif not _resolve(base, key).exists():
+            r.error((*tpath, "key"), f"key file {key} does not exist", value=True)
+        else:
+            exchange = TokenExchangeConfig(key=_resolve(base, key), issuer=te_issuer, ttl=r.duration(te.get("ttl"), (*tpath, "ttl"), 3600.0))
+    counts: dict[str, int] = {}
+    for name, default in (("max_sessions_per_principal", 64), ("max_body", 4 * 1024 * 1024)):
+        value = sv.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            r.error(("serve", name), f"`{name}` must be a positive integer", value=True)
+            value = default
+        counts[name] = value
+    return ServeConfig(
+        url=url,
+        oauth=tuple(issuers),
+        allowed_hosts=_string_list(r, sv.get("allowed_hosts"), ("serve", "allowed_hosts")),
+        max_sessions_per_principal=counts["max_sessions_per_principal"],
+        session_idle=r.duration(sv.get("session_idle"), ("serve", "session_idle"), 1800.0),
+        max_body=counts["max_body"],
+        token_exchange=exchange,
     )
 
 

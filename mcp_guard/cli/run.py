@@ -66,11 +66,12 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str, log_level
 @click.option("--allow-origin", multiple=True, help="A browser Origin allowed besides localhost (repeatable).")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
 def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], log_level: str | None) -> None:
-    """Serve the guard over Streamable HTTP at /mcp; callers present grant chains as bearer tokens."""
+    """Serve the guard over Streamable HTTP at /mcp; callers present OAuth access tokens (serve.oauth)
+    or grant chains (trust.issuers) as bearer tokens."""
     setup_logging(log_level)
     config = load_config(config_path)
-    if not config.trust.issuers:
-        raise ConfigError(f"{config_path}: serve mode needs trust.issuers to verify the bearer grant chains callers present")
+    if not config.trust.issuers and not config.serve.oauth:
+        raise ConfigError(f"{config_path}: serve mode needs serve.oauth (OAuth access tokens) or trust.issuers (grant chains) to know its callers")
     if not config.upstreams:
         raise ConfigError(f"{config_path}: nothing to guard: no upstreams are configured")
     asyncio.run(_serve(config, host, port, allow_origin))
@@ -79,12 +80,18 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
     from mcp_guard import telemetry
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
+    from mcp_guard.transports.exchange import TokenExchange
     from mcp_guard.transports.http import serve_http
+    from mcp_guard.transports.oauth import OAuthVerifier
 
     ctx = await build_context(config)
     verifier = chain_verifier(config)
+    oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
+    te = config.serve.token_exchange
+    exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
     try:
-        await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin)
+        await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin, config=config.serve,
+                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange)
     finally:
         await ctx.store.close()
         telemetry.shutdown()
