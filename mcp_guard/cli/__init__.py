@@ -33,9 +33,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mcp_guard.cli import approvals, audit, grant, pin, policy, run
+    from mcp_guard.cli import approvals, audit, grant, init, pin, policy, run
 
-    for module in (run, policy, grant, audit, approvals, pin):
+    for module in (run, policy, grant, audit, approvals, pin, init):
         for command in module.COMMANDS:
             main.add_command(command)
 
