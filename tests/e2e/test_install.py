@@ -3,6 +3,7 @@ run from a directory outside the checkout, with a host-like short PATH and no np
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures import ROOT, VENV_BIN
+from fixtures import ROOT, VENV_BIN, concrete_examples, requires_tools, stdio_session
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -73,3 +74,16 @@ def test_uvx_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("mcp-guard, version ")
     assert shutil.which("mcp-guard", path=env["PATH"]) is None  # it ran from uv's environment, not from PATH
+
+
+@pytest.mark.skipif(not (VENV_BIN / "uvx").exists(), reason="uv is not installed in the venv (pip install uv)")
+@requires_tools("mcp-server-filesystem")
+async def test_the_uvx_host_entry_guards_the_quickstart(wheel: Path, tmp_path: Path) -> None:
+    examples = concrete_examples(tmp_path, {"/path/to/mcp-guard/dist/mcp_guard-0.1.0-py3-none-any.whl": str(wheel)})
+    entry = json.loads((examples / "uvx" / "claude_desktop_config.json").read_text())["mcpServers"]["guarded-fs"]
+    assert entry["command"] == "uvx"
+    env = {**_host_env(tmp_path), "HOME": os.environ.get("HOME", str(tmp_path))}  # uv's cache
+    async with stdio_session([str(VENV_BIN / "uvx"), *entry["args"]], env=env, cwd=tmp_path) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "fs_read_text_file" in names
+        assert not (await client.call_tool("fs_read_text_file", {"path": "hello.md"})).is_error
