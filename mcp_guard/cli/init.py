@@ -98,7 +98,7 @@ def _run_quietly(command: click.Command, args: list[str]) -> int:
 @click.option("--from-host-config", "host_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="An agent host's MCP file whose servers to guard: claude_desktop_config.json (Claude Desktop), "
                    ".mcp.json (Claude Code), .cursor/mcp.json (Cursor) or .vscode/mcp.json (VS Code).")
-@click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", default=".", show_default=True, metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write guard.yaml, guard.lock and policies/ into (created if missing).")
 @click.option("--name", default=None, metavar="NAME",
               help="Upstream name of the server given after -- (default: derived from the command, e.g. "

@@ -71,3 +71,26 @@ async def test_name_still_wins(tmp_path: Path) -> None:
     async with guarded_session(None, "--policies", str(tmp_path / "p.yaml"), "--name", "clock", "--",
                                str(VENV_BIN / "mcp-server-time")) as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["clock_get_current_time"]
+
+
+@requires_tools("mcp-server-filesystem")
+async def test_the_readme_inline_form_with_the_readme_policy(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("mcp-guard run ") and "# inline form" in x)
+    argv = line.split("#")[0].split()
+    assert argv[:6] == ["mcp-guard", "run", "--name", "fs", "--policies", "./policies"], line
+    block = readme.split("# policies/workspace.yaml\n", 1)[1].split("```", 1)[0]
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    (ws / "notes.md").write_text("hello\n")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "workspace.yaml").write_text(block.replace("/home/me/workspace", str(ws)))
+    # the same line, with the locally installed server in place of the npx download
+    server = argv.index("--") + 1
+    run_args = [*argv[2:server], str(tool_path("mcp-server-filesystem")), str(ws)]
+    run_args[run_args.index("./policies")] = str(tmp_path / "policies")
+    async with guarded_session(None, *run_args) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"fs_read_text_file", "fs_list_directory", "fs_write_file"} <= names
+        assert "fs_move_file" not in names
+        assert not (await client.call_tool("fs_read_text_file", {"path": str(ws / "notes.md")})).is_error
