@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from fixtures import ROOT, concrete_examples, requires_tools, stdio_session
+from fixtures import ROOT, concrete_examples, requires_tools, stdio_session, tool_path
 
 pytestmark = [pytest.mark.e2e, requires_tools("mcp-server-filesystem")]
 
@@ -45,3 +46,20 @@ async def test_the_host_entry_starts_the_quickstart_offline(tmp_path: Path, host
         refused = await client.call_tool("fs_read_text_file", {"path": "../guard.yaml"})
         assert refused.is_error
     assert (examples / "quickstart" / "audit.jsonl").exists()
+
+
+@requires_tools("mcp-inspector")
+def test_the_inspector_with_the_example_mcp_json(tmp_path: Path) -> None:
+    """The MCP Inspector, given examples/.mcp.json as written (after the sed step), lists and calls
+    within its own start-up timeout: nothing is downloaded when the guard starts."""
+    examples = concrete_examples(tmp_path)
+    env = {**offline_host_env(tmp_path), "PATH": os.pathsep.join([str(tool_path("node").parent), "/usr/bin", "/bin"])}
+    base = [str(tool_path("mcp-inspector")), "--cli", "-q", "--format", "json", "--config", str(examples / ".mcp.json"),
+            "--server", "guarded-fs"]
+    listed = subprocess.run([*base, "--method", "tools/list"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    names = {t["name"] for t in json.loads(listed.stdout.strip().splitlines()[0])["result"]["tools"]}
+    assert "fs_read_text_file" in names and "fs_move_file" not in names
+    called = subprocess.run([*base, "--method", "tools/call", "--tool-name", "fs_read_text_file", "--tool-arg", "path=hello.md"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert called.returncode == 0, called.stderr + called.stdout
