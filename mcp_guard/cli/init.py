@@ -11,11 +11,11 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import click
 
-from mcp_guard.config import GuardConfig, UpstreamConfig, read_sources
+from mcp_guard.config import GuardConfig, UpstreamConfig, expand, read_sources
 from mcp_guard.errors import GuardError
 from mcp_guard.hostconfig import HostConfig, parse_host_config, rewritten
 from mcp_guard.pinning import PinSet, diff, write_lock
@@ -67,9 +67,23 @@ def _from_host(host: HostConfig, out: Path) -> tuple[dict[str, UpstreamConfig], 
             if s.headers:
                 spec["headers"] = dict(s.headers)
             cwd = None
-        configs[s.name] = dataclasses.replace(s, cwd=cwd or str(out.resolve()))
+        # the host expands ${VAR} in these files (Claude Code) and so does guard.yaml: expand them
+        # for this one start; guard.yaml keeps them as written
+        configs[s.name] = dataclasses.replace(
+            s, cwd=cwd or str(out.resolve()), command=_expanded(s.command), args=tuple(map(_expanded, s.args)),
+            env={k: _expanded(v) for k, v in s.env.items()}, headers={k: _expanded(v) for k, v in s.headers.items()},
+            url=_expanded(s.url),
+        )
         specs[s.name] = spec
     return configs, specs
+
+
+@overload
+def _expanded(text: str) -> str: ...
+@overload
+def _expanded(text: None) -> None: ...
+def _expanded(text: str | None) -> str | None:
+    return None if text is None else expand(text, os.environ)[0]
 
 
 def _backup_path(file: Path) -> Path:
@@ -218,9 +232,14 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
 
 
 def _write(path: Path, text: str, *, private: bool = False) -> None:
-    path.write_text(text, encoding="utf-8")
-    if private:
-        path.chmod(0o600)
+    """Write ``text``; a ``private`` file (it holds the servers' env) is 0600 from its first byte."""
+    if not private:
+        path.write_text(text, encoding="utf-8")
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file (--force) keeps no wider mode
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _show(p: Path) -> str:

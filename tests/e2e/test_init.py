@@ -153,3 +153,15 @@ def test_project_files_vscode_and_claude_code(tmp_path: Path) -> None:
 def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     done = init(*args, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_claude_code_variables_are_expanded_for_the_start_and_kept_in_guard_yaml(tmp_path: Path) -> None:
+    (tmp_path / ".mcp.json").write_text(json.dumps({"mcpServers": {
+        "clock": {"type": "stdio", "command": "${TIME_BIN}/mcp-server-time", "env": {"TZ": "${MY_TZ:-UTC}"}},
+    }}))
+    done = subprocess.run([str(mcp_guard_bin()), "init", "--from-host-config", ".mcp.json", "--out", "g"], cwd=tmp_path,
+                          env=tools_env({"TIME_BIN": str(VENV_BIN)}), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    text = (tmp_path / "g" / "guard.yaml").read_text()
+    assert "${TIME_BIN}/mcp-server-time" in text and "${MY_TZ:-UTC}" in text
+    assert (tmp_path / "g" / "guard.yaml").stat().st_mode & 0o777 == 0o600
