@@ -56,7 +56,7 @@ def test_the_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
     assert "1. Discovery: the agent can see 8 tools" in demo.stdout
     assert "mcp-guard denied fs/read_text_file: args.path must be under" in demo.stdout
     assert "-> Successfully wrote to" in demo.stdout and "Unknown tool: fs_move_file" in demo.stdout
-    assert "3 hash-chained records" in demo.stdout and "Traceback" not in demo.stderr
+    assert "4 hash-chained records" in demo.stdout and "Traceback" not in demo.stderr  # the hidden call is audited too
     helped = run("init", "--help")
     assert helped.returncode == 0 and "--from-host-config" in helped.stdout
     # init against the packaged server, then a check of what it wrote
