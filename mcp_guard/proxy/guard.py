@@ -74,7 +74,7 @@ async def build_context(config: GuardConfig) -> GuardContext:
         from mcp_guard.audit import AuditLog
 
         audit = AuditLog(config.audit.path, fsync=config.audit.fsync, max_bytes=config.audit.max_bytes)
-    store = open_store(config.state_url)
+    store = open_store(config.state_url, holder=True)
     pins = None
     if config.pinning != "off" and config.lock_file is not None:
         from mcp_guard.pinning import read_lock
