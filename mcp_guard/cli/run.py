@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mcp_guard.config import GuardConfig, UpstreamConfig, default_config, load_config
+from mcp_guard.config import GuardConfig, UpstreamConfig, check_grant_variable, default_config, load_config
 from mcp_guard.errors import ConfigError
 
 
@@ -51,6 +51,7 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str, log_level
     """
     setup_logging(log_level)
     config = load_config(config_path) if config_path else default_config()
+    check_grant_variable(config)
     config = merge_inline(config, command, name, policies)
     if not config.upstreams:
         raise click.UsageError("nothing to guard: give --config with upstreams, or a server command after --")

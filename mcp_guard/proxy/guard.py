@@ -116,7 +116,8 @@ async def run_stdio(config: GuardConfig) -> None:
     watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now, session.tool_names))
     try:
         await serving
-        await session.drain(DRAIN_SECONDS)  # EOF on stdin: answer what was already asked
+        if not host.gone:  # EOF on stdin: answer what was already asked, if the host still listens
+            await session.drain(DRAIN_SECONDS)
     except asyncio.CancelledError:
         pass
     finally:

@@ -229,6 +229,8 @@ class GuardSession:
         try:
             if not isinstance(method, str):
                 raise RpcError(INVALID_REQUEST, "Invalid Request: method must be a string")
+            if message.get("params") is not None and not isinstance(message["params"], dict):
+                raise RpcError(INVALID_PARAMS, f"Invalid params: {method} takes an object")  # MCP params are objects
             self._note_era(message)
             handler = self._handlers.get(method)
             if method not in ("initialize", "server/discover", "ping"):
@@ -282,6 +284,8 @@ class GuardSession:
         assert isinstance(params, dict)
         if method == "notifications/cancelled":
             rid = params.get("requestId")
+            if isinstance(rid, bool) or not isinstance(rid, str | int | float):
+                return  # no request of ours can have that id (and a list or object cannot be looked up)
             where = self._upstream_ids.pop(rid, None)
             if where is not None:
                 upstream, upstream_id = where
@@ -325,7 +329,9 @@ class GuardSession:
         await asyncio.gather(*(up.start(self._upstream_capabilities(up)) for up in self.upstreams.values()))
         self._rebuild_catalogue()
         for up in self.upstreams.values():
-            if up.status != "ready":
+            if up.status == "starting" and not up.last_error:
+                log.warning("upstream %s is still starting after %gs (startup_timeout); its tools join when it is ready", up.name, up.config.startup_timeout)
+            elif up.status != "ready":
                 log.error("%s", up.last_error or f"upstream {up.name} did not start")
 
     def _rebuild_catalogue(self) -> None:
@@ -746,7 +752,8 @@ class GuardSession:
             params = message.get("params") if isinstance(message.get("params"), dict) else {}
             assert isinstance(params, dict)
             # the upstream cancels a request it sent us; our host-facing ids are our own
-            pending = self._host_pending.get(params.get("requestId"))  # type: ignore[arg-type]
+            hid = params.get("requestId")
+            pending = self._host_pending.get(hid) if isinstance(hid, int) else None  # our ids are ints
             if pending is not None:
                 pending.future.cancel()
             return

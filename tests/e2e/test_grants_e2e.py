@@ -215,3 +215,29 @@ async def test_an_immutable_state_file_refuses_calls_instead_of_killing_the_guar
     assert [a["text"] for _, a in record.calls()] == ["1", "4"]
     logged = log.read_text()
     assert logged.count("is not writable") == 1 and "usable again" in logged, logged
+
+
+def test_a_grant_in_the_environment_that_the_config_does_not_use_refuses_to_start(tmp_path: Path) -> None:
+    """MCP_GUARD_GRANT beside a guard.yaml without `identity.grant` used to be ignored without a
+    word, and the agent ran with the configuration's wider authority."""
+    keys = Keys(tmp_path)
+    record = RecordFile(tmp_path / "rec.jsonl")
+    chain, _ = keys.chain(coder_tools=["rec/echo"])
+    config = write_guard_config(
+        tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record.env())},
+        identity={"user": "alice"}, trust={"issuers": {"corp-idp": str(keys.idp_jwk)}},
+    )
+    done = subprocess.run(
+        [str(mcp_guard_bin()), "run", "--config", str(config)],
+        input="", capture_output=True, text=True, timeout=30, env=_env(chain),
+    )
+    assert done.returncode == 1, done
+    assert "MCP_GUARD_GRANT is set but identity.grant is not" in done.stderr
+    assert "grant: ${MCP_GUARD_GRANT}" in done.stderr and "Traceback" not in done.stderr
+    assert record.records() == []
+    # the CLI commands that only need the state store still work with the variable set
+    listed = subprocess.run(
+        [str(mcp_guard_bin()), "approvals", "list", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, env=_env(chain),
+    )
+    assert listed.returncode == 0, listed.stderr
