@@ -27,9 +27,13 @@ DEFAULT_STARTUP_TIMEOUT = 10.0
 """Seconds the host's first request waits for an upstream to start; a slower one joins later."""
 ENV_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
-CHILD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_*", "TZ", "TMPDIR", "TEMP", "TMP")
-"""The guard's variables every stdio upstream gets (when set): what programs need to run at all.
-On Windows also these (the MCP SDK's list): ``CHILD_ENV_WINDOWS``."""
+CHILD_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_*", "TZ", "TMPDIR", "TEMP", "TMP",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
+)
+"""The guard's variables every stdio upstream gets (when set): what programs need to run at all,
+and which certificate authorities to trust (``npx`` cannot reach a registry behind a TLS-inspecting
+proxy without them).  On Windows also ``CHILD_ENV_WINDOWS`` (the MCP SDK's list)."""
 CHILD_ENV_WINDOWS = (
     "APPDATA", "HOMEDRIVE", "HOMEPATH", "LOCALAPPDATA", "PATHEXT", "PROCESSOR_ARCHITECTURE", "SYSTEMDRIVE",
     "SYSTEMROOT", "USERNAME", "USERPROFILE", "COMSPEC", "WINDIR", "PROGRAMFILES",

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard.session")
 
 PAGE_SIZE = 1000  # tools per tools/list page toward the host
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 CACHEABLE = frozenset(
     {"server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
 )  # 2026-07-28 results that must carry ttlMs + cacheScope
@@ -677,6 +678,9 @@ class GuardSession:
         return await self._forward_to(candidates[0], message)
 
     async def _set_level(self, message: Message) -> Message:
+        level = (message.get("params") or {}).get("level")
+        if level not in LOG_LEVELS:  # an upstream may drop a malformed one unanswered: never ask it
+            raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
         for up in self._ready("logging"):
             with contextlib.suppress(RpcError, UpstreamError):
                 await up.request("logging/setLevel", message.get("params"))

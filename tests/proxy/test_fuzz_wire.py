@@ -11,13 +11,14 @@ Properties, for every batch of messages:
 - no ``-32603`` answer carries a Python exception's text (or the generic "failed to handle");
 - a hidden tool is never called on the upstream.
 
-Bounded: a fixed number of examples per era, each batch must be answered within seconds.
+Bounded: a fixed number of examples per era (``FUZZ_EXAMPLES``), each batch answered within seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +43,9 @@ METHODS = [
 ]
 NOTIFICATIONS = ["notifications/cancelled", "notifications/initialized", "notifications/progress",
                  "notifications/roots/list_changed", "notifications/whatever"]
-EXAMPLES = 400
-ANSWER_WITHIN = 15.0
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "80"))  # per era; ~15 s here. FUZZ_EXAMPLES=2000 for a soak
+ANSWER_WITHIN = 12.0
+UPSTREAM_TIMEOUT = "4s"  # an upstream that drops a malformed request is answered for within this
 
 # JSON values as a transport delivers them: 64-bit integers, finite floats, valid Unicode
 _text = st.text(st.characters(exclude_categories=("Cs",)), max_size=24)
@@ -211,8 +213,8 @@ def error_log() -> Iterator[_Errors]:
 def test_the_wire_survives_random_and_mutated_messages(era: str, tmp_path: Path, record_file: RecordFile,
                                                        error_log: _Errors) -> None:
     modern = era == "modern"
-    upstreams = {"rec": stdio_upstream(recording_server_command(), env=record_file.env()),
-                 "conf": stdio_upstream(conformance_server_command())}
+    upstreams = {"rec": stdio_upstream(recording_server_command(), env=record_file.env(), timeout=UPSTREAM_TIMEOUT),
+                 "conf": stdio_upstream(conformance_server_command(), timeout=UPSTREAM_TIMEOUT)}
     loop = asyncio.new_event_loop()
     context = guard_session(tmp_path, upstreams, POLICY)
     host = loop.run_until_complete(context.__aenter__())
@@ -223,11 +225,7 @@ def test_the_wire_survives_random_and_mutated_messages(era: str, tmp_path: Path,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
         @given(st.lists(_message(modern), min_size=1, max_size=6))
         def check(batch: list[Any]) -> None:
-            import time
-            t0 = time.monotonic()
             loop.run_until_complete(_exercise(host, batch, record_file))
-            with open("/tmp/fuzz_times.txt", "a") as f:
-                f.write(f"{time.monotonic() - t0:.2f} {str(batch)[:300]}\n")
             assert error_log.records == [], error_log.records
 
         check()
