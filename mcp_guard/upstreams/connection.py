@@ -19,8 +19,8 @@ import orjson
 
 from mcp_guard import __version__, telemetry
 from mcp_guard.config import UpstreamConfig
-from mcp_guard.errors import UpstreamError
-from mcp_guard.proxy.wire import (
+from mcp_guard.errors import RpcError, UpstreamError
+from mcp_guard.jsonrpc import (
     INVALID_PARAMS,
     LATEST_LEGACY,
     META_CLIENT_CAPABILITIES,
@@ -30,7 +30,6 @@ from mcp_guard.proxy.wire import (
     METHOD_NOT_FOUND,
     MODERN,
     Message,
-    RpcError,
     error,
     is_notification,
     is_request,

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proxy_harness import MODERN_META, FakeHost, guard_session
 
-from mcp_guard.proxy.wire import is_notification, is_request, is_response
+from mcp_guard.jsonrpc import is_notification, is_request, is_response
 
 VISIBLE = ["rec/echo", "rec/read_note", "rec/list_notes"]
 POLICY = [{"id": "fuzz", "rules": [{"effect": "allow", "tools": VISIBLE}]}]

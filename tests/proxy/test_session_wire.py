@@ -13,8 +13,8 @@ import pytest
 from fixtures import RecordFile, recording_server_command, stdio_upstream
 from proxy_harness import guard_session
 
-from mcp_guard.proxy.session import PAGE_SIZE
-from mcp_guard.proxy.wire import dumps
+from mcp_guard.jsonrpc import dumps
+from mcp_guard.proxy.routing import PAGE_SIZE
 
 POLICY = [{"id": "p", "rules": [
     {"effect": "allow", "tools": ["rec/*"]},
@@ -123,7 +123,7 @@ async def test_malformed_messages_are_answered_and_never_kill_the_session(tmp_pa
                 assert answer["error"]["code"] == code, (message, answer)
         bad_calls: list[tuple[Any, str]] = [
             (None, "Invalid params: tools/call needs a `name`"),
-            ([1], "Invalid params: tools/call takes an object"),
+            ([1], "Invalid params: tools/call needs a `name`"),
             (_call("rec_echo", [1]), "Invalid params: `arguments` must be an object"),
             (_call(None), "Unknown tool: None"),
         ]
@@ -146,11 +146,11 @@ async def test_params_of_the_wrong_type_are_invalid_params_not_internal_errors(t
     of the session; arguments nested deeper than the encoder can write failed as an internal error."""
     async with guard_session(tmp_path, {"rec": _rec(record_file)}, POLICY) as host:
         await host.initialize()
-        for method in ("prompts/get", "completion/complete", "resources/subscribe", "logging/setLevel", "initialize"):
+        for method in ("prompts/get", "completion/complete", "resources/subscribe", "logging/setLevel"):
             for params in ("text", [1, 2], 3):
                 await host.handle({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
                 answer = await host.next(5)
-                assert answer["error"] == {"code": -32602, "message": f"Invalid params: {method} takes an object"}, answer
+                assert answer["error"] == {"code": -32602, "message": f"Invalid params: {method} needs an object as params"}, answer
         answer = await host.request("logging/setLevel", {"level": {"deep": "x"}})
         assert answer["error"]["code"] == -32602 and "level must be one of debug" in answer["error"]["message"]
         await host.handle({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": [1, 2]}})
