@@ -153,7 +153,7 @@ async def test_a_replaced_wal_file_makes_the_store_reopen(db: Path) -> None:
     try:
         await store.revoke("jti-1")
         _delete(db, "-wal", "-shm")
-        store._next_check = 0.0  # the -wal/-shm files are looked at once a second; now
+        store._next_check = 0.0  # the -wal/-shm files are looked at every 0.1 s; now
         # without the check it would go on writing to a -wal nobody else sees; reopening folds the
         # deleted -wal (still open) into the database, so nothing written before is lost either
         await store.revoke("jti-2")
@@ -216,7 +216,7 @@ def test_an_immutable_file_refuses_instead_of_killing_the_process(db: Path, hold
     try:
         import time
 
-        time.sleep(1.1)  # past the once-a-second full check, which sees a read-only -wal or database
+        time.sleep(0.3)  # past the next full check (every 0.1 s), which sees a read-only -wal or database
         answers = [holder.revoked("jti-1") for _ in range(3)]
         assert holder.proc.poll() is None, f"the holder died ({holder.proc.returncode}): {holder.stderr()}"
         assert all(a.startswith("StateError: ") and "is not writable" in a for a in answers), answers
