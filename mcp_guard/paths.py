@@ -71,12 +71,16 @@ def normalise_path(path: str) -> tuple[bool, Parts] | None:
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _HEX = frozenset("0123456789abcdefABCDEF")
-# characters an escape may be decoded to without changing how a URI splits (RFC 3986 gen- and
-# sub-delimiters, ``%`` and controls stay escaped)
-_KEEP_ESCAPED = frozenset(":/?#[]@!$&'()*+,;=%") | frozenset(chr(c) for c in range(0x21)) | {"\x7f"}
+# characters an escape is not decoded to, because that would change how the URI splits: in the
+# path ``/``, ``?``, ``#``, ``%`` and ``\`` (a separator to some servers), and ``*``, which is
+# glob syntax in selectors and grant patterns (an escaped star there stays a literal star); in
+# the query and fragment every RFC 3986 delimiter; controls everywhere
+_CONTROLS = frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+_KEEP_IN_PATH = frozenset("/?#%\\*") | _CONTROLS
+_KEEP_IN_TAIL = frozenset(":/?#[]@!$&'()*+,;=%\\") | _CONTROLS
 
 
-def _decode(text: str, *, everything: bool) -> str | None:
+def _decode(text: str, *, everything: bool, keep: frozenset[str] = _KEEP_IN_PATH) -> str | None:
     """Percent-decode ``text``: every escape (``everything``) or only those that do not change
     the URI's structure (the rest are kept, with upper-case hex).  None on a malformed escape or
     bytes that are not UTF-8."""
@@ -103,7 +107,7 @@ def _decode(text: str, *, everything: bool) -> str | None:
         if everything:
             out.append(decoded)
         else:
-            out.extend(f"%{ord(c):02X}" if c in _KEEP_ESCAPED else c for c in decoded)
+            out.extend(f"%{ord(c):02X}" if c in keep else c for c in decoded)
     return "".join(out)
 
 
@@ -155,7 +159,7 @@ def uri_forms(uri: str) -> tuple[str, ...] | None:
     if parts is None:  # not a URI: judged as the text it is
         return (nfc(uri),)
     head, path, tail = parts
-    lit_path, lit_tail = _decode(path, everything=False), _decode(tail, everything=False)
+    lit_path, lit_tail = _decode(path, everything=False), _decode(tail, everything=False, keep=_KEEP_IN_TAIL)
     if lit_path is None or lit_tail is None:
         return None
     literal = nfc(head + lit_path + lit_tail)
@@ -167,6 +171,14 @@ def uri_forms(uri: str) -> tuple[str, ...] | None:
         forms.append(nfc(head + (_remove_dots(full_path) if full_path.startswith("/") else full_path) + full_tail))
     forms.append(literal)
     return tuple(dict.fromkeys(forms))
+
+
+def canonical_uri(text: str) -> str:
+    """The canonical reading of a URI (or of a URI glob in a policy or grant, whose ``*`` are
+    kept), so a selector written with escapes or in NFD selects the decoded, NFC request; text
+    that cannot be read as a URI is returned as is (it then only matches itself)."""
+    forms = uri_forms(text)
+    return forms[0] if forms else text
 
 
 def file_uri_path(uri: str) -> str | None:
@@ -196,27 +208,31 @@ def file_uri_path(uri: str) -> str | None:
 # --------------------------------------------------------------------------- under
 
 
-def _within(parts: Parts, root: Parts, root_folded: Parts) -> Tri:
+def _within(parts: Parts, root: Parts, root_folded: str) -> Tri:
     """True when ``parts`` starts with ``root``; None when it does only ignoring case (a
-    case-insensitive disk would make it the same folder); else False."""
+    case-insensitive disk would make it the same folder); else False.  ``root_folded`` is the
+    root's segments joined by ``/`` and case-folded."""
     n = len(root)
-    if parts[:n] == root:
+    head = parts[:n]
+    if head == root:
         return True
-    if len(parts) >= n and tuple(p.casefold() for p in parts[:n]) == root_folded:
-        return None
-    return False
+    if len(head) < n or "/".join(head).casefold() != root_folded:
+        return False
+    return None
 
 
 class Under:
     """The ``under`` judgement for one root (a path or a ``file:`` URI), compiled once."""
 
-    __slots__ = ("_folded", "_root", "text")
+    __slots__ = ("_abs", "_folded", "_parts", "_root", "text")
 
     def __init__(self, root: str) -> None:
         self.text = root
-        path = file_uri_path(root) if root[:5].lower() == "file:" else root
+        path = file_uri_path(root) if root[:5].lower() == "file:" else None if _SCHEME.match(root) else root
         self._root = normalise_path(path) if path is not None else None
-        self._folded = tuple(p.casefold() for p in self._root[1]) if self._root else ()
+        self._abs: bool = self._root[0] if self._root is not None else True
+        self._parts: Parts | None = self._root[1] if self._root is not None else None
+        self._folded = "/".join(self._root[1]).casefold() if self._root else ""
 
     @property
     def usable(self) -> bool:
@@ -225,14 +241,29 @@ class Under:
 
     def judge(self, value: Any, ctx: PathContext | None = None, *, uri: bool = False) -> Tri:
         """Is ``value`` (a path, or a ``file:`` URI) under the root?  ``uri``: only URIs are accepted."""
-        if not isinstance(value, str) or self._root is None:
+        root = self._parts
+        if not isinstance(value, str) or root is None:
             return None
-        if value[:5].lower() == "file:":
-            path = file_uri_path(value)
-            if path is None:
+        if ctx is None and not uri and ":" not in value:  # the hot path: a plain path, nothing to place
+            got = normalise_path(value)
+            if got is None or got[0] is not self._abs:
                 return None
-        elif uri:
-            return None
+            return _within(got[1], root, self._folded)
+        return self._judge(value, ctx, uri)
+
+    def _judge(self, value: str, ctx: PathContext | None, uri: bool) -> Tri:
+        assert self._root is not None
+        if ":" not in value:
+            if uri:
+                return None
+            path = value
+        elif value[:5].lower() == "file:":
+            found = file_uri_path(value)
+            if found is None:
+                return None
+            path = found
+        elif uri or _SCHEME.match(value):
+            return None  # another scheme (http:, c:, ...): what it names is not a path here
         else:
             path = value
         relative_here = ctx is not None and ctx.workdir is not None and not path.startswith("/")
@@ -246,7 +277,7 @@ class Under:
             if joined is None:
                 return None
             root_abs, root = joined
-            folded = tuple(p.casefold() for p in root)
+            folded = "/".join(root).casefold()
         if absolute != root_abs:
             return None  # a relative value against an absolute root (or the reverse): the base is unknown
         lexical = _within(parts, root, folded)
@@ -259,7 +290,7 @@ class Under:
         if real is None:
             return None
         real_root = _resolved(ctx.resolve, "/" + "/".join(root)) or root
-        resolved = _within(real, real_root, tuple(p.casefold() for p in real_root))
+        resolved = _within(real, real_root, "/".join(real_root).casefold())
         if resolved is True or (resolved is False and lexical is False):
             return resolved
         return None  # the link and its target disagree (or case decides): never "not under"
@@ -273,8 +304,10 @@ def _join(workdir: str, path: str) -> tuple[bool, Parts] | None:
 
 
 def _resolved(resolve: Callable[[str], str | None], path: str) -> Parts | None:
+    """The resolved components (NFC) of ``path``, resolved as written: the spelling the server
+    will open, which on disk may be NFD."""
     try:
-        real = resolve(nfc(path))
+        real = resolve(path)
     except (OSError, ValueError):
         return None
     if real is None:

@@ -18,7 +18,7 @@ from mcp_guard.grants.errors import MALFORMED, GrantError
 from mcp_guard.grants.fastschema import UNDER, Check, compile_fast, under_valid
 from mcp_guard.grants.keys import jwk_to_public_key, thumbprint
 from mcp_guard.kinds import Kind
-from mcp_guard.paths import uri_forms
+from mcp_guard.paths import canonical_uri, uri_forms
 
 DEFAULT_AUDIENCE = "urn:mcp-guard:local"
 DETAIL_TYPE = "mcp_tool_grant"
@@ -63,6 +63,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
 @functools.lru_cache(maxsize=4096)
 def _resource_glob(pattern: str) -> re.Pattern[str]:
     upstream, _sep, uri = pattern.partition("/")
+    uri = canonical_uri(uri)  # requests are matched in their canonical form
     return re.compile(
         "[^/]*".join(re.escape(part) for part in upstream.split("*")) + "/" + ".*".join(re.escape(part) for part in uri.split("*")),
         re.DOTALL,
@@ -71,10 +72,11 @@ def _resource_glob(pattern: str) -> re.Pattern[str]:
 
 def matches(pattern: str, tool: str, kind: Kind = Kind.TOOL) -> bool:
     """Does the glob ``pattern`` select the concrete name ``tool`` (for a resource ``UPSTREAM/URI``)?"""
+    if kind is Kind.RESOURCE:
+        return _resource_glob(pattern).fullmatch(tool) is not None  # (even a literal URI is canonicalised)
     if "*" not in pattern:
         return pattern == tool
-    rx = _resource_glob(pattern) if kind is Kind.RESOURCE else _glob(pattern)
-    return rx.fullmatch(tool) is not None
+    return _glob(pattern).fullmatch(tool) is not None
 
 
 def covers(parent: str, child: str, kind: Kind = Kind.TOOL) -> bool:
@@ -92,7 +94,7 @@ def covers(parent: str, child: str, kind: Kind = Kind.TOOL) -> bool:
         return _glob(parent).fullmatch(child) is not None
     p_up, _s, p_uri = parent.partition("/")
     c_up, _s, c_uri = child.partition("/")
-    return _glob(p_up).fullmatch(c_up) is not None and _resource_glob("x/" + p_uri).fullmatch("x/" + c_uri) is not None
+    return _glob(p_up).fullmatch(c_up) is not None and _resource_glob("x/" + p_uri).fullmatch("x/" + canonical_uri(c_uri)) is not None
 
 
 def resource_names(name: str) -> tuple[str, ...] | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_guard.identity import Principal
-from mcp_guard.paths import PathContext, Tri, Under, nfc
+from mcp_guard.paths import PathContext, Tri, Under, canonical_uri, nfc
 from mcp_guard.policy._match import glob_matcher
 from mcp_guard.policy.model import URI_KEY, Condition
 
@@ -173,14 +173,6 @@ def _getter(key: str) -> tuple[Getter, bool]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Decided:
-    verdict: bool
-
-
-_DECIDED = {True: _Decided(True), False: _Decided(False)}
-
-
-@dataclass(frozen=True, slots=True)
 class Compiled:
     """A compiled condition.  ``test`` is the universal reading (allow rules: every element of a
     ``[*]`` must hold); ``test_any`` the existential one (deny/approve rules: one element is
@@ -192,19 +184,12 @@ class Compiled:
     pred: Pred
     presence: bool | None  # `present: x` operand, if any
 
-    def _value(self, args: Mapping[str, Any], principal: Principal) -> Any:
-        """The value to judge, or a ``_Decided`` verdict when presence alone decides."""
+    def test(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
         value = self.get(args, principal)
         if value is MISSING:
-            return _DECIDED[self.presence is False]
+            return self.presence is False
         if self.presence is False:
-            return _DECIDED[False]
-        return value
-
-    def test(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
-        value = self._value(args, principal)
-        if isinstance(value, _Decided):
-            return value.verdict
+            return False
         if value is WRONG:
             return None
         if not self.fans:
@@ -223,11 +208,14 @@ class Compiled:
         return result
 
     def test_any(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
+        """The existential reading; the engine calls ``test`` directly when the key does not fan out."""
         if not self.fans:
             return self.test(args, principal, ctx)
-        value = self._value(args, principal)
-        if isinstance(value, _Decided):
-            return value.verdict
+        value = self.get(args, principal)
+        if value is MISSING:
+            return self.presence is False
+        if self.presence is False:
+            return False
         result: Tri = False
         for v in value:
             if v is MISSING:
@@ -240,9 +228,23 @@ class Compiled:
         return result
 
 
+def _canonical_operand(op: str, operand: Any) -> Any:
+    """A ``uri`` operand in the canonical form the URI is judged in, so ``%C3%A9`` in a policy
+    equals ``é`` in a request (``under`` and ``regex`` operands are left as written)."""
+    def canon(x: Any) -> Any:
+        return canonical_uri(x) if isinstance(x, str) else x
+
+    if op in ("equals", "glob"):
+        return canon(operand)
+    if op in ("in", "not_in"):
+        return tuple(canon(x) for x in operand)
+    return operand
+
+
 def compile_condition(cond: Condition) -> Compiled:
     get, fans = _getter(cond.key)
-    preds = [_op(op, v, uri=cond.is_uri) for op, v in cond.ops if op != "present"]
+    ops = [(op, _canonical_operand(op, v) if cond.is_uri else v) for op, v in cond.ops]
+    preds = [_op(op, v, uri=cond.is_uri) for op, v in ops if op != "present"]
     presence = next((v for op, v in cond.ops if op == "present"), None)
     pred: Pred
     if not preds:

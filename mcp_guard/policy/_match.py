@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from mcp_guard.paths import normalise_path
+from mcp_guard.paths import canonical_uri, normalise_path
 
 __all__ = ["Matcher", "glob_covers", "glob_matcher", "glob_regex", "is_literal", "normalise_path", "resource_matcher",
            "split_resource_selector", "split_tool"]
@@ -74,6 +74,7 @@ def resource_matcher(patterns: tuple[str, ...]) -> Matcher:
     alts = []
     for p in patterns:
         up, uri = split_resource_selector(p)
+        uri = canonical_uri(uri)  # requests are matched in their canonical form
         alts.append(f"(?:{glob_regex(up, segment=True).pattern}/{glob_regex(uri).pattern})")
     full = re.compile("|".join(alts), re.DOTALL).fullmatch
     return lambda s: full(s) is not None

@@ -7,7 +7,7 @@ decision.  ``explain`` walks every rule without short-circuit and combines with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ from mcp_guard.policy._match import (
     split_tool,
 )
 from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit, Policy, Rule, RuleRef
+
+Check = Callable[[Mapping[str, Any], Principal, PathContext | None], Tri]
 
 _CACHE_MAX = 65_536
 _PROFILES_MAX = 1_024  # each profile is one byte per rule
@@ -63,6 +65,7 @@ class _Rule:
     prompts: Matcher
     uri_conds: tuple[Compiled, ...]  # the `uri` conditions among arg_conds (known at list time)
     argument_conds: tuple[Compiled, ...]  # the `args.*` conditions among arg_conds
+    checks: tuple[Check, ...]  # arg_conds as this effect reads them (test, or test_any for a deny's [*])
 
     def selects(self, kind: Kind, name: str) -> bool:
         return (self.tools if kind is Kind.TOOL else self.resources if kind is Kind.RESOURCE else self.prompts)(name)
@@ -108,6 +111,7 @@ class _Candidates:
     allow: tuple[_Rule, ...]
     permits: tuple[_Rule, ...]  # approve + allow in canonical order (for the near-miss reason)
     blanket_deny: tuple[_Rule, ...]  # deny rules without argument conditions (discovery)
+    tiers: tuple[tuple[tuple[_Rule, ...], bool], ...] = ()  # the non-empty tiers, most severe first; True = allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,7 @@ class PolicySet:
                     tuple(c for c in conds if not c.source.is_argument), per_request,
                     resource_matcher(rule.resources), glob_matcher(rule.prompts, segment=True),
                     tuple(c for c in per_request if c.source.is_uri), tuple(c for c in per_request if not c.source.is_uri),
+                    tuple(c.test_any if c.fans and rule.effect is not Effect.ALLOW else c.test for c in per_request),
                 ))
         self._rules = tuple(rules)
         self._index = {kind: _Index(kind, rules) for kind in Kind}
@@ -265,20 +270,20 @@ class PolicySet:
                 paths: PathContext | None, label: str) -> Decision:
         prof = self._profile(principal)
         states = prof.rules
-        for tier, allow in ((c.deny, False), (c.approve, False), (c.allow, True)):
+        for tier, allow in c.tiers:  # precomputed: no allocation, empty tiers skipped
             if allow:
                 matched = [
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x.test(a, principal, paths) is True for x in r.arg_conds)
+                    and all(x(a, principal, paths) is True for x in r.checks)
                 ]
             else:
                 matched = [
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x.test_any(a, principal, paths) is not False for x in r.arg_conds)
+                    and all(x(a, principal, paths) is not False for x in r.checks)
                 ]
             if matched:
                 return _combine(matched, label)
@@ -296,7 +301,7 @@ class PolicySet:
         and no unconditional deny of all its resources does.
         """
         if kind is not Kind.RESOURCE:
-            c = self._cands.get(tool) or self._candidates(tool) if kind is Kind.TOOL else self._index[kind].candidates(tool)
+            c = (self._cands.get(tool) or self._candidates(tool)) if kind is Kind.TOOL else self._index[kind].candidates(tool)
             return self._visible(c, principal, annotations, None)
         if not judge_uri:
             permits, blanket = self._template_rules(split_resource_selector(tool)[0])
@@ -453,12 +458,14 @@ class _Index:
         ordered = [picked[k] for k in sorted(picked)]
         # a deny hides at list time when nothing but the URI (known then) conditions it
         resource = kind is Kind.RESOURCE
+        deny = tuple(r for r in ordered if r.effect is Effect.DENY)
+        approve = tuple(r for r in ordered if r.effect is Effect.APPROVE)
+        allow = tuple(r for r in ordered if r.effect is Effect.ALLOW)
         found = _Candidates(
-            tuple(r for r in ordered if r.effect is Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.APPROVE),
-            tuple(r for r in ordered if r.effect is Effect.ALLOW),
+            deny, approve, allow,
             tuple(r for r in ordered if r.effect is not Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.DENY and not (r.argument_conds if resource else r.arg_conds)),
+            tuple(r for r in deny if not (r.argument_conds if resource else r.arg_conds)),
+            tuple((tier, is_allow) for tier, is_allow in ((deny, False), (approve, False), (allow, True)) if tier),
         )
         if len(self.cache) >= _CACHE_MAX:
             self.cache.clear()

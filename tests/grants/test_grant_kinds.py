@@ -82,3 +82,17 @@ def test_prompt_arguments_are_constrained(world: World) -> None:
 ])
 def test_resource_coverage(parent: str, child: str, ok: bool) -> None:
     assert covers(parent, child, R) is ok
+
+
+def test_resource_patterns_are_canonical_like_requests(world: World) -> None:
+    chain = world.verifier.verify(world.root(resources=["docs/file:///srv/s%C3%A9cret/*", "docs/file:///srv/open/a%20b"]), NOW + 30)
+    assert chain.permits(R, "docs/file:///srv/sécret/x") and chain.permits(R, "docs/file:///srv/se\u0301cret/x")
+    assert chain.permits(R, "docs/file:///srv/open/a%20b") and not chain.permits(R, "docs/file:///srv/open/a")
+    assert covers("docs/file:///srv/*", "docs/file:///srv/a/%2E%2E/b", R)
+    assert not covers("docs/file:///srv/*", "docs/file:///srv/a/../../etc/*", R)
+
+
+def test_an_escaped_star_in_a_pattern_stays_a_literal_star(world: World) -> None:
+    chain = world.verifier.verify(world.root(resources=["docs/file:///srv/a%2A"]), NOW + 30)
+    assert not chain.permits(R, "docs/file:///srv/abc")
+    assert not covers("docs/file:///srv/a%2A", "docs/file:///srv/a*", R)

@@ -226,3 +226,34 @@ def test_policy_test_call_shapes_are_checked(tmp_path: Path) -> None:
     assert "docs.test.yaml:2:54: `call.resource` must be UPSTREAM/URI (or give `upstream`)" in result.output
     assert "docs.test.yaml:3:" in result.output and "`call` needs exactly one of `tool`, `resource` or `prompt`" in result.output
     assert "`call.upstream` names the upstream of a bare `resource` URI" in result.output
+
+
+def test_explain_as_a_process_resolves_symlinks_on_a_local_upstream(tmp_path: Path) -> None:
+    """The installed command, a real workspace on disk, a symlink pointing out of the allowed root."""
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    (ws / "secret").mkdir(parents=True)
+    (ws / "open").mkdir()
+    (ws / "open" / "link").symlink_to(ws / "secret")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "ws.yaml").write_text(
+        "version: 1\npolicies:\n  - id: ws\n    rules:\n"
+        f"      - {{effect: allow, tools: [fs/read_text_file], when: {{args.path: {{under: {ws}}}}}}}\n"
+        f"      - {{effect: deny, tools: [fs/read_text_file], when: {{args.path: {{under: {ws}/secret}}}}}}\n")
+    cfg = tmp_path / "guard.yaml"
+    cfg.write_text(f"version: 1\nupstreams:\n  fs: {{command: x, workdir: {ws}, resolve: true}}\npolicies: ./policies\n"
+                   "identity: {user: alice}\n")
+    exe = Path(sys.executable).parent / "mcp-guard"
+
+    def run(path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), "explain", "--config", str(cfg), "--tool", "fs/read_text_file", "--args",
+                               json.dumps({"path": path})], capture_output=True, text=True, timeout=60, check=False)
+
+    assert run("open/a.txt").returncode == 0
+    linked = run("open/link/s.txt")
+    assert linked.returncode == 1 and "decided by: ws#2" in linked.stdout and "Traceback" not in linked.stderr
+    assert run(f"{ws}/open/link/new.txt").returncode == 1
+    cfg.write_text(cfg.read_text().replace(", resolve: true", ""))
+    assert run("open/link/s.txt").returncode == 0  # lexical: the link is invisible, as documented

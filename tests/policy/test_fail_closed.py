@@ -271,3 +271,24 @@ def test_uri_readings_are_stable(tail: str) -> None:
     assert forms[0] == unicodedata.normalize("NFC", forms[0])
     again = uri_forms(forms[0])
     assert again is not None and again[0] == forms[0]  # the canonical form is a fixed point
+
+
+@pytest.mark.parametrize("operand", ["file:///srv/s%C3%A9cret/a", f"file:///srv/{SECRET_NFD}/a", "FILE:///srv/x/../sécret/a"])
+@pytest.mark.parametrize("op", ["equals", "in", "glob"])
+def test_uri_operands_are_judged_in_the_same_canonical_form(operand: str, op: str) -> None:
+    value: Any = [operand] if op == "in" else operand
+    ps = policy_set({"id": "r", "rules": [{"effect": "allow", "resources": ["docs/*"]},
+                                          {"effect": "deny", "resources": ["docs/*"], "when": {"uri": {op: value}}}]})
+    for uri in (f"file:///srv/{SECRET}/a", "file:///srv/s%c3%a9cret/a", f"file:///srv/{SECRET_NFD}/a"):
+        assert ps.decide(ALICE, f"docs/{uri}", kind=Kind.RESOURCE).effect is Effect.DENY, uri
+
+
+def test_a_link_inside_an_nfd_named_folder_is_followed(tmp_path: Path) -> None:
+    root = tmp_path.resolve()
+    (root / "secret").mkdir()
+    (root / SECRET_NFD).mkdir()  # only the NFD spelling exists on disk (as macOS writes names)
+    (root / SECRET_NFD / "link").symlink_to(root / "secret")
+    ps = guard_for(str(root), f"{root}/secret")
+    ctx = PathContext(workdir=str(root), resolve=resolve_path)
+    assert ps.decide(ALICE, "fs/read_text_file", {"path": f"{SECRET_NFD}/link/s.txt"}, paths=ctx).effect is Effect.DENY
+    assert ps.decide(ALICE, "fs/read_text_file", {"path": f"{SECRET_NFD}/other.txt"}, paths=ctx).allowed

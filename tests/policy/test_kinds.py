@@ -139,3 +139,12 @@ def test_existing_positional_calls_still_work() -> None:
     assert ps.explain(ALICE, "fs/read", args, None).decision.allowed
     ps.warm(["fs/read"])
     ps.warm(["git/x"], kind=P)
+
+
+def test_resource_selectors_are_canonical_like_requests() -> None:
+    ps = policy_set({"id": "p", "rules": [{"effect": "allow", "resources": ["docs/*"]},
+                                          {"effect": "deny", "resources": ["docs/file:///srv/s%C3%A9cret/*"]}]})
+    for uri in ("file:///srv/sécret/a", "file:///srv/se\u0301cret/a", "file:///srv/s%c3%a9cret/a", "file:///srv/x/../sécret/a"):
+        assert ps.decide(ALICE, f"docs/{uri}", kind=R).effect is Effect.DENY, uri
+        assert not ps.visible(ALICE, f"docs/{uri}", kind=R)
+    assert ps.decide(ALICE, "docs/file:///srv/open", kind=R).allowed
