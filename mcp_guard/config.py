@@ -25,6 +25,23 @@ DEFAULT_AUDIENCE = "urn:mcp-guard:local"
 DEFAULT_STATE_URL = "sqlite:///.mcp-guard/state.db"
 EXPOSED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+DEFAULT_TIMEOUT = 60.0
+"""Seconds an upstream request may take; the handshake may take at least ``startup_timeout``."""
+DEFAULT_STARTUP_TIMEOUT = 10.0
+"""Seconds the host's first request waits for an upstream to start; a slower one joins later."""
+ENV_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+
+CHILD_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_*", "TZ", "TMPDIR", "TEMP", "TMP",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
+)
+"""The guard's variables every stdio upstream gets (when set): what programs need to run at all,
+and which certificate authorities to trust (``npx`` cannot reach a registry behind a TLS-inspecting
+proxy without them).  On Windows also ``CHILD_ENV_WINDOWS`` (the MCP SDK's list)."""
+CHILD_ENV_WINDOWS = (
+    "APPDATA", "HOMEDRIVE", "HOMEPATH", "LOCALAPPDATA", "PATHEXT", "PROCESSOR_ARCHITECTURE", "SYSTEMDRIVE",
+    "SYSTEMROOT", "USERNAME", "USERPROFILE", "COMSPEC", "WINDIR", "PROGRAMFILES",
+)
 
 RootsMode = Literal["pass", "none"] | tuple[str, ...]
 
@@ -66,7 +83,9 @@ class UpstreamConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     prefix: bool = True
     roots: RootsMode = "none"
-    timeout: float = 300.0
+    timeout: float = DEFAULT_TIMEOUT
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    env_passthrough: tuple[str, ...] = ()  # more of the guard's variables for a stdio child (NAME or PREFIX*)
     trust_annotations: bool = False
     protocol: Literal["legacy", "auto", "modern"] = "legacy"  # the era the guard speaks to it
     workdir: str | None = None  # where the upstream resolves relative paths (absolute), if declared
@@ -291,8 +310,10 @@ class _Reader(SourceReader):
 
 
 _TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve"}
-_UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol",
-             "workdir", "resolve", "auth"}
+_UPSTREAM = {
+    "command", "args", "env", "env_passthrough", "cwd", "url", "headers", "prefix", "roots", "timeout", "startup_timeout",
+    "trust_annotations", "protocol", "workdir", "resolve", "auth",
+}
 _AUTH = {"oauth", "client_credentials", "headers"}
 _OAUTH = {"client_id", "client_secret", "client_metadata_url", "scopes", "redirect_uri"}
 _CLIENT_CREDENTIALS = {"client_id", "client_secret", "scopes", "issuer"}
@@ -444,6 +465,14 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             r.error((*path, "args"), "`args` must be a list of strings", value=True)
             args_raw = []
         args = tuple(r.string(a, (*path, "args", i)) or "" for i, a in enumerate(args_raw))
+        passthrough_raw = u.get("env_passthrough") or []
+        if not isinstance(passthrough_raw, list):
+            r.error((*path, "env_passthrough"), "`env_passthrough` must be a list of variable names (NAME or PREFIX*)", value=True)
+            passthrough_raw = []
+        passthrough = tuple(r.string(a, (*path, "env_passthrough", i), expand_env=False) or "" for i, a in enumerate(passthrough_raw))
+        for i, pattern in enumerate(passthrough):
+            if not ENV_PATTERN.match(pattern):
+                r.error((*path, "env_passthrough", i), f"`{pattern}` is not a variable name or a PREFIX* pattern", value=True)
         env_map = {str(k): r.string(v, (*path, "env", k)) or "" for k, v in (r.mapping(u.get("env"), (*path, "env"), set(u.get("env") or {}), "env")).items()}
         headers = {str(k): r.string(v, (*path, "headers", k)) or "" for k, v in (r.mapping(u.get("headers"), (*path, "headers"), set(u.get("headers") or {}), "headers")).items()}
         roots_raw = u.get("roots")
@@ -474,7 +503,9 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             headers=headers,
             prefix=r.boolean(u.get("prefix"), (*path, "prefix"), True),
             roots=roots,
-            timeout=r.duration(u.get("timeout"), (*path, "timeout"), 300.0),
+            timeout=r.duration(u.get("timeout"), (*path, "timeout"), DEFAULT_TIMEOUT),
+            startup_timeout=r.duration(u.get("startup_timeout"), (*path, "startup_timeout"), DEFAULT_STARTUP_TIMEOUT),
+            env_passthrough=passthrough,
             trust_annotations=r.boolean(u.get("trust_annotations"), (*path, "trust_annotations"), False),
             protocol=r.choice(u.get("protocol"), (*path, "protocol"), ("legacy", "auto", "modern"), "legacy"),  # type: ignore[arg-type]
             workdir=str(workdir_path) if workdir_path is not None else None,
@@ -737,6 +768,30 @@ def has_browser(environ: Mapping[str, str] | None = None) -> bool:
     console browser taking over the terminal the URL is printed on)."""
     env = os.environ if environ is None else environ
     return bool(env.get("BROWSER") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"))
+def upstream_environment(config: UpstreamConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A stdio upstream's whole environment: the essentials (``CHILD_ENV``), what its
+    ``env_passthrough`` names, then its own ``env``.  Nothing else of the guard's environment — other
+    upstreams' tokens, telemetry credentials, the approvals key — and never ``MCP_GUARD_*``."""
+    env = os.environ if environ is None else environ
+    patterns = CHILD_ENV + (CHILD_ENV_WINDOWS if os.name == "nt" else ()) + config.env_passthrough
+    names = {p for p in patterns if not p.endswith("*")}
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    out = {k: v for k, v in env.items() if (k in names or k.startswith(prefixes)) and not k.startswith("MCP_GUARD_")}
+    out.update(config.env)
+    return out
+
+
+def check_grant_variable(config: GuardConfig, environ: Mapping[str, str] | None = None) -> None:
+    """``MCP_GUARD_GRANT`` set for a guard.yaml without a grant would be ignored, and the agent would
+    run with the configuration's wider authority: refuse to start instead."""
+    env = os.environ if environ is None else environ
+    if env.get("MCP_GUARD_GRANT", "").strip() and not config.identity.grant:
+        where = str(config.source) if config.source is not None else "the configuration"
+        raise ConfigError(
+            f"{where}: MCP_GUARD_GRANT is set but identity.grant is not, so the grant chain would be ignored "
+            "and the agent would run with the configuration's own authority; add `grant: ${MCP_GUARD_GRANT}` "
+            "under `identity:` (or unset MCP_GUARD_GRANT)"
+        )
 
 
 def read_token(value: str) -> str:

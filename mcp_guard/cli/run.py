@@ -15,6 +15,7 @@ from mcp_guard.config import (
     GuardConfig,
     IdentityConfig,
     UpstreamConfig,
+    check_grant_variable,
     default_config,
     load_config,
     policy_sources,
@@ -110,6 +111,7 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
     """
     setup_logging(log_level)
     config = load_config(config_path) if config_path else default_config()
+    check_grant_variable(config)
     config = merge_inline(config, command, name, policies, IdentityConfig(user=user, agent=agent, purpose=purpose))
     if not config.upstreams:
         raise click.UsageError("nothing to guard: give --config with upstreams, or a server command after --")

@@ -96,7 +96,7 @@ async def build_context(config: GuardConfig) -> GuardContext:
         from mcp_guard.audit import AuditLog
 
         audit = AuditLog(config.audit.path, fsync=config.audit.fsync, max_bytes=config.audit.max_bytes)
-    store = open_store(config.state_url)
+    store = open_store(config.state_url, holder=True)
     pins = None
     if config.pinning != "off" and config.lock_file is not None:
         from mcp_guard.pinning import read_lock
@@ -182,7 +182,8 @@ async def run_stdio(config: GuardConfig) -> None:
     watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now, session.tool_names))
     try:
         await serving
-        await session.drain(DRAIN_SECONDS)  # EOF on stdin: answer what was already asked
+        if not host.gone:  # EOF on stdin: answer what was already asked, if the host still listens
+            await session.drain(DRAIN_SECONDS)
     except asyncio.CancelledError:
         pass
     finally:

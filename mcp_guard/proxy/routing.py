@@ -79,6 +79,9 @@ def page(params: Message, key: str, items: list[Any], era: Era | None) -> Messag
     return out
 
 
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
 def params_of(message: Message, method: str) -> Message:
     """The request's ``params`` object (absent = empty); anything else is invalid params."""
     params = message.get("params")
@@ -409,6 +412,9 @@ class Router:
         raise RpcError(INVALID_PARAMS, "Invalid params: `ref.type` must be ref/prompt or ref/resource")
 
     async def set_level(self, req: RequestContext) -> Message:
+        level = params_of(req.message, "logging/setLevel").get("level")
+        if level not in LOG_LEVELS:  # an upstream may drop a malformed one unanswered: never ask it
+            raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
         for up in self._ready("logging"):
             with contextlib.suppress(RpcError, UpstreamError):
                 await up.request("logging/setLevel", req.message.get("params"))

@@ -322,7 +322,9 @@ class GuardSession:
         await asyncio.gather(*(up.start(self.profile.upstream_capabilities(up)) for up in self.upstreams.values()))
         self._rebuild_catalogue()
         for up in self.upstreams.values():
-            if up.status != "ready":
+            if up.status == "starting" and not up.last_error:
+                log.warning("upstream %s is still starting after %gs (startup_timeout); its tools join when it is ready", up.name, up.config.startup_timeout)
+            elif up.status != "ready":
                 log.error("%s", up.last_error or f"upstream {up.name} did not start")
 
     def _rebuild_catalogue(self) -> None:

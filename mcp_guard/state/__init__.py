@@ -36,8 +36,11 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> StateStore:
-    """The store for ``url``; opening a sqlite store creates its directory and file (mode 0600)."""
+def open_store(url: str, *, holder: bool = False) -> StateStore:
+    """The store for ``url``; opening a sqlite store creates its directory and file (mode 0600).
+
+    ``holder=True`` is for a running guard: a sqlite store then records the process beside the
+    database, so the CLI refuses to create a fresh database in place of one the guard still uses."""
     if url.startswith("memory://"):
         from mcp_guard.state.memory import MemoryStore
 
@@ -45,7 +48,7 @@ def open_store(url: str) -> StateStore:
     if url.startswith("sqlite://"):
         from mcp_guard.state.sqlite import SqliteStore
 
-        return SqliteStore(url)
+        return SqliteStore(url, holder=holder)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from mcp_guard.state.redis import RedisStore
 

@@ -30,6 +30,12 @@ class StdioHost:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._out: BinaryIO | None = None  # stdout when it is a regular file (`> log.jsonl`)
+        self._gone = False
+
+    @property
+    def gone(self) -> bool:
+        """The host closed the guard's stdout: nothing written can reach it any more."""
+        return self._gone or (self._writer is not None and self._writer.transport.is_closing())
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -49,12 +55,19 @@ class StdioHost:
         self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def send(self, message: Message) -> None:
-        if self._out is not None:
-            self._out.write(dumps(message))
+        """Write one message; once the host has hung up, messages are dropped (said once, at INFO)."""
+        if self.gone:
             return
-        assert self._writer is not None
-        self._writer.write(dumps(message))
-        await self._writer.drain()
+        try:
+            if self._out is not None:
+                self._out.write(dumps(message))
+                return
+            assert self._writer is not None
+            self._writer.write(dumps(message))
+            await self._writer.drain()
+        except OSError as exc:  # BrokenPipeError, ConnectionResetError: the host is gone
+            self._gone = True
+            log.info("the host closed the guard's output (%s); answers still pending are dropped", exc.strerror or exc)
 
     async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None:
         """Read until EOF, handing each parsed message to ``handle``."""

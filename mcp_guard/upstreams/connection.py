@@ -15,10 +15,13 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import orjson
+
 from mcp_guard import __version__, telemetry
 from mcp_guard.config import UpstreamConfig
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.jsonrpc import (
+    INVALID_PARAMS,
     LATEST_LEGACY,
     META_CLIENT_CAPABILITIES,
     META_CLIENT_INFO,
@@ -40,7 +43,6 @@ log = logging.getLogger("mcp_guard.upstream")
 
 CLIENT_INFO = {"name": "mcp-guard", "version": __version__}
 LISTEN_FOREVER = 10.0 * 365 * 86400  # a subscriptions/listen request stays open for the connection's life
-STARTUP_TIMEOUT = 60.0  # npx may download a package on first start
 MAX_BACKOFF = 30.0
 MAX_LIST_PAGES = 1000
 
@@ -92,15 +94,23 @@ class Upstream:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def handshake_timeout(self) -> float:
+        """How long one start may take before the upstream counts as hung and is restarted: its
+        ``timeout``, and never less than ``startup_timeout`` (npx may download a package first)."""
+        return max(self.config.timeout, self.config.startup_timeout)
+
     async def start(self, client_capabilities: Message) -> None:
-        """Connect (once); returns when the first attempt succeeded or failed (never raises)."""
+        """Connect (once); returns when the first attempt succeeded or failed, or after
+        ``startup_timeout`` while it goes on in the background (never raises).  An upstream that
+        gets ready later tells the handler (``upstream_changed``), so its tools join then."""
         if self._supervisor is None:
             self.client_capabilities = client_capabilities
             self.status = "starting"
             # a fresh context: restarts and refreshes must not join the trace of the request that started us
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), context=contextvars.Context())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._attempted.wait(), STARTUP_TIMEOUT + 5)
+            await asyncio.wait_for(self._attempted.wait(), self.config.startup_timeout)
 
     async def _supervise(self) -> None:
         backoff = 0.5
@@ -112,7 +122,7 @@ class Upstream:
                 await channel.open()
                 self._channel = channel
                 reader = asyncio.get_running_loop().create_task(self._read_loop(channel))
-                await asyncio.wait_for(self._handshake(), STARTUP_TIMEOUT)
+                await asyncio.wait_for(self._handshake(), self.handshake_timeout)
                 self.status = "ready"
                 self.generation += 1
                 self.last_error = ""
@@ -123,7 +133,7 @@ class Upstream:
                 await reader
                 reason = channel.exit_reason()
             except TimeoutError:
-                reason = f"did not finish its handshake within {STARTUP_TIMEOUT:.0f}s"
+                reason = f"did not finish its handshake within {self.handshake_timeout:g}s"
             except (UpstreamError, RpcError) as exc:
                 reason = str(exc)
             except asyncio.CancelledError:
@@ -168,7 +178,7 @@ class Upstream:
 
     async def _handshake(self) -> None:
         if self.config.protocol != "legacy" and await self._discover():
-            await self.refresh_tools(per_page=STARTUP_TIMEOUT)
+            await self.refresh_tools(per_page=self.handshake_timeout)
             if isinstance(self.capabilities.get("tools"), dict) and self.capabilities["tools"].get("listChanged"):
                 self._listen = asyncio.get_running_loop().create_task(self._listen_for_changes())
             return
@@ -180,14 +190,14 @@ class Upstream:
                 "capabilities": self.client_capabilities,
                 "clientInfo": CLIENT_INFO,
             },
-            timeout=STARTUP_TIMEOUT,  # `timeout:` bounds calls; a start (npx, imports) may take longer
+            timeout=self.handshake_timeout,  # a start (npx, imports) may take longer than a call
         )
         self.protocol_version = str(init.get("protocolVersion") or LATEST_LEGACY)
         self.capabilities = init.get("capabilities") or {}
         self.server_info = init.get("serverInfo") or {}
         self.instructions = init.get("instructions")
         await self.notify("notifications/initialized")
-        await self.refresh_tools(per_page=STARTUP_TIMEOUT)
+        await self.refresh_tools(per_page=self.handshake_timeout)
 
     async def _discover(self) -> bool:
         """Probe 2026-07-28 with ``server/discover``; False means: use the handshake era."""
@@ -322,7 +332,10 @@ class Upstream:
         if on_id is not None:
             on_id(request_id)
         try:
-            await channel.send(request(request_id, method, self._modern(params) if self.era == "modern" else params))
+            try:
+                await channel.send(request(request_id, method, self._modern(params) if self.era == "modern" else params))
+            except orjson.JSONEncodeError as exc:  # e.g. arguments nested deeper than the encoder's 255 levels
+                raise RpcError(INVALID_PARAMS, f"Invalid params: mcp-guard cannot forward this {method} ({exc})") from None
             return await asyncio.wait_for(fut, timeout or self.config.timeout)
         except TimeoutError:
             with contextlib.suppress(Exception):

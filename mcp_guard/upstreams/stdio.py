@@ -1,8 +1,8 @@
 """A stdio upstream: a child process speaking newline-delimited JSON-RPC.
 
-The child gets the guard's environment minus the guard's own secrets (``MCP_GUARD_*``, so a grant
-token never leaks to a server) plus its configured ``env``.  Its stderr goes to the guard's log,
-never to the host.
+The child gets an explicit environment (``config.upstream_environment``): a few essentials such as
+PATH and HOME, what ``env_passthrough`` names and its configured ``env`` — never another upstream's
+token or the guard's own secrets.  Its stderr goes to the guard's log, never to the host.
 """
 
 from __future__ import annotations
@@ -16,19 +16,13 @@ import signal
 
 import orjson
 
-from mcp_guard.config import UpstreamConfig
+from mcp_guard.config import UpstreamConfig, upstream_environment
 from mcp_guard.errors import UpstreamError
 from mcp_guard.jsonrpc import Message, dumps
 
 log = logging.getLogger("mcp_guard.upstream")
 
 LINE_LIMIT = 64 * 1024 * 1024  # a 2000-tool list is ~1 MB; leave ample room
-
-
-def child_environment(config: UpstreamConfig, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("MCP_GUARD_")}
-    env.update(config.env)
-    return env
 
 
 class StdioChannel:
@@ -40,7 +34,8 @@ class StdioChannel:
 
     async def open(self) -> None:
         assert self.config.command is not None
-        command = shutil.which(self.config.command, path=self.config.env.get("PATH") or os.environ.get("PATH")) or self.config.command
+        env = upstream_environment(self.config)
+        command = shutil.which(self.config.command, path=env.get("PATH")) or self.config.command
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 command,
@@ -48,7 +43,7 @@ class StdioChannel:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=child_environment(self.config),
+                env=env,
                 cwd=self.config.cwd,
                 limit=LINE_LIMIT,
                 start_new_session=True,  # the guard's signals (Ctrl-C in a terminal) are not the child's

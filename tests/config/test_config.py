@@ -11,11 +11,13 @@ from mcp_guard.config import (
     DEFAULT_AUDIENCE,
     ClientCredentialsConfig,
     OAuthConfig,
+    check_grant_variable,
     expand,
     load_config,
     parse_config,
     parse_duration,
     resolve_state_url,
+    upstream_environment,
 )
 from mcp_guard.errors import ConfigError
 
@@ -128,6 +130,44 @@ def test_upstream_options(home: Path) -> None:
     up = parse_config(text, str(home / "g.yaml"), environ={}).upstreams["fs"]
     assert (up.prefix, up.roots, up.timeout, up.protocol, up.trust_annotations) == (False, (str((home / "ws").resolve()),), 2.0, "auto", True)
     assert up.exposed("read") == "read"
+
+
+def test_timeouts_have_short_documented_defaults(home: Path) -> None:
+    up = parse_config("version: 1\nupstreams:\n  fs: {command: x}\n", str(home / "g.yaml"), environ={}).upstreams["fs"]
+    assert (up.timeout, up.startup_timeout) == (60.0, 10.0)
+    up = parse_config("version: 1\nupstreams:\n  fs: {command: x, startup_timeout: 90s, timeout: 5s}\n", str(home / "g.yaml"), environ={}).upstreams["fs"]
+    assert (up.timeout, up.startup_timeout) == (5.0, 90.0)
+    with pytest.raises(ConfigError) as err:
+        parse_config("version: 1\nupstreams:\n  fs: {command: x, startup_timeout: soon}\n", str(home / "g.yaml"), environ={})
+    assert "`startup_timeout` must be a duration" in err.value.problems[0]
+
+
+def test_an_upstream_gets_only_the_essentials_and_what_it_names(home: Path) -> None:
+    text = ("version: 1\nupstreams:\n  fs:\n    command: x\n    env: {OWN: '1', HOME: /srv/fs}\n"
+            "    env_passthrough: [NODE_OPTIONS, 'npm_config_*']\n")
+    up = parse_config(text, str(home / "g.yaml"), environ={}).upstreams["fs"]
+    guard_env = {
+        "PATH": "/bin", "HOME": "/root", "LANG": "C", "LC_ALL": "C", "TZ": "UTC", "NODE_OPTIONS": "--x",
+        "npm_config_cache": "/c", "GITHUB_TOKEN": "secret", "OTEL_EXPORTER_OTLP_HEADERS": "k=v",
+        "MCP_GUARD_GRANT": "chain", "LC": "not-a-locale-var-but-a-prefix-match-needs-the-underscore",
+    }
+    assert upstream_environment(up, guard_env) == {
+        "PATH": "/bin", "HOME": "/srv/fs", "LANG": "C", "LC_ALL": "C", "TZ": "UTC", "NODE_OPTIONS": "--x",
+        "npm_config_cache": "/c", "OWN": "1",
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config("version: 1\nupstreams:\n  fs: {command: x, env_passthrough: ['A B', 'X*Y']}\n", str(home / "g.yaml"), environ={})
+    assert len(err.value.problems) == 2 and "is not a variable name or a PREFIX* pattern" in err.value.problems[0]
+
+
+def test_a_grant_variable_the_config_ignores_is_refused(home: Path) -> None:
+    plain = parse_config("version: 1\nupstreams:\n  fs: {command: x}\n", str(home / "g.yaml"), environ={})
+    with pytest.raises(ConfigError, match=r"MCP_GUARD_GRANT is set but identity.grant is not"):
+        check_grant_variable(plain, {"MCP_GUARD_GRANT": "a.b.c"})
+    check_grant_variable(plain, {"MCP_GUARD_GRANT": " "})  # empty: nothing is ignored
+    check_grant_variable(plain, {})
+    uses = "version: 1\nupstreams:\n  fs: {command: x}\nidentity: {grant: '${MCP_GUARD_GRANT:-}'}\n"
+    check_grant_variable(parse_config(uses, str(home / "g.yaml"), environ={"MCP_GUARD_GRANT": "a.b.c"}), {"MCP_GUARD_GRANT": "a.b.c"})
 
 
 def test_invalid_yaml_names_the_line(home: Path) -> None:

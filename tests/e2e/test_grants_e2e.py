@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fixtures import (
     RecordFile,
+    chattr,
     guarded_session,
     mcp_guard_bin,
     recording_server_command,
@@ -165,3 +166,81 @@ def test_invalid_chain_refuses_to_start(tmp_path: Path) -> None:
     assert "is invalid (bad_signature)" in done.stderr
     assert "Traceback" not in done.stderr
     assert record.records() == []
+
+
+async def test_a_deleted_state_database_refuses_chained_calls_and_revoke_says_why(tmp_path: Path) -> None:
+    """Deleting state.db under a running guard used to switch revocation off without a word: the
+    guard read the deleted file, and `grant revoke` wrote to a fresh one nobody read."""
+    keys = Keys(tmp_path)
+    record = RecordFile(tmp_path / "rec.jsonl")
+    chain, _ = keys.chain(coder_tools=["rec/echo"])
+    config = _config(tmp_path, keys, record)
+    log = tmp_path / "guard.log"
+    async with guarded_session(config, env=_env(chain), stderr=log) as client:
+        assert not (await client.call_tool("rec_echo", {"text": "1"})).is_error
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"state.db{suffix}").unlink(missing_ok=True)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [str(mcp_guard_bin()), "grant", "revoke", "--config", str(config), "--", _link_id(chain.split("~")[0])],
+            capture_output=True, text=True, timeout=30, env=_env(""),
+        )
+        assert done.returncode == 1, done
+        assert "still uses the deleted one" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "state.db").exists()
+        for i in (2, 3, 4):
+            refused = await client.call_tool("rec_echo", {"text": str(i)})
+            assert refused.is_error
+            assert "the state store is unavailable" in text(refused) and "was deleted" in text(refused)
+    assert [a for _, a in record.calls()] == [{"text": "1"}]
+    assert log.read_text().count("was deleted while mcp-guard was using it") == 1, log.read_text()
+
+
+async def test_an_immutable_state_file_refuses_calls_instead_of_killing_the_guard(tmp_path: Path) -> None:
+    """`chattr +i` on the -shm file SQLite maps used to end the guard with SIGBUS and no log line."""
+    keys = Keys(tmp_path)
+    record = RecordFile(tmp_path / "rec.jsonl")
+    chain, _ = keys.chain(coder_tools=["rec/echo"])
+    config = _config(tmp_path, keys, record)
+    log = tmp_path / "guard.log"
+    shm = tmp_path / "state.db-shm"
+    async with guarded_session(config, env=_env(chain), stderr=log) as client:
+        assert not (await client.call_tool("rec_echo", {"text": "1"})).is_error
+        if not chattr("+i", shm):
+            pytest.skip("chattr +i is not possible here (needs root and a filesystem with the immutable flag)")
+        try:
+            for i in (2, 3):
+                refused = await client.call_tool("rec_echo", {"text": str(i)})
+                assert refused.is_error and "is not writable" in text(refused)
+        finally:
+            assert chattr("-i", shm)
+        assert not (await client.call_tool("rec_echo", {"text": "4"})).is_error
+    assert [a["text"] for _, a in record.calls()] == ["1", "4"]
+    logged = log.read_text()
+    assert logged.count("is not writable") == 1 and "usable again" in logged, logged
+
+
+def test_a_grant_in_the_environment_that_the_config_does_not_use_refuses_to_start(tmp_path: Path) -> None:
+    """MCP_GUARD_GRANT beside a guard.yaml without `identity.grant` used to be ignored without a
+    word, and the agent ran with the configuration's wider authority."""
+    keys = Keys(tmp_path)
+    record = RecordFile(tmp_path / "rec.jsonl")
+    chain, _ = keys.chain(coder_tools=["rec/echo"])
+    config = write_guard_config(
+        tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record.env())},
+        identity={"user": "alice"}, trust={"issuers": {"corp-idp": str(keys.idp_jwk)}},
+    )
+    done = subprocess.run(
+        [str(mcp_guard_bin()), "run", "--config", str(config)],
+        input="", capture_output=True, text=True, timeout=30, env=_env(chain),
+    )
+    assert done.returncode == 1, done
+    assert "MCP_GUARD_GRANT is set but identity.grant is not" in done.stderr
+    assert "grant: ${MCP_GUARD_GRANT}" in done.stderr and "Traceback" not in done.stderr
+    assert record.records() == []
+    # the CLI commands that only need the state store still work with the variable set
+    listed = subprocess.run(
+        [str(mcp_guard_bin()), "approvals", "list", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, env=_env(chain),
+    )
+    assert listed.returncode == 0, listed.stderr

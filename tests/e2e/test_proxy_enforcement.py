@@ -226,14 +226,23 @@ async def test_collision_is_refused_naming_both_tools(tmp_path: Path) -> None:
 
 
 async def test_upstream_environment_is_its_own(tmp_path: Path, record_file: RecordFile) -> None:
-    """The child gets its configured env (with ${VAR} expansion) and never the guard's MCP_GUARD_* secrets."""
+    """The child gets the essentials, its configured env (with ${VAR} expansion) and what
+    env_passthrough names; never the rest of the guard's environment (other upstreams' tokens,
+    telemetry credentials) and never the guard's MCP_GUARD_* secrets."""
     config = write_guard_config(
         tmp_path,
-        {"rec": stdio_upstream(recording_server_command(),
-                               env={**record_file.env(), "GIVEN": "${GUARD_TEST_VALUE}", "DEFAULTED": "${GUARD_TEST_UNSET:-dflt}"})},
+        {
+            "rec": stdio_upstream(recording_server_command(),
+                                  env={**record_file.env(), "GIVEN": "${GUARD_TEST_VALUE}", "DEFAULTED": "${GUARD_TEST_UNSET:-dflt}"},
+                                  env_passthrough=["PASS_ME", "PASS_PREFIX_*", "MCP_GUARD_*"]),
+            "tickets": {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer ${TICKETS_TOKEN}"}},
+        },
         [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/getenv"]}]}],
     )
-    env = tools_env({"GUARD_TEST_VALUE": "expanded", "MCP_GUARD_SECRET_THING": "must-not-leak"})
+    env = tools_env({
+        "GUARD_TEST_VALUE": "expanded", "MCP_GUARD_SECRET_THING": "must-not-leak", "TICKETS_TOKEN": "tickets-secret",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=otlp-secret", "PASS_ME": "passed", "PASS_PREFIX_A": "a", "LANG": "C.UTF-8",
+    })
     env.pop("GUARD_TEST_UNSET", None)
     async with guarded_session(config, env=env) as c:
         async def getenv(name: str) -> str:
@@ -241,4 +250,11 @@ async def test_upstream_environment_is_its_own(tmp_path: Path, record_file: Reco
 
         assert await getenv("GIVEN") == "expanded"
         assert await getenv("DEFAULTED") == "dflt"
-        assert await getenv("MCP_GUARD_SECRET_THING") == ""
+        assert await getenv("MCP_GUARD_SECRET_THING") == ""  # not even when env_passthrough asks for it
+        assert await getenv("TICKETS_TOKEN") == ""
+        assert await getenv("OTEL_EXPORTER_OTLP_HEADERS") == ""
+        assert await getenv("PASS_ME") == "passed"
+        assert await getenv("PASS_PREFIX_A") == "a"
+        assert await getenv("PATH") == env["PATH"]
+        assert await getenv("HOME") == env["HOME"]
+        assert await getenv("LANG") == "C.UTF-8"

@@ -6,9 +6,12 @@ upstreams keep working, the guard never hangs or dies, and its stdout carries on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from fixtures import (
@@ -28,6 +31,7 @@ from helpers_proxy import eventually, raw_guard, text
 from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.e2e
+T = TypeVar("T")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -171,3 +175,59 @@ async def test_stdout_carries_only_json_rpc(mode: Mode, tmp_path: Path, record_f
         message = json.loads(line)
         assert isinstance(message, dict) and message.get("jsonrpc") == "2.0", line
 
+
+
+async def test_a_slow_upstream_does_not_hold_the_hosts_start(tmp_path: Path, record_file: RecordFile) -> None:
+    """An upstream slower than its startup_timeout joins later (tools/list_changed) instead of
+    holding `initialize` for a minute (hosts such as the MCP Inspector give up after 30 s)."""
+    config = write_guard_config(
+        tmp_path,
+        {
+            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+            "slow": stdio_upstream(recording_server_command("--start-delay", "12"), env=record_file.env(), startup_timeout="1s"),
+        },
+    )
+    log = tmp_path / "guard.log"
+    changed: list[str] = []
+
+    async def on_message(message: object) -> None:
+        changed.append(type(message).__name__ + ":" + str(getattr(getattr(message, "root", message), "method", "")))
+
+    started = time.monotonic()
+    async with guarded_session(config, stderr=log, message_handler=on_message) as c:
+        assert time.monotonic() - started < 10, "initialize waited for the slow upstream"
+        names = {tool.name for tool in (await c.list_tools()).tools}
+        assert names == {"time_get_current_time", "time_convert_time"}
+        early = await c.call_tool("slow_echo", {"text": "too soon"})
+        assert early.is_error and "upstream slow has not started" in text(early), text(early)
+        later = await eventually(c.list_tools, lambda r: "slow_echo" in {t.name for t in r.tools}, within=40)
+        assert "slow_echo" in {t.name for t in later.tools}
+        assert text(await c.call_tool("slow_echo", {"text": "now"})) == "now"
+    assert any("list_changed" in m for m in changed), changed
+    assert "upstream slow is still starting after 1s (startup_timeout)" in log.read_text()
+
+
+async def test_a_host_that_hangs_up_mid_call_leaves_no_traceback(tmp_path: Path, record_file: RecordFile) -> None:
+    """The host closes both pipes while a call is in flight: the guard stops at once and quietly
+    (it used to print `Task exception was never retrieved` with a ConnectionResetError)."""
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record_file.env())})
+    errlog = tmp_path / "guard.stderr"
+    async with raw_guard(config, stderr=errlog) as guard:
+        await guard.initialize()
+        await guard.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "rec_slow", "arguments": {"seconds": 2}}})
+        await guard.send({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "rec_hang", "arguments": {}}})
+        await eventually(lambda: _async(record_file.tools_called), lambda called: "hang" in called)
+        proc = guard.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.stdout.feed_eof()
+        proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]  # the host's end of our stdout
+        started = time.monotonic()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert time.monotonic() - started < 8, "the guard waited to answer a host that is gone"
+    stderr = errlog.read_text()
+    assert "Traceback" not in stderr and "never retrieved" not in stderr, stderr
+
+
+async def _async(fn: Callable[[], T]) -> T:
+    return fn()

@@ -139,6 +139,34 @@ async def test_malformed_messages_are_answered_and_never_kill_the_session(tmp_pa
     assert record_file.tools_called() == ["echo"]
 
 
+async def test_params_of_the_wrong_type_are_invalid_params_not_internal_errors(tmp_path: Path, record_file: RecordFile) -> None:
+    """Found by tests/proxy/test_fuzz_wire.py: non-object params raised inside the session (-32603
+    with a Python exception in the log) or were forwarded to an upstream that dropped them, so the
+    host waited for the call timeout; an unhashable requestId in notifications/cancelled raised out
+    of the session; arguments nested deeper than the encoder can write failed as an internal error."""
+    async with guard_session(tmp_path, {"rec": _rec(record_file)}, POLICY) as host:
+        await host.initialize()
+        for method in ("prompts/get", "completion/complete", "resources/subscribe", "logging/setLevel"):
+            for params in ("text", [1, 2], 3):
+                await host.handle({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+                answer = await host.next(5)
+                assert answer["error"] == {"code": -32602, "message": f"Invalid params: {method} needs an object as params"}, answer
+        answer = await host.request("logging/setLevel", {"level": {"deep": "x"}})
+        assert answer["error"]["code"] == -32602 and "level must be one of debug" in answer["error"]["message"]
+        await host.handle({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": [1, 2]}})
+        await asyncio.sleep(0.05)
+        assert host.pending() == []
+        deep: Any = "x"
+        for _ in range(300):
+            deep = [deep]
+        answer = await host.request("tools/call", _call("rec_echo", {"text": "deep", "nested": deep}))
+        assert answer["error"]["code"] == -32602, answer
+        assert answer["error"]["message"].startswith("Invalid params: mcp-guard cannot forward this tools/call"), answer
+        ok = await host.request("tools/call", _call("rec_echo", {"text": "alive"}))
+        assert ok["result"]["content"][0]["text"] == "alive"
+    assert record_file.tools_called() == ["echo"]
+
+
 async def test_cancellation_reaches_the_upstream_and_nothing_is_answered(tmp_path: Path,
                                                                         record_file: RecordFile) -> None:
     async with guard_session(tmp_path, {"rec": _rec(record_file)}, POLICY) as host:

@@ -3,6 +3,9 @@
     python stateproc.py consume URL KEY LIMIT TRIES GO_FILE  -> prints how many calls were allowed
     python stateproc.py rate URL KEY PER_MINUTE TRIES GO_FILE -> prints how many calls were allowed
     python stateproc.py revoke URL JTI
+    python stateproc.py hold URL      -> opens URL as a running guard does (holder), prints "ready",
+                                         then for each stdin line JTI prints the result of revoked([JTI])
+                                         (or "StateError: ...") until stdin closes
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import sys
 import time
 
+from mcp_guard.errors import StateError
 from mcp_guard.state import Counter, open_store
 
 
@@ -25,7 +29,7 @@ def _wait_for(go_file: str) -> None:
 
 async def main(argv: list[str]) -> None:
     command, url = argv[0], argv[1]
-    store = open_store(url)
+    store = open_store(url, holder=command == "hold")
     try:
         if command == "consume":
             key, limit, tries, go = argv[2], int(argv[3]), int(argv[4]), argv[5]
@@ -45,6 +49,13 @@ async def main(argv: list[str]) -> None:
         elif command == "revoke":
             await store.revoke(argv[2], "revoked from another process")
             print("revoked", flush=True)
+        elif command == "hold":
+            print("ready", flush=True)
+            for line in sys.stdin:
+                try:
+                    print(await store.revoked([line.strip()]), flush=True)
+                except StateError as exc:
+                    print(f"StateError: {exc}", flush=True)
         else:
             raise SystemExit(f"unknown command {command}")
     finally:
