@@ -64,8 +64,12 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str, log_level
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
 @click.option("--allow-origin", multiple=True, help="A browser Origin allowed besides localhost (repeatable).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Guard processes sharing the port (SO_REUSEPORT) and the configured state store.")
+@click.option("--reuse-port", is_flag=True, help="Share the port with other `serve` processes on this host (replicas).")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
-def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], log_level: str | None) -> None:
+def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], workers: int, reuse_port: bool,
+          log_level: str | None) -> None:
     """Serve the guard over Streamable HTTP at /mcp; callers present grant chains as bearer tokens."""
     setup_logging(log_level)
     config = load_config(config_path)
@@ -73,10 +77,22 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
         raise ConfigError(f"{config_path}: serve mode needs trust.issuers to verify the bearer grant chains callers present")
     if not config.upstreams:
         raise ConfigError(f"{config_path}: nothing to guard: no upstreams are configured")
-    asyncio.run(_serve(config, host, port, allow_origin))
+    if (workers > 1 or reuse_port) and config.state_url.startswith("memory://"):
+        raise ConfigError(f"{config_path}: state.url memory:// lives in one process; --workers and --reuse-port need a "
+                          "shared store (sqlite:// or redis://) so budgets, limits and revocations hold across processes")
+    if workers == 1:
+        asyncio.run(_serve(config, host, port, allow_origin, reuse_port))
+        return
+    import secrets
+
+    from mcp_guard.transports.workers import run_workers
+
+    if config.approvals.state_key is None:  # every worker must open the approval state another sealed
+        config = dataclasses.replace(config, approvals=dataclasses.replace(config.approvals, state_key=secrets.token_hex(32)))
+    raise SystemExit(run_workers(workers, lambda: asyncio.run(_serve(config, host, port, allow_origin, True))))
 
 
-async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
+async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     from mcp_guard import telemetry
     from mcp_guard.proxy.guard import build_context, chain_verifier
     from mcp_guard.transports.http import serve_http
@@ -84,7 +100,7 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     ctx = await build_context(config)
     verifier = chain_verifier(config)
     try:
-        await serve_http(ctx, verifier, host, port, allow_origin)
+        await serve_http(ctx, verifier, host, port, allow_origin, reuse_port=reuse_port)
     finally:
         await ctx.store.close()
         telemetry.shutdown()

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import os
 import re
 import time
 import uuid
@@ -207,15 +208,19 @@ class HttpGuard:
             asyncio.get_running_loop().create_task(old.session.close())
 
 
-async def serve_http(ctx: GuardContext, verifier: ChainVerifier, host: str, port: int, allowed_origins: tuple[str, ...] = ()) -> None:
-    """Run until cancelled (SIGINT/SIGTERM)."""
+async def serve_http(ctx: GuardContext, verifier: ChainVerifier, host: str, port: int, allowed_origins: tuple[str, ...] = (),
+                     *, reuse_port: bool = False) -> None:
+    """Run until cancelled (SIGINT/SIGTERM); ``reuse_port`` shares the port with other processes
+    (``serve --workers``, replicas on one host)."""
     import uvicorn
+
+    from mcp_guard.transports.workers import reuse_port_socket
 
     guard = HttpGuard(ctx, verifier, allowed_origins=allowed_origins)
     await guard.start()
     server = uvicorn.Server(uvicorn.Config(guard.app, host=host, port=port, log_level="warning", lifespan="off"))
-    log.info("serving MCP at http://%s:%d/mcp", host, port)
+    log.info("serving MCP at http://%s:%d/mcp (pid %d)", host, port, os.getpid())
     try:
-        await server.serve()
+        await server.serve(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
     finally:
         await guard.close()
