@@ -9,6 +9,8 @@ against each target in turn, reading the proxy's and the upstream's CPU time fro
 
 Targets:
   direct        the upstream itself
+  passthrough   http_passthrough.py: uvicorn + Starlette + httpx2 forwarding bodies unchanged (the
+                guard's HTTP stack without mediation: the floor for a Python HTTP proxy)
   guard         mcp-guard serve (200-rule bench policy, sqlite state, 2-link bearer grant chain)
   guard_full    guard + tracing (OTLP traces and metrics to the sink) + hash-chained audit log
   guard_w2      guard_full with --workers 2 (one port, SO_REUSEPORT, shared sqlite state)
@@ -23,7 +25,7 @@ session lives in the process that opened it, so legacy is not run against guard_
 
 Usage (from the repository root; needs wrk: ``apt-get install -y wrk``):
   .venv/bin/python bench/serve_bench.py [--conns 1,4,16,64,256] [--duration 5] [--rounds 2]
-      [--eras modern,legacy] [--targets direct,guard,guard_full,guard_w2,guard_redis2,fastmcp]
+      [--eras modern,legacy] [--targets direct,passthrough,guard,guard_full,guard_w2,guard_redis2,fastmcp]
       [--out bench/results/serve-<stamp>]
 then ``.venv/bin/python bench/summarize.py --serve OUT/results.jsonl [--markdown]``.
 """
@@ -57,7 +59,7 @@ PY = sys.executable
 GUARD = Path(sys.executable).parent / "mcp-guard"
 LUA = HERE / "wrk" / "mcp_call.lua"
 TICKS = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "guard", "guard_full", "guard_w2", "guard_redis2", "fastmcp")
+TARGETS = ("direct", "passthrough", "guard", "guard_full", "guard_w2", "guard_redis2", "fastmcp")
 MULTI = ("guard_w2", "guard_redis2")  # several processes: handshake-era sessions are per process
 
 
@@ -182,6 +184,9 @@ class Bench:
             serve = [str(GUARD), "serve", "--port", str(port), "--log-level", "WARNING"]
             if name == "direct":
                 t.procs = [self.upstream]
+            elif name == "passthrough":
+                t.procs = [self.spawn([PY, str(HERE / "http_passthrough.py"), "--port", str(port),
+                                       "--upstream-url", self.upstream_url])]
             elif name == "fastmcp":
                 t.procs = [self.spawn([PY, str(HERE / "fastmcp_proxy.py"), "--http", str(port), "--reuse-session",
                                        "--upstream-url", self.upstream_url])]
