@@ -146,7 +146,7 @@ class Bench:
     def close(self) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.terminate()  # SIGTERM: a background job's children ignore SIGINT
         for p in reversed(self.procs):
             try:
                 p.wait(15)
@@ -154,6 +154,19 @@ class Bench:
                 p.kill()
                 p.wait()
         self.logs.close()
+
+    def quiesce(self, idle: float = 0.1, limit: float = 45.0) -> None:
+        """Wait until every server started here is idle (below ``idle`` of a core for 0.5 s), so the
+        requests a previous run left queued (wrk stops, servers finish what they accepted) do not
+        load the next one; gives up after ``limit`` seconds."""
+        pids = [p.pid for p in self.procs]
+        deadline = time.monotonic() + limit
+        before, calm = tree_cpu_s(pids), 0
+        while time.monotonic() < deadline and calm < 2:
+            time.sleep(0.25)
+            now = tree_cpu_s(pids)
+            calm = calm + 1 if now - before < idle * 0.25 else 0
+            before = now
 
     def guard_config(self, name: str, *, full: bool, state: str) -> Path:
         directory = self.work / name
@@ -255,6 +268,7 @@ def run_wrk(t: Target, era: str, conns: int, seconds: float, work: Path) -> dict
            "-s", str(LUA), t.url, "--", *script_args]
     pids = [p.pid for p in t.procs]
     upstream = [] if t.name == "direct" else [BENCH.upstream.pid]
+    BENCH.quiesce()
     cpu0, up0, t0 = tree_cpu_s(pids), tree_cpu_s(upstream), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     wall = time.monotonic() - t0
@@ -263,6 +277,7 @@ def run_wrk(t: Target, era: str, conns: int, seconds: float, work: Path) -> dict
     if line is None:
         raise SystemExit(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     w = json.loads(line[len("WRKJSON "):])
+    first_errors = [x[len("WRKERR "):] for x in out.stdout.splitlines() if x.startswith("WRKERR ")]
     n = max(1, w["requests"])
     errors = sum(w[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "rpc_errors"))
     return {
@@ -275,6 +290,7 @@ def run_wrk(t: Target, era: str, conns: int, seconds: float, work: Path) -> dict
         "upstream_cpu_us": round((up1 - up0) / n * 1e6, 1) if upstream else None,
         "proxy_cpu_util": round((cpu1 - cpu0) / wall, 3),
         "procs": len(pids),
+        "first_errors": first_errors,
     }
 
 
@@ -302,12 +318,13 @@ def main() -> None:
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
     if shutil.which("wrk") is None:
         raise SystemExit("serve_bench.py needs wrk (HTTP load generator): apt-get install -y wrk")
     names = [t for t in args.targets.split(",") if t]
     if "guard_redis2" in names and shutil.which("redis-server") is None:
         raise SystemExit("target guard_redis2 needs redis-server: apt-get install -y redis-server")
-    out = args.out or HERE / "results" / time.strftime("serve-%Y%m%d-%H%M%S")
+    out = (args.out or HERE / "results" / time.strftime("serve-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = (out / "results.jsonl").open("a")
     eras = [e for e in args.eras.split(",") if e]

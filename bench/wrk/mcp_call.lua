@@ -14,7 +14,8 @@
 --
 -- Every request has a fresh JSON-RPC id (several may be in flight on one session). A response
 -- counts as an error unless it is HTTP 200 and its body carries "isError":false. done() prints
--- one line "WRKJSON {...}" with counts and latency percentiles in microseconds.
+-- one line "WRKJSON {...}" with counts and latency percentiles in microseconds; the first error
+-- answer of each thread is printed as "WRKERR <status> <body prefix>".
 
 local threads = {}
 local next_id = 1
@@ -76,6 +77,9 @@ end
 function response(status, hdrs, body)
   if status ~= 200 or not string.find(body, '"isError":false', 1, true) then
     rpc_errors = rpc_errors + 1
+    if rpc_errors == 1 then  -- the first refusal of each thread, for the record
+      io.write("WRKERR " .. status .. " " .. string.sub(body, 1, 300):gsub("\n", " ") .. "\n")
+    end
   end
 end
 
