@@ -1,13 +1,16 @@
 """Where a Python proxy's CPU goes, by layer, from a py-spy raw profile.
 
-  py-spy record --pid PID -d 10 -r 200 --native --format raw -o serve.raw   # while wrk runs
+  py-spy record --pid PID -d 10 -r 200 --gil --format raw -o serve.raw   # while wrk runs
   python profile_breakdown.py serve.raw [--top 15]
+
+``--gil`` keeps only samples of the thread holding the GIL: Python work, without the time spent
+in system calls (which release it; read those from utime/stime in /proc/PID/stat).
 
 Each sample goes to the innermost frame that belongs to a known layer (the HTTP server in front,
 the HTTP client to the upstream, the guard's own modules by name, the OTLP export thread); frames
 of the event loop and of h11 (used on both sides) are looked through. Native ``send``/``recv``/
 ``epoll`` frames (needs ``--native``) are counted separately as socket system calls, whatever
-layer issued them.
+layer issued them (for a ``--native`` profile).
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ LAYERS = [  # (path fragment, layer), first match wins for a frame
     ("pydantic", "pydantic (SDK message models)"),
     ("mcp_types/", "pydantic (SDK message models)"),
 ]
-SYSCALLS = ("send", "recv", "sendmsg", "recvmsg", "epoll_wait", "__libc_send", "__libc_recv", "write", "read",
-            "__send", "__recv", "poll")
+SYSCALLS = ("send", "recv", "sendmsg", "recvmsg", "__libc_send", "__libc_recv", "write", "read", "__send", "__recv")
 
 
 IDLE = ("Condition.wait", "Event.wait", "Thread._wait_for_tstate_lock")  # a sleeping thread py-spy counted

@@ -42,8 +42,10 @@ SERVE_COLS = [  # serve_bench.py: (json key, header, decimals)
     ("errors", "errors", 0),
     ("proxy_cpu_us", "proxy CPU us/req", 0),
     ("upstream_cpu_us", "upstream CPU us/req", 0),
+    ("per_cpu_s", "req per server CPU-s", 0),
+    ("proxy_cpu_util", "proxy cores busy", 2),
 ]
-SERVE_RATIO_COLS = [("rps", "x rps"), ("p99_ms", "x p99"), ("proxy_cpu_us", "x cpu")]
+SERVE_RATIO_COLS = [("rps", "x rps"), ("p99_ms", "x p99"), ("proxy_cpu_us", "x cpu"), ("per_cpu_s", "x per CPU-s")]
 
 
 def med(rows: list[dict], key: str) -> float | None:
@@ -73,6 +75,8 @@ def serve(path: str, baseline: str, markdown: bool) -> None:
             r = json.loads(line) if line.startswith("{") else {}
             if "label" not in r:
                 continue
+            if r.get("proxy_cpu_us"):  # requests per CPU-second of proxy + upstream: capacity, not luck
+                r["per_cpu_s"] = 1e6 / (r["proxy_cpu_us"] + (r.get("upstream_cpu_us") or 0))
             groups[(r["era"], r["conns"])][r["label"]].append(r)
             if r["label"] not in order:
                 order.append(r["label"])
