@@ -10,6 +10,7 @@ stops the rest, so the service never runs on fewer workers than asked for withou
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -20,6 +21,8 @@ from types import FrameType
 from mcp_guard.errors import GuardError
 
 log = logging.getLogger("mcp_guard.workers")
+
+_PR_SET_PDEATHSIG = 1
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -37,6 +40,18 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel send SIGTERM to this worker when the supervisor dies (even by
+    SIGKILL), so no orphaned worker keeps serving on the port; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_workers(count: int, work: Callable[[], None]) -> int:
     """Fork ``count`` processes running ``work``; returns 0 after a requested stop, 1 if a worker died."""
     alive: set[int] = set()
@@ -52,11 +67,13 @@ def run_workers(count: int, work: Callable[[], None]) -> int:
         stopping = True
         stop_all()
 
+    parent = os.getpid()
     for _ in range(count):
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's code
             code = 1
             try:
+                _die_with_parent(parent)
                 work()
                 code = 0
             except SystemExit as exc:

@@ -92,6 +92,26 @@ def test_a_worker_that_dies_stops_the_service(two_workers: tuple[Setup, subproce
     assert "stopping the other workers" in (setup.record.path.parent / "serve.log").read_text()
 
 
+def test_workers_do_not_outlive_a_killed_supervisor(two_workers: tuple[Setup, subprocess.Popen[bytes]]) -> None:
+    proc = two_workers[1]
+    workers = _children(proc.pid)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_memory_state_is_refused_with_workers(tmp_path: Path) -> None:
     setup = Setup(tmp_path)
     config = setup.config.read_text().replace(f"sqlite:///{tmp_path / 'state.db'}", "memory://")
