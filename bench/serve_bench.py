@@ -122,8 +122,7 @@ class Target:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, work: Path, sink: str) -> None:
-        self.args = args
+    def __init__(self, work: Path, sink: str) -> None:
         self.work = work
         self.sink = sink
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -255,20 +254,20 @@ def open_session(t: Target) -> str:
 
 # ------------------------------------------------------------------ one wrk run
 
-def run_wrk(t: Target, era: str, conns: int, seconds: float, work: Path) -> dict[str, Any]:
+def run_wrk(b: Bench, t: Target, era: str, conns: int, seconds: float) -> dict[str, Any]:
     threads = 1 if conns == 1 else 2
     script_args = [era, t.tool, t.token]
     if era == "legacy":
         while len(t.sessions) < conns:
             t.sessions.append(open_session(t))
-        sids = work / f"sessions-{t.name}-{conns}.txt"
+        sids = b.work / f"sessions-{t.name}-{conns}.txt"
         sids.write_text("\n".join(t.sessions[:conns]) + "\n")
         script_args += [str(sids), str(threads)]
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
            "-s", str(LUA), t.url, "--", *script_args]
     pids = [p.pid for p in t.procs]
-    upstream = [] if t.name == "direct" else [BENCH.upstream.pid]
-    BENCH.quiesce()
+    upstream = [] if t.name == "direct" else [b.upstream.pid]
+    b.quiesce()
     cpu0, up0, t0 = tree_cpu_s(pids), tree_cpu_s(upstream), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     wall = time.monotonic() - t0
@@ -294,18 +293,15 @@ def run_wrk(t: Target, era: str, conns: int, seconds: float, work: Path) -> dict
     }
 
 
-BENCH: Bench
-
-
 @contextlib.contextmanager
-def bench(args: argparse.Namespace, work: Path) -> Iterator[Bench]:
-    global BENCH
+def bench(work: Path) -> Iterator[Bench]:
+    """The servers of one run, stopped on the way out."""
     with otlp_sink() as sink:
-        BENCH = Bench(args, work, sink)
+        b = Bench(work, sink)
         try:
-            yield BENCH
+            yield b
         finally:
-            BENCH.close()
+            b.close()
 
 
 def main() -> None:
@@ -334,20 +330,20 @@ def main() -> None:
             "eras": eras, "conns": conns}
     results.write(json.dumps(meta) + "\n")
     print(json.dumps(meta), file=sys.stderr)
-    with bench(args, out) as b:
+    with bench(out) as b:
         targets = b.start(names)
         for t in targets:
             for era in eras:
                 if era == "legacy" and t.name in MULTI:
                     continue
-                run_wrk(t, era, 16, args.warmup, out)  # imports, caches, first exports
+                run_wrk(b, t, era, 16, args.warmup)  # imports, caches, first exports
         for r in range(1, args.rounds + 1):
             for c in conns:
                 for era in eras:
                     for t in targets:
                         if era == "legacy" and t.name in MULTI:
                             continue
-                        row = run_wrk(t, era, c, args.duration, out)
+                        row = run_wrk(b, t, era, c, args.duration)
                         row["round"] = r
                         row["load"] = round(os.getloadavg()[0], 2)
                         results.write(json.dumps(row) + "\n")
