@@ -10,7 +10,12 @@ Env knobs:
   ECHO_OTEL_MEMORY=1  install an OTel SDK TracerProvider with an in-memory
                       exporter (needs opentelemetry-sdk) to price real spans
 
-Usage:  python echo_server.py [--tools N]
+Usage:  python echo_server.py [--tools N] [--http PORT [--sse]]
+
+``--http PORT`` serves the same server over Streamable HTTP at
+http://127.0.0.1:PORT/mcp (the SDK's ``streamable_http_app`` under uvicorn,
+stateful: handshake-era sessions and 2026-07-28 stateless POSTs alike), with
+plain JSON answers unless ``--sse``.
 """
 
 from __future__ import annotations
@@ -100,11 +105,24 @@ async def _main(n_tools: int) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
+def serve_http(n_tools: int, port: int, sse: bool) -> None:
+    import uvicorn
+
+    app = make_server(n_tools).streamable_http_app(json_response=not sse)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tools", type=int, default=int(os.environ.get("ECHO_TOOLS", "20")))
+    ap.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT/mcp")
+    ap.add_argument("--sse", action="store_true", help="with --http: answer POSTs with SSE streams")
     args = ap.parse_args()
     _maybe_install_otel()
+    if args.http:
+        with contextlib.suppress(KeyboardInterrupt):
+            serve_http(args.tools, args.http, args.sse)
+        sys.exit(0)
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(_main, args.tools)
     sys.exit(0)

@@ -50,6 +50,7 @@ class AuditRecord(TypedDict, total=False):
     """The fields the guard writes (docs/audit.md); readers must tolerate absent ones."""
 
     time: str
+    pid: int
     session: str
     principal: list[str]
     user: str
@@ -153,6 +154,7 @@ class AuditLog:
         self.fsync = fsync
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._pid = os.getpid()  # which process wrote a record: serve workers and replicas share one log
         self._head = GENESIS
         self._fd = -1
         self._ino = -1
@@ -306,6 +308,7 @@ class AuditLog:
         body.pop("hash", None)
         if "time" not in body:
             body["time"] = _now()
+        body.setdefault("pid", self._pid)
         with self._lock:
             if self.path is None:
                 body["prev"] = self._head

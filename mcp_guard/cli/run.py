@@ -125,8 +125,12 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
 @click.option("--allow-origin", multiple=True, help="A browser Origin allowed besides localhost (repeatable).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Guard processes sharing the port (SO_REUSEPORT) and the configured state store.")
+@click.option("--reuse-port", is_flag=True, help="Share the port with other `serve` processes on this host (replicas).")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
-def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], log_level: str | None) -> None:
+def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], workers: int, reuse_port: bool,
+          log_level: str | None) -> None:
     """Serve the guard over Streamable HTTP at /mcp; callers present OAuth access tokens (serve.oauth)
     or grant chains (trust.issuers) as bearer tokens."""
     setup_logging(log_level)
@@ -135,10 +139,22 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
         raise ConfigError(f"{config_path}: serve mode needs serve.oauth (OAuth access tokens) or trust.issuers (grant chains) to know its callers")
     if not config.upstreams:
         raise ConfigError(f"{config_path}: nothing to guard: no upstreams are configured")
-    asyncio.run(_serve(config, host, port, allow_origin))
+    if (workers > 1 or reuse_port) and config.state_url.startswith("memory://"):
+        raise ConfigError(f"{config_path}: state.url memory:// lives in one process; --workers and --reuse-port need a "
+                          "shared store (sqlite:// or redis://) so budgets, limits and revocations hold across processes")
+    if workers == 1:
+        asyncio.run(_serve(config, host, port, allow_origin, reuse_port))
+        return
+    import secrets
+
+    from mcp_guard.transports.workers import run_workers
+
+    if config.approvals.state_key is None:  # every worker must open the approval state another sealed
+        config = dataclasses.replace(config, approvals=dataclasses.replace(config.approvals, state_key=secrets.token_hex(32)))
+    raise SystemExit(run_workers(workers, lambda: asyncio.run(_serve(config, host, port, allow_origin, True))))
 
 
-async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
+async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     from mcp_guard import telemetry
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
     from mcp_guard.transports.exchange import TokenExchange
@@ -152,7 +168,7 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
     try:
         await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin, config=config.serve,
-                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange)
+                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port)
     finally:
         await ctx.store.close()
         telemetry.shutdown()

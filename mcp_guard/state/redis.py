@@ -89,15 +89,23 @@ return 1
 """
 
 
+POOL_SIZE = 100  # connections per guard process
+POOL_WAIT = 5.0  # seconds a call waits for one of them before it is refused (fail closed)
+
+
 class RedisStore:
     """Shares budgets, rates, revocations and approvals between guard replicas."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self._r: aioredis.Redis = aioredis.Redis.from_url(
-                url, socket_connect_timeout=3.0, socket_timeout=5.0, decode_responses=True
+            # a burst of calls beyond the pool waits for a free connection (up to POOL_WAIT) instead
+            # of being refused at once with "Too many connections", as the default pool does
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=POOL_SIZE, timeout=POOL_WAIT, socket_connect_timeout=3.0, socket_timeout=5.0,
+                decode_responses=True,
             )
+            self._r: aioredis.Redis = aioredis.Redis.from_pool(pool)
         except (ValueError, RedisError) as exc:
             raise StateError(f"the state URL {url} is not a valid Redis URL: {exc}") from None
         self._consume = self._r.register_script(_CONSUME)

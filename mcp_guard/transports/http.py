@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import os
 import re
 import time
 import uuid
@@ -490,16 +491,20 @@ async def serve_http(
     chain_issuers: frozenset[str] = frozenset(),
     oauth: OAuthVerifier | None = None,
     exchange: TokenExchange | None = None,
+    reuse_port: bool = False,
 ) -> None:
-    """Run until cancelled (SIGINT/SIGTERM)."""
+    """Run until cancelled (SIGINT/SIGTERM); ``reuse_port`` shares the port with other processes
+    (``serve --workers``, replicas on one host)."""
     import uvicorn
+
+    from mcp_guard.transports.workers import reuse_port_socket
 
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
                       oauth=oauth, exchange=exchange, listen=(host, port))
     await guard.start()
     server = uvicorn.Server(uvicorn.Config(guard, host=host, port=port, log_level="warning", lifespan="off"))
-    log.info("serving MCP at http://%s:%d%s", host, port, guard.mcp_path)
+    log.info("serving MCP at http://%s:%d%s (pid %d)", host, port, guard.mcp_path, os.getpid())
     try:
-        await server.serve()
+        await server.serve(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
     finally:
         await guard.close()

@@ -31,6 +31,13 @@ async def test_budget_allows_exactly_limit_calls(store: StateStore) -> None:
     assert results == [None, None, None, "session:s1:fs", "session:s1:fs"]
 
 
+async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(store: StateStore) -> None:
+    """300 calls at once (more than a replica's 100 Redis connections) are all counted, none refused."""
+    budget = [Counter("grant:burst", 250)]
+    results = await asyncio.gather(*(store.consume(budget) for _ in range(300)))
+    assert results.count(None) == 250 and results.count("grant:burst") == 50
+
+
 async def test_consume_is_all_or_nothing(store: StateStore) -> None:
     small, big = Counter("grant:child", 1), Counter("grant:parent", 3)
     assert await store.consume([big, small]) is None
