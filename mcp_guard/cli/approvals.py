@@ -49,7 +49,9 @@ def _existing_store(url: str) -> None:
     from mcp_guard.state.sqlite import sqlite_path
 
     path = sqlite_path(url)
-    if not path.exists():
+    holders = path.with_name(path.name + ".guards")
+    if not path.exists() and not (holders.is_dir() and any(holders.iterdir())):
+        # (with guards recorded as holders, opening the store says which guard lost its file)
         raise GuardError(
             f"there is no state store at {path}: no guard has used it, so it holds no approval request; "
             "give --config with the running guard's guard.yaml, or --state with the URL its hint printed"
