@@ -298,7 +298,7 @@ class PolicySet:
         """
         if kind is not Kind.RESOURCE:
             c = (self._cands.get(tool) or self._candidates(tool)) if kind is Kind.TOOL else self._index[kind].candidates(tool)
-            return self._visible(c, principal, annotations, None)
+            return bool(c.permits) and self._visible(c, principal, annotations, None)  # no permit: hidden, at once
         if not judge_uri:
             permits, blanket = self._template_rules(split_resource_selector(tool)[0])
             return self._visible(_Candidates((), (), (), permits, blanket), principal, annotations, None)
