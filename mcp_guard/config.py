@@ -299,7 +299,7 @@ _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
 _SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "session_idle", "max_body", "token_exchange"}
-_OAUTH = {"issuer", "audience", "scopes", "user", "agent", "purpose"}
+_SERVE_OAUTH = {"issuer", "audience", "scopes", "user", "agent", "purpose"}
 _TOKEN_EXCHANGE = {"key", "issuer", "ttl"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -603,7 +603,7 @@ def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeC
         oauth_raw = []
     for i, item in enumerate(oauth_raw or []):
         path: YPath = ("serve", "oauth", i)
-        o = r.mapping(item, path, _OAUTH, "serve.oauth entry")
+        o = r.mapping(item, path, _SERVE_OAUTH, "serve.oauth entry")
         issuer = _http_url(r, o.get("issuer"), (*path, "issuer"), "`issuer`")
         if "issuer" not in o:
             r.error(path, "each serve.oauth entry needs `issuer`")
