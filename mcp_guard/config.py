@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 from mcp_guard.errors import ConfigError
 from mcp_guard.paths import PathContext
 from mcp_guard.yamlsrc import Path as YPath
-from mcp_guard.yamlsrc import SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
+from mcp_guard.yamlsrc import Problem, SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
 
 DEFAULT_AUDIENCE = "urn:mcp-guard:local"
 DEFAULT_STATE_URL = "sqlite:///.mcp-guard/state.db"
@@ -170,6 +171,9 @@ class GuardConfig:
     state_url: str = DEFAULT_STATE_URL
     telemetry: TelemetryConfig = TelemetryConfig()
     serve: ServeConfig = ServeConfig()
+    # problems that do not stop a guard but that ``check`` reports (``file:line:col: ...`` lines):
+    # an upstream command that is not there only fails that upstream, as at run time
+    advisories: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def base_dir(self) -> Path:
@@ -423,6 +427,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         r.error(("version",), "`version` must be 1", value="version" in top)
 
     upstreams: dict[str, UpstreamConfig] = {}
+    advisories: list[Problem] = []
     ups = r.mapping(top.get("upstreams"), ("upstreams",), set(top.get("upstreams") or {}), "upstreams")
     for name, spec in ups.items():
         path: YPath = ("upstreams", name)
@@ -448,6 +453,8 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         elif roots_raw is not None:
             roots = "pass" if r.choice(roots_raw, (*path, "roots"), ("pass", "none"), "none") == "pass" else "none"
         cwd = r.string(u.get("cwd"), (*path, "cwd"))
+        if command:
+            advisories.extend(_command_problems(smap, (*path, "command"), command, _resolve(base, cwd) if cwd else base, env_map, env))
         workdir = r.string(u.get("workdir"), (*path, "workdir"))
         resolve = r.boolean(u.get("resolve"), (*path, "resolve"), False)
         if resolve and url is not None:
@@ -504,6 +511,8 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             resolved = _resolve(base, kp)
             if not resolved.exists():
                 r.error(("trust", "issuers", iss), f"key file {kp} for issuer `{iss}` does not exist", value=True)
+            elif (why := _public_key_problem(resolved, kp)) is not None:
+                r.error(("trust", "issuers", iss), f"key file for issuer `{iss}`: {why}", value=True)
             issuers[str(iss)] = resolved
     trust = TrustConfig(issuers=issuers, audience=r.string(tr.get("audience"), ("trust", "audience")) or DEFAULT_AUDIENCE)
 
@@ -548,7 +557,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
 
     errors = [p for p in r.problems if p.severity == "error"]
     if errors:
-        ordered = sorted(r.problems, key=lambda p: (p.line, p.col))
+        ordered = sorted([*r.problems, *advisories], key=lambda p: (p.line, p.col))
         raise ConfigError(f"{file}: invalid configuration ({len(errors)} problems)", [str(p) for p in ordered])
     return GuardConfig(
         source=source,
@@ -563,6 +572,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         state_url=resolve_state_url(state_url, base),
         telemetry=telemetry,
         serve=serve,
+        advisories=tuple(str(p) for p in advisories),
     )
 
 
@@ -650,6 +660,39 @@ def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeC
         max_body=counts["max_body"],
         token_exchange=exchange,
     )
+
+
+def _public_key_problem(path: Path, shown: str) -> str | None:
+    """Why ``path`` is not an Ed25519 public key (a private key, garbage, unreadable), or None."""
+    from mcp_guard.grants import GrantError, load_public_key
+
+    try:
+        load_public_key(path)
+    except GrantError as exc:
+        return str(exc).replace(str(path), shown)
+    return None
+
+
+def _command_problems(smap: SourceMap, at: YPath, command: str, cwd: Path, env: Mapping[str, str],
+                      environ: Mapping[str, str]) -> list[Problem]:
+    """An upstream command with a path that does not exist (or cannot run) is an error; a bare
+    command not found on PATH only a warning, since the host that launches the guard may have
+    another PATH (the upstream's own ``env.PATH`` first, then this environment's)."""
+    if "/" in command or (os.sep != "/" and os.sep in command):
+        p = Path(os.path.expanduser(command))
+        p = p if p.is_absolute() else cwd / p
+        if not p.exists():
+            return [smap.problem(at, f"upstream command {command} does not exist", "write the path of an installed server")]
+        if p.is_dir() or not os.access(p, os.X_OK):
+            return [smap.problem(at, f"upstream command {command} is not an executable file")]
+        return []
+    search = env.get("PATH") or environ.get("PATH") or ""
+    if shutil.which(command, path=search) is None:
+        return [smap.problem(
+            at, f"upstream command `{command}` is not on PATH here", "the host's PATH may differ; an absolute path is certain",
+            "warning",
+        )]
+    return []
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> GuardConfig:

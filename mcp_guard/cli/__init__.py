@@ -33,9 +33,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from mcp_guard.cli import approvals, audit, grant, login, pin, policy, run
+    from mcp_guard.cli import approvals, audit, grant, init, login, pin, policy, run
 
-    for module in (run, policy, grant, audit, approvals, pin, login):
+    for module in (run, policy, grant, audit, approvals, pin, init, login):
         for command in module.COMMANDS:
             main.add_command(command)
 

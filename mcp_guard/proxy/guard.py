@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -33,9 +34,28 @@ def load_policy_set(config: GuardConfig) -> PolicySet:
         log.warning("no policies configured: every tool is hidden and every call is refused (default deny)")
         return PolicySet.empty()
     policies = load_sources(policy_sources(config.policies), upstreams=list(config.upstreams) or None)
+    unknown: dict[str, int] = {}
     for w in policies.warnings:
-        log.warning("%s", w)
+        m = _NO_UPSTREAM.search(w)
+        if m:
+            unknown[m.group(1)] = unknown.get(m.group(1), 0) + 1
+        else:
+            log.warning("%s", w)
+    if unknown:
+        log.warning("%s", unknown_upstreams_hint(unknown, list(config.upstreams)))
     return policies
+
+
+_NO_UPSTREAM = re.compile(r"warning: no upstream named `([^`]+)` is configured")
+
+
+def unknown_upstreams_hint(unknown: dict[str, int], configured: list[str]) -> str:
+    """One line instead of a warning per tool pattern: which upstream names the policies use that
+    no configured upstream has, and how to give an inline server one of them."""
+    names = ", ".join(f"{n} ({c} pattern{'s' if c != 1 else ''})" for n, c in sorted(unknown.items()))
+    have = ", ".join(configured) or "none"
+    return (f"the policies name upstreams that are not configured, so their rules never match: {names}; "
+            f"configured: {have} (name an inline server with --name NAME; `mcp-guard check --config` lists each pattern)")
 
 
 def issuer_keys(config: GuardConfig) -> dict[str, Ed25519PublicKey]:

@@ -54,8 +54,10 @@ state:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     (tmp_path / "policies").mkdir()
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "corp-idp.jwk").write_text("{}")
+    from mcp_guard.grants import write_keypair
+
+    _, jwk, _ = write_keypair(tmp_path / "keys")
+    jwk.rename(tmp_path / "keys" / "corp-idp.jwk")
     return tmp_path
 
 
