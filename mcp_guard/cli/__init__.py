@@ -34,8 +34,9 @@ def main() -> None:
 
 def _register() -> None:
     from mcp_guard.cli import approvals, audit, grant, pin, policy, run
+    from mcp_guard.cli import report as report_cli
 
-    for module in (run, policy, grant, audit, approvals, pin):
+    for module in (run, policy, grant, audit, approvals, pin, report_cli):
         for command in module.COMMANDS:
             main.add_command(command)
 
