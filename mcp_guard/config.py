@@ -401,7 +401,7 @@ def default_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
 
 
 def read_token(value: str) -> str:
-    """A grant chain given literally or as ``@file`` (spec §1); an unreadable file is a ConfigError."""
+    """A grant chain given literally or as ``@file`` (a file holding it); an unreadable file is a ConfigError."""
     if not value.startswith("@"):
         return value.strip()
     try:

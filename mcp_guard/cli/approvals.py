@@ -96,7 +96,7 @@ def describe(record: dict[str, Any]) -> str:
 
 @click.group("approvals")
 def approvals() -> None:
-    """The approval queue: calls waiting for a human (section 6 of the spec)."""
+    """The approval queue: calls waiting for a human (docs/approvals.md)."""
 
 
 @approvals.command("list")

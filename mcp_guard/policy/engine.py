@@ -1,6 +1,6 @@
 """The compiled policy set: indexed once, then every decision is a lookup plus a few predicates.
 
-Combining (spec §3.3): deny beats approve beats allow; nothing matching is deny.  Rules are kept
+Combining: deny beats approve beats allow; nothing matching is deny.  Rules are kept
 in one canonical order (policy id, then position), so file and policy order never change a
 decision.  ``explain`` walks every rule without short-circuit and combines with the same code.
 """
@@ -267,7 +267,7 @@ class PolicySet:
         return _default_deny(tool, near, _first_failure(near, principal, a, annotations) if near else None)
 
     def visible(self, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None) -> bool:
-        """Whether ``tools/list`` shows ``tool`` (spec §3.4); a hidden tool is always denied.
+        """Whether ``tools/list`` shows ``tool`` (docs/policies.md, Discovery); a hidden tool is always denied.
 
         Some allow/approve rule could apply (argument conditions ignored) and no deny rule that
         has no argument condition applies.

@@ -1,7 +1,7 @@
 """The decision pipeline for one ``tools/call``: grant chain, policies, approval, limits.
 
 Every refusal is a value (``Verdict``) carrying the one sentence the caller sees; only the session
-turns it into a wire answer.  Order matters and follows the spec: expiry and revocation of the
+turns it into a wire answer.  Order matters: expiry and revocation of the
 chain, then the conjunction of policies and every chain link, then approval, then limits (only
 calls that would be forwarded are counted).
 """
@@ -24,14 +24,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What the guard decided about one call, in the vocabulary of spec §7 ``mcp_guard.decision``."""
+    """What the guard decided about one call, in the vocabulary of the ``mcp_guard.decision`` span attribute (docs/telemetry.md)."""
 
     decision: str  # allow | deny | approval_required | approved | rejected | budget_exhausted | expired
     reason: str
     policy_ids: tuple[str, ...] = ()
     rule_ids: tuple[str, ...] = ()
     approver: str | None = None
-    # Human approval (issue 6), set on approved/rejected verdicts that went through an approver:
+    # Human approval (docs/approvals.md), set on approved/rejected verdicts that went through an approver:
     approval_channel: str | None = None  # elicitation | input_required | queue | remembered | none
     approval_answer: str | None = None  # approve | reject | decline | cancel | timeout | invalid_state | error
     approval_wait: float | None = None  # seconds the call waited for the human
@@ -43,7 +43,7 @@ class Verdict:
 
 
 def is_visible(policies: PolicySet, chain: GrantChain | None, who: Principal, entry: ToolEntry) -> bool:
-    """Spec §3.4: some allow/approve rule could apply, no unconditional deny, every link permits it."""
+    """Discovery: some allow/approve rule could apply, no unconditional deny, every link permits it."""
     if entry.held:
         return False  # pinning: enforce and the tool is new or changed since review
     if chain is not None and not chain.permits_tool(entry.qualified):

@@ -73,7 +73,7 @@ class HostTransport(Protocol):
 
 
 class Approver(Protocol):
-    """Asks a human (issue 6).  Returns the final verdict: approved or rejected."""
+    """Asks a human (docs/approvals.md).  Returns the final verdict: approved or rejected."""
 
     async def ask(self, session: GuardSession, entry: ToolEntry, args: dict[str, Any], verdict: enforce.Verdict, request: Message) -> enforce.Verdict: ...
 
