@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mcp_guard.identity import Principal
@@ -222,8 +222,12 @@ def build_report(records: Iterable[Mapping[str, Any]], policies: PolicySet, tool
     )
 
 
+_STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
 def _timeline(times: list[tuple[datetime, str]]) -> tuple[list[tuple[datetime, Counter[str]]], str]:
-    """Outcome counts per minute (window under two hours), hour (under three days) or day."""
+    """Outcome counts per minute (window under two hours), hour (under three days) or day, with
+    the empty buckets in between, so the time axis is linear and quiet periods show as gaps."""
     if not times:
         return [], "hour"
     span = (max(t for t, _ in times) - min(t for t, _ in times)).total_seconds()
@@ -233,6 +237,10 @@ def _timeline(times: list[tuple[datetime, str]]) -> tuple[list[tuple[datetime, C
         u = t.astimezone(UTC)
         start = datetime(u.year, u.month, u.day, 0 if bucket == "day" else u.hour, u.minute if bucket == "minute" else 0, tzinfo=UTC)
         buckets.setdefault(start, Counter())[kind] += 1
+    at, last = min(buckets), max(buckets)
+    while at < last:
+        buckets.setdefault(at, Counter())
+        at += _STEPS[bucket]
     return sorted(buckets.items()), bucket
 
 

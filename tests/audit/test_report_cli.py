@@ -152,3 +152,12 @@ def test_glob_characters_in_a_name_are_never_narrowed_into_a_glob(tmp_path: Path
     assert code == 0
     policies = yaml.safe_load((tmp_path / "narrow.yaml").read_text())["policies"]
     assert [p["id"] for p in policies] == ["fs"]  # no allow for a subject that cannot be named literally
+
+
+def test_the_timeline_is_linear_in_time(tmp_path: Path) -> None:
+    config = _setup(tmp_path, [_record("list_directory", "allow", when="2026-05-09T00:10:00Z"),
+                               _record("read_secret", "deny", when="2026-05-09T03:20:00Z")])
+    timeline = json.loads(_run("--config", str(config), "--json")[1])["timeline"]
+    assert timeline["bucket"] == "hour"
+    assert [(p["start"][11:16], p.get("used", 0), p.get("refused", 0)) for p in timeline["points"]] == [
+        ("00:00", 1, 0), ("01:00", 0, 0), ("02:00", 0, 0), ("03:00", 0, 1)]
