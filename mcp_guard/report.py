@@ -260,7 +260,8 @@ def narrowed_policies(report: Report, policies: Sequence[Policy]) -> list[Policy
     For every subject and every original policy that applies to it, each allow/approve rule is
     kept with its ``tools`` cut down to the tools the subject used that the rule names (its
     effect, argument conditions and annotation selectors unchanged, so nothing is widened), under
-    ``subjects`` naming that user and agent literally; the policy's limits are kept.  Every deny
+    ``subjects`` naming that user and agent literally (the policy's own ``purposes`` kept); the
+    policy's limits are kept.  Every deny
     rule of every policy is kept as it was, under the original policy's id and subjects (so the
     refusal reasons callers see do not change).
     """
@@ -269,11 +270,12 @@ def narrowed_policies(report: Report, policies: Sequence[Policy]) -> list[Policy
         used = subj.used_tools()
         if not used or any(c in name for name in (subj.user, subj.agent) for c in "*?"):
             continue  # subjects are globs: a name with * or ? cannot be named literally
-        narrowed_subjects = Subjects(users=(subj.user,), agents=(subj.agent,) if subj.agent else None,
-                                     purposes=tuple(subj.purposes) or None)
         for pol in policies:
             if not any(_matches(pol.subjects, p) for p in subj.principals.values()):
                 continue
+            # the user and agent literally; the policy's own purpose globs (never wider than it was)
+            narrowed_subjects = Subjects(users=(subj.user,), agents=(subj.agent,) if subj.agent else pol.subjects.agents,
+                                         purposes=pol.subjects.purposes)
             rules: list[Rule] = []
             for rule in pol.rules:
                 if rule.effect is Effect.DENY:

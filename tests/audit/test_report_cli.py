@@ -161,3 +161,25 @@ def test_the_timeline_is_linear_in_time(tmp_path: Path) -> None:
     assert timeline["bucket"] == "hour"
     assert [(p["start"][11:16], p.get("used", 0), p.get("refused", 0)) for p in timeline["points"]] == [
         ("00:00", 1, 0), ("01:00", 0, 0), ("02:00", 0, 0), ("03:00", 0, 1)]
+
+
+def test_narrowing_never_widens_a_policy_to_another_purpose(tmp_path: Path) -> None:
+    """A policy for purpose `triage` only: the same agent also worked under `billing` (another
+    policy); the narrowed `triage` policy must not start applying to `billing`."""
+    config = _setup(tmp_path, [])
+    (tmp_path / "policies" / "fs.yaml").write_text(yaml.safe_dump({"version": 1, "policies": [
+        {"id": "triage", "subjects": {"purposes": ["triage"]}, "rules": [{"effect": "allow", "tools": ["fs/read_text_file", "fs/write_file"]}]},
+        {"id": "billing", "subjects": {"purposes": ["billing"]}, "rules": [{"effect": "allow", "tools": ["fs/list_directory"]}]},
+    ]}))
+    with AuditLog(str(tmp_path / "audit.jsonl")) as log:
+        for tool, purpose in (("read_text_file", "triage"), ("list_directory", "billing"), ("write_file", "triage")):
+            log.append({**_record(tool, "allow"), "purpose": purpose})
+    code, _, _ = _run("--config", str(config), "--narrowed", str(tmp_path / "narrow.yaml"))
+    assert code == 0
+    ps = load_sources([("narrow.yaml", (tmp_path / "narrow.yaml").read_text())])
+    billing = Principal("alice@example.com", ("bot",), "billing")
+    triage = Principal("alice@example.com", ("bot",), "triage")
+    assert ps.decide(triage, "fs/write_file", {}).effect is Effect.ALLOW
+    assert ps.decide(billing, "fs/write_file", {}).effect is Effect.DENY
+    assert ps.decide(billing, "fs/list_directory", {}).effect is Effect.ALLOW
+    assert ps.decide(triage, "fs/list_directory", {}).effect is Effect.DENY
