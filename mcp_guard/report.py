@@ -254,6 +254,16 @@ def _matches(subjects: Subjects, who: Principal) -> bool:
     return True
 
 
+def _narrowed_id(original: str, n: int, taken: set[str]) -> str:
+    """``ORIGINAL.usedN``: unique among the original ids and within the 128 characters an id may have."""
+    suffix = f".used{n}"
+    pid = original[: 128 - len(suffix)] + suffix
+    while pid in taken:
+        suffix = "x" + suffix
+        pid = original[: 128 - len(suffix)] + suffix
+    return pid
+
+
 def narrowed_policies(report: Report, policies: Sequence[Policy]) -> list[Policy]:
     """A policy set that allows each subject only what it used and was allowed to use.
 
@@ -286,7 +296,7 @@ def narrowed_policies(report: Report, policies: Sequence[Policy]) -> list[Policy
                     rules.append(replace(rule, tools=names))
             if rules:
                 who = f"user {subj.user}" + (f", agent {subj.agent}" if subj.agent else "")
-                out.append(Policy(f"{pol.id}.used{n}", tuple(rules),
+                out.append(Policy(_narrowed_id(pol.id, n, {p.id for p in policies}), tuple(rules),
                                   f"Narrowed from policy {pol.id} to what {who} used.",
                                   narrowed_subjects, pol.limits))
     for pol in policies:

@@ -183,3 +183,18 @@ def test_narrowing_never_widens_a_policy_to_another_purpose(tmp_path: Path) -> N
     assert ps.decide(billing, "fs/write_file", {}).effect is Effect.DENY
     assert ps.decide(billing, "fs/list_directory", {}).effect is Effect.ALLOW
     assert ps.decide(triage, "fs/list_directory", {}).effect is Effect.DENY
+
+
+def test_narrowed_ids_stay_valid_and_unique(tmp_path: Path) -> None:
+    long_id = "p" * 128
+    config = _setup(tmp_path, [_record("list_directory", "allow")])
+    (tmp_path / "policies" / "fs.yaml").write_text(yaml.safe_dump({"version": 1, "policies": [
+        {"id": long_id, "rules": [{"effect": "allow", "tools": ["fs/*"]}]},
+        {"id": "a", "rules": [{"effect": "allow", "tools": ["fs/list_directory"]}]},
+        {"id": "a.used1", "rules": [{"effect": "deny", "tools": ["fs/write_file"]}]},
+    ]}))
+    code, _, _ = _run("--config", str(config), "--narrowed", str(tmp_path / "narrow.yaml"))
+    assert code == 0
+    assert CliRunner().invoke(main, ["check", str(tmp_path / "narrow.yaml")]).exit_code == 0
+    ids = [p["id"] for p in yaml.safe_load((tmp_path / "narrow.yaml").read_text())["policies"]]
+    assert len(set(ids)) == len(ids) == 3 and "a.used1" in ids and all(len(i) <= 128 for i in ids)
