@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mcp_guard.errors import ConfigError
+from mcp_guard.paths import PathContext
 from mcp_guard.yamlsrc import Path as YPath
 from mcp_guard.yamlsrc import SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
 
@@ -41,6 +42,12 @@ class UpstreamConfig:
     timeout: float = 300.0
     trust_annotations: bool = False
     protocol: Literal["legacy", "auto", "modern"] = "legacy"  # the era the guard speaks to it
+    workdir: str | None = None  # where the upstream resolves relative paths (absolute), if declared
+    resolve: bool = False  # resolve symlinks on the guard's disk before `under` judges a path (local only)
+    paths: PathContext = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", PathContext(self.workdir, resolve_path if self.resolve else None))
 
     def exposed(self, tool: str) -> str:
         """The name the host sees for this upstream's ``tool``."""
@@ -216,13 +223,32 @@ class _Reader(SourceReader):
 
 
 _TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file"}
-_UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol"}
+_UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol",
+             "workdir", "resolve"}
 _IDENTITY = {"user", "agent", "purpose", "grant"}
 _TRUST = {"issuers", "audience"}
 _APPROVALS = {"timeout", "remember", "state_key"}
 _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
+
+
+def resolve_path(path: str) -> str | None:
+    """The guard's own view of where ``path`` (absolute) leads, symbolic links followed; None
+    when it cannot tell.  Components that do not exist yet (a file about to be written) are
+    kept as written after the deepest existing directory; ``..`` among them cannot be placed."""
+    try:
+        head, tail = path, []
+        while not os.path.lexists(head):
+            head, name = os.path.split(head)
+            if not name:
+                return None
+            tail.append(name)
+        if any(t in (".", "..") for t in tail):
+            return None
+        return os.path.join(os.path.realpath(head, strict=True), *reversed(tail))
+    except (OSError, ValueError):
+        return None
 
 
 def _resolve(base: Path, text: str) -> Path:
@@ -282,6 +308,14 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         elif roots_raw is not None:
             roots = "pass" if r.choice(roots_raw, (*path, "roots"), ("pass", "none"), "none") == "pass" else "none"
         cwd = r.string(u.get("cwd"), (*path, "cwd"))
+        workdir = r.string(u.get("workdir"), (*path, "workdir"))
+        resolve = r.boolean(u.get("resolve"), (*path, "resolve"), False)
+        if resolve and url is not None:
+            r.error((*path, "resolve"), "`resolve` needs a local (stdio) upstream: the guard cannot see the disk of a remote server",
+                    "remove it, or declare `workdir` only", value=True)
+        # never guessed from `cwd`: servers resolve relative paths their own way (server-filesystem
+        # against its first allowed directory), and a wrong guess would place a path past a deny
+        workdir_path = _resolve(base, workdir) if workdir else None
         upstreams[name] = UpstreamConfig(
             name=name,
             command=command,
@@ -295,6 +329,8 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             timeout=r.duration(u.get("timeout"), (*path, "timeout"), 300.0),
             trust_annotations=r.boolean(u.get("trust_annotations"), (*path, "trust_annotations"), False),
             protocol=r.choice(u.get("protocol"), (*path, "protocol"), ("legacy", "auto", "modern"), "legacy"),  # type: ignore[arg-type]
+            workdir=str(workdir_path) if workdir_path is not None else None,
+            resolve=resolve and url is None,
         )
 
     pol_raw = top.get("policies")

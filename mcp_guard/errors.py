@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GuardError(Exception):
     """Base of every error mcp-guard raises on purpose.  ``str(e)`` is shown to people as is."""
@@ -27,3 +29,20 @@ class StateError(GuardError):
 
 class AuditError(GuardError):
     """The audit log could not be written; the guard refuses the call (fail closed)."""
+
+
+class RpcError(GuardError):
+    """A JSON-RPC error answer (from an upstream, or one the guard gives): ``code`` and the one
+    sentence the caller sees; ``to_message`` is the wire answer for a request id."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_message(self, request_id: Any) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return {"jsonrpc": "2.0", "id": request_id, "error": err}

@@ -142,12 +142,8 @@ _OPERAND: dict[str, Schema] = {
 
 def _condition_keys() -> list[str]:
     """The non-argument condition keys the parser accepts (``user``, ``agent``, ..., ``uri``)."""
-    keys = list(_model.PRINCIPAL_KEYS)
-    for extra in ("uri",):  # keys of other selectors, accepted when the parser knows them
-        if extra not in keys and not _parse.parse_text(f"version: 1\npolicies:\n- id: p\n  rules:\n  - effect: deny\n"
-                                                        f"    tools: ['a/b']\n    when: {{{extra}: {{equals: x}}}}\n").errors:
-            keys.append(extra)
-    return keys
+    keys = [*_model.PRINCIPAL_KEYS, getattr(_model, "URI_KEY", None)]
+    return [k for k in keys if k]
 
 
 def policy_schema() -> Schema:
@@ -156,11 +152,13 @@ def policy_schema() -> Schema:
     keys = _condition_keys()
     condition = {"type": "object", "minProperties": 1, "additionalProperties": False,
                  "properties": {op: _OPERAND.get(op, {}) for op in _model.OPERATORS}}
-    tool_list: Schema = {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": _parse.TOOL.pattern}}
+    shapes = {"tools": _parse.TOOL, "prompts": _parse.TOOL, "resources": getattr(_parse, "RESOURCE", _parse.TOOL)}
+    lists: dict[str, Schema] = {k: {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": shapes[k].pattern}}
+                                for k in selectors}
     rule = _block(_parse._RULE, {
         "id": {"type": "string", "pattern": _parse.ID.pattern},
         "effect": {"enum": list(_parse._EFFECTS)},
-        **dict.fromkeys(selectors, tool_list),
+        **lists,
         "annotations": {"type": "object", "additionalProperties": False, "properties": dict.fromkeys(_model.ANNOTATION_HINTS, _BOOL)},
         "when": {"type": "object",
                  "propertyNames": {"anyOf": [{"enum": keys}, {"pattern": _parse.ARG_PATH.pattern}]},
@@ -169,10 +167,10 @@ def policy_schema() -> Schema:
     }, "allow, approve or deny the tools (resources, prompts) it names, when every condition holds", nullable=False)
     rule["required"] = ["effect"]
     rule["anyOf"] = [{"required": [s]} for s in selectors]
-    limit = _block(_parse._LIMIT, {"tools": tool_list, "per_minute": _POSITIVE, "per_session": _POSITIVE},
+    limit = _block(_parse._LIMIT, {**lists, "per_minute": _POSITIVE, "per_session": _POSITIVE},
                    "a rate limit and/or call budget per session", nullable=False)
-    limit["required"] = ["tools"]
-    limit["anyOf"] = [{"required": ["per_minute"]}, {"required": ["per_session"]}]
+    limit["allOf"] = [{"anyOf": [{"required": [s]} for s in selectors]},
+                      {"anyOf": [{"required": ["per_minute"]}, {"required": ["per_session"]}]}]
     subjects = _block(_parse._SUBJECTS, dict.fromkeys(_parse._SUBJECTS, _TEXTS), "globs on the origin user, acting agent, purpose")
     policy = _block(_parse._POLICY, {
         "id": {"type": "string", "pattern": _parse.ID.pattern},
@@ -198,9 +196,12 @@ def tests_schema() -> Schema:
                                               "purpose": {"type": "string"}}, nullable=False)
     principal["required"] = ["user"]
     principal["not"] = {"required": ["agent", "agents"]}
-    call = _block(_testing._CALL, {"tool": {"type": "string", "pattern": "/"}, "args": {"type": "object"},
-                                   "annotations": {"type": "object"}}, nullable=False)
-    call["required"] = ["tool"]
+    targets = [k for k in ("tool", "resource", "prompt") if k in _testing._CALL]
+    call = _block(_testing._CALL, {"tool": {"type": "string", "pattern": "/"}, "prompt": {"type": "string", "pattern": "/"},
+                                   "resource": _TEXT, "upstream": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,32}$"},
+                                   "args": {"type": "object"}, "annotations": {"type": "object"},
+                                   "workdir": {"type": "string", "pattern": "^/"}}, nullable=False)
+    call["oneOf"] = [{"required": [t]} for t in targets]
     case = _block(_testing._CASE, {
         "name": _TEXT, "principal": principal, "call": call, "expect": {"enum": list(_testing._EXPECT)},
         "visible": _BOOL, "decided_by": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},

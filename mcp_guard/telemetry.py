@@ -138,11 +138,11 @@ _LOG_EVERY = 30.0
 # --------------------------------------------------------------------------- what the proxy passes in
 
 
-class SessionLike(Protocol):
-    """The parts of a ``GuardSession`` spans describe."""
+class RequestLike(Protocol):
+    """The parts of a host request (the proxy's ``RequestContext``) spans describe."""
 
     @property
-    def id(self) -> str: ...
+    def session_id(self) -> str: ...
     @property
     def era(self) -> str | None: ...
     @property
@@ -174,6 +174,8 @@ class VerdictLike(Protocol):
 
 
 class EntryLike(Protocol):
+    @property
+    def kind(self) -> str: ...
     @property
     def upstream(self) -> str: ...
     @property
@@ -472,7 +474,7 @@ def _decided(
     """(the decision attributes of docs/telemetry.md, the guardrail span's outcome attributes), built once per
     distinct outcome: the same rule deciding the same way repeats call after call."""
     decided: dict[str, AttributeValue] = {
-        DECISION: _text(decision),
+        DECISION: str(decision),  # a plain str, also for the proxy's Outcome enum
         POLICY_IDS: tuple(_text(p) for p in policy_ids),
         DECISION_REASON: _text(reason),
         UPSTREAM: _text(upstream),
@@ -549,6 +551,8 @@ def _error_of(response: Mapping[str, Any]) -> tuple[str | None, str | None, str 
 
 _CACHE_LIMIT = 4096
 _UNGUARDED = frozenset(("initialize", "server/discover", "ping"))
+_SUBTYPE = {"tool": "tool_call", "resource": "resource", "prompt": "prompt"}  # gen_ai.guardrail.target.subtype
+_NAME_ATTR = {"tool": GEN_AI_TOOL_NAME, "prompt": GEN_AI_PROMPT_NAME}
 _RESOURCE_METHODS = frozenset(("resources/read", "resources/subscribe", "resources/unsubscribe"))
 _GUARDRAIL_FIXED: Mapping[str, AttributeValue] = {
     GEN_AI_OPERATION_NAME: "run_guardrail",
@@ -695,7 +699,7 @@ class Telemetry:
 
     # -- host side
 
-    async def serve(self, session: SessionLike, message: Mapping[str, Any], handler: Callable[[Any], Awaitable[None]]) -> None:
+    async def serve(self, req: RequestLike, message: Mapping[str, Any], handler: Callable[[Any], Awaitable[None]]) -> None:
         method = message.get("method")
         method = method if isinstance(method, str) else "_OTHER"
         params = message.get("params")
@@ -724,15 +728,15 @@ class Telemetry:
         finally:
             elapsed = time.perf_counter() - start
             _REQUEST.reset(req_token)
-            version = session.protocol_version
+            version = req.protocol_version
             if span is not None:
                 if span.sampled:
                     end = span.attrs
                     end[MCP_PROTOCOL_VERSION] = _text(version)
-                    if session.era == "legacy":
-                        end[MCP_SESSION_ID] = _text(session.id)
+                    if req.era == "legacy":
+                        end[MCP_SESSION_ID] = _text(req.session_id)
                     if not state.guarded and method not in _UNGUARDED:
-                        end.update(principal_attributes(session.principal))
+                        end.update(principal_attributes(req.principal))
                 self._end(span)
             hist = self.server_duration
             if hist is not None:
@@ -740,19 +744,21 @@ class Telemetry:
                 hist.record((method, version, target_attr, target, error_type), elapsed,
                             lambda: _server_metric(method, version, target_attr, target, error_type))
 
-    async def decide(self, session: SessionLike, who: Principal, entry: EntryLike, verdict: Awaitable[VerdictLike]) -> VerdictLike:
+    async def decide(self, req: RequestLike, entry: EntryLike, verdict: Awaitable[VerdictLike]) -> VerdictLike:
+        who = req.principal
         state = _REQUEST.get()
         span: LightSpan | None = None
         prev = state.current if state is not None else None
         if self.tracing:
             ident = principal_attributes(who)
-            key = (entry.qualified, who.verified, id(ident))
+            key = (entry.qualified, entry.kind, who.verified, id(ident))
             base = self._guardrail_base.get(key)
             if base is None or base[0] is not ident:
                 if len(self._guardrail_base) >= _CACHE_LIMIT:
                     self._guardrail_base.clear()
                 base = self._guardrail_base[key] = (ident, {
                     **_GUARDRAIL_FIXED,
+                    GUARDRAIL_TARGET_SUBTYPE: _SUBTYPE.get(entry.kind, "tool_call"),
                     GUARDRAIL_TARGET_ID: _text(entry.qualified),
                     PRINCIPAL_VERIFIED: bool(who.verified),
                     **ident,
@@ -794,8 +800,9 @@ class Telemetry:
                     state.span.attrs.update(state.guarded)
             self._end(span)
         if self.decisions is not None:
-            d, u, t = result.decision, entry.upstream, entry.exposed
-            self.decisions.add((d, u, t), 1, lambda: {DECISION: _text(d), UPSTREAM: _text(u), GEN_AI_TOOL_NAME: _text(t)})
+            d, u, t, k = str(result.decision), entry.upstream, entry.exposed, entry.kind
+            name_attr = _NAME_ATTR.get(k)  # never a resource URI in a metric
+            self.decisions.add((d, u, t, k), 1, lambda: {DECISION: d, UPSTREAM: _text(u), **({name_attr: _text(t)} if name_attr else {})})
         return result
 
     @staticmethod
@@ -1011,16 +1018,17 @@ def shutdown() -> None:
             log.warning("telemetry shutdown failed: %s", exc)
 
 
-def serve(session: SessionLike, message: dict[str, Any], handler: Callable[[Any], Coroutine[Any, Any, None]]) -> Coroutine[Any, Any, None]:
+def serve(req: RequestLike, message: dict[str, Any], handler: Callable[[Any], Coroutine[Any, Any, None]]) -> Coroutine[Any, Any, None]:
     """The coroutine that serves one host request, inside its SERVER span when telemetry is on."""
     tel = _active
-    return handler(message) if tel is None else tel.serve(session, message, handler)
+    return handler(message) if tel is None else tel.serve(req, message, handler)
 
 
-def decision(session: SessionLike, who: Principal, entry: EntryLike, verdict: Awaitable[Any]) -> Awaitable[Any]:
-    """Await a verdict inside a ``run_guardrail mcp-guard`` span (and count it)."""
+def decision(req: RequestLike, entry: EntryLike, verdict: Awaitable[Any]) -> Awaitable[Any]:
+    """Await a verdict inside a ``run_guardrail mcp-guard`` span (and count it); the same span
+    for a tool, a resource or a prompt."""
     tel = _active
-    return verdict if tel is None else tel.decide(session, who, entry, verdict)
+    return verdict if tel is None else tel.decide(req, entry, verdict)
 
 
 def set_response(response: Mapping[str, Any]) -> None:

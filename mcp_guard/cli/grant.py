@@ -125,7 +125,10 @@ def grant() -> None:
 @click.option("--user", required=True, help="The user whose authority is granted.")
 @click.option("--agent", required=True, help="The agent that receives it.")
 @click.option("--agent-key", type=click.Path(dir_okay=False), help="The agent's public key (needed to delegate further).")
-@click.option("--tools", "tools", multiple=True, required=True, help="UPSTREAM/TOOL patterns, comma separated.")
+@click.option("--tools", "tools", multiple=True, help="UPSTREAM/TOOL patterns, comma separated.")
+@click.option("--resources", "resources", multiple=True,
+              help="UPSTREAM/URI_GLOB patterns, comma separated (* crosses /: docs/* is every resource of docs). Without it: no resources.")
+@click.option("--prompts", "prompts", multiple=True, help="UPSTREAM/PROMPT patterns, comma separated. Without it: no prompts.")
 @click.option("--purpose", help="What the grant is for (constant down the chain).")
 @click.option("--ttl", default="1h", show_default=True, help="Lifetime: 90s, 10m, 1h, 2d.")
 @click.option("--depth", default=0, show_default=True, type=click.IntRange(0, 7), help="Further delegation hops allowed.")
@@ -135,7 +138,7 @@ def grant() -> None:
 @click.option("--audience", default=DEFAULT_AUDIENCE, show_default=True, help="The guard's trust.audience.")
 def issue(
     key_path: str, issuer: str, user: str, agent: str, agent_key: str | None, tools: tuple[str, ...],
-    purpose: str | None, ttl: str, depth: int, max_calls: int | None, approve: tuple[str, ...],
+    resources: tuple[str, ...], prompts: tuple[str, ...], purpose: str | None, ttl: str, depth: int, max_calls: int | None, approve: tuple[str, ...],
     arguments: tuple[str, ...], audience: str,
 ) -> None:
     """Mint a root grant signed by an issuer key; prints the token."""
@@ -143,7 +146,7 @@ def issue(
         load_private_key(key_path), issuer, user, agent, _tools(tools),
         agent_key=load_public_key(agent_key) if agent_key else None, purpose=purpose, ttl=_ttl(ttl, "--ttl"),
         depth=depth, max_calls=max_calls, approve=_tools(approve), audience=audience,
-        tool_args=_tool_args(arguments),
+        tool_args=_tool_args(arguments), resources=_tools(resources), prompts=_tools(prompts),
     )
     click.echo(token)
 
@@ -153,14 +156,17 @@ def issue(
 @click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Your (the holder's) private key.")
 @click.option("--agent", required=True, help="The sub-agent that receives the narrower grant.")
 @click.option("--agent-key", type=click.Path(dir_okay=False), help="The sub-agent's public key (needed to delegate further).")
-@click.option("--tools", "tools", multiple=True, required=True, help="UPSTREAM/TOOL patterns, a subset of yours.")
+@click.option("--tools", "tools", multiple=True, help="UPSTREAM/TOOL patterns, a subset of yours.")
+@click.option("--resources", "resources", multiple=True, help="UPSTREAM/URI_GLOB patterns, a subset of yours. Without it: no resources.")
+@click.option("--prompts", "prompts", multiple=True, help="UPSTREAM/PROMPT patterns, a subset of yours. Without it: no prompts.")
 @click.option("--ttl", default="10m", show_default=True, help="Lifetime (never beyond the parent's expiry).")
 @click.option("--depth", default=0, show_default=True, type=click.IntRange(0, 7), help="Further hops allowed.")
 @click.option("--max-calls", type=click.IntRange(0), help="Call budget (at most the parent's; default: the parent's).")
 @click.option("--approve", multiple=True, help="Tools that need a human's approval (in addition to the parent's).")
 @click.option("--arguments", "arguments", multiple=True, help="UPSTREAM/TOOL=JSON_SCHEMA adding argument constraints.")
 def delegate_cmd(
-    chain: str, key_path: str, agent: str, agent_key: str | None, tools: tuple[str, ...], ttl: str,
+    chain: str, key_path: str, agent: str, agent_key: str | None, tools: tuple[str, ...],
+    resources: tuple[str, ...], prompts: tuple[str, ...], ttl: str,
     depth: int, max_calls: int | None, approve: tuple[str, ...], arguments: tuple[str, ...],
 ) -> None:
     """Append a narrower link for a sub-agent; refuses (naming the field) to widen anything."""
@@ -168,6 +174,7 @@ def delegate_cmd(
         _read_arg(chain, "--chain"), load_private_key(key_path), agent, _tools(tools),
         agent_key=load_public_key(agent_key) if agent_key else None, ttl=_ttl(ttl, "--ttl"), depth=depth,
         max_calls=max_calls, approve=_tools(approve), tool_args=_tool_args(arguments),
+        resources=_tools(resources), prompts=_tools(prompts),
     )
     click.echo(token)
 

@@ -5,6 +5,7 @@ Problems go to stderr as ``file:line:col: message (hint)`` lines; results go to 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -16,14 +17,23 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from mcp_guard.config import GuardConfig, iter_policy_files, iter_policy_test_files, load_config, read_sources
+from mcp_guard.config import (
+    UPSTREAM_NAME,
+    GuardConfig,
+    iter_policy_files,
+    iter_policy_test_files,
+    load_config,
+    read_sources,
+)
+from mcp_guard.decision import Outcome as Decided
+from mcp_guard.decision import evaluate, is_visible
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
-from mcp_guard.policy import Effect, Explanation, PolicySet, load_sources, parse_sources
-from mcp_guard.policy._match import split_tool
+from mcp_guard.policy import Effect, Explanation, Kind, PathContext, PolicySet, load_sources, parse_sources
 from mcp_guard.policy.testing import Outcome, TestFile, parse_test_file, run_case
 
 EXIT = {Effect.ALLOW: 0, Effect.DENY: 1, Effect.APPROVE: 2}
+_EFFECT = collections.defaultdict(lambda: Effect.DENY, {Decided.ALLOW: Effect.ALLOW, Decided.APPROVAL_REQUIRED: Effect.APPROVE})
 
 
 def _show(p: Path) -> str:
@@ -148,7 +158,7 @@ def _load_for(config: GuardConfig | None, policy_paths: tuple[Path, ...]) -> Pol
     return load_sources(read_sources(files))
 
 
-def _render(expl: Explanation, tool: str, who: Principal, shown: bool) -> list[str]:
+def _render(expl: Explanation, tool: str, who: Principal, shown: bool, kind: Kind = Kind.TOOL) -> list[str]:
     d = expl.decision
     yes = {True: "yes", False: "no"}
     out = [
@@ -156,7 +166,7 @@ def _render(expl: Explanation, tool: str, who: Principal, shown: bool) -> list[s
         f"reason: {d.reason}",
         f"principal: {' -> '.join(who.chain)}"
         + (f" (purpose {who.purpose})" if who.purpose else "") + ("" if who.verified else ", self-asserted"),
-        f"tool: {tool} (listed in tools/list: {yes[shown]})",
+        f"{kind}: {tool} (listed in {kind}s/list: {yes[shown]})",
     ]
     if d.rules or d.cited:
         out.append(f"decided by: {', '.join(d.rule_ids)}" if d.rules else f"nearest rule: {', '.join(d.rule_ids)}")
@@ -166,11 +176,11 @@ def _render(expl: Explanation, tool: str, who: Principal, shown: bool) -> list[s
         out.append(f"policy {pol.id} ({pol.source}): subjects {subj}")
         for r in pol.rules:
             out.append(f"  rule {r.ref.rule} {r.effect}: {'MATCHED' if r.matched else 'no match'}")
-            out.append(f"    tools: {yes[r.tools]}")
+            out.append(f"    {kind}s: {yes[r.tools]}")
             if not r.annotations:
                 out.append("    annotations: no")
             for text, ok in r.conditions:
-                out.append(f"    {text}: {yes[ok]}")
+                out.append(f"    {text}: {'cannot be judged' if ok is None else yes[ok]}")
     if not expl.policies:
         out.append("")
         out.append("no policies: everything is denied")
@@ -182,22 +192,31 @@ def _render(expl: Explanation, tool: str, who: Principal, shown: bool) -> list[s
               help="guard.yaml whose policies (and identity defaults) to use.")
 @click.option("--policies", "policy_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Policy file or directory (instead of, or on top of, the configuration's).")
-@click.option("--tool", required=True, help="UPSTREAM/TOOL, e.g. fs/read_text_file.")
-@click.option("--args", "args_json", help="The call's arguments as a JSON object.")
+@click.option("--tool", help="UPSTREAM/TOOL, e.g. fs/read_text_file.")
+@click.option("--resource", help="UPSTREAM/URI, e.g. docs/file:///srv/a.md (a bare URI when the configuration has one upstream).")
+@click.option("--prompt", help="UPSTREAM/PROMPT, e.g. git/commit_message.")
+@click.option("--args", "args_json", help="The call's (or the prompt's) arguments as a JSON object.")
 @click.option("--annotations", "annotations_json", help="The tool's trusted annotations as a JSON object.")
 @click.option("--user", help="Origin user (default: the configuration's identity, then $USER).")
 @click.option("--agent", help="Acting agent.")
 @click.option("--purpose", help="Purpose of the session.")
 @click.option("--grant", help="A grant chain token (or @file); it decides the identity and must permit the call too.")
-def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str, args_json: str | None,
-            annotations_json: str | None, user: str | None, agent: str | None, purpose: str | None, grant: str | None) -> None:
-    """Show the decision for one call and every rule considered; exit 0 allow, 1 deny, 2 approve.
+def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str | None, resource: str | None, prompt: str | None,
+            args_json: str | None, annotations_json: str | None, user: str | None, agent: str | None, purpose: str | None,
+            grant: str | None) -> None:
+    """Show the decision for one request and every rule considered; exit 0 allow, 1 deny, 2 approve.
 
-    Offline: no upstream is started; the tool is named, not discovered.
+    Offline: no upstream is started; the tool, resource or prompt is named, not discovered.
+    Relative paths are judged against the upstream's `workdir` (and `resolve`) as the guard would.
     """
     config = load_config(config_path) if config_path else None
     if config is None and not policy_paths:
         raise GuardError("give --config guard.yaml (or --policies PATH)")
+    given = [(k, v) for k, v in ((Kind.TOOL, tool), (Kind.RESOURCE, resource), (Kind.PROMPT, prompt)) if v is not None]
+    if len(given) != 1:
+        raise GuardError("give exactly one of --tool, --resource or --prompt")
+    kind, name = given[0]
+    name = _target(kind, name, config)
     args = _json_object(args_json, "--args") or {}
     annotations = _json_object(annotations_json, "--annotations")
     policies = _load_for(config, policy_paths)
@@ -211,39 +230,54 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str,
         a = agent if agent is not None else (ident.agent if ident else None)
         p = purpose if purpose is not None else (ident.purpose if ident else None)
         who = Principal(user=u, agents=(a,) if a else (), purpose=p)
-    upstream = split_tool(tool)[0]
-    if "/" not in tool:
-        raise GuardError(f"--tool must be UPSTREAM/TOOL, not `{tool}`")
+    upstream = name.partition("/")[0]
+    label = name if kind is Kind.TOOL else f"{kind} {name}"
     if config is not None and config.upstreams and upstream not in config.upstreams:
-        click.echo(f"decision: deny\nreason: mcp-guard denied {tool}: no upstream named `{upstream}` is configured")
+        click.echo(f"decision: deny\nreason: mcp-guard denied {label}: no upstream named `{upstream}` is configured")
         sys.exit(1)
-    expl = policies.explain(who, tool, args, annotations)
-    listed = policies.visible(who, tool, annotations) and (chain is None or chain.permits_tool(tool))
-    lines = _render(expl, tool, who, listed)
-    effect = expl.decision.effect
+    paths: PathContext | None = config.upstreams[upstream].paths if config is not None and upstream in config.upstreams else None
+    now = time.time()
+    expl = policies.explain(who, name, args, annotations, kind=kind, paths=paths)
+    listed = is_visible(policies, chain, who, name, annotations, kind)
+    lines = _render(expl, name, who, listed, kind)
+    # the decision is the proxy's own evaluator; what follows only shows how each part saw it
+    effect = _EFFECT[evaluate(policies, chain, who, name, args, annotations, now, kind=kind, paths=paths).decision]
     if chain is not None:
-        late = chain.check_time(time.time())
-        check_ = chain.check_call(tool, args)
+        late = chain.check_time(now)
+        check_ = chain.check_call(name, args, kind, paths=paths)
         lines.append("")
         lines.append(f"grant chain {' -> '.join(chain.principal.chain)} (links {', '.join(chain.link_ids)}):")
-        lines.extend(f"  {line}" for line in chain.explain_call(tool, args))  # every link, no short-circuit
+        lines.extend(f"  {line}" for line in chain.explain_call(name, args, kind, paths=paths))  # every link, no short-circuit
         grant_reason = None
         if late is not None:
             lines.append(f"  chain: {late}")
-            effect, grant_reason = Effect.DENY, str(late)
+            grant_reason = str(late)
         elif not check_.allowed:
             lines.append(f"  chain refuses: {check_.reason}")
-            effect, grant_reason = Effect.DENY, check_.reason
+            grant_reason = check_.reason
         else:
             lines.append("  chain permits the call" + (" with a human's approval" if check_.approval_required else ""))
-            if check_.approval_required and effect is Effect.ALLOW:
-                effect = Effect.APPROVE
         if effect is not expl.decision.effect:
             lines[0] = f"decision: {effect} (policies alone: {expl.decision.effect})"
             if grant_reason is not None and len(lines) > 1 and lines[1].startswith("reason:"):
-                lines[1] = f"reason: mcp-guard denied {tool}: {grant_reason}"
+                lines[1] = f"reason: mcp-guard denied {label}: {grant_reason}"
     click.echo("\n".join(lines))
     sys.exit(EXIT[effect])
+
+
+def _target(kind: Kind, name: str, config: GuardConfig | None) -> str:
+    """``UPSTREAM/NAME`` from the option; a bare resource URI (``file:///a``, no upstream in front)
+    takes the configuration's only upstream, and is an error when there is not exactly one."""
+    head, sep, rest = name.partition("/")
+    if sep and rest and UPSTREAM_NAME.match(head):
+        return name  # an unconfigured upstream is refused below, as for tools
+    if kind is not Kind.RESOURCE:
+        raise GuardError(f"--{kind} must be UPSTREAM/{kind.upper()}, not `{name}`")
+    ups = list(config.upstreams) if config is not None else []
+    if len(ups) == 1:
+        return f"{ups[0]}/{name}"
+    where = f"the configuration has {len(ups)} upstreams ({', '.join(ups)})" if ups else "no configuration names its upstream"
+    raise GuardError(f"--resource `{name}` names no upstream and {where}: write UPSTREAM/URI")
 
 
 def _verify_grant(token: str, config: GuardConfig | None) -> Any:

@@ -78,13 +78,13 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
     from mcp_guard import telemetry
-    from mcp_guard.proxy.guard import build_context, chain_verifier
+    from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
     from mcp_guard.transports.http import serve_http
 
     ctx = await build_context(config)
     verifier = chain_verifier(config)
     try:
-        await serve_http(ctx, verifier, host, port, allow_origin)
+        await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin)
     finally:
         await ctx.store.close()
         telemetry.shutdown()

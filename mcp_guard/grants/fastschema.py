@@ -9,17 +9,38 @@ The slow validator still produces the (value-free) explanation when a call is re
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sized
+from contextvars import ContextVar
 from typing import Any
 
+from mcp_guard.paths import PathContext, Under
+
 Check = Callable[[Any], bool]
+UNDER = "x-under"  # path-safe containment: the value is a path (or file:// URI) under this root
+# Where the upstream resolves relative paths, for ``x-under`` during one ``check_call``.
+PATHS: ContextVar[PathContext | None] = ContextVar("mcp_guard_grant_paths", default=None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _under(root: str) -> Under:
+    return Under(root)
+
+
+def under_valid(root: Any, instance: Any) -> bool:
+    """``x-under``: ``instance`` is a string judged under ``root`` (normalised as the policy
+    ``under`` operator does); anything unjudgeable — a relative path without a working
+    directory, ``~``, another URI scheme, a non-string, an unusable root — is invalid."""
+    if not isinstance(root, str) or not root:
+        return False
+    return _under(root).judge(instance, PATHS.get()) is True
 
 _ANNOTATIONS = frozenset({"title", "description", "$comment", "default", "examples", "deprecated", "readOnly", "writeOnly"})
 _SUPPORTED = _ANNOTATIONS | {
     "type", "enum", "const", "properties", "required", "additionalProperties", "pattern", "minLength",
-    "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items", "minItems", "maxItems",
+    "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items", "minItems", "maxItems", UNDER,
 }
 
 
@@ -95,6 +116,12 @@ def compile_fast(schema: Any) -> Check | None:
         except re.error:
             return None
         checks.append(lambda x: not isinstance(x, str) or rx.search(x) is not None)
+    if UNDER in schema:
+        root = schema[UNDER]
+        if not isinstance(root, str) or not root or not _under(root).usable:
+            return None  # jsonschema's x-under refuses every instance
+        judge = _under(root).judge
+        checks.append(lambda x: judge(x, PATHS.get()) is True)
     for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         if key in schema:
             bound = schema[key]

@@ -37,20 +37,21 @@ class LinkView:
         out.append(f"  valid {window[0]} .. {window[1]}; may delegate {depth} more hop(s)")
         details = c.get("authorization_details")
         detail = details[0] if isinstance(details, list) and details and isinstance(details[0], dict) else {}
-        raw_tools = detail.get("tools")
-        tools: dict[str, Any] = raw_tools if isinstance(raw_tools, dict) else {}
-        parts = []
-        for pattern, entry in tools.items():
-            notes = []
-            if isinstance(entry, dict):
-                if entry.get("approval") == "always":
-                    notes.append("approval always")
-                if entry.get("max_calls") is not None:
-                    notes.append(f"max_calls {entry['max_calls']}")
-                if entry.get("arguments") is not None:
-                    notes.append("arguments constrained")
-            parts.append(f"{pattern} ({', '.join(notes)})" if notes else str(pattern))
-        out.append(f"  tools: {', '.join(parts) or '(none)'}")
+        for member in ("tools", "resources", "prompts"):
+            raw = detail.get(member)
+            entries: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            parts = []
+            for pattern, entry in entries.items():
+                notes = []
+                if isinstance(entry, dict):
+                    if entry.get("approval") == "always":
+                        notes.append("approval always")
+                    if entry.get("max_calls") is not None:
+                        notes.append(f"max_calls {entry['max_calls']}")
+                    if entry.get("arguments") is not None:
+                        notes.append("arguments constrained")
+                parts.append(f"{pattern} ({', '.join(notes)})" if notes else str(pattern))
+            out.append(f"  {member}: {', '.join(parts) or '(none)'}")
         if detail.get("max_calls") is not None:
             out.append(f"  max_calls (all tools): {detail['max_calls']}")
         out.append(f"  verdict: {self._verdict()}")

@@ -22,6 +22,7 @@ from mcp_guard.grants.model import (
     AGENT_PREFIX,
     DEFAULT_AUDIENCE,
     DETAIL_TYPE,
+    MEMBER,
     USER_PREFIX,
     Link,
     check_pattern,
@@ -29,6 +30,7 @@ from mcp_guard.grants.model import (
     parse_link,
 )
 from mcp_guard.grants.verify import MAX_LINKS, check_narrowing, link_hash, verify_links
+from mcp_guard.kinds import Kind
 
 Tools = Iterable[str] | Mapping[str, Mapping[str, Any]]
 
@@ -41,16 +43,23 @@ def new_jti() -> str:
     return jti
 
 
-def _entries(tools: Tools, approve: Iterable[str], tool_args: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+def _kind_entries(patterns: Tools | None, kind: Kind) -> dict[str, dict[str, Any]]:
+    """Entries of one kind from a list of patterns or a mapping pattern -> entry object."""
+    if patterns is None:
+        return {}
+    if isinstance(patterns, str):
+        raise TypeError(f"{MEMBER[kind]} must be a list of patterns, not one string")
+    if isinstance(patterns, Mapping):
+        return {check_pattern(p, kind): dict(e) for p, e in patterns.items()}
+    return {check_pattern(p, kind): {} for p in patterns}
+
+
+def _entries(tools: Tools, approve: Iterable[str], tool_args: Mapping[str, Any] | None,
+             others: Mapping[Kind, Mapping[str, Any]] = {}) -> dict[str, dict[str, Any]]:
     """Per-tool entries from a list of patterns (or explicit entry objects), ``approve`` and ``tool_args``."""
-    if isinstance(tools, str):
-        raise TypeError("tools must be a list of UPSTREAM/TOOL patterns, not one string")
-    if isinstance(tools, Mapping):
-        entries = {check_pattern(p): dict(e) for p, e in tools.items()}
-    else:
-        entries = {check_pattern(p): {} for p in tools}
-    if not entries:
-        raise GrantError(E.MALFORMED, "tools: a grant must name at least one UPSTREAM/TOOL")
+    entries = _kind_entries(tools, Kind.TOOL)
+    if not entries and not any(others.values()):
+        raise GrantError(E.MALFORMED, "tools: a grant must name at least one UPSTREAM/TOOL (or a resource or prompt)")
     for pattern in approve:
         check_pattern(pattern)
         if pattern not in entries and not any(covers(p, pattern) for p in entries):
@@ -77,6 +86,7 @@ def _claims(
     agent_key: Ed25519PublicKey | None,
     entries: Mapping[str, Mapping[str, Any]],
     max_calls: int | None,
+    others: Mapping[Kind, Mapping[str, Mapping[str, Any]]],
     act_parent: Mapping[str, Any] | None = None,
     parent: Link | None = None,
 ) -> dict[str, Any]:
@@ -101,6 +111,7 @@ def _claims(
         "delegation": {"max_depth": depth},
         "authorization_details": [
             {"type": DETAIL_TYPE, "tools": {p: dict(e) for p, e in entries.items()},
+             **{MEMBER[k]: {p: dict(e) for p, e in v.items()} for k, v in others.items() if v},
              **({"max_calls": max_calls} if max_calls is not None else {})}
         ],
     }
@@ -130,21 +141,26 @@ def issue_grant(
     audience: str = DEFAULT_AUDIENCE,
     now: float | None = None,
     tool_args: Mapping[str, Any] | None = None,
+    resources: Tools | None = None,
+    prompts: Tools | None = None,
 ) -> str:
     """A root grant: ``issuer`` (a name in the guard's ``trust.issuers``) lets ``agent`` act for ``user``.
 
     ``tools`` is a list of ``UPSTREAM/TOOL`` patterns or a mapping pattern -> entry
     (``approval``, ``max_calls``, ``arguments``); ``depth`` is how many further hops may follow.
+    ``resources`` (``UPSTREAM/URI_GLOB``) and ``prompts`` (``UPSTREAM/PROMPT``) take the same
+    forms; a grant without them permits no resource and no prompt.
     """
     if not isinstance(key, Ed25519PrivateKey):
         raise GrantError(E.BAD_KEY, "grants are signed with Ed25519 keys only")
     now = time.time() if now is None else now
     if user.startswith(USER_PREFIX):
         user = user[len(USER_PREFIX):]
+    others = {Kind.RESOURCE: _kind_entries(resources, Kind.RESOURCE), Kind.PROMPT: _kind_entries(prompts, Kind.PROMPT)}
     claims = _claims(
         iss=issuer, user=user, agent=agent, aud=audience, now=now, exp=math.ceil(now + ttl), nbf=now,
-        purpose=purpose, depth=depth, agent_key=agent_key, entries=_entries(tools, approve, tool_args),
-        max_calls=max_calls,
+        purpose=purpose, depth=depth, agent_key=agent_key, entries=_entries(tools, approve, tool_args, others),
+        max_calls=max_calls, others=others,
     )
     parse_link(0, "", claims)  # the same shape checks the verifier applies
     return sign(claims, key)
@@ -163,6 +179,8 @@ def delegate(
     approve: Iterable[str] = (),
     now: float | None = None,
     tool_args: Mapping[str, Any] | None = None,
+    resources: Tools | None = None,
+    prompts: Tools | None = None,
 ) -> str:
     """``chain_token`` plus one narrower link for ``agent``, signed with the current holder's key.
 
@@ -181,19 +199,22 @@ def delegate(
     expires = min(link.exp for link in links)
     if now >= expires:
         raise GrantError(E.EXPIRED, "the chain has expired; nothing can be delegated from it")
-    entries = _entries(tools, approve, tool_args)
-    for pattern, entry in entries.items():  # inherit what the parent requires unless stated
-        covering = [p for p in parent.tools if covers(p.pattern, pattern)]
-        if "approval" not in entry and any(p.approval == "always" for p in covering):
-            entry["approval"] = "always"
-        limits = [p.max_calls for p in covering if p.max_calls is not None]
-        if "max_calls" not in entry and limits:
-            entry["max_calls"] = min(limits)
+    others = {Kind.RESOURCE: _kind_entries(resources, Kind.RESOURCE), Kind.PROMPT: _kind_entries(prompts, Kind.PROMPT)}
+    entries = _entries(tools, approve, tool_args, others)
+    for kind, of_kind in ((Kind.TOOL, entries), *others.items()):
+        for pattern, entry in of_kind.items():  # inherit what the parent requires unless stated
+            covering = [p for p in parent.of(kind) if covers(p.pattern, pattern, kind)]
+            if "approval" not in entry and any(p.approval == "always" for p in covering):
+                entry["approval"] = "always"
+            limits = [p.max_calls for p in covering if p.max_calls is not None]
+            if "max_calls" not in entry and limits:
+                entry["max_calls"] = min(limits)
     claims = _claims(
         iss=AGENT_PREFIX + parent.agent, user=parent.user, agent=agent, aud=parent.aud, now=now,
         exp=min(math.ceil(now + ttl), math.floor(parent.exp)), nbf=max(math.floor(now), math.ceil(parent.nbf)),
         purpose=parent.purpose, depth=depth, agent_key=agent_key, entries=entries,
         max_calls=parent.max_calls if max_calls is None else max_calls, act_parent=parent.act, parent=parent,
+        others=others,
     )
     child = parse_link(len(links), "", claims)
     check_narrowing(parent, child)

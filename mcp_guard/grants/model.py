@@ -5,18 +5,20 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 
 from mcp_guard.grants.errors import MALFORMED, GrantError
-from mcp_guard.grants.fastschema import Check, compile_fast
+from mcp_guard.grants.fastschema import UNDER, Check, compile_fast, under_valid
 from mcp_guard.grants.keys import jwk_to_public_key, thumbprint
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import canonical_uri, uri_forms
 
 DEFAULT_AUDIENCE = "urn:mcp-guard:local"
 DETAIL_TYPE = "mcp_tool_grant"
@@ -25,6 +27,9 @@ AGENT_PREFIX = "agent:"
 
 _SEGMENT = r"[A-Za-z0-9_.*-]{1,128}"
 _PATTERN = re.compile(rf"^(?:[A-Za-z0-9_*-]{{1,64}})/{_SEGMENT}$")
+_RESOURCE = re.compile(r"^(?:[A-Za-z0-9_*-]{1,64})/[^\s\x00-\x1f\x7f]{1,2048}$")
+# the authorization_details member for each kind (``tools`` for tools, as before)
+MEMBER = {Kind.TOOL: "tools", Kind.RESOURCE: "resources", Kind.PROMPT: "prompts"}
 _JTI = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _NAME = re.compile(r"^[^\s\x00-\x1f]{1,256}$")
 
@@ -34,12 +39,18 @@ Approval = Literal["never", "always"]
 # --------------------------------------------------------------------------- tool patterns
 
 
-def check_pattern(pattern: Any) -> str:
-    """``UPSTREAM/TOOL`` with ``*`` globs inside a segment; ``?`` and ``[`` are not glob syntax here."""
+def check_pattern(pattern: Any, kind: Kind = Kind.TOOL) -> str:
+    """``UPSTREAM/TOOL`` (or ``UPSTREAM/PROMPT``) with ``*`` globs inside a segment; ``?`` and
+    ``[`` are not glob syntax here.  A resource pattern is ``UPSTREAM/URI_GLOB``: the URI part is
+    a glob over the whole URI (``*`` crosses ``/``)."""
+    if kind is Kind.RESOURCE:
+        if not isinstance(pattern, str) or not _RESOURCE.match(pattern):
+            raise GrantError(MALFORMED, f"resource {pattern!r} is not UPSTREAM/URI_GLOB (e.g. docs/* or fs/file:///srv/*)")
+        return pattern
     if not isinstance(pattern, str) or not _PATTERN.match(pattern):
         raise GrantError(
             MALFORMED,
-            f"tool {pattern!r} is not UPSTREAM/TOOL (letters, digits, _ - . and * globs within a segment)",
+            f"{kind} {pattern!r} is not UPSTREAM/{kind.upper()} (letters, digits, _ - . and * globs within a segment)",
         )
     return pattern
 
@@ -49,21 +60,49 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")))
 
 
-def matches(pattern: str, tool: str) -> bool:
-    """Does the glob ``pattern`` select the concrete tool name ``tool``?"""
+@functools.lru_cache(maxsize=4096)
+def _resource_glob(pattern: str) -> re.Pattern[str]:
+    upstream, _sep, uri = pattern.partition("/")
+    uri = canonical_uri(uri)  # requests are matched in their canonical form
+    return re.compile(
+        "[^/]*".join(re.escape(part) for part in upstream.split("*")) + "/" + ".*".join(re.escape(part) for part in uri.split("*")),
+        re.DOTALL,
+    )
+
+
+def matches(pattern: str, tool: str, kind: Kind = Kind.TOOL) -> bool:
+    """Does the glob ``pattern`` select the concrete name ``tool`` (for a resource ``UPSTREAM/URI``)?"""
+    if kind is Kind.RESOURCE:
+        return _resource_glob(pattern).fullmatch(tool) is not None  # (even a literal URI is canonicalised)
     if "*" not in pattern:
         return pattern == tool
     return _glob(pattern).fullmatch(tool) is not None
 
 
-def covers(parent: str, child: str) -> bool:
-    """Is every tool the ``child`` pattern selects also selected by ``parent``?
+def covers(parent: str, child: str, kind: Kind = Kind.TOOL) -> bool:
+    """Is every name the ``child`` pattern selects also selected by ``parent``?
 
     Sound by construction: the child's ``*`` is matched as a literal character, which the
     parent can only consume with one of its own ``*`` (parents never contain a literal ``*``);
-    any expansion of the child's ``*`` is then consumed by that same parent ``*``.
+    any expansion of the child's ``*`` is then consumed by that same parent ``*`` — in a resource
+    pattern a URI ``*`` of the parent crosses ``/`` just as the child's does, and the upstream
+    parts are compared as segments.
     """
-    return parent == child or _glob(parent).fullmatch(child) is not None
+    if parent == child:
+        return True
+    if kind is not Kind.RESOURCE:
+        return _glob(parent).fullmatch(child) is not None
+    p_up, _s, p_uri = parent.partition("/")
+    c_up, _s, c_uri = child.partition("/")
+    return _glob(p_up).fullmatch(c_up) is not None and _resource_glob("x/" + p_uri).fullmatch("x/" + canonical_uri(c_uri)) is not None
+
+
+def resource_names(name: str) -> tuple[str, ...] | None:
+    """Every reading of ``UPSTREAM/URI`` a grant must permit (see ``mcp_guard.paths.uri_forms``);
+    None when the URI cannot be judged."""
+    upstream, sep, uri = name.partition("/")
+    forms = uri_forms(uri) if sep else None
+    return None if forms is None else tuple(f"{upstream}/{f}" for f in forms)
 
 
 # --------------------------------------------------------------------------- argument schemas
@@ -89,13 +128,23 @@ def _check_refs(node: Any) -> None:
 class CompiledSchema:
     """``jsonschema`` for the truth and the explanation; ``fast`` (when the schema allows) for the hot path."""
 
-    validator: Draft202012Validator
+    validator: Any  # a GrantValidator
     fast: Check | None
 
     def is_valid(self, instance: Any) -> bool:
         if self.fast is not None:
             return self.fast(instance)
         return bool(self.validator.is_valid(instance))
+
+
+def _x_under(_validator: Any, root: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    """The ``x-under`` keyword for ``jsonschema``: the same judgement as the fast path."""
+    if not under_valid(root, instance):
+        yield ValidationError("must be a path under the granted root")
+
+
+# Draft 2020-12 plus the path-safe ``x-under`` keyword (an unknown keyword is otherwise ignored).
+GrantValidator = validators.extend(Draft202012Validator, {UNDER: _x_under})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -105,7 +154,7 @@ def _compiled(canonical: str) -> CompiledSchema:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise GrantError(MALFORMED, f"an argument schema is not valid JSON Schema 2020-12: {exc.message}") from None
-    return CompiledSchema(Draft202012Validator(schema, registry=_EMPTY_REGISTRY), compile_fast(schema))
+    return CompiledSchema(GrantValidator(schema, registry=_EMPTY_REGISTRY), compile_fast(schema))
 
 
 def compile_schema(schema: Any) -> CompiledSchema:
@@ -144,11 +193,12 @@ def _count(value: Any, what: str) -> int | None:
     return value
 
 
-def parse_entry(pattern: Any, raw: Any) -> ToolEntry:
-    pattern = check_pattern(pattern)
+def parse_entry(pattern: Any, raw: Any, kind: Kind = Kind.TOOL) -> ToolEntry:
+    pattern = check_pattern(pattern, kind)
     if not isinstance(raw, Mapping):
         raise GrantError(MALFORMED, f"the entry for {pattern} must be an object")
-    unknown = set(raw) - {"approval", "max_calls", "arguments"}
+    # resources have no arguments: an `arguments` member there would be a restriction never applied
+    unknown = set(raw) - ({"approval", "max_calls"} if kind is Kind.RESOURCE else {"approval", "max_calls", "arguments"})
     if unknown:
         # A restriction we cannot evaluate must not be silently dropped.
         raise GrantError(MALFORMED, f"the entry for {pattern} has unknown members: {', '.join(sorted(unknown))}")
@@ -184,9 +234,31 @@ class Link:
     parent_hash: str | None
     tools: tuple[ToolEntry, ...]
     max_calls: int | None
+    resources: tuple[ToolEntry, ...] = ()
+    prompts: tuple[ToolEntry, ...] = ()
 
     def entries_for(self, tool: str) -> tuple[ToolEntry, ...]:
         return tuple(e for e in self.tools if matches(e.pattern, tool))
+
+    def of(self, kind: Kind) -> tuple[ToolEntry, ...]:
+        """The entries of one kind (a link without ``resources``/``prompts`` grants none)."""
+        return self.tools if kind is Kind.TOOL else self.resources if kind is Kind.RESOURCE else self.prompts
+
+    def entries(self, kind: Kind, name: str) -> tuple[ToolEntry, ...]:
+        """The entries selecting ``name``; for a resource, every reading of its URI must be
+        selected (else none is returned), so ``..`` or an escaped ``/`` cannot widen a pattern."""
+        if kind is not Kind.RESOURCE:
+            return tuple(e for e in self.of(kind) if matches(e.pattern, name, kind))
+        readings = resource_names(name)
+        if readings is None:
+            return ()
+        found: dict[str, ToolEntry] = {}
+        for reading in readings:
+            hit = [e for e in self.resources if matches(e.pattern, reading, kind)]
+            if not hit:
+                return ()
+            found.update((e.pattern, e) for e in hit)
+        return tuple(found.values())
 
     @property
     def label(self) -> str:
@@ -254,12 +326,18 @@ def parse_link(index: int, compact: str, claims: Mapping[str, Any]) -> Link:
     detail = details[0]
     if detail.get("type") != DETAIL_TYPE:
         raise GrantError(MALFORMED, f"authorization_details type {detail.get('type')!r} is not understood")
-    if set(detail) - {"type", "tools", "max_calls"}:
+    if set(detail) - {"type", "tools", "resources", "prompts", "max_calls"}:
         raise GrantError(MALFORMED, "authorization_details has members this guard cannot evaluate")
     tools_raw = detail.get("tools")
     if not isinstance(tools_raw, Mapping):
         raise GrantError(MALFORMED, "authorization_details.tools must be an object keyed by UPSTREAM/TOOL")
     tools = tuple(parse_entry(p, e) for p, e in tools_raw.items())
+    more: dict[Kind, tuple[ToolEntry, ...]] = {}
+    for kind in (Kind.RESOURCE, Kind.PROMPT):
+        raw = detail.get(MEMBER[kind], {})
+        if not isinstance(raw, Mapping):
+            raise GrantError(MALFORMED, f"authorization_details.{MEMBER[kind]} must be an object keyed by UPSTREAM/{'URI_GLOB' if kind is Kind.RESOURCE else 'PROMPT'}")
+        more[kind] = tuple(parse_entry(p, e, kind) for p, e in raw.items())
     parent_jti = claims.get("parent_jti")
     parent_hash = claims.get("parent_hash")
     if not isinstance(parent_jti, str | None) or not isinstance(parent_hash, str | None):
@@ -288,6 +366,8 @@ def parse_link(index: int, compact: str, claims: Mapping[str, Any]) -> Link:
         parent_hash=parent_hash,
         tools=tools,
         max_calls=_count(detail.get("max_calls"), "authorization_details.max_calls"),
+        resources=more[Kind.RESOURCE],
+        prompts=more[Kind.PROMPT],
     )
 
 

@@ -17,10 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mcp_guard.grants import errors as E
 from mcp_guard.grants.errors import GrantError
+from mcp_guard.grants.fastschema import PATHS
 from mcp_guard.grants.jws import parse
 from mcp_guard.grants.keys import b64url_encode, thumbprint
 from mcp_guard.grants.model import (
     AGENT_PREFIX,
+    MEMBER,
     Budget,
     CallCheck,
     Link,
@@ -29,6 +31,8 @@ from mcp_guard.grants.model import (
     parse_link,
 )
 from mcp_guard.identity import Principal
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import PathContext
 
 MAX_LINKS = 8
 MAX_BYTES = 16 * 1024
@@ -73,8 +77,9 @@ def check_narrowing(parent: Link, child: Link) -> None:
         raise GrantError(E.DEPTH_NOT_DECREASING, f"depth: link {parent.index} (agent {parent.agent}) may not delegate further")
     if child.max_depth > parent.max_depth - 1:
         raise GrantError(E.DEPTH_NOT_DECREASING, f"depth: {where} allows {child.max_depth} more hops; at most {parent.max_depth - 1} remain")
-    for entry in child.tools:
-        check_entry(parent, entry, where)
+    for kind in Kind:
+        for entry in child.of(kind):
+            check_entry(parent, entry, where, kind)
     if parent.max_calls is not None and (child.max_calls is None or child.max_calls > parent.max_calls):
         raise GrantError(E.BUDGET_RAISED, f"max_calls: {where} allows {_n(child.max_calls)} calls; its parent allows {parent.max_calls}")
 
@@ -83,10 +88,11 @@ def _n(limit: int | None) -> str:
     return "unlimited" if limit is None else str(limit)
 
 
-def check_entry(parent: Link, entry: ToolEntry, where: str) -> None:
-    covering = [p for p in parent.tools if covers(p.pattern, entry.pattern)]
+def check_entry(parent: Link, entry: ToolEntry, where: str, kind: Kind = Kind.TOOL) -> None:
+    member = MEMBER[kind]
+    covering = [p for p in parent.of(kind) if covers(p.pattern, entry.pattern, kind)]
     if not covering:
-        raise GrantError(E.WIDENED_TOOLS, f"tools: {entry.pattern} is not within the tools of link {parent.index} (agent {parent.agent})")
+        raise GrantError(E.WIDENED_TOOLS, f"{member}: {entry.pattern} is not within the {member} of link {parent.index} (agent {parent.agent})")
     for p in covering:
         if p.approval == "always" and entry.approval != "always":
             raise GrantError(E.APPROVAL_RELAXED, f"approval: {where} drops the human approval link {parent.index} requires for {entry.pattern}")
@@ -157,6 +163,7 @@ class GrantChain:
     """A verified chain.  Immutable; call-time answers are cached per tool name."""
 
     __slots__ = ("_plans", "expires_at", "link_ids", "links", "not_before", "principal")
+    _plans: dict[str | tuple[Kind, str], _Plan]
 
     _MAX_PLANS = 1024
 
@@ -174,7 +181,7 @@ class GrantChain:
             grant_id=leaf.jti,
             link_ids=self.link_ids,
         )
-        self._plans: dict[str, _Plan] = {}
+        self._plans = {}
 
     def __repr__(self) -> str:
         return f"GrantChain({' -> '.join(self.principal.chain)}, links={list(self.link_ids)})"
@@ -195,16 +202,18 @@ class GrantChain:
                 return GrantError(E.REVOKED, f"grant {link.jti} ({link.label}) has been revoked", link.index)
         return None
 
-    def _plan(self, tool: str) -> _Plan:
-        plan = self._plans.get(tool)
+    def _plan(self, tool: str, kind: Kind = Kind.TOOL) -> _Plan:
+        key: str | tuple[Kind, str] = tool if kind is Kind.TOOL else (kind, tool)
+        plan = self._plans.get(key)
         if plan is not None:
             return plan
         missing: Link | None = None
         approval = False
         validators: list[tuple[Link, ToolEntry]] = []
         budgets: list[Budget] = []
+        prefix = "tool" if kind is Kind.TOOL else str(kind)
         for link in self.links:
-            entries = link.entries_for(tool)
+            entries = link.entries(kind, tool)
             if not entries:
                 missing = link
                 break
@@ -213,54 +222,76 @@ class GrantChain:
                 if e.validator is not None:
                     validators.append((link, e))
                 if e.max_calls is not None:
-                    budgets.append(Budget(f"grant:{link.jti}:tool:{e.pattern}", e.max_calls, link.exp))
+                    budgets.append(Budget(f"grant:{link.jti}:{prefix}:{e.pattern}", e.max_calls, link.exp))
             if link.max_calls is not None:
                 budgets.append(Budget(f"grant:{link.jti}:calls", link.max_calls, link.exp))
         plan = _Plan(missing, approval, tuple(validators), tuple(budgets) if missing is None else ())
         if len(self._plans) < self._MAX_PLANS:
-            self._plans[tool] = plan
+            self._plans[key] = plan
         return plan
+
+    def permits(self, kind: Kind, name: str) -> bool:
+        """Discovery: every link lists ``name`` (ignoring argument constraints).  A link without
+        ``resources`` or ``prompts`` entries permits no resource or prompt."""
+        return self._plan(name, kind).missing is None
 
     def permits_tool(self, tool: str) -> bool:
         """Discovery: every link lists the tool (ignoring argument constraints)."""
         return self._plan(tool).missing is None
 
-    def check_call(self, tool: str, args: Mapping[str, Any] | None) -> CallCheck:
-        plan = self._plan(tool)
+    def check_call(self, tool: str, args: Mapping[str, Any] | None, kind: Kind = Kind.TOOL, *,
+                   paths: PathContext | None = None) -> CallCheck:
+        """Whether every link permits this request (``tool`` is ``UPSTREAM/URI`` for a resource);
+        ``paths`` places relative paths for the ``x-under`` argument constraint."""
+        plan = self._plan(tool, kind)
+        what = tool if kind is Kind.TOOL else f"{kind} {tool}"
         if plan.missing is not None:
             link = plan.missing
-            return CallCheck(False, False, f"the grant of agent {link.agent} does not include {tool}", link.index, E.TOOL_NOT_GRANTED)
+            return CallCheck(False, False, f"the grant of agent {link.agent} does not include {what}", link.index, E.TOOL_NOT_GRANTED)
         if plan.validators:
             instance = dict(args) if args is not None else {}
-            for link, entry in plan.validators:
-                problem = _arguments_problem(entry, instance)
-                if problem is not None:
-                    reason = f"{problem} required by the grant of agent {link.agent} for {tool}"
-                    return CallCheck(False, plan.approval, reason, link.index, E.ARGUMENTS_NOT_PERMITTED)
+            token = PATHS.set(paths) if paths is not None else None
+            try:
+                for link, entry in plan.validators:
+                    problem = _arguments_problem(entry, instance)
+                    if problem is not None:
+                        reason = f"{problem} required by the grant of agent {link.agent} for {what}"
+                        return CallCheck(False, plan.approval, reason, link.index, E.ARGUMENTS_NOT_PERMITTED)
+            finally:
+                if token is not None:
+                    PATHS.reset(token)
         return CallCheck(True, plan.approval)
 
-    def budgets(self, tool: str) -> tuple[Budget, ...]:
-        return self._plan(tool).budgets
+    def budgets(self, tool: str, kind: Kind = Kind.TOOL) -> tuple[Budget, ...]:
+        return self._plan(tool, kind).budgets
 
-    def explain_call(self, tool: str, args: Mapping[str, Any] | None) -> list[str]:
+    def explain_call(self, tool: str, args: Mapping[str, Any] | None, kind: Kind = Kind.TOOL, *,
+                     paths: PathContext | None = None) -> list[str]:
         """One verdict line per link, without short-circuit (for ``explain``); never shows argument values."""
         instance = dict(args) if args is not None else {}
+        member = MEMBER[kind]
+        what = tool if kind is Kind.TOOL else f"{kind} {tool}"
         lines = []
-        for link in self.links:
-            head = f"link {link.index} ({link.iss} -> agent {link.agent}, id {link.jti})"
-            entries = link.entries_for(tool)
-            if not entries:
-                lines.append(f"{head}: refuses: {tool} is not among its tools")
-                continue
-            problems = [p for e in entries if e.validator is not None and (p := _arguments_problem(e, instance))]
-            notes = [f"via {', '.join(e.pattern for e in entries)}"]
-            if any(e.approval == "always" for e in entries):
-                notes.append("needs approval")
-            notes += [f"max_calls {e.max_calls} for {e.pattern}" for e in entries if e.max_calls is not None]
-            if link.max_calls is not None:
-                notes.append(f"max_calls {link.max_calls} for the link")
-            verdict = f"refuses: {problems[0]}" if problems else "permits"
-            lines.append(f"{head}: {verdict} ({'; '.join(notes)})")
+        token = PATHS.set(paths) if paths is not None else None
+        try:
+            for link in self.links:
+                head = f"link {link.index} ({link.iss} -> agent {link.agent}, id {link.jti})"
+                entries = link.entries(kind, tool)
+                if not entries:
+                    lines.append(f"{head}: refuses: {what} is not among its {member}")
+                    continue
+                problems = [p for e in entries if e.validator is not None and (p := _arguments_problem(e, instance))]
+                notes = [f"via {', '.join(e.pattern for e in entries)}"]
+                if any(e.approval == "always" for e in entries):
+                    notes.append("needs approval")
+                notes += [f"max_calls {e.max_calls} for {e.pattern}" for e in entries if e.max_calls is not None]
+                if link.max_calls is not None:
+                    notes.append(f"max_calls {link.max_calls} for the link")
+                verdict = f"refuses: {problems[0]}" if problems else "permits"
+                lines.append(f"{head}: {verdict} ({'; '.join(notes)})")
+        finally:
+            if token is not None:
+                PATHS.reset(token)
         return lines
 
 

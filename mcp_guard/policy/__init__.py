@@ -5,6 +5,7 @@ Pure: no asyncio, no MCP, no telemetry.  The public surface::
     policies = load("policies/")                     # or load_sources([(name, text), ...])
     decide(policies, principal, "fs/read_file", {"path": "/srv/a"})  -> Decision
     visible(policies, principal, "fs/read_file")                       -> bool
+    policies.decide(principal, "docs/file:///srv/a.md", kind=Kind.RESOURCE)      # resources, prompts
     holder = PolicyHolder(lambda: load("policies/")); holder.reload()   # hot reload, keeps last good
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.identity import Principal
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import PathContext
 from mcp_guard.policy.engine import BoundLimit, Explanation, PolicySet, PolicyTrace, RuleTrace
 from mcp_guard.policy.model import Condition, Decision, Effect, Limit, Policy, Rule, RuleRef, Subjects
 from mcp_guard.policy.parse import Parsed, dump, parse_sources, parse_text
@@ -27,8 +30,10 @@ __all__ = [
     "Decision",
     "Effect",
     "Explanation",
+    "Kind",
     "Limit",
     "Parsed",
+    "PathContext",
     "Policy",
     "PolicyHolder",
     "PolicyLoadError",
@@ -71,14 +76,16 @@ def load(*paths: str | PathLike[str], upstreams: Sequence[str] | None = None) ->
 
 
 def decide(policies: PolicySet, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
-           annotations: Mapping[str, Any] | None = None) -> Decision:
-    """Decide one call of ``tool`` (``UPSTREAM/TOOL``); see ``PolicySet.decide``."""
-    return policies.decide(principal, tool, args, annotations)
+           annotations: Mapping[str, Any] | None = None, *, kind: Kind = Kind.TOOL,
+           paths: PathContext | None = None) -> Decision:
+    """Decide one request for ``tool`` (``UPSTREAM/NAME``); see ``PolicySet.decide``."""
+    return policies.decide(principal, tool, args, annotations, kind=kind, paths=paths)
 
 
-def visible(policies: PolicySet, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``tools/list`` shows ``tool`` to ``principal``; see ``PolicySet.visible``."""
-    return policies.visible(principal, tool, annotations)
+def visible(policies: PolicySet, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None, *,
+            kind: Kind = Kind.TOOL) -> bool:
+    """Whether a listing shows ``tool`` to ``principal``; see ``PolicySet.visible``."""
+    return policies.visible(principal, tool, annotations, kind=kind)
 
 
 class PolicyHolder:

@@ -1,4 +1,11 @@
-"""Conditions compiled to predicates: type-strict, missing = false, no parsing at decision time."""
+"""Conditions compiled to three-valued predicates: type-strict, no parsing at decision time.
+
+A condition answers True, False or None (*unjudgeable*: the value has the wrong type for the
+operator, or is a path or URI that cannot be placed).  The engine turns None into "no match" for
+an allow rule and "match" for a deny or approve rule, so an unjudgeable value never slips past a
+deny.  A missing argument is a fact, not an unknown: its condition is False (``present: false``
+is True).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_guard.identity import Principal
-from mcp_guard.policy._match import glob_matcher, under_matcher
-from mcp_guard.policy.model import Condition
+from mcp_guard.paths import PathContext, Tri, Under, canonical_uri, nfc
+from mcp_guard.policy._match import glob_matcher
+from mcp_guard.policy.model import URI_KEY, Condition
 
 MISSING: Any = object()
+WRONG: Any = object()  # a container of the wrong type on the way to the value
+URI_SLOT: Any = object()  # the key the resource URI travels under (never a JSON key, so never forged)
 Getter = Callable[[Mapping[str, Any], Principal], Any]
-Pred = Callable[[Any], bool]
+Pred = Callable[[Any, PathContext | None], Tri]
 
 
 def strict_equal(a: Any, b: Any) -> bool:
@@ -38,47 +48,82 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def json_type(v: Any) -> str:
+    """The JSON type of ``v`` (``boolean`` is not a ``number``), for "the wrong type" judgements."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if v is None:
+        return "null"
+    if isinstance(v, list | tuple):
+        return "array"
+    return "object" if isinstance(v, dict) else "other"
+
+
 def _membership(values: tuple[Any, ...]) -> Pred:
-    """``v in values``, type-strict; a set lookup when the operand is all strings or all numbers."""
+    """``v in values``, type-strict; a value of a type no member has is unjudgeable (None)."""
+    if not values:
+        return lambda v, _c: False
     if all(isinstance(x, str) for x in values):
-        strs = frozenset(values)
-        return lambda v: isinstance(v, str) and v in strs
+        strs = frozenset(nfc(x) for x in values)
+        return lambda v, _c: (nfc(v) in strs) if isinstance(v, str) else None
     if all(_is_number(x) for x in values):
         nums = frozenset(values)
-        return lambda v: _is_number(v) and v in nums
-    return lambda v: any(strict_equal(v, x) for x in values)
+        return lambda v, _c: (v in nums) if _is_number(v) else None
+    types = frozenset(json_type(x) for x in values)
+    norm = tuple(nfc(x) if isinstance(x, str) else x for x in values)
+    return lambda v, _c: any(strict_equal(nfc(v) if isinstance(v, str) else v, x) for x in norm) if json_type(v) in types else None
 
 
-def _op(op: str, operand: Any) -> Pred:
+def _op(op: str, operand: Any, *, uri: bool) -> Pred:
+    """One operator as a three-valued predicate: True, False, or None when the value cannot be
+    judged by it (the wrong type, a path or URI that cannot be placed)."""
     if op == "equals":
         if isinstance(operand, str):
-            return lambda v: isinstance(v, str) and v == operand
-        return lambda v: strict_equal(v, operand)
+            text = nfc(operand)
+            return lambda v, _c: (nfc(v) == text) if isinstance(v, str) else None
+        want = json_type(operand)
+        return lambda v, _c: strict_equal(v, operand) if json_type(v) == want else None
     if op == "in":
         return _membership(operand)
     if op == "not_in":
         member = _membership(operand)
-        return lambda v: not member(v)
+
+        def not_in(v: Any, c: PathContext | None) -> Tri:
+            got = member(v, c)
+            return None if got is None else not got
+
+        return not_in
     if op == "glob":
-        match = glob_matcher((operand,))
-        return lambda v: isinstance(v, str) and match(v)
+        match = glob_matcher((nfc(operand),))
+        return lambda v, _c: match(nfc(v)) if isinstance(v, str) else None
     if op == "regex":
-        full = re.compile(operand).fullmatch
-        return lambda v: isinstance(v, str) and full(v) is not None
+        full = re.compile(nfc(operand)).fullmatch
+        return lambda v, _c: (full(nfc(v)) is not None) if isinstance(v, str) else None
     if op == "under":
-        under = under_matcher(operand)
-        return lambda v: isinstance(v, str) and under(v)
+        judge = Under(operand).judge
+        if uri:
+            return lambda v, c: judge(v, c, uri=True)
+        return judge
     if op == "max_length":
-        return lambda v: isinstance(v, str | list | tuple) and len(v) <= operand
+        return lambda v, _c: (len(v) <= operand) if isinstance(v, str | list | tuple) else None
     if op == "min":
-        return lambda v: _is_number(v) and v >= operand
+        return lambda v, _c: (v >= operand) if _is_number(v) else None
     if op == "max":
-        return lambda v: _is_number(v) and v <= operand
+        return lambda v, _c: (v <= operand) if _is_number(v) else None
     raise AssertionError(f"unknown operator {op}")  # parse rejects these
 
 
 def _getter(key: str) -> tuple[Getter, bool]:
-    """A value getter for ``key`` and whether it fans out over ``[*]``."""
+    """A value getter for ``key`` and whether it fans out over ``[*]``.
+
+    A fanning getter returns one entry per element: the value, ``MISSING`` (the element lacks the
+    key) or ``WRONG`` (a list where an object was expected, or the reverse).  A plain getter
+    returns the value, ``MISSING`` or ``WRONG``.
+    """
     if key == "user":
         return (lambda _a, p: p.user), False
     if key == "agent":
@@ -87,6 +132,8 @@ def _getter(key: str) -> tuple[Getter, bool]:
         return (lambda _a, p: MISSING if p.purpose is None else p.purpose), False
     if key == "chain.depth":
         return (lambda _a, p: len(p.agents)), False
+    if key == URI_KEY:
+        return (lambda a, _p: a.get(URI_SLOT, MISSING)), False
     steps: list[tuple[str, int]] = []  # (name, number of [*] after it)
     for seg in key.split(".")[1:]:
         name = seg.replace("[*]", "")
@@ -98,18 +145,26 @@ def _getter(key: str) -> tuple[Getter, bool]:
 
     def get(args: Mapping[str, Any], _p: Principal) -> Any:
         values: list[Any] = [args]
-        for name, stars in steps:
+        for depth, (name, stars) in enumerate(steps):
             nxt: list[Any] = []
             for v in values:
-                if not isinstance(v, dict) or name not in v:
-                    return MISSING
-                nxt.append(v[name])
+                if v is MISSING or v is WRONG:
+                    nxt.append(v)
+                elif not isinstance(v, dict):
+                    nxt.append(WRONG)
+                elif name not in v:
+                    nxt.append(MISSING)
+                else:
+                    nxt.append(v[name])
+            if depth == 0 and nxt[0] is MISSING:
+                return MISSING  # the argument itself is absent
             for _ in range(stars):
                 flat: list[Any] = []
                 for v in nxt:
-                    if not isinstance(v, list):
-                        return MISSING
-                    flat.extend(v)
+                    if isinstance(v, list):
+                        flat.extend(v)
+                    else:
+                        flat.append(v if v is MISSING or v is WRONG else WRONG)
                 nxt = flat
             values = nxt
         return values if fans else values[0]
@@ -119,27 +174,77 @@ def _getter(key: str) -> tuple[Getter, bool]:
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
+    """A compiled condition.  ``test`` is the universal reading (allow rules: every element of a
+    ``[*]`` must hold); ``test_any`` the existential one (deny/approve rules: one element is
+    enough), so a list can never hide one bad element from a deny."""
+
     source: Condition
     get: Getter
     fans: bool
     pred: Pred
     presence: bool | None  # `present: x` operand, if any
 
-    def test(self, args: Mapping[str, Any], principal: Principal) -> bool:
+    def test(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
         value = self.get(args, principal)
         if value is MISSING:
             return self.presence is False
         if self.presence is False:
             return False
-        if self.fans:
-            # every element must hold, and there must be at least one element
-            return bool(value) and all(v is not MISSING and self.pred(v) for v in value)
-        return self.pred(value)
+        if value is WRONG:
+            return None
+        if not self.fans:
+            return self.pred(value, ctx)
+        if not value:
+            return False  # every element must hold, and there must be at least one
+        result: Tri = True
+        for v in value:
+            if v is MISSING:
+                return False
+            got = None if v is WRONG else self.pred(v, ctx)
+            if got is False:
+                return False
+            if got is None:
+                result = None
+        return result
+
+    def test_any(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
+        """The existential reading; the engine calls ``test`` directly when the key does not fan out."""
+        if not self.fans:
+            return self.test(args, principal, ctx)
+        value = self.get(args, principal)
+        if value is MISSING:
+            return self.presence is False
+        if self.presence is False:
+            return False
+        result: Tri = False
+        for v in value:
+            if v is MISSING:
+                continue
+            got = None if v is WRONG else self.pred(v, ctx)
+            if got is True:
+                return True
+            if got is None:
+                result = None
+        return result
+
+
+def _canonical_operand(op: str, operand: Any) -> Any:
+    """A ``uri`` operand in the canonical form the URI is judged in, so ``%C3%A9`` in a policy
+    equals ``é`` in a request (``under`` and ``regex`` operands are left as written)."""
+    def canon(x: Any) -> Any:
+        return canonical_uri(x) if isinstance(x, str) else x
+
+    if op in ("equals", "glob"):
+        return canon(operand)
+    if op in ("in", "not_in"):
+        return tuple(canon(x) for x in operand)
+    return operand
 
 
 def compile_condition(cond: Condition) -> Compiled:
     get, fans = _getter(cond.key)
-    preds = [_op(op, v) for op, v in cond.ops if op != "present"]
+    ops = [(op, _canonical_operand(op, v) if cond.is_uri else v) for op, v in cond.ops]
+    preds = [_op(op, v, uri=cond.is_uri) for op, v in ops if op != "present"]
     presence = next((v for op, v in cond.ops if op == "present"), None)
     pred: Pred
     if not preds:
@@ -147,11 +252,27 @@ def compile_condition(cond: Condition) -> Compiled:
     elif len(preds) == 1:
         pred = preds[0]
     else:
-        pred = lambda v: all(p(v) for p in preds)  # noqa: E731
+        pred = _all(tuple(preds))
     return Compiled(cond, get, fans, pred, presence)
 
 
-def _true(_v: Any) -> bool:
+def _all(preds: tuple[Pred, ...]) -> Pred:
+    """Three-valued AND: False if any is False, else None if any is None, else True."""
+
+    def every(v: Any, c: PathContext | None) -> Tri:
+        result: Tri = True
+        for p in preds:
+            got = p(v, c)
+            if got is False:
+                return False
+            if got is None:
+                result = None
+        return result
+
+    return every
+
+
+def _true(_v: Any, _c: PathContext | None) -> Tri:
     return True
 
 

@@ -10,6 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from mcp_guard.paths import canonical_uri, normalise_path
+
+__all__ = ["Matcher", "glob_covers", "glob_matcher", "glob_regex", "is_literal", "normalise_path", "resource_matcher",
+           "split_resource_selector", "split_tool"]
+
 Matcher = Callable[[str], bool]
 
 
@@ -55,44 +60,25 @@ def split_tool(name: str) -> tuple[str, str]:
     return (upstream, tool) if sep else ("", name)
 
 
-# --------------------------------------------------------------------------- paths
+def split_resource_selector(pattern: str) -> tuple[str, str]:
+    """``"docs/file:///srv/*"`` -> ``("docs", "file:///srv/*")`` (split at the first ``/``)."""
+    upstream, _sep, rest = pattern.partition("/")
+    return upstream, rest
 
 
-def normalise_path(path: str) -> tuple[bool, tuple[str, ...]] | None:
-    """``(absolute, components)`` with ``.``, ``..`` and empty segments resolved lexically.
-
-    None when the path cannot be judged safely: it contains a NUL or a backslash (a separator
-    on some servers, a filename character on others), it starts with ``~`` (servers such as
-    server-filesystem expand it to a home directory), or a relative path climbs above its start.
-    ``..`` at an absolute root stays at the root, as the kernel does.
-    """
-    if not path or "\x00" in path or "\\" in path or path.startswith("~"):
-        return None
-    absolute = path.startswith("/")
-    out: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if out:
-                out.pop()
-            elif not absolute:
-                return None
-            continue
-        out.append(part)
-    return absolute, tuple(out)
+def resource_matcher(patterns: tuple[str, ...]) -> Matcher:
+    """One predicate over ``UPSTREAM/URI`` names: the upstream part is a segment glob, the URI
+    part a glob over the whole URI (``*`` crosses ``/``), so ``docs/*`` is every resource of docs."""
+    if not patterns:
+        return _never
+    alts = []
+    for p in patterns:
+        up, uri = split_resource_selector(p)
+        uri = canonical_uri(uri)  # requests are matched in their canonical form
+        alts.append(f"(?:{glob_regex(up, segment=True).pattern}/{glob_regex(uri).pattern})")
+    full = re.compile("|".join(alts), re.DOTALL).fullmatch
+    return lambda s: full(s) is not None
 
 
-def under_matcher(root: str) -> Matcher:
-    """``value`` is ``root`` or inside it, after normalising both; never across absolute/relative."""
-    norm = normalise_path(root)
-    if norm is None:
-        return lambda _value: False
-    absolute, parts = norm
-    n = len(parts)
-
-    def under(value: str) -> bool:
-        got = normalise_path(value)
-        return got is not None and got[0] == absolute and got[1][:n] == parts
-
-    return under
+def _never(_s: str) -> bool:
+    return False

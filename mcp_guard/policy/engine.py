@@ -7,14 +7,25 @@ decision.  ``explain`` walks every rule without short-circuit and combines with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mcp_guard.identity import Principal
-from mcp_guard.policy._conditions import Compiled, compile_condition, describe
-from mcp_guard.policy._match import Matcher, glob_matcher, is_literal, split_tool
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import PathContext, Tri, uri_forms
+from mcp_guard.policy._conditions import URI_SLOT, Compiled, compile_condition, describe
+from mcp_guard.policy._match import (
+    Matcher,
+    glob_matcher,
+    is_literal,
+    resource_matcher,
+    split_resource_selector,
+    split_tool,
+)
 from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit, Policy, Rule, RuleRef
+
+Check = Callable[[Mapping[str, Any], Principal, PathContext | None], Tri]
 
 _CACHE_MAX = 65_536
 _PROFILES_MAX = 1_024  # each profile is one byte per rule
@@ -49,7 +60,22 @@ class _Rule:
     tools: Matcher
     annotations: tuple[tuple[str, bool], ...]
     principal_conds: tuple[Compiled, ...]
-    arg_conds: tuple[Compiled, ...]
+    arg_conds: tuple[Compiled, ...]  # judged per request: arguments and the resource URI
+    resources: Matcher
+    prompts: Matcher
+    uri_conds: tuple[Compiled, ...]  # the `uri` conditions among arg_conds (known at list time)
+    argument_conds: tuple[Compiled, ...]  # the `args.*` conditions among arg_conds
+    checks: tuple[Check, ...]  # arg_conds as this effect reads them (test, or test_any for a deny's [*])
+
+    def selects(self, kind: Kind, name: str) -> bool:
+        return (self.tools if kind is Kind.TOOL else self.resources if kind is Kind.RESOURCE else self.prompts)(name)
+
+    def holds(self, conds: tuple[Compiled, ...], args: Mapping[str, Any], p: Principal, ctx: PathContext | None) -> bool:
+        """Whether ``conds`` let this rule match: an allow needs every condition judged true; a
+        deny or approve matches unless some condition is judged false (unjudgeable = match)."""
+        if self.effect is Effect.ALLOW:
+            return all(c.test(args, p, ctx) is True for c in conds)
+        return all(c.test_any(args, p, ctx) is not False for c in conds)
 
     def annotations_ok(self, annotations: Mapping[str, Any] | None) -> bool:
         """Untrusted or absent annotations read as MCP's defaults: the pessimistic reading."""
@@ -110,11 +136,14 @@ class BoundLimit:
 
 @dataclass(frozen=True, slots=True)
 class RuleTrace:
+    """One rule's verdict for ``explain``; ``tools`` is whether its selectors name the request
+    (tools, resources or prompts), each condition is True, False or None (unjudgeable)."""
+
     ref: RuleRef
     effect: Effect
     tools: bool
     annotations: bool
-    conditions: tuple[tuple[str, bool], ...]
+    conditions: tuple[tuple[str, Tri], ...]
     matched: bool
 
 
@@ -147,36 +176,27 @@ class PolicySet:
         for pi, pol in enumerate(self.policies):
             for ri, rule in enumerate(pol.rules):
                 conds = [compile_condition(c) for c in rule.when]
+                per_request = tuple(c for c in conds if c.source.is_argument)
                 rules.append(_Rule(
                     len(rules), RuleRef(pol.id, rule.id or str(ri + 1)), pi, rule, rule.effect,
                     glob_matcher(rule.tools, segment=True), rule.annotations,
-                    tuple(c for c in conds if not c.source.is_argument), tuple(c for c in conds if c.source.is_argument),
+                    tuple(c for c in conds if not c.source.is_argument), per_request,
+                    resource_matcher(rule.resources), glob_matcher(rule.prompts, segment=True),
+                    tuple(c for c in per_request if c.source.is_uri), tuple(c for c in per_request if not c.source.is_uri),
+                    tuple(c.test_any if c.fans and rule.effect is not Effect.ALLOW else c.test for c in per_request),
                 ))
         self._rules = tuple(rules)
-        # index: upstream -> literal tool -> rules, and upstream -> literal prefix of a tool glob ->
-        # rules (so a lookup only tries the globs that share the tool's prefix); plus the rules
-        # whose upstream is itself a glob
-        self._by_upstream: dict[str, _Bucket] = {}
-        self._any_upstream: list[_Rule] = []
-        for r in rules:
-            for pattern in r.rule.tools:
-                up, tool = split_tool(pattern)
-                if not is_literal(up):
-                    self._any_upstream.append(r)
-                    continue
-                bucket = self._by_upstream.setdefault(up, _Bucket({}, {}, ()))
-                if is_literal(tool):
-                    bucket.literal.setdefault(tool, []).append(r)
-                else:
-                    prefix = tool[: min(i for i in (tool.find("*"), tool.find("?")) if i >= 0)]
-                    bucket.globs.setdefault(prefix, []).append(r)
-        for bucket in self._by_upstream.values():
-            bucket.lengths = tuple(sorted({len(k) for k in bucket.globs}))
+        self._index = {kind: _Index(kind, rules) for kind in Kind}
         self._limits = tuple(
-            (pi, BoundLimit(p.id, li, lim), glob_matcher(lim.tools, segment=True))
+            (pi, BoundLimit(p.id, li, lim),
+             {Kind.TOOL: glob_matcher(lim.tools, segment=True), Kind.RESOURCE: resource_matcher(lim.resources),
+              Kind.PROMPT: glob_matcher(lim.prompts, segment=True)})
             for pi, p in enumerate(self.policies) for li, lim in enumerate(p.limits)
         )
-        self._cands: dict[str, _Candidates] = {}
+        tools = self._index[Kind.TOOL]
+        self._cands = tools.cache  # the tool hot path reads the cache directly
+        self._candidates = tools.candidates
+        self._templates: dict[str, tuple[tuple[_Rule, ...], tuple[_Rule, ...]]] = {}
         self._profiles: dict[tuple[str, tuple[str, ...], str | None], _Profile] = {}
 
     @classmethod
@@ -184,45 +204,17 @@ class PolicySet:
         """No policies: every tool hidden, every call denied."""
         return cls(())
 
-    def warm(self, tools: Iterable[str]) -> None:
-        """Build the per-tool candidate lists now (e.g. for the catalogue, right after a reload and
+    def warm(self, tools: Iterable[str], *, kind: Kind = Kind.TOOL) -> None:
+        """Build the per-name candidate lists now (e.g. for the catalogue, right after a reload and
         before the swap), so the first ``tools/list`` does not pay for them."""
+        index = self._index[kind]
         for tool in tools:
-            self._candidates(tool)
+            index.candidates(tool)
 
     def __len__(self) -> int:
         return len(self._rules)
 
     # ----------------------------------------------------------------- lookups
-
-    def _candidates(self, tool: str) -> _Candidates:
-        found = self._cands.get(tool)
-        if found is not None:
-            return found
-        up, name = split_tool(tool)
-        picked: dict[int, _Rule] = {}
-        bucket = self._by_upstream.get(up)
-        tried: list[_Rule] = list(self._any_upstream)
-        if bucket is not None:
-            for r in bucket.literal.get(name, ()):
-                picked[r.order] = r
-            for n in bucket.lengths:
-                tried.extend(bucket.globs.get(name[:n], ()))
-        for r in tried:
-            if r.order not in picked and r.tools(tool):
-                picked[r.order] = r
-        ordered = [picked[k] for k in sorted(picked)]
-        found = _Candidates(
-            tuple(r for r in ordered if r.effect is Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.APPROVE),
-            tuple(r for r in ordered if r.effect is Effect.ALLOW),
-            tuple(r for r in ordered if r.effect is not Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.DENY and not r.arg_conds),
-        )
-        if len(self._cands) >= _CACHE_MAX:
-            self._cands.clear()
-        self._cands[tool] = found
-        return found
 
     def _profile(self, p: Principal) -> _Profile:
         key = (p.user, p.agents, p.purpose)
@@ -241,69 +233,157 @@ class PolicySet:
 
     def _static(self, prof: _Profile, r: _Rule, p: Principal) -> int:
         """Fill ``prof.rules[r.order]``: subjects and principal conditions (2 = hold, 1 = not)."""
-        ok = self._subjects_ok(prof, r.policy, p) and all(c.test(_NO_ARGS, p) for c in r.principal_conds)
+        ok = self._subjects_ok(prof, r.policy, p) and r.holds(r.principal_conds, _NO_ARGS, p, None)
         state = prof.rules[r.order] = 2 if ok else 1
         return state
 
     # ----------------------------------------------------------------- decisions
 
     def decide(self, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
-               annotations: Mapping[str, Any] | None = None) -> Decision:
-        """The decision for calling ``tool`` (``UPSTREAM/TOOL``) with ``args`` as ``principal``."""
-        c = self._cands.get(tool) or self._candidates(tool)
+               annotations: Mapping[str, Any] | None = None, *, kind: Kind = Kind.TOOL,
+               paths: PathContext | None = None) -> Decision:
+        """The decision for ``tool`` (``UPSTREAM/NAME``; for a resource ``UPSTREAM/URI``) with ``args``
+        as ``principal``; ``paths`` places relative and linked paths for ``under``."""
+        if kind is Kind.TOOL:
+            c = self._cands.get(tool) or self._candidates(tool)
+            a = args if isinstance(args, Mapping) else _NO_ARGS
+            return self._decide(c, principal, a, annotations, paths, tool)
+        if kind is Kind.PROMPT:
+            c = self._index[kind].candidates(tool)
+            a = args if isinstance(args, Mapping) else _NO_ARGS
+            return self._decide(c, principal, a, annotations, paths, f"prompt {tool}")
+        label = f"resource {tool}"
+        forms = _resource_forms(tool)
+        if forms is None:
+            return Decision(Effect.DENY, (), f"mcp-guard denied {label}: its URI cannot be judged safely")
+        index = self._index[Kind.RESOURCE]
+        worst: Decision | None = None
+        for name, uri in forms:
+            d = self._decide(index.candidates(name), principal, {URI_SLOT: uri}, annotations, paths, label)
+            if worst is None or d.effect.severity > worst.effect.severity:
+                worst = d
+        assert worst is not None
+        return worst
+
+    def _decide(self, c: _Candidates, principal: Principal, a: Mapping[str, Any], annotations: Mapping[str, Any] | None,
+                paths: PathContext | None, label: str) -> Decision:
         prof = self._profile(principal)
         states = prof.rules
-        a = args if isinstance(args, Mapping) else _NO_ARGS
-        for tier in (c.deny, c.approve, c.allow):
-            matched = [
-                r for r in tier
-                if (states[r.order] or self._static(prof, r, principal)) == 2
-                and (not r.annotations or r.annotations_ok(annotations))
-                and all(x.test(a, principal) for x in r.arg_conds)
-            ]
+        for tier, allow in ((c.deny, False), (c.approve, False), (c.allow, True)):
+            if allow:
+                matched = [
+                    r for r in tier
+                    if (states[r.order] or self._static(prof, r, principal)) == 2
+                    and (not r.annotations or r.annotations_ok(annotations))
+                    and all(x(a, principal, paths) is True for x in r.checks)
+                ]
+            else:
+                matched = [
+                    r for r in tier
+                    if (states[r.order] or self._static(prof, r, principal)) == 2
+                    and (not r.annotations or r.annotations_ok(annotations))
+                    and all(x(a, principal, paths) is not False for x in r.checks)
+                ]
             if matched:
-                return _combine(matched, tool)
+                return _combine(matched, label)
         near = next((r for r in c.permits if self._subjects_ok(prof, r.policy, principal)), None)
-        return _default_deny(tool, near, _first_failure(near, principal, a, annotations) if near else None)
+        return _default_deny(label, near, _first_failure(near, principal, a, annotations, paths) if near else None)
 
-    def visible(self, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None) -> bool:
-        """Whether ``tools/list`` shows ``tool`` (docs/policies.md, Discovery); a hidden tool is always denied.
+    def visible(self, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None, *,
+                kind: Kind = Kind.TOOL, judge_uri: bool = True) -> bool:
+        """Whether a listing shows ``tool``; a hidden one is always denied.
 
         Some allow/approve rule could apply (argument conditions ignored) and no deny rule that
-        has no argument condition applies.
+        has no argument condition applies.  For a resource the ``uri`` conditions are known at
+        list time and are judged (an unjudgeable one hides); ``judge_uri=False`` (resource
+        templates) looks at the upstream only: some resource rule of that upstream could apply
+        and no unconditional deny of all its resources does.
         """
-        c = self._cands.get(tool) or self._candidates(tool)
+        if kind is not Kind.RESOURCE:
+            c = (self._cands.get(tool) or self._candidates(tool)) if kind is Kind.TOOL else self._index[kind].candidates(tool)
+            return self._visible(c, principal, annotations, None)
+        if not judge_uri:
+            permits, blanket = self._template_rules(split_resource_selector(tool)[0])
+            return self._visible(_Candidates((), (), (), permits, blanket), principal, annotations, None)
+        forms = _resource_forms(tool)
+        if forms is None:
+            return False
+        index = self._index[Kind.RESOURCE]
+        return all(self._visible(index.candidates(name), principal, annotations, {URI_SLOT: uri}) for name, uri in forms)
+
+    def _visible(self, c: _Candidates, principal: Principal, annotations: Mapping[str, Any] | None,
+                 uri: Mapping[str, Any] | None) -> bool:
         prof = self._profile(principal)
         states = prof.rules
         for r in c.blanket_deny:
-            if (states[r.order] or self._static(prof, r, principal)) == 2 and (not r.annotations or r.annotations_ok(annotations)):
+            if (states[r.order] or self._static(prof, r, principal)) == 2 and (not r.annotations or r.annotations_ok(annotations)) \
+                    and (uri is None or r.holds(r.uri_conds, uri, principal, None)):
                 return False
         for r in c.permits:
-            if (states[r.order] or self._static(prof, r, principal)) == 2 and (not r.annotations or r.annotations_ok(annotations)):
+            if (states[r.order] or self._static(prof, r, principal)) == 2 and (not r.annotations or r.annotations_ok(annotations)) \
+                    and (uri is None or r.holds(r.uri_conds, uri, principal, None)):
                 return True
         return False
 
-    def limits(self, principal: Principal, tool: str) -> tuple[BoundLimit, ...]:
+    def _template_rules(self, upstream: str) -> tuple[tuple[_Rule, ...], tuple[_Rule, ...]]:
+        """The resource rules naming ``upstream``: the permits, and the denies of all its
+        resources without any condition (they hide every template)."""
+        found = self._templates.get(upstream)
+        if found is None:
+            permits: list[_Rule] = []
+            blanket: list[_Rule] = []
+            for r in self._rules:
+                ups = [split_resource_selector(p) for p in r.rule.resources]
+                named = [uri for up, uri in ups if glob_matcher((up,), segment=True)(upstream)]
+                if not named:
+                    continue
+                if r.effect is not Effect.DENY:
+                    permits.append(r)
+                elif not r.arg_conds and "*" in named:
+                    blanket.append(r)
+            found = self._templates[upstream] = (tuple(permits), tuple(blanket))
+        return found
+
+    def limits(self, principal: Principal, tool: str, kind: Kind = Kind.TOOL) -> tuple[BoundLimit, ...]:
         """The limits of every policy that applies to ``principal`` and names ``tool``."""
+        if kind is Kind.RESOURCE:
+            forms = _resource_forms(tool)
+            if forms is None:
+                return ()
+            tool = forms[0][0]
         return tuple(
             bound for pi, bound, match in self._limits
-            if match(tool) and self._subjects[pi].failing(principal) is None
+            if match[kind](tool) and self._subjects[pi].failing(principal) is None
         )
 
     def explain(self, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
-                annotations: Mapping[str, Any] | None = None) -> Explanation:
-        """Every policy and rule, each with whether it matched; nothing short-circuits."""
+                annotations: Mapping[str, Any] | None = None, *, kind: Kind = Kind.TOOL,
+                paths: PathContext | None = None) -> Explanation:
+        """Every policy and rule, each with whether it matched; nothing short-circuits.
+
+        For a resource the rules are traced against the URI's canonical form; the decision is
+        ``decide``'s (the most severe over every reading of the URI).
+        """
         a = args if isinstance(args, Mapping) else _NO_ARGS
+        name, label = tool, tool if kind is Kind.TOOL else f"{kind} {tool}"
+        if kind is Kind.RESOURCE:
+            forms = _resource_forms(tool)
+            name, uri = forms[0] if forms else (tool, tool)
+            a = {URI_SLOT: uri}
         traces: list[PolicyTrace] = []
         matched: list[_Rule] = []
         near: _Rule | None = None
         by_policy: dict[int, list[RuleTrace]] = {}
         for r in self._rules:
             failing = self._subjects[r.policy].failing(principal)
-            tools_ok = r.tools(tool)
+            tools_ok = r.selects(kind, name)
             ann_ok = r.annotations_ok(annotations)
-            conds = tuple((describe(x.source), x.test(a, principal)) for x in (*r.principal_conds, *r.arg_conds))
-            ok = failing is None and tools_ok and ann_ok and all(v for _, v in conds)
+            conds = tuple(
+                (describe(x.source), x.test(a, principal, paths) if r.effect is Effect.ALLOW else x.test_any(a, principal, paths))
+                for x in (*r.principal_conds, *r.arg_conds)
+            )
+            ok = failing is None and tools_ok and ann_ok and all(
+                v is True if r.effect is Effect.ALLOW else v is not False for _, v in conds)
             if ok:
                 matched.append(r)
             elif near is None and failing is None and tools_ok and r.effect is not Effect.DENY:
@@ -311,12 +391,83 @@ class PolicySet:
             by_policy.setdefault(r.policy, []).append(RuleTrace(r.ref, r.effect, tools_ok, ann_ok, conds, ok))
         for pi, pol in enumerate(self.policies):
             traces.append(PolicyTrace(pol.id, pol.source, pol.description, self._subjects[pi].failing(principal), tuple(by_policy.get(pi, ()))))
+        if kind is Kind.RESOURCE:
+            return Explanation(self.decide(principal, tool, args, annotations, kind=kind, paths=paths), tuple(traces))
         top = max((r.effect.severity for r in matched), default=None)
         if top is not None:
-            decision = _combine([r for r in matched if r.effect.severity == top], tool)
+            decision = _combine([r for r in matched if r.effect.severity == top], label)
         else:
-            decision = _default_deny(tool, near, _first_failure(near, principal, a, annotations) if near else None)
+            decision = _default_deny(label, near, _first_failure(near, principal, a, annotations, paths) if near else None)
         return Explanation(decision, tuple(traces))
+
+
+def _resource_forms(name: str) -> tuple[tuple[str, str], ...] | None:
+    """``UPSTREAM/URI`` -> every reading ``(UPSTREAM/FORM, FORM)`` of the URI; None if unjudgeable."""
+    upstream, sep, uri = name.partition("/")
+    if not sep:
+        return None
+    forms = uri_forms(uri)
+    return None if forms is None else tuple((f"{upstream}/{f}", f) for f in forms)
+
+
+class _Index:
+    """The rules of one kind, indexed: upstream -> literal name -> rules, and upstream -> literal
+    prefix of a name glob -> rules (so a lookup only tries the globs that share the name's prefix),
+    plus the rules whose upstream is itself a glob.  Resource URIs are indexed by upstream only."""
+
+    def __init__(self, kind: Kind, rules: list[_Rule]) -> None:
+        self.kind = kind
+        self.by_upstream: dict[str, _Bucket] = {}
+        self.any_upstream: list[_Rule] = []
+        self.cache: dict[str, _Candidates] = {}
+        for r in rules:
+            for pattern in r.rule.selectors(kind):
+                up, rest = split_tool(pattern)
+                if not is_literal(up):
+                    self.any_upstream.append(r)
+                    continue
+                bucket = self.by_upstream.setdefault(up, _Bucket({}, {}, ()))
+                if kind is Kind.RESOURCE:
+                    bucket.globs.setdefault("", []).append(r)
+                elif is_literal(rest):
+                    bucket.literal.setdefault(rest, []).append(r)
+                else:
+                    prefix = rest[: min(i for i in (rest.find("*"), rest.find("?")) if i >= 0)]
+                    bucket.globs.setdefault(prefix, []).append(r)
+        for bucket in self.by_upstream.values():
+            bucket.lengths = tuple(sorted({len(k) for k in bucket.globs}))
+
+    def candidates(self, name: str) -> _Candidates:
+        found = self.cache.get(name)
+        if found is not None:
+            return found
+        up, rest = split_tool(name)
+        picked: dict[int, _Rule] = {}
+        bucket = self.by_upstream.get(up)
+        tried: list[_Rule] = list(self.any_upstream)
+        if bucket is not None:
+            for r in bucket.literal.get(rest, ()):
+                picked[r.order] = r
+            for n in bucket.lengths:
+                tried.extend(bucket.globs.get(rest[:n], ()))
+        kind = self.kind
+        for r in tried:
+            if r.order not in picked and r.selects(kind, name):
+                picked[r.order] = r
+        ordered = [picked[k] for k in sorted(picked)]
+        # a deny hides at list time when nothing but the URI (known then) conditions it
+        resource = kind is Kind.RESOURCE
+        found = _Candidates(
+            tuple(r for r in ordered if r.effect is Effect.DENY),
+            tuple(r for r in ordered if r.effect is Effect.APPROVE),
+            tuple(r for r in ordered if r.effect is Effect.ALLOW),
+            tuple(r for r in ordered if r.effect is not Effect.DENY),
+            tuple(r for r in ordered if r.effect is Effect.DENY and not (r.argument_conds if resource else r.arg_conds)),
+        )
+        if len(self.cache) >= _CACHE_MAX:
+            self.cache.clear()
+        self.cache[name] = found
+        return found
 
 
 def _combine(matched: list[_Rule], tool: str) -> Decision:
@@ -327,15 +478,16 @@ def _combine(matched: list[_Rule], tool: str) -> Decision:
     return Decision(first.effect, tuple(r.ref for r in matched), sentence)
 
 
-def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations: Mapping[str, Any] | None) -> str:
+def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations: Mapping[str, Any] | None,
+                   paths: PathContext | None) -> str:
     if not r.annotations_ok(annotations):
         wanted = ", ".join(f"{k}: {str(v).lower()}" for k, v in r.annotations)
         return f"the tool must be annotated {wanted} by a pinned upstream"
-    for c in r.principal_conds:
-        if not c.test(_NO_ARGS, p):
-            return describe(c.source)
-    for c in r.arg_conds:
-        if not c.test(args, p):
+    for c, a, ctx in [*((c, _NO_ARGS, None) for c in r.principal_conds), *((c, args, paths) for c in r.arg_conds)]:
+        got = c.test(a, p, ctx)
+        if got is None:
+            return f"{describe(c.source)} (a value that cannot be judged is refused)"
+        if not got:
             return describe(c.source)
     return "no rule allows it"  # unreachable when called on a rule that did not match
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from mcp_guard.kinds import Kind
+
 
 class Effect(StrEnum):
     """What a rule asks for.  Severity orders the combination: deny > approve > allow."""
@@ -28,9 +30,17 @@ _SEVERITY = {Effect.ALLOW: 0, Effect.APPROVE: 1, Effect.DENY: 2}
 
 OPERATORS = ("equals", "in", "not_in", "glob", "regex", "under", "max_length", "min", "max", "present")
 PRINCIPAL_KEYS = ("user", "agent", "purpose", "chain.depth")
+URI_KEY = "uri"  # the resource's URI (resources/read, resources/subscribe, resources/list)
+URI_OPERATORS = ("equals", "in", "not_in", "glob", "regex", "under", "present")
+SELECTORS = ("tools", "resources", "prompts")
 ANNOTATION_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 # MCP's own defaults for absent hints: the pessimistic reading (spec, ToolAnnotations).
 ANNOTATION_DEFAULTS = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False, "openWorldHint": True}
+
+
+def _selectors(owner: Rule | Limit, kind: Kind) -> tuple[str, ...]:
+    """The selector list of one kind (``tools``, ``resources`` or ``prompts``) of a rule or limit."""
+    return owner.tools if kind is Kind.TOOL else owner.resources if kind is Kind.RESOURCE else owner.prompts
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +52,29 @@ class Condition:
 
     @property
     def is_argument(self) -> bool:
-        return self.key.startswith("args.")
+        """Judged per request (an argument or the resource URI), not once per principal."""
+        return self.key.startswith("args.") or self.key == URI_KEY
+
+    @property
+    def is_uri(self) -> bool:
+        return self.key == URI_KEY
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One rule; it selects by ``tools``, ``resources`` and ``prompts`` (at least one non-empty)."""
+
     effect: Effect
     tools: tuple[str, ...]
     when: tuple[Condition, ...] = ()
     annotations: tuple[tuple[str, bool], ...] = ()
     reason: str | None = None
     id: str | None = None
+    resources: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
+
+    def selectors(self, kind: Kind) -> tuple[str, ...]:
+        return _selectors(self, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +91,11 @@ class Limit:
     tools: tuple[str, ...]
     per_minute: int | None = None
     per_session: int | None = None
+    resources: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
+
+    def selectors(self, kind: Kind) -> tuple[str, ...]:
+        return _selectors(self, kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,16 @@ from typing import Any
 
 import yaml
 
-from mcp_guard.policy._match import glob_covers, normalise_path, split_tool
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import Under
+from mcp_guard.policy._match import glob_covers, split_tool
 from mcp_guard.policy.model import (
     ANNOTATION_HINTS,
     OPERATORS,
     PRINCIPAL_KEYS,
+    SELECTORS,
+    URI_KEY,
+    URI_OPERATORS,
     Condition,
     Effect,
     Limit,
@@ -31,13 +36,15 @@ from mcp_guard.yamlsrc import Path, Problem, SourceReader, YamlSyntaxError, did_
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 TOOL = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s]{1,128}$")
+RESOURCE = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s\x00-\x1f]{1,2048}$")
 ARG_PATH = re.compile(r"^args(\.[^.\[\]]+(\[\*\])*)+$")
 
 _TOP = ("version", "policies")
 _POLICY = ("id", "description", "subjects", "rules", "limits")
 _SUBJECTS = ("users", "agents", "purposes")
-_RULE = ("id", "effect", "tools", "annotations", "when", "reason")
-_LIMIT = ("tools", "per_minute", "per_session")
+_RULE = ("id", "effect", *SELECTORS, "annotations", "when", "reason")
+_LIMIT = (*SELECTORS, "per_minute", "per_session")
+_EXAMPLE = {"tools": '["fs/read_file"] or ["time/*"]', "resources": '["docs/*"] or ["fs/file:///srv/*"]', "prompts": '["git/*"]'}
 _EFFECTS = tuple(e.value for e in Effect)
 
 
@@ -106,22 +113,46 @@ class _Reader(SourceReader):
         return tuple(out)
 
 
-def _tools(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) -> tuple[str, ...] | None:
-    tools = r.strings(data, path, "`tools`")
-    if tools is None:
+def _selectors(r: _Reader, key: str, data: Any, path: Path, upstreams: Sequence[str] | None) -> tuple[str, ...] | None:
+    """One selector list (``tools``, ``resources`` or ``prompts``) of a rule or a limit."""
+    names = r.strings(data, path, f"`{key}`")
+    if names is None:
         return None
-    if not tools and isinstance(data, list) and not data:
-        r.error(path, "`tools` must name at least one tool", 'for example tools: ["fs/read_file"] or ["time/*"]')
+    if not names and isinstance(data, list) and not data:
+        r.error(path, f"`{key}` must name at least one {key[:-1]}", f"for example {key}: {_EXAMPLE[key]}")
         return None
-    for i, name in enumerate(tools):
-        if not TOOL.match(name):
-            r.error((*path, i), f"tool `{name}` must be written UPSTREAM/TOOL", "globs may use * within a segment, e.g. fs/read_* or */delete*")
+    shape = RESOURCE if key == "resources" else TOOL
+    for i, name in enumerate(names):
+        if not shape.match(name):
+            if key == "resources":
+                r.error((*path, i), f"resource `{name}` must be written UPSTREAM/URI_GLOB",
+                        "the upstream part is a glob within a segment, the URI part a glob where * crosses /, e.g. docs/* or fs/file:///srv/*")
+            else:
+                r.error((*path, i), f"{key[:-1]} `{name}` must be written UPSTREAM/{key[:-1].upper()}",
+                        "globs may use * within a segment, e.g. fs/read_* or */delete*")
             continue
         upstream = split_tool(name)[0]
         if upstreams is not None and "*" not in upstream and "?" not in upstream and upstream not in upstreams:
             r.error((*path, i), f"no upstream named `{upstream}` is configured, so `{name}` can never match",
                     did_you_mean(upstream, upstreams), warning=True)
-    return tools
+    return names
+
+
+def _select(r: _Reader, m: dict[str, Any], path: Path, upstreams: Sequence[str] | None, what: str) -> dict[str, tuple[str, ...]] | None:
+    """The selectors of a rule or limit: at least one of tools, resources, prompts."""
+    present = [k for k in SELECTORS if k in m]
+    if not present:
+        r.error(path, f"{what} needs `tools`, `resources` or `prompts`", 'for example tools: ["fs/read_file"]', value=False)
+        return None
+    out: dict[str, tuple[str, ...]] = {}
+    ok = True
+    for key in present:
+        got = _selectors(r, key, m[key], (*path, key), upstreams)
+        if got is None:
+            ok = False
+        else:
+            out[key] = got
+    return out if ok else None
 
 
 def _operand(r: _Reader, op: str, value: Any, path: Path) -> bool:
@@ -140,8 +171,8 @@ def _operand(r: _Reader, op: str, value: Any, path: Path) -> bool:
             except re.error as exc:
                 r.error(path, f"invalid regex `{value}`: {exc}")
                 return False
-        if op == "under" and normalise_path(value) is None:
-            r.error(path, f"`under` root `{value}` must be a plain path without `..` above its start or backslashes")
+        if op == "under" and not Under(value).usable:
+            r.error(path, f"`under` root `{value}` must be a plain path (or a file:// URI) without `..` above its start, `~` or backslashes")
             return False
     elif op == "max_length":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -159,9 +190,10 @@ def _operand(r: _Reader, op: str, value: Any, path: Path) -> bool:
 
 def _condition(r: _Reader, key: Any, spec: Any, path: Path) -> Condition | None:
     ok = True
-    if not isinstance(key, str) or not (key in PRINCIPAL_KEYS or ARG_PATH.match(key)):
-        hint = did_you_mean(str(key), (*PRINCIPAL_KEYS, "args.")) if not str(key).startswith("args") else None
-        r.error(path, f"unknown condition key `{key}`", hint or "use args.<name>[.<name>...] ([*] = every element), user, agent, purpose or chain.depth", value=False)
+    if not isinstance(key, str) or not (key in PRINCIPAL_KEYS or key == URI_KEY or ARG_PATH.match(key)):
+        hint = did_you_mean(str(key), (*PRINCIPAL_KEYS, URI_KEY, "args.")) if not str(key).startswith("args") else None
+        r.error(path, f"unknown condition key `{key}`",
+                hint or "use args.<name>[.<name>...] ([*] = every element), uri, user, agent, purpose or chain.depth", value=False)
         ok = False
     if not isinstance(spec, dict) or not spec:
         r.error(path, f"condition `{key}` must map operators to values", "for example {under: /srv/data} or {in: [a, b]}")
@@ -171,6 +203,9 @@ def _condition(r: _Reader, key: Any, spec: Any, path: Path) -> Condition | None:
         opath = (*path, op)
         if op not in OPERATORS:
             r.error(opath, f"unknown operator `{op}`", did_you_mean(str(op), OPERATORS) or f"operators: {', '.join(OPERATORS)}", value=False)
+            ok = False
+        elif key == URI_KEY and op not in URI_OPERATORS:
+            r.error(opath, f"operator `{op}` does not apply to `uri`", f"uri takes {', '.join(URI_OPERATORS)}", value=False)
             ok = False
         elif _operand(r, op, value, opath):
             ops.append((op, _freeze(value)))
@@ -213,13 +248,8 @@ def _rule(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) ->
         ok = False
     else:
         effect = Effect(m["effect"])
-    tools: tuple[str, ...] | None = None
-    if "tools" not in m:
-        r.error(path, "rule needs `tools`", 'for example tools: ["fs/read_file"]', value=False)
-        ok = False
-    else:
-        tools = _tools(r, m["tools"], (*path, "tools"), upstreams)
-        ok = ok and tools is not None
+    selected = _select(r, m, path, upstreams, "rule")
+    ok = ok and selected is not None
     annotations: list[tuple[str, bool]] = []
     if "annotations" in m:
         ann = r.mapping(m["annotations"], (*path, "annotations"), ANNOTATION_HINTS, "annotations")
@@ -242,23 +272,40 @@ def _rule(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) ->
             if cond is not None:
                 when.append(cond)
         ok = ok and w is not None
+    if selected is not None:
+        ok = _check_keys(r, selected, when, path) and ok
     reason = r.text(m.get("reason"), (*path, "reason"), "`reason`")
     rid = m.get("id")
     if rid is not None and (not isinstance(rid, str) or not ID.match(rid)):
         r.error((*path, "id"), f"rule id `{rid}` must be letters, digits and _.:@- (at most 128)")
         ok = False
-    if not ok or effect is None or tools is None or ("reason" in m and reason is None):
+    if not ok or effect is None or selected is None or ("reason" in m and reason is None):
         return None
-    return Rule(effect, tools, tuple(when), tuple(annotations), reason, rid)
+    return Rule(effect, selected.get("tools", ()), tuple(when), tuple(annotations), reason, rid,
+                selected.get("resources", ()), selected.get("prompts", ()))
+
+
+def _check_keys(r: _Reader, selected: dict[str, tuple[str, ...]], when: list[Condition], path: Path) -> bool:
+    """A condition its rule's selectors can never supply is an error: it would make the rule
+    dead (an allow never matches) or, worse, look like a restriction it is not."""
+    ok = True
+    for cond in when:
+        if cond.is_uri and "resources" not in selected:
+            r.error((*path, "when", cond.key), "a `uri` condition needs `resources` in its rule: tools and prompts have no URI",
+                    "select resources: [UPSTREAM/URI_GLOB], or use args.<name> for a tool's argument", value=False)
+            ok = False
+        elif cond.key.startswith("args.") and set(selected) == {"resources"}:
+            r.error((*path, "when", cond.key), "resources have no arguments, so an `args.*` condition never holds here",
+                    "use the `uri` key to judge a resource", value=False)
+            ok = False
+    return ok
 
 
 def _limit(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) -> Limit | None:
     m = r.mapping(data, path, _LIMIT, "a limit")
     if m is None:
         return None
-    tools = _tools(r, m.get("tools"), (*path, "tools"), upstreams) if "tools" in m else None
-    if "tools" not in m:
-        r.error(path, "limit needs `tools`", value=False)
+    selected = _select(r, m, path, upstreams, "limit")
     counts: dict[str, int] = {}
     for key in ("per_minute", "per_session"):
         v = m.get(key)
@@ -271,9 +318,10 @@ def _limit(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) -
     if not counts and "per_minute" not in m and "per_session" not in m:
         r.error(path, "limit needs `per_minute` or `per_session`", value=False)
         return None
-    if tools is None or len(counts) != sum(k in m for k in ("per_minute", "per_session")):
+    if selected is None or len(counts) != sum(k in m for k in ("per_minute", "per_session")):
         return None
-    return Limit(tools, counts.get("per_minute"), counts.get("per_session"))
+    return Limit(selected.get("tools", ()), counts.get("per_minute"), counts.get("per_session"),
+                 selected.get("resources", ()), selected.get("prompts", ()))
 
 
 def _subjects(r: _Reader, data: Any, path: Path) -> Subjects | None:
@@ -303,7 +351,8 @@ def _lint_shadowed(r: _Reader, rules: list[tuple[int, Rule]], path: Path) -> Non
         if rule.effect is Effect.DENY:
             continue
         for j, deny in blanket:
-            if all(any(glob_covers(w, t) for w in deny.tools) for t in rule.tools):
+            if not rule.resources and not rule.prompts and not deny.resources and not deny.prompts and \
+                all(any(glob_covers(w, t) for w in deny.tools) for t in rule.tools):
                 r.error((*path, "rules", i), f"this {rule.effect} rule can never apply: rule {deny.id or j + 1} of the same policy denies all its tools unconditionally",
                         warning=True, value=False)
                 break
@@ -429,7 +478,9 @@ def policy_to_data(policy: Policy) -> dict[str, Any]:
         if rule.id is not None:
             rd["id"] = rule.id
         rd["effect"] = rule.effect.value
-        rd["tools"] = list(rule.tools)
+        for key in SELECTORS:
+            if rule.selectors(Kind(key[:-1])):
+                rd[key] = list(rule.selectors(Kind(key[:-1])))
         if rule.annotations:
             rd["annotations"] = dict(rule.annotations)
         if rule.when:
@@ -440,7 +491,8 @@ def policy_to_data(policy: Policy) -> dict[str, Any]:
     out["rules"] = rules
     if policy.limits:
         out["limits"] = [
-            {"tools": list(lim.tools), **{k: v for k, v in (("per_minute", lim.per_minute), ("per_session", lim.per_session)) if v is not None}}
+            {**{k: list(v) for k, v in (("tools", lim.tools), ("resources", lim.resources), ("prompts", lim.prompts)) if v},
+             **{k: v for k, v in (("per_minute", lim.per_minute), ("per_session", lim.per_session)) if v is not None}}
             for lim in policy.limits
         ]
     return out

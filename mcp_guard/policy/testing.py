@@ -5,10 +5,13 @@ Pure: the caller reads the files and picks the policy set each file runs against
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_guard.identity import Principal
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import PathContext
 from mcp_guard.policy.engine import PolicySet
 from mcp_guard.policy.model import Effect
 from mcp_guard.yamlsrc import Path, Problem, SourceMap, YamlSyntaxError, did_you_mean, load
@@ -16,7 +19,8 @@ from mcp_guard.yamlsrc import Path, Problem, SourceMap, YamlSyntaxError, did_you
 _TOP = ("cases", "policies")
 _CASE = ("name", "principal", "call", "expect", "visible", "decided_by")
 _PRINCIPAL = ("user", "agent", "agents", "purpose")
-_CALL = ("tool", "args", "annotations")
+_CALL = ("tool", "resource", "prompt", "upstream", "args", "annotations", "workdir")
+_UPSTREAM = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _EXPECT = tuple(e.value for e in Effect)
 
 
@@ -31,6 +35,8 @@ class Case:
     expect: Effect
     visible: bool | None = None
     decided_by: tuple[str, ...] = ()
+    kind: Kind = Kind.TOOL
+    workdir: str | None = None  # the upstream's declared working directory, for relative paths
 
 
 @dataclass
@@ -115,19 +121,20 @@ def _case(raw: Any, path: Path, mapping: Any, err: Any, smap: SourceMap) -> Case
         else:
             principal = Principal(user=user, agents=tuple(agents), purpose=purpose)
     call = mapping(m.get("call"), (*path, "call"), _CALL, "call")
-    tool, args, annotations = None, {}, None
+    tool, args, annotations, kind, workdir = None, {}, None, Kind.TOOL, None
     if call is not None:
-        tool = call.get("tool")
+        tool, kind = _call_target(call, (*path, "call"), err)
         args = call.get("args", {})
         annotations = call.get("annotations")
-        if not isinstance(tool, str) or "/" not in tool:
-            err((*path, "call", "tool") if "tool" in call else (*path, "call"), "`call.tool` must be UPSTREAM/TOOL")
-            tool = None
+        workdir = call.get("workdir")
         if not isinstance(args, dict):
             err((*path, "call", "args"), "`call.args` must be a mapping")
             ok = False
         if annotations is not None and not isinstance(annotations, dict):
             err((*path, "call", "annotations"), "`call.annotations` must be a mapping")
+            ok = False
+        if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/")):
+            err((*path, "call", "workdir"), "`call.workdir` must be an absolute path")
             ok = False
     expect = m.get("expect")
     if expect not in _EXPECT:
@@ -147,18 +154,45 @@ def _case(raw: Any, path: Path, mapping: Any, err: Any, smap: SourceMap) -> Case
     if not ok or principal is None or tool is None or not isinstance(name, str):
         return None
     line, _ = smap.at(path)
-    return Case(name, f"{smap.file}:{line}", principal, tool, args, annotations, Effect(expect), visible, tuple(decided))
+    return Case(name, f"{smap.file}:{line}", principal, tool, args, annotations, Effect(expect), visible, tuple(decided),
+                kind, workdir)
+
+
+def _call_target(call: dict[str, Any], path: Path, err: Any) -> tuple[str | None, Kind]:
+    """``(UPSTREAM/NAME, kind)`` from exactly one of ``tool``, ``resource`` or ``prompt``."""
+    given = [k for k in ("tool", "resource", "prompt") if k in call]
+    if len(given) != 1:
+        err(path, "`call` needs exactly one of `tool`, `resource` or `prompt`")
+        return None, Kind.TOOL
+    key = given[0]
+    kind = Kind(key)
+    value, upstream = call[key], call.get("upstream")
+    if upstream is not None and (kind is not Kind.RESOURCE or not isinstance(upstream, str) or not _UPSTREAM.match(upstream)):
+        err((*path, "upstream"), "`call.upstream` names the upstream of a bare `resource` URI")
+        return None, kind
+    if not isinstance(value, str) or not value:
+        err((*path, key), f"`call.{key}` must be a string")
+        return None, kind
+    if upstream is not None:
+        return f"{upstream}/{value}", kind
+    head, sep, rest = value.partition("/")
+    if not sep or not rest or not _UPSTREAM.match(head):
+        what = "UPSTREAM/URI (or give `upstream`)" if kind is Kind.RESOURCE else f"UPSTREAM/{key.upper()}"
+        err((*path, key), f"`call.{key}` must be {what}")
+        return None, kind
+    return value, kind
 
 
 def run_case(policies: PolicySet, case: Case) -> Outcome:
-    decision = policies.decide(case.principal, case.tool, case.args, case.annotations)
+    paths = PathContext(case.workdir) if case.workdir else None
+    decision = policies.decide(case.principal, case.tool, case.args, case.annotations, kind=case.kind, paths=paths)
     failures = []
     if decision.effect is not case.expect:
         failures.append(f"expected {case.expect}, got {decision.effect}")
     if case.visible is not None:
-        shown = policies.visible(case.principal, case.tool, case.annotations)
+        shown = policies.visible(case.principal, case.tool, case.annotations, kind=case.kind)
         if shown is not case.visible:
-            failures.append(f"expected the tool {'listed' if case.visible else 'hidden'}, it is {'listed' if shown else 'hidden'}")
+            failures.append(f"expected the {case.kind} {'listed' if case.visible else 'hidden'}, it is {'listed' if shown else 'hidden'}")
     missing = [p for p in case.decided_by if p not in decision.policy_ids]
     if missing:
         failures.append(f"expected policy {', '.join(missing)} among the deciding policies {list(decision.policy_ids)}")

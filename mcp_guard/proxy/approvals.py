@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import time
-import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,16 +36,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mcp_guard.audit import args_hash, canonical
+from mcp_guard.decision import Kind, Outcome, Verdict
 from mcp_guard.identity import Principal
-from mcp_guard.proxy.enforce import Verdict
-from mcp_guard.proxy.session import InputRequired
-from mcp_guard.proxy.wire import META_CLIENT_CAPABILITIES, Message
+from mcp_guard.jsonrpc import META_CLIENT_CAPABILITIES, Era, Message
+from mcp_guard.proxy.pipeline import RequestContext, asked
 from mcp_guard.state import APPROVED, Counter
 
 if TYPE_CHECKING:
     from mcp_guard.config import ApprovalsConfig
-    from mcp_guard.proxy.catalogue import ToolEntry
-    from mcp_guard.proxy.session import GuardContext, GuardSession
+    from mcp_guard.proxy.catalogue import Target
+    from mcp_guard.proxy.session import GuardContext
 
 log = logging.getLogger("mcp_guard.approvals")
 
@@ -61,6 +61,7 @@ MAX_VALUE_CHARS = 300  # one argument value in the prompt
 MAX_ARGS_CHARS = 2000  # all arguments in the prompt
 MAX_PREVIEW_CHARS = 400  # the one-line preview stored with a queued request
 MAX_HUMAN_REASON = 200
+MAX_REMEMBERED_SESSIONS = 10_000
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -129,13 +130,17 @@ def _why(verdict: Verdict) -> str:
     return "the grant chain requires a human for this tool"
 
 
-def render_prompt(who: Principal, entry: ToolEntry, args: Mapping[str, Any], verdict: Verdict, *, remember: bool = False) -> str:
+_WHAT = {Kind.TOOL: ("Tool", "tool call"), Kind.RESOURCE: ("Resource", "resource request"), Kind.PROMPT: ("Prompt", "prompt request")}
+
+
+def render_prompt(who: Principal, entry: Target, args: Mapping[str, Any], verdict: Verdict, *, remember: bool = False) -> str:
     """The text of the approval question: who, what, why, and the exact arguments."""
     agent_note = f"verified grant {who.grant_id}" if who.verified and who.grant_id else ("verified grant" if who.verified else "self-asserted")
+    what = _WHAT[entry.kind]
     lines = [
-        "mcp-guard asks you to approve a tool call.",
+        f"mcp-guard asks you to approve a {what[1]}.",
         "",
-        f"Tool:      {entry.qualified}  (called as {entry.exposed})",
+        f"{what[0] + ':':<10} {entry.qualified}  (called as {entry.exposed})",
         f"Upstream:  {entry.upstream}",
         f"User:      {who.user}",
         f"Agent:     {who.agent or '?'}  ({agent_note})",
@@ -214,44 +219,49 @@ class GuardApprover:
     def __init__(self, ctx: GuardContext, key: bytes | None = None) -> None:
         self.ctx = ctx
         self.sealer = StateSealer(key)
-        self._remembered: weakref.WeakKeyDictionary[GuardSession, dict[tuple[str, str, str], str]] = weakref.WeakKeyDictionary()
+        # session id -> approvals remembered for it (``remember: session``), the oldest sessions dropped first
+        self._remembered: OrderedDict[str, dict[tuple[str, str, str], str]] = OrderedDict()
 
     @property
     def config(self) -> ApprovalsConfig:
         return self.ctx.config.approvals
 
-    async def ask(self, session: GuardSession, entry: ToolEntry, args: dict[str, Any], verdict: Verdict, request: Message) -> Verdict:
-        who = session.principal
+    async def ask(self, req: RequestContext, entry: Target, args: dict[str, Any], verdict: Verdict) -> Verdict:
+        who = req.principal
         digest = args_hash(args)
         memo_key = (_principal_tag(who), entry.qualified, digest)
         if self.config.remember == "session":
-            earlier = self._remembered.get(session, {}).get(memo_key)
+            earlier = self._remembered.get(req.session_id, {}).get(memo_key)
             if earlier is not None:
                 return self._approved(verdict, entry, earlier, "remembered", 0.0, None)
-        params = request.get("params") if isinstance(request.get("params"), dict) else {}
-        assert isinstance(params, dict)
-        if session.era == "modern":
+        params = req.params
+        if self.ctx.approval_queue_only:
+            out = await self._queue(req, who, entry, args, digest, verdict)  # the caller must not approve itself
+        elif req.era == Era.MODERN:
             if "requestState" in params:
-                out = await self._redeem(session, who, entry, args, digest, verdict, params)
+                out = await self._redeem(req, who, entry, args, digest, verdict, params)
             elif _form_capable(self._request_capabilities(params).get("elicitation")):
-                raise self._input_required(who, entry, args, digest, verdict)
+                return self._input_required(who, entry, args, digest, verdict)
             else:
-                out = await self._queue(session, who, entry, args, digest, verdict)
-        elif _form_capable(session.client_capabilities.get("elicitation")):
-            out = await self._elicit(session, who, entry, args, verdict)
+                out = await self._queue(req, who, entry, args, digest, verdict)
+        elif req.ask_host is not None and _form_capable(req.capabilities.get("elicitation")):
+            out = await self._elicit(req, who, entry, args, verdict)
         else:
-            out = await self._queue(session, who, entry, args, digest, verdict)
-        if out.decision == "approved" and self.config.remember == "session":
-            self._remembered.setdefault(session, {})[memo_key] = out.approver or "?"
+            out = await self._queue(req, who, entry, args, digest, verdict)
+        if out.decision is Outcome.APPROVED and self.config.remember == "session":
+            self._remembered.setdefault(req.session_id, {})[memo_key] = out.approver or "?"
+            self._remembered.move_to_end(req.session_id)
+            while len(self._remembered) > MAX_REMEMBERED_SESSIONS:
+                self._remembered.popitem(last=False)
         return out
 
     # -- verdicts
 
     @staticmethod
-    def _approved(verdict: Verdict, entry: ToolEntry, approver: str, channel: str, wait: float, approval_id: str | None) -> Verdict:
+    def _approved(verdict: Verdict, entry: Target, approver: str, channel: str, wait: float, approval_id: str | None) -> Verdict:
         return dataclasses.replace(
             verdict,
-            decision="approved",
+            decision=Outcome.APPROVED,
             reason=f"mcp-guard forwarded {entry.qualified}: approved by {approver}",
             approver=approver,
             approval_channel=channel,
@@ -261,11 +271,11 @@ class GuardApprover:
         )
 
     @staticmethod
-    def _rejected(verdict: Verdict, entry: ToolEntry, why: str, answer: str, channel: str, wait: float,
+    def _rejected(verdict: Verdict, entry: Target, why: str, answer: str, channel: str, wait: float,
                   approver: str | None = None, approval_id: str | None = None) -> Verdict:
         return dataclasses.replace(
             verdict,
-            decision="rejected",
+            decision=Outcome.REJECTED,
             reason=f"mcp-guard refused {entry.qualified}: {why}",
             approver=approver,
             approval_channel=channel,
@@ -274,7 +284,7 @@ class GuardApprover:
             approval_id=approval_id,
         )
 
-    def _from_elicit_result(self, verdict: Verdict, entry: ToolEntry, answer: Any, channel: str, wait: float,
+    def _from_elicit_result(self, verdict: Verdict, entry: Target, answer: Any, channel: str, wait: float,
                             approver: str, approval_id: str | None) -> Verdict:
         """Only ``accept`` with ``approve: true`` approves; every other shape rejects."""
         action = answer.get("action") if isinstance(answer, dict) else None
@@ -291,12 +301,12 @@ class GuardApprover:
             return self._rejected(verdict, entry, "the approval request was dismissed without an answer", "cancel", channel, wait, approver, approval_id)
         return self._rejected(verdict, entry, "the approval answer was not understood", "error", channel, wait, None, approval_id)
 
-    def _prompt(self, who: Principal, entry: ToolEntry, args: dict[str, Any], verdict: Verdict) -> str:
+    def _prompt(self, who: Principal, entry: Target, args: dict[str, Any], verdict: Verdict) -> str:
         return render_prompt(who, entry, args, verdict, remember=self.config.remember == "session")
 
     @staticmethod
-    def _host_name(session: GuardSession) -> str:
-        return "host:" + str(session.client_info.get("name") or "unknown")
+    def _host_name(req: RequestContext) -> str:
+        return "host:" + str(req.client_info.get("name") or "unknown")
 
     @staticmethod
     def _request_capabilities(params: Message) -> Message:
@@ -306,13 +316,14 @@ class GuardApprover:
 
     # -- legacy: elicitation/create on the back channel
 
-    async def _elicit(self, session: GuardSession, who: Principal, entry: ToolEntry, args: dict[str, Any], verdict: Verdict) -> Verdict:
+    async def _elicit(self, req: RequestContext, who: Principal, entry: Target, args: dict[str, Any], verdict: Verdict) -> Verdict:
         params: Message = {"message": self._prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA}
-        if session.protocol_version >= "2025-11-25":
+        if req.protocol_version >= "2025-11-25":
             params = {"mode": "form", **params}  # 2025-06-18 hosts know no `mode`
         timeout = self.config.timeout
         start = time.monotonic()
-        response = await session.request_host("elicitation/create", params, timeout)
+        assert req.ask_host is not None
+        response = await req.ask_host("elicitation/create", params, timeout)
         wait = time.monotonic() - start
         if "error" in response:
             if wait >= timeout * 0.99:
@@ -320,11 +331,11 @@ class GuardApprover:
             message = response["error"].get("message") if isinstance(response["error"], dict) else None
             log.warning("the host refused the approval elicitation: %s", message)
             return self._rejected(verdict, entry, "the host could not ask a human for approval", "error", "elicitation", wait)
-        return self._from_elicit_result(verdict, entry, response.get("result"), "elicitation", wait, self._host_name(session), None)
+        return self._from_elicit_result(verdict, entry, response.get("result"), "elicitation", wait, self._host_name(req), None)
 
     # -- 2026-07-28: input_required with a sealed, single-use requestState
 
-    def _input_required(self, who: Principal, entry: ToolEntry, args: dict[str, Any], digest: str, verdict: Verdict) -> InputRequired:
+    def _input_required(self, who: Principal, entry: Target, args: dict[str, Any], digest: str, verdict: Verdict) -> Verdict:
         now = self.ctx.clock()
         nonce = secrets.token_hex(16)
         state = self.sealer.seal({
@@ -341,10 +352,9 @@ class GuardApprover:
             "params": {"mode": "form", "message": self._prompt(who, entry, args, verdict), "requestedSchema": APPROVAL_SCHEMA},
         }
         result: Message = {"resultType": "input_required", "inputRequests": {APPROVAL_KEY: elicitation}, "requestState": state}
-        asked = dataclasses.replace(verdict, approval_channel="input_required", approval_answer="asked", approval_id=nonce)
-        return InputRequired(result, asked)
+        return asked(verdict, result, nonce)
 
-    async def _redeem(self, session: GuardSession, who: Principal, entry: ToolEntry, args: dict[str, Any], digest: str,
+    async def _redeem(self, req: RequestContext, who: Principal, entry: Target, args: dict[str, Any], digest: str,
                       verdict: Verdict, params: Message) -> Verdict:
         now = self.ctx.clock()
         state = self.sealer.open(params.get("requestState"))
@@ -371,18 +381,18 @@ class GuardApprover:
         responses = params.get("inputResponses")
         answer = responses.get(APPROVAL_KEY) if isinstance(responses, dict) else None
         if answer is None:
-            raise self._input_required(who, entry, args, digest, verdict)  # spec: missing response -> ask again
-        return self._from_elicit_result(verdict, entry, answer, "input_required", wait, self._host_name(session), nonce)
+            return self._input_required(who, entry, args, digest, verdict)  # a missing response: ask again
+        return self._from_elicit_result(verdict, entry, answer, "input_required", wait, self._host_name(req), nonce)
 
     # -- no elicitation: the approval queue in the state store
 
-    async def _queue(self, session: GuardSession, who: Principal, entry: ToolEntry, args: dict[str, Any], digest: str,
+    async def _queue(self, req: RequestContext, who: Principal, entry: Target, args: dict[str, Any], digest: str,
                      verdict: Verdict) -> Verdict:
         store = self.ctx.store
         timeout = self.config.timeout
         start = time.monotonic()
         approval_id = await store.approval_create({
-            "session": session.id,
+            "session": req.session_id,
             "principal": list(who.chain),
             "user": who.user,
             "agent": who.agent,

@@ -7,23 +7,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mcp_guard.config import EXPOSED_NAME
+from mcp_guard.decision import Kind
+from mcp_guard.jsonrpc import Message
 from mcp_guard.pinning import PinSet, PinStatus, tool_digest
-from mcp_guard.proxy.wire import Message
 from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard.catalogue")
 
 
 @dataclass(frozen=True, slots=True)
-class ToolEntry:
-    exposed: str  # the name the host sees and calls
+class Target:
+    """What one request is about, resolved: a tool, a resource (by URI) or a prompt of one upstream."""
+
+    exposed: str  # the name the host sees and calls (a resource's URI as it is)
     upstream: str
-    name: str  # the upstream's own name
-    qualified: str  # "UPSTREAM/TOOL", the name policies and grants speak of
+    name: str  # the upstream's own name (tool or prompt name, resource URI)
+    qualified: str  # "UPSTREAM/NAME", the name policies and grants speak of
     definition: Message  # host-facing definition (name rewritten)
     annotations: Message | None  # only when trusted: pinned and unchanged, or `trust_annotations: true`
     pin: PinStatus = "off"  # pinned | new | changed | off (pinning: off)
     held: bool = False  # hidden and refused: pinning: enforce and not pinned as it is now
+    kind: Kind = Kind.TOOL
+
+
+ToolEntry = Target  # a catalogued tool
 
 
 class CollisionError(Exception):

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, policy_sources, read_token
 from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.jsonrpc import Era, HostTransport, Message
 from mcp_guard.policy import PolicySet, load_sources
 from mcp_guard.proxy.session import GuardContext, GuardSession
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from mcp_guard.grants import ChainVerifier
+    from mcp_guard.grants import ChainVerifier, GrantChain
 
 log = logging.getLogger("mcp_guard")
 
@@ -90,6 +91,32 @@ async def build_context(config: GuardConfig) -> GuardContext:
     return ctx
 
 
+class _NullHost:
+    """The serve hub's host: upstream notifications have no single client to go to."""
+
+    async def send(self, message: Message) -> None:
+        log.debug("not delivered in serve mode: %s", message.get("method"))
+
+
+class ServeSessions:
+    """``serve``: one hub session owns the upstreams; each caller gets a session of its own (its
+    own verified chain) sharing them.  The transport sees only this (``transports.http.Sessions``)."""
+
+    def __init__(self, ctx: GuardContext) -> None:
+        self.ctx = ctx
+        self.hub = GuardSession(ctx, _NullHost())
+        self.hub.era = Era.MODERN  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
+
+    async def start(self) -> None:
+        await self.hub.start()
+
+    async def close(self) -> None:
+        await self.hub.close()
+
+    def new(self, host: HostTransport, chain: GrantChain) -> GuardSession:
+        return GuardSession(self.ctx, host, hub=self.hub, chain=chain)
+
+
 async def run_stdio(config: GuardConfig) -> None:
     """The ``mcp-guard run`` main loop: serve the host on stdio until it closes stdin."""
     from mcp_guard.transports.stdio import StdioHost
@@ -130,4 +157,4 @@ async def run_stdio(config: GuardConfig) -> None:
         raise ConfigError(session.fatal)
 
 
-__all__ = ["GuardError", "build_context", "load_policy_set", "run_stdio"]
+__all__ = ["GuardError", "ServeSessions", "build_context", "load_policy_set", "run_stdio"]

@@ -23,10 +23,11 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard.proxy.wire import (
+from mcp_guard.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
+    SERVER_TO_CLIENT,
     Message,
     error,
     result,
@@ -40,7 +41,7 @@ log = logging.getLogger("mcp_guard.relay")
 
 STATE_PREFIX = "mcp-guard-relay."
 PARK_SECONDS = 600.0  # a host that never retries: the upstream call is cancelled after this
-KIND = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+KIND = SERVER_TO_CLIENT
 
 
 @dataclass

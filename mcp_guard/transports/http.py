@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -28,9 +28,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
-from mcp_guard.proxy.relay import KIND as RELAYED_KIND
-from mcp_guard.proxy.session import GuardContext, GuardSession
-from mcp_guard.proxy.wire import INVALID_REQUEST, PARSE_ERROR, Message, error, is_request
+from mcp_guard.jsonrpc import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    SERVER_TO_CLIENT,
+    HostTransport,
+    Message,
+    error,
+    is_request,
+)
 
 log = logging.getLogger("mcp_guard.http")
 
@@ -38,14 +44,22 @@ MAX_BODY = 4 * 1024 * 1024
 MAX_SESSIONS = 10_000
 HEADER_MISMATCH = -32020
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
-RELAYED_CAPABILITIES = frozenset(RELAYED_KIND.values())  # need a stream back to the client
+RELAYED_CAPABILITIES = frozenset(SERVER_TO_CLIENT.values())  # need a stream back to the client
 
 
-class _NullHost:
-    """The hub session's host: upstream notifications have no single client to go to."""
+class HostSession(Protocol):
+    """One caller's guard session, as the transport drives it."""
 
-    async def send(self, message: Message) -> None:
-        log.debug("not delivered in serve mode: %s", message.get("method"))
+    async def handle(self, message: Any) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Sessions(Protocol):
+    """What serving needs from the guard: its shared upstreams, and a new session per caller."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def new(self, host: HostTransport, chain: GrantChain) -> HostSession: ...
 
 
 class _ReplyHost:
@@ -62,7 +76,7 @@ class _ReplyHost:
         else:
             log.debug("not delivered over plain JSON: %s", message.get("method") or message.get("id"))
 
-    async def ask(self, session: GuardSession, message: Message) -> Message:
+    async def ask(self, session: HostSession, message: Message) -> Message:
         """Hand one request to the session under an id unique to this host, and await its answer."""
         original = message["id"]
         inner = f"h{next(self._ids)}"
@@ -79,7 +93,7 @@ class _ReplyHost:
 
 @dataclass
 class _Session:
-    session: GuardSession
+    session: HostSession
     host: _ReplyHost
     grant: str  # SHA-256 of the bearer token this session is bound to
     used: float
@@ -90,23 +104,21 @@ def _token_key(token: str) -> str:
 
 
 class HttpGuard:
-    def __init__(self, ctx: GuardContext, verifier: ChainVerifier, *, allowed_origins: tuple[str, ...] = ()) -> None:
-        self.ctx = ctx
+    def __init__(self, sessions: Sessions, verifier: ChainVerifier, *, allowed_origins: tuple[str, ...] = ()) -> None:
+        self.guard = sessions
         self.verifier = verifier
         self.allowed_origins = allowed_origins
-        self.hub = GuardSession(ctx, _NullHost())
-        self.hub.era = "modern"  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
         self.sessions: OrderedDict[str, _Session] = OrderedDict()  # Mcp-Session-Id -> session (handshake era)
         self.stateless: OrderedDict[str, _Session] = OrderedDict()  # grant -> session (2026-07-28)
         self.app = Starlette(routes=[Route("/mcp", self.endpoint, methods=["GET", "POST", "DELETE"])])
 
     async def start(self) -> None:
-        await self.hub._ensure_started()
+        await self.guard.start()
 
     async def close(self) -> None:
         for entry in [*self.sessions.values(), *self.stateless.values()]:
             await entry.session.close()
-        await self.hub.close()
+        await self.guard.close()
 
     # ------------------------------------------------------------------ HTTP
 
@@ -198,7 +210,7 @@ class HttpGuard:
 
     def _new_session(self, chain: GrantChain, grant: str) -> _Session:
         host = _ReplyHost()
-        return _Session(GuardSession(self.ctx, host, hub=self.hub, chain=chain), host, grant, time.monotonic())
+        return _Session(self.guard.new(host, chain), host, grant, time.monotonic())
 
     @staticmethod
     def _evict(table: OrderedDict[str, _Session]) -> None:
@@ -207,11 +219,11 @@ class HttpGuard:
             asyncio.get_running_loop().create_task(old.session.close())
 
 
-async def serve_http(ctx: GuardContext, verifier: ChainVerifier, host: str, port: int, allowed_origins: tuple[str, ...] = ()) -> None:
+async def serve_http(sessions: Sessions, verifier: ChainVerifier, host: str, port: int, allowed_origins: tuple[str, ...] = ()) -> None:
     """Run until cancelled (SIGINT/SIGTERM)."""
     import uvicorn
 
-    guard = HttpGuard(ctx, verifier, allowed_origins=allowed_origins)
+    guard = HttpGuard(sessions, verifier, allowed_origins=allowed_origins)
     await guard.start()
     server = uvicorn.Server(uvicorn.Config(guard.app, host=host, port=port, log_level="warning", lifespan="off"))
     log.info("serving MCP at http://%s:%d/mcp", host, port)

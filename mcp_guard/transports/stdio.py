@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from mcp_guard.proxy.wire import INTERNAL_ERROR, PARSE_ERROR, Message, dumps, error
+from mcp_guard.jsonrpc import INTERNAL_ERROR, PARSE_ERROR, Message, dumps, error
 
 log = logging.getLogger("mcp_guard.stdio")
 

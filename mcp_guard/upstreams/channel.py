@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mcp_guard.proxy.wire import Message
+from mcp_guard.jsonrpc import Message
 
 
 class Channel(Protocol):

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from mcp_guard.config import GuardConfig
-from mcp_guard.proxy.wire import Message
+from mcp_guard.jsonrpc import Message
 from mcp_guard.upstreams.connection import Upstream
 
 

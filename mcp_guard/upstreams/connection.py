@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from mcp_guard import __version__, telemetry
 from mcp_guard.config import UpstreamConfig
-from mcp_guard.errors import UpstreamError
-from mcp_guard.proxy.wire import (
+from mcp_guard.errors import RpcError, UpstreamError
+from mcp_guard.jsonrpc import (
     LATEST_LEGACY,
     META_CLIENT_CAPABILITIES,
     META_CLIENT_INFO,
@@ -27,7 +27,6 @@ from mcp_guard.proxy.wire import (
     METHOD_NOT_FOUND,
     MODERN,
     Message,
-    RpcError,
     error,
     is_notification,
     is_request,

@@ -18,7 +18,7 @@ from mcp_types import jsonrpc_message_adapter
 
 from mcp_guard.config import UpstreamConfig
 from mcp_guard.errors import UpstreamError
-from mcp_guard.proxy.wire import Message
+from mcp_guard.jsonrpc import Message
 
 log = logging.getLogger("mcp_guard.upstream")
 

@@ -18,7 +18,7 @@ import orjson
 
 from mcp_guard.config import UpstreamConfig
 from mcp_guard.errors import UpstreamError
-from mcp_guard.proxy.wire import Message, dumps
+from mcp_guard.jsonrpc import Message, dumps
 
 log = logging.getLogger("mcp_guard.upstream")
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from mcp_guard.decision import Verdict
 from mcp_guard.errors import ConfigError
 from mcp_guard.identity import Principal
 from mcp_guard.proxy.approvals import MAX_ARGS_CHARS, StateSealer, render_arguments, render_prompt
 from mcp_guard.proxy.catalogue import ToolEntry
-from mcp_guard.proxy.enforce import Verdict
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "approvals.md"
 WHO = Principal(user="alice@example.com", agents=("support-bot", "summarizer"), purpose="ticket-triage",

@@ -130,3 +130,33 @@ def test_invalid_yaml_names_the_line(home: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config("version: 1\nupstreams: [\n", str(home / "g.yaml"), environ={})
     assert err.value.problems[0].startswith(f"{home / 'g.yaml'}:3:1: invalid YAML")
+
+
+def test_workdir_and_resolve(home: Path) -> None:
+    text = ("version: 1\nupstreams:\n  fs:\n    command: x\n    cwd: ./run\n    workdir: ./ws\n    resolve: true\n"
+            "  plain:\n    command: y\n    cwd: ./run\n  remote:\n    url: http://127.0.0.1:1/mcp\n    workdir: /srv/app\n")
+    ups = parse_config(text, str(home / "g.yaml"), environ={}).upstreams
+    fs, plain, remote = ups["fs"], ups["plain"], ups["remote"]
+    assert fs.workdir == str((home / "ws").resolve()) and fs.resolve
+    assert fs.paths.workdir == fs.workdir and fs.paths.resolve is not None
+    # never guessed from cwd: a server may resolve relative paths elsewhere
+    assert plain.workdir is None and not plain.resolve and plain.paths.resolve is None
+    assert remote.workdir == "/srv/app" and not remote.resolve
+
+
+def test_resolve_needs_a_local_upstream(home: Path) -> None:
+    text = "version: 1\nupstreams:\n  remote:\n    url: http://127.0.0.1:1/mcp\n    resolve: true\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, str(home / "g.yaml"), environ={})
+    assert err.value.problems[0].startswith(f"{home / 'g.yaml'}:5:14: `resolve` needs a local (stdio) upstream")
+
+
+def test_resolve_path_follows_links_and_keeps_new_names(tmp_path: Path) -> None:
+    from mcp_guard.config import resolve_path
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    real = str((tmp_path / "real").resolve())
+    assert resolve_path(str(tmp_path / "link" / "new.txt")) == f"{real}/new.txt"
+    assert resolve_path(str(tmp_path / "link")) == real
+    assert resolve_path(str(tmp_path / "nope" / ".." / "x")) is None

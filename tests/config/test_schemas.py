@@ -100,7 +100,7 @@ def test_documentation_examples_validate(where: str, kind: str, data: dict[str, 
 # golden inputs of `mcp-guard check`: which are well-formed, which carry structural errors
 GOLDEN_VALID = ["duplicates/a.yaml", "duplicates/b.yaml", "warnings/policies.yaml", "warnings/p.test.yaml"]
 GOLDEN_INVALID = ["typos/policies.yaml", "syntax/fine.yaml", "config/guard.yaml", "config/policies/p.yaml",
-                  "config/policies/p.test.yaml"]
+                  "config/policies/p.test.yaml", "selectors/policies.yaml"]
 
 
 @pytest.mark.parametrize("name", GOLDEN_VALID)

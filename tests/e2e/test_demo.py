@@ -19,5 +19,5 @@ def test_demo_shows_discovery_allowed_refused_approved_hidden_and_audit() -> Non
     assert "mcp-guard denied fs/read_text_file: args.path must be under" in out
     assert "Tool:      fs/write_file" in out and "-> Successfully wrote to" in out
     assert "Unknown tool: fs_move_file" in out
-    assert "3 hash-chained records" in out
+    assert "4 hash-chained records" in out  # the hidden call is audited too (decision unknown)
     assert "Traceback" not in done.stderr

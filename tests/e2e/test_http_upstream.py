@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 async def test_http_upstream_filtered_and_forwarded(tmp_path: Path, conformance_http_url: str) -> None:
     record = RecordFile(tmp_path / "rec.jsonl")
     policies = [
-        {"id": "fx", "rules": [{"effect": "allow", "tools": ["fx/test_simple_text", "fx/test_image_content"]}]},
+        {"id": "fx", "rules": [{"effect": "allow", "tools": ["fx/test_simple_text", "fx/test_image_content"]},
+                               {"effect": "allow", "resources": ["fx/*"]}]},
         {"id": "rec", "rules": [{"effect": "allow", "tools": ["rec/echo"]}]},
     ]
     config = write_guard_config(

@@ -54,18 +54,25 @@ class Setup:
         return issue_grant(self.key, "corp-idp", user, agent, tools, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Setup]:
-    setup = Setup(tmp_path)
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port)],
+@contextlib.contextmanager
+def serving(config: Path, port: int) -> Iterator[None]:
+    """``mcp-guard serve --config CONFIG --port PORT`` until the block ends (log: serve.log beside it)."""
+    log = (config.parent / "serve.log").open("w")
+    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=tools_env())
     try:
-        wait_for_port(setup.port, timeout=60)
-        yield setup
+        wait_for_port(port, timeout=60)
+        yield
     finally:
         stop_process(proc)
         log.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Setup]:
+    setup = Setup(tmp_path)
+    with serving(setup.config, setup.port):
+        yield setup
 
 
 @contextlib.asynccontextmanager
@@ -88,7 +95,10 @@ async def test_each_caller_gets_what_its_own_chain_allows(served: Setup, mode: M
         assert hidden.value.error.message == "Unknown tool: rec_echo"
     assert [args for _, args in served.record.calls()] == [{"text": "from alice"}]
     audit = [json.loads(line) for line in (served.record.path.parent / "audit.jsonl").read_text().splitlines()]
-    assert audit[-1]["principal"] == ["user:alice@example.com", "agent:planner"] and audit[-1]["verified"] is True
+    allowed = [r for r in audit if r["decision"] == "allow"]
+    assert allowed[-1]["principal"] == ["user:alice@example.com", "agent:planner"] and allowed[-1]["verified"] is True
+    hidden_call = audit[-1]  # bob's call to a tool his chain hides is audited too, as unknown
+    assert (hidden_call["decision"], hidden_call["tool"], hidden_call["principal"][0]) == ("unknown", "rec_echo", "user:bob@example.com")
 
 
 async def test_no_or_bad_token_is_401_with_a_reason(served: Setup) -> None:

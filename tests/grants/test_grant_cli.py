@@ -7,6 +7,7 @@ import json
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 from mcp_guard.cli import main
 from mcp_guard.grants import ChainVerifier, load_public_key
+from mcp_guard.kinds import Kind
 from mcp_guard.state import open_store
 
 BIN = Path(sys.executable).parent / "mcp-guard"
@@ -153,3 +155,19 @@ def test_real_subprocess_keygen_issue_delegate_inspect(tmp_path: Path) -> None:
     widen = mg("grant", "delegate", "--chain", "@root.tok", "--key", "planner/private.pem", "--agent", "coder",
                "--tools", "git/*")
     assert widen.returncode == 1 and widen.stderr.startswith("mcp-guard: tools: git/*") and widen.stdout == ""
+
+
+def test_resources_and_prompts_through_the_cli(keys: Path) -> None:
+    root = _issue(keys, "--resources", "docs/file:///srv/*,mem/*", "--prompts", "git/*")
+    out = run("grant", "inspect", "--trust", f"corp-idp={keys / 'idp/public.jwk'}", root)
+    assert "  resources: docs/file:///srv/*, mem/*" in out and "  prompts: git/*" in out and "VALID" in out
+    base = ["grant", "delegate", "--chain", root, "--key", str(keys / "planner/private.pem"), "--agent", "coder",
+            "--tools", "time/*"]
+    narrow = run(*base, "--resources", "docs/file:///srv/tickets/*")
+    shown = run("grant", "inspect", "--trust", f"corp-idp={keys / 'idp/public.jwk'}", narrow)
+    assert "link 1:" in shown and "  resources: docs/file:///srv/tickets/*" in shown and "  prompts: (none)" in shown
+    assert run(*base, "--resources", "docs/*", ok=False).startswith("mcp-guard: resources: docs/* is not within the resources of link 0")
+    assert run(*base, "--prompts", "fs/*", ok=False).startswith("mcp-guard: prompts: fs/* is not within the prompts of link 0")
+    verifier = ChainVerifier({"corp-idp": load_public_key(keys / "idp/public.jwk")}, "urn:mcp-guard:local")
+    chain = verifier.verify(narrow.strip(), time.time())
+    assert chain.permits(Kind.RESOURCE, "docs/file:///srv/tickets/1") and not chain.permits(Kind.PROMPT, "git/commit")

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from mcp_guard.grants.fastschema import compile_fast
+from mcp_guard.grants.model import GrantValidator
 
-scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3, allow_nan=False) | st.sampled_from(["", "a", "ab", "/srv/x", "b/a"])
+scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3, allow_nan=False) | st.sampled_from(
+    ["", "a", "ab", "/srv/x", "b/a", "/srv/../etc", "file:///srv/x", "~/x", "/SRV/x", "/srv/x\\..\\..", "/srv/se\u0301"])
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3), max_leaves=6)
 types = st.sampled_from(["object", "array", "string", "boolean", "null", "number", "integer"])
 
@@ -32,6 +34,7 @@ def _schema(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
             "additionalProperties": inner,
             "items": inner,
             "description": st.just("annotation only"),
+            "x-under": st.sampled_from(["/srv", "/srv/x", "file:///srv", ".", "b"]),
         },
     )
 
@@ -44,10 +47,20 @@ schemas = st.recursive(st.booleans() | _schema(st.just({})), _schema, max_leaves
 def test_fast_path_agrees_with_jsonschema(schema: Any, instance: Any) -> None:
     fast = compile_fast(schema)
     assert fast is not None
-    assert fast(instance) == Draft202012Validator(schema).is_valid(instance)
+    assert fast(instance) == GrantValidator(schema).is_valid(instance)
+    if "x-under" not in str(schema):
+        assert fast(instance) == Draft202012Validator(schema).is_valid(instance)
 
 
 def test_schemas_outside_the_subset_fall_back() -> None:
     for schema in ({"$ref": "#/$defs/x"}, {"anyOf": [{}]}, {"format": "email"}, {"type": "str"},
                    {"properties": {"a": {"allOf": []}}}, {"pattern": "("}):
         assert compile_fast(schema) is None
+
+
+def test_an_unusable_x_under_root_refuses_everything() -> None:
+    for root in ("~/x", "a\\b", "http://x/y", 5, ""):
+        schema = {"properties": {"path": {"x-under": root}}}
+        assert compile_fast(schema) is None
+        assert not GrantValidator(schema).is_valid({"path": "/srv/x"})
+        assert GrantValidator(schema).is_valid({})  # no path argument: nothing to judge

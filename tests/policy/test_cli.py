@@ -141,3 +141,119 @@ def test_explain_with_a_grant_shows_every_link_verdict(guard: Path, tmp_path: Pa
     assert "link 1 (agent:support-bot -> agent summarizer" in out and "refuses: fs/write_file is not among its tools" in out
     assert "listed in tools/list: no" in out
     assert "chain refuses: the grant of agent summarizer does not include fs/write_file" in out
+
+
+DOCS = """\
+version: 1
+policies:
+  - id: docs
+    rules:
+      - effect: allow
+        resources: ["fs/*"]
+        when: {uri: {under: "file:///srv/tickets"}}
+      - effect: allow
+        prompts: ["fs/summarise"]
+      - effect: deny
+        tools: ["fs/read_text_file"]
+        when: {args.path: {under: /srv/tickets/secret}}
+      - effect: allow
+        tools: ["fs/read_text_file"]
+"""
+
+
+def explain_argv(cfg: Path, *argv: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["explain", "--config", str(cfg), *argv])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def test_explain_resources_and_prompts(guard: Path) -> None:
+    (guard.parent / "policies" / "docs.yaml").write_text(DOCS)
+    code, out = explain_argv(guard, "--resource", "fs/file:///srv/tickets/1.md")
+    assert code == 0 and "resource: fs/file:///srv/tickets/1.md (listed in resources/list: yes)" in out, out
+    code, out = explain_argv(guard, "--resource", "file:///etc/passwd")  # bare URI: the only upstream
+    assert code == 1 and "mcp-guard denied resource fs/file:///etc/passwd" in out, out
+    assert explain_argv(guard, "--prompt", "fs/summarise")[0] == 0
+    code, out = explain_argv(guard, "--prompt", "summarise")
+    assert code == 1 and "--prompt must be UPSTREAM/PROMPT" in out
+    code, out = explain_argv(guard, "--tool", "fs/x", "--prompt", "fs/y")
+    assert code == 1 and "exactly one of --tool, --resource or --prompt" in out
+
+
+def test_explain_a_bare_uri_needs_exactly_one_upstream(guard: Path) -> None:
+    guard.write_text(guard.read_text().replace("  fs: {command: mcp-server-filesystem}\n",
+                                               "  fs: {command: mcp-server-filesystem}\n  git: {command: mcp-server-git}\n"))
+    code, out = explain_argv(guard, "--resource", "file:///srv/tickets/1")
+    assert code == 1 and "names no upstream and the configuration has 2 upstreams (fs, git): write UPSTREAM/URI" in out
+
+
+def test_explain_judges_relative_paths_against_the_upstream_workdir(guard: Path) -> None:
+    (guard.parent / "policies" / "docs.yaml").write_text(DOCS)
+    for p in ("secret/s.txt", "./secret/s.txt", "a/../secret/s.txt"):
+        code, out = explain_argv(guard, "--tool", "fs/read_text_file", "--args", json.dumps({"path": p}))
+        assert code == 1, (p, out)  # no workdir: a relative path cannot be judged, so the deny matches
+    guard.write_text(guard.read_text().replace("  fs: {command: mcp-server-filesystem}\n",
+                                               "  fs: {command: mcp-server-filesystem, workdir: /srv/tickets}\n"))
+    assert explain_argv(guard, "--tool", "fs/read_text_file", "--args", json.dumps({"path": "open/a.txt"}))[0] == 0
+    code, out = explain_argv(guard, "--tool", "fs/read_text_file", "--args", json.dumps({"path": "a/../secret/s.txt"}))
+    assert code == 1 and "decided by: docs#3" in out, out
+
+
+def test_policy_tests_name_resources_and_prompts(tmp_path: Path) -> None:
+    (tmp_path / "docs.yaml").write_text(DOCS)
+    (tmp_path / "docs.test.yaml").write_text(
+        "cases:\n"
+        "  - {name: r1, principal: {user: u}, call: {resource: fs/file:///srv/tickets/1}, expect: allow, visible: true}\n"
+        "  - {name: r2, principal: {user: u}, call: {resource: 'file:///srv/x', upstream: fs}, expect: deny, visible: false}\n"
+        "  - {name: p1, principal: {user: u}, call: {prompt: fs/summarise, args: {style: short}}, expect: allow}\n"
+        "  - {name: w1, principal: {user: u}, call: {tool: fs/read_text_file, args: {path: secret/a}, workdir: /srv/tickets}, expect: deny}\n"
+        "  - {name: w2, principal: {user: u}, call: {tool: fs/read_text_file, args: {path: open/a}, workdir: /srv/tickets}, expect: allow}\n"
+    )
+    result = CliRunner().invoke(main, ["test", str(tmp_path)])
+    assert result.exit_code == 0 and "5 passed, 0 failed" in result.output, result.output
+
+
+def test_policy_test_call_shapes_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "docs.yaml").write_text(DOCS)
+    (tmp_path / "docs.test.yaml").write_text(
+        "cases:\n"
+        "  - {name: a, principal: {user: u}, call: {resource: 'file:///srv/x'}, expect: deny}\n"
+        "  - {name: b, principal: {user: u}, call: {tool: fs/a, prompt: fs/b}, expect: deny}\n"
+        "  - {name: c, principal: {user: u}, call: {prompt: fs/b, upstream: fs}, expect: deny}\n"
+    )
+    result = CliRunner().invoke(main, ["test", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "docs.test.yaml:2:54: `call.resource` must be UPSTREAM/URI (or give `upstream`)" in result.output
+    assert "docs.test.yaml:3:" in result.output and "`call` needs exactly one of `tool`, `resource` or `prompt`" in result.output
+    assert "`call.upstream` names the upstream of a bare `resource` URI" in result.output
+
+
+def test_explain_as_a_process_resolves_symlinks_on_a_local_upstream(tmp_path: Path) -> None:
+    """The installed command, a real workspace on disk, a symlink pointing out of the allowed root."""
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    (ws / "secret").mkdir(parents=True)
+    (ws / "open").mkdir()
+    (ws / "open" / "link").symlink_to(ws / "secret")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "ws.yaml").write_text(
+        "version: 1\npolicies:\n  - id: ws\n    rules:\n"
+        f"      - {{effect: allow, tools: [fs/read_text_file], when: {{args.path: {{under: {ws}}}}}}}\n"
+        f"      - {{effect: deny, tools: [fs/read_text_file], when: {{args.path: {{under: {ws}/secret}}}}}}\n")
+    cfg = tmp_path / "guard.yaml"
+    cfg.write_text(f"version: 1\nupstreams:\n  fs: {{command: x, workdir: {ws}, resolve: true}}\npolicies: ./policies\n"
+                   "identity: {user: alice}\n")
+    exe = Path(sys.executable).parent / "mcp-guard"
+
+    def run(path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), "explain", "--config", str(cfg), "--tool", "fs/read_text_file", "--args",
+                               json.dumps({"path": path})], capture_output=True, text=True, timeout=60, check=False)
+
+    assert run("open/a.txt").returncode == 0
+    linked = run("open/link/s.txt")
+    assert linked.returncode == 1 and "decided by: ws#2" in linked.stdout and "Traceback" not in linked.stderr
+    assert run(f"{ws}/open/link/new.txt").returncode == 1
+    cfg.write_text(cfg.read_text().replace(", resolve: true", ""))
+    assert run("open/link/s.txt").returncode == 0  # lexical: the link is invisible, as documented

@@ -39,15 +39,19 @@ def test_equals_is_type_strict(operand: Any, value: Any, expected: bool) -> None
         (["a", "b"], "a", True),
         (["a", "b"], "c", False),
         ([1, 2], 2, True),
-        ([1, 2], "2", False),
-        ([1, 2], True, False),
+        ([1, 2], "2", None),  # a string against numbers: the wrong type, so unjudgeable
+        ([1, 2], True, None),
         (["1", 2, None], None, True),
         (["1", 2, None], 1, False),
     ],
 )
-def test_in_and_not_in_are_type_strict(operand: list[Any], value: Any, expected: bool) -> None:
-    assert allows(one_rule({"args.x": {"in": operand}}), {"x": value}) is expected
-    assert allows(one_rule({"args.x": {"not_in": operand}}), {"x": value}) is not expected
+def test_in_and_not_in_are_type_strict(operand: list[Any], value: Any, expected: bool | None) -> None:
+    assert allows(one_rule({"args.x": {"in": operand}}), {"x": value}) is (expected is True)
+    # not_in on a value of the wrong type is unjudgeable too: it never lets an allow match
+    assert allows(one_rule({"args.x": {"not_in": operand}}), {"x": value}) is (expected is False)
+    # ... and it makes a deny match
+    denied = one_rule({"args.x": {"in": operand}}, effect="deny")
+    assert (denied.decide(ALICE, "fs/read", {"x": value}).effect.value == "deny")
 
 
 def test_not_in_on_a_missing_argument_is_false() -> None:

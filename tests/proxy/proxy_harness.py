@@ -17,9 +17,9 @@ from typing import Any
 from fixtures import ALLOW_ALL, write_guard_config
 
 from mcp_guard.config import load_config
+from mcp_guard.jsonrpc import Message, dumps
 from mcp_guard.proxy.guard import load_policy_set
 from mcp_guard.proxy.session import GuardContext, GuardSession
-from mcp_guard.proxy.wire import Message, dumps
 from mcp_guard.state.memory import MemoryStore
 
 MODERN_META = {

@@ -13,8 +13,8 @@ import pytest
 from fixtures import RecordFile, recording_server_command, stdio_upstream
 from proxy_harness import guard_session
 
-from mcp_guard.proxy.session import PAGE_SIZE
-from mcp_guard.proxy.wire import dumps
+from mcp_guard.jsonrpc import dumps
+from mcp_guard.proxy.routing import PAGE_SIZE
 
 POLICY = [{"id": "p", "rules": [
     {"effect": "allow", "tools": ["rec/*"]},

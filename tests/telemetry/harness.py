@@ -29,6 +29,7 @@ POLICIES: list[dict[str, Any]] = [
         "rules": [
             {"id": "echo", "effect": "allow", "tools": ["notes/echo"]},
             {"id": "tmp-only", "effect": "allow", "tools": ["notes/write_note"], "when": {"args.path": {"under": "/tmp"}}},
+            {"id": "greet", "effect": "allow", "prompts": ["notes/greet"]},
         ],
     }
 ]

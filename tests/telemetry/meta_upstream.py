@@ -2,7 +2,7 @@
 
 Unlike ``tests/fixtures/recording_server.py`` it keeps ``params._meta``, so a test can read the
 ``traceparent`` the guard injected.  Each received message is appended to ``$RECORD_FILE`` as one JSON
-line before it is answered.  Tools: ``echo(text)``, ``write_note(path, text)``.
+line before it is answered.  Tools: ``echo(text)``, ``write_note(path, text)``; prompt: ``greet(who)``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def answer(message: dict[str, Any]) -> dict[str, Any] | None:
     if method == "initialize":
         out: dict[str, Any] = {
             "protocolVersion": params.get("protocolVersion", "2025-11-25"),
-            "capabilities": {"tools": {}},
+            "capabilities": {"tools": {}, "prompts": {}},
             "serverInfo": {"name": "meta-upstream", "version": "1.0.0"},
         }
     elif method == "tools/list":
@@ -38,6 +38,11 @@ def answer(message: dict[str, Any]) -> dict[str, Any] | None:
     elif method == "tools/call":
         args = params.get("arguments") or {}
         out = {"content": [{"type": "text", "text": str(args.get("text", "ok"))}], "isError": False}
+    elif method == "prompts/list":
+        out = {"prompts": [{"name": "greet", "arguments": [{"name": "who"}]}]}
+    elif method == "prompts/get":
+        who = (params.get("arguments") or {}).get("who", "you")
+        out = {"messages": [{"role": "user", "content": {"type": "text", "text": f"hello {who}"}}]}
     elif method == "ping":
         out = {}
     else:

@@ -187,6 +187,25 @@ async def test_refused_call_has_deny_verdict_and_no_client_span(guarded: Any, ex
     assert server.status.status_code is StatusCode.ERROR
 
 
+async def test_a_prompt_is_decided_in_the_same_guardrail_span_and_audited_as_a_prompt(guarded: Any, exporter: Any) -> None:
+    host, record, audit_path = guarded
+    answer = await host.request("prompts/get", {"name": "notes_greet", "arguments": {"who": SECRET}})
+    assert answer["result"]["messages"][0]["content"]["text"] == f"hello {SECRET}"
+    assert [m["params"]["name"] for m in received(record) if m.get("method") == "prompts/get"] == ["greet"]
+    spans = finished(exporter)
+    server = one(spans, "prompts/get notes_greet")
+    guard = one(spans, "run_guardrail mcp-guard")
+    assert guard.parent is not None and guard.parent.span_id == server.context.span_id
+    g = attrs(guard)
+    assert g["gen_ai.guardrail.target.subtype"] == "prompt" and g["gen_ai.guardrail.target.id"] == "notes/greet"
+    assert g["mcp_guard.decision"] == "allow" and g["gen_ai.guardrail.verdict.type"] == "allow"
+    assert attrs(server)["mcp_guard.decision"] == "allow" and attrs(server)["gen_ai.prompt.name"] == "notes_greet"
+    assert SECRET not in json.dumps([attrs(s) for s in spans])
+    last = json.loads(audit_path.read_text().splitlines()[-1])
+    assert (last["kind"], last["prompt"], last["exposed"], last["method"]) == ("prompt", "greet", "notes_greet", "prompts/get")
+    assert last["span_id"] == format(guard.context.span_id, "016x")
+
+
 async def test_no_argument_value_or_baggage_in_any_attribute(guarded: Any, exporter: Any) -> None:
     host, _, _ = guarded
     await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": SECRET}})

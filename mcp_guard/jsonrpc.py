@@ -1,14 +1,19 @@
 """JSON-RPC on the wire: parse once, build replies, and the protocol constants the guard needs.
 
+The bottom floor: every layer (proxy, upstreams, transports, telemetry) speaks in these message
+shapes, ids and error codes, so this module imports nothing of the guard's except the error tree.
 Messages are plain dicts from ``orjson``; only what the guard decides on is looked at, the rest
 is forwarded as it came.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, Protocol
 
 import orjson
+
+from mcp_guard.errors import RpcError  # noqa: F401  (re-exported: the wire answer of the error tree)
 
 Message = dict[str, Any]
 
@@ -18,6 +23,7 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 UNSUPPORTED_PROTOCOL_VERSION = -32022
+REFUSED = -32001  # mcp-guard refused a request it mediates whose answer has no error field (not tools/call)
 
 LEGACY_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -31,6 +37,24 @@ META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 GUARD_META_PREFIX = "dev.mcp-guard/"
+
+
+# server-to-client requests an upstream may send, and the host capability each needs
+SERVER_TO_CLIENT = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
+class HostTransport(Protocol):
+    """Where a session's answers and notifications to its host go (stdio, HTTP, a test pair)."""
+
+    async def send(self, message: Message) -> None: ...
+
+
+class Era(enum.StrEnum):
+    """The protocol era a host speaks: the handshake (2025-06-18 / 2025-11-25 ``initialize``,
+    sessions, server-to-client requests) or 2026-07-28 (``server/discover``, per-request ``_meta``)."""
+
+    LEGACY = "legacy"
+    MODERN = "modern"
 
 
 def loads(data: bytes | str) -> Any:
@@ -106,16 +130,3 @@ def strip_meta(params: Message | None, *, drop_reserved: bool) -> Message | None
     else:
         del out["_meta"]
     return out
-
-
-class RpcError(Exception):
-    """A JSON-RPC error answer (from an upstream, or one the guard gives)."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_message(self, request_id: Any) -> Message:
-        return error(request_id, self.code, self.message, self.data)

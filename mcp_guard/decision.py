@@ -1,0 +1,117 @@
+"""One decision vocabulary and one evaluator, shared by the proxy and ``mcp-guard explain``.
+
+``evaluate`` is the pure part of deciding a request: the chain's expiry, the policies, and every
+grant link, for a tool, a resource or a prompt.  Revocation (state store), approval (a human),
+limits (counters) and the audit come after it, in the proxy's call pipeline.  A refusal is a value
+(``Verdict``) carrying the one sentence the caller sees, never an exception.
+
+Pure: no asyncio, no MCP, no telemetry.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import PathContext
+from mcp_guard.policy import Decision, Effect, PolicySet
+
+if TYPE_CHECKING:
+    from mcp_guard.grants import GrantChain
+    from mcp_guard.identity import Principal
+
+
+
+
+class Outcome(enum.StrEnum):
+    """``mcp_guard.decision`` on spans and ``decision`` in the audit log (the string values)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVAL_REQUIRED = "approval_required"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"  # hidden or nonexistent: answered exactly like a name that does not exist
+
+
+FORWARDED = frozenset((Outcome.ALLOW, Outcome.APPROVED))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the guard decided about one request."""
+
+    decision: Outcome
+    reason: str
+    policy_ids: tuple[str, ...] = ()
+    rule_ids: tuple[str, ...] = ()
+    approver: str | None = None
+    # Human approval, set on approved/rejected verdicts that went through an approver:
+    approval_channel: str | None = None  # elicitation | input_required | queue | remembered | none
+    approval_answer: str | None = None  # approve | reject | decline | cancel | timeout | invalid_state | error
+    approval_wait: float | None = None  # seconds the call waited for the human
+    approval_id: str | None = None  # queue id (``mcp-guard approvals``) or the sealed state's nonce
+    # 2026-07-28 approval: the ``InputRequiredResult`` answered instead of forwarding (approval_required)
+    input_required: Mapping[str, Any] | None = None
+
+    @property
+    def forward(self) -> bool:
+        return self.decision in FORWARDED
+
+
+def is_visible(
+    policies: PolicySet,
+    chain: GrantChain | None,
+    who: Principal,
+    name: str,
+    annotations: Mapping[str, Any] | None,
+    kind: Kind = Kind.TOOL,
+    *,
+    judge_uri: bool = True,
+) -> bool:
+    """Discovery: some allow/approve rule could apply, no unconditional deny, every link permits it."""
+    if chain is not None and not chain.permits(kind, name):
+        return False
+    return policies.visible(who, name, annotations, kind=kind, judge_uri=judge_uri)
+
+
+def evaluate(
+    policies: PolicySet,
+    chain: GrantChain | None,
+    who: Principal,
+    name: str,
+    args: Mapping[str, Any],
+    annotations: Mapping[str, Any] | None,
+    now: float,
+    *,
+    kind: Kind = Kind.TOOL,
+    paths: PathContext | None = None,
+) -> Verdict:
+    """Policies AND every chain link, for ``name`` (``UPSTREAM/TOOL``, ``UPSTREAM/URI`` or
+    ``UPSTREAM/PROMPT``).  deny beats approve beats allow; an expired chain is ``expired``."""
+    if chain is not None:
+        late = chain.check_time(now)
+        if late is not None:
+            return Verdict(Outcome.EXPIRED, f"mcp-guard denied {name}: {late}")
+    decision: Decision = policies.decide(who, name, args, annotations, kind=kind, paths=paths)
+    if decision.effect is Effect.DENY:
+        return Verdict(Outcome.DENY, decision.reason, decision.policy_ids, decision.rule_ids)
+    needs_approval = decision.effect is Effect.APPROVE
+    if chain is not None:
+        check = chain.check_call(name, args, kind, paths=paths)
+        if not check.allowed:
+            return Verdict(Outcome.DENY, f"mcp-guard denied {name}: {check.reason}", decision.policy_ids, decision.rule_ids)
+        needs_approval = needs_approval or check.approval_required
+    if needs_approval:
+        note = "policy " + ", ".join(decision.policy_ids) if decision.policy_ids else "grant chain"
+        return Verdict(Outcome.APPROVAL_REQUIRED, f"mcp-guard needs a human to approve {name} ({note})",
+                       decision.policy_ids, decision.rule_ids)
+    return Verdict(Outcome.ALLOW, decision.reason, decision.policy_ids, decision.rule_ids)
+
+
+__all__ = ["FORWARDED", "Kind", "Outcome", "PathContext", "Verdict", "evaluate", "is_visible"]

@@ -1,0 +1,293 @@
+"""The call pipeline: one room where every request that reaches an upstream is decided.
+
+``tools/call``, ``resources/read|subscribe|unsubscribe``, ``prompts/get`` and
+``completion/complete`` all pass through ``Pipeline.run``::
+
+    resolve (the caller: name -> Target, hidden = unknown) -> revoked? -> evaluate (expiry,
+    policies AND every grant link) -> approve? -> limits (counted only when forwarded)
+    -> audit (flushed; a failed write refuses) -> forward
+
+It works on a ``RequestContext`` (who asks, under which chain, in which era, with which
+capabilities), never on the session, so the approver, the audit and the telemetry see exactly
+what the decision saw.  Every refusal is a value turned into a wire answer here, in one place:
+a ``CallToolResult`` with ``isError`` for ``tools/call``, a JSON-RPC error for the other kinds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mcp_guard import telemetry
+from mcp_guard.audit import args_hash
+from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
+from mcp_guard.errors import AuditError, StateError
+from mcp_guard.jsonrpc import REFUSED, Era, Message, error, result, tool_error
+from mcp_guard.proxy.catalogue import Target
+from mcp_guard.proxy.limits import check_limits
+
+if TYPE_CHECKING:
+    from mcp_guard.grants import GrantChain
+    from mcp_guard.identity import Principal
+    from mcp_guard.proxy.session import GuardContext
+    from mcp_guard.upstreams.connection import Upstream
+
+log = logging.getLogger("mcp_guard.pipeline")
+
+# the audit field that names the target, per kind
+NAME_FIELD = {Kind.TOOL: "tool", Kind.RESOURCE: "uri", Kind.PROMPT: "prompt"}
+
+
+class AskHost(Protocol):
+    """The session's back channel to a handshake-era host (elicitation for approvals)."""
+
+    async def __call__(self, method: str, params: Message | None, timeout: float | None = None) -> Message: ...  # noqa: ASYNC109
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One host request as the pipeline, the approver, the audit and the telemetry see it."""
+
+    session_id: str
+    principal: Principal
+    chain: GrantChain | None
+    era: Era | None
+    protocol_version: str
+    message: Message
+    capabilities: Message  # what the host declared: this request's ``_meta`` (2026-07-28) or the handshake's
+    client_info: Message
+    ask_host: AskHost | None = None
+    limit_scope: str = ""  # what per_minute/per_session limits count by (the session id unless set)
+
+    @property
+    def params(self) -> Message:
+        params = self.message.get("params")
+        return params if isinstance(params, dict) else {}
+
+    @property
+    def method(self) -> str:
+        return str(self.message.get("method"))
+
+
+class Approver(Protocol):
+    """Asks a human.  Returns the final verdict (approved or rejected), or an
+    ``approval_required`` verdict carrying ``input_required`` (the 2026-07-28 round trip)."""
+
+    async def ask(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict) -> Verdict: ...
+
+
+class NoApprover:
+    """Fail closed until a human channel is configured."""
+
+    async def ask(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict) -> Verdict:
+        return Verdict(Outcome.REJECTED, f"{verdict.reason}, and no human approval channel is available",
+                       verdict.policy_ids, verdict.rule_ids)
+
+
+class AuditRefusal(Exception):
+    """The audit record could not be written: the request is refused (fail closed)."""
+
+
+def refusal(req: RequestContext, kind: Kind, text: str) -> Message:
+    """The wire answer to a visible target's refused request."""
+    rid = req.message.get("id")
+    if kind is Kind.TOOL and req.method == "tools/call":
+        return result(rid, tool_error(text))
+    return error(rid, REFUSED, text)
+
+
+class Pipeline:
+    """Shared by every session of a guard: it holds no per-session state."""
+
+    def __init__(self, guard: GuardContext, upstreams: Mapping[str, Upstream]) -> None:
+        self.guard = guard
+        self.upstreams = upstreams
+        self._audit_who: tuple[Principal, Message] | None = None
+
+    def paths(self, upstream: str) -> PathContext | None:
+        """How path conditions are judged for ``upstream``: against its ``workdir``, symlinks
+        resolved on the guard's filesystem when it says ``resolve: true``."""
+        cfg = self.guard.config.upstreams.get(upstream)
+        return cfg.paths if cfg is not None else None
+
+    # ------------------------------------------------------------------ the chain, on every request
+
+    async def chain_refusal(self, req: RequestContext) -> Verdict | None:
+        """Expiry and revocation of the request's grant chain (``None``: it may go on)."""
+        chain = req.chain
+        if chain is None:
+            return None
+        late = chain.check_time(self.guard.clock())
+        if late is not None:
+            return Verdict(Outcome.EXPIRED, f"mcp-guard denied {req.method}: {late}")
+        try:
+            revoked = await self.guard.store.revoked(chain.link_ids)
+        except StateError as exc:
+            return Verdict(Outcome.DENY, f"mcp-guard denied {req.method}: the state store is unavailable ({exc})")
+        if revoked is not None:
+            return Verdict(Outcome.DENY, f"mcp-guard denied {req.method}: grant link {revoked} was revoked")
+        return None
+
+    # ------------------------------------------------------------------ decide, approve, limit, audit, forward
+
+    async def run(
+        self,
+        req: RequestContext,
+        target: Target,
+        args: dict[str, Any],
+        forward: Callable[[Upstream], Awaitable[Message]],
+        *,
+        exact: bool = True,
+    ) -> Message:
+        """Decide ``target`` (already resolved and visible) and forward it with ``forward`` if allowed."""
+        verdict = await telemetry.decision(req, target, self._verdict(req, target, args, exact))
+        upstream = self.upstreams[target.upstream]
+        try:
+            if verdict.input_required is not None:  # 2026-07-28: the host is asked to approve
+                await self.audit(req, target, args, verdict)
+                return result(req.message.get("id"), dict(verdict.input_required))
+            if not verdict.forward:
+                await self.audit(req, target, args, verdict)
+                return refusal(req, target.kind, verdict.reason)
+            if upstream.status != "ready":
+                down = upstream.last_error or f"upstream {upstream.name} is not available"
+                await self.audit(req, target, args, verdict, note=down)
+                return refusal(req, target.kind, f"mcp-guard could not call {target.qualified}: {down}")
+            await self.audit(req, target, args, verdict)
+        except AuditRefusal as exc:
+            return refusal(req, target.kind, str(exc))
+        return await forward(upstream)
+
+    async def _verdict(self, req: RequestContext, target: Target, args: dict[str, Any], exact: bool) -> Verdict:
+        guard = self.guard
+        who = req.principal
+        try:
+            if req.chain is not None:
+                revoked = await guard.store.revoked(req.chain.link_ids)
+                if revoked is not None:
+                    return Verdict(Outcome.DENY, f"mcp-guard denied {target.qualified}: grant link {revoked} was revoked")
+            if exact:
+                verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
+                                   guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
+            else:  # completion of a resource template: decided as its listing is (the URI is a template)
+                verdict = self._by_visibility(req, target)
+            if verdict.decision is Outcome.APPROVAL_REQUIRED:
+                verdict = await guard.approver.ask(req, target, args, verdict)
+            if verdict.forward and self.upstreams[target.upstream].status == "ready":
+                # only a request that will be forwarded spends a rate slot or a budget unit
+                verdict = await check_limits(guard.store, guard.policies, req.chain, who, target,
+                                             req.limit_scope or req.session_id, verdict)
+        except StateError as exc:
+            return Verdict(Outcome.DENY, f"mcp-guard denied {target.qualified}: the state store is unavailable ({exc})")
+        return verdict
+
+    def _by_visibility(self, req: RequestContext, target: Target) -> Verdict:
+        chain = req.chain
+        if chain is not None:
+            late = chain.check_time(self.guard.clock())
+            if late is not None:
+                return Verdict(Outcome.EXPIRED, f"mcp-guard denied {target.qualified}: {late}")
+        # the caller resolved a visible target: listing it is what allows completing it
+        return Verdict(Outcome.ALLOW, f"mcp-guard allowed {target.qualified}: it is listed to this principal")
+
+    # ------------------------------------------------------------------ audit
+
+    def _who(self, who: Principal) -> Message:
+        # the principal's fields, built once per principal (not per call: ``chain`` is formatted each time)
+        known = self._audit_who
+        if known is None or known[0] is not who:
+            known = self._audit_who = (who, {
+                "principal": list(who.chain),
+                "user": who.user,
+                "agent": who.agent,
+                "verified": who.verified,
+                "purpose": who.purpose,
+                "grant_id": who.grant_id,
+            })
+        return known[1]
+
+    def _record(self, req: RequestContext, kind: Kind | None, upstream: str | None, name: Any, exposed: Any,
+                verdict: Verdict) -> Message:
+        record: Message = {
+            **self._who(req.principal),
+            "session": req.session_id,
+            "method": req.method,
+            "kind": str(kind) if kind is not None else None,
+            "upstream": upstream,
+            "decision": str(verdict.decision),
+            "policy_ids": list(verdict.policy_ids),
+            "rule_ids": list(verdict.rule_ids),
+            "reason": verdict.reason,
+            "approver": verdict.approver,
+        }
+        if kind is not None:
+            record[NAME_FIELD[kind]] = name
+            record["exposed"] = exposed
+        return record
+
+    async def audit(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict, note: str | None = None) -> None:
+        """One record per decision, flushed before the request is forwarded; a failed write refuses it."""
+        if self.guard.audit is None:
+            return
+        record = self._record(req, target.kind, target.upstream, target.name, target.exposed, verdict)
+        record["args_sha256"] = args_hash(args)
+        if verdict.approval_channel is not None:
+            record["approval"] = {
+                "channel": verdict.approval_channel,
+                "answer": verdict.approval_answer,
+                "wait_s": None if verdict.approval_wait is None else round(verdict.approval_wait, 3),
+                "id": verdict.approval_id,
+            }
+        if note:
+            record["note"] = note
+        if target.pin in ("new", "changed"):
+            record["pin"] = target.pin
+        record.update(telemetry.audit_ids())
+        if self.guard.config.audit.include_args:
+            record["args"] = args
+        self._append(record, target.qualified)
+
+    async def audit_refused(self, req: RequestContext, kind: Kind | None, name: Any, verdict: Verdict, upstream: str | None = None) -> None:
+        """A request refused before it had a target: a hidden or unknown name (``unknown``, the
+        name as the caller sent it), an unknown method, or a revoked or expired chain."""
+        if self.guard.audit is None:
+            return
+        record = self._record(req, kind, upstream, name, name, verdict)
+        record.update(telemetry.audit_ids())
+        with contextlib.suppress(AuditRefusal):  # refused anyway; the failure is logged
+            self._append(record, str(name))
+
+    def _append(self, record: Message, what: str) -> None:
+        audit = self.guard.audit
+        assert audit is not None
+        try:
+            audit.append(record)
+        except AuditError as exc:
+            log.error("audit write failed: %s", exc)
+            raise AuditRefusal(f"mcp-guard refused {what}: the audit log cannot be written") from None
+
+
+def unknown_verdict(text: str) -> Verdict:
+    return Verdict(Outcome.UNKNOWN, text)
+
+
+def asked(verdict: Verdict, input_required: Message, nonce: str) -> Verdict:
+    """The approver's 2026-07-28 question: the verdict stays ``approval_required``."""
+    return replace(verdict, approval_channel="input_required", approval_answer="asked", approval_id=nonce,
+                   input_required=input_required)
+
+
+__all__ = [
+    "Approver",
+    "AskHost",
+    "AuditRefusal",
+    "NoApprover",
+    "Pipeline",
+    "RequestContext",
+    "asked",
+    "refusal",
+    "unknown_verdict",
+]

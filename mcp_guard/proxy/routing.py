@@ -1,0 +1,418 @@
+"""Routing: which upstream owns a tool, resource, prompt or completion, and what a principal may see.
+
+Every list the host gets is aggregated from the upstreams, filtered to what some rule could allow
+and every grant link permits, and paginated by the guard.  Every request about one target is
+resolved here to a ``Target`` (or refused as unknown: a hidden name answers exactly like a name
+that does not exist, and the refusal is audited) and handed to the call pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mcp_guard import telemetry
+from mcp_guard.audit import args_hash
+from mcp_guard.decision import Kind, is_visible
+from mcp_guard.errors import RpcError, UpstreamError
+from mcp_guard.jsonrpc import INVALID_PARAMS, Era, Message, result, strip_meta, tool_error
+from mcp_guard.proxy.catalogue import Catalogue, Target
+from mcp_guard.proxy.pipeline import Pipeline, RequestContext, unknown_verdict
+from mcp_guard.proxy.relay import Relay
+
+if TYPE_CHECKING:
+    from mcp_guard.grants import GrantChain
+    from mcp_guard.identity import Principal
+    from mcp_guard.policy import PolicySet
+    from mcp_guard.upstreams.connection import Upstream
+
+log = logging.getLogger("mcp_guard.routing")
+
+PAGE_SIZE = 1000  # items per list page toward the host
+RESOURCE_NOT_FOUND = -32002  # what some servers answer for an unknown URI (the MCP spec now says -32602)
+MAX_UPSTREAM_PAGES = 1000
+
+# tools/call params that belong to the guard's own input_required round trip, never forwarded
+_GUARD_ROUND_TRIP = ("requestState", "inputResponses")
+
+
+def unknown_text(kind: Kind, name: Any) -> str:
+    """The answer for a name that does not exist, and so for a hidden one (no existence oracle)."""
+    if kind is Kind.TOOL:
+        return f"Unknown tool: {name}"
+    if kind is Kind.PROMPT:
+        return f"Unknown prompt: {name}"
+    return f"Resource not found: {name}"
+
+
+def encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"mcp-guard:{offset}".encode()).decode()
+
+
+def decode_cursor(cursor: Any) -> int:
+    try:
+        text = base64.urlsafe_b64decode(str(cursor).encode()).decode()
+        prefix, _, number = text.partition(":")
+        if prefix == "mcp-guard" and number.isdigit():
+            return int(number)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise RpcError(INVALID_PARAMS, "Invalid params: unknown cursor")
+
+
+def page(params: Message, key: str, items: list[Any], era: Era | None) -> Message:
+    """One page of the guard's own list (``cursor`` = an offset only the guard reads)."""
+    cursor = params.get("cursor")
+    offset = decode_cursor(cursor) if cursor is not None else 0
+    out: Message = {key: items[offset : offset + PAGE_SIZE]}
+    if offset + PAGE_SIZE < len(items):
+        out["nextCursor"] = encode_cursor(offset + PAGE_SIZE)
+    if era == Era.MODERN:
+        out["ttlMs"] = 0
+        out["cacheScope"] = "private"
+    return out
+
+
+def params_of(message: Message, method: str) -> Message:
+    """The request's ``params`` object (absent = empty); anything else is invalid params."""
+    params = message.get("params")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {method} needs an object as params")
+    return params
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """An RFC 6570 URI template as a full-match pattern: each ``{expression}`` matches any text."""
+    parts = re.split(r"\{[^{}]*\}", template)
+    return re.compile(".*".join(re.escape(p) for p in parts), re.DOTALL)
+
+
+@dataclass
+class Owners:
+    """What each upstream last listed, shared by every session of a guard (who owns which URI,
+    template and prompt); refreshed whenever a list is aggregated."""
+
+    resources: dict[str, str] = field(default_factory=dict)  # uri -> upstream
+    templates: dict[str, tuple[str, re.Pattern[str]]] = field(default_factory=dict)  # uriTemplate -> (upstream, pattern)
+    prompts: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed name -> (upstream, own name)
+    # listed since the last list_changed: a name missing then is unknown, without asking the upstreams
+    # again (so looking up a nonexistent name costs what looking up a hidden one does: no timing oracle)
+    prompts_known: bool = False
+    resources_known: bool = False
+
+    def changed(self, method: str) -> None:
+        """An upstream said its resources or prompts changed: list them again on the next lookup."""
+        if method == "notifications/prompts/list_changed":
+            self.prompts_known = False
+        elif method == "notifications/resources/list_changed":
+            self.resources_known = False
+
+
+class Router:
+    """One session's routing: resolves targets, filters lists, forwards through the pipeline."""
+
+    def __init__(
+        self,
+        policies: Callable[[], PolicySet],
+        upstreams: Mapping[str, Upstream],
+        catalogue: Catalogue,
+        owners: Owners,
+        pipeline: Pipeline,
+        relay: Relay,
+        track: Callable[[Any, Upstream, int], None],
+    ) -> None:
+        self._policies = policies
+        self.upstreams = upstreams
+        self.catalogue = catalogue
+        self.owners = owners
+        self.pipeline = pipeline
+        self.relay = relay
+        self._track = track
+        self._visible_cache: tuple[tuple[int, int, Principal], list[Target]] | None = None
+
+    # ------------------------------------------------------------------ visibility
+
+    def visible(self, req: RequestContext, kind: Kind, qualified: str, annotations: Message | None = None,
+                *, judge_uri: bool = True) -> bool:
+        return is_visible(self._policies(), req.chain, req.principal, qualified, annotations, kind, judge_uri=judge_uri)
+
+    def shows(self, who: Principal, chain: GrantChain | None, kind: Kind, qualified: str) -> bool:
+        """Whether ``who`` may see ``qualified`` at all (for what an upstream tells the host unasked)."""
+        return is_visible(self._policies(), chain, who, qualified, None, kind)
+
+    def visible_tools(self, who: Principal, chain: GrantChain | None) -> list[Target]:
+        policies = self._policies()
+        key = (self.catalogue.version, id(policies), who)
+        cached = self._visible_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        tools = [e for e in self.catalogue.entries if not e.held and is_visible(policies, chain, who, e.qualified, e.annotations)]
+        self._visible_cache = (key, tools)
+        return tools
+
+    def cached_tools(self) -> list[Target] | None:
+        return self._visible_cache[1] if self._visible_cache is not None else None
+
+    async def refuse_unknown(self, req: RequestContext, kind: Kind, name: Any, upstream: str | None = None) -> RpcError:
+        """Audit a hidden or unknown name (as the caller sent it) and build the answer."""
+        text = unknown_text(kind, name)
+        await self.pipeline.audit_refused(req, kind, name, unknown_verdict(text), upstream)
+        return RpcError(INVALID_PARAMS, text)
+
+    # ------------------------------------------------------------------ tools
+
+    async def tools_list(self, req: RequestContext) -> Message:
+        tools = self.visible_tools(req.principal, req.chain)
+        out = page(params_of(req.message, "tools/list"), "tools", [e.definition for e in tools], req.era)
+        telemetry.note_tools(len(out["tools"]), len(self.catalogue.entries) - len(tools))
+        return result(req.message["id"], out)
+
+    async def tools_call(self, req: RequestContext) -> Message:
+        message = req.message
+        rid = message["id"]
+        params = message.get("params")
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: tools/call needs a `name`")
+        name = params.get("name")
+        entry = self.catalogue.by_exposed.get(name) if isinstance(name, str) else None
+        if entry is None and isinstance(name, str):
+            entry = self._unstarted_entry(name)
+            if entry is not None and self.visible(req, Kind.TOOL, entry.qualified):
+                down = self.upstreams[entry.upstream].last_error or f"upstream {entry.upstream} has not started"
+                return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
+            entry = None
+        if entry is None or entry.held or not self.visible(req, Kind.TOOL, entry.qualified, entry.annotations):
+            raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None)
+        args = params.get("arguments")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
+        if req.era == Era.MODERN and Relay.is_resume(params):  # answers to an upstream's questions
+            return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid)
+
+        async def forward(upstream: Upstream) -> Message:
+            forwarded = {k: v for k, v in params.items() if k not in _GUARD_ROUND_TRIP}
+            forwarded["name"] = entry.name
+            forwarded = strip_meta(forwarded, drop_reserved=True) or forwarded
+            if req.era == Era.MODERN:  # the upstream may ask questions mid-call: relayed as input_required
+                call = asyncio.ensure_future(upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid)))
+                return await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid)
+            try:
+                response = await upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid))
+            except UpstreamError as exc:
+                return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
+            response["id"] = rid
+            return response
+
+        return await self.pipeline.run(req, entry, args, forward)
+
+    @staticmethod
+    def _binding(req: RequestContext, entry: Target, args: dict[str, Any]) -> tuple[str, str, str]:
+        """What a parked call's requestState is bound to: who, which tool, which arguments."""
+        return (" > ".join(req.principal.chain), entry.qualified, args_hash(args))
+
+    def _unstarted_entry(self, name: str) -> Target | None:
+        """The tool ``name`` would be on a prefixed upstream that has never come up (so its tools are
+        unknown): policy alone then decides between "upstream down" and "Unknown tool", which says
+        nothing about what the upstream really has."""
+        for up in self.upstreams.values():
+            prefix = f"{up.name}_"
+            if up.config.prefix and up.generation == 0 and up.status != "ready" and name.startswith(prefix) and len(name) > len(prefix):
+                tool = name[len(prefix) :]
+                return Target(name, up.name, tool, f"{up.name}/{tool}", {"name": name}, None)
+        return None
+
+    # ------------------------------------------------------------------ aggregation
+
+    def _ready(self, capability: str) -> list[Upstream]:
+        return [u for u in self.upstreams.values() if u.status == "ready" and capability in u.capabilities]
+
+    async def _aggregate(self, method: str, key: str, capability: str) -> list[tuple[Upstream, Message]]:
+        items: list[tuple[Upstream, Message]] = []
+        for up in self._ready(capability):
+            cursor: str | None = None
+            for _ in range(MAX_UPSTREAM_PAGES):
+                try:
+                    got = await up.request(method, {"cursor": cursor} if cursor else None)
+                except (RpcError, UpstreamError) as exc:
+                    log.warning("%s from %s failed: %s", method, up.name, exc)
+                    break
+                items.extend((up, it) for it in got.get(key) or [] if isinstance(it, dict))
+                cursor = got.get("nextCursor")
+                if not cursor or not isinstance(cursor, str):
+                    break
+        return items
+
+    async def _resources(self) -> list[tuple[Upstream, Message]]:
+        items = [(up, it) for up, it in await self._aggregate("resources/list", "resources", "resources") if isinstance(it.get("uri"), str)]
+        for up, it in items:
+            self.owners.resources[it["uri"]] = up.name
+        return items
+
+    async def _templates(self) -> list[tuple[Upstream, Message]]:
+        items = [(up, it) for up, it in await self._aggregate("resources/templates/list", "resourceTemplates", "resources")
+                 if isinstance(it.get("uriTemplate"), str)]
+        for up, it in items:
+            template = it["uriTemplate"]
+            if template not in self.owners.templates:
+                self.owners.templates[template] = (up.name, _template_pattern(template))
+        self.owners.resources_known = True
+        return items
+
+    async def _prompts(self) -> list[tuple[Upstream, str, Message]]:
+        out: list[tuple[Upstream, str, Message]] = []
+        for up, it in await self._aggregate("prompts/list", "prompts", "prompts"):
+            name = it.get("name")
+            if isinstance(name, str):
+                exposed = up.config.exposed(name)
+                self.owners.prompts[exposed] = (up.name, name)
+                out.append((up, exposed, it))
+        self.owners.prompts_known = True
+        return out
+
+    # ------------------------------------------------------------------ lists (filtered, paginated)
+
+    async def resources_list(self, req: RequestContext) -> Message:
+        params = params_of(req.message, "resources/list")
+        items = [it for up, it in await self._resources() if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uri']}")]
+        return result(req.message["id"], page(params, "resources", items, req.era))
+
+    async def templates_list(self, req: RequestContext) -> Message:
+        params = params_of(req.message, "resources/templates/list")
+        items = [it for up, it in await self._templates()
+                 if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uriTemplate']}", judge_uri=False)]
+        return result(req.message["id"], page(params, "resourceTemplates", items, req.era))
+
+    async def prompts_list(self, req: RequestContext) -> Message:
+        params = params_of(req.message, "prompts/list")
+        items = [{**it, "name": exposed} for up, exposed, it in await self._prompts()
+                 if self.visible(req, Kind.PROMPT, f"{up.name}/{it['name']}")]
+        return result(req.message["id"], page(params, "prompts", items, req.era))
+
+    # ------------------------------------------------------------------ resolution
+
+    async def _resource_owner(self, uri: str) -> str | None:
+        """The upstream that owns ``uri``: as last listed, else by a template, else the only one."""
+        if not self.owners.resources_known:
+            await self._resources()
+            await self._templates()
+        owner = self.owners.resources.get(uri)
+        if owner is not None:
+            return owner
+        for template, (name, pattern) in self.owners.templates.items():
+            if uri == template or pattern.fullmatch(uri):
+                return name
+        ready = self._ready("resources")
+        return ready[0].name if len(ready) == 1 else None
+
+    async def resource_target(self, req: RequestContext, uri: Any, *, judge_uri: bool = True) -> Target:
+        """A visible resource, or the audited ``Resource not found`` (hidden == unknown)."""
+        owner = await self._resource_owner(uri) if isinstance(uri, str) else None
+        if owner is None or not isinstance(uri, str) or not self.visible(req, Kind.RESOURCE, f"{owner}/{uri}", judge_uri=judge_uri):
+            raise await self.refuse_unknown(req, Kind.RESOURCE, uri, owner)
+        return Target(uri, owner, uri, f"{owner}/{uri}", {}, None, kind=Kind.RESOURCE)
+
+    async def prompt_target(self, req: RequestContext, exposed: Any) -> Target:
+        """A visible prompt, or the audited ``Unknown prompt`` (hidden == unknown)."""
+        if not self.owners.prompts_known:
+            await self._prompts()
+        found = self.owners.prompts.get(exposed) if isinstance(exposed, str) else None
+        if found is None or not self.visible(req, Kind.PROMPT, f"{found[0]}/{found[1]}"):
+            raise await self.refuse_unknown(req, Kind.PROMPT, exposed, found[0] if found else None)
+        upstream, name = found
+        return Target(str(exposed), upstream, name, f"{upstream}/{name}", {}, None, kind=Kind.PROMPT)
+
+    # ------------------------------------------------------------------ mediated requests
+
+    def _forwarder(self, req: RequestContext, params: Message) -> Callable[[Upstream], Awaitable[Message]]:
+        rid = req.message.get("id")
+        method = req.method
+
+        async def forward(up: Upstream) -> Message:
+            clean = strip_meta(params, drop_reserved=True)
+            response = await up.call(method, clean, on_id=lambda uid: self._track(rid, up, uid))
+            response["id"] = rid
+            return response
+
+        return forward
+
+    async def resource_request(self, req: RequestContext) -> Message:
+        """resources/read, resources/subscribe, resources/unsubscribe: decided on the exact URI."""
+        params = params_of(req.message, req.method)
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {req.method} needs a `uri` string")
+        target = await self.resource_target(req, uri)
+        forward = self._forwarder(req, params)
+
+        async def same_as_unknown(up: Upstream) -> Message:
+            # an allowed URI the upstream does not have answers like one the guard does not know
+            response = await forward(up)
+            err = response.get("error")
+            if isinstance(err, dict) and err.get("code") in (INVALID_PARAMS, RESOURCE_NOT_FOUND):
+                return RpcError(INVALID_PARAMS, unknown_text(Kind.RESOURCE, uri)).to_message(response.get("id"))
+            return response
+
+        return await self.pipeline.run(req, target, {"uri": uri}, same_as_unknown)
+
+    async def prompts_get(self, req: RequestContext) -> Message:
+        params = params_of(req.message, "prompts/get")
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: prompts/get needs a `name` string")
+        args = params.get("arguments")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
+        target = await self.prompt_target(req, name)
+        return await self.pipeline.run(req, target, args, self._forwarder(req, {**params, "name": target.name}))
+
+    async def complete(self, req: RequestContext) -> Message:
+        """completion/complete follows its reference: a prompt is decided as that prompt (with the
+        arguments known so far), a resource template as its listing is."""
+        params = params_of(req.message, "completion/complete")
+        ref = params.get("ref")
+        argument = params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict) or not isinstance(argument.get("name"), str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: completion/complete needs a `ref` object and an `argument` with a `name`")
+        context = params.get("context")
+        known = context.get("arguments") if isinstance(context, dict) else None
+        args: dict[str, Any] = dict(known) if isinstance(known, dict) else {}
+        args[argument["name"]] = argument.get("value")
+        kind = ref.get("type")
+        if kind == "ref/prompt":
+            name = ref.get("name")
+            if not isinstance(name, str):
+                raise RpcError(INVALID_PARAMS, "Invalid params: a ref/prompt needs a `name` string")
+            target = await self.prompt_target(req, name)
+            forwarded = {**params, "ref": {**ref, "name": target.name}}
+            return await self.pipeline.run(req, target, args, self._forwarder(req, forwarded))
+        if kind == "ref/resource":
+            uri = ref.get("uri")
+            if not isinstance(uri, str):
+                raise RpcError(INVALID_PARAMS, "Invalid params: a ref/resource needs a `uri` string")
+            await self._resource_owner(uri)  # knows the templates from here on
+            # a template's URI is a pattern: it is judged as its listing is; any other URI exactly
+            exact = uri not in self.owners.templates
+            target = await self.resource_target(req, uri, judge_uri=exact)
+            return await self.pipeline.run(req, target, args, self._forwarder(req, params), exact=exact)
+        raise RpcError(INVALID_PARAMS, "Invalid params: `ref.type` must be ref/prompt or ref/resource")
+
+    async def set_level(self, req: RequestContext) -> Message:
+        for up in self._ready("logging"):
+            with contextlib.suppress(RpcError, UpstreamError):
+                await up.request("logging/setLevel", req.message.get("params"))
+        return result(req.message["id"], {})
+
+
+__all__ = ["PAGE_SIZE", "Owners", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text"]
