@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mcp_guard.identity import Principal
+from mcp_guard.paths import canonical_uri
 from mcp_guard.policy import Effect, Policy, PolicySet, Rule, Subjects
-from mcp_guard.policy._match import glob_matcher
+from mcp_guard.policy._match import glob_matcher, resource_matcher
 
 USED = ("allow", "approved")
 """Decisions that forwarded the call to the upstream."""
@@ -41,11 +42,26 @@ def outcome(decision: str) -> str:
     return "other"
 
 
-def record_tool(record: Mapping[str, Any]) -> str:
-    """``UPSTREAM/TOOL`` of a record (the name as the caller sent it when no upstream owns it)."""
-    tool = str(record.get("tool") or record.get("exposed") or "?")
+_TARGET = {"tool": "tool", "prompt": "prompt", "resource": "uri"}
+
+
+def record_target(record: Mapping[str, Any]) -> tuple[str, str]:
+    """``(kind, key)`` of a record: ``UPSTREAM/TOOL`` for a tool, ``prompt:UPSTREAM/PROMPT``,
+    ``resource:UPSTREAM/URI``, ``method:METHOD`` for a request with no target; for decision
+    ``unknown`` the name exactly as the caller sent it (it names nothing the guard knows)."""
+    kind = record.get("kind") or ("tool" if "tool" in record else None)
+    if kind not in _TARGET:
+        return "method", f"method:{record.get('method') or '?'}"
+    name = str(record.get(_TARGET[kind]) or record.get("exposed") or "?")
     upstream = record.get("upstream")
-    return f"{upstream}/{tool}" if upstream else tool
+    if record.get("decision") != "unknown" and upstream:
+        name = f"{upstream}/{name}"
+    return kind, name if kind == "tool" else f"{kind}:{name}"
+
+
+def record_tool(record: Mapping[str, Any]) -> str:
+    """``UPSTREAM/TOOL`` of a tool record (see :func:`record_target` for the other kinds)."""
+    return record_target(record)[1]
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -67,6 +83,7 @@ class ToolUse:
     """One tool as one subject met it: how many calls ended how, and the refusal reasons."""
 
     tool: str
+    kind: str = "tool"  # tool | prompt | resource | method
     decisions: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
 
@@ -99,7 +116,13 @@ class SubjectReport:
     def purposes(self) -> list[str]:
         return sorted({p.purpose for p in self.principals.values() if p.purpose})
 
-    def used_tools(self) -> list[str]:
+    def used_tools(self, kind: str = "tool") -> list[str]:
+        """Names (``UPSTREAM/NAME``) of the ``kind`` used: forwarded at least once."""
+        cut = 0 if kind == "tool" else len(kind) + 1
+        return sorted(t[cut:] for t, u in self.tools.items() if u.used and u.kind == kind)
+
+    def used_keys(self) -> list[str]:
+        """Every target used, of every kind (``UPSTREAM/TOOL``, ``prompt:…``, ``resource:…``)."""
         return sorted(t for t, u in self.tools.items() if u.used)
 
     def refused_tools(self) -> list[str]:
@@ -144,7 +167,7 @@ class Report:
         return out
 
     def per_tool(self) -> dict[str, Counter[str]]:
-        """Tool -> outcome counts over every subject (the chart of calls per tool)."""
+        """Target -> outcome counts over every subject (the chart of calls per tool, prompt, resource)."""
         out: dict[str, Counter[str]] = {}
         for s in self.subjects:
             for name, u in s.tools.items():
@@ -192,10 +215,10 @@ def build_report(records: Iterable[Mapping[str, Any]], policies: PolicySet, tool
             subj = subjects[key] = SubjectReport(who.user, who.agent)
         subj.principals.setdefault((who.chain, who.purpose), who)
         subj.verified = subj.verified or who.verified
-        name = record_tool(record)
+        kind, name = record_target(record)
         use = subj.tools.get(name)
         if use is None:
-            use = subj.tools[name] = ToolUse(name)
+            use = subj.tools[name] = ToolUse(name, kind)
         decision = str(record.get("decision") or "?")
         use.decisions[decision] += 1
         if outcome(decision) == "refused" and record.get("reason"):
@@ -254,6 +277,12 @@ def _matches(subjects: Subjects, who: Principal) -> bool:
     return True
 
 
+def _canonical_resource(name: str) -> str:
+    """``UPSTREAM/URI`` with the URI in the canonical form the engine matches selectors against."""
+    upstream, _, uri = name.partition("/")
+    return f"{upstream}/{canonical_uri(uri)}"
+
+
 def _narrowed_id(original: str, n: int, taken: set[str]) -> str:
     """``ORIGINAL.usedN``: unique among the original ids and within the 128 characters an id may have."""
     suffix = f".used{n}"
@@ -277,8 +306,9 @@ def narrowed_policies(report: Report, policies: Sequence[Policy]) -> list[Policy
     """
     out: list[Policy] = []
     for n, subj in enumerate(report.subjects, 1):
-        used = subj.used_tools()
-        if not used or any(c in name for name in (subj.user, subj.agent) for c in "*?"):
+        used, used_prompts = subj.used_tools(), subj.used_tools("prompt")
+        used_resources = [_canonical_resource(r) for r in subj.used_tools("resource")]
+        if not (used or used_prompts or used_resources) or any(c in name for name in (subj.user, subj.agent) for c in "*?"):
             continue  # subjects are globs: a name with * or ? cannot be named literally
         for pol in policies:
             if not any(_matches(pol.subjects, p) for p in subj.principals.values()):
@@ -290,10 +320,13 @@ def narrowed_policies(report: Report, policies: Sequence[Policy]) -> list[Policy
             for rule in pol.rules:
                 if rule.effect is Effect.DENY:
                     continue
-                match = glob_matcher(rule.tools, segment=True)
-                names = tuple(t for t in used if match(t))
-                if names:
-                    rules.append(replace(rule, tools=names))
+                tools = tuple(t for t in used if glob_matcher(rule.tools, segment=True)(t))
+                prompts = tuple(t for t in used_prompts if glob_matcher(rule.prompts, segment=True)(t))
+                # a URI is no glob ("?" is part of it): a rule keeps all its resource selectors or none
+                resource = resource_matcher(rule.resources)
+                resources = rule.resources if any(resource(r) for r in used_resources) else ()
+                if tools or prompts or resources:
+                    rules.append(replace(rule, tools=tools, prompts=prompts, resources=resources))
             if rules:
                 who = f"user {subj.user}" + (f", agent {subj.agent}" if subj.agent else "")
                 out.append(Policy(_narrowed_id(pol.id, n, {p.id for p in policies}), tuple(rules),
@@ -334,7 +367,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "purposes": s.purposes,
                 "chains": sorted({" > ".join(p.chain) for p in s.principals.values()}),
                 "calls": s.calls(),
-                "used": {t: dict(sorted((d, n) for d, n in s.tools[t].decisions.items() if d in USED)) for t in s.used_tools()},
+                "used": {t: dict(sorted((d, n) for d, n in s.tools[t].decisions.items() if d in USED)) for t in s.used_keys()},
                 "refused": {
                     t: {"decisions": dict(sorted((d, n) for d, n in s.tools[t].decisions.items() if d in REFUSED)),
                         "reasons": dict(s.tools[t].reasons.most_common())}

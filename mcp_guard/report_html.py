@@ -101,7 +101,7 @@ def _subject(s: SubjectReport) -> str:
            f'<p class="meta">{s.calls()} calls; identity {"verified by a grant chain" if s.verified else "self-asserted"}'
            + (f"; purposes: {escape(', '.join(s.purposes))}" if s.purposes else "")
            + "; chains: " + escape("; ".join(sorted({" > ".join(p.chain) for p in s.principals.values()}))) + "</p>"]
-    used = s.used_tools()
+    used = s.used_keys()
     out.append("<table><tr><th>used tool</th><th>allowed</th><th>approved</th></tr>")
     out.extend(f'<tr><td><code>{escape(t)}</code></td><td class="n">{s.tools[t].decisions["allow"]}</td><td class="n">{s.tools[t].decisions["approved"]}</td></tr>' for t in used)
     if not used:

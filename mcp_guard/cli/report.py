@@ -86,7 +86,8 @@ def report(config_path: Path, audit_path: str | None, since: str | None, html_ou
     records = list(iter_records(path))
     pins = read_lock(config.lock_file) if config.lock_file is not None else None
     pinned = sorted(f"{u}/{t}" for u, tools in (pins.pins.items() if pins else ()) for t in tools)
-    seen = sorted({record_tool(r) for r in records if r.get("upstream") in config.upstreams})
+    seen = sorted({record_tool(r) for r in records
+                   if r.get("upstream") in config.upstreams and r.get("decision") != "unknown" and (r.get("kind") or "tool") == "tool"})
     if pins is not None:
         source = f"guard.lock ({len(pinned)} pinned tools) and the audit log ({len(seen)} tools called)"
     else:
@@ -126,7 +127,7 @@ def render_text(rep: Report, path: str, narrowed_yaml: str | None) -> list[str]:
         if s.purposes:
             extra += f"; purposes {', '.join(s.purposes)}"
         out.append(f"{s.label} ({extra}): {s.calls()} calls")
-        used = s.used_tools()
+        used = s.used_keys()
         out.append("  used:" if used else "  used: nothing")
         for t in used:
             d = s.tools[t].decisions

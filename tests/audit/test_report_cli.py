@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from mcp_guard.audit import AuditLog
 from mcp_guard.cli import main
 from mcp_guard.identity import Principal
+from mcp_guard.kinds import Kind
 from mcp_guard.policy import Effect, load_sources
 
 POLICY = {
@@ -198,3 +199,35 @@ def test_narrowed_ids_stay_valid_and_unique(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, ["check", str(tmp_path / "narrow.yaml")]).exit_code == 0
     ids = [p["id"] for p in yaml.safe_load((tmp_path / "narrow.yaml").read_text())["policies"]]
     assert len(set(ids)) == len(ids) == 3 and "a.used1" in ids and all(len(i) <= 128 for i in ids)
+
+
+def test_prompts_resources_and_unknown_names(tmp_path: Path) -> None:
+    config = _setup(tmp_path, [])
+    (tmp_path / "policies" / "fs.yaml").write_text(yaml.safe_dump({"version": 1, "policies": [{"id": "kinds", "rules": [
+        {"effect": "allow", "prompts": ["fs/*"]},
+        {"effect": "allow", "resources": ["fs/file:///srv/*"]},
+        {"effect": "allow", "resources": ["fs/file:///home/*"]},
+        {"effect": "deny", "resources": ["fs/*"], "when": {"uri": {"glob": "*secret*"}}},
+    ]}]}))
+    base = {k: v for k, v in _record("x", "allow").items() if k != "tool"}
+    with AuditLog(str(tmp_path / "audit.jsonl")) as log:
+        log.append({**base, "kind": "prompt", "method": "prompts/get", "prompt": "summarise"})
+        log.append({**base, "kind": "resource", "method": "resources/read", "uri": "file:///srv/a%20b.md"})
+        log.append({**base, "kind": "resource", "method": "resources/read", "uri": "file:///srv/secret.md", "decision": "deny",
+                    "reason": "mcp-guard denied fs/file:///srv/secret.md"})
+        log.append({**base, "kind": "tool", "method": "tools/call", "tool": "fs_nope", "decision": "unknown", "reason": "Unknown tool: fs_nope"})
+        log.append({**base, "kind": None, "method": "sampling/whatever", "decision": "unknown", "reason": "Method not found"})
+    data = json.loads(_run("--config", str(config), "--json", "--narrowed", str(tmp_path / "narrow.yaml"))[1])
+    (s,) = data["subjects"]
+    assert set(s["used"]) == {"prompt:fs/summarise", "resource:fs/file:///srv/a%20b.md"}
+    assert set(s["refused"]) == {"resource:fs/file:///srv/secret.md", "fs_nope", "method:sampling/whatever"}
+    assert s["never_used"] == []  # "never used" is about tools
+    narrowed = yaml.safe_load((tmp_path / "narrow.yaml").read_text())["policies"]
+    rules = next(p for p in narrowed if p["id"] == "kinds.used1")["rules"]
+    assert rules == [{"effect": "allow", "prompts": ["fs/summarise"]}, {"effect": "allow", "resources": ["fs/file:///srv/*"]}]
+    ps = load_sources([("narrow.yaml", (tmp_path / "narrow.yaml").read_text())])
+    assert CliRunner().invoke(main, ["check", str(tmp_path / "narrow.yaml")]).exit_code == 0
+    alice = Principal("alice@example.com", ("bot",))
+    assert ps.decide(alice, "fs/file:///srv/secret.md", {}, kind=Kind.RESOURCE).effect is Effect.DENY
+    assert ps.decide(alice, "fs/file:///home/x", {}, kind=Kind.RESOURCE).effect is Effect.DENY
+    assert ps.decide(alice, "fs/other", {}, kind=Kind.PROMPT).effect is Effect.DENY

@@ -114,7 +114,8 @@ async def test_report_text_json_and_narrowed_policy(audited: Path, tmp_path: Pat
     p, c = by_agent["planner"], by_agent["coder"]
     assert p["used"]["rec/echo"] == {"allow": 2}
     assert p["used"]["rec/getenv"] == {"approved": 1}
-    assert set(p["refused"]) == {"rec/read_note", "rec/write_note"}
+    assert set(p["refused"]) == {"rec/read_note", "rec/write_note", "rec_delete_note"}  # hidden: audited as unknown, as sent
+    assert p["refused"]["rec_delete_note"]["decisions"] == {"unknown": 1}
     assert p["refused"]["rec/write_note"]["decisions"] == {"deny": 1}
     assert [*p["refused"]["rec/write_note"]["reasons"]] == ["mcp-guard denied rec/write_note: Locked notes are read-only (policy team)"]
     assert set(c["used"]) == {"rec/echo", "rec/list_notes"}
@@ -131,6 +132,8 @@ async def test_report_text_json_and_narrowed_policy(audited: Path, tmp_path: Pat
     # every call that was allowed is still allowed, with the same arguments; the approval stays one
     calls = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     for rec in calls:
+        if rec["decision"] == "unknown":
+            continue  # named as the caller sent it; rec/delete_note is checked below
         who = planner_who if rec["agent"] == "planner" else coder_who
         tool = f"{rec['upstream']}/{rec['tool']}"
         decided = ps.decide(who, tool, rec["args"]).effect
@@ -140,6 +143,7 @@ async def test_report_text_json_and_narrowed_policy(audited: Path, tmp_path: Pat
     assert not ps.visible(planner_who, "rec/list_notes") and not ps.visible(planner_who, "time/convert_time")
     assert not ps.visible(coder_who, "rec/read_note") and not ps.visible(coder_who, "time/get_current_time")
     assert ps.decide(planner_who, "rec/read_note", {"path": "/etc/passwd"}).effect is Effect.DENY
+    assert not ps.visible(planner_who, "rec/delete_note")
     assert ps.decide(planner_who, "rec/write_note", {"path": "/notes/locked/c.md", "text": ""}).effect is Effect.DENY
     assert ps.decide(Principal("mallory", ("planner",), "triage"), "rec/echo", {"text": "x"}).effect is Effect.DENY
 
