@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.paths import PathContext
 from mcp_guard.yamlsrc import Path as YPath
-from mcp_guard.yamlsrc import SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
+from mcp_guard.yamlsrc import Problem, SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
 
 DEFAULT_AUDIENCE = "urn:mcp-guard:local"
 DEFAULT_STATE_URL = "sqlite:///.mcp-guard/state.db"
@@ -24,6 +27,30 @@ EXPOSED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 RootsMode = Literal["pass", "none"] | tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthConfig:
+    """``auth: {oauth: …}``: authorization code + PKCE with a loopback redirect, tokens kept per user."""
+
+    client_id: str | None = None  # a pre-registered client; else a metadata document or registration
+    client_secret: str | None = field(default=None, repr=False)
+    client_metadata_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    redirect_uri: str | None = None  # the loopback URI registered for a pre-registered client
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentialsConfig:
+    """``auth: {client_credentials: …}``: a service's own credentials, no person in the loop."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: tuple[str, ...] = ()
+    issuer: str | None = None  # the only authorization server these credentials may be sent to
+
+
+UpstreamAuth = OAuthConfig | ClientCredentialsConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +75,9 @@ class UpstreamConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", PathContext(self.workdir, resolve_path if self.resolve else None))
+    auth: UpstreamAuth | None = None  # the guard's own OAuth client toward an HTTP upstream
+    token_file: str | None = None  # where that client keeps its tokens (encrypted), for this user
+    browser: str | None = None  # $BROWSER when set: `run` may then authorize interactively itself
 
     def exposed(self, tool: str) -> str:
         """The name the host sees for this upstream's ``tool``."""
@@ -94,6 +124,40 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthIssuerConfig:
+    """One authorization server whose JWT access tokens ``serve`` accepts."""
+
+    issuer: str
+    audience: str  # the canonical resource URI the token must name in ``aud`` (default serve.url)
+    scopes: tuple[str, ...] = ()  # every one required
+    user: str = "sub"  # claim naming the origin user
+    agent: str | None = None  # claim naming the agent; None = client_id, then azp
+    purpose: str | None = None  # claim naming the purpose
+
+
+@dataclass(frozen=True, slots=True)
+class TokenExchangeConfig:
+    """``POST /token``: OAuth access tokens exchanged for grant-chain roots signed by ``key``."""
+
+    key: Path
+    issuer: str  # must be one of trust.issuers, so the roots it signs verify here
+    ttl: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """``mcp-guard serve``: the public resource URI, OAuth issuers, and limits under abuse."""
+
+    url: str | None = None  # canonical resource URI (RFC 8707 audience, RFC 9728 ``resource``)
+    oauth: tuple[OAuthIssuerConfig, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the listen address and url's host
+    max_sessions_per_principal: int = 64
+    session_idle: float = 1800.0
+    max_body: int = 4 * 1024 * 1024
+    token_exchange: TokenExchangeConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GuardConfig:
     source: Path | None = None
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
@@ -106,6 +170,10 @@ class GuardConfig:
     lock_file: Path | None = None
     state_url: str = DEFAULT_STATE_URL
     telemetry: TelemetryConfig = TelemetryConfig()
+    serve: ServeConfig = ServeConfig()
+    # problems that do not stop a guard but that ``check`` reports (``file:line:col: ...`` lines):
+    # an upstream command that is not there only fails that upstream, as at run time
+    advisories: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def base_dir(self) -> Path:
@@ -222,15 +290,22 @@ class _Reader(SourceReader):
         return seconds
 
 
-_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file"}
+_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve"}
 _UPSTREAM = {"command", "args", "env", "cwd", "url", "headers", "prefix", "roots", "timeout", "trust_annotations", "protocol",
-             "workdir", "resolve"}
+             "workdir", "resolve", "auth"}
+_AUTH = {"oauth", "client_credentials", "headers"}
+_OAUTH = {"client_id", "client_secret", "client_metadata_url", "scopes", "redirect_uri"}
+_CLIENT_CREDENTIALS = {"client_id", "client_secret", "scopes", "issuer"}
 _IDENTITY = {"user", "agent", "purpose", "grant"}
 _TRUST = {"issuers", "audience"}
 _APPROVALS = {"timeout", "remember", "state_key"}
 _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
+_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "session_idle", "max_body", "token_exchange"}
+_SERVE_OAUTH = {"issuer", "audience", "scopes", "user", "agent", "purpose"}
+_TOKEN_EXCHANGE = {"key", "issuer", "ttl"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_path(path: str) -> str | None:
@@ -265,6 +340,75 @@ def resolve_state_url(url: str, base: Path) -> str:
     return url
 
 
+def _scopes(r: _Reader, data: Any, path: YPath) -> tuple[str, ...]:
+    """``scopes: [a, b]`` or ``scopes: "a b"``."""
+    if data is None:
+        return ()
+    if isinstance(data, list):
+        return tuple(s for i, v in enumerate(data) if (s := r.string(v, (*path, i))))
+    text = r.string(data, path)
+    return tuple(text.split()) if text else ()
+
+
+def _loopback_uri(text: str) -> bool:
+    u = urlsplit(text)
+    return u.scheme == "http" and u.hostname in ("127.0.0.1", "localhost", "::1") and u.port is not None
+
+
+def _parse_auth(r: _Reader, data: Any, path: YPath, url: str | None, headers: dict[str, str]) -> UpstreamAuth | None:
+    """``auth:`` on an HTTP upstream: ``oauth``, ``client_credentials`` or static ``headers``.
+
+    ``headers`` are merged into the upstream's static headers (so ``auth: {headers: …}`` and the
+    top-level ``headers:`` are one thing); an ``Authorization`` header beside an OAuth form is
+    refused, since the guard would overwrite one credential with the other.
+    """
+    a = r.mapping(data, path, _AUTH, "auth")
+    if url is None:
+        r.error(path, "`auth` applies to HTTP upstreams (`url`) only", "a stdio server takes its credentials from `env`")
+        return None
+    for k, v in r.mapping(a.get("headers"), (*path, "headers"), set(a.get("headers") or {}), "headers").items():
+        headers[str(k)] = r.string(v, (*path, "headers", k)) or ""
+    forms = [k for k in ("oauth", "client_credentials") if k in a]
+    if not forms:
+        if "headers" not in a:
+            r.error(path, "`auth` needs one of `oauth`, `client_credentials` or `headers`")
+        return None
+    if len(forms) > 1:
+        r.error(path, "`auth` takes one of `oauth` or `client_credentials`, not both")
+        return None
+    if any(k.lower() == "authorization" for k in headers):
+        r.error(path, f"`auth.{forms[0]}` supplies the Authorization header; remove the static one from `headers`")
+    form = forms[0]
+    fpath: YPath = (*path, form)
+    if form == "oauth":
+        o = r.mapping(a.get("oauth"), fpath, _OAUTH, "auth.oauth")
+        client_id = r.string(o.get("client_id"), (*fpath, "client_id")) or None
+        secret = r.string(o.get("client_secret"), (*fpath, "client_secret")) or None
+        cimd = r.string(o.get("client_metadata_url"), (*fpath, "client_metadata_url")) or None
+        redirect = r.string(o.get("redirect_uri"), (*fpath, "redirect_uri")) or None
+        if secret and not client_id:
+            r.error((*fpath, "client_secret"), "`client_secret` needs the pre-registered `client_id` it belongs to")
+        if cimd and client_id:
+            r.error((*fpath, "client_metadata_url"), "give either a pre-registered `client_id` or a `client_metadata_url`, not both")
+        if cimd and (urlsplit(cimd).scheme != "https" or urlsplit(cimd).path in ("", "/")):
+            r.error((*fpath, "client_metadata_url"), "`client_metadata_url` must be an https URL with a path (it is the client's id)", value=True)
+        if redirect and not _loopback_uri(redirect):
+            r.error((*fpath, "redirect_uri"), "`redirect_uri` must be a loopback URL with a port, such as http://127.0.0.1:8765/callback", value=True)
+        return OAuthConfig(client_id=client_id, client_secret=secret, client_metadata_url=cimd,
+                           scopes=_scopes(r, o.get("scopes"), (*fpath, "scopes")), redirect_uri=redirect)
+    c = r.mapping(a.get("client_credentials"), fpath, _CLIENT_CREDENTIALS, "auth.client_credentials")
+    cc_id = r.string(c.get("client_id"), (*fpath, "client_id"))
+    cc_secret = r.string(c.get("client_secret"), (*fpath, "client_secret"))
+    for key, val in (("client_id", cc_id), ("client_secret", cc_secret)):
+        if not val:
+            r.error(fpath, f"`client_credentials` needs `{key}`")
+    issuer = r.string(c.get("issuer"), (*fpath, "issuer")) or None
+    if issuer and urlsplit(issuer).scheme not in ("https", "http"):
+        r.error((*fpath, "issuer"), "`issuer` must be the authorization server's https URL", value=True)
+    return ClientCredentialsConfig(client_id=cc_id or "", client_secret=cc_secret or "",
+                                   scopes=_scopes(r, c.get("scopes"), (*fpath, "scopes")), issuer=issuer)
+
+
 def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = None) -> GuardConfig:
     """Parse guard.yaml text; raises ``ConfigError`` listing every problem."""
     env = os.environ if environ is None else environ
@@ -283,6 +427,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         r.error(("version",), "`version` must be 1", value="version" in top)
 
     upstreams: dict[str, UpstreamConfig] = {}
+    advisories: list[Problem] = []
     ups = r.mapping(top.get("upstreams"), ("upstreams",), set(top.get("upstreams") or {}), "upstreams")
     for name, spec in ups.items():
         path: YPath = ("upstreams", name)
@@ -308,6 +453,8 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         elif roots_raw is not None:
             roots = "pass" if r.choice(roots_raw, (*path, "roots"), ("pass", "none"), "none") == "pass" else "none"
         cwd = r.string(u.get("cwd"), (*path, "cwd"))
+        if command:
+            advisories.extend(_command_problems(smap, (*path, "command"), command, _resolve(base, cwd) if cwd else base, env_map, env))
         workdir = r.string(u.get("workdir"), (*path, "workdir"))
         resolve = r.boolean(u.get("resolve"), (*path, "resolve"), False)
         if resolve and url is not None:
@@ -316,6 +463,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         # never guessed from `cwd`: servers resolve relative paths their own way (server-filesystem
         # against its first allowed directory), and a wrong guess would place a path past a deny
         workdir_path = _resolve(base, workdir) if workdir else None
+        auth = _parse_auth(r, u.get("auth"), (*path, "auth"), url, headers) if "auth" in u else None
         upstreams[name] = UpstreamConfig(
             name=name,
             command=command,
@@ -331,6 +479,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             protocol=r.choice(u.get("protocol"), (*path, "protocol"), ("legacy", "auto", "modern"), "legacy"),  # type: ignore[arg-type]
             workdir=str(workdir_path) if workdir_path is not None else None,
             resolve=resolve and url is None,
+            auth=auth,
         )
 
     pol_raw = top.get("policies")
@@ -362,6 +511,8 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             resolved = _resolve(base, kp)
             if not resolved.exists():
                 r.error(("trust", "issuers", iss), f"key file {kp} for issuer `{iss}` does not exist", value=True)
+            elif (why := _public_key_problem(resolved, kp)) is not None:
+                r.error(("trust", "issuers", iss), f"key file for issuer `{iss}`: {why}", value=True)
             issuers[str(iss)] = resolved
     trust = TrustConfig(issuers=issuers, audience=r.string(tr.get("audience"), ("trust", "audience")) or DEFAULT_AUDIENCE)
 
@@ -398,9 +549,15 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
     te = r.mapping(top.get("telemetry"), ("telemetry",), _TELEMETRY, "telemetry")
     telemetry = TelemetryConfig(**{k: r.string(te.get(k), ("telemetry", k)) for k in sorted(_TELEMETRY)})
 
+    serve = _parse_serve(r, top.get("serve"), base, trust)
+    tokens = _token_dir(resolve_state_url(state_url, base), base) / _file_safe(identity.user or env.get("USER") or env.get("LOGNAME") or "default")
+    for name, up in upstreams.items():
+        if up.auth is not None:
+            upstreams[name] = replace(up, token_file=str(tokens / f"{name}.token"), browser=browser_command(env))
+
     errors = [p for p in r.problems if p.severity == "error"]
     if errors:
-        ordered = sorted(r.problems, key=lambda p: (p.line, p.col))
+        ordered = sorted([*r.problems, *advisories], key=lambda p: (p.line, p.col))
         raise ConfigError(f"{file}: invalid configuration ({len(errors)} problems)", [str(p) for p in ordered])
     return GuardConfig(
         source=source,
@@ -414,7 +571,128 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         lock_file=_resolve(base, lock) if lock else base / "guard.lock",
         state_url=resolve_state_url(state_url, base),
         telemetry=telemetry,
+        serve=serve,
+        advisories=tuple(str(p) for p in advisories),
     )
+
+
+def _http_url(r: _Reader, raw: Any, path: YPath, what: str) -> str | None:
+    """An absolute http(s) URL without fragment; ``http://`` only on a loopback host."""
+    from urllib.parse import urlsplit
+
+    text = r.string(raw, path)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        r.error(path, f"{what} must be an absolute https:// URL without a #fragment", value=True)
+        return None
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        r.error(path, f"{what} must use https:// (http:// is accepted only on 127.0.0.1, localhost or ::1)", value=True)
+        return None
+    return text
+
+
+def _string_list(r: _Reader, raw: Any, path: YPath) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.error(path, f"`{path[-1]}` must be a list of strings", value=True)
+        return ()
+    return tuple(s for i, v in enumerate(raw) if (s := r.string(v, (*path, i))))
+
+
+def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeConfig:
+    """The ``serve:`` block (only ``mcp-guard serve`` reads it)."""
+    sv = r.mapping(raw, ("serve",), _SERVE, "serve")
+    url = _http_url(r, sv.get("url"), ("serve", "url"), "`serve.url`")
+    issuers: list[OAuthIssuerConfig] = []
+    oauth_raw = sv.get("oauth")
+    if oauth_raw is not None and not isinstance(oauth_raw, list):
+        r.error(("serve", "oauth"), "`serve.oauth` must be a list of authorization servers (`- issuer: https://...`)", value=True)
+        oauth_raw = []
+    for i, item in enumerate(oauth_raw or []):
+        path: YPath = ("serve", "oauth", i)
+        o = r.mapping(item, path, _SERVE_OAUTH, "serve.oauth entry")
+        issuer = _http_url(r, o.get("issuer"), (*path, "issuer"), "`issuer`")
+        if "issuer" not in o:
+            r.error(path, "each serve.oauth entry needs `issuer`")
+        audience = r.string(o.get("audience"), (*path, "audience")) or url
+        if audience is None and issuer is not None:
+            r.error(path, "set `serve.url` (the canonical resource URI tokens must be issued for) or this entry's `audience`")
+        if issuer and audience:
+            issuers.append(OAuthIssuerConfig(
+                issuer=issuer,
+                audience=audience,
+                scopes=_string_list(r, o.get("scopes"), (*path, "scopes")),
+                user=r.string(o.get("user"), (*path, "user")) or "sub",
+                agent=r.string(o.get("agent"), (*path, "agent")) or None,
+                purpose=r.string(o.get("purpose"), (*path, "purpose")) or None,
+            ))
+    exchange = None
+    if sv.get("token_exchange") is not None:
+        tpath: YPath = ("serve", "token_exchange")
+        te = r.mapping(sv.get("token_exchange"), tpath, _TOKEN_EXCHANGE, "serve.token_exchange")
+        key = r.string(te.get("key"), (*tpath, "key"))
+        te_issuer = r.string(te.get("issuer"), (*tpath, "issuer"))
+        if not key or not te_issuer:
+            r.error(tpath, "`token_exchange` needs `key` (the issuer's private key) and `issuer` (its name in trust.issuers)")
+        elif te_issuer not in trust.issuers:
+            r.error((*tpath, "issuer"), f"issuer `{te_issuer}` must also be listed in trust.issuers so the roots it signs verify",
+                    did_you_mean(te_issuer, list(trust.issuers)), value=True)
+        elif not _resolve(base, key).exists():
+            r.error((*tpath, "key"), f"key file {key} does not exist", value=True)
+        else:
+            exchange = TokenExchangeConfig(key=_resolve(base, key), issuer=te_issuer, ttl=r.duration(te.get("ttl"), (*tpath, "ttl"), 3600.0))
+    counts: dict[str, int] = {}
+    for name, default in (("max_sessions_per_principal", 64), ("max_body", 4 * 1024 * 1024)):
+        value = sv.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            r.error(("serve", name), f"`{name}` must be a positive integer", value=True)
+            value = default
+        counts[name] = value
+    return ServeConfig(
+        url=url,
+        oauth=tuple(issuers),
+        allowed_hosts=_string_list(r, sv.get("allowed_hosts"), ("serve", "allowed_hosts")),
+        max_sessions_per_principal=counts["max_sessions_per_principal"],
+        session_idle=r.duration(sv.get("session_idle"), ("serve", "session_idle"), 1800.0),
+        max_body=counts["max_body"],
+        token_exchange=exchange,
+    )
+
+
+def _public_key_problem(path: Path, shown: str) -> str | None:
+    """Why ``path`` is not an Ed25519 public key (a private key, garbage, unreadable), or None."""
+    from mcp_guard.grants import GrantError, load_public_key
+
+    try:
+        load_public_key(path)
+    except GrantError as exc:
+        return str(exc).replace(str(path), shown)
+    return None
+
+
+def _command_problems(smap: SourceMap, at: YPath, command: str, cwd: Path, env: Mapping[str, str],
+                      environ: Mapping[str, str]) -> list[Problem]:
+    """An upstream command with a path that does not exist (or cannot run) is an error; a bare
+    command not found on PATH only a warning, since the host that launches the guard may have
+    another PATH (the upstream's own ``env.PATH`` first, then this environment's)."""
+    if "/" in command or (os.sep != "/" and os.sep in command):
+        p = Path(os.path.expanduser(command))
+        p = p if p.is_absolute() else cwd / p
+        if not p.exists():
+            return [smap.problem(at, f"upstream command {command} does not exist", "write the path of an installed server")]
+        if p.is_dir() or not os.access(p, os.X_OK):
+            return [smap.problem(at, f"upstream command {command} is not an executable file")]
+        return []
+    search = env.get("PATH") or environ.get("PATH") or ""
+    if shutil.which(command, path=search) is None:
+        return [smap.problem(
+            at, f"upstream command `{command}` is not on PATH here", "the host's PATH may differ; an absolute path is certain",
+            "warning",
+        )]
+    return []
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> GuardConfig:
@@ -434,6 +712,31 @@ def default_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
         identity=IdentityConfig(user=env.get("USER") or env.get("LOGNAME"), grant=env.get("MCP_GUARD_GRANT") or None),
         state_url=resolve_state_url(DEFAULT_STATE_URL, Path.cwd()),
     )
+
+
+def _token_dir(state_url: str, base: Path) -> Path:
+    """Where upstream OAuth tokens live: ``tokens/`` beside the sqlite state database (else in
+    ``.mcp-guard/`` beside guard.yaml): machine-local, never in a shared store."""
+    if state_url.startswith("sqlite:///"):
+        return Path(state_url[len("sqlite:///"):]).parent / "tokens"
+    return base / ".mcp-guard" / "tokens"
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name).lstrip(".") or "default"
+
+
+def browser_command(environ: Mapping[str, str] | None = None) -> str | None:
+    """``$BROWSER``: when set, ``run`` may open an authorization page itself (else it asks for ``login``)."""
+    env = os.environ if environ is None else environ
+    return env.get("BROWSER") or None
+
+
+def has_browser(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``login`` should open a browser: ``$BROWSER``, or a desktop session (never a
+    console browser taking over the terminal the URL is printed on)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("BROWSER") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"))
 
 
 def read_token(value: str) -> str:

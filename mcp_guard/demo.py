@@ -20,18 +20,20 @@ import click
 FS_PACKAGE = "@modelcontextprotocol/server-filesystem@2026.8.31"
 
 
-def _filesystem_server() -> tuple[str, list[str], dict[str, str]]:
-    """The pinned server from the project's .tools (scripts/setup), else from PATH, else via npx."""
+def _filesystem_server() -> tuple[str, list[str], dict[str, str], str]:
+    """``(command, args, env, what)``: the pinned reference server from a checkout's .tools
+    (scripts/setup), else an installed ``mcp-server-filesystem`` on PATH, else the small Python
+    server shipped in this package.  Never ``npx``: the demo must not download anything."""
     here = Path(__file__).resolve().parent.parent
     tools = here / ".tools" / "node_modules" / ".bin"
     env: dict[str, str] = {}
     if (tools / "mcp-server-filesystem").exists():
         env["PATH"] = f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"
-        return str(tools / "mcp-server-filesystem"), [], env
+        return str(tools / "mcp-server-filesystem"), [], env, FS_PACKAGE.rsplit("@", 1)[0]
     found = shutil.which("mcp-server-filesystem")
     if found:
-        return found, [], env
-    return "npx", ["-y", FS_PACKAGE], env
+        return found, [], env, FS_PACKAGE.rsplit("@", 1)[0]
+    return sys.executable, ["-m", "mcp_guard.demo_server"], env, "a small filesystem server in Python (mcp_guard.demo_server)"
 
 
 def write_demo(root: Path) -> Path:
@@ -40,7 +42,7 @@ def write_demo(root: Path) -> Path:
     (workspace / "README.md").write_text("# Demo workspace\nThe agent may read this.\n")
     (workspace / "notes" / "todo.md").write_text("- ship mcp-guard\n")
     (root / "secret.txt").write_text("outside the workspace: the agent must never read this\n")
-    command, args, env = _filesystem_server()
+    command, args, env, _ = _filesystem_server()
     policies = root / "policies"
     policies.mkdir()
     (policies / "demo.yaml").write_text(
@@ -110,7 +112,7 @@ async def run_demo(root: Path) -> int:
     def no(text: str) -> str:
         return click.style(text, fg="red")
 
-    click.echo(b("mcp-guard demo") + f": an agent session guarded in front of {FS_PACKAGE.rsplit('@', 1)[0]}")
+    click.echo(b("mcp-guard demo") + f": an agent session guarded in front of {_filesystem_server()[3]}")
     click.echo(f"  files:    {root}  (guard.yaml, policies/demo.yaml, workspace/, audit.jsonl)")
     click.echo("  identity: user alice@example.com, agent demo-agent, purpose demo (self-asserted from guard.yaml)\n")
     params = StdioServerParameters(
@@ -129,7 +131,7 @@ async def run_demo(root: Path) -> int:
     async with Client(params, mode="legacy", client_info=None, elicitation_callback=human) as client:
         listed = await client.list_tools()
         names = [t.name for t in listed.tools]
-        click.echo(b(f"1. Discovery: the agent can see {len(names)} tools") + " (the server has 14; the rest are hidden, and behave as if they did not exist)")
+        click.echo(b(f"1. Discovery: the agent can see {len(names)} tools") + " (the server has more; the rest are hidden, and behave as if they did not exist)")
         for n in names:
             click.echo(f"     {n}")
         steps: list[tuple[str, str, dict[str, Any]]] = [
@@ -160,7 +162,13 @@ async def run_demo(root: Path) -> int:
 @click.command()
 @click.option("--keep", is_flag=True, help="Keep the generated directory instead of deleting it.")
 def demo(keep: bool) -> None:
-    """Run a guarded session against the real filesystem MCP server and show what the guard did."""
+    """Run a guarded session against a filesystem MCP server and show what the guard did.
+
+    Everything happens in a temporary directory (a workspace, guard.yaml, one policy); the official
+    MCP client plays the agent.  The server is the reference filesystem server when it is
+    installed (mcp-server-filesystem on PATH), else a small Python one shipped with mcp-guard:
+    nothing is downloaded.
+    """
     import anyio
 
     root = Path(tempfile.mkdtemp(prefix="mcp-guard-demo-"))

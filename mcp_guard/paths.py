@@ -304,8 +304,10 @@ def _join(workdir: str, path: str) -> tuple[bool, Parts] | None:
 
 
 def _resolved(resolve: Callable[[str], str | None], path: str) -> Parts | None:
+    """The resolved components (NFC) of ``path``, resolved as written: the spelling the server
+    will open, which on disk may be NFD."""
     try:
-        real = resolve(nfc(path))
+        real = resolve(path)
     except (OSError, ValueError):
         return None
     if real is None:

@@ -25,9 +25,12 @@ T = TypeVar("T")
 
 _config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="guard.yaml whose state store holds the queue (default: the built-in default store).",
+    help="guard.yaml whose state store holds the queue (default: ./.mcp-guard/state.db in the current directory).",
 )
-_state_option = click.option("--state", "state_url", default=None, metavar="URL", help="State store URL (overrides the config).")
+_state_option = click.option(
+    "--state", "state_url", default=None, metavar="URL",
+    help="State store URL, e.g. sqlite:////abs/path/state.db or redis://host:6379/0 (overrides --config).",
+)
 
 
 def _state_url(config_path: str | None, state_url: str | None) -> str:
@@ -38,7 +41,24 @@ def _state_url(config_path: str | None, state_url: str | None) -> str:
     return default_config().state_url
 
 
+def _existing_store(url: str) -> None:
+    """A sqlite queue that does not exist yet holds no request: refuse rather than create a stray
+    database somewhere the running guard does not look."""
+    if not url.startswith("sqlite://"):
+        return
+    from mcp_guard.state.sqlite import sqlite_path
+
+    path = sqlite_path(url)
+    if not path.exists():
+        raise GuardError(
+            f"there is no state store at {path}: no guard has used it, so it holds no approval request; "
+            "give --config with the running guard's guard.yaml, or --state with the URL its hint printed"
+        )
+
+
 def _with_store(url: str, work: Callable[[StateStore], Awaitable[T]]) -> T:
+    _existing_store(url)
+
     async def go() -> T:
         store = open_store(url)
         try:
@@ -96,7 +116,13 @@ def describe(record: dict[str, Any]) -> str:
 
 @click.group("approvals")
 def approvals() -> None:
-    """The approval queue: calls waiting for a human (docs/approvals.md)."""
+    """The approval queue: calls waiting for a human.
+
+    A call whose rule says `effect: approve` waits in the guard's state store (when the host cannot
+    ask you itself); the guard's log names the request and the exact command to answer it.  Give
+    the same --config (or --state) as the running guard: the commands refuse a state file that does
+    not exist rather than create an empty one.
+    """
 
 
 @approvals.command("list")

@@ -62,7 +62,14 @@ def _sort_key(line: str) -> tuple[str, int, int]:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="guard.yaml to validate, with its policies.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
-    """Validate guard.yaml and policy files; print every problem; exit 1 on any error."""
+    """Validate guard.yaml and policy files; print every problem; exit 1 on any error.
+
+    Problems print as file:line:col: message (hint).  Besides syntax, types and typos it checks
+    that trust.issuers files are Ed25519 public keys (a private key there is an error), that an
+    upstream command written as a path exists and is executable (an error), and that a bare
+    command is on PATH (a warning only: the host that launches the guard may have another PATH),
+    and it runs nothing.  Without arguments: ./guard.yaml, else ./policies.
+    """
     if config_path is None and not paths:
         if Path("guard.yaml").exists():
             config_path = Path("guard.yaml")
@@ -85,6 +92,8 @@ def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
         else:
             targets.extend(config.policies)
             upstreams = list(config.upstreams) or None
+            lines.extend(config.advisories)
+            errors += sum(1 for p in config.advisories if ": warning: " not in p)
     files: list[Path] = []
     tests: list[Path] = []
     for t in targets:

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import click
 
-from mcp_guard.config import GuardConfig, UpstreamConfig, default_config, load_config
+from mcp_guard.config import (
+    UPSTREAM_NAME,
+    GuardConfig,
+    IdentityConfig,
+    UpstreamConfig,
+    default_config,
+    load_config,
+    policy_sources,
+)
 from mcp_guard.errors import ConfigError
+from mcp_guard.upstreams.naming import inline_upstream_name
 
 
 def setup_logging(level: str | None) -> None:
@@ -22,36 +31,86 @@ def setup_logging(level: str | None) -> None:
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str, policies: tuple[str, ...]) -> GuardConfig:
-    """Fold ``--policies`` and ``-- COMMAND ...`` into the configuration."""
+def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str | None, policies: tuple[str, ...],
+                 identity: IdentityConfig | None = None) -> GuardConfig:
+    """Fold ``--policies``, ``--user/--agent/--purpose`` and ``-- COMMAND ...`` into the configuration.
+
+    Without ``--name`` the inline upstream is named after its command (``inline_upstream_name``)."""
     upstreams = dict(config.upstreams)
-    if command:
-        if name in upstreams:
-            raise ConfigError(f"--name {name}: an upstream with this name is already configured; choose another name")
-        upstreams[name] = UpstreamConfig(name=name, command=command[0], args=tuple(command[1:]), cwd=os.getcwd())
     extra = tuple(Path(p).resolve() for p in policies)
     for p in extra:
         if not p.exists():
             raise ConfigError(f"--policies {p}: no such file or directory")
-    return dataclasses.replace(config, upstreams=upstreams, policies=config.policies + extra)
+    all_policies = config.policies + extra
+    if command:
+        if name is None:
+            name = inline_upstream_name(command, policy_upstream_names(all_policies))
+            if name in upstreams:
+                name = "upstream" if "upstream" not in upstreams else name
+        if name in upstreams:
+            raise ConfigError(f"--name {name}: an upstream with this name is already configured; choose another name")
+        if not UPSTREAM_NAME.match(name):
+            raise ConfigError(f"--name {name}: an upstream name must match [A-Za-z0-9_-]{{1,32}}")
+        upstreams[name] = UpstreamConfig(name=name, command=command[0], args=tuple(command[1:]), cwd=os.getcwd())
+    ident = config.identity
+    if identity is not None:
+        ident = IdentityConfig(
+            user=identity.user or ident.user,
+            agent=identity.agent or ident.agent,
+            purpose=identity.purpose or ident.purpose,
+            grant=ident.grant,
+        )
+    return dataclasses.replace(config, upstreams=upstreams, policies=all_policies, identity=ident)
+
+
+def policy_upstream_names(paths: tuple[Path, ...]) -> set[str]:
+    """The literal upstream names the policies' tool patterns use (unreadable files name none:
+    the guard reports them when it loads the policies)."""
+    from mcp_guard.policy import parse_sources
+    from mcp_guard.policy._match import split_tool
+
+    try:
+        parsed = parse_sources(policy_sources(paths))
+    except ConfigError:
+        return set()
+    names: set[str] = set()
+    for pol in parsed.policies:
+        for pattern in [t for r in pol.rules for t in r.tools] + [t for lim in pol.limits for t in lim.tools or ()]:
+            upstream = split_tool(pattern)[0]
+            if upstream and "*" not in upstream and "?" not in upstream:
+                names.add(upstream)
+    return names
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="guard.yaml")
 @click.option("--policies", multiple=True, type=click.Path(), help="A policy file or directory (repeatable).")
-@click.option("--name", default="upstream", show_default=True, help="Namespace of the inline upstream.")
+@click.option("--name", default=None, metavar="NAME",
+              help="Upstream name of the inline server: its tools are NAME/TOOL in policies and NAME_TOOL to the "
+                   "agent.  Default: derived from the command (server-filesystem -> filesystem, mcp-server-time -> "
+                   "time), or `upstream` when the command says too little or the policies were written for `upstream`.")
+@click.option("--user", default=None, help="The user the agent acts for (default: the config's identity.user, then $USER).")
+@click.option("--agent", default=None, help="The acting agent (default: the config's identity.agent, then the host's clientInfo.name).")
+@click.option("--purpose", default=None, help="The session's purpose, matched by policies' subjects.purposes.")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(config_path: str | None, policies: tuple[str, ...], name: str, log_level: str | None, command: tuple[str, ...]) -> None:
+def run(config_path: str | None, policies: tuple[str, ...], name: str | None, user: str | None, agent: str | None,
+        purpose: str | None, log_level: str | None, command: tuple[str, ...]) -> None:
     """Guard MCP servers on stdio: register this command in your agent host.
+
+    Stdout carries only MCP messages; logs and refusals go to stderr.  The identity flags are
+    self-asserted, like identity in guard.yaml; a signed grant (identity.grant or
+    $MCP_GUARD_GRANT) decides the identity when present.
 
     \b
     mcp-guard run --config guard.yaml
-    mcp-guard run --policies ./policies -- npx -y @modelcontextprotocol/server-filesystem ./workspace
+    mcp-guard run --policies ./policies --purpose code-review -- mcp-server-filesystem ./workspace
+        (the inline server is named `filesystem`: policies say filesystem/read_text_file)
+    mcp-guard run --name fs --policies ./policies -- npx -y @modelcontextprotocol/server-filesystem ./workspace
     """
     setup_logging(log_level)
     config = load_config(config_path) if config_path else default_config()
-    config = merge_inline(config, command, name, policies)
+    config = merge_inline(config, command, name, policies, IdentityConfig(user=user, agent=agent, purpose=purpose))
     if not config.upstreams:
         raise click.UsageError("nothing to guard: give --config with upstreams, or a server command after --")
     from mcp_guard.proxy.guard import run_stdio
@@ -66,11 +125,12 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str, log_level
 @click.option("--allow-origin", multiple=True, help="A browser Origin allowed besides localhost (repeatable).")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
 def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], log_level: str | None) -> None:
-    """Serve the guard over Streamable HTTP at /mcp; callers present grant chains as bearer tokens."""
+    """Serve the guard over Streamable HTTP at /mcp; callers present OAuth access tokens (serve.oauth)
+    or grant chains (trust.issuers) as bearer tokens."""
     setup_logging(log_level)
     config = load_config(config_path)
-    if not config.trust.issuers:
-        raise ConfigError(f"{config_path}: serve mode needs trust.issuers to verify the bearer grant chains callers present")
+    if not config.trust.issuers and not config.serve.oauth:
+        raise ConfigError(f"{config_path}: serve mode needs serve.oauth (OAuth access tokens) or trust.issuers (grant chains) to know its callers")
     if not config.upstreams:
         raise ConfigError(f"{config_path}: nothing to guard: no upstreams are configured")
     asyncio.run(_serve(config, host, port, allow_origin))
@@ -79,12 +139,18 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...]) -> None:
     from mcp_guard import telemetry
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
+    from mcp_guard.transports.exchange import TokenExchange
     from mcp_guard.transports.http import serve_http
+    from mcp_guard.transports.oauth import OAuthVerifier
 
     ctx = await build_context(config)
     verifier = chain_verifier(config)
+    oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
+    te = config.serve.token_exchange
+    exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
     try:
-        await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin)
+        await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin, config=config.serve,
+                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange)
     finally:
         await ctx.store.close()
         telemetry.shutdown()

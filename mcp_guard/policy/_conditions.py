@@ -174,15 +174,16 @@ def _getter(key: str) -> tuple[Getter, bool]:
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """A compiled condition.  ``test`` is the universal reading (allow rules: every element of a
-    ``[*]`` must hold); ``test_any`` the existential one (deny/approve rules: one element is
-    enough), so a list can never hide one bad element from a deny."""
+    """A compiled condition, read the way its rule reads it.  For a ``[*]`` key an allow rule
+    (``existential`` False) needs every element to hold; a deny or approve rule (``existential``
+    True) needs one, so a list can never hide one bad element from a deny."""
 
     source: Condition
     get: Getter
     fans: bool
     pred: Pred
     presence: bool | None  # `present: x` operand, if any
+    existential: bool = False
 
     def test(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
         value = self.get(args, principal)
@@ -194,6 +195,9 @@ class Compiled:
             return None
         if not self.fans:
             return self.pred(value, ctx)
+        return self._some(value, ctx) if self.existential else self._every(value, ctx)
+
+    def _every(self, value: list[Any], ctx: PathContext | None) -> Tri:
         if not value:
             return False  # every element must hold, and there must be at least one
         result: Tri = True
@@ -207,15 +211,7 @@ class Compiled:
                 result = None
         return result
 
-    def test_any(self, args: Mapping[str, Any], principal: Principal, ctx: PathContext | None = None) -> Tri:
-        """The existential reading; the engine calls ``test`` directly when the key does not fan out."""
-        if not self.fans:
-            return self.test(args, principal, ctx)
-        value = self.get(args, principal)
-        if value is MISSING:
-            return self.presence is False
-        if self.presence is False:
-            return False
+    def _some(self, value: list[Any], ctx: PathContext | None) -> Tri:
         result: Tri = False
         for v in value:
             if v is MISSING:
@@ -241,7 +237,8 @@ def _canonical_operand(op: str, operand: Any) -> Any:
     return operand
 
 
-def compile_condition(cond: Condition) -> Compiled:
+def compile_condition(cond: Condition, *, existential: bool = False) -> Compiled:
+    """``existential``: the condition belongs to a deny or approve rule (see ``Compiled``)."""
     get, fans = _getter(cond.key)
     ops = [(op, _canonical_operand(op, v) if cond.is_uri else v) for op, v in cond.ops]
     preds = [_op(op, v, uri=cond.is_uri) for op, v in ops if op != "present"]
@@ -253,7 +250,7 @@ def compile_condition(cond: Condition) -> Compiled:
         pred = preds[0]
     else:
         pred = _all(tuple(preds))
-    return Compiled(cond, get, fans, pred, presence)
+    return Compiled(cond, get, fans, pred, presence, existential and fans)
 
 
 def _all(preds: tuple[Pred, ...]) -> Pred:

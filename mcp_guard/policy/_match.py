@@ -31,6 +31,8 @@ def is_literal(pattern: str) -> bool:
 
 def glob_matcher(patterns: tuple[str, ...], *, segment: bool = False) -> Matcher:
     """One predicate for a list of globs: literals are a set lookup, the rest one alternation."""
+    if not patterns:
+        return _never  # shared: a rule without this kind of selector allocates nothing for it
     literals = frozenset(p for p in patterns if is_literal(p))
     globs = [glob_regex(p, segment=segment).pattern for p in patterns if not is_literal(p)]
     if not globs:

@@ -7,7 +7,7 @@ decision.  ``explain`` walks every rule without short-circuit and combines with 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,6 @@ from mcp_guard.policy._match import (
     split_tool,
 )
 from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit, Policy, Rule, RuleRef
-
-Check = Callable[[Mapping[str, Any], Principal, PathContext | None], Tri]
 
 _CACHE_MAX = 65_536
 _PROFILES_MAX = 1_024  # each profile is one byte per rule
@@ -65,7 +63,6 @@ class _Rule:
     prompts: Matcher
     uri_conds: tuple[Compiled, ...]  # the `uri` conditions among arg_conds (known at list time)
     argument_conds: tuple[Compiled, ...]  # the `args.*` conditions among arg_conds
-    checks: tuple[Check, ...]  # arg_conds as this effect reads them (test, or test_any for a deny's [*])
 
     def selects(self, kind: Kind, name: str) -> bool:
         return (self.tools if kind is Kind.TOOL else self.resources if kind is Kind.RESOURCE else self.prompts)(name)
@@ -75,7 +72,7 @@ class _Rule:
         deny or approve matches unless some condition is judged false (unjudgeable = match)."""
         if self.effect is Effect.ALLOW:
             return all(c.test(args, p, ctx) is True for c in conds)
-        return all(c.test_any(args, p, ctx) is not False for c in conds)
+        return all(c.test(args, p, ctx) is not False for c in conds)
 
     def annotations_ok(self, annotations: Mapping[str, Any] | None) -> bool:
         """Untrusted or absent annotations read as MCP's defaults: the pessimistic reading."""
@@ -111,6 +108,7 @@ class _Candidates:
     allow: tuple[_Rule, ...]
     permits: tuple[_Rule, ...]  # approve + allow in canonical order (for the near-miss reason)
     blanket_deny: tuple[_Rule, ...]  # deny rules without argument conditions (discovery)
+    tiers: tuple[tuple[tuple[_Rule, ...], bool], ...] = ()  # the non-empty tiers, most severe first; True = allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +173,7 @@ class PolicySet:
         rules: list[_Rule] = []
         for pi, pol in enumerate(self.policies):
             for ri, rule in enumerate(pol.rules):
-                conds = [compile_condition(c) for c in rule.when]
+                conds = [compile_condition(c, existential=rule.effect is not Effect.ALLOW) for c in rule.when]
                 per_request = tuple(c for c in conds if c.source.is_argument)
                 rules.append(_Rule(
                     len(rules), RuleRef(pol.id, rule.id or str(ri + 1)), pi, rule, rule.effect,
@@ -183,7 +181,6 @@ class PolicySet:
                     tuple(c for c in conds if not c.source.is_argument), per_request,
                     resource_matcher(rule.resources), glob_matcher(rule.prompts, segment=True),
                     tuple(c for c in per_request if c.source.is_uri), tuple(c for c in per_request if not c.source.is_uri),
-                    tuple(c.test_any if c.fans and rule.effect is not Effect.ALLOW else c.test for c in per_request),
                 ))
         self._rules = tuple(rules)
         self._index = {kind: _Index(kind, rules) for kind in Kind}
@@ -269,20 +266,20 @@ class PolicySet:
                 paths: PathContext | None, label: str) -> Decision:
         prof = self._profile(principal)
         states = prof.rules
-        for tier, allow in ((c.deny, False), (c.approve, False), (c.allow, True)):
+        for tier, allow in c.tiers:  # precomputed: no allocation, empty tiers skipped
             if allow:
                 matched = [
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x(a, principal, paths) is True for x in r.checks)
+                    and all(x.test(a, principal, paths) is True for x in r.arg_conds)
                 ]
             else:
                 matched = [
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x(a, principal, paths) is not False for x in r.checks)
+                    and all(x.test(a, principal, paths) is not False for x in r.arg_conds)
                 ]
             if matched:
                 return _combine(matched, label)
@@ -379,7 +376,7 @@ class PolicySet:
             tools_ok = r.selects(kind, name)
             ann_ok = r.annotations_ok(annotations)
             conds = tuple(
-                (describe(x.source), x.test(a, principal, paths) if r.effect is Effect.ALLOW else x.test_any(a, principal, paths))
+                (describe(x.source), x.test(a, principal, paths))
                 for x in (*r.principal_conds, *r.arg_conds)
             )
             ok = failing is None and tools_ok and ann_ok and all(
@@ -457,12 +454,14 @@ class _Index:
         ordered = [picked[k] for k in sorted(picked)]
         # a deny hides at list time when nothing but the URI (known then) conditions it
         resource = kind is Kind.RESOURCE
+        deny = tuple(r for r in ordered if r.effect is Effect.DENY)
+        approve = tuple(r for r in ordered if r.effect is Effect.APPROVE)
+        allow = tuple(r for r in ordered if r.effect is Effect.ALLOW)
         found = _Candidates(
-            tuple(r for r in ordered if r.effect is Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.APPROVE),
-            tuple(r for r in ordered if r.effect is Effect.ALLOW),
+            deny, approve, allow,
             tuple(r for r in ordered if r.effect is not Effect.DENY),
-            tuple(r for r in ordered if r.effect is Effect.DENY and not (r.argument_conds if resource else r.arg_conds)),
+            tuple(r for r in deny if not (r.argument_conds if resource else r.arg_conds)),
+            tuple((tier, is_allow) for tier, is_allow in ((deny, False), (approve, False), (allow, True)) if tier),
         )
         if len(self.cache) >= _CACHE_MAX:
             self.cache.clear()
@@ -484,10 +483,7 @@ def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations:
         wanted = ", ".join(f"{k}: {str(v).lower()}" for k, v in r.annotations)
         return f"the tool must be annotated {wanted} by a pinned upstream"
     for c, a, ctx in [*((c, _NO_ARGS, None) for c in r.principal_conds), *((c, args, paths) for c in r.arg_conds)]:
-        got = c.test(a, p, ctx)
-        if got is None:
-            return f"{describe(c.source)} (a value that cannot be judged is refused)"
-        if not got:
+        if c.test(a, p, ctx) is not True:  # false or unjudgeable: the same requirement, said once
             return describe(c.source)
     return "no rule allows it"  # unreachable when called on a rule that did not match
 

@@ -274,6 +274,10 @@ def _rule(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) ->
         ok = ok and w is not None
     if selected is not None:
         ok = _check_keys(r, selected, when, path) and ok
+        if annotations and "tools" not in selected:
+            r.error((*path, "annotations"), "`annotations` select tools by their annotations; this rule selects no tools",
+                    "remove it, or add tools: [...]", value=False)
+            ok = False
     reason = r.text(m.get("reason"), (*path, "reason"), "`reason`")
     rid = m.get("id")
     if rid is not None and (not isinstance(rid, str) or not ID.match(rid)):

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ from mcp_guard.proxy.pipeline import RequestContext, asked
 from mcp_guard.state import APPROVED, Counter
 
 if TYPE_CHECKING:
-    from mcp_guard.config import ApprovalsConfig
+    from mcp_guard.config import ApprovalsConfig, GuardConfig
     from mcp_guard.proxy.catalogue import Target
     from mcp_guard.proxy.session import GuardContext
 
@@ -211,6 +212,19 @@ def _human_reason(content: Any) -> str | None:
     if not isinstance(reason, str) or not reason.strip():
         return None
     return _clip(" ".join(reason.split()), MAX_HUMAN_REASON)
+
+
+def answer_options(config: GuardConfig) -> str:
+    """The options that make ``mcp-guard approvals approve ID`` reach this guard's queue from any
+    directory: the absolute guard.yaml, else the absolute state URL (never a redis password)."""
+    if config.source is not None:
+        return f" --config {shlex.quote(str(config.source))}"
+    url = config.state_url
+    if url.startswith("memory://"):
+        return " (no other process can: the memory:// state store is private to this guard)"
+    if url.startswith(("redis://", "rediss://")) and "@" in url:
+        return " --state <this guard's redis URL>"
+    return f" --state {shlex.quote(url)}"
 
 
 class GuardApprover:
@@ -407,9 +421,10 @@ class GuardApprover:
             "message": self._prompt(who, entry, args, verdict),
             "expires_at": time.time() + timeout,
         })
+        where = answer_options(self.ctx.config)
         log.warning(
-            "approval %s: %s for %s waits up to %gs for a human: mcp-guard approvals approve %s (or reject %s)",
-            approval_id, entry.qualified, " > ".join(who.chain), timeout, approval_id, approval_id,
+            "approval %s: %s for %s waits up to %gs for a human: mcp-guard approvals approve %s%s (or reject %s%s)",
+            approval_id, entry.qualified, " > ".join(who.chain), timeout, approval_id, where, approval_id, where,
         )
         try:
             record = await store.approval_wait(approval_id, timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, policy_sources, read_token
 from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import Era, HostTransport, Message
 from mcp_guard.policy import PolicySet, load_sources
 from mcp_guard.proxy.session import GuardContext, GuardSession
@@ -32,9 +34,28 @@ def load_policy_set(config: GuardConfig) -> PolicySet:
         log.warning("no policies configured: every tool is hidden and every call is refused (default deny)")
         return PolicySet.empty()
     policies = load_sources(policy_sources(config.policies), upstreams=list(config.upstreams) or None)
+    unknown: dict[str, int] = {}
     for w in policies.warnings:
-        log.warning("%s", w)
+        m = _NO_UPSTREAM.search(w)
+        if m:
+            unknown[m.group(1)] = unknown.get(m.group(1), 0) + 1
+        else:
+            log.warning("%s", w)
+    if unknown:
+        log.warning("%s", unknown_upstreams_hint(unknown, list(config.upstreams)))
     return policies
+
+
+_NO_UPSTREAM = re.compile(r"warning: no upstream named `([^`]+)` is configured")
+
+
+def unknown_upstreams_hint(unknown: dict[str, int], configured: list[str]) -> str:
+    """One line instead of a warning per tool pattern: which upstream names the policies use that
+    no configured upstream has, and how to give an inline server one of them."""
+    names = ", ".join(f"{n} ({c} pattern{'s' if c != 1 else ''})" for n, c in sorted(unknown.items()))
+    have = ", ".join(configured) or "none"
+    return (f"the policies name upstreams that are not configured, so their rules never match: {names}; "
+            f"configured: {have} (name an inline server with --name NAME; `mcp-guard check --config` lists each pattern)")
 
 
 def issuer_keys(config: GuardConfig) -> dict[str, Ed25519PublicKey]:
@@ -98,12 +119,28 @@ class _NullHost:
         log.debug("not delivered in serve mode: %s", message.get("method"))
 
 
+class _CallerSession(GuardSession):
+    """A ``serve`` caller's session: its principal is the verified bearer token's (a grant chain or
+    an OAuth access token), never the config identity or the client's own name."""
+
+    def __init__(self, ctx: GuardContext, host: HostTransport, hub: GuardSession, chain: GrantChain | None,
+                 principal: Principal, limit_scope: str) -> None:
+        super().__init__(ctx, host, hub=hub, chain=chain)
+        self._caller = principal
+        self.limit_scope = limit_scope
+
+    @property
+    def principal(self) -> Principal:
+        return self._caller
+
+
 class ServeSessions:
     """``serve``: one hub session owns the upstreams; each caller gets a session of its own (its
-    own verified chain) sharing them.  The transport sees only this (``transports.http.Sessions``)."""
+    own verified principal) sharing them.  The transport sees only this (``transports.http.Sessions``)."""
 
     def __init__(self, ctx: GuardContext) -> None:
         self.ctx = ctx
+        ctx.approval_queue_only = True  # the bearer caller holds every other channel: it must not approve itself
         self.hub = GuardSession(ctx, _NullHost())
         self.hub.era = Era.MODERN  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
 
@@ -113,8 +150,10 @@ class ServeSessions:
     async def close(self) -> None:
         await self.hub.close()
 
-    def new(self, host: HostTransport, chain: GrantChain) -> GuardSession:
-        return GuardSession(self.ctx, host, hub=self.hub, chain=chain)
+    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> GuardSession:
+        """``limit_scope`` is what per_minute/per_session limits count by: the principal, so a new
+        session (or another replica) does not start them afresh."""
+        return _CallerSession(self.ctx, host, self.hub, chain, principal, limit_scope)
 
 
 async def run_stdio(config: GuardConfig) -> None:

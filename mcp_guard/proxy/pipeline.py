@@ -61,6 +61,7 @@ class RequestContext:
     client_info: Message
     ask_host: AskHost | None = None
     limit_scope: str = ""  # what per_minute/per_session limits count by (the session id unless set)
+    chain_checked: bool = False  # expiry and revocation already checked for this request
 
     @property
     def params(self) -> Message:
@@ -115,20 +116,23 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the chain, on every request
 
-    async def chain_refusal(self, req: RequestContext) -> Verdict | None:
-        """Expiry and revocation of the request's grant chain (``None``: it may go on)."""
+    async def chain_refusal(self, req: RequestContext, what: str | None = None) -> Verdict | None:
+        """Expiry and revocation of the request's grant chain (``None``: it may go on); ``what``
+        names the refused thing in the sentence (default: the method)."""
         chain = req.chain
-        if chain is None:
+        if chain is None or req.chain_checked:
             return None
+        what = what or req.method
         late = chain.check_time(self.guard.clock())
         if late is not None:
-            return Verdict(Outcome.EXPIRED, f"mcp-guard denied {req.method}: {late}")
+            return Verdict(Outcome.EXPIRED, f"mcp-guard denied {what}: {late}")
         try:
             revoked = await self.guard.store.revoked(chain.link_ids)
         except StateError as exc:
-            return Verdict(Outcome.DENY, f"mcp-guard denied {req.method}: the state store is unavailable ({exc})")
+            return Verdict(Outcome.DENY, f"mcp-guard denied {what}: the state store is unavailable ({exc})")
         if revoked is not None:
-            return Verdict(Outcome.DENY, f"mcp-guard denied {req.method}: grant link {revoked} was revoked")
+            return Verdict(Outcome.DENY, f"mcp-guard denied {what}: grant link {revoked} was revoked")
+        req.chain_checked = True  # once per request
         return None
 
     # ------------------------------------------------------------------ decide, approve, limit, audit, forward
@@ -164,11 +168,10 @@ class Pipeline:
     async def _verdict(self, req: RequestContext, target: Target, args: dict[str, Any], exact: bool) -> Verdict:
         guard = self.guard
         who = req.principal
+        refused = await self.chain_refusal(req, target.qualified)
+        if refused is not None:
+            return refused
         try:
-            if req.chain is not None:
-                revoked = await guard.store.revoked(req.chain.link_ids)
-                if revoked is not None:
-                    return Verdict(Outcome.DENY, f"mcp-guard denied {target.qualified}: grant link {revoked} was revoked")
             if exact:
                 verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
                                    guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
@@ -184,13 +187,9 @@ class Pipeline:
             return Verdict(Outcome.DENY, f"mcp-guard denied {target.qualified}: the state store is unavailable ({exc})")
         return verdict
 
-    def _by_visibility(self, req: RequestContext, target: Target) -> Verdict:
-        chain = req.chain
-        if chain is not None:
-            late = chain.check_time(self.guard.clock())
-            if late is not None:
-                return Verdict(Outcome.EXPIRED, f"mcp-guard denied {target.qualified}: {late}")
-        # the caller resolved a visible target: listing it is what allows completing it
+    @staticmethod
+    def _by_visibility(req: RequestContext, target: Target) -> Verdict:
+        # the chain was checked; the caller resolved a visible target: listing it allows completing it
         return Verdict(Outcome.ALLOW, f"mcp-guard allowed {target.qualified}: it is listed to this principal")
 
     # ------------------------------------------------------------------ audit

@@ -1,16 +1,19 @@
 """``mcp-guard serve``: the guard as a Streamable HTTP MCP server at ``/mcp``.
 
-Every POST must carry ``Authorization: Bearer <grant chain>``; the chain (verified once, cached)
-is the caller's identity.  A handshake-era client gets an ``Mcp-Session-Id`` bound to the chain
-it initialized with; a 2026-07-28 client is served statelessly, one guard session per grant.
-All sessions share one set of upstream connections.  Answers are plain JSON (no SSE): progress
-and log notifications are not streamed, and approvals go through the queue (``mcp-guard
-approvals``) or, on 2026-07-28, the ``input_required`` round trip.
+Every POST must carry ``Authorization: Bearer <token>``: an OAuth access token (JWT) from an
+issuer in ``serve.oauth``, or one of the guard's own grant chains.  The verified token is the
+caller's identity; the token itself never goes further than this module.  A handshake-era client
+gets an ``Mcp-Session-Id`` bound to its identity; a 2026-07-28 client is served statelessly, one
+guard session per identity.  Sessions are capped per principal and expire when idle, so one
+caller can never push out another's.  All sessions share one set of upstream connections.
+Answers are plain JSON (no SSE): progress and log notifications are not streamed, and approvals
+go only through the queue (``mcp-guard approvals``), never through a channel the caller holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -18,16 +21,19 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mcp_guard.config import ServeConfig
 from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
+from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
     INVALID_REQUEST,
     PARSE_ERROR,
@@ -37,14 +43,20 @@ from mcp_guard.jsonrpc import (
     error,
     is_request,
 )
+from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from mcp_guard.transports.exchange import TokenExchange
 
 log = logging.getLogger("mcp_guard.http")
 
-MAX_BODY = 4 * 1024 * 1024
-MAX_SESSIONS = 10_000
 HEADER_MISMATCH = -32020
+REQUEST_CANCELLED = -32800
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
 RELAYED_CAPABILITIES = frozenset(SERVER_TO_CLIENT.values())  # need a stream back to the client
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
 class HostSession(Protocol):
@@ -55,11 +67,12 @@ class HostSession(Protocol):
 
 
 class Sessions(Protocol):
-    """What serving needs from the guard: its shared upstreams, and a new session per caller."""
+    """What serving needs from the guard: its shared upstreams, and a new session per caller whose
+    principal is the verified token's and whose limits count by ``limit_scope`` (the principal)."""
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    def new(self, host: HostTransport, chain: GrantChain) -> HostSession: ...
+    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> HostSession: ...
 
 
 class _ReplyHost:
@@ -67,6 +80,7 @@ class _ReplyHost:
 
     def __init__(self) -> None:
         self._waiting: dict[Any, asyncio.Future[Message]] = {}
+        self._inner: dict[Any, str] = {}  # the caller's request id -> the id the session knows it by
         self._ids = itertools.count(1)
 
     async def send(self, message: Message) -> None:
@@ -82,45 +96,262 @@ class _ReplyHost:
         inner = f"h{next(self._ids)}"
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[inner] = fut
+        self._inner[original] = inner
         try:
             await session.handle({**message, "id": inner})
             answer = await fut
+        except asyncio.CancelledError:
+            # the HTTP caller went away: stop the work it asked for (upstream call, approval wait)
+            await session.handle({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": inner}})
+            raise
         finally:
             self._waiting.pop(inner, None)
+            if self._inner.get(original) == inner:
+                del self._inner[original]
         answer["id"] = original
         return answer
+
+    def abort(self, reason: str) -> None:
+        """The session is closing: answer every request still waiting, so no POST hangs."""
+        for inner, fut in list(self._waiting.items()):
+            if not fut.done():
+                fut.set_result(error(inner, INVALID_REQUEST, reason))
+
+    async def cancel(self, session: HostSession, message: Message) -> None:
+        """``notifications/cancelled`` for a request still open on another POST: cancel it in the
+        session and close that POST with a JSON-RPC error (an HTTP request needs an answer)."""
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        inner = self._inner.get(params.get("requestId"))
+        if inner is None:
+            return  # unknown or already answered: nothing to do (the spec allows the race)
+        await session.handle({**message, "params": {**params, "requestId": inner}})
+        fut = self._waiting.get(inner)
+        if fut is not None and not fut.done():
+            fut.set_result(error(inner, REQUEST_CANCELLED, "Request cancelled"))
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request comes from, as proven by its bearer token."""
+
+    principal: Principal
+    chain: GrantChain | None
+    binding: str  # what a session is bound to: the grant chain, or the OAuth issuer + principal
+    issuer: str | None = None  # the OAuth issuer, None for a grant chain
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def owner(self) -> str:
+        """The principal chain: what sessions are capped by."""
+        return " > ".join(self.principal.chain)
+
+    @property
+    def owner_id(self) -> str:
+        """A short, store-safe key for the principal (limits in the state store)."""
+        return "p" + hashlib.sha256(self.owner.encode()).hexdigest()[:32]
 
 
 @dataclass
 class _Session:
+    key: str  # "sid:<Mcp-Session-Id>" or "id:<binding>" (2026-07-28, one per caller)
     session: HostSession
     host: _ReplyHost
-    grant: str  # SHA-256 of the bearer token this session is bound to
+    binding: str
+    owner: str
     used: float
+    busy: int = 0
+
+    async def close(self, reason: str) -> None:
+        self.host.abort(reason)
+        await self.session.close()
 
 
 def _token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def resource_metadata_url(resource: str) -> str:
+    """RFC 9728: the well-known URI is inserted between the host and the resource's path."""
+    parts = urlsplit(resource)
+    return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN}{parts.path.rstrip('/')}"
+
+
 class HttpGuard:
-    def __init__(self, sessions: Sessions, verifier: ChainVerifier, *, allowed_origins: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        verifier: ChainVerifier,
+        *,
+        config: ServeConfig | None = None,
+        chain_issuers: frozenset[str] = frozenset(),
+        allowed_origins: tuple[str, ...] = (),
+        oauth: OAuthVerifier | None = None,
+        exchange: TokenExchange | None = None,
+        listen: tuple[str, int] | None = None,
+    ) -> None:
         self.guard = sessions
         self.verifier = verifier
+        self.chain_issuers = chain_issuers  # trust.issuers: a JWT naming one of these is a grant chain
+        self.oauth = oauth
+        self.exchange = exchange
         self.allowed_origins = allowed_origins
-        self.sessions: OrderedDict[str, _Session] = OrderedDict()  # Mcp-Session-Id -> session (handshake era)
-        self.stateless: OrderedDict[str, _Session] = OrderedDict()  # grant -> session (2026-07-28)
-        self.app = Starlette(routes=[Route("/mcp", self.endpoint, methods=["GET", "POST", "DELETE"])])
+        self.serve = config or ServeConfig()
+        self.allowed_hosts = self._allowed_hosts(listen)
+        self.entries: dict[str, _Session] = {}  # _Session.key -> session
+        self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
+        self._sweeper: asyncio.Task[None] | None = None
+        self.mcp_path = "/mcp"
+        routes = [Route(self.mcp_path, self.endpoint, methods=["GET", "POST", "DELETE"])]
+        if oauth is not None:
+            public = urlsplit(self.serve.url).path.rstrip("/") if self.serve.url else ""  # may differ behind a reverse proxy
+            for path in dict.fromkeys((WELL_KNOWN + self.mcp_path, WELL_KNOWN + public, WELL_KNOWN)):
+                routes.append(Route(path, self.metadata, methods=["GET"]))
+        if exchange is not None:
+            routes.append(Route("/token", self.token, methods=["POST"]))
+        self.app: ASGIApp = Starlette(routes=routes)
+
+    def _allowed_hosts(self, listen: tuple[str, int] | None) -> frozenset[str] | None:
+        """``Host`` values this guard answers to (DNS-rebinding protection); None = not checked."""
+        hosts = {h.lower() for h in self.serve.allowed_hosts}
+        if self.serve.url:
+            hosts.add(urlsplit(self.serve.url).netloc.lower())
+        if listen is not None:
+            host, port = listen
+            names = {"127.0.0.1", "localhost", "[::1]"} if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::") else set()
+            names.add(f"[{host}]" if ":" in host else host)
+            hosts |= {f"{n}:{port}" for n in names}
+        return frozenset(hosts) if hosts else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: the ``Host`` check comes before anything else."""
+        if scope["type"] == "http" and self.allowed_hosts is not None:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            if host not in self.allowed_hosts:
+                response = JSONResponse(error(None, INVALID_REQUEST, f"Host {host or '(none)'} is not served here"), status_code=421)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
     async def start(self) -> None:
         await self.guard.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
-        for entry in [*self.sessions.values(), *self.stateless.values()]:
-            await entry.session.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for entry in list(self.entries.values()):
+            await entry.close("The guard is shutting down")
+        self.entries.clear()
         await self.guard.close()
 
+    # ------------------------------------------------------------------ resource server
+
+    def _challenge(self, request: Request | None, code: str | None, description: str | None, scope: str | None = None) -> str:
+        parts = ['Bearer realm="mcp-guard"']
+        if self.oauth is not None:
+            parts.append(f'resource_metadata="{self._metadata_url(request)}"')
+        if code:
+            parts.append(f'error="{code}"')
+        if scope:
+            parts.append(f'scope="{scope}"')
+        if description:
+            parts.append('error_description="{}"'.format(description.replace('"', "'").replace("\\", "/")))
+        return ", ".join(parts)
+
+    def _metadata_url(self, request: Request | None) -> str:
+        if self.serve.url:
+            return resource_metadata_url(self.serve.url)
+        base = str(request.base_url).rstrip("/") if request is not None else ""
+        return f"{base}{WELL_KNOWN}{self.mcp_path}"
+
+    async def metadata(self, request: Request) -> Response:
+        """RFC 9728 protected resource metadata."""
+        assert self.oauth is not None
+        resource = self.serve.url or f"{str(request.base_url).rstrip('/')}{self.mcp_path}"
+        body: dict[str, Any] = {
+            "resource": resource,
+            "authorization_servers": list(self.oauth.issuers),
+            "bearer_methods_supported": ["header"],
+            "resource_name": "mcp-guard",
+        }
+        if self.oauth.scopes:
+            body["scopes_supported"] = list(self.oauth.scopes)
+        return JSONResponse(body, headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "max-age=300"})
+
+    def _refuse(self, request: Request | None, status: int, code: str | None, description: str, scope: str | None = None) -> Response:
+        if scope is None and self.oauth is not None and self.oauth.scopes:
+            scope = " ".join(self.oauth.scopes)
+        word = "Forbidden" if status == 403 else "Unauthorized"
+        log.info("refused a request with HTTP %d: %s", status, description)  # no tool call: not an audit decision
+        return JSONResponse(
+            error(None, INVALID_REQUEST, f"{word}: {description}"),
+            status_code=status,
+            headers={"WWW-Authenticate": self._challenge(request, code, description if code else None, scope)},
+        )
+
+    async def authenticate(self, request: Request) -> Caller | Response:
+        """The caller proven by ``Authorization: Bearer``, or the 401/403 refusal to send."""
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            what = "an OAuth access token or a grant chain" if self.oauth is not None else "a grant chain"
+            return self._refuse(request, 401, None, f"{what} is required: Authorization: Bearer <token>")
+        return await self.identify(request, token)
+
+    async def identify(self, request: Request | None, token: str) -> Caller | Response:
+        if self.oauth is not None and self._is_oauth(token):
+            try:
+                access = await self.oauth.verify(token)
+            except OAuthError as exc:
+                return self._refuse(request, exc.status, exc.error, str(exc), exc.scope)
+            who = access.principal
+            return Caller(who, None, f"oauth:{access.issuer}|{' > '.join(who.chain)}", access.issuer, access.claims)
+        try:
+            chain = self.verifier.verify(token, time.time())
+        except GrantError as exc:
+            return self._refuse(request, 401, "invalid_token", f"{exc.code}: {exc}")
+        return Caller(chain.principal, chain, f"grant:{_token_key(token)}")
+
+    def _is_oauth(self, token: str) -> bool:
+        """An OAuth access token: one JWT (a chain of several links has ``~``) whose issuer is not
+        one of the grant-chain issuers (``trust.issuers``)."""
+        if self.oauth is None or "~" in token:
+            return False
+        iss = self._oauth_issuer(token)
+        return iss in self.oauth.issuers or iss not in self.chain_issuers
+
+    @staticmethod
+    def _oauth_issuer(token: str) -> str | None:
+        import jwt
+
+        with contextlib.suppress(jwt.PyJWTError):
+            iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            return iss if isinstance(iss, str) else None
+        return None
+
     # ------------------------------------------------------------------ HTTP
+
+    async def read_body(self, request: Request) -> bytes | Response:
+        """The request body, refused with 413 as soon as it passes ``serve.max_body`` (never buffered past it)."""
+        limit = self.serve.max_body
+        too_large = JSONResponse(error(None, INVALID_REQUEST, f"Request too large: the limit is {limit} bytes"), status_code=413,
+                                 headers={"Connection": "close"})
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return too_large
+                chunks.append(chunk)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        return b"".join(chunks)
 
     async def endpoint(self, request: Request) -> Response:
         origin = request.headers.get("origin")
@@ -128,21 +359,20 @@ class HttpGuard:
             return JSONResponse(error(None, INVALID_REQUEST, f"Origin {origin} is not allowed"), status_code=403)
         if request.method == "GET":
             return Response(status_code=405, headers={"Allow": "POST, DELETE"})
-        token, chain, refusal = self._authenticate(request)
-        if refusal is not None:
-            return refusal
-        assert token is not None and chain is not None
+        caller = await self.authenticate(request)
+        if isinstance(caller, Response):
+            return caller
         sid = request.headers.get("mcp-session-id")
         if request.method == "DELETE":
-            entry = self.sessions.get(sid or "")
-            if entry is None or entry.grant != _token_key(token):
+            entry = self.entries.get(f"sid:{sid}")
+            if entry is None or entry.binding != caller.binding:
                 return Response(status_code=404)
-            del self.sessions[sid or ""]
-            await entry.session.close()
+            self._drop(f"sid:{sid}")
+            await entry.close("Session ended")
             return Response(status_code=200)
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse(error(None, INVALID_REQUEST, "Request too large"), status_code=413)
+        body = await self.read_body(request)
+        if isinstance(body, Response):
+            return body
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -152,31 +382,9 @@ class HttpGuard:
         header_method = request.headers.get("mcp-method")
         if header_method is not None and header_method != message.get("method"):
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
-        return await self._dispatch(message, sid, token, chain)
+        return await self._dispatch(message, sid, caller)
 
-    def _authenticate(self, request: Request) -> tuple[str | None, GrantChain | None, Response | None]:
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None, None, self._unauthorized("invalid_request", "a grant chain is required: Authorization: Bearer <chain>")
-        token = token.strip()
-        try:
-            chain = self.verifier.verify(token, time.time())
-        except GrantError as exc:
-            return None, None, self._unauthorized("invalid_token", f"{exc.code}: {exc}")
-        return token, chain, None
-
-    @staticmethod
-    def _unauthorized(code: str, description: str) -> Response:
-        safe = description.replace('"', "'")
-        return JSONResponse(
-            error(None, INVALID_REQUEST, f"Unauthorized: {description}"),
-            status_code=401,
-            headers={"WWW-Authenticate": f'Bearer realm="mcp-guard", error="{code}", error_description="{safe}"'},
-        )
-
-    async def _dispatch(self, message: Message, sid: str | None, token: str, chain: GrantChain) -> Response:
-        grant = _token_key(token)
+    async def _dispatch(self, message: Message, sid: str | None, caller: Caller) -> Response:
         headers: dict[str, str] = {}
         if message.get("method") == "initialize":
             params = message.get("params")
@@ -184,49 +392,113 @@ class HttpGuard:
                 caps = {k: v for k, v in params["capabilities"].items() if k not in RELAYED_CAPABILITIES}
                 message = {**message, "params": {**params, "capabilities": caps}}
             sid = uuid.uuid4().hex
-            entry = self._new_session(chain, grant)
-            self.sessions[sid] = entry
-            self._evict(self.sessions)
+            entry = await self._open(f"sid:{sid}", caller)
             headers["Mcp-Session-Id"] = sid
         elif sid:
-            found = self.sessions.get(sid)
+            found = self.entries.get(f"sid:{sid}")
             if found is None:
                 return JSONResponse(error(message.get("id"), INVALID_REQUEST, "Unknown or expired session"), status_code=404)
-            if found.grant != grant:
-                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "This session belongs to another grant"), status_code=403)
+            if found.binding != caller.binding:
+                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "This session belongs to another caller"), status_code=403)
             entry = found
-            self.sessions.move_to_end(sid)
         else:
-            entry = self.stateless.get(grant) or self._new_session(chain, grant)
-            self.stateless[grant] = entry
-            self.stateless.move_to_end(grant)
-            self._evict(self.stateless)
-        entry.used = time.monotonic()
-        if not is_request(message):
-            await entry.session.handle(message)
-            return Response(status_code=202, headers=headers)
-        answer = await entry.host.ask(entry.session, message)
+            entry = self.entries.get(f"id:{caller.binding}") or await self._open(f"id:{caller.binding}", caller)
+        self._touch(entry)
+        entry.busy += 1
+        try:
+            if not is_request(message):
+                if message.get("method") == "notifications/cancelled":
+                    await entry.host.cancel(entry.session, message)
+                else:
+                    await entry.session.handle(message)
+                return Response(status_code=202, headers=headers)
+            answer = await entry.host.ask(entry.session, message)
+        finally:
+            entry.busy -= 1
+            self._touch(entry)
         return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
-    def _new_session(self, chain: GrantChain, grant: str) -> _Session:
+    # ------------------------------------------------------------------ sessions
+
+    async def _open(self, key: str, caller: Caller) -> _Session:
+        """A new session for ``caller``; past ``max_sessions_per_principal`` its own oldest idle one goes."""
         host = _ReplyHost()
-        return _Session(self.guard.new(host, chain), host, grant, time.monotonic())
+        session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id)  # limits count per principal
+        entry = _Session(key, session, host, caller.binding, caller.owner, time.monotonic())
+        self.entries[key] = entry
+        mine = self.owned.setdefault(caller.owner, OrderedDict())
+        mine[key] = None
+        while len(mine) > self.serve.max_sessions_per_principal:
+            victim = next((k for k in mine if not self.entries[k].busy and k != key), None) or next(iter(mine))
+            old = self._drop(victim)
+            if old is not None:
+                log.info("%s has more than %d sessions: its least recently used one is closed", caller.owner,
+                         self.serve.max_sessions_per_principal)
+                await old.close("Session closed: this caller opened too many sessions")
+        return entry
 
-    @staticmethod
-    def _evict(table: OrderedDict[str, _Session]) -> None:
-        while len(table) > MAX_SESSIONS:
-            _, old = table.popitem(last=False)
-            asyncio.get_running_loop().create_task(old.session.close())
+    def _touch(self, entry: _Session) -> None:
+        entry.used = time.monotonic()
+        mine = self.owned.get(entry.owner)
+        if mine is not None and entry.key in mine:
+            mine.move_to_end(entry.key)
+
+    def _drop(self, key: str) -> _Session | None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            mine = self.owned.get(entry.owner)
+            if mine is not None:
+                mine.pop(key, None)
+                if not mine:
+                    del self.owned[entry.owner]
+        return entry
+
+    async def expire_idle(self, now: float | None = None) -> int:
+        """Close every session nobody used for ``serve.session_idle`` (none with a call in flight)."""
+        now = time.monotonic() if now is None else now
+        stale = [k for k, e in self.entries.items() if not e.busy and now - e.used > self.serve.session_idle]
+        for key in stale:
+            entry = self._drop(key)
+            if entry is not None:
+                await entry.close("Session expired")
+        return len(stale)
+
+    async def _sweep(self) -> None:
+        every = max(1.0, min(60.0, self.serve.session_idle / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.expire_idle()
+            except Exception:  # a failing close must not stop the sweeper
+                log.exception("closing idle sessions failed")
+
+    # ------------------------------------------------------------------ token exchange
+
+    async def token(self, request: Request) -> Response:
+        assert self.exchange is not None
+        return await self.exchange.handle(self, request)
 
 
-async def serve_http(sessions: Sessions, verifier: ChainVerifier, host: str, port: int, allowed_origins: tuple[str, ...] = ()) -> None:
+async def serve_http(
+    sessions: Sessions,
+    verifier: ChainVerifier,
+    host: str,
+    port: int,
+    allowed_origins: tuple[str, ...] = (),
+    *,
+    config: ServeConfig | None = None,
+    chain_issuers: frozenset[str] = frozenset(),
+    oauth: OAuthVerifier | None = None,
+    exchange: TokenExchange | None = None,
+) -> None:
     """Run until cancelled (SIGINT/SIGTERM)."""
     import uvicorn
 
-    guard = HttpGuard(sessions, verifier, allowed_origins=allowed_origins)
+    guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
+                      oauth=oauth, exchange=exchange, listen=(host, port))
     await guard.start()
-    server = uvicorn.Server(uvicorn.Config(guard.app, host=host, port=port, log_level="warning", lifespan="off"))
-    log.info("serving MCP at http://%s:%d/mcp", host, port)
+    server = uvicorn.Server(uvicorn.Config(guard, host=host, port=port, log_level="warning", lifespan="off"))
+    log.info("serving MCP at http://%s:%d%s", host, port, guard.mcp_path)
     try:
         await server.serve()
     finally:

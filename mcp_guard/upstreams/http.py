@@ -1,8 +1,9 @@
 """A Streamable HTTP upstream, through the SDK's client transport (sessions, SSE, protocol headers).
 
 The SDK transport yields validated ``SessionMessage`` objects; they are converted to and from the
-guard's plain dicts at this edge only.  The upstream's credential comes from ``headers`` in
-guard.yaml: the host's own token is never passed through.
+guard's plain dicts at this edge only.  The upstream's credential comes from guard.yaml: static
+``headers``, or the guard's own OAuth client (``auth:``, see ``oauth.py``).  The host's own token
+is never passed through.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import contextlib
 import logging
 from typing import Any
 
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
 
 from mcp_guard.config import UpstreamConfig
 from mcp_guard.errors import UpstreamError
 from mcp_guard.jsonrpc import Message
+from mcp_guard.upstreams.oauth import GuardProvider, build_auth, http_client
 
 log = logging.getLogger("mcp_guard.upstream")
 
@@ -32,8 +33,10 @@ class HttpChannel:
         self._ready = asyncio.Event()
         self._reason = "was never started"
         self._stop = asyncio.Event()
+        self._auth: GuardProvider | None = None
 
     async def open(self) -> None:
+        self._auth = build_auth(self.config)  # may raise UpstreamError (an unreadable token key)
         self._task = asyncio.get_running_loop().create_task(self._run())
         await self._ready.wait()
         if self._write is None:
@@ -45,7 +48,7 @@ class HttpChannel:
         assert self.config.url is not None
         try:
             async with (
-                create_mcp_http_client(headers=dict(self.config.headers)) as http,
+                http_client(self.config, self._auth) as http,
                 streamable_http_client(self.config.url, http_client=http) as (read, write),
             ):
                 self._write = write
@@ -84,6 +87,8 @@ class HttpChannel:
         return await self._inbox.get()
 
     def exit_reason(self) -> str:
+        if self._auth is not None and self._auth.failure:
+            return str(self._auth.failure)
         return self._reason
 
     async def close(self) -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from mcp_guard.config import (
     DEFAULT_AUDIENCE,
+    ClientCredentialsConfig,
+    OAuthConfig,
     expand,
     load_config,
     parse_config,
@@ -52,8 +54,10 @@ state:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     (tmp_path / "policies").mkdir()
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "corp-idp.jwk").write_text("{}")
+    from mcp_guard.grants import write_keypair
+
+    _, jwk, _ = write_keypair(tmp_path / "keys")
+    jwk.rename(tmp_path / "keys" / "corp-idp.jwk")
     return tmp_path
 
 
@@ -160,3 +164,73 @@ def test_resolve_path_follows_links_and_keeps_new_names(tmp_path: Path) -> None:
     assert resolve_path(str(tmp_path / "link" / "new.txt")) == f"{real}/new.txt"
     assert resolve_path(str(tmp_path / "link")) == real
     assert resolve_path(str(tmp_path / "nope" / ".." / "x")) is None
+AUTH_EXAMPLE = """\
+version: 1
+upstreams:
+  linear:
+    url: https://mcp.linear.app/mcp
+    auth:
+      oauth: {}
+  internal:
+    url: https://tools.internal/mcp
+    auth:
+      client_credentials: {client_id: guard, client_secret: "${INTERNAL_SECRET}", scopes: [tools]}
+  portal:
+    url: https://portal.example/mcp
+    auth:
+      oauth: {client_id: pre-reg, client_secret: s, scopes: "read write", redirect_uri: "http://127.0.0.1:8765/callback"}
+  plain:
+    url: https://plain.example/mcp
+    auth:
+      headers: {Authorization: Bearer abc}
+"""
+
+
+def test_upstream_auth_forms(home: Path) -> None:
+    cfg = parse_config(AUTH_EXAMPLE, str(home / "guard.yaml"), environ={"INTERNAL_SECRET": "s3cr3t", "USER": "alice"})
+    ups = cfg.upstreams
+    assert ups["linear"].auth == OAuthConfig()
+    assert ups["internal"].auth == ClientCredentialsConfig(client_id="guard", client_secret="s3cr3t", scopes=("tools",))
+    assert ups["portal"].auth == OAuthConfig(client_id="pre-reg", client_secret="s", scopes=("read", "write"),
+                                             redirect_uri="http://127.0.0.1:8765/callback")
+    assert ups["plain"].auth is None and ups["plain"].headers == {"Authorization": "Bearer abc"}
+    tokens = home / ".mcp-guard" / "tokens" / "alice"
+    assert ups["linear"].token_file == str(tokens / "linear.token") and ups["plain"].token_file is None
+
+
+def test_upstream_auth_problems_point_at_their_lines(home: Path) -> None:
+    text = """\
+version: 1
+upstreams:
+  a:
+    url: https://a.example/mcp
+    headers: {Authorization: Bearer x}
+    auth:
+      oauth: {scope: read}
+  b:
+    command: server
+    auth:
+      client_credentials: {client_id: x, client_secret: y}
+  c:
+    url: https://c.example/mcp
+    auth:
+      client_credential: {client_id: x}
+  d:
+    url: https://d.example/mcp
+    auth:
+      oauth: {client_metadata_url: "http://d.example/cimd.json", redirect_uri: "https://d.example/cb"}
+      client_credentials: {client_id: x, client_secret: y}
+  e:
+    url: https://e.example/mcp
+    auth:
+      client_credentials: {client_id: x}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, str(home / "guard.yaml"), environ={})
+    lines = "\n".join(err.value.problems)
+    assert "guard.yaml:6:5: `auth.oauth` supplies the Authorization header; remove the static one from `headers`" in lines
+    assert "guard.yaml:7:15: unknown key `scope` in auth.oauth (did you mean `scopes`?)" in lines
+    assert "guard.yaml:10:5: `auth` applies to HTTP upstreams (`url`) only" in lines
+    assert "guard.yaml:15:7: unknown key `client_credential` in auth (did you mean `client_credentials`?)" in lines
+    assert "guard.yaml:18:5: `auth` takes one of `oauth` or `client_credentials`, not both" in lines
+    assert "guard.yaml:24:7: `client_credentials` needs `client_secret`" in lines

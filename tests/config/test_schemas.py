@@ -98,7 +98,10 @@ def test_documentation_examples_validate(where: str, kind: str, data: dict[str, 
 
 
 # golden inputs of `mcp-guard check`: which are well-formed, which carry structural errors
-GOLDEN_VALID = ["duplicates/a.yaml", "duplicates/b.yaml", "warnings/policies.yaml", "warnings/p.test.yaml"]
+GOLDEN_VALID = ["duplicates/a.yaml", "duplicates/b.yaml", "warnings/policies.yaml", "warnings/p.test.yaml",
+                # their problems are files and commands on disk, which no schema can see
+                "trust_and_commands/guard.yaml", "trust_and_commands/policies/p.yaml", "command_warning/guard.yaml",
+                "command_warning/p.yaml"]
 GOLDEN_INVALID = ["typos/policies.yaml", "syntax/fine.yaml", "config/guard.yaml", "config/policies/p.yaml",
                   "config/policies/p.test.yaml", "selectors/policies.yaml"]
 

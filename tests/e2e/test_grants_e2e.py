@@ -124,6 +124,9 @@ async def test_expiry_mid_session_refuses(tmp_path: Path) -> None:
         late = await client.call_tool("rec_echo", {"text": "late"})
         assert late.is_error
         assert "expire" in text(late).lower()
+        with pytest.raises(MCPError) as listed:  # an expired chain gets nothing, not even a list
+            await client.list_tools()
+        assert listed.value.error.code == -32001 and "expire" in listed.value.error.message.lower()
     assert [a for _, a in record.calls()] == [{"text": "early"}]
 
 

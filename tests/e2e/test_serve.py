@@ -106,7 +106,8 @@ async def test_no_or_bad_token_is_401_with_a_reason(served: Setup) -> None:
         body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
         none = await http.post(served.url, json=body, headers={"Accept": "application/json, text/event-stream"})
-        assert none.status_code == 401 and 'error="invalid_request"' in none.headers["www-authenticate"]
+        assert none.status_code == 401 and none.headers["www-authenticate"].startswith("Bearer ")
+        assert "error=" not in none.headers["www-authenticate"]  # RFC 6750 §3.1: no error code without credentials
         forged = served.grant("mallory", "x", ["rec/*"])[:-4] + "AAAA"
         bad = await http.post(served.url, json=body, headers={"Authorization": f"Bearer {forged}",
                                                             "Accept": "application/json, text/event-stream"})

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures import TOOLS_BIN, VENV_BIN
 
 GOLDEN = Path(__file__).parent / "golden"
 MCP_GUARD = Path(sys.executable).parent / "mcp-guard"
@@ -20,7 +21,9 @@ MCP_GUARD = Path(sys.executable).parent / "mcp-guard"
 
 def run_check(case: Path) -> str:
     argv = [str(MCP_GUARD), "check", "--config", "guard.yaml"] if (case / "guard.yaml").exists() else [str(MCP_GUARD), "check", "."]
-    proc = subprocess.run(argv, cwd=case, capture_output=True, text=True, timeout=60, check=False)
+    # a fixed PATH: whether a bare upstream command is found is part of the output
+    env = {**os.environ, "PATH": os.pathsep.join([str(TOOLS_BIN), str(VENV_BIN), "/usr/bin", "/bin"])}
+    proc = subprocess.run(argv, cwd=case, capture_output=True, text=True, timeout=60, check=False, env=env)
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
 
 

@@ -1,0 +1,71 @@
+"""The ``serve:`` block of guard.yaml: OAuth issuers, token exchange, session and body limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_guard.config import parse_config
+from mcp_guard.errors import ConfigError
+from mcp_guard.grants import write_keypair
+
+
+def test_a_full_serve_block(tmp_path: Path) -> None:
+    write_keypair(tmp_path / "keys")
+    text = f"""\
+version: 1
+trust:
+  issuers: {{guard: {tmp_path}/keys/public.jwk}}
+serve:
+  url: https://guard.example.com/mcp
+  oauth:
+    - issuer: https://idp.example.com
+      scopes: [mcp]
+      agent: azp
+    - issuer: http://127.0.0.1:9000
+      audience: https://other.example/mcp
+  token_exchange: {{key: ./keys/private.pem, issuer: guard, ttl: 2h}}
+  max_sessions_per_principal: 8
+  session_idle: 10m
+  max_body: 1024
+  allowed_hosts: [guard.internal:8765]
+"""
+    serve = parse_config(text, str(tmp_path / "guard.yaml"), environ={}).serve
+    assert serve.url == "https://guard.example.com/mcp"
+    first, second = serve.oauth
+    assert (first.audience, first.scopes, first.user, first.agent) == ("https://guard.example.com/mcp", ("mcp",), "sub", "azp")
+    assert second.audience == "https://other.example/mcp" and second.agent is None
+    assert serve.token_exchange is not None and serve.token_exchange.ttl == 7200 and serve.token_exchange.key == tmp_path / "keys/private.pem"
+    assert (serve.max_sessions_per_principal, serve.session_idle, serve.max_body) == (8, 600, 1024)
+    assert serve.allowed_hosts == ("guard.internal:8765",)
+
+
+def test_serve_mistakes_are_reported_with_positions_and_hints(tmp_path: Path) -> None:
+    text = """\
+version: 1
+serve:
+  url: http://guard.example.com/mcp
+  oauth:
+    - issuer: http://idp.example.com
+      scope: [mcp]
+    - audiance: x
+  token_exchange: {key: ./missing.pem, issuer: nobody}
+  max_sessions_per_principal: 0
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, str(tmp_path / "guard.yaml"), environ={})
+    problems = "\n".join(err.value.problems)
+    assert "guard.yaml:3:8: `serve.url` must use https:// (http:// is accepted only on 127.0.0.1, localhost or ::1)" in problems
+    assert "guard.yaml:5:15: `issuer` must use https://" in problems
+    assert "guard.yaml:6:7: unknown key `scope` in serve.oauth entry (did you mean `scopes`?)" in problems
+    assert "unknown key `audiance` in serve.oauth entry (did you mean `audience`?)" in problems
+    assert "each serve.oauth entry needs `issuer`" in problems
+    assert "issuer `nobody` must also be listed in trust.issuers" in problems
+    assert "`max_sessions_per_principal` must be a positive integer" in problems
+
+
+def test_oauth_needs_a_resource_uri(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("version: 1\nserve:\n  oauth:\n    - issuer: https://idp.example.com\n", str(tmp_path / "g.yaml"), environ={})
+    assert "set `serve.url`" in "\n".join(err.value.problems)

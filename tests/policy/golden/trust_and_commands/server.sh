@@ -1,0 +1,2 @@
+#!/bin/sh
+exec mcp-server-time
