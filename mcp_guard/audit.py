@@ -586,6 +586,20 @@ def read_tail(path: str, n: int) -> list[dict[str, Any]]:
     return records[-n:] if n > 0 else []
 
 
+def iter_records(path: str) -> Iterator[dict[str, Any]]:
+    """Every parseable record of ``path`` and its rotated predecessors, oldest first (torn or
+    foreign lines are skipped: run :func:`verify` first to know the chain is intact)."""
+    for name in rotated_set(path):
+        try:
+            f = open(name, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {name}: {_describe(exc)}") from None
+        with f:
+            for raw in f:
+                if raw.strip() and (record := parse_record(raw)) is not None:
+                    yield record
+
+
 def format_record(record: Mapping[str, Any]) -> str:
     """One line a person can read: time, decision, chain, upstream/tool, policies, reason, approver."""
     time = str(record.get("time", "?"))

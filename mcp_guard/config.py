@@ -795,7 +795,7 @@ def check_grant_variable(config: GuardConfig, environ: Mapping[str, str] | None 
 
 
 def read_token(value: str) -> str:
-    """A grant chain given literally or as ``@file`` (spec §1); an unreadable file is a ConfigError."""
+    """A grant chain given literally or as ``@file`` (a file holding it); an unreadable file is a ConfigError."""
     if not value.startswith("@"):
         return value.strip()
     try:

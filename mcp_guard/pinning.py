@@ -24,7 +24,7 @@ DEFINITION_KEYS = ("name", "title", "description", "inputSchema", "outputSchema"
 
 
 def tool_digest(tool: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of what a model reads about a tool (spec §8)."""
+    """SHA-256 of the canonical JSON of what a model reads about a tool (docs/pinning.md)."""
     return "sha256:" + hashlib.sha256(canonical({k: tool[k] for k in DEFINITION_KEYS if k in tool})).hexdigest()
 
 

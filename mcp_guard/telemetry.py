@@ -1,4 +1,4 @@
-"""OpenTelemetry for the guard: who did what, on whose behalf, under which rule (spec §7).
+"""OpenTelemetry for the guard: who did what, on whose behalf, under which rule (docs/telemetry.md).
 
 One SERVER span per host request (parented from the host's ``params._meta`` W3C trace context), one
 INTERNAL ``run_guardrail mcp-guard`` span per decision, one CLIENT span per upstream request (its
@@ -445,7 +445,7 @@ def _text(value: object) -> str:
 
 @functools.lru_cache(maxsize=256)
 def principal_attributes(who: Principal) -> Mapping[str, AttributeValue]:
-    """Spec §7 identity attributes (cached: a session's principal rarely changes; coerced once to
+    """The principal attributes of docs/telemetry.md (cached: a session's principal rarely changes; coerced once to
     valid attribute values, since spans take them as they are)."""
     attrs: dict[str, AttributeValue] = {
         PRINCIPAL_CHAIN: tuple(_text(c) for c in who.chain),
@@ -462,7 +462,7 @@ def principal_attributes(who: Principal) -> Mapping[str, AttributeValue]:
 
 
 def decision_attributes(verdict: VerdictLike, entry: EntryLike) -> dict[str, AttributeValue]:
-    """Spec §7 decision attributes: policy text only, never argument values."""
+    """The decision attributes of docs/telemetry.md: policy text only, never argument values."""
     return dict(_decided(verdict.decision, tuple(verdict.policy_ids), tuple(verdict.rule_ids), verdict.reason,
                          entry.upstream, verdict.approver)[0])
 
@@ -471,7 +471,7 @@ def decision_attributes(verdict: VerdictLike, entry: EntryLike) -> dict[str, Att
 def _decided(
     decision: str, policy_ids: tuple[str, ...], rule_ids: tuple[str, ...], reason: str, upstream: str, approver: str | None
 ) -> tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
-    """(spec §7 decision attributes, the guardrail span's outcome attributes), built once per
+    """(the decision attributes of docs/telemetry.md, the guardrail span's outcome attributes), built once per
     distinct outcome: the same rule deciding the same way repeats call after call."""
     decided: dict[str, AttributeValue] = {
         DECISION: str(decision),  # a plain str, also for the proxy's Outcome enum

@@ -34,8 +34,10 @@ def main() -> None:
 
 def _register() -> None:
     from mcp_guard.cli import approvals, audit, grant, init, login, pin, policy, run
+    from mcp_guard.cli import report as report_cli
+    from mcp_guard.cli import schema as schema_cli
 
-    for module in (run, policy, grant, audit, approvals, pin, init, login):
+    for module in (run, policy, grant, audit, approvals, pin, init, login, report_cli, schema_cli):
         for command in module.COMMANDS:
             main.add_command(command)
 

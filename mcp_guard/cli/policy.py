@@ -1,4 +1,4 @@
-"""CLI: ``check``, ``explain`` and ``test`` — the policy author's tools (spec §1, §3).
+"""CLI: ``check``, ``explain`` and ``test`` — the policy author's tools (docs/policies.md).
 
 Problems go to stderr as ``file:line:col: message (hint)`` lines; results go to stdout.
 """

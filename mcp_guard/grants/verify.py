@@ -61,7 +61,7 @@ def check_binding(parent: Link, child: Link) -> None:
 
 
 def check_narrowing(parent: Link, child: Link) -> None:
-    """Every §4 attenuation invariant; messages start with the offending field for ``delegate``."""
+    """Every attenuation invariant of docs/grants.md (a child link only narrows); messages start with the offending field for ``delegate``."""
     where = f"link {child.index}"
     if child.user != parent.user:
         raise GrantError(E.USER_CHANGED, f"sub: {where} changes the user from {parent.user} to {child.user}")

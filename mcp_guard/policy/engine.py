@@ -1,6 +1,6 @@
 """The compiled policy set: indexed once, then every decision is a lookup plus a few predicates.
 
-Combining (spec §3.3): deny beats approve beats allow; nothing matching is deny.  Rules are kept
+Combining: deny beats approve beats allow; nothing matching is deny.  Rules are kept
 in one canonical order (policy id, then position), so file and policy order never change a
 decision.  ``explain`` walks every rule without short-circuit and combines with the same code.
 """

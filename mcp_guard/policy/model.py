@@ -124,7 +124,7 @@ class Decision:
     """The answer for one call: a value, never an exception.
 
     ``rules`` are the matched rules of the winning effect (empty for the default deny).
-    ``reason`` is the one sentence the caller sees (spec §5), built from policy text and the
+    ``reason`` is the one sentence the caller sees (docs/policies.md), built from policy text and the
     tool name only, never from argument values.
     ``cited`` is the rule the reason quotes when nothing matched but a rule nearly did.
     """

@@ -1,4 +1,4 @@
-"""Policy test cases (spec §3.5): ``*.test.yaml`` files of principal + call + expected effect.
+"""Policy test cases (docs/policies.md): ``*.test.yaml`` files of principal + call + expected effect.
 
 Pure: the caller reads the files and picks the policy set each file runs against.
 """

@@ -1,4 +1,4 @@
-"""Human approval for ``effect: approve`` (spec §6): ask a person, bound to the exact call.
+"""Human approval for ``effect: approve`` (docs/approvals.md): ask a person, bound to the exact call.
 
 Three channels, picked per call from what the host can do:
 
