@@ -200,15 +200,23 @@ class Router:
         if not isinstance(args, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
         if req.era == Era.MODERN and Relay.is_resume(params):  # answers to an upstream's questions
-            return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid)
+            return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid,
+                                           lambda up, uid: self._track(rid, up, uid))
 
         async def forward(upstream: Upstream) -> Message:
             forwarded = {k: v for k, v in params.items() if k not in _GUARD_ROUND_TRIP}
             forwarded["name"] = entry.name
             forwarded = strip_meta(forwarded, drop_reserved=True) or forwarded
             if req.era == Era.MODERN:  # the upstream may ask questions mid-call: relayed as input_required
-                call = asyncio.ensure_future(upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid)))
-                return await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid)
+                ids: list[int] = []
+
+                def on_id(uid: int) -> None:
+                    ids.append(uid)
+                    self._track(rid, upstream, uid)
+
+                call = asyncio.ensure_future(upstream.call("tools/call", forwarded, on_id=on_id))
+                return await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid,
+                                              params, ids)
             try:
                 response = await upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid))
             except UpstreamError as exc:

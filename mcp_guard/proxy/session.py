@@ -409,6 +409,12 @@ class GuardSession:
                 return
         if self.era == Era.MODERN and method == "notifications/message":
             return  # 2026-07-28: log notifications only for requests that opted in
+        if self.era == Era.MODERN and method == "notifications/progress":
+            rebound = self._relay.progress(upstream, params)
+            if rebound is None:
+                return
+            if rebound is not params:
+                message = notification(str(method), rebound)
         await self.send(message)
 
     async def _refresh_tools(self, upstream: Upstream) -> None:
