@@ -27,6 +27,7 @@ from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
+    META_LOG_LEVEL,
     METHOD_NOT_FOUND,
     REFUSED,
     Era,
@@ -47,7 +48,7 @@ from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.pipeline import Approver, NoApprover, Pipeline, RequestContext
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay
-from mcp_guard.proxy.routing import Owners, Router
+from mcp_guard.proxy.routing import LOG_LEVELS, Owners, Router
 from mcp_guard.upstreams.connection import Upstream
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ class GuardSession:
         self._started: asyncio.Task[None] | None = None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
+        self._log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
         self._host_ids = 0
         self._host_pending: dict[int, _HostRequest] = {}
         self._agent_default: str | None = None
@@ -200,6 +202,8 @@ class GuardSession:
             return
         if is_request(message):
             self.profile.note(message)
+            if self.profile.era == Era.MODERN:
+                self._note_log_level(message)
             req = self._request(message)
             task = asyncio.get_running_loop().create_task(telemetry.serve(req, message, lambda m: self._serve(req)))
             self._inflight[message["id"]] = task
@@ -247,11 +251,33 @@ class GuardSession:
         finally:
             self._inflight.pop(rid, None)
             self._upstream_ids.pop(rid, None)
+            self._log_levels.pop(rid, None)
         response = self.profile.shape(str(method), response)
         telemetry.set_response(response)
         await self.send(response)
         if self.fatal is not None and self.on_fatal is not None:
             self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
+
+    def _note_log_level(self, message: Message) -> None:
+        """2026-07-28: a request opts in to log messages with ``_meta`` logLevel (a known level)."""
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
+        if isinstance(level, str) and level in LOG_LEVELS:
+            self._log_levels[message["id"]] = LOG_LEVELS.index(level)
+
+    def _wants_log(self, upstream: Upstream, params: Message) -> bool:
+        """A 2026-07-28 log message goes out while a request that opted in at or below its level is
+        being served by ``upstream`` (it flows before that request's response)."""
+        level = params.get("level")
+        if not isinstance(level, str) or level not in LOG_LEVELS:
+            return False
+        rank = LOG_LEVELS.index(level)
+        for rid, wanted in self._log_levels.items():
+            where = self._upstream_ids.get(rid)
+            if where is not None and where[0] is upstream and rank >= wanted:
+                return True
+        return False
 
     async def _host_notification(self, message: Message) -> None:
         """Notifications are never answered; malformed ones are dropped."""
@@ -407,7 +433,7 @@ class GuardSession:
             uri = params.get("uri")  # only about a resource this host may see
             if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
                 return
-        if self.era == Era.MODERN and method == "notifications/message":
+        if self.era == Era.MODERN and method == "notifications/message" and not self._wants_log(upstream, params):
             return  # 2026-07-28: log notifications only for requests that opted in
         if self.era == Era.MODERN and method == "notifications/progress":
             rebound = self._relay.progress(upstream, params)

@@ -80,3 +80,31 @@ async def test_a_retry_without_a_progress_token_gets_no_progress(tmp_path: Path)
                                                   "requestState": asked["requestState"], "_meta": meta(ROOTS)})
         assert "chatty done" in done["result"]["content"][0]["text"]
         assert progress_of(guard.others) == []  # not sent with the stale token of the finished request
+
+
+def logs_of(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(m["params"]["level"], m["params"]["data"]) for m in messages if m.get("method") == "notifications/message"]
+
+
+async def test_upstream_logs_reach_only_a_request_that_opted_in(config: Path) -> None:
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        silent = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {"ask": False}, "_meta": meta()})
+        assert "chatty done" in silent["result"]["content"][0]["text"]
+        assert logs_of(guard.others) == []  # no opt-in: nothing
+        guard.others.clear()
+        loud = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {"ask": False},
+                                                  "_meta": meta(**{"io.modelcontextprotocol/logLevel": "warning"})})
+        assert "chatty done" in loud["result"]["content"][0]["text"]
+        # at or above the asked level, sent before the response
+        assert logs_of(guard.others) == [("warning", "chatty warning before"), ("error", "chatty error before"),
+                                         ("error", "chatty error after")]
+        guard.others.clear()
+        odd = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {"ask": False},
+                                                 "_meta": meta(**{"io.modelcontextprotocol/logLevel": "loud"})})
+        assert "chatty done" in odd["result"]["content"][0]["text"]
+        assert logs_of(guard.others) == []  # not a level: no opt-in
+        guard.others.clear()
+        listed = await guard.request("tools/list", {"_meta": meta(**{"io.modelcontextprotocol/logLevel": "debug"})})
+        assert "result" in listed
+        assert logs_of(guard.others) == []
