@@ -8,11 +8,12 @@ and list changes reach it only on its ``subscriptions/listen`` request.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures import recording_server_command, stdio_upstream, write_guard_config
+from fixtures import recording_server_command, stdio_upstream, write_guard_config, write_policies
 from helpers_proxy import RawGuard, raw_guard
 
 pytestmark = pytest.mark.e2e
@@ -108,3 +109,73 @@ async def test_upstream_logs_reach_only_a_request_that_opted_in(config: Path) ->
         listed = await guard.request("tools/list", {"_meta": meta(**{"io.modelcontextprotocol/logLevel": "debug"})})
         assert "result" in listed
         assert logs_of(guard.others) == []
+
+
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+
+
+async def listen(guard: RawGuard, rid: Any, notifications: dict[str, Any]) -> dict[str, Any]:
+    """Open a ``subscriptions/listen`` request; returns its acknowledgement (the first message on it)."""
+    await guard.send({"jsonrpc": "2.0", "id": rid, "method": "subscriptions/listen",
+                      "params": {"notifications": notifications, "_meta": meta()}})
+    ack = await guard.recv()
+    assert ack.get("method") == "notifications/subscriptions/acknowledged", ack
+    return ack
+
+
+async def next_notification(guard: RawGuard, method: str, within: float = 20.0) -> dict[str, Any]:
+    while True:
+        message = await guard.recv(within)
+        assert message.get("id") is None or "method" in message, f"unexpected answer {message}"
+        if message.get("method") == method:
+            return message
+
+
+async def test_listen_delivers_an_upstream_tool_list_change(config: Path) -> None:
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        ack = await listen(guard, "sub-1", {"toolsListChanged": True, "resourceSubscriptions": ["file:///x"]})
+        # the honoured subset: list changes, not resource subscriptions
+        assert ack["params"] == {"_meta": {SUBSCRIPTION_ID: "sub-1"}, "notifications": {"toolsListChanged": True}}
+        added = await guard.request("tools/call", {"name": "rec_add_tool", "arguments": {"name": "fresh"}, "_meta": meta()})
+        assert "added fresh" in added["result"]["content"][0]["text"]
+        changed = [m for m in guard.others if m.get("method") == "notifications/tools/list_changed"]
+        if not changed:  # the guard refreshes the list first: it may come after the call's answer
+            changed = [await next_notification(guard, "notifications/tools/list_changed")]
+        assert changed[0]["params"] == {"_meta": {SUBSCRIPTION_ID: "sub-1"}}
+        listed = await guard.request("tools/list", {"_meta": meta()})
+        assert "rec_fresh" in [t["name"] for t in listed["result"]["tools"]]
+        # cancelled: no answer to the listen request, and no more notifications on it
+        await guard.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "sub-1"}})
+        guard.others.clear()
+        await guard.request("tools/call", {"name": "rec_remove_tool", "arguments": {"name": "fresh"}, "_meta": meta()})
+        await asyncio.sleep(1.0)
+        listed = await guard.request("tools/list", {"_meta": meta()})
+        assert "rec_fresh" not in [t["name"] for t in listed["result"]["tools"]]
+        assert [m for m in guard.others if m.get("method") == "notifications/tools/list_changed" or m.get("id") == "sub-1"] == []
+
+
+async def test_listen_without_tools_gets_no_tool_changes_and_a_reload_reaches_a_listener(tmp_path: Path) -> None:
+    only_echo = [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/echo"]}]}]
+    wider = [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/echo", "rec/read_note"]}]}]
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())}, only_echo)
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        ack = await listen(guard, 1, {"promptsListChanged": True})
+        assert ack["params"]["notifications"] == {"promptsListChanged": True}
+        tools = await guard.request("tools/list", {"_meta": meta()})
+        assert [t["name"] for t in tools["result"]["tools"]] == ["rec_echo"]
+        await listen(guard, 2, {"toolsListChanged": True})
+        write_policies(tmp_path / "policies", wider)
+        changed = await next_notification(guard, "notifications/tools/list_changed")
+        assert changed["params"] == {"_meta": {SUBSCRIPTION_ID: 2}}  # only the listener that asked for tools
+        tools = await guard.request("tools/list", {"_meta": meta()})
+        assert [t["name"] for t in tools["result"]["tools"]] == ["rec_echo", "rec_read_note"]
+        assert [m for m in guard.others if m.get("method") == "notifications/tools/list_changed"] == []
+
+
+async def test_listen_is_refused_without_a_known_filter(config: Path) -> None:
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        bad = await guard.request("subscriptions/listen", {"notifications": "all", "_meta": meta()})
+        assert bad["error"]["code"] == -32602, bad
