@@ -179,3 +179,32 @@ async def test_listen_is_refused_without_a_known_filter(config: Path) -> None:
         await discover(guard)
         bad = await guard.request("subscriptions/listen", {"notifications": "all", "_meta": meta()})
         assert bad["error"]["code"] == -32602, bad
+
+
+async def test_logs_follow_the_request_that_opted_in_not_the_session(tmp_path: Path) -> None:
+    """Another upstream's logs never ride on a request that opted in, and the opt-in of an
+    ``input_required`` retry counts from the retry on."""
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command("--chatty"), roots="pass"),
+                                           "quiet": stdio_upstream(recording_server_command("--name", "quiet"))})
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        verbose = meta(ROOTS, **{"io.modelcontextprotocol/logLevel": "debug"})
+        await guard.send({"jsonrpc": "2.0", "id": "waiting", "method": "tools/call",
+                          "params": {"name": "quiet_hang", "arguments": {}, "_meta": verbose}})
+        await asyncio.sleep(0.5)
+        chatty = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {"ask": False}, "_meta": meta()})
+        assert "chatty done" in chatty["result"]["content"][0]["text"]
+        assert logs_of(guard.others) == []  # rec's logs: not for the request waiting on quiet
+        await guard.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "waiting"}})
+
+        first = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {}, "_meta": meta(ROOTS)})
+        asked = first["result"]
+        assert asked["resultType"] == "input_required"
+        assert logs_of(guard.others) == []
+        answers = {key: {"roots": []} for key in asked["inputRequests"]}
+        done = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {}, "inputResponses": answers,
+                                                  "requestState": asked["requestState"],
+                                                  "_meta": meta(ROOTS, **{"io.modelcontextprotocol/logLevel": "error"})})
+        assert "chatty done" in done["result"]["content"][0]["text"]
+        assert logs_of(guard.others) == [("error", "chatty error after")]
+        assert [m for m in guard.others if m.get("id") == "waiting"] == []  # cancelled: never answered
