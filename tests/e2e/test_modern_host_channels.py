@@ -208,3 +208,18 @@ async def test_logs_follow_the_request_that_opted_in_not_the_session(tmp_path: P
         assert "chatty done" in done["result"]["content"][0]["text"]
         assert logs_of(guard.others) == [("error", "chatty error after")]
         assert [m for m in guard.others if m.get("id") == "waiting"] == []  # cancelled: never answered
+
+
+async def test_a_modern_upstream_is_told_the_requests_log_level(tmp_path: Path) -> None:
+    """A 2026-07-28 upstream emits logs only for a request that carries the opt-in: the guard passes
+    the host's level on (and nothing when the host did not opt in)."""
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command("--chatty"), protocol="modern")})
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        silent = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {"ask": False}, "_meta": meta()})
+        assert "chatty done" in silent["result"]["content"][0]["text"]
+        assert logs_of(guard.others) == []
+        loud = await guard.request("tools/call", {"name": "rec_chatty", "arguments": {"ask": False},
+                                                  "_meta": meta(**{"io.modelcontextprotocol/logLevel": "error"})})
+        assert "chatty done" in loud["result"]["content"][0]["text"]
+        assert logs_of(guard.others) == [("error", "chatty error before"), ("error", "chatty error after")]
