@@ -354,10 +354,10 @@ class GuardSession:
             raise RpcError(INVALID_PARAMS, "Invalid params: subscriptions/listen needs a `notifications` object")
         honoured = {key: True for key in _LISTEN_FILTERS if wanted.get(key) is True}  # resource subscriptions: not offered
         rid = req.message["id"]
-        await self.send(notification("notifications/subscriptions/acknowledged",
-                                     {"_meta": {META_SUBSCRIPTION_ID: rid}, "notifications": honoured}))
         self._listeners[rid] = frozenset(_LISTEN_FILTERS[key] for key in honoured)
-        try:
+        try:  # the acknowledgement is written before any change can be (the transport writes at once)
+            await self.send(notification("notifications/subscriptions/acknowledged",
+                                         {"_meta": {META_SUBSCRIPTION_ID: rid}, "notifications": honoured}))
             await asyncio.Event().wait()  # ends only by cancellation
         finally:
             self._listeners.pop(rid, None)

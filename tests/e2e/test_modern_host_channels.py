@@ -223,3 +223,12 @@ async def test_a_modern_upstream_is_told_the_requests_log_level(tmp_path: Path) 
                                                   "_meta": meta(**{"io.modelcontextprotocol/logLevel": "error"})})
         assert "chatty done" in loud["result"]["content"][0]["text"]
         assert logs_of(guard.others) == [("error", "chatty error before"), ("error", "chatty error after")]
+
+
+async def test_an_open_listen_does_not_hold_the_guard_when_the_host_leaves(config: Path) -> None:
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        await listen(guard, "forever", {"toolsListChanged": True})
+        assert guard.proc.stdin is not None
+        guard.proc.stdin.close()
+        assert await asyncio.wait_for(guard.proc.wait(), 5) == 0  # not the 10 s drain of a real request
