@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fixtures import recording_server_command, stdio_upstream, write_guard_config, write_policies
-from helpers_proxy import RawGuard, raw_guard
+from helpers_proxy import RawGuard, eventually, raw_guard
 
 pytestmark = pytest.mark.e2e
 
@@ -232,3 +232,26 @@ async def test_an_open_listen_does_not_hold_the_guard_when_the_host_leaves(confi
         assert guard.proc.stdin is not None
         guard.proc.stdin.close()
         assert await asyncio.wait_for(guard.proc.wait(), 5) == 0  # not the 10 s drain of a real request
+
+
+async def test_a_listener_is_not_told_of_a_change_it_cannot_see(tmp_path: Path) -> None:
+    """A tool this principal may not see appears upstream: its list did not change, so nothing is
+    sent (a notification would reveal the hidden tool's arrival)."""
+    rules = [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/add_tool", "rec/remove_tool", "rec/visible"]}]}]
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())}, rules)
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        await listen(guard, "sub", {"toolsListChanged": True})
+        await guard.request("tools/call", {"name": "rec_add_tool", "arguments": {"name": "hidden"}, "_meta": meta()})
+        await guard.request("tools/call", {"name": "rec_add_tool", "arguments": {"name": "visible"}, "_meta": meta()})
+
+        async def names() -> list[str]:
+            listed = await guard.request("tools/list", {"_meta": meta()})
+            return [t["name"] for t in listed["result"]["tools"]]
+
+        assert "rec_visible" in await eventually(names, lambda found: "rec_visible" in found)
+        await asyncio.sleep(0.5)
+        assert "rec_hidden" not in await names()
+        changed = [m for m in guard.others if m.get("method") == "notifications/tools/list_changed"]
+        assert changed == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                            "params": {"_meta": {SUBSCRIPTION_ID: "sub"}}}]  # the visible addition only
