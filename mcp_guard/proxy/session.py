@@ -69,6 +69,7 @@ _LISTEN_FILTERS = {
     "promptsListChanged": "notifications/prompts/list_changed",
     "resourcesListChanged": "notifications/resources/list_changed",
 }
+MAX_LISTENS = 16  # open subscriptions/listen requests per session: each holds a task until cancelled
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
 
 
@@ -352,6 +353,8 @@ class GuardSession:
         wanted = req.params.get("notifications")
         if not isinstance(wanted, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: subscriptions/listen needs a `notifications` object")
+        if len(self._listeners) >= MAX_LISTENS:
+            raise RpcError(INVALID_REQUEST, f"mcp-guard keeps at most {MAX_LISTENS} subscriptions/listen requests open; cancel one first")
         honoured = {key: True for key in _LISTEN_FILTERS if wanted.get(key) is True}  # resource subscriptions: not offered
         rid = req.message["id"]
         self._listeners[rid] = frozenset(_LISTEN_FILTERS[key] for key in honoured)

@@ -255,3 +255,15 @@ async def test_a_listener_is_not_told_of_a_change_it_cannot_see(tmp_path: Path) 
         changed = [m for m in guard.others if m.get("method") == "notifications/tools/list_changed"]
         assert changed == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
                             "params": {"_meta": {SUBSCRIPTION_ID: "sub"}}}]  # the visible addition only
+
+
+async def test_open_listens_are_capped(config: Path) -> None:
+    async with raw_guard(config) as guard:
+        await discover(guard)
+        for i in range(16):
+            await listen(guard, f"l{i}", {"toolsListChanged": True})
+        refused = await guard.request("subscriptions/listen", {"notifications": {"toolsListChanged": True}, "_meta": meta()})
+        assert refused["error"]["code"] == -32600 and "at most 16" in refused["error"]["message"], refused
+        await guard.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "l0"}})
+        await asyncio.sleep(0.3)
+        await listen(guard, "again", {"toolsListChanged": True})  # a slot was freed
