@@ -12,6 +12,11 @@ answers to the upstream and waits again, for the result or the next question.
 the principal, the tool and the arguments' hash of the call that parked it: it cannot be forged,
 replayed, or moved to another call.  The policy decision was made (and audited) when the call was
 first forwarded; a retry is the same call, so it is not decided or counted again.
+
+The upstream keeps the ``progressToken`` of the first request, but each retry is a new host request
+with a token of its own: the upstream's progress for a relayed call is re-addressed to the token of
+the request the host is waiting on now, and dropped while the call is parked (no host request is
+open for it then) or when the retry asked for no progress.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,26 +61,57 @@ class _Call:
     questions: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
     asked: dict[str, Message] = field(default_factory=dict)  # inputRequests key -> upstream request
     expiry: asyncio.TimerHandle | None = None
+    token: Any = None  # the progressToken the upstream was given (the first request's)
+    host_token: Any = None  # the token of the host request waiting now (None: none, or parked)
+    upstream_ids: list[int] = field(default_factory=list)  # the forwarded request's id at the upstream
+
+
+def progress_token(params: Message) -> Any:
+    """The request's ``_meta.progressToken`` if it is a usable key (a string or a number), else None."""
+    meta = params.get("_meta")
+    return _token(meta.get("progressToken") if isinstance(meta, dict) else None)
+
+
+def _token(token: Any) -> Any:
+    return token if isinstance(token, (str, int, float)) and not isinstance(token, bool) else None
 
 
 class Relay:
     def __init__(self) -> None:
         self._running: dict[str, list[_Call]] = {}  # upstream name -> calls in flight
         self._parked: dict[str, _Call] = {}  # requestState -> call waiting for the host
+        self._tokens: dict[tuple[str, Any], _Call] = {}  # (upstream, token it was given) -> its call
 
     @staticmethod
     def is_resume(params: Message) -> bool:
         state = params.get("requestState")
         return isinstance(state, str) and state.startswith(STATE_PREFIX)
 
-    async def start(self, upstream: Upstream, call: asyncio.Task[Message], binding: tuple[str, str, str], capabilities: Message, rid: Any) -> Message:
+    async def start(self, upstream: Upstream, call: asyncio.Task[Message], binding: tuple[str, str, str], capabilities: Message,
+                    rid: Any, params: Message, upstream_ids: list[int]) -> Message:
         """Wait for the forwarded call: its result, or an ``input_required`` for the first question."""
-        entry = _Call(upstream, call, binding, capabilities)
+        token = progress_token(params)
+        entry = _Call(upstream, call, binding, capabilities, token=token, host_token=token, upstream_ids=upstream_ids)
+        if token is not None:
+            self._tokens[(upstream.name, token)] = entry
         self._running.setdefault(upstream.name, []).append(entry)
         return await self._wait(entry, rid)
 
-    async def resume(self, params: Message, binding: tuple[str, str, str], capabilities: Message, rid: Any) -> Message:
-        """A host's retry: hand its answers to the upstream, then wait again."""
+    def progress(self, upstream: Upstream, params: Message) -> Message | None:
+        """An upstream's progress notification params, re-addressed to the host request waiting for
+        its call now; None when no host request is waiting for it (parked, or no token asked)."""
+        token = _token(params.get("progressToken"))
+        entry = self._tokens.get((upstream.name, token)) if token is not None else None
+        if entry is None:
+            return params  # not a relayed call's: as it came
+        if entry.host_token is None:
+            return None
+        return {**params, "progressToken": entry.host_token}
+
+    async def resume(self, params: Message, binding: tuple[str, str, str], capabilities: Message, rid: Any,
+                     track: Callable[[Upstream, int], None] | None = None) -> Message:
+        """A host's retry: hand its answers to the upstream, then wait again.  ``track`` learns where
+        the call runs (so the retry can be cancelled, and its log opt-in finds the upstream)."""
         state = str(params.get("requestState"))
         entry = self._parked.get(state)
         if entry is None or entry.binding != binding:  # a foreign attempt leaves the real one intact
@@ -83,6 +120,9 @@ class Relay:
         if entry.expiry is not None:
             entry.expiry.cancel()
         entry.capabilities = capabilities
+        entry.host_token = progress_token(params)
+        if track is not None and entry.upstream_ids:
+            track(entry.upstream, entry.upstream_ids[0])
         responses = params.get("inputResponses") if isinstance(params.get("inputResponses"), dict) else {}
         assert isinstance(responses, dict)
         for key, question in entry.asked.items():
@@ -118,6 +158,7 @@ class Relay:
             self._running[entry.upstream.name] = [c for c in self._running.get(entry.upstream.name, []) if c is not entry]
         if entry.task.done():
             question.cancel()
+            self._forget(entry)
             return self._final(entry, rid)
         first = question.result()
         asked = [first]
@@ -125,6 +166,7 @@ class Relay:
             asked.append(entry.questions.get_nowait())
         entry.asked = {f"upstream.{i}": q for i, q in enumerate(asked, 1)}
         state = STATE_PREFIX + secrets.token_urlsafe(16)
+        entry.host_token = None  # answered: no host request waits for this call until the retry
         self._parked[state] = entry
         entry.expiry = asyncio.get_running_loop().call_later(PARK_SECONDS, self._expire, state)
         requests = {key: {"method": q["method"], "params": q.get("params") or {}} for key, q in entry.asked.items()}
@@ -139,9 +181,14 @@ class Relay:
         response["id"] = rid
         return response
 
+    def _forget(self, entry: _Call) -> None:
+        if entry.token is not None and self._tokens.get((entry.upstream.name, entry.token)) is entry:
+            del self._tokens[(entry.upstream.name, entry.token)]
+
     def _expire(self, state: str) -> None:
         entry = self._parked.pop(state, None)
         if entry is not None:
+            self._forget(entry)
             log.warning("%s waited %.0fs for the host's input; cancelled", entry.binding[1], PARK_SECONDS)
             entry.task.cancel()
 
@@ -149,6 +196,7 @@ class Relay:
         for entry in self._parked.values():
             entry.task.cancel()
         self._parked.clear()
+        self._tokens.clear()
         with contextlib.suppress(Exception):
             for calls in self._running.values():
                 for c in calls:

@@ -21,7 +21,7 @@ from mcp_guard import telemetry
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, is_visible
 from mcp_guard.errors import RpcError, UpstreamError
-from mcp_guard.jsonrpc import INVALID_PARAMS, Era, Message, result, strip_meta, tool_error
+from mcp_guard.jsonrpc import INVALID_PARAMS, META_LOG_LEVEL, Era, Message, result, strip_meta, tool_error
 from mcp_guard.proxy.catalogue import Catalogue, Target
 from mcp_guard.proxy.pipeline import Pipeline, RequestContext, unknown_verdict
 from mcp_guard.proxy.relay import Relay
@@ -80,6 +80,19 @@ def page(params: Message, key: str, items: list[Any], era: Era | None) -> Messag
 
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+def upstream_params(params: Message, upstream: Upstream) -> Message:
+    """``params`` as the upstream gets them: without the host's era keys and the guard's own, but
+    with the host's log-level opt-in for a 2026-07-28 upstream (it emits logs only for a request
+    that carries one)."""
+    clean = strip_meta(params, drop_reserved=True) or params
+    meta = params.get("_meta")
+    level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
+    if upstream.era != "modern" or level not in LOG_LEVELS:
+        return clean
+    kept = clean.get("_meta")
+    return {**clean, "_meta": {**(kept if isinstance(kept, dict) else {}), META_LOG_LEVEL: level}}
 
 
 def params_of(message: Message, method: str) -> Message:
@@ -200,15 +213,23 @@ class Router:
         if not isinstance(args, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
         if req.era == Era.MODERN and Relay.is_resume(params):  # answers to an upstream's questions
-            return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid)
+            return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid,
+                                           lambda up, uid: self._track(rid, up, uid))
 
         async def forward(upstream: Upstream) -> Message:
             forwarded = {k: v for k, v in params.items() if k not in _GUARD_ROUND_TRIP}
             forwarded["name"] = entry.name
-            forwarded = strip_meta(forwarded, drop_reserved=True) or forwarded
+            forwarded = upstream_params(forwarded, upstream)
             if req.era == Era.MODERN:  # the upstream may ask questions mid-call: relayed as input_required
-                call = asyncio.ensure_future(upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid)))
-                return await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid)
+                ids: list[int] = []
+
+                def on_id(uid: int) -> None:
+                    ids.append(uid)
+                    self._track(rid, upstream, uid)
+
+                call = asyncio.ensure_future(upstream.call("tools/call", forwarded, on_id=on_id))
+                return await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid,
+                                              params, ids)
             try:
                 response = await upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid))
             except UpstreamError as exc:
@@ -341,7 +362,7 @@ class Router:
         method = req.method
 
         async def forward(up: Upstream) -> Message:
-            clean = strip_meta(params, drop_reserved=True)
+            clean = upstream_params(params, up)
             response = await up.call(method, clean, on_id=lambda uid: self._track(rid, up, uid))
             response["id"] = rid
             return response
@@ -421,4 +442,4 @@ class Router:
         return result(req.message["id"], {})
 
 
-__all__ = ["PAGE_SIZE", "Owners", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text"]
+__all__ = ["PAGE_SIZE", "Owners", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text", "upstream_params"]

@@ -26,7 +26,10 @@ from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
+    META_LOG_LEVEL,
+    META_SUBSCRIPTION_ID,
     METHOD_NOT_FOUND,
     REFUSED,
     Era,
@@ -47,7 +50,7 @@ from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.pipeline import Approver, NoApprover, Pipeline, RequestContext
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay
-from mcp_guard.proxy.routing import Owners, Router
+from mcp_guard.proxy.routing import LOG_LEVELS, Owners, Router
 from mcp_guard.upstreams.connection import Upstream
 
 if TYPE_CHECKING:
@@ -60,6 +63,13 @@ log = logging.getLogger("mcp_guard.session")
 # the chain's expiry and revocation are checked for every request but these: ping says nothing,
 # and tools/call is checked by the call pipeline itself (a refusal is then a tool result)
 _CHAIN_CHECKED_LATER = frozenset({"ping", "tools/call"})
+# 2026-07-28 subscriptions/listen filter -> the list-change notification it asks for
+_LISTEN_FILTERS = {
+    "toolsListChanged": "notifications/tools/list_changed",
+    "promptsListChanged": "notifications/prompts/list_changed",
+    "resourcesListChanged": "notifications/resources/list_changed",
+}
+MAX_LISTENS = 16  # open subscriptions/listen requests per session: each holds a task until cancelled
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
 
 
@@ -122,6 +132,8 @@ class GuardSession:
         self._started: asyncio.Task[None] | None = None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
+        self._log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
+        self._listeners: dict[Any, frozenset[str]] = {}  # 2026-07-28: open listen request id -> what it asked for
         self._host_ids = 0
         self._host_pending: dict[int, _HostRequest] = {}
         self._agent_default: str | None = None
@@ -146,6 +158,7 @@ class GuardSession:
             "prompts/get": r.prompts_get,
             "completion/complete": r.complete,
             "logging/setLevel": r.set_level,
+            "subscriptions/listen": self._listen,
         }
 
     # ------------------------------------------------------------------ the host's profile
@@ -200,6 +213,8 @@ class GuardSession:
             return
         if is_request(message):
             self.profile.note(message)
+            if self.profile.era == Era.MODERN:
+                self._note_log_level(message)
             req = self._request(message)
             task = asyncio.get_running_loop().create_task(telemetry.serve(req, message, lambda m: self._serve(req)))
             self._inflight[message["id"]] = task
@@ -247,11 +262,33 @@ class GuardSession:
         finally:
             self._inflight.pop(rid, None)
             self._upstream_ids.pop(rid, None)
+            self._log_levels.pop(rid, None)
         response = self.profile.shape(str(method), response)
         telemetry.set_response(response)
         await self.send(response)
         if self.fatal is not None and self.on_fatal is not None:
             self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
+
+    def _note_log_level(self, message: Message) -> None:
+        """2026-07-28: a request opts in to log messages with ``_meta`` logLevel (a known level)."""
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
+        if isinstance(level, str) and level in LOG_LEVELS:
+            self._log_levels[message["id"]] = LOG_LEVELS.index(level)
+
+    def _wants_log(self, upstream: Upstream, params: Message) -> bool:
+        """A 2026-07-28 log message goes out while a request that opted in at or below its level is
+        being served by ``upstream`` (it flows before that request's response)."""
+        level = params.get("level")
+        if not isinstance(level, str) or level not in LOG_LEVELS:
+            return False
+        rank = LOG_LEVELS.index(level)
+        for rid, wanted in self._log_levels.items():
+            where = self._upstream_ids.get(rid)
+            if where is not None and where[0] is upstream and rank >= wanted:
+                return True
+        return False
 
     async def _host_notification(self, message: Message) -> None:
         """Notifications are never answered; malformed ones are dropped."""
@@ -303,6 +340,41 @@ class GuardSession:
 
     async def _ping(self, req: RequestContext) -> Message:
         return result(req.message["id"], {})
+
+    # ------------------------------------------------------------------ 2026-07-28 list changes
+
+    async def _listen(self, req: RequestContext) -> Message:
+        """``subscriptions/listen``: acknowledge the list changes the guard honours, then stay open
+        (no answer) until the host cancels it or goes away; list changes are sent on it meanwhile."""
+        if self.hub is not None:  # serve answers plain JSON: there is no stream to keep open
+            raise RpcError(METHOD_NOT_FOUND, "Method not found: subscriptions/listen (mcp-guard serve has no notification stream)")
+        if req.era != Era.MODERN:
+            raise RpcError(METHOD_NOT_FOUND, "Method not found: subscriptions/listen")
+        wanted = req.params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: subscriptions/listen needs a `notifications` object")
+        if len(self._listeners) >= MAX_LISTENS:
+            raise RpcError(INVALID_REQUEST, f"mcp-guard keeps at most {MAX_LISTENS} subscriptions/listen requests open; cancel one first")
+        honoured = {key: True for key in _LISTEN_FILTERS if wanted.get(key) is True}  # resource subscriptions: not offered
+        rid = req.message["id"]
+        self._listeners[rid] = frozenset(_LISTEN_FILTERS[key] for key in honoured)
+        try:  # the acknowledgement is written before any change can be (the transport writes at once)
+            await self.send(notification("notifications/subscriptions/acknowledged",
+                                         {"_meta": {META_SUBSCRIPTION_ID: rid}, "notifications": honoured}))
+            await asyncio.Event().wait()  # ends only by cancellation
+        finally:
+            self._listeners.pop(rid, None)
+        raise AssertionError("unreachable")
+
+    async def _list_changed(self, method: str) -> None:
+        """Tell the host a list it sees changed: a handshake-era host directly, a 2026-07-28 host on
+        each open ``subscriptions/listen`` that asked for it (and nowhere else)."""
+        if self.era == Era.LEGACY:
+            await self.send(notification(method))
+            return
+        for rid, methods in list(self._listeners.items()):
+            if method in methods:
+                await self.send(notification(method, {"_meta": {META_SUBSCRIPTION_ID: rid}}))
 
     # ------------------------------------------------------------------ start-up
 
@@ -403,12 +475,21 @@ class GuardSession:
             return
         if method in ("notifications/prompts/list_changed", "notifications/resources/list_changed"):
             self.owners.changed(method)
+            if self.era == Era.MODERN:
+                await self._list_changed(str(method))
+                return
         elif method == "notifications/resources/updated":
             uri = params.get("uri")  # only about a resource this host may see
             if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
                 return
-        if self.era == Era.MODERN and method == "notifications/message":
+        if self.era == Era.MODERN and method == "notifications/message" and not self._wants_log(upstream, params):
             return  # 2026-07-28: log notifications only for requests that opted in
+        if self.era == Era.MODERN and method == "notifications/progress":
+            rebound = self._relay.progress(upstream, params)
+            if rebound is None:
+                return
+            if rebound is not params:
+                message = notification(str(method), rebound)
         await self.send(message)
 
     async def _refresh_tools(self, upstream: Upstream) -> None:
@@ -430,21 +511,24 @@ class GuardSession:
         """After a policy reload: tell the host if what it may see changed."""
         before = self.router.cached_tools()
         after = self.visible_tools()
-        if before is not None and [e.exposed for e in before] != [e.exposed for e in after] and self.era == Era.LEGACY:
-            await self.send(notification("notifications/tools/list_changed"))
+        if before is not None and [e.exposed for e in before] != [e.exposed for e in after]:
+            await self._list_changed("notifications/tools/list_changed")
 
     async def _tools_changed(self) -> None:
         before = [e.definition for e in self.visible_tools()]
         self._rebuild_catalogue()
         after = [e.definition for e in self.visible_tools()]
-        if before != after and self.era == Era.LEGACY:
-            await self.send(notification("notifications/tools/list_changed"))
+        if before != after:
+            await self._list_changed("notifications/tools/list_changed")
 
     # ------------------------------------------------------------------ shutdown
 
     async def drain(self, grace: float) -> None:
         """The host closed its input: let requests already received finish, for at most ``grace`` s."""
-        pending = [t for t in self._inflight.values() if not t.done()]
+        pending = [t for rid, t in self._inflight.items() if not t.done() and rid not in self._listeners]
+        for rid in list(self._listeners):  # open listens end with the host's input; they never finish
+            if (task := self._inflight.get(rid)) is not None:
+                task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=grace)
 
