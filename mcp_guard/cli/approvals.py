@@ -46,11 +46,10 @@ def _existing_store(url: str) -> None:
     database somewhere the running guard does not look."""
     if not url.startswith("sqlite://"):
         return
-    from mcp_guard.state.sqlite import sqlite_path
+    from mcp_guard.state.sqlite import has_holders, sqlite_path
 
     path = sqlite_path(url)
-    holders = path.with_name(path.name + ".guards")
-    if not path.exists() and not (holders.is_dir() and any(holders.iterdir())):
+    if not path.exists() and not has_holders(path):
         # (with guards recorded as holders, opening the store says which guard lost its file)
         raise GuardError(
             f"there is no state store at {path}: no guard has used it, so it holds no approval request; "

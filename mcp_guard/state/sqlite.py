@@ -79,6 +79,17 @@ def sqlite_path(url: str) -> Path:
     return Path(rest) if rest.startswith("/") else Path.cwd() / rest
 
 
+def holders_dir(path: Path) -> Path:
+    """Where the guards holding database ``path`` record themselves (``<db>.guards/<pid>``)."""
+    return Path(f"{path}.guards")
+
+
+def has_holders(path: Path) -> bool:
+    """Whether some guard has recorded itself as holding database ``path`` (alive or not)."""
+    holders = holders_dir(path)
+    return holders.is_dir() and any(holders.iterdir())
+
+
 class SqliteStore:
     """One connection per store; safe across processes, not shared across threads.
 
@@ -90,7 +101,7 @@ class SqliteStore:
         self.url = url
         self.path = sqlite_path(url)
         self._files = (str(self.path), f"{self.path}-wal", f"{self.path}-shm")
-        self._holders = Path(f"{self.path}.guards")
+        self._holders = holders_dir(self.path)
         self._holder = holder
         self._writes = 0
         self._idents: tuple[Ident, ...] = ()
