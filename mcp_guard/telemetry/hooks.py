@@ -254,14 +254,7 @@ class Decision:
                     event[a.APPROVER] = a.text(verdict.approver)
                 span.add_event(a.APPROVAL_EVENT, time.time_ns(), event)
             if trace is not None:
-                ident = self.ident
-                gkey = (id(ident), id(decided))
-                guarded = tel.guarded.get(gkey)
-                if guarded is None or guarded[0] is not ident or guarded[1] is not decided:
-                    if len(tel.guarded) >= _CACHE_LIMIT:
-                        tel.guarded.clear()
-                    guarded = tel.guarded[gkey] = (ident, decided, {**ident, **decided})
-                trace.guarded = guarded[2]
+                trace.guarded = tel.merged(self.ident, decided)
             tel.spans.end(span)
         if tel.decisions is not None:
             d, u, t, k = str(verdict.decision), target.upstream, target.exposed, target.kind
@@ -418,8 +411,6 @@ class Telemetry(Hooks):
         # attribute sets built once per distinct input: (the cached mapping, what was built from it),
         # keyed by id and checked by identity
         self.guardrail_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
-        self.guarded: dict[tuple[int, int], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue],
-                                                  dict[str, AttributeValue]]] = {}
         self._client_base: dict[tuple[Any, ...], tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
         self._server_start: dict[tuple[str, str | None, str | None], dict[str, AttributeValue]] = {}
         self._server_end: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
