@@ -39,8 +39,8 @@ from fixtures import (
     wait_for_port,
     write_guard_config,
 )
+from fixtures.serving import cli, connect
 from mcp.shared.exceptions import MCPError
-from test_serve import _cli, connect
 
 from mcp_guard.grants import write_keypair
 
@@ -303,7 +303,7 @@ async def test_token_exchange_then_offline_delegation(served: Served, idp: Idp, 
                              ({"subject_token_type": "urn:ietf:params:oauth:token-type:id_token"}, "invalid_request")):
             bad = await http.post(f"http://127.0.0.1:{served.port}/token", data={**exchange, **change})
             assert bad.status_code == 400 and bad.json()["error"] == code, (change, bad.text)
-    delegated = await _cli("grant", "delegate", "--chain", root, "--key", str(agent_priv), "--agent", "summarizer",
+    delegated = await cli("grant", "delegate", "--chain", root, "--key", str(agent_priv), "--agent", "summarizer",
                            "--agent-key", str(sub_jwk), "--tools", "rec/echo", "--ttl", "10m")
     assert delegated.returncode == 0, delegated.stderr
     chain = delegated.stdout.strip()
@@ -313,7 +313,7 @@ async def test_token_exchange_then_offline_delegation(served: Served, idp: Idp, 
     last = [a for a in served.audit() if a.get("exposed") == "rec_echo"][-1]
     assert last["principal"] == ["user:alice@example.com", "agent:planner", "agent:summarizer"] and last["verified"] is True
     # the root is bound to the agent's key: someone else's key cannot extend it
-    stolen = await _cli("grant", "delegate", "--chain", root, "--key", str(sub_priv), "--agent", "thief", "--tools", "rec/echo")
+    stolen = await cli("grant", "delegate", "--chain", root, "--key", str(sub_priv), "--agent", "thief", "--tools", "rec/echo")
     assert stolen.returncode != 0
 
 
