@@ -90,10 +90,8 @@ class _Stream:
     an upstream's questions, listen notifications).  The GET stream is a ``_Stream`` with no answer."""
 
     def __init__(self, sse: bool, *, answered: bool = True) -> None:
-        loop = asyncio.get_running_loop()
-        self.answer: asyncio.Future[Message] = loop.create_future()
-        if not answered:
-            self.answer.cancel()  # the GET stream: never answered, ends when its session does
+        self.answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.answered = answered  # False: the GET stream, never answered, ends when its session does
         self.events: asyncio.Queue[Message | None] | None = asyncio.Queue(MAX_QUEUED) if sse else None
         self.asked: set[Any] = set()  # requests sent to the caller on this stream, not yet answered
         self.finished = False
@@ -142,11 +140,12 @@ class _Stream:
         if self.finished:
             return None
         assert self.events is not None
-        if self.events.empty() and self.answer.done():
+        answer = self.answer if self.answered else None
+        if self.events.empty() and answer is not None and answer.done():
             self.finished = True
-            return None if self.answer.cancelled() else self.answer.result()
+            return answer.result()
         getter = asyncio.ensure_future(self.events.get())
-        waiting: set[asyncio.Future[Any]] = {getter} if self.answer.done() else {getter, self.answer}
+        waiting: list[asyncio.Future[Any]] = [getter] if answer is None else [getter, answer]
         try:
             await asyncio.wait(waiting, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -157,7 +156,7 @@ class _Stream:
             if event is None:
                 self.finished = True
             return event
-        if self.answer.done():
+        if answer is not None and answer.done():
             return await self.next()
         return _KEEPALIVE
 
