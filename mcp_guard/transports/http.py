@@ -369,6 +369,16 @@ class _Session:
         await self.session.close()
 
 
+def _accepts_sse(accept: str) -> tuple[bool, bool]:
+    """(accepts ``text/event-stream``, prefers it): preferred when listed before ``application/json``
+    or without it, so a caller that asks for JSON first gets JSON whenever the answer is all there is."""
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if "text/event-stream" not in kinds:
+        return False, False
+    json_at = next((i for i, k in enumerate(kinds) if k in ("application/json", "application/*", "*/*")), len(kinds))
+    return True, kinds.index("text/event-stream") < json_at
+
+
 def _token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -584,8 +594,8 @@ class HttpGuard:
         header_method = request.headers.get("mcp-method")
         if header_method is not None and header_method != message.get("method"):
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
-        sse = "text/event-stream" in request.headers.get("accept", "")
-        return await self._dispatch(message, sid, caller, sse)
+        sse, eager = _accepts_sse(request.headers.get("accept", ""))
+        return await self._dispatch(message, sid, caller, sse, eager)
 
     def _entry(self, sid: str, caller: Caller, rid: Any = None) -> _Session | Response:
         found = self.entries.get(f"sid:{sid}")
@@ -618,7 +628,8 @@ class HttpGuard:
 
         return _EventStream(stream.next, closed, {"Mcp-Session-Id": sid})
 
-    async def _dispatch(self, message: Message, sid: str | None, caller: Caller, sse: bool = False) -> Response | _EventStream:
+    async def _dispatch(self, message: Message, sid: str | None, caller: Caller, sse: bool = False,
+                        eager: bool = False) -> Response | _EventStream:
         headers: dict[str, str] = {}
         if message.get("method") == "initialize":
             sid = uuid.uuid4().hex
@@ -644,12 +655,13 @@ class HttpGuard:
         if message.get("method") == "subscriptions/listen" and not sse:
             return JSONResponse(error(message.get("id"), INVALID_REQUEST, "subscriptions/listen needs Accept: text/event-stream"),
                                 headers=headers)
-        return await self._ask(entry, message, sse, headers)
+        return await self._ask(entry, message, sse, eager, headers)
 
-    async def _ask(self, entry: _Session, message: Message, sse: bool, headers: dict[str, str]) -> Response | _EventStream:
-        """Hand one request to the session.  Its answer comes back as plain JSON unless the session
-        sends something about it first (progress, a log message, a question) and the caller accepts
-        ``text/event-stream``: then the answer ends an SSE stream of those."""
+    async def _ask(self, entry: _Session, message: Message, sse: bool, eager: bool, headers: dict[str, str]) -> Response | _EventStream:
+        """Hand one request to the session.  Its answer comes back as plain JSON unless the caller
+        accepts ``text/event-stream`` and either prefers it (``eager``) or the session sends
+        something about the request first (progress, a log message, a question): then the answer
+        ends an SSE stream of those."""
         host = entry.host
         original = message["id"]
         inner, stream = host.open(message, sse)
@@ -667,7 +679,7 @@ class HttpGuard:
         streaming = False
         try:
             await entry.session.handle({**message, "id": inner})
-            streaming = await stream.first()
+            streaming = eager or await stream.first()
         except asyncio.CancelledError:
             await host.finish(original, inner, stream, cancel=True)
             raise
