@@ -15,7 +15,7 @@ from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, policy_sources, read_token
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
-from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification
+from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
 from mcp_guard.policy import PolicySet, load_sources
 from mcp_guard.proxy.callers import Callers
 from mcp_guard.proxy.pipeline import RequestContext
@@ -166,28 +166,42 @@ class _Hub(GuardSession):
                 await caller.on_behalf(upstream, caller.upstream_notification(upstream, message))
         elif method in ("notifications/prompts/list_changed", "notifications/resources/list_changed"):
             self.owners.changed(str(method))
-            for child in list(self.children.values()):
-                await child.list_changed(str(method))
+            await self._each(lambda child: child.list_changed(str(method)))
         elif method == "notifications/resources/updated":
-            for child in list(self.children.values()):
-                if params.get("uri") in child.subscribed.get(upstream.name, ()):
-                    await child.upstream_notification(upstream, message)
+            uri = params.get("uri")
+            await self._each(lambda child: child.upstream_notification(upstream, message)
+                             if uri in child.subscribed.get(upstream.name, ()) else None)
         elif method == "notifications/tools/list_changed":
             await super().upstream_notification(upstream, message)  # refresh, then _tools_changed
         else:
             log.debug("upstream %s: %s not delivered in serve mode", upstream.name, method)
 
+    async def _each(self, work: Callable[[_CallerSession], Awaitable[None] | None]) -> None:
+        """Tell every caller session something; one that fails is logged, the others still hear it."""
+        for child in list(self.children.values()):
+            try:
+                pending = work(child)
+                if pending is not None:
+                    await pending
+            except Exception:
+                log.exception("telling a caller session about a change failed")
+
     async def _tools_changed(self) -> None:
         children = list(self.children.values())
-        before = [[e.definition for e in c.visible_tools()] for c in children]
-        self._rebuild_catalogue()
-        for child, was in zip(children, before, strict=True):
-            if [e.definition for e in child.visible_tools()] != was:
+        before = {c.id: [e.definition for e in c.visible_tools()] for c in children}
+
+        async def tell(child: _CallerSession) -> None:
+            if child.id in before and [e.definition for e in child.visible_tools()] != before[child.id]:
                 await child.list_changed("notifications/tools/list_changed")
 
+        self._rebuild_catalogue()
+        await self._each(tell)
+
     async def policies_changed(self) -> None:
-        for child in list(self.children.values()):
-            await child.policies_changed()
+        await self._each(lambda child: child.policies_changed())
+
+    def others_subscribed(self, me: _CallerSession, upstream: str, uri: str) -> bool:
+        return any(c is not me and uri in c.subscribed.get(upstream, ()) for c in self.children.values())
 
     def upstream_level(self, session: str, rank: int) -> int:
         """A shared upstream logs at the lowest level any caller asked for; each caller's own
@@ -234,8 +248,13 @@ class _CallerSession(GuardSession):
         await self._list_changed(method)
 
     async def _subscription(self, req: RequestContext) -> Message:
-        response = await self.router.resource_request(req)
         uri = req.params.get("uri")
+        if req.method == "resources/unsubscribe" and isinstance(uri, str):
+            mine = next((up for up, uris in self.subscribed.items() if uri in uris), None)
+            if mine is not None and self._hub.others_subscribed(self, mine, uri):
+                self.subscribed[mine].discard(uri)  # the upstream subscription is shared: it stays for the others
+                return result(req.message["id"], {})
+        response = await self.router.resource_request(req)
         where = self._upstream_ids.get(req.message["id"])  # the upstream it went to (while it is served)
         if "result" in response and isinstance(uri, str) and where is not None:
             uris = self.subscribed.setdefault(where[0].name, set())

@@ -29,6 +29,7 @@ from fixtures import (
     stdio_upstream,
     tool_path,
     write_guard_config,
+    write_policies,
 )
 from fixtures.serving import connect, serving
 
@@ -41,8 +42,14 @@ MODERN = "2026-07-28"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
+POLICY = [{"id": "all", "rules": [{"effect": "allow", "tools": ["rec/*", "everything/*"]},
+                                   {"effect": "allow", "resources": ["everything/*"]}]}]
+DOC = "demo://resource/static/document/architecture.md"
+
+
 class Served:
     def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
         self.key, pub = generate_keypair()
         (tmp / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
         self.record = RecordFile(tmp / "rec.jsonl")
@@ -50,7 +57,7 @@ class Served:
             tmp,
             {"rec": stdio_upstream(recording_server_command("--chatty"), env=self.record.env(), roots="pass"),
              "everything": stdio_upstream([str(tool_path("mcp-server-everything"))])},
-            [{"id": "all", "rules": [{"effect": "allow", "tools": ["rec/*", "everything/*"]}]}],
+            POLICY,
             trust={"issuers": {"corp-idp": str(tmp / "idp.jwk")}},
             state={"url": f"sqlite:///{tmp / 'state.db'}"},
             audit={"path": str(tmp / "audit.jsonl")},
@@ -59,7 +66,7 @@ class Served:
         self.url = f"http://127.0.0.1:{self.port}/mcp"
 
     def grant(self, user: str, tools: list[str] | None = None) -> str:
-        return issue_grant(self.key, "corp-idp", user, "agent", tools or ["rec/*", "everything/*"])
+        return issue_grant(self.key, "corp-idp", user, "agent", tools or ["rec/*", "everything/*"], resources=["everything/*"])
 
 
 @pytest.fixture
@@ -166,6 +173,42 @@ async def test_tool_list_changes_reach_only_callers_who_may_see_them(served: Ser
         assert got_a["method"] == "notifications/tools/list_changed"
         await asyncio.sleep(1.0)
         assert not any(m.get("method") == "notifications/tools/list_changed" for m in b.heard)
+        heard_a.cancel()
+        heard_b.cancel()
+
+
+async def test_a_policy_reload_tells_each_caller_whose_tools_changed(served: Served) -> None:
+    alice, bob = served.grant("alice"), served.grant("bob", ["rec/read_note"])
+    async with _raw(served, alice) as a, _raw(served, bob) as b:
+        for raw in (a, b):
+            listed = await raw.post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            assert "rec_read_note" in listed.text
+        heard_a, heard_b = a.listen(), b.listen()
+        await asyncio.sleep(0.5)
+        write_policies(served.tmp / "policies", [{"id": "all", "rules": [
+            {"effect": "allow", "tools": ["rec/*", "everything/*"]}, {"effect": "deny", "tools": ["rec/echo"]}]}])
+        got = await asyncio.wait_for(a.next_event(lambda m: m.get("method") == "notifications/tools/list_changed"), 15)
+        assert got["method"] == "notifications/tools/list_changed"
+        await asyncio.sleep(1.0)
+        assert b.heard == []  # bob never saw rec/echo: nothing changed for him
+        heard_a.cancel()
+        heard_b.cancel()
+
+
+async def test_resource_updates_reach_only_the_subscriber(served: Served) -> None:
+    alice, bob = served.grant("alice"), served.grant("bob")
+    async with _raw(served, alice) as a, _raw(served, bob) as b:
+        heard_a, heard_b = a.listen(), b.listen()
+        await asyncio.sleep(0.5)
+        sub = await a.post({"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe", "params": {"uri": DOC}})
+        assert sub.status_code == 200 and "result" in (sub.json() if "json" in sub.headers["content-type"] else _events(sub.text)[-1])
+        await a.post(a.call("everything_toggle-subscriber-updates", {}))
+        try:
+            got = await asyncio.wait_for(a.next_event(lambda m: m.get("method") == "notifications/resources/updated"), 15)
+            assert got["params"]["uri"] == DOC
+            assert not any(m.get("method") == "notifications/resources/updated" for m in b.heard)
+        finally:
+            await a.post(a.call("everything_toggle-subscriber-updates", {}))
         heard_a.cancel()
         heard_b.cancel()
 
