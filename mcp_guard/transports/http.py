@@ -6,8 +6,11 @@ caller's identity; the token itself never goes further than this module.  A hand
 gets an ``Mcp-Session-Id`` bound to its identity; a 2026-07-28 client is served statelessly, one
 guard session per identity.  Sessions are capped per principal and expire when idle, so one
 caller can never push out another's.  All sessions share one set of upstream connections.
-Answers are plain JSON (no SSE): progress and log notifications are not streamed, and approvals
-go only through the queue (``mcp-guard approvals``), never through a channel the caller holds.
+A request is answered with plain JSON, or with an SSE stream when the caller accepts one and
+something else about the request comes first (progress, log messages, an upstream's question):
+what the guard session sends is routed to the stream of the request it belongs to, or to the
+session's ``GET`` stream (list changes, resource updates).  Approvals go only through the queue
+(``mcp-guard approvals``), never through a channel the caller holds.
 """
 
 from __future__ import annotations
