@@ -93,7 +93,9 @@ class _Stream:
     an upstream's questions, listen notifications).  The GET stream is a ``_Stream`` with no answer."""
 
     def __init__(self, sse: bool, *, answered: bool = True) -> None:
-        self.answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.answer: asyncio.Future[Message] = loop.create_future()
+        self.wake: asyncio.Future[None] = loop.create_future()  # the answer or a first event is there
         self.answered = answered  # False: the GET stream, never answered, ends when its session does
         self.events: asyncio.Queue[Message | None] | None = asyncio.Queue(MAX_QUEUED) if sse else None
         self.asked: set[Any] = set()  # requests sent to the caller on this stream, not yet answered
@@ -108,6 +110,8 @@ class _Stream:
         except asyncio.QueueFull:
             log.info("a caller reads its event stream too slowly: %s dropped", message.get("method"))
             return False
+        if not self.wake.done():
+            self.wake.set_result(None)
         return True
 
     def end(self) -> None:
@@ -115,28 +119,16 @@ class _Stream:
             with contextlib.suppress(asyncio.QueueFull):
                 self.events.put_nowait(None)
 
+    def resolve(self, answer: Message) -> None:
+        if not self.answer.done():
+            self.answer.set_result(answer)
+        if not self.wake.done():
+            self.wake.set_result(None)
+
     async def first(self) -> bool:
         """Wait for the answer or the first event: True if an event came first (answer with SSE)."""
-        if self.events is None:
-            await self.answer
-            return False
-        getter = asyncio.ensure_future(self.events.get())
-        try:
-            waiting: list[asyncio.Future[Any]] = [getter, self.answer]
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            event = getter.result()
-            # put back in front: nothing else reads this queue yet
-            rest = [event]
-            while not self.events.empty():
-                rest.append(self.events.get_nowait())
-            for item in rest:
-                self.events.put_nowait(item)
-            return event is not None
-        return False
+        await self.wake
+        return self.events is not None and not self.events.empty()
 
     async def next(self) -> Message | None:
         """The next event, the answer (last), ``_KEEPALIVE`` after a quiet while, or None: ended."""
@@ -183,8 +175,8 @@ class _ReplyHost:
     async def send(self, message: Message) -> None:
         if "method" not in message:  # an answer to a caller request
             stream = self._open.get(message.get("id"))
-            if stream is not None and not stream.answer.done():
-                stream.answer.set_result(message)
+            if stream is not None:
+                stream.resolve(message)
             return
         if "id" in message:  # a question from an upstream, put to this caller
             stream = self._related()
@@ -277,8 +269,7 @@ class _ReplyHost:
         """The session is closing: answer every request still waiting, so no POST hangs."""
         self.closed = True
         for inner, stream in list(self._open.items()):
-            if not stream.answer.done():
-                stream.answer.set_result(error(inner, INVALID_REQUEST, reason))
+            stream.resolve(error(inner, INVALID_REQUEST, reason))
         if self.listener is not None:
             self.listener.end()
 
@@ -292,8 +283,8 @@ class _ReplyHost:
             return  # unknown or already answered: nothing to do (the spec allows the race)
         await session.handle({**message, "params": {**params, "requestId": inner}})
         stream = self._open.get(inner)
-        if stream is not None and not stream.answer.done():
-            stream.answer.set_result(error(inner, REQUEST_CANCELLED, "Request cancelled"))
+        if stream is not None:
+            stream.resolve(error(inner, REQUEST_CANCELLED, "Request cancelled"))
 
 
 class _EventStream:
