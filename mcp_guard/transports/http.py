@@ -170,7 +170,6 @@ class _ReplyHost:
         self._asked: dict[Any, _Stream] = {}  # request to the caller (session's id) -> the stream it went on
         self.listener: _Stream | None = None  # GET stream
         self._ids = itertools.count(1)
-        self.closed = False
 
     async def send(self, message: Message) -> None:
         if "method" not in message:  # an answer to a caller request
@@ -267,7 +266,6 @@ class _ReplyHost:
 
     def abort(self, reason: str) -> None:
         """The session is closing: answer every request still waiting, so no POST hangs."""
-        self.closed = True
         for inner, stream in list(self._open.items()):
             stream.resolve(error(inner, INVALID_REQUEST, reason))
         if self.listener is not None:
