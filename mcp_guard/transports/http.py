@@ -97,16 +97,23 @@ class _Stream:
         self.answer: asyncio.Future[Message] = loop.create_future()
         self.wake: asyncio.Future[None] = loop.create_future()  # the answer or a first event is there
         self.answered = answered  # False: the GET stream, never answered, ends when its session does
-        self.events: asyncio.Queue[Message | None] | None = asyncio.Queue(MAX_QUEUED) if sse else None
+        self.sse = sse
+        self.events: asyncio.Queue[Message | None] | None = None  # made at the first event (most answers have none)
         self.asked: set[Any] = set()  # requests sent to the caller on this stream, not yet answered
+        self.token: Any = None  # the caller's progress token for this request
         self.finished = False
+
+    def queue(self) -> asyncio.Queue[Message | None]:
+        if self.events is None:
+            self.events = asyncio.Queue(MAX_QUEUED)
+        return self.events
 
     def put(self, message: Message) -> bool:
         """Queue an event; False when this stream cannot carry it (plain JSON, ended, or full)."""
-        if self.events is None or self.finished:
+        if not self.sse or self.finished:
             return False
         try:
-            self.events.put_nowait(message)
+            self.queue().put_nowait(message)
         except asyncio.QueueFull:
             log.info("a caller reads its event stream too slowly: %s dropped", message.get("method"))
             return False
@@ -115,9 +122,9 @@ class _Stream:
         return True
 
     def end(self) -> None:
-        if self.events is not None and not self.finished:
+        if self.sse and not self.finished:
             with contextlib.suppress(asyncio.QueueFull):
-                self.events.put_nowait(None)
+                self.queue().put_nowait(None)
 
     def resolve(self, answer: Message) -> None:
         if not self.answer.done():
@@ -134,12 +141,12 @@ class _Stream:
         """The next event, the answer (last), ``_KEEPALIVE`` after a quiet while, or None: ended."""
         if self.finished:
             return None
-        assert self.events is not None
+        events = self.queue()
         answer = self.answer if self.answered else None
-        if self.events.empty() and answer is not None and answer.done():
+        if events.empty() and answer is not None and answer.done():
             self.finished = True
             return answer.result()
-        getter = asyncio.ensure_future(self.events.get())
+        getter = asyncio.ensure_future(events.get())
         waiting: list[asyncio.Future[Any]] = [getter] if answer is None else [getter, answer]
         try:
             await asyncio.wait(waiting, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
@@ -192,7 +199,7 @@ class _ReplyHost:
     def _related(self) -> _Stream | None:
         inner = RELATED_REQUEST.get()
         stream = self._open.get(inner) if inner is not None else None
-        if stream is not None and stream.events is not None:
+        if stream is not None and stream.sse:
             return stream
         return self.listener
 
@@ -233,6 +240,7 @@ class _ReplyHost:
         token = progress_token(params) if isinstance(params, dict) else None
         if token is not None:
             self._tokens[token] = inner
+            stream.token = token
         return inner, stream
 
     async def finish(self, original: Any, inner: str, stream: _Stream, *, cancel: bool) -> None:
@@ -241,9 +249,8 @@ class _ReplyHost:
         self._open.pop(inner, None)
         if self._inner.get(original) == inner:
             del self._inner[original]
-        for token, which in list(self._tokens.items()):
-            if which == inner:
-                del self._tokens[token]
+        if stream.token is not None and self._tokens.get(stream.token) == inner:
+            del self._tokens[stream.token]
         await self._drop_questions(stream)
         if cancel and not stream.answer.done() and self.session is not None:
             # the HTTP caller went away: stop the work it asked for (upstream call, approval wait, listen)
