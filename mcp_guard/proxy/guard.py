@@ -244,6 +244,11 @@ class _CallerSession(GuardSession):
         finally:
             RELATED_REQUEST.reset(token)
 
+    async def _host_notification(self, message: Message) -> None:
+        if message.get("method") == "notifications/roots/list_changed":
+            return  # the upstreams are shared: one caller's roots changing is nobody else's business
+        await super()._host_notification(message)
+
     async def list_changed(self, method: str) -> None:
         await self._list_changed(method)
 
