@@ -144,6 +144,23 @@ async def test_sampling_and_elicitation_from_the_upstream_are_put_to_the_caller(
     assert seen == ["sampling", "elicitation"]
 
 
+async def test_two_callers_with_the_same_progress_token_each_get_their_own(served: Served) -> None:
+    """Both SDK clients number their requests alike, so their progress tokens collide at the shared
+    upstream unless the guard gives it tokens of its own."""
+    seen: dict[str, list[float]] = {"alice": [], "bob": []}
+
+    async def run(who: str) -> None:
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            seen[who].append(value)
+
+        async with connect(served.url, served.grant(who)) as client:
+            done = await client.call_tool("rec_slow", {"seconds": 1}, progress_callback=on_progress)
+            assert not done.is_error
+
+    await asyncio.gather(run("alice"), run("bob"))
+    assert seen == {"alice": [1, 2, 3, 4], "bob": [1, 2, 3, 4]}
+
+
 async def test_plain_json_when_the_caller_accepts_only_json(served: Served) -> None:
     """No stream: the answer alone; a question for the caller cannot be put, so the upstream is
     told at once (the call ends, nothing waits)."""
