@@ -9,6 +9,7 @@ is forwarded as it came.
 from __future__ import annotations
 
 import enum
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import orjson
@@ -42,6 +43,11 @@ GUARD_META_PREFIX = "dev.mcp-guard/"
 
 # server-to-client requests an upstream may send, and the host capability each needs
 SERVER_TO_CLIENT = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
+# the host request an outgoing message belongs to (a log message or an upstream's question sent
+# while that request is served): a transport with a stream per request sends it there
+RELATED_REQUEST: ContextVar[Any] = ContextVar("related_request", default=None)
 
 
 class HostTransport(Protocol):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -156,6 +158,7 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
+    from mcp_guard.proxy.reload import watch_policies
     from mcp_guard.transports.exchange import TokenExchange
     from mcp_guard.transports.http import serve_http
     from mcp_guard.transports.oauth import OAuthVerifier
@@ -165,10 +168,18 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
     te = config.serve.token_exchange
     exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
+    sessions = ServeSessions(ctx)
+    loop = asyncio.get_running_loop()
+    reload_now = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+    # policy files watched as in `run`: every caller is told when the tools it may see change
+    watcher = loop.create_task(watch_policies(ctx, sessions.policies_changed, reload_now, sessions.tool_names))
     try:
-        await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin, config=config.serve,
+        await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port)
     finally:
+        watcher.cancel()
         await ctx.store.close()
         ctx.telemetry.shutdown()
 

@@ -8,20 +8,24 @@ import logging
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, policy_sources, read_token, telemetry_settings
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
-from mcp_guard.jsonrpc import Era, HostTransport, Message
+from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
 from mcp_guard.policy import PolicySet, load_sources
+from mcp_guard.proxy.callers import Callers
+from mcp_guard.proxy.pipeline import RequestContext
 from mcp_guard.proxy.session import GuardContext, GuardSession
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from mcp_guard.grants import ChainVerifier, GrantChain
+    from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard")
 
@@ -114,25 +118,159 @@ async def build_context(config: GuardConfig) -> GuardContext:
 
 
 class _NullHost:
-    """The serve hub's host: upstream notifications have no single client to go to."""
+    """The serve hub's host: what no caller caused has no caller to go to."""
 
     async def send(self, message: Message) -> None:
         log.debug("not delivered in serve mode: %s", message.get("method"))
+
+
+# what the serve hub tells its upstreams it can do: each question is put to the caller that caused it
+# (refused when that caller cannot answer it, or when no single caller did)
+RELAYED_TO_CALLERS: Message = {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}}
+
+
+class _Hub(GuardSession):
+    """``serve``: owns the upstream connections and hands what they send to the caller session it
+    belongs to (``proxy/callers.py``): progress by token, log messages and questions to the one
+    caller with requests in flight there, list changes to every caller that may see the change."""
+
+    def __init__(self, ctx: GuardContext) -> None:
+        super().__init__(ctx, _NullHost())
+        self.era = Era.MODERN  # the hub itself never talks to a host
+        self.profile.client_capabilities = dict(RELAYED_TO_CALLERS)
+        self.callers = Callers()
+        self.children: dict[str, _CallerSession] = {}  # session id -> caller session
+        self.levels: dict[str, int] = {}  # session id -> the log level it asked for
+
+    async def upstream_request(self, upstream: Upstream, message: Message) -> None:
+        roots = upstream.config.roots
+        if message.get("method") == "roots/list" and (isinstance(roots, tuple) or roots == "none"):
+            await super().upstream_request(upstream, message)  # answered from the config
+            return
+        caller = self.callers.only_caller(upstream)
+        if not isinstance(caller, _CallerSession):
+            await upstream.refuse(message["id"], f"mcp-guard cannot tell which caller {message.get('method')} is for")
+            return
+        await caller.on_behalf(upstream, caller.upstream_request(upstream, message))
+
+    async def upstream_notification(self, upstream: Upstream, message: Message) -> None:
+        method = message.get("method")
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        if method == "notifications/progress":
+            found = self.callers.progress(params)
+            if found is not None and isinstance(found[0], _CallerSession):
+                await found[0].upstream_notification(upstream, notification("notifications/progress", found[1]))
+        elif method == "notifications/message":
+            caller = self.callers.only_caller(upstream)
+            if isinstance(caller, _CallerSession):
+                await caller.on_behalf(upstream, caller.upstream_notification(upstream, message))
+        elif method in ("notifications/prompts/list_changed", "notifications/resources/list_changed"):
+            self.owners.changed(str(method))
+            await self._each(lambda child: child.list_changed(str(method)))
+        elif method == "notifications/resources/updated":
+            uri = params.get("uri")
+            await self._each(lambda child: child.upstream_notification(upstream, message)
+                             if uri in child.subscribed.get(upstream.name, ()) else None)
+        elif method == "notifications/tools/list_changed":
+            await super().upstream_notification(upstream, message)  # refresh, then _tools_changed
+        else:
+            log.debug("upstream %s: %s not delivered in serve mode", upstream.name, method)
+
+    async def _each(self, work: Callable[[_CallerSession], Awaitable[None] | None]) -> None:
+        """Tell every caller session something; one that fails is logged, the others still hear it."""
+        for child in list(self.children.values()):
+            try:
+                pending = work(child)
+                if pending is not None:
+                    await pending
+            except Exception:
+                log.exception("telling a caller session about a change failed")
+
+    async def _tools_changed(self) -> None:
+        children = list(self.children.values())
+        before = {c.id: [e.definition for e in c.visible_tools()] for c in children}
+
+        async def tell(child: _CallerSession) -> None:
+            if child.id in before and [e.definition for e in child.visible_tools()] != before[child.id]:
+                await child.list_changed("notifications/tools/list_changed")
+
+        self._rebuild_catalogue()
+        await self._each(tell)
+
+    async def policies_changed(self) -> None:
+        await self._each(lambda child: child.policies_changed())
+
+    def others_subscribed(self, me: _CallerSession, upstream: str, uri: str) -> bool:
+        return any(c is not me and uri in c.subscribed.get(upstream, ()) for c in self.children.values())
+
+    def upstream_level(self, session: str, rank: int) -> int:
+        """A shared upstream logs at the lowest level any caller asked for; each caller's own
+        level is applied by its session."""
+        self.levels[session] = rank
+        return min(self.levels.values())
 
 
 class _CallerSession(GuardSession):
     """A ``serve`` caller's session: its principal is the verified bearer token's (a grant chain or
     an OAuth access token), never the config identity or the client's own name."""
 
-    def __init__(self, ctx: GuardContext, host: HostTransport, hub: GuardSession, chain: GrantChain | None,
+    def __init__(self, ctx: GuardContext, host: HostTransport, hub: _Hub, chain: GrantChain | None,
                  principal: Principal, limit_scope: str) -> None:
         super().__init__(ctx, host, hub=hub, chain=chain)
+        self._hub = hub
         self._caller = principal
         self.limit_scope = limit_scope
+        self.subscribed: dict[str, set[str]] = {}  # upstream -> resource URIs this caller subscribed to
+        self._handlers["resources/subscribe"] = self._subscription
+        self._handlers["resources/unsubscribe"] = self._subscription
+        hub.children[self.id] = self
 
     @property
     def principal(self) -> Principal:
         return self._caller
+
+    async def _upstream_call(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
+        return await self._hub.callers.forward(self, up, method, params, on_id)
+
+    def _upstream_level(self, rank: int) -> int:
+        return self._hub.upstream_level(self.id, rank)
+
+    async def on_behalf(self, upstream: Upstream, work: Awaitable[None]) -> None:
+        """Run what ``upstream`` sent with this caller's request on it as the related request, so a
+        transport with a stream per request sends the outcome there."""
+        token = RELATED_REQUEST.set(self.request_on(upstream))
+        try:
+            await work
+        finally:
+            RELATED_REQUEST.reset(token)
+
+    async def _host_notification(self, message: Message) -> None:
+        if message.get("method") == "notifications/roots/list_changed":
+            return  # the upstreams are shared: one caller's roots changing is nobody else's business
+        await super()._host_notification(message)
+
+    async def list_changed(self, method: str) -> None:
+        await self._list_changed(method)
+
+    async def _subscription(self, req: RequestContext) -> Message:
+        uri = req.params.get("uri")
+        if req.method == "resources/unsubscribe" and isinstance(uri, str):
+            mine = next((up for up, uris in self.subscribed.items() if uri in uris), None)
+            if mine is not None and self._hub.others_subscribed(self, mine, uri):
+                self.subscribed[mine].discard(uri)  # the upstream subscription is shared: it stays for the others
+                return result(req.message["id"], {})
+        response = await self.router.resource_request(req)
+        where = self._upstream_ids.get(req.message["id"])  # the upstream it went to (while it is served)
+        if "result" in response and isinstance(uri, str) and where is not None:
+            uris = self.subscribed.setdefault(where[0].name, set())
+            (uris.add if req.method == "resources/subscribe" else uris.discard)(uri)
+        return response
+
+    async def close(self) -> None:
+        self._hub.children.pop(self.id, None)
+        self._hub.levels.pop(self.id, None)
+        await super().close()
 
 
 class ServeSessions:
@@ -142,8 +280,7 @@ class ServeSessions:
     def __init__(self, ctx: GuardContext) -> None:
         self.ctx = ctx
         ctx.approval_queue_only = True  # the bearer caller holds every other channel: it must not approve itself
-        self.hub = GuardSession(ctx, _NullHost())
-        self.hub.era = Era.MODERN  # no stream back to a client: upstreams are offered no sampling/elicitation/roots
+        self.hub = _Hub(ctx)
 
     async def start(self) -> None:
         await self.hub.start()
@@ -155,6 +292,12 @@ class ServeSessions:
         """``limit_scope`` is what per_minute/per_session limits count by: the principal, so a new
         session (or another replica) does not start them afresh."""
         return _CallerSession(self.ctx, host, self.hub, chain, principal, limit_scope)
+
+    async def policies_changed(self) -> None:
+        await self.hub.policies_changed()
+
+    def tool_names(self) -> list[str]:
+        return self.hub.tool_names()
 
 
 async def run_stdio(config: GuardConfig) -> None:

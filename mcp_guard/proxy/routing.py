@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, is_visible
@@ -131,6 +131,16 @@ class Owners:
             self.resources_known = False
 
 
+class UpstreamCall(Protocol):
+    """How a forwarded request is sent: ``Upstream.call``, or in serve through the record of who sent it."""
+
+    async def __call__(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message: ...
+
+
+async def _plain_call(up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
+    return await up.call(method, params, on_id=on_id)
+
+
 class Router:
     """One session's routing: resolves targets, filters lists, forwards through the pipeline."""
 
@@ -143,6 +153,8 @@ class Router:
         pipeline: Pipeline,
         relay: Relay,
         track: Callable[[Any, Upstream, int], None],
+        call: UpstreamCall | None = None,
+        upstream_level: Callable[[int], int] = lambda rank: rank,
     ) -> None:
         self._policies = policies
         self.upstreams = upstreams
@@ -151,6 +163,9 @@ class Router:
         self.pipeline = pipeline
         self.relay = relay
         self._track = track
+        self._call: UpstreamCall = call or _plain_call
+        self._upstream_level = upstream_level  # serve: the lowest level any caller of the shared upstreams asked for
+        self.log_level: int | None = None  # what this session asked for with logging/setLevel (index in LOG_LEVELS)
         self._visible_cache: tuple[tuple[int, int, Principal], list[Target]] | None = None
 
     # ------------------------------------------------------------------ visibility
@@ -226,11 +241,11 @@ class Router:
                     ids.append(uid)
                     self._track(rid, upstream, uid)
 
-                call = asyncio.ensure_future(upstream.call("tools/call", forwarded, on_id=on_id))
+                call = asyncio.ensure_future(self._call(upstream, "tools/call", forwarded, on_id))
                 return await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid,
                                               params, ids)
             try:
-                response = await upstream.call("tools/call", forwarded, on_id=lambda uid: self._track(rid, upstream, uid))
+                response = await self._call(upstream, "tools/call", forwarded, lambda uid: self._track(rid, upstream, uid))
             except UpstreamError as exc:
                 return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
             response["id"] = rid
@@ -362,7 +377,7 @@ class Router:
 
         async def forward(up: Upstream) -> Message:
             clean = upstream_params(params, up)
-            response = await up.call(method, clean, on_id=lambda uid: self._track(rid, up, uid))
+            response = await self._call(up, method, clean, lambda uid: self._track(rid, up, uid))
             response["id"] = rid
             return response
 
@@ -435,9 +450,11 @@ class Router:
         level = params_of(req.message, "logging/setLevel").get("level")
         if level not in LOG_LEVELS:  # an upstream may drop a malformed one unanswered: never ask it
             raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        self.log_level = LOG_LEVELS.index(level)
+        sent = {**params_of(req.message, "logging/setLevel"), "level": LOG_LEVELS[self._upstream_level(self.log_level)]}
         for up in self._ready("logging"):
             with contextlib.suppress(RpcError, UpstreamError):
-                await up.request("logging/setLevel", req.message.get("params"))
+                await up.request("logging/setLevel", sent)
         return result(req.message["id"], {})
 
 

@@ -129,7 +129,7 @@ class GuardSession:
             self.owners = Owners()
         self._relay = Relay()
         self.router = Router(lambda: self.ctx.policies, self.upstreams, self.catalogue, self.owners, self.pipeline,
-                             self._relay, self._track)
+                             self._relay, self._track, self._upstream_call, self._upstream_level)
         self._started: asyncio.Task[None] | None = None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
@@ -293,6 +293,11 @@ class GuardSession:
                 return True
         return False
 
+    def _at_level(self, params: Message) -> bool:
+        wanted = self.router.log_level
+        level = params.get("level")
+        return wanted is None or (isinstance(level, str) and level in LOG_LEVELS and LOG_LEVELS.index(level) >= wanted)
+
     async def _host_notification(self, message: Message) -> None:
         """Notifications are never answered; malformed ones are dropped."""
         method = message.get("method")
@@ -349,8 +354,6 @@ class GuardSession:
     async def _listen(self, req: RequestContext) -> Message:
         """``subscriptions/listen``: acknowledge the list changes the guard honours, then stay open
         (no answer) until the host cancels it or goes away; list changes are sent on it meanwhile."""
-        if self.hub is not None:  # serve answers plain JSON: there is no stream to keep open
-            raise RpcError(METHOD_NOT_FOUND, "Method not found: subscriptions/listen (mcp-guard serve has no notification stream)")
         if req.era != Era.MODERN:
             raise RpcError(METHOD_NOT_FOUND, "Method not found: subscriptions/listen")
         wanted = req.params.get("notifications")
@@ -415,6 +418,18 @@ class GuardSession:
 
     def _track(self, host_id: Any, upstream: Upstream, upstream_id: int) -> None:
         self._upstream_ids[host_id] = (upstream, upstream_id)
+
+    async def _upstream_call(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
+        """Send a forwarded request (serve sessions record who sent it: ``proxy/callers.py``)."""
+        return await up.call(method, params, on_id=on_id)
+
+    def _upstream_level(self, rank: int) -> int:
+        """The log level to ask the upstreams for when this host asks for ``rank``."""
+        return rank
+
+    def request_on(self, upstream: Upstream) -> Any:
+        """The host request (the latest) this session has in flight on ``upstream``, or None."""
+        return next((rid for rid, (up, _) in reversed(self._upstream_ids.items()) if up is upstream), None)
 
     # ------------------------------------------------------------------ upstream side (UpstreamHandler)
 
@@ -487,6 +502,8 @@ class GuardSession:
                 return
         if self.era == Era.MODERN and method == "notifications/message" and not self._wants_log(upstream, params):
             return  # 2026-07-28: log notifications only for requests that opted in
+        if method == "notifications/message" and not self._at_level(params):
+            return  # below the level this host asked for (a shared upstream may log more)
         if self.era == Era.MODERN and method == "notifications/progress":
             rebound = self._relay.progress(upstream, params)
             if rebound is None:

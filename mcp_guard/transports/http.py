@@ -6,8 +6,11 @@ caller's identity; the token itself never goes further than this module.  A hand
 gets an ``Mcp-Session-Id`` bound to its identity; a 2026-07-28 client is served statelessly, one
 guard session per identity.  Sessions are capped per principal and expire when idle, so one
 caller can never push out another's.  All sessions share one set of upstream connections.
-Answers are plain JSON (no SSE): progress and log notifications are not streamed, and approvals
-go only through the queue (``mcp-guard approvals``), never through a channel the caller holds.
+A request is answered with plain JSON, or with an SSE stream when the caller accepts one and
+something else about the request comes first (progress, log messages, an upstream's question):
+what the guard session sends is routed to the stream of the request it belongs to, or to the
+session's ``GET`` stream (list changes, resource updates).  Approvals go only through the queue
+(``mcp-guard approvals``), never through a channel the caller holds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -36,14 +40,17 @@ from mcp_guard.config import ServeConfig
 from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
+    INTERNAL_ERROR,
     INVALID_REQUEST,
+    META_SUBSCRIPTION_ID,
     PARSE_ERROR,
-    SERVER_TO_CLIENT,
+    RELATED_REQUEST,
     HostTransport,
     Message,
     error,
     is_request,
 )
+from mcp_guard.proxy.relay import progress_token
 from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
 
 if TYPE_CHECKING:
@@ -56,7 +63,6 @@ log = logging.getLogger("mcp_guard.http")
 HEADER_MISMATCH = -32020
 REQUEST_CANCELLED = -32800
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
-RELAYED_CAPABILITIES = frozenset(SERVER_TO_CLIENT.values())  # need a stream back to the client
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
@@ -76,47 +82,201 @@ class Sessions(Protocol):
     def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> HostSession: ...
 
 
+_KEEPALIVE: Message = {}  # no event for a while: an SSE comment keeps the stream open through proxies
+KEEPALIVE_SECONDS = 15.0
+MAX_QUEUED = 1024  # events waiting for a slow reader; past it notifications are dropped, questions refused
+
+
+class _Stream:
+    """Where one caller request's messages go: its answer, and, when the caller accepts
+    ``text/event-stream``, what the session sends while serving it (progress, log messages,
+    an upstream's questions, listen notifications).  The GET stream is a ``_Stream`` with no answer."""
+
+    def __init__(self, sse: bool, *, answered: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self.answer: asyncio.Future[Message] = loop.create_future()
+        self.wake: asyncio.Future[None] = loop.create_future()  # the answer or a first event is there
+        self.answered = answered  # False: the GET stream, never answered, ends when its session does
+        self.sse = sse
+        self.events: asyncio.Queue[Message | None] | None = None  # made at the first event (most answers have none)
+        self.asked: set[Any] = set()  # requests sent to the caller on this stream, not yet answered
+        self.token: Any = None  # the caller's progress token for this request
+        self.finished = False
+
+    def queue(self) -> asyncio.Queue[Message | None]:
+        if self.events is None:
+            self.events = asyncio.Queue(MAX_QUEUED)
+        return self.events
+
+    def put(self, message: Message) -> bool:
+        """Queue an event; False when this stream cannot carry it (plain JSON, ended, or full)."""
+        if not self.sse or self.finished:
+            return False
+        try:
+            self.queue().put_nowait(message)
+        except asyncio.QueueFull:
+            log.info("a caller reads its event stream too slowly: %s dropped", message.get("method"))
+            return False
+        if not self.wake.done():
+            self.wake.set_result(None)
+        return True
+
+    def end(self) -> None:
+        if self.sse and not self.finished:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue().put_nowait(None)
+
+    def resolve(self, answer: Message) -> None:
+        if not self.answer.done():
+            self.answer.set_result(answer)
+        if not self.wake.done():
+            self.wake.set_result(None)
+
+    async def first(self) -> bool:
+        """Wait for the answer or the first event: True if an event came first (answer with SSE)."""
+        await self.wake
+        return self.events is not None and not self.events.empty()
+
+    async def next(self) -> Message | None:
+        """The next event, the answer (last), ``_KEEPALIVE`` after a quiet while, or None: ended."""
+        if self.finished:
+            return None
+        events = self.queue()
+        answer = self.answer if self.answered else None
+        if events.empty() and answer is not None and answer.done():
+            self.finished = True
+            return answer.result()
+        getter = asyncio.ensure_future(events.get())
+        waiting: list[asyncio.Future[Any]] = [getter] if answer is None else [getter, answer]
+        try:
+            await asyncio.wait(waiting, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            event = getter.result()
+            if event is None:
+                self.finished = True
+            return event
+        if answer is not None and answer.done():
+            return await self.next()
+        return _KEEPALIVE
+
+
 class _ReplyHost:
-    """Collects the answer to each request a session handles, by (rewritten) request id."""
+    """One HTTP session's host side: routes each message its guard session sends to the stream of
+    the caller request it belongs to (by id, progress token, subscription id or the related
+    request), or to the session's GET stream; what has nowhere to go is dropped, and a question
+    for the caller that has nowhere to go is answered with an error at once (nothing waits)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[Any, asyncio.Future[Message]] = {}
+        self.session: HostSession | None = None
+        self._open: dict[Any, _Stream] = {}  # inner request id -> its stream
         self._inner: dict[Any, str] = {}  # the caller's request id -> the id the session knows it by
+        self._tokens: dict[Any, str] = {}  # the caller's progress token -> inner request id
+        self._asked: dict[Any, _Stream] = {}  # request to the caller (session's id) -> the stream it went on
+        self.listener: _Stream | None = None  # GET stream
         self._ids = itertools.count(1)
 
     async def send(self, message: Message) -> None:
-        fut = self._waiting.pop(message.get("id"), None) if "method" not in message else None
-        if fut is not None and not fut.done():
-            fut.set_result(message)
-        else:
-            log.debug("not delivered over plain JSON: %s", message.get("method") or message.get("id"))
+        if "method" not in message:  # an answer to a caller request
+            stream = self._open.get(message.get("id"))
+            if stream is not None:
+                stream.resolve(message)
+            return
+        if "id" in message:  # a question from an upstream, put to this caller
+            stream = self._related()
+            if stream is None or not stream.put(message):
+                await self._unanswerable(message)
+                return
+            stream.asked.add(message["id"])
+            self._asked[message["id"]] = stream
+            return
+        target = self._notification_stream(message)
+        if target is None or not target.put(message):
+            log.debug("no stream for %s", message.get("method"))
 
-    async def ask(self, session: HostSession, message: Message) -> Message:
-        """Hand one request to the session under an id unique to this host, and await its answer."""
-        original = message["id"]
+    def _related(self) -> _Stream | None:
+        inner = RELATED_REQUEST.get()
+        stream = self._open.get(inner) if inner is not None else None
+        if stream is not None and stream.sse:
+            return stream
+        return self.listener
+
+    def _notification_stream(self, message: Message) -> _Stream | None:
+        method = message.get("method")
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        if method == "notifications/progress":
+            inner = self._tokens.get(params.get("progressToken"))
+            return self._open.get(inner) if inner is not None else None
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and META_SUBSCRIPTION_ID in meta:  # on its subscriptions/listen stream
+            return self._open.get(meta[META_SUBSCRIPTION_ID])
+        if method == "notifications/message":
+            return self._related()
+        return self.listener
+
+    async def _unanswerable(self, message: Message) -> None:
+        if self.session is not None:
+            await self.session.handle(error(message["id"], INTERNAL_ERROR,
+                                            f"the caller has no open stream to be asked {message.get('method')} on"))
+
+    def answered(self, message: Message) -> bool:
+        """A response POSTed by the caller: True if it answers a question asked on one of its streams."""
+        stream = self._asked.pop(message.get("id"), None)
+        if stream is None:
+            return False
+        stream.asked.discard(message.get("id"))
+        return True
+
+    def open(self, message: Message, sse: bool) -> tuple[str, _Stream]:
+        """Register a caller request under an id unique to this host."""
         inner = f"h{next(self._ids)}"
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._waiting[inner] = fut
-        self._inner[original] = inner
-        try:
-            await session.handle({**message, "id": inner})
-            answer = await fut
-        except asyncio.CancelledError:
-            # the HTTP caller went away: stop the work it asked for (upstream call, approval wait)
-            await session.handle({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": inner}})
-            raise
-        finally:
-            self._waiting.pop(inner, None)
-            if self._inner.get(original) == inner:
-                del self._inner[original]
-        answer["id"] = original
-        return answer
+        stream = _Stream(sse)
+        self._open[inner] = stream
+        self._inner[message["id"]] = inner
+        params = message.get("params")
+        token = progress_token(params) if isinstance(params, dict) else None
+        if token is not None:
+            self._tokens[token] = inner
+            stream.token = token
+        return inner, stream
+
+    async def finish(self, original: Any, inner: str, stream: _Stream, *, cancel: bool) -> None:
+        """The request's stream is done (answered, or the caller went away: then it is cancelled)."""
+        stream.finished = True
+        self._open.pop(inner, None)
+        if self._inner.get(original) == inner:
+            del self._inner[original]
+        if stream.token is not None and self._tokens.get(stream.token) == inner:
+            del self._tokens[stream.token]
+        await self._drop_questions(stream)
+        if cancel and not stream.answer.done() and self.session is not None:
+            # the HTTP caller went away: stop the work it asked for (upstream call, approval wait, listen)
+            await self.session.handle({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                       "params": {"requestId": inner, "reason": "the caller closed the stream"}})
+
+    async def _drop_questions(self, stream: _Stream) -> None:
+        """Questions asked on a stream that closed can no longer be answered: the upstream is told so."""
+        for hid in list(stream.asked):
+            self._asked.pop(hid, None)
+            if self.session is not None:
+                await self.session.handle(error(hid, INTERNAL_ERROR, "the caller closed the stream before answering"))
+        stream.asked.clear()
+
+    async def close_listener(self, stream: _Stream) -> None:
+        if self.listener is stream:
+            self.listener = None
+        stream.finished = True
+        await self._drop_questions(stream)
 
     def abort(self, reason: str) -> None:
         """The session is closing: answer every request still waiting, so no POST hangs."""
-        for inner, fut in list(self._waiting.items()):
-            if not fut.done():
-                fut.set_result(error(inner, INVALID_REQUEST, reason))
+        for inner, stream in list(self._open.items()):
+            stream.resolve(error(inner, INVALID_REQUEST, reason))
+        if self.listener is not None:
+            self.listener.end()
 
     async def cancel(self, session: HostSession, message: Message) -> None:
         """``notifications/cancelled`` for a request still open on another POST: cancel it in the
@@ -127,9 +287,49 @@ class _ReplyHost:
         if inner is None:
             return  # unknown or already answered: nothing to do (the spec allows the race)
         await session.handle({**message, "params": {**params, "requestId": inner}})
-        fut = self._waiting.get(inner)
-        if fut is not None and not fut.done():
-            fut.set_result(error(inner, REQUEST_CANCELLED, "Request cancelled"))
+        stream = self._open.get(inner)
+        if stream is not None:
+            stream.resolve(error(inner, REQUEST_CANCELLED, "Request cancelled"))
+
+
+class _EventStream:
+    """An SSE response: one ``message`` event per JSON-RPC message until the stream ends; the
+    caller hanging up ends it too (``on_close`` then cleans up: cancellation, unanswered questions)."""
+
+    def __init__(self, next_event: Callable[[], Awaitable[Message | None]], on_close: Callable[[bool], Awaitable[None]],
+                 headers: dict[str, str], rewrite: Callable[[Message], Message] = lambda m: m) -> None:
+        self.next_event = next_event
+        self.on_close = on_close
+        self.headers = headers
+        self.rewrite = rewrite
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
+                   (b"x-accel-buffering", b"no")]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        completed = False
+
+        async def pump() -> None:
+            nonlocal completed
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            while (event := await self.next_event()) is not None:
+                body = b": keep-alive\n\n" if event is _KEEPALIVE else b"event: message\ndata: " + orjson.dumps(self.rewrite(event)) + b"\n\n"
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            completed = True
+
+        async def hang_up() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(hang_up())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.on_close(not completed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +366,16 @@ class _Session:
     async def close(self, reason: str) -> None:
         self.host.abort(reason)
         await self.session.close()
+
+
+def _accepts_sse(accept: str) -> tuple[bool, bool]:
+    """(accepts ``text/event-stream``, prefers it): preferred when listed before ``application/json``
+    or without it, so a caller that asks for JSON first gets JSON whenever the answer is all there is."""
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if "text/event-stream" not in kinds:
+        return False, False
+    json_at = next((i for i, k in enumerate(kinds) if k in ("application/json", "application/*", "*/*")), len(kinds))
+    return True, kinds.index("text/event-stream") < json_at
 
 
 def _token_key(token: str) -> str:
@@ -354,16 +564,16 @@ class HttpGuard:
             return Response(status_code=400)
         return b"".join(chunks)
 
-    async def endpoint(self, request: Request) -> Response:
+    async def endpoint(self, request: Request) -> Response | _EventStream:
         origin = request.headers.get("origin")
         if origin and not (LOCAL_ORIGIN.match(origin) or origin in self.allowed_origins):
             return JSONResponse(error(None, INVALID_REQUEST, f"Origin {origin} is not allowed"), status_code=403)
-        if request.method == "GET":
-            return Response(status_code=405, headers={"Allow": "POST, DELETE"})
         caller = await self.authenticate(request)
         if isinstance(caller, Response):
             return caller
         sid = request.headers.get("mcp-session-id")
+        if request.method == "GET":
+            return await self._listen(request, sid, caller)
         if request.method == "DELETE":
             entry = self.entries.get(f"sid:{sid}")
             if entry is None or entry.binding != caller.binding:
@@ -383,41 +593,109 @@ class HttpGuard:
         header_method = request.headers.get("mcp-method")
         if header_method is not None and header_method != message.get("method"):
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
-        return await self._dispatch(message, sid, caller)
+        sse, eager = _accepts_sse(request.headers.get("accept", ""))
+        return await self._dispatch(message, sid, caller, sse, eager)
 
-    async def _dispatch(self, message: Message, sid: str | None, caller: Caller) -> Response:
+    def _entry(self, sid: str, caller: Caller, rid: Any = None) -> _Session | Response:
+        found = self.entries.get(f"sid:{sid}")
+        if found is None:
+            return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
+        if found.binding != caller.binding:
+            return JSONResponse(error(rid, INVALID_REQUEST, "This session belongs to another caller"), status_code=403)
+        return found
+
+    async def _listen(self, request: Request, sid: str | None, caller: Caller) -> Response | _EventStream:
+        """``GET /mcp``: the session's stream of what no request caused (list changes, resource
+        updates), one per session, only for its own caller."""
+        if not sid:
+            return Response(status_code=405, headers={"Allow": "POST, DELETE"})  # 2026-07-28: subscriptions/listen instead
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            return JSONResponse(error(None, INVALID_REQUEST, "GET /mcp needs Accept: text/event-stream"), status_code=406)
+        entry = self._entry(sid, caller)
+        if isinstance(entry, Response):
+            return entry
+        if entry.host.listener is not None:
+            return JSONResponse(error(None, INVALID_REQUEST, "This session already has a GET stream open"), status_code=409)
+        stream = _Stream(True, answered=False)
+        entry.host.listener = stream
+        entry.busy += 1  # an open stream is a session in use: not expired while it is read
+
+        async def closed(_: bool) -> None:
+            entry.busy -= 1
+            self._touch(entry)
+            await entry.host.close_listener(stream)
+
+        return _EventStream(stream.next, closed, {"Mcp-Session-Id": sid})
+
+    async def _dispatch(self, message: Message, sid: str | None, caller: Caller, sse: bool = False,
+                        eager: bool = False) -> Response | _EventStream:
         headers: dict[str, str] = {}
         if message.get("method") == "initialize":
-            params = message.get("params")
-            if isinstance(params, dict) and isinstance(params.get("capabilities"), dict):
-                caps = {k: v for k, v in params["capabilities"].items() if k not in RELAYED_CAPABILITIES}
-                message = {**message, "params": {**params, "capabilities": caps}}
             sid = uuid.uuid4().hex
             entry = await self._open(f"sid:{sid}", caller)
             headers["Mcp-Session-Id"] = sid
         elif sid:
-            found = self.entries.get(f"sid:{sid}")
-            if found is None:
-                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "Unknown or expired session"), status_code=404)
-            if found.binding != caller.binding:
-                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "This session belongs to another caller"), status_code=403)
+            found = self._entry(sid, caller, message.get("id"))
+            if isinstance(found, Response):
+                return found
             entry = found
         else:
             entry = self.entries.get(f"id:{caller.binding}") or await self._open(f"id:{caller.binding}", caller)
         self._touch(entry)
+        if not is_request(message):
+            if message.get("method") == "notifications/cancelled":
+                await entry.host.cancel(entry.session, message)
+            elif "method" in message or entry.host.answered(message):  # answered: a question asked on its streams
+                await entry.session.handle(message)
+            else:
+                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "Invalid Request: no question of this session has this id"),
+                                    status_code=400)
+            return Response(status_code=202, headers=headers)
+        if message.get("method") == "subscriptions/listen" and not sse:
+            return JSONResponse(error(message.get("id"), INVALID_REQUEST, "subscriptions/listen needs Accept: text/event-stream"),
+                                headers=headers)
+        return await self._ask(entry, message, sse, eager, headers)
+
+    async def _ask(self, entry: _Session, message: Message, sse: bool, eager: bool, headers: dict[str, str]) -> Response | _EventStream:
+        """Hand one request to the session.  Its answer comes back as plain JSON unless the caller
+        accepts ``text/event-stream`` and either prefers it (``eager``) or the session sends
+        something about the request first (progress, a log message, a question): then the answer
+        ends an SSE stream of those."""
+        host = entry.host
+        original = message["id"]
+        inner, stream = host.open(message, sse)
+
+        def outward(event: Message) -> Message:
+            if "method" not in event and event.get("id") == inner:
+                return {**event, "id": original}
+            params = event.get("params")
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            if isinstance(params, dict) and isinstance(meta, dict) and meta.get(META_SUBSCRIPTION_ID) == inner:
+                return {**event, "params": {**params, "_meta": {**meta, META_SUBSCRIPTION_ID: original}}}
+            return event
+
         entry.busy += 1
+        streaming = False
         try:
-            if not is_request(message):
-                if message.get("method") == "notifications/cancelled":
-                    await entry.host.cancel(entry.session, message)
-                else:
-                    await entry.session.handle(message)
-                return Response(status_code=202, headers=headers)
-            answer = await entry.host.ask(entry.session, message)
+            await entry.session.handle({**message, "id": inner})
+            streaming = eager or await stream.first()
+        except asyncio.CancelledError:
+            await host.finish(original, inner, stream, cancel=True)
+            raise
         finally:
+            if not streaming:
+                entry.busy -= 1
+                self._touch(entry)
+        if not streaming:
+            await host.finish(original, inner, stream, cancel=False)
+            return Response(orjson.dumps(outward(stream.answer.result())), media_type="application/json", headers=headers)
+
+        async def closed(early: bool) -> None:
             entry.busy -= 1
             self._touch(entry)
-        return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+            await host.finish(original, inner, stream, cancel=early)
+
+        return _EventStream(stream.next, closed, headers, outward)
 
     # ------------------------------------------------------------------ sessions
 
@@ -425,6 +703,7 @@ class HttpGuard:
         """A new session for ``caller``; past ``max_sessions_per_principal`` its own oldest idle one goes."""
         host = _ReplyHost()
         session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id)  # limits count per principal
+        host.session = session
         entry = _Session(key, session, host, caller.binding, caller.owner, time.monotonic())
         self.entries[key] = entry
         mine = self.owned.setdefault(caller.owner, OrderedDict())

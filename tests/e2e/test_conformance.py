@@ -40,12 +40,19 @@ Checks = dict[tuple[str, str], str]
 """(scenario, check id) -> status ("SUCCESS", "FAILURE", ...)."""
 
 
-def run_conformance(url: str, out_dir: Path, *, timeout: float = 240.0) -> Checks:
-    """Run the active server suite against ``url``; return every check's status from its checks.json."""
-    proc = subprocess.run(
-        [str(tool_path("conformance")), "server", "--url", url, "-o", str(out_dir)],
-        capture_output=True, text=True, timeout=timeout, env=tools_env(),
-    )
+BEARER_PRELOAD = Path(__file__).resolve().parents[1] / "fixtures" / "conformance_bearer.mjs"
+
+
+def run_conformance(url: str, out_dir: Path, *, timeout: float = 240.0, bearer: str | None = None) -> Checks:
+    """Run the active server suite against ``url``; return every check's status from its checks.json.
+    With ``bearer`` the suite itself sends ``Authorization: Bearer BEARER`` to ``url``'s origin (a
+    preload module wraps its HTTP clients; no proxy in between)."""
+    suite = [str(tool_path("conformance")), "server", "--url", url, "-o", str(out_dir)]
+    env = tools_env()
+    if bearer is not None:
+        suite = [str(tool_path("node")), "--import", str(BEARER_PRELOAD), str(tool_path("conformance").resolve()), *suite[1:]]
+        env = tools_env({"MCP_BEARER_TOKEN": bearer, "MCP_BEARER_ORIGIN": url})
+    proc = subprocess.run(suite, capture_output=True, text=True, timeout=timeout, env=env)
     (out_dir / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     checks: Checks = {}
     for checks_file in sorted(out_dir.glob("*/checks.json")):

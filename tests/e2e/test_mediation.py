@@ -29,10 +29,10 @@ from fixtures import (
     tools_env,
     write_guard_config,
 )
+from fixtures.serving import connect, serving
 from helpers_proxy import raw_guard
 from mcp.shared.exceptions import MCPError
 from test_grants_e2e import _link_id
-from test_serve import connect, serving
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 

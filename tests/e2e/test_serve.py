@@ -3,87 +3,30 @@ upstreams shared by every caller, each caller seeing and doing only what its own
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 from fixtures import (
     Mode,
-    RecordFile,
-    free_port,
-    mcp_guard_bin,
-    recording_server_command,
-    stdio_upstream,
-    stop_process,
-    tools_env,
-    wait_for_port,
-    write_guard_config,
 )
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+from fixtures.serving import ServeSetup, cli, connect, serving
 from mcp.shared.exceptions import MCPError
-
-from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
 pytestmark = pytest.mark.e2e
 
 
-class Setup:
-    def __init__(self, tmp: Path) -> None:
-        self.key, pub = generate_keypair()
-        (tmp / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
-        self.record = RecordFile(tmp / "rec.jsonl")
-        self.config = write_guard_config(
-            tmp,
-            {"rec": stdio_upstream(recording_server_command(), env=self.record.env())},
-            [{"id": "rec", "rules": [{"effect": "allow", "tools": ["rec/*"]}, {"effect": "deny", "tools": ["rec/delete_note"]},
-                                     {"effect": "approve", "tools": ["rec/write_note"]}]}],
-            trust={"issuers": {"corp-idp": str(tmp / "idp.jwk")}},
-            state={"url": f"sqlite:///{tmp / 'state.db'}"},
-            audit={"path": str(tmp / "audit.jsonl")},
-        )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
-
-    def grant(self, user: str, agent: str, tools: list[str], **kw: object) -> str:
-        return issue_grant(self.key, "corp-idp", user, agent, tools, **kw)  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def serving(config: Path, port: int) -> Iterator[None]:
-    """``mcp-guard serve --config CONFIG --port PORT`` until the block ends (log: serve.log beside it)."""
-    log = (config.parent / "serve.log").open("w")
-    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=tools_env())
-    try:
-        wait_for_port(port, timeout=60)
-        yield
-    finally:
-        stop_process(proc)
-        log.close()
-
-
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Setup]:
-    setup = Setup(tmp_path)
+def served(tmp_path: Path) -> Iterator[ServeSetup]:
+    setup = ServeSetup(tmp_path)
     with serving(setup.config, setup.port):
         yield setup
 
 
-@contextlib.asynccontextmanager
-async def connect(url: str, token: str | None, mode: Mode = "legacy") -> AsyncIterator[Client]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with create_mcp_http_client(headers=headers) as http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
-        yield client
-
-
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_each_caller_gets_what_its_own_chain_allows(served: Setup, mode: Mode) -> None:
+async def test_each_caller_gets_what_its_own_chain_allows(served: ServeSetup, mode: Mode) -> None:
     alice = served.grant("alice@example.com", "planner", ["rec/echo", "rec/read_note", "rec/delete_note"])
     bob = served.grant("bob@example.com", "reviewer", ["rec/read_note"])
     async with connect(served.url, alice, mode) as a, connect(served.url, bob, mode) as b:
@@ -101,7 +44,7 @@ async def test_each_caller_gets_what_its_own_chain_allows(served: Setup, mode: M
     assert (hidden_call["decision"], hidden_call["tool"], hidden_call["principal"][0]) == ("unknown", "rec_echo", "user:bob@example.com")
 
 
-async def test_no_or_bad_token_is_401_with_a_reason(served: Setup) -> None:
+async def test_no_or_bad_token_is_401_with_a_reason(served: ServeSetup) -> None:
     async with httpx2.AsyncClient() as http:
         body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
@@ -118,7 +61,7 @@ async def test_no_or_bad_token_is_401_with_a_reason(served: Setup) -> None:
     assert served.record.calls() == []
 
 
-async def test_a_session_is_bound_to_the_grant_that_opened_it(served: Setup) -> None:
+async def test_a_session_is_bound_to_the_grant_that_opened_it(served: ServeSetup) -> None:
     alice = served.grant("alice@example.com", "planner", ["rec/echo"])
     bob = served.grant("bob@example.com", "reviewer", ["rec/echo"])
     async with httpx2.AsyncClient() as http:
@@ -132,29 +75,20 @@ async def test_a_session_is_bound_to_the_grant_that_opened_it(served: Setup) -> 
         assert stolen.status_code == 403
 
 
-async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``mcp-guard ARGS`` in a second process, without blocking the client's event loop."""
-    import asyncio
-
-    return await asyncio.to_thread(
-        subprocess.run, [str(mcp_guard_bin()), *args], capture_output=True, text=True, timeout=30, env=tools_env()
-    )
-
-
-async def test_an_approval_waits_in_the_queue_and_a_second_process_releases_it(served: Setup) -> None:
+async def test_an_approval_waits_in_the_queue_and_a_second_process_releases_it(served: ServeSetup) -> None:
     import asyncio
 
     alice = served.grant("alice@example.com", "planner", ["rec/write_note"])
     async with connect(served.url, alice) as client:
         call = asyncio.ensure_future(client.call_tool("rec_write_note", {"path": "n", "text": "t"}))
         for _ in range(100):
-            listed = await _cli("approvals", "list", "--json", "--config", str(served.config))
+            listed = await cli("approvals", "list", "--json", "--config", str(served.config))
             waiting = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
             if waiting:
                 break
             await asyncio.sleep(0.2)
         assert len(waiting) == 1 and not call.done() and served.record.calls() == []
-        done = await _cli("approvals", "approve", waiting[0]["id"], "--config", str(served.config))
+        done = await cli("approvals", "approve", waiting[0]["id"], "--config", str(served.config))
         assert done.returncode == 0, done.stderr
         result = await asyncio.wait_for(call, 30)
     assert not result.is_error

@@ -26,11 +26,10 @@ from fixtures import (
     wait_for_port,
     write_guard_config,
 )
+from fixtures.serving import cli
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from state.conftest import redis_url  # noqa: F401 - the real redis-server fixture
-from test_serve import _cli
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
@@ -204,7 +203,7 @@ async def test_a_caller_cannot_approve_its_own_call(guard: Guard, mode: str) -> 
         waiting = await queued(guard)
         assert len(waiting) == 1, "the call must wait in the approval queue"
         assert guard.record.calls() == [] and not call.done()
-        done = await _cli("approvals", "approve", waiting[0]["id"], "--as", "oncall@example.com", "--config", str(guard.config))
+        done = await cli("approvals", "approve", waiting[0]["id"], "--as", "oncall@example.com", "--config", str(guard.config))
         assert done.returncode == 0, done.stderr
         result = await asyncio.wait_for(call, 30)
     assert not result.is_error and asked == []  # released by the queue; the caller was never asked
@@ -221,7 +220,7 @@ async def test_a_caller_cannot_approve_its_own_call(guard: Guard, mode: str) -> 
                                  "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}}}))
         waiting = await queued(guard)
         assert len(waiting) == 1 and guard.record.tools_called() == ["write_note"]
-        done = await _cli("approvals", "reject", waiting[0]["id"], "--config", str(guard.config))
+        done = await cli("approvals", "reject", waiting[0]["id"], "--config", str(guard.config))
         assert done.returncode == 0, done.stderr
         answer = await asyncio.wait_for(forged, 30)
     assert answer.status_code == 200 and answer.json()["result"]["isError"]
@@ -232,7 +231,7 @@ async def queued(guard: Guard) -> list[dict[str, Any]]:
     """The pending approval requests, once there are any (``mcp-guard approvals list`` in a second process)."""
     waiting: list[dict[str, Any]] = []
     for _ in range(60):
-        listed = await _cli("approvals", "list", "--json", "--config", str(guard.config))
+        listed = await cli("approvals", "list", "--json", "--config", str(guard.config))
         waiting = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
         if waiting:
             break
@@ -251,7 +250,7 @@ async def _echo(http: httpx2.AsyncClient, url: str, token: str, i: int) -> bool:
     return not body["result"].get("isError")
 
 
-async def test_rate_limits_hold_across_sessions_and_replicas(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+async def test_rate_limits_hold_across_sessions_and_replicas(tmp_path: Path, redis_url: str) -> None:
     guard = Guard(tmp_path, {}, state=redis_url)
     try:
         one, two = guard.start(), guard.start()

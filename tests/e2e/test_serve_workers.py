@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from fixtures import mcp_guard_bin, stop_process, tools_env, wait_for_port
+from fixtures.serving import ServeSetup, connect
 from helpers_proxy import text
-from test_serve import Setup, connect
 
 pytestmark = pytest.mark.e2e
 
@@ -36,8 +36,8 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.fixture
-def two_workers(tmp_path: Path) -> Iterator[tuple[Setup, subprocess.Popen[bytes]]]:
-    setup = Setup(tmp_path)
+def two_workers(tmp_path: Path) -> Iterator[tuple[ServeSetup, subprocess.Popen[bytes]]]:
+    setup = ServeSetup(tmp_path)
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port),
                              "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, env=tools_env())
@@ -52,19 +52,19 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[Setup, subprocess.Popen[bytes]
         log.close()
 
 
-def _audit(setup: Setup) -> list[dict[str, object]]:
+def _audit(setup: ServeSetup) -> list[dict[str, object]]:
     path = setup.record.path.parent / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def _one_call(setup: Setup, token: str, label: str) -> tuple[bool, str]:
+async def _one_call(setup: ServeSetup, token: str, label: str) -> tuple[bool, str]:
     """One call from a fresh client (a new TCP connection, so the kernel picks a worker anew)."""
     async with connect(setup.url, token, "auto") as client:
         res = await client.call_tool("rec_echo", {"text": label})
         return not res.is_error, text(res)
 
 
-async def test_a_grant_budget_is_shared_by_the_workers_and_both_serve(two_workers: tuple[Setup, subprocess.Popen[bytes]]) -> None:
+async def test_a_grant_budget_is_shared_by_the_workers_and_both_serve(two_workers: tuple[ServeSetup, subprocess.Popen[bytes]]) -> None:
     setup, proc = two_workers
     workers = _children(proc.pid)
     assert len(workers) == 2
@@ -83,7 +83,7 @@ async def test_a_grant_budget_is_shared_by_the_workers_and_both_serve(two_worker
     assert {r["pid"] for r in _audit(setup)} == workers
 
 
-def test_a_worker_that_dies_stops_the_service(two_workers: tuple[Setup, subprocess.Popen[bytes]]) -> None:
+def test_a_worker_that_dies_stops_the_service(two_workers: tuple[ServeSetup, subprocess.Popen[bytes]]) -> None:
     setup, proc = two_workers
     victim, other = sorted(_children(proc.pid))
     os.kill(victim, signal.SIGKILL)
@@ -92,7 +92,7 @@ def test_a_worker_that_dies_stops_the_service(two_workers: tuple[Setup, subproce
     assert "stopping the other workers" in (setup.record.path.parent / "serve.log").read_text()
 
 
-def test_workers_do_not_outlive_a_killed_supervisor(two_workers: tuple[Setup, subprocess.Popen[bytes]]) -> None:
+def test_workers_do_not_outlive_a_killed_supervisor(two_workers: tuple[ServeSetup, subprocess.Popen[bytes]]) -> None:
     proc = two_workers[1]
     workers = _children(proc.pid)
     proc.kill()
@@ -113,7 +113,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_memory_state_is_refused_with_workers(tmp_path: Path) -> None:
-    setup = Setup(tmp_path)
+    setup = ServeSetup(tmp_path)
     config = setup.config.read_text().replace(f"sqlite:///{tmp_path / 'state.db'}", "memory://")
     assert "memory://" in config
     setup.config.write_text(config)
