@@ -1,4 +1,4 @@
-"""Issue 4 end to end: a root grant to a planner, delegated to a coder, presented through
+"""Grant chains end to end: a root grant to a planner, delegated to a coder, presented through
 ``MCP_GUARD_GRANT`` to real ``mcp-guard run`` processes in front of the recording upstream."""
 
 from __future__ import annotations
