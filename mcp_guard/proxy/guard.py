@@ -15,7 +15,7 @@ from mcp_guard.config import GuardConfig, policy_sources, read_token
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import Era, HostTransport, Message
-from mcp_guard.policy import PolicySet, load_sources
+from mcp_guard.policy import Parsed, PolicySet, compile_parsed, parse_sources
 from mcp_guard.proxy.session import GuardContext, GuardSession
 
 if TYPE_CHECKING:
@@ -28,12 +28,15 @@ log = logging.getLogger("mcp_guard")
 DRAIN_SECONDS = 10.0
 
 
-def load_policy_set(config: GuardConfig) -> PolicySet:
-    """Compile the configured policies; no policies at all means deny everything (and say so)."""
+def load_policy_set(config: GuardConfig, parsed: Parsed | None = None) -> PolicySet:
+    """Compile the configured policies (``parsed``: already parsed from ``config.policies``, as the
+    inline form does to name its upstream); no policies at all means deny everything (and say so)."""
     if not config.policies:
         log.warning("no policies configured: every tool is hidden and every call is refused (default deny)")
         return PolicySet.empty()
-    policies = load_sources(policy_sources(config.policies), upstreams=list(config.upstreams) or None)
+    if parsed is None:
+        parsed = parse_sources(policy_sources(config.policies))
+    policies = compile_parsed(parsed.against(list(config.upstreams)) if config.upstreams else parsed)
     unknown: dict[str, int] = {}
     for w in policies.warnings:
         m = _NO_UPSTREAM.search(w)
@@ -85,10 +88,10 @@ def load_chain(config: GuardConfig) -> object | None:
         raise GrantError(exc.code, f"the grant chain (identity.grant / MCP_GUARD_GRANT) is invalid ({exc.code}): {exc}", exc.link_index) from None
 
 
-async def build_context(config: GuardConfig) -> GuardContext:
+async def build_context(config: GuardConfig, parsed: Parsed | None = None) -> GuardContext:
     from mcp_guard.state import open_store
 
-    policies = load_policy_set(config)
+    policies = load_policy_set(config, parsed)
     chain = load_chain(config)
     telemetry.setup(config.telemetry)  # off unless OTEL_* or the telemetry: block ask for it
     audit = None
@@ -156,11 +159,11 @@ class ServeSessions:
         return _CallerSession(self.ctx, host, self.hub, chain, principal, limit_scope)
 
 
-async def run_stdio(config: GuardConfig) -> None:
+async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     """The ``mcp-guard run`` main loop: serve the host on stdio until it closes stdin."""
     from mcp_guard.transports.stdio import StdioHost
 
-    ctx = await build_context(config)
+    ctx = await build_context(config, parsed)
     host = StdioHost()
     await host.open()
     session = GuardSession(ctx, host)
