@@ -507,12 +507,31 @@ class GuardSession:
             return  # the first build happens once every upstream has had its first try
         await self._tools_changed()
 
-    async def policies_changed(self) -> None:
-        """After a policy reload: tell the host if what it may see changed."""
+    async def policies_changed(self, previous: PolicySet | None = None) -> None:
+        """After a policy reload: tell the host which of its lists (tools, prompts, resources) now
+        show something else; ``previous`` is the policy set the reload replaced."""
         before = self.router.cached_tools()
         after = self.visible_tools()
         if before is not None and [e.exposed for e in before] != [e.exposed for e in after]:
             await self._list_changed("notifications/tools/list_changed")
+        if previous is None:
+            return
+        for method, kind in (("notifications/prompts/list_changed", Kind.PROMPT),
+                             ("notifications/resources/list_changed", Kind.RESOURCE)):
+            if not self._told(method):
+                continue  # nobody would be told: do not ask the upstreams for their lists
+            try:
+                listing = await self.router.listing(kind)
+            except (RpcError, UpstreamError) as exc:
+                log.warning("after the policy reload, listing %s failed: %s", kind.value, exc)
+                continue
+            who, chain = self.principal, self.chain
+            if self.router.seen(previous, who, chain, kind, listing) != self.router.seen(self.ctx.policies, who, chain, kind, listing):
+                await self._list_changed(method)
+
+    def _told(self, method: str) -> bool:
+        """Whether ``_list_changed(method)`` reaches anyone: a handshake-era host, or a listener that asked."""
+        return self.era == Era.LEGACY or any(method in methods for methods in self._listeners.values())
 
     async def _tools_changed(self) -> None:
         before = [e.definition for e in self.visible_tools()]
