@@ -70,6 +70,7 @@ _LISTEN_FILTERS = {
     "resourcesListChanged": "notifications/resources/list_changed",
 }
 MAX_LISTENS = 16  # open subscriptions/listen requests per session: each holds a task until cancelled
+MAX_RESOURCE_SUBSCRIPTIONS = 256  # URIs one subscriptions/listen may ask for (each may cost an upstream request)
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
 
 
@@ -134,6 +135,9 @@ class GuardSession:
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
         self._log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
         self._listeners: dict[Any, frozenset[str]] = {}  # 2026-07-28: open listen request id -> what it asked for
+        # 2026-07-28: open listen request id -> the (upstream, uri) resource subscriptions it holds
+        self._listen_uris: dict[Any, frozenset[tuple[str, str]]] = {}
+        self._upstream_subs: dict[tuple[str, str], int] = {}  # (upstream, uri) -> listens holding it upstream
         self._host_ids = 0
         self._host_pending: dict[int, _HostRequest] = {}
         self._agent_default: str | None = None
@@ -355,16 +359,78 @@ class GuardSession:
             raise RpcError(INVALID_PARAMS, "Invalid params: subscriptions/listen needs a `notifications` object")
         if len(self._listeners) >= MAX_LISTENS:
             raise RpcError(INVALID_REQUEST, f"mcp-guard keeps at most {MAX_LISTENS} subscriptions/listen requests open; cancel one first")
-        honoured = {key: True for key in _LISTEN_FILTERS if wanted.get(key) is True}  # resource subscriptions: not offered
+        uris = wanted.get("resourceSubscriptions", [])
+        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            raise RpcError(INVALID_PARAMS, "Invalid params: `resourceSubscriptions` must be a list of resource URIs")
+        if len(uris) > MAX_RESOURCE_SUBSCRIPTIONS:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: at most {MAX_RESOURCE_SUBSCRIPTIONS} `resourceSubscriptions` per listen")
+        honoured: dict[str, Any] = {key: True for key in _LISTEN_FILTERS if wanted.get(key) is True}
         rid = req.message["id"]
-        self._listeners[rid] = frozenset(_LISTEN_FILTERS[key] for key in honoured)
-        try:  # the acknowledgement is written before any change can be (the transport writes at once)
+        self._listen_uris[rid] = frozenset()
+        try:
+            held = await self._subscribe(req, rid, list(dict.fromkeys(uris)))
+            if held:
+                honoured["resourceSubscriptions"] = [uri for _, uri in held]
+            self._listeners[rid] = frozenset(_LISTEN_FILTERS[key] for key in honoured if key in _LISTEN_FILTERS)
+            # the acknowledgement is written before any change can be (the transport writes at once)
             await self.send(notification("notifications/subscriptions/acknowledged",
                                          {"_meta": {META_SUBSCRIPTION_ID: rid}, "notifications": honoured}))
             await asyncio.Event().wait()  # ends only by cancellation
         finally:
             self._listeners.pop(rid, None)
+            await self._unsubscribe(self._listen_uris.pop(rid, frozenset()))
         raise AssertionError("unreachable")
+
+    async def _subscribe(self, req: RequestContext, rid: Any, uris: list[str]) -> list[tuple[str, str]]:
+        """Subscribe a listen to the resources it asked for that this session may see, on upstreams
+        that offer subscriptions (``resources/subscribe``, once per resource however many listens
+        hold it).  A hidden or unknown URI is audited as unknown and left out of the acknowledgement,
+        exactly like one no upstream has."""
+        held: list[tuple[str, str]] = []
+        for uri in uris:
+            try:
+                target = await self.router.resource_target(req, uri)
+            except RpcError:
+                continue  # hidden or unknown (audited by resource_target)
+            up = self.upstreams.get(target.upstream)
+            caps = up.capabilities.get("resources") if up is not None else None
+            if up is None or up.era != "legacy" or up.status != "ready" or not (isinstance(caps, dict) and caps.get("subscribe")):
+                continue  # an upstream that cannot be subscribed: not honoured, as the acknowledgement says
+            key = (up.name, uri)
+            if not self._upstream_subs.get(key):
+                try:
+                    await up.request("resources/subscribe", {"uri": uri})
+                except (RpcError, UpstreamError) as exc:
+                    log.info("resources/subscribe %s on %s failed: %s", uri, up.name, exc)
+                    continue
+            self._upstream_subs[key] = self._upstream_subs.get(key, 0) + 1
+            self._listen_uris[rid] = self._listen_uris[rid] | {key}
+            held.append(key)
+        return held
+
+    async def _unsubscribe(self, keys: frozenset[tuple[str, str]]) -> None:
+        """A listen ended: drop its resource subscriptions upstream once no other listen holds them."""
+        for key in keys:
+            left = self._upstream_subs.get(key, 0) - 1
+            if left > 0:
+                self._upstream_subs[key] = left
+                continue
+            self._upstream_subs.pop(key, None)
+            up = self.upstreams.get(key[0])
+            if up is not None and up.status == "ready":
+                try:
+                    await up.request("resources/unsubscribe", {"uri": key[1]})
+                except (RpcError, UpstreamError) as exc:
+                    log.info("resources/unsubscribe %s on %s failed: %s", key[1], up.name, exc)
+
+    async def _resource_updated(self, upstream: Upstream, params: Message) -> None:
+        """2026-07-28: a resource update goes only to the listens subscribed to that URI."""
+        uri = params.get("uri")
+        key = (upstream.name, uri)
+        out = {k: v for k, v in params.items() if k != "_meta"}
+        for rid, keys in list(self._listen_uris.items()):
+            if key in keys and rid in self._listeners:
+                await self.send(notification("notifications/resources/updated", {**out, "_meta": {META_SUBSCRIPTION_ID: rid}}))
 
     async def _list_changed(self, method: str) -> None:
         """Tell the host a list it sees changed: a handshake-era host directly, a 2026-07-28 host on
@@ -479,8 +545,11 @@ class GuardSession:
                 await self._list_changed(str(method))
                 return
         elif method == "notifications/resources/updated":
-            uri = params.get("uri")  # only about a resource this host may see
+            uri = params.get("uri")  # only about a resource this host may see (now: policies reload)
             if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
+                return
+            if self.era == Era.MODERN:
+                await self._resource_updated(upstream, params)
                 return
         if self.era == Era.MODERN and method == "notifications/message" and not self._wants_log(upstream, params):
             return  # 2026-07-28: log notifications only for requests that opted in
