@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig
-from mcp_guard.decision import Kind, Outcome, Verdict
+from mcp_guard.decision import Kind, Outcome, Verdict, evaluate
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
@@ -385,13 +385,19 @@ class GuardSession:
         """Subscribe a listen to the resources it asked for that this session may see, on upstreams
         that offer subscriptions (``resources/subscribe``, once per resource however many listens
         hold it).  A hidden or unknown URI is audited as unknown and left out of the acknowledgement,
-        exactly like one no upstream has."""
+        exactly like one no upstream has; a visible one that a read of would not simply allow
+        (a deny on its URI, or an approval) is audited with that decision and left out too."""
         held: list[tuple[str, str]] = []
         for uri in uris:
             try:
                 target = await self.router.resource_target(req, uri)
             except RpcError:
                 continue  # hidden or unknown (audited by resource_target)
+            verdict = evaluate(self.ctx.policies, req.chain, req.principal, target.qualified, {"uri": uri}, None,
+                               self.ctx.clock(), kind=Kind.RESOURCE, paths=self.pipeline.paths(target.upstream))
+            if verdict.decision is not Outcome.ALLOW:  # denied, or a read would need a person: no standing watch
+                await self.pipeline.audit_refused(req, Kind.RESOURCE, uri, verdict, target.upstream)
+                continue
             up = self.upstreams.get(target.upstream)
             caps = up.capabilities.get("resources") if up is not None else None
             if up is None or up.era != "legacy" or up.status != "ready" or not (isinstance(caps, dict) and caps.get("subscribe")):

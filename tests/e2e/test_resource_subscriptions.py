@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.e2e, requires_tools("mcp-server-everything")]
 
 STATIC = "demo://resource/static/document/"
 A, B, HIDDEN = STATIC + "architecture.md", STATIC + "features.md", STATIC + "extension.md"
+GUARDED = STATIC + "instructions.md"  # visible, but each read needs a person's approval
 UPDATED = "notifications/resources/updated"
 PERIOD = 5.0  # server-everything's update interval
 
@@ -31,6 +32,7 @@ def policy(docs: list[str]) -> list[dict[str, Any]]:
     return [{"id": "p", "rules": [
         {"effect": "allow", "tools": ["everything/toggle-subscriber-updates"]},
         {"effect": "allow", "resources": ["everything/*"], "when": {"uri": {"in": docs}}},
+        {"effect": "approve", "resources": ["everything/*"], "when": {"uri": {"equals": GUARDED}}},
     ]}]
 
 
@@ -57,8 +59,12 @@ async def test_updates_reach_only_the_listens_that_subscribed_and_never_for_hidd
                                 policy([A, B]), audit={"path": str(tmp_path / "audit.jsonl")})
     async with raw_guard(config) as guard:
         await discover(guard)
-        first = await listen(guard, "a", {"resourceSubscriptions": [A, HIDDEN]})
-        # the honoured subset: the hidden URI is left out, as one that does not exist would be
+        listed = await guard.request("resources/list", {"_meta": meta()})
+        assert {r["uri"] for r in listed["result"]["resources"]} >= {A, B, GUARDED}
+        assert HIDDEN not in {r["uri"] for r in listed["result"]["resources"]}
+        first = await listen(guard, "a", {"resourceSubscriptions": [A, HIDDEN, GUARDED]})
+        # the honoured subset: the hidden URI is left out, as one that does not exist would be, and so
+        # is one whose reads need an approval (no standing watch on it)
         assert first["params"] == {"_meta": {SUBSCRIPTION_ID: "a"}, "notifications": {"resourceSubscriptions": [A]}}
         second = await listen(guard, "b", {"resourcesListChanged": True, "resourceSubscriptions": [B, A]})
         assert second["params"]["notifications"] == {"resourcesListChanged": True, "resourceSubscriptions": [B, A]}
@@ -81,6 +87,7 @@ async def test_updates_reach_only_the_listens_that_subscribed_and_never_for_hidd
         assert updates(await collect(guard, PERIOD + 1.5)) == set()
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert any(r.get("decision") == "unknown" and HIDDEN in json.dumps(r) for r in audit)  # the hidden ask is on record
+    assert any(r.get("decision") == "approval_required" and GUARDED in json.dumps(r) for r in audit)
 
 
 async def test_resource_subscriptions_must_be_a_list_of_uris(tmp_path: Path) -> None:
