@@ -135,7 +135,8 @@ class GuardSession:
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
         self._log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
         self._listeners: dict[Any, frozenset[str]] = {}  # 2026-07-28: open listen request id -> what it asked for
-        # 2026-07-28: open listen request id -> the (upstream, uri) resource subscriptions it holds
+        # 2026-07-28: every open listen request id (registered before its first await) -> the
+        # (upstream, uri) resource subscriptions it holds
         self._listen_uris: dict[Any, frozenset[tuple[str, str]]] = {}
         self._upstream_subs: dict[tuple[str, str], int] = {}  # (upstream, uri) -> listens holding it upstream
         self._host_ids = 0
@@ -357,7 +358,7 @@ class GuardSession:
         wanted = req.params.get("notifications")
         if not isinstance(wanted, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: subscriptions/listen needs a `notifications` object")
-        if len(self._listeners) >= MAX_LISTENS:
+        if len(self._listen_uris) >= MAX_LISTENS:
             raise RpcError(INVALID_REQUEST, f"mcp-guard keeps at most {MAX_LISTENS} subscriptions/listen requests open; cancel one first")
         uris = wanted.get("resourceSubscriptions", [])
         if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
@@ -551,7 +552,7 @@ class GuardSession:
                 await self._list_changed(str(method))
                 return
         elif method == "notifications/resources/updated":
-            uri = params.get("uri")  # only about a resource this host may see (now: policies reload)
+            uri = params.get("uri")  # only about a resource this host may see now (a reload may have hidden it)
             if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
                 return
             if self.era == Era.MODERN:
@@ -619,8 +620,8 @@ class GuardSession:
 
     async def drain(self, grace: float) -> None:
         """The host closed its input: let requests already received finish, for at most ``grace`` s."""
-        pending = [t for rid, t in self._inflight.items() if not t.done() and rid not in self._listeners]
-        for rid in list(self._listeners):  # open listens end with the host's input; they never finish
+        pending = [t for rid, t in self._inflight.items() if not t.done() and rid not in self._listen_uris]
+        for rid in list(self._listen_uris):  # open listens end with the host's input; they never finish
             if (task := self._inflight.get(rid)) is not None:
                 task.cancel()
         if pending:
