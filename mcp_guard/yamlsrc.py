@@ -117,8 +117,12 @@ class SourceReader:
 
     def error(self, path: Path, message: str, hint: str | None = None, *, value: bool = True, warning: bool = False) -> None:
         """Record a problem at ``path`` (at its value when ``value`` and the value has a position)."""
+        self.problems.append(self.problem(path, message, hint, value=value, warning=warning))
+
+    def problem(self, path: Path, message: str, hint: str | None = None, *, value: bool = True, warning: bool = False) -> Problem:
+        """The problem ``error`` would record, without recording it."""
         at = (*path, "__value__") if value and (*path, "__value__") in self.smap.positions else path
-        self.problems.append(self.smap.problem(at, message, hint, "warning" if warning else "error"))
+        return self.smap.problem(at, message, hint, "warning" if warning else "error")
 
     def unknown_keys(self, data: dict[Any, Any], path: Path, allowed: Iterable[str], what: str, *, list_all: bool = False) -> None:
         """An error with a "did you mean" hint for every key of ``data`` not in ``allowed``."""

@@ -15,11 +15,13 @@ from typing import Any, overload
 
 import click
 
+from mcp_guard.cli.schema import render as render_schema
 from mcp_guard.config import GuardConfig, UpstreamConfig, expand, read_sources
 from mcp_guard.errors import GuardError
 from mcp_guard.hostconfig import HostConfig, parse_host_config, rewritten
 from mcp_guard.pinning import PinSet, diff, write_lock
 from mcp_guard.policy import Effect
+from mcp_guard.schema import FILES as SCHEMA_FILES
 from mcp_guard.starter import StartingTool, render_guard_yaml, render_policy, render_tests, starting_tools
 from mcp_guard.upstreams.naming import derive_upstream_name
 
@@ -120,7 +122,7 @@ def _run_quietly(command: click.Command, args: list[str]) -> int:
 @click.option("--rewrite-host-config", is_flag=True,
               help="Also rewrite FILE so the host launches `mcp-guard run --config DIR/guard.yaml` instead of the "
                    "servers it guards (the original is kept as FILE.mcp-guard-backup).")
-@click.option("--force", is_flag=True, help="Overwrite guard.yaml, guard.lock and the generated policy files if they exist.")
+@click.option("--force", is_flag=True, help="Overwrite guard.yaml, guard.lock, the generated policy files and schemas if they exist.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_config: bool, force: bool,
          command: tuple[str, ...]) -> None:
@@ -136,6 +138,8 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
                                   all others are denied (listed as comments, to move into a rule)
       policies/NAME.test.yaml     one test case per tool with its starting decision
       guard.lock                  the tool definitions seen now, pinned
+      schemas/*.schema.json       the JSON Schemas the YAML files name on their first line, so an
+                                  editor with the YAML language server checks them as you type
 
     Annotations are the server's own claims, so the rules name the observed tools literally and
     the lock file pins their definitions: a tool that appears or changes later is hidden until
@@ -176,8 +180,10 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
 
     guard_yaml, lock = out / "guard.yaml", out / "guard.lock"
     policy_files = {n: (out / "policies" / f"{n}.yaml", out / "policies" / f"{n}.test.yaml") for n in configs}
+    schemas = {kind: (out / "schemas" / file, render_schema(kind)) for kind, file in SCHEMA_FILES.items()}
     targets = [guard_yaml, lock, *(p for pair in policy_files.values() for p in pair)]
     existing = [p for p in targets if p.exists()]
+    existing += [p for p, text in schemas.values() if p.exists() and p.read_text(encoding="utf-8") != text]
     if existing and not force:
         raise GuardError(f"{', '.join(_show(p) for p in existing)} already exist; give --force to overwrite, or --out DIR")
 
@@ -194,12 +200,20 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
 
     observed = starting_tools(tools)
     (out / "policies").mkdir(exist_ok=True)
+    (out / "schemas").mkdir(exist_ok=True)
+    for path, text in schemas.values():
+        _write(path, text)
+
+    def modeline(path: Path, kind: str) -> str:
+        """The editor's schema line, as the hand-written files carry it (relative to ``path``)."""
+        return f"# yaml-language-server: $schema={os.path.relpath(schemas[kind][0], path.parent)}\n"
+
     secrets = any("env" in s or "headers" in s for s in specs.values())
-    _write(guard_yaml, render_guard_yaml(specs, origin, secrets=secrets), private=secrets)
+    _write(guard_yaml, modeline(guard_yaml, "config") + render_guard_yaml(specs, origin, secrets=secrets), private=secrets)
     for up, (policy, tests) in policy_files.items():
         mine = [t for t in observed if t.upstream == up]
-        _write(policy, render_policy(up, mine, origin))
-        _write(tests, render_tests(up, mine))
+        _write(policy, modeline(policy, "policy") + render_policy(up, mine, origin))
+        _write(tests, modeline(tests, "tests") + render_tests(up, mine))
     write_lock(lock, diff(PinSet(), tools)[0])
 
     click.echo(f"wrote {_show(guard_yaml)}, {_show(lock)} ({len(observed)} tools pinned) and:")

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,6 +26,9 @@ from mcp_guard.config import (
 from mcp_guard.errors import ConfigError
 from mcp_guard.upstreams.naming import inline_upstream_name
 
+if TYPE_CHECKING:
+    from mcp_guard.policy import Parsed
+
 
 def setup_logging(level: str | None) -> None:
     """Logs go to stderr only: in stdio mode stdout belongs to the MCP protocol."""
@@ -35,10 +39,13 @@ def setup_logging(level: str | None) -> None:
 
 
 def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str | None, policies: tuple[str, ...],
-                 identity: IdentityConfig | None = None) -> GuardConfig:
+                 identity: IdentityConfig | None = None) -> tuple[GuardConfig, Parsed | None]:
     """Fold ``--policies``, ``--user/--agent/--purpose`` and ``-- COMMAND ...`` into the configuration.
 
-    Without ``--name`` the inline upstream is named after its command (``inline_upstream_name``)."""
+    Without ``--name`` the inline upstream is named after its command (``inline_upstream_name``),
+    which needs the policies read first: they are returned parsed, so the guard does not read
+    and parse them a second time (None when they were not read)."""
+    parsed: Parsed | None = None
     upstreams = dict(config.upstreams)
     extra = tuple(Path(p).resolve() for p in policies)
     for p in extra:
@@ -47,7 +54,8 @@ def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str | None
     all_policies = config.policies + extra
     if command:
         if name is None:
-            name = inline_upstream_name(command, policy_upstream_names(all_policies))
+            parsed = parse_policies(all_policies)
+            name = inline_upstream_name(command, parsed.tool_upstreams() if parsed is not None else set())
             if name in upstreams:
                 name = "upstream" if "upstream" not in upstreams else name
         if name in upstreams:
@@ -63,26 +71,18 @@ def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str | None
             purpose=identity.purpose or ident.purpose,
             grant=ident.grant,
         )
-    return dataclasses.replace(config, upstreams=upstreams, policies=all_policies, identity=ident)
+    return dataclasses.replace(config, upstreams=upstreams, policies=all_policies, identity=ident), parsed
 
 
-def policy_upstream_names(paths: tuple[Path, ...]) -> set[str]:
-    """The literal upstream names the policies' tool patterns use (unreadable files name none:
-    the guard reports them when it loads the policies)."""
+def parse_policies(paths: tuple[Path, ...]) -> Parsed | None:
+    """The policies parsed once, before the upstream names are known (None when a file cannot be
+    read: the guard reports that when it loads the policies)."""
     from mcp_guard.policy import parse_sources
-    from mcp_guard.policy._match import split_tool
 
     try:
-        parsed = parse_sources(policy_sources(paths))
+        return parse_sources(policy_sources(paths))
     except ConfigError:
-        return set()
-    names: set[str] = set()
-    for pol in parsed.policies:
-        for pattern in [t for r in pol.rules for t in r.tools] + [t for lim in pol.limits for t in lim.tools or ()]:
-            upstream = split_tool(pattern)[0]
-            if upstream and "*" not in upstream and "?" not in upstream:
-                names.add(upstream)
-    return names
+        return None
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -114,12 +114,12 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
     setup_logging(log_level)
     config = load_config(config_path) if config_path else default_config()
     check_grant_variable(config)
-    config = merge_inline(config, command, name, policies, IdentityConfig(user=user, agent=agent, purpose=purpose))
+    config, parsed = merge_inline(config, command, name, policies, IdentityConfig(user=user, agent=agent, purpose=purpose))
     if not config.upstreams:
         raise click.UsageError("nothing to guard: give --config with upstreams, or a server command after --")
     from mcp_guard.proxy.guard import run_stdio
 
-    asyncio.run(run_stdio(config))
+    asyncio.run(run_stdio(config, parsed))
 
 
 @click.command()

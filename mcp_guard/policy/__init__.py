@@ -43,6 +43,7 @@ __all__ = [
     "RuleRef",
     "RuleTrace",
     "Subjects",
+    "compile_parsed",
     "decide",
     "dump",
     "load",
@@ -59,7 +60,11 @@ class PolicyLoadError(ConfigError):
 
 def load_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str] | None = None) -> PolicySet:
     """Parse and compile ``(file name, text)`` pairs; ``ConfigError`` lists every problem at once."""
-    parsed = parse_sources(sources, upstreams=upstreams)
+    return compile_parsed(parse_sources(sources, upstreams=upstreams))
+
+
+def compile_parsed(parsed: Parsed) -> PolicySet:
+    """Compile parsed policies; ``ConfigError`` lists every problem at once when any is an error."""
     if parsed.errors:
         n = len(parsed.errors)
         raise PolicyLoadError(f"invalid policies ({n} problem{'s' if n != 1 else ''})", parsed.lines())

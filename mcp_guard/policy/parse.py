@@ -7,6 +7,7 @@ takes the model this module returns.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -32,7 +33,7 @@ from mcp_guard.policy.model import (
     Rule,
     Subjects,
 )
-from mcp_guard.yamlsrc import Path, Problem, SourceReader, YamlSyntaxError, did_you_mean, load
+from mcp_guard.yamlsrc import Path, Problem, SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 TOOL = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s]{1,128}$")
@@ -54,6 +55,8 @@ class Parsed:
 
     policies: list[Policy] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # every selector that names a literal upstream: (upstream, selector, where), checked by ``against``
+    upstream_refs: list[tuple[str, str, Problem]] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -65,6 +68,26 @@ class Parsed:
 
     def lines(self) -> list[str]:
         return [str(p) for p in sorted(self.problems, key=lambda p: (p.file, p.line, p.col))]
+
+    def against(self, upstreams: Sequence[str]) -> Parsed:
+        """These policies checked against the configured upstream names: a selector naming no
+        configured upstream is a warning (it can never match).  Parse once, check as often as the
+        names change (the inline form learns its upstream's name from the policies themselves)."""
+        found = [dataclasses.replace(where, message=f"no upstream named `{upstream}` is configured, so `{name}` can never match",
+                                     hint=did_you_mean(upstream, upstreams), severity="warning")
+                 for upstream, name, where in self.upstream_refs if upstream not in upstreams]
+        problems = sorted([*self.problems, *found], key=lambda p: (p.file, p.line, p.col)) if found else self.problems
+        return Parsed(self.policies, problems, self.upstream_refs)
+
+    def tool_upstreams(self) -> set[str]:
+        """The literal upstream names the tool selectors of rules and limits use."""
+        names: set[str] = set()
+        for pol in self.policies:
+            for pattern in [t for r in pol.rules for t in r.tools] + [t for lim in pol.limits for t in lim.tools or ()]:
+                upstream = split_tool(pattern)[0]
+                if upstream and "*" not in upstream and "?" not in upstream:
+                    names.add(upstream)
+        return names
 
 
 def _freeze(value: Any) -> Any:
@@ -81,6 +104,10 @@ def _is_number(value: Any) -> bool:
 
 
 class _Reader(SourceReader):
+    def __init__(self, smap: SourceMap, out: Parsed) -> None:
+        super().__init__(smap, out.problems)
+        self.upstream_refs = out.upstream_refs
+
     def where(self, path: Path) -> str:
         line, _col = self.smap.at(path)
         return f"{self.smap.file}:{line}"
@@ -113,7 +140,7 @@ class _Reader(SourceReader):
         return tuple(out)
 
 
-def _selectors(r: _Reader, key: str, data: Any, path: Path, upstreams: Sequence[str] | None) -> tuple[str, ...] | None:
+def _selectors(r: _Reader, key: str, data: Any, path: Path) -> tuple[str, ...] | None:
     """One selector list (``tools``, ``resources`` or ``prompts``) of a rule or a limit."""
     names = r.strings(data, path, f"`{key}`")
     if names is None:
@@ -132,13 +159,12 @@ def _selectors(r: _Reader, key: str, data: Any, path: Path, upstreams: Sequence[
                         "globs may use * within a segment, e.g. fs/read_* or */delete*")
             continue
         upstream = split_tool(name)[0]
-        if upstreams is not None and "*" not in upstream and "?" not in upstream and upstream not in upstreams:
-            r.error((*path, i), f"no upstream named `{upstream}` is configured, so `{name}` can never match",
-                    did_you_mean(upstream, upstreams), warning=True)
+        if "*" not in upstream and "?" not in upstream:
+            r.upstream_refs.append((upstream, name, r.problem((*path, i), "", warning=True)))
     return names
 
 
-def _select(r: _Reader, m: dict[str, Any], path: Path, upstreams: Sequence[str] | None, what: str) -> dict[str, tuple[str, ...]] | None:
+def _select(r: _Reader, m: dict[str, Any], path: Path, what: str) -> dict[str, tuple[str, ...]] | None:
     """The selectors of a rule or limit: at least one of tools, resources, prompts."""
     present = [k for k in SELECTORS if k in m]
     if not present:
@@ -147,7 +173,7 @@ def _select(r: _Reader, m: dict[str, Any], path: Path, upstreams: Sequence[str] 
     out: dict[str, tuple[str, ...]] = {}
     ok = True
     for key in present:
-        got = _selectors(r, key, m[key], (*path, key), upstreams)
+        got = _selectors(r, key, m[key], (*path, key))
         if got is None:
             ok = False
         else:
@@ -234,7 +260,7 @@ def _lint_condition(r: _Reader, cond: Condition, path: Path) -> None:
         r.error(path, f"condition on `{cond.key}` can never hold: {dead}, so this rule never matches", warning=True, value=False)
 
 
-def _rule(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) -> Rule | None:
+def _rule(r: _Reader, data: Any, path: Path) -> Rule | None:
     m = r.mapping(data, path, _RULE, "a rule")
     if m is None:
         return None
@@ -248,7 +274,7 @@ def _rule(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) ->
         ok = False
     else:
         effect = Effect(m["effect"])
-    selected = _select(r, m, path, upstreams, "rule")
+    selected = _select(r, m, path, "rule")
     ok = ok and selected is not None
     annotations: list[tuple[str, bool]] = []
     if "annotations" in m:
@@ -305,11 +331,11 @@ def _check_keys(r: _Reader, selected: dict[str, tuple[str, ...]], when: list[Con
     return ok
 
 
-def _limit(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) -> Limit | None:
+def _limit(r: _Reader, data: Any, path: Path) -> Limit | None:
     m = r.mapping(data, path, _LIMIT, "a limit")
     if m is None:
         return None
-    selected = _select(r, m, path, upstreams, "limit")
+    selected = _select(r, m, path, "limit")
     counts: dict[str, int] = {}
     for key in ("per_minute", "per_session"):
         v = m.get(key)
@@ -362,7 +388,7 @@ def _lint_shadowed(r: _Reader, rules: list[tuple[int, Rule]], path: Path) -> Non
                 break
 
 
-def _policy(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) -> Policy | None:
+def _policy(r: _Reader, data: Any, path: Path) -> Policy | None:
     m = r.mapping(data, path, _POLICY, "a policy")
     if m is None:
         return None
@@ -386,7 +412,7 @@ def _policy(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) 
             r.error((*path, "rules"), "policy has no rules, so it never decides anything", warning=True)
         seen: set[str] = set()
         for i, raw in enumerate(raw_rules):
-            rule = _rule(r, raw, (*path, "rules", i), upstreams)
+            rule = _rule(r, raw, (*path, "rules", i))
             if rule is None:
                 ok = False
                 continue
@@ -404,7 +430,7 @@ def _policy(r: _Reader, data: Any, path: Path, upstreams: Sequence[str] | None) 
         ok = False
     else:
         for i, raw in enumerate(raw_limits):
-            lim = _limit(r, raw, (*path, "limits", i), upstreams)
+            lim = _limit(r, raw, (*path, "limits", i))
             ok = ok and lim is not None
             if lim is not None:
                 limits.append(lim)
@@ -427,7 +453,7 @@ def parse_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str
         except YamlSyntaxError as exc:
             out.problems.append(exc.problem)
             continue
-        r = _Reader(smap, out.problems)
+        r = _Reader(smap, out)
         if data is None:
             r.error((), "policy file is empty", "start with `version: 1` and `policies:`", warning=True)
             continue
@@ -441,7 +467,7 @@ def parse_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str
             r.error(("policies",) if "policies" in top else (), "a policy file needs a list of `policies`", value="policies" in top)
             continue
         for i, item in enumerate(raw):
-            pol = _policy(r, item, ("policies", i), upstreams)
+            pol = _policy(r, item, ("policies", i))
             pid = item.get("id") if isinstance(item, dict) else None
             if isinstance(pid, str):
                 here = r.where(("policies", i, "id"))
@@ -451,7 +477,7 @@ def parse_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str
                 first_seen[pid] = here
             if pol is not None:
                 out.policies.append(pol)
-    return out
+    return out if upstreams is None else out.against(upstreams)
 
 
 def parse_text(text: str, file: str = "<policy>") -> Parsed:

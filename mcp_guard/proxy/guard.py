@@ -16,7 +16,7 @@ from mcp_guard.config import GuardConfig, policy_sources, read_token, telemetry_
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
-from mcp_guard.policy import PolicySet, load_sources
+from mcp_guard.policy import Parsed, PolicySet, compile_parsed, parse_sources
 from mcp_guard.proxy.callers import Callers
 from mcp_guard.proxy.pipeline import RequestContext
 from mcp_guard.proxy.session import GuardContext, GuardSession
@@ -32,12 +32,15 @@ log = logging.getLogger("mcp_guard")
 DRAIN_SECONDS = 10.0
 
 
-def load_policy_set(config: GuardConfig) -> PolicySet:
-    """Compile the configured policies; no policies at all means deny everything (and say so)."""
+def load_policy_set(config: GuardConfig, parsed: Parsed | None = None) -> PolicySet:
+    """Compile the configured policies (``parsed``: already parsed from ``config.policies``, as the
+    inline form does to name its upstream); no policies at all means deny everything (and say so)."""
     if not config.policies:
         log.warning("no policies configured: every tool is hidden and every call is refused (default deny)")
         return PolicySet.empty()
-    policies = load_sources(policy_sources(config.policies), upstreams=list(config.upstreams) or None)
+    if parsed is None:
+        parsed = parse_sources(policy_sources(config.policies))
+    policies = compile_parsed(parsed.against(list(config.upstreams)) if config.upstreams else parsed)
     unknown: dict[str, int] = {}
     for w in policies.warnings:
         m = _NO_UPSTREAM.search(w)
@@ -89,10 +92,10 @@ def load_chain(config: GuardConfig) -> object | None:
         raise GrantError(exc.code, f"the grant chain (identity.grant / MCP_GUARD_GRANT) is invalid ({exc.code}): {exc}", exc.link_index) from None
 
 
-async def build_context(config: GuardConfig) -> GuardContext:
+async def build_context(config: GuardConfig, parsed: Parsed | None = None) -> GuardContext:
     from mcp_guard.state import open_store
 
-    policies = load_policy_set(config)
+    policies = load_policy_set(config, parsed)
     chain = load_chain(config)
     hooks = telemetry.start(telemetry_settings(config.telemetry))  # off unless OTEL_* or the telemetry: block ask for it
     audit = None
@@ -198,8 +201,8 @@ class _Hub(GuardSession):
         self._rebuild_catalogue()
         await self._each(tell)
 
-    async def policies_changed(self) -> None:
-        await self._each(lambda child: child.policies_changed())
+    async def policies_changed(self, previous: PolicySet | None = None) -> None:
+        await self._each(lambda child: child.policies_changed(previous))
 
     def others_subscribed(self, me: _CallerSession, upstream: str, uri: str) -> bool:
         return any(c is not me and uri in c.subscribed.get(upstream, ()) for c in self.children.values())
@@ -293,18 +296,20 @@ class ServeSessions:
         session (or another replica) does not start them afresh."""
         return _CallerSession(self.ctx, host, self.hub, chain, principal, limit_scope)
 
-    async def policies_changed(self) -> None:
-        await self.hub.policies_changed()
+    async def policies_changed(self, previous: PolicySet | None = None) -> None:
+        """After a reload: each caller is told which of its lists changed (``previous`` is the
+        policy set the reload replaced)."""
+        await self.hub.policies_changed(previous)
 
     def tool_names(self) -> list[str]:
         return self.hub.tool_names()
 
 
-async def run_stdio(config: GuardConfig) -> None:
+async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     """The ``mcp-guard run`` main loop: serve the host on stdio until it closes stdin."""
     from mcp_guard.transports.stdio import StdioHost
 
-    ctx = await build_context(config)
+    ctx = await build_context(config, parsed)
     host = StdioHost()
     await host.open()
     session = GuardSession(ctx, host)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from mcp_guard.config import GuardConfig, iter_policy_files
 from mcp_guard.errors import ConfigError
+from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.session import GuardContext
 
 log = logging.getLogger("mcp_guard.reload")
@@ -50,11 +51,12 @@ def reload_policies(ctx: GuardContext, tools: Iterable[str] = ()) -> list[str]:
 
 async def watch_policies(
     ctx: GuardContext,
-    changed: Callable[[], Awaitable[None]],
+    changed: Callable[[PolicySet], Awaitable[None]],
     wake: asyncio.Event,
     tools: Callable[[], Iterable[str]] = tuple,
 ) -> None:
-    """Poll the policy files (and wake on SIGHUP); after a successful swap call ``changed``."""
+    """Poll the policy files (and wake on SIGHUP); after a successful swap call ``changed`` with
+    the policy set it replaced."""
     if not ctx.config.policies:
         return
     seen = policy_fingerprint(ctx.config)
@@ -67,8 +69,9 @@ async def watch_policies(
         if now == seen and not forced:
             continue
         seen = now
+        previous = ctx.policies
         if not reload_policies(ctx, tools()):
-            await changed()
+            await changed(previous)
 
 
 __all__ = ["policy_fingerprint", "reload_policies", "watch_policies"]

@@ -317,6 +317,20 @@ class Router:
         self.owners.prompts_known = True
         return out
 
+    async def listing(self, kind: Kind) -> list[tuple[str, bool]]:
+        """Every prompt (``Kind.PROMPT``) or resource and resource template the upstreams list now,
+        as ``(UPSTREAM/NAME, judge_uri)`` the way their listings judge them."""
+        if kind is Kind.PROMPT:
+            return [(f"{up.name}/{it['name']}", True) for up, _exposed, it in await self._prompts()]
+        return ([(f"{up.name}/{it['uri']}", True) for up, it in await self._resources()]
+                + [(f"{up.name}/{it['uriTemplate']}", False) for up, it in await self._templates()])
+
+    @staticmethod
+    def seen(policies: PolicySet, who: Principal, chain: GrantChain | None, kind: Kind,
+             listing: list[tuple[str, bool]]) -> frozenset[str]:
+        """What of ``listing`` a list would show ``who`` under ``policies`` (to compare two sets)."""
+        return frozenset(q for q, judge in listing if is_visible(policies, chain, who, q, None, kind, judge_uri=judge))
+
     # ------------------------------------------------------------------ lists (filtered, paginated)
 
     async def resources_list(self, req: RequestContext) -> Message:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.config import GuardConfig
-from mcp_guard.decision import Kind, Outcome, Verdict
+from mcp_guard.decision import Kind, Outcome, Verdict, evaluate
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
@@ -70,6 +70,7 @@ _LISTEN_FILTERS = {
     "resourcesListChanged": "notifications/resources/list_changed",
 }
 MAX_LISTENS = 16  # open subscriptions/listen requests per session: each holds a task until cancelled
+MAX_RESOURCE_SUBSCRIPTIONS = 256  # URIs one subscriptions/listen may ask for (each may cost an upstream request)
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
 
 
@@ -135,6 +136,10 @@ class GuardSession:
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
         self._log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
         self._listeners: dict[Any, frozenset[str]] = {}  # 2026-07-28: open listen request id -> what it asked for
+        # 2026-07-28: every open listen request id (registered before its first await) -> the
+        # (upstream, uri) resource subscriptions it holds
+        self._listen_uris: dict[Any, frozenset[tuple[str, str]]] = {}
+        self._upstream_subs: dict[tuple[str, str], int] = {}  # (upstream, uri) -> listens holding it upstream
         self._host_ids = 0
         self._host_pending: dict[int, _HostRequest] = {}
         self._agent_default: str | None = None
@@ -359,18 +364,86 @@ class GuardSession:
         wanted = req.params.get("notifications")
         if not isinstance(wanted, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: subscriptions/listen needs a `notifications` object")
-        if len(self._listeners) >= MAX_LISTENS:
+        if len(self._listen_uris) >= MAX_LISTENS:
             raise RpcError(INVALID_REQUEST, f"mcp-guard keeps at most {MAX_LISTENS} subscriptions/listen requests open; cancel one first")
-        honoured = {key: True for key in _LISTEN_FILTERS if wanted.get(key) is True}  # resource subscriptions: not offered
+        uris = wanted.get("resourceSubscriptions", [])
+        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            raise RpcError(INVALID_PARAMS, "Invalid params: `resourceSubscriptions` must be a list of resource URIs")
+        if len(uris) > MAX_RESOURCE_SUBSCRIPTIONS:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: at most {MAX_RESOURCE_SUBSCRIPTIONS} `resourceSubscriptions` per listen")
+        honoured: dict[str, Any] = {key: True for key in _LISTEN_FILTERS if wanted.get(key) is True}
         rid = req.message["id"]
-        self._listeners[rid] = frozenset(_LISTEN_FILTERS[key] for key in honoured)
-        try:  # the acknowledgement is written before any change can be (the transport writes at once)
+        self._listen_uris[rid] = frozenset()
+        try:
+            held = await self._subscribe(req, rid, list(dict.fromkeys(uris)))
+            if held:
+                honoured["resourceSubscriptions"] = [uri for _, uri in held]
+            self._listeners[rid] = frozenset(_LISTEN_FILTERS[key] for key in honoured if key in _LISTEN_FILTERS)
+            # the acknowledgement is written before any change can be (the transport writes at once)
             await self.send(notification("notifications/subscriptions/acknowledged",
                                          {"_meta": {META_SUBSCRIPTION_ID: rid}, "notifications": honoured}))
             await asyncio.Event().wait()  # ends only by cancellation
         finally:
             self._listeners.pop(rid, None)
+            await self._unsubscribe(self._listen_uris.pop(rid, frozenset()))
         raise AssertionError("unreachable")
+
+    async def _subscribe(self, req: RequestContext, rid: Any, uris: list[str]) -> list[tuple[str, str]]:
+        """Subscribe a listen to the resources it asked for that this session may see, on upstreams
+        that offer subscriptions (``resources/subscribe``, once per resource however many listens
+        hold it).  A hidden or unknown URI is audited as unknown and left out of the acknowledgement,
+        exactly like one no upstream has; a visible one that a read of would not simply allow
+        (a deny on its URI, or an approval) is audited with that decision and left out too."""
+        held: list[tuple[str, str]] = []
+        for uri in uris:
+            try:
+                target = await self.router.resource_target(req, uri)
+            except RpcError:
+                continue  # hidden or unknown (audited by resource_target)
+            verdict = evaluate(self.ctx.policies, req.chain, req.principal, target.qualified, {"uri": uri}, None,
+                               self.ctx.clock(), kind=Kind.RESOURCE, paths=self.pipeline.paths(target.upstream))
+            if verdict.decision is not Outcome.ALLOW:  # denied, or a read would need a person: no standing watch
+                await self.pipeline.audit_refused(req, Kind.RESOURCE, uri, verdict, target.upstream)
+                continue
+            up = self.upstreams.get(target.upstream)
+            caps = up.capabilities.get("resources") if up is not None else None
+            if up is None or up.era != "legacy" or up.status != "ready" or not (isinstance(caps, dict) and caps.get("subscribe")):
+                continue  # an upstream that cannot be subscribed: not honoured, as the acknowledgement says
+            key = (up.name, uri)
+            if not self._upstream_subs.get(key):
+                try:
+                    await up.request("resources/subscribe", {"uri": uri})
+                except (RpcError, UpstreamError) as exc:
+                    log.info("resources/subscribe %s on %s failed: %s", uri, up.name, exc)
+                    continue
+            self._upstream_subs[key] = self._upstream_subs.get(key, 0) + 1
+            self._listen_uris[rid] = self._listen_uris[rid] | {key}
+            held.append(key)
+        return held
+
+    async def _unsubscribe(self, keys: frozenset[tuple[str, str]]) -> None:
+        """A listen ended: drop its resource subscriptions upstream once no other listen holds them."""
+        for key in keys:
+            left = self._upstream_subs.get(key, 0) - 1
+            if left > 0:
+                self._upstream_subs[key] = left
+                continue
+            self._upstream_subs.pop(key, None)
+            up = self.upstreams.get(key[0])
+            if up is not None and up.status == "ready":
+                try:
+                    await up.request("resources/unsubscribe", {"uri": key[1]})
+                except (RpcError, UpstreamError) as exc:
+                    log.info("resources/unsubscribe %s on %s failed: %s", key[1], up.name, exc)
+
+    async def _resource_updated(self, upstream: Upstream, params: Message) -> None:
+        """2026-07-28: a resource update goes only to the listens subscribed to that URI."""
+        uri = params.get("uri")
+        key = (upstream.name, uri)
+        out = {k: v for k, v in params.items() if k != "_meta"}
+        for rid, keys in list(self._listen_uris.items()):
+            if key in keys and rid in self._listeners:
+                await self.send(notification("notifications/resources/updated", {**out, "_meta": {META_SUBSCRIPTION_ID: rid}}))
 
     async def _list_changed(self, method: str) -> None:
         """Tell the host a list it sees changed: a handshake-era host directly, a 2026-07-28 host on
@@ -497,8 +570,11 @@ class GuardSession:
                 await self._list_changed(str(method))
                 return
         elif method == "notifications/resources/updated":
-            uri = params.get("uri")  # only about a resource this host may see
+            uri = params.get("uri")  # only about a resource this host may see now (a reload may have hidden it)
             if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
+                return
+            if self.era == Era.MODERN:
+                await self._resource_updated(upstream, params)
                 return
         if self.era == Era.MODERN and method == "notifications/message" and not self._wants_log(upstream, params):
             return  # 2026-07-28: log notifications only for requests that opted in
@@ -527,12 +603,31 @@ class GuardSession:
             return  # the first build happens once every upstream has had its first try
         await self._tools_changed()
 
-    async def policies_changed(self) -> None:
-        """After a policy reload: tell the host if what it may see changed."""
+    async def policies_changed(self, previous: PolicySet | None = None) -> None:
+        """After a policy reload: tell the host which of its lists (tools, prompts, resources) now
+        show something else; ``previous`` is the policy set the reload replaced."""
         before = self.router.cached_tools()
         after = self.visible_tools()
         if before is not None and [e.exposed for e in before] != [e.exposed for e in after]:
             await self._list_changed("notifications/tools/list_changed")
+        if previous is None:
+            return
+        for method, kind in (("notifications/prompts/list_changed", Kind.PROMPT),
+                             ("notifications/resources/list_changed", Kind.RESOURCE)):
+            if not self._told(method):
+                continue  # nobody would be told: do not ask the upstreams for their lists
+            try:
+                listing = await self.router.listing(kind)
+            except (RpcError, UpstreamError) as exc:
+                log.warning("after the policy reload, listing %s failed: %s", kind.value, exc)
+                continue
+            who, chain = self.principal, self.chain
+            if self.router.seen(previous, who, chain, kind, listing) != self.router.seen(self.ctx.policies, who, chain, kind, listing):
+                await self._list_changed(method)
+
+    def _told(self, method: str) -> bool:
+        """Whether ``_list_changed(method)`` reaches anyone: a handshake-era host, or a listener that asked."""
+        return self.era == Era.LEGACY or any(method in methods for methods in self._listeners.values())
 
     async def _tools_changed(self) -> None:
         before = [e.definition for e in self.visible_tools()]
@@ -545,8 +640,8 @@ class GuardSession:
 
     async def drain(self, grace: float) -> None:
         """The host closed its input: let requests already received finish, for at most ``grace`` s."""
-        pending = [t for rid, t in self._inflight.items() if not t.done() and rid not in self._listeners]
-        for rid in list(self._listeners):  # open listens end with the host's input; they never finish
+        pending = [t for rid, t in self._inflight.items() if not t.done() and rid not in self._listen_uris]
+        for rid in list(self._listen_uris):  # open listens end with the host's input; they never finish
             if (task := self._inflight.get(rid)) is not None:
                 task.cancel()
         if pending:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ POLICIES: list[dict[str, Any]] = [
 ]
 
 IDENTITY = {"user": "alice@example.com", "agent": "support-bot", "purpose": "ticket-triage"}
+
+# the ``guard_yaml`` fixture (conftest.py): ``guard_yaml(timeout="20s", remember="none", state="memory://") -> guard.yaml``
+GuardYaml = Callable[..., Path]
 
 
 @dataclass

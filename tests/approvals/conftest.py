@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from approvalkit import IDENTITY, POLICIES, Host
+from approvalkit import IDENTITY, POLICIES, GuardYaml, Host
 from fixtures import RecordFile, recording_server_command, stdio_upstream, write_guard_config
 
 
@@ -14,8 +13,6 @@ from fixtures import RecordFile, recording_server_command, stdio_upstream, write
 def host() -> Host:
     return Host()
 
-
-GuardYaml = Callable[..., Path]
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import mcp_types as types
 import pytest
-from approvalkit import Host, audit_records, text_of
-from conftest import GuardYaml
+from approvalkit import GuardYaml, Host, audit_records, text_of
 from fixtures import MODES, Mode, RecordFile, guarded_session
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import GuardYaml
+from approvalkit import GuardYaml
 from fixtures import RecordFile, guarded_session, mcp_guard_bin, tools_env
 
 pytestmark = pytest.mark.e2e

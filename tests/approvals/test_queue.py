@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from approvalkit import audit_records, text_of
-from conftest import GuardYaml
+from approvalkit import GuardYaml, audit_records, text_of
 from fixtures import MODES, Mode, RecordFile, guarded_session, mcp_guard_bin, tools_env
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,7 @@ import base64
 
 import mcp_types as types
 import pytest
-from approvalkit import Host, text_of
-from conftest import GuardYaml
+from approvalkit import GuardYaml, Host, text_of
 from fixtures import RecordFile, guarded_session
 
 from mcp_guard.proxy.approvals import APPROVAL_KEY

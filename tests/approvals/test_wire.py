@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GuardYaml
+from approvalkit import GuardYaml
 from fixtures import RecordFile, guard_command, tools_env
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""guard.yaml (spec §2): every problem at once as file:line:col with hints, ${VAR} expansion,
+"""guard.yaml: every problem at once as file:line:col with hints, ${VAR} expansion,
 paths relative to the file, defaults."""
 
 from __future__ import annotations

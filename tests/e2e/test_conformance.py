@@ -1,8 +1,8 @@
 """Transparency, measured by the official suite: `@modelcontextprotocol/conformance` server scenarios
 (active suite) run against the project's fixture alone and through `mcp-guard run`.
 
-The suite speaks only Streamable HTTP, so a stdio server sits behind supergateway (research doc
-§1.5). supergateway has no Host/Origin check, so `dns-rebinding-protection` fails behind it
+The suite speaks only Streamable HTTP, so a stdio server sits behind supergateway (a
+stdio-to-HTTP bridge). supergateway has no Host/Origin check, so `dns-rebinding-protection` fails behind it
 whatever is inside; every other check that passes against the fixture directly must pass through
 the guard too (allow-all policy, `prefix: false`).
 """

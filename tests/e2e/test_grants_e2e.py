@@ -1,11 +1,10 @@
-"""Issue 4 end to end: a root grant to a planner, delegated to a coder, presented through
+"""Grant chains end to end: a root grant to a planner, delegated to a coder, presented through
 ``MCP_GUARD_GRANT`` to real ``mcp-guard run`` processes in front of the recording upstream."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from fixtures import (
     tools_env,
     write_guard_config,
 )
+from fixtures.clock import ShiftedClock
 from helpers_proxy import text
 from mcp.shared.exceptions import MCPError
 
@@ -114,21 +114,26 @@ async def test_revoke_from_another_process_takes_effect_on_the_next_call(tmp_pat
 
 
 async def test_expiry_mid_session_refuses(tmp_path: Path) -> None:
+    """The coder's link expires while the guard runs: the guard's own clock is moved past it (no
+    sleeping, so a slow start-up on a loaded machine cannot eat the link's lifetime first)."""
     keys = Keys(tmp_path)
     record = RecordFile(tmp_path / "rec.jsonl")
-    chain, _ = keys.chain(coder_tools=["rec/echo"], coder_ttl=4)
+    ttl = 600
+    chain, _ = keys.chain(coder_tools=["rec/echo"], coder_ttl=ttl)
     config = _config(tmp_path, keys, record)
-    started = time.time()
-    async with guarded_session(config, env=_env(chain)) as client:
+    clock = ShiftedClock(tmp_path)
+    async with guarded_session(config, env=clock.env(_env(chain))) as client:
         assert not (await client.call_tool("rec_echo", {"text": "early"})).is_error
-        await asyncio.sleep(max(0.0, started + 5.5 - time.time()))
+        clock.advance(ttl / 2)  # still inside the link's lifetime
+        assert not (await client.call_tool("rec_echo", {"text": "midway"})).is_error
+        clock.advance(ttl / 2 + 5)  # just past it
         late = await client.call_tool("rec_echo", {"text": "late"})
         assert late.is_error
         assert "expire" in text(late).lower()
         with pytest.raises(MCPError) as listed:  # an expired chain gets nothing, not even a list
             await client.list_tools()
         assert listed.value.error.code == -32001 and "expire" in listed.value.error.message.lower()
-    assert [a for _, a in record.calls()] == [{"text": "early"}]
+    assert [a for _, a in record.calls()] == [{"text": "early"}, {"text": "midway"}]
 
 
 async def test_budget_holds_across_two_guard_processes(tmp_path: Path) -> None:

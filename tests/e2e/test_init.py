@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from fixtures import (
     TOOLS_BIN,
     VENV_BIN,
@@ -20,11 +22,34 @@ from fixtures import (
     tool_path,
     tools_env,
 )
+from jsonschema import Draft202012Validator
 
 from mcp_guard.config import load_config
 from mcp_guard.pinning import read_lock
+from mcp_guard.schema import FILES
 
 pytestmark = pytest.mark.e2e
+
+
+MODELINE = re.compile(r"\A# yaml-language-server: \$schema=(\S+)\n")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def assert_files_name_their_schemas(out: Path) -> None:
+    """Every YAML file init wrote starts with the modeline the hand-written examples carry; it
+    points at the schema init wrote beside them (the one the project ships), and the file validates."""
+    files = sorted([out / "guard.yaml", *(out / "policies").glob("*.yaml")])
+    assert len(files) >= 3
+    for path in files:
+        text = path.read_text()
+        found = MODELINE.match(text)
+        assert found, f"{path.name} has no modeline on its first line"
+        kind = "tests" if path.name.endswith(".test.yaml") else "config" if path.name == "guard.yaml" else "policy"
+        schema = (path.parent / found.group(1)).resolve()
+        assert schema == (out / "schemas" / FILES[kind]).resolve(), found.group(1)
+        assert schema.read_text() == (ROOT / "schemas" / FILES[kind]).read_text()
+        problems = [e.message for e in Draft202012Validator(json.loads(schema.read_text())).iter_errors(yaml.safe_load(text))]
+        assert problems == [], f"{path.name}: {problems}"
 
 
 def init(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -40,6 +65,7 @@ async def test_init_from_a_command_writes_a_working_guard(tmp_path: Path) -> Non
         assert (tmp_path / f).is_file(), f
     assert "ok: 1 policy" in done.stdout and "2 passed, 0 failed" in done.stdout
     assert "next:" in done.stdout and f"--config {tmp_path / 'guard.yaml'}" in done.stdout
+    assert_files_name_their_schemas(tmp_path)
     config = load_config(tmp_path / "guard.yaml")
     assert list(config.upstreams) == ["time"] and config.pinning == "enforce"
     lock = read_lock(tmp_path / "guard.lock")
@@ -95,6 +121,7 @@ async def test_init_from_a_claude_desktop_file_and_rewrite_it(tmp_path: Path) ->
     config = load_config(tmp_path / "guard/guard.yaml")
     assert sorted(config.upstreams) == ["my-files", "time"]
     assert (tmp_path / "guard/guard.yaml").stat().st_mode & 0o077 == 0  # it holds the servers' env
+    assert_files_name_their_schemas(tmp_path / "guard")
     data = json.loads(host.read_text())
     assert data["globalShortcut"] == "Ctrl+Space"
     assert sorted(data["mcpServers"]) == ["legacy", "mcp-guard"]
@@ -120,6 +147,14 @@ def test_existing_files_are_not_overwritten_without_force(tmp_path: Path) -> Non
     assert (tmp_path / "guard.yaml").read_text() == "# mine\n" and not (tmp_path / "policies").exists()
     assert init("--force", "--", "mcp-server-time", cwd=tmp_path).returncode == 0
     assert "upstreams:" in (tmp_path / "guard.yaml").read_text()
+    # a schema init wrote itself is no obstacle; one the user changed is theirs
+    other = tmp_path / "other"
+    (other / "schemas").mkdir(parents=True)
+    (other / "schemas" / "policy.schema.json").write_text((tmp_path / "schemas" / "policy.schema.json").read_text())
+    assert init("--out", "other", "--", "mcp-server-time", cwd=tmp_path).returncode == 0
+    (other / "schemas" / "guard.schema.json").write_text("{}")
+    done = init("--out", "other", "--", "mcp-server-time", cwd=tmp_path)
+    assert done.returncode == 1 and "guard.schema.json" in done.stderr
 
 
 def test_a_server_that_does_not_start_writes_nothing(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Pinning (spec §8) through real processes: ``mcp-guard pin`` records the tool definitions, and a
+"""Pinning through real processes: ``mcp-guard pin`` records the tool definitions, and a
 tool whose description changes afterwards (a rug pull) is hidden and refused under
 ``pinning: enforce`` until ``pin --update`` accepts it; ``warn`` lets it through and audits it."""
 

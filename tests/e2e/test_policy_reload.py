@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import mcp_types as types
 import pytest
@@ -13,10 +14,13 @@ from fixtures import (
     RecordFile,
     guarded_session,
     recording_server_command,
+    requires_tools,
     stdio_upstream,
+    tool_path,
     write_guard_config,
     write_policies,
 )
+from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.e2e
 
@@ -66,3 +70,67 @@ async def test_reload_swaps_policies_and_keeps_last_good_on_error(tmp_path: Path
         await _until(logged)
         assert await names() == ["rec_echo", "rec_read_note"]
         assert "test.yaml:5:" in log.read_text()
+
+
+STATIC = "demo://resource/static/document/"
+SHOWN_DOC, LATER_HIDDEN_DOC = STATIC + "architecture.md", STATIC + "features.md"
+
+
+def _everything_policy(*, prompts: list[str], docs: list[str], tools: list[str] | None = None) -> list[dict[str, Any]]:
+    return [{"id": "p", "rules": [
+        {"effect": "allow", "tools": tools or ["everything/echo"]},
+        {"effect": "allow", "prompts": [f"everything/{p}" for p in prompts]},
+        {"effect": "allow", "resources": ["everything/*"], "when": {"uri": {"in": docs}}},
+    ]}]
+
+
+@requires_tools("mcp-server-everything")
+async def test_a_reload_rechecks_prompts_and_resources(tmp_path: Path) -> None:
+    """A reload that hides a prompt and a resource tells the host both lists changed, and the hidden
+    ones answer like names that do not exist; a reload that touches only tools does not."""
+    wide = _everything_policy(prompts=["simple-prompt", "args-prompt"], docs=[SHOWN_DOC, LATER_HIDDEN_DOC])
+    config = write_guard_config(tmp_path, {"everything": stdio_upstream([str(tool_path("mcp-server-everything"))])}, wide)
+    got: list[str] = []
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.PromptListChangedNotification
+                      | types.ResourceListChangedNotification | types.ToolListChangedNotification):
+            got.append(type(message).__name__)
+
+    async with guarded_session(config, message_handler=on_message) as client:
+        s = client.session
+
+        async def prompts() -> list[str]:
+            return sorted(p.name for p in (await s.list_prompts()).prompts)
+
+        async def docs() -> list[str]:
+            return sorted(str(r.uri) for r in (await s.list_resources()).resources)
+
+        assert await prompts() == ["everything_args-prompt", "everything_simple-prompt"]
+        assert await docs() == [SHOWN_DOC, LATER_HIDDEN_DOC]
+        assert (await s.read_resource(LATER_HIDDEN_DOC)).contents
+        assert (await s.get_prompt("everything_args-prompt", {"city": "Oslo"})).messages
+
+        # tools only: the prompt and resource lists stay as they were, nobody is told they changed
+        write_policies(tmp_path / "policies", _everything_policy(prompts=["simple-prompt", "args-prompt"],
+                                                                 docs=[SHOWN_DOC, LATER_HIDDEN_DOC],
+                                                                 tools=["everything/echo", "everything/get-sum"]))
+        await _until(lambda: _true("ToolListChangedNotification" in got))
+        await asyncio.sleep(1.5)
+        assert "PromptListChangedNotification" not in got and "ResourceListChangedNotification" not in got
+
+        write_policies(tmp_path / "policies", _everything_policy(prompts=["simple-prompt"], docs=[SHOWN_DOC]))
+        await _until(lambda: _true({"PromptListChangedNotification", "ResourceListChangedNotification"} <= set(got)))
+        assert await prompts() == ["everything_simple-prompt"]
+        assert await docs() == [SHOWN_DOC]
+        with pytest.raises(MCPError) as hidden_prompt:
+            await s.get_prompt("everything_args-prompt", {"city": "Oslo"})
+        assert hidden_prompt.value.error.message == "Unknown prompt: everything_args-prompt"
+        with pytest.raises(MCPError) as hidden_doc:
+            await s.read_resource(LATER_HIDDEN_DOC)
+        assert hidden_doc.value.error.message == f"Resource not found: {LATER_HIDDEN_DOC}"
+        assert (await s.read_resource(SHOWN_DOC)).contents  # what stays allowed still works
+
+
+async def _true(value: bool) -> bool:
+    return value

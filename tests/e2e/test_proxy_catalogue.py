@@ -1,4 +1,4 @@
-"""Issue 3 acceptance, discovery: pagination on both sides and list changes re-filtered.
+"""Discovery through the stdio proxy: pagination on both sides and list changes re-filtered.
 
 The recording upstream advertises 2512 tools in pages of 300 (so the guard must follow upstream
 cursors); policy hides a thousand of them; the guard serves the rest to the host in pages of 1000.

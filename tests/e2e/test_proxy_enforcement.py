@@ -1,4 +1,4 @@
-"""Issue 3 acceptance, enforcement: mcp SDK Client -> ``mcp-guard run`` -> real upstreams.
+"""Enforcement by the stdio proxy: mcp SDK Client -> ``mcp-guard run`` -> real upstreams.
 
 Upstreams: the project's recording server (what it received is on disk), ``mcp-server-time``
 (PyPI) and ``@modelcontextprotocol/server-filesystem`` (npm). Both protocol eras on the host face.

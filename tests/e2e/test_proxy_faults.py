@@ -1,4 +1,4 @@
-"""Issue 3 acceptance, faults: upstreams that fail to start, crash or hang; a host that sends garbage.
+"""Faults the stdio proxy survives: upstreams that fail to start, crash or hang; a host that sends garbage.
 
 Each failure is answered with one clear sentence for the failing upstream's tools while the other
 upstreams keep working, the guard never hangs or dies, and its stdout carries only JSON-RPC.

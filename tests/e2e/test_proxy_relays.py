@@ -1,4 +1,4 @@
-"""Issue 3 acceptance, transparency: what is not a tool call passes the guard both ways.
+"""Transparency of the stdio proxy: what is not a tool call passes the guard both ways.
 
 Against ``@modelcontextprotocol/server-everything`` (npm): sampling and elicitation (server->client
 requests answered by the host's callbacks), progress, logging, resources, prompts, completion and

@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: the `roots:` upstream option against server-filesystem, and policy limits.
+"""The stdio proxy's `roots:` upstream option against server-filesystem, and policy limits.
 
 server-filesystem replaces its allowed directories with whatever ``roots/list`` returns, so the
 roots an upstream receives are the guard's decision: ``none`` (the upstream is not offered roots;

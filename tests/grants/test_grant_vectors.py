@@ -1,4 +1,5 @@
-"""Every negative vector of issue 4: each chain is rejected whole, with its stable reason code."""
+"""Every negative grant-chain vector (forged algorithms and keys, broken links, widened scopes,
+expiry, ...): each chain is rejected whole, with its stable reason code."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ async def test_allowed_call_is_one_trace_server_guardrail_client(guarded: Any, e
     assert g["gen_ai.guardrail.action.type"] == "allow"
     assert g["gen_ai.guardrail.security.policy.id"] == "notes-policy"
 
-    # spec §7 attributes on every guarded span
+    # the guard's own attributes (principal chain, grant, decision) on every guarded span
     for span in (server, guard, client):
         a = attrs(span)
         assert a["mcp_guard.principal.chain"] == CHAIN
