@@ -86,6 +86,7 @@ class GuardContext:
     pins: PinSet | None = None
     clock: Callable[[], float] = time.time
     approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
+    approval_page: str | None = None  # serve: the approval page's public origin (serve.approvals), else None
 
 
 @dataclass

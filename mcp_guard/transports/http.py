@@ -7,7 +7,8 @@ gets an ``Mcp-Session-Id`` bound to its identity; a 2026-07-28 client is served 
 guard session per identity.  Sessions are capped per principal and expire when idle, so one
 caller can never push out another's.  All sessions share one set of upstream connections.
 Answers are plain JSON (no SSE): progress and log notifications are not streamed, and approvals
-go only through the queue (``mcp-guard approvals``), never through a channel the caller holds.
+go only through the queue (``mcp-guard approvals``) or the approval page (``serve.approvals``),
+never through a channel the caller holds.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from mcp_guard.transports.approval_page import ApprovalPage
     from mcp_guard.transports.exchange import TokenExchange
 
 log = logging.getLogger("mcp_guard.http")
@@ -190,6 +192,7 @@ class HttpGuard:
         oauth: OAuthVerifier | None = None,
         exchange: TokenExchange | None = None,
         listen: tuple[str, int] | None = None,
+        page: ApprovalPage | None = None,
     ) -> None:
         self.guard = sessions
         self.verifier = verifier
@@ -210,6 +213,8 @@ class HttpGuard:
                 routes.append(Route(path, self.metadata, methods=["GET"]))
         if exchange is not None:
             routes.append(Route("/token", self.token, methods=["POST"]))
+        if page is not None:
+            routes.extend(page.routes())
         self.app: ASGIApp = Starlette(routes=routes)
 
     def _allowed_hosts(self, listen: tuple[str, int] | None) -> frozenset[str] | None:
@@ -391,6 +396,9 @@ class HttpGuard:
             params = message.get("params")
             if isinstance(params, dict) and isinstance(params.get("capabilities"), dict):
                 caps = {k: v for k, v in params["capabilities"].items() if k not in RELAYED_CAPABILITIES}
+                elicitation = params["capabilities"].get("elicitation")
+                if isinstance(elicitation, dict) and isinstance(elicitation.get("url"), dict):
+                    caps["elicitation"] = {"url": {}}  # answered by an error (-32042), no stream needed
                 message = {**message, "params": {**params, "capabilities": caps}}
             sid = uuid.uuid4().hex
             entry = await self._open(f"sid:{sid}", caller)
@@ -492,6 +500,7 @@ async def serve_http(
     oauth: OAuthVerifier | None = None,
     exchange: TokenExchange | None = None,
     reuse_port: bool = False,
+    page: ApprovalPage | None = None,
 ) -> None:
     """Run until cancelled (SIGINT/SIGTERM); ``reuse_port`` shares the port with other processes
     (``serve --workers``, replicas on one host)."""
@@ -500,7 +509,7 @@ async def serve_http(
     from mcp_guard.transports.workers import reuse_port_socket
 
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
-                      oauth=oauth, exchange=exchange, listen=(host, port))
+                      oauth=oauth, exchange=exchange, listen=(host, port), page=page)
     await guard.start()
     server = uvicorn.Server(uvicorn.Config(guard, host=host, port=port, log_level="warning", lifespan="off"))
     log.info("serving MCP at http://%s:%d%s (pid %d)", host, port, guard.mcp_path, os.getpid())
