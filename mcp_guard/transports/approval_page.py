@@ -380,7 +380,7 @@ class ApprovalPage:
         status = str(record.get("status"))
         chain = [str(x) for x in record.get("principal") or []]
         rows = [
-            ("Tool", f"{record.get('tool')}"),
+            ("Tool", str(record.get("qualified") or record.get("tool"))),
             ("Upstream", f"{record.get('upstream')}"),
             ("Principal chain", " \u203a ".join(chain)),
             ("Origin user", str(record.get("user"))),
