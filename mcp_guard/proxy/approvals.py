@@ -464,6 +464,7 @@ class GuardApprover:
             "principal": list(who.chain),
             "user": who.user,
             "agent": who.agent,
+            "agents": list(who.agents),
             "verified": who.verified,
             "purpose": who.purpose,
             "upstream": entry.upstream,
@@ -474,7 +475,6 @@ class GuardApprover:
             "args_preview": args_preview(args),
             "message": self._prompt(who, entry, args, verdict),
             "args": args,
-            "binding": page_binding(who, entry.qualified, digest),
             "expires_at": time.time() + self.config.timeout,
         }
 
@@ -500,7 +500,8 @@ class GuardApprover:
         if record is not None and record.get("status") != PENDING:
             return self._answered(verdict, entry, record, "page", _answer_wait(record))
         if record is None:
-            record = self._request_record(req, who, entry, args, digest, verdict)
+            # only page requests carry a binding: a queued call's approval never releases a retry as well
+            record = {**self._request_record(req, who, entry, args, digest, verdict), "binding": binding}
             record["id"] = await self.ctx.store.approval_create(record)
             log.warning("approval %s: %s for %s waits up to %gs for a human on %s%s%s", record["id"], entry.qualified,
                         " > ".join(who.chain), self.config.timeout, base, PAGE_PATH, record["id"])

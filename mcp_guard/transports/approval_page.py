@@ -45,6 +45,7 @@ PREFIX = "/approvals"
 LOGIN_COOKIE = "mcp_guard_login"
 SESSION_COOKIE = "mcp_guard_approver"
 LOGIN_TTL = 600.0  # seconds a started sign-in may take at the issuer
+MAX_FORM = 16 * 1024  # bytes of an answer form
 _ID = frozenset("0123456789abcdef")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -186,8 +187,7 @@ class ApprovalPage:
     def may_answer(self, who: dict[str, Any], record: dict[str, Any]) -> bool:
         """The origin user (or a configured approver) — never an agent of the chain it would approve."""
         names = {str(who.get("user")), str(who.get("sub"))}
-        chain = record.get("principal") or []
-        agents = {str(a) for a in chain[1:]} | {str(record.get("agent"))}
+        agents = {str(a) for a in record.get("agents") or []} | {str(record.get("agent"))}
         if names & agents:
             return False
         allowed = set(self.config.approvers) if self.config.approvers else {str(record.get("user"))}
@@ -246,7 +246,7 @@ class ApprovalPage:
         fail.delete_cookie(LOGIN_COOKIE, path=PREFIX)
         if login is None or login.get("k") != "login" or time.time() >= float(login.get("exp", 0)):
             return fail
-        if not hmac.compare_digest(str(params.get("state", "")), str(login.get("state"))):
+        if not _same(params.get("state", ""), login.get("state")):
             return fail
         if "iss" in params and params["iss"] != self.config.issuer:  # RFC 9207
             return fail
@@ -313,7 +313,7 @@ class ApprovalPage:
                                                 options={"require": ["exp", "iat", "iss", "aud", "sub"]})
         except jwt.PyJWTError as exc:
             raise OAuthError(401, "invalid_token", f"the ID token is invalid: {exc}") from None
-        if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+        if not _same(claims.get("nonce", ""), nonce):
             raise OAuthError(401, "invalid_token", "the ID token's nonce does not match this sign-in")
         return claims
 
@@ -339,19 +339,21 @@ class ApprovalPage:
         origin = request.headers.get("origin")
         if origin is not None and origin.rstrip("/") != self._origin(request):
             return self._html("Refused", "<h1>Refused</h1><p>This form was sent from another site.</p>", 403)
-        body = await request.body()
-        if len(body) > 16 * 1024:
-            return self._html("Refused", "<h1>Refused</h1><p>The form is too large.</p>", 413)
+        body = b""
+        async for chunk in request.stream():  # a form is small: never buffer more than MAX_FORM
+            body += chunk
+            if len(body) > MAX_FORM:
+                return self._html("Refused", "<h1>Refused</h1><p>The form is too large.</p>", 413)
         from urllib.parse import parse_qs
 
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items() if len(v) == 1}
-        if not hmac.compare_digest(form.get("csrf", ""), str(who.get("csrf"))):
-            log.warning("approval page: refused an answer to %s without a valid CSRF token (%s)", approval_id, self.approver(who))
-            return self._html("Refused", "<h1>Refused</h1><p>The form has expired. Reload the page and answer again.</p>", 403)
         record = await self._record(approval_id)
         if record is None or not self.may_answer(who, record):
             log.warning("approval page: %s may not answer %s", self.approver(who), approval_id)
             return self._not_found(who)
+        if not _same(form.get("csrf", ""), who.get("csrf")):
+            log.warning("approval page: refused an answer to %s without a valid CSRF token (%s)", approval_id, self.approver(who))
+            return self._html("Refused", "<h1>Refused</h1><p>The form has expired. Reload the page and answer again.</p>", 403)
         decision = form.get("decision")
         if decision not in ("approve", "deny"):
             return self._html("Refused", "<h1>Refused</h1><p>Choose approve or deny.</p>", 400)
@@ -418,6 +420,11 @@ class ApprovalPage:
             )
         return (f"<h1>mcp-guard asks you to approve a tool call</h1>{state}<dl>{dl}</dl><h2>Arguments</h2>{args}{forms}"
                 f'<p class="who">Signed in as {visible(self._label(who))} at {visible(str(who.get("iss")))}.</p>')
+
+
+def _same(given: Any, expected: Any) -> bool:
+    """Constant-time comparison of two secrets, as bytes (any text, no exception on non-ASCII)."""
+    return isinstance(expected, str) and bool(expected) and hmac.compare_digest(str(given).encode(), expected.encode())
 
 
 def _when(epoch: Any) -> str:
