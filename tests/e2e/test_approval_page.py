@@ -23,7 +23,16 @@ from urllib.parse import quote, urljoin
 
 import httpx2
 import pytest
-from fixtures import free_port, requires_tools, stop_process, tool_path, tools_env, wait_for_port
+import yaml
+from fixtures import (
+    free_port,
+    mcp_guard_bin,
+    requires_tools,
+    stop_process,
+    tool_path,
+    tools_env,
+    wait_for_port,
+)
 from test_report_e2e import _png_ink, screenshot
 from test_serve_oauth import ACCEPT, CLIENTS, OIDC_SCRIPT, Idp, Served, post, start_serve
 
@@ -43,6 +52,10 @@ class Page:
         self.served = Served(tmp, self.idp, approvals={"client_id": "approvals-ui", "client_secret": PAGE_CLIENT["secret"],
                                                        "approvers": ["alice@example.com", "planner"]})
         self.base = f"http://127.0.0.1:{self.served.port}"
+        config = yaml.safe_load(self.served.config.read_text())
+        config["approvals"]["state_key"] = "k" * 40  # replicas open each other's sign-in cookies
+        self.served.config.write_text(yaml.safe_dump(config))
+        self.replica_port = free_port()  # a second replica: same config, same sqlite state store
         self.idp_config = {"clients": {**CLIENTS, "approvals-ui": {**PAGE_CLIENT, "redirect_uris": [f"{self.base}/approvals/callback"],
                                                                   "scope": "openid profile email"}},
                            "accounts": ACCOUNTS}
@@ -59,14 +72,19 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     log = (tmp / "idp.log").open("w")
     idp = subprocess.Popen([str(tool_path("node")), str(OIDC_SCRIPT), str(setup.idp.port), json.dumps(setup.idp_config)],
                            stdout=log, stderr=subprocess.STDOUT, env=tools_env())
-    guard = None
+    guards: list[subprocess.Popen[bytes]] = []
     try:
         wait_for_port(setup.idp.port, timeout=30, proc=idp)
-        guard = start_serve(setup.served)
+        guards.append(start_serve(setup.served))
+        replica_log = (tmp / "replica.log").open("ab")
+        guards.append(subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.served.config),
+                                        "--port", str(setup.replica_port)], stdout=replica_log, stderr=subprocess.STDOUT,
+                                       env=tools_env()))
+        wait_for_port(setup.replica_port, timeout=60, proc=guards[-1])
         setup.token = setup.idp.token("planner", setup.served.url)  # user alice@example.com, agent planner
         yield setup
     finally:
-        if guard is not None:
+        for guard in guards:
             stop_process(guard)
         stop_process(idp)
         log.close()
@@ -75,22 +93,23 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
 # --------------------------------------------------------------------------- the caller and the browser
 
 
-async def legacy_session(page: Page, caps: dict[str, Any] | None = None) -> dict[str, str]:
+async def legacy_session(page: Page, caps: dict[str, Any] | None = None, url: str | None = None) -> dict[str, str]:
     """An initialized 2025-11-25 session that declared URL elicitation; its request headers."""
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": "2025-11-25", "capabilities": URL_CAPS if caps is None else caps,
                        "clientInfo": {"name": "agent-host", "version": "1"}}}
-    res = await post(page.served.url, page.token, init)
+    res = await post(url or page.served.url, page.token, init)
     assert res.status_code == 200, res.text
     headers = {"Mcp-Session-Id": res.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
-    await post(page.served.url, page.token, {"jsonrpc": "2.0", "method": "notifications/initialized"}, **headers)
+    await post(url or page.served.url, page.token, {"jsonrpc": "2.0", "method": "notifications/initialized"}, **headers)
     return headers
 
 
-async def call(page: Page, headers: dict[str, str], args: dict[str, Any], rid: int = 2, **params: Any) -> dict[str, Any]:
+async def call(page: Page, headers: dict[str, str], args: dict[str, Any], rid: int = 2, url: str | None = None,
+               **params: Any) -> dict[str, Any]:
     body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": "rec_write_note", "arguments": args, **params}}
     async with httpx2.AsyncClient(timeout=30) as http:
-        res = await http.post(page.served.url, json=body, headers={**ACCEPT, "Authorization": f"Bearer {page.token}", **headers})
+        res = await http.post(url or page.served.url, json=body, headers={**ACCEPT, "Authorization": f"Bearer {page.token}", **headers})
     assert res.status_code == 200, res.text
     return dict(res.json())
 
@@ -303,3 +322,21 @@ async def test_bidi_and_invisible_characters_are_shown_escaped_and_the_page_rend
     shot = screenshot(chromium, saved, tmp_path / "approval.png")
     width, height, ink = _png_ink(shot)
     assert (width, height) == (1200, 1600) and ink > 0.005, ink
+
+
+async def test_replicas_share_requests_answers_and_sign_ins_through_the_state_store(page: Page) -> None:
+    """Asked on the replica, signed in starting from the replica's page, answered and retried there:
+    the request and the answer live in the shared store, the sign-in cookie opens on both."""
+    replica = f"http://127.0.0.1:{page.replica_port}"
+    headers = await legacy_session(page, url=replica + "/mcp")
+    args = {"path": "replica.txt"}
+    asked = elicited(await call(page, headers, args, url=replica + "/mcp"))
+    assert asked["url"].startswith(page.base)  # links name the public origin (serve.url)
+    on_replica = f"{replica}/approvals/{asked['elicitationId']}"
+    browser, _ = await sign_in(on_replica, "alice@example.com")  # the callback is served by the first replica
+    async with contextlib.aclosing(browser):
+        html = (await browser.get(on_replica)).text
+        assert "replica.txt" in html
+        assert (await answer(browser, asked["url"], "approve", csrf_of(html))).status_code == 303
+    assert (await call(page, headers, args, rid=3, url=replica + "/mcp"))["result"]["isError"] is False
+    assert page.calls("write_note").count(args) == 1
