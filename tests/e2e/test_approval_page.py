@@ -11,6 +11,7 @@ answering the elicitation itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -54,6 +55,7 @@ class Page:
         self.base = f"http://127.0.0.1:{self.served.port}"
         config = yaml.safe_load(self.served.config.read_text())
         config["approvals"]["state_key"] = "k" * 40  # replicas open each other's sign-in cookies
+        config["telemetry"] = {"traces_exporter": "console"}  # spans on the guard's stderr (serve.log)
         self.served.config.write_text(yaml.safe_dump(config))
         self.replica_port = free_port()  # a second replica: same config, same sqlite state store
         self.idp_config = {"clients": {**CLIENTS, "approvals-ui": {**PAGE_CLIENT, "redirect_uris": [f"{self.base}/approvals/callback"],
@@ -174,6 +176,14 @@ async def test_handshake_caller_is_pointed_at_the_page_and_the_approval_is_used_
     assert approved["approval"]["channel"] == "page" and approved["approval"]["id"] == asked["elicitationId"]
     assert f"sub alice@example.com at {page.idp.issuer}" in approved["approver"] and "Alice Liddell" in approved["approver"]
     assert "agent-host" not in approved["approver"]  # never the caller's clientInfo
+    # the span carries the same approver
+    wanted = json.dumps({"mcp_guard.approver": approved["approver"]})[1:-1]
+    log = page.served.tmp / "serve.log"
+    for _ in range(100):
+        if wanted in log.read_text():
+            break
+        await asyncio.sleep(0.2)
+    assert wanted in log.read_text()
 
 
 async def test_a_2026_caller_gets_url_input_required_and_its_own_accept_never_approves(page: Page) -> None:
@@ -209,8 +219,6 @@ async def test_a_2026_caller_gets_url_input_required_and_its_own_accept_never_ap
 async def test_a_caller_without_url_elicitation_still_waits_in_the_queue(page: Page) -> None:
     headers = await legacy_session(page, caps={"elicitation": {"form": {}}})
     async with httpx2.AsyncClient(timeout=60) as http:
-        import asyncio
-
         body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "rec_write_note", "arguments": {"path": "q"}}}
         pending = asyncio.ensure_future(http.post(page.served.url, json=body, headers={
             **ACCEPT, "Authorization": f"Bearer {page.token}", **headers}))
