@@ -303,9 +303,15 @@ async def test_changed_arguments_are_a_new_approval(page: Page) -> None:
     browser, html = await sign_in(asked["url"], "alice@example.com")
     async with contextlib.aclosing(browser):
         await answer(browser, asked["url"], "approve", csrf_of(html))
-    other = elicited(await call(page, headers, changed, rid=3))
-    assert other["elicitationId"] != asked["elicitationId"] and changed not in page.calls("write_note")
-    assert (await call(page, headers, approved_args, rid=4))["result"]["isError"] is False
+        other = elicited(await call(page, headers, changed, rid=3))
+        assert other["elicitationId"] != asked["elicitationId"] and changed not in page.calls("write_note")
+        assert (await call(page, headers, approved_args, rid=4))["result"]["isError"] is False
+        # the changed call, denied on its own page, is refused with the reason; then it asks again
+        await answer(browser, other["url"], "deny", csrf_of((await browser.get(other["url"])).text), reason="wrong text")
+    refused = (await call(page, headers, changed, rid=5))["result"]
+    assert refused["isError"] is True and "rejected by alice@example.com" in refused["content"][0]["text"]
+    assert "wrong text" in refused["content"][0]["text"] and changed not in page.calls("write_note")
+    assert elicited(await call(page, headers, changed, rid=6))["elicitationId"] not in (asked["elicitationId"], other["elicitationId"])
 
 
 async def test_bidi_and_invisible_characters_are_shown_escaped_and_the_page_renders(page: Page, tmp_path: Path) -> None:

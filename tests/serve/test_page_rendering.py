@@ -54,3 +54,14 @@ def test_links_use_the_public_origin() -> None:
     assert page_base("https://guard.example.com/mcp", "0.0.0.0", 8765) == "https://guard.example.com"
     assert page_base(None, "0.0.0.0", 8765) == "http://127.0.0.1:8765"
     assert page_base(None, "::1", 80) == "http://[::1]:80"
+
+
+def test_answered_and_expired_requests_say_so_and_offer_no_buttons() -> None:
+    page = _page()
+    who = {"user": "alice", "sub": "alice", "iss": "https://idp.example.com", "csrf": "c" * 43}
+    base = {**RECORD, "id": "3fa9c2d1", "tool": "write_note", "qualified": "fs/write_note", "args": {"path": "x"}}
+    pending = page._render({**base, "status": "pending"}, who)
+    assert pending.count("<form") == 2 and 'name="csrf" value="' + "c" * 43 in pending
+    for status, shown in (("approved", "approved"), ("rejected", "rejected"), ("expired", "expired")):
+        html = page._render({**base, "status": status, "approver": "bob <b>"}, who)
+        assert f'class="status {status}">{shown}' in html and "<form" not in html and "bob &lt;b&gt;" in html
