@@ -457,9 +457,9 @@ class GuardApprover:
 
     def _request_record(self, req: RequestContext, who: Principal, entry: Target, args: dict[str, Any], digest: str,
                         verdict: Verdict) -> Message:
-        """A request as the queue stores it: the CLI shows the preview, the approval page the full
-        arguments (so the page never has to clip the part that matters)."""
-        return {
+        """A request as the queue stores it: the CLI shows the preview; with the ``serve`` approval
+        page the full arguments are stored too, so the page never clips the part that matters."""
+        record: Message = {
             "session": req.session_id,
             "principal": list(who.chain),
             "user": who.user,
@@ -474,9 +474,11 @@ class GuardApprover:
             "args_sha256": digest,
             "args_preview": args_preview(args),
             "message": self._prompt(who, entry, args, verdict),
-            "args": args,
             "expires_at": time.time() + self.config.timeout,
         }
+        if self.ctx.approval_page is not None:
+            record["args"] = args
+        return record
 
     def _answered(self, verdict: Verdict, entry: Target, record: Mapping[str, Any], channel: str, wait: float) -> Verdict:
         """The verdict of a request a human answered (queue, CLI or approval page)."""
