@@ -167,6 +167,20 @@ class TokenExchangeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalPageConfig:
+    """``serve.approvals``: the guard's approval page, where the approver signs in at ``issuer``
+    (authorization code + PKCE) as a client of its own, never with the calling agent's identity."""
+
+    issuer: str
+    client_id: str
+    client_secret: str | None = None  # None: a public client (PKCE only)
+    approvers: tuple[str, ...] = ()  # who may answer (values of the issuer's user claim); () = the chain's origin user
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    user: str = "sub"  # the ID-token claim naming the approver (the serve.oauth issuer's `user` claim)
+    session_ttl: float = 600.0  # how long a sign-in lasts on the page
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     """``mcp-guard serve``: the public resource URI, OAuth issuers, and limits under abuse."""
 
@@ -177,6 +191,7 @@ class ServeConfig:
     session_idle: float = 1800.0
     max_body: int = 4 * 1024 * 1024
     token_exchange: TokenExchangeConfig | None = None
+    approvals: ApprovalPageConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +341,8 @@ _APPROVALS = {"timeout", "remember", "state_key"}
 _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
-_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "session_idle", "max_body", "token_exchange"}
+_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "session_idle", "max_body", "token_exchange", "approvals"}
+_APPROVAL_PAGE = {"issuer", "client_id", "client_secret", "approvers", "scopes", "session_ttl"}
 _SERVE_OAUTH = {"issuer", "audience", "scopes", "user", "agent", "purpose"}
 _TOKEN_EXCHANGE = {"key", "issuer", "ttl"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -678,6 +694,7 @@ def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeC
             r.error((*tpath, "key"), f"key file {key} does not exist", value=True)
         else:
             exchange = TokenExchangeConfig(key=_resolve(base, key), issuer=te_issuer, ttl=r.duration(te.get("ttl"), (*tpath, "ttl"), 3600.0))
+    page = _parse_approval_page(r, sv.get("approvals"), issuers) if sv.get("approvals") is not None else None
     counts: dict[str, int] = {}
     for name, default in (("max_sessions_per_principal", 64), ("max_body", 4 * 1024 * 1024)):
         value = sv.get(name, default)
@@ -693,6 +710,42 @@ def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeC
         session_idle=r.duration(sv.get("session_idle"), ("serve", "session_idle"), 1800.0),
         max_body=counts["max_body"],
         token_exchange=exchange,
+        approvals=page,
+    )
+
+
+def _parse_approval_page(r: _Reader, raw: Any, issuers: list[OAuthIssuerConfig]) -> ApprovalPageConfig | None:
+    """``serve.approvals``: sign-in at one of the ``serve.oauth`` issuers (the only one by default)."""
+    path: YPath = ("serve", "approvals")
+    ap = r.mapping(raw, path, _APPROVAL_PAGE, "serve.approvals")
+    known = {i.issuer: i for i in issuers}
+    issuer = _http_url(r, ap.get("issuer"), (*path, "issuer"), "`issuer`") if ap.get("issuer") is not None else None
+    if issuer is None and ap.get("issuer") is None:
+        if len(known) != 1:
+            r.error(path, "`serve.approvals` needs `issuer` (one of the serve.oauth issuers) when serve.oauth does not list exactly one")
+            return None
+        issuer = next(iter(known))
+    if issuer is None:
+        return None
+    if issuer not in known:
+        r.error((*path, "issuer"), f"issuer {issuer} must also be listed in serve.oauth: approvers sign in through the same issuer "
+                "as callers", did_you_mean(issuer, list(known)), value=True)
+        return None
+    client_id = r.string(ap.get("client_id"), (*path, "client_id"))
+    if not client_id:
+        r.error(path, "`serve.approvals` needs `client_id` (the guard's own client at the issuer, for the approval page)")
+        return None
+    scopes = _string_list(r, ap.get("scopes"), (*path, "scopes")) or ("openid", "profile", "email")
+    if "openid" not in scopes:
+        r.error((*path, "scopes"), "`scopes` must include openid: the page needs an ID token naming the approver", value=True)
+    return ApprovalPageConfig(
+        issuer=issuer,
+        client_id=client_id,
+        client_secret=r.string(ap.get("client_secret"), (*path, "client_secret")) or None,
+        approvers=_string_list(r, ap.get("approvers"), (*path, "approvers")),
+        scopes=scopes,
+        user=known[issuer].user,
+        session_ttl=r.duration(ap.get("session_ttl"), (*path, "session_ttl"), 600.0),
     )
 
 

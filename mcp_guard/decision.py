@@ -58,6 +58,8 @@ class Verdict:
     approval_id: str | None = None  # queue id (``mcp-guard approvals``) or the sealed state's nonce
     # 2026-07-28 approval: the ``InputRequiredResult`` answered instead of forwarding (approval_required)
     input_required: Mapping[str, Any] | None = None
+    # serve, handshake era: the ``-32042`` error data pointing the caller at the approval page
+    url_elicitation: Mapping[str, Any] | None = None
 
     @property
     def forward(self) -> bool:

@@ -93,6 +93,11 @@ _SERVE: Schema = {
         "oauth": {"type": "array", "items": {"type": "object", "required": ["issuer"], "properties": {
             "issuer": _SCALAR, "audience": _SCALAR, "scopes": {"type": "array", "items": _SCALAR},
             "user": _SCALAR, "agent": _SCALAR, "purpose": _SCALAR}}},
+        "approvals": {"type": "object", "required": ["client_id"], "additionalProperties": False,
+                      "description": "the approval page: approvers sign in at this issuer with the guard's own client",
+                      "properties": {"issuer": _SCALAR, "client_id": _SCALAR, "client_secret": _SCALAR,
+                                     "approvers": {"type": "array", "items": _SCALAR},
+                                     "scopes": {"type": "array", "items": _SCALAR}, "session_ttl": _DURATION}},
     },
 }
 

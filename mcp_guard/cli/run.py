@@ -168,16 +168,23 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
     te = config.serve.token_exchange
     exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
+    page = None
+    if config.serve.approvals is not None:
+        from mcp_guard.transports.approval_page import ApprovalPage, page_base, page_key
+
+        ctx.approval_page = page_base(config.serve.url, host, port)
+        page = ApprovalPage(config.serve.approvals, ctx.store, page_key(config.approvals.state_key), ctx.approval_page)
     sessions = ServeSessions(ctx)
     loop = asyncio.get_running_loop()
     reload_now = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
-    # policy files watched as in `run`: every caller is told when the tools it may see change
+    # policy files watched as in `run`: every caller is told when the lists it may see change
     watcher = loop.create_task(watch_policies(ctx, sessions.policies_changed, reload_now, sessions.tool_names))
     try:
         await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
-                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port)
+                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port,
+                         page=page)
     finally:
         watcher.cancel()
         await ctx.store.close()

@@ -11,6 +11,12 @@ Three channels, picked per call from what the host can do:
 - every other host waits in the approval queue of the state store, answered from another terminal
   with ``mcp-guard approvals approve|reject ID``.
 
+In ``serve`` the caller holds every channel above but the queue, so its own answer never counts:
+a caller that declared URL-mode elicitation is pointed at the guard's approval page (a
+``-32042`` error with the elicitation for handshake-era callers, a url-mode ``input_required`` for
+2026-07-28 callers), where the human signs in at the IdP and answers; the retry then finds that
+answer in the state store and goes through once.  Every other caller waits in the queue.
+
 No answer within ``approvals.timeout`` is a rejection.  Only an explicit "accept" with
 ``approve: true`` approves; anything else — decline, cancel, ``approve: false``, an error, a
 malformed answer, a forged or replayed state — rejects (fail closed).
@@ -41,7 +47,8 @@ from mcp_guard.decision import Kind, Outcome, Verdict
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import META_CLIENT_CAPABILITIES, Era, Message
 from mcp_guard.proxy.pipeline import RequestContext, asked
-from mcp_guard.state import APPROVED, Counter
+from mcp_guard.state import APPROVED, EXPIRED, PENDING, REJECTED, Counter
+from mcp_guard.state.base import APPROVAL_RETENTION
 
 if TYPE_CHECKING:
     from mcp_guard.config import ApprovalsConfig, GuardConfig
@@ -63,6 +70,7 @@ MAX_ARGS_CHARS = 2000  # all arguments in the prompt
 MAX_PREVIEW_CHARS = 400  # the one-line preview stored with a queued request
 MAX_HUMAN_REASON = 200
 MAX_REMEMBERED_SESSIONS = 10_000
+PAGE_PATH = "/approvals/"  # the approval page of ``serve`` (transports/approval_page.py serves it)
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -177,12 +185,13 @@ def _unb64(text: str) -> bytes:
 class StateSealer:
     """AES-256-GCM envelope for ``requestState``: the host can neither read nor alter it."""
 
-    def __init__(self, key: bytes | None = None) -> None:
+    def __init__(self, key: bytes | None = None, aad: bytes = _AAD) -> None:
         self._aead = AESGCM(key or AESGCM.generate_key(bit_length=256))
+        self._aad = aad  # what the envelope is for: one purpose's tokens never open as another's
 
     def seal(self, payload: Mapping[str, Any]) -> str:
         iv = os.urandom(_NONCE_BYTES)
-        return _b64(iv + self._aead.encrypt(iv, orjson.dumps(dict(payload)), _AAD))
+        return _b64(iv + self._aead.encrypt(iv, orjson.dumps(dict(payload)), self._aad))
 
     def open(self, token: Any) -> dict[str, Any] | None:
         """The payload, or None for anything not sealed by this guard (altered, foreign, garbage)."""
@@ -190,7 +199,7 @@ class StateSealer:
             return None
         try:
             raw = _unb64(token)
-            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _AAD)
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], self._aad)
             payload = orjson.loads(plain)
         except (ValueError, binascii.Error, InvalidTag, orjson.JSONDecodeError):
             return None
@@ -203,6 +212,18 @@ class StateSealer:
 def _form_capable(elicitation: Any) -> bool:
     """``elicitation: {}`` (2025-06-18 style) means form; 2025-11-25+ may list modes explicitly."""
     return isinstance(elicitation, dict) and (not elicitation or "form" in elicitation)
+
+
+def _url_capable(elicitation: Any) -> bool:
+    """URL mode must be declared explicitly (``elicitation: {url: {}}``, 2025-11-25 and later)."""
+    return isinstance(elicitation, dict) and isinstance(elicitation.get("url"), dict)
+
+
+def page_binding(who: Principal, qualified: str, digest: str) -> str:
+    """What an approval on the page is bound to: the principal chain (names, purpose, whether
+    verified — not the token, which may be refreshed while the human decides), the target and the
+    arguments' digest.  A changed argument is a different binding, so a new approval."""
+    return hashlib.sha256(canonical([list(who.chain), who.purpose, who.verified, qualified, digest])).hexdigest()[:32]
 
 
 def _human_reason(content: Any) -> str | None:
@@ -249,8 +270,17 @@ class GuardApprover:
             if earlier is not None:
                 return self._approved(verdict, entry, earlier, "remembered", 0.0, None)
         params = req.params
-        if self.ctx.approval_queue_only:
-            out = await self._queue(req, who, entry, args, digest, verdict)  # the caller must not approve itself
+        page = self.ctx.approval_page
+        if self.ctx.approval_queue_only:  # the caller must not approve itself: the page or the queue decide
+            caps = self._request_capabilities(params) if req.era == Era.MODERN else req.capabilities
+            if page is not None and req.era == Era.MODERN and "requestState" in params:
+                out = await self._page_redeem(who, entry, args, digest, verdict, params, page)
+            elif page is not None and _url_capable(caps.get("elicitation")):
+                out = await self._page(req, who, entry, args, digest, verdict, page)
+            else:
+                out = await self._queue(req, who, entry, args, digest, verdict)
+            if out.decision is Outcome.APPROVAL_REQUIRED:
+                return out
         elif req.era == Era.MODERN:
             if "requestState" in params:
                 out = await self._redeem(req, who, entry, args, digest, verdict, params)
@@ -378,7 +408,7 @@ class GuardApprover:
             return self._rejected(verdict, entry, "the approval state is invalid, expired or already used", "invalid_state",
                                   "input_required", 0.0, None, nonce)
 
-        if state is None:
+        if state is None or "k" in state:
             return invalid("not sealed by this guard, or altered")
         nonce = state.get("n")
         exp = state.get("exp")
@@ -405,22 +435,7 @@ class GuardApprover:
         store = self.ctx.store
         timeout = self.config.timeout
         start = time.monotonic()
-        approval_id = await store.approval_create({
-            "session": req.session_id,
-            "principal": list(who.chain),
-            "user": who.user,
-            "agent": who.agent,
-            "verified": who.verified,
-            "purpose": who.purpose,
-            "upstream": entry.upstream,
-            "tool": entry.name,
-            "qualified": entry.qualified,
-            "policy_ids": list(verdict.policy_ids),
-            "args_sha256": digest,
-            "args_preview": args_preview(args),
-            "message": self._prompt(who, entry, args, verdict),
-            "expires_at": time.time() + timeout,
-        })
+        approval_id = await store.approval_create(self._request_record(req, who, entry, args, digest, verdict))
         where = answer_options(self.ctx.config)
         log.warning(
             "approval %s: %s for %s waits up to %gs for a human: mcp-guard approvals approve %s%s (or reject %s%s)",
@@ -438,12 +453,138 @@ class GuardApprover:
         wait = time.monotonic() - start
         if record is None:
             return self._rejected(verdict, entry, f"no human answered within {timeout:g}s", "timeout", "queue", wait, None, approval_id)
+        return self._answered(verdict, entry, record, "queue", wait)
+
+    def _request_record(self, req: RequestContext, who: Principal, entry: Target, args: dict[str, Any], digest: str,
+                        verdict: Verdict) -> Message:
+        """A request as the queue stores it: the CLI shows the preview; with the ``serve`` approval
+        page the full arguments are stored too, so the page never clips the part that matters."""
+        record: Message = {
+            "session": req.session_id,
+            "principal": list(who.chain),
+            "user": who.user,
+            "agent": who.agent,
+            "agents": list(who.agents),
+            "verified": who.verified,
+            "purpose": who.purpose,
+            "upstream": entry.upstream,
+            "tool": entry.name,
+            "qualified": entry.qualified,
+            "policy_ids": list(verdict.policy_ids),
+            "args_sha256": digest,
+            "args_preview": args_preview(args),
+            "message": self._prompt(who, entry, args, verdict),
+            "expires_at": time.time() + self.config.timeout,
+        }
+        if self.ctx.approval_page is not None:
+            record["args"] = args
+        return record
+
+    def _answered(self, verdict: Verdict, entry: Target, record: Mapping[str, Any], channel: str, wait: float) -> Verdict:
+        """The verdict of a request a human answered (queue, CLI or approval page)."""
         approver = str(record.get("approver") or "unknown")
+        approval_id = str(record.get("id"))
         if record.get("status") == APPROVED:
-            return self._approved(verdict, entry, approver, "queue", wait, approval_id)
+            return self._approved(verdict, entry, approver, channel, wait, approval_id)
         reason = record.get("reason")
         suffix = f" ({_clip(' '.join(str(reason).split()), MAX_HUMAN_REASON)})" if reason else ""
-        return self._rejected(verdict, entry, f"rejected by {approver}{suffix}", "reject", "queue", wait, approver, approval_id)
+        return self._rejected(verdict, entry, f"rejected by {approver}{suffix}", "reject", channel, wait, approver, approval_id)
+
+    # -- serve: the approval page, pointed at by URL-mode elicitation
+
+    async def _page(self, req: RequestContext, who: Principal, entry: Target, args: dict[str, Any], digest: str,
+                    verdict: Verdict, base: str) -> Verdict:
+        """A handshake-era retry finds its earlier request by binding (answered: used once; pending:
+        pointed at again); otherwise a new request is queued and the caller pointed at its page."""
+        binding = page_binding(who, entry.qualified, digest)
+        modern = req.era == Era.MODERN
+        record = None if modern else await self._page_earlier(binding)
+        if record is not None and record.get("status") != PENDING:
+            return self._answered(verdict, entry, record, "page", _answer_wait(record))
+        if record is None:
+            # only page requests carry a binding: a queued call's approval never releases a retry as well
+            record = {**self._request_record(req, who, entry, args, digest, verdict), "binding": binding}
+            record["id"] = await self.ctx.store.approval_create(record)
+            log.warning("approval %s: %s for %s waits up to %gs for a human on %s%s%s", record["id"], entry.qualified,
+                        " > ".join(who.chain), self.config.timeout, base, PAGE_PATH, record["id"])
+        return self._page_ask(who, entry, verdict, base, str(record["id"]), binding, record.get("expires_at"), modern)
+
+    async def _page_earlier(self, binding: str) -> dict[str, Any] | None:
+        """The newest request with this binding that is still pending, or answered and not yet used
+        (the answer is then spent: a second retry makes a new request)."""
+        store = self.ctx.store
+        now = time.time()
+        mine = [r for r in await store.approval_list(pending_only=False) if r.get("binding") == binding]
+        for record in sorted(mine, key=lambda r: float(r.get("created") or 0), reverse=True):
+            status = record.get("status")
+            if status == PENDING:
+                return record
+            if status in (APPROVED, REJECTED) and now < _usable_until(record, self.config.timeout) and \
+                    await store.consume([Counter(f"approval-used:{record.get('id')}", 1, now + APPROVAL_RETENTION)]) is None:
+                return record
+        return None
+
+    def _page_ask(self, who: Principal, entry: Target, verdict: Verdict, base: str, approval_id: str, binding: str,
+                  expires_at: Any, modern: bool) -> Verdict:
+        url = f"{base}{PAGE_PATH}{approval_id}"
+        message = (f"mcp-guard needs a human to approve {entry.qualified} for {' > '.join(who.chain)}. Open {url}, sign in "
+                   "and answer there; then retry the call.")
+        elicitation: Message = {"mode": "url", "message": message, "url": url}
+        if modern:  # 2026-07-28: no elicitationId; the sealed state names the request
+            now = self.ctx.clock()
+            state = self.sealer.seal({"v": STATE_VERSION, "k": "page", "n": approval_id, "b": binding, "iat": now,
+                                      "exp": _usable_until({"expires_at": expires_at}, self.config.timeout)})
+            result: Message = {"resultType": "input_required",
+                               "inputRequests": {APPROVAL_KEY: {"method": "elicitation/create", "params": elicitation}},
+                               "requestState": state}
+            return dataclasses.replace(asked(verdict, result, approval_id), approval_channel="page")
+        data = {"elicitations": [{**elicitation, "elicitationId": approval_id}]}
+        return dataclasses.replace(verdict, approval_channel="page", approval_answer="asked", approval_id=approval_id,
+                                   url_elicitation=data)
+
+    async def _page_redeem(self, who: Principal, entry: Target, args: dict[str, Any], digest: str, verdict: Verdict,
+                           params: Message, base: str) -> Verdict:
+        """A 2026-07-28 retry: its ``inputResponses`` are ignored; only the stored answer counts."""
+        state = self.sealer.open(params.get("requestState"))
+        binding = page_binding(who, entry.qualified, digest)
+
+        def invalid(why: str, approval_id: str | None = None) -> Verdict:
+            log.warning("refused an approval requestState for %s: %s", entry.qualified, why)
+            return self._rejected(verdict, entry, "the approval state is invalid, expired or already used", "invalid_state",
+                                  "page", 0.0, None, approval_id)
+
+        if state is None or state.get("k") != "page" or not isinstance(state.get("n"), str):
+            return invalid("not sealed by this guard, or altered")
+        approval_id = str(state["n"])
+        exp = state.get("exp")
+        if not isinstance(exp, int | float) or self.ctx.clock() >= exp:
+            return invalid("expired", approval_id)
+        record = await self.ctx.store.approval_get(approval_id)
+        if state.get("b") != binding or record is None or record.get("binding") != binding:
+            return invalid("bound to a different principal, tool or arguments", approval_id)
+        status = record.get("status")
+        if status == PENDING:
+            return self._page_ask(who, entry, verdict, base, approval_id, binding, record.get("expires_at"), True)
+        if status == EXPIRED:
+            return self._rejected(verdict, entry, f"no human answered within {self.config.timeout:g}s", "timeout", "page",
+                                  _answer_wait(record), None, approval_id)
+        if await self.ctx.store.consume([Counter(f"approval-used:{approval_id}", 1, time.time() + APPROVAL_RETENTION)]) is not None:
+            return invalid("already used", approval_id)
+        return self._answered(verdict, entry, record, "page", _answer_wait(record))
+
+
+def _answer_wait(record: Mapping[str, Any]) -> float:
+    created, resolved = record.get("created"), record.get("resolved")
+    if isinstance(created, int | float) and isinstance(resolved, int | float):
+        return max(0.0, float(resolved) - float(created))
+    return 0.0
+
+
+def _usable_until(record: Mapping[str, Any], timeout: float) -> float:
+    """An answer on the page can be picked up by a retry until one more ``approvals.timeout`` after
+    the request would have expired."""
+    expires = record.get("expires_at")
+    return (float(expires) if isinstance(expires, int | float) else time.time()) + timeout
 
 
 def make_approver(ctx: GuardContext) -> GuardApprover:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
 from mcp_guard.errors import AuditError, StateError
-from mcp_guard.jsonrpc import REFUSED, Era, Message, error, result, tool_error
+from mcp_guard.jsonrpc import REFUSED, URL_ELICITATION_REQUIRED, Era, Message, error, result, tool_error
 from mcp_guard.proxy.catalogue import Target
 from mcp_guard.proxy.limits import check_limits
 
@@ -163,6 +163,11 @@ class Pipeline:
             if verdict.input_required is not None:  # 2026-07-28: the host is asked to approve
                 await self.audit(req, args)
                 return result(req.message.get("id"), dict(verdict.input_required))
+            if verdict.url_elicitation is not None:  # serve: a human must answer on the approval page first
+                await self.audit(req, args)
+                return error(req.message.get("id"), URL_ELICITATION_REQUIRED,
+                             f"A human must approve {target.qualified} on the guard's approval page first",
+                             dict(verdict.url_elicitation))
             if not verdict.forward:
                 await self.audit(req, args)
                 return refusal(req, target.kind, verdict.reason)

@@ -88,6 +88,7 @@ class GuardContext:
     clock: Callable[[], float] = time.time
     approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
     telemetry: Hooks = OFF  # this guard process's spans and metrics (``telemetry.start``)
+    approval_page: str | None = None  # serve: the approval page's public origin (serve.approvals), else None
 
 
 @dataclass

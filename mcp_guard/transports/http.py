@@ -10,7 +10,8 @@ A request is answered with plain JSON, or with an SSE stream when the caller acc
 something else about the request comes first (progress, log messages, an upstream's question):
 what the guard session sends is routed to the stream of the request it belongs to, or to the
 session's ``GET`` stream (list changes, resource updates).  Approvals go only through the queue
-(``mcp-guard approvals``), never through a channel the caller holds.
+(``mcp-guard approvals``) or the approval page (``serve.approvals``), never through a channel the
+caller holds.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from mcp_guard.transports.approval_page import ApprovalPage
     from mcp_guard.transports.exchange import TokenExchange
 
 log = logging.getLogger("mcp_guard.http")
@@ -400,6 +402,7 @@ class HttpGuard:
         oauth: OAuthVerifier | None = None,
         exchange: TokenExchange | None = None,
         listen: tuple[str, int] | None = None,
+        page: ApprovalPage | None = None,
     ) -> None:
         self.guard = sessions
         self.verifier = verifier
@@ -420,6 +423,8 @@ class HttpGuard:
                 routes.append(Route(path, self.metadata, methods=["GET"]))
         if exchange is not None:
             routes.append(Route("/token", self.token, methods=["POST"]))
+        if page is not None:
+            routes.extend(page.routes())
         self.app: ASGIApp = Starlette(routes=routes)
 
     def _allowed_hosts(self, listen: tuple[str, int] | None) -> frozenset[str] | None:
@@ -771,6 +776,7 @@ async def serve_http(
     oauth: OAuthVerifier | None = None,
     exchange: TokenExchange | None = None,
     reuse_port: bool = False,
+    page: ApprovalPage | None = None,
 ) -> None:
     """Run until cancelled (SIGINT/SIGTERM); ``reuse_port`` shares the port with other processes
     (``serve --workers``, replicas on one host)."""
@@ -779,7 +785,7 @@ async def serve_http(
     from mcp_guard.transports.workers import reuse_port_socket
 
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
-                      oauth=oauth, exchange=exchange, listen=(host, port))
+                      oauth=oauth, exchange=exchange, listen=(host, port), page=page)
     await guard.start()
     server = uvicorn.Server(uvicorn.Config(guard, host=host, port=port, log_level="warning", lifespan="off"))
     log.info("serving MCP at http://%s:%d%s (pid %d)", host, port, guard.mcp_path, os.getpid())

@@ -69,3 +69,45 @@ def test_oauth_needs_a_resource_uri(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config("version: 1\nserve:\n  oauth:\n    - issuer: https://idp.example.com\n", str(tmp_path / "g.yaml"), environ={})
     assert "set `serve.url`" in "\n".join(err.value.problems)
+
+
+def test_the_approval_page_block(tmp_path: Path) -> None:
+    text = """\
+version: 1
+serve:
+  url: https://guard.example.com/mcp
+  oauth: [{issuer: https://idp.example.com, user: email}]
+  approvals: {client_id: guard-approvals, client_secret: s3cret, approvers: [oncall@example.com], session_ttl: 5m}
+"""
+    page = parse_config(text, str(tmp_path / "guard.yaml"), environ={}).serve.approvals
+    assert page is not None
+    assert (page.issuer, page.client_id, page.client_secret, page.approvers) == (
+        "https://idp.example.com", "guard-approvals", "s3cret", ("oncall@example.com",))
+    assert (page.user, page.session_ttl, page.scopes) == ("email", 300, ("openid", "profile", "email"))
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ("{client_secret: x}", "needs `client_id`"),
+    ("{client_id: a, issuer: https://other.example.com}", "must also be listed in serve.oauth"),
+    ("{client_id: a, scopes: [profile]}", "must include openid"),
+    ("{client_id: a, approver: [x]}", "approver"),
+])
+def test_approval_page_mistakes(tmp_path: Path, block: str, message: str) -> None:
+    text = f"version: 1\nserve:\n  url: https://g.example.com/mcp\n  oauth: [{{issuer: https://idp.example.com}}]\n  approvals: {block}\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, str(tmp_path / "guard.yaml"), environ={})
+    problems = "\n".join(err.value.problems)
+    assert message in problems and "guard.yaml:5:" in problems, problems
+
+
+def test_the_approval_page_needs_an_issuer_when_there_are_several(tmp_path: Path) -> None:
+    text = """\
+version: 1
+serve:
+  url: https://g.example.com/mcp
+  oauth: [{issuer: https://a.example.com}, {issuer: https://b.example.com}]
+  approvals: {client_id: x}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, str(tmp_path / "guard.yaml"), environ={})
+    assert "needs `issuer`" in "\n".join(err.value.problems)

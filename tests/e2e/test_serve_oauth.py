@@ -81,7 +81,7 @@ class Idp:
 def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
     port = free_port()
     log = (tmp_path_factory.mktemp("idp") / "idp.log").open("w")
-    proc = subprocess.Popen([str(tool_path("node")), str(OIDC_SCRIPT), str(port), json.dumps(CLIENTS)],
+    proc = subprocess.Popen([str(tool_path("node")), str(OIDC_SCRIPT), str(port), json.dumps({"clients": CLIENTS})],
                             stdout=log, stderr=subprocess.STDOUT, env=tools_env())
     try:
         wait_for_port(port, timeout=30, proc=proc)

@@ -234,8 +234,11 @@ def protected_upstream(tmp_path: Path, ttl: int) -> Iterator[tuple[str, str, int
     as_port, mcp_port, redirect_port = free_port(), free_port(), free_port()
     issuer, url = f"http://127.0.0.1:{as_port}", f"http://127.0.0.1:{mcp_port}/mcp"
     record = tmp_path / "accepted.jsonl"
-    as_argv = [str(tool_path("node")), str(FIXTURES_DIR / "oidc_as.mjs"), str(as_port), url, str(ttl),
-               f"http://127.0.0.1:{redirect_port}/callback"]
+    idp = {"resource": url, "ttl": ttl, "scopes": "tools admin", "clients": {
+        "svc": {"secret": "svc-secret"},
+        "guard-app": {"redirect_uris": [f"http://127.0.0.1:{redirect_port}/callback"], "scope": "openid offline_access tools admin"},
+    }}
+    as_argv = [str(tool_path("node")), str(FIXTURES_DIR / "oidc_provider.mjs"), str(as_port), json.dumps(idp)]
     server_argv = [PYTHON, str(FIXTURES_DIR / "protected_server.py"), "--port", str(mcp_port), "--issuer", issuer,
                    "--record", str(record)]
     with serve_http(as_argv, as_port, log=tmp_path / "as.log"), serve_http(server_argv, mcp_port, log=tmp_path / "server.log"):
