@@ -222,7 +222,7 @@ async def test_a_caller_without_url_elicitation_still_waits_in_the_queue(page: P
         body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "rec_write_note", "arguments": {"path": "q"}}}
         pending = asyncio.ensure_future(http.post(page.served.url, json=body, headers={
             **ACCEPT, "Authorization": f"Bearer {page.token}", **headers}))
-        from test_serve_abuse import _cli
+        from fixtures.serving import cli as _cli
 
         from mcp_guard.audit import args_hash
 
