@@ -343,7 +343,7 @@ class HttpChannel:
         failures = 0
         while not self._ended and failures < GET_FAILURES:
             try:
-                headers = {"Accept": "text/event-stream", **self._headers({}, None, modern=False)}
+                headers = {**self._headers({}, None, modern=False), "Accept": "text/event-stream"}
                 del headers["Content-Type"]
                 answer = await link.request("GET", headers, None)
                 try:

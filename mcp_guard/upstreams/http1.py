@@ -113,7 +113,7 @@ class _Response:
         if self._length is not None:
             if self._length > limit:
                 await self.aclose()
-                raise LinkError(f"sent a response of {self._length} bytes, over the limit of {limit}")
+                raise LinkError(f"sent a response of {self._length} bytes, over the limit of {limit} bytes")
             assert self._conn is not None
             try:
                 data = await self._conn.reader.readexactly(self._length) if self._length else b""
