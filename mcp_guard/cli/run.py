@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 from pathlib import Path
@@ -22,6 +23,8 @@ from mcp_guard.config import (
 )
 from mcp_guard.errors import ConfigError
 from mcp_guard.upstreams.naming import inline_upstream_name
+
+GC_THRESHOLD = 10_000  # young-generation allocations between collections (CPython: 700)
 
 
 def setup_logging(level: str | None) -> None:
@@ -154,6 +157,15 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
     raise SystemExit(run_workers(workers, lambda: asyncio.run(_serve(config, host, port, allow_origin, True))))
 
 
+def settle_heap() -> None:
+    """Move what start-up built (modules, the policy index, the catalogue) out of the collector's
+    sight: a full collection under load would otherwise walk all of it again and again, and a
+    request's allocations need fewer, cheaper young-generation passes."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     from mcp_guard import telemetry
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
@@ -166,6 +178,7 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
     te = config.serve.token_exchange
     exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
+    settle_heap()
     try:
         await serve_http(ServeSessions(ctx), verifier, host, port, allow_origin, config=config.serve,
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port)

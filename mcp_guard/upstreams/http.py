@@ -26,7 +26,6 @@ host's own token is never passed through.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import re
@@ -34,6 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 
 from mcp_guard.config import UpstreamConfig, upstream_proxied
 from mcp_guard.errors import UpstreamError
@@ -45,18 +45,10 @@ from mcp_guard.upstreams.stdio import LINE_LIMIT as MESSAGE_LIMIT
 log = logging.getLogger("mcp_guard.upstream")
 
 POST_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # mirrored as Mcp-Name
 SESSION_ID = re.compile(r"[\x21-\x7e]{1,1024}")
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
 GET_RETRY = 1.0  # seconds before the standalone stream is opened again
 GET_FAILURES = 2  # consecutive failures to open it before giving up (as the SDK transport)
-
-
-def header_value(value: str) -> str:
-    """A value mirrored into ``Mcp-Name``: verbatim when plain printable ASCII, else the base64 sentinel."""
-    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not (value.startswith("=?base64?") and value.endswith("?=")):
-        return value
-    return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
 
 
 class SseError(Exception):
@@ -204,10 +196,10 @@ class HttpChannel:
             headers["MCP-Protocol-Version"] = MODERN
             if isinstance(method, str):
                 headers["Mcp-Method"] = method
-                key = NAME_PARAM.get(method)
+                key = NAME_BEARING_METHODS.get(method)
                 value = message["params"].get(key) if key else None
                 if isinstance(value, str):
-                    headers["Mcp-Name"] = header_value(value)
+                    headers["Mcp-Name"] = encode_header_value(value)
             return headers
         if self._session is not None:
             headers["Mcp-Session-Id"] = self._session

@@ -23,7 +23,7 @@ from mcp_guard.errors import UpstreamError
 from mcp_guard.jsonrpc import Message, result
 from mcp_guard.upstreams import http as http_channel
 from mcp_guard.upstreams.connection import Upstream
-from mcp_guard.upstreams.http import SseError, header_value, sse_events
+from mcp_guard.upstreams.http import SseError, sse_events
 
 TOOLS = ["json", "chunked", "sse", "collide", "malformed_sse", "giant", "giant_sse", "hang", "wrong_type",
          "status500", "rpc_error_400", "unanswered", "expire", "not_rpc"]
@@ -381,11 +381,7 @@ async def test_sse_parser_edges() -> None:
         _ = [e async for e in sse_events(feed(b"data: \xff\xfe\n\n"), 100)]
 
 
-def test_header_values_and_proxy_rule() -> None:
-    assert header_value("get_weather") == "get_weather"
-    assert header_value("wetter für köln").startswith("=?base64?")
-    assert header_value(" padded") != " padded"
-    assert header_value("a\r\nInjected: 1").startswith("=?base64?")
+def test_proxy_rule() -> None:
     env = {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "localhost,.internal"}
     assert upstream_proxied("https://mcp.example.com/mcp", env)
     assert not upstream_proxied("https://a.internal/mcp", env)
