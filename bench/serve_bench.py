@@ -180,6 +180,8 @@ class Bench:
             "policies": str(HERE / "policies"),
             "trust": {"issuers": {"bench-idp": str(self.work / "idp.jwk")}},
             "state": {"url": state},
+            # wrk's legacy runs hold one session per connection, all of one principal (default cap 64)
+            "serve": {"max_sessions_per_principal": 1024},
         }
         if full:
             doc["audit"] = {"path": str(directory / "audit.jsonl")}
