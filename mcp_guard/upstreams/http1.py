@@ -146,12 +146,20 @@ class _Response:
                         size = int(line.split(b";", 1)[0].strip(), 16)
                     except ValueError:
                         raise LinkError("sent a malformed chunked body") from None
+                    if size < 0:
+                        raise LinkError("sent a malformed chunked body")
                     if size == 0:
                         while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
                             pass
                         break
-                    data = await reader.readexactly(size + 2)
-                    yield data[:-2]
+                    while size:  # in pieces: a chunk's announced size is no reason to buffer it whole
+                        data = await reader.read(min(size, 65536))
+                        if not data:
+                            raise asyncio.IncompleteReadError(b"", size)
+                        size -= len(data)
+                        yield data
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise LinkError("sent a malformed chunked body")
             elif self._length is not None:
                 left = self._length
                 while left:

@@ -25,8 +25,8 @@ from mcp_guard.upstreams import http as http_channel
 from mcp_guard.upstreams.connection import Upstream
 from mcp_guard.upstreams.http import SseError, sse_events
 
-TOOLS = ["json", "chunked", "sse", "collide", "malformed_sse", "giant", "giant_sse", "hang", "wrong_type",
-         "status500", "rpc_error_400", "unanswered", "expire", "not_rpc"]
+TOOLS = ["json", "chunked", "sse", "collide", "malformed_sse", "giant", "giant_sse", "giant_chunk", "hang", "wrong_type",
+         "status500", "rpc_error_400", "unanswered", "expire", "not_rpc", "bad_chunk"]
 
 
 @dataclass
@@ -142,6 +142,12 @@ async def scripted_upstream(modern: bool = False) -> AsyncIterator[tuple[str, Sc
             for _ in range(5):
                 writer.write(chunk(b"y" * 1000))
             writer.write(chunk(b"\n\n") + b"0\r\n\r\n")
+        elif tool == "giant_chunk":  # announces 1 GB in one chunk, sends more than the limit, then stalls
+            writer.write(head(200, "application/json", None) + b"40000000\r\n" + b"x" * 5000)
+            await writer.drain()
+            await reader_closed(writer)
+        elif tool == "bad_chunk":
+            writer.write(head(200, "application/json", None) + b"-5\r\nxx\r\n")
         elif tool == "hang":
             writer.write(head(200, "text/event-stream", None) + chunk(sse({"jsonrpc": "2.0", "method": "notifications/message",
                                                                               "params": {"level": "info", "data": "working"}})))
@@ -259,6 +265,7 @@ async def test_server_request_with_our_id_and_answer_under_a_foreign_id() -> Non
         ("status500", "HTTP 500"),
         ("unanswered", "without answering"),
         ("not_rpc", "not a JSON-RPC response"),
+        ("bad_chunk", "malformed chunked body"),
     ],
 )
 async def test_broken_answers_are_one_sentence_errors(tool: str, says: str) -> None:
@@ -277,7 +284,7 @@ async def test_a_json_rpc_error_at_an_http_error_status_is_passed_on_with_our_id
         assert isinstance(answer["id"], int)
 
 
-@pytest.mark.parametrize("tool", ["giant", "giant_sse"])
+@pytest.mark.parametrize("tool", ["giant", "giant_sse", "giant_chunk"])
 async def test_an_answer_over_the_limit_is_refused(tool: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_channel, "MESSAGE_LIMIT", 2000)
     async with scripted_upstream() as (url, _), connected(url) as (up, _h):
