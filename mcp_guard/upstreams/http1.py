@@ -215,15 +215,17 @@ class Http1Link:
             data = head + b"\r\n"
         await self._slots.acquire()
         try:
+            fresh = False
             while True:
-                conn = await self._connection()
+                conn = await self._connection(fresh=fresh)
                 try:
                     conn.writer.write(data)
                     status, fields = await _read_head(conn.reader)
                     return _Released(_Response(self, conn, status, fields, method), self._slots)
                 except (ConnectionError, asyncio.IncompleteReadError) as exc:
                     conn.close()
-                    if conn.reused:  # the server closed an idle connection as we sent: try a fresh one
+                    if conn.reused and not fresh:  # the server closed an idle connection as we sent: once more, new
+                        fresh = True
                         continue
                     raise LinkError(f"closed the connection before answering ({type(exc).__name__})") from None
                 except BaseException:
@@ -233,8 +235,8 @@ class Http1Link:
             self._slots.release()
             raise
 
-    async def _connection(self) -> _Conn:
-        while self._idle:
+    async def _connection(self, *, fresh: bool = False) -> _Conn:
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if conn.usable():
                 conn.reused = True

@@ -26,7 +26,7 @@ from mcp_guard.upstreams.connection import Upstream
 from mcp_guard.upstreams.http import SseError, sse_events
 
 TOOLS = ["json", "chunked", "sse", "collide", "malformed_sse", "giant", "giant_sse", "giant_chunk", "hang", "wrong_type",
-         "status500", "rpc_error_400", "unanswered", "expire", "not_rpc", "bad_chunk"]
+         "status500", "rpc_error_400", "unanswered", "expire", "not_rpc", "bad_chunk", "drop_next"]
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Script:
 
     requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)  # (method, headers, body)
     cancelled_posts: int = 0
+    dropped: int = 0
     sessions: int = 0
     get_streams: int = 0
     push: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
@@ -68,9 +69,13 @@ async def scripted_upstream(modern: bool = False) -> AsyncIterator[tuple[str, Sc
     script = Script()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        drop_next = False
         try:
             while True:
                 raw = await reader.readuntil(b"\r\n\r\n")
+                if drop_next:  # the keep-alive race: this connection closes as the next request arrives
+                    script.dropped += 1
+                    return
                 lines = raw.decode().split("\r\n")
                 method = lines[0].split(" ")[0]
                 headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
@@ -88,6 +93,7 @@ async def scripted_upstream(modern: bool = False) -> AsyncIterator[tuple[str, Sc
                     continue
                 await answer(body, headers, writer)
                 await writer.drain()
+                drop_next = isinstance(body, dict) and (body.get("params") or {}).get("name") == "drop_next"
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -148,6 +154,9 @@ async def scripted_upstream(modern: bool = False) -> AsyncIterator[tuple[str, Sc
             await reader_closed(writer)
         elif tool == "bad_chunk":
             writer.write(head(200, "application/json", None) + b"-5\r\nxx\r\n")
+        elif tool == "drop_next":
+            data = json.dumps(ok).encode()
+            writer.write(head(200, "application/json", len(data)) + data)
         elif tool == "hang":
             writer.write(head(200, "text/event-stream", None) + chunk(sse({"jsonrpc": "2.0", "method": "notifications/message",
                                                                               "params": {"level": "info", "data": "working"}})))
@@ -275,6 +284,13 @@ async def test_broken_answers_are_one_sentence_errors(tool: str, says: str) -> N
         assert "Traceback" not in answer["error"]["message"]
         assert text(await call(up, "json")) == "json ok"  # one broken answer does not take the upstream down
         assert up.status == "ready"
+
+
+async def test_a_kept_alive_connection_closed_as_a_request_goes_out_is_retried_once_on_a_new_one() -> None:
+    async with scripted_upstream() as (url, script), connected(url) as (up, _h):
+        assert text(await call(up, "drop_next")) == "drop_next ok"
+        assert text(await call(up, "json")) == "json ok"  # sent on the kept-alive connection, which closes
+        assert script.dropped == 1
 
 
 async def test_a_json_rpc_error_at_an_http_error_status_is_passed_on_with_our_id() -> None:
