@@ -16,6 +16,8 @@ Targets:
   guard_w2      guard_full with --workers 2 (one port, SO_REUSEPORT, shared sqlite state)
   guard_redis2  two guard_full replicas (--reuse-port) on one port sharing a redis:// state
                 (redis-server started here on a free port)
+  base, base_full  guard and guard_full run from another source tree (``--base DIR``, e.g. an
+                ``git archive`` of main), for before/after in the same run
   fastmcp       FastMCP 4.x HTTP proxy (fastmcp_proxy.py --http --reuse-session; without
                 --reuse-session it opens a new upstream session per request: ~12 calls/s)
 
@@ -60,6 +62,7 @@ GUARD = Path(sys.executable).parent / "mcp-guard"
 LUA = HERE / "wrk" / "mcp_call.lua"
 TICKS = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "passthrough", "guard", "guard_full", "guard_w2", "guard_redis2", "fastmcp")
+BASE = ("base", "base_full")  # with --base DIR
 MULTI = ("guard_w2", "guard_redis2")  # several processes: handshake-era sessions are per process
 
 
@@ -122,8 +125,9 @@ class Target:
 
 
 class Bench:
-    def __init__(self, work: Path, sink: str) -> None:
+    def __init__(self, work: Path, sink: str, base: Path | None = None) -> None:
         self.work = work
+        self.base = base
         self.sink = sink
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = (work / "servers.log").open("ab")
@@ -137,8 +141,8 @@ class Bench:
                            depth=1, ttl=24 * 3600)
         self.token = delegate(root, planner, "coder", ["upstream/echo"], ttl=24 * 3600)
 
-    def spawn(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=self.logs, stderr=subprocess.STDOUT, env=self.env, cwd=self.work, **kw)
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=self.logs, stderr=subprocess.STDOUT, env=env or self.env, cwd=self.work, **kw)
         self.procs.append(proc)
         return proc
 
@@ -176,6 +180,8 @@ class Bench:
             "policies": str(HERE / "policies"),
             "trust": {"issuers": {"bench-idp": str(self.work / "idp.jwk")}},
             "state": {"url": state},
+            # wrk's legacy runs hold one session per connection, all of one principal (default cap 64)
+            "serve": {"max_sessions_per_principal": 1024},
         }
         if full:
             doc["audit"] = {"path": str(directory / "audit.jsonl")}
@@ -206,6 +212,12 @@ class Bench:
                 config = self.guard_config(name, full=name != "guard", state=f"sqlite:///{self.work / name / 'state.db'}")
                 extra = ["--workers", "2"] if name == "guard_w2" else []
                 t.procs = [self.spawn([*serve, "--config", str(config), *extra])]
+            elif name in BASE:
+                if self.base is None:
+                    raise SystemExit(f"target {name} needs --base DIR")
+                config = self.guard_config(name, full=name == "base_full", state=f"sqlite:///{self.work / name / 'state.db'}")
+                env = {**self.env, "PYTHONPATH": f"{self.base}:{HERE}"}  # the other tree's mcp_guard wins
+                t.procs = [self.spawn([PY, "-m", "mcp_guard", *serve[1:], "--config", str(config)], env=env)]
             elif name == "guard_redis2":
                 redis_port = free_port()
                 self.spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -217,7 +229,7 @@ class Bench:
                 t.procs = [self.spawn([*serve, "--config", str(config), "--reuse-port"]) for _ in range(2)]
             else:
                 raise SystemExit(f"unknown target {name}")
-            if name.startswith("guard"):
+            if name.startswith(("guard", "base")):
                 t.tool, t.token = "upstream_echo", self.token
             targets.append(t)
         for t in targets:
@@ -294,10 +306,10 @@ def run_wrk(b: Bench, t: Target, era: str, conns: int, seconds: float) -> dict[s
 
 
 @contextlib.contextmanager
-def bench(work: Path) -> Iterator[Bench]:
+def bench(work: Path, base: Path | None = None) -> Iterator[Bench]:
     """The servers of one run, stopped on the way out."""
     with otlp_sink() as sink:
-        b = Bench(work, sink)
+        b = Bench(work, sink, base)
         try:
             yield b
         finally:
@@ -313,6 +325,9 @@ def main() -> None:
     ap.add_argument("--eras", default="modern,legacy")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--base", type=Path, default=None,
+                    help="a source tree holding mcp_guard/ (targets base, base_full), e.g. "
+                         "mkdir /tmp/base && git archive main mcp_guard | tar -x -C /tmp/base")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
     if shutil.which("wrk") is None:
@@ -330,7 +345,7 @@ def main() -> None:
             "eras": eras, "conns": conns}
     results.write(json.dumps(meta) + "\n")
     print(json.dumps(meta), file=sys.stderr)
-    with bench(out) as b:
+    with bench(out, args.base.resolve() if args.base else None) as b:
         targets = b.start(names)
         for t in targets:
             for era in eras:

@@ -905,6 +905,25 @@ def has_browser(environ: Mapping[str, str] | None = None) -> bool:
     console browser taking over the terminal the URL is printed on)."""
     env = os.environ if environ is None else environ
     return bool(env.get("BROWSER") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"))
+def upstream_proxied(url: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` (minus ``NO_PROXY``) apply to an HTTP
+    upstream's URL: such an upstream is reached through httpx2, which speaks to proxies."""
+    env = os.environ if environ is None else environ
+    lowered = {k.lower(): v for k, v in env.items() if k.lower().endswith("_proxy") and v}
+    u = urlsplit(url)
+    if not (lowered.get(f"{u.scheme}_proxy") or lowered.get("all_proxy")):
+        return False
+    no_proxy = lowered.get("no_proxy", "")
+    if no_proxy == "*":
+        return False
+    host = u.hostname or ""
+    for entry in (e.strip().lower() for e in no_proxy.split(",") if e.strip()):
+        bare = entry.lstrip(".").split(":")[0]
+        if host == bare or host.endswith("." + bare):
+            return False
+    return True
+
+
 def upstream_environment(config: UpstreamConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """A stdio upstream's whole environment: the essentials (``CHILD_ENV``), what its
     ``env_passthrough`` names, then its own ``env``.  Nothing else of the guard's environment — other

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,8 @@ REFETCH_EVERY = 30.0  # an unknown kid refetches the JWKS at most this often (pe
 RETRY_AFTER = 5.0  # after a failed fetch, the IdP is not asked again for this long
 METADATA_TTL = 3600.0
 FETCH_TIMEOUT = 10.0
+VERIFIED_TTL = 60.0  # a verified access token is not checked again for this long (never past its exp)
+VERIFIED_MAX = 4096  # verified tokens remembered, least recently used dropped first
 
 
 class OAuthError(Exception):
@@ -202,6 +205,9 @@ class OAuthVerifier:
 
     def __init__(self, issuers: tuple[OAuthIssuerConfig, ...]) -> None:
         self.issuers = {cfg.issuer: _Issuer(cfg) for cfg in issuers}
+        # token -> (its verified answer, until when it stands): a signature check costs more than the
+        # rest of a call's mediation, and a client sends the same token with every request
+        self._verified: OrderedDict[str, tuple[AccessToken, float]] = OrderedDict()
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -209,6 +215,22 @@ class OAuthVerifier:
         return tuple(dict.fromkeys(s for i in self.issuers.values() for s in i.cfg.scopes))
 
     async def verify(self, token: str) -> AccessToken:
+        now = time.time()
+        hit = self._verified.get(token)
+        if hit is not None:
+            if now < hit[1]:
+                self._verified.move_to_end(token)
+                return hit[0]
+            del self._verified[token]
+        access = await self._verify(token)
+        exp = access.claims.get("exp")
+        if isinstance(exp, int | float):
+            self._verified[token] = (access, min(float(exp), now + VERIFIED_TTL))
+            if len(self._verified) > VERIFIED_MAX:
+                self._verified.popitem(last=False)
+        return access
+
+    async def _verify(self, token: str) -> AccessToken:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})

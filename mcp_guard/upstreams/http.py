@@ -1,9 +1,26 @@
-"""A Streamable HTTP upstream, through the SDK's client transport (sessions, SSE, protocol headers).
+"""A Streamable HTTP upstream, spoken as raw JSON-RPC over pooled HTTP/1.1 (``http1.py``).
 
-The SDK transport yields validated ``SessionMessage`` objects; they are converted to and from the
-guard's plain dicts at this edge only.  The upstream's credential comes from guard.yaml: static
-``headers``, or the guard's own OAuth client (``auth:``, see ``oauth.py``).  The host's own token
-is never passed through.
+Messages stay the guard's plain dicts end to end: one ``orjson`` encode per message out, one
+decode per message in, no model validation.  Both protocol eras:
+
+* handshake era (``initialize``): the ``Mcp-Session-Id`` the upstream mints is sent on every
+  later request with ``MCP-Protocol-Version: <negotiated>``; a standalone ``GET`` stream carries
+  what the upstream sends on its own (list changes, requests); a 404 on the session ends the
+  channel, so the connection supervisor initializes a new one; the session is ended with
+  ``DELETE`` on close.
+* 2026-07-28 (``server/discover``, per-request ``_meta``): every POST carries
+  ``MCP-Protocol-Version``, ``Mcp-Method`` and ``Mcp-Name``; cancelling a request closes its POST.
+
+An answer is JSON or an SSE stream; a stream may carry notifications and server-to-client
+requests before the response, and the response on a request's stream answers that request
+whatever id it names.  The guard's answers to the upstream's requests go back as POSTs.  Anything
+the upstream gets wrong (status, content type, malformed JSON or SSE, a body over the limit, a
+stream that ends unanswered) answers the request with a one-sentence error; an upstream that
+cannot be connected to ends the channel (and so is restarted with backoff).
+
+The upstream's credential comes from guard.yaml: static ``headers``, or the guard's own OAuth
+client (``auth:``, see ``oauth.py``), whose ``httpx2.Auth`` flow runs on an httpx2 link.  The
+host's own token is never passed through.
 """
 
 from __future__ import annotations
@@ -11,77 +28,141 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
-from mcp.shared.message import SessionMessage
-from mcp_types import jsonrpc_message_adapter
+import orjson
+from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 
-from mcp_guard.config import UpstreamConfig
+from mcp_guard.config import UpstreamConfig, upstream_proxied
 from mcp_guard.errors import UpstreamError
-from mcp_guard.jsonrpc import Message
+from mcp_guard.jsonrpc import INTERNAL_ERROR, META_PROTOCOL_VERSION, MODERN, Message, error, is_response
+from mcp_guard.upstreams.http1 import Exchange, Http1Link, HttpxLink, Link, LinkError
 from mcp_guard.upstreams.oauth import GuardProvider, build_auth, http_client
+from mcp_guard.upstreams.stdio import LINE_LIMIT as MESSAGE_LIMIT
 
 log = logging.getLogger("mcp_guard.upstream")
+
+POST_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+SESSION_ID = re.compile(r"[\x21-\x7e]{1,1024}")
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+GET_RETRY = 1.0  # seconds before the standalone stream is opened again
+GET_FAILURES = 2  # consecutive failures to open it before giving up (as the SDK transport)
+
+
+class SseError(Exception):
+    """The event stream broke its format or its size limit."""
+
+
+async def sse_events(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[tuple[str, str]]:
+    """``(event type, data)`` for each event of a ``text/event-stream`` body (comments, ``id`` and
+    ``retry`` are read and dropped).  Raises ``SseError`` when one event grows past ``limit``."""
+    partial: list[bytes] = []
+    size = 0
+    data: list[bytes] = []
+    event = b""
+    async for chunk in chunks:
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                if start < len(chunk):
+                    partial.append(chunk[start:])
+                    size += len(chunk) - start
+                    if size > limit:
+                        raise SseError(f"sent an event over the limit of {limit} bytes")
+                break
+            piece = chunk[start:nl]
+            start = nl + 1
+            if partial:
+                partial.append(piece)
+                line = b"".join(partial)
+                partial = []
+            else:
+                line = piece
+                size += len(piece)
+                if size > limit:
+                    raise SseError(f"sent an event over the limit of {limit} bytes")
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    try:
+                        text = b"\n".join(data).decode()
+                    except UnicodeDecodeError:
+                        raise SseError("sent an event that is not UTF-8") from None
+                    yield (event.decode("latin-1") or "message", text)
+                data, event, size = [], b"", 0
+                continue
+            name, colon, value = line.partition(b":")
+            if not colon:
+                value = b""
+            elif value.startswith(b" "):
+                value = value[1:]
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                event = value
+            # "" (a comment), "id" and "retry" are not used: the guard does not resume streams
 
 
 class HttpChannel:
     def __init__(self, config: UpstreamConfig) -> None:
+        assert config.url is not None
         self.config = config
+        self.name = config.name
+        self.url = config.url
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
-        self._write: Any = None
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-        self._reason = "was never started"
-        self._stop = asyncio.Event()
+        self._link: Link | None = None
         self._auth: GuardProvider | None = None
+        self._session: str | None = None
+        self._version: str | None = None  # MCP-Protocol-Version after initialize
+        self._posts: dict[Any, asyncio.Task[None]] = {}  # our requests' POSTs in flight, by id
+        self._get: asyncio.Task[None] | None = None
+        self._reason = "was never started"
+        self._ended = False
+
+    # ------------------------------------------------------------------ Channel
 
     async def open(self) -> None:
         self._auth = build_auth(self.config)  # may raise UpstreamError (an unreadable token key)
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        await self._ready.wait()
-        if self._write is None:
-            raise UpstreamError(f"upstream {self.config.name} at {self.config.url} is unreachable: {self._reason}")
-
-    async def _run(self) -> None:
-        from mcp.client.streamable_http import streamable_http_client
-
-        assert self.config.url is not None
-        try:
-            async with (
-                http_client(self.config, self._auth) as http,
-                streamable_http_client(self.config.url, http_client=http) as (read, write),
-            ):
-                self._write = write
-                self._ready.set()
-                reader = asyncio.ensure_future(self._pump(read))
-                stopper = asyncio.ensure_future(self._stop.wait())
-                await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                for t in (reader, stopper):
-                    t.cancel()
-        except Exception as exc:
-            self._reason = str(exc) or type(exc).__name__
-        finally:
-            self._write = None
-            self._ready.set()
-            self._inbox.put_nowait(None)
-
-    async def _pump(self, read: Any) -> None:
-        async for item in read:
-            if isinstance(item, Exception):
-                log.warning("[%s] transport error: %s", self.config.name, item)
-                if isinstance(item, ConnectionError | OSError):
-                    self._reason = f"connection lost ({item})"
-                continue
-            self._inbox.put_nowait(item.message.model_dump(by_alias=True, mode="json", exclude_unset=True))
+        if self._auth is not None or upstream_proxied(self.url):
+            self._link = HttpxLink(http_client(self.config, self._auth), self.url)
+        else:
+            self._link = Http1Link(self.url, self.config.headers)
         self._reason = "closed the connection"
 
     async def send(self, message: Message) -> None:
-        if self._write is None:
-            raise UpstreamError(f"upstream {self.config.name} is not connected")
-        try:
-            await self._write.send(SessionMessage(jsonrpc_message_adapter.validate_python(message)))
-        except Exception as exc:
-            raise UpstreamError(f"upstream {self.config.name} could not be sent a message: {exc}") from None
+        link = self._link
+        if link is None or self._ended:
+            raise UpstreamError(f"upstream {self.name} is not connected")
+        method = message.get("method")
+        params = message.get("params")
+        modern = isinstance(params, dict) and isinstance(params.get("_meta"), dict) and params["_meta"].get(META_PROTOCOL_VERSION) == MODERN
+        if method == "notifications/cancelled":
+            target = self._posts.get(params.get("requestId")) if isinstance(params, dict) else None
+            if modern or self._version == MODERN or (self._session is None and self._version is None):
+                if target is not None:
+                    target.cancel()  # 2026-07-28: closing the request's stream is its cancellation
+                return
+            await self._post_quietly(link, message, self._headers(message, None, modern=False))
+            if target is not None:
+                target.cancel()
+            return
+        body = orjson.dumps(message)  # JSONEncodeError reaches the caller (a refusal, not a dead channel)
+        headers = self._headers(message, method, modern=modern)
+        if method is not None and message.get("id") is not None:
+            if method == "initialize":
+                self._session = self._version = None
+            rid = message["id"]
+            task = asyncio.get_running_loop().create_task(self._request(link, rid, method, headers, body))
+            self._posts[rid] = task
+            task.add_done_callback(lambda t: self._posts.pop(rid, None) if self._posts.get(rid) is t else None)
+            return
+        await self._post_quietly(link, message, headers, body)
+        if method == "notifications/initialized" and self._session is not None and self._get is None:
+            self._get = asyncio.get_running_loop().create_task(self._standalone(link))
 
     async def receive(self) -> Message | None:
         return await self._inbox.get()
@@ -92,7 +173,182 @@ class HttpChannel:
         return self._reason
 
     async def close(self) -> None:
-        self._stop.set()
-        if self._task is not None:
+        link, self._link = self._link, None
+        self._end("was stopped")
+        tasks = [t for t in (*self._posts.values(), self._get) if t is not None]
+        for t in tasks:
+            t.cancel()
+        if link is None:
+            return
+        if self._session is not None:
+            headers = {"Mcp-Session-Id": self._session, **({"MCP-Protocol-Version": self._version} if self._version else {})}
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 5.0)
+                answer = await asyncio.wait_for(link.request("DELETE", headers, None), 5.0)
+                await answer.aclose()
+        with contextlib.suppress(Exception):
+            await link.aclose()
+
+    # ------------------------------------------------------------------ exchanges
+
+    def _headers(self, message: Message, method: Any, *, modern: bool) -> dict[str, str]:
+        headers = dict(POST_HEADERS)
+        if modern:
+            headers["MCP-Protocol-Version"] = MODERN
+            if isinstance(method, str):
+                headers["Mcp-Method"] = method
+                key = NAME_BEARING_METHODS.get(method)
+                value = message["params"].get(key) if key else None
+                if isinstance(value, str):
+                    headers["Mcp-Name"] = encode_header_value(value)
+            return headers
+        if self._session is not None:
+            headers["Mcp-Session-Id"] = self._session
+        if self._version is not None:
+            headers["MCP-Protocol-Version"] = self._version
+        return headers
+
+    def _end(self, reason: str) -> None:
+        if not self._ended:
+            self._ended = True
+            self._reason = reason
+            self._inbox.put_nowait(None)
+
+    def _fail(self, rid: Any, text: str) -> None:
+        log.warning("[%s] %s", self.name, text)
+        self._inbox.put_nowait(error(rid, INTERNAL_ERROR, f"upstream {self.name} {text}"))
+
+    async def _post_quietly(self, link: Link, message: Message, headers: dict[str, str], body: bytes | None = None) -> None:
+        """A notification or an answer to the upstream's request: 202 expected, nothing to wait for."""
+        try:
+            answer = await asyncio.wait_for(link.request("POST", headers, body or orjson.dumps(message)), self.config.timeout)
+        except LinkError as exc:
+            if exc.connect:
+                self._end(f"is unreachable at {self.url}: it {exc}")
+            raise UpstreamError(f"upstream {self.name} could not be sent a message: it {exc}") from None
+        except TimeoutError:
+            raise UpstreamError(f"upstream {self.name} did not take a message within {self.config.timeout:g}s") from None
+        try:
+            if answer.status >= 400:
+                log.warning("[%s] answered HTTP %d to %s", self.name, answer.status, message.get("method") or "an answer")
+                if answer.status == 404 and self._session is not None:
+                    self._end("ended its session (HTTP 404)")
+        finally:
+            await answer.aclose()
+
+    async def _request(self, link: Link, rid: Any, method: str, headers: dict[str, str], body: bytes) -> None:
+        try:
+            answer = await link.request("POST", headers, body)
+        except LinkError as exc:
+            if exc.connect:
+                self._end(f"is unreachable at {self.url}: it {exc}")
+            else:
+                self._fail(rid, str(exc) if str(exc).startswith("failed") else f"failed: it {exc}")
+            return
+        except UpstreamError as exc:  # the auth flow's refusals
+            self._end(str(exc))
+            return
+        except Exception as exc:
+            self._fail(rid, f"failed ({type(exc).__name__}: {exc})")
+            return
+        try:
+            await self._answer(answer, rid, method)
+        except LinkError as exc:
+            self._fail(rid, f"failed: it {exc}")
+        except SseError as exc:
+            self._fail(rid, f"failed: it {exc}")
+        finally:
+            await answer.aclose()
+
+    async def _answer(self, answer: Exchange, rid: Any, method: str) -> None:
+        status = answer.status
+        ctype = answer.headers.get("content-type", "").lower()
+        if status >= 300 or status == 202:
+            if status == 404 and self._session is not None and method != "initialize":
+                self._fail(rid, "ended its session (HTTP 404); it is initialized again")
+                self._end("ended its session (HTTP 404)")
+                return
+            if ctype.startswith("application/json") and status >= 400:
+                with contextlib.suppress(LinkError, orjson.JSONDecodeError):
+                    sent = orjson.loads(await answer.read(MESSAGE_LIMIT))
+                    if isinstance(sent, dict) and isinstance(sent.get("error"), dict):
+                        self._inbox.put_nowait({"jsonrpc": "2.0", "id": rid, "error": sent["error"]})
+                        return
+            where = answer.headers.get("location")
+            self._fail(rid, f"answered {method} with HTTP {status}" + (f" (a redirect to {where}, not followed)" if where else ""))
+            return
+        if method == "initialize":
+            sid = answer.headers.get("mcp-session-id")
+            if sid is not None and not SESSION_ID.fullmatch(sid):
+                self._fail(rid, "sent an Mcp-Session-Id that is not visible ASCII")
+                return
+            self._session = sid
+        if ctype.startswith("application/json"):
+            try:
+                message = orjson.loads(await answer.read(MESSAGE_LIMIT))
+            except orjson.JSONDecodeError:
+                self._fail(rid, f"answered {method} with a body that is not JSON")
+                return
+            if not isinstance(message, dict) or not is_response(message):
+                self._fail(rid, f"answered {method} with JSON that is not a JSON-RPC response")
+                return
+            self._deliver_answer(message, rid, method)
+        elif ctype.startswith("text/event-stream"):
+            if not await self._events(answer, rid, method):
+                self._fail(rid, f"closed the event stream of {method} without answering it")
+        else:
+            self._fail(rid, f"answered {method} with content type {ctype or '(none)'}, not JSON or an event stream")
+
+    def _deliver_answer(self, message: Message, rid: Any, method: str) -> None:
+        message["id"] = rid  # the answer on a request's own POST is that request's, whatever id it names
+        if method == "initialize" and isinstance(message.get("result"), dict):
+            version = message["result"].get("protocolVersion")
+            if isinstance(version, str) and _HEADER_SAFE.fullmatch(version):
+                self._version = version
+        self._inbox.put_nowait(message)
+
+    async def _events(self, answer: Exchange, rid: Any, method: str) -> bool:
+        """Relay a stream's messages; True once the response to ``rid`` arrived (None: the standalone stream)."""
+        async for _kind, data in sse_events(answer.chunks(), MESSAGE_LIMIT):
+            if _kind != "message" or not data:
+                continue  # a priming event, or a type MCP does not use
+            try:
+                message = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                message = None
+            if not isinstance(message, dict):
+                if rid is None:
+                    log.warning("[%s] sent an event that is not a JSON-RPC message; ignored", self.name)
+                    continue
+                self._fail(rid, f"sent an event that is not a JSON-RPC message while answering {method}")
+                return True
+            if is_response(message):
+                if rid is None:
+                    log.warning("[%s] sent a response on its standalone stream; ignored", self.name)
+                    continue
+                self._deliver_answer(message, rid, method)
+                return True
+            self._inbox.put_nowait(message)  # a notification or a request, before the answer
+        return False
+
+    async def _standalone(self, link: Link) -> None:
+        """The handshake era's ``GET`` stream: what the upstream sends on its own (list changes, requests)."""
+        failures = 0
+        while not self._ended and failures < GET_FAILURES:
+            try:
+                headers = {**self._headers({}, None, modern=False), "Accept": "text/event-stream"}
+                del headers["Content-Type"]
+                answer = await link.request("GET", headers, None)
+                try:
+                    if answer.status == 404 and self._session is not None:
+                        self._end("ended its session (HTTP 404)")
+                        return
+                    if answer.status != 200 or not answer.headers.get("content-type", "").lower().startswith("text/event-stream"):
+                        return  # 405: the upstream offers no standalone stream
+                    failures = 0
+                    await self._events(answer, None, "GET")
+                finally:
+                    await answer.aclose()
+            except (UpstreamError, SseError) as exc:
+                failures += 1
+                log.info("[%s] standalone stream: %s", self.name, exc)
+            await asyncio.sleep(GET_RETRY)

@@ -44,3 +44,24 @@ async def test_http_upstream_filtered_and_forwarded(tmp_path: Path, conformance_
             read = await client.read_resource("test://static-text")
             assert read.contents
             assert not (await client.call_tool("rec_echo", {"text": "x"})).is_error
+
+
+@pytest.mark.parametrize("protocol", ["modern", "auto"])
+async def test_http_upstream_on_2026_07_28(tmp_path: Path, conformance_http_url: str, protocol: str) -> None:
+    """The SDK's own Streamable HTTP server spoken to in the 2026-07-28 era: ``server/discover``, per-request
+    ``_meta`` and the routing headers it validates (``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name``)."""
+    config = write_guard_config(
+        tmp_path,
+        {"fx": {"url": conformance_http_url, "protocol": protocol}},
+        [{"id": "fx", "rules": [{"effect": "allow", "tools": ["fx/test_simple_text", "fx/test_tool_with_progress"]},
+                                {"effect": "allow", "resources": ["fx/*"]}]}],
+    )
+    async with guarded_session(config, mode="2026-07-28") as client:
+        names = sorted(t.name for t in (await client.list_tools()).tools)
+        assert names == ["fx_test_simple_text", "fx_test_tool_with_progress"]
+        text = await client.call_tool("fx_test_simple_text", {})
+        assert text.content[0].text == "This is a simple text response for testing."  # type: ignore[union-attr]
+        progress = await client.call_tool("fx_test_tool_with_progress", {})
+        assert not progress.is_error
+        read = await client.read_resource("test://static-text")
+        assert read.contents

@@ -49,3 +49,50 @@ def test_claims_that_name_no_principal_are_refused(claims: dict[str, object]) ->
     with pytest.raises(OAuthError) as err:
         principal_from_claims(CFG, claims)
     assert err.value.status == 401 and err.value.error == "invalid_token"
+
+
+async def test_a_verified_access_token_is_remembered_until_its_expiry_at_most_a_minute() -> None:
+    """The signature is checked once per token; the answer stands for a minute, never past ``exp``,
+    and a token that was refused is checked again every time."""
+    import json
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mcp_guard.transports import oauth as oauth_mod
+
+    key = Ed25519PrivateKey.generate()
+    public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+    verifier = oauth_mod.OAuthVerifier((CFG,))
+    verifier.issuers[CFG.issuer].keys["k1"] = oauth_mod._Key(jwt.PyJWK({**public, "kid": "k1"}, "EdDSA"), None)
+    verifier.issuers[CFG.issuer].metadata_at = time.monotonic()
+    checks = 0
+    real = verifier._verify
+
+    async def counted(token: str) -> oauth_mod.AccessToken:
+        nonlocal checks
+        checks += 1
+        return await real(token)
+
+    verifier._verify = counted  # type: ignore[method-assign]
+
+    def token(exp: float, **extra: object) -> str:
+        claims = {"iss": CFG.issuer, "aud": CFG.audience, "sub": "alice", "client_id": "planner", "exp": int(exp), **extra}
+        return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "k1"})
+
+    good = token(time.time() + 3600)
+    for _ in range(3):
+        assert (await verifier.verify(good)).principal.user == "alice"
+    assert checks == 1
+    verifier._verified[good] = (verifier._verified[good][0], time.time() - 1)  # its minute is over
+    await verifier.verify(good)
+    assert checks == 2
+    soon = token(time.time() + 2)
+    await verifier.verify(soon)
+    assert verifier._verified[soon][1] <= time.time() + 2  # never remembered past its exp
+    wrong_audience = token(time.time() + 3600, aud="https://other.example.com")
+    for _ in range(2):
+        with pytest.raises(OAuthError):
+            await verifier.verify(wrong_audience)
+    assert checks == 5
