@@ -71,6 +71,7 @@ MAX_PREVIEW_CHARS = 400  # the one-line preview stored with a queued request
 MAX_HUMAN_REASON = 200
 MAX_REMEMBERED_SESSIONS = 10_000
 PAGE_PATH = "/approvals/"  # the approval page of ``serve`` (transports/approval_page.py serves it)
+PAGE_BINDING_KEY = "approval-binding:"  # state-store key prefix: a page request's binding -> its newest id
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -505,23 +506,29 @@ class GuardApprover:
             # only page requests carry a binding: a queued call's approval never releases a retry as well
             record = {**self._request_record(req, who, entry, args, digest, verdict), "binding": binding}
             record["id"] = await self.ctx.store.approval_create(record)
+            # a handshake-era retry finds it by binding until its answer can no longer be picked up
+            await self.ctx.store.value_set(PAGE_BINDING_KEY + binding, str(record["id"]),
+                                           _usable_until(record, self.config.timeout))
             log.warning("approval %s: %s for %s waits up to %gs for a human on %s%s%s", record["id"], entry.qualified,
                         " > ".join(who.chain), self.config.timeout, base, PAGE_PATH, record["id"])
         return self._page_ask(who, entry, verdict, base, str(record["id"]), binding, record.get("expires_at"), modern)
 
     async def _page_earlier(self, binding: str) -> dict[str, Any] | None:
-        """The newest request with this binding that is still pending, or answered and not yet used
-        (the answer is then spent: a second retry makes a new request)."""
+        """The newest request with this binding (one keyed lookup, no scan of the queue) if it is
+        still pending, or answered and not yet used (the answer is then spent: a second retry makes
+        a new request, which the binding then points at)."""
         store = self.ctx.store
+        approval_id = await store.value_get(PAGE_BINDING_KEY + binding)
+        record = None if approval_id is None else await store.approval_get(approval_id)
+        if record is None or record.get("binding") != binding:
+            return None
         now = time.time()
-        mine = [r for r in await store.approval_list(pending_only=False) if r.get("binding") == binding]
-        for record in sorted(mine, key=lambda r: float(r.get("created") or 0), reverse=True):
-            status = record.get("status")
-            if status == PENDING:
-                return record
-            if status in (APPROVED, REJECTED) and now < _usable_until(record, self.config.timeout) and \
-                    await store.consume([Counter(f"approval-used:{record.get('id')}", 1, now + APPROVAL_RETENTION)]) is None:
-                return record
+        status = record.get("status")
+        if status == PENDING:
+            return record
+        if status in (APPROVED, REJECTED) and now < _usable_until(record, self.config.timeout) and \
+                await store.consume([Counter(f"approval-used:{approval_id}", 1, now + APPROVAL_RETENTION)]) is None:
+            return record
         return None
 
     def _page_ask(self, who: Principal, entry: Target, verdict: Verdict, base: str, approval_id: str, binding: str,

@@ -49,6 +49,15 @@ class StateStore(Protocol):
         last 60 seconds; False (not counted) otherwise."""
         ...
 
+    async def value_set(self, key: str, value: str, expires_at: float) -> None:
+        """Store ``value`` under ``key`` (replacing any) until ``expires_at`` (epoch seconds): a direct
+        lookup, e.g. from an approval request's binding to its id, instead of a scan."""
+        ...
+
+    async def value_get(self, key: str) -> str | None:
+        """The value last set on ``key``, or None if there is none or it expired."""
+        ...
+
     async def revoke(self, jti: str, reason: str | None = None) -> None: ...
 
     async def revoked(self, jtis: Sequence[str]) -> str | None:

@@ -33,6 +33,7 @@ class MemoryStore:
         self._rates: dict[str, deque[float]] = {}
         self._revoked: dict[str, str | None] = {}
         self._approvals: dict[str, dict[str, Any]] = {}
+        self._values: dict[str, tuple[str, float]] = {}
 
     async def consume(self, counters: Sequence[Counter]) -> str | None:
         now = time.time()
@@ -58,6 +59,16 @@ class MemoryStore:
             return False
         window.append(t)
         return True
+
+    async def value_set(self, key: str, value: str, expires_at: float) -> None:
+        if len(self._values) % 1024 == 1023:  # now and then, drop the expired ones: the dictionary stays bounded
+            now = time.time()
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+        self._values[key] = (value, expires_at)
+
+    async def value_get(self, key: str) -> str | None:
+        found = self._values.get(key)
+        return found[0] if found is not None and time.time() < found[1] else None
 
     async def revoke(self, jti: str, reason: str | None = None) -> None:
         self._revoked.setdefault(jti, reason)

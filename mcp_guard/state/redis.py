@@ -31,8 +31,9 @@ from mcp_guard.state.base import (
 )
 
 PREFIX = "mcp-guard:"
-_COUNTER, _RATE, _REVOKED, _APPROVAL, _APPROVALS = (
+_COUNTER, _VALUE, _RATE, _REVOKED, _APPROVAL, _APPROVALS = (
     PREFIX + "c:",
+    PREFIX + "v:",
     PREFIX + "r:",
     PREFIX + "revoked",
     PREFIX + "a:",
@@ -135,6 +136,19 @@ class RedisStore:
             return bool(int(await self._rate(keys=[_RATE + key], args=args)))
         except RedisError as exc:
             raise self._error(exc) from None
+
+    async def value_set(self, key: str, value: str, expires_at: float) -> None:
+        try:
+            await self._r.set(_VALUE + key, value, pxat=max(int(expires_at * 1000), 1))
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    async def value_get(self, key: str) -> str | None:
+        try:
+            found = await self._r.get(_VALUE + key)
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return None if found is None else str(found)
 
     async def revoke(self, jti: str, reason: str | None = None) -> None:
         try:

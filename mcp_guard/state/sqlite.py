@@ -48,7 +48,7 @@ from mcp_guard.state.base import (
 log = logging.getLogger("mcp_guard.state")
 
 BUSY_TIMEOUT = 5.0
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the values table
 GC_EVERY = 4096  # writes between sweeps of expired counters, idle rate windows and old approvals
 CHECK_EVERY = 0.1  # seconds between full checks (which file each path is, is each writable) while all is well
 
@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     resolved REAL, approver TEXT, reason TEXT, record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, created);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -341,6 +342,7 @@ class SqliteStore:
     def _gc(self, db: sqlite3.Connection, now: float) -> None:
         db.execute("DELETE FROM counters WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
         db.execute("DELETE FROM rate_events WHERE t <= ?", (now - RATE_WINDOW,))
+        db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
         db.execute("DELETE FROM approvals WHERE status != ? AND created <= ?", (PENDING, now - APPROVAL_RETENTION))
 
     def _tick(self, now: float) -> None:
@@ -385,6 +387,18 @@ class SqliteStore:
             db.execute("INSERT INTO rate_events (key, t) VALUES (?, ?)", (key, t))
             self._tick(t)
         return True
+
+    # -- keyed values
+
+    async def value_set(self, key: str, value: str, expires_at: float) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?, ?, ?)", (key, value, expires_at))
+            self._tick(now)
+
+    async def value_get(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM kv WHERE key = ? AND expires_at > ?", (key, time.time()))
+        return str(rows[0][0]) if rows else None
 
     # -- revocations
 

@@ -212,3 +212,20 @@ async def test_overdue_request_cannot_be_answered(store: StateStore) -> None:
 
 async def test_ping(store: StateStore) -> None:
     await store.ping()
+
+
+# --------------------------------------------------------------------------- keyed values
+
+
+async def test_value_set_get_replace_and_expire(store: StateStore) -> None:
+    assert await store.value_get("approval-binding:b1") is None
+    await store.value_set("approval-binding:b1", "0badc0de", time.time() + 10)
+    await store.value_set("approval-binding:b2", "12345678", time.time() + 0.4)  # digits stay a string
+    assert await store.value_get("approval-binding:b1") == "0badc0de"
+    assert await store.value_get("approval-binding:b2") == "12345678"
+    await store.value_set("approval-binding:b1", "feedface", time.time() + 10)  # the newest wins
+    assert await store.value_get("approval-binding:b1") == "feedface"
+    await asyncio.sleep(0.6)
+    assert await store.value_get("approval-binding:b2") is None  # gone with its TTL
+    await store.value_set("approval-binding:b3", "deadbeef", time.time() - 1)  # already expired: never seen
+    assert await store.value_get("approval-binding:b3") is None
