@@ -21,6 +21,7 @@ import logging
 import secrets
 import time
 import unicodedata
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -127,6 +128,9 @@ class ApprovalPage:
         self._issuer = _Issuer(OAuthIssuerConfig(issuer=config.issuer, audience=config.client_id))
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
+        # told of each answer given here (the id, the request as it was pending): ``serve`` sends the
+        # caller's session ``notifications/elicitation/complete``
+        self.on_answered: Callable[[str, Mapping[str, Any]], None] | None = None
 
     def routes(self) -> list[Route]:
         return [
@@ -365,6 +369,8 @@ class ApprovalPage:
             return self._html("Unavailable", "<h1>The approval could not be recorded</h1><p>Try again shortly.</p>", 503)
         if done:
             log.warning("approval %s %s by %s", approval_id, "approved" if decision == "approve" else "rejected", self.approver(who))
+            if self.on_answered is not None:
+                self.on_answered(approval_id, record)
         return RedirectResponse(f"{PREFIX}/{approval_id}", status_code=303, headers=_HEADERS)
 
     def _origin(self, request: Request) -> str:

@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -70,6 +70,8 @@ WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 class HostSession(Protocol):
     """One caller's guard session, as the transport drives it."""
+
+    id: str  # the guard's id of the session (what approval requests record as their ``session``)
 
     async def handle(self, message: Any) -> None: ...
     async def close(self) -> None: ...
@@ -415,6 +417,7 @@ class HttpGuard:
         self.allowed_hosts = self._allowed_hosts(listen)
         self.entries: dict[str, _Session] = {}  # _Session.key -> session
         self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
+        self.by_session_id: dict[str, _Session] = {}  # HostSession.id -> its entry (the approval page's notices)
         self._sweeper: asyncio.Task[None] | None = None
         self.mcp_path = "/mcp"
         routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS))]
@@ -426,6 +429,7 @@ class HttpGuard:
             routes.append(Route("/token", self.token, methods=["POST"]))
         if page is not None:
             routes.extend(page.routes())
+            page.on_answered = self.elicitation_complete
         self.app: ASGIApp = Starlette(routes=routes)
 
     def _allowed_hosts(self, listen: tuple[str, int] | None) -> frozenset[str] | None:
@@ -717,6 +721,7 @@ class HttpGuard:
         host.session = session
         entry = _Session(key, session, host, caller.binding, caller.owner, time.monotonic())
         self.entries[key] = entry
+        self.by_session_id[session.id] = entry
         mine = self.owned.setdefault(caller.owner, OrderedDict())
         mine[key] = None
         while len(mine) > self.serve.max_sessions_per_principal:
@@ -737,6 +742,7 @@ class HttpGuard:
     def _drop(self, key: str) -> _Session | None:
         entry = self.entries.pop(key, None)
         if entry is not None:
+            self.by_session_id.pop(entry.session.id, None)
             mine = self.owned.get(entry.owner)
             if mine is not None:
                 mine.pop(key, None)
@@ -762,6 +768,21 @@ class HttpGuard:
                 await self.expire_idle()
             except Exception:  # a failing close must not stop the sweeper
                 log.exception("closing idle sessions failed")
+
+    def elicitation_complete(self, approval_id: str, record: Mapping[str, Any]) -> None:
+        """The approval page answered ``approval_id``: if a 2025-11-25 caller was pointed at it by
+        URL-mode elicitation (its ``elicitationId`` is the approval id) and the session that asked
+        has its GET stream open on this guard, tell it the elicitation is complete so its host can
+        retry at once.  Nothing otherwise: no stream, another replica, a queued or 2026-07-28 request."""
+        if not record.get("binding"):  # only page requests carry one (a queued call is not elicited)
+            return
+        entry = self.by_session_id.get(str(record.get("session")))
+        if entry is None or not entry.key.startswith("sid:") or entry.host.listener is None:
+            return
+        notice: Message = {"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
+                           "params": {"elicitationId": approval_id}}
+        if not entry.host.listener.put(notice):
+            log.debug("could not tell session %s that approval %s was answered", entry.key, approval_id)
 
     # ------------------------------------------------------------------ token exchange
 

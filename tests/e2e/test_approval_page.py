@@ -36,6 +36,7 @@ from fixtures import (
 )
 from test_report_e2e import _png_ink, screenshot
 from test_serve_oauth import ACCEPT, CLIENTS, OIDC_SCRIPT, Idp, Served, post, start_serve
+from test_serve_streams import Raw
 
 pytestmark = [pytest.mark.e2e, requires_tools("node")]
 
@@ -151,6 +152,8 @@ async def answer(browser: httpx2.AsyncClient, url: str, decision: str, csrf: str
     form = {"decision": decision, **({"csrf": csrf} if csrf is not None else {}), **extra}
     return await browser.post(url, data=form)
 
+
+COMPLETE = "notifications/elicitation/complete"
 
 # --------------------------------------------------------------------------- happy paths
 
@@ -354,3 +357,51 @@ async def test_replicas_share_requests_answers_and_sign_ins_through_the_state_st
         assert (await answer(browser, asked["url"], "approve", csrf_of(html))).status_code == 303
     assert (await call(page, headers, args, rid=3, url=replica + "/mcp"))["result"]["isError"] is False
     assert page.calls("write_note").count(args) == 1
+
+
+async def test_the_asking_session_with_a_get_stream_is_told_the_elicitation_is_complete(page: Page) -> None:
+    """Approved or denied on the page: the session that was pointed at it hears
+    ``notifications/elicitation/complete`` on its GET stream; another session of the same caller,
+    also listening, hears nothing about it."""
+    async with httpx2.AsyncClient(timeout=30) as http:
+        mine, other = (Raw(http, page.served.url, page.token, "legacy", ACCEPT["Accept"]) for _ in range(2))
+        for raw in (mine, other):
+            await raw.open(URL_CAPS)
+        readers = [mine.listen(), other.listen()]
+        try:
+            args = {"path": "notify.txt", "text": "n"}
+            asked = elicited(await call(page, {"Mcp-Session-Id": str(mine.sid), "Mcp-Protocol-Version": "2025-11-25"}, args))
+            theirs = elicited(await call(page, {"Mcp-Session-Id": str(other.sid), "Mcp-Protocol-Version": "2025-11-25"},
+                                         {"path": "notify-other.txt"}))
+            browser, html = await sign_in(asked["url"], "alice@example.com")
+            async with contextlib.aclosing(browser):
+                assert (await answer(browser, asked["url"], "approve", csrf_of(html))).status_code == 303
+                heard = await asyncio.wait_for(mine.next_event(lambda m: m.get("method") == COMPLETE), 10)
+                assert heard == {"jsonrpc": "2.0", "method": COMPLETE, "params": {"elicitationId": asked["elicitationId"]}}
+                denied = await answer(browser, theirs["url"], "deny", csrf_of((await browser.get(theirs["url"])).text))
+                assert denied.status_code == 303
+                told = await asyncio.wait_for(other.next_event(lambda m: m.get("method") == COMPLETE), 10)
+                assert told["params"] == {"elicitationId": theirs["elicitationId"]}
+                # answering again changes nothing and tells nobody again
+                await answer(browser, asked["url"], "deny", csrf_of(html))
+            await asyncio.sleep(0.5)
+            assert [m["params"] for m in mine.heard if m.get("method") == COMPLETE] == [{"elicitationId": asked["elicitationId"]}]
+            assert [m["params"] for m in other.heard if m.get("method") == COMPLETE] == [{"elicitationId": theirs["elicitationId"]}]
+            done = await call(page, {"Mcp-Session-Id": str(mine.sid), "Mcp-Protocol-Version": "2025-11-25"}, args, rid=3)
+            assert done["result"]["isError"] is False and args in page.calls("write_note")
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def test_no_notice_without_a_get_stream_and_none_for_a_2026_caller(page: Page) -> None:
+    """A session without a GET stream is not told (the answer waits for its retry), and a
+    2026-07-28 caller, which has no session to tell, still redeems its state as before."""
+    headers = await legacy_session(page)
+    args = {"path": "quiet.txt"}
+    asked = elicited(await call(page, headers, args))
+    browser, html = await sign_in(asked["url"], "alice@example.com")
+    async with contextlib.aclosing(browser):
+        assert (await answer(browser, asked["url"], "approve", csrf_of(html))).status_code == 303
+    assert (await call(page, headers, args, rid=3))["result"]["isError"] is False
