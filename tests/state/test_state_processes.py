@@ -152,6 +152,35 @@ def test_sqlite_creates_private_file_and_directories(tmp_path: Path) -> None:
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
+def test_sqlite_schema_1_database_is_upgraded_in_place_with_its_data(tmp_path: Path) -> None:
+    """A database written before keyed values existed keeps its counters and gains the ``kv`` table."""
+    import sqlite3
+
+    db = tmp_path / "state.db"
+
+    async def seed() -> None:
+        store = open_store(f"sqlite:///{db}")
+        await store.consume([Counter("kept", 2)])
+        await store.close()
+
+    asyncio.run(seed())
+    with sqlite3.connect(db) as raw:  # what a schema-1 database looks like
+        raw.execute("DROP TABLE kv")
+        raw.execute("PRAGMA user_version = 1")
+
+    async def reopen() -> None:
+        store = open_store(f"sqlite:///{db}")
+        assert await store.consume([Counter("kept", 2)]) is None
+        assert await store.consume([Counter("kept", 2)]) == "kept"  # the old count survived
+        await store.value_set("approval-binding:b", "0badc0de", time.time() + 10)
+        assert await store.value_get("approval-binding:b") == "0badc0de"
+        await store.close()
+
+    asyncio.run(reopen())
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 def test_sqlite_corrupt_file_is_a_clear_state_error(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     db.write_bytes(b"this is not a database at all" * 100)
