@@ -49,7 +49,7 @@ URL_CAPS = {"elicitation": {"url": {}}}
 class Page:
     """One guard with its approval page, and the IdP its callers and approvers use."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, state_url: str | None = None) -> None:
         self.idp = Idp(free_port())
         self.served = Served(tmp, self.idp, approvals={"client_id": "approvals-ui", "client_secret": PAGE_CLIENT["secret"],
                                                        "approvers": ["alice@example.com", "planner"]})
@@ -57,8 +57,10 @@ class Page:
         config = yaml.safe_load(self.served.config.read_text())
         config["approvals"]["state_key"] = "k" * 40  # replicas open each other's sign-in cookies
         config["telemetry"] = {"traces_exporter": "console"}  # spans on the guard's stderr (serve.log)
+        if state_url is not None:
+            config["state"] = {"url": state_url}
         self.served.config.write_text(yaml.safe_dump(config))
-        self.replica_port = free_port()  # a second replica: same config, same sqlite state store
+        self.replica_port = free_port()  # a second replica: same config, same state store
         self.idp_config = {"clients": {**CLIENTS, "approvals-ui": {**PAGE_CLIENT, "redirect_uris": [f"{self.base}/approvals/callback"],
                                                                   "scope": "openid profile email"}},
                            "accounts": ACCOUNTS}
@@ -68,10 +70,15 @@ class Page:
         return [args for name, args in self.served.record.calls() if name == tool]
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def page(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """Every page test runs on both shared stores: the default sqlite file, and a real Redis."""
     tmp = tmp_path_factory.mktemp("page")
-    setup = Page(tmp)
+    state_url = None
+    if request.param == "redis":
+        base: str = request.getfixturevalue("redis_url")
+        state_url = base.rsplit("/", 1)[0] + "/7"  # a database of its own: the state tests flush theirs
+    setup = Page(tmp, state_url)
     log = (tmp / "idp.log").open("w")
     idp = subprocess.Popen([str(tool_path("node")), str(OIDC_SCRIPT), str(setup.idp.port), json.dumps(setup.idp_config)],
                            stdout=log, stderr=subprocess.STDOUT, env=tools_env())
