@@ -40,7 +40,7 @@ def layer_of(file: str, func: str) -> str | None:
         return None  # the command that started the event loop: look through it
     if "mcp_guard/" in file:
         module = file.split("mcp_guard/", 1)[1].removesuffix(".py").replace("/", ".")
-        if module.startswith("telemetry") and func.startswith(("BoundedBatchProcessor", "span_sender", "Light")):
+        if module == "telemetry.export" or (module == "telemetry.spans" and func.startswith("LightSpan.readable")):
             return "guard: OTLP export thread"
         return f"guard: {module}"
     for fragment, layer in LAYERS:

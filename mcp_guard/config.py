@@ -13,13 +13,16 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.paths import PathContext
 from mcp_guard.yamlsrc import Path as YPath
 from mcp_guard.yamlsrc import Problem, SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
+
+if TYPE_CHECKING:
+    from mcp_guard.telemetry.settings import Settings as TelemetrySettings
 
 DEFAULT_AUDIENCE = "urn:mcp-guard:local"
 DEFAULT_STATE_URL = "sqlite:///.mcp-guard/state.db"
@@ -742,6 +745,87 @@ def default_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
     return GuardConfig(
         identity=IdentityConfig(user=env.get("USER") or env.get("LOGNAME"), grant=env.get("MCP_GUARD_GRANT") or None),
         state_url=resolve_state_url(DEFAULT_STATE_URL, Path.cwd()),
+    )
+
+
+def _signal_endpoint(base: str, signal: str) -> str:
+    return base.rstrip("/") + f"/v1/{signal}"
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def _exporter_name(value: str | None, var: str, has_endpoint: bool) -> str:
+    """The exporter for one signal; unset means ``otlp`` when an endpoint is configured, else none."""
+    from mcp_guard.telemetry.settings import EXPORTERS
+
+    if value is None or not value.strip():
+        return "otlp" if has_endpoint else "none"
+    names = [v.strip().lower() for v in value.split(",") if v.strip()]
+    for n in names:
+        if n not in EXPORTERS:
+            raise ConfigError(f"{var}: unknown exporter {n!r}; use one of otlp, console, none")
+    chosen = [n for n in names if n != "none"]
+    if len(chosen) > 1:
+        raise ConfigError(f"{var}: only one exporter at a time is supported, got {value!r}")
+    return chosen[0] if chosen else "none"
+
+
+def telemetry_settings(config: TelemetryConfig | None = None, environ: Mapping[str, str] | None = None) -> TelemetrySettings:
+    """The effective telemetry settings: the ``telemetry:`` block over the standard ``OTEL_*``
+    variables; raises ``ConfigError`` naming the variable or key that is wrong."""
+    from mcp_guard.telemetry.settings import (
+        COMPONENT,
+        DEFAULT_BATCH,
+        DEFAULT_DELAY,
+        DEFAULT_EXPORT_TIMEOUT,
+        DEFAULT_METRIC_INTERVAL,
+        DEFAULT_QUEUE,
+        DEFAULT_SAMPLER,
+    )
+    from mcp_guard.telemetry.settings import Settings as TelemetrySettings
+
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return TelemetrySettings()
+    base = (config.endpoint if config else None) or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    traces_ep = (_signal_endpoint(config.endpoint, "traces") if config and config.endpoint else None) or env.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ) or (_signal_endpoint(base, "traces") if base else None)
+    metrics_ep = (_signal_endpoint(config.endpoint, "metrics") if config and config.endpoint else None) or env.get(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    ) or (_signal_endpoint(base, "metrics") if base else None)
+    traces_var = "telemetry.traces_exporter" if config and config.traces_exporter else "OTEL_TRACES_EXPORTER"
+    metrics_var = "telemetry.metrics_exporter" if config and config.metrics_exporter else "OTEL_METRICS_EXPORTER"
+    traces = _exporter_name((config.traces_exporter if config else None) or env.get("OTEL_TRACES_EXPORTER"), traces_var,
+                            traces_ep is not None)
+    metrics = _exporter_name((config.metrics_exporter if config else None) or env.get("OTEL_METRICS_EXPORTER"),
+                             metrics_var, metrics_ep is not None)
+    timeout_var = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT" if env.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") else "OTEL_EXPORTER_OTLP_TIMEOUT"
+    return TelemetrySettings(
+        traces=traces,
+        metrics=metrics,
+        traces_endpoint=traces_ep,
+        metrics_endpoint=metrics_ep,
+        service_name=(config.service_name if config else None) or env.get("OTEL_SERVICE_NAME") or COMPONENT,
+        # the spec's timeout variables are in seconds for OTLP, milliseconds for the batch processor
+        timeout=_positive(env, timeout_var, DEFAULT_EXPORT_TIMEOUT),
+        max_queue_size=int(_positive(env, "OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_QUEUE)),
+        max_batch_size=int(_positive(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DEFAULT_BATCH)),
+        schedule_delay=_positive(env, "OTEL_BSP_SCHEDULE_DELAY", DEFAULT_DELAY * 1000) / 1000,
+        metric_interval=_positive(env, "OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_METRIC_INTERVAL * 1000) / 1000,
+        sampler=env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or DEFAULT_SAMPLER,
+        sampler_arg=env.get("OTEL_TRACES_SAMPLER_ARG", "").strip(),
     )
 
 

@@ -155,7 +155,6 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 
 
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
-    from mcp_guard import telemetry
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
     from mcp_guard.transports.exchange import TokenExchange
     from mcp_guard.transports.http import serve_http
@@ -171,7 +170,7 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port)
     finally:
         await ctx.store.close()
-        telemetry.shutdown()
+        ctx.telemetry.shutdown()
 
 
 from mcp_guard.demo import demo  # noqa: E402

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from mcp_guard import telemetry
-from mcp_guard.config import GuardConfig, policy_sources, read_token
+from mcp_guard.config import GuardConfig, policy_sources, read_token, telemetry_settings
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import Era, HostTransport, Message
@@ -90,7 +90,7 @@ async def build_context(config: GuardConfig) -> GuardContext:
 
     policies = load_policy_set(config)
     chain = load_chain(config)
-    telemetry.setup(config.telemetry)  # off unless OTEL_* or the telemetry: block ask for it
+    hooks = telemetry.start(telemetry_settings(config.telemetry))  # off unless OTEL_* or the telemetry: block ask for it
     audit = None
     if config.audit.path:
         from mcp_guard.audit import AuditLog
@@ -104,7 +104,8 @@ async def build_context(config: GuardConfig) -> GuardContext:
         pins = read_lock(config.lock_file)
         if pins is None:
             log.warning("pinning: %s but %s does not exist: run `mcp-guard pin --config ...` to record the tools", config.pinning, config.lock_file)
-    ctx = GuardContext(config=config, policies=policies, store=store, audit=audit, chain=chain, pins=pins)  # type: ignore[arg-type]
+    ctx = GuardContext(config=config, policies=policies, store=store, audit=audit, chain=chain, pins=pins,  # type: ignore[arg-type]
+                       telemetry=hooks)
     with contextlib.suppress(ImportError):
         from mcp_guard.proxy.approvals import make_approver
 
@@ -191,7 +192,7 @@ async def run_stdio(config: GuardConfig) -> None:
         await session.close()
         with contextlib.suppress(Exception):
             await ctx.store.close()
-        telemetry.shutdown()  # flush queued spans, bounded by the export timeout
+        ctx.telemetry.shutdown()  # flush queued spans, bounded by the export timeout
         await host.close()
     if session.fatal is not None:
         raise ConfigError(session.fatal)

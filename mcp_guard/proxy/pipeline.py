@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mcp_guard import telemetry
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
 from mcp_guard.errors import AuditError, StateError
@@ -49,7 +48,12 @@ class AskHost(Protocol):
 
 @dataclass(slots=True)
 class RequestContext:
-    """One host request as the pipeline, the approver, the audit and the telemetry see it."""
+    """One host request as the pipeline, the approver, the audit and the telemetry see it.
+
+    It is also the request's one record: the pipeline fills in ``target`` and ``verdict`` once,
+    the telemetry adds the ids of the span that decided (``trace``), and both the span ends and
+    the audit record read them from here instead of each working them out again.
+    """
 
     session_id: str
     principal: Principal
@@ -62,6 +66,10 @@ class RequestContext:
     ask_host: AskHost | None = None
     limit_scope: str = ""  # what per_minute/per_session limits count by (the session id unless set)
     chain_checked: bool = False  # expiry and revocation already checked for this request
+    target: Target | None = None  # what was decided (set by the pipeline)
+    verdict: Verdict | None = None  # how (set by the pipeline, once)
+    trace: tuple[int, int] | None = None  # (trace id, span id) of the span that decided, when traced
+    tools_listed: tuple[int, int] | None = None  # tools/list: (listed, hidden by policy or grant)
 
     @property
     def params(self) -> Message:
@@ -147,20 +155,22 @@ class Pipeline:
         exact: bool = True,
     ) -> Message:
         """Decide ``target`` (already resolved and visible) and forward it with ``forward`` if allowed."""
-        verdict = await telemetry.decision(req, target, self._verdict(req, target, args, exact))
+        req.target = target
+        with self.guard.telemetry.decision(req):
+            req.verdict = verdict = await self._verdict(req, target, args, exact)
         upstream = self.upstreams[target.upstream]
         try:
             if verdict.input_required is not None:  # 2026-07-28: the host is asked to approve
-                await self.audit(req, target, args, verdict)
+                await self.audit(req, args)
                 return result(req.message.get("id"), dict(verdict.input_required))
             if not verdict.forward:
-                await self.audit(req, target, args, verdict)
+                await self.audit(req, args)
                 return refusal(req, target.kind, verdict.reason)
             if upstream.status != "ready":
                 down = upstream.last_error or f"upstream {upstream.name} is not available"
-                await self.audit(req, target, args, verdict, note=down)
+                await self.audit(req, args, note=down)
                 return refusal(req, target.kind, f"mcp-guard could not call {target.qualified}: {down}")
-            await self.audit(req, target, args, verdict)
+            await self.audit(req, args)
         except AuditRefusal as exc:
             return refusal(req, target.kind, str(exc))
         return await forward(upstream)
@@ -227,10 +237,13 @@ class Pipeline:
             record["exposed"] = exposed
         return record
 
-    async def audit(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict, note: str | None = None) -> None:
-        """One record per decision, flushed before the request is forwarded; a failed write refuses it."""
+    async def audit(self, req: RequestContext, args: dict[str, Any], note: str | None = None) -> None:
+        """One record per decision (``req.target``, ``req.verdict``), flushed before the request is
+        forwarded; a failed write refuses it."""
         if self.guard.audit is None:
             return
+        target, verdict = req.target, req.verdict
+        assert target is not None and verdict is not None
         record = self._record(req, target.kind, target.upstream, target.name, target.exposed, verdict)
         record["args_sha256"] = args_hash(args)
         if verdict.approval_channel is not None:
@@ -244,7 +257,7 @@ class Pipeline:
             record["note"] = note
         if target.pin in ("new", "changed"):
             record["pin"] = target.pin
-        record.update(telemetry.audit_ids())
+        _trace_ids(req, record)
         if self.guard.config.audit.include_args:
             record["args"] = args
         self._append(record, target.qualified)
@@ -255,7 +268,7 @@ class Pipeline:
         if self.guard.audit is None:
             return
         record = self._record(req, kind, upstream, name, name, verdict)
-        record.update(telemetry.audit_ids())
+        _trace_ids(req, record)
         with contextlib.suppress(AuditRefusal):  # refused anyway; the failure is logged
             self._append(record, str(name))
 
@@ -267,6 +280,13 @@ class Pipeline:
         except AuditError as exc:
             log.error("audit write failed: %s", exc)
             raise AuditRefusal(f"mcp-guard refused {what}: the audit log cannot be written") from None
+
+
+def _trace_ids(req: RequestContext, record: Message) -> None:
+    """``trace_id``/``span_id`` of the span that decided (absent when tracing is off)."""
+    if req.trace is not None:
+        record["trace_id"] = f"{req.trace[0]:032x}"
+        record["span_id"] = f"{req.trace[1]:016x}"
 
 
 def unknown_verdict(text: str) -> Verdict:

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard import telemetry
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, is_visible
 from mcp_guard.errors import RpcError, UpstreamError
@@ -188,7 +187,7 @@ class Router:
     async def tools_list(self, req: RequestContext) -> Message:
         tools = self.visible_tools(req.principal, req.chain)
         out = page(params_of(req.message, "tools/list"), "tools", [e.definition for e in tools], req.era)
-        telemetry.note_tools(len(out["tools"]), len(self.catalogue.entries) - len(tools))
+        req.tools_listed = (len(out["tools"]), len(self.catalogue.entries) - len(tools))
         return result(req.message["id"], out)
 
     async def tools_call(self, req: RequestContext) -> Message:

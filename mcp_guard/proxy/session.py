@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig
 from mcp_guard.decision import Kind, Outcome, Verdict
 from mcp_guard.errors import RpcError, UpstreamError
@@ -51,6 +50,7 @@ from mcp_guard.proxy.pipeline import Approver, NoApprover, Pipeline, RequestCont
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay
 from mcp_guard.proxy.routing import LOG_LEVELS, Owners, Router
+from mcp_guard.telemetry import OFF, Hooks
 from mcp_guard.upstreams.connection import Upstream
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class GuardContext:
     pins: PinSet | None = None
     clock: Callable[[], float] = time.time
     approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
+    telemetry: Hooks = OFF  # this guard process's spans and metrics (``telemetry.start``)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class GuardSession:
         if hub is not None:
             self.upstreams, self.catalogue, self.pipeline, self.owners = hub.upstreams, hub.catalogue, hub.pipeline, hub.owners
         else:
-            self.upstreams = {name: Upstream(cfg, self) for name, cfg in ctx.config.upstreams.items()}
+            self.upstreams = {name: Upstream(cfg, self, telemetry=ctx.telemetry) for name, cfg in ctx.config.upstreams.items()}
             self.catalogue = Catalogue(ctx.pins, ctx.config.pinning)
             self.pipeline = Pipeline(ctx, self.upstreams)
             self.owners = Owners()
@@ -216,7 +217,7 @@ class GuardSession:
             if self.profile.era == Era.MODERN:
                 self._note_log_level(message)
             req = self._request(message)
-            task = asyncio.get_running_loop().create_task(telemetry.serve(req, message, lambda m: self._serve(req)))
+            task = asyncio.get_running_loop().create_task(self._serve(req))
             self._inflight[message["id"]] = task
         elif is_notification(message):
             await self._host_notification(message)
@@ -231,43 +232,45 @@ class GuardSession:
         await self.host.send(message)
 
     async def _serve(self, req: RequestContext) -> None:
-        message = req.message
-        rid = message["id"]
-        method = message.get("method")
-        try:
-            if not isinstance(method, str):
-                raise RpcError(INVALID_REQUEST, "Invalid Request: method must be a string")
-            handler = self._handlers.get(method)
-            if req.chain is not None and method not in _CHAIN_CHECKED_LATER:
-                refused = await self.pipeline.chain_refusal(req)  # revoked or expired: nothing at all
-                if refused is not None:
-                    await self.pipeline.audit_refused(req, None, None, refused)
-                    raise RpcError(REFUSED, refused.reason)
-            if handler is None:
-                text = f"Method not found: {method}"
-                await self.pipeline.audit_refused(req, None, None, Verdict(Outcome.UNKNOWN, text))
-                raise RpcError(METHOD_NOT_FOUND, text)
-            if method not in _STARTLESS:
-                await self._ensure_started()
-            response = await handler(req)
-        except asyncio.CancelledError:
-            return  # the host cancelled it: no answer (spec: receivers SHOULD NOT respond)
-        except RpcError as exc:
-            response = exc.to_message(rid)
-        except UpstreamError as exc:
-            response = error(rid, INTERNAL_ERROR, str(exc))
-        except Exception:
-            log.exception("internal error handling %s", method)
-            response = error(rid, INTERNAL_ERROR, f"mcp-guard failed to handle {method}; see the guard's log")
-        finally:
-            self._inflight.pop(rid, None)
-            self._upstream_ids.pop(rid, None)
-            self._log_levels.pop(rid, None)
-        response = self.profile.shape(str(method), response)
-        telemetry.set_response(response)
-        await self.send(response)
-        if self.fatal is not None and self.on_fatal is not None:
-            self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
+        """Answer one host request, inside its telemetry (SERVER span, duration)."""
+        with self.ctx.telemetry.request(req) as traced:
+            message = req.message
+            rid = message["id"]
+            method = message.get("method")
+            try:
+                if not isinstance(method, str):
+                    raise RpcError(INVALID_REQUEST, "Invalid Request: method must be a string")
+                handler = self._handlers.get(method)
+                if req.chain is not None and method not in _CHAIN_CHECKED_LATER:
+                    refused = await self.pipeline.chain_refusal(req)  # revoked or expired: nothing at all
+                    if refused is not None:
+                        await self.pipeline.audit_refused(req, None, None, refused)
+                        raise RpcError(REFUSED, refused.reason)
+                if handler is None:
+                    text = f"Method not found: {method}"
+                    await self.pipeline.audit_refused(req, None, None, Verdict(Outcome.UNKNOWN, text))
+                    raise RpcError(METHOD_NOT_FOUND, text)
+                if method not in _STARTLESS:
+                    await self._ensure_started()
+                response = await handler(req)
+            except asyncio.CancelledError:
+                return  # the host cancelled it: no answer (spec: receivers SHOULD NOT respond)
+            except RpcError as exc:
+                response = exc.to_message(rid)
+            except UpstreamError as exc:
+                response = error(rid, INTERNAL_ERROR, str(exc))
+            except Exception:
+                log.exception("internal error handling %s", method)
+                response = error(rid, INTERNAL_ERROR, f"mcp-guard failed to handle {method}; see the guard's log")
+            finally:
+                self._inflight.pop(rid, None)
+                self._upstream_ids.pop(rid, None)
+                self._log_levels.pop(rid, None)
+            response = self.profile.shape(str(method), response)
+            traced.respond(response)
+            await self.send(response)
+            if self.fatal is not None and self.on_fatal is not None:
+                self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
 
     def _note_log_level(self, message: Message) -> None:
         """2026-07-28: a request opts in to log messages with ``_meta`` logLevel (a known level)."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from mcp_guard import __version__, telemetry
+from mcp_guard import __version__
 from mcp_guard.config import UpstreamConfig
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.jsonrpc import (
@@ -37,6 +37,7 @@ from mcp_guard.jsonrpc import (
     notification,
     request,
 )
+from mcp_guard.telemetry import OFF, Hooks
 from mcp_guard.upstreams.channel import Channel
 
 log = logging.getLogger("mcp_guard.upstream")
@@ -69,8 +70,11 @@ class Upstream:
         config: UpstreamConfig,
         handler: UpstreamHandler,
         channel_factory: Callable[[UpstreamConfig], Channel] = open_channel,
+        *,
+        telemetry: Hooks = OFF,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry
         self.name = config.name
         self.handler = handler
         self._factory = channel_factory
@@ -313,7 +317,10 @@ class Upstream:
         (then it is also sent ``notifications/cancelled``).  Traced as a CLIENT span when
         telemetry is on (its trace context goes into ``params._meta``).
         """
-        return await telemetry.upstream_call(self, method, params, self._call, timeout=timeout, on_id=on_id)
+        with self.telemetry.upstream_call(self, method, params) as traced:
+            response = await self._call(method, traced.inject(params), timeout=timeout, on_id=traced.noting(on_id))
+            traced.respond(response)
+            return response
 
     async def _call(
         self,

@@ -19,8 +19,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from mcp_guard import telemetry
-from mcp_guard.telemetry_metrics import CARDINALITY_LIMIT, Instruments
+from mcp_guard.telemetry.attributes import SERVER_DURATION
+from mcp_guard.telemetry.metrics import CARDINALITY_LIMIT, DURATION_BUCKETS, Instruments
 
 RESOURCE = Resource.create({"service.name": "metrics-test"})
 SCOPE = InstrumentationScope("mcp_guard", "0.1.0")
@@ -41,10 +41,10 @@ def points(data: MetricsData | None) -> dict[str, list[Any]]:
 def test_histogram_and_counter_equal_the_sdk_instruments() -> None:
     ours_reader, sdk_reader = InMemoryMetricReader(), InMemoryMetricReader()
     ours = Instruments(RESOURCE, SCOPE, ours_reader)
-    hist = ours.histogram("h", "s", "d", telemetry.DURATION_BUCKETS)
+    hist = ours.histogram("h", "s", "d", DURATION_BUCKETS)
     count = ours.counter("c", "{x}", "d")
     meter = MeterProvider(resource=RESOURCE, metric_readers=[sdk_reader]).get_meter("mcp_guard", "0.1.0")
-    sdk_hist = meter.create_histogram("h", unit="s", explicit_bucket_boundaries_advisory=telemetry.DURATION_BUCKETS)
+    sdk_hist = meter.create_histogram("h", unit="s", explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
     sdk_count = meter.create_counter("c", unit="{x}")
     attrs = {"mcp.method.name": "tools/call"}
     for v in VALUES:
@@ -65,7 +65,7 @@ def test_a_delta_reader_gets_only_what_is_new() -> None:
     reader = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA,
                                                          Counter: AggregationTemporality.DELTA})
     ours = Instruments(RESOURCE, SCOPE, reader)
-    hist = ours.histogram("h", "s", "d", telemetry.DURATION_BUCKETS)
+    hist = ours.histogram("h", "s", "d", DURATION_BUCKETS)
     count = ours.counter("c", "{x}", "d")
     for _ in range(3):
         hist.record("k", 0.5, dict)
@@ -98,9 +98,9 @@ def test_a_periodic_exporting_reader_exports_through_its_exporter() -> None:
     reader = PeriodicExportingMetricReader(ConsoleMetricExporter(out=out, formatter=lambda d: d.to_json(indent=None) + "\n"),
                                            export_interval_millis=3_600_000)
     ours = Instruments(RESOURCE, SCOPE, reader)
-    ours.histogram(telemetry.SERVER_DURATION, "s", "d", telemetry.DURATION_BUCKETS).record("k", 0.02, lambda: {"a": "b"})
+    ours.histogram(SERVER_DURATION, "s", "d", DURATION_BUCKETS).record("k", 0.02, lambda: {"a": "b"})
     assert ours.force_flush()
     ours.shutdown()
     exported = json.loads(out.getvalue().splitlines()[0])
     metric = exported["resource_metrics"][0]["scope_metrics"][0]["metrics"][0]
-    assert metric["name"] == telemetry.SERVER_DURATION and metric["data"]["data_points"][0]["count"] == 1
+    assert metric["name"] == SERVER_DURATION and metric["data"]["data_points"][0]["count"] == 1

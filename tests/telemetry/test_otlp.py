@@ -9,7 +9,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode, TraceState
 
-from mcp_guard.telemetry_otlp import LightSpan, SpanEncoder
+from mcp_guard.telemetry.export import SpanEncoder
+from mcp_guard.telemetry.spans import LightSpan
 
 RESOURCE = Resource.create({"service.name": "mcp-guard-test", "service.version": "0.1.0", "deployment.n": 3})
 SCOPE = InstrumentationScope("mcp_guard", "0.1.0")

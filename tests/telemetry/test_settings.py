@@ -8,26 +8,26 @@ import time
 import pytest
 
 from mcp_guard import telemetry
-from mcp_guard.config import TelemetryConfig
+from mcp_guard.config import TelemetryConfig, telemetry_settings
 from mcp_guard.errors import ConfigError
+from mcp_guard.proxy.pipeline import RequestContext
 
 
 def test_nothing_configured_means_off() -> None:
-    s = telemetry.resolve(None, {})
+    s = telemetry_settings(None, {})
     assert (s.traces, s.metrics, s.enabled) == ("none", "none", False)
-    assert telemetry.setup(environ={}) is None
-    assert telemetry.active() is None
+    assert telemetry.start(s) is telemetry.OFF
 
 
 def test_an_otlp_endpoint_alone_turns_on_otlp() -> None:
-    s = telemetry.resolve(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"})
+    s = telemetry_settings(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"})
     assert (s.traces, s.metrics) == ("otlp", "otlp")
     assert s.traces_endpoint == "http://collector:4318/v1/traces"
     assert s.metrics_endpoint == "http://collector:4318/v1/metrics"
 
 
 def test_signal_specific_variables() -> None:
-    s = telemetry.resolve(None, {
+    s = telemetry_settings(None, {
         "OTEL_TRACES_EXPORTER": "console",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_SERVICE_NAME": "guard-a",
@@ -44,14 +44,14 @@ def test_signal_specific_variables() -> None:
 def test_the_telemetry_block_overrides_the_environment() -> None:
     cfg = TelemetryConfig(traces_exporter="otlp", metrics_exporter="none", endpoint="http://phoenix:6006",
                           service_name="from-yaml")
-    s = telemetry.resolve(cfg, {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "from-env",
+    s = telemetry_settings(cfg, {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "from-env",
                                 "OTEL_EXPORTER_OTLP_ENDPOINT": "http://other:4318"})
     assert (s.traces, s.metrics, s.service_name) == ("otlp", "none", "from-yaml")
     assert s.traces_endpoint == "http://phoenix:6006/v1/traces"
 
 
 def test_sdk_disabled_wins() -> None:
-    s = telemetry.resolve(TelemetryConfig(traces_exporter="otlp"), {"OTEL_SDK_DISABLED": "true"})
+    s = telemetry_settings(TelemetryConfig(traces_exporter="otlp"), {"OTEL_SDK_DISABLED": "true"})
     assert not s.enabled
 
 
@@ -66,29 +66,45 @@ def test_sdk_disabled_wins() -> None:
 )
 def test_bad_values_are_one_clear_sentence(env: dict[str, str], words: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(words)):
-        telemetry.resolve(None, env)
+        telemetry_settings(None, env)
 
 
 def test_bad_value_in_the_block_names_the_key() -> None:
     with pytest.raises(ConfigError, match=re.escape("telemetry.traces_exporter: unknown exporter 'zipkin'")):
-        telemetry.resolve(TelemetryConfig(traces_exporter="zipkin"), {})
+        telemetry_settings(TelemetryConfig(traces_exporter="zipkin"), {})
+
+
+def test_the_sampler_comes_from_the_environment_through_config() -> None:
+    s = telemetry_settings(None, {"OTEL_TRACES_SAMPLER": "TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.25"})
+    assert (s.sampler, s.sampler_arg) == ("traceidratio", "0.25")
+    assert telemetry_settings(None, {}).sampler == "parentbased_always_on"
+
+
+def test_telemetry_never_reads_the_environment() -> None:
+    """config.py is the only module that reads the environment; the package takes typed settings."""
+    import pathlib
+
+    package = pathlib.Path(telemetry.__file__).parent
+    for source in package.glob("*.py"):
+        text = source.read_text()
+        assert "os.environ" not in text and "getenv" not in text, source.name
 
 
 def test_off_hooks_cost_next_to_nothing() -> None:
-    """With telemetry off every hook is a global check: well under a microsecond each."""
-    telemetry.setup(environ={})
-    assert telemetry.active() is None
-
-    async def handler(message: object) -> None:
-        return None
+    """With telemetry off every hook is a shared no-op context manager: well under a microsecond each."""
+    hooks = telemetry.start(telemetry_settings(None, {}))
+    assert hooks is telemetry.OFF
+    req = RequestContext("s", None, None, None, "2025-11-25", {"id": 1}, {}, {})  # type: ignore[arg-type]
 
     n = 20_000
     t0 = time.perf_counter()
     for _ in range(n):
-        coro = telemetry.serve(None, {"id": 1}, handler)  # type: ignore[arg-type]
-        coro.close()
-        telemetry.set_response({"result": {}})
-        telemetry.note_tools(1, 0)
-        telemetry.audit_ids()
+        with hooks.request(req) as traced:
+            with hooks.decision(req):
+                pass
+            with hooks.upstream_call(None, "tools/call", None) as call:  # type: ignore[arg-type]
+                call.inject(None)
+                call.respond({"result": {}})
+            traced.respond({"result": {}})
     per_call = (time.perf_counter() - t0) / n
     assert per_call < 5e-6, f"{per_call * 1e6:.2f} µs per call with telemetry off"

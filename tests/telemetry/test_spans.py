@@ -21,10 +21,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from mcp_guard import telemetry
 from mcp_guard.audit import AuditLog
-from mcp_guard.config import load_config
+from mcp_guard.config import load_config, telemetry_settings
 from mcp_guard.proxy.guard import load_policy_set
 from mcp_guard.proxy.session import GuardContext, GuardSession
 from mcp_guard.state import open_store
+from mcp_guard.telemetry.metrics import DURATION_BUCKETS
+from mcp_guard.telemetry.settings import Settings
 
 
 class Host:
@@ -53,12 +55,12 @@ class Host:
 
 
 @pytest.fixture
-def exporter() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader]]:
+def exporter() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader, telemetry.Hooks]]:
     spans = InMemorySpanExporter()
     metrics = InMemoryMetricReader()
-    telemetry.setup(span_exporter=spans, metric_reader=metrics, environ={})
-    yield spans, metrics
-    telemetry.shutdown()
+    hooks = telemetry.start(Settings(), span_exporter=spans, metric_reader=metrics)
+    yield spans, metrics, hooks
+    hooks.shutdown()
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ async def guarded(tmp_path: Path, exporter: Any) -> AsyncIterator[tuple[Host, Pa
     audit_path = tmp_path / "audit.jsonl"
     config = load_config(guard_yaml(tmp_path, record))
     ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"),
-                       audit=AuditLog(str(audit_path)))
+                       audit=AuditLog(str(audit_path)), telemetry=exporter[2])
     host = Host()
     session = GuardSession(ctx, host)
     host.session = session
@@ -80,10 +82,8 @@ async def guarded(tmp_path: Path, exporter: Any) -> AsyncIterator[tuple[Host, Pa
 
 
 def finished(exporter: Any) -> list[ReadableSpan]:
-    spans, _ = exporter
-    active = telemetry.active()
-    assert active is not None
-    active.flush()
+    spans, _, hooks = exporter
+    hooks.flush()
     return list(spans.get_finished_spans())
 
 
@@ -235,7 +235,8 @@ async def test_tools_list_counts_listed_and_hidden(tmp_path: Path, exporter: Any
 
     write_policies(tmp_path / "policies", [{"id": "echo-only", "rules": [{"effect": "allow", "tools": ["notes/echo"]}]}])
     config = load_config(tmp_path / "guard.yaml")
-    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"))
+    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"),
+                       telemetry=exporter[2])
     host = Host()
     session = GuardSession(ctx, host)
     host.session = session
@@ -258,7 +259,7 @@ async def test_metrics_durations_and_decisions(guarded: Any, exporter: Any) -> N
     await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": "a"}})
     await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": "b"}})
     await host.request("tools/call", {"name": "notes_write_note", "arguments": {"path": "/etc/x", "text": "c"}})
-    _, reader = exporter
+    _, reader, _ = exporter
     data = reader.get_metrics_data()
     assert data is not None
     points: dict[str, list[Any]] = {}
@@ -274,7 +275,7 @@ async def test_metrics_durations_and_decisions(guarded: Any, exporter: Any) -> N
         assert set(p.attributes) <= {"mcp_guard.decision", "mcp_guard.upstream", "gen_ai.tool.name"}
     server_calls = [p for p in points["mcp.server.operation.duration"] if p.attributes["mcp.method.name"] == "tools/call"]
     assert sum(p.count for p in server_calls) == 3
-    assert list(server_calls[0].explicit_bounds) == list(telemetry.DURATION_BUCKETS)
+    assert list(server_calls[0].explicit_bounds) == list(DURATION_BUCKETS)
     client_calls = [p for p in points["mcp.client.operation.duration"] if p.attributes["mcp.method.name"] == "tools/call"]
     assert sum(p.count for p in client_calls) == 2
     for p in points["mcp.server.operation.duration"] + points["mcp.client.operation.duration"]:
@@ -284,7 +285,8 @@ async def test_metrics_durations_and_decisions(guarded: Any, exporter: Any) -> N
 async def test_modern_era_has_no_session_id(tmp_path: Path, exporter: Any) -> None:
     record = tmp_path / "received.jsonl"
     config = load_config(guard_yaml(tmp_path, record))
-    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"))
+    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"),
+                       telemetry=exporter[2])
     host = Host()
     session = GuardSession(ctx, host)
     host.session = session
@@ -302,16 +304,15 @@ async def test_modern_era_has_no_session_id(tmp_path: Path, exporter: Any) -> No
     assert "mcp.session.id" not in attrs(server)
 
 
-async def test_the_configured_sampler_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_configured_sampler_decides(tmp_path: Path) -> None:
     """``OTEL_TRACES_SAMPLER``: ratio 0 records no new trace, but a sampled host parent still wins
     (parent-based), and an unrecorded call still carries trace context upstream (flags 00)."""
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    settings = telemetry_settings(None, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
     spans = InMemorySpanExporter()
-    telemetry.setup(span_exporter=spans, environ={})
+    hooks = telemetry.start(settings, span_exporter=spans)
     record = tmp_path / "received.jsonl"
     config = load_config(guard_yaml(tmp_path, record))
-    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"))
+    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"), telemetry=hooks)
     host = Host()
     session = GuardSession(ctx, host)
     host.session = session
@@ -321,9 +322,7 @@ async def test_the_configured_sampler_decides(tmp_path: Path, monkeypatch: pytes
         await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": "unsampled"}})
         await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": "sampled"},
                                           "_meta": {"traceparent": TRACEPARENT}})
-        active = telemetry.active()
-        assert active is not None
-        active.flush()
+        hooks.flush()
         exported = list(spans.get_finished_spans())
         assert {format(s.context.trace_id, "032x") for s in exported} == {HOST_TRACE_ID}
         assert len([s for s in exported if s.name == "run_guardrail mcp-guard"]) == 1
@@ -332,4 +331,4 @@ async def test_the_configured_sampler_decides(tmp_path: Path, monkeypatch: pytes
         assert sent[1]["params"]["_meta"]["traceparent"].startswith(f"00-{HOST_TRACE_ID}-")
     finally:
         await session.close()
-        telemetry.shutdown()
+        hooks.shutdown()

@@ -1,36 +1,52 @@
-"""Light spans and a direct OTLP/protobuf encoder for them (the guard's traced hot path).
+"""Getting finished spans out of the process: the direct OTLP/protobuf encoder and the export thread.
 
-The SDK's span objects validate every attribute and its OTLP encoder builds a protobuf message
-tree per span: together ~250 µs of CPU per guarded call.  The guard's attributes come from its own
-code (already the right types), and most of them repeat call after call (principal, decision,
-reason, upstream), so here a span is a slotted record and the OTLP ``ExportTraceServiceRequest`` is
-written byte by byte, with the encoded ``KeyValue`` of every repeating attribute cached.
-
-The wire format follows opentelemetry-proto (``collector/trace/v1``, ``trace/v1``, ``common/v1``,
-``resource/v1``) field for field, in field-number order, exactly as the SDK encoder would write it;
+The SDK's OTLP encoder builds a protobuf message tree per span.  The guard's span attributes come
+from its own code (already the right types) and most repeat call after call (principal, decision,
+reason, upstream), so here the ``ExportTraceServiceRequest`` is written byte by byte, with the
+encoded ``KeyValue`` of every repeating attribute cached.  The wire format follows
+opentelemetry-proto (``collector/trace/v1``, ``trace/v1``, ``common/v1``, ``resource/v1``) field
+for field, in field-number order, exactly as the SDK encoder writes it;
 ``tests/telemetry/test_otlp.py`` parses the bytes with the official ``opentelemetry.proto`` classes
-and compares them with the SDK encoder's output.  Other exporters (console, in-memory, any SDK
-``SpanExporter``) get the same spans converted to SDK ``ReadableSpan`` on the export thread.
+and compares them with the SDK encoder's output.  Any other exporter (console, the SDK's in-memory
+one in tests, any ``SpanExporter``) gets the same spans as SDK ``ReadableSpan`` objects, converted
+on the export thread.
+
+Export runs on a daemon thread behind a bounded queue with a short time-out: a dead or slow
+collector drops spans (counted, logged at most every 30 s) and never delays or fails a call.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
+
+from mcp_guard.telemetry.settings import (
+    DEFAULT_BATCH,
+    DEFAULT_DELAY,
+    DEFAULT_EXPORT_TIMEOUT,
+    DEFAULT_QUEUE,
+    Settings,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import TraceState
-    from opentelemetry.util.types import AttributeValue
 
+    from mcp_guard.telemetry.spans import LightSpan
+
+log = logging.getLogger("mcp_guard.telemetry")
 _log = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+_LOG_EVERY = 30.0
 
 # opentelemetry.proto.trace.v1.Span.SpanKind / Status.StatusCode / SpanFlags
 _KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}
@@ -89,102 +105,6 @@ def _key_value(key: str, value: Any) -> bytes:
 
 def _attributes(tag: bytes, attrs: Mapping[str, Any] | None) -> bytes:
     return b"".join(_field(tag, _key_value(k, v)) for k, v in attrs.items()) if attrs else b""
-
-
-class LightSpan:
-    """One finished (or running) span of the guard: what the exporters need, nothing more.
-
-    Attributes are written straight into ``attrs`` by the guard's own code with values that are
-    already valid OTLP attribute values (str, bool, int, float or tuples of str).  ``attrs`` holds
-    the ones that repeat from call to call (their encoding is cached as one block), ``unique`` the
-    few that differ on every request (JSON-RPC ids, resource URIs).
-    """
-
-    __slots__ = (
-        "attrs",
-        "end",
-        "events",
-        "flags",
-        "kind",
-        "name",
-        "parent_id",
-        "parent_remote",
-        "sampled",
-        "span_id",
-        "start",
-        "status_code",
-        "status_message",
-        "trace_id",
-        "trace_state",
-        "unique",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        kind: SpanKind,
-        trace_id: int,
-        span_id: int,
-        parent_id: int,
-        parent_remote: bool,
-        sampled: bool,
-        trace_state: TraceState | None,
-        attrs: dict[str, AttributeValue],
-        start: int,
-    ) -> None:
-        self.name = name
-        self.kind = kind
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id  # 0: a root span
-        self.parent_remote = parent_remote
-        self.sampled = sampled
-        self.flags = 1 if sampled else 0  # W3C trace flags
-        self.trace_state = trace_state
-        self.attrs = attrs
-        self.unique: dict[str, AttributeValue] = {}
-        self.start = start
-        self.end = 0
-        self.status_code = StatusCode.UNSET
-        self.status_message: str | None = None
-        self.events: list[tuple[str, int, Mapping[str, AttributeValue]]] | None = None
-
-    def set_error(self, description: str | None) -> None:
-        """``set_status(Status(ERROR, description))`` with the SDK's rule: an OK status is final."""
-        if self.status_code is not StatusCode.OK:
-            self.status_code = StatusCode.ERROR
-            self.status_message = description if isinstance(description, str) else None
-
-    def add_event(self, name: str, timestamp: int, attrs: Mapping[str, AttributeValue]) -> None:
-        if self.events is None:
-            self.events = []
-        self.events.append((name, timestamp, attrs))
-
-    def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
-        """The same span as an SDK ``ReadableSpan`` (for the console, in-memory or any SDK exporter)."""
-        from opentelemetry.attributes import BoundedAttributes
-        from opentelemetry.sdk.trace import Event, ReadableSpan
-        from opentelemetry.trace import SpanContext, Status, TraceFlags
-
-        flags = TraceFlags(self.flags)
-        context = SpanContext(self.trace_id, self.span_id, False, flags, self.trace_state)
-        parent = (SpanContext(self.trace_id, self.parent_id, self.parent_remote, flags, self.trace_state)
-                  if self.parent_id else None)
-        events = tuple(Event(name, BoundedAttributes(attributes=attrs, immutable=True), ts)
-                       for name, ts, attrs in self.events or ())
-        return ReadableSpan(
-            self.name,
-            context=context,
-            parent=parent,
-            resource=resource,
-            attributes=BoundedAttributes(attributes={**self.attrs, **self.unique}, immutable=True),
-            events=events,
-            kind=self.kind,
-            status=Status(self.status_code, self.status_message),
-            start_time=self.start,
-            end_time=self.end,
-            instrumentation_scope=scope,
-        )
 
 
 class SpanEncoder:
@@ -308,4 +228,165 @@ class LightOTLPSpanExporter(OTLPSpanExporter):
         return True
 
 
-__all__ = ["LightOTLPSpanExporter", "LightSpan", "SpanEncoder"]
+
+# --------------------------------------------------------------------------- the export thread
+
+
+class BoundedBatchProcessor:
+    """Batches ended spans to an exporter on a daemon thread; never blocks the caller.
+
+    ``on_end`` only appends to a bounded deque (the guard's event loop must never wait on a
+    collector); when the queue is full the span is dropped and counted.  Failed exports count as
+    dropped too.  Both are logged at most every 30 s with the running totals.  ``export`` sends one
+    batch and says whether the collector took it; ``close`` shuts the exporter down.
+    """
+
+    def __init__(
+        self,
+        export: Callable[[list[LightSpan]], bool],
+        close: Callable[[], object],
+        *,
+        max_queue_size: int = DEFAULT_QUEUE,
+        max_batch_size: int = DEFAULT_BATCH,
+        schedule_delay: float = DEFAULT_DELAY,
+    ) -> None:
+        self._export = export
+        self._close = close
+        self._max_queue = max_queue_size
+        self._max_batch = min(max_batch_size, max_queue_size)
+        self._delay = schedule_delay
+        self._queue: collections.deque[LightSpan] = collections.deque()
+        self._wake = threading.Event()
+        self._export_lock = threading.Lock()
+        self._stopped = False
+        self.dropped = 0  # queue full
+        self.failed = 0  # export failed (collector down, rejected, timed out)
+        self.exported = 0
+        self._last_log = 0.0
+        self._logged = (0, 0)
+        self._thread = threading.Thread(target=self._run, name="mcp-guard-span-export", daemon=True)
+        self._thread.start()
+
+    def on_end(self, span: LightSpan) -> None:
+        if self._stopped:
+            return
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self.dropped += 1
+            self._maybe_log()
+            return
+        queue.append(span)
+        if len(queue) == self._max_batch:  # once per batch: Event.set costs a lock and a notify
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            self._export_all(flush=False)
+
+    def _export_all(self, deadline: float | None = None, *, flush: bool = True) -> bool:
+        """Export what is queued; the timer (``flush=False``) sends one batch, then only full ones,
+        so a busy guard ships few large requests instead of a stream of small ones."""
+        with self._export_lock:
+            first = True
+            while self._queue and (flush or first or len(self._queue) >= self._max_batch):
+                first = False
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                batch: list[LightSpan] = []
+                while self._queue and len(batch) < self._max_batch:
+                    batch.append(self._queue.popleft())
+                try:
+                    ok = self._export(batch)
+                except Exception:  # an exporter bug must not kill the export thread
+                    log.debug("span export failed", exc_info=True)
+                    ok = False
+                if ok:
+                    self.exported += len(batch)
+                else:
+                    self.failed += len(batch)
+                    self._maybe_log()
+        return True
+
+    def _maybe_log(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if (self.dropped, self.failed) == self._logged or (now - self._last_log < _LOG_EVERY and not final):
+            return
+        self._last_log = now
+        self._logged = (self.dropped, self.failed)
+        log.warning(
+            "telemetry: %d spans could not be exported and %d were dropped because the queue (%d) was full "
+            "since start; is the collector reachable? Tool calls are not affected",
+            self.failed,
+            self.dropped,
+            self._max_queue,
+        )
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._export_all(time.monotonic() + timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(DEFAULT_EXPORT_TIMEOUT)
+        self._export_all(time.monotonic() + DEFAULT_EXPORT_TIMEOUT)
+        self._close()
+        self._maybe_log(final=True)
+
+
+def span_sender(exporter: SpanExporter, resource: Resource, scope: InstrumentationScope) -> Callable[[list[LightSpan]], bool]:
+    """How a batch of light spans reaches ``exporter``: protobuf bytes written directly for the
+    guard's OTLP exporter, SDK ``ReadableSpan``\\ s for any other (console, in-memory, custom)."""
+    if isinstance(exporter, LightOTLPSpanExporter):
+        encoder = SpanEncoder(resource, scope)
+
+        def send_bytes(batch: list[LightSpan]) -> bool:
+            return exporter.export_bytes(encoder.request(batch), len(batch))
+
+        return send_bytes
+
+    def send_readable(batch: list[LightSpan]) -> bool:
+        return exporter.export([s.readable(resource, scope) for s in batch]) is SpanExportResult.SUCCESS
+
+    return send_readable
+
+
+class Throttle(logging.Filter):
+    """At most one record per 30 s from the OTLP exporters (they log every failed batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < _LOG_EVERY:
+            return False
+        self._last = now
+        return True
+
+
+NOISY_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.sdk.metrics._internal.export",
+)
+
+
+
+def span_exporter(settings: Settings) -> SpanExporter | None:
+    """The exporter ``settings`` name for traces (None: traces off)."""
+    if settings.traces == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter(out=sys.stderr)  # stdout is the MCP stream
+    if settings.traces == "otlp":
+        return LightOTLPSpanExporter(endpoint=settings.traces_endpoint, timeout=settings.timeout)
+    return None
+
+
+__all__ = ["BoundedBatchProcessor", "LightOTLPSpanExporter", "SpanEncoder", "Throttle", "span_exporter", "span_sender"]

@@ -1,4 +1,5 @@
-"""The guard's three instruments, aggregated in plain objects and collected by any SDK MetricReader.
+"""The guard's three instruments (two operation-duration histograms and the decision counter),
+aggregated in plain objects and collected by any SDK MetricReader.
 
 An SDK ``Histogram.record`` validates and hashes its attributes, builds a ``Measurement`` and runs
 the exemplar machinery: ~15 µs per record on a busy machine, two per tool call.  The guard's
@@ -14,6 +15,7 @@ prefers, with the SDK's cardinality limit and overflow point.  Exemplars are not
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from bisect import bisect_left
@@ -32,12 +34,15 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from mcp_guard.telemetry.settings import Settings
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.util.types import AttributeValue
 
+DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 CARDINALITY_LIMIT = 2000  # the SDK's default per instrument
 _OVERFLOW: Mapping[str, AttributeValue] = {"otel.metric.overflow": True}
 
@@ -208,4 +213,26 @@ class Instruments:
         self.reader.shutdown(timeout_millis=timeout_millis)
 
 
-__all__ = ["CARDINALITY_LIMIT", "DurationHistogram", "Instruments", "MonotonicCounter"]
+def metric_reader(settings: Settings) -> MetricReader | None:
+    """The periodic reader ``settings`` name for metrics (None: metrics off)."""
+    from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+
+    exporter: MetricExporter
+    if settings.metrics == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        exporter = ConsoleMetricExporter(out=sys.stderr)
+    elif settings.metrics == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        exporter = OTLPMetricExporter(endpoint=settings.metrics_endpoint, timeout=settings.timeout)
+    else:
+        return None
+    return PeriodicExportingMetricReader(
+        exporter,
+        export_interval_millis=settings.metric_interval * 1000,
+        export_timeout_millis=settings.timeout * 1000,
+    )
+
+
+__all__ = ["CARDINALITY_LIMIT", "DURATION_BUCKETS", "DurationHistogram", "Instruments", "MonotonicCounter", "metric_reader"]

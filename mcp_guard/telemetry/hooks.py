@@ -1,0 +1,506 @@
+"""What the proxy wraps its work in: one context manager per host request, per decision and per
+upstream request.
+
+    with guard.telemetry.request(req) as traced:      # SERVER span, mcp.server.operation.duration
+        ...
+        req.target = target
+        with guard.telemetry.decision(req):           # INTERNAL run_guardrail span, mcp_guard.decisions
+            req.verdict = await decide(...)
+        ...
+        traced.respond(response)
+
+    with upstream.telemetry.upstream_call(upstream, method, params) as call:   # CLIENT span, duration
+        response = await send(method, call.inject(params), on_id=call.noting(on_id))
+        call.respond(response)
+
+The request's ``RequestContext`` is the one record every reader shares: the pipeline fills in the
+target and the verdict once, the span ends read them, and the telemetry writes back the trace and
+span ids the audit record carries.  ``OFF`` has the same methods and does nothing (telemetry off
+costs a method call and a shared no-op context manager per hook).
+
+The CLIENT span of an upstream request must find the span of the host request it serves, yet
+``Upstream.call`` is reached from many places that do not carry the request: that one link is a
+context variable (``_CURRENT``), which asyncio copies into each request's task, so it is per
+request, never shared between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import SpanKind
+
+from mcp_guard import __version__
+from mcp_guard.telemetry import attributes as a
+from mcp_guard.telemetry.export import (
+    NOISY_LOGGERS,
+    BoundedBatchProcessor,
+    Throttle,
+    span_exporter,
+    span_sender,
+)
+from mcp_guard.telemetry.metrics import (
+    DURATION_BUCKETS,
+    DurationHistogram,
+    Instruments,
+    MonotonicCounter,
+    metric_reader,
+)
+from mcp_guard.telemetry.settings import DEFAULT_EXPORT_TIMEOUT, Settings
+from mcp_guard.telemetry.spans import LightSpan, SpanFactory, remote_parent, sampler, traceparent
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.util.types import AttributeValue
+
+    from mcp_guard.proxy.pipeline import RequestContext
+    from mcp_guard.upstreams.connection import Upstream
+
+log = logging.getLogger("mcp_guard.telemetry")
+
+_CACHE_LIMIT = 4096
+_perf = time.perf_counter
+
+
+# --------------------------------------------------------------------------- off: the same shape, no work
+
+
+class _Untraced:
+    """The context manager every hook returns when telemetry is off (one shared instance)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _Untraced:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def respond(self, response: Mapping[str, Any]) -> None:
+        return None
+
+    @staticmethod
+    def inject(params: dict[str, Any] | None) -> dict[str, Any] | None:
+        return params
+
+    @staticmethod
+    def noting(on_id: Callable[[int], None] | None) -> Callable[[int], None] | None:
+        return on_id
+
+
+_UNTRACED = _Untraced()
+
+
+class Hooks:
+    """Telemetry off: every hook is a shared no-op context manager."""
+
+    tracing = False
+
+    def request(self, req: RequestContext) -> _Untraced | RequestTrace:
+        return _UNTRACED
+
+    def decision(self, req: RequestContext) -> _Untraced | Decision:
+        return _UNTRACED
+
+    def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> _Untraced | UpstreamCall:
+        return _UNTRACED
+
+    def flush(self, timeout: float = DEFAULT_EXPORT_TIMEOUT) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        return None
+
+
+OFF = Hooks()
+
+
+# --------------------------------------------------------------------------- per host request
+
+
+class RequestTrace:
+    """One host request: its SERVER span (None when only metrics are on) and what its child spans share."""
+
+    __slots__ = ("_token", "current", "error_type", "guarded", "method", "req", "span", "start", "target", "target_attr", "tel")
+
+    def __init__(self, tel: Telemetry, req: RequestContext) -> None:
+        self.tel = tel
+        self.req = req
+        self.span: LightSpan | None = None
+        self.current: LightSpan | None = None  # the parent of spans started now (the guardrail span during a decision)
+        self.error_type: str | None = None
+        self.guarded: Mapping[str, AttributeValue] = {}  # principal + decision, for the request's later spans
+
+    def __enter__(self) -> RequestTrace:
+        message = self.req.message
+        method = message.get("method")
+        method = self.method = method if isinstance(method, str) else "_OTHER"
+        params = message.get("params")
+        target_attr, target = self.target_attr, self.target = a.target_of(method, params)
+        tel = self.tel
+        if tel.tracing:
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            remote = remote_parent(meta) if isinstance(meta, dict) else None
+            attrs: dict[str, AttributeValue] = {a.MCP_METHOD_NAME: method, a.NETWORK_TRANSPORT: "pipe"}
+            uri: Any = None
+            if target is not None:
+                attrs[target_attr] = target  # type: ignore[index]
+                if method == "tools/call":
+                    attrs[a.GEN_AI_OPERATION_NAME] = "execute_tool"
+            elif method in a.RESOURCE_METHODS and isinstance(params, dict):
+                uri = params.get("uri")
+            span = self.span = self.current = tel.spans.start(f"{method} {target}" if target else method, SpanKind.SERVER, attrs, None, remote)
+            span.unique[a.JSONRPC_REQUEST_ID] = str(message.get("id"))
+            if isinstance(uri, str):
+                span.unique[a.MCP_RESOURCE_URI] = uri
+            self.req.trace = (span.trace_id, span.span_id)
+        self._token = _CURRENT.set(self)
+        self.start = _perf()
+        return self
+
+    def respond(self, response: Mapping[str, Any]) -> None:
+        """Mark the SERVER span with the outcome of the response about to be sent."""
+        self.error_type = _outcome(self.span, response)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        elapsed = _perf() - self.start
+        _CURRENT.reset(self._token)
+        req = self.req
+        version = req.protocol_version
+        method = self.method
+        span = self.span
+        tel = self.tel
+        if span is not None:
+            if span.sampled:
+                end = span.attrs
+                end[a.MCP_PROTOCOL_VERSION] = a.text(version)
+                if req.era == "legacy":
+                    end[a.MCP_SESSION_ID] = a.text(req.session_id)
+                if req.tools_listed is not None:
+                    end[a.TOOLS_LISTED], end[a.TOOLS_HIDDEN] = req.tools_listed
+                if not self.guarded and method not in a.UNGUARDED:
+                    end.update(a.principal_attributes(req.principal))
+            tel.spans.end(span)
+        hist = tel.server_duration
+        if hist is not None:
+            error_type, target_attr, target = self.error_type, self.target_attr, self.target
+            hist.record((method, version, target_attr, target, error_type), elapsed,
+                        lambda: a.server_metric(method, version, target_attr, target, error_type))
+
+
+_CURRENT: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar("mcp_guard_request", default=None)
+
+
+# --------------------------------------------------------------------------- per decision
+
+
+class Decision:
+    """The ``run_guardrail mcp-guard`` span of one decision (the same for a tool, a resource or a
+    prompt) and its count; reads ``req.target`` on entry and ``req.verdict`` on exit."""
+
+    __slots__ = ("ident", "prev", "req", "span", "tel", "trace")
+
+    def __init__(self, tel: Telemetry, req: RequestContext) -> None:
+        self.tel = tel
+        self.req = req
+        self.span: LightSpan | None = None
+
+    def __enter__(self) -> Decision:
+        tel, req = self.tel, self.req
+        trace = self.trace = _CURRENT.get()
+        self.prev = trace.current if trace is not None else None
+        if tel.tracing:
+            target = req.target
+            assert target is not None
+            who = req.principal
+            ident = self.ident = a.principal_attributes(who)
+            key = (target.qualified, target.kind, who.verified, id(ident))
+            base = tel.guardrail_base.get(key)
+            if base is None or base[0] is not ident:
+                if len(tel.guardrail_base) >= _CACHE_LIMIT:
+                    tel.guardrail_base.clear()
+                base = tel.guardrail_base[key] = (ident, {
+                    **a.GUARDRAIL_FIXED,
+                    a.GUARDRAIL_TARGET_SUBTYPE: a.SUBTYPE.get(target.kind, "tool_call"),
+                    a.GUARDRAIL_TARGET_ID: a.text(target.qualified),
+                    a.PRINCIPAL_VERIFIED: bool(who.verified),
+                    **ident,
+                })
+            span = self.span = tel.spans.start(a.GUARDRAIL_SPAN, SpanKind.INTERNAL, dict(base[1]), self.prev)
+            req.trace = (span.trace_id, span.span_id)
+            if trace is not None:
+                trace.current = span
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        span, trace, tel, req = self.span, self.trace, self.tel, self.req
+        if span is not None and trace is not None:
+            trace.current = self.prev
+        if exc is not None:  # as the SDK's start_as_current_span ends it
+            if span is not None:
+                if isinstance(exc, Exception):
+                    _record_exception(span, exc)
+                tel.spans.end(span)
+            return
+        verdict, target = req.verdict, req.target
+        assert verdict is not None and target is not None
+        decided, outcome = a.decided(verdict.decision, tuple(verdict.policy_ids), tuple(verdict.rule_ids), verdict.reason,
+                                     target.upstream, verdict.approver)
+        if span is not None:
+            span.attrs.update(outcome)
+            if verdict.decision in ("approved", "rejected"):
+                event: dict[str, AttributeValue] = {a.DECISION: decided[a.DECISION]}
+                if verdict.approver:
+                    event[a.APPROVER] = a.text(verdict.approver)
+                span.add_event(a.APPROVAL_EVENT, time.time_ns(), event)
+            if trace is not None:
+                ident = self.ident
+                gkey = (id(ident), id(decided))
+                guarded = tel.guarded.get(gkey)
+                if guarded is None or guarded[0] is not ident or guarded[1] is not decided:
+                    if len(tel.guarded) >= _CACHE_LIMIT:
+                        tel.guarded.clear()
+                    guarded = tel.guarded[gkey] = (ident, decided, {**ident, **decided})
+                trace.guarded = guarded[2]
+                if trace.span is not None:
+                    trace.span.attrs.update(trace.guarded)
+            tel.spans.end(span)
+        if tel.decisions is not None:
+            d, u, t, k = str(verdict.decision), target.upstream, target.exposed, target.kind
+            name_attr = a.NAME_ATTR.get(k)  # never a resource URI in a metric
+            tel.decisions.add((d, u, t, k), 1, lambda: {a.DECISION: d, a.UPSTREAM: a.text(u), **({name_attr: a.text(t)} if name_attr else {})})
+
+
+def _outcome(span: LightSpan | None, response: Mapping[str, Any]) -> str | None:
+    """The ``error.type`` of a JSON-RPC response (None: success), also set on ``span``."""
+    error_type, code, description = a.error_of(response)
+    if error_type is not None and span is not None:
+        span.attrs[a.ERROR_TYPE] = error_type
+        if code is not None:
+            span.attrs[a.RPC_RESPONSE_STATUS_CODE] = code
+        span.set_error(description)
+    return error_type
+
+
+def _record_exception(span: LightSpan, exc: BaseException) -> None:
+    module = type(exc).__module__
+    qualname = type(exc).__qualname__
+    span.add_event("exception", time.time_ns(), {
+        "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+        "exception.message": str(exc),
+        "exception.stacktrace": "".join(traceback.format_exception(exc)),
+        "exception.escaped": "False",
+    })
+    span.set_error(f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- per upstream request
+
+
+class UpstreamCall:
+    """One request to an upstream: its CLIENT span (its context goes into ``params._meta``) and duration."""
+
+    __slots__ = ("ckey", "error_type", "metric", "span", "start", "tel")
+
+    def __init__(self, tel: Telemetry, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> None:
+        self.tel = tel
+        target_attr, target = a.target_of(method, params)
+        self.ckey, base, self.metric = tel.client_attrs(upstream, method, target_attr, target)
+        self.span: LightSpan | None = None
+        self.error_type: str | None = None
+        if tel.tracing:
+            attrs = dict(base)
+            trace = _CURRENT.get()
+            if trace is not None and trace.guarded:
+                attrs.update(trace.guarded)
+            self.span = tel.spans.start(f"{method} {target}" if target else method, SpanKind.CLIENT, attrs,
+                                        trace.current if trace is not None else None)
+
+    def __enter__(self) -> UpstreamCall:
+        self.start = _perf()
+        return self
+
+    def inject(self, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """``params`` as sent: this span's W3C context in ``_meta``, and never a ``baggage`` the guard did not vet."""
+        out = dict(params) if params else {}
+        meta = out.get("_meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta.pop("baggage", None)
+        span = self.span
+        if span is not None:
+            meta["traceparent"] = traceparent(span)
+            if span.trace_state:
+                meta["tracestate"] = span.trace_state.to_header()
+        if meta:
+            out["_meta"] = meta
+        return out or None
+
+    def noting(self, on_id: Callable[[int], None] | None) -> Callable[[int], None] | None:
+        """``on_id`` that also notes the upstream's JSON-RPC id on the span."""
+        span = self.span
+        if span is None:
+            return on_id
+        unique = span.unique
+
+        def noted(request_id: int) -> None:
+            unique[a.JSONRPC_REQUEST_ID] = str(request_id)
+            if on_id is not None:
+                on_id(request_id)
+
+        return noted
+
+    def respond(self, response: Mapping[str, Any]) -> None:
+        """Mark the CLIENT span with the outcome of the upstream's response."""
+        self.error_type = _outcome(self.span, response)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        span = self.span
+        if exc is not None:
+            error_type = self.error_type = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__qualname__
+            if span is not None:
+                span.attrs[a.ERROR_TYPE] = error_type
+                span.set_error(str(exc) or error_type)
+        tel = self.tel
+        if span is not None:
+            tel.spans.end(span)
+        hist = tel.client_duration
+        if hist is not None:
+            elapsed = _perf() - self.start
+            metric = self.metric
+            if self.error_type is None:
+                hist.record(self.ckey, elapsed, lambda: metric)
+            else:
+                failed = self.error_type
+                hist.record((self.ckey, failed), elapsed, lambda: {**metric, a.ERROR_TYPE: failed})
+
+
+# --------------------------------------------------------------------------- the live instance
+
+
+class Telemetry(Hooks):
+    """Telemetry on: the span pipeline and instruments of one guard process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        span_exporter: SpanExporter | None = None,
+        metric_reader: MetricReader | None = None,
+    ) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self.settings = settings
+        self.resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
+        self.scope = InstrumentationScope("mcp_guard", __version__)
+        self.processor: BoundedBatchProcessor | None = None
+        exporter = span_exporter or _span_exporter(settings)
+        if exporter is not None:
+            self.processor = BoundedBatchProcessor(
+                span_sender(exporter, self.resource, self.scope),
+                exporter.shutdown,
+                max_queue_size=settings.max_queue_size,
+                max_batch_size=settings.max_batch_size,
+                schedule_delay=settings.schedule_delay,
+            )
+        self.tracing = self.processor is not None
+        self.spans = SpanFactory(self.processor.on_end if self.processor is not None else _ignore,
+                                 sampler(settings.sampler, settings.sampler_arg) if self.tracing else None)
+        self.metrics: Instruments | None = None
+        self.server_duration: DurationHistogram | None = None
+        self.client_duration: DurationHistogram | None = None
+        self.decisions: MonotonicCounter | None = None
+        reader = metric_reader or _metric_reader(settings)
+        if reader is not None:
+            self.metrics = Instruments(self.resource, self.scope, reader)
+            self.server_duration = self.metrics.histogram(
+                a.SERVER_DURATION, "s", "Duration of MCP requests the guard served for the host.", DURATION_BUCKETS)
+            self.client_duration = self.metrics.histogram(
+                a.CLIENT_DURATION, "s", "Duration of MCP requests the guard sent to upstreams.", DURATION_BUCKETS)
+            self.decisions = self.metrics.counter(a.DECISIONS, "{decision}", "Tool-call decisions by outcome.")
+        # attribute sets built once per distinct input: (the cached mapping, what was built from it),
+        # keyed by id and checked by identity
+        self.guardrail_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
+        self.guarded: dict[tuple[int, int], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue],
+                                                  dict[str, AttributeValue]]] = {}
+        self._client_base: dict[tuple[Any, ...], tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
+        for name in NOISY_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, Throttle) for f in logger.filters):
+                logger.addFilter(Throttle())
+
+    def request(self, req: RequestContext) -> RequestTrace:
+        return RequestTrace(self, req)
+
+    def decision(self, req: RequestContext) -> Decision:
+        return Decision(self, req)
+
+    def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> UpstreamCall:
+        return UpstreamCall(self, upstream, method, params)
+
+    def client_attrs(self, upstream: Upstream, method: str, target_attr: str | None, target: str | None,
+                     ) -> tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
+        """(key, span attributes, metric attributes) of a request to ``upstream``, built once per kind."""
+        url = getattr(upstream.config, "url", None)
+        key = (upstream.name, upstream.protocol_version, url, method, target_attr, target)
+        found = self._client_base.get(key)
+        if found is not None:
+            return found
+        attrs: dict[str, AttributeValue] = {
+            a.MCP_METHOD_NAME: method,
+            a.MCP_PROTOCOL_VERSION: a.text(upstream.protocol_version),
+            a.NETWORK_TRANSPORT: "tcp" if url else "pipe",
+            a.UPSTREAM: a.text(upstream.name),
+        }
+        if url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            if parts.hostname:
+                attrs[a.SERVER_ADDRESS] = parts.hostname
+                attrs[a.SERVER_PORT] = parts.port or (443 if parts.scheme == "https" else 80)
+        if target is not None:
+            attrs[target_attr] = target  # type: ignore[index]
+            if method == "tools/call":
+                attrs[a.GEN_AI_OPERATION_NAME] = "execute_tool"
+        if len(self._client_base) >= _CACHE_LIMIT:
+            self._client_base.clear()
+        found = self._client_base[key] = (key, attrs, dict(attrs))
+        return found
+
+    def flush(self, timeout: float = DEFAULT_EXPORT_TIMEOUT) -> bool:
+        ok = True
+        if self.processor is not None:
+            ok = self.processor.force_flush(int(timeout * 1000))
+        if self.metrics is not None:
+            ok = self.metrics.force_flush(timeout * 1000) and ok
+        return ok
+
+    def shutdown(self) -> None:
+        """Flush what is queued (bounded by the export time-out) and stop; never fails the guard's exit."""
+        try:
+            if self.processor is not None:
+                self.processor.shutdown()
+            if self.metrics is not None:
+                self.metrics.shutdown(timeout_millis=self.settings.timeout * 1000)
+        except Exception as exc:
+            log.warning("telemetry shutdown failed: %s", exc)
+
+
+_span_exporter = span_exporter
+_metric_reader = metric_reader
+
+
+def _ignore(span: LightSpan) -> None:
+    return None
+
+
+__all__ = ["OFF", "Decision", "Hooks", "RequestTrace", "Telemetry", "UpstreamCall"]
