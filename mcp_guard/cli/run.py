@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import logging
 import os
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,6 +24,18 @@ from mcp_guard.config import (
 )
 from mcp_guard.errors import ConfigError
 from mcp_guard.upstreams.naming import inline_upstream_name
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the stdio guard on uvloop where it is installed (Linux, macOS): its event loop is
+    written in C, and the per-message loop work (wake-ups, callbacks, pipe reads and writes) is
+    a fifth of the guard's CPU per call on the standard loop (docs/performance.md)."""
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: the standard loop
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def setup_logging(level: str | None) -> None:
@@ -117,7 +131,7 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
         raise click.UsageError("nothing to guard: give --config with upstreams, or a server command after --")
     from mcp_guard.proxy.guard import run_stdio
 
-    asyncio.run(run_stdio(config))
+    run_loop(run_stdio(config))
 
 
 @click.command()
