@@ -91,6 +91,7 @@ class Upstream:
         self._channel: Channel | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
         self._supervisor: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()
         self._closed = False
@@ -334,7 +335,9 @@ class Upstream:
         if channel is None:
             raise UpstreamError(self.last_error or f"upstream {self.name} is not running")
         request_id = next(self._ids)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = fut
         if on_id is not None:
