@@ -11,7 +11,12 @@ the calls.  Variants, interleaved round by round:
   audit    hash-chained audit log (fsync off, the default)
   both     trace + audit: the issue's bar is <= 100 µs CPU per call over ``off``
 
+A variant named ``NAME@base`` (e.g. ``both@base``) runs the same guard code from ``--baseline-src DIR``
+(a copy of another revision's ``mcp_guard/`` package, e.g. ``git archive REV mcp_guard | tar -x -C DIR``),
+interleaved with this tree's, so a change is measured before and after in one run.
+
 Run: .venv/bin/python bench/bench_telemetry.py [--calls 2000] [--rounds 5] [--endpoint URL] [--json]
+     [--baseline-src DIR --variants off,both,off@base,both@base]
 """
 
 from __future__ import annotations
@@ -67,11 +72,16 @@ def write_config(directory: Path, audit: bool) -> Path:
     return path
 
 
-def run_variant(variant: str, calls: int, endpoint: str, work: Path, extra: dict[str, str] | None = None) -> float:
+def run_variant(variant: str, calls: int, endpoint: str, work: Path, extra: dict[str, str] | None = None,
+                baseline_src: str | None = None) -> float:
     """CPU µs per call of the guard process for one variant (after start-up and a warm-up)."""
-    directory = work / f"{variant}-{time.monotonic_ns()}"
-    config = write_config(directory, audit=variant in ("audit", "both"))
+    directory = work / f"{variant.replace('@', '-')}-{time.monotonic_ns()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    variant, _, base = variant.partition("@")
+    if base:
+        assert baseline_src is not None
+        env["PYTHONPATH"] = baseline_src  # ahead of the editable install: the baseline's mcp_guard
+    config = write_config(directory, audit=variant in ("audit", "both"))
     if variant in ("trace", "both"):
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         env["OTEL_SERVICE_NAME"] = "mcp-guard-bench"
@@ -116,6 +126,11 @@ def run_variant(variant: str, calls: int, endpoint: str, work: Path, extra: dict
     return (after - before) / calls * 1e6
 
 
+def _off(variant: str, med: dict[str, float]) -> str:
+    """The baseline a variant's added cost is counted from: ``off`` of the same code."""
+    return "off@base" if variant.endswith("@base") and "off@base" in med else "off"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=2000)
@@ -124,11 +139,15 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--otel", action="append", default=[], metavar="VAR=VALUE",
                     help="extra OTEL_* setting for the traced variants, e.g. OTEL_METRICS_EXPORTER=none")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
+                    + " (each may end in @base)")
+    ap.add_argument("--baseline-src", help="directory holding the baseline's mcp_guard/ package, for the @base variants")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
-    if "off" not in variants or any(v not in VARIANTS for v in variants):
-        ap.error(f"--variants must include off and name only {', '.join(VARIANTS)}")
+    if "off" not in variants or any(v.partition("@")[0] not in VARIANTS for v in variants):
+        ap.error(f"--variants must include off and name only {', '.join(VARIANTS)} (each may end in @base)")
+    if any("@" in v for v in variants) and not args.baseline_src:
+        ap.error("the @base variants need --baseline-src")
     extra = dict(kv.split("=", 1) for kv in args.otel)
     samples: dict[str, list[float]] = {v: [] for v in variants}
     with contextlib.ExitStack() as stack:
@@ -136,7 +155,7 @@ def main() -> None:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-telemetry-")))
         for _ in range(args.rounds):
             for variant in variants:
-                samples[variant].append(run_variant(variant, args.calls, endpoint, work, extra))
+                samples[variant].append(run_variant(variant, args.calls, endpoint, work, extra, args.baseline_src))
     med = {v: statistics.median(s) for v, s in samples.items()}
     result = {
         "calls": args.calls,
@@ -144,7 +163,7 @@ def main() -> None:
         "endpoint": args.endpoint or "dummy OTLP sink",
         "exports_received": dict(RECEIVED),
         "cpu_us_per_call": {v: round(m, 1) for v, m in med.items()},
-        "added_us_per_call": {v: round(med[v] - med["off"], 1) for v in variants if v != "off"},
+        "added_us_per_call": {v: round(med[v] - med[_off(v, med)], 1) for v in variants if v != _off(v, med)},
         "otel": extra,
         "samples": {v: [round(x, 1) for x in s] for v, s in samples.items()},
         "python": platform.python_version(),
@@ -155,8 +174,8 @@ def main() -> None:
         return
     print(f"guard CPU per call, median of {args.rounds} rounds x {args.calls} calls ({result['endpoint']}):")
     for v in variants:
-        added = "" if v == "off" else f"  (+{med[v] - med['off']:.1f} µs)"
-        print(f"  {v:<6} {med[v]:8.1f} µs{added}   samples {samples[v]}")
+        added = "" if v == _off(v, med) else f"  (+{med[v] - med[_off(v, med)]:.1f} µs over {_off(v, med)})"
+        print(f"  {v:<10} {med[v]:8.1f} µs{added}   samples {samples[v]}")
     print(f"OTLP exports received by the sink: {dict(RECEIVED)}")
 
 

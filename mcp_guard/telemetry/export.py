@@ -58,6 +58,9 @@ _DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4, fixed64)
 _EVENT_TIME = struct.Struct("<BQ")  # Span.Event.time_unix_nano (1, fixed64)
 _FLAGS = struct.Struct("<2sI")  # Span.flags (16, fixed32): tag 133 is two varint bytes
 _FLAGS_TAG = b"\x85\x01"
+_IDS = struct.Struct(">2sQQ2sQ")  # Span.trace_id (1, 16 bytes), Span.span_id (2, 8 bytes), big-endian
+_PARENT = struct.Struct(">2sQ")  # Span.parent_span_id (4, 8 bytes)
+_LOW64 = (1 << 64) - 1
 _SMALL = [bytes([n]) for n in range(128)]
 _CACHE_LIMIT = 8192
 _BLOCK_LIMIT = 1024
@@ -124,6 +127,8 @@ class SpanEncoder:
         self._scope_tail = _field(b"\x1a", scope.schema_url.encode()) if scope.schema_url else b""
         self._uncached = frozenset(uncached)
         self._blocks: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
+        self._by_id: dict[int, tuple[Mapping[str, Any], bytes]] = {}
+        self._unique_keys: dict[str, bytes] = {}
         self._attr_cache: dict[Any, dict[Any, bytes]] = {}
         self._cached = 0
         self._name_cache: dict[str, bytes] = {}
@@ -144,7 +149,19 @@ class SpanEncoder:
         return out
 
     def _block(self, attrs: Mapping[str, Any]) -> bytes:
-        """All of a span's repeating attributes, encoded once per distinct set."""
+        """All of a span's repeating attributes, encoded once per distinct set: found by the
+        dict's identity first (the guard shares one dict per set between spans, and a span's
+        attributes never change once it has ended), else by its keys and values."""
+        known = self._by_id.get(id(attrs))
+        if known is not None and known[0] is attrs:
+            return known[1]
+        block = self._block_of(attrs)
+        if len(self._by_id) >= _BLOCK_LIMIT:
+            self._by_id.clear()
+        self._by_id[id(attrs)] = (attrs, block)  # holding the dict keeps its id from being reused
+        return block
+
+    def _block_of(self, attrs: Mapping[str, Any]) -> bytes:
         try:
             sig = (tuple(attrs), tuple(attrs.values()))
             block = self._blocks.get(sig)
@@ -166,14 +183,31 @@ class SpanEncoder:
         per_key[value] = encoded
         self._cached += 1
 
+    def _unique(self, key: str, value: Any) -> bytes:
+        """One attribute whose value differs on every span (a JSON-RPC id, a URI): for a string,
+        the key's bytes come from a cache and the value is framed inline (the same bytes as
+        ``_field(b"\\x4a", _key_value(key, value))``)."""
+        if value.__class__ is not str:
+            return _field(b"\x4a", _key_value(key, value))
+        head = self._unique_keys.get(key)
+        if head is None:
+            head = self._unique_keys[key] = _field(b"\x0a", key.encode("utf-8")) + b"\x12"
+        raw = value.encode("utf-8")
+        n = len(raw)
+        any_value = (b"\x0a" + _SMALL[n] + raw) if n < 0x80 else _field(b"\x0a", raw)
+        m = len(any_value)
+        kv = head + (_SMALL[m] if m < 0x80 else _varint(m)) + any_value
+        k = len(kv)
+        return b"\x4a" + (_SMALL[k] if k < 0x80 else _varint(k)) + kv
+
     def span(self, s: LightSpan) -> bytes:
         """``trace.v1.Span`` (without its field tag)."""
-        parts = [b"\x0a\x10", s.trace_id.to_bytes(16, "big"), b"\x12\x08", s.span_id.to_bytes(8, "big")]
+        trace_id = s.trace_id
+        parts = [_IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", s.span_id)]
         if s.trace_state:
             parts.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in s.trace_state.items()).encode()))
         if s.parent_id:
-            parts.append(b"\x22\x08")
-            parts.append(s.parent_id.to_bytes(8, "big"))
+            parts.append(_PARENT.pack(b"\x22\x08", s.parent_id))
         name = self._name_cache.get(s.name)
         if name is None:
             if len(self._name_cache) >= _CACHE_LIMIT:
@@ -184,7 +218,7 @@ class SpanEncoder:
         if s.attrs:
             parts.append(self._block(s.attrs))
         if s.unique:
-            parts += [_field(b"\x4a", _key_value(k, v)) for k, v in s.unique.items()]
+            parts += [self._unique(k, v) for k, v in s.unique.items()]
         if s.events:
             for ev_name, ts, ev_attrs in s.events:
                 event = _EVENT_TIME.pack(0x09, ts) + _field(b"\x12", ev_name.encode("utf-8")) + _attributes(b"\x1a", ev_attrs)

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard.telemetry")
 
 _CACHE_LIMIT = 4096
+_NONE: Mapping[str, AttributeValue] = {}
 _perf = time.perf_counter
 
 
@@ -149,15 +150,11 @@ class RequestTrace:
         if tel.tracing:
             meta = params.get("_meta") if isinstance(params, dict) else None
             remote = remote_parent(meta) if isinstance(meta, dict) else None
-            attrs: dict[str, AttributeValue] = {a.MCP_METHOD_NAME: method, a.NETWORK_TRANSPORT: "pipe"}
             uri: Any = None
-            if target is not None:
-                attrs[target_attr] = target  # type: ignore[index]
-                if method == "tools/call":
-                    attrs[a.GEN_AI_OPERATION_NAME] = "execute_tool"
-            elif method in a.RESOURCE_METHODS and isinstance(params, dict):
+            if target is None and method in a.RESOURCE_METHODS and isinstance(params, dict):
                 uri = params.get("uri")
-            span = self.span = self.current = tel.spans.start(f"{method} {target}" if target else method, SpanKind.SERVER, attrs, None, remote)
+            span = self.span = self.current = tel.spans.start(f"{method} {target}" if target else method, SpanKind.SERVER,
+                                                              tel.server_start(method, target_attr, target), None, remote)
             span.unique[a.JSONRPC_REQUEST_ID] = str(message.get("id"))
             if isinstance(uri, str):
                 span.unique[a.MCP_RESOURCE_URI] = uri
@@ -180,14 +177,9 @@ class RequestTrace:
         tel = self.tel
         if span is not None:
             if span.sampled:
-                end = span.attrs
-                end[a.MCP_PROTOCOL_VERSION] = a.text(version)
-                if req.era == "legacy":
-                    end[a.MCP_SESSION_ID] = a.text(req.session_id)
-                if req.tools_listed is not None:
-                    end[a.TOOLS_LISTED], end[a.TOOLS_HIDDEN] = req.tools_listed
-                if not self.guarded and method not in a.UNGUARDED:
-                    end.update(a.principal_attributes(req.principal))
+                who = self.guarded or (a.principal_attributes(req.principal) if method not in a.UNGUARDED else _NONE)
+                tel.server_end(span, version, req.session_id if req.era == "legacy" else None, req.tools_listed, who,
+                               private=self.error_type is not None)
             tel.spans.end(span)
         hist = tel.server_duration
         if hist is not None:
@@ -234,7 +226,7 @@ class Decision:
                     a.PRINCIPAL_VERIFIED: bool(who.verified),
                     **ident,
                 })
-            span = self.span = tel.spans.start(a.GUARDRAIL_SPAN, SpanKind.INTERNAL, dict(base[1]), self.prev)
+            span = self.span = tel.spans.start(a.GUARDRAIL_SPAN, SpanKind.INTERNAL, base[1], self.prev)
             req.trace = (span.trace_id, span.span_id)
             if trace is not None:
                 trace.current = span
@@ -255,23 +247,14 @@ class Decision:
         decided, outcome = a.decided(verdict.decision, tuple(verdict.policy_ids), tuple(verdict.rule_ids), verdict.reason,
                                      target.upstream, verdict.approver)
         if span is not None:
-            span.attrs.update(outcome)
+            span.attrs = tel.merged(span.attrs, outcome)
             if verdict.decision in ("approved", "rejected"):
                 event: dict[str, AttributeValue] = {a.DECISION: decided[a.DECISION]}
                 if verdict.approver:
                     event[a.APPROVER] = a.text(verdict.approver)
                 span.add_event(a.APPROVAL_EVENT, time.time_ns(), event)
             if trace is not None:
-                ident = self.ident
-                gkey = (id(ident), id(decided))
-                guarded = tel.guarded.get(gkey)
-                if guarded is None or guarded[0] is not ident or guarded[1] is not decided:
-                    if len(tel.guarded) >= _CACHE_LIMIT:
-                        tel.guarded.clear()
-                    guarded = tel.guarded[gkey] = (ident, decided, {**ident, **decided})
-                trace.guarded = guarded[2]
-                if trace.span is not None:
-                    trace.span.attrs.update(trace.guarded)
+                trace.guarded = tel.merged(self.ident, decided)
             tel.spans.end(span)
         if tel.decisions is not None:
             d, u, t, k = str(verdict.decision), target.upstream, target.exposed, target.kind
@@ -283,9 +266,10 @@ def _outcome(span: LightSpan | None, response: Mapping[str, Any]) -> str | None:
     """The ``error.type`` of a JSON-RPC response (None: success), also set on ``span``."""
     error_type, code, description = a.error_of(response)
     if error_type is not None and span is not None:
-        span.attrs[a.ERROR_TYPE] = error_type
+        attrs = span.attrs = dict(span.attrs)  # attribute sets are shared between spans: copy, then mark
+        attrs[a.ERROR_TYPE] = error_type
         if code is not None:
-            span.attrs[a.RPC_RESPONSE_STATUS_CODE] = code
+            attrs[a.RPC_RESPONSE_STATUS_CODE] = code
         span.set_error(description)
     return error_type
 
@@ -317,11 +301,9 @@ class UpstreamCall:
         self.span: LightSpan | None = None
         self.error_type: str | None = None
         if tel.tracing:
-            attrs = dict(base)
             trace = _CURRENT.get()
-            if trace is not None and trace.guarded:
-                attrs.update(trace.guarded)
-            self.span = tel.spans.start(f"{method} {target}" if target else method, SpanKind.CLIENT, attrs,
+            attrs = tel.merged(base, trace.guarded) if trace is not None and trace.guarded else base
+            self.span = tel.spans.start(f"{method} {target}" if target else method, SpanKind.CLIENT, attrs,  # type: ignore[arg-type]
                                         trace.current if trace is not None else None)
 
     def __enter__(self) -> UpstreamCall:
@@ -366,7 +348,7 @@ class UpstreamCall:
         if exc is not None:
             error_type = self.error_type = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__qualname__
             if span is not None:
-                span.attrs[a.ERROR_TYPE] = error_type
+                span.attrs = {**span.attrs, a.ERROR_TYPE: error_type}  # shared: copy, then mark
                 span.set_error(str(exc) or error_type)
         tel = self.tel
         if span is not None:
@@ -429,9 +411,11 @@ class Telemetry(Hooks):
         # attribute sets built once per distinct input: (the cached mapping, what was built from it),
         # keyed by id and checked by identity
         self.guardrail_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
-        self.guarded: dict[tuple[int, int], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue],
-                                                  dict[str, AttributeValue]]] = {}
         self._client_base: dict[tuple[Any, ...], tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
+        self._server_start: dict[tuple[str, str | None, str | None], dict[str, AttributeValue]] = {}
+        self._server_end: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
+        self._merged: dict[tuple[int, int], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue],
+                                                  dict[str, AttributeValue]]] = {}
         for name in NOISY_LOGGERS:
             logger = logging.getLogger(name)
             if not any(isinstance(f, Throttle) for f in logger.filters):
@@ -445,6 +429,56 @@ class Telemetry(Hooks):
 
     def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> UpstreamCall:
         return UpstreamCall(self, upstream, method, params)
+
+    # A span's attributes are one dict shared by every span with the same set (built once, never
+    # changed afterwards; a span that must differ copies it first), so the hot path copies nothing
+    # and the OTLP encoder finds the set's encoded bytes by the dict's identity.
+
+    def merged(self, left: Mapping[str, AttributeValue], right: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+        """``{**left, **right}``, built once per pair of (cached, unchanging) attribute sets."""
+        key = (id(left), id(right))
+        found = self._merged.get(key)
+        if found is None or found[0] is not left or found[1] is not right:
+            if len(self._merged) >= _CACHE_LIMIT:
+                self._merged.clear()
+            found = self._merged[key] = (left, right, {**left, **right})
+        return found[2]
+
+    def server_start(self, method: str, target_attr: str | None, target: str | None) -> dict[str, AttributeValue]:
+        """The SERVER span's attributes known when a request arrives."""
+        key = (method, target_attr, target)
+        attrs = self._server_start.get(key)
+        if attrs is None:
+            attrs = {a.MCP_METHOD_NAME: method, a.NETWORK_TRANSPORT: "pipe"}
+            if target_attr is not None and target is not None:
+                attrs[target_attr] = target
+                if method == "tools/call":
+                    attrs[a.GEN_AI_OPERATION_NAME] = "execute_tool"
+            if len(self._server_start) >= _CACHE_LIMIT:
+                self._server_start.clear()
+            self._server_start[key] = attrs
+        return attrs
+
+    def server_end(self, span: LightSpan, version: str, session: str | None, listed: tuple[int, int] | None,
+                   who: Mapping[str, AttributeValue], *, private: bool) -> None:
+        """Complete the SERVER span's attributes: protocol version, session, tool counts, principal
+        (and decision, when there was one)."""
+        key = (version, session, listed, id(who))
+        found = self._server_end.get(key)
+        if found is None or found[0] is not who:
+            end: dict[str, AttributeValue] = {a.MCP_PROTOCOL_VERSION: a.text(version)}
+            if session is not None:
+                end[a.MCP_SESSION_ID] = a.text(session)
+            if listed is not None:
+                end[a.TOOLS_LISTED], end[a.TOOLS_HIDDEN] = listed
+            end.update(who)
+            if len(self._server_end) >= _CACHE_LIMIT:
+                self._server_end.clear()
+            found = self._server_end[key] = (who, end)
+        if private:
+            span.attrs.update(found[1])  # a span marked with its error has its own copy already
+        else:
+            span.attrs = self.merged(span.attrs, found[1])
 
     def client_attrs(self, upstream: Upstream, method: str, target_attr: str | None, target: str | None,
                      ) -> tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:

@@ -32,7 +32,9 @@ class LightSpan:
     """One finished (or running) span of the guard: what the exporters need, nothing more.
 
     Attributes are written straight into ``attrs`` by the guard's own code with values that are
-    already valid OTLP attribute values (str, bool, int, float or tuples of str).  ``attrs`` holds
+    already valid OTLP attribute values (str, bool, int, float or tuples of str).  ``attrs`` may be
+    a dict shared with other spans (the guard builds each attribute set once): it is replaced, never
+    changed in place, unless it is the span's own copy, and it never changes once the span ended.  ``attrs`` holds
     the ones that repeat from call to call (their encoding is cached as one block), ``unique`` the
     few that differ on every request (JSON-RPC ids, resource URIs).
     """

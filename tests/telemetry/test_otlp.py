@@ -3,6 +3,7 @@ and equal what the SDK's own encoder writes for the same spans."""
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -112,3 +113,26 @@ def test_a_stream_of_distinct_values_does_not_grow_the_cache_forever() -> None:
         encoder.request([span])
     assert encoder._cached <= 8192 and sum(len(v) for v in encoder._attr_cache.values()) <= 8192
     assert len(encoder._blocks) <= 1024
+    assert len(encoder._by_id) <= 1024
+
+
+@pytest.mark.parametrize("value", ["", "7", "x" * 127, "x" * 128, "é" * 70, "y" * 20_000, 5, True])
+def test_per_span_values_match_the_sdk_encoder_at_every_length(value: object) -> None:
+    """A per-span value (a JSON-RPC id, a resource URI) is framed inline; the bytes are the SDK's
+    for short, long (multi-byte length) and non-ASCII values, and for a non-string value."""
+    span = spans()[0]
+    span.unique = {"jsonrpc.request.id": value, "mcp.resource.uri": value}
+    ours = SpanEncoder(RESOURCE, SCOPE).request([span])
+    sdk = encode_spans([span.readable(RESOURCE, SCOPE)]).SerializeToString()
+    assert ours == sdk
+
+
+def test_a_shared_attribute_set_is_encoded_once_and_found_by_identity() -> None:
+    encoder = SpanEncoder(RESOURCE, SCOPE)
+    first, second = spans()[1], spans()[2]
+    shared = dict(first.attrs)
+    first.attrs = second.attrs = shared
+    encoder.request([first])
+    blocks = len(encoder._blocks)
+    assert encoder.request([second]) == encode_spans([second.readable(RESOURCE, SCOPE)]).SerializeToString()
+    assert len(encoder._blocks) == blocks  # the second span found the block by the dict's identity
