@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.server
 import json
 import os
 import platform
@@ -31,47 +30,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from otlp_sink import RECEIVED, otlp_sink
 
 HERE = Path(__file__).resolve().parent
 ECHO = HERE / "echo_server.py"
 GUARD = Path(sys.executable).parent / "mcp-guard"
 TICKS = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("off", "trace", "audit", "both")
-
-
-class _Sink(http.server.BaseHTTPRequestHandler):
-    """Accepts any OTLP/HTTP export and answers 200 with an empty protobuf body."""
-
-    received = 0
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).received += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-@contextlib.contextmanager
-def otlp_sink() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -191,7 +161,7 @@ def main() -> None:
         "calls": args.calls,
         "rounds": args.rounds,
         "endpoint": args.endpoint or "dummy OTLP sink",
-        "exports_received": _Sink.received,
+        "exports_received": dict(RECEIVED),
         "cpu_us_per_call": {v: round(m, 1) for v, m in med.items()},
         "added_us_per_call": {v: round(med[v] - med[_off(v, med)], 1) for v in variants if v != _off(v, med)},
         "otel": extra,
@@ -206,7 +176,7 @@ def main() -> None:
     for v in variants:
         added = "" if v == _off(v, med) else f"  (+{med[v] - med[_off(v, med)]:.1f} µs over {_off(v, med)})"
         print(f"  {v:<10} {med[v]:8.1f} µs{added}   samples {samples[v]}")
-    print(f"OTLP exports received by the sink: {_Sink.received}")
+    print(f"OTLP exports received by the sink: {dict(RECEIVED)}")
 
 
 if __name__ == "__main__":

@@ -195,6 +195,7 @@ async def run(args: argparse.Namespace, cmd: list[str]) -> dict:
                 if got != text or res.is_error:
                     raise SystemExit(f"bad echo reply: {res!r}")
         seq_wall = time.perf_counter_ns() - t_all
+        await anyio.sleep(args.settle)  # background work the calls caused (span export) counts too
         srv_us, top_us, cli_us = cpu.per_call_us(args.seq_n)
         lat.sort()
         out["seq_p50_ms"] = ms(pct(lat, 50))
@@ -226,6 +227,7 @@ async def run(args: argparse.Namespace, cmd: list[str]) -> dict:
             for _ in range(args.conc):
                 tg.start_soon(worker)
         wall = time.perf_counter_ns() - t0
+        await anyio.sleep(args.settle)
         srv_us, top_us, cli_us = cpu.per_call_us(len(lat))
         lat.sort()
         out["conc"] = args.conc
@@ -261,6 +263,9 @@ def main() -> None:
     ap.add_argument("--conc-n", type=int, default=3000)
     ap.add_argument("--otel-memory", action="store_true",
                     help="install an OTel SDK tracer provider with an in-memory exporter in this client")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds to wait after a phase before reading CPU, so a proxy's export thread "
+                         "ships what the calls produced (latency and throughput are measured before)")
     ap.add_argument("--server-stderr", default=None, help="file to append the server's stderr to")
     args = ap.parse_args(opts)
     result = anyio.run(run, args, cmd)

@@ -9,7 +9,13 @@
 #   TOOLS       dummy-tool counts to test                   (default: "20 2000")
 #   TARGETS     targets, in run order                       (default: "direct passthrough fastmcp guard")
 #               known: direct passthrough passthrough_parse fastmcp fastmcp_mw
-#                      fastmcp_reuse agentguard guard
+#                      fastmcp_reuse agentguard guard guard_full guard_base guard_full_base
+#                      guard_full: everything on (bench/full_config.py: 200-rule policy,
+#                        3-link grant chain, audit log, OTLP traces + metrics to
+#                        bench/otlp_sink.py, which this script starts on loopback)
+#                      guard_base, guard_full_base: the same two, run from the source
+#                        tree in $GUARD_BASE (e.g. a worktree of the previous release),
+#                        for before/after in the same interleaved run
 #                      direct_nootel (SDK's default OTel middleware removed)
 #                      direct_otel (server: OTel SDK + in-memory exporter)
 #                      direct_otel_both (client and server: OTel SDK + in-memory)
@@ -18,6 +24,8 @@
 #               "$PY echo_server.py" is appended (target "guard").
 #               default: "<repo>/.venv/bin/mcp-guard run --policies <repo>/bench/policies/ --"
 #               (the 200-rule bench policy; the guard exposes the tool as upstream_echo)
+#   GUARD_BASE  a checkout of mcp-guard whose code guard_base/guard_full_base run
+#               (PYTHONPATH=$GUARD_BASE $PY -m mcp_guard); its config format must match
 #   AGENTGUARD  path to the `agentguard` CLI (pip agentguard-mcp, own venv);
 #               adds target "agentguard"
 #   DRIVE_ARGS  extra drive.py options, e.g. "--seq-n 500 --conc-n 500"
@@ -40,6 +48,17 @@ ERRLOG="$OUTDIR/stderr.log"
 : >"$RESULTS"
 
 ECHO=("$PY" "$HERE/echo_server.py")
+BASE_GUARD=(env "PYTHONPATH=${GUARD_BASE:-}" "$PY" -m mcp_guard)
+
+if [[ " $TARGETS " == *" guard_full"* ]]; then  # everything on: an OTLP sink, then the configs
+  "$PY" "$HERE/otlp_sink.py" --port-file "$OUTDIR/sink.url" --counts-file "$OUTDIR/sink_counts.json" &
+  SINK_PID=$!
+  trap 'kill "$SINK_PID" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do [[ -s "$OUTDIR/sink.url" ]] && break; sleep 0.1; done
+  SINK="$(cat "$OUTDIR/sink.url")"
+  FULL_CFG="$(PYTHONPATH="$ROOT" "$PY" "$HERE/full_config.py" "$OUTDIR/full" --endpoint "$SINK" --python "$PY")"
+  FULL_BASE_CFG="$(PYTHONPATH="$ROOT" "$PY" "$HERE/full_config.py" "$OUTDIR/full_base" --endpoint "$SINK" --python "$PY")"
+fi
 
 target_cmd() {  # sets CMD (server command) and TDRIVE (per-target drive.py options)
   TDRIVE=()
@@ -54,6 +73,9 @@ target_cmd() {  # sets CMD (server command) and TDRIVE (per-target drive.py opti
     fastmcp_mw)        CMD=("$PY" "$HERE/fastmcp_proxy.py" --middleware 1 -- "${ECHO[@]}") ;;
     fastmcp_reuse)     CMD=("$PY" "$HERE/fastmcp_proxy.py" --reuse-session -- "${ECHO[@]}") ;;
     agentguard)        CMD=("${AGENTGUARD:?set AGENTGUARD}" run --audit-log "$OUTDIR/agentguard_audit.log" -- "${ECHO[@]}") ;;
+    guard_full)        CMD=("$ROOT/.venv/bin/mcp-guard" run --config "$FULL_CFG") ;;
+    guard_base)        CMD=("${BASE_GUARD[@]}" run --policies "$HERE/policies/" -- "${ECHO[@]}") ;;
+    guard_full_base)   CMD=("${BASE_GUARD[@]}" run --config "$FULL_BASE_CFG") ;;
     guard)             read -r -a G <<<"${GUARD_CMD:?set GUARD_CMD}"; CMD=("${G[@]}" "${ECHO[@]}") ;;
     *) echo "unknown target $1" >&2; exit 2 ;;
   esac
@@ -66,6 +88,8 @@ def v(p):
     except m.PackageNotFoundError: return "-"
 print("# versions:", *(f"{p}={v(p)}" for p in ("mcp", "fastmcp", "anyio", "pydantic", "mcp-guard")))' | tee -a "$OUTDIR/meta.txt"
 [[ " $TARGETS " == *" guard "* ]] && echo "# guard: $GUARD_CMD" | tee -a "$OUTDIR/meta.txt"
+[[ " $TARGETS " == *"_base "* ]] && echo "# base: ${GUARD_BASE:?set GUARD_BASE} at $(git -C "$GUARD_BASE" rev-parse --short HEAD)" | tee -a "$OUTDIR/meta.txt"
+echo "# head: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo +dirty); uptime:$(uptime | sed 's/.*up[^,]*,[^,]*,//')" | tee -a "$OUTDIR/meta.txt"
 
 for n in $TOOLS; do
   export ECHO_TOOLS="$n"
@@ -84,5 +108,7 @@ for n in $TOOLS; do
   done
 done
 
+echo "# uptime at the end:$(uptime | sed 's/.*up[^,]*,[^,]*,//')" | tee -a "$OUTDIR/meta.txt"
+if [[ -n "${SINK_PID:-}" ]]; then kill "$SINK_PID"; wait "$SINK_PID" || true; echo "# OTLP exports received: $(cat "$OUTDIR/sink_counts.json")" | tee -a "$OUTDIR/meta.txt"; fi
 "$PY" "$HERE/summarize.py" "$RESULTS" | tee "$OUTDIR/summary.txt"
 echo "raw: $RESULTS" >&2

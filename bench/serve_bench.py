@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_telemetry import otlp_sink
+from otlp_sink import otlp_sink
 
 from mcp_guard.grants import delegate, generate_keypair, issue_grant, public_jwk
 

@@ -24,6 +24,7 @@ COLS = [
     ("conc_p99_ms", "conc p99 ms", 1),
     ("seq_server_cpu_us", "srv CPU us/call", 0),
     ("seq_top_cpu_us", "proxy-proc CPU us/call", 0),
+    ("conc_top_cpu_us", "proxy-proc CPU us/call at 16", 0),
     ("conc_errors", "errors", 0),
 ]
 RATIO_COLS = [  # (json key, header)

@@ -134,6 +134,7 @@ class GuardSession:
                              self._relay, self._track, self._upstream_call, self._upstream_level)
         self._started: asyncio.Task[None] | None = None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
         self._log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
         self._listeners: dict[Any, frozenset[str]] = {}  # 2026-07-28: open listen request id -> what it asked for
@@ -223,7 +224,8 @@ class GuardSession:
             if self.profile.era == Era.MODERN:
                 self._note_log_level(message)
             req = self._request(message)
-            task = asyncio.get_running_loop().create_task(self._serve(req))
+            loop = self._loop or self._running_loop()
+            task = loop.create_task(self._serve(req))
             self._inflight[message["id"]] = task
         elif is_notification(message):
             await self._host_notification(message)
@@ -233,6 +235,10 @@ class GuardSession:
                 pending.future.set_result(message)
         elif "id" in message:
             await self.send(error(message.get("id"), INVALID_REQUEST, "Invalid Request"))
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def send(self, message: Message) -> None:
         await self.host.send(message)

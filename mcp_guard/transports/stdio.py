@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,15 @@ from mcp_guard.jsonrpc import INTERNAL_ERROR, PARSE_ERROR, Message, dumps, error
 log = logging.getLogger("mcp_guard.stdio")
 
 LINE_LIMIT = 64 * 1024 * 1024
+
+
+def _pollable(f: BinaryIO) -> bool:
+    """A pipe, socket or terminal, which the event loop can watch.  Anything else (a regular file,
+    ``/dev/null``) is read in a thread and written plainly: epoll refuses such descriptors, which the
+    standard loop reports as an error and uvloop as an abort."""
+    fd = f.fileno()
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
 class StdioHost:
@@ -41,17 +51,16 @@ class StdioHost:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=LINE_LIMIT)
         stdin = os.fdopen(os.dup(sys.stdin.fileno()), "rb", 0)
-        try:
+        if _pollable(stdin):
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
-        except ValueError:  # a regular file (`< requests.jsonl`): no pipe to poll, read it in a thread
+        else:  # a regular file (`< requests.jsonl`): no pipe to poll, read it in a thread
             threading.Thread(target=_feed, args=(stdin, reader, loop), name="stdin-reader", daemon=True).start()
         self._reader = reader
         stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb", 0)
-        try:
-            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
-        except ValueError:  # a regular file: plain writes never block for long
+        if not _pollable(stdout):  # a regular file: plain writes never block for long
             self._out = stdout
             return
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
         self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def send(self, message: Message) -> None:

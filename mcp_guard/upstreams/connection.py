@@ -91,6 +91,7 @@ class Upstream:
         self._channel: Channel | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
         self._supervisor: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()
         self._closed = False
@@ -334,16 +335,22 @@ class Upstream:
         if channel is None:
             raise UpstreamError(self.last_error or f"upstream {self.name} is not running")
         request_id = next(self._ids)
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = fut
         if on_id is not None:
             on_id(request_id)
+        # the deadline is one timer on the answer's own future (``asyncio.wait_for`` would add a
+        # second future, a done-callback and a partial per request)
+        timer = loop.call_later(timeout or self.config.timeout, _expire, fut)
         try:
             try:
                 await channel.send(request(request_id, method, self._modern(params) if self.era == "modern" else params))
             except orjson.JSONEncodeError as exc:  # e.g. arguments nested deeper than the encoder's 255 levels
                 raise RpcError(INVALID_PARAMS, f"Invalid params: mcp-guard cannot forward this {method} ({exc})") from None
-            return await asyncio.wait_for(fut, timeout or self.config.timeout)
+            return await fut
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await channel.send(notification("notifications/cancelled", {"requestId": request_id, "reason": "timed out"}))
@@ -351,6 +358,7 @@ class Upstream:
                 f"upstream {self.name} did not answer {method} within {timeout or self.config.timeout:g}s"
             ) from None
         finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
 
     async def request(self, method: str, params: Message | None = None, *, timeout: float | None = None) -> Message:  # noqa: ASYNC109
@@ -378,3 +386,9 @@ class Upstream:
 
     async def refuse(self, request_id: Any, text: str) -> None:
         await self.respond(error(request_id, METHOD_NOT_FOUND, text))
+
+
+def _expire(fut: asyncio.Future[Message]) -> None:
+    """The upstream did not answer in time: the waiting ``_call`` gets ``TimeoutError``."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())

@@ -43,3 +43,17 @@ def test_requests_from_a_file_answers_to_a_file(tmp_path: Path) -> None:
     assert by_id[None]["error"]["code"] == -32700
     assert [t["name"] for t in by_id[2]["result"]["tools"]] == ["time_get_current_time"]
     assert by_id[3]["result"]["isError"] is False
+
+
+def test_dev_null_for_stdin_and_stdout_ends_cleanly(tmp_path: Path) -> None:
+    """``/dev/null`` is a character device epoll refuses: read and written plainly, the guard sees EOF
+    and exits 0 (the standard loop raised here and uvloop aborted the process)."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\npolicies:\n  - id: t\n    rules:\n      - {effect: allow, tools: [time/get_current_time]}\n")
+    with open("/dev/null", "rb") as stdin, open("/dev/null", "wb") as stdout:
+        done = subprocess.run(
+            [str(mcp_guard_bin()), "run", "--policies", str(policy), "--name", "time", "--", str(VENV_BIN / "mcp-server-time")],
+            stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    assert b"Traceback" not in done.stderr
