@@ -156,8 +156,13 @@ async def test_after_a_reload_in_a_settled_heap_the_replaced_policy_set_is_colle
     async def changed(previous: PolicySet) -> None:
         heard.append(previous is old())  # told which set was replaced, without keeping it
 
+    # start-up garbage in a reference cycle (a frame, a traceback) that still points at the set:
+    # frozen with the rest, only the cycle collector could ever free it
+    cycle: list[object] = [ctx.policies]
+    cycle.append(cycle)
     wake = asyncio.Event()
     settle_heap()  # what serve does once it has started
+    del cycle
     watcher = asyncio.create_task(watch_policies(ctx, changed, wake))
     try:
         write_policies(tmp_path / "policies", ECHO_AND_READ, name="test")
