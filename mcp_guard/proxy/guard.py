@@ -210,14 +210,22 @@ class _Hub(GuardSession):
         self.levels[session] = rank
         return min(self.levels.values())
 
-    async def level_released(self, session: str) -> None:
-        """A caller's session ended: when it held the lowest level, the shared upstreams go back
-        to the lowest level the remaining callers asked for (with none left, they keep theirs)."""
+    def level_released(self, session: str) -> int | None:
+        """A caller's session ended: when it held the lowest level, the level the shared upstreams
+        go back to (the lowest the remaining callers asked for); None to leave them as they are
+        (with no caller left, they keep theirs)."""
         before = min(self.levels.values(), default=None)
         self.levels.pop(session, None)
         now = min(self.levels.values(), default=None)
-        if now is not None and now != before:
-            await self.router.send_level(now)
+        return now if now is not None and now != before else None
+
+    async def give_back(self, subscriptions: list[tuple[str, str]], level: int | None) -> None:
+        """Tell the upstreams what a closed caller session no longer needs (in the background:
+        closing, expiring or evicting a session never waits on an upstream)."""
+        for name, uri in subscriptions:
+            await self.subscriptions.unsubscribe(self.upstreams.get(name), uri)
+        if level is not None:
+            await self.router.send_level(level)
 
 
 class _CallerSession(GuardSession):
@@ -298,8 +306,10 @@ class _CallerSession(GuardSession):
         self._hub.children.pop(self.id, None)
         held = [(up, uri) for up, uris in self.subscribed.items() for uri in uris]
         self.subscribed.clear()
-        await self._unsubscribe(held)
-        await self._hub.level_released(self.id)
+        last = [key for key in held if self.subscriptions.release(key)]  # counted now, told upstream later
+        level = self._hub.level_released(self.id)
+        if last or level is not None:
+            self._hub.later(self._hub.give_back(last, level))
         await super().close()
 
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -459,8 +459,7 @@ class GuardSession:
         return held
 
     async def _unsubscribe(self, keys: Iterable[tuple[str, str]]) -> None:
-        """A listen (or a serve caller's session) ended: drop its resource subscriptions upstream
-        once nothing else holds them."""
+        """A listen ended: drop its resource subscriptions upstream once nothing else holds them."""
         for key in keys:
             if self.subscriptions.release(key):
                 await self.subscriptions.unsubscribe(self.upstreams.get(key[0]), key[1])
@@ -576,13 +575,17 @@ class GuardSession:
         finally:
             self._host_pending.pop(hid, None)
 
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def upstream_notification(self, upstream: Upstream, message: Message) -> None:
         method = message.get("method")
         if method == "notifications/tools/list_changed":
             # refreshing needs the upstream's read loop, which is the caller: never wait on it here
-            task = asyncio.get_running_loop().create_task(self._refresh_tools(upstream))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.later(self._refresh_tools(upstream))
             return
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)
