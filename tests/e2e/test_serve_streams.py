@@ -49,7 +49,7 @@ WATCHED = "note://shared"  # the recording server's subscribable resource (--wat
 
 
 class Served:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **serve: Any) -> None:
         self.tmp = tmp
         self.key, pub = generate_keypair()
         (tmp / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
@@ -64,6 +64,7 @@ class Served:
             trust={"issuers": {"corp-idp": str(tmp / "idp.jwk")}},
             state={"url": f"sqlite:///{tmp / 'state.db'}"},
             audit={"path": str(tmp / "audit.jsonl")},
+            **({"serve": serve} if serve else {}),
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
@@ -266,6 +267,23 @@ async def test_what_a_caller_held_upstream_goes_when_its_session_ends(served: Se
         assert (await b.http.delete(b.url, headers=b.headers())).status_code == 200  # the last holder leaves
         await settles("resources/unsubscribe", [WATCHED])
         assert upstream("logging/setLevel") == ["warning", "debug", "warning"]  # nobody left to lower it for
+
+
+@pytest.mark.parametrize("serve", [{"max_sessions_per_principal": 1}, {"session_idle": "2s"}], ids=["evicted", "expired"])
+async def test_a_subscription_goes_upstream_when_its_session_is_evicted_or_expires(tmp_path: Path, serve: dict[str, Any]) -> None:
+    served = Served(tmp_path, **serve)
+    with serving(served.config, served.port):
+        async with _raw(served, served.grant("alice")) as a:
+            assert "result" in _answer(await a.post(_request("resources/subscribe", uri=WATCHED)))
+            if "max_sessions_per_principal" in serve:
+                async with _raw(served, served.grant("alice")):  # alice's second session: the first goes
+                    pass
+            for _ in range(150):
+                if any(r["method"] == "resources/unsubscribe" for r in served.watched.records()):
+                    break
+                await asyncio.sleep(0.1)
+            assert [r.get("uri") for r in served.watched.records() if r["method"] == "resources/unsubscribe"] == [WATCHED]
+            assert (await a.post(_request("ping"))).status_code == 404  # it really is gone
 
 
 def _request(method: str, rid: int = 3, **params: Any) -> dict[str, Any]:
