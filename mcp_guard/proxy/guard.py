@@ -204,14 +204,28 @@ class _Hub(GuardSession):
     async def policies_changed(self, previous: PolicySet | None = None) -> None:
         await self._each(lambda child: child.policies_changed(previous))
 
-    def others_subscribed(self, me: _CallerSession, upstream: str, uri: str) -> bool:
-        return any(c is not me and uri in c.subscribed.get(upstream, ()) for c in self.children.values())
-
     def upstream_level(self, session: str, rank: int) -> int:
         """A shared upstream logs at the lowest level any caller asked for; each caller's own
         level is applied by its session."""
         self.levels[session] = rank
         return min(self.levels.values())
+
+    def level_released(self, session: str) -> int | None:
+        """A caller's session ended: when it held the lowest level, the level the shared upstreams
+        go back to (the lowest the remaining callers asked for); None to leave them as they are
+        (with no caller left, they keep theirs)."""
+        before = min(self.levels.values(), default=None)
+        self.levels.pop(session, None)
+        now = min(self.levels.values(), default=None)
+        return now if now is not None and now != before else None
+
+    async def give_back(self, subscriptions: list[tuple[str, str]], level: int | None) -> None:
+        """Tell the upstreams what a closed caller session no longer needs (in the background:
+        closing, expiring or evicting a session never waits on an upstream)."""
+        for name, uri in subscriptions:
+            await self.subscriptions.unsubscribe(self.upstreams.get(name), uri)
+        if level is not None:
+            await self.router.send_level(level)
 
 
 class _CallerSession(GuardSession):
@@ -257,22 +271,45 @@ class _CallerSession(GuardSession):
         await self._list_changed(method)
 
     async def _subscription(self, req: RequestContext) -> Message:
+        """A caller's subscription is counted with every other holder of the same upstream one
+        (``UpstreamSubscriptions``): the upstream is asked to drop it only when the last goes."""
         uri = req.params.get("uri")
+        mine: str | None = None
         if req.method == "resources/unsubscribe" and isinstance(uri, str):
             mine = next((up for up, uris in self.subscribed.items() if uri in uris), None)
-            if mine is not None and self._hub.others_subscribed(self, mine, uri):
+            if mine is not None and self.subscriptions.release((mine, uri)) is False:
                 self.subscribed[mine].discard(uri)  # the upstream subscription is shared: it stays for the others
                 return result(req.message["id"], {})
-        response = await self.router.resource_request(req)
+            if mine is None and self.subscriptions.held_anywhere(uri):
+                return result(req.message["id"], {})  # another caller's: never dropped on its behalf
+            if mine is not None:
+                self.subscribed[mine].discard(uri)  # the last holder: the unsubscribe goes upstream
+        ok = False
+        try:
+            response = await self.router.resource_request(req)
+            ok = "result" in response
+        finally:
+            if mine is not None and isinstance(uri, str) and not ok:  # refused or failed: still held
+                self.subscribed[mine].add(uri)
+                self.subscriptions.hold((mine, uri))
         where = self._upstream_ids.get(req.message["id"])  # the upstream it went to (while it is served)
-        if "result" in response and isinstance(uri, str) and where is not None:
+        if req.method == "resources/subscribe" and ok and isinstance(uri, str) and where is not None:
             uris = self.subscribed.setdefault(where[0].name, set())
-            (uris.add if req.method == "resources/subscribe" else uris.discard)(uri)
+            if uri not in uris:
+                uris.add(uri)
+                self.subscriptions.hold((where[0].name, uri))
         return response
 
     async def close(self) -> None:
+        """Closed, expired or evicted: what only this caller held upstream (resource subscriptions,
+        a lower log level) is given back."""
         self._hub.children.pop(self.id, None)
-        self._hub.levels.pop(self.id, None)
+        held = [(up, uri) for up, uris in self.subscribed.items() for uri in uris]
+        self.subscribed.clear()
+        last = [key for key in held if self.subscriptions.release(key)]  # counted now, told upstream later
+        level = self._hub.level_released(self.id)
+        if last or level is not None:
+            self._hub.later(self._hub.give_back(last, level))
         await super().close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -49,6 +50,16 @@ def reload_policies(ctx: GuardContext, tools: Iterable[str] = ()) -> list[str]:
     return []
 
 
+def resettle_heap() -> None:
+    """``serve`` froze its start-up heap (``gc.freeze``), the policy set included, so a set a reload
+    replaced would never be collected: thaw, collect it, and freeze what is left again.  Where
+    nothing froze the heap (``run``), the collector finds the old set on its own."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+
 async def watch_policies(
     ctx: GuardContext,
     changed: Callable[[PolicySet], Awaitable[None]],
@@ -72,6 +83,8 @@ async def watch_policies(
         previous = ctx.policies
         if not reload_policies(ctx, tools()):
             await changed(previous)
+            del previous  # the last reference here: the replaced set can now be collected
+            resettle_heap()
 
 
-__all__ = ["policy_fingerprint", "reload_policies", "watch_policies"]
+__all__ = ["policy_fingerprint", "reload_policies", "resettle_heap", "watch_policies"]

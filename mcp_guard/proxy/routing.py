@@ -465,11 +465,15 @@ class Router:
         if level not in LOG_LEVELS:  # an upstream may drop a malformed one unanswered: never ask it
             raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
         self.log_level = LOG_LEVELS.index(level)
-        sent = {**params_of(req.message, "logging/setLevel"), "level": LOG_LEVELS[self._upstream_level(self.log_level)]}
+        await self.send_level(self._upstream_level(self.log_level), params_of(req.message, "logging/setLevel"))
+        return result(req.message["id"], {})
+
+    async def send_level(self, rank: int, params: Message | None = None) -> None:
+        """Ask every ready upstream that logs to log at ``rank`` (one that fails keeps its level)."""
+        sent = {**(params or {}), "level": LOG_LEVELS[rank]}
         for up in self._ready("logging"):
             with contextlib.suppress(RpcError, UpstreamError):
                 await up.request("logging/setLevel", sent)
-        return result(req.message["id"], {})
 
 
 __all__ = ["PAGE_SIZE", "Owners", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text", "upstream_params"]

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +98,41 @@ class _HostRequest:
     future: asyncio.Future[Message]
 
 
+class UpstreamSubscriptions:
+    """How many holders (listens, serve callers) each upstream resource subscription has: it is
+    made upstream for the first and dropped there when the last goes, so the upstream never keeps
+    sending updates nobody hears."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], int] = {}  # (upstream, uri) -> holders
+
+    def held(self, key: tuple[str, str]) -> bool:
+        return key in self._held
+
+    def held_anywhere(self, uri: str) -> bool:
+        return any(held == uri for _, held in self._held)
+
+    def hold(self, key: tuple[str, str]) -> None:
+        self._held[key] = self._held.get(key, 0) + 1
+
+    def release(self, key: tuple[str, str]) -> bool:
+        """One holder fewer; True when it was the last (the upstream subscription should go)."""
+        left = self._held.get(key, 0) - 1
+        if left > 0:
+            self._held[key] = left
+            return False
+        self._held.pop(key, None)
+        return True
+
+    @staticmethod
+    async def unsubscribe(up: Upstream | None, uri: str) -> None:
+        if up is not None and up.status == "ready":
+            try:
+                await up.request("resources/unsubscribe", {"uri": uri})
+            except (RpcError, UpstreamError) as exc:
+                log.info("resources/unsubscribe %s on %s failed: %s", uri, up.name, exc)
+
+
 class GuardSession:
     """One host session.  On stdio it owns the upstream connections; in ``serve`` mode many
     sessions (one per HTTP session or grant) share those of a ``hub`` session, and each carries
@@ -141,7 +176,8 @@ class GuardSession:
         # 2026-07-28: every open listen request id (registered before its first await) -> the
         # (upstream, uri) resource subscriptions it holds
         self._listen_uris: dict[Any, frozenset[tuple[str, str]]] = {}
-        self._upstream_subs: dict[tuple[str, str], int] = {}  # (upstream, uri) -> listens holding it upstream
+        # (upstream, uri) -> holders of that upstream subscription (a serve hub's is shared by its callers)
+        self.subscriptions: UpstreamSubscriptions = hub.subscriptions if hub is not None else UpstreamSubscriptions()
         self._host_ids = 0
         self._host_pending: dict[int, _HostRequest] = {}
         self._agent_default: str | None = None
@@ -417,31 +453,22 @@ class GuardSession:
             if up is None or up.era != "legacy" or up.status != "ready" or not (isinstance(caps, dict) and caps.get("subscribe")):
                 continue  # an upstream that cannot be subscribed: not honoured, as the acknowledgement says
             key = (up.name, uri)
-            if not self._upstream_subs.get(key):
+            if not self.subscriptions.held(key):
                 try:
                     await up.request("resources/subscribe", {"uri": uri})
                 except (RpcError, UpstreamError) as exc:
                     log.info("resources/subscribe %s on %s failed: %s", uri, up.name, exc)
                     continue
-            self._upstream_subs[key] = self._upstream_subs.get(key, 0) + 1
+            self.subscriptions.hold(key)
             self._listen_uris[rid] = self._listen_uris[rid] | {key}
             held.append(key)
         return held
 
-    async def _unsubscribe(self, keys: frozenset[tuple[str, str]]) -> None:
-        """A listen ended: drop its resource subscriptions upstream once no other listen holds them."""
+    async def _unsubscribe(self, keys: Iterable[tuple[str, str]]) -> None:
+        """A listen ended: drop its resource subscriptions upstream once nothing else holds them."""
         for key in keys:
-            left = self._upstream_subs.get(key, 0) - 1
-            if left > 0:
-                self._upstream_subs[key] = left
-                continue
-            self._upstream_subs.pop(key, None)
-            up = self.upstreams.get(key[0])
-            if up is not None and up.status == "ready":
-                try:
-                    await up.request("resources/unsubscribe", {"uri": key[1]})
-                except (RpcError, UpstreamError) as exc:
-                    log.info("resources/unsubscribe %s on %s failed: %s", key[1], up.name, exc)
+            if self.subscriptions.release(key):
+                await self.subscriptions.unsubscribe(self.upstreams.get(key[0]), key[1])
 
     async def _resource_updated(self, upstream: Upstream, params: Message) -> None:
         """2026-07-28: a resource update goes only to the listens subscribed to that URI."""
@@ -554,13 +581,17 @@ class GuardSession:
         finally:
             self._host_pending.pop(hid, None)
 
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def upstream_notification(self, upstream: Upstream, message: Message) -> None:
         method = message.get("method")
         if method == "notifications/tools/list_changed":
             # refreshing needs the upstream's read loop, which is the caller: never wait on it here
-            task = asyncio.get_running_loop().create_task(self._refresh_tools(upstream))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.later(self._refresh_tools(upstream))
             return
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)

@@ -4,6 +4,8 @@ told the list changed, and a broken edit keeps the last good policies (and says 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,13 @@ from fixtures import (
     write_policies,
 )
 from mcp.shared.exceptions import MCPError
+
+from mcp_guard.cli.run import settle_heap
+from mcp_guard.config import load_config
+from mcp_guard.policy import PolicySet
+from mcp_guard.proxy.guard import load_policy_set
+from mcp_guard.proxy.reload import reload_policies, resettle_heap, watch_policies
+from mcp_guard.proxy.session import GuardContext
 
 pytestmark = pytest.mark.e2e
 
@@ -134,3 +143,42 @@ async def test_a_reload_rechecks_prompts_and_resources(tmp_path: Path) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_after_a_reload_in_a_settled_heap_the_replaced_policy_set_is_collected(tmp_path: Path) -> None:
+    """``serve`` freezes its start-up heap; a reload must not leave the policy set it replaced
+    frozen (never collected) there.  A run of policy edits would otherwise grow the guard for ever."""
+    config = load_config(write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())}, ECHO_ONLY))
+    ctx = GuardContext(config=config, policies=load_policy_set(config), store=None)  # type: ignore[arg-type]
+    old = weakref.ref(ctx.policies)
+    heard: list[bool] = []
+
+    async def changed(previous: PolicySet) -> None:
+        heard.append(previous is old())  # told which set was replaced, without keeping it
+
+    # start-up garbage in a reference cycle (a frame, a traceback) that still points at the set:
+    # frozen with the rest, only the cycle collector could ever free it
+    cycle: list[object] = [ctx.policies]
+    cycle.append(cycle)
+    wake = asyncio.Event()
+    settle_heap()  # what serve does once it has started
+    del cycle
+    watcher = asyncio.create_task(watch_policies(ctx, changed, wake))
+    try:
+        write_policies(tmp_path / "policies", ECHO_AND_READ, name="test")
+        wake.set()
+        await _until(lambda: _true(bool(heard)))
+        await _until(lambda: _true(old() is None), within=5)
+        assert heard == [True] and gc.get_freeze_count() > 0  # and the heap is settled again
+    finally:
+        watcher.cancel()
+        gc.unfreeze()
+
+
+async def test_without_a_settled_heap_a_reload_leaves_the_collector_alone(tmp_path: Path) -> None:
+    config = load_config(write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())}, ECHO_ONLY))
+    ctx = GuardContext(config=config, policies=load_policy_set(config), store=None)  # type: ignore[arg-type]
+    assert gc.get_freeze_count() == 0
+    resettle_heap()
+    assert gc.get_freeze_count() == 0  # `run` never froze anything: nothing is frozen behind its back
+    assert reload_policies(ctx) == []

@@ -43,30 +43,34 @@ ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
 POLICY = [{"id": "all", "rules": [{"effect": "allow", "tools": ["rec/*", "everything/*"]},
-                                   {"effect": "allow", "resources": ["everything/*"]}]}]
+                                   {"effect": "allow", "resources": ["everything/*", "watch/*"]}]}]
 DOC = "demo://resource/static/document/architecture.md"
+WATCHED = "note://shared"  # the recording server's subscribable resource (--watchable)
 
 
 class Served:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **serve: Any) -> None:
         self.tmp = tmp
         self.key, pub = generate_keypair()
         (tmp / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
         self.record = RecordFile(tmp / "rec.jsonl")
+        self.watched = RecordFile(tmp / "watch.jsonl")
         self.config = write_guard_config(
             tmp,
             {"rec": stdio_upstream(recording_server_command("--chatty"), env=self.record.env(), roots="pass"),
-             "everything": stdio_upstream([str(tool_path("mcp-server-everything"))])},
+             "everything": stdio_upstream([str(tool_path("mcp-server-everything"))]),
+             "watch": stdio_upstream(recording_server_command("--watchable"), env=self.watched.env())},
             POLICY,
             trust={"issuers": {"corp-idp": str(tmp / "idp.jwk")}},
             state={"url": f"sqlite:///{tmp / 'state.db'}"},
             audit={"path": str(tmp / "audit.jsonl")},
+            **({"serve": serve} if serve else {}),
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
 
     def grant(self, user: str, tools: list[str] | None = None) -> str:
-        return issue_grant(self.key, "corp-idp", user, "agent", tools or ["rec/*", "everything/*"], resources=["everything/*"])
+        return issue_grant(self.key, "corp-idp", user, "agent", tools or ["rec/*", "everything/*"], resources=["everything/*", "watch/*"])
 
 
 @pytest.fixture
@@ -230,6 +234,66 @@ async def test_resource_updates_reach_only_the_subscriber(served: Served) -> Non
             await a.post(a.call("everything_toggle-subscriber-updates", {}))
         heard_a.cancel()
         heard_b.cancel()
+
+
+async def test_what_a_caller_held_upstream_goes_when_its_session_ends(served: Served) -> None:
+    """A shared upstream subscription stays while any caller holds it and is dropped upstream when
+    the last one's session ends; the shared log level goes back up to what the callers left asked
+    for.  A caller cannot drop another's subscription by unsubscribing what it never held."""
+    alice, bob = served.grant("alice"), served.grant("bob")
+
+    def upstream(method: str) -> list[Any]:
+        return [r.get("uri", r.get("level")) for r in served.watched.records() if r["method"] == method]
+
+    async def settles(method: str, expected: list[Any]) -> None:
+        for _ in range(100):
+            if upstream(method) == expected:
+                return
+            await asyncio.sleep(0.1)
+        assert upstream(method) == expected
+
+    async with _raw(served, alice) as a, _raw(served, bob) as b:
+        assert "result" in _answer(await a.post(_request("resources/subscribe", uri=WATCHED)))
+        assert "result" in _answer(await b.post(_request("resources/unsubscribe", uri=WATCHED)))  # not bob's to drop
+        assert "result" in _answer(await b.post(_request("resources/subscribe", uri=WATCHED)))
+        assert "result" in _answer(await b.post(_request("logging/setLevel", level="warning")))
+        assert "result" in _answer(await a.post(_request("logging/setLevel", level="debug")))
+        assert upstream("resources/unsubscribe") == [] and upstream("logging/setLevel") == ["warning", "debug"]
+
+        assert (await a.http.delete(a.url, headers=a.headers())).status_code == 200  # alice leaves
+        await settles("logging/setLevel", ["warning", "debug", "warning"])
+        assert upstream("resources/unsubscribe") == []  # bob still holds it
+
+        assert (await b.http.delete(b.url, headers=b.headers())).status_code == 200  # the last holder leaves
+        await settles("resources/unsubscribe", [WATCHED])
+        assert upstream("logging/setLevel") == ["warning", "debug", "warning"]  # nobody left to lower it for
+
+
+@pytest.mark.parametrize("serve", [{"max_sessions_per_principal": 1}, {"session_idle": "2s"}], ids=["evicted", "expired"])
+async def test_a_subscription_goes_upstream_when_its_session_is_evicted_or_expires(tmp_path: Path, serve: dict[str, Any]) -> None:
+    served = Served(tmp_path, **serve)
+    with serving(served.config, served.port):
+        async with _raw(served, served.grant("alice")) as a:
+            assert "result" in _answer(await a.post(_request("resources/subscribe", uri=WATCHED)))
+            if "max_sessions_per_principal" in serve:
+                async with _raw(served, served.grant("alice")):  # alice's second session: the first goes
+                    pass
+            for _ in range(150):
+                if any(r["method"] == "resources/unsubscribe" for r in served.watched.records()):
+                    break
+                await asyncio.sleep(0.1)
+            assert [r.get("uri") for r in served.watched.records() if r["method"] == "resources/unsubscribe"] == [WATCHED]
+            assert (await a.post(_request("ping"))).status_code == 404  # it really is gone
+
+
+def _request(method: str, rid: int = 3, **params: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+
+
+def _answer(response: httpx2.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json() if "json" in response.headers["content-type"] else _events(response.text)[-1]
+    return found
 
 
 # --------------------------------------------------------------------------- raw HTTP: attacks
