@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from line_rpc import line_rpc
 from otlp_sink import RECEIVED, otlp_sink
 
 HERE = Path(__file__).resolve().parent
@@ -89,19 +90,7 @@ def run_variant(variant: str, calls: int, endpoint: str, work: Path, extra: dict
     proc = subprocess.Popen([str(GUARD), "run", "--config", str(config)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=directory)
     assert proc.stdin is not None and proc.stdout is not None
-    ids = iter(range(1, 10**9))
-
-    def rpc(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        assert proc.stdin is not None and proc.stdout is not None
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": next(ids), "method": method}
-        if params is not None:
-            msg["params"] = params
-        proc.stdin.write(json.dumps(msg).encode() + b"\n")
-        proc.stdin.flush()
-        while True:
-            answer: dict[str, Any] = json.loads(proc.stdout.readline())
-            if answer.get("id") == msg["id"]:
-                return answer
+    rpc = line_rpc(proc)
 
     def call(i: int) -> None:
         params = {"name": "echo_echo", "arguments": {"text": f"hello {i}"},

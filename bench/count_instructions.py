@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from line_rpc import line_rpc
 
 
 def main() -> None:
@@ -44,19 +45,7 @@ def main() -> None:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(out / "valgrind.log").open("w"),
     )
     assert proc.stdin is not None and proc.stdout is not None
-    ids = iter(range(1, 10**9))
-
-    def rpc(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        assert proc.stdin is not None and proc.stdout is not None
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": next(ids), "method": method}
-        if params is not None:
-            msg["params"] = params
-        proc.stdin.write(json.dumps(msg).encode() + b"\n")
-        proc.stdin.flush()
-        while True:
-            answer: dict[str, Any] = json.loads(proc.stdout.readline())
-            if answer.get("id") == msg["id"]:
-                return answer
+    rpc = line_rpc(proc)
 
     rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}})
     proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
