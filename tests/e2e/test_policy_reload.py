@@ -119,6 +119,7 @@ async def test_a_reload_rechecks_prompts_and_resources(tmp_path: Path) -> None:
         assert await docs() == [SHOWN_DOC, LATER_HIDDEN_DOC]
         assert (await s.read_resource(LATER_HIDDEN_DOC)).contents
         assert (await s.get_prompt("everything_args-prompt", {"city": "Oslo"})).messages
+        assert (await s.list_tools()).tools  # the guard tells of a tool change only once the host has listed
 
         # tools only: the prompt and resource lists stay as they were, nobody is told they changed
         write_policies(tmp_path / "policies", _everything_policy(prompts=["simple-prompt", "args-prompt"],
