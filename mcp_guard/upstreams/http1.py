@@ -123,15 +123,11 @@ class _Response:
             self._done = True
             await self.aclose()
             return data
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.chunks():
-            size += len(chunk)
-            if size > limit:
-                await self.aclose()
-                raise LinkError(f"sent a response over the limit of {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
+        try:
+            return await _collect(self.chunks(), limit)
+        except LinkError:
+            await self.aclose()
+            raise
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -304,6 +300,18 @@ class _Released:
         self._free()
 
 
+async def _collect(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """A body read whole, refused as soon as it passes ``limit`` (never buffered past it)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise LinkError(f"sent a response over the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     while True:
         try:
@@ -354,17 +362,10 @@ class _HttpxExchange:
         self.headers = {k.lower(): v for k, v in response.headers.items()}
 
     async def read(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
         try:
-            async for chunk in self.chunks():
-                size += len(chunk)
-                if size > limit:
-                    raise LinkError(f"sent a response over the limit of {limit} bytes")
-                parts.append(chunk)
+            return await _collect(self.chunks(), limit)
         finally:
             await self.aclose()
-        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
