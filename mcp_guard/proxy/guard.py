@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, policy_sources, read_token, telemetry_settings
+from mcp_guard.decision import Kind
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
@@ -201,8 +202,10 @@ class _Hub(GuardSession):
         self._rebuild_catalogue()
         await self._each(tell)
 
-    async def policies_changed(self, previous: PolicySet | None = None) -> None:
-        await self._each(lambda child: child.policies_changed(previous))
+    async def policies_changed(self, previous: PolicySet | None = None,
+                               listings: dict[Kind, list[tuple[str, bool]]] | None = None) -> None:
+        shared: dict[Kind, list[tuple[str, bool]]] = {} if listings is None else listings  # one listing per reload
+        await self._each(lambda child: child.policies_changed(previous, shared))
 
     def upstream_level(self, session: str, rank: int) -> int:
         """A shared upstream logs at the lowest level any caller asked for; each caller's own

@@ -641,9 +641,12 @@ class GuardSession:
             return  # the first build happens once every upstream has had its first try
         await self._tools_changed()
 
-    async def policies_changed(self, previous: PolicySet | None = None) -> None:
+    async def policies_changed(self, previous: PolicySet | None = None,
+                               listings: dict[Kind, list[tuple[str, bool]]] | None = None) -> None:
         """After a policy reload: tell the host which of its lists (tools, prompts, resources) now
-        show something else; ``previous`` is the policy set the reload replaced."""
+        show something else; ``previous`` is the policy set the reload replaced.  ``listings``
+        holds what the upstreams list now, shared by sessions on the same upstreams (``serve``), so
+        one reload asks them once, not once per caller."""
         before = self.router.cached_tools()
         after = self.visible_tools()
         if before is not None and [e.exposed for e in before] != [e.exposed for e in after]:
@@ -654,11 +657,15 @@ class GuardSession:
                              ("notifications/resources/list_changed", Kind.RESOURCE)):
             if not self._told(method):
                 continue  # nobody would be told: do not ask the upstreams for their lists
-            try:
-                listing = await self.router.listing(kind)
-            except (RpcError, UpstreamError) as exc:
-                log.warning("after the policy reload, listing %s failed: %s", kind.value, exc)
-                continue
+            listing = None if listings is None else listings.get(kind)
+            if listing is None:
+                try:
+                    listing = await self.router.listing(kind)
+                except (RpcError, UpstreamError) as exc:
+                    log.warning("after the policy reload, listing %s failed: %s", kind.value, exc)
+                    continue
+                if listings is not None:
+                    listings[kind] = listing
             who, chain = self.principal, self.chain
             if self.router.seen(previous, who, chain, kind, listing) != self.router.seen(self.ctx.policies, who, chain, kind, listing):
                 await self._list_changed(method)
