@@ -33,6 +33,44 @@ class Counter:
     expires_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LabelOrigin:
+    """Why a session holds a label: the first forwarded request that brought it.
+
+    ``source`` names the request's target as the audit does (``fs/read_text_file``, ``upstream crm``);
+    ``record`` is that request's audit record number when it was audited, so a refusal can say
+    "this session holds `private` since fs/read_text_file, audit record 17".
+    """
+
+    label: str
+    source: str
+    record: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowPiece:
+    """Content that brought ``labels`` into a session: what ``carries`` compares arguments with."""
+
+    labels: frozenset[str]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFlow:
+    """A session's information-flow state, as the store holds it (labels only ever grow).
+
+    ``overflow`` is set once the kept content passed the session's bound: ``carries`` can then no
+    longer be judged and fails closed. ``version`` grows with every change, so a compiled content
+    index can be cached per (scope, version).
+    """
+
+    labels: Mapping[str, LabelOrigin]
+    pieces: tuple[FlowPiece, ...] = ()
+    content_bytes: int = 0
+    overflow: bool = False
+    version: int = 0
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Budgets, rate limits, revocations and the approval queue; every method may raise StateError."""
