@@ -46,14 +46,15 @@ from mcp_guard.audit import args_hash, canonical
 from mcp_guard.decision import Kind, Outcome, Verdict
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import META_CLIENT_CAPABILITIES, Era, Message
-from mcp_guard.proxy.pipeline import RequestContext, asked
+from mcp_guard.proxy.pipeline import asked
+from mcp_guard.request import RequestContext
 from mcp_guard.state import APPROVED, EXPIRED, PENDING, REJECTED, Counter
 from mcp_guard.state.base import APPROVAL_RETENTION
 
 if TYPE_CHECKING:
     from mcp_guard.config import ApprovalsConfig, GuardConfig
-    from mcp_guard.proxy.catalogue import Target
-    from mcp_guard.proxy.session import GuardContext
+    from mcp_guard.proxy.context import GuardContext
+    from mcp_guard.request import Target
 
 log = logging.getLogger("mcp_guard.approvals")
 

@@ -4,37 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from mcp_guard.config import EXPOSED_NAME
-from mcp_guard.decision import Kind
 from mcp_guard.jsonrpc import Message
 from mcp_guard.pinning import PinSet, PinStatus, tool_digest
+from mcp_guard.request import Target
 from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard.catalogue")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What one request is about, resolved: a tool, a resource (by URI) or a prompt of one upstream."""
-
-    exposed: str  # the name the host sees and calls (a resource's URI as it is)
-    upstream: str
-    name: str  # the upstream's own name (tool or prompt name, resource URI)
-    qualified: str  # "UPSTREAM/NAME", the name policies and grants speak of
-    definition: Message  # host-facing definition (name rewritten)
-    annotations: Message | None  # only when trusted: pinned and unchanged, or `trust_annotations: true`
-    pin: PinStatus = "off"  # pinned | new | changed | off (pinning: off)
-    held: bool = False  # hidden and refused: pinning: enforce and not pinned as it is now
-    kind: Kind = Kind.TOOL
-
-
-ToolEntry = Target  # a catalogued tool
-
-
-class CollisionError(Exception):
-    pass
 
 
 class Catalogue:
@@ -45,14 +22,14 @@ class Catalogue:
         # off | warn | enforce; warn without a lock file has nothing to compare with (said once at start)
         self.mode = "off" if pins is None and mode == "warn" else mode
         self._warned: set[tuple[str, str]] = set()
-        self.entries: tuple[ToolEntry, ...] = ()
-        self.by_exposed: dict[str, ToolEntry] = {}
+        self.entries: tuple[Target, ...] = ()
+        self.by_exposed: dict[str, Target] = {}
         self.version = 0
         self.problems: list[str] = []
 
     def rebuild(self, upstreams: Iterable[Upstream]) -> None:
-        entries: list[ToolEntry] = []
-        by_exposed: dict[str, ToolEntry] = {}
+        entries: list[Target] = []
+        by_exposed: dict[str, Target] = {}
         problems: list[str] = []
         for up in upstreams:
             for tool in up.tools:
@@ -77,7 +54,7 @@ class Catalogue:
                     self._warn(up.name, tool, pin)
                 trusted = up.config.trust_annotations or pin == "pinned"
                 annotations = tool.get("annotations") if trusted else None
-                entry = ToolEntry(
+                entry = Target(
                     exposed,
                     up.name,
                     name,

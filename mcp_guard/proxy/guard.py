@@ -9,7 +9,7 @@ import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, policy_sources, read_token, telemetry_settings
@@ -19,8 +19,9 @@ from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
 from mcp_guard.policy import Parsed, PolicySet, compile_parsed, parse_sources
 from mcp_guard.proxy.callers import Callers
-from mcp_guard.proxy.pipeline import RequestContext
-from mcp_guard.proxy.session import GuardContext, GuardSession
+from mcp_guard.proxy.context import GuardContext
+from mcp_guard.proxy.session import GuardSession
+from mcp_guard.request import RequestContext
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -345,6 +346,19 @@ class ServeSessions:
         return self.hub.tool_names()
 
 
+class ByteHost(Protocol):
+    """The host side of ``run``: stdio, or an in-memory pair (``transports/memory.py``)."""
+
+    @property
+    def gone(self) -> bool: ...
+
+    async def send(self, message: Message) -> None: ...
+
+    async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     """The ``mcp-guard run`` main loop: serve the host on stdio until it closes stdin."""
     from mcp_guard.transports.stdio import StdioHost
@@ -352,6 +366,12 @@ async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     ctx = await build_context(config, parsed)
     host = StdioHost()
     await host.open()
+    await run_host(ctx, host)
+
+
+async def run_host(ctx: GuardContext, host: ByteHost, *, signals: bool = True) -> None:
+    """Serve one host until it closes its side: the pump, the policy watcher and, with ``signals``
+    (a process of its own), SIGTERM/SIGINT to stop and SIGHUP to reload."""
     session = GuardSession(ctx, host)
     loop = asyncio.get_running_loop()
     serving = loop.create_task(host.serve(session.handle))
@@ -360,14 +380,15 @@ async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
         serving.cancel()
 
     session.on_fatal = stop
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    reload_now = asyncio.Event()
+    if signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, serving.cancel)
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, serving.cancel)
+            loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     from mcp_guard.proxy.reload import watch_policies
 
-    reload_now = asyncio.Event()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now, session.tool_names))
     try:
         await serving
@@ -378,7 +399,7 @@ async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     finally:
         watcher.cancel()
         await session.close()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # process edge: a store that fails to close must not hide the exit
             await ctx.store.close()
         ctx.telemetry.shutdown()  # flush queued spans, bounded by the export timeout
         await host.close()
@@ -386,4 +407,4 @@ async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
         raise ConfigError(session.fatal)
 
 
-__all__ = ["GuardError", "ServeSessions", "build_context", "load_policy_set", "run_stdio"]
+__all__ = ["ByteHost", "GuardError", "ServeSessions", "build_context", "load_policy_set", "run_host", "run_stdio"]

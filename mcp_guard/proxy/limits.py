@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from mcp_guard.decision import Outcome, Verdict
 from mcp_guard.identity import Principal
 from mcp_guard.policy import PolicySet
-from mcp_guard.proxy.catalogue import Target
+from mcp_guard.request import Target
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain

@@ -18,82 +18,25 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
 from mcp_guard.errors import AuditError, StateError
-from mcp_guard.jsonrpc import REFUSED, URL_ELICITATION_REQUIRED, Era, Message, error, result, tool_error
-from mcp_guard.proxy.catalogue import Target
+from mcp_guard.jsonrpc import REFUSED, URL_ELICITATION_REQUIRED, Message, error, result, tool_error
+from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.limits import check_limits
+from mcp_guard.request import RequestContext, Target
 
 if TYPE_CHECKING:
-    from mcp_guard.grants import GrantChain
     from mcp_guard.identity import Principal
-    from mcp_guard.proxy.session import GuardContext
     from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard.pipeline")
 
 # the audit field that names the target, per kind
 NAME_FIELD = {Kind.TOOL: "tool", Kind.RESOURCE: "uri", Kind.PROMPT: "prompt"}
-
-
-class AskHost(Protocol):
-    """The session's back channel to a handshake-era host (elicitation for approvals)."""
-
-    async def __call__(self, method: str, params: Message | None, timeout: float | None = None) -> Message: ...  # noqa: ASYNC109
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """One host request as the pipeline, the approver, the audit and the telemetry see it.
-
-    It is also the request's one record: the pipeline fills in ``target`` and ``verdict`` once,
-    the telemetry adds the ids of the span that decided (``trace``), and both the span ends and
-    the audit record read them from here instead of each working them out again.
-    """
-
-    session_id: str
-    principal: Principal
-    chain: GrantChain | None
-    era: Era | None
-    protocol_version: str
-    message: Message
-    capabilities: Message  # what the host declared: this request's ``_meta`` (2026-07-28) or the handshake's
-    client_info: Message
-    ask_host: AskHost | None = None
-    limit_scope: str = ""  # what per_minute/per_session limits count by (the session id unless set)
-    chain_checked: bool = False  # expiry and revocation already checked for this request
-    target: Target | None = None  # what was decided (set by the pipeline)
-    verdict: Verdict | None = None  # how (set by the pipeline, once)
-    trace: tuple[int, int] | None = None  # (trace id, span id) of the span that decided, when traced
-    tools_listed: tuple[int, int] | None = None  # tools/list: (listed, hidden by policy or grant)
-
-    @property
-    def params(self) -> Message:
-        params = self.message.get("params")
-        return params if isinstance(params, dict) else {}
-
-    @property
-    def method(self) -> str:
-        return str(self.message.get("method"))
-
-
-class Approver(Protocol):
-    """Asks a human.  Returns the final verdict (approved or rejected), or an
-    ``approval_required`` verdict carrying ``input_required`` (the 2026-07-28 round trip)."""
-
-    async def ask(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict) -> Verdict: ...
-
-
-class NoApprover:
-    """Fail closed until a human channel is configured."""
-
-    async def ask(self, req: RequestContext, target: Target, args: dict[str, Any], verdict: Verdict) -> Verdict:
-        return Verdict(Outcome.REJECTED, f"{verdict.reason}, and no human approval channel is available",
-                       verdict.policy_ids, verdict.rule_ids)
 
 
 class AuditRefusal(Exception):
@@ -305,12 +248,8 @@ def asked(verdict: Verdict, input_required: Message, nonce: str) -> Verdict:
 
 
 __all__ = [
-    "Approver",
-    "AskHost",
     "AuditRefusal",
-    "NoApprover",
     "Pipeline",
-    "RequestContext",
     "asked",
     "refusal",
     "unknown_verdict",

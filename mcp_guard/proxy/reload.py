@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from mcp_guard.config import GuardConfig, iter_policy_files
 from mcp_guard.errors import ConfigError
 from mcp_guard.policy import PolicySet
-from mcp_guard.proxy.session import GuardContext
+from mcp_guard.proxy.context import GuardContext
 
 log = logging.getLogger("mcp_guard.reload")
 

@@ -21,9 +21,10 @@ from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, is_visible
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.jsonrpc import INVALID_PARAMS, META_LOG_LEVEL, Era, Message, result, strip_meta, tool_error
-from mcp_guard.proxy.catalogue import Catalogue, Target
-from mcp_guard.proxy.pipeline import Pipeline, RequestContext, unknown_verdict
+from mcp_guard.proxy.catalogue import Catalogue
+from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
 from mcp_guard.proxy.relay import Relay
+from mcp_guard.request import RequestContext, Target
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard.config import GuardConfig
 from mcp_guard.decision import Kind, Outcome, Verdict, evaluate
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.identity import Principal
@@ -42,21 +40,19 @@ from mcp_guard.jsonrpc import (
     request,
     result,
 )
-from mcp_guard.pinning import PinSet
 from mcp_guard.policy import PolicySet
-from mcp_guard.proxy.catalogue import Catalogue, Target
+from mcp_guard.proxy.catalogue import Catalogue
+from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
-from mcp_guard.proxy.pipeline import Approver, NoApprover, Pipeline, RequestContext
+from mcp_guard.proxy.pipeline import Pipeline
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay
 from mcp_guard.proxy.routing import LOG_LEVELS, Owners, Router
-from mcp_guard.telemetry import OFF, Hooks
+from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Upstream
 
 if TYPE_CHECKING:
-    from mcp_guard.audit import AuditLog
     from mcp_guard.grants import GrantChain
-    from mcp_guard.state import StateStore
 
 log = logging.getLogger("mcp_guard.session")
 
@@ -72,23 +68,6 @@ _LISTEN_FILTERS = {
 MAX_LISTENS = 16  # open subscriptions/listen requests per session: each holds a task until cancelled
 MAX_RESOURCE_SUBSCRIPTIONS = 256  # URIs one subscriptions/listen may ask for (each may cost an upstream request)
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
-
-
-@dataclass
-class GuardContext:
-    """What every session of one guard shares: config, compiled policies, state, audit, identity."""
-
-    config: GuardConfig
-    policies: PolicySet
-    store: StateStore
-    audit: AuditLog | None = None
-    chain: GrantChain | None = None
-    approver: Approver = field(default_factory=NoApprover)
-    pins: PinSet | None = None
-    clock: Callable[[], float] = time.time
-    approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
-    telemetry: Hooks = OFF  # this guard process's spans and metrics (``telemetry.start``)
-    approval_page: str | None = None  # serve: the approval page's public origin (serve.approvals), else None
 
 
 @dataclass

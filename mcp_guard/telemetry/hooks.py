@@ -33,7 +33,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import SpanKind
 
@@ -61,10 +61,20 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.util.types import AttributeValue
 
-    from mcp_guard.proxy.pipeline import RequestContext
-    from mcp_guard.upstreams.connection import Upstream
+    from mcp_guard.request import RequestContext
 
 log = logging.getLogger("mcp_guard.telemetry")
+
+
+class Upstream(Protocol):
+    """What a CLIENT span says of the upstream it went to (``upstreams.Upstream`` has these):
+    telemetry sits below the upstream connections and does not import them."""
+
+    name: str
+    protocol_version: str
+
+    @property
+    def config(self) -> object: ...
 
 _CACHE_LIMIT = 4096
 _NONE: Mapping[str, AttributeValue] = {}

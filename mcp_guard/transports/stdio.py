@@ -89,25 +89,32 @@ class StdioHost:
                 continue
             if not line:
                 return
-            if not line.strip():
-                continue
-            try:
-                message = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                log.warning("the host sent a line that is not JSON: %.200r", line)
-                await self.send(error(None, PARSE_ERROR, "Parse error: the line is not valid JSON"))
-                continue
-            try:
-                await handle(message)
-            except Exception:  # one bad message must never end the session
-                log.exception("handling a message from the host failed")
-                await self.send(error(None, INTERNAL_ERROR, "Internal error: mcp-guard could not handle the message"))
+            await deliver_line(line, handle, self.send)
 
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
         if self._out is not None:
             self._out.close()
+
+
+async def deliver_line(line: bytes, handle: Callable[[Any], Awaitable[None]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+    """One line from the host: parsed and handed to ``handle``; a line that is not JSON is answered
+    with a parse error, and a message whose handling fails with an internal error."""
+    if not line.strip():
+        return
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        log.warning("the host sent a line that is not JSON: %.200r", line)
+        await send(error(None, PARSE_ERROR, "Parse error: the line is not valid JSON"))
+        return
+    try:
+        await handle(message)
+    except Exception:  # process edge: one bad message must never end the session
+        log.exception("handling a message from the host failed")
+        await send(error(None, INTERNAL_ERROR, "Internal error: mcp-guard could not handle the message"))
 
 
 def _feed(source: BinaryIO, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:

@@ -12,12 +12,12 @@ from mcp_guard.decision import Verdict
 from mcp_guard.errors import ConfigError
 from mcp_guard.identity import Principal
 from mcp_guard.proxy.approvals import MAX_ARGS_CHARS, StateSealer, render_arguments, render_prompt
-from mcp_guard.proxy.catalogue import ToolEntry
+from mcp_guard.request import Target
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "approvals.md"
 WHO = Principal(user="alice@example.com", agents=("support-bot", "summarizer"), purpose="ticket-triage",
                 verified=True, grant_id="g-7f3a")
-ENTRY = ToolEntry("fs_write_file", "fs", "write_file", "fs/write_file", {}, None)
+ENTRY = Target("fs_write_file", "fs", "write_file", "fs/write_file", {}, None)
 ARGS = {"path": "/srv/tickets/42.md", "content": "Hello Bob,\nyour refund of $120 is on its way.\n"}
 VERDICT = Verdict("approval_required", "mcp-guard needs a human to approve fs/write_file", ("support-tickets",))
 
@@ -62,7 +62,7 @@ def test_replicas_sharing_a_state_key_open_each_others_request_state(tmp_path: P
     from mcp_guard.config import parse_config
     from mcp_guard.policy import PolicySet
     from mcp_guard.proxy.approvals import make_approver
-    from mcp_guard.proxy.session import GuardContext
+    from mcp_guard.proxy.context import GuardContext
     from mcp_guard.state.memory import MemoryStore
 
     def approver(text: str) -> Any:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import Any, TypeVar
 
 import mcp_types as t
 from fixtures import guard_command, tools_env
+from fixtures.inprocess import guard_in_memory
+
+from mcp_guard.transports.memory import MemoryPeer
 
 T = TypeVar("T")
 
@@ -47,18 +51,31 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
 
 
 class RawGuard:
-    """``mcp-guard run`` driven line by line; every stdout line is kept in ``lines`` for checking."""
+    """A guard driven line by line; every line it writes is kept in ``lines`` for checking.
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
+    ``proc`` is the ``mcp-guard run`` process (``raw_guard(..., process=True)``), or None when the
+    guard runs in this event loop over the in-memory pair (``peer``)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process | None, peer: MemoryPeer | None = None) -> None:
+        self._proc = proc
+        self.peer = peer
         self.lines: list[bytes] = []
         self.others: list[dict[str, Any]] = []  # notifications / requests seen while waiting for answers
         self._ids = itertools.count(1000)
 
+    @property
+    def proc(self) -> asyncio.subprocess.Process:
+        assert self._proc is not None, "an in-process guard has no process: use raw_guard(..., process=True)"
+        return self._proc
+
     async def send_line(self, line: bytes | str) -> None:
         data = line.encode() if isinstance(line, str) else line
+        data = data if data.endswith(b"\n") else data + b"\n"
+        if self.peer is not None:
+            await self.peer.send_line(data)
+            return
         assert self.proc.stdin is not None
-        self.proc.stdin.write(data if data.endswith(b"\n") else data + b"\n")
+        self.proc.stdin.write(data)
         await self.proc.stdin.drain()
 
     async def send(self, message: Mapping[str, Any]) -> None:
@@ -66,8 +83,11 @@ class RawGuard:
 
     async def recv(self, within: float = 30.0) -> dict[str, Any]:
         """The next message the guard writes (any kind)."""
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        if self.peer is not None:
+            line = await asyncio.wait_for(self.peer.receive_line(), within)
+        else:
+            assert self.proc.stdout is not None
+            line = await asyncio.wait_for(self.proc.stdout.readline(), within)
         assert line, "the guard closed its stdout"
         self.lines.append(line)
         message = json.loads(line)
@@ -98,8 +118,14 @@ class RawGuard:
 
 
 @contextlib.asynccontextmanager
-async def raw_guard(config: Path, *, stderr: Path | None = None) -> AsyncIterator[RawGuard]:
-    """Start ``mcp-guard run --config CONFIG`` with pipes; stop it (and only it) afterwards."""
+async def raw_guard(config: Path, *, stderr: Path | None = None, process: bool = False) -> AsyncIterator[RawGuard]:
+    """A guard for ``config``, driven line by line: in this event loop over the in-memory pair, or
+    ``mcp-guard run --config CONFIG`` with pipes when the test is about the process (``process``,
+    its exit status; ``stderr``, its log).  Stops it (and only it) afterwards."""
+    if not process and stderr is None and not os.environ.get("MCP_GUARD_TEST_PROCESSES"):
+        async with guard_in_memory(config, env=tools_env()) as peer:
+            yield RawGuard(None, peer)
+        return
     errpath = stderr or config.parent / "guard.stderr"
     with open(errpath, "ab") as err:  # noqa: ASYNC230 - the child needs a real fd
         proc = await asyncio.create_subprocess_exec(

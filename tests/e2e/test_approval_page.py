@@ -38,7 +38,7 @@ from test_report_e2e import _png_ink, screenshot
 from test_serve_oauth import ACCEPT, CLIENTS, OIDC_SCRIPT, Idp, Served, post, start_serve
 from test_serve_streams import Raw
 
-pytestmark = [pytest.mark.e2e, requires_tools("node")]
+pytestmark = [pytest.mark.xdist_group("approval-page"), pytest.mark.e2e, requires_tools("node")]
 
 PAGE_CLIENT = {"secret": "s-approvals"}
 ACCOUNTS = {"alice@example.com": {"name": "Alice Liddell", "email": "alice@example.com"},

@@ -31,7 +31,7 @@ from fixtures import (
     write_guard_config,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_tools("conformance", "supergateway")]
+pytestmark = [pytest.mark.xdist_group("conformance"), pytest.mark.e2e, pytest.mark.slow, requires_tools("conformance", "supergateway")]
 
 SUPERGATEWAY_ONLY_FAILURES = frozenset({"dns-rebinding-protection"})
 _RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")

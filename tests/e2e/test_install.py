@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fixtures import ROOT, VENV_BIN, concrete_examples, requires_tools, stdio_session
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")

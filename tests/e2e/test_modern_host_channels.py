@@ -226,7 +226,7 @@ async def test_a_modern_upstream_is_told_the_requests_log_level(tmp_path: Path) 
 
 
 async def test_an_open_listen_does_not_hold_the_guard_when_the_host_leaves(config: Path) -> None:
-    async with raw_guard(config) as guard:
+    async with raw_guard(config, process=True) as guard:
         await discover(guard)
         await listen(guard, "forever", {"toolsListChanged": True})
         assert guard.proc.stdin is not None

@@ -110,7 +110,7 @@ async def test_hang_times_out_without_hanging_the_guard(mode: Mode, tmp_path: Pa
 async def test_malformed_host_input_is_answered_and_the_guard_keeps_serving(tmp_path: Path,
                                                                             record_file: RecordFile) -> None:
     config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record_file.env())})
-    async with raw_guard(config) as guard:
+    async with raw_guard(config, process=True) as guard:
         init = await guard.initialize()
         assert init["result"]["serverInfo"]["name"] == "mcp-guard"
         bad_lines: list[tuple[bytes, int]] = [

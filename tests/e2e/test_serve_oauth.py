@@ -42,7 +42,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_guard.grants import write_keypair
 
-pytestmark = [pytest.mark.e2e, requires_tools("node")]
+pytestmark = [pytest.mark.xdist_group("serve-oauth"), pytest.mark.e2e, requires_tools("node")]
 
 OIDC_SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "oidc_provider.mjs"
 NOW = int(time.time())

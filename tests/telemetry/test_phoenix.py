@@ -22,6 +22,7 @@ from fixtures import free_port, stop_process, wait_for_port
 from harness import HOST_TRACE_ID, SECRET, TRACEPARENT, clean_env, guard_yaml, raw_guard
 
 pytestmark = [
+    pytest.mark.xdist_group("phoenix"),
     pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.skipif(

@@ -10,7 +10,7 @@ import pytest
 from mcp_guard import telemetry
 from mcp_guard.config import TelemetryConfig, telemetry_settings
 from mcp_guard.errors import ConfigError
-from mcp_guard.proxy.pipeline import RequestContext
+from mcp_guard.request import RequestContext
 
 
 def test_nothing_configured_means_off() -> None:

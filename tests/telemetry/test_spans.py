@@ -22,8 +22,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from mcp_guard import telemetry
 from mcp_guard.audit import AuditLog
 from mcp_guard.config import load_config, telemetry_settings
+from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.guard import load_policy_set
-from mcp_guard.proxy.session import GuardContext, GuardSession
+from mcp_guard.proxy.session import GuardSession
 from mcp_guard.state import open_store
 from mcp_guard.telemetry.metrics import DURATION_BUCKETS
 from mcp_guard.telemetry.settings import Settings
