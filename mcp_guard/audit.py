@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import orjson
 
@@ -37,43 +37,6 @@ GENESIS = "0" * 64
 """``prev`` of the very first record of a log (no record before it)."""
 
 _TAIL_CHUNK = 64 * 1024
-
-
-class ApprovalInfo(TypedDict, total=False):
-    channel: str  # elicitation | input_required | queue
-    answer: str  # approve | reject | decline | cancel | timeout | asked | error
-    wait_s: float | None
-    id: str | None
-
-
-class AuditRecord(TypedDict, total=False):
-    """The fields the guard writes (docs/audit.md); readers must tolerate absent ones."""
-
-    time: str
-    pid: int
-    session: str
-    principal: list[str]
-    user: str
-    agent: str
-    verified: bool
-    purpose: str | None
-    grant_id: str | None
-    upstream: str
-    tool: str
-    exposed: str
-    args_sha256: str
-    args: Any
-    decision: str
-    policy_ids: list[str]
-    rule_ids: list[str]
-    reason: str | None
-    approver: str | None
-    approval: ApprovalInfo
-    note: str
-    trace_id: str
-    span_id: str
-    prev: str
-    hash: str
 
 
 # --------------------------------------------------------------------------- canonical JSON

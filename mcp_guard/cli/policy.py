@@ -25,15 +25,14 @@ from mcp_guard.config import (
     load_config,
     read_sources,
 )
-from mcp_guard.decision import Outcome as Decided
-from mcp_guard.decision import evaluate, is_visible
+from mcp_guard.decision import Outcome, evaluate, is_visible
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.policy import Effect, Explanation, Kind, PathContext, PolicySet, load_sources, parse_sources
-from mcp_guard.policy.testing import Outcome, TestFile, parse_test_file, run_case
+from mcp_guard.policy.testing import CaseResult, TestFile, parse_test_file, run_case
 
 EXIT = {Effect.ALLOW: 0, Effect.DENY: 1, Effect.APPROVE: 2}
-_EFFECT = collections.defaultdict(lambda: Effect.DENY, {Decided.ALLOW: Effect.ALLOW, Decided.APPROVAL_REQUIRED: Effect.APPROVE})
+_EFFECT = collections.defaultdict(lambda: Effect.DENY, {Outcome.ALLOW: Effect.ALLOW, Outcome.APPROVAL_REQUIRED: Effect.APPROVE})
 
 
 def _show(p: Path) -> str:
@@ -332,7 +331,7 @@ def test_cmd(paths: tuple[Path, ...]) -> None:
             failed += len(tf.cases)
             continue
         for case in tf.cases:
-            out: Outcome = run_case(ps, case)
+            out: CaseResult = run_case(ps, case)
             passed += out.passed
             failed += not out.passed
             click.echo(f"{'PASS' if out.passed else 'FAIL'} {case.where}: {case.name}" + ("" if out.passed else f" — {out.detail}"))

@@ -64,7 +64,7 @@ def report(config_path: Path, audit_path: str | None, since: str | None, html_ou
     --allow-broken is given. Tool names come from guard.lock (every pinned tool) and the audit log.
     """
     from mcp_guard.pinning import read_lock
-    from mcp_guard.proxy.guard import load_policy_set
+    from mcp_guard.proxy.reload import load_policy_set
     from mcp_guard.report_html import render
 
     config = load_config(config_path)

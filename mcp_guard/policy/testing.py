@@ -48,7 +48,7 @@ class TestFile:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class CaseResult:
     case: Case
     passed: bool
     detail: str  # what was decided, one sentence
@@ -183,7 +183,7 @@ def _call_target(call: dict[str, Any], path: Path, err: Any) -> tuple[str | None
     return value, kind
 
 
-def run_case(policies: PolicySet, case: Case) -> Outcome:
+def run_case(policies: PolicySet, case: Case) -> CaseResult:
     paths = PathContext(case.workdir) if case.workdir else None
     decision = policies.decide(case.principal, case.tool, case.args, case.annotations, kind=case.kind, paths=paths)
     failures = []
@@ -197,4 +197,4 @@ def run_case(policies: PolicySet, case: Case) -> Outcome:
     if missing:
         failures.append(f"expected policy {', '.join(missing)} among the deciding policies {list(decision.policy_ids)}")
     detail = "; ".join(failures) + (" — " if failures else "") + decision.reason
-    return Outcome(case, not failures, detail)
+    return CaseResult(case, not failures, detail)

@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_guard import telemetry
-from mcp_guard.config import GuardConfig, policy_sources, read_token, telemetry_settings
+from mcp_guard.config import GuardConfig, read_token, telemetry_settings
 from mcp_guard.decision import Kind
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
-from mcp_guard.policy import Parsed, PolicySet, compile_parsed, parse_sources
+from mcp_guard.policy import Parsed, PolicySet
+from mcp_guard.proxy.approvals import make_approver
 from mcp_guard.proxy.callers import Callers
 from mcp_guard.proxy.context import GuardContext
+from mcp_guard.proxy.reload import load_policy_set, watch_policies
 from mcp_guard.proxy.session import GuardSession
 from mcp_guard.request import RequestContext
 
@@ -32,39 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard")
 
 DRAIN_SECONDS = 10.0
-
-
-def load_policy_set(config: GuardConfig, parsed: Parsed | None = None) -> PolicySet:
-    """Compile the configured policies (``parsed``: already parsed from ``config.policies``, as the
-    inline form does to name its upstream); no policies at all means deny everything (and say so)."""
-    if not config.policies:
-        log.warning("no policies configured: every tool is hidden and every call is refused (default deny)")
-        return PolicySet.empty()
-    if parsed is None:
-        parsed = parse_sources(policy_sources(config.policies))
-    policies = compile_parsed(parsed.against(list(config.upstreams)) if config.upstreams else parsed)
-    unknown: dict[str, int] = {}
-    for w in policies.warnings:
-        m = _NO_UPSTREAM.search(w)
-        if m:
-            unknown[m.group(1)] = unknown.get(m.group(1), 0) + 1
-        else:
-            log.warning("%s", w)
-    if unknown:
-        log.warning("%s", unknown_upstreams_hint(unknown, list(config.upstreams)))
-    return policies
-
-
-_NO_UPSTREAM = re.compile(r"warning: no upstream named `([^`]+)` is configured")
-
-
-def unknown_upstreams_hint(unknown: dict[str, int], configured: list[str]) -> str:
-    """One line instead of a warning per tool pattern: which upstream names the policies use that
-    no configured upstream has, and how to give an inline server one of them."""
-    names = ", ".join(f"{n} ({c} pattern{'s' if c != 1 else ''})" for n, c in sorted(unknown.items()))
-    have = ", ".join(configured) or "none"
-    return (f"the policies name upstreams that are not configured, so their rules never match: {names}; "
-            f"configured: {have} (name an inline server with --name NAME; `mcp-guard check --config` lists each pattern)")
 
 
 def issuer_keys(config: GuardConfig) -> dict[str, Ed25519PublicKey]:
@@ -115,10 +83,7 @@ async def build_context(config: GuardConfig, parsed: Parsed | None = None) -> Gu
             log.warning("pinning: %s but %s does not exist: run `mcp-guard pin --config ...` to record the tools", config.pinning, config.lock_file)
     ctx = GuardContext(config=config, policies=policies, store=store, audit=audit, chain=chain, pins=pins,  # type: ignore[arg-type]
                        telemetry=hooks)
-    with contextlib.suppress(ImportError):
-        from mcp_guard.proxy.approvals import make_approver
-
-        ctx.approver = make_approver(ctx)
+    ctx.approver = make_approver(ctx)
     return ctx
 
 
@@ -189,7 +154,7 @@ class _Hub(GuardSession):
                 pending = work(child)
                 if pending is not None:
                     await pending
-            except Exception:
+            except Exception:  # fan-out edge: one failing caller must not keep the others from hearing
                 log.exception("telling a caller session about a change failed")
 
     async def _tools_changed(self) -> None:
@@ -387,8 +352,6 @@ async def run_host(ctx: GuardContext, host: ByteHost, *, signals: bool = True) -
                 loop.add_signal_handler(sig, serving.cancel)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, reload_now.set)
-    from mcp_guard.proxy.reload import watch_policies
-
     watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now, session.tool_names))
     try:
         await serving

@@ -28,10 +28,10 @@ from mcp_guard.jsonrpc import REFUSED, URL_ELICITATION_REQUIRED, Message, error,
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.limits import check_limits
 from mcp_guard.request import RequestContext, Target
+from mcp_guard.upstreams.connection import Status, Upstream
 
 if TYPE_CHECKING:
     from mcp_guard.identity import Principal
-    from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard.pipeline")
 
@@ -114,7 +114,7 @@ class Pipeline:
             if not verdict.forward:
                 await self.audit(req, args)
                 return refusal(req, target.kind, verdict.reason)
-            if upstream.status != "ready":
+            if upstream.status != Status.READY:
                 down = upstream.last_error or f"upstream {upstream.name} is not available"
                 await self.audit(req, args, note=down)
                 return refusal(req, target.kind, f"mcp-guard could not call {target.qualified}: {down}")
@@ -137,7 +137,7 @@ class Pipeline:
                 verdict = self._by_visibility(req, target)
             if verdict.decision is Outcome.APPROVAL_REQUIRED:
                 verdict = await guard.approver.ask(req, target, args, verdict)
-            if verdict.forward and self.upstreams[target.upstream].status == "ready":
+            if verdict.forward and self.upstreams[target.upstream].status == Status.READY:
                 # only a request that will be forwarded spends a rate slot or a budget unit
                 verdict = await check_limits(guard.store, guard.policies, req.chain, who, target,
                                              req.limit_scope or req.session_id, verdict)

@@ -176,7 +176,7 @@ class Relay:
     def _final(entry: _Call, rid: Any) -> Message:
         try:
             response = entry.task.result()
-        except Exception as exc:
+        except Exception as exc:  # the call's task edge: its failure becomes the host's answer, never a hang
             return result(rid, tool_error(f"mcp-guard could not complete {entry.binding[1]}: {exc}"))
         response["id"] = rid
         return response

@@ -8,16 +8,50 @@ import contextlib
 import gc
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable
 
-from mcp_guard.config import GuardConfig, iter_policy_files
+from mcp_guard.config import GuardConfig, iter_policy_files, policy_sources
 from mcp_guard.errors import ConfigError
-from mcp_guard.policy import PolicySet
+from mcp_guard.policy import Parsed, PolicySet, compile_parsed, parse_sources
 from mcp_guard.proxy.context import GuardContext
 
 log = logging.getLogger("mcp_guard.reload")
 
 POLL_SECONDS = 1.0
+
+
+def load_policy_set(config: GuardConfig, parsed: Parsed | None = None) -> PolicySet:
+    """Compile the configured policies (``parsed``: already parsed from ``config.policies``, as the
+    inline form does to name its upstream); no policies at all means deny everything (and say so)."""
+    if not config.policies:
+        log.warning("no policies configured: every tool is hidden and every call is refused (default deny)")
+        return PolicySet.empty()
+    if parsed is None:
+        parsed = parse_sources(policy_sources(config.policies))
+    policies = compile_parsed(parsed.against(list(config.upstreams)) if config.upstreams else parsed)
+    unknown: dict[str, int] = {}
+    for w in policies.warnings:
+        m = _NO_UPSTREAM.search(w)
+        if m:
+            unknown[m.group(1)] = unknown.get(m.group(1), 0) + 1
+        else:
+            log.warning("%s", w)
+    if unknown:
+        log.warning("%s", unknown_upstreams_hint(unknown, list(config.upstreams)))
+    return policies
+
+
+_NO_UPSTREAM = re.compile(r"warning: no upstream named `([^`]+)` is configured")
+
+
+def unknown_upstreams_hint(unknown: dict[str, int], configured: list[str]) -> str:
+    """One line instead of a warning per tool pattern: which upstream names the policies use that
+    no configured upstream has, and how to give an inline server one of them."""
+    names = ", ".join(f"{n} ({c} pattern{'s' if c != 1 else ''})" for n, c in sorted(unknown.items()))
+    have = ", ".join(configured) or "none"
+    return (f"the policies name upstreams that are not configured, so their rules never match: {names}; "
+            f"configured: {have} (name an inline server with --name NAME; `mcp-guard check --config` lists each pattern)")
 
 
 def policy_fingerprint(config: GuardConfig) -> tuple[tuple[str, int, int], ...]:
@@ -36,8 +70,6 @@ def policy_fingerprint(config: GuardConfig) -> tuple[tuple[str, int, int], ...]:
 def reload_policies(ctx: GuardContext, tools: Iterable[str] = ()) -> list[str]:
     """Try to swap in freshly compiled policies (warmed for ``tools`` before the swap, so no
     call pays for the new set's first lookups); returns the problems that kept the old set."""
-    from mcp_guard.proxy.guard import load_policy_set
-
     try:
         fresh = load_policy_set(ctx.config)
     except ConfigError as exc:

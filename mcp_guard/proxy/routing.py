@@ -25,12 +25,12 @@ from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
 from mcp_guard.proxy.relay import Relay
 from mcp_guard.request import RequestContext, Target
+from mcp_guard.upstreams.connection import Status, Upstream
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain
     from mcp_guard.identity import Principal
     from mcp_guard.policy import PolicySet
-    from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard.routing")
 
@@ -89,7 +89,7 @@ def upstream_params(params: Message, upstream: Upstream) -> Message:
     clean = strip_meta(params, drop_reserved=True) or params
     meta = params.get("_meta")
     level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
-    if upstream.era != "modern" or level not in LOG_LEVELS:
+    if upstream.era != Era.MODERN or level not in LOG_LEVELS:
         return clean
     kept = clean.get("_meta")
     return {**clean, "_meta": {**(kept if isinstance(kept, dict) else {}), META_LOG_LEVEL: level}}
@@ -265,7 +265,7 @@ class Router:
         nothing about what the upstream really has."""
         for up in self.upstreams.values():
             prefix = f"{up.name}_"
-            if up.config.prefix and up.generation == 0 and up.status != "ready" and name.startswith(prefix) and len(name) > len(prefix):
+            if up.config.prefix and up.generation == 0 and up.status != Status.READY and name.startswith(prefix) and len(name) > len(prefix):
                 tool = name[len(prefix) :]
                 return Target(name, up.name, tool, f"{up.name}/{tool}", {"name": name}, None)
         return None
@@ -273,7 +273,7 @@ class Router:
     # ------------------------------------------------------------------ aggregation
 
     def _ready(self, capability: str) -> list[Upstream]:
-        return [u for u in self.upstreams.values() if u.status == "ready" and capability in u.capabilities]
+        return [u for u in self.upstreams.values() if u.status == Status.READY and capability in u.capabilities]
 
     async def _aggregate(self, method: str, key: str, capability: str) -> list[tuple[Upstream, Message]]:
         items: list[tuple[Upstream, Message]] = []

@@ -49,7 +49,7 @@ from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay
 from mcp_guard.proxy.routing import LOG_LEVELS, Owners, Router
 from mcp_guard.request import RequestContext, Target
-from mcp_guard.upstreams.connection import Upstream
+from mcp_guard.upstreams.connection import Status, Upstream
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain
@@ -105,7 +105,7 @@ class UpstreamSubscriptions:
 
     @staticmethod
     async def unsubscribe(up: Upstream | None, uri: str) -> None:
-        if up is not None and up.status == "ready":
+        if up is not None and up.status == Status.READY:
             try:
                 await up.request("resources/unsubscribe", {"uri": uri})
             except (RpcError, UpstreamError) as exc:
@@ -286,7 +286,7 @@ class GuardSession:
                 response = exc.to_message(rid)
             except UpstreamError as exc:
                 response = error(rid, INTERNAL_ERROR, str(exc))
-            except Exception:
+            except Exception:  # request edge: a bug answers this request with an error, never a traceback
                 log.exception("internal error handling %s", method)
                 response = error(rid, INTERNAL_ERROR, f"mcp-guard failed to handle {method}; see the guard's log")
             finally:
@@ -344,7 +344,7 @@ class GuardSession:
                 task.cancel()
         elif method == "notifications/roots/list_changed":
             for up in self.upstreams.values():
-                if up.config.roots == "pass" and up.status == "ready":
+                if up.config.roots == "pass" and up.status == Status.READY:
                     await up.notify(method, params or None)
         elif method == "notifications/initialized":
             self._host_initialized.set()
@@ -429,7 +429,7 @@ class GuardSession:
                 continue
             up = self.upstreams.get(target.upstream)
             caps = up.capabilities.get("resources") if up is not None else None
-            if up is None or up.era != "legacy" or up.status != "ready" or not (isinstance(caps, dict) and caps.get("subscribe")):
+            if up is None or up.era != Era.LEGACY or up.status != Status.READY or not (isinstance(caps, dict) and caps.get("subscribe")):
                 continue  # an upstream that cannot be subscribed: not honoured, as the acknowledgement says
             key = (up.name, uri)
             if not self.subscriptions.held(key):
@@ -486,9 +486,9 @@ class GuardSession:
         await asyncio.gather(*(up.start(self.profile.upstream_capabilities(up)) for up in self.upstreams.values()))
         self._rebuild_catalogue()
         for up in self.upstreams.values():
-            if up.status == "starting" and not up.last_error:
+            if up.status == Status.STARTING and not up.last_error:
                 log.warning("upstream %s is still starting after %gs (startup_timeout); its tools join when it is ready", up.name, up.config.startup_timeout)
-            elif up.status != "ready":
+            elif up.status != Status.READY:
                 log.error("%s", up.last_error or f"upstream {up.name} did not start")
 
     def _rebuild_catalogue(self) -> None:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from opentelemetry.trace import SpanKind
 
 from mcp_guard import __version__
+from mcp_guard.jsonrpc import Era
 from mcp_guard.telemetry import attributes as a
 from mcp_guard.telemetry.export import (
     NOISY_LOGGERS,
@@ -118,7 +119,7 @@ class Hooks:
     def request(self, req: RequestContext) -> _Untraced | RequestTrace:
         return _UNTRACED
 
-    def decision(self, req: RequestContext) -> _Untraced | Decision:
+    def decision(self, req: RequestContext) -> _Untraced | DecisionSpan:
         return _UNTRACED
 
     def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> _Untraced | UpstreamCall:
@@ -188,7 +189,7 @@ class RequestTrace:
         if span is not None:
             if span.sampled:
                 who = self.guarded or (a.principal_attributes(req.principal) if method not in a.UNGUARDED else _NONE)
-                tel.server_end(span, version, req.session_id if req.era == "legacy" else None, req.tools_listed, who,
+                tel.server_end(span, version, req.session_id if req.era == Era.LEGACY else None, req.tools_listed, who,
                                private=self.error_type is not None)
             tel.spans.end(span)
         hist = tel.server_duration
@@ -204,7 +205,7 @@ _CURRENT: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar("
 # --------------------------------------------------------------------------- per decision
 
 
-class Decision:
+class DecisionSpan:
     """The ``run_guardrail mcp-guard`` span of one decision (the same for a tool, a resource or a
     prompt) and its count; reads ``req.target`` on entry and ``req.verdict`` on exit."""
 
@@ -215,7 +216,7 @@ class Decision:
         self.req = req
         self.span: LightSpan | None = None
 
-    def __enter__(self) -> Decision:
+    def __enter__(self) -> DecisionSpan:
         tel, req = self.tel, self.req
         trace = self.trace = _CURRENT.get()
         self.prev = trace.current if trace is not None else None
@@ -434,8 +435,8 @@ class Telemetry(Hooks):
     def request(self, req: RequestContext) -> RequestTrace:
         return RequestTrace(self, req)
 
-    def decision(self, req: RequestContext) -> Decision:
-        return Decision(self, req)
+    def decision(self, req: RequestContext) -> DecisionSpan:
+        return DecisionSpan(self, req)
 
     def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> UpstreamCall:
         return UpstreamCall(self, upstream, method, params)
@@ -535,7 +536,7 @@ class Telemetry(Hooks):
                 self.processor.shutdown()
             if self.metrics is not None:
                 self.metrics.shutdown(timeout_millis=self.settings.timeout * 1000)
-        except Exception as exc:
+        except Exception as exc:  # process edge: exporting is best effort, the exit must happen
             log.warning("telemetry shutdown failed: %s", exc)
 
 
@@ -547,4 +548,4 @@ def _ignore(span: LightSpan) -> None:
     return None
 
 
-__all__ = ["OFF", "Decision", "Hooks", "RequestTrace", "Telemetry", "UpstreamCall"]
+__all__ = ["OFF", "DecisionSpan", "Hooks", "RequestTrace", "Telemetry", "UpstreamCall"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from mcp_guard.config import GuardConfig
 from mcp_guard.jsonrpc import Message
-from mcp_guard.upstreams.connection import Upstream
+from mcp_guard.upstreams.connection import Status, Upstream
 
 
 class _Quiet:
@@ -29,8 +29,8 @@ async def collect_tools(config: GuardConfig) -> tuple[dict[str, list[Message]], 
     upstreams = [Upstream(cfg, handler) for cfg in config.upstreams.values()]
     try:
         await asyncio.gather(*(u.start({}) for u in upstreams))
-        tools = {u.name: list(u.tools) for u in upstreams if u.status == "ready"}
-        failed = {u.name: u.last_error or f"upstream {u.name} did not start" for u in upstreams if u.status != "ready"}
+        tools = {u.name: list(u.tools) for u in upstreams if u.status == Status.READY}
+        failed = {u.name: u.last_error or f"upstream {u.name} did not start" for u in upstreams if u.status != Status.READY}
         return tools, failed
     finally:
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import enum
 import itertools
 import logging
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from mcp_guard.jsonrpc import (
     META_SERVER_INFO,
     METHOD_NOT_FOUND,
     MODERN,
+    Era,
     Message,
     error,
     is_notification,
@@ -46,6 +48,17 @@ CLIENT_INFO = {"name": "mcp-guard", "version": __version__}
 LISTEN_FOREVER = 10.0 * 365 * 86400  # a subscriptions/listen request stays open for the connection's life
 MAX_BACKOFF = 30.0
 MAX_LIST_PAGES = 1000
+
+
+class Status(enum.StrEnum):
+    """Where an upstream connection is: never started, starting (or restarting), ready, down
+    (failed; restarted with backoff), closed (the guard is stopping)."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    READY = "ready"
+    DOWN = "down"
+    CLOSED = "closed"
 
 
 class UpstreamHandler(Protocol):
@@ -78,13 +91,13 @@ class Upstream:
         self.name = config.name
         self.handler = handler
         self._factory = channel_factory
-        self.status = "idle"  # idle | starting | ready | down | closed
+        self.status = Status.IDLE
         self.last_error = ""
         self.capabilities: Message = {}
         self.server_info: Message = {}
         self.instructions: str | None = None
         self.protocol_version = LATEST_LEGACY
-        self.era = "legacy"  # or "modern" (2026-07-28) once server/discover succeeded
+        self.era = Era.LEGACY  # MODERN (2026-07-28) once server/discover succeeded
         self._listen: asyncio.Task[None] | None = None
         self.tools: list[Message] = []
         self.client_capabilities: Message = {}
@@ -111,7 +124,7 @@ class Upstream:
         gets ready later tells the handler (``upstream_changed``), so its tools join then."""
         if self._supervisor is None:
             self.client_capabilities = client_capabilities
-            self.status = "starting"
+            self.status = Status.STARTING
             # a fresh context: restarts and refreshes must not join the trace of the request that started us
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), context=contextvars.Context())
         with contextlib.suppress(TimeoutError):
@@ -128,7 +141,7 @@ class Upstream:
                 self._channel = channel
                 reader = asyncio.get_running_loop().create_task(self._read_loop(channel))
                 await asyncio.wait_for(self._handshake(), self.handshake_timeout)
-                self.status = "ready"
+                self.status = Status.READY
                 self.generation += 1
                 self.last_error = ""
                 backoff = 0.5
@@ -161,7 +174,7 @@ class Upstream:
                     reason = f"upstream {self.name} {reason}"
                 self.last_error = reason or f"upstream {self.name} is down"
                 if not self._stopping():
-                    self.status = "down"
+                    self.status = Status.DOWN
                 self._attempted.set()
             if self._stopping():
                 break
@@ -169,7 +182,7 @@ class Upstream:
             log.warning("%s; restarting in %.1fs", self.last_error, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
-            self.status = "starting"
+            self.status = Status.STARTING
 
     def _stopping(self) -> bool:
         """A method, not the attribute, so type narrowing does not assume it cannot change."""
@@ -178,7 +191,7 @@ class Upstream:
     async def _notify_changed(self) -> None:
         try:
             await self.handler.upstream_changed(self)
-        except Exception:
+        except Exception:  # task edge: a failing listener must not stop the upstream's reader
             log.exception("handling a change of upstream %s failed", self.name)
 
     async def _handshake(self) -> None:
@@ -187,7 +200,7 @@ class Upstream:
             if isinstance(self.capabilities.get("tools"), dict) and self.capabilities["tools"].get("listChanged"):
                 self._listen = asyncio.get_running_loop().create_task(self._listen_for_changes())
             return
-        self.era = "legacy"
+        self.era = Era.LEGACY
         init = await self.request(
             "initialize",
             {
@@ -206,17 +219,17 @@ class Upstream:
 
     async def _discover(self) -> bool:
         """Probe 2026-07-28 with ``server/discover``; False means: use the handshake era."""
-        self.era = "modern"  # so the probe itself carries the per-request _meta
+        self.era = Era.MODERN  # so the probe itself carries the per-request _meta
         try:
             disc = await self.request("server/discover", {}, timeout=30.0)
         except RpcError as exc:
-            self.era = "legacy"
+            self.era = Era.LEGACY
             if self.config.protocol == "modern":
                 raise UpstreamError(f"upstream {self.name} does not speak protocol {MODERN} ({exc.message})") from None
             return False
         versions = disc.get("supportedVersions")
         if not isinstance(versions, list) or MODERN not in versions:
-            self.era = "legacy"
+            self.era = Era.LEGACY
             if self.config.protocol == "modern":
                 raise UpstreamError(f"upstream {self.name} does not support protocol {MODERN}")
             return False
@@ -259,7 +272,7 @@ class Upstream:
 
     async def close(self) -> None:
         self._closed = True
-        self.status = "closed"
+        self.status = Status.CLOSED
         channel = self._channel
         if channel is not None:
             with contextlib.suppress(Exception):
@@ -287,7 +300,7 @@ class Upstream:
                     await self.handler.upstream_notification(self, message)
                 else:
                     log.warning("[%s] sent a message that is neither request, response nor notification", self.name)
-            except Exception:
+            except Exception:  # task edge: one bad message must not end the upstream's reader
                 log.exception("[%s] handling a message failed", self.name)
         # the upstream is gone: fail what waits on it now (a handshake would otherwise sit out its time-out)
         self._fail_pending(f"upstream {self.name} {channel.exit_reason()}")
@@ -295,7 +308,7 @@ class Upstream:
     async def _guarded(self, coro: Any) -> None:
         try:
             await coro
-        except Exception:
+        except Exception:  # task edge: a background task has nobody else to report to
             log.exception("[%s] handling a request failed", self.name)
 
     def _fail_pending(self, reason: str) -> None:
@@ -347,7 +360,7 @@ class Upstream:
         timer = loop.call_later(timeout or self.config.timeout, _expire, fut)
         try:
             try:
-                await channel.send(request(request_id, method, self._modern(params) if self.era == "modern" else params))
+                await channel.send(request(request_id, method, self._modern(params) if self.era == Era.MODERN else params))
             except orjson.JSONEncodeError as exc:  # e.g. arguments nested deeper than the encoder's 255 levels
                 raise RpcError(INVALID_PARAMS, f"Invalid params: mcp-guard cannot forward this {method} ({exc})") from None
             return await fut

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_guard.proxy.guard import load_policy_set
+from mcp_guard.proxy.reload import load_policy_set
 from mcp_guard.upstreams.naming import derive_upstream_name, inline_upstream_name
 
 

@@ -28,8 +28,7 @@ from mcp_guard.cli.run import settle_heap
 from mcp_guard.config import load_config
 from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.context import GuardContext
-from mcp_guard.proxy.guard import load_policy_set
-from mcp_guard.proxy.reload import reload_policies, resettle_heap, watch_policies
+from mcp_guard.proxy.reload import load_policy_set, reload_policies, resettle_heap, watch_policies
 
 pytestmark = pytest.mark.e2e
 

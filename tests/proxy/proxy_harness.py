@@ -19,7 +19,7 @@ from fixtures import ALLOW_ALL, write_guard_config
 from mcp_guard.config import load_config
 from mcp_guard.jsonrpc import Message, dumps
 from mcp_guard.proxy.context import GuardContext
-from mcp_guard.proxy.guard import load_policy_set
+from mcp_guard.proxy.reload import load_policy_set
 from mcp_guard.proxy.session import GuardSession
 from mcp_guard.state.memory import MemoryStore
 

@@ -23,7 +23,7 @@ from mcp_guard import telemetry
 from mcp_guard.audit import AuditLog
 from mcp_guard.config import load_config, telemetry_settings
 from mcp_guard.proxy.context import GuardContext
-from mcp_guard.proxy.guard import load_policy_set
+from mcp_guard.proxy.reload import load_policy_set
 from mcp_guard.proxy.session import GuardSession
 from mcp_guard.state import open_store
 from mcp_guard.telemetry.metrics import DURATION_BUCKETS
