@@ -188,6 +188,8 @@ class ServeConfig:
     oauth: tuple[OAuthIssuerConfig, ...] = ()
     allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the listen address and url's host
     max_sessions_per_principal: int = 64
+    max_sessions_per_root: int = 256  # every principal below one delegating root together
+    max_sessions: int = 10000  # in all, per guard process
     session_idle: float = 1800.0
     max_body: int = 4 * 1024 * 1024
     token_exchange: TokenExchangeConfig | None = None
@@ -341,7 +343,7 @@ _APPROVALS = {"timeout", "remember", "state_key"}
 _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
-_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "session_idle", "max_body", "token_exchange", "approvals"}
+_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "max_sessions_per_root", "max_sessions", "session_idle", "max_body", "token_exchange", "approvals"}
 _APPROVAL_PAGE = {"issuer", "client_id", "client_secret", "approvers", "scopes", "session_ttl"}
 _SERVE_OAUTH = {"issuer", "audience", "scopes", "user", "agent", "purpose"}
 _TOKEN_EXCHANGE = {"key", "issuer", "ttl"}
@@ -692,11 +694,15 @@ def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeC
                     did_you_mean(te_issuer, list(trust.issuers)), value=True)
         elif not _resolve(base, key).exists():
             r.error((*tpath, "key"), f"key file {key} does not exist", value=True)
+        elif url is None:
+            if sv.get("url") is None:  # (a `url` given but invalid has its own error)
+                r.error(tpath, "`token_exchange` needs `serve.url`: the roots it issues name it as their audience")
         else:
             exchange = TokenExchangeConfig(key=_resolve(base, key), issuer=te_issuer, ttl=r.duration(te.get("ttl"), (*tpath, "ttl"), 3600.0))
     page = _parse_approval_page(r, sv.get("approvals"), issuers) if sv.get("approvals") is not None else None
     counts: dict[str, int] = {}
-    for name, default in (("max_sessions_per_principal", 64), ("max_body", 4 * 1024 * 1024)):
+    for name, default in (("max_sessions_per_principal", 64), ("max_sessions_per_root", 256), ("max_sessions", 10000),
+                          ("max_body", 4 * 1024 * 1024)):
         value = sv.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             r.error(("serve", name), f"`{name}` must be a positive integer", value=True)
@@ -707,6 +713,8 @@ def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeC
         oauth=tuple(issuers),
         allowed_hosts=_string_list(r, sv.get("allowed_hosts"), ("serve", "allowed_hosts")),
         max_sessions_per_principal=counts["max_sessions_per_principal"],
+        max_sessions_per_root=counts["max_sessions_per_root"],
+        max_sessions=counts["max_sessions"],
         session_idle=r.duration(sv.get("session_idle"), ("serve", "session_idle"), 1800.0),
         max_body=counts["max_body"],
         token_exchange=exchange,

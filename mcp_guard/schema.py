@@ -93,6 +93,10 @@ _SERVE: Schema = {
         "oauth": {"type": "array", "items": {"type": "object", "required": ["issuer"], "properties": {
             "issuer": _SCALAR, "audience": _SCALAR, "scopes": {"type": "array", "items": _SCALAR},
             "user": _SCALAR, "agent": _SCALAR, "purpose": _SCALAR}}},
+        "max_sessions_per_principal": {**_POSITIVE, "description": "past this a principal's own oldest session is closed (default 64)"},
+        "max_sessions_per_root": {**_POSITIVE, "description": "sessions of every principal below one delegating root together; "
+                                  "past this a new one is refused (default 256)"},
+        "max_sessions": {**_POSITIVE, "description": "sessions in all, per guard process; past this a new one is refused (default 10000)"},
         "approvals": {"type": "object", "required": ["client_id"], "additionalProperties": False,
                       "description": "the approval page: approvers sign in at this issuer with the guard's own client",
                       "properties": {"issuer": _SCALAR, "client_id": _SCALAR, "client_secret": _SCALAR,

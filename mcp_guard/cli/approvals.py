@@ -19,6 +19,7 @@ import orjson
 
 from mcp_guard.config import default_config, load_config, resolve_state_url
 from mcp_guard.errors import GuardError
+from mcp_guard.invisible import marked
 from mcp_guard.state import PENDING, StateStore, open_store
 
 T = TypeVar("T")
@@ -102,16 +103,19 @@ def _target(record: dict[str, Any]) -> str:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """Two lines a person can judge: id, age, status, who, tool; then the arguments preview."""
+    """Two lines a person can judge: id, age, status, who, tool; then the arguments preview.  Every
+    invisible, control or reordering character of what the caller or upstream chose is shown as
+    ``⟨U+XXXX⟩`` (as on the approval page), so a bidi override cannot turn the line around."""
     head = f"{record['id']}  {_age(record.get('created')):>4}  {record.get('status', '?'):<8}  {_target(record)}  {_who(record)}"
     if record.get("status") not in (None, PENDING) and record.get("approver"):
         head += f"  (by {record['approver']}" + (f": {record['reason']}" if record.get("reason") else "") + ")"
+    head = marked(head)
     preview = record.get("args_preview")
     if preview is None and "args" in record:
         preview = orjson.dumps(record["args"]).decode()
     if preview:
         text = preview if isinstance(preview, str) else orjson.dumps(preview).decode()
-        head += "\n          args: " + (text if len(text) <= 400 else text[:399] + "…")
+        head += "\n          args: " + marked(text if len(text) <= 400 else text[:399] + "…")
     return head
 
 
@@ -165,7 +169,7 @@ def _answer(approved: bool, approval_id: str, config_path: str | None, state_url
             raise GuardError(f"approval request {record['id']} has expired; the call was refused")
         by = f" by {record['approver']}" if record.get("approver") else ""
         raise GuardError(f"approval request {record['id']} was already {status}{by}")
-    click.echo(f"{verb} {record['id']}: {_target(record)} for {_who(record)}")
+    click.echo(marked(f"{verb} {record['id']}: {_target(record)} for {_who(record)}"))
 
 
 def _answer_command(name: str, approved: bool, help_text: str) -> click.Command:

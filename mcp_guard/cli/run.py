@@ -188,10 +188,10 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     from mcp_guard.transports.oauth import OAuthVerifier
 
     ctx = await build_context(config)
-    verifier = chain_verifier(config)
+    verifier = chain_verifier(config, serving=True)
     oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
     te = config.serve.token_exchange
-    exchange = TokenExchange(te, config.trust.audience) if te is not None and oauth is not None else None
+    exchange = TokenExchange(te, config.serve.url) if te is not None and oauth is not None and config.serve.url else None
     page = None
     if config.serve.approvals is not None:
         from mcp_guard.transports.approval_page import ApprovalPage, page_base, page_key

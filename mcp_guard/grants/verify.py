@@ -325,12 +325,15 @@ class ChainVerifier:
         *,
         cache_size: int = 256,
         nbf_leeway: float = NBF_LEEWAY,
+        also: tuple[str, ...] = (),
     ) -> None:
+        """``also``: further audiences a root may name (``serve`` accepts its own ``serve.url``)."""
         for name, key in issuers.items():
             if not isinstance(key, Ed25519PublicKey):
                 raise GrantError(E.BAD_KEY, f"the key of issuer {name} is not an Ed25519 public key")
         self._issuers = {name: (key, thumbprint(key)) for name, key in issuers.items()}
         self.audience = audience
+        self.audiences = frozenset((audience, *also))
         self.max_links = min(max_links, MAX_LINKS)
         self.nbf_leeway = nbf_leeway
         self._cache: OrderedDict[str, GrantChain | GrantError] = OrderedDict()
@@ -341,7 +344,7 @@ class ChainVerifier:
         entry = self._issuers.get(link.iss)
         if entry is None:
             raise GrantError(E.UNTRUSTED_ISSUER, f"the root grant's issuer {link.iss!r} is not in trust.issuers")
-        if link.aud != self.audience:
+        if link.aud not in self.audiences:
             raise GrantError(E.AUDIENCE_MISMATCH, f"the root grant is for audience {link.aud!r}, not this guard ({self.audience})")
         return entry
 

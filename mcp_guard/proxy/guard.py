@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mcp_guard import telemetry
 from mcp_guard.config import GuardConfig, read_token, telemetry_settings
 from mcp_guard.decision import Kind
-from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.errors import AuditError, ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
 from mcp_guard.policy import Parsed, PolicySet
@@ -42,11 +42,13 @@ def issuer_keys(config: GuardConfig) -> dict[str, Ed25519PublicKey]:
     return {name: load_public_key(path) for name, path in config.trust.issuers.items()}
 
 
-def chain_verifier(config: GuardConfig) -> ChainVerifier:
-    """The verifier of this guard's trust: ``trust.issuers`` for roots, ``trust.audience``."""
+def chain_verifier(config: GuardConfig, serving: bool = False) -> ChainVerifier:
+    """The verifier of this guard's trust: ``trust.issuers`` for roots, ``trust.audience``; when
+    ``serving``, also ``serve.url`` (the audience of the roots ``POST /token`` issues)."""
     from mcp_guard.grants import ChainVerifier
 
-    return ChainVerifier(issuer_keys(config), config.trust.audience)
+    also = (config.serve.url,) if serving and config.serve.url else ()
+    return ChainVerifier(issuer_keys(config), config.trust.audience, also=also)
 
 
 def load_chain(config: GuardConfig) -> object | None:
@@ -301,6 +303,20 @@ class ServeSessions:
         """``limit_scope`` is what per_minute/per_session limits count by: the principal, so a new
         session (or another replica) does not start them afresh."""
         return _CallerSession(self.ctx, host, self.hub, chain, principal, limit_scope)
+
+    def refused(self, principal: Principal, method: str | None, reason: str, session: str | None = None) -> None:
+        """One audit record (decision ``deny``, no target) for a request the transport refused
+        before any session handled it: a session another principal opened, a session cap."""
+        audit = self.ctx.audit
+        if audit is None:
+            return
+        try:
+            audit.append({"principal": list(principal.chain), "user": principal.user, "agent": principal.agent,
+                          "verified": principal.verified, "purpose": principal.purpose, "grant_id": principal.grant_id,
+                          "session": session, "method": method, "kind": None, "upstream": None, "decision": "deny",
+                          "policy_ids": [], "rule_ids": [], "reason": reason, "approver": None})
+        except AuditError as exc:  # refused anyway: the failure is logged
+            log.error("audit write failed: %s", exc)
 
     async def policies_changed(self, previous: PolicySet | None = None) -> None:
         """After a reload: each caller is told which of its lists changed (``previous`` is the

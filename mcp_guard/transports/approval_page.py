@@ -20,7 +20,6 @@ import html
 import logging
 import secrets
 import time
-import unicodedata
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -33,6 +32,7 @@ from starlette.routing import Route
 
 from mcp_guard.config import ApprovalPageConfig, OAuthIssuerConfig
 from mcp_guard.errors import StateError
+from mcp_guard.invisible import code, invisible
 from mcp_guard.proxy.approvals import StateSealer
 from mcp_guard.state import APPROVED, PENDING, REJECTED
 from mcp_guard.transports.oauth import ALGORITHMS, FETCH_TIMEOUT, LEEWAY, OAuthError, _Issuer, discovery_urls
@@ -79,22 +79,14 @@ _HEADERS = {
 # --------------------------------------------------------------------------- showing untrusted text
 
 
-def _invisible(ch: str) -> bool:
-    """A character that could hide or reorder what the approver reads: controls (but newline),
-    format characters (bidi overrides, zero-width), separators, private use, unassigned."""
-    if ch == "\n":
-        return False
-    cat = unicodedata.category(ch)
-    return cat in ("Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp") or (cat == "Zs" and ch != " ")
-
-
 def visible(text: str) -> str:
-    """HTML for untrusted ``text``: escaped, with every invisible or reordering character shown as
-    a highlighted ``⟨U+XXXX⟩`` (so a right-to-left override cannot flip what the approver reads)."""
+    """HTML for untrusted ``text``: escaped, with every invisible or reordering character (see
+    ``mcp_guard.invisible``) shown as a highlighted ``⟨U+XXXX⟩``, so a right-to-left override or a
+    blank-rendering filler cannot change what the approver reads.  Newlines stay line breaks."""
     out: list[str] = []
     for ch in text:
-        if _invisible(ch):
-            out.append(f'<span class="esc">\u27e8U+{ord(ch):04X}\u27e9</span>')
+        if ch != "\n" and invisible(ch):
+            out.append(f'<span class="esc">{code(ch)}</span>')
         else:
             out.append(html.escape(ch))
     return "".join(out)

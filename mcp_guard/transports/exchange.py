@@ -2,16 +2,18 @@
 
 An agent that holds an access token this guard accepts trades it for a root grant naming the same
 user, agent and purpose, signed by ``serve.token_exchange.key`` and bound (``cnf``) to the public
-key the agent sends as ``cnf_jwk``.  With it the agent delegates narrower links to sub-agents
-offline (``mcp-guard grant delegate``), and the guard verifies the whole chain.  The root grants
-every tool (``*/*``) unless the request narrows it with ``tools``; the guard's policies apply to
-every call either way.
+key the agent sends as ``cnf_jwk``.  The root's audience is ``serve.url`` (so a guard trusting the
+same key for another audience refuses it) and it expires no later than the access token.  With it
+the agent delegates narrower links to sub-agents offline (``mcp-guard grant delegate``), and the
+guard verifies the whole chain.  The root grants every tool (``*/*``) unless the request narrows
+it with ``tools``; the guard's policies apply to every call either way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,7 @@ def _oauth_error(code: str, description: str, status: int = 400) -> Response:
 
 class TokenExchange:
     def __init__(self, config: TokenExchangeConfig, audience: str) -> None:
+        """``audience``: ``serve.url``, the only audience the roots it issues name."""
         self.config = config
         self.audience = audience
         self.key = load_private_key(config.key)
@@ -79,11 +82,15 @@ class TokenExchange:
             return _oauth_error("invalid_request", f"cnf_jwk must be the agent's Ed25519 public key as a JWK ({exc})")
         tools = form.get("tools", "").split() or ["*/*"]
         who = caller.principal
+        now = math.floor(time.time())
+        ttl = min(self.config.ttl, float(caller.claims["exp"]) - now)  # never outlives the token it came from
+        if ttl < 1:
+            return _oauth_error("invalid_grant", "the subject_token expires within a second; get a fresh one")
         try:
             chain = issue_grant(
                 self.key, self.config.issuer, who.user, who.agent, tools,
-                agent_key=agent_key, purpose=who.purpose, ttl=self.config.ttl, depth=DELEGATION_DEPTH,
-                audience=self.audience, now=time.time(),
+                agent_key=agent_key, purpose=who.purpose, ttl=math.floor(ttl), depth=DELEGATION_DEPTH,
+                audience=self.audience, now=now,
             )
         except GrantError as exc:
             return _oauth_error("invalid_request", str(exc))
@@ -92,7 +99,7 @@ class TokenExchange:
             "access_token": chain,
             "issued_token_type": GRANT_CHAIN_TYPE,
             "token_type": "N_A",
-            "expires_in": int(self.config.ttl),
+            "expires_in": math.floor(ttl),
         }
         return JSONResponse(out, headers={"Cache-Control": "no-store"})
 

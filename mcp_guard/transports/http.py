@@ -4,7 +4,9 @@ Every POST must carry ``Authorization: Bearer <token>``: an OAuth access token (
 issuer in ``serve.oauth``, or one of the guard's own grant chains.  The verified token is the
 caller's identity; the token itself never goes further than this module.  A handshake-era client
 gets an ``Mcp-Session-Id`` bound to its identity; a 2026-07-28 client is served statelessly, one
-guard session per identity.  Sessions are capped per principal and expire when idle, so one
+guard session per identity.  A session is bound to the whole verified principal and every request
+on it is checked against it (``transports.binding``).  Sessions are capped per principal (its own
+oldest goes), per delegating root and in all (refused past either); they expire when idle, so one
 caller can never push out another's.  All sessions share one set of upstream connections.
 A request is answered with plain JSON, or with an SSE stream when the caller accepts one and
 something else about the request comes first (progress, log messages, an upstream's question):
@@ -52,6 +54,7 @@ from mcp_guard.jsonrpc import (
     is_request,
 )
 from mcp_guard.proxy.relay import progress_token
+from mcp_guard.transports.binding import principal_key, root_key, session_binding, store_key
 from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
 
 if TYPE_CHECKING:
@@ -84,6 +87,10 @@ class Sessions(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> HostSession: ...
+
+    def refused(self, principal: Principal, method: str | None, reason: str, session: str | None = None) -> None:
+        """Audit a request the transport refused before any session handled it."""
+        ...
 
 
 _KEEPALIVE: Message = {}  # no event for a while: an SSE comment keeps the stream open through proxies
@@ -342,19 +349,24 @@ class Caller:
 
     principal: Principal
     chain: GrantChain | None
-    binding: str  # what a session is bound to: the grant chain, or the OAuth issuer + principal
+    binding: str  # what a session is bound to: the whole principal (and a grant chain's token)
     issuer: str | None = None  # the OAuth issuer, None for a grant chain
     claims: dict[str, Any] = field(default_factory=dict)
 
     @property
     def owner(self) -> str:
-        """The principal chain: what sessions are capped by."""
-        return " > ".join(self.principal.chain)
+        """The principal's user and agent chain: what ``max_sessions_per_principal`` counts."""
+        return principal_key(self.principal)
 
     @property
     def owner_id(self) -> str:
         """A short, store-safe key for the principal (limits in the state store)."""
-        return "p" + hashlib.sha256(self.owner.encode()).hexdigest()[:32]
+        return store_key(self.owner)
+
+    @property
+    def root(self) -> str:
+        """The delegating root: what ``max_sessions_per_root`` counts."""
+        return root_key(self.issuer, self.principal, self.chain)
 
 
 @dataclass
@@ -364,6 +376,7 @@ class _Session:
     host: _ReplyHost
     binding: str
     owner: str
+    root: str
     used: float
     busy: int = 0
 
@@ -417,6 +430,7 @@ class HttpGuard:
         self.allowed_hosts = self._allowed_hosts(listen)
         self.entries: dict[str, _Session] = {}  # _Session.key -> session
         self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
+        self.rooted: dict[str, int] = {}  # delegating root -> how many sessions its principals hold
         self.by_session_id: dict[str, _Session] = {}  # HostSession.id -> its entry (the approval page's notices)
         self._sweeper: asyncio.Task[None] | None = None
         self.mcp_path = "/mcp"
@@ -533,12 +547,12 @@ class HttpGuard:
             except OAuthError as exc:
                 return self._refuse(request, exc.status, exc.error, str(exc), exc.scope)
             who = access.principal
-            return Caller(who, None, f"oauth:{access.issuer}|{' > '.join(who.chain)}", access.issuer, access.claims)
+            return Caller(who, None, session_binding(access.issuer, who), access.issuer, access.claims)
         try:
             chain = self.verifier.verify(token, time.time())
         except GrantError as exc:
             return self._refuse(request, 401, "invalid_token", f"{exc.code}: {exc}")
-        return Caller(chain.principal, chain, f"grant:{_token_key(token)}")
+        return Caller(chain.principal, chain, session_binding(None, chain.principal, _token_key(token)))
 
     def _is_oauth(self, token: str) -> bool:
         """An OAuth access token: one JWT (a chain of several links has ``~``) whose issuer is not
@@ -592,6 +606,8 @@ class HttpGuard:
         if request.method == "DELETE":
             entry = self.entries.get(f"sid:{sid}")
             if entry is None or entry.binding != caller.binding:
+                if entry is not None:
+                    self._foreign(entry, caller, "DELETE")
                 return Response(status_code=404)
             self._drop(f"sid:{sid}")
             await entry.close("Session ended")
@@ -611,13 +627,20 @@ class HttpGuard:
         sse, eager = _accepts_sse(request.headers.get("accept", ""))
         return await self._dispatch(message, sid, caller, sse, eager)
 
-    def _entry(self, sid: str, caller: Caller, rid: Any = None) -> _Session | Response:
+    def _entry(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> _Session | Response:
         found = self.entries.get(f"sid:{sid}")
         if found is None:
             return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
         if found.binding != caller.binding:
+            self._foreign(found, caller, method)
             return JSONResponse(error(rid, INVALID_REQUEST, "This session belongs to another caller"), status_code=403)
         return found
+
+    def _foreign(self, entry: _Session, caller: Caller, method: str | None) -> None:
+        """Audit a request on a session another principal opened (another user, agent chain,
+        purpose, issuer or grant chain): refused whatever it asks."""
+        self.guard.refused(caller.principal, method, "mcp-guard refused the request: its principal is not the one that "
+                           "opened this session", entry.session.id)
 
     async def _listen(self, request: Request, sid: str | None, caller: Caller) -> Response | _EventStream:
         """``GET /mcp``: the session's stream of what no request caused (list changes, resource
@@ -626,7 +649,7 @@ class HttpGuard:
             return Response(status_code=405, headers={"Allow": "POST, DELETE"})  # 2026-07-28: subscriptions/listen instead
         if "text/event-stream" not in request.headers.get("accept", ""):
             return JSONResponse(error(None, INVALID_REQUEST, "GET /mcp needs Accept: text/event-stream"), status_code=406)
-        entry = self._entry(sid, caller)
+        entry = self._entry(sid, caller, method="GET")
         if isinstance(entry, Response):
             return entry
         if entry.host.listener is not None:
@@ -645,17 +668,27 @@ class HttpGuard:
     async def _dispatch(self, message: Message, sid: str | None, caller: Caller, sse: bool = False,
                         eager: bool = False) -> Response | _EventStream:
         headers: dict[str, str] = {}
-        if message.get("method") == "initialize":
+        method = message.get("method")
+        if method == "initialize":
             sid = uuid.uuid4().hex
-            entry = await self._open(f"sid:{sid}", caller)
+            opened = await self._open(f"sid:{sid}", caller, message)
+            if isinstance(opened, Response):
+                return opened
+            entry = opened
             headers["Mcp-Session-Id"] = sid
         elif sid:
-            found = self._entry(sid, caller, message.get("id"))
+            found = self._entry(sid, caller, message.get("id"), method if isinstance(method, str) else None)
             if isinstance(found, Response):
                 return found
             entry = found
         else:
-            entry = self.entries.get(f"id:{caller.binding}") or await self._open(f"id:{caller.binding}", caller)
+            known = self.entries.get(f"id:{caller.binding}")
+            if known is None:
+                opened = await self._open(f"id:{caller.binding}", caller, message)
+                if isinstance(opened, Response):
+                    return opened
+                known = opened
+            entry = known
         self._touch(entry)
         if not is_request(message):
             if message.get("method") == "notifications/cancelled":
@@ -714,14 +747,19 @@ class HttpGuard:
 
     # ------------------------------------------------------------------ sessions
 
-    async def _open(self, key: str, caller: Caller) -> _Session:
-        """A new session for ``caller``; past ``max_sessions_per_principal`` its own oldest idle one goes."""
+    async def _open(self, key: str, caller: Caller, message: Message) -> _Session | Response:
+        """A new session for ``caller``; past ``max_sessions_per_principal`` its own oldest idle one
+        goes; one that would pass ``max_sessions_per_root`` or ``max_sessions`` is refused."""
+        refusal = self._over_cap(caller, message)
+        if refusal is not None:
+            return refusal
         host = _ReplyHost()
         session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id)  # limits count per principal
         host.session = session
-        entry = _Session(key, session, host, caller.binding, caller.owner, time.monotonic())
+        entry = _Session(key, session, host, caller.binding, caller.owner, caller.root, time.monotonic())
         self.entries[key] = entry
         self.by_session_id[session.id] = entry
+        self.rooted[entry.root] = self.rooted.get(entry.root, 0) + 1
         mine = self.owned.setdefault(caller.owner, OrderedDict())
         mine[key] = None
         while len(mine) > self.serve.max_sessions_per_principal:
@@ -733,6 +771,26 @@ class HttpGuard:
                 await old.close("Session closed: this caller opened too many sessions")
         return entry
 
+    def _over_cap(self, caller: Caller, message: Message) -> Response | None:
+        """The refusal (audited) of a session that would add one past a cap: a principal at its own
+        cap only replaces its oldest session, so it adds none."""
+        mine = self.owned.get(caller.owner)
+        if mine is not None and len(mine) >= self.serve.max_sessions_per_principal:
+            return None
+        if self.rooted.get(caller.root, 0) >= self.serve.max_sessions_per_root:
+            status, reason = 429, (f"this caller's delegating root already holds {self.serve.max_sessions_per_root} sessions "
+                                   "(its own and its sub-agents'); end one or wait for one to expire")
+        elif len(self.entries) >= self.serve.max_sessions:
+            status, reason = 503, f"the guard already holds {self.serve.max_sessions} sessions; try again later"
+        else:
+            return None
+        method = message.get("method")
+        log.info("refused a new session of %s: %s", " > ".join(caller.principal.chain), reason)
+        self.guard.refused(caller.principal, method if isinstance(method, str) else None, f"mcp-guard refused a new session: {reason}")
+        headers = {"Retry-After": "60"} if status == 503 else {}
+        return JSONResponse(error(message.get("id"), INVALID_REQUEST, f"Too many sessions: {reason}"), status_code=status,
+                            headers=headers)
+
     def _touch(self, entry: _Session) -> None:
         entry.used = time.monotonic()
         mine = self.owned.get(entry.owner)
@@ -743,6 +801,11 @@ class HttpGuard:
         entry = self.entries.pop(key, None)
         if entry is not None:
             self.by_session_id.pop(entry.session.id, None)
+            left = self.rooted.get(entry.root, 0) - 1
+            if left > 0:
+                self.rooted[entry.root] = left
+            else:
+                self.rooted.pop(entry.root, None)
             mine = self.owned.get(entry.owner)
             if mine is not None:
                 mine.pop(key, None)

@@ -30,6 +30,7 @@ METADATA_TTL = 3600.0
 FETCH_TIMEOUT = 10.0
 VERIFIED_TTL = 60.0  # a verified access token is not checked again for this long (never past its exp)
 VERIFIED_MAX = 4096  # verified tokens remembered, least recently used dropped first
+MAX_ACTORS = 16  # the deepest RFC 8693 `act` chain accepted; a deeper one is refused, never cut
 
 
 class OAuthError(Exception):
@@ -73,7 +74,9 @@ def principal_from_claims(cfg: OAuthIssuerConfig, claims: dict[str, Any]) -> Pri
         raise OAuthError(401, "invalid_token", f"the access token has no `{cfg.user}` claim naming the user")
     actors: list[str] = []
     act = claims.get("act")
-    while isinstance(act, dict) and len(actors) < 16:
+    while isinstance(act, dict):
+        if len(actors) == MAX_ACTORS:  # refused whole: cutting it would drop the chain's origin from the audit
+            raise OAuthError(401, "invalid_token", f"the access token's `act` chain is deeper than {MAX_ACTORS} actors")
         sub = act.get("sub") or act.get("client_id")
         if not isinstance(sub, str) or not sub:
             raise OAuthError(401, "invalid_token", "the access token's `act` claim names no actor (`sub`)")

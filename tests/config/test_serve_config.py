@@ -111,3 +111,21 @@ serve:
     with pytest.raises(ConfigError) as err:
         parse_config(text, str(tmp_path / "guard.yaml"), environ={})
     assert "needs `issuer`" in "\n".join(err.value.problems)
+
+
+def test_session_caps_and_what_token_exchange_needs(tmp_path: Path) -> None:
+    write_keypair(tmp_path / "keys")
+    base = f"version: 1\ntrust:\n  issuers: {{guard: {tmp_path}/keys/public.jwk}}\nserve:\n"
+    caps = parse_config(base + "  max_sessions_per_root: 12\n  max_sessions: 300\n", str(tmp_path / "guard.yaml"), environ={}).serve
+    assert (caps.max_sessions_per_principal, caps.max_sessions_per_root, caps.max_sessions) == (64, 12, 300)
+    defaults = parse_config(base + "  session_idle: 1m\n", str(tmp_path / "guard.yaml"), environ={}).serve
+    assert (defaults.max_sessions_per_root, defaults.max_sessions) == (256, 10000)
+    with pytest.raises(ConfigError) as err:
+        parse_config(base + "  max_sessions_per_root: 0\n  max_sessions: -1\n", str(tmp_path / "guard.yaml"), environ={})
+    problems = "\n".join(err.value.problems)
+    assert "guard.yaml:5:" in problems and "`max_sessions_per_root` must be a positive integer" in problems
+    assert "guard.yaml:6:" in problems and "`max_sessions` must be a positive integer" in problems
+    with pytest.raises(ConfigError) as err:  # the roots it issues name serve.url as their audience
+        parse_config(base + "  oauth: [{issuer: https://idp.example.com, audience: https://g.example/mcp}]\n"
+                     f"  token_exchange: {{key: {tmp_path}/keys/private.pem, issuer: guard}}\n", str(tmp_path / "guard.yaml"), environ={})
+    assert "guard.yaml:6:" in "\n".join(err.value.problems) and "`token_exchange` needs `serve.url`" in "\n".join(err.value.problems)

@@ -326,13 +326,15 @@ async def test_changed_arguments_are_a_new_approval(page: Page) -> None:
 
 async def test_bidi_and_invisible_characters_are_shown_escaped_and_the_page_renders(page: Page, tmp_path: Path) -> None:
     headers = await legacy_session(page)
-    sneaky = "invoice\u202etxt.exe\u200b<script>alert(1)</script>" + "x" * 3000 + "END-OF-VALUE"
+    blanks = "\u034f\u115f\u1160\u3164\uffa0\u2800"  # render as nothing or as a blank cell
+    sneaky = "invoice\u202etxt.exe\u200b<script>alert(1)</script>" + blanks + "x" * 3000 + "END-OF-VALUE"
     url = elicited(await call(page, headers, {"path": "bidi.txt", "text": sneaky}))["url"]
     browser, html = await sign_in(url, "alice@example.com")
     async with contextlib.aclosing(browser):
         res = await browser.get(url)
     assert "\u202e" not in html and "\u200b" not in html
     assert "\u27e8U+202E\u27e9" in html and "\u27e8U+200B\u27e9" in html
+    assert not any(ch in html for ch in blanks) and all(f"\u27e8U+{ord(ch):04X}\u27e9" in html for ch in blanks)
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "END-OF-VALUE" in html  # nothing clipped
     csp = res.headers["content-security-policy"]

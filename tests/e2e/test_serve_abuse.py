@@ -31,7 +31,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
+from mcp_guard.grants import delegate, generate_keypair, issue_grant, public_jwk
 
 pytestmark = pytest.mark.e2e
 
@@ -92,6 +92,8 @@ def guard(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Guard]:
 SERVE: dict[str, dict[str, Any]] = {
     "test_one_principal_cannot_evict_anothers_session": {"max_sessions_per_principal": 2},
     "test_an_idle_session_expires": {"session_idle": "5s"},
+    "test_one_delegating_root_hits_its_cap_with_every_sub_agent_it_mints": {"max_sessions_per_root": 3},
+    "test_the_global_session_cap_refuses_new_sessions": {"max_sessions": 2},
 }
 
 
@@ -115,6 +117,52 @@ async def test_one_principal_cannot_evict_anothers_session(guard: Guard) -> None
         mine = [await open_session(http, url, mallory) for _ in range(20)]
         assert await ping(http, url, alice, kept) == 200  # untouched by mallory's flood
         assert [await ping(http, url, mallory, s) for s in mine[-3:]] == [404, 200, 200]  # only mallory's own went
+
+
+def refusals(guard: Guard) -> list[dict[str, Any]]:
+    """Audit records of requests the transport refused before any session handled them."""
+    path = guard.tmp / "audit.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in records if r["decision"] == "deny" and r["kind"] is None]
+
+
+async def test_one_delegating_root_hits_its_cap_with_every_sub_agent_it_mints(guard: Guard) -> None:
+    """An agent holding a delegable root mints sub-agent principals offline, one session each: all of
+    them count against the root's cap (3), the refusals are audited, another root is untouched."""
+    url = guard.start()
+    planner_key, planner_pub = generate_keypair()
+    root = issue_grant(guard.key, "corp", "alice", "planner", ["rec/*"], agent_key=planner_pub, depth=1)
+    subs = [delegate(root, planner_key, f"sub{i}", ["rec/*"]) for i in range(6)]
+    async with httpx2.AsyncClient() as http:
+        opened = [await open_session(http, url, root)] + [await open_session(http, url, sub) for sub in subs[:2]]
+        for sub in subs[2:]:
+            res = await http.post(url, json=init(), headers={**ACCEPT, "Authorization": f"Bearer {sub}"})
+            assert res.status_code == 429 and "delegating root already holds 3 sessions" in res.text
+        stateless = await http.post(url, headers={**ACCEPT, "Authorization": f"Bearer {subs[5]}"}, json={
+            "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "rec_echo", "arguments": {"text": "x"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
+                      "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}})
+        assert stateless.status_code == 429
+        assert await open_session(http, url, guard.grant("bob"))  # another root: its own count
+        assert [await ping(http, url, t, s) for t, s in zip([root, *subs[:2]], opened, strict=True)] == [200, 200, 200]
+        ended = await http.delete(url, headers={"Authorization": f"Bearer {subs[0]}", "Mcp-Session-Id": opened[1]})
+        assert ended.status_code == 200
+        assert await open_session(http, url, subs[2])  # room again once one of the root's sessions ended
+    assert guard.record.calls() == []
+    refused = refusals(guard)
+    assert [r["principal"][-1] for r in refused] == ["agent:sub2", "agent:sub3", "agent:sub4", "agent:sub5", "agent:sub5"]
+    assert all("mcp-guard refused a new session" in r["reason"] and r["verified"] for r in refused)
+
+
+async def test_the_global_session_cap_refuses_new_sessions(guard: Guard) -> None:
+    url = guard.start()
+    async with httpx2.AsyncClient() as http:
+        tokens = [guard.grant(user) for user in ("alice", "bob")]
+        kept = [await open_session(http, url, token) for token in tokens]
+        res = await http.post(url, json=init(), headers={**ACCEPT, "Authorization": f"Bearer {guard.grant('carol')}"})
+        assert res.status_code == 503 and res.headers["retry-after"] == "60" and "already holds 2 sessions" in res.text
+        assert [await ping(http, url, t, s) for t, s in zip(tokens, kept, strict=True)] == [200, 200]  # nobody pushed out
+    assert [(r["user"], r["method"]) for r in refusals(guard)] == [("carol", "initialize")]
 
 
 async def test_an_idle_session_expires(guard: Guard) -> None:

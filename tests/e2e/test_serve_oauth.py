@@ -30,6 +30,7 @@ from fixtures import (
     mcp_guard_bin,
     recording_server_command,
     requires_tools,
+    serve_http,
     stdio_upstream,
     stop_process,
     tool_path,
@@ -45,6 +46,15 @@ from mcp_guard.grants import write_keypair
 pytestmark = [pytest.mark.xdist_group("serve-oauth"), pytest.mark.e2e, requires_tools("node")]
 
 OIDC_SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "oidc_provider.mjs"
+
+
+def _acts(depth: int) -> dict[str, Any]:
+    """An RFC 8693 ``act`` claim ``depth`` actors deep: a0 acted first, the outermost acts now."""
+    act: dict[str, Any] = {"sub": "a0"}
+    for i in range(1, depth):
+        act = {"sub": f"a{i}", "act": act}
+    return act
+
 NOW = int(time.time())
 CLIENTS: dict[str, dict[str, Any]] = {
     "planner": {"secret": "s-planner", "claims": {"sub": "alice@example.com", "purpose": "support"}},
@@ -52,6 +62,14 @@ CLIENTS: dict[str, dict[str, Any]] = {
     "expired": {"secret": "s-expired", "claims": {"sub": "carol", "exp": NOW - 3600, "iat": NOW - 7200}},
     "early": {"secret": "s-early", "claims": {"sub": "carol", "nbf": NOW + 3600}},
     "elsewhere": {"secret": "s-elsewhere", "claims": {"sub": "carol", "aud": "https://other.example/mcp"}},
+    # one user and agent, two purposes
+    "support": {"secret": "s-support", "claims": {"sub": "dana@example.com", "purpose": "support", "act": {"sub": "helper"}}},
+    "browsing": {"secret": "s-browsing", "claims": {"sub": "dana@example.com", "purpose": "browsing", "act": {"sub": "helper"}}},
+    # alice > planner > coder, and a user claim that spells the same chain as a string
+    "alice-coder": {"secret": "s-alice-coder", "claims": {"sub": "alice@example.com", "act": {"sub": "coder", "act": {"sub": "planner"}}}},
+    "forger": {"secret": "s-forger", "claims": {"sub": "alice@example.com > agent:planner", "act": {"sub": "coder"}}},
+    "deep": {"secret": "s-deep", "claims": {"sub": "erin", "act": _acts(40)}},
+    "deep16": {"secret": "s-deep16", "claims": {"sub": "erin", "act": _acts(16)}},
 }
 
 
@@ -98,6 +116,7 @@ class Served:
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.record = RecordFile(tmp / "rec.jsonl")
         priv, jwk, _ = write_keypair(tmp / "guard-key")
+        self.jwk = jwk
         self.config = write_guard_config(
             tmp,
             {"rec": stdio_upstream(recording_server_command(), env=self.record.env())},
@@ -345,3 +364,89 @@ def test_conformance_suite_through_serve_with_an_idp_token(idp: Idp, tmp_path: P
     assert len(ok) >= len(passed(direct)), sorted(passed(direct) - ok)
     assert not bad, sorted(bad)
     assert ("dns-rebinding-protection", "localhost-host-rebinding-rejected") in ok
+
+
+# --------------------------------------------------------------------------- binding and depth
+
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
+               "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}
+
+
+def _echo(text: str, modern: bool = False) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": "rec_echo", "arguments": {"text": text}}
+    return {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {**params, "_meta": MODERN_META} if modern else params}
+
+
+async def test_a_session_is_bound_to_the_whole_principal(served: Served, idp: Idp) -> None:
+    """Another purpose of the same user and agent, and a user claim that spells another chain as a
+    string, are other principals: on the session they did not open they get 403, audited."""
+    pairs = [(idp.token("support", served.url), idp.token("browsing", served.url)),
+             (idp.token("alice-coder", served.url), idp.token("forger", served.url))]
+    async with httpx2.AsyncClient() as http:
+        for owner, intruder in pairs:
+            sid = (await post(served.url, owner)).headers["mcp-session-id"]
+            await post(served.url, owner, {"jsonrpc": "2.0", "method": "notifications/initialized"}, **{"Mcp-Session-Id": sid})
+            assert "result" in (await post(served.url, owner, _echo("mine"), **{"Mcp-Session-Id": sid})).json()
+            theirs = await post(served.url, intruder, _echo("theirs"), **{"Mcp-Session-Id": sid})
+            assert theirs.status_code == 403 and "belongs to another caller" in theirs.text
+            listen = await http.get(served.url, headers={**ACCEPT, "Authorization": f"Bearer {intruder}", "Mcp-Session-Id": sid})
+            assert listen.status_code == 403
+            gone = await http.delete(served.url, headers={"Authorization": f"Bearer {intruder}", "Mcp-Session-Id": sid})
+            assert gone.status_code == 404
+            assert (await post(served.url, owner, _echo("still mine"), **{"Mcp-Session-Id": sid})).status_code == 200
+    assert [c[1]["text"] for c in served.record.calls()] == ["mine", "still mine"] * 2
+    refused = [(a["principal"], a["purpose"], a["method"]) for a in served.audit() if a["decision"] == "deny" and a["kind"] is None]
+    dana, forger = ["user:dana@example.com", "agent:helper"], ["user:alice@example.com > agent:planner", "agent:coder"]
+    assert refused == [(dana, "browsing", "tools/call"), (dana, "browsing", "GET"), (dana, "browsing", "DELETE"),
+                       (forger, None, "tools/call"), (forger, None, "GET"), (forger, None, "DELETE")]
+    allowed = [(a["principal"], a["purpose"]) for a in served.audit() if a.get("exposed") == "rec_echo"]
+    assert allowed == [(dana, "support")] * 2 + [(["user:alice@example.com", "agent:planner", "agent:coder"], None)] * 2
+
+
+async def test_stateless_requests_never_take_over_another_tokens_purpose(served: Served, idp: Idp) -> None:
+    """2026-07-28: no session id; whichever token speaks first must not set the purpose for the other."""
+    for client, text in (("support", "s1"), ("browsing", "b1"), ("support", "s2"), ("alice-coder", "c1"), ("forger", "f1")):
+        res = await post(served.url, idp.token(client, served.url), _echo(text, modern=True))
+        assert res.status_code == 200 and "result" in res.json(), res.text
+    seen = [(a["principal"][0], a["purpose"]) for a in served.audit() if a.get("exposed") == "rec_echo"]
+    assert seen == [("user:dana@example.com", "support"), ("user:dana@example.com", "browsing"), ("user:dana@example.com", "support"),
+                    ("user:alice@example.com", None), ("user:alice@example.com > agent:planner", None)]
+
+
+async def test_an_act_chain_deeper_than_supported_is_refused_not_cut(served: Served, idp: Idp) -> None:
+    res = await post(served.url, idp.token("deep", served.url))
+    assert res.status_code == 401 and "deeper than 16 actors" in res.headers["www-authenticate"]
+    async with connect(served.url, idp.token("deep16", served.url)) as client:  # 16 is supported, whole
+        assert not (await client.call_tool("rec_echo", {"text": "deep"})).is_error
+    last = [a for a in served.audit() if a.get("exposed") == "rec_echo"][-1]
+    assert last["principal"] == ["user:erin", *(f"agent:a{i}" for i in range(16))]
+    assert served.record.calls() == [("echo", {"text": "deep"})]
+
+
+async def test_an_exchanged_root_lives_no_longer_than_its_token_and_names_this_guard(served: Served, idp: Idp, tmp_path: Path) -> None:
+    """The IdP's token lives 5 minutes, the exchange's ttl is an hour: the root ends with the token.
+    Its audience is serve.url, so another guard that trusts the same key with the default
+    audience refuses it, while this guard accepts it."""
+    _, agent_jwk, _ = write_keypair(tmp_path / "agent-key")
+    access = idp.token("planner", served.url)
+    async with httpx2.AsyncClient() as http:
+        res = await http.post(f"http://127.0.0.1:{served.port}/token", data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": access,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "cnf_jwk": agent_jwk.read_text()})
+    assert res.status_code == 200, res.text
+    root = res.json()["access_token"]
+    link = jwt.decode(root, options={"verify_signature": False})
+    assert link["exp"] <= jwt.decode(access, options={"verify_signature": False})["exp"] and res.json()["expires_in"] <= 300
+    assert link["aud"] == served.url
+    async with connect(served.url, root) as client:
+        assert not (await client.call_tool("rec_echo", {"text": "root"})).is_error
+    other_dir = tmp_path / "other"
+    other_port = free_port()
+    config = write_guard_config(other_dir, {"rec": stdio_upstream(recording_server_command(), env=served.record.env())},
+                                [{"id": "rec", "rules": [{"effect": "allow", "tools": ["rec/*"]}]}],
+                                trust={"issuers": {"guard": str(served.jwk)}})
+    with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(other_port)], other_port,
+                    log=other_dir / "serve.log", timeout=60) as other:
+        refused = await post(other, root)
+    assert refused.status_code == 401 and "audience_mismatch" in refused.headers["www-authenticate"]
+    assert served.record.calls() == [("echo", {"text": "root"})]

@@ -96,3 +96,38 @@ async def test_a_verified_access_token_is_remembered_until_its_expiry_at_most_a_
         with pytest.raises(OAuthError):
             await verifier.verify(wrong_audience)
     assert checks == 5
+
+
+def _acts(depth: int) -> dict[str, object]:
+    act: dict[str, object] = {"sub": "a0"}
+    for i in range(1, depth):
+        act = {"sub": f"a{i}", "act": act}
+    return act
+
+
+@pytest.mark.parametrize("depth", [17, 40, 500])
+def test_an_act_chain_deeper_than_supported_is_refused_whole(depth: int) -> None:
+    with pytest.raises(OAuthError, match="deeper than 16 actors") as err:
+        principal_from_claims(CFG, {"sub": "bob", "act": _acts(depth)})
+    assert err.value.status == 401
+
+
+def test_an_act_chain_of_the_supported_depth_is_kept_whole() -> None:
+    who = principal_from_claims(CFG, {"sub": "bob", "act": _acts(16)})
+    assert who.agents == tuple(f"a{i}" for i in range(16))  # the origin actor a0 first, nothing cut
+
+
+def test_session_keys_cannot_be_spelled_by_a_claim() -> None:
+    """The binding is canonical JSON of the parts: a user claim reading like a chain is another principal."""
+    from mcp_guard.identity import Principal
+    from mcp_guard.transports.binding import principal_key, root_key, session_binding
+
+    real = Principal("alice@example.com", ("planner", "coder"), verified=True)
+    forged = Principal("alice@example.com > agent:planner", ("coder",), verified=True)
+    assert session_binding("https://idp", real) != session_binding("https://idp", forged)
+    assert principal_key(real) != principal_key(forged) and root_key("https://idp", real, None) != root_key("https://idp", forged, None)
+    support, browsing = Principal("dana", ("helper",), "support", True), Principal("dana", ("helper",), "browsing", True)
+    assert session_binding("https://idp", support) != session_binding("https://idp", browsing)
+    assert session_binding("https://idp", support) != session_binding("https://other", support)
+    sub = Principal("alice@example.com", ("planner", "coder", "sub7"), verified=True)
+    assert root_key("https://idp", sub, None) == root_key("https://idp", real, None)  # one delegating root
