@@ -164,7 +164,7 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
         return
     import secrets
 
-    from mcp_guard.transports.workers import run_workers
+    from mcp_guard.serve.workers import run_workers
 
     if config.approvals.state_key is None:  # every worker must open the approval state another sealed
         config = dataclasses.replace(config, approvals=dataclasses.replace(config.approvals, state_key=secrets.token_hex(32)))
@@ -183,9 +183,9 @@ def settle_heap() -> None:
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
     from mcp_guard.proxy.reload import watch_policies
-    from mcp_guard.transports.exchange import TokenExchange
-    from mcp_guard.transports.http import serve_http
-    from mcp_guard.transports.oauth import OAuthVerifier
+    from mcp_guard.serve.asgi import serve_http
+    from mcp_guard.serve.exchange import TokenExchange
+    from mcp_guard.serve.oauth import OAuthVerifier
 
     ctx = await build_context(config)
     verifier = chain_verifier(config, serving=True)
@@ -194,7 +194,7 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
     exchange = TokenExchange(te, config.serve.url) if te is not None and oauth is not None and config.serve.url else None
     page = None
     if config.serve.approvals is not None:
-        from mcp_guard.transports.approval_page import ApprovalPage, page_base, page_key
+        from mcp_guard.serve.approval_page import ApprovalPage, page_base, page_key
 
         ctx.approval_page = page_base(config.serve.url, host, port)
         page = ApprovalPage(config.serve.approvals, ctx.store, page_key(config.approvals.state_key), ctx.approval_page)

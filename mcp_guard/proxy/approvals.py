@@ -71,7 +71,7 @@ MAX_ARGS_CHARS = 2000  # all arguments in the prompt
 MAX_PREVIEW_CHARS = 400  # the one-line preview stored with a queued request
 MAX_HUMAN_REASON = 200
 MAX_REMEMBERED_SESSIONS = 10_000
-PAGE_PATH = "/approvals/"  # the approval page of ``serve`` (transports/approval_page.py serves it)
+PAGE_PATH = "/approvals/"  # the approval page of ``serve`` (serve/approval_page.py serves it)
 PAGE_BINDING_KEY = "approval-binding:"  # state-store key prefix: a page request's binding -> its newest id
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

@@ -286,7 +286,7 @@ class _CallerSession(GuardSession):
 
 class ServeSessions:
     """``serve``: one hub session owns the upstreams; each caller gets a session of its own (its
-    own verified principal) sharing them.  The transport sees only this (``transports.http.Sessions``)."""
+    own verified principal) sharing them.  The transport sees only this (``serve.asgi.Sessions``)."""
 
     def __init__(self, ctx: GuardContext) -> None:
         self.ctx = ctx

@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mcp_guard.invisible import DEFAULT_IGNORABLE, default_ignorable, invisible, marked
+from mcp_guard.serve.approval_page import visible
 from mcp_guard.state import open_store
-from mcp_guard.transports.approval_page import visible
 
 # named by hand, not derived from the module's table: what renders as nothing or as a blank
 BLANK_RENDERING = (0x034F, 0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800, 0x00AD, 0x180E, 0x200B, 0x2060, 0xFEFF, 0xFE0F,

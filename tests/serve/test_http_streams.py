@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mcp_guard.jsonrpc import RELATED_REQUEST
-from mcp_guard.transports.http import MAX_QUEUED, _accepts_sse, _ReplyHost
+from mcp_guard.serve.asgi import MAX_QUEUED, _accepts_sse, _ReplyHost
 
 
 class Session:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mcp_guard.config import OAuthIssuerConfig
-from mcp_guard.transports.http import resource_metadata_url
-from mcp_guard.transports.oauth import OAuthError, discovery_urls, principal_from_claims, token_scopes
+from mcp_guard.serve.asgi import resource_metadata_url
+from mcp_guard.serve.oauth import OAuthError, discovery_urls, principal_from_claims, token_scopes
 
 CFG = OAuthIssuerConfig(issuer="https://idp.example.com", audience="https://guard.example.com/mcp")
 
@@ -60,7 +60,7 @@ async def test_a_verified_access_token_is_remembered_until_its_expiry_at_most_a_
     import jwt
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from mcp_guard.transports import oauth as oauth_mod
+    from mcp_guard.serve import oauth as oauth_mod
 
     key = Ed25519PrivateKey.generate()
     public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
@@ -120,7 +120,7 @@ def test_an_act_chain_of_the_supported_depth_is_kept_whole() -> None:
 def test_session_keys_cannot_be_spelled_by_a_claim() -> None:
     """The binding is canonical JSON of the parts: a user claim reading like a chain is another principal."""
     from mcp_guard.identity import Principal
-    from mcp_guard.transports.binding import principal_key, root_key, session_binding
+    from mcp_guard.serve.binding import principal_key, root_key, session_binding
 
     real = Principal("alice@example.com", ("planner", "coder"), verified=True)
     forged = Principal("alice@example.com > agent:planner", ("coder",), verified=True)

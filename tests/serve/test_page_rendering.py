@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mcp_guard.config import ApprovalPageConfig
+from mcp_guard.serve.approval_page import ApprovalPage, page_base, pretty_json, visible
 from mcp_guard.state.memory import MemoryStore
-from mcp_guard.transports.approval_page import ApprovalPage, page_base, pretty_json, visible
 
 
 def test_invisible_and_reordering_characters_are_shown_and_everything_is_escaped() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from mcp_guard.transports.workers import reuse_port_socket
+from mcp_guard.serve.workers import reuse_port_socket
 
 
 async def test_accepted_connections_get_tcp_nodelay() -> None:

@@ -5,7 +5,7 @@ issuer in ``serve.oauth``, or one of the guard's own grant chains.  The verified
 caller's identity; the token itself never goes further than this module.  A handshake-era client
 gets an ``Mcp-Session-Id`` bound to its identity; a 2026-07-28 client is served statelessly, one
 guard session per identity.  A session is bound to the whole verified principal and every request
-on it is checked against it (``transports.binding``).  Sessions are capped per principal (its own
+on it is checked against it (``serve.binding``).  Sessions are capped per principal (its own
 oldest goes), per delegating root and in all (refused past either); they expire when idle, so one
 caller can never push out another's.  All sessions share one set of upstream connections.
 A request is answered with plain JSON, or with an SSE stream when the caller accepts one and
@@ -54,14 +54,14 @@ from mcp_guard.jsonrpc import (
     is_request,
 )
 from mcp_guard.proxy.relay import progress_token
-from mcp_guard.transports.binding import principal_key, root_key, session_binding, store_key
-from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
+from mcp_guard.serve.binding import principal_key, root_key, session_binding, store_key
+from mcp_guard.serve.oauth import OAuthError, OAuthVerifier
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from mcp_guard.transports.approval_page import ApprovalPage
-    from mcp_guard.transports.exchange import TokenExchange
+    from mcp_guard.serve.approval_page import ApprovalPage
+    from mcp_guard.serve.exchange import TokenExchange
 
 log = logging.getLogger("mcp_guard.http")
 
@@ -872,7 +872,7 @@ async def serve_http(
     (``serve --workers``, replicas on one host)."""
     import uvicorn
 
-    from mcp_guard.transports.workers import reuse_port_socket
+    from mcp_guard.serve.workers import reuse_port_socket
 
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
                       oauth=oauth, exchange=exchange, listen=(host, port), page=page)

@@ -15,7 +15,8 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,7 +26,31 @@ from mcp_guard.grants import GrantError, issue_grant, load_private_key
 from mcp_guard.grants.keys import jwk_to_public_key
 
 if TYPE_CHECKING:
-    from mcp_guard.transports.http import HttpGuard
+    from mcp_guard.identity import Principal
+
+
+class Subject(Protocol):
+    """The verified caller of an OAuth subject token (``serve.asgi.Caller`` is one)."""
+
+    @property
+    def principal(self) -> Principal: ...
+
+    @property
+    def claims(self) -> Mapping[str, Any]: ...
+
+    @property
+    def issuer(self) -> str | None: ...
+
+
+class Front(Protocol):
+    """What the exchange needs of the HTTP front (``serve.asgi.HttpGuard``): it reads the body and
+    identifies the subject token as any bearer is identified, without importing the front."""
+
+    async def read_body(self, request: Request) -> bytes | Response: ...
+
+    def _is_oauth(self, token: str) -> bool: ...
+
+    async def identify(self, request: Request | None, token: str) -> Subject | Response: ...
 
 log = logging.getLogger("mcp_guard.http")
 
@@ -47,7 +72,7 @@ class TokenExchange:
         self.audience = audience
         self.key = load_private_key(config.key)
 
-    async def handle(self, guard: HttpGuard, request: Request) -> Response:
+    async def handle(self, guard: Front, request: Request) -> Response:
         body = await guard.read_body(request)
         if isinstance(body, Response):
             return body

@@ -34,8 +34,8 @@ from mcp_guard.config import ApprovalPageConfig, OAuthIssuerConfig
 from mcp_guard.errors import StateError
 from mcp_guard.invisible import code, invisible
 from mcp_guard.proxy.approvals import StateSealer
+from mcp_guard.serve.oauth import ALGORITHMS, FETCH_TIMEOUT, LEEWAY, OAuthError, _Issuer, discovery_urls
 from mcp_guard.state import APPROVED, PENDING, REJECTED
-from mcp_guard.transports.oauth import ALGORITHMS, FETCH_TIMEOUT, LEEWAY, OAuthError, _Issuer, discovery_urls
 
 if TYPE_CHECKING:
     from mcp_guard.state import StateStore
