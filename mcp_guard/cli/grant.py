@@ -69,7 +69,7 @@ def _tool_args(values: tuple[str, ...]) -> dict[str, Any]:
 def _verifier(config: GuardConfig | None, trust: tuple[str, ...], audience: str | None) -> ChainVerifier | None:
     issuers = {}
     if config is not None:
-        from mcp_guard.proxy.guard import issuer_keys
+        from mcp_guard.app import issuer_keys
 
         issuers.update(issuer_keys(config))
     for item in trust:

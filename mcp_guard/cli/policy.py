@@ -289,8 +289,8 @@ def _target(kind: Kind, name: str, config: GuardConfig | None) -> str:
 
 
 def _verify_grant(token: str, config: GuardConfig | None) -> Any:
+    from mcp_guard.app import chain_verifier
     from mcp_guard.config import read_token
-    from mcp_guard.proxy.guard import chain_verifier
 
     text = read_token(token)
     if config is None or not config.trust.issuers:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import gc
 import logging
 import os
-import signal
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +27,6 @@ from mcp_guard.upstreams.naming import inline_upstream_name
 
 if TYPE_CHECKING:
     from mcp_guard.policy import Parsed
-GC_THRESHOLD = 10_000  # young-generation allocations between collections (CPython: 700)
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -132,7 +128,7 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
     config, parsed = merge_inline(config, command, name, policies, IdentityConfig(user=user, agent=agent, purpose=purpose))
     if not config.upstreams:
         raise click.UsageError("nothing to guard: give --config with upstreams, or a server command after --")
-    from mcp_guard.proxy.guard import run_stdio
+    from mcp_guard.app import run_stdio
 
     run_loop(run_stdio(config, parsed))
 
@@ -159,8 +155,10 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
     if (workers > 1 or reuse_port) and config.state_url.startswith("memory://"):
         raise ConfigError(f"{config_path}: state.url memory:// lives in one process; --workers and --reuse-port need a "
                           "shared store (sqlite:// or redis://) so budgets, limits and revocations hold across processes")
+    from mcp_guard.app import run_serve
+
     if workers == 1:
-        asyncio.run(_serve(config, host, port, allow_origin, reuse_port))
+        asyncio.run(run_serve(config, host, port, allow_origin, reuse_port))
         return
     import secrets
 
@@ -168,52 +166,7 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 
     if config.approvals.state_key is None:  # every worker must open the approval state another sealed
         config = dataclasses.replace(config, approvals=dataclasses.replace(config.approvals, state_key=secrets.token_hex(32)))
-    raise SystemExit(run_workers(workers, lambda: asyncio.run(_serve(config, host, port, allow_origin, True))))
-
-
-def settle_heap() -> None:
-    """Move what start-up built (modules, the policy index, the catalogue) out of the collector's
-    sight: a full collection under load would otherwise walk all of it again and again, and a
-    request's allocations need fewer, cheaper young-generation passes."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-
-async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
-    from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
-    from mcp_guard.proxy.reload import watch_policies
-    from mcp_guard.serve.asgi import serve_http
-    from mcp_guard.serve.exchange import TokenExchange
-    from mcp_guard.serve.oauth import OAuthVerifier
-
-    ctx = await build_context(config)
-    verifier = chain_verifier(config, serving=True)
-    oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
-    te = config.serve.token_exchange
-    exchange = TokenExchange(te, config.serve.url) if te is not None and oauth is not None and config.serve.url else None
-    page = None
-    if config.serve.approvals is not None:
-        from mcp_guard.serve.approval_page import ApprovalPage, page_base, page_key
-
-        ctx.approval_page = page_base(config.serve.url, host, port)
-        page = ApprovalPage(config.serve.approvals, ctx.store, page_key(config.approvals.state_key), ctx.approval_page)
-    sessions = ServeSessions(ctx)
-    loop = asyncio.get_running_loop()
-    reload_now = asyncio.Event()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
-    # policy files watched as in `run`: every caller is told when the lists it may see change
-    watcher = loop.create_task(watch_policies(ctx, sessions.policies_changed, reload_now, sessions.tool_names))
-    settle_heap()
-    try:
-        await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
-                         chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port,
-                         page=page)
-    finally:
-        watcher.cancel()
-        await ctx.store.close()
-        ctx.telemetry.shutdown()
+    raise SystemExit(run_workers(workers, lambda: asyncio.run(run_serve(config, host, port, allow_origin, True))))
 
 
 from mcp_guard.demo import demo  # noqa: E402

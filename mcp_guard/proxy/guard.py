@@ -1,92 +1,30 @@
-"""Assemble a running guard from a ``GuardConfig``: policies, grant chain, state store, audit."""
+"""``serve``'s hub: one session owns the upstream connections; each caller's session shares them
+(``ServeSessions``).  Assembling a guard from its configuration is ``app.py``'s job."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from mcp_guard import telemetry
-from mcp_guard.config import GuardConfig, read_token, telemetry_settings
 from mcp_guard.decision import Kind
-from mcp_guard.errors import AuditError, ConfigError, GuardError
+from mcp_guard.errors import AuditError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST, Era, HostTransport, Message, notification, result
-from mcp_guard.policy import Parsed, PolicySet
-from mcp_guard.proxy.approvals import make_approver
+from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.callers import Callers
 from mcp_guard.proxy.context import GuardContext
-from mcp_guard.proxy.reload import load_policy_set, watch_policies
 from mcp_guard.proxy.session import GuardSession
 from mcp_guard.request import RequestContext
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from mcp_guard.grants import ChainVerifier, GrantChain
+    from mcp_guard.grants import GrantChain
     from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard")
 
 DRAIN_SECONDS = 10.0
-
-
-def issuer_keys(config: GuardConfig) -> dict[str, Ed25519PublicKey]:
-    """The public keys ``trust.issuers`` names, by issuer."""
-    from mcp_guard.grants import load_public_key
-
-    return {name: load_public_key(path) for name, path in config.trust.issuers.items()}
-
-
-def chain_verifier(config: GuardConfig, serving: bool = False) -> ChainVerifier:
-    """The verifier of this guard's trust: ``trust.issuers`` for roots, ``trust.audience``; when
-    ``serving``, also ``serve.url`` (the audience of the roots ``POST /token`` issues)."""
-    from mcp_guard.grants import ChainVerifier
-
-    also = (config.serve.url,) if serving and config.serve.url else ()
-    return ChainVerifier(issuer_keys(config), config.trust.audience, also=also)
-
-
-def load_chain(config: GuardConfig) -> object | None:
-    """Verify the configured grant chain once at start-up; an invalid chain refuses to start."""
-    if not config.identity.grant:
-        return None
-    from mcp_guard.grants import GrantError
-
-    token = read_token(config.identity.grant)
-    try:
-        return chain_verifier(config).verify(token, time.time())
-    except GrantError as exc:
-        raise GrantError(exc.code, f"the grant chain (identity.grant / MCP_GUARD_GRANT) is invalid ({exc.code}): {exc}", exc.link_index) from None
-
-
-async def build_context(config: GuardConfig, parsed: Parsed | None = None) -> GuardContext:
-    from mcp_guard.state import open_store
-
-    policies = load_policy_set(config, parsed)
-    chain = load_chain(config)
-    hooks = telemetry.start(telemetry_settings(config.telemetry))  # off unless OTEL_* or the telemetry: block ask for it
-    audit = None
-    if config.audit.path:
-        from mcp_guard.audit import AuditLog
-
-        audit = AuditLog(config.audit.path, fsync=config.audit.fsync, max_bytes=config.audit.max_bytes)
-    store = open_store(config.state_url, holder=True)
-    pins = None
-    if config.pinning != "off" and config.lock_file is not None:
-        from mcp_guard.pinning import read_lock
-
-        pins = read_lock(config.lock_file)
-        if pins is None:
-            log.warning("pinning: %s but %s does not exist: run `mcp-guard pin --config ...` to record the tools", config.pinning, config.lock_file)
-    ctx = GuardContext(config=config, policies=policies, store=store, audit=audit, chain=chain, pins=pins,  # type: ignore[arg-type]
-                       telemetry=hooks)
-    ctx.approver = make_approver(ctx)
-    return ctx
 
 
 class _NullHost:
@@ -327,63 +265,4 @@ class ServeSessions:
         return self.hub.tool_names()
 
 
-class ByteHost(Protocol):
-    """The host side of ``run``: stdio, or an in-memory pair (``transports/memory.py``)."""
-
-    @property
-    def gone(self) -> bool: ...
-
-    async def send(self, message: Message) -> None: ...
-
-    async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
-    """The ``mcp-guard run`` main loop: serve the host on stdio until it closes stdin."""
-    from mcp_guard.transports.stdio import StdioHost
-
-    ctx = await build_context(config, parsed)
-    host = StdioHost()
-    await host.open()
-    await run_host(ctx, host)
-
-
-async def run_host(ctx: GuardContext, host: ByteHost, *, signals: bool = True) -> None:
-    """Serve one host until it closes its side: the pump, the policy watcher and, with ``signals``
-    (a process of its own), SIGTERM/SIGINT to stop and SIGHUP to reload."""
-    session = GuardSession(ctx, host)
-    loop = asyncio.get_running_loop()
-    serving = loop.create_task(host.serve(session.handle))
-
-    def stop() -> None:
-        serving.cancel()
-
-    session.on_fatal = stop
-    reload_now = asyncio.Event()
-    if signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, serving.cancel)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, reload_now.set)
-    watcher = loop.create_task(watch_policies(ctx, session.policies_changed, reload_now, session.tool_names))
-    try:
-        await serving
-        if not host.gone:  # EOF on stdin: answer what was already asked, if the host still listens
-            await session.drain(DRAIN_SECONDS)
-    except asyncio.CancelledError:
-        pass
-    finally:
-        watcher.cancel()
-        await session.close()
-        with contextlib.suppress(Exception):  # process edge: a store that fails to close must not hide the exit
-            await ctx.store.close()
-        ctx.telemetry.shutdown()  # flush queued spans, bounded by the export timeout
-        await host.close()
-    if session.fatal is not None:
-        raise ConfigError(session.fatal)
-
-
-__all__ = ["ByteHost", "GuardError", "ServeSessions", "build_context", "load_policy_set", "run_host", "run_stdio"]
+__all__ = ["ServeSessions"]

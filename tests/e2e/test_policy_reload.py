@@ -24,7 +24,7 @@ from fixtures import (
 )
 from mcp.shared.exceptions import MCPError
 
-from mcp_guard.cli.run import settle_heap
+from mcp_guard.app import settle_heap
 from mcp_guard.config import load_config
 from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.context import GuardContext
