@@ -397,13 +397,18 @@ class Router:
 
         return forward
 
-    async def resource_request(self, req: RequestContext) -> Message:
-        """resources/read, resources/subscribe, resources/unsubscribe: decided on the exact URI."""
+    async def resource_request(self, req: RequestContext, answer: Callable[[], Message] | None = None) -> Message:
+        """resources/read, resources/subscribe, resources/unsubscribe: decided on the exact URI;
+        ``answer``: what an allowed request is answered with instead of asking the upstream."""
         params = params_of(req.message, req.method)
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise RpcError(INVALID_PARAMS, f"Invalid params: {req.method} needs a `uri` string")
         target = await self.resource_target(req, uri)
+        if answer is not None:
+            async def local(_up: Upstream) -> Message:
+                return answer()
+            return await self.pipeline.run(req, target, {"uri": uri}, local)
         forward = self._forwarder(req, params)
 
         async def same_as_unknown(up: Upstream) -> Message:
