@@ -191,10 +191,12 @@ class Router:
     def cached_tools(self) -> list[Target] | None:
         return self._visible_cache[1] if self._visible_cache is not None else None
 
-    async def refuse_unknown(self, req: RequestContext, kind: Kind, name: Any, upstream: str | None = None) -> RpcError:
-        """Audit a hidden or unknown name (as the caller sent it) and build the answer."""
+    async def refuse_unknown(self, req: RequestContext, kind: Kind, name: Any, upstream: str | None = None,
+                             resolves_to: str | None = None) -> RpcError:
+        """Audit a hidden or unknown name (as the caller sent it, and what a hidden one names) and
+        build the answer, which is the same for both."""
         text = unknown_text(kind, name)
-        await self.pipeline.audit_refused(req, kind, name, unknown_verdict(text), upstream)
+        await self.pipeline.audit_refused(req, kind, name, unknown_verdict(text), upstream, resolves_to)
         return RpcError(INVALID_PARAMS, text)
 
     # ------------------------------------------------------------------ tools
@@ -220,7 +222,8 @@ class Router:
                 return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
             entry = None
         if entry is None or entry.held or not self.visible(req, Kind.TOOL, entry.qualified, entry.annotations):
-            raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None)
+            raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None,
+                                            entry.qualified if entry is not None else None)
         args = params.get("arguments")
         if args is None:
             args = {}
@@ -379,7 +382,8 @@ class Router:
             await self._prompts()
         found = self.owners.prompts.get(exposed) if isinstance(exposed, str) else None
         if found is None or not self.visible(req, Kind.PROMPT, f"{found[0]}/{found[1]}"):
-            raise await self.refuse_unknown(req, Kind.PROMPT, exposed, found[0] if found else None)
+            raise await self.refuse_unknown(req, Kind.PROMPT, exposed, found[0] if found else None,
+                                            f"{found[0]}/{found[1]}" if found else None)
         upstream, name = found
         return Target(str(exposed), upstream, name, f"{upstream}/{name}", {}, None, kind=Kind.PROMPT)
 
