@@ -22,6 +22,7 @@ from mcp_guard.decision import Kind, is_visible
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.jsonrpc import INVALID_PARAMS, META_LOG_LEVEL, Era, Message, result, strip_meta, tool_error
 from mcp_guard.proxy.catalogue import Catalogue, Target
+from mcp_guard.proxy.completion import filter_values, hidden_values, template_pattern
 from mcp_guard.proxy.pipeline import Pipeline, RequestContext, unknown_verdict
 from mcp_guard.proxy.relay import Relay
 
@@ -102,12 +103,6 @@ def params_of(message: Message, method: str) -> Message:
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, f"Invalid params: {method} needs an object as params")
     return params
-
-
-def _template_pattern(template: str) -> re.Pattern[str]:
-    """An RFC 6570 URI template as a full-match pattern: each ``{expression}`` matches any text."""
-    parts = re.split(r"\{[^{}]*\}", template)
-    return re.compile(".*".join(re.escape(p) for p in parts), re.DOTALL)
 
 
 @dataclass
@@ -305,7 +300,7 @@ class Router:
         for up, it in items:
             template = it["uriTemplate"]
             if template not in self.owners.templates:
-                self.owners.templates[template] = (up.name, _template_pattern(template))
+                self.owners.templates[template] = (up.name, template_pattern(template))
         self.owners.resources_known = True
         return items
 
@@ -457,7 +452,7 @@ class Router:
                 raise RpcError(INVALID_PARAMS, "Invalid params: a ref/prompt needs a `name` string")
             target = await self.prompt_target(req, name)
             forwarded = {**params, "ref": {**ref, "name": target.name}}
-            return await self.pipeline.run(req, target, args, self._forwarder(req, forwarded))
+            return await self.pipeline.run(req, target, args, self._completer(req, forwarded, None, args))
         if kind == "ref/resource":
             uri = ref.get("uri")
             if not isinstance(uri, str):
@@ -466,8 +461,22 @@ class Router:
             # a template's URI is a pattern: it is judged as its listing is; any other URI exactly
             exact = uri not in self.owners.templates
             target = await self.resource_target(req, uri, judge_uri=exact)
-            return await self.pipeline.run(req, target, args, self._forwarder(req, params), exact=exact)
+            return await self.pipeline.run(req, target, args, self._completer(req, params, None if exact else target, args), exact=exact)
         raise RpcError(INVALID_PARAMS, "Invalid params: `ref.type` must be ref/prompt or ref/resource")
+
+    def _completer(self, req: RequestContext, params: Message, template: Target | None,
+                   args: dict[str, Any]) -> Callable[[Upstream], Awaitable[Message]]:
+        """Forward a completion without the values naming what the caller may not see."""
+        forward = self._forwarder(req, params)
+
+        async def complete(up: Upstream) -> Message:
+            o = self.owners
+            about = (template.upstream, template.name, params["argument"]["name"]) if template is not None else None
+            drop = hidden_values(o.prompts, o.resources, {t: u for t, (u, _p) in o.templates.items()},
+                                 lambda kind, q, judge: self.visible(req, kind, q, judge_uri=judge), about, args)
+            return filter_values(await forward(up), drop)
+
+        return complete
 
     async def set_level(self, req: RequestContext) -> Message:
         level = params_of(req.message, "logging/setLevel").get("level")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from mcp_guard.decision import Kind
 from mcp_guard.paths import canonical_uri, uri_forms
 from mcp_guard.policy import Effect
+from mcp_guard.policy._match import glob_regex, globs_meet
 
 DENY_SECRETS = policy_set({"id": "r", "rules": [
     {"effect": "allow", "resources": ["rec/*"]},
@@ -117,3 +118,30 @@ def test_canonical_is_a_fixed_point(tail: Any) -> None:
         return
     again = uri_forms(forms[0])
     assert again is not None and again[0] == forms[0]
+
+
+# --------------------------------------------------------------------------- resource templates
+
+TEMPLATES = policy_set({"id": "t", "rules": [
+    {"effect": "allow", "resources": ["rec/file:///srv/*"]},
+    {"effect": "allow", "resources": ["rec/*"], "when": {"uri": {"equals": "note://one"}}},
+    {"effect": "deny", "resources": ["rec/file:///srv/secret/*"]},
+]})
+
+
+@pytest.mark.parametrize(("template", "shown"), [
+    ("file:///srv/{path}", True), ("file:///{path}", True), ("file://localhost/srv/docs/{name}", True),
+    ("file:///etc/{name}", False), ("https://example.com/{x}", False), ("note://{id}", True), ("vault://{id}", False),
+    ("file:///srv/secret/{name}", False), ("file:///srv/secret{name}", True),
+])
+def test_a_template_is_listed_only_when_an_allow_rule_can_match_one_of_its_expansions(template: str, shown: bool) -> None:
+    assert TEMPLATES.visible(ALICE, f"rec/{template}", kind=Kind.RESOURCE, judge_uri=False) is shown
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab*?", max_size=6), st.text(alphabet="ab*?", max_size=6), st.text(alphabet="ab", max_size=6))
+def test_globs_meet_whenever_a_text_matches_both(a: str, b: str, text: str) -> None:
+    if glob_regex(a).fullmatch(text) and glob_regex(b).fullmatch(text):
+        assert globs_meet(a, b)
+    if "*" not in a + b and "?" not in a + b:
+        assert globs_meet(a, b) is (a == b)
