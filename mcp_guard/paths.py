@@ -12,6 +12,7 @@ accent (NFD, as macOS writes names) is the same folder as the precomposed spelli
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from collections.abc import Callable
@@ -231,11 +232,9 @@ def _authority(head: str) -> list[str] | None:
             return None
         host = decoded.lower()
         if not host.isascii():
-            try:
+            # not a DNS name (a glob, another scheme's name): compared as written, in lower case
+            with contextlib.suppress(idna.IDNAError):
                 host = idna.encode(host, uts46=True).decode("ascii")
-            except idna.IDNAError:
-                if "*" not in host:  # a glob of a selector stays as written
-                    return None
         if host.endswith(".") and len(host) > 1:
             host = host[:-1]
     if port.isdigit() and port.isascii():
