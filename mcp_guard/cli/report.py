@@ -19,6 +19,7 @@ from mcp_guard.report import (
     ChainStatus,
     Report,
     build_report,
+    literal_tools,
     narrowed_policies,
     record_tool,
     to_json,
@@ -61,7 +62,8 @@ def report(config_path: Path, audit_path: str | None, since: str | None, html_ou
     and a suggested narrower policy.
 
     The audit hash chain is verified first; a broken chain refuses the report (exit 1) unless
-    --allow-broken is given. Tool names come from guard.lock (every pinned tool) and the audit log.
+    --allow-broken is given. Tool names come from guard.lock (every pinned tool), the names the policies
+    spell out and the audit log.
     """
     from mcp_guard.pinning import read_lock
     from mcp_guard.proxy.reload import load_policy_set
@@ -88,12 +90,14 @@ def report(config_path: Path, audit_path: str | None, since: str | None, html_ou
     pinned = sorted(f"{u}/{t}" for u, tools in (pins.pins.items() if pins else ()) for t in tools)
     seen = sorted({record_tool(r) for r in records
                    if r.get("upstream") in config.upstreams and r.get("decision") != "unknown" and (r.get("kind") or "tool") == "tool"})
+    named = literal_tools(policies.policies, config.upstreams)
     if pins is not None:
-        source = f"guard.lock ({len(pinned)} pinned tools) and the audit log ({len(seen)} tools called)"
+        source = (f"guard.lock ({len(pinned)} pinned tools), the policies ({len(named)} tools named) "
+                  f"and the audit log ({len(seen)} tools called)")
     else:
-        source = (f"the audit log only ({len(seen)} tools called; no {config.lock_file}: "
-                  "run `mcp-guard pin` to include tools nobody called)")
-    rep = build_report(records, policies, [*pinned, *seen], chain=chain, tool_source=source, since=_since(since))
+        source = (f"the policies ({len(named)} tools named) and the audit log only ({len(seen)} tools called; "
+                  f"no {config.lock_file}: run `mcp-guard pin` to include the tools the policies select by pattern)")
+    rep = build_report(records, policies, [*pinned, *named, *seen], chain=chain, tool_source=source, since=_since(since))
     narrowed = narrowed_policies(rep, policies.policies)
     narrowed_yaml = NARROWED_HEADER + dump(narrowed) if narrowed else None
     if narrowed_out is not None and narrowed_yaml is not None:

@@ -210,12 +210,16 @@ class Pipeline:
             record["args"] = args
         self._append(record, target.qualified)
 
-    async def audit_refused(self, req: RequestContext, kind: Kind | None, name: Any, verdict: Verdict, upstream: str | None = None) -> None:
+    async def audit_refused(self, req: RequestContext, kind: Kind | None, name: Any, verdict: Verdict, upstream: str | None = None,
+                            resolves_to: str | None = None) -> None:
         """A request refused before it had a target: a hidden or unknown name (``unknown``, the
-        name as the caller sent it), an unknown method, or a revoked or expired chain."""
+        name as the caller sent it, and for a hidden one the ``UPSTREAM/NAME`` it names), an
+        unknown method, or a revoked or expired chain."""
         if self.guard.audit is None:
             return
         record = self._record(req, kind, upstream, name, name, verdict)
+        if resolves_to is not None:
+            record["resolves_to"] = resolves_to
         _trace_ids(req, record)
         with contextlib.suppress(AuditRefusal):  # refused anyway; the failure is logged
             self._append(record, str(name))
