@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,3 +129,33 @@ def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path) -> No
     via = _through_supergateway(guard_command(config), tmp_path)
     missing = {key for key in passed(direct) - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
     assert not missing, _report(missing, tmp_path)
+
+
+# --------------------------------------------------------------------------- the guard as the suite's client
+
+GUARD_CLIENT = Path(__file__).resolve().parents[1] / "fixtures" / "conformance_client.py"
+
+
+def run_client_scenario(scenario: str, out: Path, *, suite: str = "conformance") -> dict[str, str]:
+    """`conformance client --scenario SCENARIO` with a host -> `mcp-guard run` -> the scenario's server as
+    the guard's HTTP upstream; every check id -> its status."""
+    command = shlex.join([sys.executable, str(GUARD_CLIENT)])
+    proc = subprocess.run([str(tool_path(suite)), "client", "--command", command, "--scenario", scenario, "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, env=tools_env())
+    (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    statuses: dict[str, str] = {}
+    for checks_file in sorted(out.glob("**/checks.json")):
+        for check in json.loads(checks_file.read_text(encoding="utf-8")):
+            if check["status"] != "INFO":
+                statuses[str(check["id"])] = str(check["status"])
+    assert statuses, f"conformance produced no results; see {out / 'conformance.log'}"
+    return statuses
+
+
+@pytest.mark.timeout(180)
+def test_guard_as_client_resumes_a_closed_stream_after_the_retry_delay(tmp_path: Path) -> None:
+    """`sse-retry`: the tools/call stream closes after a priming event (id, retry: 500 ms); the guard
+    waits the retry delay and resumes with GET + Last-Event-ID, where the answer arrives."""
+    statuses = run_client_scenario("sse-retry", tmp_path)
+    assert statuses == {"client-sse-graceful-reconnect": "SUCCESS", "client-sse-retry-timing": "SUCCESS",
+                        "client-sse-last-event-id": "SUCCESS"}, (tmp_path / "conformance.log").read_text()
