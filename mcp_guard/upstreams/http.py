@@ -33,7 +33,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
+from mcp.shared.inbound import (
+    NAME_BEARING_METHODS,
+    encode_header_value,
+    find_invalid_x_mcp_header,
+    mcp_param_headers,
+    x_mcp_header_map,
+)
 
 from mcp_guard.config import UpstreamConfig, upstream_proxied
 from mcp_guard.errors import UpstreamError
@@ -142,6 +148,8 @@ class HttpChannel:
         self._session: str | None = None
         self._version: str | None = None  # MCP-Protocol-Version after initialize
         self._posts: dict[Any, asyncio.Task[None]] = {}  # our requests' POSTs in flight, by id
+        self._param_maps: dict[str, dict[tuple[str, ...], str]] = {}  # tool -> argument path -> Mcp-Param-* token
+        self.excluded: dict[str, str] = {}  # tool -> why it was left out of the listing (an invalid x-mcp-header)
         self._get: asyncio.Task[None] | None = None
         self._reason = "was never started"
         self._ended = False
@@ -223,6 +231,9 @@ class HttpChannel:
                 value = message["params"].get(key) if key else None
                 if isinstance(value, str):
                     headers["Mcp-Name"] = encode_header_value(value)
+                    if method == "tools/call" and (params_map := self._param_maps.get(value)):
+                        arguments = message["params"].get("arguments")
+                        headers.update(mcp_param_headers(params_map, arguments if isinstance(arguments, dict) else {}))
             return headers
         if self._session is not None:
             headers["Mcp-Session-Id"] = self._session
@@ -324,11 +335,35 @@ class HttpChannel:
 
     def _deliver_answer(self, message: Message, rid: Any, method: str) -> None:
         message["id"] = rid  # the answer on a request's own POST is that request's, whatever id it names
+        if method == "tools/list" and isinstance(message.get("result"), dict) and isinstance(message["result"].get("tools"), list):
+            message["result"]["tools"] = self._headed_tools(message["result"]["tools"])
         if method == "initialize" and isinstance(message.get("result"), dict):
             version = message["result"].get("protocolVersion")
             if isinstance(version, str) and _HEADER_SAFE.fullmatch(version):
                 self._version = version
         self._inbox.put_nowait(message)
+
+    def _headed_tools(self, tools: list[Any]) -> list[Any]:
+        """The listed tools minus those whose ``x-mcp-header`` annotations are invalid (a client must not call
+        them); the others' annotations are kept, to mirror their arguments into ``Mcp-Param-*`` headers."""
+        kept = []
+        for tool in tools:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if not isinstance(name, str):
+                kept.append(tool)
+                continue
+            reason = find_invalid_x_mcp_header(tool.get("inputSchema"))
+            if reason is not None:
+                log.warning("[%s] tool %s left out: its x-mcp-header annotation is invalid (%s)", self.name, name, reason)
+                self.excluded[name] = reason
+                self._param_maps.pop(name, None)
+                continue
+            self.excluded.pop(name, None)
+            header_map = x_mcp_header_map(tool.get("inputSchema"))
+            if header_map:
+                self._param_maps[name] = header_map
+            kept.append(tool)
+        return kept
 
     async def _events(self, answer: Exchange, rid: Any, method: str, cursor: SseCursor | None = None) -> bool:
         """Relay a stream's messages; True once the response to ``rid`` arrived (None: the standalone stream)."""
