@@ -168,10 +168,12 @@ def test_guard_as_client_resumes_a_closed_stream_after_the_retry_delay(tmp_path:
 
 @requires_next_suite
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("scenario", ["http-custom-headers", "http-invalid-tool-headers", "http-standard-headers"])
+@pytest.mark.parametrize("scenario", ["http-custom-headers", "http-invalid-tool-headers", "http-standard-headers",
+                                      "request-metadata"])
 def test_guard_as_a_2026_07_28_client_sends_and_checks_the_http_headers(tmp_path: Path, scenario: str) -> None:
     """Mcp-Param-* mirrored from x-mcp-header arguments (Base64 where a value is not plain ASCII), tools with
-    an invalid x-mcp-header never called, and the standard headers on every request."""
+    an invalid x-mcp-header never called, the standard headers and ``_meta`` on every request, and
+    ``server/discover`` asked again when refused as an unsupported version that lists 2026-07-28."""
     statuses = run_client_scenario(scenario, tmp_path, next_suite=True, protocol="auto")
     failed = {k: v for k, v in statuses.items() if v != "SUCCESS"}
     assert not failed, (tmp_path / "conformance.log").read_text()
