@@ -124,6 +124,17 @@ class _Conn(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def take_all(self) -> bytes:
+        """The whole body buffered so far."""
+        framer = self.framer
+        data = b"".join(framer.body)
+        framer.body.clear()
+        framer.buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
     def send(self, data: bytes) -> None:
         assert self.transport is not None
         self.framer.expect()
@@ -153,6 +164,11 @@ class _Response:
         self._conn: _Conn | None = conn
 
     async def read(self, limit: int) -> bytes:
+        conn = self._conn
+        if conn is not None and conn.framer.complete and conn.framer.buffered <= limit:  # all here already: no loop
+            data = conn.take_all()
+            await self.aclose()
+            return data
         length = self.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             await self.aclose()
