@@ -195,6 +195,9 @@ def _principal(record: Mapping[str, Any]) -> Principal | None:
                      verified=record.get("verified") is True)
 
 
+record_principal = _principal  # the principal of an audit record (None when it names none)
+
+
 def build_report(records: Iterable[Mapping[str, Any]], policies: PolicySet, tools: Sequence[str], *,
                  chain: ChainStatus, tool_source: str, since: datetime | None = None) -> Report:
     """Fold ``records`` (oldest first) into per-subject usage; ``tools`` are the candidate names
