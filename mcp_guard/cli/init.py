@@ -250,6 +250,8 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
         click.echo(f"  {_show(policy)}: {_summary([t for t in observed if t.upstream == up])}; {_show(tests)}")
     click.echo("")
     click.echo(f"$ mcp-guard check --config {_show(guard_yaml)}")
+    for var in inputs:  # only the host can fill a VS Code input in: check the file as it will be with one
+        os.environ.setdefault(var, "(given by the host)")
     checked = _run_quietly(check, ["--config", str(guard_yaml)])
     click.echo(f"$ mcp-guard test {_show(out / 'policies')}")
     tested = _run_quietly(test_cmd, [str(out / "policies")])

@@ -300,3 +300,64 @@ def test_starting_policy_from_init_has_when_skeletons_for_path_tools(tmp_path: P
     guard_yaml = (tmp_path / "guard/guard.yaml").read_text()
     assert "  grant: ${MCP_GUARD_GRANT:-}" in guard_yaml
     assert "cwd: .." in guard_yaml  # relative to guard.yaml: the folder can be committed
+
+
+async def test_init_rewrites_a_vscode_project_file_portably_and_passes_its_inputs(tmp_path: Path) -> None:
+    """The rewritten .vscode/mcp.json names nothing outside the project (it is committed), and a
+    VS Code ``${input:token}`` reaches the server through the guard instead of being copied into
+    guard.yaml, where nothing would ever fill it in."""
+    from fixtures import PYTHON, RECORDING_SERVER, stdio_session
+
+    project = tmp_path / "project"
+    (project / ".vscode").mkdir(parents=True)
+    (project / "ws").mkdir()
+    inputs = [{"type": "promptString", "id": "api-token", "description": "API token", "password": True}]
+    (project / ".vscode" / "mcp.json").write_text(json.dumps({"inputs": inputs, "servers": {
+        "notes": {"type": "stdio", "command": PYTHON, "args": [str(RECORDING_SERVER)], "env": {"API_TOKEN": "${input:api-token}"}},
+        "files": {"type": "stdio", "command": str(tool_path("mcp-server-filesystem")), "args": ["${workspaceFolder}/ws"]},
+    }}))
+    done = mcp_guard("init", "--from-host-config", ".vscode/mcp.json", "--out", ".mcp-guard", "--rewrite-host-config", cwd=project)
+    assert done.returncode == 0, done.stderr + done.stdout
+    host = json.loads((project / ".vscode" / "mcp.json").read_text())
+    assert host["inputs"] == inputs  # the host still asks for the value
+    entry = host["servers"]["mcp-guard"]
+    assert entry == {"type": "stdio", "command": "mcp-guard", "args": ["run", "--config", "${workspaceFolder}/.mcp-guard/guard.yaml"],
+                     "env": {"MCP_GUARD_INPUT_API_TOKEN": "${input:api-token}"}}
+    assert str(tmp_path) not in (project / ".vscode" / "mcp.json").read_text()
+    guard_yaml = (project / ".mcp-guard" / "guard.yaml").read_text()
+    assert "${input:" not in guard_yaml and "API_TOKEN: ${MCP_GUARD_INPUT_API_TOKEN}" in guard_yaml
+    assert "  grant: ${MCP_GUARD_GRANT:-}" in guard_yaml
+    write_policies(project / ".mcp-guard" / "policies", [{"id": "env", "rules": [{"effect": "allow", "tools": ["notes/getenv"]}]}],
+                   name="env")
+
+    # launch what VS Code would: its variables filled in, the input in the entry's env, from the project
+    argv = [entry["command"], *(a.replace("${workspaceFolder}", str(project)) for a in entry["args"])]
+    async with stdio_session(argv, cwd=project, env=tools_env({"MCP_GUARD_INPUT_API_TOKEN": "s3cret"})) as client:
+        got = await client.call_tool("notes_getenv", {"name": "API_TOKEN"})
+        assert not got.is_error and "s3cret" in got.content[0].text  # type: ignore[union-attr]
+        assert "files_read_text_file" in {t.name for t in (await client.list_tools()).tools}
+
+    # a grant set later is no longer ignored: the guard refuses to start without trust for it
+    log = tmp_path / "guard.log"
+    with pytest.raises(Exception):  # noqa: B017 - the guard exits; the SDK reports the closed stream its own way
+        async with stdio_session(argv, cwd=project, stderr=log,
+                                 env=tools_env({"MCP_GUARD_INPUT_API_TOKEN": "x", "MCP_GUARD_GRANT": "e30.e30.e30"})) as client:
+            await client.list_tools()
+    assert "grant" in log.read_text(), log.read_text()
+
+
+def test_init_rewrites_a_claude_code_project_file_relative_to_the_project(tmp_path: Path) -> None:
+    (tmp_path / ".mcp.json").write_text(json.dumps({"mcpServers": {
+        "files": {"command": str(tool_path("mcp-server-filesystem")), "args": ["./ws"]}}}))
+    (tmp_path / "ws").mkdir()
+    done = mcp_guard("init", "--from-host-config", ".mcp.json", "--out", ".mcp-guard", "--rewrite-host-config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    entry = json.loads((tmp_path / ".mcp.json").read_text())["mcpServers"]["mcp-guard"]
+    assert entry == {"command": "mcp-guard", "args": ["run", "--config", "./.mcp-guard/guard.yaml"]}
+    assert load_config_cwd(tmp_path / ".mcp-guard" / "guard.yaml") == str(tmp_path)
+
+
+def load_config_cwd(path: Path) -> str | None:
+    from mcp_guard.config import load_config
+
+    return load_config(path).upstreams["files"].cwd
