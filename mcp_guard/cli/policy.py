@@ -312,6 +312,11 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str 
             lines[0] = f"decision: {effect} (policies alone: {expl.decision.effect})"
             if grant_reason is not None and len(lines) > 1 and lines[1].startswith("reason:"):
                 lines[1] = f"reason: mcp-guard denied {label}: {grant_reason}"
+    if policies.shadow is not None:  # never enforced: shown, not part of the exit code
+        shadow = evaluate(policies.shadow, chain, who, name, args, annotations, now, kind=kind, paths=paths)
+        lines.append("")
+        lines.append(f"shadow decision (with the `mode: shadow` policies enforced too): {shadow.decision}"
+                     + (f" by {', '.join(shadow.rule_ids)}" if shadow.rule_ids else ""))
     click.echo("\n".join(lines))
     sys.exit(EXIT[effect])
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import yaml
+from click.testing import CliRunner
 from helpers import ALICE, policy_set
 
+from mcp_guard.cli import main
 from mcp_guard.decision import Outcome, evaluate
 from mcp_guard.policy import dump, parse_text
 
@@ -54,3 +58,28 @@ def test_mode_round_trips_and_typos_are_errors() -> None:
     bad = parse_text("version: 1\npolicies:\n  - id: p\n    mode: shadw\n    rules: []\n", "p.yaml")
     assert [str(p) for p in bad.errors] == [
         "p.yaml:4:11: unknown mode `shadw` (enforce (the default) or shadow (decided and audited, never enforced))"]
+
+
+def test_explain_shows_the_shadow_decision_beside_the_enforced_one(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"version": 1, "policies": [LIVE, TRIAL]}))
+    result = CliRunner().invoke(main, ["explain", "--policies", str(tmp_path / "p.yaml"), "--tool", "fs/write_file", "--user", "a"])
+    assert result.exit_code == 0, result.output  # allowed: the exit code is the enforced decision
+    assert result.output.startswith("decision: allow\n")
+    assert "shadow decision (with the `mode: shadow` policies enforced too): deny by trial#1" in result.output
+
+
+def test_check_and_test_speak_json(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"version": 1, "policies": [LIVE, TRIAL, {"id": "bad", "rules": [{"effect": "alow", "tools": ["fs/x"]}]}]}))
+    result = CliRunner().invoke(main, ["check", "--json", str(tmp_path / "p.yaml")])
+    data = json.loads(result.stdout)
+    assert result.exit_code == 1 and data["ok"] is False and data["errors"] == 1
+    assert data["problems"][0]["file"].endswith("p.yaml") and data["problems"][0]["severity"] == "error"
+    assert "unknown effect `alow`" in data["problems"][0]["message"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"version": 1, "policies": [LIVE]}))
+    (tmp_path / "p.test.yaml").write_text(yaml.safe_dump({"cases": [
+        {"name": "reads", "principal": {"user": "a"}, "call": {"tool": "fs/read"}, "expect": "allow"},
+        {"name": "wrong", "principal": {"user": "a"}, "call": {"tool": "web/get"}, "expect": "allow"}]}))
+    result = CliRunner().invoke(main, ["test", "--json", str(tmp_path)])
+    data = json.loads(result.stdout)
+    assert result.exit_code == 1 and (data["passed"], data["failed"]) == (1, 1)
+    assert [(c["name"], c["passed"]) for c in data["cases"]] == [("reads", True), ("wrong", False)]
