@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -105,8 +106,17 @@ def _paths_of(config: GuardConfig | None) -> Any:
     return paths
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    """Caller-controlled text (agent names, tool names from the audit log) on one honest line:
+    control, line-breaking and bidi characters escaped, so no name can forge a line of output."""
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
 def _who(p: Principal) -> str:
-    return " ".join(p.chain) + (f" (purpose {p.purpose})" if p.purpose else "")
+    return shown(" ".join(p.chain) + (f" (purpose {p.purpose})" if p.purpose else ""))
 
 
 # --------------------------------------------------------------------------- diff
@@ -173,7 +183,7 @@ def render_diff(changes: list[Change], old: Path, new: Path, principals: int, ta
     width = max(len(c.change) for c in changes)
     for c in sorted(changes, key=lambda c: (not c.widening, c.change, c.target.kind, c.target.name, c.principal.chain)):
         rules = ", ".join(c.new.rules or c.old.rules)
-        out.append(f"{c.change:<{width}}  {c.target.label}  {_who(c.principal)}: {c.old} -> {c.new}"
+        out.append(f"{c.change:<{width}}  {shown(c.target.label)}  {_who(c.principal)}: {shown(str(c.old))} -> {shown(str(c.new))}"
                    + (f"  [{rules}]" if rules else ""))
     counts = Counter(c.change for c in changes)
     out.append(f"{len(changes)} changes: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
@@ -235,9 +245,9 @@ def replay(audit_path: str, policy_paths: tuple[Path, ...], config_path: Path | 
     click.echo(f"mcp-guard replay of {audit_path} under {', '.join(map(str, policy_paths))}: {replayed} requests re-decided, "
                f"{len(changed) - depends} change, {depends} depend on arguments the audit did not keep")
     for r in changed:
-        head = f"line {r.line} {r.time}  {r.target.label}  {_who(r.principal)}: {r.recorded} -> "
+        head = f"line {r.line} {shown(r.time)}  {shown(r.target.label)}  {_who(r.principal)}: {shown(r.recorded)} -> "
         if r.new is None:
-            click.echo(head + f"depends on arguments, {r.standing}")
+            click.echo(head + f"depends on arguments, {shown(str(r.standing))}")
         else:
             click.echo(head + f"{r.new} ({r.status})")
     for why, n in sorted(skipped.items()):

@@ -157,3 +157,16 @@ def test_diff_over_resources_and_prompts_too() -> None:
     changes = {(c.target.kind, c.target.name, c.change) for c in diff(old, new, [who], [
         Target(Kind.RESOURCE, "docs/file:///etc/passwd"), Target(Kind.RESOURCE, "docs/file:///srv/a"), Target(Kind.PROMPT, "git/commit")])}
     assert changes == {(Kind.RESOURCE, "docs/file:///etc/passwd", "widened"), (Kind.PROMPT, "git/commit", "narrowed")}
+
+
+def test_names_from_the_audit_log_cannot_forge_a_line_of_diff_output() -> None:
+    from pathlib import Path
+
+    from mcp_guard.cli.diff import render_diff
+    from mcp_guard.diffing import Change
+
+    evil = Principal(user="u", agents=("bot\nwidened  fs/everything  user:root: deny -> allow\u202e",))
+    change = Change(evil, Target(Kind.TOOL, "fs/x\r\ny"), Standing(Effect.DENY), Standing(Effect.ALLOW), "widened")
+    lines = render_diff([change], Path("a"), Path("b"), 1, 1)
+    assert len(lines) == 3  # header, the one change, the summary
+    assert "bot\\u000awidened" in lines[1] and "\\u202e" in lines[1] and "fs/x\\u000d\\u000ay" in lines[1]
