@@ -206,7 +206,8 @@ def replay(audit_path: str, policy_paths: tuple[Path, ...], config_path: Path | 
 
     A request whose arguments the audit did not keep (audit.include_args is off) is re-decided
     only when its arguments cannot matter; otherwise it is listed as depending on arguments.
-    The policies alone are re-decided: a refusal that came from a grant chain is skipped.
+    The policies alone are re-decided: a refusal that came from a grant chain is skipped.  Give
+    --config so rules that select tools by annotations see the pinned ones, as the guard does.
     """
     config = load_config(config_path) if config_path else None
     policies = load_policies(policy_paths, "--policies")
@@ -226,6 +227,9 @@ def replay(audit_path: str, policy_paths: tuple[Path, ...], config_path: Path | 
             continue
         if decision not in EFFECT_OF:
             skipped[f"decision {decision} (not the policies')"] += 1
+            continue
+        if record.get("method") == "completion/complete" and target.kind is Kind.RESOURCE:
+            skipped["completions of resource templates (decided by the listing)"] += 1
             continue
         if chain_decided(record):
             skipped["decided by a grant chain"] += 1
