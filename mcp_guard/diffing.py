@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mcp_guard.decision import Outcome, evaluate
+from mcp_guard.decision import evaluate
 from mcp_guard.identity import Principal
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
@@ -111,6 +111,9 @@ def standing(policies: PolicySet, who: Principal, target: Target, paths: PathCon
             if rule is None or not trace.tools or not trace.annotations:
                 continue
             conds = _ordered_conditions(rule)
+            if len(conds) != len(trace.conditions):  # a condition this module cannot place: never guess it away
+                conditional[trace.effect].append((str(trace.ref), ("conditions diff cannot judge",)))
+                continue
             judged = [v for c, (_, v) in zip(conds, trace.conditions, strict=True) if not c.key.startswith("args.")]
             if not all(v is True if trace.effect is Effect.ALLOW else v is not False for v in judged):
                 continue  # the principal (or the resource's URI) already rules it out
@@ -232,14 +235,6 @@ class Replayed:
                 "new_standing": None if self.standing is None else self.standing.to_json()}
 
 
-@dataclass
-class ReplaySummary:
-    changed: list[Replayed]
-    replayed: int = 0
-    unchanged: int = 0
-    skipped: dict[str, int] | None = None  # why some records were not re-decided -> how many
-
-
 def replay_one(policies: PolicySet, line: int, time: str, who: Principal, target: Target, recorded: str,
                args: Mapping[str, Any] | None, paths: PathContext | None, now: float) -> Replayed | None:
     """The record re-decided under ``policies``; None when its decision does not change.
@@ -266,5 +261,18 @@ def chain_decided(record: Mapping[str, Any]) -> bool:
     return decision in ("approval_required", "approved", "rejected") and not record.get("policy_ids")
 
 
-__all__ = ["EFFECT_OF", "Change", "Outcome", "ReplaySummary", "Replayed", "Standing", "Target", "compare", "diff",
-           "literal_targets", "replay_one", "standing", "subject_principals", "witness"]
+__all__ = [
+    "EFFECT_OF",
+    "Change",
+    "Replayed",
+    "Standing",
+    "Target",
+    "chain_decided",
+    "compare",
+    "diff",
+    "literal_targets",
+    "replay_one",
+    "standing",
+    "subject_principals",
+    "witness",
+]
