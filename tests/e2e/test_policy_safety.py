@@ -361,3 +361,31 @@ def load_config_cwd(path: Path) -> str | None:
     from mcp_guard.config import load_config
 
     return load_config(path).upstreams["files"].cwd
+
+
+@requires_tools("mcp-server-everything")
+async def test_diff_and_replay_cover_resources_and_prompts(tmp_path: Path) -> None:
+    """Resources and prompts are decided like tools: a real server's resource reads and prompt
+    gets, audited, then compared and replayed under a version that moves them."""
+    doc = "demo://resource/static/document/architecture.md"
+    old = [{"id": "docs", "rules": [
+        {"effect": "allow", "resources": ["everything/demo://resource/static/*"]},
+        {"effect": "allow", "prompts": ["everything/simple-prompt"]}]}]
+    config = write_guard_config(tmp_path, {"everything": {"command": str(tool_path("mcp-server-everything"))}}, old,
+                                identity={"user": "alice@example.com"}, audit={"path": "./audit.jsonl"})
+    async with guarded_session(config, client_info=types.Implementation(name="reader", version="1")) as client:
+        assert (await client.session.read_resource(doc)).contents
+        assert (await client.session.get_prompt("everything_simple-prompt")).messages
+    new = write_policies(tmp_path / "new", [{"id": "docs", "rules": [
+        {"effect": "approve", "resources": ["everything/demo://resource/static/*"]},
+        {"effect": "allow", "prompts": ["everything/simple-prompt", "everything/args-prompt"]}]}], name="docs")
+    out = mcp_guard("diff", "policies", str(new), "--config", str(config), "--json", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr  # args-prompt widens
+    changes = {(c["kind"], c["target"], c["change"]) for c in json.loads(out.stdout)["changes"]
+               if c["principal"] == ["user:alice@example.com", "agent:reader"]}
+    assert changes == {("resource", f"everything/{doc}", "narrowed"), ("prompt", "everything/args-prompt", "widened")}
+    replayed = mcp_guard("replay", "--audit", "audit.jsonl", "--policies", str(new), "--json", cwd=tmp_path)
+    data = json.loads(replayed.stdout)
+    assert [(c["kind"], c["target"], c["recorded"], c["new"]) for c in data["changed"]] == [
+        ("resource", f"everything/{doc}", "allow", "approve")]
+    assert data["replayed"] == 2
