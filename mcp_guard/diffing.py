@@ -36,7 +36,7 @@ WIDENING = ("widened", "conditions changed")  # what `diff` fails on unless --al
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class DiffTarget:
     """A tool, resource or prompt: ``UPSTREAM/NAME`` (``UPSTREAM/URI`` for a resource)."""
 
     kind: Kind
@@ -70,7 +70,7 @@ class Standing:
 @dataclass(frozen=True, slots=True)
 class Change:
     principal: Principal
-    target: Target
+    target: DiffTarget
     old: Standing
     new: Standing
     change: str  # widened | narrowed | now conditional | conditions changed
@@ -96,7 +96,7 @@ def _rule_of(policy: Policy, ref: str) -> Rule | None:
     return None
 
 
-def standing(policies: PolicySet, who: Principal, target: Target, paths: PathContext | None = None,
+def standing(policies: PolicySet, who: Principal, target: DiffTarget, paths: PathContext | None = None,
              now: float = 0.0) -> Standing:
     """``who``'s standing toward ``target`` under ``policies`` (see the module docstring)."""
     expl = policies.explain(who, target.name, {}, target.annotations, kind=target.kind, paths=paths)
@@ -146,7 +146,7 @@ def compare(old: Standing, new: Standing) -> str | None:
     return "now conditional" if new.conditional else "widened"  # conditional -> always: wider
 
 
-def diff(old: PolicySet, new: PolicySet, principals: Iterable[Principal], targets: Iterable[Target],
+def diff(old: PolicySet, new: PolicySet, principals: Iterable[Principal], targets: Iterable[DiffTarget],
          paths: Callable[[str], PathContext | None] = lambda _upstream: None) -> list[Change]:
     """Every ``principals`` x ``targets`` pair whose standing changes from ``old`` to ``new``."""
     out: list[Change] = []
@@ -193,16 +193,16 @@ def subject_principals(policy_sets: Iterable[PolicySet]) -> list[Principal]:
     return sorted(seen.values(), key=lambda p: (p.user, p.agents, p.purpose or ""))
 
 
-def literal_targets(policy_sets: Iterable[PolicySet]) -> list[Target]:
+def literal_targets(policy_sets: Iterable[PolicySet]) -> list[DiffTarget]:
     """Every tool, prompt and resource a rule names literally (no glob in it)."""
-    out: dict[tuple[Kind, str], Target] = {}
+    out: dict[tuple[Kind, str], DiffTarget] = {}
     for ps in policy_sets:
         for pol in ps.policies:
             for rule in pol.rules:
                 for kind in Kind:
                     for name in rule.selectors(kind):
                         if not any(ch in name for ch in "*?[") and "/" in name:
-                            out.setdefault((kind, name), Target(kind, name))
+                            out.setdefault((kind, name), DiffTarget(kind, name))
     return list(out.values())
 
 
@@ -216,7 +216,7 @@ class Replayed:
     line: int
     time: str
     principal: Principal
-    target: Target
+    target: DiffTarget
     recorded: str  # the decision in the audit record
     new: Effect | None  # None: depends on arguments the audit did not keep
     standing: Standing | None = None
@@ -235,7 +235,7 @@ class Replayed:
                 "new_standing": None if self.standing is None else self.standing.to_json()}
 
 
-def replay_one(policies: PolicySet, line: int, time: str, who: Principal, target: Target, recorded: str,
+def replay_one(policies: PolicySet, line: int, time: str, who: Principal, target: DiffTarget, recorded: str,
                args: Mapping[str, Any] | None, paths: PathContext | None, now: float) -> Replayed | None:
     """The record re-decided under ``policies``; None when its decision does not change.
     ``args`` None: the audit did not keep them; the request is decided only if they cannot matter."""
@@ -264,9 +264,9 @@ def chain_decided(record: Mapping[str, Any]) -> bool:
 __all__ = [
     "EFFECT_OF",
     "Change",
+    "DiffTarget",
     "Replayed",
     "Standing",
-    "Target",
     "chain_decided",
     "compare",
     "diff",

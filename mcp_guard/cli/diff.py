@@ -19,8 +19,8 @@ from mcp_guard.config import GuardConfig, iter_policy_files, load_config, read_s
 from mcp_guard.diffing import (
     EFFECT_OF,
     Change,
+    DiffTarget,
     Replayed,
-    Target,
     chain_decided,
     diff,
     literal_targets,
@@ -63,7 +63,7 @@ def _annotations(config: GuardConfig | None) -> dict[str, Mapping[str, Any]]:
     return out
 
 
-def pinned_targets(config: GuardConfig | None) -> list[Target]:
+def pinned_targets(config: GuardConfig | None) -> list[DiffTarget]:
     """Every tool of guard.lock (with its trusted annotations)."""
     from mcp_guard.pinning import read_lock
 
@@ -71,10 +71,10 @@ def pinned_targets(config: GuardConfig | None) -> list[Target]:
         return []
     pins = read_lock(config.lock_file)
     ann = _annotations(config)
-    return [Target(Kind.TOOL, f"{u}/{t}", ann.get(f"{u}/{t}")) for u, tools in (pins.pins.items() if pins else ()) for t in tools]
+    return [DiffTarget(Kind.TOOL, f"{u}/{t}", ann.get(f"{u}/{t}")) for u, tools in (pins.pins.items() if pins else ()) for t in tools]
 
 
-def record_target(record: Mapping[str, Any], annotations: Mapping[str, Mapping[str, Any]]) -> Target | None:
+def audited_target(record: Mapping[str, Any], annotations: Mapping[str, Mapping[str, Any]]) -> DiffTarget | None:
     """What an audit record decided on, or None (an unknown name, a method with no target)."""
     kind, upstream = record.get("kind"), record.get("upstream")
     if kind not in _NAME_FIELD or not isinstance(upstream, str) or record.get("decision") == "unknown":
@@ -83,7 +83,7 @@ def record_target(record: Mapping[str, Any], annotations: Mapping[str, Mapping[s
     if not isinstance(name, str):
         return None
     full = f"{upstream}/{name}"
-    return Target(Kind(kind), full, annotations.get(full) if kind == "tool" else None)
+    return DiffTarget(Kind(kind), full, annotations.get(full) if kind == "tool" else None)
 
 
 def _read_audit(path: str, allow_broken: bool) -> list[dict[str, Any]]:
@@ -145,7 +145,7 @@ def diff_cmd(old: Path, new: Path, config_path: Path | None, audit_path: str | N
     config = load_config(config_path) if config_path else None
     before, after = load_policies([old], str(old)), load_policies([new], str(new))
     principals = subject_principals([before, after])
-    targets: dict[tuple[Kind, str], Target] = {(t.kind, t.name): t for t in [*pinned_targets(config),
+    targets: dict[tuple[Kind, str], DiffTarget] = {(t.kind, t.name): t for t in [*pinned_targets(config),
                                                                              *literal_targets([before, after])]}
     path = audit_path or (config.audit.path if config is not None and config.audit.path not in (None, "-") else None)
     if path and (audit_path or any(Path(f).exists() for f in rotated_set(path))):
@@ -156,7 +156,7 @@ def diff_cmd(old: Path, new: Path, config_path: Path | None, audit_path: str | N
             if who is not None and (who.user, who.agents, who.purpose) not in seen:
                 seen.add((who.user, who.agents, who.purpose))
                 principals.append(Principal(user=who.user, agents=who.agents, purpose=who.purpose))
-            t = record_target(record, ann)
+            t = audited_target(record, ann)
             if t is not None:
                 targets.setdefault((t.kind, t.name), t)
     ordered = sorted(targets.values(), key=lambda t: (t.kind, t.name))
@@ -219,7 +219,7 @@ def replay(audit_path: str, policy_paths: tuple[Path, ...], config_path: Path | 
     skipped: Counter[str] = Counter()
     replayed = 0
     for line, record in enumerate(records, 1):
-        target = record_target(record, ann)
+        target = audited_target(record, ann)
         who = record_principal(record)
         decision = str(record.get("decision"))
         if target is None or who is None:

@@ -14,7 +14,7 @@ import click
 from mcp_guard.audit import iter_records, rotated_set, verify
 from mcp_guard.cli.diff import load_policies, pinned_targets
 from mcp_guard.config import GuardConfig, load_config, parse_duration
-from mcp_guard.diffing import Change, Target, diff, literal_targets, subject_principals
+from mcp_guard.diffing import Change, DiffTarget, diff, literal_targets, subject_principals
 from mcp_guard.errors import AuditError, ConfigError, GuardError
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
@@ -137,7 +137,7 @@ def _changes_from(against: Path, policies: PolicySet, rep: Report, config: Guard
             who.setdefault((p.user, p.agents, p.purpose), p)
     targets = {(t.kind, t.name): t for t in [*pinned_targets(config), *literal_targets([old, policies])]}
     for name in rep.tool_names:
-        targets.setdefault((Kind.TOOL, name), Target(Kind.TOOL, name))
+        targets.setdefault((Kind.TOOL, name), DiffTarget(Kind.TOOL, name))
 
     def paths(upstream: str) -> PathContext | None:
         cfg = config.upstreams.get(upstream)

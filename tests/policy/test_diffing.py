@@ -9,8 +9,8 @@ import pytest
 from helpers import ALICE, policy_set
 
 from mcp_guard.diffing import (
+    DiffTarget,
     Standing,
-    Target,
     chain_decided,
     compare,
     diff,
@@ -25,7 +25,7 @@ from mcp_guard.policy import Effect
 from mcp_guard.policy.siblings import path_arguments, sibling_warnings
 from mcp_guard.report_risk import risks
 
-READ = Target(Kind.TOOL, "fs/read")
+READ = DiffTarget(Kind.TOOL, "fs/read")
 
 
 def rules(*rs: dict[str, Any], subjects: dict[str, Any] | None = None) -> Any:
@@ -155,7 +155,7 @@ def test_diff_over_resources_and_prompts_too() -> None:
     new = policy_set({"id": "p", "rules": [{"effect": "allow", "resources": ["docs/*"]}]})
     who = Principal(user="u")
     changes = {(c.target.kind, c.target.name, c.change) for c in diff(old, new, [who], [
-        Target(Kind.RESOURCE, "docs/file:///etc/passwd"), Target(Kind.RESOURCE, "docs/file:///srv/a"), Target(Kind.PROMPT, "git/commit")])}
+        DiffTarget(Kind.RESOURCE, "docs/file:///etc/passwd"), DiffTarget(Kind.RESOURCE, "docs/file:///srv/a"), DiffTarget(Kind.PROMPT, "git/commit")])}
     assert changes == {(Kind.RESOURCE, "docs/file:///etc/passwd", "widened"), (Kind.PROMPT, "git/commit", "narrowed")}
 
 
@@ -166,7 +166,7 @@ def test_names_from_the_audit_log_cannot_forge_a_line_of_diff_output() -> None:
     from mcp_guard.diffing import Change
 
     evil = Principal(user="u", agents=("bot\nwidened  fs/everything  user:root: deny -> allow\u202e",))
-    change = Change(evil, Target(Kind.TOOL, "fs/x\r\ny"), Standing(Effect.DENY), Standing(Effect.ALLOW), "widened")
+    change = Change(evil, DiffTarget(Kind.TOOL, "fs/x\r\ny"), Standing(Effect.DENY), Standing(Effect.ALLOW), "widened")
     lines = render_diff([change], Path("a"), Path("b"), 1, 1)
     assert len(lines) == 3  # header, the one change, the summary
     assert "bot\\u000awidened" in lines[1] and "\\u202e" in lines[1] and "fs/x\\u000d\\u000ay" in lines[1]
