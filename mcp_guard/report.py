@@ -203,6 +203,9 @@ def literal_tools(policies: Iterable[Policy], upstreams: Iterable[str]) -> list[
                    if is_literal(name) and split_tool(name)[0] in known})
 
 
+record_principal = _principal  # the principal of an audit record (None when it names none)
+
+
 def build_report(records: Iterable[Mapping[str, Any]], policies: PolicySet, tools: Sequence[str], *,
                  chain: ChainStatus, tool_source: str, since: datetime | None = None) -> Report:
     """Fold ``records`` (oldest first) into per-subject usage; ``tools`` are the candidate names

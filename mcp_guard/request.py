@@ -62,6 +62,7 @@ class RequestContext:
     chain_checked: bool = False  # expiry and revocation already checked for this request
     target: Target | None = None  # what was decided (set by the pipeline)
     verdict: Verdict | None = None  # how (set by the pipeline, once)
+    shadow: Verdict | None = None  # what the policies in `mode: shadow` would decide (audited and traced, never enforced)
     trace: tuple[int, int] | None = None  # (trace id, span id) of the span that decided, when traced
     tools_listed: tuple[int, int] | None = None  # tools/list: (listed, hidden by policy or grant)
 

@@ -20,7 +20,7 @@ FLOORS: dict[str, int] = {
     "errors": 0, "kinds": 0, "identity": 0, "paths": 0, "yamlsrc": 0, "invisible": 0,
     "jsonrpc": 1,
     "transports": 2, "policy": 2, "grants": 2, "state": 2, "audit": 2,
-    "decision": 3, "pinning": 3, "report": 3, "starter": 3, "__init__": 3,
+    "decision": 3, "pinning": 3, "report": 3, "starter": 3, "__init__": 3, "diffing": 4, "report_risk": 4,
     "request": 4,
     "telemetry": 5, "report_html": 5,
     "config": 6, "schema": 6, "hostconfig": 6,

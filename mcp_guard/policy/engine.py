@@ -165,7 +165,9 @@ class PolicySet:
     """An immutable, compiled set of policies.  Build a new one to change it (see ``PolicyHolder``)."""
 
     def __init__(self, policies: Iterable[Policy], warnings: Iterable[str] = ()) -> None:
-        self.policies: tuple[Policy, ...] = tuple(sorted(policies, key=lambda p: p.id))
+        enforced, every = Policy.split_modes(policies)
+        self.shadow: PolicySet | None = PolicySet(every) if every else None  # evaluated only when present
+        self.policies: tuple[Policy, ...] = tuple(sorted(enforced, key=lambda p: p.id))
         self.warnings: tuple[str, ...] = tuple(warnings)
         self._subjects = tuple(
             _Subjects(*(None if g is None else glob_matcher(g) for g in (p.subjects.users, p.subjects.agents, p.subjects.purposes)))

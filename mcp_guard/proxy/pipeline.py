@@ -133,6 +133,10 @@ class Pipeline:
             if exact:
                 verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
                                    guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
+                shadow = guard.policies.shadow
+                if shadow is not None:  # only when some policy says `mode: shadow`
+                    req.shadow = evaluate(shadow, req.chain, who, target.qualified, args, target.annotations,
+                                          guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
             else:  # completion of a resource template: decided as its listing is (the URI is a template)
                 verdict = self._by_visibility(req, target)
             if verdict.decision is Outcome.APPROVAL_REQUIRED:
@@ -203,6 +207,9 @@ class Pipeline:
             }
         if note:
             record["note"] = note
+        if req.shadow is not None:
+            record["shadow_decision"] = str(req.shadow.decision)
+            record["shadow_rule_ids"] = list(req.shadow.rule_ids)
         if target.pin in ("new", "changed"):
             record["pin"] = target.pin
         _trace_ids(req, record)
