@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,17 +152,22 @@ def parse_host_config(text: str, file: Path) -> HostConfig:
     return HostConfig(file, key, data, tuple(servers), tuple(skipped))
 
 
-def guard_entry(host: HostConfig, launcher: Sequence[str], guard_yaml: Path) -> dict[str, Any]:
-    """The host entry that launches ``mcp-guard run --config GUARD_YAML``."""
+def guard_entry(host: HostConfig, launcher: Sequence[str], guard_yaml: Path | str,
+                env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The host entry that launches ``mcp-guard run --config GUARD_YAML``; ``env`` passes the
+    host's own inputs (VS Code ``${input:ID}``) on to the guard."""
     entry: dict[str, Any] = {}
     if host.key == "servers":
         entry["type"] = "stdio"
     entry["command"] = launcher[0]
     entry["args"] = [*launcher[1:], "run", "--config", str(guard_yaml)]
+    if env:
+        entry["env"] = dict(sorted(env.items()))
     return entry
 
 
-def rewritten(host: HostConfig, launcher: Sequence[str], guard_yaml: Path, entry_name: str = "mcp-guard") -> str:
+def rewritten(host: HostConfig, launcher: Sequence[str], guard_yaml: Path | str, entry_name: str = "mcp-guard", *,
+              env: Mapping[str, str] | None = None) -> str:
     """The host file with the guarded servers replaced by one entry that runs the guard; every other
     key and every server the guard did not take over stays as it was."""
     data = dict(host.data)
@@ -172,6 +177,6 @@ def rewritten(host: HostConfig, launcher: Sequence[str], guard_yaml: Path, entry
     n = 2
     while name in servers:
         name, n = f"{entry_name}-{n}", n + 1
-    servers[name] = guard_entry(host, launcher, guard_yaml)
+    servers[name] = guard_entry(host, launcher, guard_yaml, env)
     data[host.key] = servers
     return json.dumps(data, indent=2) + "\n"

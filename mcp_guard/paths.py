@@ -12,11 +12,14 @@ accent (NFD, as macOS writes names) is the same folder as the precomposed spelli
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import idna
 
 Tri = bool | None
 Parts = tuple[str, ...]
@@ -147,30 +150,102 @@ def _split(uri: str) -> tuple[str, str, str] | None:
 def uri_forms(uri: str) -> tuple[str, ...] | None:
     """The readings of ``uri`` a policy must accept or refuse together; None when unjudgeable.
 
-    The first is the canonical form (RFC 3986 normalisation: lower-case scheme, escapes that do
-    not change the URI's structure decoded, dot segments removed, NFC).  When a server might
-    read the URI differently — it keeps dot segments literally, or decodes an escaped ``/`` — the
-    other readings follow, and a decision takes the most severe answer over all of them.
-    Control characters, malformed escapes and non-UTF-8 escapes make a URI unjudgeable.
+    The first is the canonical form (RFC 3986 normalisation: lower-case scheme, the authority
+    in canonical form (``_authority``), escapes that do not change the URI's structure decoded,
+    dot segments removed, NFC; in a ``file:`` path repeated slashes are one).  When a server
+    might read the URI differently — it keeps dot segments literally, decodes an escaped ``/``,
+    takes ``\\`` for ``/``, merges repeated slashes, ignores the user part — the other readings
+    follow, and a decision takes the most severe answer over all of them.  Control characters,
+    malformed escapes, non-UTF-8 escapes and a host that cannot be read make a URI unjudgeable.
     """
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
         return None
+    forms = _readings(uri)
+    if "\\" in uri:  # ``\\`` is ``/`` to some servers (and to every WHATWG URL parser for http)
+        slashed = _readings(uri.replace("\\", "/"))
+        if slashed is None:
+            return None
+        forms = slashed if forms is None else forms + slashed  # a host with a ``\\`` has only the one reading
+    return None if forms is None else tuple(dict.fromkeys(forms))
+
+
+def _readings(uri: str) -> list[str] | None:
     parts = _split(uri)
     if parts is None:  # not a URI: judged as the text it is
-        return (nfc(uri),)
+        return [nfc(uri)]
     head, path, tail = parts
+    file = head.startswith("file:")
+    if head == "file:" and path.startswith("/"):
+        head = "file://"  # file:/x is file:///x
+    heads = _authority(head)
+    if heads is None:
+        return None
+    if file and path.startswith("/"):
+        path = _SLASHES.sub("/", path)  # to a filesystem, repeated slashes are one
     lit_path, lit_tail = _decode(path, everything=False), _decode(tail, everything=False, keep=_KEEP_IN_TAIL)
     if lit_path is None or lit_tail is None:
         return None
-    literal = nfc(head + lit_path + lit_tail)
-    forms = [nfc(head + (_remove_dots(lit_path) if lit_path.startswith("/") else lit_path) + lit_tail)]
+    if not lit_path and "//" in head and "*" not in head and head.partition(":")[0] in _EMPTY_PATH_IS_ROOT:
+        lit_path = "/"  # https://host is https://host/
+    pairs = [(_remove_dots(lit_path) if lit_path.startswith("/") else lit_path, lit_tail)]
     if "%" in lit_path or "%" in lit_tail:
         full_path, full_tail = _decode(lit_path, everything=True), _decode(lit_tail, everything=True)
         if full_path is None or full_tail is None:
             return None
-        forms.append(nfc(head + (_remove_dots(full_path) if full_path.startswith("/") else full_path) + full_tail))
-    forms.append(literal)
-    return tuple(dict.fromkeys(forms))
+        pairs.append((_remove_dots(full_path) if full_path.startswith("/") else full_path, full_tail))
+    if not file:  # a server that merges repeated slashes reads this
+        pairs += [(_remove_dots(_SLASHES.sub("/", p)), t) for p, t in pairs if "//" in p]
+    pairs.append((lit_path, lit_tail))
+    return [nfc(h + p + t) for h in heads for p, t in pairs]
+
+
+_SLASHES = re.compile(r"/{2,}")
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+_EMPTY_PATH_IS_ROOT = frozenset(_DEFAULT_PORTS)
+# what a decoded host must not contain: it would change where the URI splits, or is no host at all
+_NOT_IN_HOST = frozenset("/?#@[]\\:% ") | _CONTROLS
+
+
+def _authority(head: str) -> list[str] | None:
+    """The canonical ``scheme ":" ["//" authority]`` of ``head`` (the scheme already in lower
+    case), then the same without its user part when it has one; None when the host cannot be read.
+
+    Canonical: host in lower case with its escapes decoded (IDNA to ASCII when it is not ASCII),
+    without a trailing dot; no empty or default port (``:443`` for https and wss, ``:80`` for
+    http and ws); ``file://localhost`` is ``file://``."""
+    scheme, _colon, rest = head.partition(":")
+    if not rest.startswith("//"):
+        return [head]
+    user, at, hostport = rest[2:].rpartition("@")
+    if hostport.startswith("["):  # an IPv6 literal: only its case can differ
+        close = hostport.find("]")
+        if close < 0:
+            return None
+        host, port = hostport[:close + 1].lower(), hostport[close + 1:]
+        if port and not port.startswith(":"):
+            return None
+        port = port[1:]
+    else:
+        host, _sep, port = hostport.partition(":")
+        decoded = _decode(host, everything=True)
+        if decoded is None or any(c in _NOT_IN_HOST for c in decoded):
+            return None
+        host = decoded.lower()
+        if not host.isascii():
+            # not a DNS name (a glob, another scheme's name): compared as written, in lower case
+            with contextlib.suppress(idna.IDNAError):
+                host = idna.encode(host, uts46=True).decode("ascii")
+        if host.endswith(".") and len(host) > 1:
+            host = host[:-1]
+    if port.isdigit() and port.isascii():
+        port = str(int(port))
+    if not port or _DEFAULT_PORTS.get(scheme) == port:
+        port = ""
+    if scheme == "file" and host == "localhost":
+        host = ""
+    hostport = f"{host}:{port}" if port else host
+    canonical = f"{scheme}://{user}@{hostport}" if at else f"{scheme}://{hostport}"
+    return [canonical, f"{scheme}://{hostport}"] if at else [canonical]
 
 
 def canonical_uri(text: str) -> str:

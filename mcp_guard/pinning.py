@@ -30,9 +30,16 @@ def tool_digest(tool: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PinSet:
-    """The accepted definitions: upstream -> tool name -> digest."""
+    """The accepted definitions: upstream -> tool name -> digest; ``definitions`` keeps the
+    pinned definitions themselves (upstream -> name -> definition), so offline tools (``check``,
+    ``diff``, ``report``) know each tool's input schema and annotations as they were reviewed."""
 
     pins: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    definitions: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict, compare=False)
+
+    def definition(self, upstream: str, name: str) -> Mapping[str, Any] | None:
+        """The pinned definition of ``upstream/name``, or None (not pinned, or not recorded)."""
+        return self.definitions.get(upstream, {}).get(name)
 
     def status(self, upstream: str, tool: Mapping[str, Any]) -> PinStatus:
         pinned = self.pins.get(upstream, {}).get(str(tool.get("name")))
@@ -55,6 +62,7 @@ class PinDiff:
 def diff(current: PinSet, tools: Mapping[str, Iterable[Mapping[str, Any]]]) -> tuple[PinSet, PinDiff]:
     """The pin set that accepts ``tools`` (upstream -> definitions), and what that changes."""
     fresh: dict[str, dict[str, str]] = {}
+    defs_out: dict[str, dict[str, Mapping[str, Any]]] = {}
     new: list[str] = []
     changed: list[str] = []
     for upstream, defs in tools.items():
@@ -62,6 +70,7 @@ def diff(current: PinSet, tools: Mapping[str, Iterable[Mapping[str, Any]]]) -> t
         for tool in defs:
             name = str(tool.get("name"))
             fresh[upstream][name] = tool_digest(tool)
+            defs_out.setdefault(upstream, {})[name] = {k: tool[k] for k in DEFINITION_KEYS if k in tool}
             status = current.status(upstream, tool)
             if status == "new":
                 new.append(f"{upstream}/{name}")
@@ -73,7 +82,8 @@ def diff(current: PinSet, tools: Mapping[str, Iterable[Mapping[str, Any]]]) -> t
     for up, names in current.pins.items():  # upstreams that were not reachable keep their pins
         if up not in tools:
             fresh[up] = dict(names)
-    return PinSet(fresh), PinDiff(tuple(sorted(new)), tuple(sorted(changed)), tuple(sorted(removed)))
+            defs_out[up] = dict(current.definitions.get(up, {}))
+    return PinSet(fresh, defs_out), PinDiff(tuple(sorted(new)), tuple(sorted(changed)), tuple(sorted(removed)))
 
 
 def read_lock(path: Path) -> PinSet | None:
@@ -87,12 +97,22 @@ def read_lock(path: Path) -> PinSet | None:
     ups = data.get("upstreams") if isinstance(data, dict) else None
     if data.get("version") != 1 or not isinstance(ups, dict):
         raise ConfigError(f"{path}:1:1: not an mcp-guard lock file (expected version 1 with `upstreams`)")
-    return PinSet({str(u): {str(t): str(d) for t, d in (tools or {}).items()} for u, tools in ups.items()})
+    pins = {str(u): {str(t): str(d) for t, d in (tools or {}).items()} for u, tools in ups.items()}
+    raw = data.get("definitions")
+    defs: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for u, named in (raw.items() if isinstance(raw, dict) else ()):
+        for t, d in (named.items() if isinstance(named, dict) else ()):
+            # only a definition that is what was pinned: an edited one is ignored, never trusted
+            if isinstance(d, dict) and pins.get(str(u), {}).get(str(t)) == tool_digest({**d, "name": t}):
+                defs.setdefault(str(u), {})[str(t)] = d
+    return PinSet(pins, defs)
 
 
 def write_lock(path: Path, pins: PinSet) -> None:
     """Write atomically (temp file + rename), sorted, one tool per line for readable diffs."""
-    body = {"version": 1, "upstreams": {u: dict(sorted(t.items())) for u, t in sorted(pins.pins.items())}}
+    body: dict[str, Any] = {"version": 1, "upstreams": {u: dict(sorted(t.items())) for u, t in sorted(pins.pins.items())}}
+    if pins.definitions:
+        body["definitions"] = {u: dict(sorted(d.items())) for u, d in sorted(pins.definitions.items()) if d}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)

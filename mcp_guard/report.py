@@ -21,7 +21,7 @@ from typing import Any
 from mcp_guard.identity import Principal
 from mcp_guard.paths import canonical_uri
 from mcp_guard.policy import Effect, Policy, PolicySet, Rule, Subjects
-from mcp_guard.policy._match import glob_matcher, resource_matcher
+from mcp_guard.policy._match import glob_matcher, is_literal, resource_matcher, split_tool
 
 USED = ("allow", "approved")
 """Decisions that forwarded the call to the upstream."""
@@ -193,6 +193,17 @@ def _principal(record: Mapping[str, Any]) -> Principal | None:
     purpose = record.get("purpose")
     return Principal(user=user, agents=agents, purpose=purpose if isinstance(purpose, str) else None,
                      verified=record.get("verified") is True)
+
+
+def literal_tools(policies: Iterable[Policy], upstreams: Iterable[str]) -> list[str]:
+    """The tool names the policies spell out (no ``*`` or ``?``) for a configured upstream: known
+    tools even when no guard.lock lists them (visibility then decides whether one is allowed)."""
+    known = frozenset(upstreams)
+    return sorted({name for p in policies for r in p.rules for name in r.tools
+                   if is_literal(name) and split_tool(name)[0] in known})
+
+
+record_principal = _principal  # the principal of an audit record (None when it names none)
 
 
 def build_report(records: Iterable[Mapping[str, Any]], policies: PolicySet, tools: Sequence[str], *,

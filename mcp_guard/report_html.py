@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mcp_guard.report import REFUSED, USED, Report, SubjectReport
+from mcp_guard.report_risk import Headline
+
+if TYPE_CHECKING:
+    from mcp_guard.diffing import Change
 
 COLOURS = {"used": "#2e7d32", "asked": "#f9a825", "refused": "#c62828", "other": "#9e9e9e"}
 LABELS = {"used": "used (allowed / approved)", "asked": "approval asked", "refused": "refused", "other": "other"}
@@ -96,8 +102,9 @@ def timeline_chart(report: Report, width: int = 1000, height: int = 260) -> str:
     return "".join(parts)
 
 
-def _subject(s: SubjectReport) -> str:
+def _subject(s: SubjectReport, head: Headline | None = None) -> str:
     out = [f"<h3>{escape(s.label)}</h3>",
+           *([f'<p class="banner ok">{escape(str(head))}</p>'] if head is not None else []),
            f'<p class="meta">{s.calls()} calls; identity {"verified by a grant chain" if s.verified else "self-asserted"}'
            + (f"; purposes: {escape(', '.join(s.purposes))}" if s.purposes else "")
            + "; chains: " + escape("; ".join(sorted({" > ".join(p.chain) for p in s.principals.values()}))) + "</p>"]
@@ -119,7 +126,12 @@ def _subject(s: SubjectReport) -> str:
     asked = {t: u.decisions["approval_required"] for t, u in sorted(s.tools.items()) if u.decisions["approval_required"]}
     if asked:
         out.append("<p>Approval asked: " + ", ".join(f"<code>{escape(t)}</code> {n}×" for t, n in asked.items()) + "</p>")
-    if s.never_used:
+    if head is not None and head.unused:
+        out.append('<table class="never"><tr><th>allowed but never used (risky first)</th><th>risk</th></tr>')
+        out.extend(f'<tr><td><code>{escape(u.tool)}</code></td><td>{escape(", ".join(u.risks) or "read-only")}'
+                   + ("" if u.annotated or not u.risks else " (not annotated)") + "</td></tr>" for u in head.unused)
+        out.append("</table>")
+    elif s.never_used:
         out.append('<p class="never"><b>Allowed but never used</b> (' + str(len(s.never_used)) + "): "
                    + ", ".join(f"<code>{escape(t)}</code>" for t in s.never_used) + "</p>")
     else:
@@ -127,8 +139,24 @@ def _subject(s: SubjectReport) -> str:
     return "".join(out)
 
 
-def render(report: Report, narrowed_yaml: str | None, title: str = "mcp-guard report") -> str:
-    """The whole page."""
+def _changes(changes: list[Change], against: Path | None) -> str:
+    """The diff view: what the current policies widen, narrow or make conditional against OLD."""
+    head = f"<h2>Changes from {escape(str(against))}</h2>"
+    if not changes:
+        return head + '<p class="muted">No principal may do anything more or less than under that version.</p>'
+    rows = "".join(
+        f'<tr class="{"bad" if c.widening else ""}"><td>{escape(c.change)}</td><td><code>{escape(c.target.label)}</code></td>'
+        f"<td>{escape(' > '.join(c.principal.chain))}</td><td>{escape(str(c.old))}</td><td>{escape(str(c.new))}</td></tr>"
+        for c in sorted(changes, key=lambda c: (not c.widening, c.change, c.target.name)))
+    return (head + "<p>Every principal the policies name or the log shows, for every tool, resource and prompt; "
+            "widenings first.</p><table><tr><th>change</th><th>target</th><th>principal</th><th>before</th><th>now</th></tr>"
+            + rows + "</table>")
+
+
+def render(report: Report, narrowed_yaml: str | None, title: str = "mcp-guard report", *,
+           headlines: dict[int, Headline] | None = None, changes: list[Change] | None = None,
+           against: Path | None = None) -> str:
+    """The whole page; ``headlines`` by ``id`` of each subject; ``changes`` against ``against``."""
     c = report.chain
     if c.ok:
         banner = f'<div class="banner ok">Audit chain verified: {c.records} records intact (head <code>{escape(c.head[:16])}…</code>).</div>'
@@ -148,8 +176,10 @@ def render(report: Report, narrowed_yaml: str | None, title: str = "mcp-guard re
         *(f'<p class="banner bad">{escape(w)}</p>' for w in c.warnings),
         "<h2>Calls per tool</h2>", _legend(), tool_chart(report.per_tool()),
         "<h2>Decisions over time</h2>", _legend(), timeline_chart(report),
-        "<h2>Per subject</h2>", *(_subject(s) for s in report.subjects),
+        "<h2>Per subject</h2>", *(_subject(s, (headlines or {}).get(id(s))) for s in report.subjects),
     ]
+    if changes is not None:
+        body.append(_changes(changes, against))
     if narrowed_yaml is not None:
         body += ["<h2>Suggested narrower policy</h2>",
                  "<p>Only the tools each subject used and was allowed to use; conditions, limits and every deny rule kept. "

@@ -184,6 +184,7 @@ def policy_schema() -> Schema:
     policy = _block(_parse._POLICY, {
         "id": {"type": "string", "pattern": _parse.ID.pattern},
         "description": _TEXT,
+        "mode": {"enum": list(getattr(_model, "MODES", ("enforce",)))},
         "subjects": subjects,
         "rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}},
         "limits": {"type": "array", "items": {"$ref": "#/$defs/limit"}},

@@ -25,8 +25,10 @@ from typing import Any
 import yaml
 
 from mcp_guard.policy import Effect
+from mcp_guard.policy.siblings import path_arguments
 
 _PATTERN_SAFE = re.compile(r"^[^\s*?\[\]]{1,128}$")  # a literal tool name that is no glob
+_RID = re.compile(r"[^A-Za-z0-9_.:@-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,7 @@ class StartingTool:
     effect: Effect  # DENY = no rule (default deny)
     why: str
     description: str
+    paths: tuple[str, ...] = ()  # its path-like arguments (by its input schema): ``path``, ``paths[*]`` for a list
 
     @property
     def qualified(self) -> str:
@@ -63,7 +66,11 @@ def starting_tools(tools: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Sta
             if not _PATTERN_SAFE.match(name):
                 effect, why = Effect.DENY, "its name cannot be written as a literal policy pattern"
             desc = " ".join(str(tool.get("description") or "").split())
-            out.append(StartingTool(upstream, name, effect, why, desc[:97] + "..." if len(desc) > 100 else desc))
+            schema = tool.get("inputSchema")
+            props = schema.get("properties") if isinstance(schema, dict) else None
+            props = props if isinstance(props, dict) else {}
+            paths = tuple(f"{p}[*]" if props[p].get("type") == "array" else p for p in path_arguments(tool))
+            out.append(StartingTool(upstream, name, effect, why, desc[:97] + "..." if len(desc) > 100 else desc, paths))
     return out
 
 
@@ -71,8 +78,10 @@ def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
 
 
-def render_policy(upstream: str, tools: Sequence[StartingTool], origin: str) -> str:
-    """One policy for one upstream, with a comment per tool saying why it starts where it does."""
+def render_policy(upstream: str, tools: Sequence[StartingTool], origin: str, *, roots: Sequence[str] = ()) -> str:
+    """One policy for one upstream, with a comment per tool saying why it starts where it does;
+    ``roots`` (the directories the server was given) fill the ``when:`` skeletons of path-taking
+    tools."""
     allow = [t for t in tools if t.effect is Effect.ALLOW]
     approve = [t for t in tools if t.effect is Effect.APPROVE]
     deny = [t for t in tools if t.effect is Effect.DENY]
@@ -95,15 +104,27 @@ def render_policy(upstream: str, tools: Sequence[StartingTool], origin: str) -> 
         (Effect.ALLOW, allow, None),
         (Effect.APPROVE, approve, "It can change or reach beyond your machine; a person approves each call."),
     ):
-        if not group:
-            continue
-        lines.append(f"      - id: {effect.value}-observed")
-        lines.append(f"        effect: {effect.value}")
-        lines.append("        tools:")
+        # tools that take paths get a rule per set of path arguments, with a `when:` skeleton: a
+        # condition on an argument a tool does not have would deny it, so each set is its own rule
+        by_paths: dict[tuple[str, ...], list[StartingTool]] = {}
         for t in group:
-            lines.append(f"          - {_q(t.qualified)}  # {t.why}" + (f": {t.description}" if t.description else ""))
-        if reason:
-            lines.append(f"        reason: {_q(reason)}")
+            by_paths.setdefault(t.paths, []).append(t)
+        for paths, tools in sorted(by_paths.items()):
+            rid = f"{effect.value}-observed" + "".join(f"-{_RID.sub('', p)}" for p in paths)
+            lines.append(f"      - id: {rid}")
+            lines.append(f"        effect: {effect.value}")
+            lines.append("        tools:")
+            for t in tools:
+                lines.append(f"          - {_q(t.qualified)}  # {t.why}" + (f": {t.description}" if t.description else ""))
+            if paths:
+                root = roots[0] if roots else "/your/project"
+                lines.append("        # These tools take paths: confine them (uncomment, set the root; every tool above")
+                lines.append("        # takes exactly these arguments, so one condition covers them all):")
+                lines.append("        # when:")
+                for p in paths:
+                    lines.append(f"        #   args.{p}: {{under: {_q(root)}}}")
+            if reason:
+                lines.append(f"        reason: {_q(reason)}")
     if deny:
         lines.append("    # Denied (no rule allows them, so they stay hidden); move a line into a rule above to allow one:")
         for t in deny:
@@ -145,6 +166,8 @@ def render_guard_yaml(upstreams: Mapping[str, Mapping[str, Any]], origin: str, *
         "identity:",
         "  user: ${USER:-local-user}",
         "  # agent: defaults to the host's clientInfo.name, recorded as self-asserted",
+        "  # a delegated grant chain, when the host passes one (it then needs trust.issuers):",
+        "  grant: ${MCP_GUARD_GRANT:-}",
         "# A tool that appears or changes after init is hidden and refused until you accept it:",
         "#   mcp-guard pin --config guard.yaml --update",
         "pinning: enforce",

@@ -34,10 +34,11 @@ def main() -> None:
 
 def _register() -> None:
     from mcp_guard.cli import approvals, audit, grant, init, login, pin, policy, run
+    from mcp_guard.cli import diff as diff_cli
     from mcp_guard.cli import report as report_cli
     from mcp_guard.cli import schema as schema_cli
 
-    for module in (run, policy, grant, audit, approvals, pin, init, login, report_cli, schema_cli):
+    for module in (run, policy, diff_cli, grant, audit, approvals, pin, init, login, report_cli, schema_cli):
         for command in module.COMMANDS:
             main.add_command(command)
 

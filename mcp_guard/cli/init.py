@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -44,11 +45,36 @@ def _from_command(command: tuple[str, ...], name: str | None, out: Path) -> tupl
     if command[1:]:
         spec["args"] = list(command[1:])
     if Path(cwd).resolve() != out.resolve():
-        spec["cwd"] = cwd  # relative arguments (./workspace) mean what they meant where init ran
+        spec["cwd"] = _portable_dir(cwd, out)  # relative arguments (./workspace) mean what they meant where init ran
     return {upstream: UpstreamConfig(name=upstream, command=command[0], args=tuple(command[1:]), cwd=cwd)}, {upstream: spec}
 
 
-def _from_host(host: HostConfig, out: Path) -> tuple[dict[str, UpstreamConfig], dict[str, dict[str, Any]]]:
+_INPUT = re.compile(r"\$\{input:([^}]+)\}")
+
+
+def _as_variable(text: str, inputs: dict[str, str]) -> str:
+    """A VS Code ``${input:ID}`` becomes ``${MCP_GUARD_INPUT_ID}`` in guard.yaml; ``inputs``
+    collects variable -> ``${input:ID}`` for the host entry's ``env``, so the host still asks
+    for the value and hands it to the guard, which passes it on."""
+    def sub(m: re.Match[str]) -> str:
+        var = "MCP_GUARD_INPUT_" + re.sub(r"[^A-Za-z0-9]", "_", m.group(1)).upper()
+        inputs[var] = m.group(0)
+        return "${" + var + "}"
+    return _INPUT.sub(sub, text)
+
+
+def _portable_dir(path: str, out: Path) -> str:
+    """``path`` relative to guard.yaml's folder when both sit in one project (guard.yaml resolves
+    relative paths against its own folder), so the configuration can be committed."""
+    p, base = Path(path).resolve(), out.resolve()
+    try:
+        p.relative_to(base.parent)
+    except ValueError:
+        return path
+    return os.path.relpath(p, base)
+
+
+def _from_host(host: HostConfig, out: Path, inputs: dict[str, str]) -> tuple[dict[str, UpstreamConfig], dict[str, dict[str, Any]]]:
     configs: dict[str, UpstreamConfig] = {}
     specs: dict[str, dict[str, Any]] = {}
     project = host.file.name in PROJECT_FILES
@@ -59,15 +85,15 @@ def _from_host(host: HostConfig, out: Path) -> tuple[dict[str, UpstreamConfig], 
             cwd = s.cwd or (str(host.workspace) if project else None)
             spec["command"] = s.command
             if s.args:
-                spec["args"] = list(s.args)
+                spec["args"] = [_as_variable(a, inputs) for a in s.args]
             if s.env:
-                spec["env"] = dict(s.env)
+                spec["env"] = {k: _as_variable(v, inputs) for k, v in s.env.items()}
             if cwd and Path(cwd).resolve() != out.resolve():
-                spec["cwd"] = cwd
+                spec["cwd"] = _portable_dir(cwd, out)
         else:
             spec["url"] = s.url
             if s.headers:
-                spec["headers"] = dict(s.headers)
+                spec["headers"] = {k: _as_variable(v, inputs) for k, v in s.headers.items()}
             cwd = None
         # the host expands ${VAR} in these files (Claude Code) and so does guard.yaml: expand them
         # for this one start; guard.yaml keeps them as written
@@ -85,7 +111,9 @@ def _expanded(text: str) -> str: ...
 @overload
 def _expanded(text: None) -> None: ...
 def _expanded(text: str | None) -> str | None:
-    return None if text is None else expand(text, os.environ)[0]
+    """For the one start: ``${VAR}`` from this environment; a VS Code input (only the host can ask
+    for it) is empty."""
+    return None if text is None else expand(_INPUT.sub("", text), os.environ)[0]
 
 
 def _backup_path(file: Path) -> Path:
@@ -165,6 +193,7 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
     setup_logging("ERROR")
     out = out_dir.resolve()
     host: HostConfig | None = None
+    inputs: dict[str, str] = {}  # guard.yaml variable -> the host's ${input:ID}
     if host_file is not None:
         ((_, text),) = read_sources([host_file])
         host = parse_host_config(text, host_file.resolve())
@@ -172,7 +201,7 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
             click.echo(f"skipped {why}", err=True)
         if not host.servers:
             raise GuardError(f"{host_file} has no server mcp-guard can guard")
-        configs, specs = _from_host(host, out)
+        configs, specs = _from_host(host, out, inputs)
         origin = f"from {host_file}"
     else:
         configs, specs = _from_command(command, name, out)
@@ -212,7 +241,7 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
     _write(guard_yaml, modeline(guard_yaml, "config") + render_guard_yaml(specs, origin, secrets=secrets), private=secrets)
     for up, (policy, tests) in policy_files.items():
         mine = [t for t in observed if t.upstream == up]
-        _write(policy, modeline(policy, "policy") + render_policy(up, mine, origin))
+        _write(policy, modeline(policy, "policy") + render_policy(up, mine, origin, roots=_roots(configs[up])))
         _write(tests, modeline(tests, "tests") + render_tests(up, mine))
     write_lock(lock, diff(PinSet(), tools)[0])
 
@@ -221,6 +250,8 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
         click.echo(f"  {_show(policy)}: {_summary([t for t in observed if t.upstream == up])}; {_show(tests)}")
     click.echo("")
     click.echo(f"$ mcp-guard check --config {_show(guard_yaml)}")
+    for var in inputs:  # only the host can fill a VS Code input in: check the file as it will be with one
+        os.environ.setdefault(var, "(given by the host)")
     checked = _run_quietly(check, ["--config", str(guard_yaml)])
     click.echo(f"$ mcp-guard test {_show(out / 'policies')}")
     tested = _run_quietly(test_cmd, [str(out / "policies")])
@@ -231,7 +262,11 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
     if host is not None and rewrite_host_config:
         backup = _backup_path(host.file)
         shutil.copy2(host.file, backup)
-        host.file.write_text(rewritten(host, launcher(), guard_yaml), encoding="utf-8")
+        entry_cmd, config_arg, fixed = portable_entry(host, launcher(), guard_yaml)
+        host.file.write_text(rewritten(host, entry_cmd, config_arg, env=inputs), encoding="utf-8")
+        if not fixed:
+            click.echo(f"note: {_show(host.file)} names {entry_cmd[0]} by its absolute path (mcp-guard is not on PATH "
+                       "nor inside the project): put mcp-guard on PATH before committing it", err=True)
         click.echo("")
         click.echo(f"rewrote {_show(host.file)}: the host now launches mcp-guard for {', '.join(s.key for s in host.servers)} "
                    f"(original kept as {_show(backup)})")
@@ -240,9 +275,46 @@ def init(host_file: Path | None, out_dir: Path, name: str | None, rewrite_host_c
         click.echo("next: read and narrow the policy (add `when:` conditions), then restart the host")
     else:
         click.echo("next: read and narrow the policy (add `when:` conditions), then register the guard with your host:")
-        entry = {"command": argv[0], "args": argv[1:]}
+        entry: dict[str, Any] = {"command": argv[0], "args": argv[1:], **({"env": inputs} if inputs else {})}
         click.echo(f"  Claude Code:  claude mcp add --scope project mcp-guard -- {shlex.join(argv)}")
         click.echo(f"  other hosts:  an entry \"mcp-guard\": {json.dumps(entry)} (VS Code: add \"type\": \"stdio\")")
+
+
+def portable_entry(host: HostConfig, launch: list[str], guard_yaml: Path) -> tuple[list[str], str, bool]:
+    """(the command, the --config argument, whether the command is portable) for the host entry.
+
+    A project file (.mcp.json, .vscode/mcp.json, .cursor/mcp.json) is committed and shared, so it
+    names paths relative to the project (``${workspaceFolder}/...`` where the host knows it; Claude
+    Code starts servers in the project folder) and mcp-guard by name when it is on PATH.  A user's
+    own file (Claude Desktop) keeps absolute paths."""
+    if host.file.name not in PROJECT_FILES:
+        return launch, str(guard_yaml), True
+    root = host.workspace.resolve()
+    prefix = "${workspaceFolder}/" if host.file.parent.name in (".vscode", ".cursor") else "./"
+
+    def inside(p: Path) -> str | None:
+        try:
+            return prefix + p.resolve().relative_to(root).as_posix()
+        except ValueError:
+            return None
+
+    config_arg = inside(guard_yaml) or str(guard_yaml)
+    on_path = shutil.which("mcp-guard")
+    if len(launch) == 1 and on_path and Path(on_path).resolve() == Path(launch[0]).resolve():
+        return ["mcp-guard"], config_arg, True
+    local = inside(Path(launch[0])) if len(launch) == 1 else None
+    return ([local], config_arg, True) if local else (launch, config_arg, False)
+
+
+def _roots(config: UpstreamConfig) -> list[str]:
+    """The directories a server was given as arguments (where its files live), absolute."""
+    base = Path(config.cwd or ".")
+    out = []
+    for a in config.args:
+        p = Path(a) if Path(a).is_absolute() else base / a
+        if not a.startswith("-") and p.is_dir():
+            out.append(str(p.resolve()))
+    return out
 
 
 def _write(path: Path, text: str, *, private: bool = False) -> None:

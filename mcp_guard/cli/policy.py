@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.identity import Principal
 from mcp_guard.policy import Effect, Explanation, Kind, PathContext, PolicySet, load_sources, parse_sources
 from mcp_guard.policy.testing import Outcome, TestFile, parse_test_file, run_case
+from mcp_guard.yamlsrc import Problem
 
 EXIT = {Effect.ALLOW: 0, Effect.DENY: 1, Effect.APPROVE: 2}
 _EFFECT = collections.defaultdict(lambda: Effect.DENY, {Decided.ALLOW: Effect.ALLOW, Decided.APPROVAL_REQUIRED: Effect.APPROVE})
@@ -60,15 +62,18 @@ def _sort_key(line: str) -> tuple[str, int, int]:
 
 @click.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="guard.yaml to validate, with its policies.")
+@click.option("--json", "as_json", is_flag=True, help="Print every problem and the summary as one JSON object (for CI).")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
+def check(config_path: Path | None, paths: tuple[Path, ...], as_json: bool = False) -> None:
     """Validate guard.yaml and policy files; print every problem; exit 1 on any error.
 
     Problems print as file:line:col: message (hint).  Besides syntax, types and typos it checks
     that trust.issuers files are Ed25519 public keys (a private key there is an error), that an
     upstream command written as a path exists and is executable (an error), and that a bare
     command is on PATH (a warning only: the host that launches the guard may have another PATH),
-    and it runs nothing.  Without arguments: ./guard.yaml, else ./policies.
+    and it runs nothing.  With guard.lock it also warns when a rule confines a path argument of
+    some tools while sibling tools of the same upstream that take paths are allowed without such
+    a condition.  Without arguments: ./guard.yaml, else ./policies.
     """
     if config_path is None and not paths:
         if Path("guard.yaml").exists():
@@ -81,6 +86,7 @@ def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
     errors = 0
     targets: list[Path] = list(paths)
     upstreams: list[str] | None = None
+    config: GuardConfig | None = None
     if config_path is not None:
         try:
             config = load_config(config_path)
@@ -108,20 +114,56 @@ def check(config_path: Path | None, paths: tuple[Path, ...]) -> None:
         sources = read_sources(files)
         test_sources = read_sources(tests)
     except ConfigError as exc:
+        if as_json:
+            _check_json([*lines, *exc.problems], 1 + errors, 0, 0, 0, 0)
         _fail([*lines, *exc.problems])
     parsed = parse_sources(sources, upstreams=upstreams)
     problems = [*parsed.problems, *(p for name, text in test_sources for p in parse_test_file(text, name).problems)]
+    if config is not None and not parsed.errors:
+        problems.extend(_sibling_problems(config, sources))
     errors += sum(1 for p in problems if p.severity == "error")
     lines.extend(sorted((str(p) for p in problems), key=_sort_key))
+    warnings = len(lines) - errors
+    rules = sum(len(p.rules) for p in parsed.policies)
+    if as_json:
+        _check_json(lines, errors, warnings, len(parsed.policies), rules, len(files))
     for line in lines:
         click.echo(line, err=True)
-    warnings = len(lines) - errors
     if errors:
         click.echo(f"mcp-guard: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}", err=True)
         sys.exit(1)
-    rules = sum(len(p.rules) for p in parsed.policies)
     click.echo(f"ok: {_plural(len(parsed.policies), 'policy', 'policies')}, {_plural(rules, 'rule')} in {_plural(len(files), 'file')}"
                + (f", {_plural(len(tests), 'test file')}" if tests else "") + (f" ({_plural(warnings, 'warning')})" if warnings else ""))
+
+
+_LINE = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?P<col>\d+): (?P<warning>warning: )?(?P<message>.*)$")
+
+
+def _check_json(lines: Sequence[str], errors: int, warnings: int, policies: int, rules: int, files: int) -> NoReturn:
+    """``check --json``: every problem as an object, the counts, ``ok``; exit 1 on any error."""
+    items = []
+    for line in lines:
+        m = _LINE.match(line)
+        items.append({"file": m["file"], "line": int(m["line"]), "col": int(m["col"]),
+                      "severity": "warning" if m["warning"] else "error", "message": m["message"]} if m
+                     else {"file": None, "line": None, "col": None, "severity": "error", "message": line})
+    click.echo(json.dumps({"ok": not errors, "errors": errors, "warnings": warnings, "policies": policies, "rules": rules,
+                           "files": files, "problems": items}, indent=2, ensure_ascii=False))
+    sys.exit(1 if errors else 0)
+
+
+def _sibling_problems(config: GuardConfig, sources: Sequence[tuple[str, str]]) -> list[Problem]:
+    """The sibling-path warnings, from the pinned input schemas (nothing without guard.lock)."""
+    from mcp_guard.pinning import read_lock
+    from mcp_guard.policy.siblings import sibling_warnings
+
+    if config.lock_file is None:
+        return []
+    try:
+        pins = read_lock(config.lock_file)
+    except ConfigError:
+        return []  # the guard itself reports a corrupt lock file when it starts
+    return sibling_warnings(sources, pins.definitions) if pins is not None else []
 
 
 def _salvage(config_path: Path) -> tuple[list[Path], list[str] | None]:
@@ -270,6 +312,11 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str 
             lines[0] = f"decision: {effect} (policies alone: {expl.decision.effect})"
             if grant_reason is not None and len(lines) > 1 and lines[1].startswith("reason:"):
                 lines[1] = f"reason: mcp-guard denied {label}: {grant_reason}"
+    if policies.shadow is not None:  # never enforced: shown, not part of the exit code
+        shadow = evaluate(policies.shadow, chain, who, name, args, annotations, now, kind=kind, paths=paths)
+        lines.append("")
+        lines.append(f"shadow decision (with the `mode: shadow` policies enforced too): {shadow.decision}"
+                     + (f" by {', '.join(shadow.rule_ids)}" if shadow.rule_ids else ""))
     click.echo("\n".join(lines))
     sys.exit(EXIT[effect])
 
@@ -303,8 +350,9 @@ def _verify_grant(token: str, config: GuardConfig | None) -> Any:
 
 
 @click.command("test")
+@click.option("--json", "as_json", is_flag=True, help="Print every case's result as one JSON object (for CI).")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def test_cmd(paths: tuple[Path, ...]) -> None:
+def test_cmd(paths: tuple[Path, ...], as_json: bool = False) -> None:
     """Run policy test cases (*.test.yaml); print pass/fail per case; exit 1 on any failure."""
     targets = list(paths) or [Path("policies")]
     files: list[Path] = []
@@ -317,26 +365,39 @@ def test_cmd(paths: tuple[Path, ...]) -> None:
         files.extend(found)
     sets: dict[tuple[Path, ...], PolicySet | list[str]] = {}
     passed = failed = 0
+    results: list[dict[str, Any]] = []
+    problems: list[str] = []
+
+    def say(line: str, *, err: bool = False) -> None:
+        if not as_json:
+            click.echo(line, err=err)
+
     for f, (name, text) in zip(files, read_sources(files), strict=True):
         tf = parse_test_file(text, name)
         if tf.problems:
             for p in tf.problems:
-                click.echo(str(p), err=True)
+                problems.append(str(p))
+                say(str(p), err=True)
             failed += max(1, len(tf.cases))
             continue
         ps = _policies_for(f, tf, sets)
         if isinstance(ps, list):
-            click.echo(f"FAIL {name}: its policies do not load", err=True)
+            problems.extend(ps)
+            say(f"FAIL {name}: its policies do not load", err=True)
             for line in ps:
-                click.echo(f"  {line}", err=True)
+                say(f"  {line}", err=True)
             failed += len(tf.cases)
             continue
         for case in tf.cases:
             out: Outcome = run_case(ps, case)
             passed += out.passed
             failed += not out.passed
-            click.echo(f"{'PASS' if out.passed else 'FAIL'} {case.where}: {case.name}" + ("" if out.passed else f" — {out.detail}"))
-    click.echo(f"{passed} passed, {failed} failed")
+            results.append({"where": case.where, "name": case.name, "passed": out.passed, "detail": None if out.passed else out.detail})
+            say(f"{'PASS' if out.passed else 'FAIL'} {case.where}: {case.name}" + ("" if out.passed else f" — {out.detail}"))
+    if as_json:
+        click.echo(json.dumps({"passed": passed, "failed": failed, "cases": results, "problems": problems}, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
 

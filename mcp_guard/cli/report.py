@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
 from mcp_guard.audit import iter_records, rotated_set, verify
-from mcp_guard.config import load_config, parse_duration
+from mcp_guard.cli.diff import load_policies, pinned_targets
+from mcp_guard.config import GuardConfig, load_config, parse_duration
+from mcp_guard.diffing import Change, DiffTarget, diff, literal_targets, subject_principals
 from mcp_guard.errors import AuditError, ConfigError, GuardError
-from mcp_guard.policy import dump
+from mcp_guard.kinds import Kind
+from mcp_guard.paths import PathContext
+from mcp_guard.policy import PolicySet, dump
 from mcp_guard.report import (
     REFUSED,
     USED,
     ChainStatus,
     Report,
     build_report,
+    literal_tools,
     narrowed_policies,
     record_tool,
     to_json,
 )
+from mcp_guard.report_risk import Headline, headline
 
 NARROWED_HEADER = """\
 # Suggested by `mcp-guard report`: each subject keeps only the tools it used and was allowed to
@@ -55,13 +63,16 @@ def _since(text: str | None) -> datetime | None:
 @click.option("--narrowed", "narrowed_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the suggested narrower policy file here.")
 @click.option("--allow-broken", is_flag=True, help="Report even when the audit chain does not verify (marked loudly; exit 1).")
+@click.option("--against", "against", type=click.Path(exists=True, path_type=Path), metavar="OLD",
+              help="Another policy version (file or directory): the HTML report shows what changes from it to the current policies.")
 def report(config_path: Path, audit_path: str | None, since: str | None, html_out: Path | None, as_json: bool,
-           narrowed_out: Path | None, allow_broken: bool) -> None:
+           narrowed_out: Path | None, allow_broken: bool, against: Path | None = None) -> None:
     """Per user and agent: tools used, calls refused (and why), tools allowed but never used,
     and a suggested narrower policy.
 
     The audit hash chain is verified first; a broken chain refuses the report (exit 1) unless
-    --allow-broken is given. Tool names come from guard.lock (every pinned tool) and the audit log.
+    --allow-broken is given. Tool names come from guard.lock (every pinned tool), the names the policies
+    spell out and the audit log.
     """
     from mcp_guard.pinning import read_lock
     from mcp_guard.proxy.guard import load_policy_set
@@ -88,28 +99,58 @@ def report(config_path: Path, audit_path: str | None, since: str | None, html_ou
     pinned = sorted(f"{u}/{t}" for u, tools in (pins.pins.items() if pins else ()) for t in tools)
     seen = sorted({record_tool(r) for r in records
                    if r.get("upstream") in config.upstreams and r.get("decision") != "unknown" and (r.get("kind") or "tool") == "tool"})
+    named = literal_tools(policies.policies, config.upstreams)
     if pins is not None:
-        source = f"guard.lock ({len(pinned)} pinned tools) and the audit log ({len(seen)} tools called)"
+        source = (f"guard.lock ({len(pinned)} pinned tools), the policies ({len(named)} tools named) "
+                  f"and the audit log ({len(seen)} tools called)")
     else:
-        source = (f"the audit log only ({len(seen)} tools called; no {config.lock_file}: "
-                  "run `mcp-guard pin` to include tools nobody called)")
-    rep = build_report(records, policies, [*pinned, *seen], chain=chain, tool_source=source, since=_since(since))
+        source = (f"the policies ({len(named)} tools named) and the audit log only ({len(seen)} tools called; "
+                  f"no {config.lock_file}: run `mcp-guard pin` to include the tools the policies select by pattern)")
+    rep = build_report(records, policies, [*pinned, *named, *seen], chain=chain, tool_source=source, since=_since(since))
+    ann: dict[str, Any] = {f"{u}/{t}": (d.get("annotations") if isinstance(d.get("annotations"), dict) else None)
+           for u, defs in (pins.definitions.items() if pins else ()) for t, d in defs.items()}
+    heads = {id(s): headline(s, ann) for s in rep.subjects}
+    changes = _changes_from(against, policies, rep, config) if against is not None else None
     narrowed = narrowed_policies(rep, policies.policies)
     narrowed_yaml = NARROWED_HEADER + dump(narrowed) if narrowed else None
     if narrowed_out is not None and narrowed_yaml is not None:
         narrowed_out.write_text(narrowed_yaml, encoding="utf-8")
     if html_out is not None:
-        html_out.write_text(render(rep, narrowed_yaml), encoding="utf-8")
+        html_out.write_text(render(rep, narrowed_yaml, headlines=heads, changes=changes, against=against), encoding="utf-8")
     if as_json:
-        click.echo(json.dumps({**to_json(rep), "narrowed_policy": narrowed_yaml}, indent=2, ensure_ascii=False))
+        data = to_json(rep)
+        for entry, s in zip(data["subjects"], rep.subjects, strict=True):
+            entry["least_privilege"] = heads[id(s)].to_json()
+        if changes is not None:
+            data["changes_from"] = {"old": str(against), "changes": [c.to_json() for c in changes]}
+        click.echo(json.dumps({**data, "narrowed_policy": narrowed_yaml}, indent=2, ensure_ascii=False))
     else:
-        click.echo("\n".join(render_text(rep, path, narrowed_yaml)))
+        click.echo("\n".join(render_text(rep, path, narrowed_yaml, heads)))
     if html_out is not None:
         click.echo(f"wrote {html_out}", err=True)
     sys.exit(0 if result.ok else 1)
 
 
-def render_text(rep: Report, path: str, narrowed_yaml: str | None) -> list[str]:
+def _changes_from(against: Path, policies: PolicySet, rep: Report, config: GuardConfig) -> list[Change]:
+    """What changes from the OLD policy version to the current one, for every subject seen and
+    every subject the policies name, over the report's tools and the policies' literal names."""
+    old = load_policies([against], str(against))
+    who = {(p.user, p.agents, p.purpose): p for p in subject_principals([old, policies])}
+    for s in rep.subjects:
+        for p in s.principals.values():
+            who.setdefault((p.user, p.agents, p.purpose), p)
+    targets = {(t.kind, t.name): t for t in [*pinned_targets(config), *literal_targets([old, policies])]}
+    for name in rep.tool_names:
+        targets.setdefault((Kind.TOOL, name), DiffTarget(Kind.TOOL, name))
+
+    def paths(upstream: str) -> PathContext | None:
+        cfg = config.upstreams.get(upstream)
+        return cfg.paths if cfg is not None else None
+
+    return diff(old, policies, list(who.values()), sorted(targets.values(), key=lambda t: (t.kind, t.name)), paths)
+
+
+def render_text(rep: Report, path: str, narrowed_yaml: str | None, heads: Mapping[int, Headline] | None = None) -> list[str]:
     c = rep.chain
     out = []
     if not c.ok:
@@ -127,6 +168,9 @@ def render_text(rep: Report, path: str, narrowed_yaml: str | None) -> list[str]:
         if s.purposes:
             extra += f"; purposes {', '.join(s.purposes)}"
         out.append(f"{s.label} ({extra}): {s.calls()} calls")
+        head = heads.get(id(s)) if heads else None
+        if head is not None:
+            out.append(f"  {head}")
         used = s.used_keys()
         out.append("  used:" if used else "  used: nothing")
         for t in used:
@@ -142,7 +186,12 @@ def render_text(rep: Report, path: str, narrowed_yaml: str | None) -> list[str]:
         asked = [f"{t} {u.decisions['approval_required']}x" for t, u in sorted(s.tools.items()) if u.decisions["approval_required"]]
         if asked:
             out.append("  approval asked: " + ", ".join(asked))
-        out.append("  never used, though the policies allow it: " + (", ".join(s.never_used) if s.never_used else "none"))
+        if head is not None and head.unused:
+            out.append("  never used, though the policies allow it (risky first):")
+            out.extend(f"    {u.tool:<36} {', '.join(u.risks)}" + ("" if u.annotated or not u.risks else " (not annotated)")
+                       for u in head.unused)
+        else:
+            out.append("  never used, though the policies allow it: " + (", ".join(s.never_used) if s.never_used else "none"))
     out.append("")
     if narrowed_yaml is None:
         out.append("no narrower policy to suggest: nothing was used")

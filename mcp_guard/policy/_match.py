@@ -8,7 +8,8 @@ inside one segment: ``fs/*`` never matches ``fs/a/b``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from mcp_guard.paths import canonical_uri, normalise_path
 
@@ -80,6 +81,50 @@ def resource_matcher(patterns: tuple[str, ...]) -> Matcher:
         alts.append(f"(?:{glob_regex(up, segment=True).pattern}/{glob_regex(uri).pattern})")
     full = re.compile("|".join(alts), re.DOTALL).fullmatch
     return lambda s: full(s) is not None
+
+
+def template_fit(upstream: str, template: str, selectors: Iterable[str], uri_ops: Iterable[tuple[str, Any]]) -> tuple[bool, bool]:
+    """How a rule's resource ``selectors`` (and the operators of its ``uri`` conditions) meet an
+    RFC 6570 template of ``upstream``: ``(meets, covers)`` — some expansion could be selected and
+    satisfy every ``equals``, ``in`` and ``glob`` (other operators are assumed to hold), and every
+    expansion is selected (sound, not complete: only star-only selectors are compared)."""
+    shape = _TEMPLATE_EXPR.sub("*", canonical_uri(template))  # each {expression} is any text
+    named = [canonical_uri(uri) for up, uri in map(split_resource_selector, selectors)
+             if glob_regex(up, segment=True).fullmatch(upstream)]
+    meets = any(globs_meet(uri, shape) for uri in named)
+    for op, operand in uri_ops:
+        if op in ("equals", "glob") and isinstance(operand, str):
+            meets = meets and globs_meet(canonical_uri(operand), shape)
+        elif op == "in" and isinstance(operand, list):
+            meets = meets and any(globs_meet(canonical_uri(v), shape) for v in operand if isinstance(v, str))
+    covers = any("?" not in uri and glob_regex(uri).fullmatch(shape) is not None for uri in named)
+    return meets, covers
+
+
+_TEMPLATE_EXPR = re.compile(r"\{[^{}]*\}")
+
+
+def globs_meet(a: str, b: str) -> bool:
+    """Whether some text matches both globs (``*`` any run, ``?`` one character): a walk over
+    the pairs of positions, at most (len(a)+1)(len(b)+1) of them."""
+    n, m = len(a), len(b)
+    seen: set[tuple[int, int]] = set()
+    todo = [(0, 0)]
+    while todo:
+        i, j = todo.pop()
+        if (i, j) in seen:
+            continue
+        seen.add((i, j))
+        if i == n and j == m:
+            return True
+        ca, cb = a[i] if i < n else None, b[j] if j < m else None
+        if ca == "*":
+            todo.append((i + 1, j))
+        if cb == "*":
+            todo.append((i, j + 1))
+        if ca is not None and cb is not None and (ca in "*?" or cb in "*?" or ca == cb):
+            todo.append((i if ca == "*" else i + 1, j if cb == "*" else j + 1))
+    return False
 
 
 def _never(_s: str) -> bool:

@@ -22,6 +22,7 @@ from mcp_guard.policy._match import (
     resource_matcher,
     split_resource_selector,
     split_tool,
+    template_fit,
 )
 from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit, Policy, Rule, RuleRef
 
@@ -164,7 +165,9 @@ class PolicySet:
     """An immutable, compiled set of policies.  Build a new one to change it (see ``PolicyHolder``)."""
 
     def __init__(self, policies: Iterable[Policy], warnings: Iterable[str] = ()) -> None:
-        self.policies: tuple[Policy, ...] = tuple(sorted(policies, key=lambda p: p.id))
+        enforced, every = Policy.split_modes(policies)
+        self.shadow: PolicySet | None = PolicySet(every) if every else None  # evaluated only when present
+        self.policies: tuple[Policy, ...] = tuple(sorted(enforced, key=lambda p: p.id))
         self.warnings: tuple[str, ...] = tuple(warnings)
         self._subjects = tuple(
             _Subjects(*(None if g is None else glob_matcher(g) for g in (p.subjects.users, p.subjects.agents, p.subjects.purposes)))
@@ -293,14 +296,14 @@ class PolicySet:
         Some allow/approve rule could apply (argument conditions ignored) and no deny rule that
         has no argument condition applies.  For a resource the ``uri`` conditions are known at
         list time and are judged (an unjudgeable one hides); ``judge_uri=False`` (resource
-        templates) looks at the upstream only: some resource rule of that upstream could apply
-        and no unconditional deny of all its resources does.
+        templates): some allow or approve rule could select one of its expansions (its selectors
+        and ``uri`` equals/in/glob met) and no unconditional deny selects all of them.
         """
         if kind is not Kind.RESOURCE:
             c = (self._cands.get(tool) or self._candidates(tool)) if kind is Kind.TOOL else self._index[kind].candidates(tool)
             return bool(c.permits) and self._visible(c, principal, annotations, None)  # no permit: hidden, at once
         if not judge_uri:
-            permits, blanket = self._template_rules(split_resource_selector(tool)[0])
+            permits, blanket = self._template_rules(tool)
             return self._visible(_Candidates((), (), (), permits, blanket), principal, annotations, None)
         forms = _resource_forms(tool)
         if forms is None:
@@ -322,23 +325,24 @@ class PolicySet:
                 return True
         return False
 
-    def _template_rules(self, upstream: str) -> tuple[tuple[_Rule, ...], tuple[_Rule, ...]]:
-        """The resource rules naming ``upstream``: the permits, and the denies of all its
-        resources without any condition (they hide every template)."""
-        found = self._templates.get(upstream)
+    def _template_rules(self, name: str) -> tuple[tuple[_Rule, ...], tuple[_Rule, ...]]:
+        """For the template ``UPSTREAM/TEMPLATE``: the permits some expansion could match, and the
+        denies without any condition that select every expansion (they hide the template)."""
+        found = self._templates.get(name)
         if found is None:
+            upstream, template = split_resource_selector(name)
             permits: list[_Rule] = []
             blanket: list[_Rule] = []
             for r in self._rules:
-                ups = [split_resource_selector(p) for p in r.rule.resources]
-                named = [uri for up, uri in ups if glob_matcher((up,), segment=True)(upstream)]
-                if not named:
-                    continue
-                if r.effect is not Effect.DENY:
+                ops = [op for c in r.uri_conds for op in c.source.ops] if r.effect is not Effect.DENY else []
+                meets, covers = template_fit(upstream, template, r.rule.resources, ops)
+                if r.effect is not Effect.DENY and meets:
                     permits.append(r)
-                elif not r.arg_conds and "*" in named:
+                elif r.effect is Effect.DENY and covers and not r.arg_conds:
                     blanket.append(r)
-            found = self._templates[upstream] = (tuple(permits), tuple(blanket))
+            if len(self._templates) >= _CACHE_MAX:
+                self._templates.clear()
+            found = self._templates[name] = (tuple(permits), tuple(blanket))
         return found
 
     def limits(self, principal: Principal, tool: str, kind: Kind = Kind.TOOL) -> tuple[BoundLimit, ...]:

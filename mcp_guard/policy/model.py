@@ -7,7 +7,8 @@ live beside them (``compare=False``), never inside the comparison.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -33,6 +34,7 @@ PRINCIPAL_KEYS = ("user", "agent", "purpose", "chain.depth")
 URI_KEY = "uri"  # the resource's URI (resources/read, resources/subscribe, resources/list)
 URI_OPERATORS = ("equals", "in", "not_in", "glob", "regex", "under", "present")
 SELECTORS = ("tools", "resources", "prompts")
+MODES = ("enforce", "shadow")  # shadow: decided, audited and traced as shadow_decision, never enforced
 ANNOTATION_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 # MCP's own defaults for absent hints: the pessimistic reading (spec, ToolAnnotations).
 ANNOTATION_DEFAULTS = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False, "openWorldHint": True}
@@ -106,6 +108,16 @@ class Policy:
     subjects: Subjects = Subjects()
     limits: tuple[Limit, ...] = ()
     source: str = field(default="", compare=False)  # "file:line" of the policy, for explain
+    mode: str = "enforce"  # one of MODES
+
+    @staticmethod
+    def split_modes(policies: Iterable[Policy]) -> tuple[list[Policy], list[Policy]]:
+        """(the enforced policies, and every policy as if enforced when some are ``mode: shadow``,
+        else []): the shadow decision is what the guard would decide once the shadow policies go live."""
+        every = list(policies)
+        if all(p.mode != "shadow" for p in every):
+            return every, []
+        return [p for p in every if p.mode != "shadow"], [replace(p, mode="enforce") for p in every]
 
 
 @dataclass(frozen=True, slots=True)

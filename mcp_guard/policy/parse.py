@@ -21,6 +21,7 @@ from mcp_guard.paths import Under
 from mcp_guard.policy._match import glob_covers, split_tool
 from mcp_guard.policy.model import (
     ANNOTATION_HINTS,
+    MODES,
     OPERATORS,
     PRINCIPAL_KEYS,
     SELECTORS,
@@ -41,7 +42,7 @@ RESOURCE = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s\x00-\x1f]{1,2048}$")
 ARG_PATH = re.compile(r"^args(\.[^.\[\]]+(\[\*\])*)+$")
 
 _TOP = ("version", "policies")
-_POLICY = ("id", "description", "subjects", "rules", "limits")
+_POLICY = ("id", "description", "mode", "subjects", "rules", "limits")
 _SUBJECTS = ("users", "agents", "purposes")
 _RULE = ("id", "effect", *SELECTORS, "annotations", "when", "reason")
 _LIMIT = (*SELECTORS, "per_minute", "per_session")
@@ -401,6 +402,10 @@ def _policy(r: _Reader, data: Any, path: Path) -> Policy | None:
         r.error((*path, "id"), f"policy id `{pid}` must be letters, digits and _.:@- (at most 128)")
         ok = False
     description = r.text(m.get("description"), (*path, "description"), "`description`")
+    mode = m.get("mode", "enforce")
+    if mode not in MODES:
+        r.error((*path, "mode"), f"unknown mode `{mode}`", "enforce (the default) or shadow (decided and audited, never enforced)")
+        ok = False
     subjects = _subjects(r, m.get("subjects"), (*path, "subjects"))
     rules: list[tuple[int, Rule]] = []
     raw_rules = m.get("rules")
@@ -436,7 +441,7 @@ def _policy(r: _Reader, data: Any, path: Path) -> Policy | None:
                 limits.append(lim)
     if not ok or subjects is None or ("description" in m and description is None) or not isinstance(pid, str):
         return None
-    return Policy(pid, tuple(rule for _, rule in rules), description, subjects, tuple(limits), source=r.where(path))
+    return Policy(pid, tuple(rule for _, rule in rules), description, subjects, tuple(limits), source=r.where(path), mode=str(mode))
 
 
 def parse_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str] | None = None) -> Parsed:
@@ -499,6 +504,8 @@ def policy_to_data(policy: Policy) -> dict[str, Any]:
     out: dict[str, Any] = {"id": policy.id}
     if policy.description is not None:
         out["description"] = policy.description
+    if policy.mode != "enforce":
+        out["mode"] = policy.mode
     subjects = {k: list(v) for k, v in (("users", policy.subjects.users), ("agents", policy.subjects.agents), ("purposes", policy.subjects.purposes)) if v is not None}
     if subjects:
         out["subjects"] = subjects

@@ -277,32 +277,37 @@ class _CallerSession(GuardSession):
 
     async def _subscription(self, req: RequestContext) -> Message:
         """A caller's subscription is counted with every other holder of the same upstream one
-        (``UpstreamSubscriptions``): the upstream is asked to drop it only when the last goes."""
+        (``UpstreamSubscriptions``): the upstream is asked to drop it only when the last goes.
+        An unsubscribe is resolved and decided first (hidden = unknown, audited), so whether some
+        other caller holds the URI never shows in the answer."""
         uri = req.params.get("uri")
-        mine: str | None = None
         if req.method == "resources/unsubscribe" and isinstance(uri, str):
-            mine = next((up for up, uris in self.subscribed.items() if uri in uris), None)
-            if mine is not None and self.subscriptions.release((mine, uri)) is False:
-                self.subscribed[mine].discard(uri)  # the upstream subscription is shared: it stays for the others
-                return result(req.message["id"], {})
-            if mine is None and self.subscriptions.held_anywhere(uri):
-                return result(req.message["id"], {})  # another caller's: never dropped on its behalf
-            if mine is not None:
-                self.subscribed[mine].discard(uri)  # the last holder: the unsubscribe goes upstream
-        ok = False
-        try:
-            response = await self.router.resource_request(req)
-            ok = "result" in response
-        finally:
-            if mine is not None and isinstance(uri, str) and not ok:  # refused or failed: still held
-                self.subscribed[mine].add(uri)
-                self.subscriptions.hold((mine, uri))
+            return await self._release(req, uri)
+        response = await self.router.resource_request(req)
         where = self._upstream_ids.get(req.message["id"])  # the upstream it went to (while it is served)
-        if req.method == "resources/subscribe" and ok and isinstance(uri, str) and where is not None:
+        if req.method == "resources/subscribe" and "result" in response and isinstance(uri, str) and where is not None:
             uris = self.subscribed.setdefault(where[0].name, set())
             if uri not in uris:
                 uris.add(uri)
                 self.subscriptions.hold((where[0].name, uri))
+        return response
+
+    async def _release(self, req: RequestContext, uri: str) -> Message:
+        mine = next((up for up, uris in self.subscribed.items() if uri in uris), None)
+        last = mine is not None and self.subscriptions.release((mine, uri))  # given back below if refused
+        if mine is not None:
+            self.subscribed[mine].discard(uri)
+        ok = False
+        try:
+            if last:  # this caller was its last holder: the unsubscribe goes upstream
+                response = await self.router.resource_request(req)
+            else:  # another caller's or still shared: never dropped upstream on this caller's behalf
+                response = await self.router.resource_request(req, answer=lambda: result(req.message["id"], {}))
+            ok = "result" in response
+        finally:
+            if mine is not None and not ok:  # refused or failed: still held
+                self.subscribed[mine].add(uri)
+                self.subscriptions.hold((mine, uri))
         return response
 
     async def close(self) -> None:

@@ -68,6 +68,7 @@ class RequestContext:
     chain_checked: bool = False  # expiry and revocation already checked for this request
     target: Target | None = None  # what was decided (set by the pipeline)
     verdict: Verdict | None = None  # how (set by the pipeline, once)
+    shadow: Verdict | None = None  # what the policies in `mode: shadow` would decide (audited and traced, never enforced)
     trace: tuple[int, int] | None = None  # (trace id, span id) of the span that decided, when traced
     tools_listed: tuple[int, int] | None = None  # tools/list: (listed, hidden by policy or grant)
 
@@ -190,6 +191,10 @@ class Pipeline:
             if exact:
                 verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
                                    guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
+                shadow = guard.policies.shadow
+                if shadow is not None:  # only when some policy says `mode: shadow`
+                    req.shadow = evaluate(shadow, req.chain, who, target.qualified, args, target.annotations,
+                                          guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
             else:  # completion of a resource template: decided as its listing is (the URI is a template)
                 verdict = self._by_visibility(req, target)
             if verdict.decision is Outcome.APPROVAL_REQUIRED:
@@ -260,6 +265,9 @@ class Pipeline:
             }
         if note:
             record["note"] = note
+        if req.shadow is not None:
+            record["shadow_decision"] = str(req.shadow.decision)
+            record["shadow_rule_ids"] = list(req.shadow.rule_ids)
         if target.pin in ("new", "changed"):
             record["pin"] = target.pin
         _trace_ids(req, record)
@@ -267,12 +275,16 @@ class Pipeline:
             record["args"] = args
         self._append(record, target.qualified)
 
-    async def audit_refused(self, req: RequestContext, kind: Kind | None, name: Any, verdict: Verdict, upstream: str | None = None) -> None:
+    async def audit_refused(self, req: RequestContext, kind: Kind | None, name: Any, verdict: Verdict, upstream: str | None = None,
+                            resolves_to: str | None = None) -> None:
         """A request refused before it had a target: a hidden or unknown name (``unknown``, the
-        name as the caller sent it), an unknown method, or a revoked or expired chain."""
+        name as the caller sent it, and for a hidden one the ``UPSTREAM/NAME`` it names), an
+        unknown method, or a revoked or expired chain."""
         if self.guard.audit is None:
             return
         record = self._record(req, kind, upstream, name, name, verdict)
+        if resolves_to is not None:
+            record["resolves_to"] = resolves_to
         _trace_ids(req, record)
         with contextlib.suppress(AuditRefusal):  # refused anyway; the failure is logged
             self._append(record, str(name))

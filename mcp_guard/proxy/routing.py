@@ -22,6 +22,7 @@ from mcp_guard.decision import Kind, is_visible
 from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.jsonrpc import INVALID_PARAMS, META_LOG_LEVEL, Era, Message, result, strip_meta, tool_error
 from mcp_guard.proxy.catalogue import Catalogue, Target
+from mcp_guard.proxy.completion import filter_values, hidden_values, template_pattern
 from mcp_guard.proxy.pipeline import Pipeline, RequestContext, unknown_verdict
 from mcp_guard.proxy.relay import Relay
 
@@ -102,12 +103,6 @@ def params_of(message: Message, method: str) -> Message:
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, f"Invalid params: {method} needs an object as params")
     return params
-
-
-def _template_pattern(template: str) -> re.Pattern[str]:
-    """An RFC 6570 URI template as a full-match pattern: each ``{expression}`` matches any text."""
-    parts = re.split(r"\{[^{}]*\}", template)
-    return re.compile(".*".join(re.escape(p) for p in parts), re.DOTALL)
 
 
 @dataclass
@@ -191,10 +186,12 @@ class Router:
     def cached_tools(self) -> list[Target] | None:
         return self._visible_cache[1] if self._visible_cache is not None else None
 
-    async def refuse_unknown(self, req: RequestContext, kind: Kind, name: Any, upstream: str | None = None) -> RpcError:
-        """Audit a hidden or unknown name (as the caller sent it) and build the answer."""
+    async def refuse_unknown(self, req: RequestContext, kind: Kind, name: Any, upstream: str | None = None,
+                             resolves_to: str | None = None) -> RpcError:
+        """Audit a hidden or unknown name (as the caller sent it, and what a hidden one names) and
+        build the answer, which is the same for both."""
         text = unknown_text(kind, name)
-        await self.pipeline.audit_refused(req, kind, name, unknown_verdict(text), upstream)
+        await self.pipeline.audit_refused(req, kind, name, unknown_verdict(text), upstream, resolves_to)
         return RpcError(INVALID_PARAMS, text)
 
     # ------------------------------------------------------------------ tools
@@ -220,7 +217,8 @@ class Router:
                 return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
             entry = None
         if entry is None or entry.held or not self.visible(req, Kind.TOOL, entry.qualified, entry.annotations):
-            raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None)
+            raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None,
+                                            entry.qualified if entry is not None else None)
         args = params.get("arguments")
         if args is None:
             args = {}
@@ -302,7 +300,7 @@ class Router:
         for up, it in items:
             template = it["uriTemplate"]
             if template not in self.owners.templates:
-                self.owners.templates[template] = (up.name, _template_pattern(template))
+                self.owners.templates[template] = (up.name, template_pattern(template))
         self.owners.resources_known = True
         return items
 
@@ -379,7 +377,8 @@ class Router:
             await self._prompts()
         found = self.owners.prompts.get(exposed) if isinstance(exposed, str) else None
         if found is None or not self.visible(req, Kind.PROMPT, f"{found[0]}/{found[1]}"):
-            raise await self.refuse_unknown(req, Kind.PROMPT, exposed, found[0] if found else None)
+            raise await self.refuse_unknown(req, Kind.PROMPT, exposed, found[0] if found else None,
+                                            f"{found[0]}/{found[1]}" if found else None)
         upstream, name = found
         return Target(str(exposed), upstream, name, f"{upstream}/{name}", {}, None, kind=Kind.PROMPT)
 
@@ -397,13 +396,18 @@ class Router:
 
         return forward
 
-    async def resource_request(self, req: RequestContext) -> Message:
-        """resources/read, resources/subscribe, resources/unsubscribe: decided on the exact URI."""
+    async def resource_request(self, req: RequestContext, answer: Callable[[], Message] | None = None) -> Message:
+        """resources/read, resources/subscribe, resources/unsubscribe: decided on the exact URI;
+        ``answer``: what an allowed request is answered with instead of asking the upstream."""
         params = params_of(req.message, req.method)
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise RpcError(INVALID_PARAMS, f"Invalid params: {req.method} needs a `uri` string")
         target = await self.resource_target(req, uri)
+        if answer is not None:
+            async def local(_up: Upstream) -> Message:
+                return answer()
+            return await self.pipeline.run(req, target, {"uri": uri}, local)
         forward = self._forwarder(req, params)
 
         async def same_as_unknown(up: Upstream) -> Message:
@@ -448,7 +452,7 @@ class Router:
                 raise RpcError(INVALID_PARAMS, "Invalid params: a ref/prompt needs a `name` string")
             target = await self.prompt_target(req, name)
             forwarded = {**params, "ref": {**ref, "name": target.name}}
-            return await self.pipeline.run(req, target, args, self._forwarder(req, forwarded))
+            return await self.pipeline.run(req, target, args, self._completer(req, forwarded, None, args))
         if kind == "ref/resource":
             uri = ref.get("uri")
             if not isinstance(uri, str):
@@ -457,8 +461,22 @@ class Router:
             # a template's URI is a pattern: it is judged as its listing is; any other URI exactly
             exact = uri not in self.owners.templates
             target = await self.resource_target(req, uri, judge_uri=exact)
-            return await self.pipeline.run(req, target, args, self._forwarder(req, params), exact=exact)
+            return await self.pipeline.run(req, target, args, self._completer(req, params, None if exact else target, args), exact=exact)
         raise RpcError(INVALID_PARAMS, "Invalid params: `ref.type` must be ref/prompt or ref/resource")
+
+    def _completer(self, req: RequestContext, params: Message, template: Target | None,
+                   args: dict[str, Any]) -> Callable[[Upstream], Awaitable[Message]]:
+        """Forward a completion without the values naming what the caller may not see."""
+        forward = self._forwarder(req, params)
+
+        async def complete(up: Upstream) -> Message:
+            o = self.owners
+            about = (template.upstream, template.name, params["argument"]["name"]) if template is not None else None
+            drop = hidden_values(o.prompts, o.resources, {t: u for t, (u, _p) in o.templates.items()},
+                                 lambda kind, q, judge: self.visible(req, kind, q, judge_uri=judge), about, args)
+            return filter_values(await forward(up), drop)
+
+        return complete
 
     async def set_level(self, req: RequestContext) -> Message:
         level = params_of(req.message, "logging/setLevel").get("level")

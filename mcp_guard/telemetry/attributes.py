@@ -55,6 +55,7 @@ PURPOSE = "mcp_guard.purpose"
 GRANT_ID = "mcp_guard.grant.id"
 DELEGATION_DEPTH = "mcp_guard.delegation.depth"
 DECISION = "mcp_guard.decision"
+SHADOW_DECISION = "mcp_guard.shadow_decision"  # what the `mode: shadow` policies would decide (never enforced)
 POLICY_IDS = "mcp_guard.policy.ids"
 RULE_IDS = "mcp_guard.rule.ids"
 DECISION_REASON = "mcp_guard.decision.reason"

@@ -248,6 +248,8 @@ class Decision:
                                      target.upstream, verdict.approver)
         if span is not None:
             span.attrs = tel.merged(span.attrs, outcome)
+            if req.shadow is not None:  # a copy: the merged set is shared
+                span.attrs = {**span.attrs, a.SHADOW_DECISION: str(req.shadow.decision)}
             if verdict.decision in ("approved", "rejected"):
                 event: dict[str, AttributeValue] = {a.DECISION: decided[a.DECISION]}
                 if verdict.approver:

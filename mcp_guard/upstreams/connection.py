@@ -29,6 +29,7 @@ from mcp_guard.jsonrpc import (
     META_SERVER_INFO,
     METHOD_NOT_FOUND,
     MODERN,
+    UNSUPPORTED_PROTOCOL_VERSION,
     Message,
     error,
     is_notification,
@@ -207,13 +208,19 @@ class Upstream:
     async def _discover(self) -> bool:
         """Probe 2026-07-28 with ``server/discover``; False means: use the handshake era."""
         self.era = "modern"  # so the probe itself carries the per-request _meta
-        try:
-            disc = await self.request("server/discover", {}, timeout=30.0)
-        except RpcError as exc:
-            self.era = "legacy"
-            if self.config.protocol == "modern":
-                raise UpstreamError(f"upstream {self.name} does not speak protocol {MODERN} ({exc.message})") from None
-            return False
+        disc: Message | None = None
+        for attempt in range(2):
+            try:
+                disc = await self.request("server/discover", {}, timeout=30.0)
+                break
+            except RpcError as exc:
+                if attempt == 0 and _offers_modern(exc):
+                    continue  # "unsupported version" that lists ours: asked once more, as the era says
+                self.era = "legacy"
+                if self.config.protocol == "modern":
+                    raise UpstreamError(f"upstream {self.name} does not speak protocol {MODERN} ({exc.message})") from None
+                return False
+        assert disc is not None
         versions = disc.get("supportedVersions")
         if not isinstance(versions, list) or MODERN not in versions:
             self.era = "legacy"
@@ -392,3 +399,10 @@ def _expire(fut: asyncio.Future[Message]) -> None:
     """The upstream did not answer in time: the waiting ``_call`` gets ``TimeoutError``."""
     if not fut.done():
         fut.set_exception(TimeoutError())
+
+
+def _offers_modern(exc: RpcError) -> bool:
+    """An "unsupported protocol version" refusal (-32022) whose ``data.supported`` lists 2026-07-28."""
+    data = exc.data
+    return exc.code == UNSUPPORTED_PROTOCOL_VERSION and isinstance(data, dict) and isinstance(data.get("supported"), list) \
+        and MODERN in data["supported"]

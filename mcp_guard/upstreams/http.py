@@ -33,7 +33,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
+from mcp.shared.inbound import (
+    NAME_BEARING_METHODS,
+    encode_header_value,
+    find_invalid_x_mcp_header,
+    mcp_param_headers,
+    x_mcp_header_map,
+)
 
 from mcp_guard.config import UpstreamConfig, upstream_proxied
 from mcp_guard.errors import UpstreamError
@@ -49,15 +55,32 @@ SESSION_ID = re.compile(r"[\x21-\x7e]{1,1024}")
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
 GET_RETRY = 1.0  # seconds before the standalone stream is opened again
 GET_FAILURES = 2  # consecutive failures to open it before giving up (as the SDK transport)
+RESUME_DELAY = 1.0  # seconds before a closed stream is resumed when the upstream sent no ``retry``
+RESUME_DELAY_MAX = 10.0  # a larger ``retry`` is cut to this
+RESUME_ATTEMPTS = 3  # reconnections in a row that bring nothing new before the request fails
+RESUME_TOTAL = 20  # reconnections of one request's stream in all
 
 
 class SseError(Exception):
     """The event stream broke its format or its size limit."""
 
 
-async def sse_events(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[tuple[str, str]]:
-    """``(event type, data)`` for each event of a ``text/event-stream`` body (comments, ``id`` and
-    ``retry`` are read and dropped).  Raises ``SseError`` when one event grows past ``limit``."""
+class SseCursor:
+    """Where a stream can be resumed from: the last event id seen and the upstream's ``retry`` (seconds)."""
+
+    __slots__ = ("last_id", "retry")
+
+    def __init__(self) -> None:
+        self.last_id: str | None = None
+        self.retry: float | None = None
+
+    def delay(self) -> float:
+        return min(self.retry, RESUME_DELAY_MAX) if self.retry is not None else RESUME_DELAY
+
+
+async def sse_events(chunks: AsyncIterator[bytes], limit: int, cursor: SseCursor | None = None) -> AsyncIterator[tuple[str, str]]:
+    """``(event type, data)`` for each event of a ``text/event-stream`` body; ``id`` and ``retry`` go to
+    ``cursor``, comments are dropped.  Raises ``SseError`` when one event grows past ``limit``."""
     partial: list[bytes] = []
     size = 0
     data: list[bytes] = []
@@ -104,7 +127,13 @@ async def sse_events(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[
                 data.append(value)
             elif name == b"event":
                 event = value
-            # "" (a comment), "id" and "retry" are not used: the guard does not resume streams
+            elif cursor is None:
+                continue
+            elif name == b"id" and b"\0" not in value and _HEADER_SAFE.fullmatch(value.decode("latin-1")):
+                cursor.last_id = value.decode("latin-1") or None  # an empty id resets it (no resumption)
+            elif name == b"retry" and value.isdigit():
+                cursor.retry = int(value) / 1000
+            # "" is a comment
 
 
 class HttpChannel:
@@ -119,6 +148,8 @@ class HttpChannel:
         self._session: str | None = None
         self._version: str | None = None  # MCP-Protocol-Version after initialize
         self._posts: dict[Any, asyncio.Task[None]] = {}  # our requests' POSTs in flight, by id
+        self._param_maps: dict[str, dict[tuple[str, ...], str]] = {}  # tool -> argument path -> Mcp-Param-* token
+        self.excluded: dict[str, str] = {}  # tool -> why it was left out of the listing (an invalid x-mcp-header)
         self._get: asyncio.Task[None] | None = None
         self._reason = "was never started"
         self._ended = False
@@ -200,6 +231,9 @@ class HttpChannel:
                 value = message["params"].get(key) if key else None
                 if isinstance(value, str):
                     headers["Mcp-Name"] = encode_header_value(value)
+                    if method == "tools/call" and (params_map := self._param_maps.get(value)):
+                        arguments = message["params"].get("arguments")
+                        headers.update(mcp_param_headers(params_map, arguments if isinstance(arguments, dict) else {}))
             return headers
         if self._session is not None:
             headers["Mcp-Session-Id"] = self._session
@@ -251,7 +285,7 @@ class HttpChannel:
             self._fail(rid, f"failed ({type(exc).__name__}: {exc})")
             return
         try:
-            await self._answer(answer, rid, method)
+            await self._answer(link, answer, rid, method, modern="Mcp-Method" in headers)
         except LinkError as exc:
             self._fail(rid, f"failed: it {exc}")
         except SseError as exc:
@@ -259,7 +293,7 @@ class HttpChannel:
         finally:
             await answer.aclose()
 
-    async def _answer(self, answer: Exchange, rid: Any, method: str) -> None:
+    async def _answer(self, link: Link, answer: Exchange, rid: Any, method: str, *, modern: bool) -> None:
         status = answer.status
         ctype = answer.headers.get("content-type", "").lower()
         if status >= 300 or status == 202:
@@ -293,22 +327,47 @@ class HttpChannel:
                 return
             self._deliver_answer(message, rid, method)
         elif ctype.startswith("text/event-stream"):
-            if not await self._events(answer, rid, method):
-                self._fail(rid, f"closed the event stream of {method} without answering it")
+            cursor = SseCursor()
+            if not await self._events(answer, rid, method, cursor):
+                await self._resume(link, rid, method, cursor, modern=modern)
         else:
             self._fail(rid, f"answered {method} with content type {ctype or '(none)'}, not JSON or an event stream")
 
     def _deliver_answer(self, message: Message, rid: Any, method: str) -> None:
         message["id"] = rid  # the answer on a request's own POST is that request's, whatever id it names
+        if method == "tools/list" and isinstance(message.get("result"), dict) and isinstance(message["result"].get("tools"), list):
+            message["result"]["tools"] = self._headed_tools(message["result"]["tools"])
         if method == "initialize" and isinstance(message.get("result"), dict):
             version = message["result"].get("protocolVersion")
             if isinstance(version, str) and _HEADER_SAFE.fullmatch(version):
                 self._version = version
         self._inbox.put_nowait(message)
 
-    async def _events(self, answer: Exchange, rid: Any, method: str) -> bool:
+    def _headed_tools(self, tools: list[Any]) -> list[Any]:
+        """The listed tools minus those whose ``x-mcp-header`` annotations are invalid (a client must not call
+        them); the others' annotations are kept, to mirror their arguments into ``Mcp-Param-*`` headers."""
+        kept = []
+        for tool in tools:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if not isinstance(name, str):
+                kept.append(tool)
+                continue
+            reason = find_invalid_x_mcp_header(tool.get("inputSchema"))
+            if reason is not None:
+                log.warning("[%s] tool %s left out: its x-mcp-header annotation is invalid (%s)", self.name, name, reason)
+                self.excluded[name] = reason
+                self._param_maps.pop(name, None)
+                continue
+            self.excluded.pop(name, None)
+            header_map = x_mcp_header_map(tool.get("inputSchema"))
+            if header_map:
+                self._param_maps[name] = header_map
+            kept.append(tool)
+        return kept
+
+    async def _events(self, answer: Exchange, rid: Any, method: str, cursor: SseCursor | None = None) -> bool:
         """Relay a stream's messages; True once the response to ``rid`` arrived (None: the standalone stream)."""
-        async for _kind, data in sse_events(answer.chunks(), MESSAGE_LIMIT):
+        async for _kind, data in sse_events(answer.chunks(), MESSAGE_LIMIT, cursor):
             if _kind != "message" or not data:
                 continue  # a priming event, or a type MCP does not use
             try:
@@ -330,14 +389,62 @@ class HttpChannel:
             self._inbox.put_nowait(message)  # a notification or a request, before the answer
         return False
 
+    def _get_headers(self, cursor: SseCursor) -> dict[str, str]:
+        headers = {**self._headers({}, None, modern=False), "Accept": "text/event-stream"}
+        del headers["Content-Type"]
+        if cursor.last_id is not None:
+            headers["Last-Event-ID"] = cursor.last_id
+        return headers
+
+    async def _resume(self, link: Link, rid: Any, method: str, cursor: SseCursor, *, modern: bool) -> None:
+        """A request's stream closed before its answer: after the upstream's ``retry``, ``GET`` with
+        ``Last-Event-ID`` continues it, a bounded number of times; otherwise the request fails."""
+        if cursor.last_id is None or modern:
+            self._fail(rid, f"closed the event stream of {method} without answering it")
+            return
+        idle = total = 0
+        while idle < RESUME_ATTEMPTS and total < RESUME_TOTAL and not self._ended:
+            idle += 1
+            total += 1
+            await asyncio.sleep(cursor.delay())
+            seen = cursor.last_id
+            try:
+                answer = await link.request("GET", self._get_headers(cursor), None)
+            except UpstreamError as exc:
+                log.info("[%s] resuming the stream of %s: %s", self.name, method, exc)
+                continue
+            try:
+                if answer.status == 404 and self._session is not None:
+                    self._fail(rid, "ended its session (HTTP 404); it is initialized again")
+                    self._end("ended its session (HTTP 404)")
+                    return
+                if 300 <= answer.status < 400:
+                    where = answer.headers.get("location")
+                    self._fail(rid, f"answered the resumption of {method}'s event stream with a redirect"
+                                    f"{f' to {where}' if where else ''}, which is not followed")
+                    return
+                if answer.status != 200 or not answer.headers.get("content-type", "").lower().startswith("text/event-stream"):
+                    self._fail(rid, f"closed the event stream of {method} without answering it and refused to resume it"
+                                    f" (HTTP {answer.status})")
+                    return
+                if await self._events(answer, rid, method, cursor):
+                    return
+            except (LinkError, SseError) as exc:
+                log.info("[%s] resuming the stream of %s: %s", self.name, method, exc)
+            finally:
+                await answer.aclose()
+            if cursor.last_id != seen:
+                idle = 0  # it moved on: the count of fruitless attempts starts again
+        self._fail(rid, f"closed the event stream of {method} without answering it, and {total} attempts to resume it"
+                        " brought no answer")
+
     async def _standalone(self, link: Link) -> None:
         """The handshake era's ``GET`` stream: what the upstream sends on its own (list changes, requests)."""
         failures = 0
+        cursor = SseCursor()
         while not self._ended and failures < GET_FAILURES:
             try:
-                headers = {**self._headers({}, None, modern=False), "Accept": "text/event-stream"}
-                del headers["Content-Type"]
-                answer = await link.request("GET", headers, None)
+                answer = await link.request("GET", self._get_headers(cursor), None)
                 try:
                     if answer.status == 404 and self._session is not None:
                         self._end("ended its session (HTTP 404)")
@@ -345,10 +452,10 @@ class HttpChannel:
                     if answer.status != 200 or not answer.headers.get("content-type", "").lower().startswith("text/event-stream"):
                         return  # 405: the upstream offers no standalone stream
                     failures = 0
-                    await self._events(answer, None, "GET")
+                    await self._events(answer, None, "GET", cursor)
                 finally:
                     await answer.aclose()
             except (UpstreamError, SseError) as exc:
                 failures += 1
                 log.info("[%s] standalone stream: %s", self.name, exc)
-            await asyncio.sleep(GET_RETRY)
+            await asyncio.sleep(cursor.delay() if cursor.retry is not None else GET_RETRY)

@@ -1,8 +1,9 @@
 """The HTTP exchanges of a Streamable HTTP upstream: a lean HTTP/1.1 client, and httpx2 where it is needed.
 
-``Http1Link`` is a small keep-alive connection pool over asyncio streams that sends each request
-as one write (head and body together) and reads answers by ``Content-Length``, chunked encoding
-or close.  Per request it costs a fraction of a general client: no request/response objects, no
+``Http1Link`` is a small keep-alive connection pool over asyncio protocols that sends each request
+as one write (head and body together) and leaves the framing of answers to llhttp (``framing.py``):
+a connection goes back to the pool only after exactly one complete response that allows
+keep-alive, and anything it cannot frame closes the connection and fails that request.  Per request it costs a fraction of a general client: no request/response objects, no
 cookie jar, no URL merging; the upstream also wakes up once per request instead of twice.
 
 ``HttpxLink`` is the same interface over an ``httpx2.AsyncClient``; it is used when the upstream
@@ -17,18 +18,18 @@ import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httpx2
 
 from mcp_guard import __version__
 from mcp_guard.errors import UpstreamError
+from mcp_guard.upstreams.framing import FrameError, Framer
 
 CONNECT_TIMEOUT = 30.0  # the SDK transport's connect/write timeout
 IDLE_KEEP = 4.0  # seconds an idle connection is reused (servers commonly close after 5)
 MAX_CONNECTIONS = 256  # open connections to one upstream; more requests wait for one
-HEAD_LIMIT = 64 * 1024  # response status line + headers
 
 
 class LinkError(UpstreamError):
@@ -62,67 +63,116 @@ class Link(Protocol):
 
 # --------------------------------------------------------------------------- the lean client
 
+PAUSE_AT = 256 * 1024  # body bytes buffered before the connection stops reading
+RESUME_AT = 64 * 1024
 
-class _Conn:
-    __slots__ = ("idle_since", "reader", "reused", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class _Conn(asyncio.Protocol):
+    """One connection: what arrives is framed as it arrives (``Framer``), so stray bytes are seen even while idle."""
+
+    def __init__(self) -> None:
+        self.framer = Framer()
+        self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.reused = False
+        self.lost = False
+        self._paused = False
+        self._wake: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.framer.feed(data)
+        except FrameError:
+            self.close()  # never reused; a response already complete is still delivered
+        if self.framer.buffered > PAUSE_AT and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._notify()
+
+    def eof_received(self) -> bool | None:
+        return None  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.framer.end()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something arrives or the connection ends."""
+        self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await self._wake
+        finally:
+            self._wake = None
+
+    def take(self) -> bytes | None:
+        """The next piece of the body, if one arrived."""
+        framer = self.framer
+        if not framer.body:
+            return None
+        data = framer.body.popleft()
+        framer.buffered -= len(data)
+        if self._paused and framer.buffered < RESUME_AT and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def take_all(self) -> bytes:
+        """The whole body buffered so far."""
+        framer = self.framer
+        data = b"".join(framer.body)
+        framer.body.clear()
+        framer.buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.framer.expect()
+        self.transport.write(data)
+
+    def sound(self) -> bool:
+        """Open, and nothing on it that could not be framed."""
+        return not self.lost and self.transport is not None and not self.transport.is_closing() and self.framer.failure is None
 
     def usable(self) -> bool:
-        return (
-            not self.writer.transport.is_closing()
-            and not self.reader.at_eof()
-            and time.monotonic() - self.idle_since < IDLE_KEEP
-        )
+        return self.sound() and time.monotonic() - self.idle_since < IDLE_KEEP
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.transport.abort()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.abort()
 
 
 class _Response:
-    """A response on one pooled connection; the connection goes back to the pool when the body was read."""
+    """A response on one pooled connection; the connection goes back to the pool only when the body was
+    read to its end, the response allows keep-alive and nothing else arrived on it."""
 
-    def __init__(self, link: Http1Link, conn: _Conn, status: int, headers: dict[str, str], method: str) -> None:
-        self.status = status
-        self.headers = headers
+    def __init__(self, link: Http1Link, conn: _Conn) -> None:
+        self.status = conn.framer.status
+        self.headers = conn.framer.headers
         self._link = link
         self._conn: _Conn | None = conn
-        self._keep = headers.get("connection", "").lower() != "close"
-        if method == "HEAD" or status in (204, 304):
-            self._length: int | None = 0
-            self._chunked = False
-        else:
-            self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-            length = headers.get("content-length")
-            try:
-                self._length = None if self._chunked or length is None else int(length)
-            except ValueError:
-                raise LinkError(f"answered with an invalid Content-Length {length!r}") from None
-            if self._length is not None and self._length < 0:
-                raise LinkError(f"answered with an invalid Content-Length {length!r}")
-            if not self._chunked and self._length is None:
-                self._keep = False  # the body runs to the end of the connection
-        self._done = self._length == 0
 
     async def read(self, limit: int) -> bytes:
-        if self._length is not None:
-            if self._length > limit:
-                await self.aclose()
-                raise LinkError(f"sent a response of {self._length} bytes, over the limit of {limit} bytes")
-            assert self._conn is not None
-            try:
-                data = await self._conn.reader.readexactly(self._length) if self._length else b""
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                await self.aclose()
-                raise LinkError(f"closed the connection in the middle of a response ({type(exc).__name__})") from None
-            self._done = True
+        conn = self._conn
+        if conn is not None and conn.framer.complete and conn.framer.buffered <= limit:  # all here already: no loop
+            data = conn.take_all()
             await self.aclose()
             return data
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            await self.aclose()
+            raise LinkError(f"sent a response of {int(length)} bytes, over the limit of {limit} bytes")
         try:
             return await _collect(self.chunks(), limit)
         except LinkError:
@@ -131,53 +181,27 @@ class _Response:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
-        if conn is None or self._done:
+        if conn is None:
             return
-        reader = conn.reader
-        try:
-            if self._chunked:
-                while True:
-                    line = await reader.readuntil(b"\r\n")
-                    try:
-                        size = int(line.split(b";", 1)[0].strip(), 16)
-                    except ValueError:
-                        raise LinkError("sent a malformed chunked body") from None
-                    if size < 0:
-                        raise LinkError("sent a malformed chunked body")
-                    if size == 0:
-                        while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                            pass
-                        break
-                    while size:  # in pieces: a chunk's announced size is no reason to buffer it whole
-                        data = await reader.read(min(size, 65536))
-                        if not data:
-                            raise asyncio.IncompleteReadError(b"", size)
-                        size -= len(data)
-                        yield data
-                    if await reader.readexactly(2) != b"\r\n":
-                        raise LinkError("sent a malformed chunked body")
-            elif self._length is not None:
-                left = self._length
-                while left:
-                    data = await reader.read(min(left, 65536))
-                    if not data:
-                        raise asyncio.IncompleteReadError(b"", left)
-                    left -= len(data)
-                    yield data
-            else:
-                while data := await reader.read(65536):
-                    yield data
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError) as exc:
-            await self.aclose()
-            raise LinkError(f"closed the connection in the middle of a response ({type(exc).__name__})") from None
-        self._done = True
+        framer = conn.framer
+        while True:
+            data = conn.take()
+            if data is not None:
+                yield data
+                continue
+            if framer.complete:
+                break
+            if framer.failure is not None or conn.lost:
+                await self.aclose()
+                raise LinkError(framer.failure or "closed the connection in the middle of a response")
+            await conn.wait()
         await self.aclose()
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._done and self._keep:
+        if conn.framer.complete and conn.framer.keep and conn.sound():
             self._link.release(conn)
         else:
             self._link.discard(conn)
@@ -215,10 +239,15 @@ class Http1Link:
             while True:
                 conn = await self._connection(fresh=fresh)
                 try:
-                    conn.writer.write(data)
-                    status, fields = await _read_head(conn.reader)
-                    return _Released(_Response(self, conn, status, fields, method), self._slots)
-                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    conn.send(data)
+                    while not conn.framer.head_done:
+                        if conn.framer.failure is not None:
+                            raise LinkError(conn.framer.failure)
+                        if conn.lost:
+                            raise ConnectionResetError
+                        await conn.wait()
+                    return _Released(_Response(self, conn), self._slots)
+                except ConnectionError as exc:
                     conn.close()
                     if conn.reused and not fresh:  # the server closed an idle connection as we sent: once more, new
                         fresh = True
@@ -241,15 +270,15 @@ class Http1Link:
         if self._closed:
             raise LinkError("is closed")
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self._ssl, limit=HEAD_LIMIT), CONNECT_TIMEOUT
+            _, conn = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(_Conn, self.host, self.port, ssl=self._ssl), CONNECT_TIMEOUT
             )
         except TimeoutError:
             raise LinkError(f"did not accept a connection within {CONNECT_TIMEOUT:g}s", connect=True) from None
         except (OSError, ssl.SSLError) as exc:
             raise LinkError(f"refused the connection ({exc.strerror or exc})" if isinstance(exc, OSError) and exc.strerror
                             else f"could not be connected to ({exc})", connect=True) from None
-        return _Conn(reader, writer)
+        return conn
 
     def release(self, conn: _Conn) -> None:
         if self._closed:
@@ -310,27 +339,6 @@ async def _collect(chunks: AsyncIterator[bytes], limit: int) -> bytes:
             raise LinkError(f"sent a response over the limit of {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    while True:
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise LinkError(f"answered with response headers over {HEAD_LIMIT} bytes") from None
-        lines = raw.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise LinkError(f"did not answer in HTTP/1.1 ({lines[0][:80]!r})")
-        status = int(parts[1])
-        if 100 <= status < 200:
-            continue  # an interim answer (100 Continue, 103 Early Hints)
-        fields: dict[str, str] = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                fields[name.strip().lower()] = value.strip()
-        return status, fields
 
 
 def _lines(headers: Mapping[str, str]) -> str:

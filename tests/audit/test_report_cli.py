@@ -66,11 +66,21 @@ def test_without_a_lock_the_tool_names_come_from_the_log(tmp_path: Path) -> None
     code, out, _ = _run("--config", str(config), "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["tool_source"].startswith("the audit log only")
+    assert data["tool_source"].startswith("the policies (3 tools named) and the audit log only")
     (s,) = data["subjects"]
     assert s["used"] == {"fs/read_text_file": {"allow": 2}}
     assert s["refused"]["fs/list_directory"]["decisions"] == {"budget_exhausted": 1}
-    assert s["never_used"] == ["fs/list_directory"]  # allowed, only ever refused for its budget
+    # fs/list_directory: allowed, only ever refused for its budget; fs/search_files: named by the
+    # policy, never called; fs/read_secret is named too but denied
+    assert s["never_used"] == ["fs/list_directory", "fs/search_files"]
+
+
+def test_without_a_lock_and_without_calls_the_literal_names_of_the_policies_count(tmp_path: Path) -> None:
+    config = _setup(tmp_path, [_record("read_text_file", "allow")])
+    data = json.loads(_run("--config", str(config), "--json")[1])
+    assert data["subjects"][0]["never_used"] == ["fs/list_directory", "fs/search_files"]
+    code, out, _ = _run("--config", str(config))
+    assert code == 0 and "fs/search_files" in out and "none" not in out.split("never used")[1].splitlines()[0], out
 
 
 def test_the_lock_adds_tools_nobody_called(tmp_path: Path) -> None:

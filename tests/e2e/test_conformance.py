@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,3 +129,51 @@ def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path) -> No
     via = _through_supergateway(guard_command(config), tmp_path)
     missing = {key for key in passed(direct) - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
     assert not missing, _report(missing, tmp_path)
+
+
+# --------------------------------------------------------------------------- the guard as the suite's client
+
+GUARD_CLIENT = Path(__file__).resolve().parents[1] / "fixtures" / "conformance_client.py"
+NEXT_SUITE = tool_path("node").parent.parent / "conformance-next" / "dist" / "index.js"  # 0.2.x: the 2026-07-28 era
+requires_next_suite = pytest.mark.skipif(not NEXT_SUITE.is_file(), reason="conformance-next missing from .tools; run scripts/setup")
+
+
+def run_client_scenario(scenario: str, out: Path, *, next_suite: bool = False, protocol: str = "legacy") -> dict[str, str]:
+    """`conformance client --scenario SCENARIO` with a host -> `mcp-guard run` -> the scenario's server as
+    the guard's HTTP upstream (``protocol``); every check id -> its worst status."""
+    suite = [str(tool_path("node")), str(NEXT_SUITE)] if next_suite else [str(tool_path("conformance"))]
+    command = shlex.join([sys.executable, str(GUARD_CLIENT)])
+    proc = subprocess.run([*suite, "client", "--command", command, "--scenario", scenario, "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, env=tools_env({"GUARD_UPSTREAM_PROTOCOL": protocol}))
+    (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    rank = {"SUCCESS": 0, "WARNING": 1, "FAILURE": 2}
+    statuses: dict[str, str] = {}
+    for checks_file in sorted(out.glob("**/checks.json")):
+        for check in json.loads(checks_file.read_text(encoding="utf-8")):
+            status, key = str(check["status"]), str(check["id"])
+            if status not in ("INFO", "SKIPPED") and rank.get(status, 2) >= rank.get(statuses.get(key, "SUCCESS"), 2):
+                statuses[key] = status
+    assert statuses, f"conformance produced no results; see {out / 'conformance.log'}"
+    return statuses
+
+
+@pytest.mark.timeout(180)
+def test_guard_as_client_resumes_a_closed_stream_after_the_retry_delay(tmp_path: Path) -> None:
+    """`sse-retry`: the tools/call stream closes after a priming event (id, retry: 500 ms); the guard
+    waits the retry delay and resumes with GET + Last-Event-ID, where the answer arrives."""
+    statuses = run_client_scenario("sse-retry", tmp_path)
+    assert statuses == {"client-sse-graceful-reconnect": "SUCCESS", "client-sse-retry-timing": "SUCCESS",
+                        "client-sse-last-event-id": "SUCCESS"}, (tmp_path / "conformance.log").read_text()
+
+
+@requires_next_suite
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("scenario", ["http-custom-headers", "http-invalid-tool-headers", "http-standard-headers",
+                                      "request-metadata"])
+def test_guard_as_a_2026_07_28_client_sends_and_checks_the_http_headers(tmp_path: Path, scenario: str) -> None:
+    """Mcp-Param-* mirrored from x-mcp-header arguments (Base64 where a value is not plain ASCII), tools with
+    an invalid x-mcp-header never called, the standard headers and ``_meta`` on every request, and
+    ``server/discover`` asked again when refused as an unsupported version that lists 2026-07-28."""
+    statuses = run_client_scenario(scenario, tmp_path, next_suite=True, protocol="auto")
+    failed = {k: v for k, v in statuses.items() if v != "SUCCESS"}
+    assert not failed, (tmp_path / "conformance.log").read_text()

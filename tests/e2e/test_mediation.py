@@ -129,6 +129,10 @@ async def test_hidden_answers_exactly_like_unknown_and_both_are_audited(tmp_path
     named = {(r["kind"], r.get("uri") or r.get("prompt") or r.get("tool")) for r in unknown}
     assert {("resource", HIDDEN_DOC), ("resource", MISSING_DOC), ("prompt", "everything_args-prompt"), ("prompt", "everything_no-such-prompt"),
             ("tool", "rec_delete_note"), ("tool", "rec_no_such_tool")} <= named
+    # a hidden name's record also says what it names (the caller was told only "unknown")
+    resolved = {(r.get("tool") or r.get("prompt")): r.get("resolves_to") for r in unknown if r["kind"] in ("tool", "prompt")}
+    assert resolved["rec_delete_note"] == "rec/delete_note" and resolved["everything_args-prompt"] == "everything/args-prompt"
+    assert resolved["rec_no_such_tool"] is None and resolved["everything_no-such-prompt"] is None
     assert record.calls() == []
 
 

@@ -269,6 +269,32 @@ async def test_what_a_caller_held_upstream_goes_when_its_session_ends(served: Se
         assert upstream("logging/setLevel") == ["warning", "debug", "warning"]  # nobody left to lower it for
 
 
+async def test_a_hidden_uri_is_unknown_on_every_resource_method_whoever_holds_it(served: Served) -> None:
+    """bob's grant hides the watched resource: subscribe, read and unsubscribe of it answer exactly
+    as an unknown URI does, whether or not alice holds a subscription to it (no existence oracle
+    across callers), each refusal is audited, and alice's subscription stays upstream."""
+    alice = served.grant("alice")
+    bob = issue_grant(served.key, "corp-idp", "bob", "agent", ["rec/*"], resources=["everything/*"])
+    unknown = f"Resource not found: {WATCHED}"
+
+    def refusals() -> list[str]:
+        return [r["method"] for r in (json.loads(line) for line in (served.tmp / "audit.jsonl").read_text().splitlines())
+                if r.get("decision") == "unknown" and WATCHED in json.dumps(r) and "bob" in json.dumps(r)]
+
+    async with _raw(served, alice) as a, _raw(served, bob) as b:
+        before = _answer(await b.post(_request("resources/unsubscribe", uri=WATCHED)))  # nobody holds it
+        assert "result" in _answer(await a.post(_request("resources/subscribe", uri=WATCHED)))
+        for method in ("resources/unsubscribe", "resources/subscribe", "resources/read"):
+            got = _answer(await b.post(_request(method, uri=WATCHED)))
+            assert got["error"] == before["error"] and got["error"]["message"] == unknown, (method, got)
+        assert [r.get("uri") for r in served.watched.records() if r["method"] == "resources/unsubscribe"] == []
+    for _ in range(50):
+        if len(refusals()) >= 4:
+            break
+        await asyncio.sleep(0.1)
+    assert len(refusals()) == 4
+
+
 @pytest.mark.parametrize("serve", [{"max_sessions_per_principal": 1}, {"session_idle": "2s"}], ids=["evicted", "expired"])
 async def test_a_subscription_goes_upstream_when_its_session_is_evicted_or_expires(tmp_path: Path, serve: dict[str, Any]) -> None:
     served = Served(tmp_path, **serve)

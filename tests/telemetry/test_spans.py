@@ -332,3 +332,32 @@ async def test_the_configured_sampler_decides(tmp_path: Path) -> None:
     finally:
         await session.close()
         hooks.shutdown()
+
+
+async def test_a_shadow_policy_is_traced_and_audited_but_not_enforced(tmp_path: Path, exporter: Any) -> None:
+    """``mode: shadow``: the guardrail span carries ``mcp_guard.shadow_decision``, the audit record
+    ``shadow_decision``; the call itself is decided by the live policies alone."""
+    from fixtures import write_policies
+
+    record, audit_path = tmp_path / "received.jsonl", tmp_path / "audit.jsonl"
+    path = guard_yaml(tmp_path, record)
+    write_policies(tmp_path / "policies", [{"id": "trial", "mode": "shadow", "rules": [
+        {"id": "no-echo", "effect": "deny", "tools": ["notes/echo"]}]}], name="trial")
+    config = load_config(path)
+    ctx = GuardContext(config=config, policies=load_policy_set(config), store=open_store("memory://"),
+                       audit=AuditLog(str(audit_path)), telemetry=exporter[2])
+    host = Host()
+    host.session = session = GuardSession(ctx, host)
+    await host.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                      "clientInfo": {"name": "test-host", "version": "1"}})
+    try:
+        answer = await host.request("tools/call", {"name": "notes_echo", "arguments": {"text": "hi"}})
+        assert answer["result"]["isError"] is False  # enforced: the live policy allows it
+    finally:
+        await session.close()
+    assert [m for m in received(record) if m.get("method") == "tools/call"]
+    guard = attrs(one(finished(exporter), "run_guardrail mcp-guard"))
+    assert guard["mcp_guard.decision"] == "allow"
+    assert guard["mcp_guard.shadow_decision"] == "deny"
+    audited = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    assert [(r["decision"], r["shadow_decision"], r["shadow_rule_ids"]) for r in audited] == [("allow", "deny", ["trial#no-echo"])]
