@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -99,7 +99,14 @@ class StateStore(Protocol):
     async def revoke(self, jti: str, reason: str | None = None) -> None: ...
 
     async def revoked(self, jtis: Sequence[str]) -> str | None:
-        """The first of ``jtis`` that is revoked, else None; sees other processes' revocations."""
+        """The first of ``jtis`` that is revoked, else None; sees other processes' revocations.
+
+        Re-reads the revocations only when ``revocation_signal`` moved since the last answer."""
+        ...
+
+    async def revocation_signal(self) -> Hashable:
+        """A value that changes whenever a revocation may have been written, by any process; cheaper
+        than reading the revocations. Raises StateError when it cannot be read (fail closed)."""
         ...
 
     async def approval_create(self, record: Mapping[str, Any]) -> str: ...
@@ -161,3 +168,37 @@ def merge_counters(counters: Sequence[Counter]) -> list[Counter]:
         elif c.limit < prior.limit:
             seen[c.key] = Counter(c.key, c.limit, prior.expires_at if prior.expires_at is not None else c.expires_at)
     return list(seen.values())
+
+
+class RevocationCache:
+    """Answers of ``revoked`` kept while the store's revocation signal stays where it was.
+
+    The signal is read before the revocations, so an answer is never kept under a signal older than
+    the data it came from: a revocation written after the read moves the signal for the next call.
+    """
+
+    MAX = 4096  # distinct chains kept; past it the cache starts afresh (bounded memory)
+
+    __slots__ = ("_answers", "_signal")
+
+    def __init__(self) -> None:
+        self._signal: Hashable = object()  # equal to no signal: the first call reads
+        self._answers: dict[tuple[str, ...], str | None] = {}
+
+    def lookup(self, signal: Hashable, jtis: tuple[str, ...]) -> tuple[str | None] | None:
+        """``(answer,)`` when known under ``signal``, else None (read the store, then ``keep``)."""
+        if signal != self._signal:
+            self._signal = signal
+            self._answers.clear()
+            return None
+        try:
+            return (self._answers[jtis],)
+        except KeyError:
+            return None
+
+    def keep(self, signal: Hashable, jtis: tuple[str, ...], answer: str | None) -> None:
+        if signal != self._signal:
+            return
+        if len(self._answers) >= self.MAX:
+            self._answers.clear()
+        self._answers[jtis] = answer

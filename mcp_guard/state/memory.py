@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from mcp_guard.state.base import (
@@ -72,6 +72,9 @@ class MemoryStore:
 
     async def revoke(self, jti: str, reason: str | None = None) -> None:
         self._revoked.setdefault(jti, reason)
+
+    async def revocation_signal(self) -> Hashable:
+        return len(self._revoked)  # revocations are only ever added
 
     async def revoked(self, jtis: Sequence[str]) -> str | None:
         for jti in jtis:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -24,6 +24,7 @@ from mcp_guard.state.base import (
     RATE_WINDOW,
     REJECTED,
     Counter,
+    RevocationCache,
     approval_record,
     merge_counters,
     new_approval_id,
@@ -39,6 +40,20 @@ _COUNTER, _VALUE, _RATE, _REVOKED, _APPROVAL, _APPROVALS = (
     PREFIX + "a:",
     PREFIX + "approvals",
 )
+
+_REVOCATIONS_VERSION = PREFIX + "revoked:version"
+
+# KEYS: the revocations hash, its version key; ARGV: jti, record.  The version moves with every new revocation.
+_REVOKE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('INCR', KEYS[2]) end
+return 1
+"""
+
+# KEYS: the version key, the revocations hash.  Both in one round trip: the hash's size also moves
+# for a revocation written without the version (an older mcp-guard), and after a flush.
+_SIGNAL = """
+return {redis.call('GET', KEYS[1]) or '', redis.call('HLEN', KEYS[2])}
+"""
 
 # KEYS: counters; ARGV: limit, expires_at_ms ('' = never) per key.  Returns 0 or the 1-based exhausted index.
 _CONSUME = """
@@ -113,6 +128,9 @@ class RedisStore:
         self._rate = self._r.register_script(_RATE_LUA)
         self._create = self._r.register_script(_CREATE)
         self._resolve = self._r.register_script(_RESOLVE)
+        self._revoke = self._r.register_script(_REVOKE)
+        self._signal = self._r.register_script(_SIGNAL)
+        self._revocations = RevocationCache()
 
     def _error(self, exc: Exception) -> StateError:
         return StateError(f"the state store {self.url} is unavailable: {exc}")
@@ -152,18 +170,33 @@ class RedisStore:
 
     async def revoke(self, jti: str, reason: str | None = None) -> None:
         try:
-            await self._r.hsetnx(_REVOKED, jti, orjson.dumps({"reason": reason, "revoked_at": time.time()}))
+            record = orjson.dumps({"reason": reason, "revoked_at": time.time()}).decode()
+            await self._revoke(keys=[_REVOKED, _REVOCATIONS_VERSION], args=[jti, record])
         except RedisError as exc:
             raise self._error(exc) from None
+
+    async def revocation_signal(self) -> Hashable:
+        try:
+            version, size = await self._signal(keys=[_REVOCATIONS_VERSION, _REVOKED])
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return (str(version), int(size))
 
     async def revoked(self, jtis: Sequence[str]) -> str | None:
         if not jtis:
             return None
+        key = tuple(jtis)
+        signal = await self.revocation_signal()
+        known = self._revocations.lookup(signal, key)
+        if known is not None:
+            return known[0]
         try:
-            found = await self._r.hmget(_REVOKED, list(jtis))
+            found = await self._r.hmget(_REVOKED, list(key))
         except RedisError as exc:
             raise self._error(exc) from None
-        return next((j for j, v in zip(jtis, found, strict=True) if v is not None), None)
+        answer = next((j for j, v in zip(key, found, strict=True) if v is not None), None)
+        self._revocations.keep(signal, key, answer)
+        return answer
 
     async def approval_create(self, record: Mapping[str, Any]) -> str:
         now = time.time()

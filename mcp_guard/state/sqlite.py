@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from mcp_guard.state.base import (
     RATE_WINDOW,
     REJECTED,
     Counter,
+    RevocationCache,
     approval_record,
     merge_counters,
     new_approval_id,
@@ -108,6 +109,9 @@ class SqliteStore:
         self._idents: tuple[Ident, ...] = ()
         self._problem: str | None = None  # why the store refuses now (logged once), None when usable
         self._next_check = 0.0
+        self._connections = 0  # connections opened so far: a reopened file starts a new data_version series
+        self._own_revokes = 0  # data_version does not move for this connection's own commits
+        self._revocations = RevocationCache()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._refuse_if_lost()
@@ -171,6 +175,7 @@ class SqliteStore:
     def _remember(self) -> None:
         """Note which files the connection uses now (and, for a guard, tell other processes)."""
         self._idents = self._stat_all()
+        self._connections += 1
         self._next_check = time.monotonic() + CHECK_EVERY
         if self._holder and self._idents[0] is not None:
             dev, ino = self._idents[0]
@@ -408,16 +413,28 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO revocations (jti, reason, revoked_at) VALUES (?, ?, ?)",
                 (jti, reason, time.time()),
             )
+        self._own_revokes += 1
+
+    async def revocation_signal(self) -> Hashable:
+        """``PRAGMA data_version`` moves when another connection (any process) commits; this
+        connection's own revocations are counted beside it. No table is read."""
+        (version,) = self._query("PRAGMA data_version")[0]
+        return (self._connections, version, self._own_revokes)
 
     async def revoked(self, jtis: Sequence[str]) -> str | None:
         if not jtis:
             return None
-        marks = ",".join("?" * len(jtis))
-        rows = self._query(f"SELECT jti FROM revocations WHERE jti IN ({marks})", tuple(jtis))
-        if not rows:
-            return None
+        key = tuple(jtis)
+        signal = await self.revocation_signal()
+        known = self._revocations.lookup(signal, key)
+        if known is not None:
+            return known[0]
+        marks = ",".join("?" * len(key))
+        rows = self._query(f"SELECT jti FROM revocations WHERE jti IN ({marks})", key)
         found = {r[0] for r in rows}
-        return next(j for j in jtis if j in found)
+        answer = next((j for j in key if j in found), None)
+        self._revocations.keep(signal, key, answer)
+        return answer
 
     # -- approvals
 

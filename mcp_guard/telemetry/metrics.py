@@ -4,7 +4,9 @@ aggregated in plain objects and collected by any SDK MetricReader.
 An SDK ``Histogram.record`` validates and hashes its attributes, builds a ``Measurement`` and runs
 the exemplar machinery: ~15 µs per record on a busy machine, two per tool call.  The guard's
 metric attributes are a handful of low-cardinality sets it builds itself, so each set gets a
-point object once and a record is a bisect and four additions under a lock (~1 µs).
+point object once.  A record on the event loop is one append to the instrument's queue; the
+reader's thread folds the queue into the points (a bisect and four additions each) when it
+collects, and the loop folds it itself only when FOLD_AT records piled up (bounded memory).
 
 The points reach the standard pipeline unchanged: the configured ``MetricReader`` (periodic OTLP
 or console export, or the SDK's ``InMemoryMetricReader`` in tests) is registered on this object
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 
 DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 CARDINALITY_LIMIT = 2000  # the SDK's default per instrument
+FOLD_AT = 4096  # queued records an instrument folds on the recording thread (else the reader folds)
 _OVERFLOW: Mapping[str, AttributeValue] = {"otel.metric.overflow": True}
 
 
@@ -71,11 +75,26 @@ class SumPoint:
         self.value = 0
 
 
+Attrs = Callable[[], Mapping[str, "AttributeValue"]]
+
+
 class _Instrument:
-    def __init__(self, name: str, unit: str, description: str) -> None:
+    def __init__(self, owner: Instruments, name: str, unit: str, description: str) -> None:
+        self._owner = owner
         self.name = name
         self.unit = unit
         self.description = description
+        # (key, value, attrs) per record, appended by the recording thread, folded under the lock;
+        # deque append and popleft are atomic, so recording takes no lock
+        self.pending: deque[tuple[Any, Any, Attrs]] = deque()
+
+    def fold(self) -> None:
+        """Fold the queued records into the points (takes the lock)."""
+        with self._owner.lock:
+            self._fold_locked()
+
+    def _fold_locked(self) -> None:
+        raise NotImplementedError
 
     @staticmethod
     def _slot(points: Mapping[Any, Any], key: Any, attrs: Callable[[], Mapping[str, AttributeValue]]) -> tuple[Any, Mapping[str, AttributeValue]]:
@@ -89,17 +108,27 @@ class DurationHistogram(_Instrument):
     """``record(key, seconds, attrs)``: ``attrs`` is only called the first time ``key`` is seen."""
 
     def __init__(self, owner: Instruments, name: str, unit: str, description: str, bounds: Sequence[float]) -> None:
-        super().__init__(name, unit, description)
-        self._owner = owner
+        super().__init__(owner, name, unit, description)
         self.bounds = tuple(float(b) for b in bounds)
         self.points: dict[Any, HistogramPoint] = {}
 
-    def record(self, key: Any, value: float, attrs: Callable[[], Mapping[str, AttributeValue]]) -> None:
-        point = self.points.get(key)
-        if point is None:
-            point = self._new(key, attrs)
-        with self._owner.lock:
-            point.counts[bisect_left(self.bounds, value)] += 1
+    def record(self, key: Any, value: float, attrs: Attrs) -> None:
+        pending = self.pending
+        pending.append((key, value, attrs))
+        if len(pending) >= FOLD_AT:
+            self.fold()
+
+    def _fold_locked(self) -> None:
+        pending, points, bounds = self.pending, self.points, self.bounds
+        while pending:
+            key, value, attrs = pending.popleft()
+            point = points.get(key)
+            if point is None:
+                key, made = self._slot(points, key, attrs)
+                point = points.get(key)
+                if point is None:
+                    point = points[key] = HistogramPoint(made, len(bounds) + 1, self._owner.start_for_new("Histogram"))
+            point.counts[bisect_left(bounds, value)] += 1
             point.count += 1
             point.sum += value
             if value < point.min:
@@ -107,29 +136,28 @@ class DurationHistogram(_Instrument):
             if value > point.max:
                 point.max = value
 
-    def _new(self, key: Any, attrs: Callable[[], Mapping[str, AttributeValue]]) -> HistogramPoint:
-        with self._owner.lock:
-            key, made = self._slot(self.points, key, attrs)
-            point = self.points.get(key)
-            if point is None:
-                point = self.points[key] = HistogramPoint(made, len(self.bounds) + 1, self._owner.start_for_new("Histogram"))
-            return point
-
 
 class MonotonicCounter(_Instrument):
     def __init__(self, owner: Instruments, name: str, unit: str, description: str) -> None:
-        super().__init__(name, unit, description)
-        self._owner = owner
+        super().__init__(owner, name, unit, description)
         self.points: dict[Any, SumPoint] = {}
 
-    def add(self, key: Any, amount: int, attrs: Callable[[], Mapping[str, AttributeValue]]) -> None:
-        point = self.points.get(key)
-        with self._owner.lock:
+    def add(self, key: Any, amount: int, attrs: Attrs) -> None:
+        pending = self.pending
+        pending.append((key, amount, attrs))
+        if len(pending) >= FOLD_AT:
+            self.fold()
+
+    def _fold_locked(self) -> None:
+        pending, points = self.pending, self.points
+        while pending:
+            key, amount, attrs = pending.popleft()
+            point = points.get(key)
             if point is None:
-                key, made = self._slot(self.points, key, attrs)
-                point = self.points.get(key)
+                key, made = self._slot(points, key, attrs)
+                point = points.get(key)
                 if point is None:
-                    point = self.points[key] = SumPoint(made, self._owner.start_for_new("Counter"))
+                    point = points[key] = SumPoint(made, self._owner.start_for_new("Counter"))
             point.value += amount
 
 
@@ -156,8 +184,10 @@ class Instruments:
         reader._set_collect_callback(self._collect)  # type: ignore[arg-type]  # the SDK annotation is stale: it is called (reader, timeout_millis=)
 
     def start_for_new(self, kind: str) -> int:
-        """Start time of a new point: the last collection for a delta reader, now for cumulative."""
-        return self._last_collect if self._delta[kind] else time.time_ns()
+        """Start time of a new point: the last collection (or the start) for either temporality.
+        A point is made when its first record is folded, which may be well after the record was
+        taken, so "now" could be later than the measurement; the last collection never is."""
+        return self._last_collect
 
     def histogram(self, name: str, unit: str, description: str, bounds: Sequence[float]) -> DurationHistogram:
         h = DurationHistogram(self, name, unit, description, bounds)
@@ -176,6 +206,8 @@ class Instruments:
             delta_h, delta_c = self._delta["Histogram"], self._delta["Counter"]
             temporality_h = AggregationTemporality.DELTA if delta_h else AggregationTemporality.CUMULATIVE
             temporality_c = AggregationTemporality.DELTA if delta_c else AggregationTemporality.CUMULATIVE
+            for instrument in (*self.histograms, *self.counters):
+                instrument._fold_locked()
             for h in self.histograms:
                 points = [
                     HistogramDataPoint(

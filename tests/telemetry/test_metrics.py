@@ -104,3 +104,51 @@ def test_a_periodic_exporting_reader_exports_through_its_exporter() -> None:
     exported = json.loads(out.getvalue().splitlines()[0])
     metric = exported["resource_metrics"][0]["scope_metrics"][0]["metrics"][0]
     assert metric["name"] == SERVER_DURATION and metric["data"]["data_points"][0]["count"] == 1
+
+
+def test_recording_is_an_append_folded_by_the_reader_and_bounded() -> None:
+    """The recording thread only queues; collecting folds the queue; a long queue folds itself."""
+    from mcp_guard.telemetry.metrics import FOLD_AT
+
+    reader = InMemoryMetricReader()
+    ours = Instruments(RESOURCE, SCOPE, reader)
+    hist = ours.histogram("h", "s", "d", DURATION_BUCKETS)
+    count = ours.counter("c", "{x}", "d")
+    made: list[str] = []
+    hist.record("k", 0.5, lambda: made.append("h") or {"a": "b"})  # type: ignore[func-returns-value]
+    count.add("k", 2, lambda: made.append("c") or {"a": "b"})  # type: ignore[func-returns-value]
+    assert made == [] and not hist.points and not count.points  # nothing but the queue so far
+    found = points(reader.get_metrics_data())
+    assert made == ["h", "c"] and found["h"][0].count == 1 and found["c"][0].value == 2
+    for _ in range(FOLD_AT + 10):
+        count.add("k", 1, dict)
+    assert len(count.pending) < FOLD_AT  # folded on the recording thread once it piled up
+    assert points(reader.get_metrics_data())["c"][0].value == 2 + FOLD_AT + 10
+
+
+def test_records_made_while_another_thread_collects_are_all_counted() -> None:
+    import threading
+
+    reader = InMemoryMetricReader(preferred_temporality={Counter: AggregationTemporality.DELTA})
+    ours = Instruments(RESOURCE, SCOPE, reader)
+    count = ours.counter("c", "{x}", "d")
+    total = 0
+    done = threading.Event()
+
+    def collect() -> None:
+        nonlocal total
+        while not done.is_set():
+            data = reader.get_metrics_data()
+            if data is not None:
+                total += sum(p.value for p in points(data).get("c", []))
+
+    thread = threading.Thread(target=collect)
+    thread.start()
+    for _ in range(50_000):
+        count.add("k", 1, dict)
+    done.set()
+    thread.join()
+    data = reader.get_metrics_data()
+    if data is not None:
+        total += sum(p.value for p in points(data).get("c", []))
+    assert total == 50_000
