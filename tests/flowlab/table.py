@@ -26,8 +26,16 @@ DOC = ROOT / "docs" / "flow.md"
 BEGIN, END = "<!-- flow-lab table: begin -->", "<!-- flow-lab table: end -->"
 
 
+def _records_labels() -> bool:
+    """Whether the call pipeline records what requests bring (calls the store's ``flow_add``)."""
+    package = ROOT / "mcp_guard"
+    return any(".flow_add(" in p.read_text(encoding="utf-8") for p in package.rglob("*.py") if "state" not in p.parts)
+
+
 def missing(setup: str) -> str | None:
     """Why ``setup`` cannot run on this tree (the flow engine is not there), or None."""
+    if setup in ("flow", "grant+flow") and not _records_labels():
+        return "the call pipeline does not record session labels yet"
     if setup in ("flow", "grant+flow"):
         from mcp_guard.errors import ConfigError
         from mcp_guard.policy import load
