@@ -5,7 +5,8 @@ Set-ups (``SETUPS``):
 
 - ``nothing``: an allow-all policy, no grant;
 - ``grant``: the task-scoped grant of the scenario alone (tools and argument schemas), allow-all policy;
-- ``flow``: the shipped example policy ``policies/examples/lethal-trifecta.yaml`` alone;
+- ``flow``: the shipped example policy ``policies/examples/lethal-trifecta.yaml`` (refusals only)
+  beside the allow-all policy, no grant;
 - ``grant+flow``: both, the grant also carrying the task's endorsements and label ceiling.
 """
 
@@ -123,14 +124,22 @@ class Lab:
             self._keys()
             self._chain = issue_grant(
                 self._idp, ISSUER, "alice@corp.example", "assistant", self._here(self.grant.tools, world),
-                agent_key=self._agent_pub, purpose="lab", depth=1, ttl=600,
-                **self._here(self._flow_claims(self.grant), world),
+                agent_key=self._agent_pub, purpose="lab", depth=1, ttl=600, **self._flow(self.grant, world),
             )
         if not helper:
             return self._chain
         sub = self.grant.helper or self.grant
         return delegate(self._chain, self._agent_key, "helper", self._here(sub.tools, world), agent_key=self._helper_pub,
-                        ttl=600, **self._here(self._flow_claims(sub), world))
+                        ttl=600, **self._flow(sub, world))
+
+    def _flow(self, g: Grant, world: World) -> dict[str, Any]:
+        """The ``flow=`` argument of issue_grant / delegate (grant+flow only)."""
+        claims = self._here(self._flow_claims(g), world)
+        if not claims:
+            return {}
+        from mcp_guard.grants.flow import FlowClaims  # only where the grants know flow claims
+
+        return {"flow": FlowClaims(**{k: tuple(v) for k, v in claims.items()})}
 
     def config(self, world: World) -> Path:
         extra: dict[str, Any] = {"audit": {"path": str(self.tmp / "audit.jsonl")},
@@ -138,10 +147,11 @@ class Lab:
         if self.setup in ("grant", "grant+flow"):
             extra["identity"] = {"user": "nobody", "grant": "${MCP_GUARD_GRANT:-}"}
             extra["trust"] = {"issuers": {ISSUER: str(self.tmp / "idp.jwk")}}
-        policies: Any = ALLOW_ALL
-        if self.setup in ("flow", "grant+flow"):  # the shipped policy, its /srv paths made this world's
-            policies = FLOW_POLICY.read_text(encoding="utf-8").replace("/srv/", f"{world.srv}/")
-        return write_guard_config(self.tmp / "guard", {u: world.upstream(u) for u in self.upstreams}, policies, **extra)
+        config = write_guard_config(self.tmp / "guard", {u: world.upstream(u) for u in self.upstreams}, ALLOW_ALL, **extra)
+        if self.setup in ("flow", "grant+flow"):  # the shipped policy beside allow-all, its /srv paths made this world's
+            text = FLOW_POLICY.read_text(encoding="utf-8").replace("/srv/", f"{world.srv}/")
+            (config.parent / "policies" / "lethal-trifecta.yaml").write_text(text, encoding="utf-8")
+        return config
 
     @contextlib.asynccontextmanager
     async def session(self, world: World, *, helper: bool = False) -> AsyncIterator[Agent]:
