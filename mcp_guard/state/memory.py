@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from mcp_guard.state.base import (
@@ -177,7 +178,7 @@ class MemoryStore:
         labels.update((o.label, o) for o in change.origins)
         digests.update(d for d, _ in change.pieces)
         entry.flow = SessionFlow(
-            labels=labels,
+            labels=MappingProxyType(labels),  # shared with every caller: read-only
             pieces=flow.pieces + tuple(p for _, p in change.pieces),
             content_bytes=change.content_bytes,
             overflow=change.overflow,

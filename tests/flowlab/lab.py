@@ -133,13 +133,8 @@ class Lab:
                         ttl=600, **self._flow(sub, world))
 
     def _flow(self, g: Grant, world: World) -> dict[str, Any]:
-        """The ``flow=`` argument of issue_grant / delegate (grant+flow only)."""
-        claims = self._here(self._flow_claims(g), world)
-        if not claims:
-            return {}
-        from mcp_guard.grants.flow import FlowClaims  # only where the grants know flow claims
-
-        return {"flow": FlowClaims(**{k: tuple(v) for k, v in claims.items()})}
+        """The flow keyword arguments of issue_grant / delegate (grant+flow only)."""
+        return dict(self._here(self._flow_claims(g), world))
 
     def config(self, world: World) -> Path:
         extra: dict[str, Any] = {"audit": {"path": str(self.tmp / "audit.jsonl")},

@@ -44,7 +44,7 @@ def missing(setup: str) -> str | None:
             load(FLOW_POLICY)
         except ConfigError as exc:
             return f"the policy engine does not take the flow policy yet ({exc})"
-    if setup == "grant+flow" and "flow" not in inspect.signature(issue_grant).parameters:
+    if setup == "grant+flow" and "label_ceiling" not in inspect.signature(issue_grant).parameters:
         return "grants do not take labels, label_ceiling and endorsements yet"
     return None
 
