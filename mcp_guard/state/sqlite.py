@@ -48,7 +48,7 @@ from mcp_guard.state.sqlite_db import (
 __all__ = ["BUSY_TIMEOUT", "SCHEMA_VERSION", "SqliteStore", "has_holders", "holders_dir", "sqlite_path"]
 
 FLOW_TOUCH = 1 / 24  # a read refreshes a scope's last use once older than this part of its lifetime (hourly)
-FLOW_CACHE = 64  # scopes whose pieces this process keeps, so a read fetches only the new ones
+FLOW_CACHE = 64  # scopes whose state this process keeps: an unchanged one costs one lookup, a changed one its news
 
 
 class SqliteStore(SqliteDatabase):
@@ -56,7 +56,7 @@ class SqliteStore(SqliteDatabase):
 
     def __init__(self, url: str, *, holder: bool = False) -> None:
         super().__init__(url, holder=holder)
-        self._pieces: dict[str, tuple[str, tuple[FlowPiece, ...]]] = {}  # scope -> (epoch, pieces)
+        self._flows: dict[str, tuple[str, SessionFlow]] = {}  # scope -> (epoch, the state last read)
 
     # -- budgets and rates
 
@@ -239,29 +239,37 @@ class SqliteStore(SqliteDatabase):
                 "SELECT label, source, record FROM flow_labels WHERE scope = ?", (scope,)
             ).fetchall()
         }
-        cached_epoch, pieces = self._pieces.pop(scope, ("", ()))
-        if cached_epoch != epoch or len(pieces) > count:
-            pieces = ()
+        cached_epoch, cached = self._flows.pop(scope, ("", EMPTY_FLOW))
+        pieces = cached.pieces if cached_epoch == epoch and len(cached.pieces) <= count else ()
         if len(pieces) < count:
             rows = db.execute(
                 "SELECT labels, text FROM flow_pieces WHERE scope = ? AND seq >= ? ORDER BY seq", (scope, len(pieces))
             ).fetchall()
             pieces += tuple(FlowPiece(frozenset(orjson.loads(ls)), text) for ls, text in rows)
-        self._pieces[scope] = (epoch, pieces)  # most recently used last
-        while len(self._pieces) > FLOW_CACHE:
-            del self._pieces[next(iter(self._pieces))]
-        return SessionFlow(labels=labels, pieces=pieces, content_bytes=size, overflow=bool(overflow), version=version)
+        flow = SessionFlow(labels=labels, pieces=pieces, content_bytes=size, overflow=bool(overflow), version=version)
+        self._flows[scope] = (epoch, flow)  # most recently used last
+        while len(self._flows) > FLOW_CACHE:
+            del self._flows[next(iter(self._flows))]
+        return flow
 
     _FLOW_COLS = "epoch, version, bytes, overflow, pieces, touched"
 
     async def flow_get(self, scope: str) -> SessionFlow:
         now = time.time()
-        with self._read() as db:
-            row = db.execute(f"SELECT {self._FLOW_COLS} FROM flow_scopes WHERE scope = ?", (scope,)).fetchone()
-            if row is None or row[5] <= now - self.flow_ttl:
-                return EMPTY_FLOW
-            flow = self._flow_state(db, scope, row)
-        if now - row[5] > self.flow_ttl * FLOW_TOUCH:
+        rows = self._query("SELECT epoch, version, touched FROM flow_scopes WHERE scope = ?", (scope,))
+        if not rows or rows[0][2] <= now - self.flow_ttl:
+            return EMPTY_FLOW
+        epoch, version, touched = rows[0]
+        cached = self._flows.get(scope)
+        if cached is not None and cached[0] == epoch and cached[1].version == version:
+            flow = cached[1]  # unchanged since this process last read it: one indexed lookup
+        else:
+            with self._read() as db:
+                row = db.execute(f"SELECT {self._FLOW_COLS} FROM flow_scopes WHERE scope = ?", (scope,)).fetchone()
+                if row is None:
+                    return EMPTY_FLOW
+                flow = self._flow_state(db, scope, row)
+        if now - touched > self.flow_ttl * FLOW_TOUCH:
             with self._tx() as db:
                 db.execute("UPDATE flow_scopes SET touched = MAX(touched, ?) WHERE scope = ?", (now, scope))
         return flow
@@ -272,7 +280,7 @@ class SqliteStore(SqliteDatabase):
         try:
             return self._flow_add(scope, origins, pieces, max_bytes, time.time())
         except BaseException:
-            self._pieces.pop(scope, None)  # the cache may hold what the failed transaction did not keep
+            self._flows.pop(scope, None)  # the cache may hold what the failed transaction did not keep
             raise
 
     def _flow_add(
