@@ -35,7 +35,7 @@ def normalise(text: str) -> str:
 
 
 def _printable(raw: bytes) -> str | None:
-    """Decoded bytes as text when they are UTF-8 and mostly printable (else it was no encoding)."""
+    """Decoded bytes as text when they are UTF-8 and at least half printable (else it was no encoding)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -43,7 +43,7 @@ def _printable(raw: bytes) -> str | None:
     if not text:
         return None
     shown = sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t")
-    return text if shown * 10 >= len(text) * 9 else None
+    return text if shown * 2 >= len(text) else None
 
 
 def _b64(run: str) -> str | None:
@@ -64,7 +64,7 @@ def decoded(text: str, depth: int = _DEPTH) -> Iterator[str]:
         return
     found: list[str] = []
     if _PCT.search(text):
-        plain = unquote(text, errors="strict") if "%" in text else text
+        plain = unquote(text, errors="replace")  # never raises: bad bytes read as U+FFFD
         if plain != text:
             found.append(plain)
     for m in _HEX.finditer(text):
