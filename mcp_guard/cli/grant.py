@@ -26,7 +26,6 @@ from mcp_guard.grants import (
     thumbprint,
     write_keypair,
 )
-from mcp_guard.grants.flow import FlowClaims, parse_flow
 
 # --------------------------------------------------------------------------- option helpers
 
@@ -154,7 +153,7 @@ def issue(
         agent_key=load_public_key(agent_key) if agent_key else None, purpose=purpose, ttl=_ttl(ttl, "--ttl"),
         depth=depth, max_calls=max_calls, approve=_tools(approve), audience=audience,
         tool_args=_tool_args(arguments), resources=_tools(resources), prompts=_tools(prompts),
-        flow=_flow(labels, label_ceiling, endorse, endorse_source),
+        **_flow(labels, label_ceiling, endorse, endorse_source),
     )
     click.echo(token)
 
@@ -189,12 +188,12 @@ def delegate_cmd(
         agent_key=load_public_key(agent_key) if agent_key else None, ttl=_ttl(ttl, "--ttl"), depth=depth,
         max_calls=max_calls, approve=_tools(approve), tool_args=_tool_args(arguments),
         resources=_tools(resources), prompts=_tools(prompts),
-        flow=_flow(labels, label_ceiling, endorse, endorse_source),
+        **_flow(labels, label_ceiling, endorse, endorse_source),
     )
     click.echo(token)
 
 
-def _flow(labels: tuple[str, ...], ceiling: tuple[str, ...], endorse: tuple[str, ...], sources: tuple[str, ...]) -> FlowClaims:
+def _flow(labels: tuple[str, ...], ceiling: tuple[str, ...], endorse: tuple[str, ...], sources: tuple[str, ...]) -> dict[str, Any]:
     """The flow members of a new link from the command line (an option not given is inherited)."""
     def split(values: tuple[str, ...]) -> tuple[str, ...] | None:
         return tuple(v.strip() for value in values for v in value.split(",") if v.strip()) if values else None
@@ -205,8 +204,7 @@ def _flow(labels: tuple[str, ...], ceiling: tuple[str, ...], endorse: tuple[str,
             parsed.append(json.loads(raw) if raw.lstrip().startswith("{") else {"tools": [raw.strip()]})
         except ValueError as exc:
             raise click.BadParameter(f"not a JSON selector: {exc}", param_hint="--endorse-source") from None
-    return parse_flow({k: list(v) for k, v in (("labels", split(labels)), ("label_ceiling", split(ceiling)),
-                                              ("endorse", endorse or None), ("endorse_sources", tuple(parsed) or None)) if v is not None})
+    return {"labels": split(labels), "label_ceiling": split(ceiling), "endorse": endorse or None, "endorse_sources": parsed or None}
 
 
 @grant.command("inspect")

@@ -13,13 +13,17 @@ from mcp_guard.grants.flow import FlowClaims
 
 
 def test_flow_claims_travel_and_inherit(world: World) -> None:
-    root = world.root(flow=FlowClaims(labels=("private",), label_ceiling=("private", "untrusted"), endorse=("jane@example.com",)))
+    root = world.root(labels=["private"], label_ceiling=["private", "untrusted"], endorse=["jane@example.com"])
     child = delegate(root, world.planner, "coder", ["fs/read_text_file"], agent_key=world.coder.public_key(), now=NOW + 10,
-                     flow=FlowClaims(label_ceiling=("private",)))
+                     label_ceiling=["private"])
     chain = world.verifier.verify(child, NOW + 20)
     assert chain.flow.labels == {"private"}
     assert chain.flow.ceiling == {"private"}
     assert chain.flow.endorse == {"jane@example.com"}  # inherited
+
+
+def _kw(claims: FlowClaims) -> dict[str, Any]:
+    return claims.to_json()
 
 
 @pytest.mark.parametrize(("root", "child", "field"), [
@@ -30,16 +34,16 @@ def test_flow_claims_travel_and_inherit(world: World) -> None:
     (FlowClaims(endorse_sources=({"tools": ["fs/read_text_file"]},)), FlowClaims(endorse_sources=({"tools": ["web/*"]},)), "endorse_sources"),
 ])
 def test_delegate_refuses_to_widen_flow_claims(world: World, root: FlowClaims, child: FlowClaims, field: str) -> None:
-    token = world.root(flow=root)
+    token = world.root(**_kw(root))
     with pytest.raises(GrantError) as err:
-        delegate(token, world.planner, "coder", ["fs/read_text_file"], now=NOW + 10, flow=child)
+        delegate(token, world.planner, "coder", ["fs/read_text_file"], now=NOW + 10, **_kw(child))
     assert str(err.value).startswith(f"{field}:")
 
 
 def test_a_resigned_widening_is_rejected_at_verification(world: World) -> None:
     """The holder signs a child that lifts its ceiling by hand: the guard refuses the whole chain."""
-    root = world.root(flow=FlowClaims(label_ceiling=("untrusted", "private")))
-    token = delegate(root, world.planner, "coder", ["fs/read_text_file"], now=NOW + 10, flow=FlowClaims(label_ceiling=("untrusted",)))
+    root = world.root(label_ceiling=["untrusted", "private"])
+    token = delegate(root, world.planner, "coder", ["fs/read_text_file"], now=NOW + 10, label_ceiling=["untrusted"])
     assert world.verifier.verify(token, NOW + 20).flow.ceiling == {"untrusted"}
 
     def lift(p: dict[str, Any]) -> None:
@@ -52,8 +56,8 @@ def test_a_resigned_widening_is_rejected_at_verification(world: World) -> None:
 
 def test_a_child_cannot_drop_its_parents_labels(world: World) -> None:
     """Laundering: a tainted agent delegating to a clean sub-agent passes its labels on."""
-    root = world.root(flow=FlowClaims(labels=("untrusted",)))
-    token = delegate(root, world.planner, "coder", ["fs/read_text_file"], now=NOW + 10, flow=FlowClaims(labels=("untrusted",)))
+    root = world.root(labels=["untrusted"])
+    token = delegate(root, world.planner, "coder", ["fs/read_text_file"], now=NOW + 10, labels=["untrusted"])
 
     def drop(p: dict[str, Any]) -> None:
         p["authorization_details"][0]["labels"] = []
