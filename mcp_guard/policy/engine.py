@@ -155,6 +155,8 @@ class PolicySet:
                     tuple(flow),
                 ))
         self._rules = tuple(rules)
+        # whether a decision needs the session's flow state at all (else the flow step costs nothing)
+        self.uses_flow = bool(self.labels.entries) or any(r.flow_conds for r in rules)
         self._index = {kind: _Index(kind, rules) for kind in Kind}
         self._limits = tuple(
             (pi, BoundLimit(p.id, li, lim),

@@ -153,7 +153,8 @@ class FlowView(Protocol):
     not known offline); ``cause`` says which request brought a label, for the refusal sentence.
     """
 
-    labels: frozenset[str]
+    @property
+    def labels(self) -> frozenset[str]: ...
 
     def carries(self, strings: list[str], labels: tuple[str, ...], token: bool) -> bool | None: ...
 
