@@ -180,8 +180,10 @@ async def run(setup: Setup, upstreams: tuple[str, ...], grant: Grant, steps: Ste
         world = World(tmp / "world", base, seen)
         lab = Lab(setup, upstreams, grant, tmp)
         async with lab.session(world) as agent:
-            with contextlib.suppress(Refused):
+            try:
                 await steps(agent, world)
+            except* Refused:  # also a refusal inside a helper's session (raised through its task group)
+                pass
         return Outcome(succeeded(world), tuple(line for a in lab.agents for line in a.log))
 
 
