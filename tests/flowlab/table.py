@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fixtures import ROOT
 
-from flowlab.lab import FLOW_POLICY, SETUPS, run
+from flowlab.lab import FLOW_POLICY, SETUPS, guard_log, run
 from flowlab.scenarios import SCENARIOS, Scenario
 from mcp_guard.grants import issue_grant
 
@@ -90,7 +90,12 @@ async def measure() -> dict[tuple[str, str], bool | None]:
                 if missing(setup):
                     out[(s.name, setup)] = None
                     continue
-                outcome = await run(setup, s.upstreams, s.grant, s.steps, s.succeeded, Path(tmp) / f"{setup}-{i}")
+                where = Path(tmp) / f"{setup}-{i}"
+                try:
+                    outcome = await run(setup, s.upstreams, s.grant, s.steps, s.succeeded, where)
+                except Exception:  # a guard that could not start (a loaded machine): say why, try once more
+                    print(f"{setup} {s.name}: the run failed; the guard said:\n{guard_log(where)[-2000:]}", file=sys.stderr)
+                    outcome = await run(setup, s.upstreams, s.grant, s.steps, s.succeeded, where.with_name(where.name + "-again"))
                 out[(s.name, setup)] = s.good(outcome.succeeded)
                 print(f"{setup:>10} {s.name}: {_mark(s, out[(s.name, setup)])}", file=sys.stderr)
     return out

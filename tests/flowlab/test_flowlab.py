@@ -14,7 +14,7 @@ from flowlab.lab import SETUPS, run
 from flowlab.scenarios import SCENARIOS, Scenario
 from flowlab.table import DOC, doc_table, expected_table, missing
 
-pytestmark = [pytest.mark.e2e, requires_tools("mcp-server-filesystem", "mcp-server-memory"), pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_tools("mcp-server-filesystem", "mcp-server-memory"), pytest.mark.timeout(180)]
 
 
 def _cases() -> list[object]:
