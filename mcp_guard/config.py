@@ -128,6 +128,11 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowConfig:
+    max_content_mib: float = 16.0  # labelled content kept per session for `carries`; past it, fail closed
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     path: str | None = None  # None = off, "-" = stderr, else an absolute file path
     fsync: bool = False
@@ -210,6 +215,7 @@ class GuardConfig:
     state_url: str = DEFAULT_STATE_URL
     telemetry: TelemetryConfig = TelemetryConfig()
     serve: ServeConfig = ServeConfig()
+    flow: FlowConfig = FlowConfig()
     # problems that do not stop a guard but that ``check`` reports (``file:line:col: ...`` lines):
     # an upstream command that is not there only fails that upstream, as at run time
     advisories: tuple[str, ...] = field(default=(), compare=False)
@@ -329,7 +335,8 @@ class _Reader(SourceReader):
         return seconds
 
 
-_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve"}
+_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve",
+        "flow"}
 _UPSTREAM = {
     "command", "args", "env", "env_passthrough", "cwd", "url", "headers", "prefix", "roots", "timeout", "startup_timeout",
     "trust_annotations", "protocol", "workdir", "resolve", "auth",
@@ -577,6 +584,13 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
     if approvals.state_key is not None and len(approvals.state_key) < 32:
         r.error(("approvals", "state_key"), "`state_key` must be at least 32 characters of secret", value=True)
 
+    fl = r.mapping(top.get("flow"), ("flow",), {"max_content_mib"}, "flow")
+    mib = fl.get("max_content_mib", 16.0)
+    if isinstance(mib, bool) or not isinstance(mib, int | float) or not 0 < mib <= 1024:
+        r.error(("flow", "max_content_mib"), "`max_content_mib` must be a number of MiB above 0 and at most 1024", value=True)
+        mib = 16.0
+    flow = FlowConfig(float(mib))
+
     au = r.mapping(top.get("audit"), ("audit",), _AUDIT, "audit")
     audit_path = r.string(au.get("path"), ("audit", "path"))
     max_bytes = au.get("max_bytes")
@@ -624,6 +638,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         state_url=resolve_state_url(state_url, base),
         telemetry=telemetry,
         serve=serve,
+        flow=flow,
         advisories=tuple(str(p) for p in advisories),
     )
 

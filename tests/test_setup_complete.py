@@ -45,7 +45,7 @@ def test_required_apt_tools_are_the_ones_the_tests_use() -> None:
     assert {"redis-server", "chromium"} <= set(apt_commands())
 
 
-@pytest.mark.parametrize("name", ["mcp-server-time", "mcp-server-git", "uv"])
+@pytest.mark.parametrize("name", ["mcp-server-time", "mcp-server-git", "mcp-server-fetch", "uv"])
 def test_python_dev_tools_are_installed(name: str) -> None:
     assert (VENV_BIN / name).exists(), f"{VENV_BIN / name} is missing: {HOW}"
 

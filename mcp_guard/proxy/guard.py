@@ -371,6 +371,7 @@ async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     from mcp_guard.transports.stdio import StdioHost
 
     ctx = await build_context(config, parsed)
+    ctx.flow_exclusive = True  # one host session, one process: nobody else writes its flow state
     host = StdioHost()
     await host.open()
     session = GuardSession(ctx, host)

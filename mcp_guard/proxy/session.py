@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_guard.config import GuardConfig
 from mcp_guard.decision import Kind, Outcome, Verdict, evaluate
-from mcp_guard.errors import RpcError, UpstreamError
+from mcp_guard.errors import RpcError, StateError, UpstreamError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
     INTERNAL_ERROR,
@@ -43,8 +43,9 @@ from mcp_guard.jsonrpc import (
     result,
 )
 from mcp_guard.pinning import PinSet
-from mcp_guard.policy import PolicySet
+from mcp_guard.policy import Brought, PolicySet
 from mcp_guard.proxy.catalogue import Catalogue, Target
+from mcp_guard.proxy.flow import scope_of, what_it_brought
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.pipeline import Approver, NoApprover, Pipeline, RequestContext
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
@@ -89,6 +90,7 @@ class GuardContext:
     approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
     telemetry: Hooks = OFF  # this guard process's spans and metrics (``telemetry.start``)
     approval_page: str | None = None  # serve: the approval page's public origin (serve.approvals), else None
+    flow_exclusive: bool = False  # run: this process is the only writer of its sessions' flow state (cache it)
 
 
 @dataclass
@@ -559,6 +561,9 @@ class GuardSession:
         if capability is None or capability not in self.client_capabilities:
             await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host")
             return
+        if not await self._upstream_brings(upstream, message):
+            await upstream.refuse(rid, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
+            return
         response = await self.request_host(str(method), message.get("params"))
         response["id"] = rid
         await upstream.respond(response)
@@ -624,7 +629,24 @@ class GuardSession:
                 return
             if rebound is not params:
                 message = notification(str(method), rebound)
+        if not await self._upstream_brings(upstream, message):
+            return
         await self.send(message)
+
+    async def _upstream_brings(self, upstream: Upstream, message: Message) -> bool:
+        """An ``upstreams:`` labels entry: what the upstream sends the host brings its labels first;
+        False (the message is dropped) when that cannot be recorded."""
+        labels = self.ctx.policies.labels.upstream(upstream.name)
+        if not labels:
+            return True
+        scope = scope_of(self.id, self.era, self.chain, self.principal)
+        try:
+            await self.pipeline.flows.add(scope, *what_it_brought(Brought(((labels, None),)), message.get("params"),
+                                                                  f"upstream {upstream.name}", None, frozenset()))
+        except StateError as exc:
+            log.error("dropped %s from %s: its labels cannot be recorded (%s)", message.get("method"), upstream.name, exc)
+            return False
+        return True
 
     async def _refresh_tools(self, upstream: Upstream) -> None:
         try:
