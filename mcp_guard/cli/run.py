@@ -183,11 +183,17 @@ def settle_heap() -> None:
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
     from mcp_guard.proxy.reload import watch_policies
+    from mcp_guard.transports.drain import Drain
     from mcp_guard.transports.exchange import TokenExchange
     from mcp_guard.transports.http import serve_http
     from mcp_guard.transports.oauth import OAuthVerifier
 
-    ctx = await build_context(config)
+    scrape = registry = None
+    if config.serve.admin is not None:
+        from mcp_guard.transports.admin import prometheus_reader
+
+        scrape, registry = prometheus_reader()
+    ctx = await build_context(config, scrape_reader=scrape)
     verifier = chain_verifier(config)
     oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
     te = config.serve.token_exchange
@@ -205,11 +211,19 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     # policy files watched as in `run`: every caller is told when the lists it may see change
     watcher = loop.create_task(watch_policies(ctx, sessions.policies_changed, reload_now, sessions.tool_names))
+    drain = Drain(config.serve.drain_timeout)
+    drain.on_begin.append(watcher.cancel)  # a drain reloads nothing any more
+    admin = None
+    if config.serve.admin is not None:
+        from mcp_guard.proxy.readiness import missing
+        from mcp_guard.transports.admin import Admin
+
+        admin = Admin(lambda: missing(ctx, sessions.hub.upstreams, lambda: drain.draining), registry)
     settle_heap()
     try:
         await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port,
-                         page=page)
+                         page=page, admin=admin, drain=drain)
     finally:
         watcher.cancel()
         await ctx.store.close()

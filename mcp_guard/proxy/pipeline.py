@@ -46,6 +46,9 @@ class AskHost(Protocol):
     async def __call__(self, method: str, params: Message | None, timeout: float | None = None) -> Message: ...  # noqa: ASYNC109
 
 
+TellHost = Callable[[Message], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class RequestContext:
     """One host request as the pipeline, the approver, the audit and the telemetry see it.
@@ -70,6 +73,7 @@ class RequestContext:
     verdict: Verdict | None = None  # how (set by the pipeline, once)
     trace: tuple[int, int] | None = None  # (trace id, span id) of the span that decided, when traced
     tools_listed: tuple[int, int] | None = None  # tools/list: (listed, hidden by policy or grant)
+    tell_host: TellHost | None = None  # a notification to the host about this request (e.g. who must decide)
 
     @property
     def params(self) -> Message:

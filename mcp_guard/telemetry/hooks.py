@@ -376,6 +376,7 @@ class Telemetry(Hooks):
         *,
         span_exporter: SpanExporter | None = None,
         metric_reader: MetricReader | None = None,
+        scrape_reader: MetricReader | None = None,
     ) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -400,9 +401,9 @@ class Telemetry(Hooks):
         self.server_duration: DurationHistogram | None = None
         self.client_duration: DurationHistogram | None = None
         self.decisions: MonotonicCounter | None = None
-        reader = metric_reader or _metric_reader(settings)
+        reader = metric_reader or _metric_reader(settings) or scrape_reader
         if reader is not None:
-            self.metrics = Instruments(self.resource, self.scope, reader)
+            self.metrics = Instruments(self.resource, self.scope, reader, scrape_reader)
             self.server_duration = self.metrics.histogram(
                 a.SERVER_DURATION, "s", "Duration of MCP requests the guard served for the host.", DURATION_BUCKETS)
             self.client_duration = self.metrics.histogram(

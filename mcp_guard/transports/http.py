@@ -52,11 +52,14 @@ from mcp_guard.jsonrpc import (
     is_request,
 )
 from mcp_guard.proxy.relay import progress_token
+from mcp_guard.transports.admin import healthz
+from mcp_guard.transports.drain import RETRY_MS, Drain, listener, run_listeners
 from mcp_guard.transports.oauth import OAuthError, OAuthVerifier
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from mcp_guard.transports.admin import Admin
     from mcp_guard.transports.approval_page import ApprovalPage
     from mcp_guard.transports.exchange import TokenExchange
 
@@ -87,6 +90,7 @@ class Sessions(Protocol):
 
 
 _KEEPALIVE: Message = {}  # no event for a while: an SSE comment keeps the stream open through proxies
+_RETRY: Message = {}  # the guard drains: the stream ends with an SSE ``retry:`` hint (reconnect elsewhere)
 KEEPALIVE_SECONDS = 15.0
 MAX_QUEUED = 1024  # events waiting for a slow reader; past it notifications are dropped, questions refused
 
@@ -125,9 +129,12 @@ class _Stream:
             self.wake.set_result(None)
         return True
 
-    def end(self) -> None:
+    def end(self, retry: bool = False) -> None:
+        """No more events; ``retry``: tell the client when to reconnect first (the guard drains)."""
         if self.sse and not self.finished:
             with contextlib.suppress(asyncio.QueueFull):
+                if retry:
+                    self.queue().put_nowait(_RETRY)
                 self.queue().put_nowait(None)
 
     def resolve(self, answer: Message) -> None:
@@ -317,7 +324,10 @@ class _EventStream:
             nonlocal completed
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             while (event := await self.next_event()) is not None:
-                body = b": keep-alive\n\n" if event is _KEEPALIVE else b"event: message\ndata: " + orjson.dumps(self.rewrite(event)) + b"\n\n"
+                if event is _RETRY:
+                    body = f"retry: {RETRY_MS}\n\n".encode()
+                else:
+                    body = b": keep-alive\n\n" if event is _KEEPALIVE else b"event: message\ndata: " + orjson.dumps(self.rewrite(event)) + b"\n\n"
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             completed = True
@@ -419,8 +429,9 @@ class HttpGuard:
         self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
         self.by_session_id: dict[str, _Session] = {}  # HostSession.id -> its entry (the approval page's notices)
         self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False  # SIGTERM: new requests are refused with 503, what is in flight finishes
         self.mcp_path = "/mcp"
-        routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS))]
+        routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
         if oauth is not None:
             public = urlsplit(self.serve.url).path.rstrip("/") if self.serve.url else ""  # may differ behind a reverse proxy
             for path in dict.fromkeys((WELL_KNOWN + self.mcp_path, WELL_KNOWN + public, WELL_KNOWN)):
@@ -445,8 +456,9 @@ class HttpGuard:
         return frozenset(hosts) if hosts else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry: the ``Host`` check comes before anything else."""
-        if scope["type"] == "http" and self.allowed_hosts is not None:
+        """ASGI entry: the ``Host`` check comes before anything else (but ``/healthz``: a probe
+        names the pod's address, and the answer tells nothing)."""
+        if scope["type"] == "http" and self.allowed_hosts is not None and scope["path"] != "/healthz":
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
             if host not in self.allowed_hosts:
                 response = JSONResponse(error(None, INVALID_REQUEST, f"Host {host or '(none)'} is not served here"), status_code=421)
@@ -462,6 +474,14 @@ class HttpGuard:
     async def start(self) -> None:
         await self.guard.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    def begin_drain(self) -> None:
+        """SIGTERM: refuse new requests from now on and end every GET stream with a retry hint;
+        requests in flight (and their SSE streams) go on until answered or the drain times out."""
+        self.draining = True
+        for entry in self.entries.values():
+            if entry.host.listener is not None:
+                entry.host.listener.end(retry=True)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -626,6 +646,8 @@ class HttpGuard:
             return Response(status_code=405, headers={"Allow": "POST, DELETE"})  # 2026-07-28: subscriptions/listen instead
         if "text/event-stream" not in request.headers.get("accept", ""):
             return JSONResponse(error(None, INVALID_REQUEST, "GET /mcp needs Accept: text/event-stream"), status_code=406)
+        if self.draining:
+            return Response(status_code=503, headers={"Retry-After": "1", "Connection": "close"})
         entry = self._entry(sid, caller)
         if isinstance(entry, Response):
             return entry
@@ -645,6 +667,9 @@ class HttpGuard:
     async def _dispatch(self, message: Message, sid: str | None, caller: Caller, sse: bool = False,
                         eager: bool = False) -> Response | _EventStream:
         headers: dict[str, str] = {}
+        if self.draining and is_request(message):  # answers and notifications still finish what is in flight
+            return JSONResponse(error(message.get("id"), INVALID_REQUEST, "The guard is shutting down: retry on another replica"),
+                                status_code=503, headers={"Retry-After": "1", "Connection": "close"})
         if message.get("method") == "initialize":
             sid = uuid.uuid4().hex
             entry = await self._open(f"sid:{sid}", caller)
@@ -804,19 +829,28 @@ async def serve_http(
     exchange: TokenExchange | None = None,
     reuse_port: bool = False,
     page: ApprovalPage | None = None,
+    admin: Admin | None = None,
+    drain: Drain | None = None,
 ) -> None:
-    """Run until cancelled (SIGINT/SIGTERM); ``reuse_port`` shares the port with other processes
-    (``serve --workers``, replicas on one host)."""
-    import uvicorn
-
+    """Run until SIGTERM/SIGINT drains it (transports/drain.py); ``reuse_port`` shares the port with
+    other processes (``serve --workers``, replicas on one host); ``admin`` is served on ``serve.admin``."""
     from mcp_guard.transports.workers import reuse_port_socket
 
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
                       oauth=oauth, exchange=exchange, listen=(host, port), page=page)
+    drain = drain or Drain(guard.serve.drain_timeout)
+    drain.on_begin.insert(0, guard.begin_drain)
     await guard.start()
-    server = uvicorn.Server(uvicorn.Config(guard, host=host, port=port, log_level="warning", lifespan="off"))
+    main = listener(guard, host, port, drain.timeout)
+    admin_listener = None
+    if admin is not None and guard.serve.admin is not None:
+        admin_listener = listener(admin.app, guard.serve.admin.host, guard.serve.admin.port, drain.timeout)
+        log.info("serving probes and metrics at http://%s:%d (/healthz, /readyz, /metrics)", guard.serve.admin.host,
+                 guard.serve.admin.port)
     log.info("serving MCP at http://%s:%d%s (pid %d)", host, port, guard.mcp_path, os.getpid())
     try:
-        await server.serve(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
+        await run_listeners(drain, main, [reuse_port_socket(host, port)] if reuse_port else None, admin_listener)
     finally:
+        left = len(guard.entries)
         await guard.close()
+        drain.ended(f"{left} session(s) closed")
