@@ -191,6 +191,14 @@ class RequestTrace:
 _CURRENT: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar("mcp_guard_request", default=None)
 
 
+def current_span_ids() -> tuple[int, int] | None:
+    """(trace id, span id) of the span the current request is in (its decision's while deciding),
+    for log lines; None outside a traced request."""
+    trace = _CURRENT.get()
+    span = trace.current if trace is not None else None
+    return (span.trace_id, span.span_id) if span is not None else None
+
+
 # --------------------------------------------------------------------------- per decision
 
 
@@ -538,4 +546,4 @@ def _ignore(span: LightSpan) -> None:
     return None
 
 
-__all__ = ["OFF", "Decision", "Hooks", "RequestTrace", "Telemetry", "UpstreamCall"]
+__all__ = ["OFF", "Decision", "Hooks", "RequestTrace", "Telemetry", "UpstreamCall", "current_span_ids"]

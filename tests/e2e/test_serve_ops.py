@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from fixtures import stdio_upstream
+from fixtures import free_port, stdio_upstream
 from fixtures.ops import OpsSetup, private_redis
 from fixtures.serving import connect
 from mcp.types import LoggingMessageNotificationParams
@@ -168,3 +168,37 @@ async def test_a_drain_abandons_a_queued_approval_and_the_host_was_told_at_once(
     (gone,) = [r for r in audit if r.get("approval", {}).get("answer") == "abandoned"]
     assert (gone["tool"], gone["decision"], gone["approval"]["id"]) == ("write_note", "rejected", waiting["id"])
     assert ops.record.tools_called() == []
+
+
+async def test_json_logs_carry_the_trace_and_span_of_the_request(tmp_path: Path) -> None:
+    from mcp_guard.state import open_store
+
+    ops = OpsSetup(tmp_path)
+    token = ops.grant("alice@example.com", "planner", ["rec/write_note"])
+    env = {"MCP_GUARD_LOG_FORMAT": "json", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # nobody listens: export never delays a call
+    with ops.running(env=env) as proc:
+        async with connect(ops.url, token) as client:
+            call = asyncio.create_task(client.call_tool("rec_write_note", {"path": "a", "text": "b"}))
+            store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+            try:
+                for _ in range(200):
+                    pending = await store.approval_list()
+                    if pending:
+                        break
+                    await asyncio.sleep(0.1)
+                (waiting,) = pending
+                assert await store.approval_resolve(waiting["id"], False, "oncall@example.com", "not today")
+            finally:
+                await store.close()
+            assert (await asyncio.wait_for(call, 30)).is_error
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 15)
+    lines = [json.loads(line) for line in ops.lines() if line.strip()]  # every line is one JSON object
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
+    (asked,) = [line for line in lines if line["message"].startswith(f"approval {waiting['id']}:")]
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    (decided,) = [r for r in audit if r.get("tool") == "write_note"]
+    assert asked["trace_id"] == decided["trace_id"] and len(asked["trace_id"]) == 32
+    assert asked["span_id"] == decided["span_id"] and len(asked["span_id"]) == 16  # logged while deciding
+    assert any(line["message"].startswith("draining on SIGTERM") and "trace_id" not in line for line in lines)
