@@ -215,11 +215,16 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
         from mcp_guard.transports.admin import Admin
 
         admin = Admin(lambda: missing(ctx, sessions.hub.upstreams, lambda: drain.draining), registry)
+    records = None
+    if not config.state_url.startswith("memory://"):  # a shared store: any replica may serve any session
+        from mcp_guard.transports.session_records import SessionRecords
+
+        records = SessionRecords(ctx.store, config.serve.session_idle)
     settle_heap()
     try:
         await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port,
-                         page=page, admin=admin, drain=drain)
+                         page=page, admin=admin, drain=drain, records=records)
     finally:
         watcher.cancel()
         await ctx.store.close()

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from mcp_guard.transports.admin import Admin
     from mcp_guard.transports.approval_page import ApprovalPage
     from mcp_guard.transports.exchange import TokenExchange
+    from mcp_guard.transports.session_records import SessionRecords
 
 log = logging.getLogger("mcp_guard.http")
 
@@ -376,6 +377,7 @@ class _Session:
     owner: str
     used: float
     busy: int = 0
+    initialize: Message | None = None  # the handshake, kept to refresh the shared record (session_records.py)
 
     async def close(self, reason: str) -> None:
         self.host.abort(reason)
@@ -430,6 +432,8 @@ class HttpGuard:
         self.by_session_id: dict[str, _Session] = {}  # HostSession.id -> its entry (the approval page's notices)
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False  # SIGTERM: new requests are refused with 503, what is in flight finishes
+        self.records: SessionRecords | None = None  # shared session records: any replica serves any session
+        self._adopting: dict[str, asyncio.Future[None]] = {}
         self.mcp_path = "/mcp"
         routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
         if oauth is not None:
@@ -610,11 +614,13 @@ class HttpGuard:
         if request.method == "GET":
             return await self._listen(request, sid, caller)
         if request.method == "DELETE":
-            entry = self.entries.get(f"sid:{sid}")
-            if entry is None or entry.binding != caller.binding:
+            found = await self._find(sid or "", caller)
+            if isinstance(found, Response):
                 return Response(status_code=404)
             self._drop(f"sid:{sid}")
-            await entry.close("Session ended")
+            if self.records is not None and sid:
+                await self.records.forget(sid)
+            await found.close("Session ended")
             return Response(status_code=200)
         body = await self.read_body(request)
         if isinstance(body, Response):
@@ -630,6 +636,43 @@ class HttpGuard:
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
         sse, eager = _accepts_sse(request.headers.get("accept", ""))
         return await self._dispatch(message, sid, caller, sse, eager)
+
+    async def _find(self, sid: str, caller: Caller, rid: Any = None) -> _Session | Response:
+        """The session ``sid`` of ``caller``: held here, or adopted from the shared records."""
+        if f"sid:{sid}" not in self.entries and self.records is not None and sid:
+            waiting = self._adopting.get(sid)
+            if waiting is not None:  # another request of the session is adopting it: wait for that one
+                await asyncio.shield(waiting)
+            else:
+                self._adopting[sid] = asyncio.get_running_loop().create_future()
+                try:
+                    refused = await self._adopt(sid, caller, rid)
+                finally:
+                    done = self._adopting.pop(sid)
+                    done.set_result(None)
+                if refused is not None:
+                    return refused
+        return self._entry(sid, caller, rid)
+
+    async def _adopt(self, sid: str, caller: Caller, rid: Any) -> Response | None:
+        """Serve a session another replica opened: replay its recorded handshake into a new local
+        guard session (only for the caller it belongs to; nothing is opened for anyone else)."""
+        assert self.records is not None
+        record = await self.records.load(sid)
+        if record is None:
+            return None  # unknown: _entry answers 404
+        if not self.records.matches(record, caller.binding):
+            return JSONResponse(error(rid, INVALID_REQUEST, "This session belongs to another caller"), status_code=403)
+        entry = await self._open(f"sid:{sid}", caller)
+        entry.initialize = record["initialize"]
+        replayed = await self._ask(entry, {**record["initialize"], "id": "adopt"}, False, False, {})
+        if not isinstance(replayed, Response) or replayed.status_code != 200 or b'"error"' in bytes(replayed.body):
+            self._drop(f"sid:{sid}")
+            await entry.close("Session could not be adopted")
+            return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
+        await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        log.info("session %s adopted from the shared state store", sid[:8])
+        return None
 
     def _entry(self, sid: str, caller: Caller, rid: Any = None) -> _Session | Response:
         found = self.entries.get(f"sid:{sid}")
@@ -648,7 +691,7 @@ class HttpGuard:
             return JSONResponse(error(None, INVALID_REQUEST, "GET /mcp needs Accept: text/event-stream"), status_code=406)
         if self.draining:
             return Response(status_code=503, headers={"Retry-After": "1", "Connection": "close"})
-        entry = self._entry(sid, caller)
+        entry = await self._find(sid, caller)
         if isinstance(entry, Response):
             return entry
         if entry.host.listener is not None:
@@ -674,11 +717,16 @@ class HttpGuard:
             sid = uuid.uuid4().hex
             entry = await self._open(f"sid:{sid}", caller)
             headers["Mcp-Session-Id"] = sid
+            if self.records is not None:
+                entry.initialize = message
+                await self.records.save(sid, caller.binding, message)
         elif sid:
-            found = self._entry(sid, caller, message.get("id"))
+            found = await self._find(sid, caller, message.get("id"))
             if isinstance(found, Response):
                 return found
             entry = found
+            if self.records is not None:
+                await self.records.touch(sid, caller.binding, entry.initialize)
         else:
             entry = self.entries.get(f"id:{caller.binding}") or await self._open(f"id:{caller.binding}", caller)
         self._touch(entry)
@@ -831,6 +879,7 @@ async def serve_http(
     page: ApprovalPage | None = None,
     admin: Admin | None = None,
     drain: Drain | None = None,
+    records: SessionRecords | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT drains it (transports/drain.py); ``reuse_port`` shares the port with
     other processes (``serve --workers``, replicas on one host); ``admin`` is served on ``serve.admin``."""
@@ -838,6 +887,7 @@ async def serve_http(
 
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
                       oauth=oauth, exchange=exchange, listen=(host, port), page=page)
+    guard.records = records
     drain = drain or Drain(guard.serve.drain_timeout)
     drain.on_begin.insert(0, guard.begin_drain)
     await guard.start()
