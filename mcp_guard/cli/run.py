@@ -220,11 +220,16 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
         from mcp_guard.transports.session_records import SessionRecords
 
         records = SessionRecords(ctx.store, config.serve.session_idle)
+    fanout = None
+    if config.state_url.startswith(("redis://", "rediss://")):  # replicas on several hosts: events over pub/sub
+        from mcp_guard.transports.fanout import Fanout
+
+        fanout = Fanout(config.state_url)
     settle_heap()
     try:
         await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port,
-                         page=page, admin=admin, drain=drain, records=records)
+                         page=page, admin=admin, drain=drain, records=records, fanout=fanout)
     finally:
         watcher.cancel()
         await ctx.store.close()

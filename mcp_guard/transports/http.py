@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from mcp_guard.transports.admin import Admin
     from mcp_guard.transports.approval_page import ApprovalPage
     from mcp_guard.transports.exchange import TokenExchange
+    from mcp_guard.transports.fanout import Fanout
     from mcp_guard.transports.session_records import SessionRecords
 
 log = logging.getLogger("mcp_guard.http")
@@ -433,6 +434,7 @@ class HttpGuard:
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False  # SIGTERM: new requests are refused with 503, what is in flight finishes
         self.records: SessionRecords | None = None  # shared session records: any replica serves any session
+        self.fanout: Fanout | None = None  # redis://: session events reach the replica holding the stream
         self._adopting: dict[str, asyncio.Future[None]] = {}
         self.mcp_path = "/mcp"
         routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
@@ -444,7 +446,7 @@ class HttpGuard:
             routes.append(Route("/token", self.token, methods=["POST"]))
         if page is not None:
             routes.extend(page.routes())
-            page.on_answered = self.elicitation_complete
+            page.on_answered = self._page_answered
         self.app: ASGIApp = Starlette(routes=routes)
 
     def _allowed_hosts(self, listen: tuple[str, int] | None) -> frozenset[str] | None:
@@ -476,6 +478,8 @@ class HttpGuard:
         await self.app(scope, receive, send)
 
     async def start(self) -> None:
+        if self.fanout is not None:
+            self.fanout.start(self._session_event)
         await self.guard.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -493,6 +497,8 @@ class HttpGuard:
         for entry in list(self.entries.values()):
             await entry.close("The guard is shutting down")
         self.entries.clear()
+        if self.fanout is not None:
+            await self.fanout.close()
         await self.guard.close()
 
     # ------------------------------------------------------------------ resource server
@@ -842,6 +848,19 @@ class HttpGuard:
             except Exception:  # a failing close must not stop the sweeper
                 log.exception("closing idle sessions failed")
 
+    def _page_answered(self, approval_id: str, record: Mapping[str, Any]) -> None:
+        """The approval page answered: tell the session that asked, on whichever replica holds it."""
+        if self.fanout is None:
+            self.elicitation_complete(approval_id, record)
+            return
+        self.fanout.publish({"event": "elicitation/complete", "id": approval_id, "session": record.get("session"),
+                             "binding": record.get("binding")})
+
+    def _session_event(self, event: Mapping[str, Any]) -> None:
+        """An event from the replicas' channel (this replica's own included)."""
+        if event.get("event") == "elicitation/complete" and isinstance(event.get("id"), str):
+            self.elicitation_complete(event["id"], event)
+
     def elicitation_complete(self, approval_id: str, record: Mapping[str, Any]) -> None:
         """The approval page answered ``approval_id``: if a 2025-11-25 caller was pointed at it by
         URL-mode elicitation (its ``elicitationId`` is the approval id) and the session that asked
@@ -880,6 +899,7 @@ async def serve_http(
     admin: Admin | None = None,
     drain: Drain | None = None,
     records: SessionRecords | None = None,
+    fanout: Fanout | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT drains it (transports/drain.py); ``reuse_port`` shares the port with
     other processes (``serve --workers``, replicas on one host); ``admin`` is served on ``serve.admin``."""
@@ -888,6 +908,7 @@ async def serve_http(
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
                       oauth=oauth, exchange=exchange, listen=(host, port), page=page)
     guard.records = records
+    guard.fanout = fanout
     drain = drain or Drain(guard.serve.drain_timeout)
     drain.on_begin.insert(0, guard.begin_drain)
     await guard.start()
