@@ -21,11 +21,11 @@ ABANDONED_WHY = "nobody waits for the answer any more: the call was cancelled or
 
 
 async def tell_waiting(req: RequestContext, entry: Target, approval_id: str, wait_limit: float) -> None:
-    """A host that cannot be asked (no elicitation) is told at once that a person must decide, and
+    """A host that declared no elicitation is told at once that a person must decide, and
     where: a warning log message (and a progress note when it asked for progress) about the request,
     so a transport with a stream per request sends it on that request's stream."""
-    if req.tell_host is None:
-        return
+    if req.tell_host is None or "elicitation" in req.capabilities:
+        return  # a host with elicitation may show the question itself (the page, when it is configured)
     text = (f"A person must approve {entry.qualified} before it runs: it waits up to {wait_limit:g}s as approval "
             f"request {approval_id} in the guard's approval queue, answered with `mcp-guard approvals approve "
             f"{approval_id}` (or `reject {approval_id}`) by whoever operates this guard.")

@@ -806,6 +806,8 @@ class HttpGuard:
         while len(mine) > self.serve.max_sessions_per_principal:
             victim = next((k for k in mine if not self.entries[k].busy and k != key), None) or next(iter(mine))
             old = self._drop(victim)
+            if old is not None and self.records is not None and victim.startswith("sid:"):
+                await self.records.forget(victim[4:])  # evicted everywhere, not only here
             if old is not None:
                 log.info("%s has more than %d sessions: its least recently used one is closed", caller.owner,
                          self.serve.max_sessions_per_principal)

@@ -48,7 +48,9 @@ class SessionRecords:
     async def save(self, sid: str, binding: str, initialize: Message) -> None:
         body = orjson.dumps({"binding": binding_digest(binding), "initialize": initialize}).decode()
         try:
-            await self.store.value_set(PREFIX + sid, body, time.time() + self.ttl)
+            # refreshed at most every ttl/4: kept that much longer, so a session idle for less than
+            # ttl never vanishes early
+            await self.store.value_set(PREFIX + sid, body, time.time() + self.ttl * 1.25)
         except GuardError as exc:  # the session still works here; only adoption elsewhere is lost
             log.warning("session %s is not shared with other replicas: %s", sid[:8], exc)
             return
