@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import logging
 import os
 import signal
 from collections.abc import Coroutine
@@ -26,6 +25,7 @@ from mcp_guard.config import (
     policy_sources,
 )
 from mcp_guard.errors import ConfigError
+from mcp_guard.logs import setup_logging as setup_logging  # re-exported: other commands import it from here
 from mcp_guard.upstreams.naming import inline_upstream_name
 
 if TYPE_CHECKING:
@@ -43,14 +43,6 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
-
-
-def setup_logging(level: str | None) -> None:
-    """Logs go to stderr only: in stdio mode stdout belongs to the MCP protocol."""
-    name = (level or os.environ.get("MCP_GUARD_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(level=getattr(logging, name, logging.INFO), format="mcp-guard %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx2", "httpx", "httpcore", "mcp"):  # one line per HTTP request is not news
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str | None, policies: tuple[str, ...],
@@ -111,9 +103,11 @@ def parse_policies(paths: tuple[Path, ...]) -> Parsed | None:
 @click.option("--agent", default=None, help="The acting agent (default: the config's identity.agent, then the host's clientInfo.name).")
 @click.option("--purpose", default=None, help="The session's purpose, matched by policies' subjects.purposes.")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
+@click.option("--log-format", default=None, type=click.Choice(["text", "json"], case_sensitive=False),
+              help="text, or json: one JSON object a line with trace and span ids (default $MCP_GUARD_LOG_FORMAT or text).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(config_path: str | None, policies: tuple[str, ...], name: str | None, user: str | None, agent: str | None,
-        purpose: str | None, log_level: str | None, command: tuple[str, ...]) -> None:
+        purpose: str | None, log_level: str | None, log_format: str | None, command: tuple[str, ...]) -> None:
     """Guard MCP servers on stdio: register this command in your agent host.
 
     Stdout carries only MCP messages; logs and refusals go to stderr.  The identity flags are
@@ -126,7 +120,7 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
         (the inline server is named `filesystem`: policies say filesystem/read_text_file)
     mcp-guard run --name fs --policies ./policies -- npx -y @modelcontextprotocol/server-filesystem ./workspace
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     config = load_config(config_path) if config_path else default_config()
     check_grant_variable(config)
     config, parsed = merge_inline(config, command, name, policies, IdentityConfig(user=user, agent=agent, purpose=purpose))
@@ -146,11 +140,13 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
               help="Guard processes sharing the port (SO_REUSEPORT) and the configured state store.")
 @click.option("--reuse-port", is_flag=True, help="Share the port with other `serve` processes on this host (replicas).")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
+@click.option("--log-format", default=None, type=click.Choice(["text", "json"], case_sensitive=False),
+              help="text, or json: one JSON object a line with trace and span ids (default $MCP_GUARD_LOG_FORMAT or text).")
 def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], workers: int, reuse_port: bool,
-          log_level: str | None) -> None:
+          log_level: str | None, log_format: str | None) -> None:
     """Serve the guard over Streamable HTTP at /mcp; callers present OAuth access tokens (serve.oauth)
     or grant chains (trust.issuers) as bearer tokens."""
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     config = load_config(config_path)
     if not config.trust.issuers and not config.serve.oauth:
         raise ConfigError(f"{config_path}: serve mode needs serve.oauth (OAuth access tokens) or trust.issuers (grant chains) to know its callers")
@@ -183,11 +179,17 @@ def settle_heap() -> None:
 async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     from mcp_guard.proxy.guard import ServeSessions, build_context, chain_verifier
     from mcp_guard.proxy.reload import watch_policies
+    from mcp_guard.transports.drain import Drain
     from mcp_guard.transports.exchange import TokenExchange
     from mcp_guard.transports.http import serve_http
     from mcp_guard.transports.oauth import OAuthVerifier
 
-    ctx = await build_context(config)
+    scrape = registry = None
+    if config.serve.admin is not None:
+        from mcp_guard.transports.admin import prometheus_reader
+
+        scrape, registry = prometheus_reader()
+    ctx = await build_context(config, scrape_reader=scrape)
     verifier = chain_verifier(config, serving=True)
     oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
     te = config.serve.token_exchange
@@ -205,11 +207,29 @@ async def _serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     # policy files watched as in `run`: every caller is told when the lists it may see change
     watcher = loop.create_task(watch_policies(ctx, sessions.policies_changed, reload_now, sessions.tool_names))
+    drain = Drain(config.serve.drain_timeout)
+    drain.on_begin.append(watcher.cancel)  # a drain reloads nothing any more
+    admin = None
+    if config.serve.admin is not None:
+        from mcp_guard.proxy.readiness import missing
+        from mcp_guard.transports.admin import Admin
+
+        admin = Admin(lambda: missing(ctx, sessions.hub.upstreams, lambda: drain.draining), registry)
+    records = None
+    if not config.state_url.startswith("memory://"):  # a shared store: any replica may serve any session
+        from mcp_guard.transports.session_records import SessionRecords
+
+        records = SessionRecords(ctx.store, config.serve.session_idle)
+    fanout = None
+    if config.state_url.startswith(("redis://", "rediss://")):  # replicas on several hosts: events over pub/sub
+        from mcp_guard.transports.fanout import Fanout
+
+        fanout = Fanout(config.state_url)
     settle_heap()
     try:
         await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port,
-                         page=page)
+                         page=page, admin=admin, drain=drain, records=records, fanout=fanout)
     finally:
         watcher.cancel()
         await ctx.store.close()

@@ -24,6 +24,7 @@ from mcp_guard.proxy.session import GuardContext, GuardSession
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from opentelemetry.sdk.metrics.export import MetricReader
 
     from mcp_guard.grants import ChainVerifier, GrantChain
     from mcp_guard.upstreams.connection import Upstream
@@ -95,12 +96,15 @@ def load_chain(config: GuardConfig) -> object | None:
         raise GrantError(exc.code, f"the grant chain (identity.grant / MCP_GUARD_GRANT) is invalid ({exc.code}): {exc}", exc.link_index) from None
 
 
-async def build_context(config: GuardConfig, parsed: Parsed | None = None) -> GuardContext:
+async def build_context(config: GuardConfig, parsed: Parsed | None = None, *,
+                        scrape_reader: MetricReader | None = None) -> GuardContext:
+    """``scrape_reader``: the Prometheus reader of ``serve.admin`` (metrics on even without OTLP)."""
     from mcp_guard.state import open_store
 
     policies = load_policy_set(config, parsed)
     chain = load_chain(config)
-    hooks = telemetry.start(telemetry_settings(config.telemetry))  # off unless OTEL_* or the telemetry: block ask for it
+    # off unless OTEL_*, the telemetry: block or a scrape listener ask for it
+    hooks = telemetry.start(telemetry_settings(config.telemetry), scrape_reader=scrape_reader)
     audit = None
     if config.audit.path:
         from mcp_guard.audit import AuditLog

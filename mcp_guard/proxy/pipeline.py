@@ -48,6 +48,9 @@ class AskHost(Protocol):
     async def __call__(self, method: str, params: Message | None, timeout: float | None = None) -> Message: ...  # noqa: ASYNC109
 
 
+TellHost = Callable[[Message], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class RequestContext:
     """One host request as the pipeline, the approver, the audit and the telemetry see it.
@@ -76,6 +79,7 @@ class RequestContext:
     flow_scope: str | None = None  # whose labels (set when the flow step ran)
     session_labels: frozenset[str] | None = None  # the labels the session held when decided
     audit_record: int | None = None  # the first 48 bits of this request's audit record hash, once written
+    tell_host: TellHost | None = None  # a notification to the host about this request (e.g. who must decide)
 
     @property
     def params(self) -> Message:

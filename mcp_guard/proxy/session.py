@@ -243,7 +243,8 @@ class GuardSession:
     def _request(self, message: Message) -> RequestContext:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
-                              profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope)
+                              profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope,
+                              tell_host=self.send)
 
     # ------------------------------------------------------------------ host side
 

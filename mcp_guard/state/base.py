@@ -22,6 +22,8 @@ FLOW_TTL = 86400.0
 """A session's flow state (labels and kept content) is forgotten this long after its last use."""
 
 PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
+ABANDONED = "abandoned"
+"""Nobody waits for the answer any more (the call was cancelled, or its guard drained): never approvable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,11 @@ class StateStore(Protocol):
         self, approval_id: str, approved: bool, approver: str, reason: str | None = None
     ) -> bool:
         """Answer a pending request; False if it is unknown, already answered or expired."""
+        ...
+
+    async def approval_abandon(self, approval_id: str, reason: str) -> bool:
+        """Withdraw a pending request nobody waits for any more (status ``abandoned``); False if it
+        is unknown or no longer pending."""
         ...
 
     async def approval_list(self, pending_only: bool = True) -> list[dict[str, Any]]: ...

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mcp_guard.state.base import (
+    ABANDONED,
     APPROVAL_POLL,
     APPROVED,
     EMPTY_FLOW,
@@ -126,6 +127,13 @@ class MemoryStore:
         if record is None or record["status"] != PENDING:
             return False
         record.update(status=APPROVED if approved else REJECTED, approver=approver, reason=reason, resolved=time.time())
+        return True
+
+    async def approval_abandon(self, approval_id: str, reason: str) -> bool:
+        record = self._current(approval_id)
+        if record is None or record["status"] != PENDING:
+            return False
+        record.update(status=ABANDONED, approver="mcp-guard", reason=reason, resolved=time.time())
         return True
 
     async def approval_list(self, pending_only: bool = True) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
+    ABANDONED,
     APPROVAL_POLL,
     APPROVAL_RETENTION,
     APPROVED,
@@ -326,8 +327,14 @@ class RedisStore:
     async def approval_resolve(
         self, approval_id: str, approved: bool, approver: str, reason: str | None = None
     ) -> bool:
+        return await self._settle(approval_id, APPROVED if approved else REJECTED, approver, reason)
+
+    async def approval_abandon(self, approval_id: str, reason: str) -> bool:
+        return await self._settle(approval_id, ABANDONED, "mcp-guard", reason)
+
+    async def _settle(self, approval_id: str, status: str, approver: str, reason: str | None) -> bool:
         key = _APPROVAL + normalise_approval_id(approval_id)
-        args = [APPROVED if approved else REJECTED, approver, reason or "", repr(time.time())]
+        args = [status, approver, reason or "", repr(time.time())]
         try:
             return bool(int(await self._resolve(keys=[key], args=args)))
         except RedisError as exc:

@@ -18,6 +18,7 @@ import orjson
 
 from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
+    ABANDONED,
     APPROVAL_POLL,
     APPROVED,
     EMPTY_FLOW,
@@ -200,13 +201,19 @@ class SqliteStore(SqliteDatabase):
     async def approval_resolve(
         self, approval_id: str, approved: bool, approver: str, reason: str | None = None
     ) -> bool:
+        return self._settle(approval_id, APPROVED if approved else REJECTED, approver, reason)
+
+    async def approval_abandon(self, approval_id: str, reason: str) -> bool:
+        return self._settle(approval_id, ABANDONED, "mcp-guard", reason)
+
+    def _settle(self, approval_id: str, status: str, approver: str, reason: str | None) -> bool:
         approval_id = normalise_approval_id(approval_id)
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE approvals SET status = ?, approver = ?, reason = ?, resolved = ? "
                 "WHERE id = ? AND status = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (APPROVED if approved else REJECTED, approver, reason, now, approval_id, PENDING, now),
+                (status, approver, reason, now, approval_id, PENDING, now),
             )
             done = cur.rowcount == 1
         if not done:
