@@ -29,6 +29,7 @@ from mcp_guard.proxy.session import GuardSession
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from opentelemetry.sdk.metrics.export import MetricReader
 
     from mcp_guard.grants import ChainVerifier
 
@@ -67,12 +68,15 @@ def load_chain(config: GuardConfig) -> object | None:
         raise GrantError(exc.code, f"the grant chain (identity.grant / MCP_GUARD_GRANT) is invalid ({exc.code}): {exc}", exc.link_index) from None
 
 
-async def build_context(config: GuardConfig, parsed: Parsed | None = None) -> GuardContext:
+async def build_context(config: GuardConfig, parsed: Parsed | None = None, *,
+                        scrape_reader: MetricReader | None = None) -> GuardContext:
+    """``scrape_reader``: the Prometheus reader of ``serve.admin`` (metrics on even without OTLP)."""
     from mcp_guard.state import open_store
 
     policies = load_policy_set(config, parsed)
     chain = load_chain(config)
-    hooks = telemetry.start(telemetry_settings(config.telemetry))  # off unless OTEL_* or the telemetry: block ask for it
+    # off unless OTEL_*, the telemetry: block or a scrape listener ask for it
+    hooks = telemetry.start(telemetry_settings(config.telemetry), scrape_reader=scrape_reader)
     audit = None
     if config.audit.path:
         from mcp_guard.audit import AuditLog
@@ -110,6 +114,7 @@ async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     from mcp_guard.transports.stdio import StdioHost
 
     ctx = await build_context(config, parsed)
+    ctx.flow_exclusive = True  # one host session, one process: nobody else writes its flow state
     host = StdioHost()
     await host.open()
     await run_host(ctx, host)
@@ -164,12 +169,20 @@ async def run_serve(config: GuardConfig, host: str, port: int, allow_origin: tup
     """The ``mcp-guard serve`` main loop (one worker): the hub, the HTTP front, the policy watcher.
     (Its imports wait until here: ``run`` starts without loading the HTTP stack.)"""
     from mcp_guard.proxy.guard import ServeSessions
+    from mcp_guard.proxy.readiness import missing
+    from mcp_guard.serve.admin import Admin, prometheus_reader
     from mcp_guard.serve.approval_page import ApprovalPage, page_base, page_key
     from mcp_guard.serve.asgi import serve_http
+    from mcp_guard.serve.drain import Drain
     from mcp_guard.serve.exchange import TokenExchange
+    from mcp_guard.serve.fanout import Fanout
     from mcp_guard.serve.oauth import OAuthVerifier
+    from mcp_guard.serve.session_records import SessionRecords
 
-    ctx = await build_context(config)
+    scrape = registry = None
+    if config.serve.admin is not None:
+        scrape, registry = prometheus_reader()
+    ctx = await build_context(config, scrape_reader=scrape)
     verifier = chain_verifier(config, serving=True)
     oauth = OAuthVerifier(config.serve.oauth) if config.serve.oauth else None
     te = config.serve.token_exchange
@@ -185,11 +198,22 @@ async def run_serve(config: GuardConfig, host: str, port: int, allow_origin: tup
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     # policy files watched as in `run`: every caller is told when the lists it may see change
     watcher = loop.create_task(watch_policies(ctx, sessions.policies_changed, reload_now, sessions.tool_names))
+    drain = Drain(config.serve.drain_timeout)
+    drain.on_begin.append(watcher.cancel)  # a drain reloads nothing any more
+    admin = None
+    if config.serve.admin is not None:
+        admin = Admin(lambda: missing(ctx, sessions.hub.upstreams, lambda: drain.draining), registry)
+    records = None
+    if not config.state_url.startswith("memory://"):  # a shared store: any replica may serve any session
+        records = SessionRecords(ctx.store, config.serve.session_idle)
+    fanout = None
+    if config.state_url.startswith(("redis://", "rediss://")):  # replicas on several hosts: events over pub/sub
+        fanout = Fanout(config.state_url)
     settle_heap()
     try:
         await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,
                          chain_issuers=frozenset(config.trust.issuers), oauth=oauth, exchange=exchange, reuse_port=reuse_port,
-                         page=page)
+                         page=page, admin=admin, drain=drain, records=records, fanout=fanout)
     finally:
         watcher.cancel()
         await ctx.store.close()

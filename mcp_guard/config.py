@@ -100,6 +100,7 @@ class UpstreamConfig:
     auth: UpstreamAuth | None = None  # the guard's own OAuth client toward an HTTP upstream
     token_file: str | None = None  # where that client keeps its tokens (encrypted), for this user
     browser: str | None = None  # $BROWSER when set: `run` may then authorize interactively itself
+    required: bool = False  # serve: not ready (GET /readyz 503) while this upstream is not up
 
     def exposed(self, tool: str) -> str:
         """The name the host sees for this upstream's ``tool``."""
@@ -125,6 +126,11 @@ class ApprovalsConfig:
     timeout: float = 120.0
     remember: Literal["none", "session"] = "none"
     state_key: str | None = None  # shared secret sealing 2026-07-28 requestState across replicas
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    max_content_mib: float = 16.0  # labelled content kept per session for `carries`; past it, fail closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +173,14 @@ class TokenExchangeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``serve.admin``: the operations listener (probes and the Prometheus scrape), apart from ``/mcp``."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalPageConfig:
     """``serve.approvals``: the guard's approval page, where the approver signs in at ``issuer``
     (authorization code + PKCE) as a client of its own, never with the calling agent's identity."""
@@ -194,6 +208,8 @@ class ServeConfig:
     max_body: int = 4 * 1024 * 1024
     token_exchange: TokenExchangeConfig | None = None
     approvals: ApprovalPageConfig | None = None
+    admin: AdminConfig | None = None
+    drain_timeout: float = 20.0  # SIGTERM: how long what is in flight may take to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +226,7 @@ class GuardConfig:
     state_url: str = DEFAULT_STATE_URL
     telemetry: TelemetryConfig = TelemetryConfig()
     serve: ServeConfig = ServeConfig()
+    flow: FlowConfig = FlowConfig()
     # problems that do not stop a guard but that ``check`` reports (``file:line:col: ...`` lines):
     # an upstream command that is not there only fails that upstream, as at run time
     advisories: tuple[str, ...] = field(default=(), compare=False)
@@ -329,10 +346,11 @@ class _Reader(SourceReader):
         return seconds
 
 
-_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve"}
+_TOP = {"version", "upstreams", "policies", "identity", "trust", "approvals", "audit", "pinning", "state", "telemetry", "lock_file", "serve",
+        "flow"}
 _UPSTREAM = {
     "command", "args", "env", "env_passthrough", "cwd", "url", "headers", "prefix", "roots", "timeout", "startup_timeout",
-    "trust_annotations", "protocol", "workdir", "resolve", "auth",
+    "trust_annotations", "protocol", "workdir", "resolve", "auth", "required",
 }
 _AUTH = {"oauth", "client_credentials", "headers"}
 _OAUTH = {"client_id", "client_secret", "client_metadata_url", "scopes", "redirect_uri"}
@@ -343,7 +361,9 @@ _APPROVALS = {"timeout", "remember", "state_key"}
 _AUDIT = {"path", "fsync", "include_args", "max_bytes"}
 _STATE = {"url"}
 _TELEMETRY = {"traces_exporter", "metrics_exporter", "endpoint", "service_name"}
-_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "max_sessions_per_root", "max_sessions", "session_idle", "max_body", "token_exchange", "approvals"}
+_SERVE = {"url", "oauth", "allowed_hosts", "max_sessions_per_principal", "max_sessions_per_root", "max_sessions", "session_idle", "max_body",
+          "token_exchange", "approvals", "admin", "drain_timeout"}
+_ADMIN = {"listen"}
 _APPROVAL_PAGE = {"issuer", "client_id", "client_secret", "approvers", "scopes", "session_ttl"}
 _SERVE_OAUTH = {"issuer", "audience", "scopes", "user", "agent", "purpose"}
 _TOKEN_EXCHANGE = {"key", "issuer", "ttl"}
@@ -532,6 +552,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
             workdir=str(workdir_path) if workdir_path is not None else None,
             resolve=resolve and url is None,
             auth=auth,
+            required=r.boolean(u.get("required"), (*path, "required"), False),
         )
 
     pol_raw = top.get("policies")
@@ -576,6 +597,13 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
     )
     if approvals.state_key is not None and len(approvals.state_key) < 32:
         r.error(("approvals", "state_key"), "`state_key` must be at least 32 characters of secret", value=True)
+
+    fl = r.mapping(top.get("flow"), ("flow",), {"max_content_mib"}, "flow")
+    mib = fl.get("max_content_mib", 16.0)
+    if isinstance(mib, bool) or not isinstance(mib, int | float) or not 0 < mib <= 1024:
+        r.error(("flow", "max_content_mib"), "`max_content_mib` must be a number of MiB above 0 and at most 1024", value=True)
+        mib = 16.0
+    flow = FlowConfig(float(mib))
 
     au = r.mapping(top.get("audit"), ("audit",), _AUDIT, "audit")
     audit_path = r.string(au.get("path"), ("audit", "path"))
@@ -624,6 +652,7 @@ def parse_config(text: str, file: str, *, environ: Mapping[str, str] | None = No
         state_url=resolve_state_url(state_url, base),
         telemetry=telemetry,
         serve=serve,
+        flow=flow,
         advisories=tuple(str(p) for p in advisories),
     )
 
@@ -719,7 +748,25 @@ def _parse_serve(r: _Reader, raw: Any, base: Path, trust: TrustConfig) -> ServeC
         max_body=counts["max_body"],
         token_exchange=exchange,
         approvals=page,
+        admin=_parse_admin(r, sv.get("admin")) if sv.get("admin") is not None else None,
+        drain_timeout=r.duration(sv.get("drain_timeout"), ("serve", "drain_timeout"), 20.0),
     )
+
+
+def _parse_admin(r: _Reader, raw: Any) -> AdminConfig | None:
+    """``serve.admin: {listen: HOST:PORT}`` (``[::1]:9464`` for IPv6)."""
+    path: YPath = ("serve", "admin")
+    ad = r.mapping(raw, path, _ADMIN, "serve.admin")
+    listen = r.string(ad.get("listen"), (*path, "listen"))
+    if not listen:
+        r.error(path, "`serve.admin` needs `listen: HOST:PORT` (e.g. 127.0.0.1:9464)")
+        return None
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        r.error((*path, "listen"), f"`listen` must be HOST:PORT with a port from 1 to 65535, not {listen!r}", value=True)
+        return None
+    return AdminConfig(host=host, port=int(port))
 
 
 def _parse_approval_page(r: _Reader, raw: Any, issuers: list[OAuthIssuerConfig]) -> ApprovalPageConfig | None:

@@ -11,13 +11,17 @@ Pure: no asyncio, no MCP, no telemetry.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import functools
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mcp_guard.errors import ConfigError
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
-from mcp_guard.policy import Decision, Effect, PolicySet
+from mcp_guard.policy import NOTHING, Brought, Decision, Effect, FlowView, PolicySet, load_sources
+from mcp_guard.policy._conditions import URI_SLOT
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain
@@ -60,6 +64,8 @@ class Verdict:
     input_required: Mapping[str, Any] | None = None
     # serve, handshake era: the ``-32042`` error data pointing the caller at the approval page
     url_elicitation: Mapping[str, Any] | None = None
+    # what the request brings into the session if it is forwarded (labels: entries, less endorsed sources)
+    brings: Brought = NOTHING
 
     @property
     def forward(self) -> bool:
@@ -93,27 +99,75 @@ def evaluate(
     *,
     kind: Kind = Kind.TOOL,
     paths: PathContext | None = None,
+    flow: FlowView | None = None,
 ) -> Verdict:
     """Policies AND every chain link, for ``name`` (``UPSTREAM/TOOL``, ``UPSTREAM/URI`` or
-    ``UPSTREAM/PROMPT``).  deny beats approve beats allow; an expired chain is ``expired``."""
+    ``UPSTREAM/PROMPT``).  deny beats approve beats allow; an expired chain is ``expired``.
+    ``flow`` is the session's labels and content; a request that would bring a label beyond the
+    chain's label ceiling is denied."""
     if chain is not None:
         late = chain.check_time(now)
         if late is not None:
             return Verdict(Outcome.EXPIRED, f"mcp-guard denied {name}: {late}")
-    decision: Decision = policies.decide(who, name, args, annotations, kind=kind, paths=paths)
+    decision: Decision = policies.decide(who, name, args, annotations, kind=kind, paths=paths, flow=flow)
     if decision.effect is Effect.DENY:
         return Verdict(Outcome.DENY, decision.reason, decision.policy_ids, decision.rule_ids)
     needs_approval = decision.effect is Effect.APPROVE
+    brings = brought(policies, chain, who, name, args, kind, paths)
     if chain is not None:
         check = chain.check_call(name, args, kind, paths=paths)
         if not check.allowed:
             return Verdict(Outcome.DENY, f"mcp-guard denied {name}: {check.reason}", decision.policy_ids, decision.rule_ids)
         needs_approval = needs_approval or check.approval_required
+        ceiling = chain.flow.ceiling
+        beyond = sorted(brings.labels - ceiling) if ceiling is not None else []
+        if beyond:
+            allowed = ", ".join(sorted(ceiling or ())) or "none"
+            return Verdict(Outcome.DENY, f"mcp-guard denied {name}: it would bring `{'`, `'.join(beyond)}` into this session, "
+                           f"beyond the grant's label ceiling ({allowed})", decision.policy_ids, decision.rule_ids)
     if needs_approval:
         note = "policy " + ", ".join(decision.policy_ids) if decision.policy_ids else "grant chain"
-        return Verdict(Outcome.APPROVAL_REQUIRED, f"mcp-guard needs a human to approve {name} ({note})",
-                       decision.policy_ids, decision.rule_ids)
-    return Verdict(Outcome.ALLOW, decision.reason, decision.policy_ids, decision.rule_ids)
+        reason = f"mcp-guard needs a human to approve {name} ({note})"
+        if "; this session holds" in decision.reason:
+            reason += decision.reason[decision.reason.index("; this session holds"):]
+        return Verdict(Outcome.APPROVAL_REQUIRED, reason, decision.policy_ids, decision.rule_ids, brings=brings)
+    return Verdict(Outcome.ALLOW, decision.reason, decision.policy_ids, decision.rule_ids, brings=brings)
 
 
-__all__ = ["FORWARDED", "Kind", "Outcome", "PathContext", "Verdict", "evaluate", "is_visible"]
+def brought(policies: PolicySet, chain: GrantChain | None, who: Principal, name: str, args: Mapping[str, Any],
+            kind: Kind, paths: PathContext | None) -> Brought:
+    """What a forwarded request brings: its ``labels:`` entries, less ``untrusted`` when the grant
+    endorses the request as a source the principal vouched for."""
+    brings = policies.labels.brings(who, kind, name, args, paths, _uri_args(kind, name))
+    if chain is not None and chain.flow.endorse_sources and "untrusted" in brings.labels \
+            and endorsed_source(chain.flow.endorse_sources, who, kind, name, args, paths):
+        brings = brings.without("untrusted")
+    return brings
+
+
+
+def _uri_args(kind: Kind, name: str) -> Mapping[str, Any] | None:
+    return None if kind is not Kind.RESOURCE else {URI_SLOT: name.partition("/")[2]}
+
+
+@functools.lru_cache(maxsize=256)
+def _sources(key: str) -> PolicySet | None:
+    """Endorsed sources compiled as ``labels:`` entries (the same selectors and conditions)."""
+    entries = [{**{k: v for k, v in s.items()}, "brings": ["endorsed"]} for s in json.loads(key)]
+    try:
+        return load_sources([("<grant endorse_sources>", json.dumps({"version": 1, "labels": entries}))])
+    except ConfigError:
+        return None  # a selector the guard cannot read endorses nothing (fail closed)
+
+
+def endorsed_source(sources: Sequence[Mapping[str, Any]], who: Principal, kind: Kind, name: str, args: Mapping[str, Any],
+                    paths: PathContext | None) -> bool:
+    """Whether a request is one of the grant's endorsed sources."""
+    compiled = _sources(json.dumps(list(sources), sort_keys=True))
+    if compiled is None:
+        return False
+    got = compiled.labels.brings(who, kind, name, args, paths, _uri_args(kind, name))
+    return "endorsed" in got.labels
+
+
+__all__ = ["FORWARDED", "Kind", "Outcome", "PathContext", "Verdict", "brought", "endorsed_source", "evaluate", "is_visible"]

@@ -6,6 +6,7 @@ the approver, the audit, the telemetry) shares one record without importing the 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,6 +41,9 @@ class AskHost(Protocol):
     async def __call__(self, method: str, params: Message | None, timeout: float | None = None) -> Message: ...  # noqa: ASYNC109
 
 
+TellHost = Callable[[Message], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class RequestContext:
     """One host request as the pipeline, the approver, the audit and the telemetry see it.
@@ -65,6 +69,10 @@ class RequestContext:
     shadow: Verdict | None = None  # what the policies in `mode: shadow` would decide (audited and traced, never enforced)
     trace: tuple[int, int] | None = None  # (trace id, span id) of the span that decided, when traced
     tools_listed: tuple[int, int] | None = None  # tools/list: (listed, hidden by policy or grant)
+    flow_scope: str | None = None  # whose labels (set when the flow step ran)
+    session_labels: frozenset[str] | None = None  # the labels the session held when decided
+    audit_record: int | None = None  # the first 48 bits of this request's audit record hash, once written
+    tell_host: TellHost | None = None  # a notification to the host about this request (e.g. who must decide)
 
     @property
     def params(self) -> Message:

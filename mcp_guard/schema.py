@@ -72,6 +72,7 @@ _UPSTREAM_TYPES: dict[str, Schema] = {
     "resolve": {**_BOOL, "description": "resolve symlinks before judging paths (local upstreams only)"},
     "env_passthrough": {"type": "array", "items": _SCALAR, "description": "environment variables passed to the upstream"},
     "startup_timeout": _DURATION,
+    "required": {**_BOOL, "description": "serve: not ready (GET /readyz answers 503) while this upstream is down"},
     "auth": {
         "type": "object",
         "description": "the upstream's own OAuth authorization (the guard is the OAuth client)",
@@ -102,6 +103,10 @@ _SERVE: Schema = {
                       "properties": {"issuer": _SCALAR, "client_id": _SCALAR, "client_secret": _SCALAR,
                                      "approvers": {"type": "array", "items": _SCALAR},
                                      "scopes": {"type": "array", "items": _SCALAR}, "session_ttl": _DURATION}},
+        "admin": {"type": "object", "required": ["listen"], "additionalProperties": False,
+                  "description": "the operations listener: GET /healthz, /readyz and /metrics (Prometheus)",
+                  "properties": {"listen": {**_SCALAR, "description": "HOST:PORT, e.g. 127.0.0.1:9464"}}},
+        "drain_timeout": _DURATION,
     },
 }
 

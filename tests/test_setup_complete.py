@@ -38,14 +38,14 @@ def test_npm_tool_is_installed(name: str) -> None:
 
 @pytest.mark.parametrize("command", apt_commands())
 def test_debian_tool_is_installed(command: str) -> None:
-    assert shutil.which(command), f"`{command}` is not on PATH: {HOW}"
+    assert shutil.which(command) or shutil.which(command, path="/usr/sbin"), f"`{command}` is not on PATH: {HOW}"
 
 
 def test_required_apt_tools_are_the_ones_the_tests_use() -> None:
-    assert {"redis-server", "chromium"} <= set(apt_commands())
+    assert {"redis-server", "chromium", "haproxy"} <= set(apt_commands())
 
 
-@pytest.mark.parametrize("name", ["mcp-server-time", "mcp-server-git", "uv"])
+@pytest.mark.parametrize("name", ["mcp-server-time", "mcp-server-git", "mcp-server-fetch", "uv"])
 def test_python_dev_tools_are_installed(name: str) -> None:
     assert (VENV_BIN / name).exists(), f"{VENV_BIN / name} is missing: {HOW}"
 

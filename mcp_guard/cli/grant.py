@@ -136,10 +136,16 @@ def grant() -> None:
 @click.option("--approve", multiple=True, help="UPSTREAM/TOOL patterns that always need a human's approval.")
 @click.option("--arguments", "arguments", multiple=True, help="UPSTREAM/TOOL=JSON_SCHEMA (or =@file) constraining arguments.")
 @click.option("--audience", default=DEFAULT_AUDIENCE, show_default=True, help="The guard's trust.audience.")
+@click.option("--labels", "labels", multiple=True, help="Labels the holder's sessions start with, comma separated (a child includes its parent's).")
+@click.option("--label-ceiling", "label_ceiling", multiple=True, help="The only labels the holder may ever acquire, comma separated (within the parent's).")
+@click.option("--endorse", "endorse", multiple=True, help="Values the principal named for this task; they never carry `untrusted`. Repeat for several.")
+@click.option("--endorse-source", "endorse_source", multiple=True,
+              help="UPSTREAM/TOOL (or a JSON selector {tools: [...], when: {...}}) whose answers bring no `untrusted`. Repeat for several.")
 def issue(
     key_path: str, issuer: str, user: str, agent: str, agent_key: str | None, tools: tuple[str, ...],
     resources: tuple[str, ...], prompts: tuple[str, ...], purpose: str | None, ttl: str, depth: int, max_calls: int | None, approve: tuple[str, ...],
-    arguments: tuple[str, ...], audience: str,
+    arguments: tuple[str, ...], audience: str, labels: tuple[str, ...], label_ceiling: tuple[str, ...], endorse: tuple[str, ...],
+    endorse_source: tuple[str, ...],
 ) -> None:
     """Mint a root grant signed by an issuer key; prints the token."""
     token = issue_grant(
@@ -147,6 +153,7 @@ def issue(
         agent_key=load_public_key(agent_key) if agent_key else None, purpose=purpose, ttl=_ttl(ttl, "--ttl"),
         depth=depth, max_calls=max_calls, approve=_tools(approve), audience=audience,
         tool_args=_tool_args(arguments), resources=_tools(resources), prompts=_tools(prompts),
+        **_flow(labels, label_ceiling, endorse, endorse_source),
     )
     click.echo(token)
 
@@ -164,10 +171,16 @@ def issue(
 @click.option("--max-calls", type=click.IntRange(0), help="Call budget (at most the parent's; default: the parent's).")
 @click.option("--approve", multiple=True, help="Tools that need a human's approval (in addition to the parent's).")
 @click.option("--arguments", "arguments", multiple=True, help="UPSTREAM/TOOL=JSON_SCHEMA adding argument constraints.")
+@click.option("--labels", "labels", multiple=True, help="Labels the holder's sessions start with, comma separated (a child includes its parent's).")
+@click.option("--label-ceiling", "label_ceiling", multiple=True, help="The only labels the holder may ever acquire, comma separated (within the parent's).")
+@click.option("--endorse", "endorse", multiple=True, help="Values the principal named for this task; they never carry `untrusted`. Repeat for several.")
+@click.option("--endorse-source", "endorse_source", multiple=True,
+              help="UPSTREAM/TOOL (or a JSON selector {tools: [...], when: {...}}) whose answers bring no `untrusted`. Repeat for several.")
 def delegate_cmd(
     chain: str, key_path: str, agent: str, agent_key: str | None, tools: tuple[str, ...],
     resources: tuple[str, ...], prompts: tuple[str, ...], ttl: str,
     depth: int, max_calls: int | None, approve: tuple[str, ...], arguments: tuple[str, ...],
+    labels: tuple[str, ...], label_ceiling: tuple[str, ...], endorse: tuple[str, ...], endorse_source: tuple[str, ...],
 ) -> None:
     """Append a narrower link for a sub-agent; refuses (naming the field) to widen anything."""
     token = delegate(
@@ -175,8 +188,23 @@ def delegate_cmd(
         agent_key=load_public_key(agent_key) if agent_key else None, ttl=_ttl(ttl, "--ttl"), depth=depth,
         max_calls=max_calls, approve=_tools(approve), tool_args=_tool_args(arguments),
         resources=_tools(resources), prompts=_tools(prompts),
+        **_flow(labels, label_ceiling, endorse, endorse_source),
     )
     click.echo(token)
+
+
+def _flow(labels: tuple[str, ...], ceiling: tuple[str, ...], endorse: tuple[str, ...], sources: tuple[str, ...]) -> dict[str, Any]:
+    """The flow members of a new link from the command line (an option not given is inherited)."""
+    def split(values: tuple[str, ...]) -> tuple[str, ...] | None:
+        return tuple(v.strip() for value in values for v in value.split(",") if v.strip()) if values else None
+
+    parsed: list[Any] = []
+    for raw in sources:
+        try:
+            parsed.append(json.loads(raw) if raw.lstrip().startswith("{") else {"tools": [raw.strip()]})
+        except ValueError as exc:
+            raise click.BadParameter(f"not a JSON selector: {exc}", param_hint="--endorse-source") from None
+    return {"labels": split(labels), "label_ceiling": split(ceiling), "endorse": endorse or None, "endorse_sources": parsed or None}
 
 
 @grant.command("inspect")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import os
 from collections.abc import Coroutine
 from pathlib import Path
@@ -23,6 +22,7 @@ from mcp_guard.config import (
     policy_sources,
 )
 from mcp_guard.errors import ConfigError
+from mcp_guard.logs import setup_logging as setup_logging  # re-exported: other commands import it from here
 from mcp_guard.upstreams.naming import inline_upstream_name
 
 if TYPE_CHECKING:
@@ -39,14 +39,6 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
-
-
-def setup_logging(level: str | None) -> None:
-    """Logs go to stderr only: in stdio mode stdout belongs to the MCP protocol."""
-    name = (level or os.environ.get("MCP_GUARD_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(level=getattr(logging, name, logging.INFO), format="mcp-guard %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx2", "httpx", "httpcore", "mcp"):  # one line per HTTP request is not news
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str | None, policies: tuple[str, ...],
@@ -107,9 +99,11 @@ def parse_policies(paths: tuple[Path, ...]) -> Parsed | None:
 @click.option("--agent", default=None, help="The acting agent (default: the config's identity.agent, then the host's clientInfo.name).")
 @click.option("--purpose", default=None, help="The session's purpose, matched by policies' subjects.purposes.")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
+@click.option("--log-format", default=None, type=click.Choice(["text", "json"], case_sensitive=False),
+              help="text, or json: one JSON object a line with trace and span ids (default $MCP_GUARD_LOG_FORMAT or text).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(config_path: str | None, policies: tuple[str, ...], name: str | None, user: str | None, agent: str | None,
-        purpose: str | None, log_level: str | None, command: tuple[str, ...]) -> None:
+        purpose: str | None, log_level: str | None, log_format: str | None, command: tuple[str, ...]) -> None:
     """Guard MCP servers on stdio: register this command in your agent host.
 
     Stdout carries only MCP messages; logs and refusals go to stderr.  The identity flags are
@@ -122,7 +116,7 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
         (the inline server is named `filesystem`: policies say filesystem/read_text_file)
     mcp-guard run --name fs --policies ./policies -- npx -y @modelcontextprotocol/server-filesystem ./workspace
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     config = load_config(config_path) if config_path else default_config()
     check_grant_variable(config)
     config, parsed = merge_inline(config, command, name, policies, IdentityConfig(user=user, agent=agent, purpose=purpose))
@@ -142,11 +136,13 @@ def run(config_path: str | None, policies: tuple[str, ...], name: str | None, us
               help="Guard processes sharing the port (SO_REUSEPORT) and the configured state store.")
 @click.option("--reuse-port", is_flag=True, help="Share the port with other `serve` processes on this host (replicas).")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default $MCP_GUARD_LOG_LEVEL or INFO).")
+@click.option("--log-format", default=None, type=click.Choice(["text", "json"], case_sensitive=False),
+              help="text, or json: one JSON object a line with trace and span ids (default $MCP_GUARD_LOG_FORMAT or text).")
 def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...], workers: int, reuse_port: bool,
-          log_level: str | None) -> None:
+          log_level: str | None, log_format: str | None) -> None:
     """Serve the guard over Streamable HTTP at /mcp; callers present OAuth access tokens (serve.oauth)
     or grant chains (trust.issuers) as bearer tokens."""
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     config = load_config(config_path)
     if not config.trust.issuers and not config.serve.oauth:
         raise ConfigError(f"{config_path}: serve mode needs serve.oauth (OAuth access tokens) or trust.issuers (grant chains) to know its callers")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Container
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ class LinkView:
             out.append(f"  {member}: {', '.join(parts) or '(none)'}")
         if detail.get("max_calls") is not None:
             out.append(f"  max_calls (all tools): {detail['max_calls']}")
+        for member, what in (("labels", "starts with labels"), ("label_ceiling", "label ceiling"), ("endorse", "endorses"),
+                             ("endorse_sources", "endorsed sources")):
+            if isinstance(detail.get(member), list):
+                shown = [v if isinstance(v, str) else json.dumps(v, sort_keys=True) for v in detail[member]]
+                out.append(f"  {what}: {', '.join(shown) or '(none)'}")
         out.append(f"  verdict: {self._verdict()}")
         return out
 

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from mcp_guard.grants import errors as E
 from mcp_guard.grants.errors import GrantError
+from mcp_guard.grants.flow import NONE as NO_FLOW
+from mcp_guard.grants.flow import FlowClaims, effective, parse_flow
 from mcp_guard.grants.jws import sign
 from mcp_guard.grants.keys import public_jwk, raw_public
 from mcp_guard.grants.model import (
@@ -89,6 +91,7 @@ def _claims(
     others: Mapping[Kind, Mapping[str, Mapping[str, Any]]],
     act_parent: Mapping[str, Any] | None = None,
     parent: Link | None = None,
+    flow: FlowClaims = NO_FLOW,
 ) -> dict[str, Any]:
     if not isinstance(depth, int) or depth < 0:
         raise GrantError(E.MALFORMED, "depth: must be a non-negative integer")
@@ -112,7 +115,8 @@ def _claims(
         "authorization_details": [
             {"type": DETAIL_TYPE, "tools": {p: dict(e) for p, e in entries.items()},
              **{MEMBER[k]: {p: dict(e) for p, e in v.items()} for k, v in others.items() if v},
-             **({"max_calls": max_calls} if max_calls is not None else {})}
+             **({"max_calls": max_calls} if max_calls is not None else {}),
+             **flow.to_json()}
         ],
     }
     if agent_key is not None:
@@ -123,6 +127,14 @@ def _claims(
         claims["parent_jti"] = parent.jti
         claims["parent_hash"] = link_hash(parent.compact)
     return claims
+
+
+def _flow(labels: Iterable[str] | None, ceiling: Iterable[str] | None, endorse: Iterable[str] | None,
+          sources: Iterable[Mapping[str, Any]] | None) -> FlowClaims:
+    """The flow members of a new link (None = not stated: inherited from the parent)."""
+    raw = {k: [dict(x) if isinstance(x, Mapping) else x for x in v]
+           for k, v in (("labels", labels), ("label_ceiling", ceiling), ("endorse", endorse), ("endorse_sources", sources)) if v is not None}
+    return parse_flow(raw)
 
 
 def issue_grant(
@@ -143,13 +155,18 @@ def issue_grant(
     tool_args: Mapping[str, Any] | None = None,
     resources: Tools | None = None,
     prompts: Tools | None = None,
+    labels: Iterable[str] | None = None,
+    label_ceiling: Iterable[str] | None = None,
+    endorse: Iterable[str] | None = None,
+    endorse_sources: Iterable[Mapping[str, Any]] | None = None,
 ) -> str:
     """A root grant: ``issuer`` (a name in the guard's ``trust.issuers``) lets ``agent`` act for ``user``.
 
     ``tools`` is a list of ``UPSTREAM/TOOL`` patterns or a mapping pattern -> entry
     (``approval``, ``max_calls``, ``arguments``); ``depth`` is how many further hops may follow.
     ``resources`` (``UPSTREAM/URI_GLOB``) and ``prompts`` (``UPSTREAM/PROMPT``) take the same
-    forms; a grant without them permits no resource and no prompt.
+    forms; a grant without them permits no resource and no prompt.  ``labels``, ``label_ceiling``,
+    ``endorse`` and ``endorse_sources`` are the flow claims (docs/grants.md).
     """
     if not isinstance(key, Ed25519PrivateKey):
         raise GrantError(E.BAD_KEY, "grants are signed with Ed25519 keys only")
@@ -160,9 +177,9 @@ def issue_grant(
     claims = _claims(
         iss=issuer, user=user, agent=agent, aud=audience, now=now, exp=math.ceil(now + ttl), nbf=now,
         purpose=purpose, depth=depth, agent_key=agent_key, entries=_entries(tools, approve, tool_args, others),
-        max_calls=max_calls, others=others,
+        max_calls=max_calls, others=others, flow=_flow(labels, label_ceiling, endorse, endorse_sources),
     )
-    parse_link(0, "", claims)  # the same shape checks the verifier applies
+    effective([parse_link(0, "", claims).flow])  # the same checks the verifier applies
     return sign(claims, key)
 
 
@@ -181,6 +198,10 @@ def delegate(
     tool_args: Mapping[str, Any] | None = None,
     resources: Tools | None = None,
     prompts: Tools | None = None,
+    labels: Iterable[str] | None = None,
+    label_ceiling: Iterable[str] | None = None,
+    endorse: Iterable[str] | None = None,
+    endorse_sources: Iterable[Mapping[str, Any]] | None = None,
 ) -> str:
     """``chain_token`` plus one narrower link for ``agent``, signed with the current holder's key.
 
@@ -214,8 +235,9 @@ def delegate(
         exp=min(math.ceil(now + ttl), math.floor(parent.exp)), nbf=max(math.floor(now), math.ceil(parent.nbf)),
         purpose=parent.purpose, depth=depth, agent_key=agent_key, entries=entries,
         max_calls=parent.max_calls if max_calls is None else max_calls, act_parent=parent.act, parent=parent,
-        others=others,
+        others=others, flow=_flow(labels, label_ceiling, endorse, endorse_sources),
     )
     child = parse_link(len(links), "", claims)
     check_narrowing(parent, child)
+    effective([link.flow for link in links]).then(child.flow, f"link {len(links)}")
     return f"{chain_token.strip()}~{sign(claims, holder_key)}"

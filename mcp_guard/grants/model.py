@@ -16,6 +16,9 @@ from referencing import Registry
 
 from mcp_guard.grants.errors import MALFORMED, GrantError
 from mcp_guard.grants.fastschema import UNDER, Check, compile_fast, under_valid
+from mcp_guard.grants.flow import MEMBERS as FLOW_MEMBERS
+from mcp_guard.grants.flow import NONE as NO_FLOW
+from mcp_guard.grants.flow import FlowClaims, parse_flow
 from mcp_guard.grants.keys import jwk_to_public_key, thumbprint
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import canonical_uri, uri_forms
@@ -236,6 +239,7 @@ class Link:
     max_calls: int | None
     resources: tuple[ToolEntry, ...] = ()
     prompts: tuple[ToolEntry, ...] = ()
+    flow: FlowClaims = NO_FLOW  # labels, label_ceiling, endorse, endorse_sources (grants/flow.py)
 
     def entries_for(self, tool: str) -> tuple[ToolEntry, ...]:
         return tuple(e for e in self.tools if matches(e.pattern, tool))
@@ -326,7 +330,7 @@ def parse_link(index: int, compact: str, claims: Mapping[str, Any]) -> Link:
     detail = details[0]
     if detail.get("type") != DETAIL_TYPE:
         raise GrantError(MALFORMED, f"authorization_details type {detail.get('type')!r} is not understood")
-    if set(detail) - {"type", "tools", "resources", "prompts", "max_calls"}:
+    if set(detail) - {"type", "tools", "resources", "prompts", "max_calls", *FLOW_MEMBERS}:
         raise GrantError(MALFORMED, "authorization_details has members this guard cannot evaluate")
     tools_raw = detail.get("tools")
     if not isinstance(tools_raw, Mapping):
@@ -368,6 +372,7 @@ def parse_link(index: int, compact: str, claims: Mapping[str, Any]) -> Link:
         max_calls=_count(detail.get("max_calls"), "authorization_details.max_calls"),
         resources=more[Kind.RESOURCE],
         prompts=more[Kind.PROMPT],
+        flow=parse_flow(detail),
     )
 
 

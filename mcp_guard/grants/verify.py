@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mcp_guard.grants import errors as E
 from mcp_guard.grants.errors import GrantError
 from mcp_guard.grants.fastschema import PATHS
+from mcp_guard.grants.flow import Effective, effective
 from mcp_guard.grants.jws import parse
 from mcp_guard.grants.keys import b64url_encode, thumbprint
 from mcp_guard.grants.model import (
@@ -123,6 +124,7 @@ def verify_links(token: str, root_key: RootKey | None, max_links: int) -> tuple[
     (``delegate`` and key-less ``inspect``, which have no trust store)."""
     links: list[Link] = []
     seen: set[str] = set()
+    flow = Effective()
     for index, compact in enumerate(split_chain(token, max_links)):
         try:
             jws = parse(compact)
@@ -140,6 +142,7 @@ def verify_links(token: str, root_key: RootKey | None, max_links: int) -> tuple[
                 jws.verify(parent.holder_key, parent.holder_kid)
                 check_binding(parent, link)
                 check_narrowing(parent, link)
+            flow = flow.then(link.flow, f"link {index}", root=index == 0)
         except GrantError as exc:
             raise exc.at(index) from None
         links.append(link)
@@ -162,7 +165,7 @@ class _Plan:
 class GrantChain:
     """A verified chain.  Immutable; call-time answers are cached per tool name."""
 
-    __slots__ = ("_plans", "expires_at", "link_ids", "links", "not_before", "principal")
+    __slots__ = ("_plans", "expires_at", "flow", "link_ids", "links", "not_before", "principal")
     _plans: dict[str | tuple[Kind, str], _Plan]
 
     _MAX_PLANS = 1024
@@ -182,6 +185,7 @@ class GrantChain:
             link_ids=self.link_ids,
         )
         self._plans = {}
+        self.flow: Effective = effective([link.flow for link in links])  # verified on the way in
 
     def __repr__(self) -> str:
         return f"GrantChain({' -> '.join(self.principal.chain)}, links={list(self.link_ids)})"

@@ -20,17 +20,34 @@ from mcp_guard.errors import ConfigError
 from mcp_guard.identity import Principal
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
-from mcp_guard.policy.engine import BoundLimit, Explanation, PolicySet, PolicyTrace, RuleTrace
-from mcp_guard.policy.model import Condition, Decision, Effect, Limit, Policy, Rule, RuleRef, Subjects
+from mcp_guard.policy._flow import NOTHING, Brought
+from mcp_guard.policy.engine import PolicySet
+from mcp_guard.policy.model import (
+    Condition,
+    Decision,
+    Effect,
+    FlowView,
+    LabelEntry,
+    Limit,
+    Policy,
+    Rule,
+    RuleRef,
+    Subjects,
+)
 from mcp_guard.policy.parse import Parsed, dump, parse_sources, parse_text
+from mcp_guard.policy.traces import BoundLimit, Explanation, PolicyTrace, RuleTrace
 
 __all__ = [
+    "NOTHING",
     "BoundLimit",
+    "Brought",
     "Condition",
     "Decision",
     "Effect",
     "Explanation",
+    "FlowView",
     "Kind",
+    "LabelEntry",
     "Limit",
     "Parsed",
     "PathContext",
@@ -68,7 +85,7 @@ def compile_parsed(parsed: Parsed) -> PolicySet:
     if parsed.errors:
         n = len(parsed.errors)
         raise PolicyLoadError(f"invalid policies ({n} problem{'s' if n != 1 else ''})", parsed.lines())
-    return PolicySet(parsed.policies, [str(w) for w in parsed.warnings])
+    return PolicySet(parsed.policies, [str(w) for w in parsed.warnings], parsed.labels)
 
 
 def load(*paths: str | PathLike[str], upstreams: Sequence[str] | None = None) -> PolicySet:
@@ -82,9 +99,9 @@ def load(*paths: str | PathLike[str], upstreams: Sequence[str] | None = None) ->
 
 def decide(policies: PolicySet, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
            annotations: Mapping[str, Any] | None = None, *, kind: Kind = Kind.TOOL,
-           paths: PathContext | None = None) -> Decision:
+           paths: PathContext | None = None, flow: FlowView | None = None) -> Decision:
     """Decide one request for ``tool`` (``UPSTREAM/NAME``); see ``PolicySet.decide``."""
-    return policies.decide(principal, tool, args, annotations, kind=kind, paths=paths)
+    return policies.decide(principal, tool, args, annotations, kind=kind, paths=paths, flow=flow)
 
 
 def visible(policies: PolicySet, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None, *,

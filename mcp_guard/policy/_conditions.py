@@ -172,6 +172,9 @@ def _getter(key: str) -> tuple[Getter, bool]:
     return get, fans
 
 
+getter = _getter  # for the flow conditions (policy/_flow.py)
+
+
 @dataclass(frozen=True, slots=True)
 class Compiled:
     """A compiled condition, read the way its rule reads it.  For a ``[*]`` key an allow rule
@@ -294,6 +297,10 @@ def describe(cond: Condition) -> str:
             "min": f"be at least {v}",
             "max": f"be at most {v}",
             "present": "be present" if v else "be absent",
+            "any_of": f"include one of {_show(v)}",
+            "all_of": f"include all of {_show(v)}",
+            "none_of": f"include none of {_show(v)}",
+            "carries": f"carry content labelled {_show(v.get('labels') if isinstance(v, dict) else v)}",
         }[op])
     subject = f"every {cond.key}" if "[*]" in cond.key else cond.key
     return f"{subject} must {' and '.join(parts)}"

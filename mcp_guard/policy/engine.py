@@ -13,8 +13,9 @@ from typing import Any
 
 from mcp_guard.identity import Principal
 from mcp_guard.kinds import Kind
-from mcp_guard.paths import PathContext, Tri, uri_forms
+from mcp_guard.paths import PathContext, uri_forms
 from mcp_guard.policy._conditions import URI_SLOT, Compiled, compile_condition, describe
+from mcp_guard.policy._flow import FlowCond, LabelRules, compile_flow
 from mcp_guard.policy._match import (
     Matcher,
     glob_matcher,
@@ -24,7 +25,17 @@ from mcp_guard.policy._match import (
     split_tool,
     template_fit,
 )
-from mcp_guard.policy.model import ANNOTATION_DEFAULTS, Decision, Effect, Limit, Policy, Rule, RuleRef
+from mcp_guard.policy.model import (
+    ANNOTATION_DEFAULTS,
+    Decision,
+    Effect,
+    FlowView,
+    LabelEntry,
+    Policy,
+    Rule,
+    RuleRef,
+)
+from mcp_guard.policy.traces import BoundLimit, Explanation, PolicyTrace, RuleTrace
 
 _CACHE_MAX = 65_536
 _PROFILES_MAX = 1_024  # each profile is one byte per rule
@@ -64,6 +75,7 @@ class _Rule:
     prompts: Matcher
     uri_conds: tuple[Compiled, ...]  # the `uri` conditions among arg_conds (known at list time)
     argument_conds: tuple[Compiled, ...]  # the `args.*` conditions among arg_conds
+    flow_conds: tuple[FlowCond, ...] = ()  # session.labels and carries: per request, never at discovery
 
     def selects(self, kind: Kind, name: str) -> bool:
         return (self.tools if kind is Kind.TOOL else self.resources if kind is Kind.RESOURCE else self.prompts)(name)
@@ -112,63 +124,15 @@ class _Candidates:
     tiers: tuple[tuple[tuple[_Rule, ...], bool], ...] = ()  # the non-empty tiers, most severe first; True = allow
 
 
-@dataclass(frozen=True, slots=True)
-class BoundLimit:
-    """A limit of one policy; ``key`` names its counters in the state store."""
-
-    policy: str
-    index: int
-    limit: Limit
-
-    @property
-    def key(self) -> str:
-        return f"{self.policy}/limit{self.index + 1}"
-
-    @property
-    def per_minute(self) -> int | None:
-        return self.limit.per_minute
-
-    @property
-    def per_session(self) -> int | None:
-        return self.limit.per_session
-
-
-@dataclass(frozen=True, slots=True)
-class RuleTrace:
-    """One rule's verdict for ``explain``; ``tools`` is whether its selectors name the request
-    (tools, resources or prompts), each condition is True, False or None (unjudgeable)."""
-
-    ref: RuleRef
-    effect: Effect
-    tools: bool
-    annotations: bool
-    conditions: tuple[tuple[str, Tri], ...]
-    matched: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyTrace:
-    id: str
-    source: str
-    description: str | None
-    subjects_failing: str | None
-    rules: tuple[RuleTrace, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    decision: Decision
-    policies: tuple[PolicyTrace, ...]
-
-
 class PolicySet:
     """An immutable, compiled set of policies.  Build a new one to change it (see ``PolicyHolder``)."""
 
-    def __init__(self, policies: Iterable[Policy], warnings: Iterable[str] = ()) -> None:
+    def __init__(self, policies: Iterable[Policy], warnings: Iterable[str] = (), labels: Iterable[LabelEntry] = ()) -> None:
         enforced, every = Policy.split_modes(policies)
         self.shadow: PolicySet | None = PolicySet(every) if every else None  # evaluated only when present
         self.policies: tuple[Policy, ...] = tuple(sorted(enforced, key=lambda p: p.id))
         self.warnings: tuple[str, ...] = tuple(warnings)
+        self.labels = LabelRules(tuple(labels))
         self._subjects = tuple(
             _Subjects(*(None if g is None else glob_matcher(g) for g in (p.subjects.users, p.subjects.agents, p.subjects.purposes)))
             for p in self.policies
@@ -176,7 +140,14 @@ class PolicySet:
         rules: list[_Rule] = []
         for pi, pol in enumerate(self.policies):
             for ri, rule in enumerate(pol.rules):
-                conds = [compile_condition(c, existential=rule.effect is not Effect.ALLOW) for c in rule.when]
+                existential = rule.effect is not Effect.ALLOW
+                conds = [compile_condition(c, existential=existential) for c in rule.when if not c.is_flow]
+                flow: list[FlowCond] = []
+                for c in rule.when:
+                    if c.is_flow:
+                        plain, fc = compile_flow(c, existential=existential)
+                        conds.extend((plain,) if plain is not None else ())
+                        flow.extend((fc,) if fc is not None else ())
                 per_request = tuple(c for c in conds if c.source.is_argument)
                 rules.append(_Rule(
                     len(rules), RuleRef(pol.id, rule.id or str(ri + 1)), pi, rule, rule.effect,
@@ -184,8 +155,11 @@ class PolicySet:
                     tuple(c for c in conds if not c.source.is_argument), per_request,
                     resource_matcher(rule.resources), glob_matcher(rule.prompts, segment=True),
                     tuple(c for c in per_request if c.source.is_uri), tuple(c for c in per_request if not c.source.is_uri),
+                    tuple(flow),
                 ))
         self._rules = tuple(rules)
+        # whether a decision needs the session's flow state at all (else the flow step costs nothing)
+        self.uses_flow = bool(self.labels.entries) or any(r.flow_conds for r in rules)
         self._index = {kind: _Index(kind, rules) for kind in Kind}
         self._limits = tuple(
             (pi, BoundLimit(p.id, li, lim),
@@ -241,17 +215,18 @@ class PolicySet:
 
     def decide(self, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
                annotations: Mapping[str, Any] | None = None, *, kind: Kind = Kind.TOOL,
-               paths: PathContext | None = None) -> Decision:
+               paths: PathContext | None = None, flow: FlowView | None = None) -> Decision:
         """The decision for ``tool`` (``UPSTREAM/NAME``; for a resource ``UPSTREAM/URI``) with ``args``
-        as ``principal``; ``paths`` places relative and linked paths for ``under``."""
+        as ``principal``; ``paths`` places relative and linked paths for ``under``; ``flow`` is the
+        session's labels and labelled content (None: a session that holds nothing)."""
         if kind is Kind.TOOL:
             c = self._cands.get(tool) or self._candidates(tool)
             a = args if isinstance(args, Mapping) else _NO_ARGS
-            return self._decide(c, principal, a, annotations, paths, tool)
+            return self._decide(c, principal, a, annotations, paths, tool, flow)
         if kind is Kind.PROMPT:
             c = self._index[kind].candidates(tool)
             a = args if isinstance(args, Mapping) else _NO_ARGS
-            return self._decide(c, principal, a, annotations, paths, f"prompt {tool}")
+            return self._decide(c, principal, a, annotations, paths, f"prompt {tool}", flow)
         label = f"resource {tool}"
         forms = _resource_forms(tool)
         if forms is None:
@@ -259,14 +234,14 @@ class PolicySet:
         index = self._index[Kind.RESOURCE]
         worst: Decision | None = None
         for name, uri in forms:
-            d = self._decide(index.candidates(name), principal, {URI_SLOT: uri}, annotations, paths, label)
+            d = self._decide(index.candidates(name), principal, {URI_SLOT: uri}, annotations, paths, label, flow)
             if worst is None or d.effect.severity > worst.effect.severity:
                 worst = d
         assert worst is not None
         return worst
 
     def _decide(self, c: _Candidates, principal: Principal, a: Mapping[str, Any], annotations: Mapping[str, Any] | None,
-                paths: PathContext | None, label: str) -> Decision:
+                paths: PathContext | None, label: str, flow: FlowView | None = None) -> Decision:
         prof = self._profile(principal)
         states = prof.rules
         for tier, allow in c.tiers:  # precomputed: no allocation, empty tiers skipped
@@ -276,6 +251,7 @@ class PolicySet:
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
                     and all(x.test(a, principal, paths) is True for x in r.arg_conds)
+                    and (not r.flow_conds or all(f.test(a, principal, flow) is True for f in r.flow_conds))
                 ]
             else:
                 matched = [
@@ -283,11 +259,12 @@ class PolicySet:
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
                     and all(x.test(a, principal, paths) is not False for x in r.arg_conds)
+                    and (not r.flow_conds or all(f.test(a, principal, flow) is not False for f in r.flow_conds))
                 ]
             if matched:
-                return _combine(matched, label)
+                return _combine(matched, label, flow)
         near = next((r for r in c.permits if self._subjects_ok(prof, r.policy, principal)), None)
-        return _default_deny(label, near, _first_failure(near, principal, a, annotations, paths) if near else None)
+        return _default_deny(label, near, _first_failure(near, principal, a, annotations, paths, flow) if near else None)
 
     def visible(self, principal: Principal, tool: str, annotations: Mapping[str, Any] | None = None, *,
                 kind: Kind = Kind.TOOL, judge_uri: bool = True) -> bool:
@@ -338,7 +315,7 @@ class PolicySet:
                 meets, covers = template_fit(upstream, template, r.rule.resources, ops)
                 if r.effect is not Effect.DENY and meets:
                     permits.append(r)
-                elif r.effect is Effect.DENY and covers and not r.arg_conds:
+                elif r.effect is Effect.DENY and covers and not r.arg_conds and not r.flow_conds:
                     blanket.append(r)
             if len(self._templates) >= _CACHE_MAX:
                 self._templates.clear()
@@ -359,7 +336,7 @@ class PolicySet:
 
     def explain(self, principal: Principal, tool: str, args: Mapping[str, Any] | None = None,
                 annotations: Mapping[str, Any] | None = None, *, kind: Kind = Kind.TOOL,
-                paths: PathContext | None = None) -> Explanation:
+                paths: PathContext | None = None, flow: FlowView | None = None) -> Explanation:
         """Every policy and rule, each with whether it matched; nothing short-circuits.
 
         For a resource the rules are traced against the URI's canonical form; the decision is
@@ -382,7 +359,7 @@ class PolicySet:
             conds = tuple(
                 (describe(x.source), x.test(a, principal, paths))
                 for x in (*r.principal_conds, *r.arg_conds)
-            )
+            ) + tuple((describe(f.source), f.test(a, principal, flow)) for f in r.flow_conds)
             ok = failing is None and tools_ok and ann_ok and all(
                 v is True if r.effect is Effect.ALLOW else v is not False for _, v in conds)
             if ok:
@@ -393,12 +370,12 @@ class PolicySet:
         for pi, pol in enumerate(self.policies):
             traces.append(PolicyTrace(pol.id, pol.source, pol.description, self._subjects[pi].failing(principal), tuple(by_policy.get(pi, ()))))
         if kind is Kind.RESOURCE:
-            return Explanation(self.decide(principal, tool, args, annotations, kind=kind, paths=paths), tuple(traces))
+            return Explanation(self.decide(principal, tool, args, annotations, kind=kind, paths=paths, flow=flow), tuple(traces))
         top = max((r.effect.severity for r in matched), default=None)
         if top is not None:
-            decision = _combine([r for r in matched if r.effect.severity == top], label)
+            decision = _combine([r for r in matched if r.effect.severity == top], label, flow)
         else:
-            decision = _default_deny(label, near, _first_failure(near, principal, a, annotations, paths) if near else None)
+            decision = _default_deny(label, near, _first_failure(near, principal, a, annotations, paths, flow) if near else None)
         return Explanation(decision, tuple(traces))
 
 
@@ -464,7 +441,7 @@ class _Index:
         found = _Candidates(
             deny, approve, allow,
             tuple(r for r in ordered if r.effect is not Effect.DENY),
-            tuple(r for r in deny if not (r.argument_conds if resource else r.arg_conds)),
+            tuple(r for r in deny if not (r.argument_conds if resource else r.arg_conds) and not r.flow_conds),
             tuple((tier, is_allow) for tier, is_allow in ((deny, False), (approve, False), (allow, True)) if tier),
         )
         if len(self.cache) >= _CACHE_MAX:
@@ -473,22 +450,39 @@ class _Index:
         return found
 
 
-def _combine(matched: list[_Rule], tool: str) -> Decision:
-    """All ``matched`` rules share one effect; the first in canonical order gives the reason."""
+def _combine(matched: list[_Rule], tool: str, flow: FlowView | None = None) -> Decision:
+    """All ``matched`` rules share one effect; the first in canonical order gives the reason.  A
+    refusal a session label caused names the request that brought the label."""
     first = matched[0]
     text = f": {first.rule.reason.rstrip('. ')}" if first.rule.reason else ""
     sentence = f"mcp-guard {_VERB[first.effect]} {tool}{text} (policy {first.ref.policy})"
+    if first.flow_conds and first.effect is not Effect.ALLOW:
+        sentence += _causes(first.flow_conds, flow)
     return Decision(first.effect, tuple(r.ref for r in matched), sentence)
 
 
+def _causes(conds: tuple[FlowCond, ...], flow: FlowView | None) -> str:
+    """``; this session holds `private` since fs/read_text_file, audit record 17``."""
+    if flow is None:
+        return ""
+    said = []
+    for label in dict.fromkeys(label for f in conds for label in f.involved(flow)):
+        cause = flow.cause(label)
+        said.append(f"`{label}` since {cause}" if cause else f"`{label}`")
+    return f"; this session holds {' and '.join(said)}" if said else ""
+
+
 def _first_failure(r: _Rule, p: Principal, args: Mapping[str, Any], annotations: Mapping[str, Any] | None,
-                   paths: PathContext | None) -> str:
+                   paths: PathContext | None, flow: FlowView | None = None) -> str:
     if not r.annotations_ok(annotations):
         wanted = ", ".join(f"{k}: {str(v).lower()}" for k, v in r.annotations)
         return f"the tool must be annotated {wanted} by a pinned upstream"
     for c, a, ctx in [*((c, _NO_ARGS, None) for c in r.principal_conds), *((c, args, paths) for c in r.arg_conds)]:
         if c.test(a, p, ctx) is not True:  # false or unjudgeable: the same requirement, said once
             return describe(c.source)
+    for f in r.flow_conds:
+        if f.test(args, p, flow) is not True:
+            return describe(f.source) + _causes((f,), flow)
     return "no rule allows it"  # unreachable when called on a rule that did not match
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from mcp_guard.kinds import Kind
 
@@ -29,7 +29,9 @@ class Effect(StrEnum):
 
 _SEVERITY = {Effect.ALLOW: 0, Effect.APPROVE: 1, Effect.DENY: 2}
 
-OPERATORS = ("equals", "in", "not_in", "glob", "regex", "under", "max_length", "min", "max", "present")
+OPERATORS = ("equals", "in", "not_in", "glob", "regex", "under", "max_length", "min", "max", "present", "carries")
+SESSION_LABELS = "session.labels"  # the condition key on the labels this session holds
+LABEL_OPERATORS = ("any_of", "all_of", "none_of")
 PRINCIPAL_KEYS = ("user", "agent", "purpose", "chain.depth")
 URI_KEY = "uri"  # the resource's URI (resources/read, resources/subscribe, resources/list)
 URI_OPERATORS = ("equals", "in", "not_in", "glob", "regex", "under", "present")
@@ -60,6 +62,22 @@ class Condition:
     @property
     def is_uri(self) -> bool:
         return self.key == URI_KEY
+
+    @property
+    def is_flow(self) -> bool:
+        """Judged against the session's labels or labelled content (``session.labels``, ``carries``)."""
+        return self.key == SESSION_LABELS or any(op == "carries" for op, _ in self.ops)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The labels a flow condition names."""
+        out: list[str] = []
+        for op, v in self.ops:
+            if op in LABEL_OPERATORS:
+                out.extend(v)
+            elif op == "carries":
+                out.extend(v["labels"] if isinstance(v, dict) else v)
+        return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +136,41 @@ class Policy:
         if all(p.mode != "shadow" for p in every):
             return every, []
         return [p for p in every if p.mode != "shadow"], [replace(p, mode="enforce") for p in every]
+
+
+@dataclass(frozen=True, slots=True)
+class LabelEntry:
+    """A top-level ``labels:`` entry: what a forwarded request selected by it brings into the
+    session.  ``parts`` (paths into the answer's structured content) narrows which content counts
+    for ``carries``; None = the whole answer.  ``upstreams`` entries apply to everything those
+    upstreams send the host."""
+
+    brings: tuple[str, ...]
+    tools: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    when: tuple[Condition, ...] = ()
+    parts: tuple[str, ...] | None = None
+    source: str = field(default="", compare=False)  # "file:line" of the entry
+
+    def selectors(self, kind: Kind) -> tuple[str, ...]:
+        return self.tools if kind is Kind.TOOL else self.resources if kind is Kind.RESOURCE else self.prompts
+
+
+class FlowView(Protocol):
+    """What a decision may know of its session's information flow (built outside the engine).
+
+    ``carries`` answers True, False or None (the content cannot be judged: past its bound, or
+    not known offline); ``cause`` says which request brought a label, for the refusal sentence.
+    """
+
+    @property
+    def labels(self) -> frozenset[str]: ...
+
+    def carries(self, strings: list[str], labels: tuple[str, ...], token: bool) -> bool | None: ...
+
+    def cause(self, label: str) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)

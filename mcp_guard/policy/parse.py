@@ -21,19 +21,23 @@ from mcp_guard.paths import Under
 from mcp_guard.policy._match import glob_covers, split_tool
 from mcp_guard.policy.model import (
     ANNOTATION_HINTS,
+    LABEL_OPERATORS,
     MODES,
     OPERATORS,
     PRINCIPAL_KEYS,
     SELECTORS,
+    SESSION_LABELS,
     URI_KEY,
     URI_OPERATORS,
     Condition,
     Effect,
+    LabelEntry,
     Limit,
     Policy,
     Rule,
     Subjects,
 )
+from mcp_guard.policy.parse_flow import flow_operand, label_entries, unbrought
 from mcp_guard.yamlsrc import Path, Problem, SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -41,7 +45,7 @@ TOOL = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s]{1,128}$")
 RESOURCE = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s\x00-\x1f]{1,2048}$")
 ARG_PATH = re.compile(r"^args(\.[^.\[\]]+(\[\*\])*)+$")
 
-_TOP = ("version", "policies")
+_TOP = ("version", "labels", "policies")
 _POLICY = ("id", "description", "mode", "subjects", "rules", "limits")
 _SUBJECTS = ("users", "agents", "purposes")
 _RULE = ("id", "effect", *SELECTORS, "annotations", "when", "reason")
@@ -58,6 +62,8 @@ class Parsed:
     problems: list[Problem] = field(default_factory=list)
     # every selector that names a literal upstream: (upstream, selector, where), checked by ``against``
     upstream_refs: list[tuple[str, str, Problem]] = field(default_factory=list)
+    labels: list[LabelEntry] = field(default_factory=list)  # the top-level `labels:` entries of every file
+    label_refs: list[tuple[str, Problem]] = field(default_factory=list)  # every label a condition tests, and where
 
     @property
     def errors(self) -> list[Problem]:
@@ -78,7 +84,7 @@ class Parsed:
                                      hint=did_you_mean(upstream, upstreams), severity="warning")
                  for upstream, name, where in self.upstream_refs if upstream not in upstreams]
         problems = sorted([*self.problems, *found], key=lambda p: (p.file, p.line, p.col)) if found else self.problems
-        return Parsed(self.policies, problems, self.upstream_refs)
+        return Parsed(self.policies, problems, self.upstream_refs, self.labels, self.label_refs)
 
     def tool_upstreams(self) -> set[str]:
         """The literal upstream names the tool selectors of rules and limits use."""
@@ -108,6 +114,7 @@ class _Reader(SourceReader):
     def __init__(self, smap: SourceMap, out: Parsed) -> None:
         super().__init__(smap, out.problems)
         self.upstream_refs = out.upstream_refs
+        self.label_refs = out.label_refs
 
     def where(self, path: Path) -> str:
         line, _col = self.smap.at(path)
@@ -217,10 +224,10 @@ def _operand(r: _Reader, op: str, value: Any, path: Path) -> bool:
 
 def _condition(r: _Reader, key: Any, spec: Any, path: Path) -> Condition | None:
     ok = True
-    if not isinstance(key, str) or not (key in PRINCIPAL_KEYS or key == URI_KEY or ARG_PATH.match(key)):
-        hint = did_you_mean(str(key), (*PRINCIPAL_KEYS, URI_KEY, "args.")) if not str(key).startswith("args") else None
+    if not isinstance(key, str) or not (key in PRINCIPAL_KEYS or key in (URI_KEY, SESSION_LABELS) or ARG_PATH.match(key)):
+        hint = did_you_mean(str(key), (*PRINCIPAL_KEYS, URI_KEY, SESSION_LABELS, "args.")) if not str(key).startswith("args") else None
         r.error(path, f"unknown condition key `{key}`",
-                hint or "use args.<name>[.<name>...] ([*] = every element), uri, user, agent, purpose or chain.depth", value=False)
+                hint or "use args.<name>[.<name>...] ([*] = every element), uri, user, agent, purpose, chain.depth or session.labels", value=False)
         ok = False
     if not isinstance(spec, dict) or not spec:
         r.error(path, f"condition `{key}` must map operators to values", "for example {under: /srv/data} or {in: [a, b]}")
@@ -228,7 +235,23 @@ def _condition(r: _Reader, key: Any, spec: Any, path: Path) -> Condition | None:
     ops: list[tuple[str, Any]] = []
     for op, value in spec.items():
         opath = (*path, op)
-        if op not in OPERATORS:
+        if key == SESSION_LABELS or op in LABEL_OPERATORS:
+            if key != SESSION_LABELS or op not in LABEL_OPERATORS:
+                r.error(opath, f"`{op}` does not apply to `{key}`", "session.labels takes any_of, all_of and none_of", value=False)
+                ok = False
+            elif flow_operand(r, op, value, opath):
+                ops.append((op, _freeze(value)))
+            else:
+                ok = False
+        elif op == "carries":
+            if not str(key).startswith("args."):
+                r.error(opath, "`carries` applies to arguments (args.<name>)", value=False)
+                ok = False
+            elif flow_operand(r, op, value, opath):
+                ops.append((op, _freeze(value)))
+            else:
+                ok = False
+        elif op not in OPERATORS:
             r.error(opath, f"unknown operator `{op}`", did_you_mean(str(op), OPERATORS) or f"operators: {', '.join(OPERATORS)}", value=False)
             ok = False
         elif key == URI_KEY and op not in URI_OPERATORS:
@@ -242,6 +265,8 @@ def _condition(r: _Reader, key: Any, spec: Any, path: Path) -> Condition | None:
         return None
     cond = Condition(str(key), tuple(ops))
     _lint_condition(r, cond, path)
+    if cond.is_flow:
+        r.label_refs.extend((label, r.problem(path, "", warning=True, value=False)) for label in cond.labels)
     return cond
 
 
@@ -467,6 +492,10 @@ def parse_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str
             continue
         if top.get("version") != 1:
             r.error(("version",) if "version" in top else (), "`version` must be 1", "start the file with `version: 1`", value="version" in top)
+        if "labels" in top:
+            out.labels.extend(label_entries(r, top["labels"], _select, _condition))  # type: ignore[arg-type]
+            if "policies" not in top:
+                continue
         raw = top.get("policies")
         if not isinstance(raw, list):
             r.error(("policies",) if "policies" in top else (), "a policy file needs a list of `policies`", value="policies" in top)
@@ -482,6 +511,10 @@ def parse_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str
                 first_seen[pid] = here
             if pol is not None:
                 out.policies.append(pol)
+    out.problems.extend(unbrought(out.labels, out.label_refs))
+    for entry in out.labels:
+        out.upstream_refs.extend((u, f"upstream {u}", Problem(entry.source.rsplit(":", 1)[0], int(entry.source.rsplit(":", 1)[1]), 1, "", None, "warning"))
+                                 for u in entry.upstreams)
     return out if upstreams is None else out.against(upstreams)
 
 

@@ -47,6 +47,7 @@ from mcp_guard.decision import Kind, Outcome, Verdict
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import META_CLIENT_CAPABILITIES, Era, Message
 from mcp_guard.proxy.pipeline import asked
+from mcp_guard.proxy.waiting import ABANDONED_WHY, abandoned_record, tell_waiting
 from mcp_guard.request import RequestContext
 from mcp_guard.state import APPROVED, EXPIRED, PENDING, REJECTED, Counter
 from mcp_guard.state.base import APPROVAL_RETENTION
@@ -443,19 +444,31 @@ class GuardApprover:
             "approval %s: %s for %s waits up to %gs for a human: mcp-guard approvals approve %s%s (or reject %s%s)",
             approval_id, entry.qualified, " > ".join(who.chain), timeout, approval_id, where, approval_id, where,
         )
+        await tell_waiting(req, entry, approval_id, timeout)
         try:
             record = await store.approval_wait(approval_id, timeout)
         except BaseException:
-            # the caller went away (cancelled) or the store failed: the request must not stay answerable
-            try:
-                await store.approval_resolve(approval_id, False, "mcp-guard", "the call was cancelled")
-            except Exception:  # best effort; the original error wins
-                log.debug("could not withdraw approval %s", approval_id)
+            # the caller went away (cancelled), the guard drained, or the store failed: nobody waits
+            # for this request any more, so it must never become answerable (``abandoned``, audited)
+            await self._abandon(req, entry, digest, verdict, approval_id, time.monotonic() - start)
             raise
         wait = time.monotonic() - start
         if record is None:
             return self._rejected(verdict, entry, f"no human answered within {timeout:g}s", "timeout", "queue", wait, None, approval_id)
         return self._answered(verdict, entry, record, "queue", wait)
+
+    async def _abandon(self, req: RequestContext, entry: Target, digest: str, verdict: Verdict, approval_id: str,
+                       wait: float) -> None:
+        """Best effort (the original error wins): withdraw the request in the store and audit it."""
+        try:
+            await self.ctx.store.approval_abandon(approval_id, ABANDONED_WHY)
+        except Exception:
+            log.debug("could not withdraw approval %s", approval_id)
+        if self.ctx.audit is not None:
+            try:
+                self.ctx.audit.append(abandoned_record(req, entry, digest, verdict, approval_id, wait))
+            except Exception as exc:
+                log.error("audit write failed for abandoned approval %s: %s", approval_id, exc)
 
     def _request_record(self, req: RequestContext, who: Principal, entry: Target, args: dict[str, Any], digest: str,
                         verdict: Verdict) -> Message:

@@ -51,3 +51,4 @@ class GuardContext:
     approval_queue_only: bool = False  # serve: channels the caller holds (elicitation, input_required) never approve
     telemetry: Hooks = OFF  # this guard process's spans and metrics (``telemetry.start``)
     approval_page: str | None = None  # serve: the approval page's public origin (serve.approvals), else None
+    flow_exclusive: bool = False  # run: this process is the only writer of its sessions' flow state (cache it)

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
 from mcp_guard.errors import AuditError, StateError
+from mcp_guard.flow.view import SessionView
 from mcp_guard.jsonrpc import REFUSED, URL_ELICITATION_REQUIRED, Message, error, result, tool_error
 from mcp_guard.proxy.context import GuardContext
+from mcp_guard.proxy.flow import FlowTracker, scope_of, what_it_brought
 from mcp_guard.proxy.limits import check_limits
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Status, Upstream
@@ -58,6 +60,7 @@ class Pipeline:
         self.guard = guard
         self.upstreams = upstreams
         self._audit_who: tuple[Principal, Message] | None = None
+        self.flows = FlowTracker(guard.store, int(guard.config.flow.max_content_mib * 2**20), exclusive=guard.flow_exclusive)
 
     def paths(self, upstream: str) -> PathContext | None:
         """How path conditions are judged for ``upstream``: against its ``workdir``, symlinks
@@ -121,7 +124,35 @@ class Pipeline:
             await self.audit(req, args)
         except AuditRefusal as exc:
             return refusal(req, target.kind, str(exc))
-        return await forward(upstream)
+        answer = await forward(upstream)
+        if verdict.brings.entries and req.flow_scope is not None:
+            return await self._record_flow(req, target, verdict, answer)
+        return answer
+
+    async def _record_flow(self, req: RequestContext, target: Target, verdict: Verdict, answer: Message) -> Message:
+        """Add what the answer brings to the session's flow state before the host sees it; if that
+        cannot be recorded the answer is withheld (fail closed)."""
+        assert req.flow_scope is not None
+        body = answer.get("result") if "result" in answer else answer.get("error")
+        origins, pieces = what_it_brought(verdict.brings, body, target.qualified, req.audit_record, req.session_labels or frozenset())
+        try:
+            await self.flows.add(req.flow_scope, origins, pieces)
+        except StateError as exc:
+            log.error("flow state not recorded for %s: %s", target.qualified, exc)
+            return refusal(req, target.kind, f"mcp-guard withheld the answer of {target.qualified}: "
+                                             f"what it brings into this session cannot be recorded ({exc})")
+        return answer
+
+    async def _flow_view(self, req: RequestContext) -> SessionView | None:
+        """The session's flow state as the decision sees it, or None when nothing here uses it."""
+        chain = req.chain
+        if not self.guard.policies.uses_flow and (chain is None or not (chain.flow.labels or chain.flow.ceiling is not None)):
+            return None
+        scope = req.flow_scope = scope_of(req.session_id, req.era, chain, req.principal)
+        state = await self.flows.get(scope)
+        view = self.flows.view(scope, state, chain)
+        req.session_labels = view.labels
+        return view
 
     async def _verdict(self, req: RequestContext, target: Target, args: dict[str, Any], exact: bool) -> Verdict:
         guard = self.guard
@@ -130,13 +161,14 @@ class Pipeline:
         if refused is not None:
             return refused
         try:
+            flow = await self._flow_view(req)
             if exact:
                 verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
-                                   guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
+                                   guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
                 shadow = guard.policies.shadow
                 if shadow is not None:  # only when some policy says `mode: shadow`
                     req.shadow = evaluate(shadow, req.chain, who, target.qualified, args, target.annotations,
-                                          guard.clock(), kind=target.kind, paths=self.paths(target.upstream))
+                                          guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
             else:  # completion of a resource template: decided as its listing is (the URI is a template)
                 verdict = self._by_visibility(req, target)
             if verdict.decision is Outcome.APPROVAL_REQUIRED:
@@ -210,12 +242,17 @@ class Pipeline:
         if req.shadow is not None:
             record["shadow_decision"] = str(req.shadow.decision)
             record["shadow_rule_ids"] = list(req.shadow.rule_ids)
+        if req.session_labels is not None:
+            record["labels"] = sorted(req.session_labels)
+            if verdict.forward and verdict.brings.entries:
+                record["brings"] = sorted(verdict.brings.labels)
         if target.pin in ("new", "changed"):
             record["pin"] = target.pin
         _trace_ids(req, record)
         if self.guard.config.audit.include_args:
             record["args"] = args
-        self._append(record, target.qualified)
+        digest = self._append(record, target.qualified)
+        req.audit_record = int(digest[:12], 16) if digest else None
 
     async def audit_refused(self, req: RequestContext, kind: Kind | None, name: Any, verdict: Verdict, upstream: str | None = None,
                             resolves_to: str | None = None) -> None:
@@ -231,11 +268,11 @@ class Pipeline:
         with contextlib.suppress(AuditRefusal):  # refused anyway; the failure is logged
             self._append(record, str(name))
 
-    def _append(self, record: Message, what: str) -> None:
+    def _append(self, record: Message, what: str) -> str:
         audit = self.guard.audit
         assert audit is not None
         try:
-            audit.append(record)
+            return audit.append(record)
         except AuditError as exc:
             log.error("audit write failed: %s", exc)
             raise AuditRefusal(f"mcp-guard refused {what}: the audit log cannot be written") from None

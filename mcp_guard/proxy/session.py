@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.decision import Kind, Outcome, Verdict, evaluate
-from mcp_guard.errors import RpcError, UpstreamError
+from mcp_guard.errors import RpcError, StateError, UpstreamError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
     INTERNAL_ERROR,
@@ -40,9 +40,10 @@ from mcp_guard.jsonrpc import (
     request,
     result,
 )
-from mcp_guard.policy import PolicySet
+from mcp_guard.policy import Brought, PolicySet
 from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.context import GuardContext
+from mcp_guard.proxy.flow import scope_of, what_it_brought
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.pipeline import Pipeline
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
@@ -220,7 +221,8 @@ class GuardSession:
     def _request(self, message: Message) -> RequestContext:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
-                              profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope)
+                              profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope,
+                              tell_host=self.send)
 
     # ------------------------------------------------------------------ host side
 
@@ -538,6 +540,9 @@ class GuardSession:
         if capability is None or capability not in self.client_capabilities:
             await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host")
             return
+        if not await self._upstream_brings(upstream, message):
+            await upstream.refuse(rid, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
+            return
         response = await self.request_host(str(method), message.get("params"))
         response["id"] = rid
         await upstream.respond(response)
@@ -603,7 +608,24 @@ class GuardSession:
                 return
             if rebound is not params:
                 message = notification(str(method), rebound)
+        if not await self._upstream_brings(upstream, message):
+            return
         await self.send(message)
+
+    async def _upstream_brings(self, upstream: Upstream, message: Message) -> bool:
+        """An ``upstreams:`` labels entry: what the upstream sends the host brings its labels first;
+        False (the message is dropped) when that cannot be recorded."""
+        labels = self.ctx.policies.labels.upstream(upstream.name)
+        if not labels:
+            return True
+        scope = scope_of(self.id, self.era, self.chain, self.principal)
+        try:
+            await self.pipeline.flows.add(scope, *what_it_brought(Brought(((labels, None),)), message.get("params"),
+                                                                  f"upstream {upstream.name}", None, frozenset()))
+        except StateError as exc:
+            log.error("dropped %s from %s: its labels cannot be recorded (%s)", message.get("method"), upstream.name, exc)
+            return False
+        return True
 
     async def _refresh_tools(self, upstream: Upstream) -> None:
         try:

@@ -54,14 +54,19 @@ from mcp_guard.jsonrpc import (
     is_request,
 )
 from mcp_guard.proxy.relay import progress_token
+from mcp_guard.serve.admin import healthz
 from mcp_guard.serve.binding import principal_key, root_key, session_binding, store_key
+from mcp_guard.serve.drain import RETRY_MS, Drain, listener, run_listeners
 from mcp_guard.serve.oauth import OAuthError, OAuthVerifier
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from mcp_guard.serve.admin import Admin
     from mcp_guard.serve.approval_page import ApprovalPage
     from mcp_guard.serve.exchange import TokenExchange
+    from mcp_guard.serve.fanout import Fanout
+    from mcp_guard.serve.session_records import SessionRecords
 
 log = logging.getLogger("mcp_guard.http")
 
@@ -94,6 +99,7 @@ class Sessions(Protocol):
 
 
 _KEEPALIVE: Message = {}  # no event for a while: an SSE comment keeps the stream open through proxies
+_RETRY: Message = {}  # the guard drains: the stream ends with an SSE ``retry:`` hint (reconnect elsewhere)
 KEEPALIVE_SECONDS = 15.0
 MAX_QUEUED = 1024  # events waiting for a slow reader; past it notifications are dropped, questions refused
 
@@ -132,9 +138,12 @@ class _Stream:
             self.wake.set_result(None)
         return True
 
-    def end(self) -> None:
+    def end(self, retry: bool = False) -> None:
+        """No more events; ``retry``: tell the client when to reconnect first (the guard drains)."""
         if self.sse and not self.finished:
             with contextlib.suppress(asyncio.QueueFull):
+                if retry:
+                    self.queue().put_nowait(_RETRY)
                 self.queue().put_nowait(None)
 
     def resolve(self, answer: Message) -> None:
@@ -324,7 +333,10 @@ class _EventStream:
             nonlocal completed
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             while (event := await self.next_event()) is not None:
-                body = b": keep-alive\n\n" if event is _KEEPALIVE else b"event: message\ndata: " + orjson.dumps(self.rewrite(event)) + b"\n\n"
+                if event is _RETRY:
+                    body = f"retry: {RETRY_MS}\n\n".encode()
+                else:
+                    body = b": keep-alive\n\n" if event is _KEEPALIVE else b"event: message\ndata: " + orjson.dumps(self.rewrite(event)) + b"\n\n"
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             completed = True
@@ -379,6 +391,7 @@ class _Session:
     root: str
     used: float
     busy: int = 0
+    initialize: Message | None = None  # the handshake, kept to refresh the shared record (session_records.py)
 
     async def close(self, reason: str) -> None:
         self.host.abort(reason)
@@ -433,8 +446,12 @@ class HttpGuard:
         self.rooted: dict[str, int] = {}  # delegating root -> how many sessions its principals hold
         self.by_session_id: dict[str, _Session] = {}  # HostSession.id -> its entry (the approval page's notices)
         self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False  # SIGTERM: new requests are refused with 503, what is in flight finishes
+        self.records: SessionRecords | None = None  # shared session records: any replica serves any session
+        self.fanout: Fanout | None = None  # redis://: session events reach the replica holding the stream
+        self._adopting: dict[str, asyncio.Future[None]] = {}
         self.mcp_path = "/mcp"
-        routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS))]
+        routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
         if oauth is not None:
             public = urlsplit(self.serve.url).path.rstrip("/") if self.serve.url else ""  # may differ behind a reverse proxy
             for path in dict.fromkeys((WELL_KNOWN + self.mcp_path, WELL_KNOWN + public, WELL_KNOWN)):
@@ -443,7 +460,7 @@ class HttpGuard:
             routes.append(Route("/token", self.token, methods=["POST"]))
         if page is not None:
             routes.extend(page.routes())
-            page.on_answered = self.elicitation_complete
+            page.on_answered = self._page_answered
         self.app: ASGIApp = Starlette(routes=routes)
 
     def _allowed_hosts(self, listen: tuple[str, int] | None) -> frozenset[str] | None:
@@ -459,8 +476,9 @@ class HttpGuard:
         return frozenset(hosts) if hosts else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry: the ``Host`` check comes before anything else."""
-        if scope["type"] == "http" and self.allowed_hosts is not None:
+        """ASGI entry: the ``Host`` check comes before anything else (but ``/healthz``: a probe
+        names the pod's address, and the answer tells nothing)."""
+        if scope["type"] == "http" and self.allowed_hosts is not None and scope["path"] != "/healthz":
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
             if host not in self.allowed_hosts:
                 response = JSONResponse(error(None, INVALID_REQUEST, f"Host {host or '(none)'} is not served here"), status_code=421)
@@ -474,8 +492,18 @@ class HttpGuard:
         await self.app(scope, receive, send)
 
     async def start(self) -> None:
+        if self.fanout is not None:
+            self.fanout.start(self._session_event)
         await self.guard.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    def begin_drain(self) -> None:
+        """SIGTERM: refuse new requests from now on and end every GET stream with a retry hint;
+        requests in flight (and their SSE streams) go on until answered or the drain times out."""
+        self.draining = True
+        for entry in self.entries.values():
+            if entry.host.listener is not None:
+                entry.host.listener.end(retry=True)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -483,6 +511,8 @@ class HttpGuard:
         for entry in list(self.entries.values()):
             await entry.close("The guard is shutting down")
         self.entries.clear()
+        if self.fanout is not None:
+            await self.fanout.close()
         await self.guard.close()
 
     # ------------------------------------------------------------------ resource server
@@ -604,13 +634,13 @@ class HttpGuard:
         if request.method == "GET":
             return await self._listen(request, sid, caller)
         if request.method == "DELETE":
-            entry = self.entries.get(f"sid:{sid}")
-            if entry is None or entry.binding != caller.binding:
-                if entry is not None:
-                    self._foreign(entry, caller, "DELETE")
+            found = await self._find(sid or "", caller, method="DELETE")
+            if isinstance(found, Response):
                 return Response(status_code=404)
             self._drop(f"sid:{sid}")
-            await entry.close("Session ended")
+            if self.records is not None and sid:
+                await self.records.forget(sid)
+            await found.close("Session ended")
             return Response(status_code=200)
         body = await self.read_body(request)
         if isinstance(body, Response):
@@ -626,6 +656,48 @@ class HttpGuard:
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
         sse, eager = _accepts_sse(request.headers.get("accept", ""))
         return await self._dispatch(message, sid, caller, sse, eager)
+
+    async def _find(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> _Session | Response:
+        """The session ``sid`` of ``caller``: held here, or adopted from the shared records."""
+        if f"sid:{sid}" not in self.entries and self.records is not None and sid:
+            waiting = self._adopting.get(sid)
+            if waiting is not None:  # another request of the session is adopting it: wait for that one
+                await asyncio.shield(waiting)
+            else:
+                self._adopting[sid] = asyncio.get_running_loop().create_future()
+                try:
+                    refused = await self._adopt(sid, caller, rid)
+                finally:
+                    done = self._adopting.pop(sid)
+                    done.set_result(None)
+                if refused is not None:
+                    return refused
+        return self._entry(sid, caller, rid, method)
+
+    async def _adopt(self, sid: str, caller: Caller, rid: Any) -> Response | None:
+        """Serve a session another replica opened: replay its recorded handshake into a new local
+        guard session (only for the caller it belongs to; nothing is opened for anyone else)."""
+        assert self.records is not None
+        record = await self.records.load(sid)
+        if record is None:
+            return None  # unknown: _entry answers 404
+        if not self.records.matches(record, caller.binding):
+            self.guard.refused(caller.principal, None, "mcp-guard refused the request: its principal is not the one that "
+                               "opened this session", None)
+            return JSONResponse(error(rid, INVALID_REQUEST, "This session belongs to another caller"), status_code=403)
+        opened = await self._open(f"sid:{sid}", caller, record["initialize"])
+        if isinstance(opened, Response):
+            return opened
+        entry = opened
+        entry.initialize = record["initialize"]
+        replayed = await self._ask(entry, {**record["initialize"], "id": "adopt"}, False, False, {})
+        if not isinstance(replayed, Response) or replayed.status_code != 200 or b'"error"' in bytes(replayed.body):
+            self._drop(f"sid:{sid}")
+            await entry.close("Session could not be adopted")
+            return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
+        await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        log.info("session %s adopted from the shared state store", sid[:8])
+        return None
 
     def _entry(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> _Session | Response:
         found = self.entries.get(f"sid:{sid}")
@@ -649,7 +721,9 @@ class HttpGuard:
             return Response(status_code=405, headers={"Allow": "POST, DELETE"})  # 2026-07-28: subscriptions/listen instead
         if "text/event-stream" not in request.headers.get("accept", ""):
             return JSONResponse(error(None, INVALID_REQUEST, "GET /mcp needs Accept: text/event-stream"), status_code=406)
-        entry = self._entry(sid, caller, method="GET")
+        if self.draining:
+            return Response(status_code=503, headers={"Retry-After": "1", "Connection": "close"})
+        entry = await self._find(sid, caller, method="GET")
         if isinstance(entry, Response):
             return entry
         if entry.host.listener is not None:
@@ -669,6 +743,9 @@ class HttpGuard:
                         eager: bool = False) -> Response | _EventStream:
         headers: dict[str, str] = {}
         method = message.get("method")
+        if self.draining and is_request(message):  # answers and notifications still finish what is in flight
+            return JSONResponse(error(message.get("id"), INVALID_REQUEST, "The guard is shutting down: retry on another replica"),
+                                status_code=503, headers={"Retry-After": "1", "Connection": "close"})
         if method == "initialize":
             sid = uuid.uuid4().hex
             opened = await self._open(f"sid:{sid}", caller, message)
@@ -676,11 +753,16 @@ class HttpGuard:
                 return opened
             entry = opened
             headers["Mcp-Session-Id"] = sid
+            if self.records is not None:
+                entry.initialize = message
+                await self.records.save(sid, caller.binding, message)
         elif sid:
-            found = self._entry(sid, caller, message.get("id"), method if isinstance(method, str) else None)
+            found = await self._find(sid, caller, message.get("id"), method if isinstance(method, str) else None)
             if isinstance(found, Response):
                 return found
             entry = found
+            if self.records is not None:
+                await self.records.touch(sid, caller.binding, entry.initialize)
         else:
             known = self.entries.get(f"id:{caller.binding}")
             if known is None:
@@ -765,6 +847,8 @@ class HttpGuard:
         while len(mine) > self.serve.max_sessions_per_principal:
             victim = next((k for k in mine if not self.entries[k].busy and k != key), None) or next(iter(mine))
             old = self._drop(victim)
+            if old is not None and self.records is not None and victim.startswith("sid:"):
+                await self.records.forget(victim[4:])  # evicted everywhere, not only here
             if old is not None:
                 log.info("%s has more than %d sessions: its least recently used one is closed", caller.owner,
                          self.serve.max_sessions_per_principal)
@@ -832,6 +916,19 @@ class HttpGuard:
             except Exception:  # a failing close must not stop the sweeper
                 log.exception("closing idle sessions failed")
 
+    def _page_answered(self, approval_id: str, record: Mapping[str, Any]) -> None:
+        """The approval page answered: tell the session that asked, on whichever replica holds it."""
+        if self.fanout is None:
+            self.elicitation_complete(approval_id, record)
+            return
+        self.fanout.publish({"event": "elicitation/complete", "id": approval_id, "session": record.get("session"),
+                             "binding": record.get("binding")})
+
+    def _session_event(self, event: Mapping[str, Any]) -> None:
+        """An event from the replicas' channel (this replica's own included)."""
+        if event.get("event") == "elicitation/complete" and isinstance(event.get("id"), str):
+            self.elicitation_complete(event["id"], event)
+
     def elicitation_complete(self, approval_id: str, record: Mapping[str, Any]) -> None:
         """The approval page answered ``approval_id``: if a 2025-11-25 caller was pointed at it by
         URL-mode elicitation (its ``elicitationId`` is the approval id) and the session that asked
@@ -867,19 +964,32 @@ async def serve_http(
     exchange: TokenExchange | None = None,
     reuse_port: bool = False,
     page: ApprovalPage | None = None,
+    admin: Admin | None = None,
+    drain: Drain | None = None,
+    records: SessionRecords | None = None,
+    fanout: Fanout | None = None,
 ) -> None:
-    """Run until cancelled (SIGINT/SIGTERM); ``reuse_port`` shares the port with other processes
-    (``serve --workers``, replicas on one host)."""
-    import uvicorn
-
+    """Run until SIGTERM/SIGINT drains it (serve/drain.py); ``reuse_port`` shares the port with
+    other processes (``serve --workers``, replicas on one host); ``admin`` is served on ``serve.admin``."""
     from mcp_guard.serve.workers import reuse_port_socket
 
     guard = HttpGuard(sessions, verifier, config=config, chain_issuers=chain_issuers, allowed_origins=allowed_origins,
                       oauth=oauth, exchange=exchange, listen=(host, port), page=page)
+    guard.records = records
+    guard.fanout = fanout
+    drain = drain or Drain(guard.serve.drain_timeout)
+    drain.on_begin.insert(0, guard.begin_drain)
     await guard.start()
-    server = uvicorn.Server(uvicorn.Config(guard, host=host, port=port, log_level="warning", lifespan="off"))
+    main = listener(guard, host, port, drain.timeout)
+    admin_listener = None
+    if admin is not None and guard.serve.admin is not None:
+        admin_listener = listener(admin.app, guard.serve.admin.host, guard.serve.admin.port, drain.timeout)
+        log.info("serving probes and metrics at http://%s:%d (/healthz, /readyz, /metrics)", guard.serve.admin.host,
+                 guard.serve.admin.port)
     log.info("serving MCP at http://%s:%d%s (pid %d)", host, port, guard.mcp_path, os.getpid())
     try:
-        await server.serve(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
+        await run_listeners(drain, main, [reuse_port_socket(host, port)] if reuse_port else None, admin_listener)
     finally:
+        left = len(guard.entries)
         await guard.close()
+        drain.ended(f"{left} session(s) closed")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
+    ABANDONED,
     APPROVED,
     EXPIRED,
     PENDING,
@@ -25,6 +26,7 @@ from mcp_guard.state.base import (
 )
 
 __all__ = [
+    "ABANDONED",
     "APPROVED",
     "EXPIRED",
     "PENDING",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,7 +18,12 @@ APPROVAL_POLL = 0.1
 APPROVAL_RETENTION = 7 * 86400.0
 """Resolved approval records are kept this long, then garbage-collected."""
 
+FLOW_TTL = 86400.0
+"""A session's flow state (labels and kept content) is forgotten this long after its last use."""
+
 PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
+ABANDONED = "abandoned"
+"""Nobody waits for the answer any more (the call was cancelled, or its guard drained): never approvable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +125,30 @@ class StateStore(Protocol):
         """Answer a pending request; False if it is unknown, already answered or expired."""
         ...
 
+    async def approval_abandon(self, approval_id: str, reason: str) -> bool:
+        """Withdraw a pending request nobody waits for any more (status ``abandoned``); False if it
+        is unknown or no longer pending."""
+        ...
+
     async def approval_list(self, pending_only: bool = True) -> list[dict[str, Any]]: ...
 
     async def approval_wait(self, approval_id: str, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
         """The answered record, or None after ``timeout`` seconds (the request is then ``expired``)."""
+        ...
+
+    async def flow_get(self, scope: str) -> SessionFlow:
+        """The flow state of session ``scope`` (empty when unknown or unused for ``FLOW_TTL``);
+        reading counts as a use, so a session in use never loses its labels."""
+        ...
+
+    async def flow_add(
+        self, scope: str, origins: Sequence[LabelOrigin], pieces: Sequence[FlowPiece], max_bytes: int
+    ) -> SessionFlow:
+        """Atomically add what a forwarded request brought and return the state after it.
+
+        A label already held keeps its first origin; a piece is kept while the session's content
+        stays within ``max_bytes`` (a piece already kept costs nothing again), else ``overflow``
+        is set for good and nothing more is kept; ``version`` grows when anything changed."""
         ...
 
     async def ping(self) -> None:
@@ -202,3 +228,71 @@ class RevocationCache:
         if len(self._answers) >= self.MAX:
             self._answers.clear()
         self._answers[jtis] = answer
+
+
+EMPTY_FLOW = SessionFlow(labels={})
+
+
+@dataclass(frozen=True, slots=True)
+class FlowChange:
+    """What ``flow_add`` changes in a session's flow state (computed by ``plan_flow_add``)."""
+
+    origins: tuple[LabelOrigin, ...]  # labels new to the session, each with its first origin
+    pieces: tuple[tuple[str, FlowPiece], ...]  # (digest, piece) to append, in order
+    content_bytes: int
+    overflow: bool
+    changed: bool
+
+
+def piece_size(piece: FlowPiece) -> int:
+    """What a piece costs against ``max_bytes``: its text's UTF-8 length."""
+    return len(piece.text.encode("utf-8", "surrogatepass"))
+
+
+def piece_digest(piece: FlowPiece) -> str:
+    """Names a piece by its labels and text, so the same content read twice is kept once."""
+    h = hashlib.sha256("\x1f".join(sorted(piece.labels)).encode())
+    h.update(b"\x1e")
+    h.update(piece.text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:32]
+
+
+def plan_flow_add(
+    held: Mapping[str, object],
+    has_piece: Callable[[str], bool],
+    content_bytes: int,
+    overflow: bool,
+    origins: Sequence[LabelOrigin],
+    pieces: Sequence[FlowPiece],
+    max_bytes: int,
+) -> FlowChange:
+    """The change ``flow_add`` makes to a session holding labels ``held`` and pieces ``has_piece``
+    (by digest): the one place the memory and sqlite stores take their semantics from."""
+    new: dict[str, LabelOrigin] = {}
+    for o in origins:
+        if o.label not in held and o.label not in new:
+            new[o.label] = o
+    added: list[tuple[str, FlowPiece]] = []
+    seen: set[str] = set()
+    was_overflow = overflow
+    for piece in pieces:
+        if overflow:
+            break
+        digest = piece_digest(piece)
+        if digest in seen or has_piece(digest):
+            continue
+        size = piece_size(piece)
+        if content_bytes + size > max_bytes:
+            overflow = True
+            break
+        seen.add(digest)
+        added.append((digest, piece))
+        content_bytes += size
+    changed = bool(new or added) or overflow != was_overflow
+    return FlowChange(tuple(new.values()), tuple(added), content_bytes, overflow, changed)
+
+
+def fresh_version(now: float) -> int:
+    """The version a new (or expired and re-created) scope record starts from: the clock in
+    microseconds, so a (scope, version) pair never names two different contents."""
+    return int(now * 1_000_000)

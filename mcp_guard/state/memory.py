@@ -6,22 +6,40 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from mcp_guard.state.base import (
+    ABANDONED,
     APPROVAL_POLL,
     APPROVED,
+    EMPTY_FLOW,
     EXPIRED,
+    FLOW_TTL,
     PENDING,
     RATE_WINDOW,
     REJECTED,
     Counter,
+    FlowPiece,
+    LabelOrigin,
+    SessionFlow,
     approval_record,
+    fresh_version,
     is_overdue,
     merge_counters,
     new_approval_id,
     normalise_approval_id,
+    plan_flow_add,
 )
+
+
+class _Flow:
+    """One session's flow state with the digests of its pieces and its last use."""
+
+    __slots__ = ("digests", "flow", "touched")
+
+    def __init__(self, flow: SessionFlow, digests: set[str], touched: float) -> None:
+        self.flow, self.digests, self.touched = flow, digests, touched
 
 
 class MemoryStore:
@@ -34,6 +52,8 @@ class MemoryStore:
         self._revoked: dict[str, str | None] = {}
         self._approvals: dict[str, dict[str, Any]] = {}
         self._values: dict[str, tuple[str, float]] = {}
+        self._flows: dict[str, _Flow] = {}
+        self.flow_ttl = FLOW_TTL
 
     async def consume(self, counters: Sequence[Counter]) -> str | None:
         now = time.time()
@@ -109,6 +129,13 @@ class MemoryStore:
         record.update(status=APPROVED if approved else REJECTED, approver=approver, reason=reason, resolved=time.time())
         return True
 
+    async def approval_abandon(self, approval_id: str, reason: str) -> bool:
+        record = self._current(approval_id)
+        if record is None or record["status"] != PENDING:
+            return False
+        record.update(status=ABANDONED, approver="mcp-guard", reason=reason, resolved=time.time())
+        return True
+
     async def approval_list(self, pending_only: bool = True) -> list[dict[str, Any]]:
         out = [dict(r) for i in list(self._approvals) if (r := self._current(i)) is not None]
         if pending_only:
@@ -128,6 +155,47 @@ class MemoryStore:
                 record.update(status=EXPIRED, resolved=time.time())
                 return None
             await asyncio.sleep(min(APPROVAL_POLL, left))
+
+    def _flow(self, scope: str, now: float) -> _Flow | None:
+        entry = self._flows.get(scope)
+        if entry is not None and entry.touched <= now - self.flow_ttl:
+            del self._flows[scope]
+            return None
+        if entry is not None:
+            entry.touched = now
+        return entry
+
+    async def flow_get(self, scope: str) -> SessionFlow:
+        entry = self._flow(scope, time.time())
+        return EMPTY_FLOW if entry is None else entry.flow
+
+    async def flow_add(
+        self, scope: str, origins: Sequence[LabelOrigin], pieces: Sequence[FlowPiece], max_bytes: int
+    ) -> SessionFlow:
+        now = time.time()
+        entry = self._flow(scope, now)
+        flow = EMPTY_FLOW if entry is None else entry.flow
+        digests = set() if entry is None else entry.digests
+        change = plan_flow_add(
+            flow.labels, digests.__contains__, flow.content_bytes, flow.overflow, origins, pieces, max_bytes
+        )
+        if not change.changed:
+            return flow
+        if entry is None:
+            if len(self._flows) % 1024 == 1023:  # now and then, drop the expired ones
+                self._flows = {k: v for k, v in self._flows.items() if v.touched > now - self.flow_ttl}
+            entry = self._flows[scope] = _Flow(flow, digests, now)
+        labels = dict(flow.labels)
+        labels.update((o.label, o) for o in change.origins)
+        digests.update(d for d, _ in change.pieces)
+        entry.flow = SessionFlow(
+            labels=MappingProxyType(labels),  # shared with every caller: read-only
+            pieces=flow.pieces + tuple(p for _, p in change.pieces),
+            content_bytes=change.content_bytes,
+            overflow=change.overflow,
+            version=(flow.version if flow.version else fresh_version(now)) + 1,
+        )
+        return entry.flow
 
     async def ping(self) -> None:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 import uuid
 from collections.abc import Hashable, Mapping, Sequence
@@ -16,22 +17,32 @@ from redis.exceptions import RedisError
 
 from mcp_guard.errors import StateError
 from mcp_guard.state.base import (
+    ABANDONED,
     APPROVAL_POLL,
     APPROVAL_RETENTION,
     APPROVED,
+    EMPTY_FLOW,
     EXPIRED,
+    FLOW_TTL,
     PENDING,
     RATE_WINDOW,
     REJECTED,
     Counter,
+    FlowPiece,
+    LabelOrigin,
     RevocationCache,
+    SessionFlow,
     approval_record,
+    fresh_version,
     merge_counters,
     new_approval_id,
     normalise_approval_id,
+    piece_digest,
+    piece_size,
 )
 
 PREFIX = "mcp-guard:"
+_FLOW, _FLOW_PIECES, _FLOW_DIGESTS = PREFIX + "f:", PREFIX + "fp:", PREFIX + "fd:"
 _COUNTER, _VALUE, _RATE, _REVOKED, _APPROVAL, _APPROVALS = (
     PREFIX + "c:",
     PREFIX + "v:",
@@ -104,6 +115,62 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'approver', ARGV[2], 'reason', AR
 return 1
 """
 
+# A session's flow state: KEYS[1] a hash (e epoch, v version, b bytes, o overflow, l:LABEL origin json),
+# KEYS[2] the list of pieces (json), KEYS[3] the set of their digests.  Both scripts refresh the
+# keys' expiry (ARGV[2] ms) and answer {hash fields, pieces from the caller's known count, that count}:
+# the caller sends the epoch and count of the pieces it already has (ARGV[3], ARGV[4]).
+_FLOW_ANSWER = """
+for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ARGV[2]) end
+local known = 0
+if redis.call('HGET', h, 'e') == ARGV[3] then known = tonumber(ARGV[4]) end
+return {redis.call('HGETALL', h), redis.call('LRANGE', l, known, -1), known}
+"""
+_FLOW_READ = """
+local h, l = KEYS[1], KEYS[2]
+if redis.call('EXISTS', h) == 0 then return {} end
+""" + _FLOW_ANSWER
+
+# ARGV: max bytes, ttl ms, known epoch, known count, new epoch, fresh version, origin count, then
+# (label, origin json) per origin and (digest, size, piece json) per piece.
+_FLOW_ADD = """
+local h, l, d = KEYS[1], KEYS[2], KEYS[3]
+local fresh = redis.call('EXISTS', h) == 0
+if fresh then redis.call('DEL', l, d) end
+local changed = false
+local i = 8
+for _ = 1, tonumber(ARGV[7]) do
+  if redis.call('HSETNX', h, 'l:' .. ARGV[i], ARGV[i + 1]) == 1 then changed = true end
+  i = i + 2
+end
+local bytes = tonumber(redis.call('HGET', h, 'b') or '0')
+local over = redis.call('HGET', h, 'o') == '1'
+local was = over
+local max = tonumber(ARGV[1])
+while i <= #ARGV and not over do
+  if redis.call('SISMEMBER', d, ARGV[i]) == 0 then
+    local size = tonumber(ARGV[i + 1])
+    if bytes + size > max then
+      over = true
+    else
+      redis.call('RPUSH', l, ARGV[i + 2])
+      redis.call('SADD', d, ARGV[i])
+      bytes = bytes + size
+      changed = true
+    end
+  end
+  i = i + 3
+end
+if over ~= was then changed = true end
+if not changed then
+  if fresh then return {} end
+else
+  if fresh then redis.call('HSET', h, 'e', ARGV[5], 'v', ARGV[6]) end
+  redis.call('HINCRBY', h, 'v', 1)
+  redis.call('HSET', h, 'b', bytes, 'o', over and 1 or 0)
+end
+""" + _FLOW_ANSWER
+FLOW_CACHE = 64  # scopes whose pieces this process keeps, so a read fetches only the new ones
+
 
 POOL_SIZE = 100  # connections per guard process
 POOL_WAIT = 5.0  # seconds a call waits for one of them before it is refused (fail closed)
@@ -131,6 +198,10 @@ class RedisStore:
         self._revoke = self._r.register_script(_REVOKE)
         self._signal = self._r.register_script(_SIGNAL)
         self._revocations = RevocationCache()
+        self._flow_read = self._r.register_script(_FLOW_READ)
+        self._flow_add = self._r.register_script(_FLOW_ADD)
+        self._pieces: dict[str, tuple[str, tuple[FlowPiece, ...]]] = {}  # scope -> (epoch, pieces)
+        self.flow_ttl = FLOW_TTL
 
     def _error(self, exc: Exception) -> StateError:
         return StateError(f"the state store {self.url} is unavailable: {exc}")
@@ -256,8 +327,14 @@ class RedisStore:
     async def approval_resolve(
         self, approval_id: str, approved: bool, approver: str, reason: str | None = None
     ) -> bool:
+        return await self._settle(approval_id, APPROVED if approved else REJECTED, approver, reason)
+
+    async def approval_abandon(self, approval_id: str, reason: str) -> bool:
+        return await self._settle(approval_id, ABANDONED, "mcp-guard", reason)
+
+    async def _settle(self, approval_id: str, status: str, approver: str, reason: str | None) -> bool:
         key = _APPROVAL + normalise_approval_id(approval_id)
-        args = [APPROVED if approved else REJECTED, approver, reason or "", repr(time.time())]
+        args = [status, approver, reason or "", repr(time.time())]
         try:
             return bool(int(await self._resolve(keys=[key], args=args)))
         except RedisError as exc:
@@ -309,6 +386,67 @@ class RedisStore:
                     return None
                 continue
             await asyncio.sleep(min(APPROVAL_POLL, left))
+
+    # -- session flow state
+
+    def _flow_keys(self, scope: str) -> list[str]:
+        return [_FLOW + scope, _FLOW_PIECES + scope, _FLOW_DIGESTS + scope]
+
+    def _flow_state(self, scope: str, known: tuple[str, tuple[FlowPiece, ...]], answer: list[Any]) -> SessionFlow:
+        """The SessionFlow a flow script answered, given the cached pieces it was sent."""
+        if not answer:
+            self._pieces.pop(scope, None)
+            return EMPTY_FLOW
+        flat, new, count = answer
+        fields = {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+        epoch = fields["e"]
+        prior = known[1][: int(count)] if known[0] == epoch else ()
+        pieces = prior + tuple(FlowPiece(frozenset(p["l"]), p["t"]) for p in map(orjson.loads, new))
+        cached = self._pieces.pop(scope, None)
+        if cached is None or cached[0] != epoch or len(cached[1]) <= len(pieces):
+            cached = (epoch, pieces)
+        self._pieces[scope] = cached  # most recently used last
+        while len(self._pieces) > FLOW_CACHE:
+            del self._pieces[next(iter(self._pieces))]
+        labels = {}
+        for name, value in fields.items():
+            if name.startswith("l:"):
+                source, record = orjson.loads(value)
+                labels[name[2:]] = LabelOrigin(name[2:], source, record)
+        return SessionFlow(
+            labels=labels, pieces=pieces, content_bytes=int(fields.get("b", 0)), overflow=fields.get("o") == "1",
+            version=int(fields["v"]),
+        )
+
+    def _known(self, scope: str) -> tuple[str, tuple[FlowPiece, ...]]:
+        return self._pieces.get(scope, ("", ()))
+
+    async def flow_get(self, scope: str) -> SessionFlow:
+        known = self._known(scope)
+        args: list[str | int] = ["", int(self.flow_ttl * 1000), known[0], len(known[1])]
+        try:
+            answer = await self._flow_read(keys=self._flow_keys(scope), args=args)
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return self._flow_state(scope, known, answer)
+
+    async def flow_add(
+        self, scope: str, origins: Sequence[LabelOrigin], pieces: Sequence[FlowPiece], max_bytes: int
+    ) -> SessionFlow:
+        known = self._known(scope)
+        args: list[str | int] = [
+            max_bytes, int(self.flow_ttl * 1000), known[0], len(known[1]), secrets.token_hex(8),
+            fresh_version(time.time()), len(origins),
+        ]
+        for o in origins:
+            args += [o.label, orjson.dumps([o.source, o.record]).decode()]
+        for p in pieces:
+            args += [piece_digest(p), piece_size(p), orjson.dumps({"l": sorted(p.labels), "t": p.text}).decode()]
+        try:
+            answer = await self._flow_add(keys=self._flow_keys(scope), args=args)
+        except RedisError as exc:
+            raise self._error(exc) from None
+        return self._flow_state(scope, known, answer)
 
     async def ping(self) -> None:
         try:

@@ -42,11 +42,14 @@ def start(
     *,
     span_exporter: SpanExporter | None = None,
     metric_reader: MetricReader | None = None,
+    scrape_reader: MetricReader | None = None,
 ) -> Hooks:
     """The telemetry of one guard process: ``OFF`` when nothing is configured.
 
     ``span_exporter`` / ``metric_reader`` replace the configured ones (tests, benchmarks).  The
-    caller owns the result and calls its ``shutdown`` when the guard stops.
+    caller owns the result and calls its ``shutdown`` when the guard stops.  ``scrape_reader``
+    (the Prometheus reader of ``serve.admin``) is added beside the configured ones: with it the
+    instruments record even when no exporter is configured.
     """
     if span_exporter is not None or metric_reader is not None:
         settings = Settings(
@@ -59,14 +62,14 @@ def start(
             sampler=settings.sampler,
             sampler_arg=settings.sampler_arg,
         )
-    if not settings.enabled:
+    if not settings.enabled and scrape_reader is None:
         return OFF
-    tel = Telemetry(settings, span_exporter=span_exporter, metric_reader=metric_reader)
+    tel = Telemetry(settings, span_exporter=span_exporter, metric_reader=metric_reader, scrape_reader=scrape_reader)
     log.info(
         "telemetry on: traces %s%s, metrics %s",
         settings.traces,
         f" -> {settings.traces_endpoint}" if settings.traces == "otlp" else "",
-        settings.metrics,
+        settings.metrics + (" + prometheus scrape" if scrape_reader is not None else ""),
     )
     return tel
 

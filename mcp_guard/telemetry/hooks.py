@@ -202,6 +202,14 @@ class RequestTrace:
 _CURRENT: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar("mcp_guard_request", default=None)
 
 
+def current_span_ids() -> tuple[int, int] | None:
+    """(trace id, span id) of the span the current request is in (its decision's while deciding),
+    for log lines; None outside a traced request."""
+    trace = _CURRENT.get()
+    span = trace.current if trace is not None else None
+    return (span.trace_id, span.span_id) if span is not None else None
+
+
 # --------------------------------------------------------------------------- per decision
 
 
@@ -389,6 +397,7 @@ class Telemetry(Hooks):
         *,
         span_exporter: SpanExporter | None = None,
         metric_reader: MetricReader | None = None,
+        scrape_reader: MetricReader | None = None,
     ) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -413,9 +422,9 @@ class Telemetry(Hooks):
         self.server_duration: DurationHistogram | None = None
         self.client_duration: DurationHistogram | None = None
         self.decisions: MonotonicCounter | None = None
-        reader = metric_reader or _metric_reader(settings)
+        reader = metric_reader or _metric_reader(settings) or scrape_reader
         if reader is not None:
-            self.metrics = Instruments(self.resource, self.scope, reader)
+            self.metrics = Instruments(self.resource, self.scope, reader, scrape_reader)
             self.server_duration = self.metrics.histogram(
                 a.SERVER_DURATION, "s", "Duration of MCP requests the guard served for the host.", DURATION_BUCKETS)
             self.client_duration = self.metrics.histogram(
@@ -550,4 +559,4 @@ def _ignore(span: LightSpan) -> None:
     return None
 
 
-__all__ = ["OFF", "DecisionSpan", "Hooks", "RequestTrace", "Telemetry", "UpstreamCall"]
+__all__ = ["OFF", "DecisionSpan", "Hooks", "RequestTrace", "Telemetry", "UpstreamCall", "current_span_ids"]

@@ -167,21 +167,27 @@ _OVERFLOW_KEY = object()
 class Instruments:
     """The instruments of one guard process, registered with one SDK ``MetricReader``."""
 
-    def __init__(self, resource: Resource, scope: InstrumentationScope, reader: MetricReader) -> None:
+    def __init__(self, resource: Resource, scope: InstrumentationScope, reader: MetricReader,
+                 scrape: MetricReader | None = None) -> None:
+        """``scrape``: a second, pull reader (the Prometheus ``/metrics`` of ``serve.admin``).  It
+        reads cumulative points, so with it every reader gets cumulative ones."""
         self.lock = threading.Lock()
         self.resource = resource
         self.scope = scope
         self.reader = reader
+        self.scrape = scrape
         temporality = getattr(reader, "_instrument_class_temporality", {})
         self._delta = {
-            kind: any(cls.__name__ == f"_{kind}" and t is AggregationTemporality.DELTA for cls, t in temporality.items())
+            kind: scrape is None and any(cls.__name__ == f"_{kind}" and t is AggregationTemporality.DELTA
+                                         for cls, t in temporality.items())
             for kind in ("Histogram", "Counter")
         }
         self._last_collect = time.time_ns()
         self.histograms: list[DurationHistogram] = []
         self.counters: list[MonotonicCounter] = []
         # the registration a MeterProvider performs: the reader now collects from here
-        reader._set_collect_callback(self._collect)  # type: ignore[arg-type]  # the SDK annotation is stale: it is called (reader, timeout_millis=)
+        for each in (reader, scrape) if scrape is not None and scrape is not reader else (reader,):
+            each._set_collect_callback(self._collect)  # type: ignore[arg-type]  # the SDK annotation is stale: it is called (reader, timeout_millis=)
 
     def start_for_new(self, kind: str) -> int:
         """Start time of a new point: the last collection (or the start) for either temporality.
@@ -243,6 +249,8 @@ class Instruments:
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         self.reader.shutdown(timeout_millis=timeout_millis)
+        if self.scrape is not None and self.scrape is not self.reader:
+            self.scrape.shutdown(timeout_millis=timeout_millis)
 
 
 def metric_reader(settings: Settings) -> MetricReader | None:

@@ -126,7 +126,7 @@ async def test_cancelled_call_withdraws_its_queued_request(guard_yaml: GuardYaml
                 if record and record["status"] != "pending":
                     break
                 await asyncio.sleep(0.1)
-            assert record is not None and record["status"] == "rejected" and record["approver"] == "mcp-guard"
+            assert record is not None and record["status"] == "abandoned" and record["approver"] == "mcp-guard"
             assert not await store.approval_resolve(waiting["id"], True, "late@ops")
         finally:
             await store.close()

@@ -36,17 +36,6 @@ def _result(proc: subprocess.Popen[str]) -> int:
     return int(out.strip().splitlines()[-1])
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    url: str = request.getfixturevalue("redis_url")
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-    return url
-
-
 def test_two_processes_never_exceed_a_budget(shared_url: str, tmp_path: Path) -> None:
     go = tmp_path / "go"
     limit, tries = 300, 250  # 500 attempts on a budget of 300
@@ -165,7 +154,8 @@ def test_sqlite_schema_1_database_is_upgraded_in_place_with_its_data(tmp_path: P
 
     asyncio.run(seed())
     with sqlite3.connect(db) as raw:  # what a schema-1 database looks like
-        raw.execute("DROP TABLE kv")
+        for table in ("kv", "flow_scopes", "flow_labels", "flow_pieces"):
+            raw.execute(f"DROP TABLE {table}")
         raw.execute("PRAGMA user_version = 1")
 
     async def reopen() -> None:
@@ -178,7 +168,7 @@ def test_sqlite_schema_1_database_is_upgraded_in_place_with_its_data(tmp_path: P
 
     asyncio.run(reopen())
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3  # every later schema step ran too
 
 
 def test_sqlite_corrupt_file_is_a_clear_state_error(tmp_path: Path) -> None:
@@ -198,7 +188,7 @@ def test_sqlite_unusable_path_is_a_state_error(tmp_path: Path) -> None:
 
 async def test_sqlite_lock_held_too_long_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another process holding the write lock past the busy timeout: StateError, not a hang."""
-    import mcp_guard.state.sqlite as sq
+    import mcp_guard.state.sqlite_db as sq
 
     db = tmp_path / "state.db"
     monkeypatch.setattr(sq, "BUSY_TIMEOUT", 0.3)

@@ -1,0 +1,91 @@
+"""Replicas behind a real load balancer with no stickiness: three ``serve`` processes, one real
+Redis, HAProxy round-robin per request.  A handshake-era session is served by whichever replica
+a request lands on, and killing a replica mid-run loses no session and no audit record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx2
+import pytest
+import yaml
+from fixtures import free_port, mcp_guard_bin, tools_env, wait_for_port
+from fixtures.ops import haproxy, private_redis
+from fixtures.serving import ServeSetup, cli, connect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+
+
+def replicas_config(tmp: Path, redis_url: str, balancer: int) -> ServeSetup:
+    setup = ServeSetup(tmp)
+    doc = yaml.safe_load(setup.config.read_text())
+    doc["state"] = {"url": redis_url}
+    doc["audit"]["include_args"] = True
+    doc["serve"] = {"allowed_hosts": [f"127.0.0.1:{balancer}"], "drain_timeout": "2s"}
+    setup.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return setup
+
+
+def start(setup: ServeSetup, port: int, n: int) -> subprocess.Popen[bytes]:
+    with (setup.config.parent / f"replica{n}.log").open("wb") as out:
+        return subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=tools_env())
+
+
+async def test_three_replicas_behind_haproxy_lose_no_session_when_one_dies(tmp_path: Path) -> None:
+    balancer = free_port()
+    ports = [free_port() for _ in range(3)]
+    with private_redis(tmp_path) as (redis_url, _):
+        setup = replicas_config(tmp_path, redis_url, balancer)
+        token = setup.grant("alice@example.com", "planner", ["rec/echo"])
+        procs = [start(setup, p, n) for n, p in enumerate(ports)]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                wait_for_port(p, timeout=60, proc=proc)
+            with haproxy(tmp_path, balancer, ports):
+                await asyncio.sleep(1.0)  # every backend checked healthy
+                url = f"http://127.0.0.1:{balancer}/mcp"
+                async with connect(url, token) as client:
+                    for i in range(6):
+                        assert not (await client.call_tool("rec_echo", {"text": f"before {i}"})).is_error
+                    procs[1].send_signal(signal.SIGKILL)  # one replica dies mid-run, sessions and all
+                    procs[1].wait(10)
+                    for i in range(6):
+                        assert not (await client.call_tool("rec_echo", {"text": f"after {i}"})).is_error
+                    assert [t.name for t in (await client.list_tools()).tools]
+                # another caller's token never opens this session on any replica
+                mallory = setup.grant("mallory@example.com", "planner", ["rec/echo"])
+                async with httpx2.AsyncClient(timeout=30) as raw:
+                    opened = await raw.post(url, json=INIT, headers={"Authorization": f"Bearer {token}",
+                                                                      "Accept": "application/json, text/event-stream"})
+                    sid = opened.headers["mcp-session-id"]
+                    for _ in range(4):  # whichever replica it lands on
+                        stolen = await raw.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers={
+                            "Authorization": f"Bearer {mallory}", "Mcp-Session-Id": sid, "Accept": "application/json"})
+                        assert stolen.status_code == 403
+                    gone = await raw.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers={
+                        "Authorization": f"Bearer {token}", "Mcp-Session-Id": "0" * 32, "Accept": "application/json"})
+                    assert gone.status_code == 404
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(15)
+    texts = [f"before {i}" for i in range(6)] + [f"after {i}" for i in range(6)]
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    allowed = [r for r in audit if r.get("tool") == "echo" and r["decision"] == "allow"]
+    assert sorted(r["args"]["text"] for r in allowed) == sorted(texts)  # every call audited once, none lost
+    assert len({r["pid"] for r in allowed}) >= 2  # round robin: several replicas served the one session
+    assert sorted(args["text"] for _, args in setup.record.calls()) == sorted(texts)
+    adopted = [n for n in range(3) if "adopted from the shared state store" in (tmp_path / f"replica{n}.log").read_text()]
+    assert adopted, "another replica took the session over"
+    verify = await cli("audit", "verify", str(tmp_path / "audit.jsonl"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # one hash chain across the replicas

@@ -1,0 +1,72 @@
+"""Session events between replicas over a real Redis: the approval page answered on one replica
+tells the session that asked on another, and only that session."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mcp_guard.serve.asgi import HttpGuard, _ReplyHost, _Session, _Stream
+from mcp_guard.serve.fanout import Fanout
+
+
+class _Quiet:
+    id = "guard-session-1"
+
+    async def handle(self, message: Any) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _NoSessions:
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def new(self, *args: Any) -> Any: ...
+
+
+def replica(redis_url: str) -> HttpGuard:
+    guard = HttpGuard(_NoSessions(), None)  # type: ignore[arg-type]
+    guard.fanout = Fanout(redis_url)
+    return guard
+
+
+def hold_session(guard: HttpGuard) -> _Stream:
+    """A handshake-era session with its GET stream open on ``guard``."""
+    host = _ReplyHost()
+    stream = _Stream(True, answered=False)
+    host.listener = stream
+    entry = _Session("sid:abc", _Quiet(), host, "grant:x", "user:alice", 0.0)
+    guard.entries[entry.key] = entry
+    guard.by_session_id[_Quiet.id] = entry
+    return stream
+
+
+async def next_event(stream: _Stream, wait: float) -> Any:
+    try:
+        return await asyncio.wait_for(stream.queue().get(), wait)
+    except TimeoutError:
+        return None
+
+
+async def test_an_answer_on_one_replica_reaches_the_stream_on_another(redis_url: str) -> None:
+    a, b = replica(redis_url), replica(redis_url)
+    await a.start()
+    await b.start()
+    try:
+        assert a.fanout is not None and b.fanout is not None
+        await asyncio.wait_for(a.fanout.subscribed.wait(), 10)
+        await asyncio.wait_for(b.fanout.subscribed.wait(), 10)
+        stream = hold_session(a)
+        # answered on B for another session: A's caller hears nothing
+        b._page_answered("11112222", {"session": "someone-else", "binding": "b1"})
+        assert await next_event(stream, 1.0) is None
+        # a queued (not page) request carries no binding: nobody was pointed at the page
+        b._page_answered("33334444", {"session": _Quiet.id})
+        assert await next_event(stream, 1.0) is None
+        b._page_answered("deadbeef", {"session": _Quiet.id, "binding": "b2"})
+        event = await next_event(stream, 10)
+        assert event == {"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
+                         "params": {"elicitationId": "deadbeef"}}
+        assert await next_event(stream, 1.0) is None  # once, not once per replica
+    finally:
+        await a.close()
+        await b.close()
