@@ -71,3 +71,37 @@ async def test_a_label_brought_by_a_read_stops_a_later_call_and_names_its_cause(
     assert reads[-1]["hash"].startswith(cited)
     stopped = [r for r in records if r.get("tool") == "echo" and r["decision"] == "deny"]
     assert stopped and stopped[-1]["labels"] == ["untrusted"] and "brings" not in stopped[-1]
+
+
+APPROVE = """version: 1
+labels:
+  - tools: ["rec/read_note"]
+    brings: [private]
+policies:
+  - id: work
+    rules:
+      - effect: allow
+        tools: ["rec/*"]
+      - effect: approve
+        tools: ["rec/echo"]
+        when: {session.labels: {any_of: [private]}}
+        reason: Private data was read in this session; a person decides what leaves.
+"""
+
+
+async def test_an_approval_caused_by_a_label_names_its_cause(tmp_path: Path, record_file: RecordFile) -> None:
+    asked: list[str] = []
+
+    async def human(context: object, params: t.ElicitRequestParams) -> t.ElicitResult:
+        asked.append(str(params.message))
+        return t.ElicitResult(action="accept", content={"approve": False})
+
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command(), env=record_file.env())}, APPROVE,
+                                identity={"user": "alice@example.com"})
+    async with guarded_session(config, elicitation_callback=human) as c:
+        assert not (await c.call_tool("rec_echo", {"text": "before"})).is_error  # nothing read yet: no question
+        assert not (await c.call_tool("rec_write_note", {"path": "hr", "text": "salaries"})).is_error
+        assert not (await c.call_tool("rec_read_note", {"path": "hr"})).is_error
+        assert (await c.call_tool("rec_echo", {"text": "after"})).is_error  # the human said no
+    assert len(asked) == 1 and "this session holds `private` since rec/read_note" in asked[0]
+    assert [args["text"] for tool, args in record_file.calls() if tool == "echo"] == ["before"]
