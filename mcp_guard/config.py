@@ -1019,10 +1019,12 @@ def read_token(value: str) -> str:
 
 
 def iter_policy_files(path: Path) -> Iterator[Path]:
-    """A file, or every ``*.yaml``/``*.yml`` in a directory tree (sorted), skipping ``*.test.yaml``."""
+    """A file, or every ``*.yaml``/``*.yml`` in a directory tree (sorted), skipping ``*.test.yaml`` and
+    anything under an ``examples/`` folder (examples to copy, never policies in force by being there)."""
     if path.is_dir():
         for p in sorted(path.rglob("*")):
-            if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml")) and p.is_file():
+            if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml")) and p.is_file() \
+                    and "examples" not in p.relative_to(path).parts[:-1]:
                 yield p
     else:
         yield path

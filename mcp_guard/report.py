@@ -107,6 +107,12 @@ class SubjectReport:
     tools: dict[str, ToolUse] = field(default_factory=dict)
     never_used: list[str] = field(default_factory=list)
     verified: bool = False
+    sessions: dict[str, set[str]] = field(default_factory=dict)  # session -> labels it reached (information flow)
+    flow_stopped: Counter[str] = field(default_factory=Counter)  # target -> calls a label refused or held for a human
+
+    def labels_reached(self) -> Counter[str]:
+        """Label -> how many of this subject's sessions reached it."""
+        return Counter(label for held in self.sessions.values() for label in held)
 
     @property
     def label(self) -> str:
@@ -234,6 +240,12 @@ def build_report(records: Iterable[Mapping[str, Any]], policies: PolicySet, tool
         use.decisions[decision] += 1
         if outcome(decision) == "refused" and record.get("reason"):
             use.reasons[str(record["reason"])] += 1
+        if "labels" in record:
+            held = subj.sessions.setdefault(str(record.get("session")), set())
+            held.update(str(x) for x in [*(record.get("labels") or ()), *(record.get("brings") or ())])
+            reason = str(record.get("reason") or "")
+            if decision != "allow" and ("; this session holds" in reason or "label ceiling" in reason):
+                subj.flow_stopped[name] += 1
         times.append((when, outcome(decision)))
     all_tools = sorted(set(tools))
     for subj in subjects.values():
@@ -386,6 +398,8 @@ def to_json(report: Report) -> dict[str, Any]:
                 },
                 "asked": {t: u.decisions["approval_required"] for t, u in sorted(s.tools.items()) if u.decisions["approval_required"]},
                 "never_used": s.never_used,
+                "labels_reached": dict(sorted(s.labels_reached().items())),
+                "flow_stopped": dict(sorted(s.flow_stopped.items())),
             }
             for s in report.subjects
         ],

@@ -19,6 +19,7 @@ from typing import Any
 from mcp_guard import config as _config
 from mcp_guard.policy import model as _model
 from mcp_guard.policy import parse as _parse
+from mcp_guard.policy import parse_flow as _flow
 from mcp_guard.policy import testing as _testing
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -132,6 +133,8 @@ def config_schema() -> Schema:
         "state": _block(_config._STATE, {"url": {"type": "string", "pattern": r"^(sqlite://|redis://|rediss://|memory://|.*\$\{)"}}),
         "telemetry": _block(_config._TELEMETRY, dict.fromkeys(_config._TELEMETRY, _SCALAR)),
         "serve": _SERVE,
+        "flow": _block(("max_content_mib",), {"max_content_mib": {"type": "number", "exclusiveMinimum": 0, "maximum": 1024}},
+                       "information flow: labelled content kept per session for `carries`"),
     }
     out = _block(_config._TOP, top, nullable=False)
     return {"$schema": DIALECT, "title": "mcp-guard guard.yaml", **out, "required": ["version"],
@@ -152,11 +155,14 @@ _OPERAND: dict[str, Schema] = {
     "max": {"type": "number"},
     "present": _BOOL,
 }
+_LABELS: Schema = {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": _flow.LABEL.pattern}}
+_OPERAND["carries"] = {"anyOf": [_LABELS, {"type": "object", "additionalProperties": False, "required": ["labels"],
+                                           "properties": {"labels": _LABELS, "match": {"enum": list(_flow.MATCHES)}}}]}
 
 
 def _condition_keys() -> list[str]:
     """The non-argument condition keys the parser accepts (``user``, ``agent``, ..., ``uri``)."""
-    keys = [*_model.PRINCIPAL_KEYS, getattr(_model, "URI_KEY", None)]
+    keys = [*_model.PRINCIPAL_KEYS, getattr(_model, "URI_KEY", None), _model.SESSION_LABELS]
     return [k for k in keys if k]
 
 
@@ -165,7 +171,8 @@ def policy_schema() -> Schema:
     selectors = [k for k in ("tools", "resources", "prompts") if k in _parse._RULE]
     keys = _condition_keys()
     condition = {"type": "object", "minProperties": 1, "additionalProperties": False,
-                 "properties": {op: _OPERAND.get(op, {}) for op in _model.OPERATORS}}
+                 "properties": {**{op: _OPERAND.get(op, {}) for op in _model.OPERATORS},
+                                **dict.fromkeys(_model.LABEL_OPERATORS, _LABELS)}}
     shapes = {"tools": _parse.TOOL, "prompts": _parse.TOOL, "resources": getattr(_parse, "RESOURCE", _parse.TOOL)}
     lists: dict[str, Schema] = {k: {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": shapes[k].pattern}}
                                 for k in selectors}
@@ -195,10 +202,19 @@ def policy_schema() -> Schema:
         "limits": {"type": "array", "items": {"$ref": "#/$defs/limit"}},
     }, nullable=False)
     policy["required"] = ["id", "rules"]
-    top = _block(_parse._TOP, {"version": {"const": 1}, "policies": {"type": "array", "items": {"$ref": "#/$defs/policy"}}},
+    entry = _block(_flow._ENTRY, {
+        **lists, "upstreams": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": _flow.UPSTREAM.pattern}},
+        "when": rule["properties"]["when"], "brings": _LABELS,
+        "parts": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": _flow.PART.pattern}},
+    }, "what a forwarded request selected here brings into the session", nullable=False)
+    entry["required"] = ["brings"]
+    entry["anyOf"] = [{"required": [s]} for s in [*selectors, "upstreams"]]
+    top = _block(_parse._TOP, {"version": {"const": 1}, "policies": {"type": "array", "items": {"$ref": "#/$defs/policy"}},
+                               "labels": {"type": "array", "items": {"$ref": "#/$defs/label_entry"}}},
                  nullable=False)
-    return {"$schema": DIALECT, "title": "mcp-guard policy file", **top, "required": ["version", "policies"],
-            "$defs": {"policy": policy, "rule": rule, "limit": limit, "condition": condition}}
+    return {"$schema": DIALECT, "title": "mcp-guard policy file", **top, "required": ["version"],
+            "anyOf": [{"required": ["policies"]}, {"required": ["labels"]}],
+            "$defs": {"policy": policy, "rule": rule, "limit": limit, "condition": condition, "label_entry": entry}}
 
 
 # --------------------------------------------------------------------------- policy test files
@@ -220,6 +236,11 @@ def tests_schema() -> Schema:
     case = _block(_testing._CASE, {
         "name": _TEXT, "principal": principal, "call": call, "expect": {"enum": list(_testing._EXPECT)},
         "visible": _BOOL, "decided_by": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "session": _block(("labels",), {"labels": {"type": "array", "items": {"type": "string", "pattern": _flow.LABEL.pattern}}},
+                          "the labels the session holds before the call", nullable=False),
+        "history": {"type": "array", "description": "earlier forwarded calls of the session, oldest first",
+                    "items": {**_block(_testing._HISTORY, {"tool": {"type": "string", "pattern": "/"}, "args": {"type": "object"},
+                                                            "result": {}}, nullable=False), "required": ["tool"]}},
     }, nullable=False)
     case["required"] = ["name", "principal", "call", "expect"]
     top = _block(_testing._TOP, {"cases": {"type": "array", "minItems": 1, "items": case},

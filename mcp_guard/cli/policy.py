@@ -28,8 +28,10 @@ from mcp_guard.config import (
 )
 from mcp_guard.decision import Outcome, evaluate, is_visible
 from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.flow.view import SessionView
 from mcp_guard.identity import Principal
 from mcp_guard.policy import Effect, Explanation, Kind, PathContext, PolicySet, load_sources, parse_sources
+from mcp_guard.policy.parse_flow import LABEL
 from mcp_guard.policy.testing import CaseResult, TestFile, parse_test_file, run_case
 from mcp_guard.yamlsrc import Problem
 
@@ -251,9 +253,11 @@ def _render(expl: Explanation, tool: str, who: Principal, shown: bool, kind: Kin
 @click.option("--agent", help="Acting agent.")
 @click.option("--purpose", help="Purpose of the session.")
 @click.option("--grant", help="A grant chain token (or @file); it decides the identity and must permit the call too.")
+@click.option("--session-labels", "session_labels", help="Labels the session holds, comma separated (its content is not known "
+              "offline, so `carries` on a held label cannot be judged: a deny or approve matches, an allow does not).")
 def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str | None, resource: str | None, prompt: str | None,
             args_json: str | None, annotations_json: str | None, user: str | None, agent: str | None, purpose: str | None,
-            grant: str | None) -> None:
+            grant: str | None, session_labels: str | None) -> None:
     """Show the decision for one request and every rule considered; exit 0 allow, 1 deny, 2 approve.
 
     Offline: no upstream is started; the tool, resource or prompt is named, not discovered.
@@ -287,11 +291,16 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str 
         sys.exit(1)
     paths: PathContext | None = config.upstreams[upstream].paths if config is not None and upstream in config.upstreams else None
     now = time.time()
-    expl = policies.explain(who, name, args, annotations, kind=kind, paths=paths)
+    held = frozenset(x.strip() for x in (session_labels or "").split(",") if x.strip()) | (chain.flow.labels if chain else frozenset())
+    bad = sorted(x for x in held if not LABEL.match(x))
+    if bad:
+        raise GuardError(f"--session-labels: `{bad[0]}` is not a label (lower-case letters, digits, _ and -)")
+    flow = SessionView(held) if held else None
+    expl = policies.explain(who, name, args, annotations, kind=kind, paths=paths, flow=flow)
     listed = is_visible(policies, chain, who, name, annotations, kind)
     lines = _render(expl, name, who, listed, kind)
     # the decision is the proxy's own evaluator; what follows only shows how each part saw it
-    effect = _EFFECT[evaluate(policies, chain, who, name, args, annotations, now, kind=kind, paths=paths).decision]
+    effect = _EFFECT[evaluate(policies, chain, who, name, args, annotations, now, kind=kind, paths=paths, flow=flow).decision]
     if chain is not None:
         late = chain.check_time(now)
         check_ = chain.check_call(name, args, kind, paths=paths)

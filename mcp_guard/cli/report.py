@@ -192,6 +192,12 @@ def render_text(rep: Report, path: str, narrowed_yaml: str | None, heads: Mappin
                        for u in head.unused)
         else:
             out.append("  never used, though the policies allow it: " + (", ".join(s.never_used) if s.never_used else "none"))
+        reached = s.labels_reached()
+        if reached:
+            n = len(s.sessions)
+            out.append(f"  labels reached ({n} session{'s' if n != 1 else ''}): " + ", ".join(f"{k} in {v}" for k, v in sorted(reached.items())))
+        if s.flow_stopped:
+            out.append("  stopped by flow rules: " + ", ".join(f"{t} {c}x" for t, c in sorted(s.flow_stopped.items())))
     out.append("")
     if narrowed_yaml is None:
         out.append("no narrower policy to suggest: nothing was used")

@@ -18,6 +18,7 @@ Hashes are 64-bit polynomial hashes of code points, mixed, computed by numpy ove
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,18 +44,43 @@ def codes_of(text: str) -> np.ndarray:
 
 
 def grams(codes: np.ndarray, k: int) -> np.ndarray:
-    """The mixed hash of every ``k``-gram of ``codes`` (empty when shorter than ``k``)."""
+    """The mixed hash of every ``k``-gram of ``codes`` (empty when shorter than ``k``).
+
+    Polynomial hashes compose (``H(ab) = H(a) * B**len(b) + H(b)``), so a ``k``-gram hash is
+    built from the power-of-two lengths of ``k``'s binary form: a few array operations, not ``k``."""
     n = len(codes) - k + 1
     if n <= 0:
         return _EMPTY
-    h = codes[:n].copy()
-    for j in range(1, k):
-        h *= _BASE
-        h += codes[j:j + n]
+    power = codes  # hashes of 2**j-grams, j growing
+    span = 1
+    out: np.ndarray | None = None
+    width = 0
+    rest = k
+    while True:
+        if rest & 1:
+            if out is None:
+                out, width = power[: len(codes) - span + 1].copy(), span
+            else:  # append a span-gram after the width-gram
+                m = len(codes) - (width + span) + 1
+                out = out[:m] * _pow(span) + power[width:width + m]
+                width += span
+        rest >>= 1
+        if not rest:
+            break
+        power = power[:-span] * _pow(span) + power[span:]
+        span *= 2
+    assert out is not None and len(out) == n
+    h = out.copy()
     h ^= h >> _S33
     h *= _M1
     h ^= h >> _S33
     return h
+
+
+@functools.lru_cache(maxsize=64)
+def _pow(span: int) -> np.uint64:
+    """``_BASE ** span`` modulo 2**64."""
+    return np.uint64(pow(int(_BASE), span, 1 << 64))
 
 
 def window_minima(h: np.ndarray) -> np.ndarray:

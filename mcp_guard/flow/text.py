@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import unquote
 
 # base64 (standard or URL-safe alphabet) with optional padding; runs of 8+ characters are decoded.
-# A run of lower-case letters only is a plain word: base64 of text practically never is one.
-_B64 = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+# A plain word (lower-case or capitalised letters only) is not read as base64.
+_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){4,}")
 _PCT = re.compile(r"%[0-9A-Fa-f]{2}")
 _TOKEN = re.compile(r"\w+")
@@ -63,18 +63,17 @@ def decoded(text: str, depth: int = _DEPTH) -> Iterator[str]:
     if depth <= 0 or len(text) < 6:
         return
     found: list[str] = []
-    if _PCT.search(text):
+    if "%" in text and _PCT.search(text):
         plain = unquote(text, errors="replace")  # never raises: bad bytes read as U+FFFD
         if plain != text:
             found.append(plain)
-    for m in _HEX.finditer(text):
-        got = _printable(bytes.fromhex(m.group()))
+    for run in _HEX.findall(text):  # hex inside anything (0x..., key=...), one C pass
+        got = _printable(bytes.fromhex(run))
         if got is not None:
             found.append(got)
-    for m in _B64.finditer(text):
-        run = m.group()
-        if run.islower() and run.isalpha():
-            continue
+    for run in _RUN.findall(text):  # one pass; each run is then read as base64
+        if run.isalpha() and (run.islower() or run.istitle()):
+            continue  # a plain word: base64 of text practically never is one
         got = _b64(run)
         if got is not None:
             found.append(got)

@@ -9,15 +9,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp_guard.flow.index import ContentIndex
+from mcp_guard.flow.parts import content_of
+from mcp_guard.flow.view import SessionView
 from mcp_guard.identity import Principal
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
 from mcp_guard.policy.engine import PolicySet
 from mcp_guard.policy.model import Effect
+from mcp_guard.policy.parse_flow import LABEL
 from mcp_guard.yamlsrc import Path, Problem, SourceMap, YamlSyntaxError, did_you_mean, load
 
 _TOP = ("cases", "policies")
-_CASE = ("name", "principal", "call", "expect", "visible", "decided_by")
+_CASE = ("name", "principal", "call", "expect", "visible", "decided_by", "session", "history")
+_HISTORY = ("tool", "args", "result")
 _PRINCIPAL = ("user", "agent", "agents", "purpose")
 _CALL = ("tool", "resource", "prompt", "upstream", "args", "annotations", "workdir")
 _UPSTREAM = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -37,6 +42,8 @@ class Case:
     decided_by: tuple[str, ...] = ()
     kind: Kind = Kind.TOOL
     workdir: str | None = None  # the upstream's declared working directory, for relative paths
+    session_labels: tuple[str, ...] = ()  # `session: {labels: [...]}`: labels held before the call
+    history: tuple[tuple[str, dict[str, Any], Any], ...] = ()  # earlier forwarded calls: (tool, args, result)
 
 
 @dataclass
@@ -151,11 +158,33 @@ def _case(raw: Any, path: Path, mapping: Any, err: Any, smap: SourceMap) -> Case
     if not isinstance(decided, list) or not all(isinstance(d, str) for d in decided):
         err((*path, "decided_by"), "`decided_by` must be a policy id or a list of them")
         ok = False
+    labels: tuple[str, ...] = ()
+    if "session" in m:
+        sess = mapping(m["session"], (*path, "session"), ("labels",), "session")
+        raw_labels = sess.get("labels") if sess is not None else None
+        if not isinstance(raw_labels, list) or not all(isinstance(x, str) and LABEL.match(x) for x in raw_labels):
+            err((*path, "session"), "`session` takes `labels: [...]` (label names)")
+            ok = False
+        else:
+            labels = tuple(raw_labels)
+    history: list[tuple[str, dict[str, Any], Any]] = []
+    raw_history = m.get("history", [])
+    if not isinstance(raw_history, list):
+        err((*path, "history"), "`history` must be a list of {tool, args, result}")
+        ok = False
+    else:
+        for j, item in enumerate(raw_history):
+            h = mapping(item, (*path, "history", j), _HISTORY, "a history entry")
+            if h is None or not isinstance(h.get("tool"), str) or "/" not in h["tool"] or not isinstance(h.get("args", {}), dict):
+                err((*path, "history", j), "a history entry needs `tool: UPSTREAM/TOOL`, optional `args` and `result`")
+                ok = False
+            else:
+                history.append((h["tool"], h.get("args", {}), h.get("result")))
     if not ok or principal is None or tool is None or not isinstance(name, str):
         return None
     line, _ = smap.at(path)
     return Case(name, f"{smap.file}:{line}", principal, tool, args, annotations, Effect(expect), visible, tuple(decided),
-                kind, workdir)
+                kind, workdir, labels, tuple(history))
 
 
 def _call_target(call: dict[str, Any], path: Path, err: Any) -> tuple[str | None, Kind]:
@@ -183,9 +212,31 @@ def _call_target(call: dict[str, Any], path: Path, err: Any) -> tuple[str | None
     return value, kind
 
 
+def session_of(policies: PolicySet, principal: Principal, labels: tuple[str, ...],
+               history: tuple[tuple[str, dict[str, Any], Any], ...]) -> SessionView | None:
+    """The session a case's call is decided in: its ``session.labels`` plus what its ``history``
+    brought (labels and content, per the ``labels:`` entries and their ``parts``).  With labels
+    but no history the content is unknown, so ``carries`` on a held label cannot be judged."""
+    if not labels and not history:
+        return None
+    held = set(labels)
+    index = ContentIndex() if history else None
+    origins: dict[str, tuple[str, int | None]] = {}
+    for tool, args, result in history:
+        brings = policies.labels.brings(principal, Kind.TOOL, tool, args, None)
+        for label in brings.labels - held:
+            origins[label] = (tool, None)
+        held |= brings.labels
+        for entry_labels, parts in brings.entries:
+            assert index is not None
+            index.add(entry_labels, content_of(result, parts))
+    return SessionView(frozenset(held), index, origins)
+
+
 def run_case(policies: PolicySet, case: Case) -> CaseResult:
     paths = PathContext(case.workdir) if case.workdir else None
-    decision = policies.decide(case.principal, case.tool, case.args, case.annotations, kind=case.kind, paths=paths)
+    flow = session_of(policies, case.principal, case.session_labels, case.history)
+    decision = policies.decide(case.principal, case.tool, case.args, case.annotations, kind=case.kind, paths=paths, flow=flow)
     failures = []
     if decision.effect is not case.expect:
         failures.append(f"expected {case.expect}, got {decision.effect}")

@@ -137,9 +137,11 @@ def args_preview(args: Mapping[str, Any]) -> str:
 
 
 def _why(verdict: Verdict) -> str:
+    # a label behind the question is named with the request that brought it (information flow)
+    cause = verdict.reason[verdict.reason.index("; this session holds"):] if "; this session holds" in verdict.reason else ""
     if verdict.policy_ids:
-        return "policy " + ", ".join(verdict.policy_ids) + " requires a human for this call"
-    return "the grant chain requires a human for this tool"
+        return "policy " + ", ".join(verdict.policy_ids) + " requires a human for this call" + cause
+    return "the grant chain requires a human for this tool" + cause
 
 
 _WHAT = {Kind.TOOL: ("Tool", "tool call"), Kind.RESOURCE: ("Resource", "resource request"), Kind.PROMPT: ("Prompt", "prompt request")}

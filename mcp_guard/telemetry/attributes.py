@@ -61,6 +61,7 @@ RULE_IDS = "mcp_guard.rule.ids"
 DECISION_REASON = "mcp_guard.decision.reason"
 APPROVER = "mcp_guard.approver"
 UPSTREAM = "mcp_guard.upstream"
+SESSION_LABELS = "mcp_guard.session.labels"  # the labels the session held when the request was decided
 TOOL = "mcp_guard.tool"
 TOOLS_LISTED = "mcp_guard.tools.listed"
 TOOLS_HIDDEN = "mcp_guard.tools.hidden"

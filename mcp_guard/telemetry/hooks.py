@@ -265,6 +265,9 @@ class DecisionSpan:
         assert verdict is not None and target is not None
         decided, outcome = a.decided(verdict.decision, tuple(verdict.policy_ids), tuple(verdict.rule_ids), verdict.reason,
                                      target.upstream, verdict.approver)
+        if req.session_labels is not None:  # the flow step ran: the labels the session held when decided
+            labels: Mapping[str, AttributeValue] = {a.SESSION_LABELS: tuple(sorted(req.session_labels))}
+            decided, outcome = {**decided, **labels}, {**outcome, **labels}
         if span is not None:
             span.attrs = tel.merged(span.attrs, outcome)
             if req.shadow is not None:  # a copy: the merged set is shared

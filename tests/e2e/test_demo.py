@@ -19,5 +19,7 @@ def test_demo_shows_discovery_allowed_refused_approved_hidden_and_audit() -> Non
     assert "mcp-guard denied fs/read_text_file: args.path must be under" in out
     assert "Tool:      fs/write_file" in out and "-> Successfully wrote to" in out
     assert "Unknown tool: fs_move_file" in out
-    assert "4 hash-chained records" in out  # the hidden call is audited too (decision unknown)
+    assert "6 hash-chained records" in out  # the hidden call is audited too (decision unknown)
+    assert "mcp-guard denied fs/write_file: The file name came from content someone outside wrote (policy demo-flow); " \
+           "this session holds `untrusted` since fs/read_text_file, audit record " in out
     assert "Traceback" not in done.stderr

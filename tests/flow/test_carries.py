@@ -131,3 +131,8 @@ def test_a_four_kib_argument_against_much_content() -> None:
     arg = " ".join(f"other{j}" for j in range(600))[:4096]
     assert not idx.carries([arg], ["untrusted"])
     assert idx.carries([arg + " word7x10 word7x11 word7x12"], ["untrusted"])
+
+
+def test_hex_inside_a_longer_token_is_read() -> None:
+    idx = _index("the salary of Alice Smith is 123456 per year")
+    assert idx.carries(["0x" + b"alice smith is 123456".hex()], ["untrusted"])

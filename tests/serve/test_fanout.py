@@ -34,7 +34,7 @@ def hold_session(guard: HttpGuard) -> _Stream:
     host = _ReplyHost()
     stream = _Stream(True, answered=False)
     host.listener = stream
-    entry = _Session("sid:abc", _Quiet(), host, "grant:x", "user:alice", 0.0)
+    entry = _Session("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
     guard.entries[entry.key] = entry
     guard.by_session_id[_Quiet.id] = entry
     return stream
