@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures import ROOT, VENV_BIN, concrete_examples, requires_tools, stdio_session
+from fixtures import ROOT, VENV_BIN, concrete_examples, requires_tools, source_build_lock, stdio_session
 
 pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.e2e, pytest.mark.slo
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    with source_build_lock():
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+                       check=True, capture_output=True, timeout=300)
     (found,) = out.glob("mcp_guard-*.whl")
     return found
 
@@ -56,7 +57,7 @@ def test_the_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
     assert "1. Discovery: the agent can see 8 tools" in demo.stdout
     assert "mcp-guard denied fs/read_text_file: args.path must be under" in demo.stdout
     assert "-> Successfully wrote to" in demo.stdout and "Unknown tool: fs_move_file" in demo.stdout
-    assert "4 hash-chained records" in demo.stdout and "Traceback" not in demo.stderr  # the hidden call is audited too
+    assert "6 hash-chained records" in demo.stdout and "Traceback" not in demo.stderr  # the hidden call is audited too
     helped = run("init", "--help")
     assert helped.returncode == 0 and "--from-host-config" in helped.stdout
     # init against the packaged server, then a check of what it wrote

@@ -11,18 +11,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from fixtures import ROOT
+from fixtures import ROOT, source_build_lock
 
 import mcp_guard
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    with source_build_lock():
+        done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+                              capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
