@@ -314,32 +314,21 @@ class SqliteDatabase:
                 db.execute("ROLLBACK")
             raise
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT``: the write lock is taken up front, so no lost updates."""
-        self._check()
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from None
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise self._failed(exc) from None
-            raise
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A read transaction: every statement in it sees one snapshot (WAL), taking no write lock."""
+        return self._transaction("BEGIN")
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every statement in it sees one snapshot (WAL), taking no write lock."""
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        """``begin`` … ``COMMIT``, rolled back on any error; a sqlite error becomes the store's StateError."""
         self._check()
         db = self._db
         try:
-            db.execute("BEGIN")
+            db.execute(begin)
         except sqlite3.Error as exc:
             raise self._failed(exc) from None
         try:
