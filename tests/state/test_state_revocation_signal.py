@@ -74,17 +74,6 @@ async def test_answers_are_kept_per_chain(store: StateStore) -> None:
 # --------------------------------------------------------------------------- another process
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    url: str = request.getfixturevalue("redis_url")
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-    return url
-
-
 async def test_another_process_revoking_is_seen_on_the_next_call_after_its_budget_writes(shared_url: str, tmp_path: Path) -> None:
     """The other process first writes budgets only (sqlite's data_version moves, the answer stays
     right), then revokes: the very next call here sees it."""
