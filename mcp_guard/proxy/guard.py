@@ -13,7 +13,7 @@ from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.hub import Hub
-from mcp_guard.proxy.session import Caller, GuardSession
+from mcp_guard.proxy.session import GuardSession, SpeaksFor
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain
@@ -45,7 +45,7 @@ class ServeSessions:
     def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> GuardSession:
         """``limit_scope`` is what per_minute/per_session limits count by: the principal, so a new
         session (or another replica) does not start them afresh."""
-        return GuardSession(self.ctx, host, hub=self.hub, caller=Caller(principal, chain, limit_scope))
+        return GuardSession(self.ctx, host, hub=self.hub, speaks_for=SpeaksFor(principal, chain, limit_scope))
 
     def refused(self, principal: Principal, method: str | None, reason: str, session: str | None = None) -> None:
         """One audit record (decision ``deny``, no target) for a request the transport refused

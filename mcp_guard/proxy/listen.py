@@ -44,15 +44,20 @@ MAX_RESOURCE_SUBSCRIPTIONS = 256  # URIs one subscriptions/listen may ask for (e
 
 
 class Host(Protocol):
-    """What of its session a ``Listens`` reads: who the host is, and how to write to it."""
+    """What of its session a ``Listens`` (and a ``BackChannel``) reads: who the host is, what it
+    can be asked, and how to write to it."""
+
+    id: str
+    chain: GrantChain | None
 
     @property
     def era(self) -> Era | None: ...
 
     @property
-    def principal(self) -> Principal: ...
+    def client_capabilities(self) -> Message: ...
 
-    chain: GrantChain | None
+    @property
+    def principal(self) -> Principal: ...
 
     async def send(self, message: Message) -> None: ...
 
@@ -143,6 +148,10 @@ class Listens:
         for key in keys:
             if subscriptions.release(key):
                 await subscriptions.unsubscribe(self.hub.upstreams.get(key[0]), key[1])
+
+    def hears(self, upstream: str, uri: str) -> bool:
+        """Whether an open listen is subscribed to ``uri`` of ``upstream``."""
+        return any((upstream, uri) in keys and rid in self.listeners for rid, keys in self.uris.items())
 
     async def resource_updated(self, upstream: Upstream, params: Message) -> None:
         """2026-07-28: a resource update goes only to the listens subscribed to that URI."""
@@ -253,4 +262,4 @@ class Subscribed:
         return held
 
 
-__all__ = ["MAX_LISTENS", "MAX_RESOURCE_SUBSCRIPTIONS", "Listens", "Subscribed"]
+__all__ = ["MAX_LISTENS", "MAX_RESOURCE_SUBSCRIPTIONS", "Host", "Listens", "Subscribed"]

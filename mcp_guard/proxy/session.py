@@ -5,7 +5,7 @@ to its handler — lists and mediated requests are resolved by ``proxy/routing.p
 the call pipeline (``proxy/pipeline.py``) — and relays protocol plumbing (cancellation, progress,
 upstream sampling/elicitation/roots) to whoever caused it.  A method it does not know is refused,
 never forwarded.  The upstreams are the hub's (``proxy/hub.py``): ``run`` builds one for its one
-session; ``serve`` hands each caller's session the shared hub and the ``Caller`` it speaks for.
+session; ``serve`` hands each caller's session the shared hub and whom it speaks for (``SpeaksFor``).
 
 Messages are dicts parsed once by the transport.
 """
@@ -19,13 +19,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard.decision import Kind, Outcome, Verdict
-from mcp_guard.errors import RpcError, StateError, UpstreamError
+from mcp_guard.decision import Outcome, Verdict
+from mcp_guard.errors import RpcError, UpstreamError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
-    META_LOG_LEVEL,
     METHOD_NOT_FOUND,
     REFUSED,
     RELATED_REQUEST,
@@ -36,19 +35,16 @@ from mcp_guard.jsonrpc import (
     is_notification,
     is_request,
     is_response,
-    notification,
-    request,
     result,
 )
-from mcp_guard.policy import Brought, PolicySet
+from mcp_guard.policy import PolicySet
+from mcp_guard.proxy.backchannel import BackChannel
 from mcp_guard.proxy.context import GuardContext
-from mcp_guard.proxy.flow import scope_of, what_it_brought
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.hub import Hub, Listings
 from mcp_guard.proxy.listen import Listens, Subscribed
-from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay
-from mcp_guard.proxy.routing import LOG_LEVELS, Router
+from mcp_guard.proxy.routing import Router
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Upstream
 
@@ -63,16 +59,9 @@ _CHAIN_CHECKED_LATER = frozenset({"ping", "tools/call"})
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
 
 
-@dataclass
-class _HostRequest:
-    """A request the guard sent to the host on behalf of an upstream (sampling, elicitation, roots)."""
-
-    future: asyncio.Future[Message]
-
-
 @dataclass(frozen=True)
-class Caller:
-    """Who a ``serve`` session speaks for: the verified bearer token's principal (a grant chain or
+class SpeaksFor:
+    """Who a ``serve`` caller's session speaks for: the verified bearer token's principal (a grant chain or
     an OAuth access token), never the config identity or the client's own name; ``limit_scope`` is
     what per_minute/per_session limits count by (the principal, so a new session or another
     replica does not start them afresh)."""
@@ -85,16 +74,16 @@ class Caller:
 class GuardSession:
     """One host session.  ``run``: it builds the hub and speaks for the config identity (or the
     grant chain it was started with).  ``serve``: many sessions share one hub, each speaking for
-    the ``Caller`` it was handed."""
+    the ``SpeaksFor`` it was handed (principal, chain, limit scope)."""
 
-    def __init__(self, ctx: GuardContext, host: HostTransport, *, hub: Hub | None = None, caller: Caller | None = None) -> None:
+    def __init__(self, ctx: GuardContext, host: HostTransport, *, hub: Hub | None = None, speaks_for: SpeaksFor | None = None) -> None:
         self.ctx = ctx
         self.host = host
         self.id = uuid.uuid4().hex
         self.profile = HostProfile()
-        self.caller = caller
-        self.chain = caller.chain if caller is not None else ctx.chain
-        self.limit_scope = caller.limit_scope if caller is not None else self.id  # what per_minute/per_session limits count by
+        self.speaks_for = speaks_for
+        self.chain = speaks_for.chain if speaks_for is not None else ctx.chain
+        self.limit_scope = speaks_for.limit_scope if speaks_for is not None else self.id  # what per_minute/per_session limits count by
         self._owns_hub = hub is None  # run: the session's own hub, stopped with it
         self.hub = hub = hub if hub is not None else Hub(ctx, self.profile)
         self.upstreams, self.catalogue, self.pipeline, self.owners = hub.upstreams, hub.catalogue, hub.pipeline, hub.owners
@@ -103,17 +92,13 @@ class GuardSession:
                              self._relay, self._track, self._upstream_call, self._upstream_level)
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
         self.listens = Listens(self, hub, self.router)
+        self.back = BackChannel(self, hub, self.router, self._relay, self.listens, self._upstream_ids)
         self.subscribed = Subscribed(hub, self.router, self._upstream_ids.get) if hub.shared else None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
-        self._log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
-        self._host_ids = 0
-        self._host_pending: dict[int, _HostRequest] = {}
-        self._agent_default: str | None = None
         self._principal: tuple[Any, Principal] | None = None
         self.fatal: str | None = None  # set when the guard must not go on (a start-up error)
         self.on_fatal: Callable[[], None] | None = None
-        self._host_initialized = asyncio.Event()  # legacy hosts take requests only after `initialized`
         hub.attach(self)
         r = self.router
         subscription = self.subscribed.request if self.subscribed is not None else r.resource_request
@@ -141,30 +126,18 @@ class GuardSession:
     def era(self) -> Era | None:
         return self.profile.era
 
-    @era.setter
-    def era(self, value: Era | None) -> None:
-        self.profile.era = value
-
-    @property
-    def protocol_version(self) -> str:
-        return self.profile.protocol_version
-
-    @property
-    def client_info(self) -> Message:
-        return self.profile.client_info
-
     @property
     def client_capabilities(self) -> Message:
         return self.profile.client_capabilities
 
     @property
     def principal(self) -> Principal:
-        if self.caller is not None:
-            return self.caller.principal
+        if self.speaks_for is not None:
+            return self.speaks_for.principal
         if self.chain is not None:
             return self.chain.principal
         ident = self.ctx.config.identity
-        agent = ident.agent or self._agent_default or str(self.client_info.get("name") or "unknown-agent")
+        agent = ident.agent or str(self.profile.client_info.get("name") or "unknown-agent")
         known = self._principal
         if known is None or known[0] != agent:  # built once per agent name, not per request
             known = self._principal = (agent, Principal(user=ident.user or "unknown-user", agents=(agent,), purpose=ident.purpose, verified=False))
@@ -191,7 +164,7 @@ class GuardSession:
         if is_request(message):
             self.profile.note(message)
             if self.profile.era == Era.MODERN:
-                self._note_log_level(message)
+                self.back.note_log_level(message)
             req = self._request(message)
             loop = self._loop or self._running_loop()
             task = loop.create_task(self._serve(req))
@@ -199,9 +172,7 @@ class GuardSession:
         elif is_notification(message):
             await self._host_notification(message)
         elif is_response(message):
-            pending = self._host_pending.pop(message.get("id"), None)  # type: ignore[arg-type]
-            if pending is not None and not pending.future.done():
-                pending.future.set_result(message)
+            self.back.answered(message)
         elif "id" in message:
             await self.send(error(message.get("id"), INVALID_REQUEST, "Invalid Request"))
 
@@ -246,38 +217,12 @@ class GuardSession:
             finally:
                 self._inflight.pop(rid, None)
                 self._upstream_ids.pop(rid, None)
-                self._log_levels.pop(rid, None)
+                self.back.log_levels.pop(rid, None)
             response = self.profile.shape(str(method), response)
             traced.respond(response)
             await self.send(response)
             if self.fatal is not None and self.on_fatal is not None:
                 self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
-
-    def _note_log_level(self, message: Message) -> None:
-        """2026-07-28: a request opts in to log messages with ``_meta`` logLevel (a known level)."""
-        params = message.get("params")
-        meta = params.get("_meta") if isinstance(params, dict) else None
-        level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
-        if isinstance(level, str) and level in LOG_LEVELS:
-            self._log_levels[message["id"]] = LOG_LEVELS.index(level)
-
-    def _wants_log(self, upstream: Upstream, params: Message) -> bool:
-        """A 2026-07-28 log message goes out while a request that opted in at or below its level is
-        being served by ``upstream`` (it flows before that request's response)."""
-        level = params.get("level")
-        if not isinstance(level, str) or level not in LOG_LEVELS:
-            return False
-        rank = LOG_LEVELS.index(level)
-        for rid, wanted in self._log_levels.items():
-            where = self._upstream_ids.get(rid)
-            if where is not None and where[0] is upstream and rank >= wanted:
-                return True
-        return False
-
-    def _at_level(self, params: Message) -> bool:
-        wanted = self.router.log_level
-        level = params.get("level")
-        return wanted is None or (isinstance(level, str) and level in LOG_LEVELS and LOG_LEVELS.index(level) >= wanted)
 
     async def _host_notification(self, message: Message) -> None:
         """Notifications are never answered; malformed ones are dropped."""
@@ -299,7 +244,7 @@ class GuardSession:
         elif method == "notifications/roots/list_changed":
             await self.hub.roots_changed(params)
         elif method == "notifications/initialized":
-            self._host_initialized.set()
+            self.back.initialized.set()
         elif method == "notifications/progress":
             return
         else:
@@ -378,99 +323,15 @@ class GuardSession:
 
     # ------------------------------------------------------------------ what the hub hands this session (Sink)
 
+    async def deliver(self, upstream: Upstream, message: Message) -> None:
+        await self.back.deliver(upstream, message)
+
     async def relay_request(self, upstream: Upstream, message: Message) -> None:
-        """An upstream's question (sampling, elicitation, roots) for this host: a handshake-era host
-        is asked directly, a 2026-07-28 host inside the tool call it belongs to (``proxy/relay.py``)."""
-        method = message.get("method")
-        rid = message["id"]
-        if self.era == Era.MODERN:
-            if not await self._upstream_brings(upstream, message):
-                await upstream.refuse(rid, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
-                return
-            if not await self._relay.offer(upstream, message):
-                await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host outside a tool call")
-            return
-        capability = RELAYED_KIND.get(str(method))
-        if capability is None or capability not in self.client_capabilities:
-            await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host")
-            return
-        if not await self._upstream_brings(upstream, message):
-            await upstream.refuse(rid, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
-            return
-        response = await self.request_host(str(method), message.get("params"))
-        response["id"] = rid
-        await upstream.respond(response)
+        await self.back.relay_request(upstream, message)
 
     async def request_host(self, method: str, params: Message | None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
         """Send a request to the host and wait for its whole answer message."""
-        self._host_ids += 1
-        hid = self._host_ids
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._host_pending[hid] = _HostRequest(fut)
-        msg = request(hid, method, params)
-        try:
-            if self.era == Era.LEGACY and not self._host_initialized.is_set():
-                await asyncio.wait_for(self._host_initialized.wait(), timeout)
-            await self.send(msg)
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            await self.send(notification("notifications/cancelled", {"requestId": hid, "reason": "timed out"}))
-            return error(hid, INTERNAL_ERROR, f"the host did not answer {method} in time")
-        finally:
-            self._host_pending.pop(hid, None)
-
-    async def deliver(self, upstream: Upstream, message: Message) -> None:
-        """An upstream notification for this host, if it is one this host should hear, once what it
-        brings is recorded."""
-        method = message.get("method")
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        assert isinstance(params, dict)
-        if method == "notifications/cancelled":
-            # the upstream cancels a request it sent us; our host-facing ids are our own
-            rid = params.get("requestId")
-            pending = self._host_pending.get(rid) if isinstance(rid, int) and not isinstance(rid, bool) else None
-            if pending is not None:
-                pending.future.cancel()
-            return
-        if method in ("notifications/prompts/list_changed", "notifications/resources/list_changed"):
-            if self.era == Era.MODERN:
-                await self.listens.list_changed(str(method))
-                return
-        elif method == "notifications/resources/updated":
-            uri = params.get("uri")  # only about a resource this host may see now (a reload may have hidden it)
-            if not isinstance(uri, str) or not self.router.shows(self.principal, self.chain, Kind.RESOURCE, f"{upstream.name}/{uri}"):
-                return
-            if self.era == Era.MODERN:
-                await self.listens.resource_updated(upstream, params)
-                return
-        if self.era == Era.MODERN and method == "notifications/message" and not self._wants_log(upstream, params):
-            return  # 2026-07-28: log notifications only for requests that opted in
-        if method == "notifications/message" and not self._at_level(params):
-            return  # below the level this host asked for (a shared upstream may log more)
-        if self.era == Era.MODERN and method == "notifications/progress":
-            rebound = self._relay.progress(upstream, params)
-            if rebound is None:
-                return
-            if rebound is not params:
-                message = notification(str(method), rebound)
-        if not await self._upstream_brings(upstream, message):
-            return
-        await self.send(message)
-
-    async def _upstream_brings(self, upstream: Upstream, message: Message) -> bool:
-        """An ``upstreams:`` labels entry: what the upstream sends the host brings its labels first;
-        False (the message is dropped) when that cannot be recorded."""
-        labels = self.ctx.policies.labels.upstream(upstream.name)
-        if not labels:
-            return True
-        scope = scope_of(self.id, self.era, self.chain, self.principal)
-        try:
-            await self.pipeline.flows.add(scope, *what_it_brought(Brought(((labels, None),)), message.get("params"),
-                                                                  f"upstream {upstream.name}", None, frozenset()))
-        except StateError as exc:
-            log.error("dropped %s from %s: its labels cannot be recorded (%s)", message.get("method"), upstream.name, exc)
-            return False
-        return True
+        return await self.back.request_host(method, params, timeout)
 
     # ------------------------------------------------------------------ shutdown
 
