@@ -48,7 +48,6 @@ DEBTS: dict[str, set[object]] = {
         'mcp_guard.config',
         'mcp_guard.policy.parse',
         'mcp_guard.proxy.approvals',
-        'mcp_guard.serve.asgi',
         'mcp_guard.telemetry.hooks',
         'mcp_guard.upstreams.oauth',
     },
