@@ -271,16 +271,13 @@ class Hub:
     async def _each(self, work: Callable[[Sink], Awaitable[None] | None]) -> None:
         """Tell every session something; in ``serve`` one that fails is logged, the others still hear it."""
         for session in list(self.sessions.values()):
-            if not self.shared:
-                pending = work(session)
-                if pending is not None:
-                    await pending
-                continue
             try:
                 pending = work(session)
                 if pending is not None:
                     await pending
             except Exception:  # fan-out edge: one failing caller must not keep the others from hearing
+                if not self.shared:
+                    raise  # run: the one session's failure is the caller's to handle, as before
                 log.exception("telling a caller session about a change failed")
 
     async def _refresh_tools(self, upstream: Upstream) -> None:
