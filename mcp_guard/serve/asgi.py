@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -58,6 +59,8 @@ from mcp_guard.serve.admin import healthz
 from mcp_guard.serve.binding import principal_key, root_key, session_binding, store_key
 from mcp_guard.serve.drain import RETRY_MS, Drain, listener, run_listeners
 from mcp_guard.serve.oauth import OAuthError, OAuthVerifier
+from mcp_guard.serve.questions import Questions
+from mcp_guard.serve.session_records import binding_digest
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -101,6 +104,9 @@ class Sessions(Protocol):
 _KEEPALIVE: Message = {}  # no event for a while: an SSE comment keeps the stream open through proxies
 _RETRY: Message = {}  # the guard drains: the stream ends with an SSE ``retry:`` hint (reconnect elsewhere)
 KEEPALIVE_SECONDS = 15.0
+# what a session's GET stream receives that one replica may produce for a stream another holds
+STREAM_NOTICES = frozenset({"notifications/tools/list_changed", "notifications/prompts/list_changed",
+                            "notifications/resources/list_changed", "notifications/resources/updated"})
 MAX_QUEUED = 1024  # events waiting for a slow reader; past it notifications are dropped, questions refused
 
 
@@ -197,6 +203,11 @@ class _ReplyHost:
         self._asked: dict[Any, _Stream] = {}  # request to the caller (session's id) -> the stream it went on
         self.listener: _Stream | None = None  # GET stream
         self._ids = itertools.count(1)
+        # replicas (questions.py): record a question before it goes out (None, or why it cannot be
+        # asked), and drop the record once it is answered or can no longer be
+        self.share: Callable[[Any], Awaitable[str | None]] | None = None
+        self.settle: Callable[[Any], None] | None = None
+        self.elsewhere: Callable[[Message], None] | None = None  # a GET-stream notice with no GET stream here
 
     async def send(self, message: Message) -> None:
         if "method" not in message:  # an answer to a caller request
@@ -206,14 +217,19 @@ class _ReplyHost:
             return
         if "id" in message:  # a question from an upstream, put to this caller
             stream = self._related()
-            if stream is None or not stream.put(message):
-                await self._unanswerable(message)
+            refusal = await self.share(message["id"]) if stream is not None and self.share is not None else None
+            if stream is None or refusal is not None or not stream.put(message):
+                if refusal is None and stream is not None and self.settle is not None:
+                    self.settle(message["id"])
+                await self._unanswerable(message, refusal)
                 return
             stream.asked.add(message["id"])
             self._asked[message["id"]] = stream
             return
         target = self._notification_stream(message)
-        if target is None or not target.put(message):
+        if target is None and self.listener is None and self.elsewhere is not None and message.get("method") in STREAM_NOTICES:
+            self.elsewhere(message)  # for the GET stream, which another replica may hold
+        elif target is None or not target.put(message):
             log.debug("no stream for %s", message.get("method"))
 
     def _related(self) -> _Stream | None:
@@ -237,10 +253,18 @@ class _ReplyHost:
             return self._related()
         return self.listener
 
-    async def _unanswerable(self, message: Message) -> None:
+    async def _unanswerable(self, message: Message, reason: str | None = None) -> None:
         if self.session is not None:
-            await self.session.handle(error(message["id"], INTERNAL_ERROR,
-                                            f"the caller has no open stream to be asked {message.get('method')} on"))
+            await self.session.handle(error(message["id"], INTERNAL_ERROR, f"the caller cannot be asked {message.get('method')}: "
+                                            + (reason or "it has no open stream to be asked on")))
+
+    async def fail_questions(self, reason: str) -> None:
+        """Every question still waiting fails at once (``reason``): its answer could not reach this replica."""
+        for hid, stream in list(self._asked.items()):
+            stream.asked.discard(hid)
+            del self._asked[hid]
+            if self.session is not None:
+                await self.session.handle(error(hid, INTERNAL_ERROR, reason))
 
     def answered(self, message: Message) -> bool:
         """A response POSTed by the caller: True if it answers a question asked on one of its streams."""
@@ -248,6 +272,8 @@ class _ReplyHost:
         if stream is None:
             return False
         stream.asked.discard(message.get("id"))
+        if self.settle is not None:
+            self.settle(message.get("id"))
         return True
 
     def open(self, message: Message, sse: bool) -> tuple[str, _Stream]:
@@ -281,6 +307,8 @@ class _ReplyHost:
         """Questions asked on a stream that closed can no longer be answered: the upstream is told so."""
         for hid in list(stream.asked):
             self._asked.pop(hid, None)
+            if self.settle is not None:
+                self.settle(hid)
             if self.session is not None:
                 await self.session.handle(error(hid, INTERNAL_ERROR, "the caller closed the stream before answering"))
         stream.asked.clear()
@@ -449,6 +477,7 @@ class HttpGuard:
         self.draining = False  # SIGTERM: new requests are refused with 503, what is in flight finishes
         self.records: SessionRecords | None = None  # shared session records: any replica serves any session
         self.fanout: Fanout | None = None  # redis://: session events reach the replica holding the stream
+        self.questions: Questions | None = None  # redis://: answers reach the replica that asked (made at start)
         self._adopting: dict[str, asyncio.Future[None]] = {}
         self.mcp_path = "/mcp"
         routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
@@ -493,6 +522,8 @@ class HttpGuard:
 
     async def start(self) -> None:
         if self.fanout is not None:
+            self.questions = Questions(self.fanout, self._answer_here)
+            self.fanout.on_lost = self._channel_lost
             self.fanout.start(self._session_event)
         await self.guard.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -777,9 +808,13 @@ class HttpGuard:
                 await entry.host.cancel(entry.session, message)
             elif "method" in message or entry.host.answered(message):  # answered: a question asked on its streams
                 await entry.session.handle(message)
-            else:
-                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "Invalid Request: no question of this session has this id"),
-                                    status_code=400)
+            else:  # another replica may have asked it (questions.py); else no one did
+                status, reason = (400, "no question of this session has this id") if self.questions is None or not sid \
+                    else await self.questions.forward(sid, caller.binding, message)
+                if reason is not None:
+                    self.guard.refused(caller.principal, None, f"mcp-guard refused an answer: {reason}", entry.session.id)
+                    return JSONResponse(error(message.get("id"), INVALID_REQUEST, f"Invalid Request: {reason}"),
+                                        status_code=status, headers={"Retry-After": "1"} if status == 503 else {})
             return Response(status_code=202, headers=headers)
         if message.get("method") == "subscriptions/listen" and not sse:
             return JSONResponse(error(message.get("id"), INVALID_REQUEST, "subscriptions/listen needs Accept: text/event-stream"),
@@ -836,6 +871,10 @@ class HttpGuard:
         if refusal is not None:
             return refusal
         host = _ReplyHost()
+        if self.questions is not None and key.startswith("sid:"):  # its questions' answers may land on other replicas
+            host.share = functools.partial(self.questions.asked, key[4:])
+            host.settle = functools.partial(self.questions.settled, key[4:])
+            host.elsewhere = functools.partial(self._notice_elsewhere, key[4:])
         session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id)  # limits count per principal
         host.session = session
         entry = _Session(key, session, host, caller.binding, caller.owner, caller.root, time.monotonic())
@@ -925,9 +964,42 @@ class HttpGuard:
                              "binding": record.get("binding")})
 
     def _session_event(self, event: Mapping[str, Any]) -> None:
-        """An event from the replicas' channel (this replica's own included)."""
+        """An event from the replicas' channels (this replica's own included)."""
         if event.get("event") == "elicitation/complete" and isinstance(event.get("id"), str):
             self.elicitation_complete(event["id"], event)
+        elif event.get("event") == "answer" and self.questions is not None:
+            self.questions.received(event)
+        elif event.get("event") == "notice" and isinstance(event.get("message"), dict):
+            entry = self.entries.get(f"sid:{event.get('session')}")
+            message = event["message"]
+            if entry is not None and entry.host.listener is not None and message.get("method") in STREAM_NOTICES:
+                entry.host.listener.put({"jsonrpc": "2.0", "method": message["method"], "params": message.get("params", {})})
+
+    def _notice_elsewhere(self, sid: str, message: Message) -> None:
+        """A notice for session ``sid``'s GET stream, which this replica does not hold: to every replica."""
+        if self.fanout is not None:
+            self.fanout.publish({"event": "notice", "session": sid, "message": message})
+
+    async def _answer_here(self, sid: str, binding: str, answer: Message) -> str | None:
+        """An answer another replica forwarded: taken if this replica holds the session, the binding
+        is the session's and the question is still open here; else why not."""
+        entry = self.entries.get(f"sid:{sid}")
+        if entry is None:
+            return "the replica that asked no longer holds this session"
+        if binding_digest(entry.binding) != binding:
+            return "this session belongs to another caller"
+        if not entry.host.answered(answer):
+            return "no question of this session has this id"
+        await entry.session.handle(answer)
+        return None
+
+    def _channel_lost(self) -> None:
+        """The replicas' channel broke: answers landing elsewhere cannot reach this replica, so the
+        questions waiting for them fail now rather than wait for an answer that cannot come."""
+        reason = "the replicas' channel (Redis) was lost: the caller's answer could not reach this replica"
+        for entry in list(self.entries.values()):
+            if entry.host.share is not None:
+                asyncio.get_running_loop().create_task(entry.host.fail_questions(reason))
 
     def elicitation_complete(self, approval_id: str, record: Mapping[str, Any]) -> None:
         """The approval page answered ``approval_id``: if a 2025-11-25 caller was pointed at it by

@@ -8,14 +8,28 @@ import asyncio
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx2
 import pytest
 import yaml
-from fixtures import free_port, mcp_guard_bin, tools_env, wait_for_port
+from fixtures import (
+    ALLOW_ALL,
+    conformance_server_command,
+    free_port,
+    mcp_guard_bin,
+    requires_tools,
+    serve_http,
+    stdio_upstream,
+    tools_env,
+    wait_for_port,
+    write_guard_config,
+)
 from fixtures.ops import haproxy, private_redis
 from fixtures.serving import ServeSetup, cli, connect
+
+from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -34,8 +48,13 @@ def replicas_config(tmp: Path, redis_url: str, balancer: int) -> ServeSetup:
 
 
 def start(setup: ServeSetup, port: int, n: int) -> subprocess.Popen[bytes]:
-    with (setup.config.parent / f"replica{n}.log").open("wb") as out:
-        return subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(port)],
+    return start_config(setup.config, port, n)
+
+
+def start_config(config: Path, port: int, n: int) -> subprocess.Popen[bytes]:
+    """Replica ``n`` of ``config`` on ``port`` (its log: replicaN.log beside the config)."""
+    with (config.parent / f"replica{n}.log").open("wb") as out:
+        return subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=tools_env())
 
 
@@ -89,3 +108,52 @@ async def test_three_replicas_behind_haproxy_lose_no_session_when_one_dies(tmp_p
     assert adopted, "another replica took the session over"
     verify = await cli("audit", "verify", str(tmp_path / "audit.jsonl"))
     assert verify.returncode == 0, verify.stdout + verify.stderr  # one hash chain across the replicas
+
+
+# --------------------------------------------------------------------------- the official suite through the balancer
+
+
+@pytest.mark.timeout(600)
+@requires_tools("conformance")
+def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path: Path) -> None:
+    """The suite's server scenarios through HAProxy (round robin, no stickiness) in front of three
+    replicas on one Redis score what they score against one replica: every answer to an upstream's
+    question (sampling, elicitation) reaches the replica that asked it, whichever one it lands on."""
+    from test_conformance import failed, passed, run_conformance
+
+    balancer = free_port()
+    ports = [free_port() for _ in range(3)]
+    url = f"http://localhost:{balancer}/mcp"
+    with private_redis(tmp_path) as (redis_url, _):
+        key, pub = generate_keypair()
+        (tmp_path / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
+        config = write_guard_config(
+            tmp_path, {"conformance": stdio_upstream(conformance_server_command(), prefix=False)}, ALLOW_ALL,
+            trust={"issuers": {"corp-idp": str(tmp_path / "idp.jwk")}}, state={"url": redis_url},
+            audit={"path": str(tmp_path / "audit.jsonl")}, serve={"url": url, "drain_timeout": "2s"})
+        token = issue_grant(key, "corp-idp", "alice@example.com", "planner", ["conformance/*"],
+                            resources=["conformance/*"], prompts=["conformance/*"])
+        one_port = free_port()
+        with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(one_port)], one_port,
+                        log=tmp_path / "one.log"):
+            alone = run_conformance(f"http://localhost:{one_port}/mcp", tmp_path / "one", bearer=token)
+        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                wait_for_port(p, timeout=60, proc=proc)
+            with haproxy(tmp_path, balancer, ports):
+                time.sleep(1.0)  # every backend checked healthy
+                through = run_conformance(url, tmp_path / "balanced", bearer=token)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(15)
+    print(f"conformance: one replica {len(passed(alone))} passed, {len(failed(alone))} failed; "
+          f"three behind HAProxy {len(passed(through))} passed, {len(failed(through))} failed: {sorted(failed(through))}")
+    assert passed(alone) - passed(through) == set(), sorted(passed(alone) - passed(through))
+    assert failed(through) <= failed(alone), sorted(failed(through) - failed(alone))
+    assert {s for s, _ in passed(through)} >= {"tools-call-sampling", "tools-call-elicitation"}
+    logs = "".join((tmp_path / f"replica{n}.log").read_text() for n in range(3))
+    assert "adopted from the shared state store" in logs  # the balancer did spread the sessions
