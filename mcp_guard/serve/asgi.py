@@ -61,6 +61,7 @@ from mcp_guard.serve.drain import RETRY_MS, Drain, listener, run_listeners
 from mcp_guard.serve.oauth import OAuthError, OAuthVerifier
 from mcp_guard.serve.questions import Questions
 from mcp_guard.serve.session_records import binding_digest
+from mcp_guard.serve.session_state import REPLAY, SESSION_STATE, changed, replays
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -420,6 +421,8 @@ class _Session:
     used: float
     busy: int = 0
     initialize: Message | None = None  # the handshake, kept to refresh the shared record (session_records.py)
+    initialized: bool = False  # the session heard `notifications/initialized` (shared records: from this replica)
+    state: Message = field(default_factory=dict)  # what the caller changed since the handshake (session_state.py)
 
     async def close(self, reason: str) -> None:
         self.host.abort(reason)
@@ -479,6 +482,7 @@ class HttpGuard:
         self.fanout: Fanout | None = None  # redis://: session events reach the replica holding the stream
         self.questions: Questions | None = None  # redis://: answers reach the replica that asked (made at start)
         self._adopting: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()  # background work kept referenced (session state)
         self.mcp_path = "/mcp"
         routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
         if oauth is not None:
@@ -727,8 +731,44 @@ class HttpGuard:
             await entry.close("Session could not be adopted")
             return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
         await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        entry.initialized = True
+        await self._replay(entry, record.get("state") or {})
         log.info("session %s adopted from the shared state store", sid[:8])
         return None
+
+    async def _replay(self, entry: _Session, want: Message) -> None:
+        """Bring ``entry``'s guard session to the recorded state (log level, subscriptions)."""
+        for message in replays(entry.state, want):
+            await self._ask(entry, message, False, False, {})
+        entry.state = dict(want)
+
+    def _state_answered(self, entry: _Session, request: Message, answer: asyncio.Future[Message]) -> None:
+        """A request that changes the session's state was answered: record it, tell the other replicas."""
+        if answer.cancelled() or not entry.key.startswith("sid:") or entry.initialize is None:
+            return
+        new = changed(entry.state, request, answer.result())
+        if new is None:
+            return
+        entry.state = new
+        self._later(self._share_state(entry, entry.key[4:]))
+
+    async def _share_state(self, entry: _Session, sid: str) -> None:
+        assert self.records is not None and entry.initialize is not None
+        await self.records.save(sid, entry.binding, entry.initialize, entry.state)
+        if self.fanout is not None:
+            self.fanout.publish({"event": "state", "session": sid, "replica": self.fanout.replica})
+
+    async def _state_elsewhere(self, sid: str) -> None:
+        """Another replica changed session ``sid``'s state: replay what changed into the one held here."""
+        entry = self.entries.get(f"sid:{sid}")
+        record = await self.records.load(sid) if entry is not None and self.records is not None else None
+        if entry is not None and record is not None and self.records is not None and self.records.matches(record, entry.binding):
+            await self._replay(entry, record.get("state") or {})
+
+    def _later(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _entry(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> _Session | Response:
         found = self.entries.get(f"sid:{sid}")
@@ -793,7 +833,11 @@ class HttpGuard:
                 return found
             entry = found
             if self.records is not None:
-                await self.records.touch(sid, caller.binding, entry.initialize)
+                await self.records.touch(sid, caller.binding, entry.initialize, entry.state)
+                if not entry.initialized:  # the client's `initialized` may have landed on another replica:
+                    entry.initialized = True  # it sent it before this request all the same
+                    if method != "notifications/initialized":
+                        await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
         else:
             known = self.entries.get(f"id:{caller.binding}")
             if known is None:
@@ -829,6 +873,8 @@ class HttpGuard:
         host = entry.host
         original = message["id"]
         inner, stream = host.open(message, sse)
+        if self.records is not None and message.get("method") in SESSION_STATE and not str(original).startswith(REPLAY):
+            stream.answer.add_done_callback(functools.partial(self._state_answered, entry, message))
 
         def outward(event: Message) -> Message:
             if "method" not in event and event.get("id") == inner:
@@ -969,6 +1015,9 @@ class HttpGuard:
             self.elicitation_complete(event["id"], event)
         elif event.get("event") == "answer" and self.questions is not None:
             self.questions.received(event)
+        elif event.get("event") == "state" and isinstance(event.get("session"), str) and self.fanout is not None \
+                and event.get("replica") != self.fanout.replica and f"sid:{event['session']}" in self.entries:
+            self._later(self._state_elsewhere(event["session"]))
         elif event.get("event") == "notice" and isinstance(event.get("message"), dict):
             entry = self.entries.get(f"sid:{event.get('session')}")
             message = event["message"]

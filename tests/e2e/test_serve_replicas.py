@@ -28,6 +28,7 @@ from fixtures import (
 )
 from fixtures.ops import haproxy, private_redis
 from fixtures.serving import ServeSetup, cli, connect
+from mcp.types import LoggingMessageNotificationParams
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
@@ -125,14 +126,7 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
     ports = [free_port() for _ in range(3)]
     url = f"http://localhost:{balancer}/mcp"
     with private_redis(tmp_path) as (redis_url, _):
-        key, pub = generate_keypair()
-        (tmp_path / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
-        config = write_guard_config(
-            tmp_path, {"conformance": stdio_upstream(conformance_server_command(), prefix=False)}, ALLOW_ALL,
-            trust={"issuers": {"corp-idp": str(tmp_path / "idp.jwk")}}, state={"url": redis_url},
-            audit={"path": str(tmp_path / "audit.jsonl")}, serve={"url": url, "drain_timeout": "2s"})
-        token = issue_grant(key, "corp-idp", "alice@example.com", "planner", ["conformance/*"],
-                            resources=["conformance/*"], prompts=["conformance/*"])
+        config, token = conformance_replicas(tmp_path, redis_url, balancer)
         one_port = free_port()
         with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(one_port)], one_port,
                         log=tmp_path / "one.log"):
@@ -157,3 +151,54 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
     assert {s for s, _ in passed(through)} >= {"tools-call-sampling", "tools-call-elicitation"}
     logs = "".join((tmp_path / f"replica{n}.log").read_text() for n in range(3))
     assert "adopted from the shared state store" in logs  # the balancer did spread the sessions
+
+
+def conformance_replicas(tmp_path: Path, redis_url: str, balancer: int) -> tuple[Path, str]:
+    """A config of the conformance fixture behind ``serve`` on ``redis_url``, and a caller's grant chain."""
+    key, pub = generate_keypair()
+    (tmp_path / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
+    config = write_guard_config(
+        tmp_path, {"conformance": stdio_upstream(conformance_server_command(), prefix=False)}, ALLOW_ALL,
+        trust={"issuers": {"corp-idp": str(tmp_path / "idp.jwk")}}, state={"url": redis_url},
+        audit={"path": str(tmp_path / "audit.jsonl")},
+        serve={"url": f"http://localhost:{balancer}/mcp", "drain_timeout": "2s"})
+    token = issue_grant(key, "corp-idp", "alice@example.com", "planner", ["conformance/*"],
+                        resources=["conformance/*"], prompts=["conformance/*"])
+    return config, token
+
+
+async def test_the_log_level_a_caller_set_holds_on_every_replica(tmp_path: Path) -> None:
+    """``logging/setLevel`` lands on one replica; the session's record carries it, so the replicas
+    that serve the session's later calls (adopting it, or holding it already) log at that level too."""
+    balancer = free_port()
+    ports = [free_port() for _ in range(3)]
+    told: list[str] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        told.append(f"{params.level}: {params.data}")
+
+    with private_redis(tmp_path) as (redis_url, _):
+        config, token = conformance_replicas(tmp_path, redis_url, balancer)
+        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                wait_for_port(p, timeout=60, proc=proc)
+            with haproxy(tmp_path, balancer, ports):
+                await asyncio.sleep(1.0)
+                async with connect(f"http://localhost:{balancer}/mcp", token, logging_callback=on_log) as client:
+                    assert not (await client.call_tool("test_tool_with_logging", {})).is_error
+                    assert [t for t in told if t.startswith("info")], "before: info messages reach the caller"
+                    await client.set_logging_level("error")
+                    await asyncio.sleep(0.5)  # the other replicas hear of it over Redis
+                    told.clear()
+                    for _ in range(6):  # round robin: every replica serves some of them
+                        assert not (await client.call_tool("test_tool_with_logging", {})).is_error
+                    assert told == [], told
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(15)
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len({r["pid"] for r in audit if r.get("tool") == "test_tool_with_logging"}) >= 2
