@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mcp_guard.serve.asgi import HttpGuard, _ReplyHost, _Session, _Stream
+from mcp_guard.serve.asgi import HttpGuard
 from mcp_guard.serve.fanout import Fanout
+from mcp_guard.serve.reply_host import ReplyHost
+from mcp_guard.serve.streams import Stream
+from mcp_guard.serve.table import SessionEntry
 
 
 class _Quiet:
@@ -29,18 +32,18 @@ def replica(redis_url: str) -> HttpGuard:
     return guard
 
 
-def hold_session(guard: HttpGuard) -> _Stream:
+def hold_session(guard: HttpGuard) -> Stream:
     """A handshake-era session with its GET stream open on ``guard``."""
-    host = _ReplyHost()
-    stream = _Stream(True, answered=False)
+    host = ReplyHost()
+    stream = Stream(True, answered=False)
     host.listener = stream
-    entry = _Session("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
+    entry = SessionEntry("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
     guard.entries[entry.key] = entry
     guard.by_session_id[_Quiet.id] = entry
     return stream
 
 
-async def next_event(stream: _Stream, wait: float) -> Any:
+async def next_event(stream: Stream, wait: float) -> Any:
     try:
         return await asyncio.wait_for(stream.queue().get(), wait)
     except TimeoutError:
@@ -81,7 +84,7 @@ async def test_a_list_change_on_one_replica_reaches_the_get_stream_on_another(re
         await asyncio.wait_for(a.fanout.subscribed.wait(), 10)
         await asyncio.wait_for(b.fanout.subscribed.wait(), 10)
         stream = hold_session(a)  # the GET stream is on A
-        host = _ReplyHost()  # B serves the same session, without a GET stream
+        host = ReplyHost()  # B serves the same session, without a GET stream
         host.elsewhere = lambda message: b._notice_elsewhere("abc", message)
         await host.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
         assert await next_event(stream, 10) == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {}}

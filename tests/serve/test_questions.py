@@ -17,9 +17,12 @@ from starlette.responses import Response
 
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST
-from mcp_guard.serve.asgi import Caller, HttpGuard, _ReplyHost, _Session
+from mcp_guard.serve.asgi import HttpGuard
 from mcp_guard.serve.fanout import REPLICA_CHANNEL, Fanout
 from mcp_guard.serve.questions import question_key
+from mcp_guard.serve.reply_host import ReplyHost
+from mcp_guard.serve.resource import Caller
+from mcp_guard.serve.table import SessionEntry
 
 
 class _Session_:
@@ -69,20 +72,20 @@ async def replica(redis_url: str) -> tuple[HttpGuard, _Sessions]:
     return guard, sessions
 
 
-def hold(guard: HttpGuard, sid: str, caller: Caller = ALICE) -> tuple[_ReplyHost, _Session_]:
+def hold(guard: HttpGuard, sid: str, caller: Caller = ALICE) -> tuple[ReplyHost, _Session_]:
     """Session ``sid`` of ``caller`` held on ``guard`` (as ``_open`` makes it)."""
-    host, session = _ReplyHost(), _Session_(sid)
+    host, session = ReplyHost(), _Session_(sid)
     host.session = session
     assert guard.questions is not None
     host.share = lambda qid: guard.questions.asked(sid, qid)  # type: ignore[union-attr]
     host.settle = lambda qid: guard.questions.settled(sid, qid)  # type: ignore[union-attr]
-    entry = _Session(f"sid:{sid}", session, host, caller.binding, caller.owner, caller.root, time.monotonic())
+    entry = SessionEntry(f"sid:{sid}", session, host, caller.binding, caller.owner, caller.root, time.monotonic())
     guard.entries[entry.key] = entry
     guard.by_session_id[session.id] = entry
     return host, session
 
 
-async def ask(host: _ReplyHost, qid: int) -> Any:
+async def ask(host: ReplyHost, qid: int) -> Any:
     """An upstream's question put to the caller on the SSE stream of one of its requests."""
     inner, stream = host.open({"jsonrpc": "2.0", "id": f"call-{qid}", "method": "tools/call"}, True)
     token = RELATED_REQUEST.set(inner)
