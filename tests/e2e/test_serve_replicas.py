@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -126,7 +127,7 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
     ports = [free_port() for _ in range(3)]
     url = f"http://localhost:{balancer}/mcp"
     with private_redis(tmp_path) as (redis_url, _):
-        config, token = conformance_replicas(tmp_path, redis_url, balancer)
+        config, token, _ = conformance_replicas(tmp_path, redis_url, balancer)
         one_port = free_port()
         with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(one_port)], one_port,
                         log=tmp_path / "one.log"):
@@ -153,8 +154,9 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
     assert "adopted from the shared state store" in logs  # the balancer did spread the sessions
 
 
-def conformance_replicas(tmp_path: Path, redis_url: str, balancer: int) -> tuple[Path, str]:
-    """A config of the conformance fixture behind ``serve`` on ``redis_url``, and a caller's grant chain."""
+def conformance_replicas(tmp_path: Path, redis_url: str, balancer: int) -> tuple[Path, str, str]:
+    """A config of the conformance fixture behind ``serve`` on ``redis_url``, and the grant chains
+    of two callers (alice, mallory)."""
     key, pub = generate_keypair()
     (tmp_path / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
     config = write_guard_config(
@@ -162,9 +164,9 @@ def conformance_replicas(tmp_path: Path, redis_url: str, balancer: int) -> tuple
         trust={"issuers": {"corp-idp": str(tmp_path / "idp.jwk")}}, state={"url": redis_url},
         audit={"path": str(tmp_path / "audit.jsonl")},
         serve={"url": f"http://localhost:{balancer}/mcp", "drain_timeout": "2s"})
-    token = issue_grant(key, "corp-idp", "alice@example.com", "planner", ["conformance/*"],
-                        resources=["conformance/*"], prompts=["conformance/*"])
-    return config, token
+    token, mallory = (issue_grant(key, "corp-idp", user, "planner", ["conformance/*"], resources=["conformance/*"],
+                                  prompts=["conformance/*"]) for user in ("alice@example.com", "mallory@example.com"))
+    return config, token, mallory
 
 
 async def test_the_log_level_a_caller_set_holds_on_every_replica(tmp_path: Path) -> None:
@@ -178,7 +180,7 @@ async def test_the_log_level_a_caller_set_holds_on_every_replica(tmp_path: Path)
         told.append(f"{params.level}: {params.data}")
 
     with private_redis(tmp_path) as (redis_url, _):
-        config, token = conformance_replicas(tmp_path, redis_url, balancer)
+        config, token, _ = conformance_replicas(tmp_path, redis_url, balancer)
         procs = [start_config(config, p, n) for n, p in enumerate(ports)]
         try:
             for p, proc in zip(ports, procs, strict=True):
@@ -202,3 +204,70 @@ async def test_the_log_level_a_caller_set_holds_on_every_replica(tmp_path: Path)
                 proc.wait(15)
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert len({r["pid"] for r in audit if r.get("tool") == "test_tool_with_logging"}) >= 2
+
+
+async def test_answers_to_questions_through_the_balancer_reach_the_asker_and_forgeries_do_not(tmp_path: Path) -> None:
+    """Raw HTTP through HAProxy: a sampling question arrives on a tools/call stream from one replica;
+    mallory's answer to it on her own session, and on alice's, is refused (whichever replica it
+    lands on) and audited; alice's answer, wherever it lands, completes the call."""
+    balancer = free_port()
+    ports = [free_port() for _ in range(3)]
+    accept = {"Accept": "application/json, text/event-stream"}
+    with private_redis(tmp_path) as (redis_url, _):
+        config, token, mallory_token = conformance_replicas(tmp_path, redis_url, balancer)
+        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                wait_for_port(p, timeout=60, proc=proc)
+            with haproxy(tmp_path, balancer, ports):
+                await asyncio.sleep(1.0)
+                url = f"http://localhost:{balancer}/mcp"
+                init = {**INIT, "params": {**INIT["params"], "capabilities": {"sampling": {}}}}
+                async with httpx2.AsyncClient(timeout=30) as raw:
+                    alice = {**accept, "Authorization": f"Bearer {token}"}
+                    mallory = {**accept, "Authorization": f"Bearer {mallory_token}"}
+                    sid = (await raw.post(url, json=init, headers=alice)).headers["mcp-session-id"]
+                    alice["Mcp-Session-Id"] = sid
+                    await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=alice)
+                    mallory["Mcp-Session-Id"] = (await raw.post(url, json=init, headers=mallory)).headers["mcp-session-id"]
+                    await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=mallory)
+                    for n in range(3):
+                        call = {"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call",
+                                "params": {"name": "test_sampling", "arguments": {"prompt": f"p{n}"}}}
+                        async with raw.stream("POST", url, json=call, headers=alice) as stream:
+                            events = stream.aiter_lines()
+                            question = await next_message(events)
+                            assert question["method"] == "sampling/createMessage", question
+                            answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
+                                "role": "assistant", "content": {"type": "text", "text": f"a{n}"}, "model": "m"}}
+                            forged = await raw.post(url, json=answer, headers=mallory)  # on her own session
+                            assert forged.status_code == 400, forged.text
+                            stolen = await raw.post(url, json=answer, headers={**mallory, "Mcp-Session-Id": sid})
+                            assert stolen.status_code == 403, stolen.text
+                            landed = await raw.post(url, json=answer, headers=alice)
+                            assert landed.status_code == 202, landed.text
+                            again = await raw.post(url, json=answer, headers=alice)  # once per question
+                            assert again.status_code == 400, again.text
+                            done = await next_message(events)
+                            assert done["id"] == 10 + n and f"a{n}" in json.dumps(done["result"]), done
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(15)
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    refused = [(r["principal"][0], r["reason"]) for r in audit if r["decision"] == "deny" and r.get("kind") is None]
+    forged = ("user:mallory@example.com", "mcp-guard refused an answer: no question of this session has this id")
+    stolen = ("user:mallory@example.com", "mcp-guard refused the request: its principal is not the one that opened this session")
+    twice = ("user:alice@example.com", "mcp-guard refused an answer: no question of this session has this id")
+    assert sorted(refused) == sorted([forged, stolen, twice] * 3), refused
+
+
+async def next_message(lines: Any) -> dict[str, Any]:
+    """The next JSON-RPC message on an SSE stream."""
+    async for line in lines:
+        if line.startswith("data:"):
+            message: dict[str, Any] = json.loads(line[5:])
+            return message
+    raise AssertionError("the stream ended")
