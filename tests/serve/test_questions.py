@@ -18,7 +18,7 @@ from starlette.responses import Response
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST
 from mcp_guard.serve.asgi import HttpGuard
-from mcp_guard.serve.fanout import REPLICA_CHANNEL, Fanout
+from mcp_guard.serve.fanout import CHANNEL, REPLICA_CHANNEL, Fanout
 from mcp_guard.serve.questions import question_key
 from mcp_guard.serve.reply_host import ReplyHost
 from mcp_guard.serve.resource import Caller
@@ -175,17 +175,21 @@ async def test_a_flood_of_events_for_unknown_sessions_stays_bounded(redis_url: s
         flood = [orjson.dumps({"event": "answer", "session": f"nobody-{i}", "binding": "x", "message": {"id": i, "result": {}},
                                "nonce": f"{i:032x}", "reply": "f" * 32}) for i in range(3000)]
         junk = [b"not json", b"[1,2]", orjson.dumps({"event": "answer"}), orjson.dumps({"event": "verdict", "nonce": "x"})]
+        shared = [orjson.dumps({"event": kind, "session": f"nobody-{i}", "replica": "x", "message": {
+            "jsonrpc": "2.0", "method": "notifications/tools/list_changed"}}) for i in range(1000) for kind in ("notice", "state")]
         started = time.monotonic()
         async with r.pipeline(transaction=False) as pipe:
             for body in flood + junk:
                 pipe.publish(REPLICA_CHANNEL + a.fanout.replica, body)
+            for body in shared:
+                pipe.publish(CHANNEL, body)
             await pipe.execute()
         landed = await post_answer(b, "real", ALICE, 11)  # the real answer still gets through, promptly
         assert landed.status_code == 202 and time.monotonic() - started < 15
         assert [m for m in session_a.handled if m.get("id") == 11]
         await asyncio.sleep(0.5)
         assert a.questions is not None and a.questions._taking == 0  # nothing left running
-        assert not a.fanout._waiting
+        assert not a.fanout._waiting and not a._tasks  # no state replay started for sessions it does not hold
     finally:
         await r.aclose()
         await a.close()
