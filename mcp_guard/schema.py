@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mcp_guard import config as _config
+from mcp_guard.config.document import GuardDoc
 from mcp_guard.policy import model as _model
 from mcp_guard.policy import parse as _parse
 from mcp_guard.policy import parse_flow as _flow
 from mcp_guard.policy import testing as _testing
+from mcp_guard.typedoc import DIALECT, json_schema
 
-DIALECT = "https://json-schema.org/draft/2020-12/schema"
 FILES = {"config": "guard.schema.json", "policy": "policy.schema.json", "tests": "policy-tests.schema.json"}
 
 Schema = dict[str, Any]
@@ -57,88 +57,10 @@ def _block(keys: Iterable[str], types: Mapping[str, Schema], description: str | 
 
 # --------------------------------------------------------------------------- guard.yaml
 
-_UPSTREAM_TYPES: dict[str, Schema] = {
-    "command": {**_SCALAR, "description": "stdio upstream: the program to start"},
-    "args": {"type": ["array", "null"], "items": _SCALAR},
-    "env": _SCALAR_MAP,
-    "cwd": _SCALAR,
-    "url": {**_SCALAR, "description": "Streamable HTTP upstream: its MCP endpoint"},
-    "headers": _SCALAR_MAP,
-    "prefix": {**_BOOL, "description": "expose tools as <upstream>_<tool> (default true)"},
-    "roots": {"anyOf": [_choice("pass", "none"), {"type": "array", "items": _SCALAR}]},
-    "timeout": _DURATION,
-    "trust_annotations": _BOOL,
-    "protocol": _choice("legacy", "auto", "modern"),
-    "workdir": {**_SCALAR, "description": "relative paths in arguments are judged against this directory"},
-    "resolve": {**_BOOL, "description": "resolve symlinks before judging paths (local upstreams only)"},
-    "env_passthrough": {"type": "array", "items": _SCALAR, "description": "environment variables passed to the upstream"},
-    "startup_timeout": _DURATION,
-    "required": {**_BOOL, "description": "serve: not ready (GET /readyz answers 503) while this upstream is down"},
-    "auth": {
-        "type": "object",
-        "description": "the upstream's own OAuth authorization (the guard is the OAuth client)",
-        "properties": {
-            "oauth": {"type": ["object", "null"], "properties": {
-                "client_id": _SCALAR, "client_secret": _SCALAR, "client_metadata_url": _SCALAR,
-                "scopes": {"type": "array", "items": _SCALAR}}},
-            "client_credentials": {"type": "object", "properties": {
-                "client_id": _SCALAR, "client_secret": _SCALAR, "scopes": {"type": "array", "items": _SCALAR}}},
-        },
-    },
-}
-
-_SERVE: Schema = {
-    "type": ["object", "null"],
-    "description": "mcp-guard serve: the canonical resource URL and the OAuth issuers whose access tokens are accepted",
-    "properties": {
-        "url": _SCALAR,
-        "oauth": {"type": "array", "items": {"type": "object", "required": ["issuer"], "properties": {
-            "issuer": _SCALAR, "audience": _SCALAR, "scopes": {"type": "array", "items": _SCALAR},
-            "user": _SCALAR, "agent": _SCALAR, "purpose": _SCALAR}}},
-        "max_sessions_per_principal": {**_POSITIVE, "description": "past this a principal's own oldest session is closed (default 64)"},
-        "max_sessions_per_root": {**_POSITIVE, "description": "sessions of every principal below one delegating root together; "
-                                  "past this a new one is refused (default 256)"},
-        "max_sessions": {**_POSITIVE, "description": "sessions in all, per guard process; past this a new one is refused (default 10000)"},
-        "approvals": {"type": "object", "required": ["client_id"], "additionalProperties": False,
-                      "description": "the approval page: approvers sign in at this issuer with the guard's own client",
-                      "properties": {"issuer": _SCALAR, "client_id": _SCALAR, "client_secret": _SCALAR,
-                                     "approvers": {"type": "array", "items": _SCALAR},
-                                     "scopes": {"type": "array", "items": _SCALAR}, "session_ttl": _DURATION}},
-        "admin": {"type": "object", "required": ["listen"], "additionalProperties": False,
-                  "description": "the operations listener: GET /healthz, /readyz and /metrics (Prometheus)",
-                  "properties": {"listen": {**_SCALAR, "description": "HOST:PORT, e.g. 127.0.0.1:9464"}}},
-        "drain_timeout": _DURATION,
-    },
-}
-
 
 def config_schema() -> Schema:
-    """guard.yaml."""
-    upstream = _block(_config._UPSTREAM, _UPSTREAM_TYPES, "one upstream MCP server: `command` (stdio) or `url` (Streamable HTTP)",
-                      nullable=False)
-    upstream["oneOf"] = [{"required": ["command"]}, {"required": ["url"]}]
-    top: dict[str, Schema] = {
-        "version": {"const": 1},
-        "upstreams": {"type": ["object", "null"], "propertyNames": {"pattern": _config.UPSTREAM_NAME.pattern},
-                      "additionalProperties": {"$ref": "#/$defs/upstream"}},
-        "policies": {"description": "a policy file or directory, or a list of them, relative to guard.yaml",
-                     "anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]},
-        "identity": _block(_config._IDENTITY, dict.fromkeys(_config._IDENTITY, _SCALAR), "who is acting when no grant decides it"),
-        "trust": _block(_config._TRUST, {"issuers": _SCALAR_MAP, "audience": _SCALAR}, "issuer name -> public key file"),
-        "approvals": _block(_config._APPROVALS, {"timeout": _DURATION, "remember": _choice("none", "session"),
-                                                 "state_key": _SCALAR}),
-        "audit": _block(_config._AUDIT, {"path": _SCALAR, "fsync": _BOOL, "include_args": _BOOL, "max_bytes": _POSITIVE}),
-        "pinning": _choice("off", "warn", "enforce"),
-        "lock_file": _SCALAR,
-        "state": _block(_config._STATE, {"url": {"type": "string", "pattern": r"^(sqlite://|redis://|rediss://|memory://|.*\$\{)"}}),
-        "telemetry": _block(_config._TELEMETRY, dict.fromkeys(_config._TELEMETRY, _SCALAR)),
-        "serve": _SERVE,
-        "flow": _block(("max_content_mib",), {"max_content_mib": {"type": "number", "exclusiveMinimum": 0, "maximum": 1024}},
-                       "information flow: labelled content kept per session for `carries`"),
-    }
-    out = _block(_config._TOP, top, nullable=False)
-    return {"$schema": DIALECT, "title": "mcp-guard guard.yaml", **out, "required": ["version"],
-            "$defs": {"upstream": upstream}}
+    """guard.yaml, from its document model."""
+    return json_schema(GuardDoc, "mcp-guard guard.yaml")
 
 
 # --------------------------------------------------------------------------- policy files
