@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from mcp_guard.yamlsrc import Path, SourceReader, did_you_mean
 
@@ -121,17 +122,26 @@ def _one(err: ErrorDetails, model: type[BaseModel], r: SourceReader, what: Calla
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def json_schema(model: type[BaseModel], title: str) -> dict[str, Any]:
+class _Absent(GenerateJsonSchema):
+    """An optional key is one that may be left out, not one that may be written as null."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+
+def json_schema(model: type[BaseModel], title: str, *, null_is_absent: bool = False) -> dict[str, Any]:
     """``model``'s JSON Schema (2020-12) for editors: the model's own, without pydantic's
-    generated per-property titles."""
-    out = _untitled(model.model_json_schema(mode="validation"))
+    generated per-property titles.  ``null_is_absent``: the file's reader refuses ``key: null``."""
+    generator = _Absent if null_is_absent else GenerateJsonSchema
+    out = _untitled(model.model_json_schema(mode="validation", schema_generator=generator), drop_null=null_is_absent)
     out.pop("description", None)
     return {"$schema": DIALECT, "title": title, **out}
 
 
-def _untitled(node: Any) -> Any:
+def _untitled(node: Any, *, drop_null: bool) -> Any:
     if isinstance(node, dict):
-        return {k: _untitled(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+        return {k: _untitled(v, drop_null=drop_null) for k, v in node.items()
+                if not (k == "title" and isinstance(v, str)) and not (drop_null and k == "default" and v is None)}
     if isinstance(node, list):
-        return [_untitled(v) for v in node]
+        return [_untitled(v, drop_null=drop_null) for v in node]
     return node

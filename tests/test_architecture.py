@@ -43,7 +43,6 @@ DEBTS: dict[str, set[object]] = {
     "transport": set(),
     "size": {
         'mcp_guard.audit',
-        'mcp_guard.policy.parse',
         'mcp_guard.proxy.approvals',
         'mcp_guard.proxy.session',
         'mcp_guard.serve.asgi',

@@ -22,6 +22,7 @@ from mcp_guard.identity import Principal
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
 from mcp_guard.policy._flow import NOTHING, Brought
+from mcp_guard.policy.dump import dump
 from mcp_guard.policy.engine import PolicySet
 from mcp_guard.policy.files import policy_sources
 from mcp_guard.policy.model import (
@@ -36,7 +37,7 @@ from mcp_guard.policy.model import (
     RuleRef,
     Subjects,
 )
-from mcp_guard.policy.parse import Parsed, dump, parse_sources, parse_text
+from mcp_guard.policy.parse import Parsed, parse_sources, parse_text
 from mcp_guard.policy.traces import BoundLimit, Explanation, PolicyTrace, RuleTrace
 
 __all__ = [
