@@ -14,9 +14,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StrictBool, StrictInt, WithJsonSchema
 
 from mcp_guard.policy.model import (
-    ANNOTATION_HINTS,
-    LABEL_OPERATORS,
-    OPERATORS,
     PRINCIPAL_KEYS,
     SESSION_LABELS,
     URI_KEY,
@@ -233,6 +230,3 @@ def keys(model: type[BaseModel]) -> tuple[str, ...]:
     """The keys a mapping of ``model`` accepts, as written in the file."""
     return tuple(f.alias or name for name, f in model.model_fields.items())
 
-
-assert set(keys(ConditionDoc)) == {*OPERATORS, *LABEL_OPERATORS}, "ConditionDoc and the engine's operators must agree"
-assert set(keys(AnnotationsDoc)) == set(ANNOTATION_HINTS), "AnnotationsDoc and the engine's annotation hints must agree"
