@@ -151,7 +151,7 @@ UpstreamName = Annotated[str, BeforeValidator(_name), WithJsonSchema({"type": "s
 class Block(BaseModel):
     """A mapping of guard.yaml: unknown keys are refused (with a "did you mean")."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, use_attribute_docstrings=True, defer_build=True)
     NEEDS: ClassVar[dict[str, str]] = {}  # a better sentence than "X needs `key`" for a missing key
 
 

@@ -40,7 +40,7 @@ Effects = Literal["allow", "approve", "deny"]
 class Doc(BaseModel):
     """A mapping of a policy file: unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, defer_build=True)
 
 
 class CarriesDoc(Doc):
