@@ -44,7 +44,7 @@ from mcp_guard.config.model import (
     resolve_state_url,
 )
 from mcp_guard.errors import ConfigError
-from mcp_guard.typedoc import report
+from mcp_guard.typedoc import fields_at, report
 from mcp_guard.yamlsrc import Path as YPath
 from mcp_guard.yamlsrc import Problem, SourceReader, YamlSyntaxError, did_you_mean, load
 
@@ -110,9 +110,12 @@ def _what(path: YPath) -> str:
 
 
 def _expanded(data: Any, path: YPath, r: SourceReader, environ: Mapping[str, str]) -> Any:
-    """``data`` with ``${VAR}`` expanded in every string (variable names in ``env_passthrough`` aside)."""
+    """``data`` with ``${VAR}`` expanded in every string (variable names in ``env_passthrough`` aside),
+    and ``key: null`` read as the key left out (an unknown key stays, to be reported)."""
     if isinstance(data, dict):
-        return {k: _expanded(v, (*path, k), r, environ) for k, v in data.items()}
+        known = fields_at(GuardDoc, path)
+        return {k: _expanded(v, (*path, k), r, environ) for k, v in data.items()
+                if v is not None or known is None or k not in known.model_fields}
     if isinstance(data, list):
         if len(path) == 3 and path[0] == "upstreams" and path[2] == "env_passthrough":
             return data

@@ -174,3 +174,12 @@ def test_a_mutated_config_loads_or_says_where_it_is_wrong(doc: dict[str, Any], t
         assert all(line.startswith(str(tmp_path / "guard.yaml")) for line in exc.problems)
         return
     assert isinstance(config, GuardConfig)
+
+
+def test_a_null_value_is_the_key_left_out_but_an_unknown_key_is_still_refused(tmp_path: Path) -> None:
+    text = "version: 1\nupstreams:\n  fs: {command: x, args: null, roots: null, timeout: null}\nidentity: {user: null}\n"
+    up = parse_config(text, str(tmp_path / "guard.yaml"), environ={}).upstreams["fs"]
+    assert (up.args, up.roots, up.timeout) == ((), "none", 60.0)
+    with pytest.raises(ConfigError) as err:
+        parse_config("version: 1\nidentity: {agnt: null}\n", str(tmp_path / "guard.yaml"), environ={})
+    assert err.value.problems == [f"{tmp_path / 'guard.yaml'}:2:12: unknown key `agnt` in identity (did you mean `agent`?)"]
