@@ -39,6 +39,7 @@ from mcp_guard.jsonrpc import INVALID_REQUEST, META_SUBSCRIPTION_ID, PARSE_ERROR
 from mcp_guard.serve.admin import healthz
 from mcp_guard.serve.drain import Drain, listener, run_listeners
 from mcp_guard.serve.oauth import OAuthVerifier
+from mcp_guard.serve.replica_link import ReplicaLink
 from mcp_guard.serve.resource import WELL_KNOWN, Caller, ResourceServer
 from mcp_guard.serve.streams import EventStream, Stream, accepts_sse
 from mcp_guard.serve.table import SessionEntry, Sessions, SessionTable
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from mcp_guard.serve.approval_page import ApprovalPage
     from mcp_guard.serve.exchange import TokenExchange
     from mcp_guard.serve.fanout import Fanout
+    from mcp_guard.serve.questions import Questions
     from mcp_guard.serve.session_records import SessionRecords
 
 log = logging.getLogger("mcp_guard.http")
@@ -59,9 +61,10 @@ LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
 MCP_METHODS = ("GET", "POST", "DELETE")  # what the MCP endpoint answers (others: 405 from the router)
 
 
-class HttpGuard(ResourceServer, SessionTable):
+class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
     """The ASGI app: the ``Host`` and ``Origin`` checks, authentication (``ResourceServer``), the
-    session table (``SessionTable``), and each request handed to its session."""
+    session table (``SessionTable``), what ties it to other replicas (``ReplicaLink``), and each
+    request handed to its session."""
 
     def __init__(
         self,
@@ -85,6 +88,8 @@ class HttpGuard(ResourceServer, SessionTable):
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False  # SIGTERM: new requests are refused with 503, what is in flight finishes
         self.fanout: Fanout | None = None  # redis://: session events reach the replica holding the stream
+        self.questions: Questions | None = None  # redis://: answers reach the replica that asked (made at start)
+        self._tasks: set[asyncio.Future[None]] = set()  # background work kept referenced (session state)
         self._adopting: dict[str, asyncio.Future[None]] = {}
         self.mcp_path = "/mcp"
         routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
@@ -128,6 +133,7 @@ class HttpGuard(ResourceServer, SessionTable):
         await self.app(scope, receive, send)
 
     async def start(self) -> None:
+        self._link_start()
         if self.fanout is not None:
             self.fanout.start(self._session_event)
         await self.guard.start()
@@ -217,12 +223,15 @@ class HttpGuard(ResourceServer, SessionTable):
             return opened
         entry = opened
         entry.initialize = record["initialize"]
+        self._wire(entry)
         replayed = await self._ask(entry, {**record["initialize"], "id": "adopt"}, False, False, {})
         if not isinstance(replayed, Response) or replayed.status_code != 200 or b'"error"' in bytes(replayed.body):
             self._drop(f"sid:{sid}")
             await entry.close("Session could not be adopted")
             return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
         await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        entry.initialized = True
+        await self._replay(entry, record.get("state") or {})
         log.info("session %s adopted from the shared state store", sid[:8])
         return None
     async def _listen(self, request: Request, sid: str | None, caller: Caller) -> Response | EventStream:
@@ -266,6 +275,7 @@ class HttpGuard(ResourceServer, SessionTable):
             headers["Mcp-Session-Id"] = sid
             if self.records is not None:
                 entry.initialize = message
+                self._wire(entry)
                 await self.records.save(sid, caller.binding, message)
         elif sid:
             found = await self._find(sid, caller, message.get("id"), method if isinstance(method, str) else None)
@@ -273,7 +283,11 @@ class HttpGuard(ResourceServer, SessionTable):
                 return found
             entry = found
             if self.records is not None:
-                await self.records.touch(sid, caller.binding, entry.initialize)
+                await self.records.touch(sid, caller.binding, entry.initialize, entry.state)
+                if not entry.initialized:  # the client's `initialized` may have landed on another replica:
+                    entry.initialized = True  # it sent it before this request all the same
+                    if method != "notifications/initialized":
+                        await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
         else:
             known = self.entries.get(f"id:{caller.binding}")
             if known is None:
@@ -288,9 +302,10 @@ class HttpGuard(ResourceServer, SessionTable):
                 await entry.host.cancel(entry.session, message)
             elif "method" in message or entry.host.answered(message):  # answered: a question asked on its streams
                 await entry.session.handle(message)
-            else:
-                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "Invalid Request: no question of this session has this id"),
-                                    status_code=400)
+            else:  # another replica may have asked it (questions.py); else no one did
+                refused = await self._forward_answer(entry, sid, caller, message)
+                if refused is not None:
+                    return refused
             return Response(status_code=202, headers=headers)
         if message.get("method") == "subscriptions/listen" and not sse:
             return JSONResponse(error(message.get("id"), INVALID_REQUEST, "subscriptions/listen needs Accept: text/event-stream"),
@@ -305,6 +320,7 @@ class HttpGuard(ResourceServer, SessionTable):
         host = entry.host
         original = message["id"]
         inner, stream = host.open(message, sse)
+        self._watch_state(entry, message, stream)
 
         def outward(event: Message) -> Message:
             if "method" not in event and event.get("id") == inner:
@@ -346,9 +362,11 @@ class HttpGuard(ResourceServer, SessionTable):
                              "binding": record.get("binding")})
 
     def _session_event(self, event: Mapping[str, Any]) -> None:
-        """An event from the replicas' channel (this replica's own included)."""
+        """An event from the replicas' channels (this replica's own included)."""
         if event.get("event") == "elicitation/complete" and isinstance(event.get("id"), str):
             self.elicitation_complete(event["id"], event)
+        else:
+            self._replica_event(event)
 
     def elicitation_complete(self, approval_id: str, record: Mapping[str, Any]) -> None:
         """The approval page answered ``approval_id``: if a 2025-11-25 caller was pointed at it by

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from mcp_guard.jsonrpc import (
@@ -21,6 +22,9 @@ from mcp_guard.serve.streams import Stream
 log = logging.getLogger("mcp_guard.http")
 
 REQUEST_CANCELLED = -32800
+# what a session's GET stream receives that one replica may produce for a stream another holds
+STREAM_NOTICES = frozenset({"notifications/tools/list_changed", "notifications/prompts/list_changed",
+                            "notifications/resources/list_changed", "notifications/resources/updated"})
 
 
 class HostSession(Protocol):
@@ -46,6 +50,11 @@ class ReplyHost:
         self._asked: dict[Any, Stream] = {}  # request to the caller (session's id) -> the stream it went on
         self.listener: Stream | None = None  # GET stream
         self._ids = itertools.count(1)
+        # replicas (questions.py): record a question before it goes out (None, or why it cannot be
+        # asked), and drop the record once it is answered or can no longer be
+        self.share: Callable[[Any], Awaitable[str | None]] | None = None
+        self.settle: Callable[[Any], None] | None = None
+        self.elsewhere: Callable[[Message], None] | None = None  # a GET-stream notice with no GET stream here
 
     async def send(self, message: Message) -> None:
         if "method" not in message:  # an answer to a caller request
@@ -55,14 +64,19 @@ class ReplyHost:
             return
         if "id" in message:  # a question from an upstream, put to this caller
             stream = self._related()
-            if stream is None or not stream.put(message):
-                await self._unanswerable(message)
+            refusal = await self.share(message["id"]) if stream is not None and self.share is not None else None
+            if stream is None or refusal is not None or not stream.put(message):
+                if refusal is None and stream is not None and self.settle is not None:
+                    self.settle(message["id"])
+                await self._unanswerable(message, refusal)
                 return
             stream.asked.add(message["id"])
             self._asked[message["id"]] = stream
             return
         target = self._notification_stream(message)
-        if target is None or not target.put(message):
+        if target is None and self.listener is None and self.elsewhere is not None and message.get("method") in STREAM_NOTICES:
+            self.elsewhere(message)  # for the GET stream, which another replica may hold
+        elif target is None or not target.put(message):
             log.debug("no stream for %s", message.get("method"))
 
     def _related(self) -> Stream | None:
@@ -86,10 +100,18 @@ class ReplyHost:
             return self._related()
         return self.listener
 
-    async def _unanswerable(self, message: Message) -> None:
+    async def _unanswerable(self, message: Message, reason: str | None = None) -> None:
         if self.session is not None:
-            await self.session.handle(error(message["id"], INTERNAL_ERROR,
-                                            f"the caller has no open stream to be asked {message.get('method')} on"))
+            await self.session.handle(error(message["id"], INTERNAL_ERROR, f"the caller cannot be asked {message.get('method')}: "
+                                            + (reason or "it has no open stream to be asked on")))
+
+    async def fail_questions(self, reason: str) -> None:
+        """Every question still waiting fails at once (``reason``): its answer could not reach this replica."""
+        for hid, stream in list(self._asked.items()):
+            stream.asked.discard(hid)
+            del self._asked[hid]
+            if self.session is not None:
+                await self.session.handle(error(hid, INTERNAL_ERROR, reason))
 
     def answered(self, message: Message) -> bool:
         """A response POSTed by the caller: True if it answers a question asked on one of its streams."""
@@ -97,6 +119,8 @@ class ReplyHost:
         if stream is None:
             return False
         stream.asked.discard(message.get("id"))
+        if self.settle is not None:
+            self.settle(message.get("id"))
         return True
 
     def open(self, message: Message, sse: bool) -> tuple[str, Stream]:
@@ -130,6 +154,8 @@ class ReplyHost:
         """Questions asked on a stream that closed can no longer be answered: the upstream is told so."""
         for hid in list(stream.asked):
             self._asked.pop(hid, None)
+            if self.settle is not None:
+                self.settle(hid)
             if self.session is not None:
                 await self.session.handle(error(hid, INTERNAL_ERROR, "the caller closed the stream before answering"))
         stream.asked.clear()

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.responses import JSONResponse, Response
@@ -49,6 +49,8 @@ class SessionEntry:
     used: float
     busy: int = 0
     initialize: Message | None = None  # the handshake, kept to refresh the shared record (session_records.py)
+    initialized: bool = False  # the session heard `notifications/initialized` (shared records: from this replica)
+    state: Message = field(default_factory=dict)  # what the caller changed since the handshake (session_state.py)
 
     async def close(self, reason: str) -> None:
         self.host.abort(reason)

@@ -73,3 +73,29 @@ async def test_an_answer_on_one_replica_reaches_the_stream_on_another(redis_url:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_list_change_on_one_replica_reaches_the_get_stream_on_another(redis_url: str) -> None:
+    a, b = replica(redis_url), replica(redis_url)
+    await a.start()
+    await b.start()
+    try:
+        assert a.fanout is not None and b.fanout is not None
+        await asyncio.wait_for(a.fanout.subscribed.wait(), 10)
+        await asyncio.wait_for(b.fanout.subscribed.wait(), 10)
+        stream = hold_session(a)  # the GET stream is on A
+        host = ReplyHost()  # B serves the same session, without a GET stream
+        host.elsewhere = lambda message: b._notice_elsewhere("abc", message)
+        await host.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        assert await next_event(stream, 10) == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {}}
+        await host.send({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "file:///a"}})
+        assert await next_event(stream, 10) == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                                "params": {"uri": "file:///a"}}
+        # only GET-stream notices travel: a log message of no request, or another session's notice, does not
+        await host.send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}})
+        b._notice_elsewhere("someone-else", {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        b.fanout.publish({"event": "notice", "session": "abc", "message": {"method": "sampling/createMessage", "id": 1}})
+        assert await next_event(stream, 1.0) is None
+    finally:
+        await a.close()
+        await b.close()
