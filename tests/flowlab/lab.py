@@ -18,6 +18,7 @@ token is a grant of every tool (``*/*``), which narrows nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -200,6 +201,7 @@ class Served:
 
     def __init__(self, setup: Setup, tmp: Path) -> None:
         self.setup, self.tmp = setup, tmp
+        self._ready = False
         self.idp, idp_pub = generate_keypair()
         self._stack = contextlib.ExitStack()
         tmp.mkdir(parents=True, exist_ok=True)
@@ -218,28 +220,39 @@ class Served:
         self._world.reset()
         return self._world
 
+    async def ready(self) -> None:
+        """Wait until every upstream has started (``serve`` listens while they still start)."""
+        if self._ready:
+            return
+        chain = issue_grant(self.idp, ISSUER, "lab", "probe", dict(EVERY_TOOL), ttl=600)
+        for _ in range(120):
+            async with connect(self.url, chain) as client:
+                names = {t.name.split("_", 1)[0] for t in (await client.list_tools()).tools}
+            if names >= set(UPSTREAMS):
+                self._ready = True
+                return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"the {self.setup} serve's upstreams did not all start: {sorted(names)}")
+
     def close(self) -> None:
         self._stack.close()
 
 
 class Serves:
-    """The serve of the set-up now running (tests of one set-up run one after another, on one
-    worker): asking for another set-up stops the one before."""
+    """One serve per set-up, started when a scenario first asks for it, kept until ``close``."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.now: Served | None = None
+        self.running: dict[str, Served] = {}
 
     def get(self, setup: Setup) -> Served:
-        if self.now is None or self.now.setup != setup:
-            self.close()
-            self.now = Served(setup, self.tmp / setup.replace("+", "-"))
-        return self.now
+        if setup not in self.running:
+            self.running[setup] = Served(setup, self.tmp / setup.replace("+", "-"))
+        return self.running[setup]
 
     def close(self) -> None:
-        if self.now is not None:
-            self.now.close()
-            self.now = None
+        while self.running:
+            self.running.popitem()[1].close()
 
 
 Steps = Callable[[Agent, World], Awaitable[None]]
@@ -264,6 +277,7 @@ async def run(setup: Setup, upstreams: tuple[str, ...], grant: Grant, steps: Ste
             world = World(tmp / "world", *stack.enter_context(site()))
         else:
             assert served.setup == setup, (served.setup, setup)
+            await served.ready()
             world = served.world()
         lab = Lab(setup, upstreams, grant, tmp, served)
         async with lab.session(world) as agent:

@@ -8,7 +8,7 @@ never by a broken step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import atexit
 from pathlib import Path
 
 import pytest
@@ -43,17 +43,18 @@ def _cases() -> list[object]:
     return cases
 
 
-@pytest.fixture(scope="session")
-def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serves]:
-    running = Serves(tmp_path_factory.mktemp("flowlab"))
-    yield running
-    running.close()
+_SERVES: list[Serves] = []
 
 
 @pytest.fixture
-def served(serves: Serves, request: pytest.FixtureRequest) -> Served:
-    """The serve of this test's set-up (started by the first of its scenarios)."""
-    return serves.get(request.node.callspec.params["setup"])
+def served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Served:
+    """The serve of this test's set-up, started by the first of its scenarios and kept for the
+    worker's life (stopped when it exits): whatever order the worker gets the tests in, each
+    set-up starts once."""
+    if not _SERVES:
+        _SERVES.append(Serves(tmp_path_factory.mktemp("flowlab")))
+        atexit.register(_SERVES[0].close)
+    return _SERVES[0].get(request.node.callspec.params["setup"])
 
 
 def _check(scenario: Scenario, setup: str, outcome: Outcome) -> None:
