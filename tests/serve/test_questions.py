@@ -185,10 +185,14 @@ async def test_a_flood_of_events_for_unknown_sessions_stays_bounded(redis_url: s
                 pipe.publish(CHANNEL, body)
             await pipe.execute()
         landed = await post_answer(b, "real", ALICE, 11)  # the real answer still gets through, promptly
-        assert landed.status_code == 202 and time.monotonic() - started < 15
+        assert landed.status_code == 202 and time.monotonic() - started < 60  # a bound against starvation, not a timing target
         assert [m for m in session_a.handled if m.get("id") == 11]
-        await asyncio.sleep(0.5)
-        assert a.questions is not None and a.questions._taking == 0  # nothing left running
+        assert a.questions is not None
+        for _ in range(200):  # the flood drains (a loaded machine takes a while), then nothing is left running
+            if a.questions._taking == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert a.questions._taking == 0
         assert not a.fanout._waiting and not a._tasks  # no state replay started for sessions it does not hold
     finally:
         await r.aclose()
