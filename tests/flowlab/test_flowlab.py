@@ -32,7 +32,8 @@ THROUGH_RUN = {  # one scenario per flow mechanism, under grant + flow through `
 
 
 def _cases() -> list[object]:
-    """Set-up by set-up (each one serve, on one worker: its xdist group), scenario by scenario."""
+    """Set-up by set-up (an xdist group each), scenario by scenario; each worker starts a set-up's
+    serve at most once (``served``)."""
     cases: list[object] = []
     for setup in SETUPS:
         why = missing(setup)
