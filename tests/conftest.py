@@ -122,3 +122,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Make ``xdist_group`` marks group again under pytest 9.2.
+
+    xdist (3.8) tags a grouped test by appending ``@group`` to ``item._nodeid``; pytest 9.2 derives
+    ``nodeid`` from ``item._id`` instead, so the tag was lost and ``--dist loadgroup`` spread one
+    expensive set-up over every worker.  After xdist has tagged the items, carry the tag into ``_id``.
+    """
+    yield
+    try:
+        from _pytest.nodeid import coerce_node_id  # pytest >= 9.2 only
+    except ImportError:  # older pytest reads _nodeid itself
+        return None
+    for item in items:
+        tagged = item.__dict__.get("_nodeid")
+        if isinstance(tagged, str) and tagged != item.nodeid:
+            item._id = coerce_node_id(tagged)  # type: ignore[attr-defined]
+    return None
