@@ -144,20 +144,26 @@ def _uniq(values: np.ndarray) -> np.ndarray:
 
 
 class _Sixes:
-    """Sorted unique 6-gram hashes in a few chunks merged like a binary counter."""
+    """Sorted unique 6-gram hashes in a few chunks merged like a binary counter, behind a Bloom
+    filter of about 1 in 10 bits set: a string that is not in the content almost always has a
+    6-gram the filter rules out, so it costs no binary search."""
 
     def __init__(self) -> None:
         self.chunks: list[np.ndarray] = []
+        self.bits = _Bits(10)
 
     def add(self, values: np.ndarray) -> None:
         if not len(values):
             return
         chunk = _uniq(values)
+        self.bits.add(chunk, [*self.chunks, chunk])
         while self.chunks and len(self.chunks[-1]) <= 2 * len(chunk):
             chunk = _uniq(np.concatenate((self.chunks.pop(), chunk)))
         self.chunks.append(chunk)
 
     def all(self, q: np.ndarray) -> bool:
+        if len(self.bits.maybe(q)) < len(q):
+            return False
         hit = np.zeros(len(q), dtype=bool)
         for chunk in self.chunks:
             idx = np.searchsorted(chunk, q)
@@ -167,18 +173,19 @@ class _Sixes:
 
 
 class _Bits:
-    """A one-probe Bloom filter over mixed fingerprints, sized to hold about 1 in 40 bits set (about
-    2.5% false positives): one random read per query fingerprint, before any binary search."""
+    """A one-probe Bloom filter over mixed hashes, sized to hold about 1 in ``spread`` bits set
+    (``1 / spread`` false positives): one random read per query hash, before any binary search."""
 
-    def __init__(self) -> None:
+    def __init__(self, spread: int) -> None:
+        self.spread = spread
         self.size = 1 << 16
         self.bits = np.zeros(self.size // 8, dtype=np.uint8)
         self.count = 0
 
     def add(self, values: np.ndarray, everything: list[np.ndarray]) -> None:
         self.count += len(values)
-        if self.count * 40 > self.size:
-            while self.count * 40 > self.size:
+        if self.count * self.spread > self.size:
+            while self.count * self.spread > self.size:
                 self.size *= 2
             self.bits = np.zeros(self.size // 8, dtype=np.uint8)
             for chunk in everything:
@@ -202,7 +209,7 @@ class _Prints:
 
     def __init__(self) -> None:
         self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
-        self.bits = _Bits()
+        self.bits = _Bits(40)
 
     def add(self, piece: int, h: np.ndarray) -> None:
         if len(h) < W:
@@ -378,6 +385,7 @@ class ContentIndex:
 
 
 def _matches(content: _LabelContent, forms: tuple[str, ...], token: bool, endorsed: frozenset[str]) -> bool:
+    long: list[str] = []
     for text in forms:
         if text in endorsed:
             continue
@@ -392,9 +400,10 @@ def _matches(content: _LabelContent, forms: tuple[str, ...], token: bool, endors
         for e in endorsed:
             if e in text:
                 text = text.replace(e, "\x00")  # a run inside an endorsed string is no match
-        if content.shares_run(text):
-            return True
-    return False
+        long.append(text)
+    # the long forms searched in one pass: normalised text never holds a newline (whitespace is
+    # collapsed to one space), so no shared run crosses the joint
+    return bool(long) and content.shares_run("\n".join(long))
 
 
 __all__ = ["RUN", "WHOLE", "ContentIndex", "K", "W", "codes_of", "forms_of", "grams", "mix", "run_hashes",
