@@ -1,14 +1,21 @@
-"""Information-flow cost on the hot path.
+"""Information-flow cost on the hot path, against its two targets.
 
 Measures:
-  * ``carries`` on a 4 KiB argument (prose that shares no run with the content, and one hidden in
-    base64) against ``--mib`` MiB (default 16) of labelled content: the per-call comparison;
+  * ``carries`` on a 4 KiB argument against ``--mib`` MiB (default 16) of labelled content: prose
+    that shares no run with the content, the same hidden in base64 (the two targeted figures),
+    and for information hex, percent-encoded, a 4 KiB object of short strings, and one short
+    string (the whole-string path).  Every call gets an argument it has not seen (the per-value
+    cache of forms and fingerprints would otherwise answer), so these are first-sight costs;
   * label bookkeeping plus a ``session.labels`` condition: the flow step's read (``run``: the
-    cached state), its view, and a decision with a ``session.labels`` rule, minus the same
-    decision without flow policies;
+    cached state), its view, and ``evaluate`` (what the pipeline calls: the decision and what the
+    request brings) with a ``session.labels`` rule, minus ``evaluate`` without flow policies;
   * building the index for the content (paid once, incrementally, as content arrives).
 
-Run: .venv/bin/python bench/bench_flow.py [--mib 16] [--rounds 7] [--json]
+Each figure is CPU time of this thread (``time.thread_time_ns``), the minimum over ``--rounds``
+rounds of many calls: the machine may be shared, and the minimum is the figure load moves least.
+The load average is printed beside it.
+
+Run: .venv/bin/python bench/bench_flow.py [--mib 16] [--rounds 15] [--json]
 """
 
 from __future__ import annotations
@@ -17,20 +24,25 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import platform
 import random
-import statistics
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import quote
 
+from mcp_guard.decision import evaluate
 from mcp_guard.flow import ContentIndex
 from mcp_guard.identity import Principal
 from mcp_guard.policy import load_sources
 from mcp_guard.proxy.flow import FlowTracker
 from mcp_guard.state.base import FlowPiece, LabelOrigin
 from mcp_guard.state.memory import MemoryStore
+
+CARRIES_TARGET_US = 200.0
+FLOW_STEP_TARGET_US = 10.0
 
 FLOW_POLICY = """version: 1
 labels:
@@ -69,79 +81,112 @@ def _text(rng: random.Random, words: list[str], size: int) -> str:
     return " ".join(out)[:size]
 
 
-def per_call(fn: Callable[[], Any], n: int, rounds: int) -> float:
-    """Median seconds per call over ``rounds`` rounds of ``n`` calls."""
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t) / n)
-    return statistics.median(times)
+def least_cpu(fn: Callable[[Any], Any], inputs: Sequence[Sequence[Any]]) -> float:
+    """The least CPU seconds per call over the rounds; round ``r`` calls ``fn`` on each of ``inputs[r]``."""
+    best = float("inf")
+    for batch in inputs:
+        t = time.thread_time_ns()
+        for x in batch:
+            fn(x)
+        best = min(best, (time.thread_time_ns() - t) / len(batch))
+    return best / 1e9
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--mib", type=float, default=16)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--json", action="store_true")
-    opts = ap.parse_args()
+def fresh(make: Callable[[int], Any], rounds: int, n: int) -> list[list[Any]]:
+    """``rounds`` batches of ``n`` inputs, all different (first sight for every call)."""
+    return [[make(r * n + i) for i in range(n)] for r in range(rounds)]
+
+
+def carries_figures(mib: float, rounds: int) -> tuple[dict[str, float], float, float]:
     rng = random.Random(7)
     words = _words(rng, 20_000)
     other = _words(random.Random(8), 20_000)
     index = ContentIndex()
     piece = 256 * 1024
-    t = time.perf_counter()
-    for _ in range(max(1, int(opts.mib * 1024 * 1024 / piece))):
+    t = time.thread_time()
+    for _ in range(max(1, int(mib * 1024 * 1024 / piece))):
         index.add({"untrusted"}, _text(rng, words, piece))
-    build = time.perf_counter() - t
+    build = time.thread_time() - t
     prose = _text(random.Random(9), other, 4096)
-    secret = base64.b64encode(_text(random.Random(10), other, 3000).encode()).decode()[:4096]
-    carries_prose = per_call(lambda: index.carries([prose], ["untrusted"]), 50, opts.rounds)
-    carries_b64 = per_call(lambda: index.carries([secret], ["untrusted"]), 50, opts.rounds)
+    plain = _text(random.Random(10), other, 3000)
+    per_call = 40
 
-    async def flow_step() -> tuple[float, float]:
+    def stamp(i: int) -> str:
+        return f"{i:06d} "
+
+    cases: dict[str, Callable[[int], Any]] = {
+        "prose": lambda i: [(stamp(i) + prose)[:4096]],
+        "base64": lambda i: [base64.b64encode((stamp(i) + plain).encode()).decode()[:4096]],
+        "hex": lambda i: [(stamp(i) + plain[:2040]).encode().hex()[:4096]],
+        "percent": lambda i: [quote(stamp(i) + prose[:1400], safe="")[:4096]],
+        "object": lambda i: [f"{stamp(i)}{w} {j}" for j, w in enumerate(other[:300])],  # ~4 KiB of short strings
+        "short": lambda i: [f"carol{i}@corp.example"],
+    }
+    out = {name: least_cpu(lambda a: index.carries(a, ["untrusted"]), fresh(make, rounds, per_call))
+           for name, make in cases.items()}
+    return out, build, index.chars / 2**20
+
+
+def flow_step_figures(rounds: int) -> tuple[float, float]:
+    async def run() -> tuple[float, float]:
         tracker = FlowTracker(MemoryStore(), 16 << 20, exclusive=True)
-        await tracker.add("session:s", [LabelOrigin("untrusted", "web/fetch", 1)], [FlowPiece(frozenset({"untrusted"}), "some page")])
+        await tracker.add("session:s", [LabelOrigin("untrusted", "web/fetch", 1)],
+                          [FlowPiece(frozenset({"untrusted"}), "some page")])
         flow_ps, plain_ps = load_sources([("f.yaml", FLOW_POLICY)]), load_sources([("p.yaml", PLAIN_POLICY)])
         who = Principal("alice", ("bot",))
-        loop_n = 2000
-
-        async def with_flow() -> None:
-            for _ in range(loop_n):
+        args = {"to": "bob"}
+        n = 2000
+        with_flow, without = float("inf"), float("inf")
+        for _ in range(rounds):
+            t = time.thread_time_ns()
+            for _ in range(n):
                 state = await tracker.get("session:s")
                 view = tracker.view("session:s", state, None)
-                flow_ps.decide(who, "mail/send_mail", {"to": "bob"}, flow=view)
+                evaluate(flow_ps, None, who, "mail/send_mail", args, None, 0.0, flow=view)
+            with_flow = min(with_flow, (time.thread_time_ns() - t) / n)
+            t = time.thread_time_ns()
+            for _ in range(n):
+                evaluate(plain_ps, None, who, "mail/send_mail", args, None, 0.0)
+            without = min(without, (time.thread_time_ns() - t) / n)
+        return with_flow / 1e9, without / 1e9
 
-        async def without() -> None:
-            for _ in range(loop_n):
-                plain_ps.decide(who, "mail/send_mail", {"to": "bob"})
+    return asyncio.run(run())
 
-        a, b = [], []
-        for _ in range(opts.rounds):
-            t0 = time.perf_counter()
-            await with_flow()
-            a.append((time.perf_counter() - t0) / loop_n)
-            t0 = time.perf_counter()
-            await without()
-            b.append((time.perf_counter() - t0) / loop_n)
-        return statistics.median(a), statistics.median(b)
 
-    flow_call, plain_call = asyncio.run(flow_step())
-    result = {
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=float, default=16)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--json", action="store_true")
+    opts = ap.parse_args()
+    load_before = os.getloadavg()[0]
+    carries, build, mib = carries_figures(opts.mib, opts.rounds)
+    flow_call, plain_call = flow_step_figures(opts.rounds)
+    step = (flow_call - plain_call) * 1e6
+    worst = max(carries["prose"], carries["base64"]) * 1e6
+    result: dict[str, Any] = {
         "python": platform.python_version(),
-        "content_mib": round(index.chars / 2**20, 2),
-        "index_build_s": round(build, 2),
-        "carries_4kib_prose_us": round(carries_prose * 1e6, 1),
-        "carries_4kib_base64_us": round(carries_b64 * 1e6, 1),
-        "flow_step_and_session_labels_us": round((flow_call - plain_call) * 1e6, 2),
-        "decision_without_flow_us": round(plain_call * 1e6, 2),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "content_mib": round(mib, 2),
+        "index_build_cpu_s": round(build, 2),
+        **{f"carries_4kib_{k}_us" if k not in ("short",) else "carries_short_string_us": round(v * 1e6, 1)
+           for k, v in carries.items()},
+        "flow_step_and_session_labels_us": round(step, 2),
+        "evaluate_without_flow_us": round(plain_call * 1e6, 2),
+        "targets": {
+            "carries, 4 KiB against 16 MiB (worse of prose and base64)": [round(worst, 1), CARRIES_TARGET_US],
+            "flow step and session.labels per call": [round(step, 2), FLOW_STEP_TARGET_US],
+        },
     }
     if opts.json:
         print(json.dumps(result))
-    else:
-        for k, v in result.items():
+        return
+    for k, v in result.items():
+        if k != "targets":
             print(f"{k:40} {v}")
+    print("\ntargets (CPU µs per call, least of the rounds):")
+    for name, (got, target) in result["targets"].items():
+        print(f"  {name:60} {got:>8} µs   target ≤ {target:g} µs   {'met' if got <= target else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,21 @@ never per call:
 * a shared run of ``RUN`` (24) characters or more: winnowing (Schleimer, Wilkerson and Aiken,
   2003).  Every window of ``W`` consecutive ``K``-gram hashes contributes its minimum; a run of
   ``W + K - 1`` characters holds a whole window, whose minimum both sides select.  The argument
-  is winnowed the same way, its fingerprints looked up by binary search, and each hit verified
-  against the text (a shared ``K``-gram is not yet a shared run of 24).
+  is winnowed the same way, its fingerprints looked up in a one-probe Bloom filter and then by
+  binary search, and each hit verified against the text (a shared ``K``-gram is not yet a shared
+  run of 24).
 * a whole string of ``WHOLE`` (6) to 23 characters occurring in the content: every 6-gram of the
   string must be among the content's 6-gram hashes (a filter with no false negatives), and only
   then is the text searched exactly.
 * ``match: token``: the normalised argument equals a whole token of the content (a set lookup).
 
-Hashes are 64-bit polynomial hashes of code points, mixed, computed by numpy over whole arrays.
+Hashes are 64-bit polynomial hashes of code points; the run hashes are winnowed unmixed and mixed
+once selected (a few hundred values per argument, not thousands).  64 bits, not 32: window minima
+crowd into the low end of the range, so 32-bit fingerprints of a 4 KiB argument met about three
+false candidates in 16 MiB, each costing a verification.  All of it is numpy over whole arrays
+(in pure Python a rolling hash of a 4 KiB argument alone takes about a millisecond).  An
+argument's forms (normalised, decoded) and fingerprints are kept in a small cache by value, so
+the rules and labels that test one argument compute them once.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from mcp_guard.flow.text import decoded, normalise, tokens
 
@@ -35,12 +43,46 @@ _BASE = np.uint64(0x100000001B3)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _S33 = np.uint64(33)
 _S32 = np.uint64(32)
-_LOW = np.uint64(0xFFFFFFFF)
 _EMPTY = np.zeros(0, dtype=np.uint64)
+_CACHED_CHARS = 1 << 16  # arguments longer than this are not kept in the per-value cache
+assert K & (K - 1) == 0  # the run hash doubles its span up to K
+_SPANS = tuple((1 << j, np.uint64(pow(int(_BASE), 1 << j, 1 << 64))) for j in range(K.bit_length() - 1))
 
 
 def codes_of(text: str) -> np.ndarray:
+    """The code points of ``text`` (uint64)."""
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+
+
+def run_hashes(codes: np.ndarray) -> np.ndarray:
+    """The unmixed polynomial hash of every ``K``-gram of ``codes``, by doubling spans
+    (``H(ab) = H(a) * B**len(b) + H(b)``): log2(K) multiply-adds over the whole array."""
+    if len(codes) < K:
+        return _EMPTY
+    h = codes
+    for span, power in _SPANS:
+        h = h[:-span] * power + h[span:]
+    return h
+
+
+def mix(h: np.ndarray) -> np.ndarray:
+    """A bijective mix of hashes (fingerprints are stored mixed, so a Bloom slot taken from their
+    low bits is well spread: the low bits of a polynomial hash are not)."""
+    h = h ^ (h >> _S33)
+    h *= _M1
+    h ^= h >> _S33
+    return h
+
+
+def _adjacent_unique(values: np.ndarray) -> np.ndarray:
+    """``values`` without repeats of the previous value (window minima repeat in runs)."""
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    out: np.ndarray = values[keep]
+    return out
 
 
 def grams(codes: np.ndarray, k: int) -> np.ndarray:
@@ -70,11 +112,7 @@ def grams(codes: np.ndarray, k: int) -> np.ndarray:
         power = power[:-span] * _pow(span) + power[span:]
         span *= 2
     assert out is not None and len(out) == n
-    h = out.copy()
-    h ^= h >> _S33
-    h *= _M1
-    h ^= h >> _S33
-    return h
+    return mix(out)
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,20 +144,26 @@ def _uniq(values: np.ndarray) -> np.ndarray:
 
 
 class _Sixes:
-    """Sorted unique 6-gram hashes in a few chunks merged like a binary counter."""
+    """Sorted unique 6-gram hashes in a few chunks merged like a binary counter, behind a Bloom
+    filter of about 1 in 10 bits set: a string that is not in the content almost always has a
+    6-gram the filter rules out, so it costs no binary search."""
 
     def __init__(self) -> None:
         self.chunks: list[np.ndarray] = []
+        self.bits = _Bits(10)
 
     def add(self, values: np.ndarray) -> None:
         if not len(values):
             return
         chunk = _uniq(values)
+        self.bits.add(chunk, [*self.chunks, chunk])
         while self.chunks and len(self.chunks[-1]) <= 2 * len(chunk):
             chunk = _uniq(np.concatenate((self.chunks.pop(), chunk)))
         self.chunks.append(chunk)
 
     def all(self, q: np.ndarray) -> bool:
+        if len(self.bits.maybe(q)) < len(q):
+            return False
         hit = np.zeros(len(q), dtype=bool)
         for chunk in self.chunks:
             idx = np.searchsorted(chunk, q)
@@ -129,18 +173,19 @@ class _Sixes:
 
 
 class _Bits:
-    """A one-probe Bloom filter over hashes, sized to hold about 1 in 40 bits set (about 2.5%
-    false positives): one random read per query hash, before any binary search."""
+    """A one-probe Bloom filter over mixed hashes, sized to hold about 1 in ``spread`` bits set
+    (``1 / spread`` false positives): one random read per query hash, before any binary search."""
 
-    def __init__(self) -> None:
+    def __init__(self, spread: int) -> None:
+        self.spread = spread
         self.size = 1 << 16
         self.bits = np.zeros(self.size // 8, dtype=np.uint8)
         self.count = 0
 
     def add(self, values: np.ndarray, everything: list[np.ndarray]) -> None:
         self.count += len(values)
-        if self.count * 40 > self.size:
-            while self.count * 40 > self.size:
+        if self.count * self.spread > self.size:
+            while self.count * self.spread > self.size:
                 self.size *= 2
             self.bits = np.zeros(self.size // 8, dtype=np.uint8)
             for chunk in everything:
@@ -150,36 +195,35 @@ class _Bits:
 
     def _set(self, values: np.ndarray) -> None:
         slot = values & np.uint64(self.size - 1)
-        np.bitwise_or.at(self.bits, (slot >> np.uint64(3)).astype(np.intp), (np.uint8(1) << (slot & np.uint64(7)).astype(np.uint8)))
+        np.bitwise_or.at(self.bits, slot >> 3, np.left_shift(1, slot & 7).astype(np.uint8))
 
     def maybe(self, q: np.ndarray) -> np.ndarray:
+        """The indices of ``q`` that may be in the set."""
         slot = q & np.uint64(self.size - 1)
-        keep = (self.bits[(slot >> np.uint64(3)).astype(np.intp)] >> (slot & np.uint64(7)).astype(np.uint8)) & 1 == 1
-        out: np.ndarray = q[keep]
+        out: np.ndarray = np.flatnonzero((self.bits[slot >> 3] >> (slot & 7).astype(np.uint8)) & 1)
         return out
 
 
 class _Prints:
-    """Winnowing fingerprints with where each was taken (piece << 32 | offset), sorted by hash."""
+    """Winnowing fingerprints (mixed) with where each was taken (piece << 32 | offset), sorted."""
 
     def __init__(self) -> None:
         self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
-        self.bits = _Bits()
+        self.bits = _Bits(40)
 
     def add(self, piece: int, h: np.ndarray) -> None:
-        minima = window_minima(h)
-        if not len(minima):
+        if len(h) < W:
             return
-        values, where = _uniq_with_offsets(h, minima)
-        where = where.astype(np.uint64) | (np.uint64(piece) << _S32)
-        chunk = (values, where)
-        self.bits.add(values, [c[0] for c in self.chunks] + [values])
-        while self.chunks and len(self.chunks[-1][0]) <= 2 * len(values):
+        values, where = _selected(h)
+        values = mix(values)
+        order = np.argsort(values, kind="stable")
+        chunk = (values[order], where[order].astype(np.uint64) | (np.uint64(piece) << _S32))
+        self.bits.add(chunk[0], [c[0] for c in self.chunks] + [chunk[0]])
+        while self.chunks and len(self.chunks[-1][0]) <= 2 * len(chunk[0]):
             old = self.chunks.pop()
             both_v, both_w = np.concatenate((old[0], chunk[0])), np.concatenate((old[1], chunk[1]))
             order = np.argsort(both_v, kind="stable")
             chunk = (both_v[order], both_w[order])
-            values = chunk[0]
         self.chunks.append(chunk)
 
     def places(self, value: np.uint64) -> list[int]:
@@ -190,30 +234,65 @@ class _Prints:
             out.extend(int(x) for x in where[lo:min(hi, lo + _VERIFY_MAX + 1)])
         return out
 
-    def candidates(self, q: np.ndarray) -> np.ndarray:
-        q = self.bits.maybe(q)
-        hit = np.zeros(len(q), dtype=bool)
+    def found(self, q: np.ndarray) -> np.ndarray:
+        """The indices of the fingerprints ``q`` that are in the set."""
+        idx = self.bits.maybe(q)
+        if not len(idx):
+            return idx
+        sub = q[idx]
+        hit = np.zeros(len(sub), dtype=bool)
         for values, _where in self.chunks:
-            idx = np.searchsorted(values, q)
-            idx[idx == len(values)] = 0
-            hit |= values[idx] == q
-        return q[hit]
+            at = np.searchsorted(values, sub)
+            at[at == len(values)] = 0
+            hit |= values[at] == sub
+        out: np.ndarray = idx[hit]
+        return out
 
 
-def _uniq_with_offsets(h: np.ndarray, minima: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The selected hashes (each window's minimum) with the offset of the k-gram that has it,
-    sorted by hash; one entry per distinct (hash, offset)."""
-    windows = np.arange(len(minima))
-    # the offset of a window's minimum: the first k-gram in the window equal to it
-    offsets = windows.copy()
-    for j in range(1, W):
-        later = (h[windows + j] == minima) & (h[offsets] != minima)
-        offsets[later] = windows[later] + j
+def _selected(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Winnowing: each window's minimum with the offset of the first k-gram in it that has it; one
+    entry per distinct offset, in text order."""
+    offsets = sliding_window_view(h, W).argmin(axis=1)  # argmin: the first of equal minima
+    offsets += np.arange(len(offsets))
     keep = np.ones(len(offsets), dtype=bool)
     keep[1:] = offsets[1:] != offsets[:-1]
-    values, offsets = minima[keep], offsets[keep]
-    order = np.argsort(values, kind="stable")
-    return values[order], offsets[order]
+    offsets = offsets[keep]
+    return h[offsets], offsets
+
+
+class _Query:
+    """A normalised argument form as the run search reads it: its fingerprints (mixed) and, for
+    each, its unmixed hash (to find where it sits when it is found)."""
+
+    __slots__ = ("prints", "unmixed")
+
+    def __init__(self, text: str) -> None:
+        self.unmixed = _adjacent_unique(window_minima(run_hashes(codes_of(text))))
+        self.prints = mix(self.unmixed)
+
+
+def _uncached_query(text: str) -> _Query:
+    return _Query(text)
+
+
+def _uncached_forms(raw: str) -> tuple[str, ...]:
+    """``raw`` and every decoding inside it, normalised, without repeats or empty forms."""
+    forms = dict.fromkeys(normalise(f) for f in (raw, *(decoded(raw) if len(raw) >= WHOLE else ())))
+    forms.pop("", None)
+    return tuple(forms)
+
+
+_cached_query = functools.lru_cache(maxsize=256)(_uncached_query)
+_cached_forms = functools.lru_cache(maxsize=256)(_uncached_forms)
+
+
+def _query(text: str) -> _Query:
+    return _cached_query(text) if len(text) <= _CACHED_CHARS else _uncached_query(text)
+
+
+def forms_of(raw: str) -> tuple[str, ...]:
+    """The forms ``carries`` compares for an argument string (cached by value)."""
+    return _cached_forms(raw) if len(raw) <= _CACHED_CHARS else _uncached_forms(raw)
 
 
 @dataclass(slots=True)
@@ -227,26 +306,29 @@ class _LabelContent:
 
     def add(self, text: str) -> None:
         codes = codes_of(text)
-        self.prints.add(len(self.texts), grams(codes, K))
+        self.prints.add(len(self.texts), run_hashes(codes))
         self.texts.append(text)
         self.sixes.add(grams(codes, WHOLE))
         self.tokens.update(tokens(text))
 
-    def holds_whole(self, text: str, codes: np.ndarray) -> bool:
+    def holds_whole(self, text: str) -> bool:
         """``text`` (6..23 normalised characters) occurs whole in this content."""
-        if not self.sixes.all(grams(codes, WHOLE)):
+        if not self.sixes.all(grams(codes_of(text), WHOLE)):
             return False  # some 6-gram occurs nowhere: this filter has no false negatives
         return any(text in t for t in self.texts)
 
-    def shares_run(self, text: str, codes: np.ndarray) -> bool:
+    def shares_run(self, text: str) -> bool:
         """``text`` shares a run of ``RUN`` or more characters with this content."""
-        h = grams(codes, K)
-        hits = self.prints.candidates(_uniq(window_minima(h)))
-        for value in hits:
-            places = self.prints.places(value)
+        query = _query(text)
+        found = self.prints.found(query.prints)
+        if not len(found):
+            return False
+        h = run_hashes(codes_of(text))  # where each found fingerprint sits: recomputed, found is rare
+        for i in found:
+            places = self.prints.places(query.prints[i])
             if len(places) > _VERIFY_MAX:
                 return True  # too common to check each place: fail closed
-            for qp in np.flatnonzero(h == value):
+            for qp in np.flatnonzero(h == query.unmixed[i]):
                 for place in places:
                     if _run_through(text, int(qp), self.texts[place >> 32], place & 0xFFFFFFFF):
                         return True
@@ -290,39 +372,39 @@ class ContentIndex:
         ``endorsed`` (normalised strings the principal named for this task) never count toward a
         label in ``endorsed_for``: an argument equal to one is clean, and a run inside one is no match.
         """
-        for label in labels:
-            content = self._by_label.get(label)
-            if content is None:
-                continue
-            mask = endorsed if label in endorsed_for else frozenset()
-            for raw in strings:
-                if _matches(content, raw, token, mask):
+        contents = [(c, endorsed if label in endorsed_for else frozenset())
+                    for label in labels if (c := self._by_label.get(label)) is not None]
+        if not contents:
+            return False
+        for raw in strings:
+            forms = forms_of(raw)
+            for content, mask in contents:
+                if _matches(content, forms, token, mask):
                     return True
         return False
 
 
-def _matches(content: _LabelContent, raw: str, token: bool, endorsed: frozenset[str]) -> bool:
-    forms = [raw]
-    if len(raw) >= WHOLE:
-        forms.extend(decoded(raw))
-    for form in forms:
-        text = normalise(form)
-        if not text or text in endorsed:
+def _matches(content: _LabelContent, forms: tuple[str, ...], token: bool, endorsed: frozenset[str]) -> bool:
+    long: list[str] = []
+    for text in forms:
+        if text in endorsed:
             continue
         if token and text in content.tokens:
             return True
         if len(text) < WHOLE:
             continue
         if len(text) < RUN:
-            if content.holds_whole(text, codes_of(text)):
+            if content.holds_whole(text):
                 return True
             continue
         for e in endorsed:
             if e in text:
                 text = text.replace(e, "\x00")  # a run inside an endorsed string is no match
-        if content.shares_run(text, codes_of(text)):
-            return True
-    return False
+        long.append(text)
+    # the long forms searched in one pass: normalised text never holds a newline (whitespace is
+    # collapsed to one space), so no shared run crosses the joint
+    return bool(long) and content.shares_run("\n".join(long))
 
 
-__all__ = ["RUN", "WHOLE", "ContentIndex", "K", "W", "codes_of", "grams", "window_minima"]
+__all__ = ["RUN", "WHOLE", "ContentIndex", "K", "W", "codes_of", "forms_of", "grams", "mix", "run_hashes",
+           "window_minima"]

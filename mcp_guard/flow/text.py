@@ -3,14 +3,18 @@
 Normalisation (NFKC, case folding, whitespace runs collapsed to one space) makes look-alike forms
 of the same text compare equal.  An argument is also read after decoding every base64, hex and
 percent-encoded run inside it, so ``aGVsbG8gd29ybGQ=`` carries what ``hello world`` carries.
-Pure and cheap: regular expressions compiled once, nothing but ``str`` work per call.
+
+Pure and cheap: the runs worth decoding are found by a screen that runs in C (``bytes.translate``
+to character classes, then substring searches), so ordinary prose is never scanned by a regular
+expression; only the runs that pass it are.  Which runs are decoded is exactly what the plain
+definitions say (base64: 8+ characters of either alphabet, not a plain word; hex: 8+ hex digits).
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
+import string
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
@@ -19,16 +23,37 @@ from urllib.parse import unquote
 # base64 (standard or URL-safe alphabet) with optional padding; runs of 8+ characters are decoded.
 # A plain word (lower-case or capitalised letters only) is not read as base64.
 _RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
-_HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){4,}")
 _PCT = re.compile(r"%[0-9A-Fa-f]{2}")
 _TOKEN = re.compile(r"\w+")
 _DEPTH = 2  # encodings inside encodings, read this deep
+_MIN_RUN = 8  # base64 and hex runs shorter than this are not read
+
+
+def _table(classes: dict[str, str]) -> bytes:
+    """A ``bytes.translate`` table: each listed byte to its class letter, every other byte to a space."""
+    out = bytearray(b" " * 256)
+    for chars, cls in classes.items():
+        for ch in chars.encode():
+            out[ch] = ord(cls)
+    return bytes(out)
+
+
+# base64 alphabet as classes: lower-case letters, upper-case letters, the rest (digits, + / _ - and
+# the padding =).  A run that is not a plain word holds a "d" or an upper-case letter after its first.
+_B64_CLASSES = _table({string.ascii_lowercase: "l", string.ascii_uppercase: "U", string.digits + "+/_-=": "d"})
+_HEX_CLASSES = _table({string.hexdigits: "h"})
+_HEX_RUN = b"h" * _MIN_RUN
+_PRINTABLE_LINE = bytes(range(0x20, 0x7F))  # what ``str.isprintable`` accepts in ASCII
+_PRINTABLE_ASCII = _PRINTABLE_LINE + b"\n\r\t"
+_FEW_MARKS = 64  # past this many, one regular-expression pass over the whole text is cheaper
 
 
 def normalise(text: str) -> str:
     """NFKC, case folded, whitespace runs as one space: the form every comparison uses."""
     if text.isascii():
         folded = text.lower()  # casefold and NFKC are the identity on ASCII apart from case
+        if not folded.encode("ascii").translate(None, _PRINTABLE_LINE) and "  " not in folded:
+            return folded.strip(" ")  # printable ASCII: the only whitespace is single spaces
     else:
         folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     return " ".join(folded.split())
@@ -42,6 +67,9 @@ def _printable(raw: bytes) -> str | None:
         return None
     if not text:
         return None
+    if raw.isascii():
+        hidden = len(raw.translate(None, _PRINTABLE_ASCII))
+        return text if hidden * 2 <= len(text) else None
     shown = sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t")
     return text if shown * 2 >= len(text) else None
 
@@ -51,11 +79,53 @@ def _b64(run: str) -> str | None:
     if len(body) % 4 == 1:
         return None
     padded = body + "=" * (-len(body) % 4)
-    try:
-        raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+    try:  # strict: only the alphabet and correct padding (what ``b64decode(validate=True)`` checks, in C)
+        raw = binascii.a2b_base64(padded.replace("-", "+").replace("_", "/"), strict_mode=True)
     except (binascii.Error, ValueError):
         return None
     return _printable(raw)
+
+
+def _hex_runs(text: str, ascii_text: bytes) -> Iterator[str]:
+    """Every run of 8+ hex digits, cut to an even length (as ``(?:[0-9A-Fa-f]{2}){4,}`` finds them)."""
+    classes = ascii_text.translate(_HEX_CLASSES)
+    pos = classes.find(_HEX_RUN)
+    while pos >= 0:  # the leftmost 8 hex digits from a run's start: the run's start
+        end = classes.find(b" ", pos)
+        end = len(classes) if end < 0 else end
+        yield text[pos:end - (end - pos) % 2]
+        pos = classes.find(_HEX_RUN, end)
+
+
+def _plain_word(run: str) -> bool:
+    return run.isalpha() and (run.islower() or run.istitle())  # base64 of text practically never is one
+
+
+def _b64_runs(text: str, ascii_text: bytes) -> list[str]:
+    """Every run ``_RUN`` finds that is not a plain word.  The regular expression runs only over the
+    stretches (of the alphabet and ``=``) that can hold one: those with a digit, one of ``+/_-=`` or
+    an upper-case letter after their first character ("marks")."""
+    classes = b" " + ascii_text.translate(_B64_CLASSES)  # a space first: every stretch follows one
+    marks = classes.replace(b" U", b" l")  # a stretch's first letter may be upper-case
+    count = marks.count(b"d") + marks.count(b"U")
+    if not count:
+        return []
+    if count > _FEW_MARKS:
+        return [run for run in _RUN.findall(text) if not _plain_word(run)]
+    out: list[str] = []
+    pos, d, u = 0, marks.find(b"d"), marks.find(b"U")
+    while d >= 0 or u >= 0:
+        mark = d if u < 0 or 0 <= d < u else u
+        start = marks.rfind(b" ", 0, mark) + 1
+        end = marks.find(b" ", mark)
+        pos = len(marks) if end < 0 else end
+        if pos - start >= _MIN_RUN:
+            out.extend(run for run in _RUN.findall(text, start - 1, pos - 1) if not _plain_word(run))
+        if 0 <= d < pos:
+            d = marks.find(b"d", pos)
+        if 0 <= u < pos:
+            u = marks.find(b"U", pos)
+    return out
 
 
 def decoded(text: str, depth: int = _DEPTH) -> Iterator[str]:
@@ -67,13 +137,12 @@ def decoded(text: str, depth: int = _DEPTH) -> Iterator[str]:
         plain = unquote(text, errors="replace")  # never raises: bad bytes read as U+FFFD
         if plain != text:
             found.append(plain)
-    for run in _HEX.findall(text):  # hex inside anything (0x..., key=...), one C pass
+    ascii_text = text.encode("ascii", "replace")  # one byte per character: positions agree
+    for run in _hex_runs(text, ascii_text):
         got = _printable(bytes.fromhex(run))
         if got is not None:
             found.append(got)
-    for run in _RUN.findall(text):  # one pass; each run is then read as base64
-        if run.isalpha() and (run.islower() or run.istitle()):
-            continue  # a plain word: base64 of text practically never is one
+    for run in _b64_runs(text, ascii_text):
         got = _b64(run)
         if got is not None:
             found.append(got)

@@ -47,6 +47,7 @@ class FlowCond:
     carries: tuple[str, ...] = ()
     token: bool = False
     get: Any = None
+    carried: frozenset[str] = _NONE  # ``carries`` as a set, for the cheap "holds none of them" test
 
     def test(self, args: Mapping[str, Any], principal: Principal, flow: FlowView | None) -> Tri:
         held = flow.labels if flow is not None else _NONE
@@ -60,7 +61,7 @@ class FlowCond:
             return None
         strings: list[str] = []
         _strings([v for v in value if v is not MISSING and v is not WRONG] if isinstance(value, list) and _fans(self) else value, strings)
-        if not strings or flow is None or not (held & set(self.carries)):
+        if not strings or flow is None or not (held & self.carried):
             return False
         return flow.carries(strings, self.carries, self.token)
 
@@ -85,7 +86,7 @@ def compile_flow(cond: Condition, *, existential: bool) -> tuple[Compiled | None
     rest = tuple((op, v) for op, v in cond.ops if op != "carries")
     plain = compile_condition(Condition(cond.key, rest), existential=existential) if rest else None
     get = getter(cond.key)[0]
-    return plain, FlowCond(cond, carries=labels, token=token, get=get)
+    return plain, FlowCond(cond, carries=labels, token=token, get=get, carried=frozenset(labels))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,10 @@ class _Entry:
     entry: LabelEntry
     match: dict[Kind, Matcher]
     conds: tuple[Compiled, ...]
+    brings: frozenset[str]
+
+
+_NAMES_MAX = 4096  # (kind, name) -> the entries that select it, cleared when full
 
 
 class LabelRules:
@@ -125,8 +130,9 @@ class LabelRules:
         self._selecting = tuple(
             _Entry(e, {Kind.TOOL: glob_matcher(e.tools, segment=True), Kind.RESOURCE: resource_matcher(e.resources),
                        Kind.PROMPT: glob_matcher(e.prompts, segment=True)},
-                   tuple(compile_condition(c, existential=True) for c in e.when))
+                   tuple(compile_condition(c, existential=True) for c in e.when), frozenset(e.brings))
             for e in entries if not e.upstreams)
+        self._by_name: dict[tuple[Kind, str], tuple[_Entry, ...]] = {}
         by_upstream: dict[str, set[str]] = {}
         for e in entries:
             for u in e.upstreams:
@@ -146,9 +152,14 @@ class LabelRules:
             return NOTHING
         found: list[tuple[frozenset[str], tuple[str, ...] | None]] = []
         a = uri_args if kind is Kind.RESOURCE and uri_args is not None else args
-        for e in self._selecting:
-            if e.match[kind](name) and all(c.test(a, principal, paths) is not False for c in e.conds):
-                found.append((frozenset(e.entry.brings), e.entry.parts))
+        selecting = self._by_name.get((kind, name))
+        if selecting is None:  # which entries select the name: a pure function of it, kept
+            if len(self._by_name) >= _NAMES_MAX:
+                self._by_name.clear()
+            selecting = self._by_name[kind, name] = tuple(e for e in self._selecting if e.match[kind](name))
+        for e in selecting:
+            if all(c.test(a, principal, paths) is not False for c in e.conds):
+                found.append((e.brings, e.entry.parts))
         up = self.upstream(name.partition("/")[0])
         if up:
             found.append((up, None))

@@ -48,6 +48,7 @@ class FlowTracker:
         self.exclusive = exclusive
         self._states: OrderedDict[str, SessionFlow] = OrderedDict()
         self._indexes: OrderedDict[str, tuple[int, ContentIndex]] = OrderedDict()
+        self._views: dict[str, tuple[SessionFlow, GrantChain | None, SessionView]] = {}
 
     async def get(self, scope: str) -> SessionFlow:
         if self.exclusive:
@@ -71,7 +72,19 @@ class FlowTracker:
 
     def view(self, scope: str, state: SessionFlow, chain: GrantChain | None) -> SessionView:
         """The decision's view: stored labels plus the grant's starting labels, the content index
-        (extended incrementally), and the chain's endorsements."""
+        (extended incrementally), and the chain's endorsements.  Built once per state and chain: a
+        state is immutable and every change gets a new ``version``, so the last view of a scope is
+        reused while neither moved (a call then costs two comparisons)."""
+        known = self._views.get(scope)
+        if known is not None and known[1] is chain and (known[0] is state or (state.version and known[0].version == state.version)):
+            return known[2]
+        view = self._build_view(scope, state, chain)
+        if len(self._views) >= _SCOPES_MAX:
+            self._views.clear()
+        self._views[scope] = (state, chain, view)
+        return view
+
+    def _build_view(self, scope: str, state: SessionFlow, chain: GrantChain | None) -> SessionView:
         labels = set(state.labels)
         origins: dict[str, tuple[str, int | None]] = {k: (o.source, o.record) for k, o in state.labels.items()}
         endorse: frozenset[str] = frozenset()

@@ -13,6 +13,7 @@ from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import Era
 from mcp_guard.policy import Brought
 from mcp_guard.proxy.flow import FlowTracker, scope_of, what_it_brought
+from mcp_guard.state.base import FlowPiece, LabelOrigin
 from mcp_guard.state.memory import MemoryStore
 
 LABELS = st.frozensets(st.sampled_from(["private", "untrusted", "secret"]), max_size=2)
@@ -60,6 +61,28 @@ def test_the_view_holds_content_grant_labels_and_endorsements() -> None:
         assert view.cause("untrusted") == "mail/read, audit record 000000000abc"
         assert view.carries(["mallory@evil.example"], ("untrusted",), False)
         assert not view.carries(["jane@example.com"], ("untrusted",), False)  # endorsed by the grant
+
+    asyncio.run(run())
+
+
+def test_the_view_is_reused_until_the_state_moves() -> None:
+    """The view is built once per state: the next call with the same state gets it back, and a
+    change (a new, versioned state) or another store read of the same version is seen at once."""
+
+    async def run() -> None:
+        store = MemoryStore()
+        tracker = FlowTracker(store, 1 << 20, exclusive=False)
+        first = await tracker.add("session:s", [LabelOrigin("untrusted", "web/fetch", 1)],
+                                  [FlowPiece(frozenset({"untrusted"}), "a page that names mallory@evil.example")])
+        view = tracker.view("session:s", first, None)
+        assert tracker.view("session:s", await tracker.get("session:s"), None) is view
+        assert tracker.view("session:t", first, None) is not view  # another scope: its own view
+        later = await tracker.add("session:s", [LabelOrigin("private", "fs/read", 2)],
+                                  [FlowPiece(frozenset({"private"}), "salary list of the whole team")])
+        assert later.version != first.version
+        moved = tracker.view("session:s", later, None)
+        assert moved is not view and moved.labels == {"untrusted", "private"}
+        assert moved.carries(["salary list of the whole team"], ("private",), False)
 
     asyncio.run(run())
 
