@@ -41,13 +41,14 @@ from mcp_guard.jsonrpc import (
     result,
 )
 from mcp_guard.policy import Brought, PolicySet
+from mcp_guard.proxy import era_rules
 from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.flow import scope_of, what_it_brought
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.pipeline import Pipeline
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
-from mcp_guard.proxy.relay import Relay
+from mcp_guard.proxy.relay import Relay, settle
 from mcp_guard.proxy.routing import LOG_LEVELS, Owners, Router
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Status, Upstream
@@ -146,7 +147,7 @@ class GuardSession:
             self.owners = Owners()
         self._relay = Relay()
         self.router = Router(lambda: self.ctx.policies, self.upstreams, self.catalogue, self.owners, self.pipeline,
-                             self._relay, self._track, self._upstream_call, self._upstream_level)
+                             self._relay, self._track, self._settled_call, self._upstream_level)
         self._started: asyncio.Task[None] | None = None
         self._inflight: dict[Any, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
@@ -237,6 +238,8 @@ class GuardSession:
             await self.send(error(None, INVALID_REQUEST, "Invalid Request: id must be a string or a number"))
             return
         if is_request(message):
+            if (self.profile.era == Era.MODERN or era_rules.modern_request(message)) and await self._era_refused(message):
+                return
             self.profile.note(message)
             if self.profile.era == Era.MODERN:
                 self._note_log_level(message)
@@ -252,6 +255,16 @@ class GuardSession:
                 pending.future.set_result(message)
         elif "id" in message:
             await self.send(error(message.get("id"), INVALID_REQUEST, "Invalid Request"))
+
+    async def _era_refused(self, message: Message) -> bool:
+        """A 2026-07-28 request the era's rules refuse (proxy/era_rules.py) is answered and audited
+        here, before it is noted, decided or forwarded."""
+        refusal = era_rules.check(message)
+        if refusal is None:
+            return False
+        await self.pipeline.audit_refused(self._request(message), None, None, Verdict(Outcome.UNKNOWN if refusal.code == METHOD_NOT_FOUND else Outcome.DENY, f"mcp-guard refused a 2026-07-28 request: {refusal.message}"))
+        await self.send(refusal.answer(message["id"]))
+        return True
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop = asyncio.get_running_loop()
@@ -511,6 +524,36 @@ class GuardSession:
         """Send a forwarded request (serve sessions record who sent it: ``proxy/callers.py``)."""
         return await up.call(method, params, on_id=on_id)
 
+    async def _settled_call(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
+        """A forwarded request; a handshake-era host is asked what a 2026-07-28 upstream's
+        ``input_required`` answer asks for, and the request retried with the answers (``relay.settle``)."""
+        if self.era == Era.MODERN:
+            return await self._upstream_call(up, method, params, on_id)
+        return await settle(lambda again: self._upstream_call(up, method, again, on_id), params,
+                            lambda asked, question: self._input_for(up, asked, question))
+
+    async def _input_for(self, up: Upstream, method: str, params: Message) -> Message:
+        """One input request of an upstream's ``input_required`` answer, put to the host as that
+        upstream's own request would be (configured roots, the declared capability, flow labels)."""
+        message = {"method": method, "params": params}
+        roots = self._configured_roots(up) if method == "roots/list" else None
+        if roots is not None:
+            return result(None, roots)
+        capability = RELAYED_KIND.get(method)
+        if capability is None or capability not in self.client_capabilities:
+            return error(None, METHOD_NOT_FOUND, f"mcp-guard cannot relay {method} to this host")
+        if not await self._upstream_brings(up, message):
+            return error(None, INTERNAL_ERROR, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
+        return await self.request_host(method, params)
+
+    @staticmethod
+    def _configured_roots(up: Upstream) -> Message | None:
+        """The roots ``roots:`` gives this upstream (a fixed list, or none), or None: the host's."""
+        roots = up.config.roots
+        if isinstance(roots, tuple):
+            return {"roots": [{"uri": "file://" + p, "name": p.rsplit("/", 1)[-1] or p} for p in roots]}
+        return {"roots": []} if roots == "none" else None
+
     def _upstream_level(self, rank: int) -> int:
         """The log level to ask the upstreams for when this host asks for ``rank``."""
         return rank
@@ -524,14 +567,10 @@ class GuardSession:
     async def upstream_request(self, upstream: Upstream, message: Message) -> None:
         method = message.get("method")
         rid = message["id"]
-        if method == "roots/list":
-            roots = upstream.config.roots
-            if isinstance(roots, tuple):
-                await upstream.respond(result(rid, {"roots": [{"uri": "file://" + p, "name": p.rsplit("/", 1)[-1] or p} for p in roots]}))
-                return
-            if roots == "none":
-                await upstream.respond(result(rid, {"roots": []}))
-                return
+        roots = self._configured_roots(upstream) if method == "roots/list" else None
+        if roots is not None:
+            await upstream.respond(result(rid, roots))
+            return
         if self.era == Era.MODERN:
             if not await self._relay.offer(upstream, message):
                 await upstream.refuse(rid, f"mcp-guard cannot relay {method} to this host outside a tool call")
