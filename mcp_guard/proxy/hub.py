@@ -95,6 +95,14 @@ class UpstreamSubscriptions:
                 log.info("resources/unsubscribe %s on %s failed: %s", uri, up.name, exc)
 
 
+def configured_roots(up: Upstream) -> Message | None:
+    """The roots ``roots:`` gives this upstream (a fixed list, or none), or None: the host's own."""
+    roots = up.config.roots
+    if isinstance(roots, tuple):
+        return {"roots": [{"uri": "file://" + p, "name": p.rsplit("/", 1)[-1] or p} for p in roots]}
+    return {"roots": []} if roots == "none" else None
+
+
 class Hub:
     """The upstream side of one guard.  ``profile`` is what the upstreams are told the host can do
     (``run``: its one host's; ``serve``: what every caller can be asked, ``RELAYED_TO_CALLERS``)."""
@@ -206,14 +214,10 @@ class Hub:
     async def upstream_request(self, upstream: Upstream, message: Message) -> None:
         method = message.get("method")
         rid = message["id"]
-        if method == "roots/list":
-            roots = upstream.config.roots
-            if isinstance(roots, tuple):
-                await upstream.respond(result(rid, {"roots": [{"uri": "file://" + p, "name": p.rsplit("/", 1)[-1] or p} for p in roots]}))
-                return
-            if roots == "none":
-                await upstream.respond(result(rid, {"roots": []}))
-                return
+        roots = configured_roots(upstream) if method == "roots/list" else None
+        if roots is not None:
+            await upstream.respond(result(rid, roots))
+            return
         if not self.shared:
             for session in list(self.sessions.values()):
                 await session.relay_request(upstream, message)

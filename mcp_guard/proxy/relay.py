@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ log = logging.getLogger("mcp_guard.relay")
 STATE_PREFIX = "mcp-guard-relay."
 PARK_SECONDS = 600.0  # a host that never retries: the upstream call is cancelled after this
 KIND = SERVER_TO_CLIENT
+MAX_ROUNDS = 8  # a 2026-07-28 upstream that keeps asking for input: the request fails after this many rounds
 
 
 @dataclass
@@ -201,3 +202,36 @@ class Relay:
             for calls in self._running.values():
                 for c in calls:
                     c.task.cancel()
+
+
+async def settle(call: Callable[[Message], Awaitable[Message]], params: Message,
+                 ask: Callable[[str, Message], Awaitable[Message]]) -> Message:
+    """A 2026-07-28 upstream's ``input_required`` answer, for a handshake-era host that can be asked:
+    each of its ``inputRequests`` is put to the host (``ask`` mediates it as an upstream's own request
+    is: the capability the host declared, the upstream's flow labels), and the request is sent again
+    as a new request with the answers under ``inputResponses`` and ``requestState`` exactly as given
+    (left out when none was), until the answer is not ``input_required``.  A question the host does
+    not answer fails the request with one sentence; nothing is retried without its answer."""
+    response = await call(params)
+    for _ in range(MAX_ROUNDS):
+        out = response.get("result")
+        if not isinstance(out, dict) or out.get("resultType") != "input_required":
+            return response
+        requests = out.get("inputRequests")
+        if not isinstance(requests, dict) or not requests:
+            return error(response.get("id"), INTERNAL_ERROR, "the upstream asked for input without saying which")
+        answers: Message = {}
+        for key, question in requests.items():
+            method = question.get("method") if isinstance(question, dict) else None
+            asked = question.get("params") if isinstance(question, dict) else None
+            answer = await ask(str(method), asked if isinstance(asked, dict) else {})
+            if not isinstance(answer.get("result"), dict):
+                why = answer.get("error", {}).get("message") if isinstance(answer.get("error"), dict) else None
+                return error(response.get("id"), INTERNAL_ERROR, f"the upstream asked for {method}, which the host did not give: {why}")
+            answers[key] = answer["result"]
+        again = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+        again["inputResponses"] = answers
+        if "requestState" in out:
+            again["requestState"] = out["requestState"]
+        response = await call(again)
+    return error(response.get("id"), INTERNAL_ERROR, f"the upstream asked for input more than {MAX_ROUNDS} times")

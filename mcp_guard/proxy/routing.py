@@ -43,13 +43,12 @@ MAX_UPSTREAM_PAGES = 1000
 _GUARD_ROUND_TRIP = ("requestState", "inputResponses")
 
 
+_UNKNOWN = {Kind.TOOL: "Unknown tool", Kind.PROMPT: "Unknown prompt"}
+
+
 def unknown_text(kind: Kind, name: Any) -> str:
     """The answer for a name that does not exist, and so for a hidden one (no existence oracle)."""
-    if kind is Kind.TOOL:
-        return f"Unknown tool: {name}"
-    if kind is Kind.PROMPT:
-        return f"Unknown prompt: {name}"
-    return f"Resource not found: {name}"
+    return f"{_UNKNOWN.get(kind, 'Resource not found')}: {name}"
 
 
 def encode_cursor(offset: int) -> str:
@@ -189,11 +188,14 @@ class Router:
 
     async def refuse_unknown(self, req: RequestContext, kind: Kind, name: Any, upstream: str | None = None,
                              resolves_to: str | None = None) -> RpcError:
-        """Audit a hidden or unknown name (as the caller sent it, and what a hidden one names) and
-        build the answer, which is the same for both."""
-        text = unknown_text(kind, name)
-        await self.pipeline.audit_refused(req, kind, name, unknown_verdict(text), upstream, resolves_to)
-        return RpcError(INVALID_PARAMS, text)
+        """Audit a hidden or unknown name (as sent, what a hidden one names, why a tool was left out of
+        the listing) and build the answer, the same for both (a resource's names the URI sent)."""
+        text = why = unknown_text(kind, name)
+        for up in self.upstreams.values() if kind is Kind.TOOL and isinstance(name, str) and resolves_to is None else ():
+            if (left_out := up.excluded(name)) is not None:  # an invalid x-mcp-header
+                upstream, resolves_to, why = up.name, f"{up.name}/{left_out[0]}", f"{text} (left out: {left_out[1]})"
+        await self.pipeline.audit_refused(req, kind, name, unknown_verdict(why), upstream, resolves_to)
+        return RpcError(INVALID_PARAMS, text, {"uri": name} if kind is Kind.RESOURCE and isinstance(name, str) else None)
 
     # ------------------------------------------------------------------ tools
 
@@ -416,7 +418,7 @@ class Router:
             response = await forward(up)
             err = response.get("error")
             if isinstance(err, dict) and err.get("code") in (INVALID_PARAMS, RESOURCE_NOT_FOUND):
-                return RpcError(INVALID_PARAMS, unknown_text(Kind.RESOURCE, uri)).to_message(response.get("id"))
+                return RpcError(INVALID_PARAMS, unknown_text(Kind.RESOURCE, uri), {"uri": uri}).to_message(response.get("id"))
             return response
 
         return await self.pipeline.run(req, target, {"uri": uri}, same_as_unknown)

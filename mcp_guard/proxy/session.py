@@ -38,12 +38,14 @@ from mcp_guard.jsonrpc import (
     result,
 )
 from mcp_guard.policy import PolicySet
+from mcp_guard.proxy import era_rules
 from mcp_guard.proxy.backchannel import BackChannel
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
-from mcp_guard.proxy.hub import Hub, Listings
+from mcp_guard.proxy.hub import Hub, Listings, configured_roots
 from mcp_guard.proxy.listen import Listens, Subscribed
-from mcp_guard.proxy.relay import Relay
+from mcp_guard.proxy.relay import KIND as RELAYED_KIND
+from mcp_guard.proxy.relay import Relay, settle
 from mcp_guard.proxy.routing import Router
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Upstream
@@ -89,7 +91,7 @@ class GuardSession:
         self.upstreams, self.catalogue, self.pipeline, self.owners = hub.upstreams, hub.catalogue, hub.pipeline, hub.owners
         self._relay = Relay()
         self.router = Router(lambda: self.ctx.policies, self.upstreams, self.catalogue, self.owners, self.pipeline,
-                             self._relay, self._track, self._upstream_call, self._upstream_level)
+                             self._relay, self._track, self._settled_call, self._upstream_level)
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
         self.listens = Listens(self, hub, self.router)
         self.back = BackChannel(self, hub, self.router, self._relay, self.listens, self._upstream_ids)
@@ -162,6 +164,8 @@ class GuardSession:
             await self.send(error(None, INVALID_REQUEST, "Invalid Request: id must be a string or a number"))
             return
         if is_request(message):
+            if (self.profile.era == Era.MODERN or era_rules.modern_request(message)) and await self._era_refused(message):
+                return
             self.profile.note(message)
             if self.profile.era == Era.MODERN:
                 self.back.note_log_level(message)
@@ -175,6 +179,16 @@ class GuardSession:
             self.back.answered(message)
         elif "id" in message:
             await self.send(error(message.get("id"), INVALID_REQUEST, "Invalid Request"))
+
+    async def _era_refused(self, message: Message) -> bool:
+        """A 2026-07-28 request the era's rules refuse (proxy/era_rules.py) is answered and audited
+        here, before it is noted, decided or forwarded."""
+        refusal = era_rules.check(message)
+        if refusal is None:
+            return False
+        await self.pipeline.audit_refused(self._request(message), None, None, Verdict(Outcome.UNKNOWN if refusal.code == METHOD_NOT_FOUND else Outcome.DENY, f"mcp-guard refused a 2026-07-28 request: {refusal.message}"))
+        await self.send(refusal.answer(message["id"]))
+        return True
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop = asyncio.get_running_loop()
@@ -294,6 +308,28 @@ class GuardSession:
 
     async def _upstream_call(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
         return await self.hub.call(self.id, up, method, params, on_id)
+
+    async def _settled_call(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
+        """A forwarded request; a handshake-era host is asked what a 2026-07-28 upstream's
+        ``input_required`` answer asks for, and the request retried with the answers (``relay.settle``)."""
+        if self.era == Era.MODERN:
+            return await self._upstream_call(up, method, params, on_id)
+        return await settle(lambda again: self._upstream_call(up, method, again, on_id), params,
+                            lambda asked, question: self._input_for(up, asked, question))
+
+    async def _input_for(self, up: Upstream, method: str, params: Message) -> Message:
+        """One input request of an upstream's ``input_required`` answer, put to the host as that
+        upstream's own request would be (configured roots, the declared capability, flow labels)."""
+        message = {"method": method, "params": params}
+        roots = configured_roots(up) if method == "roots/list" else None
+        if roots is not None:
+            return result(None, roots)
+        capability = RELAYED_KIND.get(method)
+        if capability is None or capability not in self.client_capabilities:
+            return error(None, METHOD_NOT_FOUND, f"mcp-guard cannot relay {method} to this host")
+        if not await self.back.brings(up, message):
+            return error(None, INTERNAL_ERROR, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
+        return await self.request_host(method, params)
 
     def _upstream_level(self, rank: int) -> int:
         return self.hub.level(self.id, rank)

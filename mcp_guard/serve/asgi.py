@@ -36,6 +36,8 @@ from starlette.routing import Route
 from mcp_guard.config import ServeConfig
 from mcp_guard.grants import ChainVerifier
 from mcp_guard.jsonrpc import INVALID_REQUEST, META_SUBSCRIPTION_ID, PARSE_ERROR, Message, error, is_request
+from mcp_guard.proxy import era_rules
+from mcp_guard.proxy.era_rules import HEADER_MISMATCH
 from mcp_guard.serve.admin import healthz
 from mcp_guard.serve.drain import Drain, listener, run_listeners
 from mcp_guard.serve.oauth import OAuthVerifier
@@ -56,7 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcp_guard.http")
 
-HEADER_MISMATCH = -32020
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
 MCP_METHODS = ("GET", "POST", "DELETE")  # what the MCP endpoint answers (others: 405 from the router)
 
@@ -184,11 +185,20 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
             return JSONResponse(error(None, PARSE_ERROR, "Parse error: the body is not valid JSON"), status_code=400)
         if not isinstance(message, dict):
             return JSONResponse(error(None, INVALID_REQUEST, "Invalid Request: one JSON-RPC object per POST"), status_code=400)
+        modern = is_request(message) and era_rules.modern_header(request.headers.get("mcp-protocol-version"))
+        if modern:
+            raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+            refusal = era_rules.check(message, dict(request.headers), raw)
+            if refusal is not None:
+                method = message.get("method")
+                self.guard.refused(caller.principal, method if isinstance(method, str) else None,
+                                   f"mcp-guard refused a 2026-07-28 request: {refusal.message}")
+                return JSONResponse(refusal.answer(message.get("id")), status_code=refusal.status)
         header_method = request.headers.get("mcp-method")
         if header_method is not None and header_method != message.get("method"):
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
         sse, eager = accepts_sse(request.headers.get("accept", ""))
-        return await self._dispatch(message, sid, caller, sse, eager)
+        return await self._dispatch(message, sid, caller, sse, eager, modern)
 
     async def _find(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> SessionEntry | Response:
         """The session ``sid`` of ``caller``: held here, or adopted from the shared records."""
@@ -260,7 +270,7 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
         return EventStream(stream.next, closed, {"Mcp-Session-Id": sid})
 
     async def _dispatch(self, message: Message, sid: str | None, caller: Caller, sse: bool = False,
-                        eager: bool = False) -> Response | EventStream:
+                        eager: bool = False, modern: bool = False) -> Response | EventStream:
         headers: dict[str, str] = {}
         method = message.get("method")
         if self.draining and is_request(message):  # answers and notifications still finish what is in flight
@@ -310,13 +320,15 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
         if message.get("method") == "subscriptions/listen" and not sse:
             return JSONResponse(error(message.get("id"), INVALID_REQUEST, "subscriptions/listen needs Accept: text/event-stream"),
                                 headers=headers)
-        return await self._ask(entry, message, sse, eager, headers)
+        return await self._ask(entry, message, sse, eager, headers, modern)
 
-    async def _ask(self, entry: SessionEntry, message: Message, sse: bool, eager: bool, headers: dict[str, str]) -> Response | EventStream:
+    async def _ask(self, entry: SessionEntry, message: Message, sse: bool, eager: bool, headers: dict[str, str],
+                   modern: bool = False) -> Response | EventStream:
         """Hand one request to the session.  Its answer comes back as plain JSON unless the caller
         accepts ``text/event-stream`` and either prefers it (``eager``) or the session sends
         something about the request first (progress, a log message, a question): then the answer
-        ends an SSE stream of those."""
+        ends an SSE stream of those.  A 2026-07-28 error answer in JSON carries its HTTP status
+        (-32601: 404, -32602: 400, ...)."""
         host = entry.host
         original = message["id"]
         inner, stream = host.open(message, sse)
@@ -345,7 +357,10 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
                 self._touch(entry)
         if not streaming:
             await host.finish(original, inner, stream, cancel=False)
-            return Response(orjson.dumps(outward(stream.answer.result())), media_type="application/json", headers=headers)
+            answer = outward(stream.answer.result())
+            failure = answer.get("error")
+            status = era_rules.http_status(failure.get("code")) if modern and isinstance(failure, dict) else 200
+            return Response(orjson.dumps(answer), status_code=status, media_type="application/json", headers=headers)
 
         async def closed(early: bool) -> None:
             entry.busy -= 1

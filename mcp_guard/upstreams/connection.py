@@ -13,7 +13,7 @@ import contextvars
 import enum
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -112,6 +112,16 @@ class Upstream:
         self.generation = 0  # bumps on every successful (re)connect
 
     # ------------------------------------------------------------------ lifecycle
+
+    def excluded(self, exposed: str) -> tuple[str, str] | None:
+        """The tool this upstream listed as ``exposed`` but the guard left out, and why (an HTTP
+        upstream's tool with an invalid ``x-mcp-header``: a client must not call it); else None."""
+        excluded = getattr(self._channel, "excluded", None)
+        if isinstance(excluded, Mapping):
+            for raw, reason in excluded.items():
+                if self.config.exposed(raw) == exposed:
+                    return raw, str(reason)
+        return None
 
     @property
     def handshake_timeout(self) -> float:

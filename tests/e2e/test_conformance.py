@@ -143,8 +143,8 @@ def run_client_scenario(scenario: str, out: Path, *, next_suite: bool = False, p
     the guard's HTTP upstream (``protocol``); every check id -> its worst status."""
     suite = [str(tool_path("node")), str(NEXT_SUITE)] if next_suite else [str(tool_path("conformance"))]
     command = shlex.join([sys.executable, str(GUARD_CLIENT)])
-    proc = subprocess.run([*suite, "client", "--command", command, "--scenario", scenario, "-o", str(out)],
-                          capture_output=True, text=True, timeout=120, env=tools_env({"GUARD_UPSTREAM_PROTOCOL": protocol}))
+    proc = subprocess.run([*suite, "client", "--command", command, "--scenario", scenario, "-o", str(out), "--timeout", "90000"],
+                          capture_output=True, text=True, timeout=180, env=tools_env({"GUARD_UPSTREAM_PROTOCOL": protocol}))
     (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     rank = {"SUCCESS": 0, "WARNING": 1, "FAILURE": 2}
     statuses: dict[str, str] = {}

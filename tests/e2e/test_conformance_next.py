@@ -1,0 +1,159 @@
+"""The official suite's 0.2.x line (``conformance-next``), beside 0.1.16: the 2026-07-28 server
+scenarios (``--requirements 2026-07-28``) against the fixture alone and through ``serve``, and the
+handshake-era scenarios of the same line through ``run`` (behind supergateway) and ``serve``.
+
+Every check that passes against the fixture alone passes through the guard, apart from
+``BY_DESIGN``: checks that call a tool the fixture does not have, which pass alone only because
+the SDK answers an unknown tool with an ``isError`` result; the guard answers ``-32602 Unknown
+tool`` (a hidden tool answers exactly like one that does not exist)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures import (
+    ALLOW_ALL,
+    conformance_server_command,
+    free_port,
+    guard_command,
+    mcp_guard_bin,
+    requires_tools,
+    serve_http,
+    stdio_upstream,
+    tool_path,
+    tools_env,
+    write_guard_config,
+)
+from test_conformance import (
+    _RESULT_DIR,
+    BEARER_PRELOAD,
+    NEXT_SUITE,
+    SUPERGATEWAY_ONLY_FAILURES,
+    run_client_scenario,
+)
+
+from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
+
+pytestmark = [pytest.mark.xdist_group("conformance"), pytest.mark.e2e, pytest.mark.slow,
+              requires_tools("conformance", "supergateway"),
+              pytest.mark.skipif(not NEXT_SUITE.is_file(), reason="conformance-next missing from .tools; run scripts/setup")]
+
+MODERN = ("--requirements", "2026-07-28")
+HANDSHAKE = ("--spec-version", "2025-11-25")
+UNKNOWN_TOOL_CHECKS = frozenset({
+    ("input-required-result-ignore-extra-params", "sep-2322-ignore-unexpected-params"),
+    ("server-stateless", "sep-2575-http-server-no-independent-requests-on-stream"),
+    ("server-stateless", "sep-2575-server-no-log-without-loglevel"),
+    ("tasks-capability-negotiation", "sep-2663-server-rejects-undeclared-client"),
+    ("tasks-dispatch-and-envelope", "sep-2663-legacy-task-param-ignored"),
+    ("tasks-dispatch-and-envelope", "tasks-immediate-result-shortcut"),
+    ("tasks-dispatch-and-envelope", "tasks-result-type-complete-on-non-task-responses"),
+    ("tasks-lifecycle", "tasks-sync-tool-call"),
+})
+BY_DESIGN = UNKNOWN_TOOL_CHECKS
+RANK = {"SUCCESS": 0, "INFO": 0, "SKIPPED": 0, "WARNING": 1, "FAILURE": 2}
+
+Checks = dict[tuple[str, str], str]
+
+
+def run_next(url: str, out: Path, selection: tuple[str, ...], *, bearer: str | None = None) -> Checks:
+    """The 0.2.x server suite against ``url``; each (scenario, check id) -> its worst status (one id
+    may be reported several times in a scenario)."""
+    node = str(tool_path("node"))
+    argv = [node, str(NEXT_SUITE), "server", "--url", url, "-o", str(out), *selection]
+    env = tools_env()
+    if bearer is not None:
+        argv = [node, "--import", str(BEARER_PRELOAD), *argv[1:]]
+        env = tools_env({"MCP_BEARER_TOKEN": bearer, "MCP_BEARER_ORIGIN": url})
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    checks: Checks = {}
+    for checks_file in sorted(out.glob("*/checks.json")):
+        m = _RESULT_DIR.match(checks_file.parent.name)
+        for check in json.loads(checks_file.read_text(encoding="utf-8")) if m else ():
+            key, status = (m["scenario"], str(check["id"])), str(check["status"])
+            if RANK.get(status, 2) >= RANK.get(checks.get(key, "SUCCESS"), 2):
+                checks[key] = status
+    assert checks, f"conformance produced no results (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    return checks
+
+
+def passed(checks: Checks) -> set[tuple[str, str]]:
+    return {key for key, status in checks.items() if status == "SUCCESS"}
+
+
+def score(name: str, checks: Checks) -> str:
+    return f"{name}: {len(passed(checks))} passed, {sum(s == 'FAILURE' for s in checks.values())} failed"
+
+
+def lost(alone: Checks, guarded: Checks, allowed: frozenset[tuple[str, str]] = BY_DESIGN) -> list[tuple[str, str]]:
+    return sorted(key for key in passed(alone) - passed(guarded) if key not in allowed and key[0] not in SUPERGATEWAY_ONLY_FAILURES)
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, ...], Checks]]:
+    """The fixture alone over the SDK's Streamable HTTP, once per selection (the reference scores)."""
+    port = free_port()
+    out = tmp_path_factory.mktemp("next-alone")
+    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=out / "server.log") as url:
+        yield {sel: run_next(url, out / sel[1], sel) for sel in (MODERN, HANDSHAKE)}
+
+
+def serve_through(tmp: Path, selection: tuple[str, ...]) -> Checks:
+    """``serve`` (allow-all, a grant chain for every tool, resource and prompt) -> the fixture over stdio."""
+    key, pub = generate_keypair()
+    (tmp / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
+    port = free_port()
+    url = f"http://localhost:{port}/mcp"
+    config = write_guard_config(tmp / "guard", {"conformance": stdio_upstream(conformance_server_command(), prefix=False)},
+                                ALLOW_ALL, trust={"issuers": {"corp-idp": str(tmp / "idp.jwk")}})
+    token = issue_grant(key, "corp-idp", "alice", "agent", ["conformance/*"], resources=["conformance/**"], prompts=["conformance/*"])
+    with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)], port, log=tmp / "serve.log"):
+        return run_next(url, tmp / "results", selection, bearer=token)
+
+
+@pytest.mark.timeout(900)
+def test_2026_07_28_scenarios_through_serve_lose_nothing(alone: dict[tuple[str, ...], Checks], tmp_path: Path) -> None:
+    guarded = serve_through(tmp_path, MODERN)
+    print(score("2026-07-28 alone", alone[MODERN]), "|", score("serve", guarded))
+    assert not lost(alone[MODERN], guarded), lost(alone[MODERN], guarded)
+    assert ("server-stateless", "sep-2575-http-server-method-not-found-404-ping") in passed(guarded)
+    assert ("http-header-validation", "sep-2243-server-reject-invalid-headers") in passed(guarded)
+
+
+@pytest.mark.timeout(900)
+def test_handshake_scenarios_of_the_new_line_through_serve_lose_nothing(alone: dict[tuple[str, ...], Checks],
+                                                                        tmp_path: Path) -> None:
+    guarded = serve_through(tmp_path, HANDSHAKE)
+    print(score("2025-11-25 alone", alone[HANDSHAKE]), "|", score("serve", guarded))
+    assert not lost(alone[HANDSHAKE], guarded), lost(alone[HANDSHAKE], guarded)
+
+
+@pytest.mark.timeout(900)
+def test_handshake_scenarios_of_the_new_line_through_run_lose_nothing(alone: dict[tuple[str, ...], Checks],
+                                                                      tmp_path: Path) -> None:
+    """supergateway (stdio to Streamable HTTP, stateful) -> ``mcp-guard run`` -> the fixture."""
+    config = write_guard_config(tmp_path / "guard", {"conformance": stdio_upstream(conformance_server_command(), prefix=False)},
+                                ALLOW_ALL)
+    port = free_port()
+    gateway = [str(tool_path("supergateway")), "--stdio", shlex.join(guard_command(config)), "--outputTransport",
+               "streamableHttp", "--stateful", "--port", str(port)]
+    with serve_http(gateway, port, log=tmp_path / "supergateway.log"):
+        guarded = run_next(f"http://localhost:{port}/mcp", tmp_path / "results", HANDSHAKE)
+    print(score("2025-11-25 alone", alone[HANDSHAKE]), "|", score("run", guarded))
+    assert not lost(alone[HANDSHAKE], guarded), lost(alone[HANDSHAKE], guarded)
+
+
+@pytest.mark.timeout(300)
+def test_guard_as_client_puts_an_upstreams_input_requests_to_its_host(tmp_path: Path) -> None:
+    """``sep-2322-client-request-state``: a 2026-07-28 upstream answers ``input_required``; the guard
+    asks its (handshake-era) host, retries as a new request with ``inputResponses`` and the
+    ``requestState`` exactly as given (none when none was given), and keeps rounds of parallel
+    calls apart."""
+    statuses = run_client_scenario("sep-2322-client-request-state", tmp_path, next_suite=True, protocol="auto")
+    assert len(statuses) == 5 and set(statuses.values()) == {"SUCCESS"}, (tmp_path / "conformance.log").read_text()
