@@ -47,7 +47,6 @@ DEBTS: dict[str, set[object]] = {
         'mcp_guard.audit',
         'mcp_guard.config',
         'mcp_guard.policy.parse',
-        'mcp_guard.proxy.approvals',
         'mcp_guard.proxy.session',
         'mcp_guard.serve.asgi',
         'mcp_guard.telemetry.hooks',

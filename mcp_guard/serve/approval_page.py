@@ -33,7 +33,7 @@ from starlette.routing import Route
 from mcp_guard.config import ApprovalPageConfig, OAuthIssuerConfig
 from mcp_guard.errors import StateError
 from mcp_guard.invisible import code, invisible
-from mcp_guard.proxy.approvals import StateSealer
+from mcp_guard.proxy.approval_seal import StateSealer
 from mcp_guard.serve.oauth import ALGORITHMS, FETCH_TIMEOUT, LEEWAY, OAuthError, _Issuer, discovery_urls
 from mcp_guard.state import APPROVED, PENDING, REJECTED
 
