@@ -50,7 +50,6 @@ DEBTS: dict[str, set[object]] = {
         'mcp_guard.proxy.session',
         'mcp_guard.serve.asgi',
         'mcp_guard.telemetry.hooks',
-        'mcp_guard.upstreams.oauth',
     },
 }
 
