@@ -49,7 +49,6 @@ DEBTS: dict[str, set[object]] = {
         'mcp_guard.policy.parse',
         'mcp_guard.proxy.session',
         'mcp_guard.serve.asgi',
-        'mcp_guard.telemetry.hooks',
     },
 }
 
