@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Outcome, Verdict
+from mcp_guard.errors import AuditError, StateError
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import META_CLIENT_CAPABILITIES, Era, Message
 from mcp_guard.proxy.approval_answers import answered, approved, from_elicit_result, rejected
@@ -238,12 +239,12 @@ class GuardApprover:
         """Best effort (the original error wins): withdraw the request in the store and audit it."""
         try:
             await self.ctx.store.approval_abandon(approval_id, ABANDONED_WHY)
-        except Exception:
+        except StateError:
             log.debug("could not withdraw approval %s", approval_id)
         if self.ctx.audit is not None:
             try:
                 self.ctx.audit.append(abandoned_record(req, entry, digest, verdict, approval_id, wait))
-            except Exception as exc:
+            except AuditError as exc:
                 log.error("audit write failed for abandoned approval %s: %s", approval_id, exc)
 
 

@@ -157,7 +157,7 @@ class _GuardFlow:
         except UpstreamError as exc:
             self.failure = str(exc)
             raise
-        except Exception as exc:
+        except Exception as exc:  # library edge: whatever the SDK's flow raises is refused in one sentence
             self.failure = f"authorization failed: {_reason(exc)}"
             raise AuthRefused(self.failure) from None
         finally:
