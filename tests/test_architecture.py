@@ -46,7 +46,7 @@ BROAD_EXCEPTS: set[tuple[str, str]] = {
     ("mcp_guard.proxy.session", "GuardSession._serve"),
     ("mcp_guard.proxy.waiting", "tell_waiting"),
     ("mcp_guard.serve.admin", "Admin.readyz"),
-    ("mcp_guard.serve.asgi", "HttpGuard._sweep"),
+    ("mcp_guard.serve.table", "SessionTable._sweep"),
     ("mcp_guard.serve.drain", "Drain.begin"),
     ("mcp_guard.serve.fanout", "Fanout._publish"),
     ("mcp_guard.serve.workers", "run_workers"),
@@ -73,7 +73,6 @@ DEBTS: dict[str, set[object]] = {
         'mcp_guard.config',
         'mcp_guard.policy.parse',
         'mcp_guard.proxy.session',
-        'mcp_guard.serve.asgi',
     },
 }
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mcp_guard.serve.asgi import HttpGuard, _ReplyHost, _Session, _Stream
+from mcp_guard.serve.asgi import HttpGuard
 from mcp_guard.serve.fanout import Fanout
+from mcp_guard.serve.reply_host import ReplyHost
+from mcp_guard.serve.streams import Stream
+from mcp_guard.serve.table import SessionEntry
 
 
 class _Quiet:
@@ -29,18 +32,18 @@ def replica(redis_url: str) -> HttpGuard:
     return guard
 
 
-def hold_session(guard: HttpGuard) -> _Stream:
+def hold_session(guard: HttpGuard) -> Stream:
     """A handshake-era session with its GET stream open on ``guard``."""
-    host = _ReplyHost()
-    stream = _Stream(True, answered=False)
+    host = ReplyHost()
+    stream = Stream(True, answered=False)
     host.listener = stream
-    entry = _Session("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
+    entry = SessionEntry("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
     guard.entries[entry.key] = entry
     guard.by_session_id[_Quiet.id] = entry
     return stream
 
 
-async def next_event(stream: _Stream, wait: float) -> Any:
+async def next_event(stream: Stream, wait: float) -> Any:
     try:
         return await asyncio.wait_for(stream.queue().get(), wait)
     except TimeoutError:
