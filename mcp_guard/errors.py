@@ -23,6 +23,14 @@ class UpstreamError(GuardError):
     """An upstream server failed to start, crashed, hung or answered nonsense."""
 
 
+class LoginRequired(UpstreamError):
+    """An OAuth upstream needs a person to authorize, and nobody is there (run without ``$BROWSER``)."""
+
+
+class AuthRefused(UpstreamError):
+    """OAuth discovery or a token exchange went somewhere (or returned something) the guard refuses."""
+
+
 class StateError(GuardError):
     """The state store (budgets, rate limits, revocations, approvals) is unreachable or corrupt."""
 

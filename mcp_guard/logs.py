@@ -19,7 +19,7 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 from mcp_guard.errors import ConfigError
-from mcp_guard.telemetry.hooks import current_span_ids
+from mcp_guard.telemetry.scopes import current_span_ids
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "mcp-guard %(levelname)s %(name)s: %(message)s"

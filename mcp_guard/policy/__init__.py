@@ -6,13 +6,11 @@ Pure: no asyncio, no MCP, no telemetry.  The public surface::
     decide(policies, principal, "fs/read_file", {"path": "/srv/a"})  -> Decision
     visible(policies, principal, "fs/read_file")                       -> bool
     policies.decide(principal, "docs/file:///srv/a.md", kind=Kind.RESOURCE)      # resources, prompts
-    holder = PolicyHolder(lambda: load("policies/")); holder.reload()   # hot reload, keeps last good
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -55,7 +53,6 @@ __all__ = [
     "Parsed",
     "PathContext",
     "Policy",
-    "PolicyHolder",
     "PolicyLoadError",
     "PolicySet",
     "PolicyTrace",
@@ -107,26 +104,3 @@ def visible(policies: PolicySet, principal: Principal, tool: str, annotations: M
             kind: Kind = Kind.TOOL) -> bool:
     """Whether a listing shows ``tool`` to ``principal``; see ``PolicySet.visible``."""
     return policies.visible(principal, tool, annotations, kind=kind)
-
-
-class PolicyHolder:
-    """The live policy set.  ``reload`` builds the new set beside the old and swaps the reference
-    (atomic for readers); a broken source keeps the last good set and returns why."""
-
-    def __init__(self, build: Callable[[], PolicySet]) -> None:
-        self._build = build
-        self._lock = threading.Lock()
-        self.current: PolicySet = build()
-        self.last_problems: list[str] = []
-
-    def reload(self) -> list[str]:
-        """Rebuild; returns the problems that kept the old set ([] when swapped in)."""
-        with self._lock:
-            try:
-                fresh = self._build()
-            except ConfigError as exc:
-                self.last_problems = list(exc.problems)
-                return self.last_problems
-            self.current = fresh
-            self.last_problems = []
-            return []

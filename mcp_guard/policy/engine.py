@@ -125,7 +125,7 @@ class _Candidates:
 
 
 class PolicySet:
-    """An immutable, compiled set of policies.  Build a new one to change it (see ``PolicyHolder``)."""
+    """An immutable, compiled set of policies.  Build a new one to change it (hot reload swaps the reference)."""
 
     def __init__(self, policies: Iterable[Policy], warnings: Iterable[str] = (), labels: Iterable[LabelEntry] = ()) -> None:
         enforced, every = Policy.split_modes(policies)

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from mcp_guard.config import ApprovalPageConfig, OAuthIssuerConfig
 from mcp_guard.errors import StateError
 from mcp_guard.invisible import code, invisible
-from mcp_guard.proxy.approvals import StateSealer
+from mcp_guard.proxy.approval_seal import StateSealer
 from mcp_guard.serve.oauth import ALGORITHMS, FETCH_TIMEOUT, LEEWAY, OAuthError, _Issuer, discovery_urls
 from mcp_guard.state import APPROVED, PENDING, REJECTED
 
@@ -198,7 +198,7 @@ class ApprovalPage:
         for url in discovery_urls(self.config.issuer):
             try:
                 meta = await self._issuer._get_json(url)
-            except Exception as exc:  # try the next discovery document
+            except OAuthError as exc:  # try the next discovery document
                 problems.append(f"{url}: {exc}")
                 continue
             if meta.get("issuer") == self.config.issuer and meta.get("authorization_endpoint") and meta.get("token_endpoint"):
@@ -289,7 +289,7 @@ class ApprovalPage:
             async with httpx2.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as http:
                 res = await http.post(str(meta["token_endpoint"]), data=form, headers=headers)
             body = res.json()
-        except Exception as exc:  # network or not JSON
+        except (httpx2.HTTPError, httpx2.InvalidURL, ValueError) as exc:  # network or not JSON
             raise OAuthError(401, "invalid_grant", f"the token endpoint failed: {exc}") from None
         if res.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("id_token"), str):
             raise OAuthError(401, "invalid_grant", f"the token endpoint answered HTTP {res.status_code} without an ID token")

@@ -146,14 +146,14 @@ class Fanout:
         """Set a key that lives ``ttl`` seconds; FanoutError when Redis cannot be reached."""
         try:
             await asyncio.wait_for(self._r.set(key, value, px=max(1, int(ttl * 1000))), COMMAND_SECONDS)
-        except Exception as exc:
+        except Exception as exc:  # the store's edge: any client failure becomes the one FanoutError callers refuse on
             raise FanoutError(f"the state store (Redis) is unreachable: {exc}") from None
 
     async def take(self, key: str) -> str | None:
         """Get and delete ``key`` at once (so only one taker gets it); FanoutError when Redis is unreachable."""
         try:
             value = await asyncio.wait_for(self._r.getdel(key), COMMAND_SECONDS)
-        except Exception as exc:
+        except Exception as exc:  # the store's edge: any client failure becomes the one FanoutError callers refuse on
             raise FanoutError(f"the state store (Redis) is unreachable: {exc}") from None
         return value if isinstance(value, str) else None
 

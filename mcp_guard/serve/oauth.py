@@ -131,11 +131,14 @@ class _Issuer:
     async def _get_json(self, url: str) -> dict[str, Any]:
         import httpx2
 
-        async with httpx2.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as http:
-            res = await http.get(url, headers={"Accept": "application/json"})
-        if res.status_code != 200:
-            raise OAuthError(401, "invalid_token", f"{url} answered HTTP {res.status_code}")
-        data = res.json()
+        try:
+            async with httpx2.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as http:
+                res = await http.get(url, headers={"Accept": "application/json"})
+            if res.status_code != 200:
+                raise OAuthError(401, "invalid_token", f"{url} answered HTTP {res.status_code}")
+            data = res.json()
+        except (httpx2.HTTPError, httpx2.InvalidURL, ValueError) as exc:  # the IdP is down or answers garbage
+            raise OAuthError(401, "invalid_token", f"{url} failed: {exc}") from None
         if not isinstance(data, dict):
             raise OAuthError(401, "invalid_token", f"{url} did not answer a JSON object")
         return data
@@ -147,7 +150,7 @@ class _Issuer:
         for url in discovery_urls(self.cfg.issuer):
             try:
                 meta = await self._get_json(url)
-            except Exception as exc:  # any failure: try the next document
+            except OAuthError as exc:  # try the next document
                 problems.append(f"{url}: {exc}")
                 continue
             if meta.get("issuer") != self.cfg.issuer:
@@ -177,12 +180,9 @@ class _Issuer:
                     self.refetched_at = time.monotonic()
                 try:
                     jwks = await self._get_json(await self._discover())
-                except OAuthError:
+                except OAuthError:  # the IdP is down or answers garbage: refuse, never allow
                     self.failed_at = time.monotonic()
                     raise
-                except Exception as exc:  # the IdP is down or answers garbage: refuse, never allow
-                    self.failed_at = time.monotonic()
-                    raise OAuthError(401, "invalid_token", f"cannot fetch the signing keys of {self.cfg.issuer}: {exc}") from None
                 keys: dict[str, _Key] = {}
                 for i, k in enumerate(jwks.get("keys") or []):
                     if not isinstance(k, dict) or k.get("use", "sig") != "sig" or k.get("kty") == "oct":

@@ -82,7 +82,7 @@ def run_workers(count: int, work: Callable[[], None]) -> int:
                 code = exc.code if isinstance(exc.code, int) else 1
             except GuardError as exc:
                 log.error("worker %d: %s", os.getpid(), exc)
-            except BaseException:
+            except BaseException:  # process edge: the forked worker reports any failure, then exits
                 log.exception("worker %d failed", os.getpid())
             finally:
                 logging.shutdown()

@@ -10,7 +10,9 @@ Read it in this order:
 - ``settings``: the typed settings (``mcp_guard.config.telemetry_settings`` works them out from the
   ``telemetry:`` block and the ``OTEL_*`` variables; nothing here reads the environment);
 - ``attributes``: the semantic-convention names and the attribute sets built from them;
-- ``hooks``: the context managers the proxy wraps requests, decisions and upstream calls in;
+- ``hooks``: what the proxy holds (``OFF``, or ``Telemetry``), whose hooks open the ``scopes``: the
+  context managers the proxy wraps requests, decisions and upstream calls in, recording into the
+  ``recorder`` (span pipeline, instruments, shared attribute sets);
 - ``spans``: light span records, W3C trace context, ids and sampling;
 - ``export``: the direct OTLP/protobuf encoder and the bounded export thread;
 - ``metrics``: the instruments, aggregated in plain objects for any SDK metric reader.

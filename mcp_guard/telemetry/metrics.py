@@ -88,6 +88,14 @@ class _Instrument:
         # deque append and popleft are atomic, so recording takes no lock
         self.pending: deque[tuple[Any, Any, Attrs]] = deque()
 
+    def queue(self, key: Any, value: Any, attrs: Attrs) -> None:
+        """One record: an append on the recording thread; folded here only when ``FOLD_AT`` piled up.
+        ``attrs`` is only called the first time ``key`` is seen."""
+        pending = self.pending
+        pending.append((key, value, attrs))
+        if len(pending) >= FOLD_AT:
+            self.fold()
+
     def fold(self) -> None:
         """Fold the queued records into the points (takes the lock)."""
         with self._owner.lock:
@@ -105,18 +113,14 @@ class _Instrument:
 
 
 class DurationHistogram(_Instrument):
-    """``record(key, seconds, attrs)``: ``attrs`` is only called the first time ``key`` is seen."""
+    """An explicit-bucket histogram of durations in seconds."""
 
     def __init__(self, owner: Instruments, name: str, unit: str, description: str, bounds: Sequence[float]) -> None:
         super().__init__(owner, name, unit, description)
         self.bounds = tuple(float(b) for b in bounds)
         self.points: dict[Any, HistogramPoint] = {}
 
-    def record(self, key: Any, value: float, attrs: Attrs) -> None:
-        pending = self.pending
-        pending.append((key, value, attrs))
-        if len(pending) >= FOLD_AT:
-            self.fold()
+    record = _Instrument.queue  # ``record(key, seconds, attrs)``
 
     def _fold_locked(self) -> None:
         pending, points, bounds = self.pending, self.points, self.bounds
@@ -138,15 +142,13 @@ class DurationHistogram(_Instrument):
 
 
 class MonotonicCounter(_Instrument):
+    """A monotonic sum."""
+
     def __init__(self, owner: Instruments, name: str, unit: str, description: str) -> None:
         super().__init__(owner, name, unit, description)
         self.points: dict[Any, SumPoint] = {}
 
-    def add(self, key: Any, amount: int, attrs: Attrs) -> None:
-        pending = self.pending
-        pending.append((key, amount, attrs))
-        if len(pending) >= FOLD_AT:
-            self.fold()
+    add = _Instrument.queue  # ``add(key, amount, attrs)``
 
     def _fold_locked(self) -> None:
         pending, points = self.pending, self.points

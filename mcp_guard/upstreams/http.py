@@ -281,7 +281,7 @@ class HttpChannel:
         except UpstreamError as exc:  # the auth flow's refusals
             self._end(str(exc))
             return
-        except Exception as exc:
+        except Exception as exc:  # request edge: any other failure fails this request, never the channel
             self._fail(rid, f"failed ({type(exc).__name__}: {exc})")
             return
         try:

@@ -6,19 +6,16 @@ registration, PKCE S256, RFC 8707 ``resource``, RFC 9207 ``iss``, refresh, step-
 ``ClientCredentialsOAuthProvider``: one implementation the MCP project tests against its own
 conformance suite.  This module adds what a long-running gateway needs around it:
 
-* ``TokenStore``: tokens, the client registration and the discovered metadata, per user and per
-  upstream, Fernet-encrypted in a 0600 file (key in a 0600 file beside it), bound to the upstream
-  URL so a changed ``url:`` never receives another server's token;
-* ``CheckedTransport``: every request the client makes (discovery, registration, token, and the
-  redirects the SDK follows) is refused unless it is HTTPS (plain HTTP only to loopback) and
-  resolves to public addresses, unless the configured upstream itself is on a private or loopback
-  address;
-* the loopback redirect listener and the browser, and the non-interactive rule: a guard started
-  by a desktop host never waits on a person unless ``$BROWSER`` says one is there; it fails the
-  upstream with "run `mcp-guard login NAME`" instead;
+* ``oauth_store.TokenStore``: tokens, the client registration and the discovered metadata, per
+  user and per upstream, encrypted at rest and bound to the upstream URL;
+* ``oauth_transport.CheckedTransport``: no request of the flow goes where a hostile upstream aims
+  it (only HTTPS, only public addresses, unless the upstream itself is local);
+* ``oauth_redirect``: the loopback redirect listener; here, the browser and the non-interactive
+  rule: a guard started by a desktop host never waits on a person unless ``$BROWSER`` says one is
+  there; it fails the upstream with "run `mcp-guard login NAME`" instead;
 * refresh a minute before expiry, also across restarts (the SDK alone forgets expiry and metadata).
 
-Tokens never leave this module except as the ``Authorization`` header of requests to the
+Tokens never leave these modules except as the ``Authorization`` header of requests to the
 upstream: they are not logged, audited or put on spans.
 """
 
@@ -26,22 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import json
 import logging
-import os
-import socket
-import tempfile
 import time
 import webbrowser
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import httpx2
-from cryptography.fernet import Fernet, InvalidToken
-from mcp.client.auth import OAuthClientProvider, TokenStorage
+from mcp.client.auth import OAuthClientProvider
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.auth.utils import union_scopes
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT, create_mcp_http_client
@@ -56,8 +47,11 @@ from mcp.shared.auth import (
 from pydantic import AnyUrl, ValidationError
 
 from mcp_guard import __version__
-from mcp_guard.config import ClientCredentialsConfig, OAuthConfig, UpstreamConfig
-from mcp_guard.errors import UpstreamError
+from mcp_guard.config import LOOPBACK_HOSTS, ClientCredentialsConfig, OAuthConfig, UpstreamConfig
+from mcp_guard.errors import AuthRefused, LoginRequired, UpstreamError
+from mcp_guard.upstreams.oauth_redirect import LoopbackCallback, redirect_uri
+from mcp_guard.upstreams.oauth_store import TokenStore
+from mcp_guard.upstreams.oauth_transport import CheckedTransport
 
 log = logging.getLogger("mcp_guard.upstream.oauth")
 # The SDK logs every failed flow with a traceback; the guard reports the one-sentence reason itself.
@@ -67,250 +61,6 @@ REFRESH_MARGIN = 60.0  # refresh this long before the access token expires
 CALLBACK_TIMEOUT = 300.0  # how long a login waits on the person at the browser
 MAX_AUTHORIZATIONS = 3  # full authorizations per upstream per ten minutes (step-up loops end here)
 _AUTHORIZATIONS: dict[Path, list[float]] = {}  # per token file, across reconnects of one process
-CALLBACK_PATH = "/callback"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class LoginRequired(UpstreamError):
-    """The upstream needs a person to authorize, and nobody is there (run without ``$BROWSER``)."""
-
-
-class AuthRefused(UpstreamError):
-    """Discovery or a token exchange went somewhere (or returned something) the guard refuses."""
-
-
-# --------------------------------------------------------------------------- storage
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomic replace, mode 0600, directory 0700: tokens are never readable by others, even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _key(directory: Path) -> Fernet:
-    """The machine's token key (``key`` in the tokens directory), created on first use with mode 0600."""
-    path = directory / "key"
-    try:
-        return Fernet(path.read_bytes().strip())
-    except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Fernet.generate_key()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            return Fernet(path.read_bytes().strip())
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return Fernet(key)
-    except (OSError, ValueError) as exc:
-        raise UpstreamError(f"the token key {path} is unreadable ({exc}); delete it and log in again") from None
-
-
-class TokenStore(TokenStorage):
-    """One upstream's tokens for one user: ``tokens/<user>/<upstream>.token``, encrypted."""
-
-    def __init__(self, path: Path, url: str, fixed_client: OAuthClientInformationFull | None = None) -> None:
-        self.path = path
-        self.url = url
-        self.fixed_client = fixed_client  # a pre-registered client from guard.yaml, never stored
-
-    def load(self) -> dict[str, Any]:
-        """The decrypted record, or {} when there is none (or it belongs to another URL / key)."""
-        try:
-            blob = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise UpstreamError(f"cannot read the stored token {self.path}: {exc.strerror or exc}") from None
-        try:
-            record = json.loads(_key(self.path.parent.parent).decrypt(blob))
-        except (InvalidToken, ValueError):
-            log.warning("stored token %s cannot be decrypted with this machine's key; ignoring it", self.path)
-            return {}
-        if not isinstance(record, dict) or record.get("url") != self.url:
-            return {}  # issued for another upstream URL: never sent to this one
-        return record
-
-    def save(self, **fields: Any) -> None:
-        record = self.load() or {"url": self.url}
-        record.update(fields)
-        _write_private(self.path, _key(self.path.parent.parent).encrypt(json.dumps(record).encode()))
-
-    def clear(self) -> bool:
-        """Forget everything stored for this upstream; False when nothing was stored."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    async def get_tokens(self) -> OAuthToken | None:
-        raw = self.load().get("tokens")
-        return OAuthToken.model_validate(raw) if raw else None
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.save(tokens=tokens.model_dump(mode="json", exclude_none=True))
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        if self.fixed_client is not None:
-            return self.fixed_client
-        raw = self.load().get("client")
-        return OAuthClientInformationFull.model_validate(raw) if raw else None
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        if self.fixed_client is None:
-            self.save(client=client_info.model_dump(mode="json", exclude_none=True))
-
-
-# --------------------------------------------------------------------------- SSRF-safe transport
-
-
-def _public(address: str) -> bool:
-    return ipaddress.ip_address(address.split("%", 1)[0]).is_global
-
-
-async def _addresses(host: str, port: int) -> list[str]:
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
-
-
-def _origin(url: httpx2.URL) -> tuple[str, str, int | None]:
-    return (url.scheme, url.host, url.port)
-
-
-class CheckedTransport(httpx2.AsyncBaseTransport):
-    """Sends a request only to the configured upstream or to a target discovery may reach.
-
-    Discovery targets come from the upstream's own answers (``resource_metadata``,
-    ``authorization_servers``, endpoints in metadata): a hostile server could aim them at the
-    guard's network.  So they must be HTTPS (HTTP only to a loopback host) and resolve to public
-    addresses only, unless the configured upstream URL is itself private or loopback (then it is a
-    local deployment and its authorization server may be too).
-    """
-
-    def __init__(self, upstream_url: str, inner: httpx2.AsyncBaseTransport | None = None,
-                 on_refuse: Callable[[str], None] | None = None) -> None:
-        self.upstream = httpx2.URL(upstream_url)
-        self.inner = inner or httpx2.AsyncHTTPTransport()
-        self.on_refuse = on_refuse  # the refusal ends the request outside the auth flow: report it
-        self._local: bool | None = None
-
-    async def _upstream_is_local(self) -> bool:
-        if self._local is None:
-            try:
-                addresses = await _addresses(self.upstream.host, self.upstream.port or 443)
-            except OSError:
-                addresses = []
-            self._local = any(not _public(a) for a in addresses)
-        return self._local
-
-    async def check(self, url: httpx2.URL) -> None:
-        """Raises ``AuthRefused`` for a target the guard must not contact."""
-        if _origin(url) == _origin(self.upstream):
-            return
-        shown = str(url.copy_with(query=None, fragment=None))
-        local_ok = await self._upstream_is_local()
-        if url.scheme != "https" and not (url.scheme == "http" and url.host in LOOPBACK_HOSTS and local_ok):
-            raise AuthRefused(f"refused to contact {shown} during authorization: only https is allowed")
-        try:
-            addresses = await _addresses(url.host, url.port or (443 if url.scheme == "https" else 80))
-        except OSError as exc:
-            raise AuthRefused(f"cannot resolve {url.host} during authorization ({exc})") from None
-        if not local_ok and any(not _public(a) for a in addresses):
-            raise AuthRefused(
-                f"refused to contact {shown} during authorization: it resolves to a private or loopback address"
-            )
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        try:
-            await self.check(request.url)
-        except AuthRefused as exc:
-            log.warning("%s", exc)
-            if self.on_refuse is not None:
-                self.on_refuse(str(exc))
-            raise
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-# --------------------------------------------------------------------------- loopback redirect
-
-
-class LoopbackCallback:
-    """A one-shot HTTP listener on a loopback address that receives the authorization redirect."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host  # "localhost" listens on every loopback address it names (127.0.0.1 and ::1)
-        self.port = port
-        self._result: asyncio.Future[dict[str, str]] | None = None
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._result = asyncio.get_running_loop().create_future()
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = (await asyncio.wait_for(reader.readline(), 10.0)).decode("latin-1")
-            while (await asyncio.wait_for(reader.readline(), 10.0)).strip():
-                pass  # headers: not needed
-            parts = line.split()
-            target = urlsplit(parts[1]) if len(parts) >= 2 else None
-            if target is None or target.path != CALLBACK_PATH:
-                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                return
-            params = {k: v[0] for k, v in parse_qs(target.query).items()}
-            body = b"<!doctype html><title>mcp-guard</title><p>Authorization received. You can close this window."
-            if "error" in params:
-                body = b"<!doctype html><title>mcp-guard</title><p>Authorization was not granted. You can close this window."
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            if self._result is not None and not self._result.done():
-                self._result.set_result(params)
-        except (TimeoutError, OSError, UnicodeError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                await writer.drain()
-                writer.close()
-
-    async def wait(self, seconds: float) -> dict[str, str]:
-        assert self._result is not None
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._result), seconds)
-        except TimeoutError:
-            raise LoginRequired(f"no authorization arrived at the loopback redirect within {seconds:.0f}s") from None
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- providers
@@ -407,7 +157,7 @@ class _GuardFlow:
         except UpstreamError as exc:
             self.failure = str(exc)
             raise
-        except Exception as exc:
+        except Exception as exc:  # library edge: whatever the SDK's flow raises is refused in one sentence
             self.failure = f"authorization failed: {_reason(exc)}"
             raise AuthRefused(self.failure) from None
         finally:
@@ -425,18 +175,6 @@ class GuardOAuthProvider(_GuardFlow, OAuthClientProvider):
 
 class GuardClientCredentialsProvider(_GuardFlow, ClientCredentialsOAuthProvider):
     """The client credentials grant (``auth: {client_credentials: …}``)."""
-
-
-def _redirect_uri(auth: OAuthConfig, store: TokenStore) -> str:
-    """The configured URI, else the one a stored registration was made with, else a free port."""
-    if auth.redirect_uri:
-        return auth.redirect_uri
-    client = store.load().get("client") or {}
-    for uri in client.get("redirect_uris") or []:
-        u = urlsplit(str(uri))
-        if u.scheme == "http" and u.hostname in LOOPBACK_HOSTS and u.port:
-            return str(uri)
-    return f"http://127.0.0.1:{_free_port()}{CALLBACK_PATH}"
 
 
 Notify = Callable[[str], None]
@@ -479,7 +217,7 @@ def build_auth(config: UpstreamConfig, *, interactive: bool | None = None, notif
 
     may_ask = interactive if interactive is not None else config.browser is not None
     launch = open_browser if open_browser is not None else config.browser is not None
-    redirect = _redirect_uri(auth, store)
+    redirect = redirect_uri(auth, store)
     if fixed is not None and fixed.redirect_uris is None:
         fixed.redirect_uris = [AnyUrl(redirect)]
     listener = LoopbackCallback(urlsplit(redirect).hostname or "127.0.0.1", urlsplit(redirect).port or 0)

@@ -56,7 +56,7 @@ async def test_the_printed_hint_approves_from_another_directory(guard_yaml: Guar
 
 def test_inline_guards_name_their_state_url(tmp_path: Path) -> None:
     from mcp_guard.config import default_config
-    from mcp_guard.proxy.approvals import answer_options
+    from mcp_guard.proxy.approval_text import answer_options
 
     assert answer_options(default_config()).startswith(" --state sqlite:////")
     assert "private" in answer_options(default_config().__class__(state_url="memory://"))

@@ -11,7 +11,8 @@ import pytest
 from mcp_guard.decision import Verdict
 from mcp_guard.errors import ConfigError
 from mcp_guard.identity import Principal
-from mcp_guard.proxy.approvals import MAX_ARGS_CHARS, StateSealer, render_arguments, render_prompt
+from mcp_guard.proxy.approval_seal import StateSealer
+from mcp_guard.proxy.approval_text import MAX_ARGS_CHARS, render_arguments, render_prompt
 from mcp_guard.request import Target
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "approvals.md"

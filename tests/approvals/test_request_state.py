@@ -15,7 +15,7 @@ import pytest
 from approvalkit import GuardYaml, Host, text_of
 from fixtures import RecordFile, guarded_session
 
-from mcp_guard.proxy.approvals import APPROVAL_KEY
+from mcp_guard.proxy.approval_text import APPROVAL_KEY
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import pytest
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.logs import TraceJsonFormatter, log_format
-from mcp_guard.telemetry import hooks
+from mcp_guard.telemetry import scopes
 
 
 def _record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
@@ -42,11 +42,11 @@ def test_a_line_inside_a_traced_request_carries_its_trace_and_span_ids() -> None
     class Trace:
         current = Span()
 
-    token = hooks._CURRENT.set(Trace())  # type: ignore[arg-type]
+    token = scopes._CURRENT.set(Trace())  # type: ignore[arg-type]
     try:
         body = json.loads(TraceJsonFormatter().format(_record("deciding")))
     finally:
-        hooks._CURRENT.reset(token)
+        scopes._CURRENT.reset(token)
     assert (body["trace_id"], body["span_id"]) == ("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7")
 
 

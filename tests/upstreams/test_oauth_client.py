@@ -15,7 +15,10 @@ import pytest
 from mcp.shared.auth import OAuthToken
 
 from mcp_guard.config import parse_config
-from mcp_guard.upstreams.oauth import AuthRefused, CheckedTransport, TokenStore, build_auth, http_client
+from mcp_guard.errors import AuthRefused
+from mcp_guard.upstreams.oauth import build_auth, http_client
+from mcp_guard.upstreams.oauth_store import TokenStore
+from mcp_guard.upstreams.oauth_transport import CheckedTransport
 
 PUBLIC = "https://93.184.215.14/mcp"  # a public address literal: no DNS needed
 
