@@ -44,7 +44,6 @@ DEBTS: dict[str, set[object]] = {
     },
     "transport": set(),
     "size": {
-        'mcp_guard.audit',
         'mcp_guard.config',
         'mcp_guard.policy.parse',
         'mcp_guard.proxy.approvals',
