@@ -101,11 +101,14 @@ def per_part_commands(work: Path, endpoint: str, base: Path | None) -> Iterator[
             yield prefix + label, [sys.executable, "-m", "mcp_guard", "run", "--config", str(config)], env
 
 
-def per_part(calls: int, warmup: int, settle: float, out: Path, base: Path | None) -> list[dict[str, object]]:
-    """Every row of ``--per-part``, printed as one JSON line each as it is measured."""
+def per_part(calls: int, warmup: int, settle: float, out: Path, base: Path | None,
+             only: set[str] | None = None) -> list[dict[str, object]]:
+    """Every row of ``--per-part`` (or those named in ``only``), printed as one JSON line each as it is measured."""
     rows: list[dict[str, object]] = []
     with otlp_sink() as endpoint:
         for label, command, env in per_part_commands(out, endpoint, base):
+            if only is not None and label.removeprefix("base ") not in only:
+                continue
             row = {"label": label, **count(command, calls=calls, warmup=warmup, settle=settle, out=out / "callgrind", env=env)}
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -122,11 +125,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="where the callgrind files go (default: a temporary directory)")
     ap.add_argument("--per-part", action="store_true", help="price the everything-on configuration part by part")
     ap.add_argument("--base", type=Path, help="with --per-part: a source tree (holding mcp_guard/) measured beside this one")
+    ap.add_argument("--rows", help="with --per-part: only these rows, comma-separated (" + ",".join(r for r, _ in PER_PART) + ")")
     args = ap.parse_args(argv[:split])
     command = argv[split + 1:]
     out = args.out or Path(tempfile.mkdtemp(prefix="callgrind-"))
     if args.per_part:
-        per_part(args.calls, args.warmup, args.settle, out, args.base)
+        per_part(args.calls, args.warmup, args.settle, out, args.base, set(args.rows.split(",")) if args.rows else None)
     elif command:
         print(json.dumps(count(command, calls=args.calls, warmup=args.warmup, settle=args.settle, out=out)))
     else:
