@@ -202,7 +202,7 @@ class RedisStore:
         self._revoke = self._r.register_script(_REVOKE)
         self._signal = self._r.register_script(_SIGNAL)
         self._revocations = RevocationCache()
-        self._watch = RevocationWatch(self._r, self._version)
+        self._watch = RevocationWatch(url, self._r, self._version)
         self._flow_read = self._r.register_script(_FLOW_READ)
         self._flow_add = self._r.register_script(_FLOW_ADD)
         self._pieces: dict[str, tuple[str, tuple[FlowPiece, ...]]] = {}  # scope -> (epoch, pieces)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -26,12 +27,16 @@ log = logging.getLogger("mcp_guard.state")
 CHANNEL = "mcp-guard:revoked:changed"
 RECHECK = 1.0  # seconds between reads of the version key while subscribed: the bound when a message is lost
 RETRY = (0.05, 1.0)  # first and longest pause before subscribing again after the subscription failed
+_WATCHES: dict[str, weakref.WeakSet[RevocationWatch]] = {}  # every watch of this process, by Redis URL
 
 
 class RevocationWatch:
     """The subscription of one process, started by the first ``signal()`` in its event loop."""
 
-    def __init__(self, client: Any, read_version: Callable[[], Awaitable[Hashable]], recheck: float = RECHECK) -> None:
+    def __init__(self, url: str, client: Any, read_version: Callable[[], Awaitable[Hashable]],
+                 recheck: float = RECHECK) -> None:
+        _WATCHES.setdefault(url, weakref.WeakSet()).add(self)
+        self.url = url
         self._client = client
         self._read_version = read_version
         self.recheck = recheck
@@ -53,8 +58,9 @@ class RevocationWatch:
         return (self._generation, self._version)
 
     def moved(self) -> None:
-        """This process revoked: its own next call must not wait for the message."""
-        self._generation += 1
+        """This process revoked: the next call of every store of it on this Redis must not wait for the message."""
+        for watch in list(_WATCHES.get(self.url, ())):
+            watch._generation += 1
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
