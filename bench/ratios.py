@@ -97,6 +97,10 @@ def serve(out: Path, rounds: int) -> list[dict[str, Any]]:
     return found
 
 
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
+
+
 def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"Everything on, {meta['time']}, {meta['cores']} cores, load {meta['load'][0]:.1f} at the start, "
              f"{meta['load_end'][0]:.1f} at the end, {meta['rounds']} rounds, head {meta['head']}", "",
@@ -104,7 +108,7 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in rows:
         op, goal = GOALS[r["ratio"]]
         met = r["value"] <= goal if op == "<=" else r["value"] >= goal
-        lines.append(f"| {r['what']} | {r['guard']:,.4g} | {r['other']:,.4g} | **{r['value']:.2f}×** | {op} {goal} | "
+        lines.append(f"| {r['what']} | {_figure(r['guard'])} | {_figure(r['other'])} | **{r['value']:.2f}×** | {op} {goal} | "
                      f"{'yes' if met else 'no'} |")
     return "\n".join(lines) + "\n"
 
