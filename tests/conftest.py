@@ -1,4 +1,19 @@
-"""pytest fixtures over the helpers in ``tests/fixtures`` (import those directly for non-fixture use)."""
+"""pytest fixtures over the helpers in ``tests/fixtures`` (import those directly for non-fixture use).
+
+Where the guard runs in a test:
+
+- ``fixtures.guarded_session(config)``: ``mcp-guard run`` in the test's event loop over the
+  in-memory host pair (``fixtures/inprocess.py``), unless the test is about the guard's process
+  (run arguments, its environment, its stderr): then a real process.
+- ``fixtures.serving.serving_in_process(config, port)``: ``mcp-guard serve`` on a thread of the
+  test process, on a loopback port, with real upstream processes; ``serving(config, port)`` is
+  the real process, for tests about it (signals, drain, exit, workers, replicas, HAProxy).
+- ``MCP_GUARD_TEST_PROCESSES=1`` makes both in-process forms real processes again.
+
+Upstreams are always real processes.  Tests that share one expensive set-up (a serve per flow-lab
+set-up, the wheel build, the conformance suite, Phoenix) carry an ``xdist_group`` mark so
+``--dist loadgroup`` (scripts/test) keeps them on one worker.
+"""
 
 from __future__ import annotations
 

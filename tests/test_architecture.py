@@ -17,7 +17,7 @@ MAX_LINES = 500
 
 # Floors, ground first: a module may import only from its own floor or below.
 FLOORS: dict[str, int] = {
-    "errors": 0, "kinds": 0, "identity": 0, "paths": 0, "yamlsrc": 0, "invisible": 0,
+    "errors": 0, "kinds": 0, "identity": 0, "paths": 0, "yamlsrc": 0, "typedoc": 1, "invisible": 0,
     "jsonrpc": 1,
     "transports": 2, "policy": 2, "grants": 2, "state": 2, "audit": 2, "flow": 2,
     "decision": 3, "pinning": 3, "report": 3, "starter": 3, "__init__": 3, "diffing": 4, "report_risk": 4,
@@ -39,16 +39,10 @@ IMPURE = ("asyncio", "anyio", "mcp", "mcp_types", "opentelemetry")
 # What today's code still breaks, by rule: (importer, imported) arrows, or a module's lines.
 DEBTS: dict[str, set[object]] = {
     "circle": set(),
-    "upward": {
-        ('mcp_guard.policy', 'mcp_guard.config'),
-    },
+    "upward": set(),
     "transport": set(),
     "size": {
-        'mcp_guard.config',
-        'mcp_guard.policy.parse',
         'mcp_guard.proxy.approvals',
-        'mcp_guard.proxy.session',
-        'mcp_guard.serve.asgi',
         'mcp_guard.telemetry.hooks',
         'mcp_guard.upstreams.oauth',
     },

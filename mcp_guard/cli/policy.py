@@ -31,7 +31,7 @@ from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.flow.view import SessionView
 from mcp_guard.identity import Principal
 from mcp_guard.policy import Effect, Explanation, Kind, PathContext, PolicySet, load_sources, parse_sources
-from mcp_guard.policy.parse_flow import LABEL
+from mcp_guard.policy.document import LABEL
 from mcp_guard.policy.testing import CaseResult, TestFile, parse_test_file, run_case
 from mcp_guard.yamlsrc import Problem
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from mcp_guard.errors import ConfigError
@@ -21,7 +22,9 @@ from mcp_guard.identity import Principal
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
 from mcp_guard.policy._flow import NOTHING, Brought
+from mcp_guard.policy.dump import dump
 from mcp_guard.policy.engine import PolicySet
+from mcp_guard.policy.files import policy_sources
 from mcp_guard.policy.model import (
     Condition,
     Decision,
@@ -34,7 +37,7 @@ from mcp_guard.policy.model import (
     RuleRef,
     Subjects,
 )
-from mcp_guard.policy.parse import Parsed, dump, parse_sources, parse_text
+from mcp_guard.policy.parse import Parsed, parse_sources, parse_text
 from mcp_guard.policy.traces import BoundLimit, Explanation, PolicyTrace, RuleTrace
 
 __all__ = [
@@ -90,10 +93,6 @@ def compile_parsed(parsed: Parsed) -> PolicySet:
 
 def load(*paths: str | PathLike[str], upstreams: Sequence[str] | None = None) -> PolicySet:
     """Load policy files and directories (every ``*.yaml`` under them, ``*.test.yaml`` excepted)."""
-    from pathlib import Path
-
-    from mcp_guard.config import policy_sources  # the one module that reads files
-
     return load_sources(policy_sources([Path(p) for p in paths]), upstreams=upstreams)
 
 

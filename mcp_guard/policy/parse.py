@@ -8,17 +8,25 @@ takes the model this module returns.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from mcp_guard.kinds import Kind
 from mcp_guard.paths import Under
-from mcp_guard.policy._match import glob_covers, split_tool
+from mcp_guard.policy._match import split_tool
+from mcp_guard.policy.document import (
+    ARG_PATH,
+    ID,
+    RESOURCE,
+    TOOL,
+    LimitDoc,
+    PolicyDoc,
+    PolicyFileDoc,
+    RuleDoc,
+    SubjectsDoc,
+    keys,
+)
 from mcp_guard.policy.model import (
     ANNOTATION_HINTS,
     LABEL_OPERATORS,
@@ -38,18 +46,14 @@ from mcp_guard.policy.model import (
     Subjects,
 )
 from mcp_guard.policy.parse_flow import flow_operand, label_entries, unbrought
+from mcp_guard.policy.parse_lint import check_keys, is_number, lint_condition, lint_shadowed
 from mcp_guard.yamlsrc import Path, Problem, SourceMap, SourceReader, YamlSyntaxError, did_you_mean, load
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
-TOOL = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s]{1,128}$")
-RESOURCE = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s\x00-\x1f]{1,2048}$")
-ARG_PATH = re.compile(r"^args(\.[^.\[\]]+(\[\*\])*)+$")
-
-_TOP = ("version", "labels", "policies")
-_POLICY = ("id", "description", "mode", "subjects", "rules", "limits")
-_SUBJECTS = ("users", "agents", "purposes")
-_RULE = ("id", "effect", *SELECTORS, "annotations", "when", "reason")
-_LIMIT = (*SELECTORS, "per_minute", "per_session")
+_TOP = keys(PolicyFileDoc)
+_POLICY = keys(PolicyDoc)
+_SUBJECTS = keys(SubjectsDoc)
+_RULE = keys(RuleDoc)
+_LIMIT = keys(LimitDoc)
 _EXAMPLE = {"tools": '["fs/read_file"] or ["time/*"]', "resources": '["docs/*"] or ["fs/file:///srv/*"]', "prompts": '["git/*"]'}
 _EFFECTS = tuple(e.value for e in Effect)
 
@@ -104,10 +108,6 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _freeze(v) for k, v in value.items()}
     return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Reader(SourceReader):
@@ -213,7 +213,7 @@ def _operand(r: _Reader, op: str, value: Any, path: Path) -> bool:
             r.error(path, "`max_length` needs a non-negative integer")
             return False
     elif op in ("min", "max"):
-        if not _is_number(value):
+        if not is_number(value):
             r.error(path, f"`{op}` needs a number", "write it unquoted: min: 1, not min: \"1\"")
             return False
     elif op == "present" and not isinstance(value, bool):
@@ -264,26 +264,10 @@ def _condition(r: _Reader, key: Any, spec: Any, path: Path) -> Condition | None:
     if not ok:
         return None
     cond = Condition(str(key), tuple(ops))
-    _lint_condition(r, cond, path)
+    lint_condition(r, cond, path)
     if cond.is_flow:
         r.label_refs.extend((label, r.problem(path, "", warning=True, value=False)) for label in cond.labels)
     return cond
-
-
-def _lint_condition(r: _Reader, cond: Condition, path: Path) -> None:
-    """Warn about conditions that can never hold (they make their rule dead)."""
-    ops = dict(cond.ops)
-    dead = None
-    if ops.get("in") == ():
-        dead = "`in: []` never holds"
-    elif _is_number(ops.get("min")) and _is_number(ops.get("max")) and ops["min"] > ops["max"]:
-        dead = "`min` is greater than `max`"
-    elif ops.get("present") is False and len(ops) > 1:
-        dead = "`present: false` with another operator never holds"
-    elif cond.key in PRINCIPAL_KEYS and ops.get("present") is False and cond.key != "purpose":
-        dead = f"`{cond.key}` is always present"
-    if dead:
-        r.error(path, f"condition on `{cond.key}` can never hold: {dead}, so this rule never matches", warning=True, value=False)
 
 
 def _rule(r: _Reader, data: Any, path: Path) -> Rule | None:
@@ -325,7 +309,7 @@ def _rule(r: _Reader, data: Any, path: Path) -> Rule | None:
                 when.append(cond)
         ok = ok and w is not None
     if selected is not None:
-        ok = _check_keys(r, selected, when, path) and ok
+        ok = check_keys(r, selected, when, path) and ok
         if annotations and "tools" not in selected:
             r.error((*path, "annotations"), "`annotations` select tools by their annotations; this rule selects no tools",
                     "remove it, or add tools: [...]", value=False)
@@ -339,22 +323,6 @@ def _rule(r: _Reader, data: Any, path: Path) -> Rule | None:
         return None
     return Rule(effect, selected.get("tools", ()), tuple(when), tuple(annotations), reason, rid,
                 selected.get("resources", ()), selected.get("prompts", ()))
-
-
-def _check_keys(r: _Reader, selected: dict[str, tuple[str, ...]], when: list[Condition], path: Path) -> bool:
-    """A condition its rule's selectors can never supply is an error: it would make the rule
-    dead (an allow never matches) or, worse, look like a restriction it is not."""
-    ok = True
-    for cond in when:
-        if cond.is_uri and "resources" not in selected:
-            r.error((*path, "when", cond.key), "a `uri` condition needs `resources` in its rule: tools and prompts have no URI",
-                    "select resources: [UPSTREAM/URI_GLOB], or use args.<name> for a tool's argument", value=False)
-            ok = False
-        elif cond.key.startswith("args.") and set(selected) == {"resources"}:
-            r.error((*path, "when", cond.key), "resources have no arguments, so an `args.*` condition never holds here",
-                    "use the `uri` key to judge a resource", value=False)
-            ok = False
-    return ok
 
 
 def _limit(r: _Reader, data: Any, path: Path) -> Limit | None:
@@ -400,20 +368,6 @@ def _subjects(r: _Reader, data: Any, path: Path) -> Subjects | None:
     return Subjects(got.get("users"), got.get("agents"), got.get("purposes")) if ok and len(m.keys() - set(_SUBJECTS)) == 0 else None
 
 
-def _lint_shadowed(r: _Reader, rules: list[tuple[int, Rule]], path: Path) -> None:
-    """Warn about allow/approve rules every tool of which an unconditional deny already covers."""
-    blanket = [(i, rule) for i, rule in rules if rule.effect is Effect.DENY and not rule.when and not rule.annotations]
-    for i, rule in rules:
-        if rule.effect is Effect.DENY:
-            continue
-        for j, deny in blanket:
-            if not rule.resources and not rule.prompts and not deny.resources and not deny.prompts and \
-                all(any(glob_covers(w, t) for w in deny.tools) for t in rule.tools):
-                r.error((*path, "rules", i), f"this {rule.effect} rule can never apply: rule {deny.id or j + 1} of the same policy denies all its tools unconditionally",
-                        warning=True, value=False)
-                break
-
-
 def _policy(r: _Reader, data: Any, path: Path) -> Policy | None:
     m = r.mapping(data, path, _POLICY, "a policy")
     if m is None:
@@ -452,7 +406,7 @@ def _policy(r: _Reader, data: Any, path: Path) -> Policy | None:
                     ok = False
                 seen.add(rule.id)
             rules.append((i, rule))
-        _lint_shadowed(r, rules, path)
+        lint_shadowed(r, rules, path)
     limits: list[Limit] = []
     raw_limits = m.get("limits", [])
     if not isinstance(raw_limits, list):
@@ -520,55 +474,3 @@ def parse_sources(sources: Iterable[tuple[str, str]], *, upstreams: Sequence[str
 
 def parse_text(text: str, file: str = "<policy>") -> Parsed:
     return parse_sources([(file, text)])
-
-
-# --------------------------------------------------------------------------- dump
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _thaw(v) for k, v in value.items()}
-    return value
-
-
-def policy_to_data(policy: Policy) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": policy.id}
-    if policy.description is not None:
-        out["description"] = policy.description
-    if policy.mode != "enforce":
-        out["mode"] = policy.mode
-    subjects = {k: list(v) for k, v in (("users", policy.subjects.users), ("agents", policy.subjects.agents), ("purposes", policy.subjects.purposes)) if v is not None}
-    if subjects:
-        out["subjects"] = subjects
-    rules = []
-    for rule in policy.rules:
-        rd: dict[str, Any] = {}
-        if rule.id is not None:
-            rd["id"] = rule.id
-        rd["effect"] = rule.effect.value
-        for key in SELECTORS:
-            if rule.selectors(Kind(key[:-1])):
-                rd[key] = list(rule.selectors(Kind(key[:-1])))
-        if rule.annotations:
-            rd["annotations"] = dict(rule.annotations)
-        if rule.when:
-            rd["when"] = {c.key: {op: _thaw(v) for op, v in c.ops} for c in rule.when}
-        if rule.reason is not None:
-            rd["reason"] = rule.reason
-        rules.append(rd)
-    out["rules"] = rules
-    if policy.limits:
-        out["limits"] = [
-            {**{k: list(v) for k, v in (("tools", lim.tools), ("resources", lim.resources), ("prompts", lim.prompts)) if v},
-             **{k: v for k, v in (("per_minute", lim.per_minute), ("per_session", lim.per_session)) if v is not None}}
-            for lim in policy.limits
-        ]
-    return out
-
-
-def dump(policies: Iterable[Policy]) -> str:
-    """The YAML text of ``policies``; ``parse_text(dump(ps)).policies == list(ps)``."""
-    doc = {"version": 1, "policies": [policy_to_data(p) for p in policies]}
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)

@@ -7,18 +7,15 @@ in, so this module never imports it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mcp_guard.policy.document import LABEL, MATCHES, PART, UPSTREAM, CarriesDoc, LabelEntryDoc, keys
 from mcp_guard.policy.model import SELECTORS, Condition, LabelEntry
 from mcp_guard.yamlsrc import Path, Problem, SourceReader, did_you_mean
 
-LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-UPSTREAM = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-PART = re.compile(r"^(\*|[^.\[\]*\s]+)(\[\*\])*(\.(\*|[^.\[\]*\s]+)(\[\*\])*)*$")
-MATCHES = ("content", "token")
-_ENTRY = (*SELECTORS, "upstreams", "when", "brings", "parts")
+_ENTRY = keys(LabelEntryDoc)
+_CARRIES = keys(CarriesDoc)
 
 Select = Callable[[SourceReader, dict[str, Any], Path, str], dict[str, tuple[str, ...]] | None]
 ReadCondition = Callable[[SourceReader, Any, Any, Path], Condition | None]
@@ -42,9 +39,9 @@ def flow_operand(r: SourceReader, op: str, value: Any, path: Path) -> bool:
     if op != "carries":
         return label_list(r, value, path, f"`{op}`") is not None
     if isinstance(value, dict):
-        unknown = set(value) - {"labels", "match"}
+        unknown = set(value) - set(_CARRIES)
         for key in unknown:
-            r.error((*path, key), f"unknown key `{key}` in `carries`", did_you_mean(str(key), ("labels", "match")) or "carries takes labels and match", value=False)
+            r.error((*path, key), f"unknown key `{key}` in `carries`", did_you_mean(str(key), _CARRIES) or "carries takes labels and match", value=False)
         match = value.get("match", "content")
         if match not in MATCHES:
             r.error((*path, "match"), f"`match` must be content or token, not `{match}`")

@@ -5,7 +5,6 @@ Pure: the caller reads the files and picks the policy set each file runs against
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,17 +14,27 @@ from mcp_guard.flow.view import SessionView
 from mcp_guard.identity import Principal
 from mcp_guard.kinds import Kind
 from mcp_guard.paths import PathContext
+from mcp_guard.policy.document import (
+    LABEL,
+    UPSTREAM,
+    CallDoc,
+    CaseDoc,
+    HistoryDoc,
+    PrincipalDoc,
+    SessionDoc,
+    TestFileDoc,
+    keys,
+)
 from mcp_guard.policy.engine import PolicySet
 from mcp_guard.policy.model import Effect
-from mcp_guard.policy.parse_flow import LABEL
 from mcp_guard.yamlsrc import Path, Problem, SourceMap, YamlSyntaxError, did_you_mean, load
 
-_TOP = ("cases", "policies")
-_CASE = ("name", "principal", "call", "expect", "visible", "decided_by", "session", "history")
-_HISTORY = ("tool", "args", "result")
-_PRINCIPAL = ("user", "agent", "agents", "purpose")
-_CALL = ("tool", "resource", "prompt", "upstream", "args", "annotations", "workdir")
-_UPSTREAM = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_TOP = keys(TestFileDoc)
+_CASE = keys(CaseDoc)
+_HISTORY = keys(HistoryDoc)
+_PRINCIPAL = keys(PrincipalDoc)
+_CALL = keys(CallDoc)
+_SESSION = keys(SessionDoc)
 _EXPECT = tuple(e.value for e in Effect)
 
 
@@ -160,7 +169,7 @@ def _case(raw: Any, path: Path, mapping: Any, err: Any, smap: SourceMap) -> Case
         ok = False
     labels: tuple[str, ...] = ()
     if "session" in m:
-        sess = mapping(m["session"], (*path, "session"), ("labels",), "session")
+        sess = mapping(m["session"], (*path, "session"), _SESSION, "session")
         raw_labels = sess.get("labels") if sess is not None else None
         if not isinstance(raw_labels, list) or not all(isinstance(x, str) and LABEL.match(x) for x in raw_labels):
             err((*path, "session"), "`session` takes `labels: [...]` (label names)")
@@ -196,7 +205,7 @@ def _call_target(call: dict[str, Any], path: Path, err: Any) -> tuple[str | None
     key = given[0]
     kind = Kind(key)
     value, upstream = call[key], call.get("upstream")
-    if upstream is not None and (kind is not Kind.RESOURCE or not isinstance(upstream, str) or not _UPSTREAM.match(upstream)):
+    if upstream is not None and (kind is not Kind.RESOURCE or not isinstance(upstream, str) or not UPSTREAM.match(upstream)):
         err((*path, "upstream"), "`call.upstream` names the upstream of a bare `resource` URI")
         return None, kind
     if not isinstance(value, str) or not value:
@@ -205,7 +214,7 @@ def _call_target(call: dict[str, Any], path: Path, err: Any) -> tuple[str | None
     if upstream is not None:
         return f"{upstream}/{value}", kind
     head, sep, rest = value.partition("/")
-    if not sep or not rest or not _UPSTREAM.match(head):
+    if not sep or not rest or not UPSTREAM.match(head):
         what = "UPSTREAM/URI (or give `upstream`)" if kind is Kind.RESOURCE else f"UPSTREAM/{key.upper()}"
         err((*path, key), f"`call.{key}` must be {what}")
         return None, kind

@@ -31,14 +31,14 @@ def with_progress_token(params: Message, token: Any) -> Message:
 
 
 class Callers:
-    """Shared by the serve hub and every caller session."""
+    """The serve hub's record of its forwarded requests; a caller is its session id."""
 
     def __init__(self) -> None:
-        self._calls: dict[str, dict[int, object]] = {}  # upstream name -> its request id -> caller
-        self._tokens: dict[str, tuple[object, Any]] = {}  # token given upstream -> (caller, caller's token)
+        self._calls: dict[str, dict[int, str]] = {}  # upstream name -> its request id -> caller session id
+        self._tokens: dict[str, tuple[str, Any]] = {}  # token given upstream -> (caller, caller's token)
         self._ids = itertools.count(1)
 
-    async def forward(self, caller: object, up: Upstream, method: str, params: Message | None,
+    async def forward(self, caller: str, up: Upstream, method: str, params: Message | None,
                       on_id: Callable[[int], None]) -> Message:
         """``up.call`` on behalf of ``caller``: recorded while it runs, its progress token made unique."""
         token = progress_token(params) if params is not None else None
@@ -63,7 +63,7 @@ class Callers:
             if mine is not None:
                 self._tokens.pop(mine, None)
 
-    def progress(self, params: Message) -> tuple[object, Message] | None:
+    def progress(self, params: Message) -> tuple[str, Message] | None:
         """The caller a progress notification is for, and its params under that caller's token."""
         token = params.get("progressToken")
         found = self._tokens.get(token) if isinstance(token, str) else None
@@ -72,13 +72,10 @@ class Callers:
         caller, theirs = found
         return caller, {**params, "progressToken": theirs}
 
-    def only_caller(self, up: Upstream) -> object | None:
+    def only_caller(self, up: Upstream) -> str | None:
         """The one caller with requests in flight on ``up``; None when there is none or several."""
-        callers = {id(c): c for c in self._calls.get(up.name, {}).values()}
-        return next(iter(callers.values())) if len(callers) == 1 else None
-
-    def busy(self, caller: object) -> bool:
-        return any(c is caller for calls in self._calls.values() for c in calls.values())
+        callers = set(self._calls.get(up.name, {}).values())
+        return next(iter(callers)) if len(callers) == 1 else None
 
 
 __all__ = ["Callers", "with_progress_token"]

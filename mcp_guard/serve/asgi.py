@@ -19,45 +19,30 @@ caller holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import itertools
 import logging
 import os
 import re
-import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_guard.config import ServeConfig
-from mcp_guard.grants import ChainVerifier, GrantChain, GrantError
-from mcp_guard.identity import Principal
-from mcp_guard.jsonrpc import (
-    INTERNAL_ERROR,
-    INVALID_REQUEST,
-    META_SUBSCRIPTION_ID,
-    PARSE_ERROR,
-    RELATED_REQUEST,
-    HostTransport,
-    Message,
-    error,
-    is_request,
-)
-from mcp_guard.proxy.relay import progress_token
+from mcp_guard.grants import ChainVerifier
+from mcp_guard.jsonrpc import INVALID_REQUEST, META_SUBSCRIPTION_ID, PARSE_ERROR, Message, error, is_request
 from mcp_guard.serve.admin import healthz
-from mcp_guard.serve.binding import principal_key, root_key, session_binding, store_key
-from mcp_guard.serve.drain import RETRY_MS, Drain, listener, run_listeners
-from mcp_guard.serve.oauth import OAuthError, OAuthVerifier
+from mcp_guard.serve.drain import Drain, listener, run_listeners
+from mcp_guard.serve.oauth import OAuthVerifier
+from mcp_guard.serve.replica_link import ReplicaLink
+from mcp_guard.serve.resource import WELL_KNOWN, Caller, ResourceServer
+from mcp_guard.serve.streams import EventStream, Stream, accepts_sse
+from mcp_guard.serve.table import SessionEntry, Sessions, SessionTable
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -66,360 +51,21 @@ if TYPE_CHECKING:
     from mcp_guard.serve.approval_page import ApprovalPage
     from mcp_guard.serve.exchange import TokenExchange
     from mcp_guard.serve.fanout import Fanout
+    from mcp_guard.serve.questions import Questions
     from mcp_guard.serve.session_records import SessionRecords
 
 log = logging.getLogger("mcp_guard.http")
 
 HEADER_MISMATCH = -32020
-REQUEST_CANCELLED = -32800
 LOCAL_ORIGIN = re.compile(r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$")
-WELL_KNOWN = "/.well-known/oauth-protected-resource"
-
-
-class HostSession(Protocol):
-    """One caller's guard session, as the transport drives it."""
-
-    id: str  # the guard's id of the session (what approval requests record as their ``session``)
-
-    async def handle(self, message: Any) -> None: ...
-    async def close(self) -> None: ...
-
-
-class Sessions(Protocol):
-    """What serving needs from the guard: its shared upstreams, and a new session per caller whose
-    principal is the verified token's and whose limits count by ``limit_scope`` (the principal)."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> HostSession: ...
-
-    def refused(self, principal: Principal, method: str | None, reason: str, session: str | None = None) -> None:
-        """Audit a request the transport refused before any session handled it."""
-        ...
-
-
-_KEEPALIVE: Message = {}  # no event for a while: an SSE comment keeps the stream open through proxies
-_RETRY: Message = {}  # the guard drains: the stream ends with an SSE ``retry:`` hint (reconnect elsewhere)
-KEEPALIVE_SECONDS = 15.0
-MAX_QUEUED = 1024  # events waiting for a slow reader; past it notifications are dropped, questions refused
-
-
-class _Stream:
-    """Where one caller request's messages go: its answer, and, when the caller accepts
-    ``text/event-stream``, what the session sends while serving it (progress, log messages,
-    an upstream's questions, listen notifications).  The GET stream is a ``_Stream`` with no answer."""
-
-    def __init__(self, sse: bool, *, answered: bool = True) -> None:
-        loop = asyncio.get_running_loop()
-        self.answer: asyncio.Future[Message] = loop.create_future()
-        self.wake: asyncio.Future[None] = loop.create_future()  # the answer or a first event is there
-        self.answered = answered  # False: the GET stream, never answered, ends when its session does
-        self.sse = sse
-        self.events: asyncio.Queue[Message | None] | None = None  # made at the first event (most answers have none)
-        self.asked: set[Any] = set()  # requests sent to the caller on this stream, not yet answered
-        self.token: Any = None  # the caller's progress token for this request
-        self.finished = False
-
-    def queue(self) -> asyncio.Queue[Message | None]:
-        if self.events is None:
-            self.events = asyncio.Queue(MAX_QUEUED)
-        return self.events
-
-    def put(self, message: Message) -> bool:
-        """Queue an event; False when this stream cannot carry it (plain JSON, ended, or full)."""
-        if not self.sse or self.finished:
-            return False
-        try:
-            self.queue().put_nowait(message)
-        except asyncio.QueueFull:
-            log.info("a caller reads its event stream too slowly: %s dropped", message.get("method"))
-            return False
-        if not self.wake.done():
-            self.wake.set_result(None)
-        return True
-
-    def end(self, retry: bool = False) -> None:
-        """No more events; ``retry``: tell the client when to reconnect first (the guard drains)."""
-        if self.sse and not self.finished:
-            with contextlib.suppress(asyncio.QueueFull):
-                if retry:
-                    self.queue().put_nowait(_RETRY)
-                self.queue().put_nowait(None)
-
-    def resolve(self, answer: Message) -> None:
-        if not self.answer.done():
-            self.answer.set_result(answer)
-        if not self.wake.done():
-            self.wake.set_result(None)
-
-    async def first(self) -> bool:
-        """Wait for the answer or the first event: True if an event came first (answer with SSE)."""
-        await self.wake
-        return self.events is not None and not self.events.empty()
-
-    async def next(self) -> Message | None:
-        """The next event, the answer (last), ``_KEEPALIVE`` after a quiet while, or None: ended."""
-        if self.finished:
-            return None
-        events = self.queue()
-        answer = self.answer if self.answered else None
-        if events.empty() and answer is not None and answer.done():
-            self.finished = True
-            return answer.result()
-        getter = asyncio.ensure_future(events.get())
-        waiting: list[asyncio.Future[Any]] = [getter] if answer is None else [getter, answer]
-        try:
-            await asyncio.wait(waiting, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            event = getter.result()
-            if event is None:
-                self.finished = True
-            return event
-        if answer is not None and answer.done():
-            return await self.next()
-        return _KEEPALIVE
-
-
-class _ReplyHost:
-    """One HTTP session's host side: routes each message its guard session sends to the stream of
-    the caller request it belongs to (by id, progress token, subscription id or the related
-    request), or to the session's GET stream; what has nowhere to go is dropped, and a question
-    for the caller that has nowhere to go is answered with an error at once (nothing waits)."""
-
-    def __init__(self) -> None:
-        self.session: HostSession | None = None
-        self._open: dict[Any, _Stream] = {}  # inner request id -> its stream
-        self._inner: dict[Any, str] = {}  # the caller's request id -> the id the session knows it by
-        self._tokens: dict[Any, str] = {}  # the caller's progress token -> inner request id
-        self._asked: dict[Any, _Stream] = {}  # request to the caller (session's id) -> the stream it went on
-        self.listener: _Stream | None = None  # GET stream
-        self._ids = itertools.count(1)
-
-    async def send(self, message: Message) -> None:
-        if "method" not in message:  # an answer to a caller request
-            stream = self._open.get(message.get("id"))
-            if stream is not None:
-                stream.resolve(message)
-            return
-        if "id" in message:  # a question from an upstream, put to this caller
-            stream = self._related()
-            if stream is None or not stream.put(message):
-                await self._unanswerable(message)
-                return
-            stream.asked.add(message["id"])
-            self._asked[message["id"]] = stream
-            return
-        target = self._notification_stream(message)
-        if target is None or not target.put(message):
-            log.debug("no stream for %s", message.get("method"))
-
-    def _related(self) -> _Stream | None:
-        inner = RELATED_REQUEST.get()
-        stream = self._open.get(inner) if inner is not None else None
-        if stream is not None and stream.sse:
-            return stream
-        return self.listener
-
-    def _notification_stream(self, message: Message) -> _Stream | None:
-        method = message.get("method")
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        assert isinstance(params, dict)
-        if method == "notifications/progress":
-            inner = self._tokens.get(params.get("progressToken"))
-            return self._open.get(inner) if inner is not None else None
-        meta = params.get("_meta")
-        if isinstance(meta, dict) and META_SUBSCRIPTION_ID in meta:  # on its subscriptions/listen stream
-            return self._open.get(meta[META_SUBSCRIPTION_ID])
-        if method == "notifications/message":
-            return self._related()
-        return self.listener
-
-    async def _unanswerable(self, message: Message) -> None:
-        if self.session is not None:
-            await self.session.handle(error(message["id"], INTERNAL_ERROR,
-                                            f"the caller has no open stream to be asked {message.get('method')} on"))
-
-    def answered(self, message: Message) -> bool:
-        """A response POSTed by the caller: True if it answers a question asked on one of its streams."""
-        stream = self._asked.pop(message.get("id"), None)
-        if stream is None:
-            return False
-        stream.asked.discard(message.get("id"))
-        return True
-
-    def open(self, message: Message, sse: bool) -> tuple[str, _Stream]:
-        """Register a caller request under an id unique to this host."""
-        inner = f"h{next(self._ids)}"
-        stream = _Stream(sse)
-        self._open[inner] = stream
-        self._inner[message["id"]] = inner
-        params = message.get("params")
-        token = progress_token(params) if isinstance(params, dict) else None
-        if token is not None:
-            self._tokens[token] = inner
-            stream.token = token
-        return inner, stream
-
-    async def finish(self, original: Any, inner: str, stream: _Stream, *, cancel: bool) -> None:
-        """The request's stream is done (answered, or the caller went away: then it is cancelled)."""
-        stream.finished = True
-        self._open.pop(inner, None)
-        if self._inner.get(original) == inner:
-            del self._inner[original]
-        if stream.token is not None and self._tokens.get(stream.token) == inner:
-            del self._tokens[stream.token]
-        await self._drop_questions(stream)
-        if cancel and not stream.answer.done() and self.session is not None:
-            # the HTTP caller went away: stop the work it asked for (upstream call, approval wait, listen)
-            await self.session.handle({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                                       "params": {"requestId": inner, "reason": "the caller closed the stream"}})
-
-    async def _drop_questions(self, stream: _Stream) -> None:
-        """Questions asked on a stream that closed can no longer be answered: the upstream is told so."""
-        for hid in list(stream.asked):
-            self._asked.pop(hid, None)
-            if self.session is not None:
-                await self.session.handle(error(hid, INTERNAL_ERROR, "the caller closed the stream before answering"))
-        stream.asked.clear()
-
-    async def close_listener(self, stream: _Stream) -> None:
-        if self.listener is stream:
-            self.listener = None
-        stream.finished = True
-        await self._drop_questions(stream)
-
-    def abort(self, reason: str) -> None:
-        """The session is closing: answer every request still waiting, so no POST hangs."""
-        for inner, stream in list(self._open.items()):
-            stream.resolve(error(inner, INVALID_REQUEST, reason))
-        if self.listener is not None:
-            self.listener.end()
-
-    async def cancel(self, session: HostSession, message: Message) -> None:
-        """``notifications/cancelled`` for a request still open on another POST: cancel it in the
-        session and close that POST with a JSON-RPC error (an HTTP request needs an answer)."""
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        assert isinstance(params, dict)
-        inner = self._inner.get(params.get("requestId"))
-        if inner is None:
-            return  # unknown or already answered: nothing to do (the spec allows the race)
-        await session.handle({**message, "params": {**params, "requestId": inner}})
-        stream = self._open.get(inner)
-        if stream is not None:
-            stream.resolve(error(inner, REQUEST_CANCELLED, "Request cancelled"))
-
-
-class _EventStream:
-    """An SSE response: one ``message`` event per JSON-RPC message until the stream ends; the
-    caller hanging up ends it too (``on_close`` then cleans up: cancellation, unanswered questions)."""
-
-    def __init__(self, next_event: Callable[[], Awaitable[Message | None]], on_close: Callable[[bool], Awaitable[None]],
-                 headers: dict[str, str], rewrite: Callable[[Message], Message] = lambda m: m) -> None:
-        self.next_event = next_event
-        self.on_close = on_close
-        self.headers = headers
-        self.rewrite = rewrite
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
-                   (b"x-accel-buffering", b"no")]
-        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
-        completed = False
-
-        async def pump() -> None:
-            nonlocal completed
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            while (event := await self.next_event()) is not None:
-                if event is _RETRY:
-                    body = f"retry: {RETRY_MS}\n\n".encode()
-                else:
-                    body = b": keep-alive\n\n" if event is _KEEPALIVE else b"event: message\ndata: " + orjson.dumps(self.rewrite(event)) + b"\n\n"
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            completed = True
-
-        async def hang_up() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(hang_up())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.on_close(not completed)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who a request comes from, as proven by its bearer token."""
-
-    principal: Principal
-    chain: GrantChain | None
-    binding: str  # what a session is bound to: the whole principal (and a grant chain's token)
-    issuer: str | None = None  # the OAuth issuer, None for a grant chain
-    claims: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def owner(self) -> str:
-        """The principal's user and agent chain: what ``max_sessions_per_principal`` counts."""
-        return principal_key(self.principal)
-
-    @property
-    def owner_id(self) -> str:
-        """A short, store-safe key for the principal (limits in the state store)."""
-        return store_key(self.owner)
-
-    @property
-    def root(self) -> str:
-        """The delegating root: what ``max_sessions_per_root`` counts."""
-        return root_key(self.issuer, self.principal, self.chain)
-
-
-@dataclass
-class _Session:
-    key: str  # "sid:<Mcp-Session-Id>" or "id:<binding>" (2026-07-28, one per caller)
-    session: HostSession
-    host: _ReplyHost
-    binding: str
-    owner: str
-    root: str
-    used: float
-    busy: int = 0
-    initialize: Message | None = None  # the handshake, kept to refresh the shared record (session_records.py)
-
-    async def close(self, reason: str) -> None:
-        self.host.abort(reason)
-        await self.session.close()
-
-
-def _accepts_sse(accept: str) -> tuple[bool, bool]:
-    """(accepts ``text/event-stream``, prefers it): preferred when listed before ``application/json``
-    or without it, so a caller that asks for JSON first gets JSON whenever the answer is all there is."""
-    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    if "text/event-stream" not in kinds:
-        return False, False
-    json_at = next((i for i, k in enumerate(kinds) if k in ("application/json", "application/*", "*/*")), len(kinds))
-    return True, kinds.index("text/event-stream") < json_at
 MCP_METHODS = ("GET", "POST", "DELETE")  # what the MCP endpoint answers (others: 405 from the router)
 
 
-def _token_key(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
+    """The ASGI app: the ``Host`` and ``Origin`` checks, authentication (``ResourceServer``), the
+    session table (``SessionTable``), what ties it to other replicas (``ReplicaLink``), and each
+    request handed to its session."""
 
-
-def resource_metadata_url(resource: str) -> str:
-    """RFC 9728: the well-known URI is inserted between the host and the resource's path."""
-    parts = urlsplit(resource)
-    return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN}{parts.path.rstrip('/')}"
-
-
-class HttpGuard:
     def __init__(
         self,
         sessions: Sessions,
@@ -433,22 +79,17 @@ class HttpGuard:
         listen: tuple[str, int] | None = None,
         page: ApprovalPage | None = None,
     ) -> None:
-        self.guard = sessions
-        self.verifier = verifier
-        self.chain_issuers = chain_issuers  # trust.issuers: a JWT naming one of these is a grant chain
-        self.oauth = oauth
+        serve = config or ServeConfig()
+        ResourceServer.__init__(self, verifier, serve, chain_issuers, oauth)
+        SessionTable.__init__(self, sessions, serve)
         self.exchange = exchange
         self.allowed_origins = allowed_origins
-        self.serve = config or ServeConfig()
         self.allowed_hosts = self._allowed_hosts(listen)
-        self.entries: dict[str, _Session] = {}  # _Session.key -> session
-        self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
-        self.rooted: dict[str, int] = {}  # delegating root -> how many sessions its principals hold
-        self.by_session_id: dict[str, _Session] = {}  # HostSession.id -> its entry (the approval page's notices)
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False  # SIGTERM: new requests are refused with 503, what is in flight finishes
-        self.records: SessionRecords | None = None  # shared session records: any replica serves any session
         self.fanout: Fanout | None = None  # redis://: session events reach the replica holding the stream
+        self.questions: Questions | None = None  # redis://: answers reach the replica that asked (made at start)
+        self._tasks: set[asyncio.Future[None]] = set()  # background work kept referenced (session state)
         self._adopting: dict[str, asyncio.Future[None]] = {}
         self.mcp_path = "/mcp"
         routes = [Route(self.mcp_path, self.endpoint, methods=list(MCP_METHODS)), Route("/healthz", healthz, methods=["GET"])]
@@ -492,6 +133,7 @@ class HttpGuard:
         await self.app(scope, receive, send)
 
     async def start(self) -> None:
+        self._link_start()
         if self.fanout is not None:
             self.fanout.start(self._session_event)
         await self.guard.start()
@@ -514,116 +156,7 @@ class HttpGuard:
         if self.fanout is not None:
             await self.fanout.close()
         await self.guard.close()
-
-    # ------------------------------------------------------------------ resource server
-
-    def _challenge(self, request: Request | None, code: str | None, description: str | None, scope: str | None = None) -> str:
-        parts = ['Bearer realm="mcp-guard"']
-        if self.oauth is not None:
-            parts.append(f'resource_metadata="{self._metadata_url(request)}"')
-        if code:
-            parts.append(f'error="{code}"')
-        if scope:
-            parts.append(f'scope="{scope}"')
-        if description:
-            parts.append('error_description="{}"'.format(description.replace('"', "'").replace("\\", "/")))
-        return ", ".join(parts)
-
-    def _metadata_url(self, request: Request | None) -> str:
-        if self.serve.url:
-            return resource_metadata_url(self.serve.url)
-        base = str(request.base_url).rstrip("/") if request is not None else ""
-        return f"{base}{WELL_KNOWN}{self.mcp_path}"
-
-    async def metadata(self, request: Request) -> Response:
-        """RFC 9728 protected resource metadata."""
-        assert self.oauth is not None
-        resource = self.serve.url or f"{str(request.base_url).rstrip('/')}{self.mcp_path}"
-        body: dict[str, Any] = {
-            "resource": resource,
-            "authorization_servers": list(self.oauth.issuers),
-            "bearer_methods_supported": ["header"],
-            "resource_name": "mcp-guard",
-        }
-        if self.oauth.scopes:
-            body["scopes_supported"] = list(self.oauth.scopes)
-        return JSONResponse(body, headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "max-age=300"})
-
-    def _refuse(self, request: Request | None, status: int, code: str | None, description: str, scope: str | None = None) -> Response:
-        if scope is None and self.oauth is not None and self.oauth.scopes:
-            scope = " ".join(self.oauth.scopes)
-        word = "Forbidden" if status == 403 else "Unauthorized"
-        log.info("refused a request with HTTP %d: %s", status, description)  # no tool call: not an audit decision
-        return JSONResponse(
-            error(None, INVALID_REQUEST, f"{word}: {description}"),
-            status_code=status,
-            headers={"WWW-Authenticate": self._challenge(request, code, description if code else None, scope)},
-        )
-
-    async def authenticate(self, request: Request) -> Caller | Response:
-        """The caller proven by ``Authorization: Bearer``, or the 401/403 refusal to send."""
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            what = "an OAuth access token or a grant chain" if self.oauth is not None else "a grant chain"
-            return self._refuse(request, 401, None, f"{what} is required: Authorization: Bearer <token>")
-        return await self.identify(request, token)
-
-    async def identify(self, request: Request | None, token: str) -> Caller | Response:
-        if self.oauth is not None and self._is_oauth(token):
-            try:
-                access = await self.oauth.verify(token)
-            except OAuthError as exc:
-                return self._refuse(request, exc.status, exc.error, str(exc), exc.scope)
-            who = access.principal
-            return Caller(who, None, session_binding(access.issuer, who), access.issuer, access.claims)
-        try:
-            chain = self.verifier.verify(token, time.time())
-        except GrantError as exc:
-            return self._refuse(request, 401, "invalid_token", f"{exc.code}: {exc}")
-        return Caller(chain.principal, chain, session_binding(None, chain.principal, _token_key(token)))
-
-    def _is_oauth(self, token: str) -> bool:
-        """An OAuth access token: one JWT (a chain of several links has ``~``) whose issuer is not
-        one of the grant-chain issuers (``trust.issuers``)."""
-        if self.oauth is None or "~" in token:
-            return False
-        iss = self._oauth_issuer(token)
-        return iss in self.oauth.issuers or iss not in self.chain_issuers
-
-    @staticmethod
-    def _oauth_issuer(token: str) -> str | None:
-        import jwt
-
-        with contextlib.suppress(jwt.PyJWTError):
-            iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
-            return iss if isinstance(iss, str) else None
-        return None
-
-    # ------------------------------------------------------------------ HTTP
-
-    async def read_body(self, request: Request) -> bytes | Response:
-        """The request body, refused with 413 as soon as it passes ``serve.max_body`` (never buffered past it)."""
-        limit = self.serve.max_body
-        too_large = JSONResponse(error(None, INVALID_REQUEST, f"Request too large: the limit is {limit} bytes"), status_code=413,
-                                 headers={"Connection": "close"})
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return too_large
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    return too_large
-                chunks.append(chunk)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        return b"".join(chunks)
-
-    async def endpoint(self, request: Request) -> Response | _EventStream:
+    async def endpoint(self, request: Request) -> Response | EventStream:
         origin = request.headers.get("origin")
         if origin and not (LOCAL_ORIGIN.match(origin) or origin in self.allowed_origins):
             return JSONResponse(error(None, INVALID_REQUEST, f"Origin {origin} is not allowed"), status_code=403)
@@ -654,10 +187,10 @@ class HttpGuard:
         header_method = request.headers.get("mcp-method")
         if header_method is not None and header_method != message.get("method"):
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
-        sse, eager = _accepts_sse(request.headers.get("accept", ""))
+        sse, eager = accepts_sse(request.headers.get("accept", ""))
         return await self._dispatch(message, sid, caller, sse, eager)
 
-    async def _find(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> _Session | Response:
+    async def _find(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> SessionEntry | Response:
         """The session ``sid`` of ``caller``: held here, or adopted from the shared records."""
         if f"sid:{sid}" not in self.entries and self.records is not None and sid:
             waiting = self._adopting.get(sid)
@@ -690,31 +223,18 @@ class HttpGuard:
             return opened
         entry = opened
         entry.initialize = record["initialize"]
+        self._wire(entry)
         replayed = await self._ask(entry, {**record["initialize"], "id": "adopt"}, False, False, {})
         if not isinstance(replayed, Response) or replayed.status_code != 200 or b'"error"' in bytes(replayed.body):
             self._drop(f"sid:{sid}")
             await entry.close("Session could not be adopted")
             return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
         await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        entry.initialized = True
+        await self._replay(entry, record.get("state") or {})
         log.info("session %s adopted from the shared state store", sid[:8])
         return None
-
-    def _entry(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> _Session | Response:
-        found = self.entries.get(f"sid:{sid}")
-        if found is None:
-            return JSONResponse(error(rid, INVALID_REQUEST, "Unknown or expired session"), status_code=404)
-        if found.binding != caller.binding:
-            self._foreign(found, caller, method)
-            return JSONResponse(error(rid, INVALID_REQUEST, "This session belongs to another caller"), status_code=403)
-        return found
-
-    def _foreign(self, entry: _Session, caller: Caller, method: str | None) -> None:
-        """Audit a request on a session another principal opened (another user, agent chain,
-        purpose, issuer or grant chain): refused whatever it asks."""
-        self.guard.refused(caller.principal, method, "mcp-guard refused the request: its principal is not the one that "
-                           "opened this session", entry.session.id)
-
-    async def _listen(self, request: Request, sid: str | None, caller: Caller) -> Response | _EventStream:
+    async def _listen(self, request: Request, sid: str | None, caller: Caller) -> Response | EventStream:
         """``GET /mcp``: the session's stream of what no request caused (list changes, resource
         updates), one per session, only for its own caller."""
         if not sid:
@@ -728,7 +248,7 @@ class HttpGuard:
             return entry
         if entry.host.listener is not None:
             return JSONResponse(error(None, INVALID_REQUEST, "This session already has a GET stream open"), status_code=409)
-        stream = _Stream(True, answered=False)
+        stream = Stream(True, answered=False)
         entry.host.listener = stream
         entry.busy += 1  # an open stream is a session in use: not expired while it is read
 
@@ -737,10 +257,10 @@ class HttpGuard:
             self._touch(entry)
             await entry.host.close_listener(stream)
 
-        return _EventStream(stream.next, closed, {"Mcp-Session-Id": sid})
+        return EventStream(stream.next, closed, {"Mcp-Session-Id": sid})
 
     async def _dispatch(self, message: Message, sid: str | None, caller: Caller, sse: bool = False,
-                        eager: bool = False) -> Response | _EventStream:
+                        eager: bool = False) -> Response | EventStream:
         headers: dict[str, str] = {}
         method = message.get("method")
         if self.draining and is_request(message):  # answers and notifications still finish what is in flight
@@ -755,6 +275,7 @@ class HttpGuard:
             headers["Mcp-Session-Id"] = sid
             if self.records is not None:
                 entry.initialize = message
+                self._wire(entry)
                 await self.records.save(sid, caller.binding, message)
         elif sid:
             found = await self._find(sid, caller, message.get("id"), method if isinstance(method, str) else None)
@@ -762,7 +283,11 @@ class HttpGuard:
                 return found
             entry = found
             if self.records is not None:
-                await self.records.touch(sid, caller.binding, entry.initialize)
+                await self.records.touch(sid, caller.binding, entry.initialize, entry.state)
+                if not entry.initialized:  # the client's `initialized` may have landed on another replica:
+                    entry.initialized = True  # it sent it before this request all the same
+                    if method != "notifications/initialized":
+                        await entry.session.handle({"jsonrpc": "2.0", "method": "notifications/initialized"})
         else:
             known = self.entries.get(f"id:{caller.binding}")
             if known is None:
@@ -777,16 +302,17 @@ class HttpGuard:
                 await entry.host.cancel(entry.session, message)
             elif "method" in message or entry.host.answered(message):  # answered: a question asked on its streams
                 await entry.session.handle(message)
-            else:
-                return JSONResponse(error(message.get("id"), INVALID_REQUEST, "Invalid Request: no question of this session has this id"),
-                                    status_code=400)
+            else:  # another replica may have asked it (questions.py); else no one did
+                refused = await self._forward_answer(entry, sid, caller, message)
+                if refused is not None:
+                    return refused
             return Response(status_code=202, headers=headers)
         if message.get("method") == "subscriptions/listen" and not sse:
             return JSONResponse(error(message.get("id"), INVALID_REQUEST, "subscriptions/listen needs Accept: text/event-stream"),
                                 headers=headers)
         return await self._ask(entry, message, sse, eager, headers)
 
-    async def _ask(self, entry: _Session, message: Message, sse: bool, eager: bool, headers: dict[str, str]) -> Response | _EventStream:
+    async def _ask(self, entry: SessionEntry, message: Message, sse: bool, eager: bool, headers: dict[str, str]) -> Response | EventStream:
         """Hand one request to the session.  Its answer comes back as plain JSON unless the caller
         accepts ``text/event-stream`` and either prefers it (``eager``) or the session sends
         something about the request first (progress, a log message, a question): then the answer
@@ -794,6 +320,7 @@ class HttpGuard:
         host = entry.host
         original = message["id"]
         inner, stream = host.open(message, sse)
+        self._watch_state(entry, message, stream)
 
         def outward(event: Message) -> Message:
             if "method" not in event and event.get("id") == inner:
@@ -825,97 +352,7 @@ class HttpGuard:
             self._touch(entry)
             await host.finish(original, inner, stream, cancel=early)
 
-        return _EventStream(stream.next, closed, headers, outward)
-
-    # ------------------------------------------------------------------ sessions
-
-    async def _open(self, key: str, caller: Caller, message: Message) -> _Session | Response:
-        """A new session for ``caller``; past ``max_sessions_per_principal`` its own oldest idle one
-        goes; one that would pass ``max_sessions_per_root`` or ``max_sessions`` is refused."""
-        refusal = self._over_cap(caller, message)
-        if refusal is not None:
-            return refusal
-        host = _ReplyHost()
-        session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id)  # limits count per principal
-        host.session = session
-        entry = _Session(key, session, host, caller.binding, caller.owner, caller.root, time.monotonic())
-        self.entries[key] = entry
-        self.by_session_id[session.id] = entry
-        self.rooted[entry.root] = self.rooted.get(entry.root, 0) + 1
-        mine = self.owned.setdefault(caller.owner, OrderedDict())
-        mine[key] = None
-        while len(mine) > self.serve.max_sessions_per_principal:
-            victim = next((k for k in mine if not self.entries[k].busy and k != key), None) or next(iter(mine))
-            old = self._drop(victim)
-            if old is not None and self.records is not None and victim.startswith("sid:"):
-                await self.records.forget(victim[4:])  # evicted everywhere, not only here
-            if old is not None:
-                log.info("%s has more than %d sessions: its least recently used one is closed", caller.owner,
-                         self.serve.max_sessions_per_principal)
-                await old.close("Session closed: this caller opened too many sessions")
-        return entry
-
-    def _over_cap(self, caller: Caller, message: Message) -> Response | None:
-        """The refusal (audited) of a session that would add one past a cap: a principal at its own
-        cap only replaces its oldest session, so it adds none."""
-        mine = self.owned.get(caller.owner)
-        if mine is not None and len(mine) >= self.serve.max_sessions_per_principal:
-            return None
-        if self.rooted.get(caller.root, 0) >= self.serve.max_sessions_per_root:
-            status, reason = 429, (f"this caller's delegating root already holds {self.serve.max_sessions_per_root} sessions "
-                                   "(its own and its sub-agents'); end one or wait for one to expire")
-        elif len(self.entries) >= self.serve.max_sessions:
-            status, reason = 503, f"the guard already holds {self.serve.max_sessions} sessions; try again later"
-        else:
-            return None
-        method = message.get("method")
-        log.info("refused a new session of %s: %s", " > ".join(caller.principal.chain), reason)
-        self.guard.refused(caller.principal, method if isinstance(method, str) else None, f"mcp-guard refused a new session: {reason}")
-        headers = {"Retry-After": "60"} if status == 503 else {}
-        return JSONResponse(error(message.get("id"), INVALID_REQUEST, f"Too many sessions: {reason}"), status_code=status,
-                            headers=headers)
-
-    def _touch(self, entry: _Session) -> None:
-        entry.used = time.monotonic()
-        mine = self.owned.get(entry.owner)
-        if mine is not None and entry.key in mine:
-            mine.move_to_end(entry.key)
-
-    def _drop(self, key: str) -> _Session | None:
-        entry = self.entries.pop(key, None)
-        if entry is not None:
-            self.by_session_id.pop(entry.session.id, None)
-            left = self.rooted.get(entry.root, 0) - 1
-            if left > 0:
-                self.rooted[entry.root] = left
-            else:
-                self.rooted.pop(entry.root, None)
-            mine = self.owned.get(entry.owner)
-            if mine is not None:
-                mine.pop(key, None)
-                if not mine:
-                    del self.owned[entry.owner]
-        return entry
-
-    async def expire_idle(self, now: float | None = None) -> int:
-        """Close every session nobody used for ``serve.session_idle`` (none with a call in flight)."""
-        now = time.monotonic() if now is None else now
-        stale = [k for k, e in self.entries.items() if not e.busy and now - e.used > self.serve.session_idle]
-        for key in stale:
-            entry = self._drop(key)
-            if entry is not None:
-                await entry.close("Session expired")
-        return len(stale)
-
-    async def _sweep(self) -> None:
-        every = max(1.0, min(60.0, self.serve.session_idle / 4))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.expire_idle()
-            except Exception:  # a failing close must not stop the sweeper
-                log.exception("closing idle sessions failed")
-
+        return EventStream(stream.next, closed, headers, outward)
     def _page_answered(self, approval_id: str, record: Mapping[str, Any]) -> None:
         """The approval page answered: tell the session that asked, on whichever replica holds it."""
         if self.fanout is None:
@@ -925,9 +362,11 @@ class HttpGuard:
                              "binding": record.get("binding")})
 
     def _session_event(self, event: Mapping[str, Any]) -> None:
-        """An event from the replicas' channel (this replica's own included)."""
+        """An event from the replicas' channels (this replica's own included)."""
         if event.get("event") == "elicitation/complete" and isinstance(event.get("id"), str):
             self.elicitation_complete(event["id"], event)
+        else:
+            self._replica_event(event)
 
     def elicitation_complete(self, approval_id: str, record: Mapping[str, Any]) -> None:
         """The approval page answered ``approval_id``: if a 2025-11-25 caller was pointed at it by

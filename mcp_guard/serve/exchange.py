@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class Subject(Protocol):
-    """The verified caller of an OAuth subject token (``serve.asgi.Caller`` is one)."""
+    """The verified caller of an OAuth subject token (``serve.resource.Caller`` is one)."""
 
     @property
     def principal(self) -> Principal: ...

@@ -7,8 +7,11 @@ looks the record up, refuses another caller (403) exactly as the replica that op
 and otherwise adopts the session: it replays the recorded handshake into a new local guard
 session (same era, protocol version, client capabilities and client info) and serves the
 request.  Limits, budgets, revocations and approvals were already shared (they count per
-principal in the store); what lives in one replica only is lost on adoption: the log level a
-caller set, its resource subscriptions, and approvals remembered for the session.
+principal in the store).  What the caller changed about its session since the handshake moves
+with the record too (``state``): the log level it set and the resources it subscribed to; an
+adopting replica replays them after the handshake, and a replica already holding the session
+replays what changed when told so (asgi.py).  Approvals remembered for the session stay in the
+replica that asked for them.
 
 Records expire with ``serve.session_idle`` and are refreshed while used; ``DELETE`` removes one.
 With ``state.url: memory://`` nothing is shared and nothing is recorded.
@@ -45,8 +48,12 @@ class SessionRecords:
         self.ttl = ttl
         self._saved: dict[str, float] = {}  # session id -> when this process last refreshed it
 
-    async def save(self, sid: str, binding: str, initialize: Message) -> None:
-        body = orjson.dumps({"binding": binding_digest(binding), "initialize": initialize}).decode()
+    async def save(self, sid: str, binding: str, initialize: Message, state: Message | None = None) -> None:
+        """Record (or refresh) session ``sid``; ``state``: what its caller changed since the handshake."""
+        record: Message = {"binding": binding_digest(binding), "initialize": initialize}
+        if state:
+            record["state"] = state
+        body = orjson.dumps(record).decode()
         try:
             # refreshed at most every ttl/4: kept that much longer, so a session idle for less than
             # ttl never vanishes early
@@ -57,7 +64,7 @@ class SessionRecords:
         self._saved[sid] = time.monotonic()
 
     async def load(self, sid: str) -> dict[str, Any] | None:
-        """The record of ``sid`` (``binding`` digest, ``initialize`` message), or None."""
+        """The record of ``sid`` (``binding`` digest, ``initialize`` message, ``state``), or None."""
         try:
             raw = await self.store.value_get(PREFIX + sid)
         except GuardError as exc:
@@ -70,16 +77,16 @@ class SessionRecords:
         except orjson.JSONDecodeError:
             return None
         ok = isinstance(record, dict) and isinstance(record.get("binding"), str) and isinstance(record.get("initialize"), dict)
-        return record if ok else None
+        return record if ok and isinstance(record.get("state", {}), dict) else None
 
     def matches(self, record: dict[str, Any], binding: str) -> bool:
         return bool(record["binding"] == binding_digest(binding))
 
-    async def touch(self, sid: str, binding: str, initialize: Message | None) -> None:
+    async def touch(self, sid: str, binding: str, initialize: Message | None, state: Message | None = None) -> None:
         """Keep a used session's record alive (at most one write per quarter of its lifetime)."""
         last = self._saved.get(sid)
         if initialize is not None and (last is None or time.monotonic() - last > self.ttl / 4):
-            await self.save(sid, binding, initialize)
+            await self.save(sid, binding, initialize, state)
 
     async def forget(self, sid: str) -> None:
         self._saved.pop(sid, None)

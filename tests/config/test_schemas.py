@@ -21,8 +21,7 @@ from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
 from mcp_guard.cli import main
-from mcp_guard.config import _TOP as CONFIG_KEYS
-from mcp_guard.config import parse_config
+from mcp_guard.config import CONFIG_KEYS, parse_config
 from mcp_guard.errors import ConfigError
 from mcp_guard.policy import parse_text
 from mcp_guard.policy.testing import parse_test_file

@@ -29,7 +29,7 @@ from fixtures import (
     tools_env,
     write_guard_config,
 )
-from fixtures.serving import connect, serving
+from fixtures.serving import connect, serving_in_process
 from helpers_proxy import raw_guard
 from mcp.shared.exceptions import MCPError
 from test_grants_e2e import _link_id
@@ -225,7 +225,7 @@ class _Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[_Served]:
     setup = _Served(tmp_path)
-    with serving(setup.config, setup.port):
+    with serving_in_process(setup.config, setup.port):
         yield setup
 
 

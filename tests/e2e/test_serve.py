@@ -12,7 +12,7 @@ import pytest
 from fixtures import (
     Mode,
 )
-from fixtures.serving import ServeSetup, cli, connect, serving
+from fixtures.serving import ServeSetup, cli, connect, serving_in_process
 from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ServeSetup]:
     setup = ServeSetup(tmp_path)
-    with serving(setup.config, setup.port):
+    with serving_in_process(setup.config, setup.port):
         yield setup
 
 

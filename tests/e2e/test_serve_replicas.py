@@ -8,14 +8,30 @@ import asyncio
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 import yaml
-from fixtures import free_port, mcp_guard_bin, tools_env, wait_for_port
+from fixtures import (
+    ALLOW_ALL,
+    conformance_server_command,
+    free_port,
+    mcp_guard_bin,
+    requires_tools,
+    serve_http,
+    stdio_upstream,
+    tools_env,
+    wait_for_port,
+    write_guard_config,
+)
 from fixtures.ops import haproxy, private_redis
 from fixtures.serving import ServeSetup, cli, connect
+from mcp.types import LoggingMessageNotificationParams
+
+from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -34,8 +50,13 @@ def replicas_config(tmp: Path, redis_url: str, balancer: int) -> ServeSetup:
 
 
 def start(setup: ServeSetup, port: int, n: int) -> subprocess.Popen[bytes]:
-    with (setup.config.parent / f"replica{n}.log").open("wb") as out:
-        return subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(port)],
+    return start_config(setup.config, port, n)
+
+
+def start_config(config: Path, port: int, n: int) -> subprocess.Popen[bytes]:
+    """Replica ``n`` of ``config`` on ``port`` (its log: replicaN.log beside the config)."""
+    with (config.parent / f"replica{n}.log").open("wb") as out:
+        return subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=tools_env())
 
 
@@ -89,3 +110,164 @@ async def test_three_replicas_behind_haproxy_lose_no_session_when_one_dies(tmp_p
     assert adopted, "another replica took the session over"
     verify = await cli("audit", "verify", str(tmp_path / "audit.jsonl"))
     assert verify.returncode == 0, verify.stdout + verify.stderr  # one hash chain across the replicas
+
+
+# --------------------------------------------------------------------------- the official suite through the balancer
+
+
+@pytest.mark.timeout(600)
+@requires_tools("conformance")
+def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path: Path) -> None:
+    """The suite's server scenarios through HAProxy (round robin, no stickiness) in front of three
+    replicas on one Redis score what they score against one replica: every answer to an upstream's
+    question (sampling, elicitation) reaches the replica that asked it, whichever one it lands on."""
+    from test_conformance import failed, passed, run_conformance
+
+    balancer = free_port()
+    ports = [free_port() for _ in range(3)]
+    url = f"http://localhost:{balancer}/mcp"
+    with private_redis(tmp_path) as (redis_url, _):
+        config, token, _ = conformance_replicas(tmp_path, redis_url, balancer)
+        one_port = free_port()
+        with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(one_port)], one_port,
+                        log=tmp_path / "one.log"):
+            alone = run_conformance(f"http://localhost:{one_port}/mcp", tmp_path / "one", bearer=token)
+        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                wait_for_port(p, timeout=60, proc=proc)
+            with haproxy(tmp_path, balancer, ports):
+                time.sleep(1.0)  # every backend checked healthy
+                through = run_conformance(url, tmp_path / "balanced", bearer=token)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(15)
+    print(f"conformance: one replica {len(passed(alone))} passed, {len(failed(alone))} failed; "
+          f"three behind HAProxy {len(passed(through))} passed, {len(failed(through))} failed: {sorted(failed(through))}")
+    assert passed(alone) - passed(through) == set(), sorted(passed(alone) - passed(through))
+    assert failed(through) <= failed(alone), sorted(failed(through) - failed(alone))
+    assert {s for s, _ in passed(through)} >= {"tools-call-sampling", "tools-call-elicitation"}
+    logs = "".join((tmp_path / f"replica{n}.log").read_text() for n in range(3))
+    assert "adopted from the shared state store" in logs  # the balancer did spread the sessions
+
+
+def conformance_replicas(tmp_path: Path, redis_url: str, balancer: int) -> tuple[Path, str, str]:
+    """A config of the conformance fixture behind ``serve`` on ``redis_url``, and the grant chains
+    of two callers (alice, mallory)."""
+    key, pub = generate_keypair()
+    (tmp_path / "idp.jwk").write_text(json.dumps(public_jwk(pub)))
+    config = write_guard_config(
+        tmp_path, {"conformance": stdio_upstream(conformance_server_command(), prefix=False)}, ALLOW_ALL,
+        trust={"issuers": {"corp-idp": str(tmp_path / "idp.jwk")}}, state={"url": redis_url},
+        audit={"path": str(tmp_path / "audit.jsonl")},
+        serve={"url": f"http://localhost:{balancer}/mcp", "drain_timeout": "2s"})
+    token, mallory = (issue_grant(key, "corp-idp", user, "planner", ["conformance/*"], resources=["conformance/*"],
+                                  prompts=["conformance/*"]) for user in ("alice@example.com", "mallory@example.com"))
+    return config, token, mallory
+
+
+async def test_the_log_level_a_caller_set_holds_on_every_replica(tmp_path: Path) -> None:
+    """``logging/setLevel`` lands on one replica; the session's record carries it, so the replicas
+    that serve the session's later calls (adopting it, or holding it already) log at that level too."""
+    balancer = free_port()
+    ports = [free_port() for _ in range(3)]
+    told: list[str] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        told.append(f"{params.level}: {params.data}")
+
+    with private_redis(tmp_path) as (redis_url, _):
+        config, token, _ = conformance_replicas(tmp_path, redis_url, balancer)
+        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                wait_for_port(p, timeout=60, proc=proc)
+            with haproxy(tmp_path, balancer, ports):
+                await asyncio.sleep(1.0)
+                async with connect(f"http://localhost:{balancer}/mcp", token, logging_callback=on_log) as client:
+                    assert not (await client.call_tool("test_tool_with_logging", {})).is_error
+                    assert [t for t in told if t.startswith("info")], "before: info messages reach the caller"
+                    await client.set_logging_level("error")
+                    await asyncio.sleep(0.5)  # the other replicas hear of it over Redis
+                    told.clear()
+                    for _ in range(6):  # round robin: every replica serves some of them
+                        assert not (await client.call_tool("test_tool_with_logging", {})).is_error
+                    assert told == [], told
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(15)
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len({r["pid"] for r in audit if r.get("tool") == "test_tool_with_logging"}) >= 2
+
+
+async def test_answers_to_questions_through_the_balancer_reach_the_asker_and_forgeries_do_not(tmp_path: Path) -> None:
+    """Raw HTTP through HAProxy: a sampling question arrives on a tools/call stream from one replica;
+    mallory's answer to it on her own session, and on alice's, is refused (whichever replica it
+    lands on) and audited; alice's answer, wherever it lands, completes the call."""
+    balancer = free_port()
+    ports = [free_port() for _ in range(3)]
+    accept = {"Accept": "application/json, text/event-stream"}
+    with private_redis(tmp_path) as (redis_url, _):
+        config, token, mallory_token = conformance_replicas(tmp_path, redis_url, balancer)
+        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                wait_for_port(p, timeout=60, proc=proc)
+            with haproxy(tmp_path, balancer, ports):
+                await asyncio.sleep(1.0)
+                url = f"http://localhost:{balancer}/mcp"
+                init = {**INIT, "params": {**INIT["params"], "capabilities": {"sampling": {}}}}
+                async with httpx2.AsyncClient(timeout=30) as raw:
+                    alice = {**accept, "Authorization": f"Bearer {token}"}
+                    mallory = {**accept, "Authorization": f"Bearer {mallory_token}"}
+                    sid = (await raw.post(url, json=init, headers=alice)).headers["mcp-session-id"]
+                    alice["Mcp-Session-Id"] = sid
+                    await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=alice)
+                    mallory["Mcp-Session-Id"] = (await raw.post(url, json=init, headers=mallory)).headers["mcp-session-id"]
+                    await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=mallory)
+                    for n in range(3):
+                        call = {"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call",
+                                "params": {"name": "test_sampling", "arguments": {"prompt": f"p{n}"}}}
+                        async with raw.stream("POST", url, json=call, headers=alice) as stream:
+                            events = stream.aiter_lines()
+                            question = await next_message(events)
+                            assert question["method"] == "sampling/createMessage", question
+                            answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
+                                "role": "assistant", "content": {"type": "text", "text": f"a{n}"}, "model": "m"}}
+                            forged = await raw.post(url, json=answer, headers=mallory)  # on her own session
+                            assert forged.status_code == 400, forged.text
+                            stolen = await raw.post(url, json=answer, headers={**mallory, "Mcp-Session-Id": sid})
+                            assert stolen.status_code == 403, stolen.text
+                            landed = await raw.post(url, json=answer, headers=alice)
+                            assert landed.status_code == 202, landed.text
+                            again = await raw.post(url, json=answer, headers=alice)  # once per question
+                            assert again.status_code == 400, again.text
+                            done = await next_message(events)
+                            assert done["id"] == 10 + n and f"a{n}" in json.dumps(done["result"]), done
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(15)
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    refused = [(r["principal"][0], r["reason"]) for r in audit if r["decision"] == "deny" and r.get("kind") is None]
+    forged = ("user:mallory@example.com", "mcp-guard refused an answer: no question of this session has this id")
+    stolen = ("user:mallory@example.com", "mcp-guard refused the request: its principal is not the one that opened this session")
+    twice = ("user:alice@example.com", "mcp-guard refused an answer: no question of this session has this id")
+    assert sorted(refused) == sorted([forged, stolen, twice] * 3), refused
+
+
+async def next_message(lines: Any) -> dict[str, Any]:
+    """The next JSON-RPC message on an SSE stream."""
+    async for line in lines:
+        if line.startswith("data:"):
+            message: dict[str, Any] = json.loads(line[5:])
+            return message
+    raise AssertionError("the stream ended")

@@ -31,7 +31,7 @@ from fixtures import (
     write_guard_config,
     write_policies,
 )
-from fixtures.serving import connect, serving
+from fixtures.serving import connect, serving_in_process
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
@@ -76,7 +76,7 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     s = Served(tmp_path)
-    with serving(s.config, s.port):
+    with serving_in_process(s.config, s.port):
         yield s
 
 
@@ -298,7 +298,7 @@ async def test_a_hidden_uri_is_unknown_on_every_resource_method_whoever_holds_it
 @pytest.mark.parametrize("serve", [{"max_sessions_per_principal": 1}, {"session_idle": "2s"}], ids=["evicted", "expired"])
 async def test_a_subscription_goes_upstream_when_its_session_is_evicted_or_expires(tmp_path: Path, serve: dict[str, Any]) -> None:
     served = Served(tmp_path, **serve)
-    with serving(served.config, served.port):
+    with serving_in_process(served.config, served.port):
         async with _raw(served, served.grant("alice")) as a:
             assert "result" in _answer(await a.post(_request("resources/subscribe", uri=WATCHED)))
             if "max_sessions_per_principal" in serve:

@@ -1,7 +1,8 @@
 """The flow lab's result table: attacks stopped and benign tasks completed per set-up.
 
 ``python -m flowlab.table`` (from ``tests/``, see scripts/flowlab) runs every scenario under every
-set-up through real guards and prints the table docs/flow.md shows; ``--write`` puts it there.
+set-up through a real ``mcp-guard serve`` per set-up, as the lab's tests do, and prints the table
+docs/flow.md shows; ``--write`` puts it there.
 ``expected_table()`` renders the same table from the scenarios' expectations, which the lab's
 tests assert one real run at a time.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from fixtures import ROOT
 
-from flowlab.lab import FLOW_POLICY, SETUPS, guard_log, run
+from flowlab.lab import FLOW_POLICY, SETUPS, Serves, run
 from flowlab.scenarios import SCENARIOS, Scenario
 from mcp_guard.grants import issue_grant
 
@@ -85,19 +86,19 @@ def doc_table(text: str) -> str:
 async def measure() -> dict[tuple[str, str], bool | None]:
     out: dict[tuple[str, str], bool | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for setup in SETUPS:
-            for i, s in enumerate(SCENARIOS):
-                if missing(setup):
-                    out[(s.name, setup)] = None
-                    continue
-                where = Path(tmp) / f"{setup}-{i}"
-                try:
-                    outcome = await run(setup, s.upstreams, s.grant, s.steps, s.succeeded, where)
-                except Exception:  # a guard that could not start (a loaded machine): say why, try once more
-                    print(f"{setup} {s.name}: the run failed; the guard said:\n{guard_log(where)[-2000:]}", file=sys.stderr)
-                    outcome = await run(setup, s.upstreams, s.grant, s.steps, s.succeeded, where.with_name(where.name + "-again"))
-                out[(s.name, setup)] = s.good(outcome.succeeded)
-                print(f"{setup:>10} {s.name}: {_mark(s, out[(s.name, setup)])}", file=sys.stderr)
+        serves = Serves(Path(tmp) / "serve")
+        try:
+            for setup in SETUPS:
+                for i, s in enumerate(SCENARIOS):
+                    if missing(setup):
+                        out[(s.name, setup)] = None
+                        continue
+                    outcome = await run(setup, s.upstreams, s.grant, s.steps, s.succeeded, Path(tmp) / f"{setup}-{i}",
+                                        serves.get(setup))
+                    out[(s.name, setup)] = s.good(outcome.succeeded)
+                    print(f"{setup:>10} {s.name}: {_mark(s, out[(s.name, setup)])}", file=sys.stderr)
+        finally:
+            serves.close()
     return out
 
 

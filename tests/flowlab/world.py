@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import shutil
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -114,13 +115,24 @@ class World:
     def __init__(self, root: Path, base: str, seen: list[str]) -> None:
         self.root, self.base, self.seen = root, base, seen
         self.srv = root / "srv"
-        for d in ("private/hr", "shared", "notes"):
-            (self.srv / d).mkdir(parents=True, exist_ok=True)
-        (self.srv / "private/hr/salaries.txt").write_text(SALARIES, encoding="utf-8")
-        (root / "inbox.json").write_text(json.dumps(inbox()), encoding="utf-8")
-        (root / "bank.json").write_text(json.dumps(bank()), encoding="utf-8")
         self.sent = root / "sent.jsonl"
         self.paid = root / "paid.jsonl"
+        self.reset()
+
+    def reset(self) -> None:
+        """The world as a scenario starts it: the files as written, no mail, payment, note, shared
+        file or site request yet (a ``serve`` set-up runs every scenario in one world, in turn)."""
+        for d in ("private/hr", "shared", "notes"):
+            (self.srv / d).mkdir(parents=True, exist_ok=True)
+        for d in ("shared", "notes"):  # emptied, not replaced: server-filesystem holds the folders open
+            for child in (self.srv / d).iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        (self.srv / "private/hr/salaries.txt").write_text(SALARIES, encoding="utf-8")
+        (self.root / "inbox.json").write_text(json.dumps(inbox()), encoding="utf-8")
+        (self.root / "bank.json").write_text(json.dumps(bank()), encoding="utf-8")
+        for done in (self.sent, self.paid, self.root / "memory.jsonl"):
+            done.unlink(missing_ok=True)
+        self.seen.clear()
 
     def path(self, srv_path: str) -> str:
         """The real path of a ``/srv/...`` path of the story."""

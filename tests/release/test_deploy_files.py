@@ -171,3 +171,4 @@ def test_the_configmaps_hold_a_guard_yaml_and_policies_the_guard_accepts(tmp_pat
     assert [p.id for p in parsed.policies] == ["files"] and not parsed.problems
     service = kind("mcp-guard", "Service")
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["mcp"]  # the admin port is not the public Service
+    assert service["spec"].get("sessionAffinity", "None") == "None"  # replicas need no stickiness

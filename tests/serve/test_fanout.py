@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mcp_guard.serve.asgi import HttpGuard, _ReplyHost, _Session, _Stream
+from mcp_guard.serve.asgi import HttpGuard
 from mcp_guard.serve.fanout import Fanout
+from mcp_guard.serve.reply_host import ReplyHost
+from mcp_guard.serve.streams import Stream
+from mcp_guard.serve.table import SessionEntry
 
 
 class _Quiet:
@@ -29,18 +32,18 @@ def replica(redis_url: str) -> HttpGuard:
     return guard
 
 
-def hold_session(guard: HttpGuard) -> _Stream:
+def hold_session(guard: HttpGuard) -> Stream:
     """A handshake-era session with its GET stream open on ``guard``."""
-    host = _ReplyHost()
-    stream = _Stream(True, answered=False)
+    host = ReplyHost()
+    stream = Stream(True, answered=False)
     host.listener = stream
-    entry = _Session("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
+    entry = SessionEntry("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
     guard.entries[entry.key] = entry
     guard.by_session_id[_Quiet.id] = entry
     return stream
 
 
-async def next_event(stream: _Stream, wait: float) -> Any:
+async def next_event(stream: Stream, wait: float) -> Any:
     try:
         return await asyncio.wait_for(stream.queue().get(), wait)
     except TimeoutError:
@@ -67,6 +70,32 @@ async def test_an_answer_on_one_replica_reaches_the_stream_on_another(redis_url:
         assert event == {"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
                          "params": {"elicitationId": "deadbeef"}}
         assert await next_event(stream, 1.0) is None  # once, not once per replica
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_list_change_on_one_replica_reaches_the_get_stream_on_another(redis_url: str) -> None:
+    a, b = replica(redis_url), replica(redis_url)
+    await a.start()
+    await b.start()
+    try:
+        assert a.fanout is not None and b.fanout is not None
+        await asyncio.wait_for(a.fanout.subscribed.wait(), 10)
+        await asyncio.wait_for(b.fanout.subscribed.wait(), 10)
+        stream = hold_session(a)  # the GET stream is on A
+        host = ReplyHost()  # B serves the same session, without a GET stream
+        host.elsewhere = lambda message: b._notice_elsewhere("abc", message)
+        await host.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        assert await next_event(stream, 10) == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {}}
+        await host.send({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "file:///a"}})
+        assert await next_event(stream, 10) == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                                "params": {"uri": "file:///a"}}
+        # only GET-stream notices travel: a log message of no request, or another session's notice, does not
+        await host.send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}})
+        b._notice_elsewhere("someone-else", {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        b.fanout.publish({"event": "notice", "session": "abc", "message": {"method": "sampling/createMessage", "id": 1}})
+        assert await next_event(stream, 1.0) is None
     finally:
         await a.close()
         await b.close()

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from mcp_guard.jsonrpc import RELATED_REQUEST
-from mcp_guard.serve.asgi import MAX_QUEUED, _accepts_sse, _ReplyHost
+from mcp_guard.serve.reply_host import ReplyHost
+from mcp_guard.serve.streams import MAX_QUEUED, accepts_sse
 
 
 class Session:
@@ -31,11 +32,11 @@ class Session:
     ("", (False, False)),
 ])
 def test_accept_decides_json_or_sse(accept: str, expected: tuple[bool, bool]) -> None:
-    assert _accepts_sse(accept) == expected
+    assert accepts_sse(accept) == expected
 
 
 async def test_a_slow_readers_backlog_is_bounded_and_questions_are_refused_not_queued() -> None:
-    host, session = _ReplyHost(), Session()
+    host, session = ReplyHost(), Session()
     host.session = session
     inner, stream = host.open({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"_meta": {"progressToken": "t"}}}, True)
     for i in range(MAX_QUEUED + 10):  # nobody reads
@@ -51,7 +52,7 @@ async def test_a_slow_readers_backlog_is_bounded_and_questions_are_refused_not_q
 
 
 async def test_a_closed_stream_answers_its_open_questions_and_cancels_its_request() -> None:
-    host, session = _ReplyHost(), Session()
+    host, session = ReplyHost(), Session()
     host.session = session
     inner, stream = host.open({"jsonrpc": "2.0", "id": "a", "method": "tools/call"}, True)
     token = RELATED_REQUEST.set(inner)

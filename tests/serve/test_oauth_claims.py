@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mcp_guard.config import OAuthIssuerConfig
-from mcp_guard.serve.asgi import resource_metadata_url
 from mcp_guard.serve.oauth import OAuthError, discovery_urls, principal_from_claims, token_scopes
+from mcp_guard.serve.resource import resource_metadata_url
 
 CFG = OAuthIssuerConfig(issuer="https://idp.example.com", audience="https://guard.example.com/mcp")
 
