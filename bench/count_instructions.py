@@ -8,41 +8,53 @@ instructions per call of the guard process, all its threads (the upstream is not
 Valgrind slows Python about 50x: start-up takes minutes.
 
   python count_instructions.py [--calls 400] [--out DIR] -- mcp-guard run --config guard.yaml
+  python count_instructions.py --per-part [--base DIR] [--calls 300]
 
-``bench/full_config.py`` writes the everything-on configuration; drop its ``telemetry``, ``audit``
-or ``identity.grant`` to price each part alone.  ``callgrind_annotate`` reads the dump it leaves.
+``--per-part`` prices the everything-on configuration part by part (``full_config.py --parts``):
+the bare line forwarder, the policy alone, + grant chain, + audit, + traces, + metrics (everything
+on), one JSON line each, with an OTLP sink of its own; ``--base DIR`` runs the guard rows from the
+source tree ``DIR`` as well (``PYTHONPATH=DIR``), for before and after.  ``callgrind_annotate``
+reads the dumps it leaves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from full_config import write as write_config
 from line_rpc import line_rpc
+from otlp_sink import otlp_sink
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ECHO = [sys.executable, str(HERE / "echo_server.py")]
+PER_PART = (  # row label, full_config.py parts (None: the bare line forwarder)
+    ("passthrough", None),
+    ("policy", ()),
+    ("+grant", ("grant",)),
+    ("+audit", ("grant", "audit")),
+    ("+traces", ("grant", "audit", "traces")),
+    ("full", ("grant", "audit", "traces", "metrics")),
+)
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    if "--" not in argv:
-        sys.exit("usage: count_instructions.py [options] -- GUARD_COMMAND ...")
-    split = argv.index("--")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=400)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--settle", type=float, default=6.0, help="seconds for the export thread before the dump")
-    ap.add_argument("--out", type=Path, help="where the callgrind files go (default: a temporary directory)")
-    args = ap.parse_args(argv[:split])
-    out = args.out or Path(tempfile.mkdtemp(prefix="callgrind-"))
+def count(command: Sequence[str], *, calls: int = 400, warmup: int = 200, settle: float = 6.0, out: Path | None = None,
+          env: dict[str, str] | None = None) -> dict[str, object]:
+    """Run ``command`` under callgrind and return ``{"instructions_per_call", "calls", "dump"}``."""
+    out = out or Path(tempfile.mkdtemp(prefix="callgrind-"))
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out.%p", *argv[split + 1:]],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(out / "valgrind.log").open("w"),
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out.%p", *command],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(out / "valgrind.log").open("w"), env=env,
     )
     assert proc.stdin is not None and proc.stdout is not None
     rpc = line_rpc(proc)
@@ -62,20 +74,67 @@ def main() -> None:
         if answer.get("result", {}).get("isError") is not False:
             sys.exit(f"the call failed: {answer}")
 
-    for i in range(args.warmup):
+    for i in range(warmup):
         call(f"warm {i}")
-    time.sleep(args.settle)
+    time.sleep(settle)
     subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-    for i in range(args.calls):
+    for i in range(calls):
         call(f"hello {i}")
-    time.sleep(args.settle)
+    time.sleep(settle)
     subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     proc.stdin.close()
     proc.wait(300)
     dump = out / f"callgrind.out.{proc.pid}.1"
     total = next(int(m.group(1)) for line in dump.open() if (m := re.match(r"summary: (\d+)", line)))
-    print(json.dumps({"instructions_per_call": round(total / args.calls), "calls": args.calls, "dump": str(dump)}))
+    return {"instructions_per_call": round(total / calls), "calls": calls, "dump": str(dump)}
 
+
+def per_part_commands(work: Path, endpoint: str, base: Path | None) -> Iterator[tuple[str, list[str], dict[str, str]]]:
+    """(label, command, environment) for every row of ``--per-part``: this tree, then ``base``."""
+    trees = [("", ROOT)] + ([("base ", base)] if base is not None else [])
+    yield "passthrough", [sys.executable, str(HERE / "passthrough_proxy.py"), "--", *ECHO], dict(os.environ)
+    for prefix, tree in trees:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        for label, parts in PER_PART[1:]:
+            assert parts is not None
+            config = write_config(work / f"{prefix.strip() or 'this'}-{label.strip('+')}", endpoint, sys.executable, parts)
+            yield prefix + label, [sys.executable, "-m", "mcp_guard", "run", "--config", str(config)], env
+
+
+def per_part(calls: int, warmup: int, settle: float, out: Path, base: Path | None,
+             only: set[str] | None = None) -> list[dict[str, object]]:
+    """Every row of ``--per-part`` (or those named in ``only``), printed as one JSON line each as it is measured."""
+    rows: list[dict[str, object]] = []
+    with otlp_sink() as endpoint:
+        for label, command, env in per_part_commands(out, endpoint, base):
+            if only is not None and label.removeprefix("base ") not in only:
+                continue
+            row = {"label": label, **count(command, calls=calls, warmup=warmup, settle=settle, out=out / "callgrind", env=env)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--settle", type=float, default=6.0, help="seconds for the export thread before the dump")
+    ap.add_argument("--out", type=Path, help="where the callgrind files go (default: a temporary directory)")
+    ap.add_argument("--per-part", action="store_true", help="price the everything-on configuration part by part")
+    ap.add_argument("--base", type=Path, help="with --per-part: a source tree (holding mcp_guard/) measured beside this one")
+    ap.add_argument("--rows", help="with --per-part: only these rows, comma-separated (" + ",".join(r for r, _ in PER_PART) + ")")
+    args = ap.parse_args(argv[:split])
+    command = argv[split + 1:]
+    out = args.out or Path(tempfile.mkdtemp(prefix="callgrind-"))
+    if args.per_part:
+        per_part(args.calls, args.warmup, args.settle, out, args.base, set(args.rows.split(",")) if args.rows else None)
+    elif command:
+        print(json.dumps(count(command, calls=args.calls, warmup=args.warmup, settle=args.settle, out=out)))
+    else:
+        sys.exit("usage: count_instructions.py [options] -- GUARD_COMMAND ...  |  count_instructions.py --per-part")
 
 if __name__ == "__main__":
     main()

@@ -9,9 +9,11 @@ Everything a production guard would have on for an allowed call:
 - OTLP/HTTP traces **and** metrics exported to ``--endpoint`` (``otlp_sink.py`` on loopback);
 - the default state store (sqlite), which counts the calls.
 
-  python full_config.py DIR --endpoint http://127.0.0.1:PORT [--python PY]
+  python full_config.py DIR --endpoint http://127.0.0.1:PORT [--python PY] [--parts grant,audit,traces,metrics]
 
-writes ``DIR/guard.yaml`` (plus the IdP's public key and the chain) and prints its path.
+writes ``DIR/guard.yaml`` (plus the IdP's public key and the chain) and prints its path.  ``--parts``
+keeps only the named parts on top of the policy (``--parts ""``: the policy alone), which is how
+``count_instructions.py --per-part`` prices each part.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mcp_guard.grants import delegate, generate_keypair, issue_grant, public_jwk
 
 HERE = Path(__file__).resolve().parent
 DAY = 24 * 3600
+PARTS = ("grant", "audit", "traces", "metrics")
 
 
 def three_link_chain(directory: Path) -> str:
@@ -42,20 +45,24 @@ def three_link_chain(directory: Path) -> str:
     return delegate(middle, coder, "tester", ["upstream/echo", "upstream/dummy_*"], ttl=7 * DAY)
 
 
-def write(directory: Path, endpoint: str, python: str) -> Path:
+def write(directory: Path, endpoint: str, python: str, parts: tuple[str, ...] = PARTS) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "chain.tok").write_text(three_link_chain(directory))
     doc: dict[str, Any] = {
         "version": 1,
         "upstreams": {"upstream": {"command": python, "args": [str(HERE / "echo_server.py")],
                                    "env_passthrough": ["ECHO_TOOLS"]}},
         "policies": str(HERE / "policies"),
-        "identity": {"grant": "@" + str(directory / "chain.tok")},
-        "trust": {"issuers": {"bench-idp": str(directory / "idp.jwk")}},
-        "audit": {"path": str(directory / "audit.jsonl")},
-        "telemetry": {"traces_exporter": "otlp", "metrics_exporter": "otlp", "endpoint": endpoint,
-                      "service_name": "mcp-guard-bench"},
     }
+    if "grant" in parts:
+        (directory / "chain.tok").write_text(three_link_chain(directory))
+        doc["identity"] = {"grant": "@" + str(directory / "chain.tok")}
+        doc["trust"] = {"issuers": {"bench-idp": str(directory / "idp.jwk")}}
+    if "audit" in parts:
+        doc["audit"] = {"path": str(directory / "audit.jsonl")}
+    if "traces" in parts or "metrics" in parts:
+        doc["telemetry"] = {"endpoint": endpoint, "service_name": "mcp-guard-bench"}
+        for part in ("traces", "metrics"):
+            doc["telemetry"][f"{part}_exporter"] = "otlp" if part in parts else "none"
     path = directory / "guard.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -66,8 +73,12 @@ def main() -> None:
     ap.add_argument("directory", type=Path)
     ap.add_argument("--endpoint", required=True, help="OTLP/HTTP base URL (the sink)")
     ap.add_argument("--python", default=sys.executable, help="python that runs echo_server.py")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
     args = ap.parse_args()
-    print(write(args.directory.resolve(), args.endpoint, args.python))
+    parts = tuple(p for p in args.parts.split(",") if p)
+    if unknown := set(parts) - set(PARTS):
+        sys.exit(f"full_config.py: unknown parts {sorted(unknown)} (known: {', '.join(PARTS)})")
+    print(write(args.directory.resolve(), args.endpoint, args.python, parts))
 
 
 if __name__ == "__main__":

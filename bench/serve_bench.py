@@ -181,7 +181,7 @@ class Bench:
             "trust": {"issuers": {"bench-idp": str(self.work / "idp.jwk")}},
             "state": {"url": state},
             # wrk's legacy runs hold one session per connection, all of one principal (default cap 64)
-            "serve": {"max_sessions_per_principal": 1024},
+            "serve": {"max_sessions_per_principal": 1024, "max_sessions_per_root": 1024},
         }
         if full:
             doc["audit"] = {"path": str(directory / "audit.jsonl")}

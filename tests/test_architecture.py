@@ -68,9 +68,7 @@ DEBTS: dict[str, set[object]] = {
     "circle": set(),
     "upward": set(),
     "transport": set(),
-    "size": {
-        'mcp_guard.audit',
-    },
+    "size": set(),
 }
 
 

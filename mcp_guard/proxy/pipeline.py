@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard.audit import args_hash
+from mcp_guard.audit import RecordTemplate, args_hash
 from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
 from mcp_guard.errors import AuditError, StateError
 from mcp_guard.flow.view import SessionView
@@ -39,6 +39,7 @@ log = logging.getLogger("mcp_guard.pipeline")
 
 # the audit field that names the target, per kind
 NAME_FIELD = {Kind.TOOL: "tool", Kind.RESOURCE: "uri", Kind.PROMPT: "prompt"}
+TEMPLATES = 4096  # audit record templates kept (one per principal, target and verdict), then started afresh
 
 
 class AuditRefusal(Exception):
@@ -60,6 +61,7 @@ class Pipeline:
         self.guard = guard
         self.upstreams = upstreams
         self._audit_who: tuple[Principal, Message] | None = None
+        self._templates: dict[tuple[object, ...], RecordTemplate] = {}
         self.flows = FlowTracker(guard.store, int(guard.config.flow.max_content_mib * 2**20), exclusive=guard.flow_exclusive)
 
     def paths(self, upstream: str) -> PathContext | None:
@@ -228,6 +230,11 @@ class Pipeline:
             return
         target, verdict = req.target, req.verdict
         assert target is not None and verdict is not None
+        if (note is None and verdict.approval_channel is None and req.shadow is None and req.session_labels is None
+                and target.pin not in ("new", "changed") and not self.guard.config.audit.include_args):
+            digest = self._append(self._filled(req, target, verdict, args), target.qualified)
+            req.audit_record = int(digest[:12], 16) if digest else None
+            return
         record = self._record(req, target.kind, target.upstream, target.name, target.exposed, verdict)
         record["args_sha256"] = args_hash(args)
         if verdict.approval_channel is not None:
@@ -268,11 +275,34 @@ class Pipeline:
         with contextlib.suppress(AuditRefusal):  # refused anyway; the failure is logged
             self._append(record, str(name))
 
-    def _append(self, record: Message, what: str) -> str:
+    def _filled(self, req: RequestContext, target: Target, verdict: Verdict, args: dict[str, Any]
+                ) -> tuple[RecordTemplate, dict[str, str]]:
+        """The common record (no approval, note, shadow, labels, pin or arguments) as a template
+        and its slots: the fields that repeat for a principal, target and verdict are encoded once."""
+        traced = req.trace
+        key = (req.principal, req.method, target.kind, target.upstream, target.name, target.exposed, verdict.decision,
+               verdict.policy_ids, verdict.rule_ids, verdict.reason, verdict.approver, traced is None)
+        template = self._templates.get(key)
+        if template is None:
+            audit = self.guard.audit
+            assert audit is not None
+            if len(self._templates) >= TEMPLATES:
+                self._templates.clear()
+            fixed = self._record(req, target.kind, target.upstream, target.name, target.exposed, verdict)
+            del fixed["session"]
+            slots = ("args_sha256", "session") if traced is None else ("args_sha256", "session", "span_id", "trace_id")
+            template = self._templates[key] = audit.template(fixed, slots)
+        values = {"args_sha256": args_hash(args), "session": req.session_id}
+        if traced is not None:
+            values["trace_id"] = f"{traced[0]:032x}"
+            values["span_id"] = f"{traced[1]:016x}"
+        return template, values
+
+    def _append(self, record: Message | tuple[RecordTemplate, dict[str, str]], what: str) -> str:
         audit = self.guard.audit
         assert audit is not None
         try:
-            return audit.append(record)
+            return audit.append_filled(*record) if isinstance(record, tuple) else audit.append(record)
         except AuditError as exc:
             log.error("audit write failed: %s", exc)
             raise AuditRefusal(f"mcp-guard refused {what}: the audit log cannot be written") from None

@@ -40,6 +40,7 @@ from mcp_guard.state.base import (
     piece_digest,
     piece_size,
 )
+from mcp_guard.state.redis_watch import CHANNEL, RevocationWatch
 
 PREFIX = "mcp-guard:"
 _FLOW, _FLOW_PIECES, _FLOW_DIGESTS = PREFIX + "f:", PREFIX + "fp:", PREFIX + "fd:"
@@ -54,9 +55,12 @@ _COUNTER, _VALUE, _RATE, _REVOKED, _APPROVAL, _APPROVALS = (
 
 _REVOCATIONS_VERSION = PREFIX + "revoked:version"
 
-# KEYS: the revocations hash, its version key; ARGV: jti, record.  The version moves with every new revocation.
+# KEYS: the revocations hash, its version key; ARGV: jti, record, channel.  The version moves, and the
+# channel hears of it, with every new revocation.
 _REVOKE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('INCR', KEYS[2]) end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('PUBLISH', ARGV[3], redis.call('INCR', KEYS[2]))
+end
 return 1
 """
 
@@ -198,6 +202,7 @@ class RedisStore:
         self._revoke = self._r.register_script(_REVOKE)
         self._signal = self._r.register_script(_SIGNAL)
         self._revocations = RevocationCache()
+        self._watch = RevocationWatch(url, self._r, self._version)
         self._flow_read = self._r.register_script(_FLOW_READ)
         self._flow_add = self._r.register_script(_FLOW_ADD)
         self._pieces: dict[str, tuple[str, tuple[FlowPiece, ...]]] = {}  # scope -> (epoch, pieces)
@@ -242,11 +247,15 @@ class RedisStore:
     async def revoke(self, jti: str, reason: str | None = None) -> None:
         try:
             record = orjson.dumps({"reason": reason, "revoked_at": time.time()}).decode()
-            await self._revoke(keys=[_REVOKED, _REVOCATIONS_VERSION], args=[jti, record])
+            await self._revoke(keys=[_REVOKED, _REVOCATIONS_VERSION], args=[jti, record, CHANNEL])
         except RedisError as exc:
             raise self._error(exc) from None
+        self._watch.moved()
 
     async def revocation_signal(self) -> Hashable:
+        return await self._watch.signal()
+
+    async def _version(self) -> Hashable:
         try:
             version, size = await self._signal(keys=[_REVOCATIONS_VERSION, _REVOKED])
         except RedisError as exc:
@@ -455,5 +464,6 @@ class RedisStore:
             raise self._error(exc) from None
 
     async def close(self) -> None:
+        await self._watch.close()
         with contextlib.suppress(RedisError):
             await self._r.aclose()

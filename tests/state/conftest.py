@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from fixtures import free_port
 
 from mcp_guard.state import StateStore, open_store
 
@@ -50,3 +53,46 @@ async def store(store_url: str) -> AsyncIterator[StateStore]:
         yield s
     finally:
         await s.close()
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class OwnRedis:
+    """A redis-server on a fixed loopback port that a test may stop and start again (no persistence:
+    a restart starts empty)."""
+
+    def __init__(self, directory: Path) -> None:
+        assert REDIS_SERVER is not None
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--dir", str(directory), "--protected-mode", "no", "--loglevel", "warning"]
+        self.server = self.start()
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.server = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self.server
+
+    def stop(self) -> None:
+        if self.server.poll() is None:
+            self.server.kill()
+        self.server.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of this test's own, which the test may stop and restart."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    own = OwnRedis(tmp_path)
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+@pytest.fixture
+def own_redis(redis_server: OwnRedis) -> tuple[str, subprocess.Popen[bytes]]:
+    """A redis-server of this test's own, which the test may stop."""
+    return redis_server.url, redis_server.server

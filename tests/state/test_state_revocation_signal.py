@@ -11,11 +11,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import free_port
 
 from mcp_guard.errors import StateError
 from mcp_guard.state import Counter, StateStore, open_store
@@ -130,28 +128,6 @@ async def test_sqlite_a_restored_older_database_is_read_afresh(tmp_path: Path) -
         assert await store.revoked(CHAIN) is None
     finally:
         await store.close()
-
-
-REDIS_SERVER = shutil.which("redis-server")
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server of this test's own, which the test may stop."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    server = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path), "--protected-mode", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"redis://127.0.0.1:{port}/0", server
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait()
 
 
 async def test_redis_refuses_instead_of_a_kept_answer_when_the_server_is_gone(
