@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import free_port
+from fixtures.own_redis import REDIS_SERVER, OwnRedis
 
 from mcp_guard.state import StateStore, open_store
 
@@ -53,31 +52,6 @@ async def store(store_url: str) -> AsyncIterator[StateStore]:
         yield s
     finally:
         await s.close()
-
-
-REDIS_SERVER = shutil.which("redis-server")
-
-
-class OwnRedis:
-    """A redis-server on a fixed loopback port that a test may stop and start again (no persistence:
-    a restart starts empty)."""
-
-    def __init__(self, directory: Path) -> None:
-        assert REDIS_SERVER is not None
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                     "--dir", str(directory), "--protected-mode", "no", "--loglevel", "warning"]
-        self.server = self.start()
-
-    def start(self) -> subprocess.Popen[bytes]:
-        self.server = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return self.server
-
-    def stop(self) -> None:
-        if self.server.poll() is None:
-            self.server.kill()
-        self.server.wait()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import OwnRedis
+from fixtures.own_redis import OwnRedis
 
 from mcp_guard.errors import StateError
 from mcp_guard.state import open_store
