@@ -39,7 +39,7 @@ from test_conformance import (
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
-pytestmark = [pytest.mark.xdist_group("conformance"), pytest.mark.e2e, pytest.mark.slow,
+pytestmark = [pytest.mark.xdist_group("conformance-next"), pytest.mark.e2e, pytest.mark.slow,
               requires_tools("conformance", "supergateway"),
               pytest.mark.skipif(not NEXT_SUITE.is_file(), reason="conformance-next missing from .tools; run scripts/setup")]
 
