@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -144,18 +144,19 @@ class Fanout:
 
     async def mark(self, key: str, value: str, ttl: float) -> None:
         """Set a key that lives ``ttl`` seconds; FanoutError when Redis cannot be reached."""
-        try:
-            await asyncio.wait_for(self._r.set(key, value, px=max(1, int(ttl * 1000))), COMMAND_SECONDS)
-        except Exception as exc:  # the store's edge: any client failure becomes the one FanoutError callers refuse on
-            raise FanoutError(f"the state store (Redis) is unreachable: {exc}") from None
+        await self._command(self._r.set(key, value, px=max(1, int(ttl * 1000))))
 
     async def take(self, key: str) -> str | None:
         """Get and delete ``key`` at once (so only one taker gets it); FanoutError when Redis is unreachable."""
+        value = await self._command(self._r.getdel(key))
+        return value if isinstance(value, str) else None
+
+    async def _command(self, command: Awaitable[Any]) -> Any:
+        """One Redis command, bounded by ``COMMAND_SECONDS``."""
         try:
-            value = await asyncio.wait_for(self._r.getdel(key), COMMAND_SECONDS)
+            return await asyncio.wait_for(command, COMMAND_SECONDS)
         except Exception as exc:  # the store's edge: any client failure becomes the one FanoutError callers refuse on
             raise FanoutError(f"the state store (Redis) is unreachable: {exc}") from None
-        return value if isinstance(value, str) else None
 
     def unmark(self, key: str) -> None:
         """Delete ``key`` in the background (it expires anyway)."""
