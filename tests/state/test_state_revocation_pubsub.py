@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from fixtures.own_redis import OwnRedis
+from fixtures.own_redis import OwnRedis, subscribed
 
 from mcp_guard.errors import StateError
 from mcp_guard.state import open_store
@@ -20,21 +20,6 @@ from mcp_guard.state.redis import RedisStore
 
 HERE = Path(__file__).parent
 CHAIN = ["root-jti", "planner-jti", "coder-jti"]
-
-
-async def _ready(store: RedisStore, within: float = 15.0) -> None:
-    """Until the store answers and its subscription is confirmed."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            await store.revoked(CHAIN)
-            if store._watch.live:
-                return
-        except StateError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("the store did not subscribe")
-        await asyncio.sleep(0.05)
 
 
 async def _commands(url: str) -> int:
@@ -67,7 +52,7 @@ async def test_another_process_revoking_is_seen_by_message_without_a_query_per_c
     assert isinstance(store, RedisStore)
     store._watch.recheck = 3600.0  # no safety-net read during the test: what is seen came by message
     try:
-        await _ready(store)
+        await subscribed(store, CHAIN)
         before = await _commands(redis_server.url)
         for _ in range(200):
             assert await store.revoked(CHAIN) is None
@@ -84,7 +69,7 @@ async def test_a_revocation_written_without_a_message_is_seen_within_the_recheck
     assert isinstance(store, RedisStore)
     store._watch.recheck = 0.3
     try:
-        await _ready(store)
+        await subscribed(store, CHAIN)
         r = aioredis.Redis.from_url(redis_server.url)
         try:
             await r.hset("mcp-guard:revoked", "coder-jti", '{"reason": null}')
@@ -100,7 +85,7 @@ async def test_own_revocations_are_seen_on_the_next_call(redis_server: OwnRedis)
     assert isinstance(store, RedisStore)
     store._watch.recheck = 3600.0
     try:
-        await _ready(store)
+        await subscribed(store, CHAIN)
         await store.revoke("root-jti")
         assert await store.revoked(CHAIN) == "root-jti"  # no wait for its own message
     finally:
@@ -112,7 +97,7 @@ async def test_a_redis_restart_refuses_while_down_then_subscribes_again(redis_se
     assert isinstance(store, RedisStore)
     store._watch.recheck = 3600.0
     try:
-        await _ready(store)
+        await subscribed(store, CHAIN)
         redis_server.stop()
         deadline = time.monotonic() + 5
         while True:  # the lost subscription is noticed at once: every call reads, and is refused
@@ -127,7 +112,7 @@ async def test_a_redis_restart_refuses_while_down_then_subscribes_again(redis_se
         with pytest.raises(StateError, match="is unavailable"):
             await store.revocation_signal()
         redis_server.start()
-        await _ready(store)  # subscribed again (with back-off)
+        await subscribed(store, CHAIN)  # subscribed again (with back-off)
         await _revoke_elsewhere(redis_server.url, "coder-jti")
         assert await _seen(store, "coder-jti", within=2.0) < 2.0
     finally:
