@@ -102,6 +102,8 @@ class ByteHost(Protocol):
     @property
     def gone(self) -> bool: ...
 
+    async def hung_up(self) -> None: ...
+
     async def send(self, message: Message) -> None: ...
 
     async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None: ...
@@ -142,7 +144,7 @@ async def run_host(ctx: GuardContext, host: ByteHost, *, signals: bool = True) -
     try:
         await serving
         if not host.gone:  # EOF on stdin: answer what was already asked, if the host still listens
-            await session.drain(DRAIN_SECONDS)
+            await session.drain(DRAIN_SECONDS, host.hung_up())
     except asyncio.CancelledError:
         pass
     finally:

@@ -371,15 +371,21 @@ class GuardSession:
 
     # ------------------------------------------------------------------ shutdown
 
-    async def drain(self, grace: float) -> None:
-        """The host closed its input: let requests already received finish, for at most ``grace`` s."""
+    async def drain(self, grace: float, hung_up: Awaitable[None]) -> None:
+        """The host closed its input: let requests already received finish, for at most ``grace`` s,
+        or until ``hung_up`` says the host closed its output too (nobody is left to answer)."""
         listening = self.listens.uris
-        pending = [t for rid, t in self._inflight.items() if not t.done() and rid not in listening]
+        pending: list[asyncio.Future[Any]] = [t for rid, t in self._inflight.items() if not t.done() and rid not in listening]
         for rid in list(listening):  # open listens end with the host's input; they never finish
             if (task := self._inflight.get(rid)) is not None:
                 task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=grace)
+        gone: asyncio.Future[Any] = asyncio.ensure_future(hung_up)
+        try:
+            if pending:
+                finished: asyncio.Future[Any] = asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.wait([finished, gone], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
 
     async def close(self) -> None:
         """Closed, expired or evicted: what only this session held upstream (resource

@@ -29,11 +29,16 @@ class MemoryHost:
         self._inbox = inbox
         self._outbox = outbox
         self._gone = False
+        self._hung_up = asyncio.Event()
 
     @property
     def gone(self) -> bool:
         """The peer hung up: nothing sent can reach it any more."""
         return self._gone
+
+    async def hung_up(self) -> None:
+        """Return once the peer has stopped reading."""
+        await self._hung_up.wait()
 
     async def send(self, message: Message) -> None:
         if not self._gone:
@@ -47,6 +52,7 @@ class MemoryHost:
     def hang_up(self) -> None:
         """The peer stopped reading (a host that closed the guard's stdout)."""
         self._gone = True
+        self._hung_up.set()
 
     async def close(self) -> None:
         """The guard is done: the peer reads EOF after what was already sent."""

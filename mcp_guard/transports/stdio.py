@@ -35,10 +35,24 @@ def _pollable(f: BinaryIO) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
+class _Output(asyncio.streams.FlowControlMixin):
+    """The stdout pipe's protocol: the loop watches the pipe's read end, so ``lost`` is set as soon
+    as the host closes it, before anything is written into the void."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = asyncio.Event()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.lost.set()
+
+
 class StdioHost:
     def __init__(self) -> None:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._output: _Output | None = None
         self._out: BinaryIO | None = None  # stdout when it is a regular file (`> log.jsonl`)
         self._gone = False
 
@@ -46,6 +60,13 @@ class StdioHost:
     def gone(self) -> bool:
         """The host closed the guard's stdout: nothing written can reach it any more."""
         return self._gone or (self._writer is not None and self._writer.transport.is_closing())
+
+    async def hung_up(self) -> None:
+        """Return once the host has closed the guard's stdout (never, for a regular file)."""
+        if self._output is None:
+            await asyncio.Event().wait()
+            return
+        await self._output.lost.wait()
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -60,8 +81,8 @@ class StdioHost:
         if not _pollable(stdout):  # a regular file: plain writes never block for long
             self._out = stdout
             return
-        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
-        self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        transport, self._output = await loop.connect_write_pipe(_Output, stdout)
+        self._writer = asyncio.StreamWriter(transport, self._output, reader, loop)
 
     async def send(self, message: Message) -> None:
         """Write one message; once the host has hung up, messages are dropped (said once, at INFO)."""
@@ -76,6 +97,8 @@ class StdioHost:
             await self._writer.drain()
         except OSError as exc:  # BrokenPipeError, ConnectionResetError: the host is gone
             self._gone = True
+            if self._output is not None:
+                self._output.lost.set()
             log.info("the host closed the guard's output (%s); answers still pending are dropped", exc.strerror or exc)
 
     async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None:

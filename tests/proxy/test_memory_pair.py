@@ -54,8 +54,12 @@ async def test_garbage_is_refused_and_a_failing_handler_never_ends_the_session()
 async def test_a_host_that_hung_up_gets_nothing_more() -> None:
     host, peer = memory_pair()
     assert not host.gone
+    waiting = asyncio.create_task(host.hung_up())
+    await asyncio.sleep(0)
+    assert not waiting.done()
     peer.close(hang_up=True)
     assert host.gone
+    await asyncio.wait_for(waiting, 5)  # what ends the guard's drain at once: nobody is left to answer
     await host.send({"jsonrpc": "2.0", "method": "notifications/message"})  # dropped, never blocks
     await host.close()
     assert await peer.receive() is None
