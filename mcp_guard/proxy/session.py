@@ -71,6 +71,7 @@ class SpeaksFor:
     principal: Principal
     chain: GrantChain | None
     limit_scope: str
+    session_key: str = ""  # the session's name on every replica (a digest of its table key, serve/table.py)
 
 
 class GuardSession:
@@ -149,7 +150,7 @@ class GuardSession:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
                               profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope,
-                              tell_host=self.send)
+                              tell_host=self.send, session_key=self.speaks_for.session_key if self.speaks_for else "")
 
     # ------------------------------------------------------------------ host side
 
