@@ -85,6 +85,8 @@ class GuardSession:
         self.id = uuid.uuid4().hex
         self.profile = HostProfile()
         self.speaks_for = speaks_for
+        # the session's name on every serve replica (else its id): its labels and remembered approvals are kept by it
+        self.key = speaks_for.session_key if speaks_for is not None and speaks_for.session_key else self.id
         self.chain = speaks_for.chain if speaks_for is not None else ctx.chain
         self.limit_scope = speaks_for.limit_scope if speaks_for is not None else self.id  # what per_minute/per_session limits count by
         self._owns_hub = hub is None  # run: the session's own hub, stopped with it
@@ -150,7 +152,7 @@ class GuardSession:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
                               profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope,
-                              tell_host=self.send, session_key=self.speaks_for.session_key if self.speaks_for else "")
+                              tell_host=self.send, session_key=self.key)
 
     # ------------------------------------------------------------------ host side
 
