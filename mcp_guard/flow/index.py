@@ -280,22 +280,34 @@ class _Query:
         self.prints = mix(self.unmixed)
 
 
-def _uncached_query(texts: tuple[str, ...]) -> _Query:
-    return _Query(texts)
+class _Argument:
+    """An argument string as ``carries`` compares it: its forms (normalised, decoded), its long
+    forms, and the run search's query over those, built when first needed.  Kept per value, so the
+    rules and labels that test one argument compute all of it once."""
+
+    __slots__ = ("_query", "forms", "long")
+
+    def __init__(self, raw: str) -> None:
+        self.forms = forms(raw)
+        self.long = tuple(f for f in self.forms if len(f) >= RUN)
+        self._query: _Query | None = None
+
+    def query(self) -> _Query:
+        if self._query is None:
+            self._query = _Query(self.long)
+        return self._query
 
 
-_cached_query = functools.lru_cache(maxsize=256)(_uncached_query)
-_cached_forms = functools.lru_cache(maxsize=256)(forms)
+_cached_argument = functools.lru_cache(maxsize=256)(_Argument)
 
 
-def _query(texts: tuple[str, ...]) -> _Query:
-    """Cached by the forms themselves (their hashes are already known), not by their joined text."""
-    return _cached_query(texts) if sum(map(len, texts)) <= _CACHED_CHARS else _uncached_query(texts)
+def _argument(raw: str) -> _Argument:
+    return _cached_argument(raw) if len(raw) <= _CACHED_CHARS else _Argument(raw)
 
 
 def forms_of(raw: str) -> tuple[str, ...]:
     """The forms ``carries`` compares for an argument string (cached by value)."""
-    return _cached_forms(raw) if len(raw) <= _CACHED_CHARS else forms(raw)
+    return _argument(raw).forms
 
 
 @dataclass(slots=True)
@@ -320,9 +332,8 @@ class _LabelContent:
             return False  # some 6-gram occurs nowhere: this filter has no false negatives
         return any(text in t for t in self.texts)
 
-    def shares_run(self, texts: tuple[str, ...]) -> bool:
-        """One of ``texts`` shares a run of ``RUN`` or more characters with this content."""
-        query = _query(texts)
+    def shares_run(self, query: _Query) -> bool:
+        """One of the query's texts shares a run of ``RUN`` or more characters with this content."""
         found = self.prints.found(query.prints)
         if not len(found):
             return False
@@ -381,17 +392,17 @@ class ContentIndex:
         if not contents:
             return False
         for raw in strings:
-            forms = forms_of(raw)
+            arg = _argument(raw)
             for content, mask in contents:
-                if _matches(content, forms, token, mask):
+                if _matches(content, arg, token, mask):
                     return True
         return False
 
 
-def _matches(content: _LabelContent, forms: tuple[str, ...], token: bool, endorsed: frozenset[str]) -> bool:
+def _matches(content: _LabelContent, arg: _Argument, token: bool, endorsed: frozenset[str]) -> bool:
     long: list[str] = []
-    for text in forms:
-        if text in endorsed:
+    for text in arg.forms:
+        if endorsed and text in endorsed:
             continue
         if token and text in content.tokens:
             return True
@@ -405,7 +416,10 @@ def _matches(content: _LabelContent, forms: tuple[str, ...], token: bool, endors
             if e in text:
                 text = text.replace(e, "\x00")  # a run inside an endorsed string is no match
         long.append(text)
-    return bool(long) and content.shares_run(tuple(long))  # the long forms searched in one pass
+    if not long:
+        return False
+    # the long forms searched in one pass; endorsed strings that cut or skip one make a query of its own
+    return content.shares_run(arg.query() if tuple(long) == arg.long else _Query(tuple(long)))
 
 
 __all__ = ["RUN", "WHOLE", "ContentIndex", "K", "W", "codes_of", "forms_of", "grams", "mix", "run_hashes",

@@ -194,9 +194,11 @@ def decoded(text: str, depth: int = _DEPTH) -> Iterator[str]:
 def forms(raw: str) -> tuple[str, ...]:
     """``raw`` and every decoding inside it, normalised, without repeats or empty forms."""
     out: list[tuple[str, bool]] = []
-    whole = _decodings(raw, _DEPTH, out)  # a whole base64 run is all printable ASCII
-    found = dict.fromkeys((normalise(raw, clean=whole), *(normalise(t, clean=c) for t, c in out)))
-    found.pop("", None)
+    whole = _decodings(raw, _DEPTH, out)  # a whole base64 run: printable ASCII, no space, so its lower case is its normal form
+    found: list[str] = []
+    for form in (raw.lower() if whole else normalise(raw), *(normalise(t, clean=c) for t, c in out)):
+        if form and form not in found:  # a few forms: compared, not hashed
+            found.append(form)
     return tuple(found)
 
 
