@@ -49,6 +49,8 @@ def encoded(draw: st.DrawFn) -> str:
 @SETTINGS
 @given(encoded())
 @example("see YWFhYWFh and Zm9vYmFy=, cabbcabbcabbcabb")  # letters only: base64 of "aaaaaa", hex of "ʻʻʻʻ"
+@example("Zm9vYmFyYmF6 and Hello")  # an upper-case letter that starts the text is no mark; later ones are
+@example("Hello Worldwide Bookkeeping")  # upper-case letters that start a stretch only: no run
 def test_decodings_match_the_reference(text: str) -> None:
     assert list(decoded(text)) == list(reference.decoded(text))
 
