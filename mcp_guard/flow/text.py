@@ -6,8 +6,10 @@ percent-encoded run inside it, so ``aGVsbG8gd29ybGQ=`` carries what ``hello worl
 
 Pure and cheap: the runs worth decoding are found by a screen that runs in C (``bytes.translate``
 to character classes, then substring searches), so ordinary prose is never scanned by a regular
-expression; only the runs that pass it are.  Which runs are decoded is exactly what the plain
-definitions say (base64: 8+ characters of either alphabet, not a plain word; hex: 8+ hex digits).
+expression; only the runs that pass it are.  An argument that is one whole base64 run skips the
+base64 screen: the strict decoder, in C, proves it.  Which runs are decoded is exactly what the
+plain definitions say (base64: 8+ characters of either alphabet, not a plain word; hex: 8+ hex
+digits).
 """
 
 from __future__ import annotations
