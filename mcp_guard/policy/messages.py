@@ -147,7 +147,7 @@ def _sentence(root: type[Doc], raw: tuple[Any, ...], loc: Path, err: ErrorDetail
         return (*place, key), *_unknown(owner, key), False
     if kind == "missing":
         message, hint = owner.NEEDS.get(key, (f"{owner.WHAT} needs `{key}`", None))
-        return place, message, hint, False
+        return place, message, hint, True  # at the mapping that lacks it
     items = [p for p in _plain(rest) if isinstance(p, int)]
     where = (*place, key, *_plain(rest))
     if items:
