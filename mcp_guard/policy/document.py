@@ -70,7 +70,9 @@ class Doc(BaseModel):
     ``valid`` is False on a model ``typedoc.salvage`` built from the valid parts of a broken one.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, defer_build=True)
+    # python-re: the patterns' bounded repeats ({1,2048}) cost pydantic-core's regex engine ~35 ms
+    # each to build at start-up; Python's re compiles them lazily (and judged them before the models did)
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, defer_build=True, regex_engine="python-re")
     WHAT: ClassVar[str] = "a mapping"
     NEEDS: ClassVar[dict[str, tuple[str, str | None]]] = {}
     _valid: bool = PrivateAttr(default=True)

@@ -185,10 +185,8 @@ def _item(owner: type[Doc], key: str, value: Any) -> Said:
 def _value(owner: type[Doc], key: str, kind: str, value: Any) -> Said:
     """A wrong value of ``key`` in ``owner``."""
     strings = f'write {key}: ["..."]' if isinstance(value, str) else None
-    if owner is PolicyFileDoc:
-        return {"version": ("`version` must be 1", "start the file with `version: 1`"),
-                "policies": ("a policy file needs a list of `policies`", None),
-                "labels": ("`labels` must be a list of entries", "- {tools: [web/fetch], brings: [untrusted]}")}[key]
+    if owner is PolicyFileDoc and key in _FILE:
+        return _FILE[key]
     if key == "id":
         return f"{'policy' if owner is PolicyDoc else 'rule'} id `{value}` must be letters, digits and _.:@- (at most 128)", None
     if key == "effect":
@@ -214,6 +212,11 @@ def _value(owner: type[Doc], key: str, kind: str, value: Any) -> Said:
     return _SAID.get(key) or _generic(key, kind, strings)
 
 
+_FILE: dict[str, Said] = {  # the top-level keys of a policy file
+    "version": ("`version` must be 1", "start the file with `version: 1`"),
+    "policies": ("a policy file needs a list of `policies`", None),
+    "labels": ("`labels` must be a list of entries", "- {tools: [web/fetch], brings: [untrusted]}"),
+}
 _SAID: dict[str, Said] = {  # what a wrong value of these keys is
     "description": ("`description` must be a non-empty string", None),
     "reason": ("`reason` must be a non-empty string", None),
