@@ -5,6 +5,9 @@ their types: ``mcp-guard schema`` prints its JSON Schema and the loaders validat
 module turns pydantic's errors into the guard's own sentences, placed at the YAML positions
 ``yamlsrc`` recorded (an unknown key at the key, with a "did you mean"; a wrong value at the value).
 
+``salvage`` keeps the valid parts of a document that failed, so the checks that need valid values
+still run on them and one pass reports every mistake.
+
 ``Rejected`` is how a field's own check says what is wrong in one sentence: ``message`` starts
 with "must ..." and is shown after the key's name; an optional ``hint`` follows in parentheses.
 """

@@ -134,6 +134,8 @@ def _sentence(root: type[Doc], raw: tuple[Any, ...], loc: Path, err: ErrorDetail
     kind, value, ctx = err["type"], err["input"], dict(err.get("ctx") or {})
     if kind == "whole":
         return loc, err["msg"], ctx.get("hint"), True
+    if KEY_ERROR in raw:  # a key of a mapping, not its value
+        return loc, f"key `{loc[-1]}` must be a string", None, False
     if kind not in ("extra_forbidden", "missing") and (whole := _whole(owner, key)) is not None:
         return (place if whole[1] or key is None else (*place, key)), whole[0], None, True
     if key is None:  # the mapping itself
