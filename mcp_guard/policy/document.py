@@ -51,7 +51,6 @@ ARG_PATH = re.compile(r"^args(\.[^.\[\]]+(\[\*\])*)+$")
 LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 UPSTREAM = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 PART = re.compile(r"^(\*|[^.\[\]*\s]+)(\[\*\])*(\.(\*|[^.\[\]*\s]+)(\[\*\])*)*$")
-MATCHES = ("content", "token")
 
 Text = Annotated[str, Field(min_length=1)]
 Id = Annotated[str, Field(pattern=ID.pattern)]
