@@ -53,6 +53,7 @@ UPSTREAM = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 PART = re.compile(r"^(\*|[^.\[\]*\s]+)(\[\*\])*(\.(\*|[^.\[\]*\s]+)(\[\*\])*)*$")
 
 Text = Annotated[str, Field(min_length=1)]
+Prose = Annotated[str, Field(pattern=r"\S")]  # words shown to people: not blank
 Id = Annotated[str, Field(pattern=ID.pattern)]
 Label = Annotated[str, Field(pattern=LABEL.pattern)]
 Labels = Annotated[list[Label], Field(min_length=1)]
@@ -207,7 +208,7 @@ class RuleDoc(Doc):
     annotations: AnnotationsDoc | None = None
     """select tools by their annotations"""
     when: When | None = None
-    reason: Text | None = None
+    reason: Prose | None = None
 
 
 class LimitDoc(Doc):
@@ -236,7 +237,7 @@ class PolicyDoc(Doc):
     WHAT: ClassVar[str] = "a policy"
     NEEDS: ClassVar[dict[str, tuple[str, str | None]]] = {"id": ("policy needs an `id`", None), "rules": ("policy needs a list of `rules`", None)}
     id: Id
-    description: Text | None = None
+    description: Prose | None = None
     mode: Literal["enforce", "shadow"] = "enforce"
     """shadow: decided and audited, never enforced"""
     subjects: SubjectsDoc | None = None

@@ -130,6 +130,7 @@ def test_null_is_refused_everywhere_but_where_it_is_a_value() -> None:
     assert _lines(rule + "        when: {args.a: {equals: null}}\n") == []
     assert parse_text(rule + "        when: {args.a: {equals: null}}\n").policies[0].rules[0].when[0].ops == (("equals", None),)
     assert _lines(rule + "        when: {args.a: {glob: null}}\n") == ["p.yaml:7:31: `glob` needs a non-empty string"]
+    assert _lines(rule + "        reason: '  '\n") == ["p.yaml:7:17: `reason` must be a non-empty string"]
     assert _lines(rule + "        when: {1: {equals: 1}}\n") == ["p.yaml:7:16: key `1` must be a string"]
     assert _lines(rule + "        id: null\n") == ["p.yaml:7:13: rule id `None` must be letters, digits and _.:@- (at most 128)"]
     assert _lines(rule.replace("    rules:", "    subjects: null\n    rules:")) == ["p.yaml:4:15: subjects must be a mapping"]
