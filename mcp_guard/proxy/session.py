@@ -2,10 +2,11 @@
 
 It reads what the host sends, answers the handshake (``proxy/handshake.py``), hands every request
 to its handler — lists and mediated requests are resolved by ``proxy/routing.py`` and decided by
-the call pipeline (``proxy/pipeline.py``) — and relays protocol plumbing (cancellation, progress,
-upstream sampling/elicitation/roots) to whoever caused it.  A method it does not know is refused,
-never forwarded.  The upstreams are the hub's (``proxy/hub.py``): ``run`` builds one for its one
-session; ``serve`` hands each caller's session the shared hub and whom it speaks for (``SpeaksFor``).
+the call pipeline (``proxy/pipeline.py``) — and answers it.  A method it does not know is refused,
+never forwarded.  Its requests in flight are kept in ``proxy/inflight.py`` (cancelled, attributed,
+drained); what reaches the host besides answers goes through the back channel and the listens.
+The upstreams are the hub's (``proxy/hub.py``): ``run`` builds one for its one session; ``serve``
+hands each caller's session the shared hub and whom it speaks for (``proxy/speaks_for.py``).
 
 Messages are dicts parsed once by the transport.
 """
@@ -16,9 +17,8 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mcp_guard.decision import Outcome, Verdict
 from mcp_guard.errors import RpcError, UpstreamError
@@ -47,11 +47,9 @@ from mcp_guard.proxy.inflight import Inflight
 from mcp_guard.proxy.listen import Listens, Subscribed
 from mcp_guard.proxy.relay import Relay
 from mcp_guard.proxy.routing import Router
+from mcp_guard.proxy.speaks_for import SelfAsserted, SpeaksFor
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Upstream
-
-if TYPE_CHECKING:
-    from mcp_guard.grants import GrantChain
 
 log = logging.getLogger("mcp_guard.session")
 
@@ -59,18 +57,6 @@ log = logging.getLogger("mcp_guard.session")
 # and tools/call is checked by the call pipeline itself (a refusal is then a tool result)
 _CHAIN_CHECKED_LATER = frozenset({"ping", "tools/call"})
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
-
-
-@dataclass(frozen=True)
-class SpeaksFor:
-    """Who a ``serve`` caller's session speaks for: the verified bearer token's principal (a grant chain or
-    an OAuth access token), never the config identity or the client's own name; ``limit_scope`` is
-    what per_minute/per_session limits count by (the principal, so a new session or another
-    replica does not start them afresh)."""
-
-    principal: Principal
-    chain: GrantChain | None
-    limit_scope: str
 
 
 class GuardSession:
@@ -88,6 +74,7 @@ class GuardSession:
         self.speaks_for = speaks_for
         self.chain = speaks_for.chain if speaks_for is not None else ctx.chain
         self.limit_scope = speaks_for.limit_scope if speaks_for is not None else self.id  # what per_minute/per_session limits count by
+        self._self_asserted = SelfAsserted(ctx.config.identity)
         self._owns_hub = hub is None  # run: the session's own hub, stopped with it
         self.hub = hub = hub if hub is not None else Hub(ctx, self.profile)
         self.upstreams, self.catalogue, self.pipeline, self.owners = hub.upstreams, hub.catalogue, hub.pipeline, hub.owners
@@ -99,7 +86,6 @@ class GuardSession:
         self.back = BackChannel(self, hub, self.router, self._relay, self.listens, self.inflight.where)
         self.subscribed = Subscribed(hub, self.router, self.inflight.where) if hub.shared else None
         self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
-        self._principal: tuple[Any, Principal] | None = None
         self.fatal: str | None = None  # set when the guard must not go on (a start-up error)
         self.on_fatal: Callable[[], None] | None = None
         hub.attach(self)
@@ -139,17 +125,12 @@ class GuardSession:
             return self.speaks_for.principal
         if self.chain is not None:
             return self.chain.principal
-        ident = self.ctx.config.identity
-        agent = ident.agent or str(self.profile.client_info.get("name") or "unknown-agent")
-        known = self._principal
-        if known is None or known[0] != agent:  # built once per agent name, not per request
-            known = self._principal = (agent, Principal(user=ident.user or "unknown-user", agents=(agent,), purpose=ident.purpose, verified=False))
-        return known[1]
+        return self._self_asserted.principal(self.profile.client_info)
 
     def _request(self, message: Message) -> RequestContext:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
-                              profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope,
+                              profile.request_capabilities(message), profile.client_info, self.back.request_host, self.limit_scope,
                               tell_host=self.send)
 
     # ------------------------------------------------------------------ host side
@@ -171,8 +152,9 @@ class GuardSession:
             if self.profile.era == Era.MODERN:
                 self.back.note_log_level(message)
             req = self._request(message)
-            loop = self._loop or self._running_loop()
-            self.inflight.begin(message["id"], loop.create_task(self._serve(req)))
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self.inflight.begin(message["id"], self._loop.create_task(self._serve(req)))
         elif is_notification(message):
             await self._host_notification(message)
         elif is_response(message):
@@ -189,10 +171,6 @@ class GuardSession:
         await self.pipeline.audit_refused(self._request(message), None, None, Verdict(Outcome.UNKNOWN if refusal.code == METHOD_NOT_FOUND else Outcome.DENY, f"mcp-guard refused a 2026-07-28 request: {refusal.message}"))
         await self.send(refusal.answer(message["id"]))
         return True
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop = asyncio.get_running_loop()
-        return loop
 
     async def send(self, message: Message) -> None:
         await self.host.send(message)
@@ -280,11 +258,11 @@ class GuardSession:
     async def _ping(self, req: RequestContext) -> Message:
         return result(req.message["id"], {})
 
-    # ------------------------------------------------------------------ what the hub hands this session (Sink)
-
     def tool_names(self) -> list[str]:
         """Every catalogued tool as ``UPSTREAM/TOOL`` (for warming a freshly loaded policy set)."""
         return self.hub.tool_names()
+
+    # ------------------------------------------------------------------ what the hub hands this session (Sink)
 
     def visible_tools(self) -> list[Target]:
         return self.router.visible_tools(self.principal, self.chain)
@@ -307,10 +285,6 @@ class GuardSession:
     async def policies_changed(self, previous: PolicySet | None = None, listings: Listings | None = None) -> None:
         """After a policy reload: tell the host which of its lists changed (``Listens``)."""
         await self.listens.policies_changed(previous, listings)
-
-    async def request_host(self, method: str, params: Message | None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
-        """Send a request to the host and wait for its whole answer message."""
-        return await self.back.request_host(method, params, timeout)
 
     # ------------------------------------------------------------------ shutdown
 
