@@ -277,7 +277,9 @@ class GuardSession:
         await self.inflight.on_behalf(upstream, work)
 
     def subscribed_to(self, upstream: str, uri: str) -> bool:
-        return self.subscribed is not None and self.subscribed.has(upstream, uri)
+        """Whether this session holds ``uri`` of ``upstream``: by ``resources/subscribe`` (handshake
+        era) or by an open ``subscriptions/listen`` (2026-07-28)."""
+        return (self.subscribed is not None and self.subscribed.has(upstream, uri)) or self.listens.hears(upstream, uri)
 
     async def list_changed(self, method: str) -> None:
         await self.listens.list_changed(method)
