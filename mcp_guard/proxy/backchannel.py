@@ -1,6 +1,8 @@
 """What reaches a host besides the answers to its requests: what the upstreams send it (their
 notifications, filtered for this host, and their questions) and the guard's own questions to it
-(``request_host``: sampling, elicitation, roots, approvals).
+(``request_host``: sampling, elicitation, roots, approvals).  A handshake-era host is also asked
+what a 2026-07-28 upstream's ``input_required`` answer asks for (``forward``), mediated exactly as
+that upstream's own question would be.
 
 The flow step of this path: whatever an upstream named by an ``upstreams:`` labels entry sends
 the host brings that entry's labels and its content into the session first; when that cannot be
@@ -10,17 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mcp_guard.decision import Kind
 from mcp_guard.errors import StateError
-from mcp_guard.jsonrpc import INTERNAL_ERROR, META_LOG_LEVEL, Era, Message, error, notification, request
+from mcp_guard.jsonrpc import (
+    INTERNAL_ERROR,
+    META_LOG_LEVEL,
+    METHOD_NOT_FOUND,
+    Era,
+    Message,
+    error,
+    notification,
+    request,
+    result,
+)
 from mcp_guard.policy import Brought
 from mcp_guard.proxy.flow import scope_of, what_it_brought
-from mcp_guard.proxy.hub import Hub
+from mcp_guard.proxy.hub import Hub, configured_roots
 from mcp_guard.proxy.listen import Host, Listens
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
-from mcp_guard.proxy.relay import Relay
+from mcp_guard.proxy.relay import Relay, settle
 from mcp_guard.proxy.routing import LOG_LEVELS, Router
 from mcp_guard.upstreams.connection import Upstream
 
@@ -31,13 +44,13 @@ class BackChannel:
     """One session's back channel to its host."""
 
     def __init__(self, host: Host, hub: Hub, router: Router, relay: Relay, listens: Listens,
-                 upstream_ids: dict[Any, tuple[Upstream, int]]) -> None:
+                 where: Callable[[Any], tuple[Upstream, int] | None]) -> None:
         self.host = host
         self.hub = hub
         self.router = router
         self.relay = relay
         self.listens = listens
-        self._upstream_ids = upstream_ids  # the session's: host request id -> where it went
+        self._where = where  # the session's: host request id -> where it went (while it is served)
         self.log_levels: dict[Any, int] = {}  # 2026-07-28: host request id -> the log level it opted in to
         self._ids = 0
         self._pending: dict[int, asyncio.Future[Message]] = {}  # the guard's own requests to the host
@@ -61,7 +74,7 @@ class BackChannel:
             return False
         rank = LOG_LEVELS.index(level)
         for rid, wanted in self.log_levels.items():
-            where = self._upstream_ids.get(rid)
+            where = self._where(rid)
             if where is not None and where[0] is upstream and rank >= wanted:
                 return True
         return False
@@ -150,6 +163,32 @@ class BackChannel:
             log.error("dropped %s from %s: its labels cannot be recorded (%s)", message.get("method"), upstream.name, exc)
             return False
         return True
+
+    # ------------------------------------------------------------------ a 2026-07-28 upstream's input requests
+
+    async def forward(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
+        """A request forwarded for this session (through the hub, which records who sent it); a
+        handshake-era host is asked what a 2026-07-28 upstream's ``input_required`` answer asks
+        for, and the request retried with the answers (``relay.settle``)."""
+        async def call(sent: Message) -> Message:
+            return await self.hub.call(self.host.id, up, method, sent, on_id)
+
+        if self.host.era == Era.MODERN:
+            return await call(params)
+        return await settle(call, params, lambda asked, question: self._input_for(up, asked, question))
+
+    async def _input_for(self, up: Upstream, method: str, params: Message) -> Message:
+        """One input request of an upstream's ``input_required`` answer, put to the host as that
+        upstream's own request would be (configured roots, the declared capability, flow labels)."""
+        roots = configured_roots(up) if method == "roots/list" else None
+        if roots is not None:
+            return result(None, roots)
+        capability = RELAYED_KIND.get(method)
+        if capability is None or capability not in self.host.client_capabilities:
+            return error(None, METHOD_NOT_FOUND, f"mcp-guard cannot relay {method} to this host")
+        if not await self.brings(up, {"method": method, "params": params}):
+            return error(None, INTERNAL_ERROR, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
+        return await self.request_host(method, params)
 
     # ------------------------------------------------------------------ the guard's own questions
 

@@ -13,7 +13,8 @@ from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.hub import Hub
-from mcp_guard.proxy.session import GuardSession, SpeaksFor
+from mcp_guard.proxy.session import GuardSession
+from mcp_guard.proxy.speaks_for import SpeaksFor
 
 if TYPE_CHECKING:
     from mcp_guard.grants import GrantChain

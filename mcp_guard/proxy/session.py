@@ -2,10 +2,11 @@
 
 It reads what the host sends, answers the handshake (``proxy/handshake.py``), hands every request
 to its handler — lists and mediated requests are resolved by ``proxy/routing.py`` and decided by
-the call pipeline (``proxy/pipeline.py``) — and relays protocol plumbing (cancellation, progress,
-upstream sampling/elicitation/roots) to whoever caused it.  A method it does not know is refused,
-never forwarded.  The upstreams are the hub's (``proxy/hub.py``): ``run`` builds one for its one
-session; ``serve`` hands each caller's session the shared hub and whom it speaks for (``SpeaksFor``).
+the call pipeline (``proxy/pipeline.py``) — and answers it.  A method it does not know is refused,
+never forwarded.  Its requests in flight are kept in ``proxy/inflight.py`` (cancelled, attributed,
+drained); what reaches the host besides answers goes through the back channel and the listens.
+The upstreams are the hub's (``proxy/hub.py``): ``run`` builds one for its one session; ``serve``
+hands each caller's session the shared hub and whom it speaks for (``proxy/speaks_for.py``).
 
 Messages are dicts parsed once by the transport.
 """
@@ -16,8 +17,8 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 from mcp_guard.decision import Outcome, Verdict
 from mcp_guard.errors import RpcError, UpstreamError
@@ -27,7 +28,6 @@ from mcp_guard.jsonrpc import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     REFUSED,
-    RELATED_REQUEST,
     Era,
     HostTransport,
     Message,
@@ -42,16 +42,14 @@ from mcp_guard.proxy import era_rules
 from mcp_guard.proxy.backchannel import BackChannel
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
-from mcp_guard.proxy.hub import Hub, Listings, configured_roots
+from mcp_guard.proxy.hub import Hub, Listings
+from mcp_guard.proxy.inflight import Inflight
 from mcp_guard.proxy.listen import Listens, Subscribed
-from mcp_guard.proxy.relay import KIND as RELAYED_KIND
-from mcp_guard.proxy.relay import Relay, settle
+from mcp_guard.proxy.relay import Relay
 from mcp_guard.proxy.routing import Router
+from mcp_guard.proxy.speaks_for import SelfAsserted, SpeaksFor
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Upstream
-
-if TYPE_CHECKING:
-    from mcp_guard.grants import GrantChain
 
 log = logging.getLogger("mcp_guard.session")
 
@@ -61,23 +59,12 @@ _CHAIN_CHECKED_LATER = frozenset({"ping", "tools/call"})
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
 
 
-@dataclass(frozen=True)
-class SpeaksFor:
-    """Who a ``serve`` caller's session speaks for: the verified bearer token's principal (a grant chain or
-    an OAuth access token), never the config identity or the client's own name; ``limit_scope`` is
-    what per_minute/per_session limits count by (the principal, so a new session or another
-    replica does not start them afresh)."""
-
-    principal: Principal
-    chain: GrantChain | None
-    limit_scope: str
-    session_key: str = ""  # the session's name on every replica (a digest of its table key, serve/table.py)
-
-
 class GuardSession:
     """One host session.  ``run``: it builds the hub and speaks for the config identity (or the
     grant chain it was started with).  ``serve``: many sessions share one hub, each speaking for
     the ``SpeaksFor`` it was handed (principal, chain, limit scope)."""
+
+    back: BackChannel  # built on the router, which forwards through it
 
     def __init__(self, ctx: GuardContext, host: HostTransport, *, hub: Hub | None = None, speaks_for: SpeaksFor | None = None) -> None:
         self.ctx = ctx
@@ -89,19 +76,18 @@ class GuardSession:
         self.key = speaks_for.session_key if speaks_for is not None and speaks_for.session_key else self.id
         self.chain = speaks_for.chain if speaks_for is not None else ctx.chain
         self.limit_scope = speaks_for.limit_scope if speaks_for is not None else self.id  # what per_minute/per_session limits count by
+        self._self_asserted = SelfAsserted(ctx.config.identity)
         self._owns_hub = hub is None  # run: the session's own hub, stopped with it
         self.hub = hub = hub if hub is not None else Hub(ctx, self.profile)
         self.upstreams, self.catalogue, self.pipeline, self.owners = hub.upstreams, hub.catalogue, hub.pipeline, hub.owners
         self._relay = Relay()
+        self.inflight = Inflight()
         self.router = Router(lambda: self.ctx.policies, self.upstreams, self.catalogue, self.owners, self.pipeline,
-                             self._relay, self._track, self._settled_call, self._upstream_level)
-        self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
+                             self._relay, self.inflight.track, lambda *call: self.back.forward(*call), partial(hub.level, self.id))
         self.listens = Listens(self, hub, self.router)
-        self.back = BackChannel(self, hub, self.router, self._relay, self.listens, self._upstream_ids)
-        self.subscribed = Subscribed(hub, self.router, self._upstream_ids.get) if hub.shared else None
-        self._inflight: dict[Any, asyncio.Task[None]] = {}
+        self.back = BackChannel(self, hub, self.router, self._relay, self.listens, self.inflight.where)
+        self.subscribed = Subscribed(hub, self.router, self.inflight.where) if hub.shared else None
         self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
-        self._principal: tuple[Any, Principal] | None = None
         self.fatal: str | None = None  # set when the guard must not go on (a start-up error)
         self.on_fatal: Callable[[], None] | None = None
         hub.attach(self)
@@ -141,17 +127,12 @@ class GuardSession:
             return self.speaks_for.principal
         if self.chain is not None:
             return self.chain.principal
-        ident = self.ctx.config.identity
-        agent = ident.agent or str(self.profile.client_info.get("name") or "unknown-agent")
-        known = self._principal
-        if known is None or known[0] != agent:  # built once per agent name, not per request
-            known = self._principal = (agent, Principal(user=ident.user or "unknown-user", agents=(agent,), purpose=ident.purpose, verified=False))
-        return known[1]
+        return self._self_asserted.principal(self.profile.client_info)
 
     def _request(self, message: Message) -> RequestContext:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
-                              profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope,
+                              profile.request_capabilities(message), profile.client_info, self.back.request_host, self.limit_scope,
                               tell_host=self.send, session_key=self.key)
 
     # ------------------------------------------------------------------ host side
@@ -173,9 +154,9 @@ class GuardSession:
             if self.profile.era == Era.MODERN:
                 self.back.note_log_level(message)
             req = self._request(message)
-            loop = self._loop or self._running_loop()
-            task = loop.create_task(self._serve(req))
-            self._inflight[message["id"]] = task
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self.inflight.begin(message["id"], self._loop.create_task(self._serve(req)))
         elif is_notification(message):
             await self._host_notification(message)
         elif is_response(message):
@@ -192,10 +173,6 @@ class GuardSession:
         await self.pipeline.audit_refused(self._request(message), None, None, Verdict(Outcome.UNKNOWN if refusal.code == METHOD_NOT_FOUND else Outcome.DENY, f"mcp-guard refused a 2026-07-28 request: {refusal.message}"))
         await self.send(refusal.answer(message["id"]))
         return True
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop = asyncio.get_running_loop()
-        return loop
 
     async def send(self, message: Message) -> None:
         await self.host.send(message)
@@ -220,7 +197,7 @@ class GuardSession:
                     await self.pipeline.audit_refused(req, None, None, Verdict(Outcome.UNKNOWN, text))
                     raise RpcError(METHOD_NOT_FOUND, text)
                 if method not in _STARTLESS:
-                    await self._ensure_started()
+                    await self.hub.start()
                 response = await handler(req)
             except asyncio.CancelledError:
                 return  # the host cancelled it: no answer (spec: receivers SHOULD NOT respond)
@@ -232,8 +209,7 @@ class GuardSession:
                 log.exception("internal error handling %s", method)
                 response = error(rid, INTERNAL_ERROR, f"mcp-guard failed to handle {method}; see the guard's log")
             finally:
-                self._inflight.pop(rid, None)
-                self._upstream_ids.pop(rid, None)
+                self.inflight.end(rid)
                 self.back.log_levels.pop(rid, None)
             response = self.profile.shape(str(method), response)
             traced.respond(response)
@@ -251,13 +227,7 @@ class GuardSession:
             if rid is None or isinstance(rid, bool) or not isinstance(rid, (str, int, float)):
                 log.debug("notifications/cancelled with an invalid requestId dropped")
                 return
-            where = self._upstream_ids.pop(rid, None)
-            if where is not None:
-                upstream, upstream_id = where
-                await upstream.notify("notifications/cancelled", {**params, "requestId": upstream_id})
-            task = self._inflight.pop(rid, None)
-            if task is not None:
-                task.cancel()
+            await self.inflight.cancel(rid, params)
         elif method == "notifications/roots/list_changed":
             await self.hub.roots_changed(params)
         elif method == "notifications/initialized":
@@ -273,12 +243,12 @@ class GuardSession:
         params = req.message.get("params")
         self.profile.initialize(params if isinstance(params, dict) else {})
         req.era, req.protocol_version, req.principal = self.profile.era, self.profile.protocol_version, self.principal
-        await self._ensure_started()
+        await self.hub.start()
         self._check_collisions()
         return result(req.message["id"], self.profile.initialize_result(self.upstreams.values()))
 
     async def _discover(self, req: RequestContext) -> Message:
-        await self._ensure_started()
+        await self.hub.start()
         self._check_collisions()
         return result(req.message["id"], self.profile.discover_result(self.upstreams.values()))
 
@@ -290,65 +260,23 @@ class GuardSession:
     async def _ping(self, req: RequestContext) -> Message:
         return result(req.message["id"], {})
 
-    # ------------------------------------------------------------------ the hub
-
-    async def start(self) -> None:
-        """Start the upstreams (once; the sessions of one hub share its start)."""
-        await self.hub.start()
-
-    async def _ensure_started(self) -> None:
-        await self.hub.start()
-
     def tool_names(self) -> list[str]:
         """Every catalogued tool as ``UPSTREAM/TOOL`` (for warming a freshly loaded policy set)."""
         return self.hub.tool_names()
 
+    # ------------------------------------------------------------------ what the hub hands this session (Sink)
+
     def visible_tools(self) -> list[Target]:
         return self.router.visible_tools(self.principal, self.chain)
 
-    def _track(self, host_id: Any, upstream: Upstream, upstream_id: int) -> None:
-        self._upstream_ids[host_id] = (upstream, upstream_id)
+    async def deliver(self, upstream: Upstream, message: Message) -> None:
+        await self.back.deliver(upstream, message)
 
-    async def _upstream_call(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
-        return await self.hub.call(self.id, up, method, params, on_id)
-
-    async def _settled_call(self, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
-        """A forwarded request; a handshake-era host is asked what a 2026-07-28 upstream's
-        ``input_required`` answer asks for, and the request retried with the answers (``relay.settle``)."""
-        if self.era == Era.MODERN:
-            return await self._upstream_call(up, method, params, on_id)
-        return await settle(lambda again: self._upstream_call(up, method, again, on_id), params,
-                            lambda asked, question: self._input_for(up, asked, question))
-
-    async def _input_for(self, up: Upstream, method: str, params: Message) -> Message:
-        """One input request of an upstream's ``input_required`` answer, put to the host as that
-        upstream's own request would be (configured roots, the declared capability, flow labels)."""
-        message = {"method": method, "params": params}
-        roots = configured_roots(up) if method == "roots/list" else None
-        if roots is not None:
-            return result(None, roots)
-        capability = RELAYED_KIND.get(method)
-        if capability is None or capability not in self.client_capabilities:
-            return error(None, METHOD_NOT_FOUND, f"mcp-guard cannot relay {method} to this host")
-        if not await self.back.brings(up, message):
-            return error(None, INTERNAL_ERROR, f"mcp-guard cannot relay {method}: what it brings cannot be recorded")
-        return await self.request_host(method, params)
-
-    def _upstream_level(self, rank: int) -> int:
-        return self.hub.level(self.id, rank)
-
-    def request_on(self, upstream: Upstream) -> Any:
-        """The host request (the latest) this session has in flight on ``upstream``, or None."""
-        return next((rid for rid, (up, _) in reversed(self._upstream_ids.items()) if up is upstream), None)
+    async def relay_request(self, upstream: Upstream, message: Message) -> None:
+        await self.back.relay_request(upstream, message)
 
     async def on_behalf(self, upstream: Upstream, work: Awaitable[None]) -> None:
-        """Run what ``upstream`` sent with this session's request on it as the related request, so a
-        transport with a stream per request sends the outcome there."""
-        token = RELATED_REQUEST.set(self.request_on(upstream))
-        try:
-            await work
-        finally:
-            RELATED_REQUEST.reset(token)
+        await self.inflight.on_behalf(upstream, work)
 
     def subscribed_to(self, upstream: str, uri: str) -> bool:
         """Whether this session holds ``uri`` of ``upstream``: by ``resources/subscribe`` (handshake
@@ -362,42 +290,18 @@ class GuardSession:
         """After a policy reload: tell the host which of its lists changed (``Listens``)."""
         await self.listens.policies_changed(previous, listings)
 
-    # ------------------------------------------------------------------ what the hub hands this session (Sink)
-
-    async def deliver(self, upstream: Upstream, message: Message) -> None:
-        await self.back.deliver(upstream, message)
-
-    async def relay_request(self, upstream: Upstream, message: Message) -> None:
-        await self.back.relay_request(upstream, message)
-
-    async def request_host(self, method: str, params: Message | None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
-        """Send a request to the host and wait for its whole answer message."""
-        return await self.back.request_host(method, params, timeout)
-
     # ------------------------------------------------------------------ shutdown
 
     async def drain(self, grace: float, hung_up: Awaitable[None]) -> None:
         """The host closed its input: let requests already received finish, for at most ``grace`` s,
-        or until ``hung_up`` says the host closed its output too (nobody is left to answer)."""
-        listening = self.listens.uris
-        pending: list[asyncio.Future[Any]] = [t for rid, t in self._inflight.items() if not t.done() and rid not in listening]
-        for rid in list(listening):  # open listens end with the host's input; they never finish
-            if (task := self._inflight.get(rid)) is not None:
-                task.cancel()
-        gone: asyncio.Future[Any] = asyncio.ensure_future(hung_up)
-        try:
-            if pending:
-                finished: asyncio.Future[Any] = asyncio.gather(*pending, return_exceptions=True)
-                await asyncio.wait([finished, gone], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
+        or until ``hung_up`` says the host closed its output too; open listens end with the input."""
+        await self.inflight.drain(grace, hung_up, endless=self.listens.uris)
 
     async def close(self) -> None:
         """Closed, expired or evicted: what only this session held upstream (resource
         subscriptions, a lower log level) is given back; ``run``'s session stops its hub."""
         self.hub.detach(self.id, self.subscribed.drop() if self.subscribed is not None else [], self.router.send_level)
         self._relay.close()
-        for task in list(self._inflight.values()):
-            task.cancel()
+        self.inflight.close()
         if self._owns_hub:  # a shared hub's sessions share its upstreams; only its owner stops them
             await self.hub.close()

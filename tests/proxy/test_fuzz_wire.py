@@ -167,7 +167,7 @@ async def _exercise(host: FakeHost, batch: list[Any], record_file: RecordFile) -
     deadline = loop.time() + ANSWER_WITHIN
     while True:
         if all(k in answers for k in expected) and nulls >= invalid:
-            inflight = [t for t in host.session._inflight.values() if not t.done()]
+            inflight = [t for t in host.session.inflight.tasks.values() if not t.done()]
             if inflight:  # answered, or cancelled and never to be answered: let them end
                 await asyncio.wait(inflight, timeout=max(0.01, deadline - loop.time()))
             await asyncio.sleep(0.02)  # let any stray extra answer arrive
