@@ -26,6 +26,7 @@ from mcp_guard.jsonrpc import (
     Message,
     error,
 )
+from mcp_guard.proxy.roundtrip import relayable
 
 if TYPE_CHECKING:
     from mcp_guard.upstreams.connection import Upstream
@@ -97,14 +98,7 @@ class HostProfile:
 
     def upstream_capabilities(self, up: Upstream) -> Message:
         """What the guard tells an upstream it can do: only what it can actually relay or answer."""
-        caps: Message = {}  # a 2026-07-28 host gets the questions as input_required results (proxy/relay.py)
-        for key in ("sampling", "elicitation"):
-            if key in self.client_capabilities:
-                caps[key] = self.client_capabilities[key]
-        roots = up.config.roots
-        if isinstance(roots, tuple) or (roots == "pass" and "roots" in self.client_capabilities):
-            caps["roots"] = {"listChanged": roots == "pass"}
-        return caps
+        return relayable(up, self.client_capabilities)  # a 2026-07-28 host is asked with input_required (proxy/relay.py)
 
     def shape(self, method: str, response: Message) -> Message:
         """Fit a result to the host's era: 2026-07-28 fields added for a modern host, removed for a

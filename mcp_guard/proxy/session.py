@@ -42,10 +42,11 @@ from mcp_guard.proxy import era_rules
 from mcp_guard.proxy.backchannel import BackChannel
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
-from mcp_guard.proxy.hub import Hub, Listings, configured_roots
+from mcp_guard.proxy.hub import Hub, Listings
 from mcp_guard.proxy.listen import Listens, Subscribed
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay, settle
+from mcp_guard.proxy.roundtrip import configured_roots
 from mcp_guard.proxy.routing import Router
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Upstream
@@ -91,7 +92,8 @@ class GuardSession:
         self.upstreams, self.catalogue, self.pipeline, self.owners = hub.upstreams, hub.catalogue, hub.pipeline, hub.owners
         self._relay = Relay()
         self.router = Router(lambda: self.ctx.policies, self.upstreams, self.catalogue, self.owners, self.pipeline,
-                             self._relay, self._track, self._settled_call, self._upstream_level)
+                             self._relay, self._track, self._settled_call, self._upstream_level,
+                             round_trips=hub.round_trips, brings=lambda up, message: self.back.brings(up, message))
         self._upstream_ids: dict[Any, tuple[Upstream, int]] = {}  # host request id -> where it went
         self.listens = Listens(self, hub, self.router)
         self.back = BackChannel(self, hub, self.router, self._relay, self.listens, self._upstream_ids)
