@@ -124,17 +124,20 @@ class RoundTrips:
                                 f"requestState: {exc.why}"), target.upstream, target.qualified)
             raise RpcError(INVALID_PARAMS, refusal_text()) from None
 
-    async def pass_on(self, response: Message, up: Upstream, bound: Bound, capabilities: Message, brings: Brings) -> Message:
+    async def pass_on(self, response: Message, up: Upstream, bound: Bound, capabilities: Message,
+                      brings: Brings) -> tuple[Message, Message | None]:
         """The upstream's ``input_required`` answer as the host gets it: the questions the host may
         be asked, the rest answered here, and the upstream's state sealed; or a tool error.  Any
-        other answer (a result, or the guard's own relay's question) is returned as it is."""
+        other answer (a result, or the guard's own relay's question) is returned as it is.  When the
+        guard answered every question itself, the second item is what to call the upstream again
+        with (its state and those answers), and the host is not involved."""
         out = response.get("result")
         if not is_input_required(response) or not isinstance(out, dict) or str(out.get("requestState")).startswith(RELAY_PREFIX):
-            return response
+            return response, None
         rid = response.get("id")
         questions = out.get("inputRequests")
         if not isinstance(questions, dict) or not questions:
-            return result(rid, tool_error(f"mcp-guard could not complete {bound.qualified}: the upstream asked for input without saying which"))
+            return result(rid, tool_error(f"mcp-guard could not complete {bound.qualified}: the upstream asked for input without saying which")), None
         asked: Message = {}
         answered: Message = {}
         for key, question in questions.items():
@@ -147,12 +150,14 @@ class RoundTrips:
                 continue
             if kind is None or kind not in capabilities or (kind == "roots" and up.config.roots != "pass"):
                 return result(rid, tool_error(f"mcp-guard could not complete {bound.qualified}: the upstream asked for "
-                                              f"{method}, which mcp-guard cannot pass on to this host"))
+                                              f"{method}, which mcp-guard cannot pass on to this host")), None
             message = {"method": method, "params": params if isinstance(params, dict) else {}}
             if not await brings(up, message):
                 return result(rid, tool_error(f"mcp-guard could not complete {bound.qualified}: what the upstream asked "
-                                              "for cannot be recorded"))
+                                              "for cannot be recorded")), None
             asked[key] = message
+        if not asked:  # nothing for the host: the upstream is called again at once
+            return response, {"inputResponses": answered, **({"requestState": out["requestState"]} if "requestState" in out else {})}
         now = self.ctx.clock()
         payload = {"v": VERSION, "n": secrets.token_urlsafe(16), "exp": now + STATE_SECONDS, "u": bound.upstream,
                    "t": bound.qualified, "a": bound.args, "p": bound.principal, "s": bound.session,
@@ -160,7 +165,7 @@ class RoundTrips:
         if "requestState" in out:
             payload["rs"] = out["requestState"]
         shown = {k: v for k, v in out.items() if k not in ("inputRequests", "requestState")}
-        return result(rid, {**shown, "inputRequests": asked, "requestState": PREFIX + self._sealer.seal(payload)})
+        return result(rid, {**shown, "inputRequests": asked, "requestState": PREFIX + self._sealer.seal(payload)}), None
 
     async def redeem(self, params: Message, bound: Bound) -> Message:
         """The retry's ``requestState``/``inputResponses`` as the upstream gets them; ``Refused``

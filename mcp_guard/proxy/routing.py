@@ -33,7 +33,7 @@ from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.completion import filter_values, hidden_values, template_pattern
 from mcp_guard.proxy.pages import PAGE_SIZE, decode_cursor, encode_cursor, page
 from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
-from mcp_guard.proxy.relay import Relay
+from mcp_guard.proxy.relay import MAX_ROUNDS, Relay
 from mcp_guard.proxy.roundtrip import ROUND_TRIP_KEYS, Brings, RoundTrips, is_input_required, relayable
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Status, Upstream
@@ -230,12 +230,19 @@ class Router:
                     ids.append(uid)
                     self._track(rid, upstream, uid)
 
-                call = asyncio.ensure_future(self._call(upstream, "tools/call", forwarded, on_id))
-                response = await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid,
-                                                  params, ids)
-                if trips is None or bound is None or self._brings is None:
-                    return response
-                return await trips.pass_on(response, upstream, bound, req.capabilities, self._brings)
+                answered: Message = {}  # what the guard itself answered the upstream's questions with
+                for _ in range(MAX_ROUNDS):
+                    call = asyncio.ensure_future(self._call(upstream, "tools/call", {**forwarded, **answered}, on_id))
+                    response = await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities,
+                                                      rid, params, ids)
+                    if trips is None or bound is None or self._brings is None:
+                        return response
+                    response, again = await trips.pass_on(response, upstream, bound, req.capabilities, self._brings)
+                    if again is None:
+                        return response
+                    answered = again
+                return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: the upstream asked for input "
+                                              f"more than {MAX_ROUNDS} times"))
             try:
                 response = await self._call(upstream, "tools/call", forwarded, lambda uid: self._track(rid, upstream, uid))
             except UpstreamError as exc:

@@ -88,6 +88,13 @@ async def test_configured_roots_are_answered_by_the_guard_itself(tmp_path: Path)
     assert done["result"]["content"][0]["text"] == "plan Oslo on May 1 in file:///srv/one", done
 
 
+async def test_a_call_whose_every_question_the_guard_answers_never_bothers_the_host(tmp_path: Path) -> None:
+    async with raw_guard(config_for(tmp_path, roots=["/srv/one", "/srv/two"])) as guard:
+        out = await guard.request("tools/call", {"name": "ask_where", "arguments": {}, "_meta": meta({})})
+    assert out["result"]["content"][0]["text"] == "roots: file:///srv/one file:///srv/two", out
+    assert [s["requestState"] for s in upstream_saw(tmp_path)] == [False, True]
+
+
 async def test_a_host_without_the_capability_is_not_asked(tmp_path: Path) -> None:
     async with raw_guard(config_for(tmp_path)) as guard:
         out = await guard.request("tools/call", {"name": "ask_book", "arguments": {"city": "Oslo"}, "_meta": meta({})})

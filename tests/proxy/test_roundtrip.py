@@ -75,7 +75,7 @@ def asking(*questions: tuple[str, dict[str, Any]], state: str | None = "upstream
 async def issued(rt: RoundTrips, req: RequestContext | None = None, target: Target = BOOK, args: str = "digest",
                  *questions: tuple[str, dict[str, Any]], up: Any = None) -> dict[str, Any]:
     req = req or request()
-    out = await rt.pass_on(asking(*(questions or (("date", ELICIT),))), up or upstream(), rt.bound(req, target, args),
+    out, _ = await rt.pass_on(asking(*(questions or (("date", ELICIT),))), up or upstream(), rt.bound(req, target, args),
                            req.capabilities, Labels())
     return out["result"]
 
@@ -94,7 +94,7 @@ async def test_the_host_gets_the_questions_and_a_sealed_state_and_the_upstream_i
 async def test_no_upstream_state_none_sent_back() -> None:
     rt = trips()
     req = request()
-    out = await rt.pass_on(asking(("date", ELICIT), state=None), upstream(), rt.bound(req, BOOK, "d"), FORM, Labels())
+    out, _ = await rt.pass_on(asking(("date", ELICIT), state=None), upstream(), rt.bound(req, BOOK, "d"), FORM, Labels())
     sent = await rt.redeem({"requestState": out["result"]["requestState"], "inputResponses": {}}, rt.bound(req, BOOK, "d"))
     assert "requestState" not in sent
 
@@ -103,7 +103,7 @@ async def test_configured_roots_are_answered_by_the_guard_and_cannot_be_overridd
     rt = trips()
     req = request()
     labels = Labels()
-    out = await rt.pass_on(asking(("date", ELICIT), ("roots", ROOTS)), upstream(("/srv/one",)), rt.bound(req, PLAN, "d"),
+    out, _ = await rt.pass_on(asking(("date", ELICIT), ("roots", ROOTS)), upstream(("/srv/one",)), rt.bound(req, PLAN, "d"),
                            FORM, labels)
     assert list(out["result"]["inputRequests"]) == ["date"] and labels.seen == ["elicitation/create"]
     forged = {"roots": {"roots": [{"uri": "file:///etc"}]}, "date": {"action": "accept"}, "never-asked": {"x": 1}}
@@ -122,29 +122,38 @@ async def test_a_question_the_guard_cannot_pass_on_fails_the_call_with_one_sente
                                                                                      roots: Any) -> None:
     rt = trips()
     req = request()
-    out = await rt.pass_on(asking(("q", question)), upstream(roots), rt.bound(req, BOOK, "d"), capabilities, Labels())
+    out, _ = await rt.pass_on(asking(("q", question)), upstream(roots), rt.bound(req, BOOK, "d"), capabilities, Labels())
     assert out["result"]["isError"] is True and "mcp-guard could not complete ask/book" in out["result"]["content"][0]["text"]
     assert "requestState" not in out["result"]
+
+
+async def test_questions_the_guard_answers_itself_go_straight_back_to_the_upstream() -> None:
+    rt = trips()
+    labels = Labels()
+    asked = asking(("roots", ROOTS))
+    out, again = await rt.pass_on(asked, upstream("none"), rt.bound(request(), BOOK, "d"), FORM, labels)
+    assert out is asked and labels.seen == []  # the host is not involved
+    assert again == {"inputResponses": {"roots": {"roots": []}}, "requestState": "upstream-own-state"}
 
 
 async def test_roots_pass_to_a_host_that_declared_them() -> None:
     rt = trips()
     req = request()
-    out = await rt.pass_on(asking(("r", ROOTS)), upstream("pass"), rt.bound(req, BOOK, "d"), {"roots": {}}, Labels())
+    out, _ = await rt.pass_on(asking(("r", ROOTS)), upstream("pass"), rt.bound(req, BOOK, "d"), {"roots": {}}, Labels())
     assert out["result"]["inputRequests"] == {"r": ROOTS}
 
 
 async def test_a_question_whose_labels_cannot_be_recorded_is_not_passed_on() -> None:
     rt = trips()
     req = request()
-    out = await rt.pass_on(asking(("date", ELICIT)), upstream(), rt.bound(req, BOOK, "d"), FORM, Labels(ok=False))
+    out, _ = await rt.pass_on(asking(("date", ELICIT)), upstream(), rt.bound(req, BOOK, "d"), FORM, Labels(ok=False))
     assert out["result"]["isError"] is True and "cannot be recorded" in out["result"]["content"][0]["text"]
 
 
 async def test_an_answer_that_is_not_input_required_passes_unchanged() -> None:
     rt = trips()
     done = result(7, {"resultType": "complete", "content": []})
-    assert await rt.pass_on(done, upstream(), rt.bound(request(), BOOK, "d"), FORM, Labels()) is done
+    assert await rt.pass_on(done, upstream(), rt.bound(request(), BOOK, "d"), FORM, Labels()) == (done, None)
 
 
 async def test_a_replayed_state_is_refused() -> None:
