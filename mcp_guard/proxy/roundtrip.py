@@ -46,6 +46,11 @@ _AAD = b"mcp-guard/upstream-state/v1"
 VERSION = 1
 REFUSED = "the requestState is not one mcp-guard issued for this call, or it expired or was used"
 
+# what a hub tells its upstreams when its hosts declare capabilities per request (serve's callers, a
+# 2026-07-28 host of run): each question is put to the request that caused it, and refused when that
+# request did not declare what it needs, or when no single request did
+RELAYED_TO_CALLERS: Message = {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}}
+
 Brings = Callable[["Upstream", Message], Awaitable[bool]]
 AuditRefused = Callable[..., Awaitable[None]]  # Pipeline.audit_refused
 
@@ -199,5 +204,5 @@ def refusal_text(_why: Any = None) -> str:
     return f"Invalid params: {REFUSED}"
 
 
-__all__ = ["PREFIX", "REFUSED", "ROUND_TRIP_KEYS", "Bound", "Refused", "RoundTrips", "configured_roots", "holds", "is_input_required",
+__all__ = ["PREFIX", "REFUSED", "RELAYED_TO_CALLERS", "ROUND_TRIP_KEYS", "Bound", "Refused", "RoundTrips", "configured_roots", "holds", "is_input_required",
            "refusal_text", "relayable"]
