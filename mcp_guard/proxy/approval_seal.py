@@ -40,9 +40,10 @@ def _unb64(text: str) -> bytes:
 class StateSealer:
     """AES-256-GCM envelope for ``requestState``: the host can neither read nor alter it."""
 
-    def __init__(self, key: bytes | None = None, aad: bytes = _AAD) -> None:
+    def __init__(self, key: bytes | None = None, aad: bytes = _AAD, *, max_chars: int = MAX_STATE_CHARS) -> None:
         self._aead = AESGCM(key or AESGCM.generate_key(bit_length=256))
         self._aad = aad  # what the envelope is for: one purpose's tokens never open as another's
+        self._max_chars = max_chars
 
     def seal(self, payload: Mapping[str, Any]) -> str:
         iv = os.urandom(_NONCE_BYTES)
@@ -50,7 +51,7 @@ class StateSealer:
 
     def open(self, token: Any) -> dict[str, Any] | None:
         """The payload, or None for anything not sealed by this guard (altered, foreign, garbage)."""
-        if not isinstance(token, str) or not token or len(token) > MAX_STATE_CHARS:
+        if not isinstance(token, str) or not token or len(token) > self._max_chars:
             return None
         try:
             raw = _unb64(token)

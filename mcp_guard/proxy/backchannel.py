@@ -30,10 +30,11 @@ from mcp_guard.jsonrpc import (
 )
 from mcp_guard.policy import Brought
 from mcp_guard.proxy.flow import scope_of, what_it_brought
-from mcp_guard.proxy.hub import Hub, configured_roots
+from mcp_guard.proxy.hub import Hub
 from mcp_guard.proxy.listen import Host, Listens
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
 from mcp_guard.proxy.relay import Relay, settle
+from mcp_guard.proxy.roundtrip import configured_roots
 from mcp_guard.proxy.routing import LOG_LEVELS, Router
 from mcp_guard.upstreams.connection import Upstream
 

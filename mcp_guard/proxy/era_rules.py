@@ -81,8 +81,10 @@ def check(message: Message, headers: Mapping[str, str] | None = None, raw_header
 
 
 def modern_request(message: Message) -> bool:
-    """A request that says it is 2026-07-28: its ``_meta`` names a protocol version (the stdio face
-    has no header to say so)."""
+    """A request that says it is 2026-07-28: ``server/discover`` (the era's own method), or its
+    ``_meta`` names a protocol version (the stdio face has no header to say so)."""
+    if message.get("method") == "server/discover":
+        return True
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
     return isinstance(meta, dict) and META_PROTOCOL_VERSION in meta

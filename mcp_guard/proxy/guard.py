@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 
 from mcp_guard.errors import AuditError
 from mcp_guard.identity import Principal
-from mcp_guard.jsonrpc import Era, HostTransport, Message
+from mcp_guard.jsonrpc import Era, HostTransport
 from mcp_guard.policy import PolicySet
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.hub import Hub
+from mcp_guard.proxy.roundtrip import RELAYED_TO_CALLERS
 from mcp_guard.proxy.session import GuardSession
 from mcp_guard.proxy.speaks_for import SpeaksFor
 
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard")
 
 
-# what the serve hub tells its upstreams it can do: each question is put to the caller that caused it
-# (refused when that caller cannot answer it, or when no single caller did)
-RELAYED_TO_CALLERS: Message = {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}}
 
 
 class ServeSessions:

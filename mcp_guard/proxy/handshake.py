@@ -26,6 +26,7 @@ from mcp_guard.jsonrpc import (
     Message,
     error,
 )
+from mcp_guard.proxy.roundtrip import RELAYED_TO_CALLERS, relayable
 
 if TYPE_CHECKING:
     from mcp_guard.upstreams.connection import Upstream
@@ -96,15 +97,10 @@ class HostProfile:
         return out
 
     def upstream_capabilities(self, up: Upstream) -> Message:
-        """What the guard tells an upstream it can do: only what it can actually relay or answer."""
-        caps: Message = {}  # a 2026-07-28 host gets the questions as input_required results (proxy/relay.py)
-        for key in ("sampling", "elicitation"):
-            if key in self.client_capabilities:
-                caps[key] = self.client_capabilities[key]
-        roots = up.config.roots
-        if isinstance(roots, tuple) or (roots == "pass" and "roots" in self.client_capabilities):
-            caps["roots"] = {"listChanged": roots == "pass"}
-        return caps
+        """What the guard tells an upstream it can do: only what it can actually relay or answer.  A
+        2026-07-28 host declares its capabilities per request, so the upstream is told all the guard
+        can relay and each question is checked against the request waiting (``proxy/relay.py``)."""
+        return relayable(up, RELAYED_TO_CALLERS if self.era == Era.MODERN else self.client_capabilities)
 
     def shape(self, method: str, response: Message) -> Message:
         """Fit a result to the host's era: 2026-07-28 fields added for a modern host, removed for a

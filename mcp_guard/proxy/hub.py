@@ -26,6 +26,7 @@ from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
 from mcp_guard.proxy.pipeline import Pipeline
+from mcp_guard.proxy.roundtrip import RoundTrips, configured_roots
 from mcp_guard.proxy.routing import Owners
 from mcp_guard.upstreams.connection import Status, Upstream
 
@@ -95,14 +96,6 @@ class UpstreamSubscriptions:
                 log.info("resources/unsubscribe %s on %s failed: %s", uri, up.name, exc)
 
 
-def configured_roots(up: Upstream) -> Message | None:
-    """The roots ``roots:`` gives this upstream (a fixed list, or none), or None: the host's own."""
-    roots = up.config.roots
-    if isinstance(roots, tuple):
-        return {"roots": [{"uri": "file://" + p, "name": p.rsplit("/", 1)[-1] or p} for p in roots]}
-    return {"roots": []} if roots == "none" else None
-
-
 class Hub:
     """The upstream side of one guard.  ``profile`` is what the upstreams are told the host can do
     (``run``: its one host's; ``serve``: what every caller can be asked, ``RELAYED_TO_CALLERS``)."""
@@ -115,6 +108,7 @@ class Hub:
         self.catalogue = Catalogue(ctx.pins, ctx.config.pinning)
         self.pipeline = Pipeline(ctx, self.upstreams)
         self.owners = Owners()
+        self.round_trips = RoundTrips(ctx, per_session=not shared)  # a 2026-07-28 upstream's input_required, sealed for the host
         self.subscriptions = UpstreamSubscriptions()
         self.callers = Callers()  # serve: which session each forwarded request belongs to
         self.sessions: dict[str, Sink] = {}  # session id -> session, in the order they came

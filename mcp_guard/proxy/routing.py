@@ -9,7 +9,6 @@ that does not exist, and the refusal is audited) and handed to the call pipeline
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import re
@@ -20,11 +19,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mcp_guard.audit import args_hash
 from mcp_guard.decision import Kind, is_visible
 from mcp_guard.errors import RpcError, UpstreamError
-from mcp_guard.jsonrpc import INVALID_PARAMS, META_LOG_LEVEL, Era, Message, result, strip_meta, tool_error
+from mcp_guard.jsonrpc import (
+    INVALID_PARAMS,
+    META_CLIENT_CAPABILITIES,
+    META_LOG_LEVEL,
+    Era,
+    Message,
+    result,
+    strip_meta,
+    tool_error,
+)
 from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.completion import filter_values, hidden_values, template_pattern
+from mcp_guard.proxy.pages import PAGE_SIZE, decode_cursor, encode_cursor, page
 from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
-from mcp_guard.proxy.relay import Relay
+from mcp_guard.proxy.relay import MAX_ROUNDS, Relay
+from mcp_guard.proxy.roundtrip import ROUND_TRIP_KEYS, Brings, RoundTrips, is_input_required, relayable
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Status, Upstream
 
@@ -35,13 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcp_guard.routing")
 
-PAGE_SIZE = 1000  # items per list page toward the host
 RESOURCE_NOT_FOUND = -32002  # what some servers answer for an unknown URI (the MCP spec now says -32602)
 MAX_UPSTREAM_PAGES = 1000
-
-# tools/call params that belong to the guard's own input_required round trip, never forwarded
-_GUARD_ROUND_TRIP = ("requestState", "inputResponses")
-
 
 _UNKNOWN = {Kind.TOOL: "Unknown tool", Kind.PROMPT: "Unknown prompt"}
 
@@ -51,48 +56,23 @@ def unknown_text(kind: Kind, name: Any) -> str:
     return f"{_UNKNOWN.get(kind, 'Resource not found')}: {name}"
 
 
-def encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"mcp-guard:{offset}".encode()).decode()
-
-
-def decode_cursor(cursor: Any) -> int:
-    try:
-        text = base64.urlsafe_b64decode(str(cursor).encode()).decode()
-        prefix, _, number = text.partition(":")
-        if prefix == "mcp-guard" and number.isdigit():
-            return int(number)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise RpcError(INVALID_PARAMS, "Invalid params: unknown cursor")
-
-
-def page(params: Message, key: str, items: list[Any], era: Era | None) -> Message:
-    """One page of the guard's own list (``cursor`` = an offset only the guard reads)."""
-    cursor = params.get("cursor")
-    offset = decode_cursor(cursor) if cursor is not None else 0
-    out: Message = {key: items[offset : offset + PAGE_SIZE]}
-    if offset + PAGE_SIZE < len(items):
-        out["nextCursor"] = encode_cursor(offset + PAGE_SIZE)
-    if era == Era.MODERN:
-        out["ttlMs"] = 0
-        out["cacheScope"] = "private"
-    return out
-
-
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
-def upstream_params(params: Message, upstream: Upstream) -> Message:
+def upstream_params(params: Message, upstream: Upstream, capabilities: Message | None = None) -> Message:
     """``params`` as the upstream gets them: without the host's era keys and the guard's own, but
     with the host's log-level opt-in for a 2026-07-28 upstream (it emits logs only for a request
-    that carries one)."""
+    that carries one) and, given the host's ``capabilities``, what the guard can be asked for it."""
     clean = strip_meta(params, drop_reserved=True) or params
     meta = params.get("_meta")
     level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
-    if upstream.era != Era.MODERN or level not in LOG_LEVELS:
+    if upstream.era != Era.MODERN or (level not in LOG_LEVELS and capabilities is None):
         return clean
     kept = clean.get("_meta")
-    return {**clean, "_meta": {**(kept if isinstance(kept, dict) else {}), META_LOG_LEVEL: level}}
+    added: Message = {META_LOG_LEVEL: level} if level in LOG_LEVELS else {}
+    if capabilities is not None:
+        added[META_CLIENT_CAPABILITIES] = relayable(upstream, capabilities)
+    return {**clean, "_meta": {**(kept if isinstance(kept, dict) else {}), **added}}
 
 
 def params_of(message: Message, method: str) -> Message:
@@ -150,6 +130,9 @@ class Router:
         track: Callable[[Any, Upstream, int], None],
         call: UpstreamCall | None = None,
         upstream_level: Callable[[int], int] = lambda rank: rank,
+        *,
+        round_trips: RoundTrips | None = None,
+        brings: Brings | None = None,
     ) -> None:
         self._policies = policies
         self.upstreams = upstreams
@@ -160,6 +143,8 @@ class Router:
         self._track = track
         self._call: UpstreamCall = call or _plain_call
         self._upstream_level = upstream_level  # serve: the lowest level any caller of the shared upstreams asked for
+        self._round_trips = round_trips  # a 2026-07-28 upstream's own input_required, for a 2026-07-28 host
+        self._brings = brings
         self.log_level: int | None = None  # what this session asked for with logging/setLevel (index in LOG_LEVELS)
         self._visible_cache: tuple[tuple[int, int, Principal], list[Target]] | None = None
 
@@ -230,11 +215,14 @@ class Router:
         if req.era == Era.MODERN and Relay.is_resume(params):  # answers to an upstream's questions
             return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid,
                                            lambda up, uid: self._track(rid, up, uid))
+        trips = self._round_trips if req.era == Era.MODERN and self._brings is not None else None
+        bound, resumed = await trips.resume(req, entry, args_hash(args), params, self.pipeline.audit_refused) if trips else (None, {})
 
         async def forward(upstream: Upstream) -> Message:
-            forwarded = {k: v for k, v in params.items() if k not in _GUARD_ROUND_TRIP}
+            forwarded = {k: v for k, v in params.items() if k not in ROUND_TRIP_KEYS}
+            forwarded.update(resumed)
             forwarded["name"] = entry.name
-            forwarded = upstream_params(forwarded, upstream)
+            forwarded = upstream_params(forwarded, upstream, req.capabilities if trips is not None else None)
             if req.era == Era.MODERN:  # the upstream may ask questions mid-call: relayed as input_required
                 ids: list[int] = []
 
@@ -242,9 +230,19 @@ class Router:
                     ids.append(uid)
                     self._track(rid, upstream, uid)
 
-                call = asyncio.ensure_future(self._call(upstream, "tools/call", forwarded, on_id))
-                return await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities, rid,
-                                              params, ids)
+                answered: Message = {}  # what the guard itself answered the upstream's questions with
+                for _ in range(MAX_ROUNDS):
+                    call = asyncio.ensure_future(self._call(upstream, "tools/call", {**forwarded, **answered}, on_id))
+                    response = await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities,
+                                                      rid, params, ids)
+                    if trips is None or bound is None or self._brings is None:
+                        return response
+                    response, again = await trips.pass_on(response, upstream, bound, req.capabilities, self._brings)
+                    if again is None:
+                        return response
+                    answered = again
+                return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: the upstream asked for input "
+                                              f"more than {MAX_ROUNDS} times"))
             try:
                 response = await self._call(upstream, "tools/call", forwarded, lambda uid: self._track(rid, upstream, uid))
             except UpstreamError as exc:
@@ -395,6 +393,8 @@ class Router:
             clean = upstream_params(params, up)
             response = await self._call(up, method, clean, lambda uid: self._track(rid, up, uid))
             response["id"] = rid
+            if req.era == Era.MODERN and is_input_required(response):  # never its questions unmediated
+                return RpcError(INVALID_PARAMS, f"mcp-guard cannot pass on {up.name}'s questions for {method}").to_message(rid)
             return response
 
         return forward

@@ -83,7 +83,8 @@ class GuardSession:
         self._relay = Relay()
         self.inflight = Inflight()
         self.router = Router(lambda: self.ctx.policies, self.upstreams, self.catalogue, self.owners, self.pipeline,
-                             self._relay, self.inflight.track, lambda *call: self.back.forward(*call), partial(hub.level, self.id))
+                             self._relay, self.inflight.track, lambda *call: self.back.forward(*call), partial(hub.level, self.id),
+                             round_trips=hub.round_trips, brings=lambda up, message: self.back.brings(up, message))
         self.listens = Listens(self, hub, self.router)
         self.back = BackChannel(self, hub, self.router, self._relay, self.listens, self.inflight.where)
         self.subscribed = Subscribed(hub, self.router, self.inflight.where) if hub.shared else None

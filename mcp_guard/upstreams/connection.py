@@ -263,11 +263,12 @@ class Upstream:
             await self.request("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, timeout=LISTEN_FOREVER)
 
     def _modern(self, params: Message | None) -> Message:
-        """Per-request ``_meta`` of 2026-07-28: what the guard is and can do (it relays no input requests)."""
+        """Per-request ``_meta`` of 2026-07-28: what the guard is and can do (nothing, unless the
+        caller says what it can relay for this request: a host's tools/call, ``proxy/roundtrip.py``)."""
         out = dict(params) if params else {}
         meta = dict(out.get("_meta") or {})
         meta[META_PROTOCOL_VERSION] = MODERN
-        meta[META_CLIENT_CAPABILITIES] = {}
+        meta.setdefault(META_CLIENT_CAPABILITIES, {})
         meta[META_CLIENT_INFO] = CLIENT_INFO
         out["_meta"] = meta
         return out

@@ -1,11 +1,15 @@
 """The official suite's 0.2.x line (``conformance-next``), beside 0.1.16: the 2026-07-28 server
-scenarios (``--requirements 2026-07-28``) against the fixture alone and through ``serve``, and the
-handshake-era scenarios of the same line through ``run`` (behind supergateway) and ``serve``.
+scenarios (``--requirements 2026-07-28``) against the fixture alone, through ``serve``, and through
+``run`` (behind ``fixtures/stdio_bridge.py``, HTTP to stdio), and the handshake-era scenarios of the
+same line through ``run`` (behind supergateway) and ``serve``.
 
 Every check that passes against the fixture alone passes through the guard, apart from
 ``BY_DESIGN``: checks that call a tool the fixture does not have, which pass alone only because
 the SDK answers an unknown tool with an ``isError`` result; the guard answers ``-32602 Unknown
-tool`` (a hidden tool answers exactly like one that does not exist)."""
+tool`` (a hidden tool answers exactly like one that does not exist).  Through ``run``, also apart
+from ``NOT_ON_STDIO``: the era's HTTP checks (status codes, the routing and version headers, the
+``Host`` header), which belong to whatever carries stdio over HTTP, not to the stdio guard.  The
+2026-07-28 tests assert the exact set of checks lost, so a regression (or a fix) names its check."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 from fixtures import (
     ALLOW_ALL,
+    VENV_BIN,
     conformance_server_command,
     free_port,
     guard_command,
@@ -47,8 +52,6 @@ MODERN = ("--requirements", "2026-07-28")
 HANDSHAKE = ("--spec-version", "2025-11-25")
 UNKNOWN_TOOL_CHECKS = frozenset({
     ("input-required-result-ignore-extra-params", "sep-2322-ignore-unexpected-params"),
-    ("server-stateless", "sep-2575-http-server-no-independent-requests-on-stream"),
-    ("server-stateless", "sep-2575-server-no-log-without-loglevel"),
     ("tasks-capability-negotiation", "sep-2663-server-rejects-undeclared-client"),
     ("tasks-dispatch-and-envelope", "sep-2663-legacy-task-param-ignored"),
     ("tasks-dispatch-and-envelope", "tasks-immediate-result-shortcut"),
@@ -56,6 +59,22 @@ UNKNOWN_TOOL_CHECKS = frozenset({
     ("tasks-lifecycle", "tasks-sync-tool-call"),
 })
 BY_DESIGN = UNKNOWN_TOOL_CHECKS
+NOT_ON_STDIO = frozenset({
+    ("dns-rebinding-protection", "localhost-host-rebinding-rejected"),
+    ("http-header-validation", "sep-2243-server-reject-error-code"),
+    ("http-header-validation", "sep-2243-server-reject-invalid-headers"),
+    ("server-stateless", "sep-2575-http-server-header-mismatch-400"),
+    ("server-stateless", "sep-2575-http-server-meta-invalid-400"),
+    ("server-stateless", "sep-2575-http-server-method-not-found-404"),
+    ("server-stateless", "sep-2575-http-server-method-not-found-404-initialize"),
+    ("server-stateless", "sep-2575-http-server-method-not-found-404-logging-setlevel"),
+    ("server-stateless", "sep-2575-http-server-method-not-found-404-ping"),
+    ("server-stateless", "sep-2575-http-server-method-not-found-404-resources-subscribe"),
+    ("server-stateless", "sep-2575-http-server-method-not-found-404-resources-unsubscribe"),
+    ("server-stateless", "sep-2575-http-server-unsupported-version-400"),
+    ("tasks-request-headers", "tasks-headers-reject-mismatched-method"),
+})
+STDIO_BRIDGE = Path(__file__).resolve().parents[1] / "fixtures" / "stdio_bridge.py"
 RANK = {"SUCCESS": 0, "INFO": 0, "SKIPPED": 0, "WARNING": 1, "FAILURE": 2}
 
 Checks = dict[tuple[str, str], str]
@@ -91,6 +110,17 @@ def score(name: str, checks: Checks) -> str:
     return f"{name}: {len(passed(checks))} passed, {sum(s == 'FAILURE' for s in checks.values())} failed"
 
 
+def differences(alone: Checks, guarded: Checks) -> list[tuple[str, str]]:
+    """Every check that passes alone and not through the guard."""
+    return sorted(passed(alone) - passed(guarded))
+
+
+def unexplained(alone: Checks, guarded: Checks, explained: frozenset[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """The checks lost through the guard that no reason explains, and the explained ones no longer lost."""
+    lost_now = set(differences(alone, guarded))
+    return {"lost": sorted(lost_now - explained), "no longer lost": sorted(explained - lost_now)}
+
+
 def lost(alone: Checks, guarded: Checks, allowed: frozenset[tuple[str, str]] = BY_DESIGN) -> list[tuple[str, str]]:
     return sorted(key for key in passed(alone) - passed(guarded) if key not in allowed and key[0] not in SUPERGATEWAY_ONLY_FAILURES)
 
@@ -121,9 +151,25 @@ def serve_through(tmp: Path, selection: tuple[str, ...]) -> Checks:
 def test_2026_07_28_scenarios_through_serve_lose_nothing(alone: dict[tuple[str, ...], Checks], tmp_path: Path) -> None:
     guarded = serve_through(tmp_path, MODERN)
     print(score("2026-07-28 alone", alone[MODERN]), "|", score("serve", guarded))
-    assert not lost(alone[MODERN], guarded), lost(alone[MODERN], guarded)
+    assert differences(alone[MODERN], guarded) == sorted(BY_DESIGN), unexplained(alone[MODERN], guarded, BY_DESIGN)
     assert ("server-stateless", "sep-2575-http-server-method-not-found-404-ping") in passed(guarded)
     assert ("http-header-validation", "sep-2243-server-reject-invalid-headers") in passed(guarded)
+
+
+@pytest.mark.timeout(900)
+def test_2026_07_28_scenarios_through_run_lose_nothing_but_the_http_checks(alone: dict[tuple[str, ...], Checks],
+                                                                        tmp_path: Path) -> None:
+    """``fixtures/stdio_bridge.py`` (HTTP to stdio, nothing translated) -> ``mcp-guard run`` -> the fixture."""
+    config = write_guard_config(tmp_path / "guard", {"conformance": stdio_upstream(conformance_server_command(), prefix=False)},
+                                ALLOW_ALL)
+    port = free_port()
+    bridge = [str(VENV_BIN / "python"), str(STDIO_BRIDGE), "--port", str(port), "--", *guard_command(config)]
+    with serve_http(bridge, port, log=tmp_path / "bridge.log"):
+        guarded = run_next(f"http://localhost:{port}/mcp", tmp_path / "results", MODERN)
+    print(score("2026-07-28 alone", alone[MODERN]), "|", score("run", guarded))
+    assert differences(alone[MODERN], guarded) == sorted(BY_DESIGN | NOT_ON_STDIO), \
+        unexplained(alone[MODERN], guarded, BY_DESIGN | NOT_ON_STDIO)
+    assert ("server-stateless", "sep-2575-request-meta-invalid-missing-meta") in passed(guarded)
 
 
 @pytest.mark.timeout(900)
