@@ -16,6 +16,11 @@ rounds of many calls: the machine may be shared, and the minimum is the figure l
 The load average is printed beside it.
 
 Run: .venv/bin/python bench/bench_flow.py [--mib 16] [--rounds 15] [--json]
+
+``--compare DIR`` measures the ``carries`` cases of this tree and of the source tree ``DIR`` (an
+older checkout) side by side: one worker process per tree, each with its own index, their rounds
+interleaved (A B B A ...) so the machine's load falls on both alike; it prints both figures and
+their ratio, the figure to trust on a shared machine.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import os
 import platform
 import random
 import string
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,7 +104,11 @@ def fresh(make: Callable[[int], Any], rounds: int, n: int) -> list[list[Any]]:
     return [[make(r * n + i) for i in range(n)] for r in range(rounds)]
 
 
-def carries_figures(mib: float, rounds: int) -> tuple[dict[str, float], float, float]:
+PER_CALL = 40
+
+
+def carries_cases(mib: float) -> tuple[ContentIndex, dict[str, Callable[[int], Any]], float]:
+    """The index over ``mib`` MiB of generated prose, the argument makers by case, and the build's CPU seconds."""
     rng = random.Random(7)
     words = _words(rng, 20_000)
     other = _words(random.Random(8), 20_000)
@@ -109,7 +120,6 @@ def carries_figures(mib: float, rounds: int) -> tuple[dict[str, float], float, f
     build = time.thread_time() - t
     prose = _text(random.Random(9), other, 4096)
     plain = _text(random.Random(10), other, 3000)
-    per_call = 40
 
     def stamp(i: int) -> str:
         return f"{i:06d} "
@@ -122,9 +132,54 @@ def carries_figures(mib: float, rounds: int) -> tuple[dict[str, float], float, f
         "object": lambda i: [f"{stamp(i)}{w} {j}" for j, w in enumerate(other[:300])],  # ~4 KiB of short strings
         "short": lambda i: [f"carol{i}@corp.example"],
     }
-    out = {name: least_cpu(lambda a: index.carries(a, ["untrusted"]), fresh(make, rounds, per_call))
+    return index, cases, build
+
+
+def carries_figures(mib: float, rounds: int) -> tuple[dict[str, float], float, float]:
+    index, cases, build = carries_cases(mib)
+    out = {name: least_cpu(lambda a: index.carries(a, ["untrusted"]), fresh(make, rounds, PER_CALL))
            for name, make in cases.items()}
     return out, build, index.chars / 2**20
+
+
+def worker(mib: float) -> None:
+    """``--compare``'s side: for each line ``case round`` read, the CPU ns per call of that round."""
+    index, cases, _build = carries_cases(mib)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name, r = line.split()
+        batch = [cases[name](int(r) * PER_CALL + i) for i in range(PER_CALL)]  # as ``fresh`` makes round r
+        t = time.thread_time_ns()
+        for x in batch:
+            index.carries(x, ["untrusted"])
+        print((time.thread_time_ns() - t) / len(batch), flush=True)
+
+
+def compare(base: str, mib: float, rounds: int) -> None:
+    """This tree against ``base``, interleaved round by round, the least of each."""
+    trees = {"this": os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "base": os.path.abspath(base)}
+    procs = {name: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", "--mib", str(mib)],
+                                    env={**os.environ, "PYTHONPATH": tree}, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+             for name, tree in trees.items()}
+    for proc in procs.values():
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    print(f"load average {os.getloadavg()[0]:.1f}; CPU µs per call, least of {rounds} rounds")
+    for case in ("prose", "base64", "hex", "percent", "object", "short"):
+        best = {name: float("inf") for name in procs}
+        for r in range(rounds):
+            for name in (("this", "base") if r % 2 else ("base", "this")):
+                proc = procs[name]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(f"{case} {r}\n")
+                proc.stdin.flush()
+                best[name] = min(best[name], float(proc.stdout.readline()) / 1e3)
+        print(f"  {case:8} this {best['this']:9.1f}   base {best['base']:9.1f}   ratio {best['this'] / best['base']:.3f}")
+    for proc in procs.values():
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 def flow_step_figures(rounds: int) -> tuple[float, float]:
@@ -158,7 +213,15 @@ def main() -> None:
     ap.add_argument("--mib", type=float, default=16)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare", metavar="DIR", help="another source tree to measure beside this one, interleaved")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args()
+    if opts.worker:
+        worker(opts.mib)
+        return
+    if opts.compare:
+        compare(opts.compare, opts.mib, opts.rounds)
+        return
     load_before = os.getloadavg()[0]
     carries, build, mib = carries_figures(opts.mib, opts.rounds)
     flow_call, plain_call = flow_step_figures(opts.rounds)

@@ -73,6 +73,7 @@ class RequestContext:
     session_labels: frozenset[str] | None = None  # the labels the session held when decided
     audit_record: int | None = None  # the first 48 bits of this request's audit record hash, once written
     tell_host: TellHost | None = None  # a notification to the host about this request (e.g. who must decide)
+    session_key: str = ""  # the session as every serve replica names it (its labels, approvals remembered for it)
 
     @property
     def params(self) -> Message:

@@ -1,8 +1,8 @@
 """JSON Schemas (2020-12) of guard.yaml, policy files and policy test files, for editors.
 
 Each is generated from the file's document model (``config.document``, ``policy.document``): the
-same pydantic models that validate guard.yaml and give the policy readers their keys, so a key
-or a type is written down once.  The schema is the editor's first line of help; ``mcp-guard
+same pydantic models that validate guard.yaml, policy and policy test files, so a key or a type
+is written down once.  The schema is the editor's first line of help; ``mcp-guard
 check`` stays the judge of what no schema can see (files on disk, unique policy ids, regex
 syntax, the path-safety of ``under`` roots).
 

@@ -5,6 +5,9 @@ their types: ``mcp-guard schema`` prints its JSON Schema and the loaders validat
 module turns pydantic's errors into the guard's own sentences, placed at the YAML positions
 ``yamlsrc`` recorded (an unknown key at the key, with a "did you mean"; a wrong value at the value).
 
+``salvage`` keeps the valid parts of a document that failed, so the checks that need valid values
+still run on them and one pass reports every mistake.
+
 ``Rejected`` is how a field's own check says what is wrong in one sentence: ``message`` starts
 with "must ..." and is shown after the key's name; an optional ``hint`` follows in parentheses.
 """
@@ -12,8 +15,8 @@ with "must ..." and is shown after the key's name; an optional ``hint`` follows 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, get_args, get_origin
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -21,6 +24,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from mcp_guard.yamlsrc import Path, SourceReader, did_you_mean
 
+M = TypeVar("M", bound=BaseModel)
 KEY_ERROR = "[key]"  # pydantic's marker for a problem with a mapping's key rather than its value
 
 
@@ -33,7 +37,7 @@ def fields_at(model: type[BaseModel], loc: Path) -> type[BaseModel] | None:
     """The model that describes the mapping at ``loc`` below ``model`` (through lists and maps)."""
     current: Any = model
     for step in loc:
-        current = _unwrap(current)
+        current = unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
             field = current.model_fields.get(str(step))
             if field is None:
@@ -44,11 +48,64 @@ def fields_at(model: type[BaseModel], loc: Path) -> type[BaseModel] | None:
             current = args[-1] if args else None
         else:
             return None
-    current = _unwrap(current)
+    current = unwrap(current)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _unwrap(tp: Any) -> Any:
+def broken(at: Path, errors: Collection[Path]) -> bool:
+    """Whether any of ``errors`` (the places validation failed) is ``at`` or below it."""
+    n = len(at)
+    return any(e[:n] == at for e in errors)
+
+
+def salvage(model: type[M], data: Any, at: Path, errors: Collection[Path]) -> M | None:
+    """``data`` (found at ``at``) as ``model``, where validation failed at ``errors`` (already
+    reported): the parts without an error are validated, the rest left out (a model or a mapping
+    of models below is salvaged the same way), so the checks that need valid values still run on
+    every valid part and one pass shows every mistake.  The result's ``_valid`` is False when it
+    was built from parts; None when ``data`` is not even a mapping."""
+    if not broken(at, errors):
+        return model.model_validate(data)
+    if not isinstance(data, dict):
+        return None
+    values: dict[str, Any] = {}
+    given = set()
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            if field.is_required():
+                values[key] = None  # read as absent: the model was not valid anyway
+            continue
+        given.add(name)
+        here = (*at, key)
+        if not broken(here, errors):
+            probe = model.model_construct()
+            model.__pydantic_validator__.validate_assignment(probe, name, data[key])
+            values[key] = getattr(probe, name)
+        else:
+            values[key] = _salvage_part(field.annotation, data[key], here, errors)  # None: the value itself is wrong
+    out = model.model_construct(given, **values)
+    out._valid = False  # type: ignore[attr-defined]  # the policy and test file models carry it
+    return out
+
+
+def _salvage_part(annotation: Any, data: Any, at: Path, errors: Collection[Path]) -> Any:
+    """The salvageable models in a broken list or mapping of models, or None."""
+    tp = unwrap(annotation)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return salvage(tp, data, at, errors)
+    args = [a for a in get_args(tp) if a is not Ellipsis]
+    item = unwrap(args[-1]) if args else None
+    if not (isinstance(item, type) and issubclass(item, BaseModel)):
+        return None
+    if get_origin(tp) in (list, tuple) and isinstance(data, list):
+        return [salvage(item, v, (*at, i), errors) for i, v in enumerate(data)]
+    if get_origin(tp) is dict and isinstance(data, dict):
+        return {k: None if (*at, k, KEY_ERROR) in errors else salvage(item, v, (*at, k), errors) for k, v in data.items()}
+    return None
+
+
+def unwrap(tp: Any) -> Any:
     """``X | None`` and ``Annotated[X, ...]`` -> ``X``."""
     for _ in range(4):
         args = [a for a in get_args(tp) if a is not type(None)]

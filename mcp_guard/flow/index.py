@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mcp_guard.flow.text import decoded, normalise, tokens
+from mcp_guard.flow.text import forms, normalise, tokens
 
 K = 16
 W = 9
@@ -43,6 +43,8 @@ _BASE = np.uint64(0x100000001B3)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _S33 = np.uint64(33)
 _S32 = np.uint64(32)
+_S7 = np.uint64(7)
+_BIT = np.array([1 << i for i in range(8)], dtype=np.uint8)  # a bit's mask in its byte
 _EMPTY = np.zeros(0, dtype=np.uint64)
 _CACHED_CHARS = 1 << 16  # arguments longer than this are not kept in the per-value cache
 assert K & (K - 1) == 0  # the run hash doubles its span up to K
@@ -51,6 +53,8 @@ _SPANS = tuple((1 << j, np.uint64(pow(int(_BASE), 1 << j, 1 << 64))) for j in ra
 
 def codes_of(text: str) -> np.ndarray:
     """The code points of ``text`` (uint64)."""
+    if text.isascii():  # a flag of the string: one byte per code point, a quarter of the copying
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.uint64)
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
 
 
@@ -61,7 +65,9 @@ def run_hashes(codes: np.ndarray) -> np.ndarray:
         return _EMPTY
     h = codes
     for span, power in _SPANS:
-        h = h[:-span] * power + h[span:]
+        longer = h[:-span] * power
+        longer += h[span:]  # in place: one new array per step, not two
+        h = longer
     return h
 
 
@@ -81,7 +87,7 @@ def _adjacent_unique(values: np.ndarray) -> np.ndarray:
     keep = np.empty(len(values), dtype=bool)
     keep[0] = True
     np.not_equal(values[1:], values[:-1], out=keep[1:])
-    out: np.ndarray = values[keep]
+    out: np.ndarray = values.take(np.flatnonzero(keep))  # cheaper than a boolean mask's subscript
     return out
 
 
@@ -165,21 +171,21 @@ class _Sixes:
         if len(self.bits.maybe(q)) < len(q):
             return False
         hit = np.zeros(len(q), dtype=bool)
-        for chunk in self.chunks:
-            idx = np.searchsorted(chunk, q)
-            idx[idx == len(chunk)] = 0
-            hit |= chunk[idx] == q
+        for chunk in self.chunks:  # clip: a query past the last value meets the last value, not itself
+            hit |= chunk.take(np.searchsorted(chunk, q), mode="clip") == q
         return bool(hit.all())
 
 
 class _Bits:
     """A one-probe Bloom filter over mixed hashes, sized to hold about 1 in ``spread`` bits set
-    (``1 / spread`` false positives): one random read per query hash, before any binary search."""
+    (``1 / spread`` false positives): one random read per query hash, before any binary search.
+    A hash's top bits choose the byte, its low three bits the bit in it."""
 
     def __init__(self, spread: int) -> None:
         self.spread = spread
         self.size = 1 << 16
         self.bits = np.zeros(self.size // 8, dtype=np.uint8)
+        self.shift = _byte_shift(self.size)
         self.count = 0
 
     def add(self, values: np.ndarray, everything: list[np.ndarray]) -> None:
@@ -188,20 +194,24 @@ class _Bits:
             while self.count * self.spread > self.size:
                 self.size *= 2
             self.bits = np.zeros(self.size // 8, dtype=np.uint8)
+            self.shift = _byte_shift(self.size)
             for chunk in everything:
                 self._set(chunk)
         else:
             self._set(values)
 
     def _set(self, values: np.ndarray) -> None:
-        slot = values & np.uint64(self.size - 1)
-        np.bitwise_or.at(self.bits, slot >> 3, np.left_shift(1, slot & 7).astype(np.uint8))
+        np.bitwise_or.at(self.bits, values >> self.shift, _BIT.take(values & _S7))
 
     def maybe(self, q: np.ndarray) -> np.ndarray:
         """The indices of ``q`` that may be in the set."""
-        slot = q & np.uint64(self.size - 1)
-        out: np.ndarray = np.flatnonzero((self.bits[slot >> 3] >> (slot & 7).astype(np.uint8)) & 1)
+        out: np.ndarray = np.flatnonzero(self.bits.take(q >> self.shift) & _BIT.take(q & _S7))
         return out
+
+
+def _byte_shift(size: int) -> np.uint64:
+    """The shift that leaves a 64-bit hash's top bits as a byte index into ``size`` bits."""
+    return np.uint64(64 - (size // 8).bit_length() + 1)
 
 
 class _Prints:
@@ -239,12 +249,10 @@ class _Prints:
         idx = self.bits.maybe(q)
         if not len(idx):
             return idx
-        sub = q[idx]
+        sub = q.take(idx)
         hit = np.zeros(len(sub), dtype=bool)
-        for values, _where in self.chunks:
-            at = np.searchsorted(values, sub)
-            at[at == len(values)] = 0
-            hit |= values[at] == sub
+        for values, _where in self.chunks:  # clip: as in ``_Sixes.all``
+            hit |= values.take(np.searchsorted(values, sub), mode="clip") == sub
         out: np.ndarray = idx[hit]
         return out
 
@@ -261,38 +269,47 @@ def _selected(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Query:
-    """A normalised argument form as the run search reads it: its fingerprints (mixed) and, for
-    each, its unmixed hash (to find where it sits when it is found)."""
+    """Normalised argument forms as the run search reads them, joined by a newline into one text
+    (normalised text never holds one, so no shared run crosses a joint, and the numpy work is paid
+    once): its fingerprints (mixed) and, for each, its unmixed hash (to find where it sits when it
+    is found)."""
 
-    __slots__ = ("prints", "unmixed")
+    __slots__ = ("prints", "text", "unmixed")
 
-    def __init__(self, text: str) -> None:
-        self.unmixed = _adjacent_unique(window_minima(run_hashes(codes_of(text))))
+    def __init__(self, texts: tuple[str, ...]) -> None:
+        self.text = "\n".join(texts)
+        self.unmixed = _adjacent_unique(window_minima(run_hashes(codes_of(self.text))))
         self.prints = mix(self.unmixed)
 
 
-def _uncached_query(text: str) -> _Query:
-    return _Query(text)
+class _Argument:
+    """An argument string as ``carries`` compares it: its forms (normalised, decoded), its long
+    forms, and the run search's query over those, built when first needed.  Kept per value, so the
+    rules and labels that test one argument compute all of it once."""
+
+    __slots__ = ("_query", "forms", "long")
+
+    def __init__(self, raw: str) -> None:
+        self.forms = forms(raw)
+        self.long = tuple(f for f in self.forms if len(f) >= RUN)
+        self._query: _Query | None = None
+
+    def query(self) -> _Query:
+        if self._query is None:
+            self._query = _Query(self.long)
+        return self._query
 
 
-def _uncached_forms(raw: str) -> tuple[str, ...]:
-    """``raw`` and every decoding inside it, normalised, without repeats or empty forms."""
-    forms = dict.fromkeys(normalise(f) for f in (raw, *(decoded(raw) if len(raw) >= WHOLE else ())))
-    forms.pop("", None)
-    return tuple(forms)
+_cached_argument = functools.lru_cache(maxsize=256)(_Argument)
 
 
-_cached_query = functools.lru_cache(maxsize=256)(_uncached_query)
-_cached_forms = functools.lru_cache(maxsize=256)(_uncached_forms)
-
-
-def _query(text: str) -> _Query:
-    return _cached_query(text) if len(text) <= _CACHED_CHARS else _uncached_query(text)
+def _argument(raw: str) -> _Argument:
+    return _cached_argument(raw) if len(raw) <= _CACHED_CHARS else _Argument(raw)
 
 
 def forms_of(raw: str) -> tuple[str, ...]:
     """The forms ``carries`` compares for an argument string (cached by value)."""
-    return _cached_forms(raw) if len(raw) <= _CACHED_CHARS else _uncached_forms(raw)
+    return _argument(raw).forms
 
 
 @dataclass(slots=True)
@@ -317,12 +334,12 @@ class _LabelContent:
             return False  # some 6-gram occurs nowhere: this filter has no false negatives
         return any(text in t for t in self.texts)
 
-    def shares_run(self, text: str) -> bool:
-        """``text`` shares a run of ``RUN`` or more characters with this content."""
-        query = _query(text)
+    def shares_run(self, query: _Query) -> bool:
+        """One of the query's texts shares a run of ``RUN`` or more characters with this content."""
         found = self.prints.found(query.prints)
         if not len(found):
             return False
+        text = query.text
         h = run_hashes(codes_of(text))  # where each found fingerprint sits: recomputed, found is rare
         for i in found:
             places = self.prints.places(query.prints[i])
@@ -377,17 +394,17 @@ class ContentIndex:
         if not contents:
             return False
         for raw in strings:
-            forms = forms_of(raw)
+            arg = _argument(raw)
             for content, mask in contents:
-                if _matches(content, forms, token, mask):
+                if _matches(content, arg, token, mask):
                     return True
         return False
 
 
-def _matches(content: _LabelContent, forms: tuple[str, ...], token: bool, endorsed: frozenset[str]) -> bool:
+def _matches(content: _LabelContent, arg: _Argument, token: bool, endorsed: frozenset[str]) -> bool:
     long: list[str] = []
-    for text in forms:
-        if text in endorsed:
+    for text in arg.forms:
+        if endorsed and text in endorsed:
             continue
         if token and text in content.tokens:
             return True
@@ -401,9 +418,10 @@ def _matches(content: _LabelContent, forms: tuple[str, ...], token: bool, endors
             if e in text:
                 text = text.replace(e, "\x00")  # a run inside an endorsed string is no match
         long.append(text)
-    # the long forms searched in one pass: normalised text never holds a newline (whitespace is
-    # collapsed to one space), so no shared run crosses the joint
-    return bool(long) and content.shares_run("\n".join(long))
+    if not long:
+        return False
+    # the long forms searched in one pass; endorsed strings that cut or skip one make a query of its own
+    return content.shares_run(arg.query() if tuple(long) == arg.long else _Query(tuple(long)))
 
 
 __all__ = ["RUN", "WHOLE", "ContentIndex", "K", "W", "codes_of", "forms_of", "grams", "mix", "run_hashes",

@@ -6,8 +6,10 @@ percent-encoded run inside it, so ``aGVsbG8gd29ybGQ=`` carries what ``hello worl
 
 Pure and cheap: the runs worth decoding are found by a screen that runs in C (``bytes.translate``
 to character classes, then substring searches), so ordinary prose is never scanned by a regular
-expression; only the runs that pass it are.  Which runs are decoded is exactly what the plain
-definitions say (base64: 8+ characters of either alphabet, not a plain word; hex: 8+ hex digits).
+expression; only the runs that pass it are.  An argument that is one whole base64 run skips the
+base64 screen: the strict decoder, in C, proves it.  Which runs are decoded is exactly what the
+plain definitions say (base64: 8+ characters of either alphabet, not a plain word; hex: 8+ hex
+digits).
 """
 
 from __future__ import annotations
@@ -48,19 +50,22 @@ _PRINTABLE_ASCII = _PRINTABLE_LINE + b"\n\r\t"
 _FEW_MARKS = 64  # past this many, one regular-expression pass over the whole text is cheaper
 
 
-def normalise(text: str) -> str:
-    """NFKC, case folded, whitespace runs as one space: the form every comparison uses."""
-    if text.isascii():
+def normalise(text: str, *, clean: bool = False) -> str:
+    """NFKC, case folded, whitespace runs as one space: the form every comparison uses.
+
+    ``clean``: the caller knows ``text`` is printable ASCII (``\x20``-``\x7e``), so its check is skipped."""
+    if clean or text.isascii():
         folded = text.lower()  # casefold and NFKC are the identity on ASCII apart from case
-        if not folded.encode("ascii").translate(None, _PRINTABLE_LINE) and "  " not in folded:
+        if (clean or not folded.encode("ascii").translate(None, _PRINTABLE_LINE)) and "  " not in folded:
             return folded.strip(" ")  # printable ASCII: the only whitespace is single spaces
     else:
         folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     return " ".join(folded.split())
 
 
-def _printable(raw: bytes) -> str | None:
-    """Decoded bytes as text when they are UTF-8 and at least half printable (else it was no encoding)."""
+def _shown(raw: bytes) -> tuple[str, bool] | None:
+    """Decoded bytes as text when they are UTF-8 and at least half printable (else it was no
+    encoding), and whether that text is all printable ASCII (then ``normalise`` need not check)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -68,22 +73,41 @@ def _printable(raw: bytes) -> str | None:
     if not text:
         return None
     if raw.isascii():
-        hidden = len(raw.translate(None, _PRINTABLE_ASCII))
-        return text if hidden * 2 <= len(text) else None
+        rest = raw.translate(None, _PRINTABLE_LINE)  # one pass in C
+        if not rest:
+            return text, True
+        hidden = len(rest) - rest.count(b"\n") - rest.count(b"\r") - rest.count(b"\t")
+        return (text, False) if hidden * 2 <= len(text) else None
     shown = sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t")
-    return text if shown * 2 >= len(text) else None
+    return (text, False) if shown * 2 >= len(text) else None
 
 
-def _b64(run: str) -> str | None:
+def _printable(raw: bytes) -> str | None:
+    """Decoded bytes as text when they are UTF-8 and at least half printable (else it was no encoding)."""
+    got = _shown(raw)
+    return None if got is None else got[0]
+
+
+def _b64_bytes(run: str) -> bytes | None:
     body = run.rstrip("=")
     if len(body) % 4 == 1:
         return None
     padded = body + "=" * (-len(body) % 4)
     try:  # strict: only the alphabet and correct padding (what ``b64decode(validate=True)`` checks, in C)
-        raw = binascii.a2b_base64(padded.replace("-", "+").replace("_", "/"), strict_mode=True)
+        return binascii.a2b_base64(padded.replace("-", "+").replace("_", "/"), strict_mode=True)
     except (binascii.Error, ValueError):
         return None
-    return _printable(raw)
+
+
+def _one_run(text: str) -> bytes | None:
+    """The bytes ``text`` decodes to when the whole of it is one base64 run (``_RUN`` finds exactly
+    ``text``, no plain word), else None.  The common case of an encoded argument: its screens, the
+    regular expression and the printable check of ``text`` itself are then skipped.  The strict
+    decoder proves the alphabet (any other character, an inner ``=`` or a line break is an error)."""
+    if " " in text or len(text) < _MIN_RUN or text.endswith("===") or _plain_word(text):
+        return None
+    raw = _b64_bytes(text)
+    return raw if raw is not None and len(text.rstrip("=")) >= _MIN_RUN else None
 
 
 def _hex_runs(text: str, ascii_text: bytes) -> Iterator[str]:
@@ -105,22 +129,25 @@ def _b64_runs(text: str, ascii_text: bytes) -> list[str]:
     """Every run ``_RUN`` finds that is not a plain word.  The regular expression runs only over the
     stretches (of the alphabet and ``=``) that can hold one: those with a digit, one of ``+/_-=`` or
     an upper-case letter after their first character ("marks")."""
-    classes = b" " + ascii_text.translate(_B64_CLASSES)  # a space first: every stretch follows one
-    marks = classes.replace(b" U", b" l")  # a stretch's first letter may be upper-case
-    count = marks.count(b"d") + marks.count(b"U")
+    classes = ascii_text.translate(_B64_CLASSES)
+    digits = classes.count(b"d")
+    # upper-case letters that start a stretch are no mark: replaced only when some other one is
+    upper = classes.count(b"U") - classes.count(b" U") - classes.startswith(b"U")
+    count = digits + upper
     if not count:
         return []
     if count > _FEW_MARKS:
         return [run for run in _RUN.findall(text) if not _plain_word(run)]
+    marks = (b"l" + classes[1:] if classes.startswith(b"U") else classes).replace(b" U", b" l") if upper else classes
     out: list[str] = []
-    pos, d, u = 0, marks.find(b"d"), marks.find(b"U")
+    pos, d, u = 0, marks.find(b"d"), marks.find(b"U") if upper else -1
     while d >= 0 or u >= 0:
         mark = d if u < 0 or 0 <= d < u else u
         start = marks.rfind(b" ", 0, mark) + 1
         end = marks.find(b" ", mark)
         pos = len(marks) if end < 0 else end
         if pos - start >= _MIN_RUN:
-            out.extend(run for run in _RUN.findall(text, start - 1, pos - 1) if not _plain_word(run))
+            out.extend(run for run in _RUN.findall(text, start, pos) if not _plain_word(run))
         if 0 <= d < pos:
             d = marks.find(b"d", pos)
         if 0 <= u < pos:
@@ -128,27 +155,53 @@ def _b64_runs(text: str, ascii_text: bytes) -> list[str]:
     return out
 
 
-def decoded(text: str, depth: int = _DEPTH) -> Iterator[str]:
-    """Every decoding of an encoded run inside ``text`` (base64, hex, percent), recursively."""
+def _decodings(text: str, depth: int, out: list[tuple[str, bool]]) -> bool:
+    """Append every decoding inside ``text`` (base64, hex, percent), recursively, each with whether
+    it is all printable ASCII; return whether ``text`` itself is one whole base64 run."""
     if depth <= 0 or len(text) < 6:
-        return
-    found: list[str] = []
+        return False
+    found: list[tuple[str, bool]] = []
     if "%" in text and _PCT.search(text):
         plain = unquote(text, errors="replace")  # never raises: bad bytes read as U+FFFD
         if plain != text:
-            found.append(plain)
+            found.append((plain, False))
     ascii_text = text.encode("ascii", "replace")  # one byte per character: positions agree
     for run in _hex_runs(text, ascii_text):
-        got = _printable(bytes.fromhex(run))
+        got = _shown(bytes.fromhex(run))
         if got is not None:
             found.append(got)
-    for run in _b64_runs(text, ascii_text):
-        got = _b64(run)
+    whole = _one_run(text)
+    if whole is not None:
+        got = _shown(whole)
         if got is not None:
             found.append(got)
+    else:
+        for run in _b64_runs(text, ascii_text):
+            raw = _b64_bytes(run)
+            if raw is not None and (got := _shown(raw)) is not None:
+                found.append(got)
     for item in found:
-        yield item
-        yield from decoded(item, depth - 1)
+        out.append(item)
+        _decodings(item[0], depth - 1, out)
+    return whole is not None
+
+
+def decoded(text: str, depth: int = _DEPTH) -> Iterator[str]:
+    """Every decoding of an encoded run inside ``text`` (base64, hex, percent), recursively."""
+    out: list[tuple[str, bool]] = []
+    _decodings(text, depth, out)
+    return (item for item, _clean in out)
+
+
+def forms(raw: str) -> tuple[str, ...]:
+    """``raw`` and every decoding inside it, normalised, without repeats or empty forms."""
+    out: list[tuple[str, bool]] = []
+    whole = _decodings(raw, _DEPTH, out)  # a whole base64 run: printable ASCII, no space, so its lower case is its normal form
+    found: list[str] = []
+    for form in (raw.lower() if whole else normalise(raw), *(normalise(t, clean=c) for t, c in out)):
+        if form and form not in found:  # a few forms: compared, not hashed
+            found.append(form)
+    return tuple(found)
 
 
 def tokens(normalised: str) -> set[str]:

@@ -36,7 +36,6 @@ PRINCIPAL_KEYS = ("user", "agent", "purpose", "chain.depth")
 URI_KEY = "uri"  # the resource's URI (resources/read, resources/subscribe, resources/list)
 URI_OPERATORS = ("equals", "in", "not_in", "glob", "regex", "under", "present")
 SELECTORS = ("tools", "resources", "prompts")
-MODES = ("enforce", "shadow")  # shadow: decided, audited and traced as shadow_decision, never enforced
 ANNOTATION_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 # MCP's own defaults for absent hints: the pessimistic reading (spec, ToolAnnotations).
 ANNOTATION_DEFAULTS = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False, "openWorldHint": True}
@@ -126,7 +125,7 @@ class Policy:
     subjects: Subjects = Subjects()
     limits: tuple[Limit, ...] = ()
     source: str = field(default="", compare=False)  # "file:line" of the policy, for explain
-    mode: str = "enforce"  # one of MODES
+    mode: str = "enforce"  # or "shadow": decided, audited and traced as shadow_decision, never enforced
 
     @staticmethod
     def split_modes(policies: Iterable[Policy]) -> tuple[list[Policy], list[Policy]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.audit import args_hash
@@ -48,6 +47,7 @@ from mcp_guard.proxy.pipeline import asked
 from mcp_guard.proxy.waiting import ABANDONED_WHY, abandoned_record, tell_waiting
 from mcp_guard.request import RequestContext
 from mcp_guard.state import Counter
+from mcp_guard.state.remembered import RememberedApprovals
 
 if TYPE_CHECKING:
     from mcp_guard.config import ApprovalsConfig
@@ -55,9 +55,6 @@ if TYPE_CHECKING:
     from mcp_guard.request import Target
 
 log = logging.getLogger("mcp_guard.approvals")
-
-MAX_REMEMBERED_SESSIONS = 10_000
-
 
 def _form_capable(elicitation: Any) -> bool:
     """``elicitation: {}`` (2025-06-18 style) means form; 2025-11-25+ may list modes explicitly."""
@@ -86,8 +83,8 @@ class GuardApprover:
         self.ctx = ctx
         self.sealer = StateSealer(key)
         self.page = PageChannel(ctx, self.sealer)
-        # session id -> approvals remembered for it (``remember: session``), the oldest sessions dropped first
-        self._remembered: OrderedDict[str, dict[tuple[str, str, str], str]] = OrderedDict()
+        # ``remember: session``: in the state store, so every replica sharing it honours them
+        self.remembered = RememberedApprovals(ctx.store, ctx.config.serve.session_idle)
 
     @property
     def config(self) -> ApprovalsConfig:
@@ -96,9 +93,11 @@ class GuardApprover:
     async def ask(self, req: RequestContext, entry: Target, args: dict[str, Any], verdict: Verdict) -> Verdict:
         who = req.principal
         digest = args_hash(args)
-        memo_key = (principal_tag(who), entry.qualified, digest)
+        memo = (principal_tag(who), entry.qualified, digest)
+        # a serve session by the name every replica gives it, else this guard's own session (run)
+        session = f"serve:{req.session_key}" if req.session_key else f"local:{req.session_id}"
         if self.config.remember == "session":
-            earlier = self._remembered.get(req.session_id, {}).get(memo_key)
+            earlier = await self._recall(session, memo, entry)
             if earlier is not None:
                 return approved(verdict, entry, earlier, "remembered", 0.0, None)
         params = req.params
@@ -125,11 +124,20 @@ class GuardApprover:
         else:
             out = await self._queue(req, entry, args, digest, verdict)
         if out.decision is Outcome.APPROVED and self.config.remember == "session":
-            self._remembered.setdefault(req.session_id, {})[memo_key] = out.approver or "?"
-            self._remembered.move_to_end(req.session_id)
-            while len(self._remembered) > MAX_REMEMBERED_SESSIONS:
-                self._remembered.popitem(last=False)
+            try:
+                await self.remembered.keep(session, memo, out.approver or "?")
+            except StateError as exc:  # this call goes through (the person said yes); the next one asks again
+                log.warning("approval of %s not remembered for the session: %s", entry.qualified, exc)
         return out
+
+    async def _recall(self, session: str, memo: tuple[str, str, str], entry: Target) -> str | None:
+        """Who approved this very call earlier in the session; None (ask again) when nobody did or the
+        store cannot say: a remembered approval is never assumed."""
+        try:
+            return await self.remembered.recall(session, memo)
+        except StateError as exc:
+            log.warning("cannot look up remembered approvals for %s, asking again: %s", entry.qualified, exc)
+            return None
 
     # -- legacy: elicitation/create on the back channel
 

@@ -142,7 +142,7 @@ class BackChannel:
         if not labels:
             return True
         host = self.host
-        scope = scope_of(host.id, host.era, host.chain, host.principal)
+        scope = scope_of(host.key, host.era, host.chain, host.principal)
         try:
             await self.hub.pipeline.flows.add(scope, *what_it_brought(Brought(((labels, None),)), message.get("params"),
                                                                       f"upstream {upstream.name}", None, frozenset()))

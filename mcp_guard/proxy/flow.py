@@ -30,8 +30,9 @@ EMPTY = SessionFlow(labels={})
 
 
 def scope_of(session_id: str, era: Era | None, chain: GrantChain | None, principal: Principal) -> str:
-    """Whose labels: the host session (``run``), the HTTP session (``serve``, handshake era), or
-    for stateless 2026-07-28 requests the grant chain's last link, else the principal."""
+    """Whose labels: the host session (``run``), the HTTP session (``serve``, handshake era: by
+    its name on every replica, so each one sees them), or for stateless 2026-07-28 requests the
+    grant chain's last link, else the principal."""
     if era is not Era.MODERN:
         return f"session:{session_id}"
     if chain is not None:

@@ -42,10 +42,12 @@ class ServeSessions:
     async def close(self) -> None:
         await self.hub.close()
 
-    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> GuardSession:
+    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str,
+            session_key: str = "") -> GuardSession:
         """``limit_scope`` is what per_minute/per_session limits count by: the principal, so a new
-        session (or another replica) does not start them afresh."""
-        return GuardSession(self.ctx, host, hub=self.hub, speaks_for=SpeaksFor(principal, chain, limit_scope))
+        session (or another replica) does not start them afresh; ``session_key`` names the session
+        alike on every replica (what approvals are remembered for)."""
+        return GuardSession(self.ctx, host, hub=self.hub, speaks_for=SpeaksFor(principal, chain, limit_scope, session_key))
 
     def refused(self, principal: Principal, method: str | None, reason: str, session: str | None = None) -> None:
         """One audit record (decision ``deny``, no target) for a request the transport refused

@@ -48,6 +48,7 @@ class Host(Protocol):
     can be asked, and how to write to it."""
 
     id: str
+    key: str  # the session's name on every serve replica (its labels are kept by it)
     chain: GrantChain | None
 
     @property

@@ -150,7 +150,7 @@ class Pipeline:
         chain = req.chain
         if not self.guard.policies.uses_flow and (chain is None or not (chain.flow.labels or chain.flow.ceiling is not None)):
             return None
-        scope = req.flow_scope = scope_of(req.session_id, req.era, chain, req.principal)
+        scope = req.flow_scope = scope_of(req.session_key or req.session_id, req.era, chain, req.principal)
         state = await self.flows.get(scope)
         view = self.flows.view(scope, state, chain)
         req.session_labels = view.labels

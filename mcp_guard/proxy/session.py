@@ -71,6 +71,7 @@ class SpeaksFor:
     principal: Principal
     chain: GrantChain | None
     limit_scope: str
+    session_key: str = ""  # the session's name on every replica (a digest of its table key, serve/table.py)
 
 
 class GuardSession:
@@ -84,6 +85,8 @@ class GuardSession:
         self.id = uuid.uuid4().hex
         self.profile = HostProfile()
         self.speaks_for = speaks_for
+        # the session's name on every serve replica (else its id): its labels and remembered approvals are kept by it
+        self.key = speaks_for.session_key if speaks_for is not None and speaks_for.session_key else self.id
         self.chain = speaks_for.chain if speaks_for is not None else ctx.chain
         self.limit_scope = speaks_for.limit_scope if speaks_for is not None else self.id  # what per_minute/per_session limits count by
         self._owns_hub = hub is None  # run: the session's own hub, stopped with it
@@ -149,7 +152,7 @@ class GuardSession:
         profile = self.profile
         return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
                               profile.request_capabilities(message), profile.client_info, self.request_host, self.limit_scope,
-                              tell_host=self.send)
+                              tell_host=self.send, session_key=self.key)
 
     # ------------------------------------------------------------------ host side
 
@@ -348,7 +351,9 @@ class GuardSession:
             RELATED_REQUEST.reset(token)
 
     def subscribed_to(self, upstream: str, uri: str) -> bool:
-        return self.subscribed is not None and self.subscribed.has(upstream, uri)
+        """Whether this session holds ``uri`` of ``upstream``: by ``resources/subscribe`` (handshake
+        era) or by an open ``subscriptions/listen`` (2026-07-28)."""
+        return (self.subscribed is not None and self.subscribed.has(upstream, uri)) or self.listens.hears(upstream, uri)
 
     async def list_changed(self, method: str) -> None:
         await self.listens.list_changed(method)

@@ -10,8 +10,8 @@ request.  Limits, budgets, revocations and approvals were already shared (they c
 principal in the store).  What the caller changed about its session since the handshake moves
 with the record too (``state``): the log level it set and the resources it subscribed to; an
 adopting replica replays them after the handshake, and a replica already holding the session
-replays what changed when told so (asgi.py).  Approvals remembered for the session stay in the
-replica that asked for them.
+replays what changed when told so (asgi.py).  Approvals remembered for the session are records
+of the store too, under the session's name on every replica (``state/remembered.py``).
 
 Records expire with ``serve.session_idle`` and are refreshed while used; ``DELETE`` removes one.
 With ``state.url: memory://`` nothing is shared and nothing is recorded.

@@ -5,6 +5,7 @@ so one caller can never push out another's."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -32,11 +33,19 @@ class Sessions(Protocol):
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str) -> HostSession: ...
+    def new(self, host: HostTransport, chain: GrantChain | None, principal: Principal, limit_scope: str,
+            session_key: str = "") -> HostSession: ...
 
     def refused(self, principal: Principal, method: str | None, reason: str, session: str | None = None) -> None:
         """Audit a request the transport refused before any session handled it."""
         ...
+
+
+def session_key(key: str) -> str:
+    """The name every replica gives the session of table key ``key`` (its Mcp-Session-Id, or the
+    2026-07-28 caller's binding): a digest, so neither appears where the name is stored."""
+    return hashlib.sha256(b"mcp-guard/session\0" + key.encode()).hexdigest()[:32]
+
 
 @dataclass
 class SessionEntry:
@@ -90,7 +99,8 @@ class SessionTable:
         if refusal is not None:
             return refusal
         host = ReplyHost()
-        session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id)  # limits count per principal
+        # limits count per principal; what is remembered for the session, by its key on every replica
+        session = self.guard.new(host, caller.chain, caller.principal, caller.owner_id, session_key(key))
         host.session = session
         entry = SessionEntry(key, session, host, caller.binding, caller.owner, caller.root, time.monotonic())
         self.entries[key] = entry

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,10 @@ from fixtures import (
     requires_tools,
     serve_http,
     stdio_upstream,
-    tools_env,
-    wait_for_port,
     write_guard_config,
 )
-from fixtures.ops import haproxy, private_redis
+from fixtures.ops import private_redis
+from fixtures.replicas import balanced, serve_replicas
 from fixtures.serving import ServeSetup, cli, connect
 from mcp.types import LoggingMessageNotificationParams
 
@@ -49,57 +46,33 @@ def replicas_config(tmp: Path, redis_url: str, balancer: int) -> ServeSetup:
     return setup
 
 
-def start(setup: ServeSetup, port: int, n: int) -> subprocess.Popen[bytes]:
-    return start_config(setup.config, port, n)
-
-
-def start_config(config: Path, port: int, n: int) -> subprocess.Popen[bytes]:
-    """Replica ``n`` of ``config`` on ``port`` (its log: replicaN.log beside the config)."""
-    with (config.parent / f"replica{n}.log").open("wb") as out:
-        return subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=tools_env())
-
-
 async def test_three_replicas_behind_haproxy_lose_no_session_when_one_dies(tmp_path: Path) -> None:
     balancer = free_port()
-    ports = [free_port() for _ in range(3)]
     with private_redis(tmp_path) as (redis_url, _):
         setup = replicas_config(tmp_path, redis_url, balancer)
         token = setup.grant("alice@example.com", "planner", ["rec/echo"])
-        procs = [start(setup, p, n) for n, p in enumerate(ports)]
-        try:
-            for p, proc in zip(ports, procs, strict=True):
-                wait_for_port(p, timeout=60, proc=proc)
-            with haproxy(tmp_path, balancer, ports):
-                await asyncio.sleep(1.0)  # every backend checked healthy
-                url = f"http://127.0.0.1:{balancer}/mcp"
-                async with connect(url, token) as client:
-                    for i in range(6):
-                        assert not (await client.call_tool("rec_echo", {"text": f"before {i}"})).is_error
-                    procs[1].send_signal(signal.SIGKILL)  # one replica dies mid-run, sessions and all
-                    procs[1].wait(10)
-                    for i in range(6):
-                        assert not (await client.call_tool("rec_echo", {"text": f"after {i}"})).is_error
-                    assert [t.name for t in (await client.list_tools()).tools]
-                # another caller's token never opens this session on any replica
-                mallory = setup.grant("mallory@example.com", "planner", ["rec/echo"])
-                async with httpx2.AsyncClient(timeout=30) as raw:
-                    opened = await raw.post(url, json=INIT, headers={"Authorization": f"Bearer {token}",
-                                                                      "Accept": "application/json, text/event-stream"})
-                    sid = opened.headers["mcp-session-id"]
-                    for _ in range(4):  # whichever replica it lands on
-                        stolen = await raw.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers={
-                            "Authorization": f"Bearer {mallory}", "Mcp-Session-Id": sid, "Accept": "application/json"})
-                        assert stolen.status_code == 403
-                    gone = await raw.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers={
-                        "Authorization": f"Bearer {token}", "Mcp-Session-Id": "0" * 32, "Accept": "application/json"})
-                    assert gone.status_code == 404
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(15)
+        with serve_replicas(setup.config) as replicas, balanced(tmp_path, balancer, replicas) as url:
+            async with connect(url, token) as client:
+                for i in range(6):
+                    assert not (await client.call_tool("rec_echo", {"text": f"before {i}"})).is_error
+                replicas.procs[1].send_signal(signal.SIGKILL)  # one replica dies mid-run, sessions and all
+                replicas.procs[1].wait(10)
+                for i in range(6):
+                    assert not (await client.call_tool("rec_echo", {"text": f"after {i}"})).is_error
+                assert [t.name for t in (await client.list_tools()).tools]
+            # another caller's token never opens this session on any replica
+            mallory = setup.grant("mallory@example.com", "planner", ["rec/echo"])
+            async with httpx2.AsyncClient(timeout=30) as raw:
+                opened = await raw.post(url, json=INIT, headers={"Authorization": f"Bearer {token}",
+                                                                  "Accept": "application/json, text/event-stream"})
+                sid = opened.headers["mcp-session-id"]
+                for _ in range(4):  # whichever replica it lands on
+                    stolen = await raw.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers={
+                        "Authorization": f"Bearer {mallory}", "Mcp-Session-Id": sid, "Accept": "application/json"})
+                    assert stolen.status_code == 403
+                gone = await raw.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers={
+                    "Authorization": f"Bearer {token}", "Mcp-Session-Id": "0" * 32, "Accept": "application/json"})
+                assert gone.status_code == 404
     texts = [f"before {i}" for i in range(6)] + [f"after {i}" for i in range(6)]
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     allowed = [r for r in audit if r.get("tool") == "echo" and r["decision"] == "allow"]
@@ -124,7 +97,6 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
     from test_conformance import failed, passed, run_conformance
 
     balancer = free_port()
-    ports = [free_port() for _ in range(3)]
     url = f"http://localhost:{balancer}/mcp"
     with private_redis(tmp_path) as (redis_url, _):
         config, token, _ = conformance_replicas(tmp_path, redis_url, balancer)
@@ -132,19 +104,8 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
         with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(one_port)], one_port,
                         log=tmp_path / "one.log"):
             alone = run_conformance(f"http://localhost:{one_port}/mcp", tmp_path / "one", bearer=token)
-        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
-        try:
-            for p, proc in zip(ports, procs, strict=True):
-                wait_for_port(p, timeout=60, proc=proc)
-            with haproxy(tmp_path, balancer, ports):
-                time.sleep(1.0)  # every backend checked healthy
-                through = run_conformance(url, tmp_path / "balanced", bearer=token)
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(15)
+        with serve_replicas(config) as replicas, balanced(tmp_path, balancer, replicas):
+            through = run_conformance(url, tmp_path / "balanced", bearer=token)
     print(f"conformance: one replica {len(passed(alone))} passed, {len(failed(alone))} failed; "
           f"three behind HAProxy {len(passed(through))} passed, {len(failed(through))} failed: {sorted(failed(through))}")
     assert passed(alone) - passed(through) == set(), sorted(passed(alone) - passed(through))
@@ -173,7 +134,6 @@ async def test_the_log_level_a_caller_set_holds_on_every_replica(tmp_path: Path)
     """``logging/setLevel`` lands on one replica; the session's record carries it, so the replicas
     that serve the session's later calls (adopting it, or holding it already) log at that level too."""
     balancer = free_port()
-    ports = [free_port() for _ in range(3)]
     told: list[str] = []
 
     async def on_log(params: LoggingMessageNotificationParams) -> None:
@@ -181,27 +141,16 @@ async def test_the_log_level_a_caller_set_holds_on_every_replica(tmp_path: Path)
 
     with private_redis(tmp_path) as (redis_url, _):
         config, token, _ = conformance_replicas(tmp_path, redis_url, balancer)
-        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
-        try:
-            for p, proc in zip(ports, procs, strict=True):
-                wait_for_port(p, timeout=60, proc=proc)
-            with haproxy(tmp_path, balancer, ports):
-                await asyncio.sleep(1.0)
-                async with connect(f"http://localhost:{balancer}/mcp", token, logging_callback=on_log) as client:
+        with serve_replicas(config) as replicas, balanced(tmp_path, balancer, replicas):
+            async with connect(f"http://localhost:{balancer}/mcp", token, logging_callback=on_log) as client:
+                assert not (await client.call_tool("test_tool_with_logging", {})).is_error
+                assert [t for t in told if t.startswith("info")], "before: info messages reach the caller"
+                await client.set_logging_level("error")
+                await asyncio.sleep(0.5)  # the other replicas hear of it over Redis
+                told.clear()
+                for _ in range(6):  # round robin: every replica serves some of them
                     assert not (await client.call_tool("test_tool_with_logging", {})).is_error
-                    assert [t for t in told if t.startswith("info")], "before: info messages reach the caller"
-                    await client.set_logging_level("error")
-                    await asyncio.sleep(0.5)  # the other replicas hear of it over Redis
-                    told.clear()
-                    for _ in range(6):  # round robin: every replica serves some of them
-                        assert not (await client.call_tool("test_tool_with_logging", {})).is_error
-                    assert told == [], told
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(15)
+                assert told == [], told
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert len({r["pid"] for r in audit if r.get("tool") == "test_tool_with_logging"}) >= 2
 
@@ -211,51 +160,39 @@ async def test_answers_to_questions_through_the_balancer_reach_the_asker_and_for
     mallory's answer to it on her own session, and on alice's, is refused (whichever replica it
     lands on) and audited; alice's answer, wherever it lands, completes the call."""
     balancer = free_port()
-    ports = [free_port() for _ in range(3)]
     accept = {"Accept": "application/json, text/event-stream"}
     with private_redis(tmp_path) as (redis_url, _):
         config, token, mallory_token = conformance_replicas(tmp_path, redis_url, balancer)
-        procs = [start_config(config, p, n) for n, p in enumerate(ports)]
-        try:
-            for p, proc in zip(ports, procs, strict=True):
-                wait_for_port(p, timeout=60, proc=proc)
-            with haproxy(tmp_path, balancer, ports):
-                await asyncio.sleep(1.0)
-                url = f"http://localhost:{balancer}/mcp"
-                init = {**INIT, "params": {**INIT["params"], "capabilities": {"sampling": {}}}}
-                async with httpx2.AsyncClient(timeout=30) as raw:
-                    alice = {**accept, "Authorization": f"Bearer {token}"}
-                    mallory = {**accept, "Authorization": f"Bearer {mallory_token}"}
-                    sid = (await raw.post(url, json=init, headers=alice)).headers["mcp-session-id"]
-                    alice["Mcp-Session-Id"] = sid
-                    await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=alice)
-                    mallory["Mcp-Session-Id"] = (await raw.post(url, json=init, headers=mallory)).headers["mcp-session-id"]
-                    await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=mallory)
-                    for n in range(3):
-                        call = {"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call",
-                                "params": {"name": "test_sampling", "arguments": {"prompt": f"p{n}"}}}
-                        async with raw.stream("POST", url, json=call, headers=alice) as stream:
-                            events = stream.aiter_lines()
-                            question = await next_message(events)
-                            assert question["method"] == "sampling/createMessage", question
-                            answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
-                                "role": "assistant", "content": {"type": "text", "text": f"a{n}"}, "model": "m"}}
-                            forged = await raw.post(url, json=answer, headers=mallory)  # on her own session
-                            assert forged.status_code == 400, forged.text
-                            stolen = await raw.post(url, json=answer, headers={**mallory, "Mcp-Session-Id": sid})
-                            assert stolen.status_code == 403, stolen.text
-                            landed = await raw.post(url, json=answer, headers=alice)
-                            assert landed.status_code == 202, landed.text
-                            again = await raw.post(url, json=answer, headers=alice)  # once per question
-                            assert again.status_code == 400, again.text
-                            done = await next_message(events)
-                            assert done["id"] == 10 + n and f"a{n}" in json.dumps(done["result"]), done
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(15)
+        with serve_replicas(config) as replicas, balanced(tmp_path, balancer, replicas):
+            url = f"http://localhost:{balancer}/mcp"
+            init = {**INIT, "params": {**INIT["params"], "capabilities": {"sampling": {}}}}
+            async with httpx2.AsyncClient(timeout=30) as raw:
+                alice = {**accept, "Authorization": f"Bearer {token}"}
+                mallory = {**accept, "Authorization": f"Bearer {mallory_token}"}
+                sid = (await raw.post(url, json=init, headers=alice)).headers["mcp-session-id"]
+                alice["Mcp-Session-Id"] = sid
+                await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=alice)
+                mallory["Mcp-Session-Id"] = (await raw.post(url, json=init, headers=mallory)).headers["mcp-session-id"]
+                await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=mallory)
+                for n in range(3):
+                    call = {"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call",
+                            "params": {"name": "test_sampling", "arguments": {"prompt": f"p{n}"}}}
+                    async with raw.stream("POST", url, json=call, headers=alice) as stream:
+                        events = stream.aiter_lines()
+                        question = await next_message(events)
+                        assert question["method"] == "sampling/createMessage", question
+                        answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
+                            "role": "assistant", "content": {"type": "text", "text": f"a{n}"}, "model": "m"}}
+                        forged = await raw.post(url, json=answer, headers=mallory)  # on her own session
+                        assert forged.status_code == 400, forged.text
+                        stolen = await raw.post(url, json=answer, headers={**mallory, "Mcp-Session-Id": sid})
+                        assert stolen.status_code == 403, stolen.text
+                        landed = await raw.post(url, json=answer, headers=alice)
+                        assert landed.status_code == 202, landed.text
+                        again = await raw.post(url, json=answer, headers=alice)  # once per question
+                        assert again.status_code == 400, again.text
+                        done = await next_message(events)
+                        assert done["id"] == 10 + n and f"a{n}" in json.dumps(done["result"]), done
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     refused = [(r["principal"][0], r["reason"]) for r in audit if r["decision"] == "deny" and r.get("kind") is None]
     forged = ("user:mallory@example.com", "mcp-guard refused an answer: no question of this session has this id")
@@ -271,3 +208,75 @@ async def next_message(lines: Any) -> dict[str, Any]:
             message: dict[str, Any] = json.loads(line[5:])
             return message
     raise AssertionError("the stream ended")
+
+
+# --------------------------------------------------------------------------- remembered approvals
+
+
+async def test_an_approval_remembered_on_one_replica_is_not_asked_again_on_another(tmp_path: Path) -> None:
+    """``approvals.remember: session`` on two replicas of one Redis, each addressed directly: the
+    person approves alice's call (the queue, answered by the CLI) on replica A; the same call in the
+    same session on replica B passes without asking.  Another session of alice's, and mallory's own
+    session, with the very same call, are asked (and refused)."""
+    note = {"path": "/srv/tickets/5.md", "text": "approved once"}
+    with private_redis(tmp_path) as (redis_url, _):
+        setup = replicas_config(tmp_path, redis_url, free_port())
+        doc = yaml.safe_load(setup.config.read_text())
+        doc["approvals"] = {"remember": "session", "timeout": "30s"}
+        setup.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        config = str(setup.config)
+        alice, mallory = (setup.grant(user, "planner", ["rec/write_note"]) for user in ("alice@example.com", "mallory@example.com"))
+
+        async def queued(n: int) -> list[dict[str, Any]]:
+            """Every request the queue holds once it holds ``n`` (answered ones too)."""
+            for _ in range(150):
+                done = await cli("approvals", "list", "--all", "--json", "--config", config)
+                assert done.returncode == 0, done.stderr
+                records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+                if len(records) >= n:
+                    return records
+                await asyncio.sleep(0.2)
+            raise AssertionError(f"the queue never held {n} request(s)")
+
+        with serve_replicas(setup.config, 2) as replicas:
+            async with httpx2.AsyncClient(timeout=60) as raw:
+
+                async def opened(url: str, token: str) -> dict[str, str]:
+                    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+                    headers["Mcp-Session-Id"] = (await raw.post(url, json=INIT, headers=headers)).headers["mcp-session-id"]
+                    await raw.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+                    return {**headers, "Accept": "application/json"}
+
+                async def call(url: str, headers: dict[str, str], answer: str | None, n: int) -> dict[str, Any]:
+                    """write_note on ``url``; ``answer`` (approve|reject) the n-th queued request, None: none is."""
+                    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "rec_write_note", "arguments": note}}
+                    sent = asyncio.ensure_future(raw.post(url, json=body, headers=headers))
+                    if answer is not None:
+                        waiting = [r for r in await queued(n) if r["status"] == "pending"]
+                        assert len(waiting) == 1, waiting
+                        done = await cli("approvals", answer, waiting[0]["id"], "--config", config, "--as", "ops@example.com")
+                        assert done.returncode == 0, done.stderr
+                    reply = (await sent).json()
+                    assert isinstance(reply, dict)
+                    return reply
+
+                a, b = replicas.url(0), replicas.url(1)
+                session = await opened(a, alice)
+                first = await call(a, session, "approve", 1)
+                assert first["result"]["isError"] is False, first
+                again = await call(b, session, None, 0)  # replica B adopts the session: nobody is asked
+                assert again["result"]["isError"] is False, again
+                assert len(await queued(1)) == 1
+                elsewhere = await call(b, await opened(b, alice), "reject", 2)  # alice's other session is asked
+                assert elsewhere["result"]["isError"] is True, elsewhere
+                stranger = await call(b, await opened(b, mallory), "reject", 3)  # so is mallory, same call
+                assert stranger["result"]["isError"] is True, stranger
+                assert len(await queued(3)) == 3
+            assert "adopted from the shared state store" in replicas.log(1)
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    decided = [(r["principal"][0], r["decision"], r["approval"]["channel"]) for r in audit if r.get("tool") == "write_note"]
+    assert decided == [("user:alice@example.com", "approved", "queue"), ("user:alice@example.com", "approved", "remembered"),
+                       ("user:alice@example.com", "rejected", "queue"), ("user:mallory@example.com", "rejected", "queue")]
+    pids = [r["pid"] for r in audit if r.get("tool") == "write_note"]
+    assert pids[0] != pids[1]  # approved on one replica, remembered on the other
+    assert [args for _, args in setup.record.calls()] == [note, note]

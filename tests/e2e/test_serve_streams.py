@@ -236,6 +236,27 @@ async def test_resource_updates_reach_only_the_subscriber(served: Served) -> Non
         heard_b.cancel()
 
 
+async def test_resource_updates_reach_only_the_listen_that_subscribed_2026(served: Served) -> None:
+    """2026-07-28 callers share serve's hub: an upstream's resource update goes to the listen that
+    subscribed to that URI (tagged with its subscription id), and to no other caller's listen."""
+    alice, bob = served.grant("alice"), served.grant("bob")
+    async with _raw(served, alice, mode=MODERN) as a, _raw(served, bob, mode=MODERN) as b:
+        heard_a = a.listen({"resourceSubscriptions": [DOC]})
+        heard_b = b.listen({"resourcesListChanged": True})
+        acks = [await asyncio.wait_for(r.next_event(lambda m: m.get("method") == "notifications/subscriptions/acknowledged"), 15)
+                for r in (a, b)]
+        assert acks[0]["params"]["notifications"] == {"resourceSubscriptions": [DOC]}, acks
+        await a.post(a.call("everything_toggle-subscriber-updates", {}))
+        try:
+            got = await asyncio.wait_for(a.next_event(lambda m: m.get("method") == "notifications/resources/updated"), 15)
+            assert got["params"]["uri"] == DOC and got["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "listen"
+            assert not any(m.get("method") == "notifications/resources/updated" for m in b.heard)
+        finally:
+            await a.post(a.call("everything_toggle-subscriber-updates", {}))
+        heard_a.cancel()
+        heard_b.cancel()
+
+
 async def test_what_a_caller_held_upstream_goes_when_its_session_ends(served: Served) -> None:
     """A shared upstream subscription stays while any caller holds it and is dropped upstream when
     the last one's session ends; the shared log level goes back up to what the callers left asked
@@ -362,12 +383,12 @@ class Raw:
         self.sid = init.headers["mcp-session-id"]
         await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
-    def listen(self) -> asyncio.Task[None]:
+    def listen(self, notifications: dict[str, Any] | None = None) -> asyncio.Task[None]:
         """Read the GET stream (handshake era) or a subscriptions/listen response (2026-07-28) into ``heard``."""
         async def read() -> None:
             if self.mode == MODERN:
                 body = {"jsonrpc": "2.0", "id": "listen", "method": "subscriptions/listen",
-                        "params": {"notifications": {"toolsListChanged": True}, "_meta": self.meta()}}
+                        "params": {"notifications": notifications or {"toolsListChanged": True}, "_meta": self.meta()}}
                 request = self.http.build_request("POST", self.url, json=body, headers=self.headers())
             else:
                 request = self.http.build_request("GET", self.url, headers=self.headers(Accept="text/event-stream"))

@@ -1,5 +1,6 @@
-"""The fast paths of ``carries`` (the C screen that picks the runs to decode, the ASCII shortcut of
-normalising, the printable count, the winnowed search with its per-value caches) agree with the
+"""The fast paths of ``carries`` (the C screen that picks the runs to decode, the shortcut for an
+argument that is one whole base64 run, the ASCII shortcut of normalising, the printable count, the
+winnowed search with its per-value caches) agree with the
 straightforward implementation in ``reference.py`` on generated text: decodings, normal forms and
 verdicts are the same."""
 
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mcp_guard.flow import ContentIndex, decoded, normalise
-from mcp_guard.flow.text import _printable
+from mcp_guard.flow.text import _printable, forms
 
 from . import reference
 
@@ -48,6 +49,8 @@ def encoded(draw: st.DrawFn) -> str:
 @SETTINGS
 @given(encoded())
 @example("see YWFhYWFh and Zm9vYmFy=, cabbcabbcabbcabb")  # letters only: base64 of "aaaaaa", hex of "ʻʻʻʻ"
+@example("Zm9vYmFyYmF6 and Hello")  # an upper-case letter that starts the text is no mark; later ones are
+@example("Hello Worldwide Bookkeeping")  # upper-case letters that start a stretch only: no run
 def test_decodings_match_the_reference(text: str) -> None:
     assert list(decoded(text)) == list(reference.decoded(text))
 
@@ -104,3 +107,61 @@ def test_verdicts_match_the_brute_force_reference(contents: list[str], data: st.
             want = reference.carries({"untrusted": contents}, [arg], ["untrusted"], token=token, endorsed=mask,
                                      endorsed_for=frozenset({"untrusted"}))
             assert got == want, (arg, contents)
+
+
+@st.composite
+def whole_base64(draw: st.DrawFn) -> str:
+    """An argument that is (almost) one base64 run: either alphabet, padded, stripped or over-padded,
+    broken into lines, with stray characters where a strict decoder must refuse the shortcut."""
+    secret = draw(st.one_of(SECRET, st.binary(max_size=40).map(lambda b: b.decode("latin-1")))).encode()
+    text = draw(st.sampled_from([base64.b64encode, base64.urlsafe_b64encode]))(secret).decode()
+    how = draw(st.sampled_from(["as is", "no padding", "extra padding", "lines", "mixed alphabets", "inner =",
+                                "stray", "lower", "prefix"]))
+    if how == "no padding":
+        text = text.rstrip("=")
+    elif how == "extra padding":
+        text += "=" * draw(st.integers(1, 3))
+    elif how == "lines":
+        width = draw(st.sampled_from([4, 8, 76]))
+        text = draw(st.sampled_from(["\n", "\r\n", " "])).join(text[i:i + width] for i in range(0, len(text), width))
+    elif how == "mixed alphabets":
+        text = text.replace("A", "-").replace("B", "/")
+    elif how == "inner =":
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + "=" + text[at:]
+    elif how == "stray":
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(["é", "%", ".", "\t", "~"])) + text[at:]
+    elif how == "lower":
+        text = text.lower()
+    elif how == "prefix":
+        text = draw(st.sampled_from(["data:", "key=", "x "])) + text
+    return text
+
+
+@SETTINGS
+@given(whole_base64())
+@example("aGVsbG8gd29ybGQ=")  # one run, padded
+@example("aGVsbG8gd29ybGQ")  # one run, padding stripped
+@example("aGVsbG8gd29ybGQ===")  # over-padded: the run ends before the third "="
+@example("helloworld")  # a plain word decodes (to bytes) but is never read as base64
+@example("aGVsbG8=gd29ybGQ")  # an inner "="
+@example("aGVsbG8g\nd29ybGQ=")  # two runs on two lines
+def test_a_whole_base64_argument_matches_the_reference(text: str) -> None:
+    assert list(decoded(text)) == list(reference.decoded(text))
+    assert forms(text) == tuple(dict.fromkeys(f for f in (reference.normalise(t) for t in [text, *reference.decoded(text)]) if f))
+
+
+@SETTINGS
+@given(st.lists(CONTENT, min_size=1, max_size=2), st.data(), st.sampled_from(["whole", "embedded", "lines"]))
+def test_base64_verdicts_match_the_reference(contents: list[str], data: st.DataObject, where: str) -> None:
+    """A piece of the content hidden in base64 as the whole argument, inside other text, or in lines."""
+    norm = reference.normalise(" ".join(contents))
+    start = data.draw(st.integers(0, max(0, len(norm) - 1)))
+    piece = norm[start:start + data.draw(st.integers(1, 60))] + data.draw(st.sampled_from(["", " and more words here"]))
+    hidden = data.draw(st.sampled_from([base64.b64encode, base64.urlsafe_b64encode]))(piece.encode()).decode()
+    arg = {"whole": hidden, "embedded": f"see {hidden}, thanks", "lines": "\n".join(hidden[i:i + 8] for i in range(0, len(hidden), 8))}[where]
+    idx = ContentIndex()
+    for text in contents:
+        idx.add({"untrusted"}, text)
+    assert idx.carries([arg], ["untrusted"]) == reference.carries({"untrusted": contents}, [arg], ["untrusted"]), arg

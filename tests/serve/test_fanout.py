@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from fixtures.replicas import fanout_replicas
+
 from mcp_guard.serve.asgi import HttpGuard
-from mcp_guard.serve.fanout import Fanout
 from mcp_guard.serve.reply_host import ReplyHost
 from mcp_guard.serve.streams import Stream
 from mcp_guard.serve.table import SessionEntry
@@ -18,18 +19,6 @@ class _Quiet:
 
     async def handle(self, message: Any) -> None: ...
     async def close(self) -> None: ...
-
-
-class _NoSessions:
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    def new(self, *args: Any) -> Any: ...
-
-
-def replica(redis_url: str) -> HttpGuard:
-    guard = HttpGuard(_NoSessions(), None)  # type: ignore[arg-type]
-    guard.fanout = Fanout(redis_url)
-    return guard
 
 
 def hold_session(guard: HttpGuard) -> Stream:
@@ -51,13 +40,7 @@ async def next_event(stream: Stream, wait: float) -> Any:
 
 
 async def test_an_answer_on_one_replica_reaches_the_stream_on_another(redis_url: str) -> None:
-    a, b = replica(redis_url), replica(redis_url)
-    await a.start()
-    await b.start()
-    try:
-        assert a.fanout is not None and b.fanout is not None
-        await asyncio.wait_for(a.fanout.subscribed.wait(), 10)
-        await asyncio.wait_for(b.fanout.subscribed.wait(), 10)
+    async with fanout_replicas(redis_url) as (a, b):
         stream = hold_session(a)
         # answered on B for another session: A's caller hears nothing
         b._page_answered("11112222", {"session": "someone-else", "binding": "b1"})
@@ -70,19 +53,10 @@ async def test_an_answer_on_one_replica_reaches_the_stream_on_another(redis_url:
         assert event == {"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
                          "params": {"elicitationId": "deadbeef"}}
         assert await next_event(stream, 1.0) is None  # once, not once per replica
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_list_change_on_one_replica_reaches_the_get_stream_on_another(redis_url: str) -> None:
-    a, b = replica(redis_url), replica(redis_url)
-    await a.start()
-    await b.start()
-    try:
-        assert a.fanout is not None and b.fanout is not None
-        await asyncio.wait_for(a.fanout.subscribed.wait(), 10)
-        await asyncio.wait_for(b.fanout.subscribed.wait(), 10)
+    async with fanout_replicas(redis_url) as (a, b):
         stream = hold_session(a)  # the GET stream is on A
         host = ReplyHost()  # B serves the same session, without a GET stream
         host.elsewhere = lambda message: b._notice_elsewhere("abc", message)
@@ -94,8 +68,6 @@ async def test_a_list_change_on_one_replica_reaches_the_get_stream_on_another(re
         # only GET-stream notices travel: a log message of no request, or another session's notice, does not
         await host.send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}})
         b._notice_elsewhere("someone-else", {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        assert b.fanout is not None
         b.fanout.publish({"event": "notice", "session": "abc", "message": {"method": "sampling/createMessage", "id": 1}})
         assert await next_event(stream, 1.0) is None
-    finally:
-        await a.close()
-        await b.close()

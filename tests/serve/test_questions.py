@@ -13,12 +13,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from fixtures.ops import private_redis
+from fixtures.replicas import fanout_replicas
 from starlette.responses import Response
 
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import RELATED_REQUEST
 from mcp_guard.serve.asgi import HttpGuard
-from mcp_guard.serve.fanout import CHANNEL, REPLICA_CHANNEL, Fanout
+from mcp_guard.serve.fanout import CHANNEL, REPLICA_CHANNEL
 from mcp_guard.serve.questions import question_key
 from mcp_guard.serve.reply_host import ReplyHost
 from mcp_guard.serve.resource import Caller
@@ -63,13 +64,10 @@ ALICE = Caller(Principal(user="alice@example.com", agents=("planner",)), None, "
 MALLORY = Caller(Principal(user="mallory@example.com", agents=("planner",)), None, "grant:mallory")
 
 
-async def replica(redis_url: str) -> tuple[HttpGuard, _Sessions]:
-    sessions = _Sessions()
-    guard = HttpGuard(sessions, None)  # type: ignore[arg-type]
-    guard.fanout = Fanout(redis_url)
-    await guard.start()
-    await asyncio.wait_for(guard.fanout.subscribed.wait(), 10)
-    return guard, sessions
+def refusals(guard: HttpGuard) -> list[tuple[str, str | None]]:
+    """What ``guard`` audited as refused before any session handled it."""
+    assert isinstance(guard.guard, _Sessions)
+    return guard.guard.refusals
 
 
 def hold(guard: HttpGuard, sid: str, caller: Caller = ALICE) -> tuple[ReplyHost, _Session_]:
@@ -104,8 +102,7 @@ async def post_answer(guard: HttpGuard, sid: str, caller: Caller, qid: Any) -> R
 
 
 async def test_an_answer_landing_on_another_replica_reaches_the_one_that_asked_once(redis_url: str) -> None:
-    (a, _), (b, b_audit) = await replica(redis_url), await replica(redis_url)
-    try:
+    async with fanout_replicas(redis_url, sessions=_Sessions) as (a, b):
         host_a, session_a = hold(a, "s1")
         hold(b, "s1")  # B adopted the session too (round robin)
         stream = await ask(host_a, 7)
@@ -115,37 +112,29 @@ async def test_an_answer_landing_on_another_replica_reaches_the_one_that_asked_o
         assert session_a.handled[-1]["id"] == 7 and "result" in session_a.handled[-1]
         again = await post_answer(b, "s1", ALICE, 7)  # one answer per question, wherever the second lands
         assert again.status_code == 400 and b"no question of this session has this id" in bytes(again.body)
-        assert [s for _, s in b_audit.refusals] == ["guard-s1"]
+        assert [s for _, s in refusals(b)] == ["guard-s1"]
         assert len([m for m in session_a.handled if m.get("id") == 7]) == 1
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_an_answer_taken_where_it_was_asked_can_no_longer_be_forwarded(redis_url: str) -> None:
-    (a, _), (b, _) = await replica(redis_url), await replica(redis_url)
-    try:
+    async with fanout_replicas(redis_url, sessions=_Sessions) as (a, b):
         host_a, _ = hold(a, "s2")
         hold(b, "s2")
         await ask(host_a, 8)
         assert (await post_answer(a, "s2", ALICE, 8)).status_code == 202
         await asyncio.sleep(0.2)  # the record is dropped in the background
         assert (await post_answer(b, "s2", ALICE, 8)).status_code == 400
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_an_answer_forged_for_another_sessions_question_via_another_replica_is_refused(redis_url: str) -> None:
-    (a, a_audit), (b, b_audit) = await replica(redis_url), await replica(redis_url)
-    try:
+    async with fanout_replicas(redis_url, sessions=_Sessions) as (a, b):
         host_a, session_a = hold(a, "victim")
         hold(b, "mallorys", MALLORY)
         await ask(host_a, 9)
         # mallory answers the victim's question id on her own session, on another replica
         forged = await post_answer(b, "mallorys", MALLORY, 9)
         assert forged.status_code == 400
-        assert b_audit.refusals == [("mcp-guard refused an answer: no question of this session has this id", "guard-mallorys")]
+        assert refusals(b) == [("mcp-guard refused an answer: no question of this session has this id", "guard-mallorys")]
         # on the victim's session she is another caller: 403 before anything is forwarded
         hold(b, "victim")
         stolen = await post_answer(b, "victim", MALLORY, 9)
@@ -158,52 +147,46 @@ async def test_an_answer_forged_for_another_sessions_question_via_another_replic
         assert not [m for m in session_a.handled if m.get("id") == 9]  # the question still waits for the real answer
         assert (await post_answer(b, "victim", ALICE, 9)).status_code == 202
         assert [m for m in session_a.handled if m.get("id") == 9]
-        assert a_audit.refusals == []
-    finally:
-        await a.close()
-        await b.close()
+        assert refusals(a) == []
 
 
 async def test_a_flood_of_events_for_unknown_sessions_stays_bounded(redis_url: str) -> None:
-    (a, _), (b, _) = await replica(redis_url), await replica(redis_url)
-    r = aioredis.Redis.from_url(redis_url)
-    try:
-        assert a.fanout is not None
-        host_a, session_a = hold(a, "real")
-        hold(b, "real")
-        await ask(host_a, 11)
-        flood = [orjson.dumps({"event": "answer", "session": f"nobody-{i}", "binding": "x", "message": {"id": i, "result": {}},
-                               "nonce": f"{i:032x}", "reply": "f" * 32}) for i in range(3000)]
-        junk = [b"not json", b"[1,2]", orjson.dumps({"event": "answer"}), orjson.dumps({"event": "verdict", "nonce": "x"})]
-        shared = [orjson.dumps({"event": kind, "session": f"nobody-{i}", "replica": "x", "message": {
-            "jsonrpc": "2.0", "method": "notifications/tools/list_changed"}}) for i in range(1000) for kind in ("notice", "state")]
-        started = time.monotonic()
-        async with r.pipeline(transaction=False) as pipe:
-            for body in flood + junk:
-                pipe.publish(REPLICA_CHANNEL + a.fanout.replica, body)
-            for body in shared:
-                pipe.publish(CHANNEL, body)
-            await pipe.execute()
-        landed = await post_answer(b, "real", ALICE, 11)  # the real answer still gets through, promptly
-        assert landed.status_code == 202 and time.monotonic() - started < 60  # a bound against starvation, not a timing target
-        assert [m for m in session_a.handled if m.get("id") == 11]
-        assert a.questions is not None
-        for _ in range(200):  # the flood drains (a loaded machine takes a while), then nothing is left running
-            if a.questions._taking == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert a.questions._taking == 0
-        assert not a.fanout._waiting and not a._tasks  # no state replay started for sessions it does not hold
-    finally:
-        await r.aclose()
-        await a.close()
-        await b.close()
+    async with fanout_replicas(redis_url, sessions=_Sessions) as (a, b):
+        r = aioredis.Redis.from_url(redis_url)
+        try:
+            assert a.fanout is not None
+            host_a, session_a = hold(a, "real")
+            hold(b, "real")
+            await ask(host_a, 11)
+            flood = [orjson.dumps({"event": "answer", "session": f"nobody-{i}", "binding": "x", "message": {"id": i, "result": {}},
+                                   "nonce": f"{i:032x}", "reply": "f" * 32}) for i in range(3000)]
+            junk = [b"not json", b"[1,2]", orjson.dumps({"event": "answer"}), orjson.dumps({"event": "verdict", "nonce": "x"})]
+            shared = [orjson.dumps({"event": kind, "session": f"nobody-{i}", "replica": "x", "message": {
+                "jsonrpc": "2.0", "method": "notifications/tools/list_changed"}}) for i in range(1000) for kind in ("notice", "state")]
+            started = time.monotonic()
+            async with r.pipeline(transaction=False) as pipe:
+                for body in flood + junk:
+                    pipe.publish(REPLICA_CHANNEL + a.fanout.replica, body)
+                for body in shared:
+                    pipe.publish(CHANNEL, body)
+                await pipe.execute()
+            landed = await post_answer(b, "real", ALICE, 11)  # the real answer still gets through, promptly
+            assert landed.status_code == 202 and time.monotonic() - started < 60  # a bound against starvation, not a timing target
+            assert [m for m in session_a.handled if m.get("id") == 11]
+            assert a.questions is not None
+            for _ in range(200):  # the flood drains (a loaded machine takes a while), then nothing is left running
+                if a.questions._taking == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert a.questions._taking == 0
+            assert not a.fanout._waiting and not a._tasks  # no state replay started for sessions it does not hold
+        finally:
+            await r.aclose()
 
 
 async def test_redis_going_away_mid_question_fails_it_at_once(tmp_path: Path) -> None:
     with private_redis(tmp_path) as (url, redis_proc):
-        (a, _), (b, _) = await replica(url), await replica(url)
-        try:
+        async with fanout_replicas(url, sessions=_Sessions) as (a, b):
             host_a, session_a = hold(a, "s3")
             hold(b, "s3")
             await ask(host_a, 12)
@@ -221,6 +204,3 @@ async def test_redis_going_away_mid_question_fails_it_at_once(tmp_path: Path) ->
             await ask(host_a, 13)
             refused = [m for m in session_a.handled if m.get("id") == 13]
             assert refused and "Redis" in refused[0]["error"]["message"]
-        finally:
-            await a.close()
-            await b.close()

@@ -106,12 +106,10 @@ async def test_cli_in_another_process_answers_a_waiting_call(shared_url: str, tm
         assert approval_id in out and "fs/write_file" in out and "user:alice > agent:bot" in out
         assert '"/srv/x"' in out
 
-        started = time.monotonic()
         code, out, err = await _cli(verb, approval_id, "--config", str(config), "--reason", "checked", "--as", "bob")
         assert code == 0, err
         assert approval_id in out
-        record = await asyncio.wait_for(waiter, 5.0)
-        assert time.monotonic() - started < 5.0
+        record = await asyncio.wait_for(waiter, 5.0)  # woken by the answer, not by its 30 s bound (a process's start-up is not timed)
         assert record is not None
         assert record["status"] == (APPROVED if verb == "approve" else REJECTED)
         assert (record["approver"], record["reason"]) == ("bob", "checked")

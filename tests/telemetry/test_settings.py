@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -91,20 +90,24 @@ def test_telemetry_never_reads_the_environment() -> None:
 
 
 def test_off_hooks_cost_next_to_nothing() -> None:
-    """With telemetry off every hook is a shared no-op context manager: well under a microsecond each."""
+    """With telemetry off every hook is one shared, stateless no-op context manager: no span, no
+    allocation, nothing but a method call (its cost is in bench/, not timed here)."""
     hooks = telemetry.start(telemetry_settings(None, {}))
     assert hooks is telemetry.OFF
     req = RequestContext("s", None, None, None, "2025-11-25", {"id": 1}, {}, {})  # type: ignore[arg-type]
+    params = {"name": "x"}
+    on_id = print
 
-    n = 20_000
-    t0 = time.perf_counter()
-    for _ in range(n):
+    shared = hooks.request(req)
+    assert type(shared).__slots__ == ()  # no per-call state to allocate or fill
+    for _ in range(3):
         with hooks.request(req) as traced:
-            with hooks.decision(req):
-                pass
+            assert traced is shared
+            with hooks.decision(req) as decided:
+                assert decided is shared
             with hooks.upstream_call(None, "tools/call", None) as call:  # type: ignore[arg-type]
-                call.inject(None)
+                assert call is shared
+                assert call.inject(params) is params  # the request goes on untouched
+                assert call.noting(on_id) is on_id
                 call.respond({"result": {}})
             traced.respond({"result": {}})
-    per_call = (time.perf_counter() - t0) / n
-    assert per_call < 5e-6, f"{per_call * 1e6:.2f} µs per call with telemetry off"
