@@ -36,6 +36,7 @@ from fixtures import (
     tools_available,
     write_guard_config,
 )
+from fixtures.release import build_release, install_fresh, the_wheel
 
 
 @pytest.fixture
@@ -77,6 +78,18 @@ def conformance_http_url(tmp_path: Path) -> Iterator[str]:
     p = free_port()
     with serve_http(conformance_server_command("--http", "--port", str(p)), p, log=tmp_path / "fixture-http.log") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def release_dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist and the wheel, built once per worker by ``python -m build`` (tests only read them)."""
+    return build_release(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def release_venv(release_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the release wheel installed (tests run it from elsewhere, never change it)."""
+    return install_fresh(the_wheel(release_dist), tmp_path_factory.mktemp("release") / "venv")
 
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -124,15 +137,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+def _start_order(item: pytest.Item) -> int:
+    """Slow tests first, then the other end-to-end tests, then the rest (stable within each)."""
+    return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("e2e") else 2
+
+
 @pytest.hookimpl(wrapper=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
-    """Make ``xdist_group`` marks group again under pytest 9.2.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Make ``xdist_group`` marks group again under pytest 9.2, and start the long tests first.
 
     xdist (3.8) tags a grouped test by appending ``@group`` to ``item._nodeid``; pytest 9.2 derives
     ``nodeid`` from ``item._id`` instead, so the tag was lost and ``--dist loadgroup`` spread one
     expensive set-up over every worker.  After xdist has tagged the items, carry the tag into ``_id``.
+
+    Under xdist the workers are handed tests in collection order, so a long test collected late
+    ran alone at the end while the other worker idled: workers sort the slow tests to the front
+    (every worker sorts alike, as xdist requires).  One process keeps the file order.
     """
     yield
+    if hasattr(config, "workerinput"):
+        items.sort(key=_start_order)
     try:
         from _pytest.nodeid import coerce_node_id  # pytest >= 9.2 only
     except ImportError:  # older pytest reads _nodeid itself

@@ -5,6 +5,10 @@ The suite speaks only Streamable HTTP, so a stdio server sits behind supergatewa
 stdio-to-HTTP bridge). supergateway has no Host/Origin check, so `dns-rebinding-protection` fails behind it
 whatever is inside; every other check that passes against the fixture directly must pass through
 the guard too (allow-all policy, `prefix: false`).
+
+The fixture's own score is checked in (``fixtures/scores/``): ``test_reference_score_of_the_fixture_alone``
+runs the fixture alone and asserts it still scores exactly that, while the guarded runs, one test per
+set of scenarios, compare with it in parallel instead of queueing behind a reference run.
 """
 
 from __future__ import annotations
@@ -31,30 +35,36 @@ from fixtures import (
     tools_env,
     write_guard_config,
 )
+from fixtures.scores import Checks, assert_reference, reference, scenario_sets
 
-pytestmark = [pytest.mark.xdist_group("conformance"), pytest.mark.e2e, pytest.mark.slow, requires_tools("conformance", "supergateway")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_tools("conformance", "supergateway")]
 
 SUPERGATEWAY_ONLY_FAILURES = frozenset({"dns-rebinding-protection"})
 _RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
 
-Checks = dict[tuple[str, str], str]
-"""(scenario, check id) -> status ("SUCCESS", "FAILURE", ...)."""
-
+REFERENCE = "0.1.16-active"
+SETS = scenario_sets(REFERENCE, 4)
+"""The active suite's scenarios in four sets of about equal cost, one guarded test each."""
 
 BEARER_PRELOAD = Path(__file__).resolve().parents[1] / "fixtures" / "conformance_bearer.mjs"
 
 
-def run_conformance(url: str, out_dir: Path, *, timeout: float = 240.0, bearer: str | None = None) -> Checks:
-    """Run the active server suite against ``url``; return every check's status from its checks.json.
-    With ``bearer`` the suite itself sends ``Authorization: Bearer BEARER`` to ``url``'s origin (a
-    preload module wraps its HTTP clients; no proxy in between)."""
+def run_conformance(url: str, out_dir: Path, *, timeout: float = 240.0, bearer: str | None = None,
+                    scenarios: Sequence[str] = ()) -> Checks:
+    """Run the active server suite (or only ``scenarios``, one suite run each) against ``url``; return
+    every check's status from its checks.json.  With ``bearer`` the suite itself sends
+    ``Authorization: Bearer BEARER`` to ``url``'s origin (a preload module wraps its HTTP clients; no
+    proxy in between)."""
     suite = [str(tool_path("conformance")), "server", "--url", url, "-o", str(out_dir)]
     env = tools_env()
     if bearer is not None:
         suite = [str(tool_path("node")), "--import", str(BEARER_PRELOAD), str(tool_path("conformance").resolve()), *suite[1:]]
         env = tools_env({"MCP_BEARER_TOKEN": bearer, "MCP_BEARER_ORIGIN": url})
-    proc = subprocess.run(suite, capture_output=True, text=True, timeout=timeout, env=env)
-    (out_dir / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    log = ""
+    for selection in [["--scenario", s] for s in scenarios] or [[]]:
+        proc = subprocess.run([*suite, *selection], capture_output=True, text=True, timeout=timeout, env=env)
+        log += proc.stdout + proc.stderr
+    (out_dir / "conformance.log").write_text(log, encoding="utf-8")
     checks: Checks = {}
     for checks_file in sorted(out_dir.glob("*/checks.json")):
         m = _RESULT_DIR.match(checks_file.parent.name)
@@ -79,21 +89,27 @@ def _report(missing: set[tuple[str, str]], out_dir: Path) -> str:
     return f"{len(missing)} checks pass directly but not here (details under {out_dir}):\n" + "\n".join(lines)
 
 
-@pytest.fixture(scope="module")
-def direct(tmp_path_factory: pytest.TempPathFactory) -> Checks:
-    """The fixture alone, over the SDK's own Streamable HTTP: the reference score."""
-    out = tmp_path_factory.mktemp("conformance-direct")
-    port = free_port()
-    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=out / "server.log") as url:
-        return run_conformance(url, out)
+@pytest.fixture
+def direct() -> Checks:
+    """The fixture alone, over the SDK's own Streamable HTTP: the checked-in reference score."""
+    return reference(REFERENCE, "0.1.16")
 
 
-def _through_supergateway(argv: Sequence[str], out: Path) -> Checks:
+def _through_supergateway(argv: Sequence[str], out: Path, scenarios: Sequence[str] = ()) -> Checks:
     port = free_port()
     gateway = [str(tool_path("supergateway")), "--stdio", shlex.join(argv), "--outputTransport", "streamableHttp",
                "--stateful", "--port", str(port)]
     with serve_http(gateway, port, log=out / "supergateway.log"):
-        return run_conformance(f"http://localhost:{port}/mcp", out)
+        return run_conformance(f"http://localhost:{port}/mcp", out, scenarios=scenarios)
+
+
+@pytest.mark.timeout(300)
+def test_reference_score_of_the_fixture_alone(tmp_path: Path) -> None:
+    """The fixture alone scores exactly the checked-in reference, which passes the whole active suite."""
+    port = free_port()
+    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=tmp_path / "server.log") as url:
+        alone = run_conformance(url, tmp_path)
+    assert_reference(REFERENCE, "0.1.16", alone)
 
 
 def test_fixture_passes_the_active_suite(direct: Checks) -> None:
@@ -117,7 +133,8 @@ def _guard_run_exists() -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scenarios", SETS, ids=[f"set{i}" for i in range(1, len(SETS) + 1)])
+def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path, scenarios: tuple[str, ...]) -> None:
     """supergateway -> mcp-guard run (allow-all, prefix: false) -> fixture over stdio scores like the fixture."""
     if not _guard_run_exists():
         pytest.xfail("proxy not yet implemented (`mcp-guard run` is missing)")
@@ -126,8 +143,9 @@ def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path) -> No
         {"conformance": stdio_upstream(conformance_server_command(), prefix=False)},
         ALLOW_ALL,
     )
-    via = _through_supergateway(guard_command(config), tmp_path)
-    missing = {key for key in passed(direct) - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
+    via = _through_supergateway(guard_command(config), tmp_path, scenarios)
+    expected = {key for key in passed(direct) if key[0] in scenarios}
+    missing = {key for key in expected - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
     assert not missing, _report(missing, tmp_path)
 
 

@@ -9,14 +9,18 @@ the SDK answers an unknown tool with an ``isError`` result; the guard answers ``
 tool`` (a hidden tool answers exactly like one that does not exist).  Through ``run``, also apart
 from ``NOT_ON_STDIO``: the era's HTTP checks (status codes, the routing and version headers, the
 ``Host`` header), which belong to whatever carries stdio over HTTP, not to the stdio guard.  The
-2026-07-28 tests assert the exact set of checks lost, so a regression (or a fix) names its check."""
+2026-07-28 tests assert the exact set of checks lost, so a regression (or a fix) names its check.
+
+The fixture's own scores are checked in (``fixtures/scores/``), verified by
+``test_reference_scores_of_the_fixture_alone`` in the same run; the long run through ``run`` is
+split into sets of scenarios so both workers share it."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,7 @@ from fixtures import (
     tools_env,
     write_guard_config,
 )
+from fixtures.scores import Checks, assert_reference, reference, scenario_sets
 from test_conformance import (
     _RESULT_DIR,
     BEARER_PRELOAD,
@@ -44,7 +49,7 @@ from test_conformance import (
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
-pytestmark = [pytest.mark.xdist_group("conformance-next"), pytest.mark.e2e, pytest.mark.slow,
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               requires_tools("conformance", "supergateway"),
               pytest.mark.skipif(not NEXT_SUITE.is_file(), reason="conformance-next missing from .tools; run scripts/setup")]
 
@@ -76,21 +81,26 @@ NOT_ON_STDIO = frozenset({
 })
 STDIO_BRIDGE = Path(__file__).resolve().parents[1] / "fixtures" / "stdio_bridge.py"
 RANK = {"SUCCESS": 0, "INFO": 0, "SKIPPED": 0, "WARNING": 1, "FAILURE": 2}
+REFERENCES = {MODERN: "next-2026-07-28", HANDSHAKE: "next-2025-11-25"}
+HANDSHAKE_SETS = scenario_sets(REFERENCES[HANDSHAKE], 4)
 
-Checks = dict[tuple[str, str], str]
 
-
-def run_next(url: str, out: Path, selection: tuple[str, ...], *, bearer: str | None = None) -> Checks:
-    """The 0.2.x server suite against ``url``; each (scenario, check id) -> its worst status (one id
-    may be reported several times in a scenario)."""
+def run_next(url: str, out: Path, selection: tuple[str, ...], *, bearer: str | None = None,
+             scenarios: Sequence[str] = ()) -> Checks:
+    """The 0.2.x server suite (or only ``scenarios``, one suite run each) against ``url``; each
+    (scenario, check id) -> its worst status (one id may be reported several times in a scenario)."""
     node = str(tool_path("node"))
     argv = [node, str(NEXT_SUITE), "server", "--url", url, "-o", str(out), *selection]
     env = tools_env()
     if bearer is not None:
         argv = [node, "--import", str(BEARER_PRELOAD), *argv[1:]]
         env = tools_env({"MCP_BEARER_TOKEN": bearer, "MCP_BEARER_ORIGIN": url})
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-    (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    log = ""
+    for one in [("--scenario", s) for s in scenarios] or [()]:
+        proc = subprocess.run([*argv, *one], capture_output=True, text=True, timeout=600, env=env)
+        log += proc.stdout + proc.stderr
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "conformance.log").write_text(log, encoding="utf-8")
     checks: Checks = {}
     for checks_file in sorted(out.glob("*/checks.json")):
         m = _RESULT_DIR.match(checks_file.parent.name)
@@ -125,13 +135,19 @@ def lost(alone: Checks, guarded: Checks, allowed: frozenset[tuple[str, str]] = B
     return sorted(key for key in passed(alone) - passed(guarded) if key not in allowed and key[0] not in SUPERGATEWAY_ONLY_FAILURES)
 
 
-@pytest.fixture(scope="module")
-def alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, ...], Checks]]:
-    """The fixture alone over the SDK's Streamable HTTP, once per selection (the reference scores)."""
+@pytest.fixture
+def alone() -> dict[tuple[str, ...], Checks]:
+    """The fixture alone over the SDK's Streamable HTTP, per selection: the checked-in reference scores."""
+    return {sel: reference(name, "next") for sel, name in REFERENCES.items()}
+
+
+@pytest.mark.timeout(900)
+def test_reference_scores_of_the_fixture_alone(tmp_path: Path) -> None:
+    """The fixture alone scores exactly the checked-in references, selection by selection."""
     port = free_port()
-    out = tmp_path_factory.mktemp("next-alone")
-    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=out / "server.log") as url:
-        yield {sel: run_next(url, out / sel[1], sel) for sel in (MODERN, HANDSHAKE)}
+    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=tmp_path / "server.log") as url:
+        for sel, name in REFERENCES.items():
+            assert_reference(name, "next", run_next(url, tmp_path / sel[1], sel))
 
 
 def serve_through(tmp: Path, selection: tuple[str, ...]) -> Checks:
@@ -181,8 +197,9 @@ def test_handshake_scenarios_of_the_new_line_through_serve_lose_nothing(alone: d
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("scenarios", HANDSHAKE_SETS, ids=[f"set{i}" for i in range(1, len(HANDSHAKE_SETS) + 1)])
 def test_handshake_scenarios_of_the_new_line_through_run_lose_nothing(alone: dict[tuple[str, ...], Checks],
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path, scenarios: tuple[str, ...]) -> None:
     """supergateway (stdio to Streamable HTTP, stateful) -> ``mcp-guard run`` -> the fixture."""
     config = write_guard_config(tmp_path / "guard", {"conformance": stdio_upstream(conformance_server_command(), prefix=False)},
                                 ALLOW_ALL)
@@ -190,9 +207,10 @@ def test_handshake_scenarios_of_the_new_line_through_run_lose_nothing(alone: dic
     gateway = [str(tool_path("supergateway")), "--stdio", shlex.join(guard_command(config)), "--outputTransport",
                "streamableHttp", "--stateful", "--port", str(port)]
     with serve_http(gateway, port, log=tmp_path / "supergateway.log"):
-        guarded = run_next(f"http://localhost:{port}/mcp", tmp_path / "results", HANDSHAKE)
-    print(score("2025-11-25 alone", alone[HANDSHAKE]), "|", score("run", guarded))
-    assert not lost(alone[HANDSHAKE], guarded), lost(alone[HANDSHAKE], guarded)
+        guarded = run_next(f"http://localhost:{port}/mcp", tmp_path / "results", HANDSHAKE, scenarios=scenarios)
+    expected = {key: status for key, status in alone[HANDSHAKE].items() if key[0] in scenarios}
+    print(score("2025-11-25 alone", expected), "|", score("run", guarded))
+    assert not lost(expected, guarded), lost(expected, guarded)
 
 
 @pytest.mark.timeout(300)

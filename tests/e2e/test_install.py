@@ -8,23 +8,19 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from fixtures import ROOT, VENV_BIN, concrete_examples, requires_tools, source_build_lock, stdio_session
+from fixtures import VENV_BIN, concrete_examples, requires_tools, stdio_session
+from fixtures.release import the_wheel
 
 pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    with source_build_lock():
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-                       check=True, capture_output=True, timeout=300)
-    (found,) = out.glob("mcp_guard-*.whl")
-    return found
+@pytest.fixture
+def wheel(release_dist: Path) -> Path:
+    """The release wheel, built once per run with the sdist (``release_dist`` in conftest)."""
+    return the_wheel(release_dist)
 
 
 _NETWORK = re.compile(r"^(SSL_CERT_\w+|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|PIP_\w+|UV_\w+|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)$")
@@ -37,11 +33,8 @@ def _host_env(home: Path) -> dict[str, str]:
     return {**env, "PATH": os.pathsep.join(["/usr/bin", "/bin"]), "HOME": str(home), "LANG": "C.UTF-8"}
 
 
-def test_the_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True, text=True, timeout=400)
-    assert pip.returncode == 0, pip.stderr
+def test_the_wheel_in_a_fresh_venv(release_venv: Path, tmp_path: Path) -> None:
+    venv = release_venv  # the wheel installed by its own pip into a new venv (fixtures/release.py)
     outside = tmp_path / "somewhere"
     outside.mkdir()
     guard = str(venv / "bin" / "mcp-guard")

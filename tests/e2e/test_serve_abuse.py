@@ -6,6 +6,7 @@ principal, so neither re-initialising nor switching replica resets them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,7 @@ from fixtures import (
     wait_for_port,
     write_guard_config,
 )
-from fixtures.serving import cli
+from fixtures.serving import cli, serving_in_process
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -61,9 +62,15 @@ class Guard:
             serve=serve,
         )
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.in_process = contextlib.ExitStack()
 
-    def start(self) -> str:
+    def start(self, *, process: bool = False) -> str:
+        """A serve of this config on a free port: in this test process (``serving_in_process``) unless
+        the test is about the serve process itself (its memory, replicas of it)."""
         port = free_port()
+        if not process:
+            self.in_process.enter_context(serving_in_process(self.config, port))
+            return f"http://127.0.0.1:{port}/mcp"
         log = (self.tmp / f"serve-{port}.log").open("ab")
         proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(self.config), "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, env=tools_env())
@@ -75,6 +82,7 @@ class Guard:
         return issue_grant(self.key, "corp", user, agent, list(tools))
 
     def stop(self) -> None:
+        self.in_process.close()
         for proc in self.procs:
             stop_process(proc)
 
@@ -91,7 +99,7 @@ def guard(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Guard]:
 
 SERVE: dict[str, dict[str, Any]] = {
     "test_one_principal_cannot_evict_anothers_session": {"max_sessions_per_principal": 2},
-    "test_an_idle_session_expires": {"session_idle": "5s"},
+    "test_an_idle_session_expires": {"session_idle": "2s"},
     "test_one_delegating_root_hits_its_cap_with_every_sub_agent_it_mints": {"max_sessions_per_root": 3},
     "test_the_global_session_cap_refuses_new_sessions": {"max_sessions": 2},
 }
@@ -171,7 +179,7 @@ async def test_an_idle_session_expires(guard: Guard) -> None:
     async with httpx2.AsyncClient() as http:
         sid = await open_session(http, url, alice)
         assert await ping(http, url, alice, sid) == 200
-        await asyncio.sleep(11)
+        await asyncio.sleep(6)  # idle 2 s, swept every second: gone by then (any probe would refresh it)
         assert await ping(http, url, alice, sid) == 404
 
 
@@ -193,7 +201,7 @@ def _rss_kib(pid: int) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read the server's memory")
 async def test_a_huge_body_is_refused_at_the_limit_without_buffering_it(guard: Guard) -> None:
-    url = guard.start()
+    url = guard.start(process=True)  # the serve process's own memory is the subject
     pid = guard.procs[-1].pid
     before = _rss_kib(pid)
     sent = 0
@@ -301,7 +309,7 @@ async def _echo(http: httpx2.AsyncClient, url: str, token: str, i: int) -> bool:
 async def test_rate_limits_hold_across_sessions_and_replicas(tmp_path: Path, redis_url: str) -> None:
     guard = Guard(tmp_path, {}, state=redis_url)
     try:
-        one, two = guard.start(), guard.start()
+        one, two = guard.start(process=True), guard.start(process=True)  # two replicas: two processes
         alice, bob = guard.grant("alice-replicas"), guard.grant("bob-replicas")
         async with httpx2.AsyncClient(timeout=30) as http:
             # per_minute: 3 for rec/echo, alternating replicas and opening a new session every call

@@ -38,7 +38,8 @@ from fixtures import (
     wait_for_port,
     write_guard_config,
 )
-from fixtures.serving import cli, connect
+from fixtures.scores import reference
+from fixtures.serving import cli, connect, serving_in_process
 from mcp.shared.exceptions import MCPError
 
 from mcp_guard.grants import write_keypair
@@ -136,6 +137,7 @@ class Served:
 
 
 def start_serve(setup: Served) -> subprocess.Popen[bytes]:
+    """``mcp-guard serve`` of ``setup`` as a process (the approval page's replicas and spans)."""
     log = (setup.tmp / "serve.log").open("ab")
     proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port)],
                             stdout=log, stderr=subprocess.STDOUT, env=tools_env())
@@ -145,12 +147,10 @@ def start_serve(setup: Served) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 def served(tmp_path: Path, idp: Idp) -> Iterator[Served]:
+    """A serve of ``Served``'s config in this test process (the IdP stays a real process)."""
     setup = Served(tmp_path, idp)
-    proc = start_serve(setup)
-    try:
+    with serving_in_process(setup.config, setup.port):
         yield setup
-    finally:
-        stop_process(proc)
 
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -342,13 +342,12 @@ async def test_token_exchange_then_offline_delegation(served: Served, idp: Idp, 
 @requires_tools("conformance")
 def test_conformance_suite_through_serve_with_an_idp_token(idp: Idp, tmp_path: Path) -> None:
     """The official suite sends the IdP's token itself (no proxy, Host and Origin as it sets them) to
-    serve -> fixture, and scores at least what the fixture scores alone, measured in the same run."""
+    serve -> fixture, and scores at least what the fixture scores alone (the checked-in reference score,
+    which test_conformance.py measures again in the same run)."""
     from fixtures import ALLOW_ALL, conformance_server_command, serve_http
-    from test_conformance import failed, passed, run_conformance
+    from test_conformance import REFERENCE, failed, passed, run_conformance
 
-    direct_port = free_port()
-    with serve_http(conformance_server_command("--http", "--port", str(direct_port)), direct_port, log=tmp_path / "direct.log") as url:
-        direct = run_conformance(url, tmp_path / "direct")
+    direct = reference(REFERENCE, "0.1.16")
     serve_port = free_port()
     url = f"http://localhost:{serve_port}/mcp"
     config = write_guard_config(

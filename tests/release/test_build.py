@@ -5,30 +5,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
-from fixtures import ROOT, source_build_lock
+from fixtures import ROOT
 
 import mcp_guard
 
 pytestmark = [pytest.mark.xdist_group("wheel"), pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    with source_build_lock():
-        done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-                              capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out
-
-
-def test_the_sdist_and_the_wheel_carry_the_version_and_the_licence(dist: Path) -> None:
+def test_the_sdist_and_the_wheel_carry_the_version_and_the_licence(release_dist: Path) -> None:
+    dist = release_dist
     version = mcp_guard.__version__
     (sdist,) = dist.glob("mcp_guard-*.tar.gz")
     (wheel,) = dist.glob("mcp_guard-*-py3-none-any.whl")
@@ -47,15 +37,9 @@ def test_the_sdist_and_the_wheel_carry_the_version_and_the_licence(dist: Path) -
     assert "Apache License" in (ROOT / "LICENSE").read_text() and f"[{version}]" in (ROOT / "CHANGELOG.md").read_text()
 
 
-def test_the_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -> None:
-    (wheel,) = dist.glob("mcp_guard-*-py3-none-any.whl")
-    venv = tmp_path / "venv"
-    # nothing of the checkout on the path (PYTHONPATH would show pip an mcp-guard "already installed")
+def test_the_wheel_installs_into_a_fresh_venv_and_runs(release_venv: Path, tmp_path: Path) -> None:
+    venv = release_venv  # installed by its own pip from the wheel alone (fixtures/release.py)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=env)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert pip.returncode == 0, pip.stderr[-3000:]
     version = subprocess.run([str(venv / "bin" / "mcp-guard"), "--version"], capture_output=True, text=True, timeout=60,
                              cwd=tmp_path, env=env)
     assert version.returncode == 0, version.stderr
