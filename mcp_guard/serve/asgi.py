@@ -121,7 +121,11 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
         """ASGI entry: the ``Host`` check comes before anything else (but ``/healthz``: a probe
         names the pod's address, and the answer tells nothing)."""
         if scope["type"] == "http" and self.allowed_hosts is not None and scope["path"] != "/healthz":
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            raw = b""
+            for key, value in scope.get("headers") or ():
+                if key == b"host":
+                    raw = value  # the last one, as a dict of the headers would keep (not a dict per request)
+            host = raw.decode("latin-1").lower()
             if host not in self.allowed_hosts:
                 response = JSONResponse(error(None, INVALID_REQUEST, f"Host {host or '(none)'} is not served here"), status_code=421)
                 await response(scope, receive, send)
