@@ -3,14 +3,15 @@ by valgrind (callgrind): a paired, load-independent ratio for each era.
 
 Starts the upstream (``echo_server.py --http``) and the guard (``guard_full`` of
 ``serve_bench.py``: the 200-rule policy, a 2-link bearer grant chain, the hash-chained audit log,
-OTLP traces and metrics to a sink of its own) both under callgrind; then for each era makes
+OTLP traces and metrics to a sink of its own), the guard under callgrind and, with ``--direct``,
+the upstream too (its start under valgrind takes many minutes on a loaded machine); then for each era makes
 ``--warmup`` sequential ``tools/call echo`` requests through the guard on one keep-alive
 connection, zeroes both processes' counters, makes ``--calls`` more, and dumps.  Prints one JSON
 line per era: the guard's instructions per request (all threads, and its main thread alone) and
 the upstream's, and their ratio.  The same requests sent to the upstream directly are counted
-too (``direct``), so "guard ÷ direct" compares like with like.
+too with ``--direct``, so "guard ÷ direct" compares like with like.
 
-  python count_serve.py [--calls 300] [--warmup 150] [--eras legacy,modern]
+  python count_serve.py [--calls 300] [--warmup 150] [--eras legacy,modern] [--direct] [--tree DIR]
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--eras", default="legacy,modern")
+    ap.add_argument("--tree", type=Path, default=ROOT, help="the source tree (holding mcp_guard/) to run (default: this one)")
+    ap.add_argument("--direct", action="store_true", help="count the upstream's instructions too (under valgrind)")
     ap.add_argument("--out", type=Path, help="where the callgrind files go (default: a temporary directory)")
     args = ap.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="count-serve-"))).resolve()
@@ -54,10 +57,10 @@ def main() -> None:
     grind = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/callgrind.out.%p"]
     with otlp_sink() as sink:
         b = Bench(out, sink)
-        b.env["PYTHONPATH"] = f"{ROOT}:{HERE}"  # this tree's mcp_guard, whatever the venv has installed
+        b.env["PYTHONPATH"] = f"{args.tree.resolve()}:{HERE}"  # this tree's mcp_guard, whatever the venv has installed
         try:
             up_port = free_port()
-            upstream = b.spawn([*grind, PY, str(HERE / "echo_server.py"), "--http", str(up_port)])
+            upstream = b.spawn([*(grind if args.direct else []), PY, str(HERE / "echo_server.py"), "--http", str(up_port)])
             b.upstream_url = f"http://127.0.0.1:{up_port}/mcp"
             wait_port(up_port, [upstream], timeout=900)
             port = free_port()
@@ -67,8 +70,9 @@ def main() -> None:
             parts = {guard.pid: 0, upstream.pid: 0}
             for era in [e for e in args.eras.split(",") if e]:
                 row: dict[str, Any] = {"era": era, "calls": args.calls}
-                for target, tport, tool, token in (("guard", port, "upstream_echo", b.token), ("direct", up_port, "echo", "-")):
-                    pids = (guard.pid, upstream.pid) if target == "guard" else (upstream.pid,)
+                targets = [("guard", port, "upstream_echo", b.token)] + ([("direct", up_port, "echo", "-")] if args.direct else [])
+                for target, tport, tool, token in targets:
+                    pids = ((guard.pid, upstream.pid) if args.direct else (guard.pid,)) if target == "guard" else (upstream.pid,)
                     send = requester(tport, era, tool, token)
                     for i in range(args.warmup):
                         send(i)
@@ -84,10 +88,12 @@ def main() -> None:
                         total, main_thread = summary(out, guard.pid, parts[guard.pid])
                         row["guard"] = round(total / args.calls)
                         row["guard_main_thread"] = round(main_thread / args.calls)
-                        row["upstream_behind_guard"] = round(summary(out, upstream.pid, parts[upstream.pid])[0] / args.calls)
+                        if args.direct:
+                            row["upstream_behind_guard"] = round(summary(out, upstream.pid, parts[upstream.pid])[0] / args.calls)
                     else:
                         row["direct"] = round(summary(out, upstream.pid, parts[upstream.pid])[0] / args.calls)
-                row["guard_over_direct"] = round(row["guard"] / row["direct"], 2)
+                if args.direct:
+                    row["guard_over_direct"] = round(row["guard"] / row["direct"], 2)
                 print(json.dumps(row), flush=True)
         finally:
             b.close()
