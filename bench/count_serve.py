@@ -62,11 +62,11 @@ def main() -> None:
             up_port = free_port()
             upstream = b.spawn([*(grind if args.direct else []), PY, str(HERE / "echo_server.py"), "--http", str(up_port)])
             b.upstream_url = f"http://127.0.0.1:{up_port}/mcp"
-            wait_port(up_port, [upstream], timeout=900)
+            wait_port(up_port, [upstream], timeout=3600)
             port = free_port()
             config = b.guard_config("guard_full", full=True, state=f"sqlite:///{out / 'guard_full' / 'state.db'}")
             guard = b.spawn([*grind, str(GUARD), "serve", "--port", str(port), "--log-level", "WARNING", "--config", str(config)])
-            wait_port(port, [guard], timeout=900)
+            wait_port(port, [guard], timeout=3600)  # valgrind: minutes, on a loaded machine many
             parts = {guard.pid: 0, upstream.pid: 0}
             for era in [e for e in args.eras.split(",") if e]:
                 row: dict[str, Any] = {"era": era, "calls": args.calls}
