@@ -4,7 +4,8 @@ does not move with the machine's load, unlike CPU time on a shared box.
 Starts ``valgrind --tool=callgrind <guard command>``, initializes, makes ``--warmup`` calls, zeroes
 the counters (``callgrind_control -z``), makes ``--calls`` sequential ``tools/call echo`` calls,
 waits for the span export thread (``--settle``), dumps (``callgrind_control -d``) and prints the
-instructions per call of the guard process, all its threads (the upstream is not counted).
+instructions per call of the guard process, all its threads (the upstream is not counted), and of
+its main thread alone (the event loop: what a call waits for; the export threads run beside it).
 Valgrind slows Python about 50x: start-up takes minutes.
 
   python count_instructions.py [--calls 400] [--out DIR] -- mcp-guard run --config guard.yaml
@@ -53,7 +54,7 @@ def count(command: Sequence[str], *, calls: int = 400, warmup: int = 200, settle
     out = out or Path(tempfile.mkdtemp(prefix="callgrind-"))
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out.%p", *command],
+        ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/callgrind.out.%p", *command],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(out / "valgrind.log").open("w"), env=env,
     )
     assert proc.stdin is not None and proc.stdout is not None
@@ -84,9 +85,10 @@ def count(command: Sequence[str], *, calls: int = 400, warmup: int = 200, settle
     subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     proc.stdin.close()
     proc.wait(300)
-    dump = out / f"callgrind.out.{proc.pid}.1"
-    total = next(int(m.group(1)) for line in dump.open() if (m := re.match(r"summary: (\d+)", line)))
-    return {"instructions_per_call": round(total / calls), "calls": calls, "dump": str(dump)}
+    dumps = sorted(out.glob(f"callgrind.out.{proc.pid}.1-*"))  # one per thread; -01 is the main thread
+    per_thread = [next(int(m.group(1)) for line in d.open() if (m := re.match(r"summary: (\d+)", line))) for d in dumps]
+    return {"instructions_per_call": round(sum(per_thread) / calls), "main_thread_per_call": round(per_thread[0] / calls),
+            "calls": calls, "dump": str(dumps[0])}
 
 
 def per_part_commands(work: Path, endpoint: str, base: Path | None) -> Iterator[tuple[str, list[str], dict[str, str]]]:

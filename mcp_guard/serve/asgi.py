@@ -121,7 +121,8 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
         """ASGI entry: the ``Host`` check comes before anything else (but ``/healthz``: a probe
         names the pod's address, and the answer tells nothing)."""
         if scope["type"] == "http" and self.allowed_hosts is not None and scope["path"] != "/healthz":
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            found = [value for key, value in scope.get("headers") or () if key == b"host"]  # not a dict of all per request
+            host = found[0].decode("latin-1").lower() if len(found) == 1 else "(several)" if found else ""  # RFC 9112: one
             if host not in self.allowed_hosts:
                 response = JSONResponse(error(None, INVALID_REQUEST, f"Host {host or '(none)'} is not served here"), status_code=421)
                 await response(scope, receive, send)

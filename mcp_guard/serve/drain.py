@@ -41,7 +41,9 @@ class Listener(uvicorn.Server):
 
 
 def listener(app: Any, host: str, port: int, drain_timeout: float) -> Listener:
-    return Listener(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+    # access_log off: at log level warning its lines are never written, yet uvicorn would format
+    # each request's client address and path for them
+    return Listener(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False,
                                    timeout_graceful_shutdown=max(1, math.ceil(drain_timeout))))
 
 

@@ -160,20 +160,24 @@ class ResourceServer:
     async def read_body(self, request: Request) -> bytes | Response:
         """The request body, refused with 413 as soon as it passes ``serve.max_body`` (never buffered past it)."""
         limit = self.serve.max_body
-        too_large = JSONResponse(error(None, INVALID_REQUEST, f"Request too large: the limit is {limit} bytes"), status_code=413,
-                                 headers={"Connection": "close"})
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return too_large
+            return self._too_large(limit)
         chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    return too_large
+                    return self._too_large(limit)
                 chunks.append(chunk)
         except ClientDisconnect:
             return Response(status_code=400)
         return b"".join(chunks)
+
+    @staticmethod
+    def _too_large(limit: int) -> Response:
+        """413, made only when it is the answer (not for every request)."""
+        return JSONResponse(error(None, INVALID_REQUEST, f"Request too large: the limit is {limit} bytes"), status_code=413,
+                            headers={"Connection": "close"})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,7 @@ class EventStream:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.on_close(not completed)
 
+@functools.lru_cache(maxsize=64)  # a client sends the same Accept on every request
 def accepts_sse(accept: str) -> tuple[bool, bool]:
     """(accepts ``text/event-stream``, prefers it): preferred when listed before ``application/json``
     or without it, so a caller that asks for JSON first gets JSON whenever the answer is all there is."""

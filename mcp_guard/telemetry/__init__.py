@@ -11,9 +11,11 @@ Read it in this order:
   ``telemetry:`` block and the ``OTEL_*`` variables; nothing here reads the environment);
 - ``attributes``: the semantic-convention names and the attribute sets built from them;
 - ``hooks``: what the proxy holds (``OFF``, or ``Telemetry``), whose hooks open the ``scopes``: the
-  context managers the proxy wraps requests, decisions and upstream calls in, recording into the
-  ``recorder`` (span pipeline, instruments, shared attribute sets);
-- ``spans``: light span records, W3C trace context, ids and sampling;
+  context managers the proxy wraps requests, decisions and upstream calls in; on the event loop
+  they only note ids, times and outcomes in ``records`` and append them to the queues of the
+  ``recorder`` (span pipeline, instruments, shared attribute sets), whose export threads build the
+  spans and metric points from them;
+- ``spans``: light spans as the encoder takes them, W3C trace context and sampling;
 - ``export``: the direct OTLP/protobuf encoder and the bounded export thread;
 - ``metrics``: the instruments, aggregated in plain objects for any SDK metric reader.
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -266,8 +266,12 @@ class LightOTLPSpanExporter(OTLPSpanExporter):
 # --------------------------------------------------------------------------- the export thread
 
 
-class BoundedBatchProcessor:
-    """Batches ended spans to an exporter on a daemon thread; never blocks the caller.
+Item = TypeVar("Item")
+
+
+class BoundedBatchProcessor(Generic[Item]):
+    """Batches ended spans (or what they are made from) to an exporter on a daemon thread; never
+    blocks the caller.
 
     ``on_end`` only appends to a bounded deque (the guard's event loop must never wait on a
     collector); when the queue is full the span is dropped and counted.  Failed exports count as
@@ -277,7 +281,7 @@ class BoundedBatchProcessor:
 
     def __init__(
         self,
-        export: Callable[[list[LightSpan]], bool],
+        export: Callable[[list[Item]], bool],
         close: Callable[[], object],
         *,
         max_queue_size: int = DEFAULT_QUEUE,
@@ -289,7 +293,7 @@ class BoundedBatchProcessor:
         self._max_queue = max_queue_size
         self._max_batch = min(max_batch_size, max_queue_size)
         self._delay = schedule_delay
-        self._queue: collections.deque[LightSpan] = collections.deque()
+        self._queue: collections.deque[Item] = collections.deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
         self._stopped = False
@@ -301,7 +305,7 @@ class BoundedBatchProcessor:
         self._thread = threading.Thread(target=self._run, name="mcp-guard-span-export", daemon=True)
         self._thread.start()
 
-    def on_end(self, span: LightSpan) -> None:
+    def on_end(self, span: Item) -> None:
         if self._stopped:
             return
         queue = self._queue
@@ -328,7 +332,7 @@ class BoundedBatchProcessor:
                 first = False
                 if deadline is not None and time.monotonic() > deadline:
                     return False
-                batch: list[LightSpan] = []
+                batch: list[Item] = []
                 while self._queue and len(batch) < self._max_batch:
                     batch.append(self._queue.popleft())
                 try:

@@ -85,8 +85,9 @@ class _Instrument:
         self.unit = unit
         self.description = description
         # (key, value, attrs) per record, appended by the recording thread, folded under the lock;
-        # deque append and popleft are atomic, so recording takes no lock
-        self.pending: deque[tuple[Any, Any, Attrs]] = deque()
+        # deque append and popleft are atomic, so recording takes no lock.  attrs None: key is a
+        # scope's record whose ``measure()`` gives (key, attrs) on the folding thread
+        self.pending: deque[tuple[Any, Any, Attrs | None]] = deque()
 
     def queue(self, key: Any, value: Any, attrs: Attrs) -> None:
         """One record: an append on the recording thread; folded here only when ``FOLD_AT`` piled up.
@@ -126,6 +127,8 @@ class DurationHistogram(_Instrument):
         pending, points, bounds = self.pending, self.points, self.bounds
         while pending:
             key, value, attrs = pending.popleft()
+            if attrs is None:  # a scope's record (telemetry.records): its key and attributes are made here
+                key, attrs = key.measure()
             point = points.get(key)
             if point is None:
                 key, made = self._slot(points, key, attrs)
@@ -154,6 +157,8 @@ class MonotonicCounter(_Instrument):
         pending, points = self.pending, self.points
         while pending:
             key, amount, attrs = pending.popleft()
+            if attrs is None:  # a scope's record (telemetry.records): its key and attributes are made here
+                key, attrs = key.measure()
             point = points.get(key)
             if point is None:
                 key, made = self._slot(points, key, attrs)

@@ -35,12 +35,16 @@ from mcp_guard.telemetry.metrics import (
     metric_reader as configured_metric_reader,
 )
 from mcp_guard.telemetry.settings import DEFAULT_EXPORT_TIMEOUT, Settings
-from mcp_guard.telemetry.spans import LightSpan, SpanFactory, sampler
+from mcp_guard.telemetry.spans import LightSpan, sampler
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import SpanKind, TraceState
     from opentelemetry.util.types import AttributeValue
+
+    from mcp_guard.identity import Principal
+    from mcp_guard.request import Target
 
 log = logging.getLogger("mcp_guard.telemetry")
 
@@ -56,6 +60,12 @@ class Upstream(Protocol):
 
     @property
     def config(self) -> object: ...
+
+
+class Finished(Protocol):
+    """A scope's record, ended on the event loop: the export thread makes its span."""
+
+    def light(self) -> LightSpan: ...
 
 
 class Recorder:
@@ -75,19 +85,20 @@ class Recorder:
         self.settings = settings
         self.resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
         self.scope = InstrumentationScope("mcp_guard", __version__)
-        self.processor: BoundedBatchProcessor | None = None
+        self.processor: BoundedBatchProcessor[Finished] | None = None
         exporter = span_exporter or configured_span_exporter(settings)
         if exporter is not None:
+            send = span_sender(exporter, self.resource, self.scope)
             self.processor = BoundedBatchProcessor(
-                span_sender(exporter, self.resource, self.scope),
+                lambda batch: send([record.light() for record in batch]),  # the spans are built here, off the loop
                 exporter.shutdown,
                 max_queue_size=settings.max_queue_size,
                 max_batch_size=settings.max_batch_size,
                 schedule_delay=settings.schedule_delay,
             )
         self.tracing = self.processor is not None
-        self.spans = SpanFactory(self.processor.on_end if self.processor is not None else _ignore,
-                                 sampler(settings.sampler, settings.sampler_arg) if self.tracing else None)
+        self.sampler = sampler(settings.sampler, settings.sampler_arg) if self.tracing else None
+        self.end = self.processor.on_end if self.processor is not None else _ignore  # a sampled span's record, ended
         self.metrics: Instruments | None = None
         self.server_duration: DurationHistogram | None = None
         self.client_duration: DurationHistogram | None = None
@@ -102,7 +113,8 @@ class Recorder:
             self.decisions = self.metrics.counter(a.DECISIONS, "{decision}", "Tool-call decisions by outcome.")
         # attribute sets built once per distinct input: (the cached mapping, what was built from it),
         # keyed by id and checked by identity
-        self.guardrail_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
+        # (all of them used on the span export thread only)
+        self._guardrail_base: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
         self._client_base: dict[tuple[Any, ...], tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]] = {}
         self._server_start: dict[tuple[str, str | None, str | None], dict[str, AttributeValue]] = {}
         self._server_end: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
@@ -123,19 +135,24 @@ class Recorder:
             found = self._merged[key] = (left, right, {**left, **right})
         return found[2]
 
-    def server_start(self, method: str, target_attr: str | None, target: str | None) -> dict[str, AttributeValue]:
+    @staticmethod
+    def server_start_attrs(method: str, target_attr: str | None, target: str | None) -> dict[str, AttributeValue]:
         """The SERVER span's attributes known when a request arrives."""
+        attrs: dict[str, AttributeValue] = {a.MCP_METHOD_NAME: method, a.NETWORK_TRANSPORT: "pipe"}
+        if target_attr is not None and target is not None:
+            attrs[target_attr] = target
+            if method == "tools/call":
+                attrs[a.GEN_AI_OPERATION_NAME] = "execute_tool"
+        return attrs
+
+    def server_start(self, method: str, target_attr: str | None, target: str | None) -> dict[str, AttributeValue]:
+        """``server_start_attrs``, built once per kind of request."""
         key = (method, target_attr, target)
         attrs = self._server_start.get(key)
         if attrs is None:
-            attrs = {a.MCP_METHOD_NAME: method, a.NETWORK_TRANSPORT: "pipe"}
-            if target_attr is not None and target is not None:
-                attrs[target_attr] = target
-                if method == "tools/call":
-                    attrs[a.GEN_AI_OPERATION_NAME] = "execute_tool"
             if len(self._server_start) >= CACHE_LIMIT:
                 self._server_start.clear()
-            self._server_start[key] = attrs
+            attrs = self._server_start[key] = self.server_start_attrs(method, target_attr, target)
         return attrs
 
     def server_end(self, span: LightSpan, version: str, session: str | None, listed: tuple[int, int] | None,
@@ -159,17 +176,36 @@ class Recorder:
         else:
             span.attrs = self.merged(span.attrs, found[1])
 
-    def client_attrs(self, upstream: Upstream, method: str, target_attr: str | None, target: str | None,
-                     ) -> tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
-        """(key, span attributes, metric attributes) of a request to ``upstream``, built once per kind."""
+    @staticmethod
+    def guardrail_attrs(target: Target, who: Principal, ident: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+        """The ``run_guardrail`` span's attributes known before the verdict."""
+        return {
+            **a.GUARDRAIL_FIXED,
+            a.GUARDRAIL_TARGET_SUBTYPE: a.SUBTYPE.get(target.kind, "tool_call"),
+            a.GUARDRAIL_TARGET_ID: a.text(target.qualified),
+            a.PRINCIPAL_VERIFIED: bool(who.verified),
+            **ident,
+        }
+
+    def guardrail_base(self, target: Target, who: Principal) -> dict[str, AttributeValue]:
+        """``guardrail_attrs``, built once per target and principal."""
+        ident = a.principal_attributes(who)
+        key = (target.qualified, target.kind, who.verified, id(ident))
+        base = self._guardrail_base.get(key)
+        if base is None or base[0] is not ident:
+            if len(self._guardrail_base) >= CACHE_LIMIT:
+                self._guardrail_base.clear()
+            base = self._guardrail_base[key] = (ident, self.guardrail_attrs(target, who, ident))
+        return base[1]
+
+    @staticmethod
+    def client_attrs_of(upstream: Upstream, version: str, method: str, target_attr: str | None, target: str | None,
+                        ) -> dict[str, AttributeValue]:
+        """The attributes of a request to ``upstream`` (its CLIENT span's and its duration point's)."""
         url = getattr(upstream.config, "url", None)
-        key = (upstream.name, upstream.protocol_version, url, method, target_attr, target)
-        found = self._client_base.get(key)
-        if found is not None:
-            return found
         attrs: dict[str, AttributeValue] = {
             a.MCP_METHOD_NAME: method,
-            a.MCP_PROTOCOL_VERSION: a.text(upstream.protocol_version),
+            a.MCP_PROTOCOL_VERSION: a.text(version),
             a.NETWORK_TRANSPORT: "tcp" if url else "pipe",
             a.UPSTREAM: a.text(upstream.name),
         }
@@ -184,10 +220,36 @@ class Recorder:
             attrs[target_attr] = target  # type: ignore[index]
             if method == "tools/call":
                 attrs[a.GEN_AI_OPERATION_NAME] = "execute_tool"
+        return attrs
+
+    def client_attrs(self, upstream: Upstream, version: str, method: str, target_attr: str | None, target: str | None,
+                     ) -> tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
+        """(key, span attributes, metric attributes) of a request to ``upstream``, built once per kind."""
+        key = (upstream.name, version, getattr(upstream.config, "url", None), method, target_attr, target)
+        found = self._client_base.get(key)
+        if found is not None:
+            return found
+        attrs = self.client_attrs_of(upstream, version, method, target_attr, target)
         if len(self._client_base) >= CACHE_LIMIT:
             self._client_base.clear()
         found = self._client_base[key] = (key, attrs, dict(attrs))
         return found
+
+    def sample(
+        self, name: str, kind: SpanKind, attrs: Mapping[str, AttributeValue], trace_id: int, parent_id: int,
+        parent_sampled: bool, state: TraceState | None, is_remote: bool,
+    ) -> tuple[bool, TraceState | None]:
+        """A configured (non-default) sampler decides, as the SDK's tracer would ask it."""
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+        assert self.sampler is not None
+        context = None
+        if parent_id:
+            parent_ctx = SpanContext(trace_id, parent_id, is_remote, TraceFlags(1 if parent_sampled else 0), state)
+            context = trace.set_span_in_context(NonRecordingSpan(parent_ctx))
+        result = self.sampler.should_sample(context, trace_id, name, kind, attrs)
+        return bool(result.decision.is_sampled()), result.trace_state  # type: ignore[no-untyped-call]
 
     def flush(self, timeout: float = DEFAULT_EXPORT_TIMEOUT) -> bool:
         ok = True
@@ -209,5 +271,5 @@ class Recorder:
 
 
 
-def _ignore(span: LightSpan) -> None:
+def _ignore(record: Finished) -> None:
     return None

@@ -2,18 +2,15 @@
 
 The SDK's span objects validate every attribute on every call; the guard's attributes come from its
 own code (already valid OTLP values), so a span here is a slotted record (``LightSpan``) that
-``export`` encodes directly.  ``SpanFactory`` starts spans under a parent of the same request or
-under the host's remote context (``traceparent``/``tracestate`` from ``params._meta``), applies the
-configured sampler (parent-based always-on, the default, inline; any other as the SDK's tracer
-would ask it) and hands sampled spans to the export queue when they end.
+``export`` encodes directly; the export thread makes it from a scope's record (``records``, which
+also takes the ids: under a parent of the same request or under the host's remote context, the
+``traceparent``/``tracestate`` of ``params._meta``, sampled as the configured sampler says).
 """
 
 from __future__ import annotations
 
-import random
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, StatusCode, TraceState
@@ -160,7 +157,7 @@ def traceparent(span: LightSpan) -> str:
 
 def sampler(name: str, arg: str) -> Sampler | None:
     """The SDK sampler ``OTEL_TRACES_SAMPLER``/``_ARG`` name, or None for the default (parent-based,
-    always on), which ``SpanFactory`` applies inline; as the SDK reads them, an unknown name falls
+    always on), which ``records`` applies inline; as the SDK reads them, an unknown name falls
     back to the default and an unreadable ratio to 1.0."""
     if name in ("", DEFAULT_SAMPLER):
         return None
@@ -180,65 +177,4 @@ def sampler(name: str, arg: str) -> Sampler | None:
     return found
 
 
-_getrandbits = random.getrandbits
-_time_ns = time.time_ns
-
-
-def _new_id(bits: int) -> int:
-    while True:
-        value = random.getrandbits(bits)
-        if value:
-            return value
-
-
-class SpanFactory:
-    """Starts and ends the spans of one guard process; ended, sampled spans go to ``on_end``."""
-
-    def __init__(self, on_end: Callable[[LightSpan], None], sample: Sampler | None) -> None:
-        self._on_end = on_end
-        self._sampler = sample
-
-    def start(
-        self,
-        name: str,
-        kind: SpanKind,
-        attrs: dict[str, AttributeValue],
-        parent: LightSpan | None,
-        remote: RemoteParent | None = None,
-    ) -> LightSpan:
-        """A new span under ``parent`` (a span of this request) or ``remote`` (the host's context)."""
-        if parent is not None:
-            trace_id, parent_id, sampled, state, is_remote = parent.trace_id, parent.span_id, parent.sampled, parent.trace_state, False
-        elif remote is not None:
-            trace_id, parent_id, sampled, state = remote
-            is_remote = True
-        else:
-            trace_id, parent_id, sampled, state, is_remote = _getrandbits(128) or _new_id(128), 0, True, None, False
-        if self._sampler is not None:
-            sampled, state = self._sample(name, kind, attrs, trace_id, parent_id, sampled, state, is_remote)
-        return LightSpan(name, kind, trace_id, _getrandbits(64) or _new_id(64), parent_id, is_remote, sampled, state,
-                         attrs, _time_ns())
-
-    def _sample(
-        self, name: str, kind: SpanKind, attrs: dict[str, AttributeValue], trace_id: int, parent_id: int,
-        parent_sampled: bool, state: TraceState | None, is_remote: bool,
-    ) -> tuple[bool, TraceState | None]:
-        """A configured (non-default) sampler decides, as the SDK's tracer would ask it."""
-        from opentelemetry import trace
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-
-        assert self._sampler is not None
-        context = None
-        if parent_id:
-            parent_ctx = SpanContext(trace_id, parent_id, is_remote, TraceFlags(1 if parent_sampled else 0), state)
-            context = trace.set_span_in_context(NonRecordingSpan(parent_ctx))
-        result = self._sampler.should_sample(context, trace_id, name, kind, attrs)
-        return bool(result.decision.is_sampled()), result.trace_state  # type: ignore[no-untyped-call]
-
-    def end(self, span: LightSpan) -> None:
-        span.end = _time_ns()
-        if span.sampled:
-            self._on_end(span)
-
-
-__all__ = ["LightSpan", "SpanFactory", "remote_parent", "sampler", "traceparent"]
+__all__ = ["LightSpan", "RemoteParent", "remote_parent", "sampler", "traceparent"]

@@ -192,6 +192,22 @@ async def test_the_host_header_is_checked(guard: Guard) -> None:
                                 headers={**ACCEPT, "Authorization": f"Bearer {guard.grant('a')}"})).status_code == 200
 
 
+async def test_a_request_with_two_host_headers_is_refused_whichever_comes_first(guard: Guard) -> None:
+    url = guard.start()
+    port = int(url.split(":")[2].split("/")[0])
+    body = json.dumps(init()).encode()
+    for hosts in ((f"127.0.0.1:{port}", "attacker.example"), ("attacker.example", f"127.0.0.1:{port}")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = "".join(f"Host: {h}\r\n" for h in hosts)
+        writer.write(f"POST /mcp HTTP/1.1\r\n{head}Authorization: Bearer {guard.grant('a')}\r\n"
+                     f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        status = (await reader.readline()).split()[1]
+        writer.close()
+        assert status in (b"400", b"421"), hosts  # never served under a Host it did not check
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

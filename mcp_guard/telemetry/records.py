@@ -1,0 +1,287 @@
+"""What a call leaves on the event loop for the export threads: one record per scope, turned into
+spans and metric points on those threads only.
+
+The event loop notes the facts of a request (its ids, times, method, the request record's fields,
+the outcome) in a slotted record and appends it to the span queue and to its instrument's queue;
+that is all telemetry costs a call.  The span export thread calls ``light()`` to build the span's
+attribute sets (through the ``Recorder``'s caches, which only that thread touches) and hands the
+``LightSpan`` to the encoder; the metric reader's thread calls ``measure()`` for the point's key
+and attributes.  A record is never changed once its scope has ended, so either thread may read it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import SpanKind, TraceState
+
+from mcp_guard.jsonrpc import Era
+from mcp_guard.telemetry import attributes as a
+from mcp_guard.telemetry.recorder import Recorder, Upstream
+from mcp_guard.telemetry.spans import LightSpan, RemoteParent
+
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
+    from mcp_guard.decision import Verdict
+    from mcp_guard.identity import Principal
+    from mcp_guard.request import RequestContext, Target
+
+_NONE: Mapping[str, AttributeValue] = {}
+_getrandbits = random.getrandbits
+Outcome = tuple["str | None", "str | None", "str | None"]  # (error.type, rpc status code, description)
+_SUCCESS: Outcome = (None, None, None)
+
+
+def _new_id(bits: int) -> int:
+    while True:
+        value = random.getrandbits(bits)
+        if value:
+            return value
+
+
+def _mark(span: LightSpan, outcome: Outcome) -> None:
+    """Mark ``span`` with a JSON-RPC error outcome (its attributes become its own copy)."""
+    error_type, code, description = outcome
+    if error_type is not None:
+        attrs = span.attrs = dict(span.attrs)
+        attrs[a.ERROR_TYPE] = error_type
+        if code is not None:
+            attrs[a.RPC_RESPONSE_STATUS_CODE] = code
+        span.set_error(description)
+
+
+class SpanRecord:
+    """The span fields every scope notes on the loop: W3C ids, sampling, times."""
+
+    __slots__ = ("end", "parent_id", "remote", "sampled", "span_id", "start", "state", "tel", "trace_id", "traced")
+
+    tel: Recorder
+    traced: bool  # a span is made (tracing on); False: only metrics
+    trace_id: int
+    span_id: int
+    parent_id: int  # 0: a root span
+    remote: bool
+    sampled: bool
+    state: TraceState | None
+    start: int
+    end: int
+
+    def open(self, parent: SpanRecord | None, remote: RemoteParent | None = None) -> None:
+        """Take ids under ``parent`` (a span of this request) or ``remote`` (the host's context),
+        sampled as the parent was (parent-based always-on, the default sampler)."""
+        if parent is not None:
+            self.trace_id, self.parent_id, self.sampled, self.state = parent.trace_id, parent.span_id, parent.sampled, parent.state
+            self.remote = False
+        elif remote is not None:
+            self.trace_id, self.parent_id, self.sampled, self.state = remote
+            self.remote = True
+        else:
+            self.trace_id, self.parent_id, self.sampled, self.state = _getrandbits(128) or _new_id(128), 0, True, None
+            self.remote = False
+        self.span_id = _getrandbits(64) or _new_id(64)
+        if self.tel.sampler is not None:
+            self.sampled, self.state = self.tel.sample(self.span_name(), self.kind(), self.sample_attrs(), self.trace_id,
+                                                       self.parent_id, self.sampled, self.state, self.remote)
+
+    def span_name(self) -> str:
+        raise NotImplementedError
+
+    def kind(self) -> SpanKind:
+        raise NotImplementedError
+
+    def sample_attrs(self) -> Mapping[str, AttributeValue]:
+        """The attributes a configured sampler is shown (built without the export thread's caches)."""
+        raise NotImplementedError
+
+    def new_span(self, attrs: dict[str, AttributeValue]) -> LightSpan:
+        span = LightSpan(self.span_name(), self.kind(), self.trace_id, self.span_id, self.parent_id, self.remote,
+                         self.sampled, self.state, attrs, self.start)
+        span.end = self.end
+        return span
+
+
+class RequestRecord(SpanRecord):
+    """One host request: its SERVER span and its ``mcp.server.operation.duration`` point."""
+
+    __slots__ = ("current", "elapsed", "guarded", "listed", "message_id", "method", "name", "outcome", "principal",
+                 "session", "uri", "version")
+
+    method: str
+    name: Any  # params.name as the host sent it
+    uri: Any
+    message_id: Any
+    current: SpanRecord | None  # the parent of spans started now (the decision's while deciding)
+    guarded: DecisionRecord | None  # the decision, for the request's later spans
+    outcome: Outcome
+    version: str
+    session: str | None
+    listed: tuple[int, int] | None
+    principal: Principal
+
+    def span_name(self) -> str:
+        target = a.target_of(self.method, {"name": self.name})[1]
+        return f"{self.method} {target}" if target else self.method
+
+    def kind(self) -> SpanKind:
+        return SpanKind.SERVER
+
+    def sample_attrs(self) -> Mapping[str, AttributeValue]:
+        return Recorder.server_start_attrs(self.method, *a.target_of(self.method, {"name": self.name}))
+
+    def light(self) -> LightSpan:
+        tel = self.tel
+        span = self.new_span(tel.server_start(self.method, *a.target_of(self.method, {"name": self.name})))
+        span.unique[a.JSONRPC_REQUEST_ID] = str(self.message_id)
+        if isinstance(self.uri, str):
+            span.unique[a.MCP_RESOURCE_URI] = self.uri
+        _mark(span, self.outcome)
+        guarded = self.guarded
+        who = (guarded.guarded_attrs() if guarded is not None
+               else a.principal_attributes(self.principal) if self.method not in a.UNGUARDED else _NONE)
+        tel.server_end(span, self.version, self.session, self.listed, who, private=self.outcome[0] is not None)
+        return span
+
+    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
+        method, version, error_type = self.method, self.version, self.outcome[0]
+        target_attr, target = a.target_of(method, {"name": self.name})
+        return ((method, version, target_attr, target, error_type),
+                lambda: a.server_metric(method, version, target_attr, target, error_type))
+
+
+class DecisionRecord(SpanRecord):
+    """One decision: its ``run_guardrail mcp-guard`` span and its ``mcp_guard.decisions`` count."""
+
+    __slots__ = ("_guarded", "approved_at", "events", "failure", "labels", "principal", "shadow", "target", "verdict")
+
+    target: Target
+    principal: Principal
+    verdict: Verdict | None
+    shadow: Verdict | None
+    labels: frozenset[str] | None
+    approved_at: int
+    events: list[tuple[str, int, Mapping[str, AttributeValue]]] | None  # an exception, noted on the loop
+    failure: str | None
+
+    def span_name(self) -> str:
+        return a.GUARDRAIL_SPAN
+
+    def kind(self) -> SpanKind:
+        return SpanKind.INTERNAL
+
+    def sample_attrs(self) -> Mapping[str, AttributeValue]:
+        return Recorder.guardrail_attrs(self.target, self.principal, a.principal_attributes(self.principal))
+
+    def _decided(self) -> tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
+        verdict, target = self.verdict, self.target
+        assert verdict is not None
+        decided, outcome = a.decided(verdict.decision, tuple(verdict.policy_ids), tuple(verdict.rule_ids), verdict.reason,
+                                     target.upstream, verdict.approver)
+        if self.labels is not None:  # the flow step ran: the labels the session held when decided
+            labels: Mapping[str, AttributeValue] = {a.SESSION_LABELS: tuple(sorted(self.labels))}
+            decided, outcome = {**decided, **labels}, {**outcome, **labels}
+        return decided, outcome
+
+    def guarded_attrs(self, *, cached: bool = True) -> Mapping[str, AttributeValue]:
+        """Principal + decision: what the request's SERVER and later CLIENT spans carry (built once
+        on the export thread; ``cached=False`` for a sampler on the loop, which must not touch it)."""
+        if not cached:
+            return {**a.principal_attributes(self.principal), **self._decided()[0]}
+        try:
+            return self._guarded
+        except AttributeError:
+            self._guarded: Mapping[str, AttributeValue] = self.tel.merged(a.principal_attributes(self.principal),
+                                                                          self._decided()[0])
+            return self._guarded
+
+    def light(self) -> LightSpan:
+        tel = self.tel
+        span = self.new_span(tel.guardrail_base(self.target, self.principal))
+        if self.events is not None:  # ended by an exception
+            span.events = self.events
+            span.set_error(self.failure)
+            return span
+        verdict = self.verdict
+        assert verdict is not None
+        decided, outcome = self._decided()
+        span.attrs = tel.merged(span.attrs, outcome)
+        if self.shadow is not None:  # a copy: the merged set is shared
+            span.attrs = {**span.attrs, a.SHADOW_DECISION: str(self.shadow.decision)}
+        if verdict.decision in ("approved", "rejected"):
+            event: dict[str, AttributeValue] = {a.DECISION: decided[a.DECISION]}
+            if verdict.approver:
+                event[a.APPROVER] = a.text(verdict.approver)
+            span.add_event(a.APPROVAL_EVENT, self.approved_at, event)
+        return span
+
+    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
+        verdict, target = self.verdict, self.target
+        assert verdict is not None
+        d, u, t, k = str(verdict.decision), target.upstream, target.exposed, target.kind
+        name_attr = a.NAME_ATTR.get(k)  # never a resource URI in a metric
+        return (d, u, t, k), lambda: {a.DECISION: d, a.UPSTREAM: a.text(u), **({name_attr: a.text(t)} if name_attr else {})}
+
+
+class UpstreamRecord(SpanRecord):
+    """One request to an upstream: its CLIENT span and its ``mcp.client.operation.duration`` point."""
+
+    __slots__ = ("failure", "guarded", "method", "name", "on_id", "outcome", "upstream", "upstream_id", "version")
+
+    upstream: Upstream
+    version: str
+    method: str
+    name: Any  # params.name as sent
+    guarded: DecisionRecord | None
+    upstream_id: int | None
+    outcome: Outcome
+    failure: tuple[str, str] | None  # (error.type, description) of an exception
+
+    def span_name(self) -> str:
+        target = a.target_of(self.method, {"name": self.name})[1]
+        return f"{self.method} {target}" if target else self.method
+
+    def kind(self) -> SpanKind:
+        return SpanKind.CLIENT
+
+    def _attrs(self) -> tuple[tuple[Any, ...], Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
+        return self.tel.client_attrs(self.upstream, self.version, self.method, *a.target_of(self.method, {"name": self.name}))
+
+    def sample_attrs(self) -> Mapping[str, AttributeValue]:
+        base = Recorder.client_attrs_of(self.upstream, self.version, self.method, *a.target_of(self.method, {"name": self.name}))
+        return {**base, **self.guarded.guarded_attrs(cached=False)} if self.guarded is not None else base
+
+    def light(self) -> LightSpan:
+        base = self._attrs()[1]
+        guarded = self.guarded
+        span = self.new_span(self.tel.merged(base, guarded.guarded_attrs()) if guarded is not None else base)  # type: ignore[arg-type]
+        if self.upstream_id is not None:
+            span.unique[a.JSONRPC_REQUEST_ID] = str(self.upstream_id)
+        _mark(span, self.outcome)
+        if self.failure is not None:
+            error_type, description = self.failure
+            span.attrs = {**span.attrs, a.ERROR_TYPE: error_type}  # shared: copy, then mark
+            span.set_error(description)
+        return span
+
+    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
+        upstream, version, method = self.upstream, self.version, self.method
+        target_attr, target = a.target_of(method, {"name": self.name})
+        ckey = (upstream.name, version, getattr(upstream.config, "url", None), method, target_attr, target)
+        failed = self.failure[0] if self.failure is not None else self.outcome[0]
+        if failed is None:
+            return ckey, lambda: Recorder.client_attrs_of(upstream, version, method, target_attr, target)
+        return (ckey, failed), lambda: {**Recorder.client_attrs_of(upstream, version, method, target_attr, target),
+                                        a.ERROR_TYPE: failed}
+
+
+def note_request(record: RequestRecord, req: RequestContext) -> None:
+    """What the SERVER span and the duration read of the request record, noted as it ends."""
+    record.version = req.protocol_version
+    record.session = req.session_id if req.era == Era.LEGACY else None
+    record.listed = req.tools_listed
+    record.principal = req.principal
+
+
+__all__ = ["DecisionRecord", "RequestRecord", "SpanRecord", "UpstreamRecord", "note_request"]
