@@ -106,9 +106,9 @@ def _call_target(r: SourceReader, call: CallDoc, path: Path) -> tuple[str | None
     if "upstream" in call.model_fields_set and (kind is not Kind.RESOURCE or upstream is None):
         r.error((*path, "upstream"), "`call.upstream` names the upstream of a bare `resource` URI")
         return None, kind
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
         return None, kind  # the model said what is wrong with it
-    if upstream is not None:
+    if upstream is not None and value:
         return f"{upstream}/{value}", kind
     head, sep, rest = value.partition("/")
     if not sep or not rest or not UPSTREAM.match(head):

@@ -13,6 +13,7 @@ import copy
 import re
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,6 +115,15 @@ def test_a_mutated_policy_test_file_reads_whole_or_says_where_it_is_wrong(doc: d
         _said_in_our_words([str(p) for p in got.problems], "t.test.yaml")
     else:
         assert len(got.cases) == len(doc["cases"])
+
+
+@pytest.mark.parametrize("key", ["tool", "resource", "prompt"])
+def test_an_empty_call_target_is_refused_never_a_case_dropped_in_silence(key: str) -> None:
+    """A case whose ``call`` names the empty string was once dropped with no problem said: a test
+    file that passes while checking nothing."""
+    case = {"name": "n", "principal": {"user": "u", "agents": ["a"]}, "call": {key: ""}, "expect": "allow"}
+    got = parse_test_file(yaml.safe_dump({"policies": "p.yaml", "cases": [case]}, sort_keys=False), "t.test.yaml")
+    assert not got.cases and len(got.problems) == 1 and got.problems[0].message.startswith(f"`call.{key}` must be"), got.problems
 
 
 def _lines(text: str) -> list[str]:
