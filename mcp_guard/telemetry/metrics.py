@@ -89,9 +89,9 @@ class _Instrument:
         # scope's record whose ``measure()`` gives (key, attrs) on the folding thread
         self.pending: deque[tuple[Any, Any, Attrs | None]] = deque()
 
-    def queue(self, key: Any, value: Any, attrs: Attrs) -> None:
+    def queue(self, key: Any, value: Any, attrs: Attrs | None) -> None:
         """One record: an append on the recording thread; folded here only when ``FOLD_AT`` piled up.
-        ``attrs`` is only called the first time ``key`` is seen."""
+        ``attrs`` is only called the first time ``key`` is seen (None: ``key`` is a scope's record)."""
         pending = self.pending
         pending.append((key, value, attrs))
         if len(pending) >= FOLD_AT:

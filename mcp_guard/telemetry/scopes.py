@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.telemetry import attributes as a
-from mcp_guard.telemetry.metrics import FOLD_AT
 from mcp_guard.telemetry.recorder import Recorder, Upstream
 from mcp_guard.telemetry.records import _SUCCESS, DecisionRecord, RequestRecord, UpstreamRecord, note_request
 from mcp_guard.telemetry.spans import remote_parent
@@ -84,10 +83,7 @@ class RequestTrace(RequestRecord):
                 tel.end(self)
         hist = tel.server_duration
         if hist is not None:
-            pending = hist.pending
-            pending.append((self, elapsed, None))
-            if len(pending) >= FOLD_AT:
-                hist.fold()
+            hist.queue(self, elapsed, None)
 
 
 _CURRENT: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar("mcp_guard_request", default=None)
@@ -161,10 +157,7 @@ class DecisionSpan(DecisionRecord):
                 tel.end(self)
         counter = tel.decisions
         if counter is not None:
-            pending = counter.pending
-            pending.append((self, 1, None))
-            if len(pending) >= FOLD_AT:
-                counter.fold()
+            counter.queue(self, 1, None)
 
 
 def _exception_event(events: list[tuple[str, int, Mapping[str, AttributeValue]]], exc: BaseException) -> str:
@@ -255,10 +248,7 @@ class UpstreamCall(UpstreamRecord):
                 tel.end(self)
         hist = tel.client_duration
         if hist is not None:
-            pending = hist.pending
-            pending.append((self, elapsed, None))
-            if len(pending) >= FOLD_AT:
-                hist.fold()
+            hist.queue(self, elapsed, None)
 
 
 __all__ = ["DecisionSpan", "RequestTrace", "UpstreamCall", "current_span_ids"]
