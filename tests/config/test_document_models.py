@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fixtures.mutation import mutated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,43 +131,13 @@ ODD = st.one_of(st.none(), st.booleans(), st.integers(-2, 70000), st.floats(allo
                                                                          st.integers(0, 3), max_size=2))
 
 
-def _paths(node: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [at]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*at, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*at, i))
-    return out
-
-
 def test_the_unmutated_config_loads(tmp_path: Path) -> None:
     config = parse_config(yaml.safe_dump(VALID), str(tmp_path / "guard.yaml"), environ={})
     assert config.upstreams["fs"].roots == (str((tmp_path / "ws").resolve()),) and config.serve.approvals is not None
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> dict[str, Any]:
-    doc = copy.deepcopy(VALID)
-    for _ in range(draw(st.integers(1, 4))):
-        spots = [p for p in _paths(doc) if p]
-        spot = draw(st.sampled_from(spots))
-        parent = doc
-        for step in spot[:-1]:
-            parent = parent[step]
-        action = draw(st.sampled_from(["replace", "delete", "add"]))
-        if action == "delete" and isinstance(parent, dict):
-            del parent[spot[-1]]
-        elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.sampled_from(["bogus", "comand", "url", "command", "issuer", "timeout"]))] = draw(ODD)
-        else:
-            parent[spot[-1]] = draw(ODD)
-    return doc
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(doc=mutated())
+@given(doc=mutated(VALID, ODD, ["bogus", "comand", "url", "command", "issuer", "timeout"], most=4))
 def test_a_mutated_config_loads_or_says_where_it_is_wrong(doc: dict[str, Any], tmp_path: Path) -> None:
     text = yaml.safe_dump(doc)
     try:

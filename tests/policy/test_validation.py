@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
 import pytest
 import yaml
+from fixtures.mutation import mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,38 +52,7 @@ ODD = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.floats(allow_na
                 st.sampled_from(["alow", "fs", "fs/*", "Bad Label", "([", "~/x", "args.", "usr", "token"]),
                 st.lists(st.sampled_from(["fs/x", "X", "", 3]), max_size=2),
                 st.dictionaries(st.sampled_from(["bogus", "under", "labels", "tools", "effect"]), st.integers(0, 2), max_size=2))
-
-
-def _paths(node: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [at]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*at, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*at, i))
-    return out
-
-
-@st.composite
-def mutated(draw: st.DrawFn, valid: dict[str, Any]) -> dict[str, Any]:
-    doc = copy.deepcopy(valid)
-    for _ in range(draw(st.integers(1, 3))):
-        spots = [p for p in _paths(doc) if p]
-        if not spots:
-            break
-        spot = draw(st.sampled_from(spots))
-        parent = doc
-        for step in spot[:-1]:
-            parent = parent[step]
-        action = draw(st.sampled_from(["replace", "delete", "add"]))
-        if action == "delete" and isinstance(parent, dict):
-            del parent[spot[-1]]
-        elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.sampled_from(["bogus", "tools", "when", "in", "id", "upstreams", "match"]))] = draw(ODD)
-        else:
-            parent[spot[-1]] = draw(ODD)
-    return doc
+ADDED = ["bogus", "tools", "when", "in", "id", "upstreams", "match"]
 
 
 def _said_in_our_words(lines: list[str], file: str) -> None:
@@ -94,7 +63,7 @@ def _said_in_our_words(lines: list[str], file: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)  # a loaded CI machine stalls; not a timing test
-@given(doc=mutated(VALID))
+@given(doc=mutated(VALID, ODD, ADDED))
 def test_a_mutated_policy_file_parses_whole_or_says_where_it_is_wrong(doc: dict[str, Any]) -> None:
     parsed = parse_text(yaml.safe_dump(doc, sort_keys=False), "p.yaml")
     if parsed.errors:
@@ -108,7 +77,7 @@ def test_a_mutated_policy_file_parses_whole_or_says_where_it_is_wrong(doc: dict[
 
 
 @settings(max_examples=200, deadline=None)  # a loaded CI machine stalls; not a timing test
-@given(doc=mutated(TESTS))
+@given(doc=mutated(TESTS, ODD, ADDED))
 def test_a_mutated_policy_test_file_reads_whole_or_says_where_it_is_wrong(doc: dict[str, Any]) -> None:
     got = parse_test_file(yaml.safe_dump(doc, sort_keys=False), "t.test.yaml")
     if got.problems:
