@@ -19,7 +19,6 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 from mcp_guard.errors import ConfigError
-from mcp_guard.telemetry.scopes import current_span_ids
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "mcp-guard %(levelname)s %(name)s: %(message)s"
@@ -27,16 +26,20 @@ CHATTY = ("httpx2", "httpx", "httpcore", "mcp")  # one line per HTTP request is 
 
 
 class TraceJsonFormatter(JsonFormatter):
-    """One JSON object per record, with the ids of the span being served when there is one."""
+    """One JSON object per record, with the ids of the span being served when there is one.
+    (The telemetry scopes are imported here: text logs start without them.)"""
 
     def __init__(self) -> None:
+        from mcp_guard.telemetry.scopes import current_span_ids
+
+        self._span_ids = current_span_ids
         super().__init__("%(levelname)s %(name)s %(message)s",
                          rename_fields={"levelname": "level", "name": "logger"}, json_ensure_ascii=False)
 
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         log_record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         super().add_fields(log_record, record, message_dict)
-        ids = current_span_ids()
+        ids = self._span_ids()
         if ids is not None:
             log_record["trace_id"] = f"{ids[0]:032x}"
             log_record["span_id"] = f"{ids[1]:016x}"

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from mcp_guard.flow.index import ContentIndex
 from mcp_guard.flow.text import normalise
+
+if TYPE_CHECKING:  # the index (and numpy) is imported by whoever builds one: a guard without flow rules never does
+    from mcp_guard.flow.index import ContentIndex
 
 ENDORSABLE = frozenset({"untrusted"})  # the label endorsements speak for (docs/grants.md)
 
@@ -41,6 +44,4 @@ def endorsed(strings: tuple[str, ...]) -> frozenset[str]:
     return frozenset(n for n in (normalise(s) for s in strings) if n)
 
 
-EMPTY = SessionView(frozenset(), ContentIndex())
-
-__all__ = ["EMPTY", "ENDORSABLE", "SessionView", "endorsed"]
+__all__ = ["ENDORSABLE", "SessionView", "endorsed"]

@@ -12,16 +12,11 @@ session or upstream sees them.  Each refusal maps to its HTTP status by the SDK'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
-
-from mcp.shared.inbound import (
-    ERROR_CODE_HTTP_STATUS,
-    InboundLadderRejection,
-    classify_inbound_request,
-    find_duplicated_routing_header,
-)
 
 from mcp_guard.jsonrpc import (
     LEGACY_VERSIONS,
@@ -53,9 +48,19 @@ class Refusal:
         return error(request_id, self.code, self.message, self.data)
 
 
+@functools.cache
+def _ladder() -> ModuleType:
+    """The SDK's ladder, imported at the first 2026-07-28 request: importing any part of ``mcp``
+    loads the whole SDK (client, server, HTTP stack: about a second of CPU), which a guard whose
+    host speaks the handshake era never needs."""
+    from mcp.shared import inbound
+
+    return inbound
+
+
 def http_status(code: Any) -> int:
     """The HTTP status of a 2026-07-28 answer carrying JSON-RPC error ``code`` (200 when none is set)."""
-    return ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
+    return _ladder().ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
 def modern_header(version: str | None) -> bool:
@@ -68,11 +73,12 @@ def check(message: Message, headers: Mapping[str, str] | None = None, raw_header
     """The refusal of one 2026-07-28 request, or None when it may be served.  ``headers``: the HTTP
     headers by lower-case name (None on stdio); ``raw_headers``: every header line as sent, where a
     duplicated routing header shows (a folded mapping hides it)."""
-    duplicated = find_duplicated_routing_header(raw_headers)
+    ladder = _ladder()
+    duplicated = ladder.find_duplicated_routing_header(raw_headers)
     if duplicated is not None:
         return Refusal(HEADER_MISMATCH, f"Header mismatch: {duplicated} is given more than once")
-    verdict = classify_inbound_request(message, headers=headers, supported_modern_versions=MODERN_VERSIONS)
-    if isinstance(verdict, InboundLadderRejection):
+    verdict = ladder.classify_inbound_request(message, headers=headers, supported_modern_versions=MODERN_VERSIONS)
+    if isinstance(verdict, ladder.InboundLadderRejection):
         return Refusal(verdict.code, verdict.message, verdict.data)
     method = message.get("method")
     if method in REMOVED_METHODS:

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard.flow.index import ContentIndex
 from mcp_guard.flow.parts import content_of
 from mcp_guard.flow.view import SessionView, endorsed
 from mcp_guard.jsonrpc import Era
@@ -21,6 +20,7 @@ from mcp_guard.policy import Brought
 from mcp_guard.state.base import FlowPiece, LabelOrigin, SessionFlow
 
 if TYPE_CHECKING:
+    from mcp_guard.flow.index import ContentIndex
     from mcp_guard.grants import GrantChain
     from mcp_guard.identity import Principal
     from mcp_guard.state.base import StateStore
@@ -98,9 +98,12 @@ class FlowTracker:
 
     def _index(self, scope: str, state: SessionFlow) -> ContentIndex:
         found = self._indexes.get(scope)
-        count, index = found if found is not None else (0, ContentIndex())
-        if count > len(state.pieces):  # never happens with an add-only store; rebuild to be safe
-            count, index = 0, ContentIndex()
+        # a rebuild when the state shrank never happens with an add-only store; it is there to be safe
+        if found is None or found[0] > len(state.pieces):
+            from mcp_guard.flow.index import ContentIndex  # (and numpy): only once a session has flow content
+
+            found = (0, ContentIndex())
+        count, index = found
         for piece in state.pieces[count:]:
             index.add(piece.labels, piece.text)
         self._indexes[scope] = (len(state.pieces), index)

@@ -27,8 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mcp_guard.telemetry.recorder import Recorder, Upstream
-from mcp_guard.telemetry.scopes import DecisionSpan, RequestTrace, UpstreamCall
 from mcp_guard.telemetry.settings import DEFAULT_EXPORT_TIMEOUT, Settings
 
 if TYPE_CHECKING:
@@ -36,6 +34,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from mcp_guard.request import RequestContext
+    from mcp_guard.telemetry.recorder import Upstream
+    from mcp_guard.telemetry.scopes import DecisionSpan, RequestTrace, UpstreamCall
 
 
 # --------------------------------------------------------------------------- off: the same shape, no work
@@ -95,7 +95,10 @@ OFF = Hooks()
 
 
 class Telemetry(Hooks):
-    """Telemetry on: each hook opens a scope that records into this process's ``Recorder``."""
+    """Telemetry on: each hook opens a scope that records into this process's ``Recorder``.
+
+    The scopes and the recorder (and the OpenTelemetry SDK and exporters behind them) are imported
+    here, when telemetry is on: a guard with telemetry off starts without them."""
 
     def __init__(
         self,
@@ -105,18 +108,22 @@ class Telemetry(Hooks):
         metric_reader: MetricReader | None = None,
         scrape_reader: MetricReader | None = None,
     ) -> None:
+        from mcp_guard.telemetry import scopes
+        from mcp_guard.telemetry.recorder import Recorder
+
+        self._scopes = scopes
         self.recorder = Recorder(settings, span_exporter=span_exporter, metric_reader=metric_reader,
                                  scrape_reader=scrape_reader)
         self.tracing = self.recorder.tracing
 
     def request(self, req: RequestContext) -> RequestTrace:
-        return RequestTrace(self.recorder, req)
+        return self._scopes.RequestTrace(self.recorder, req)
 
     def decision(self, req: RequestContext) -> DecisionSpan:
-        return DecisionSpan(self.recorder, req)
+        return self._scopes.DecisionSpan(self.recorder, req)
 
     def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> UpstreamCall:
-        return UpstreamCall(self.recorder, upstream, method, params)
+        return self._scopes.UpstreamCall(self.recorder, upstream, method, params)
 
     def flush(self, timeout: float = DEFAULT_EXPORT_TIMEOUT) -> bool:
         return self.recorder.flush(timeout)
@@ -125,4 +132,4 @@ class Telemetry(Hooks):
         self.recorder.shutdown()
 
 
-__all__ = ["OFF", "Hooks", "Telemetry", "Upstream"]
+__all__ = ["OFF", "Hooks", "Telemetry"]
