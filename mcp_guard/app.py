@@ -170,6 +170,7 @@ def settle_heap() -> None:
 async def run_serve(config: GuardConfig, host: str, port: int, allow_origin: tuple[str, ...], reuse_port: bool) -> None:
     """The ``mcp-guard serve`` main loop (one worker): the hub, the HTTP front, the policy watcher.
     (Its imports wait until here: ``run`` starts without loading the HTTP stack.)"""
+    from mcp_guard.proxy import era_rules
     from mcp_guard.proxy.guard import ServeSessions
     from mcp_guard.proxy.readiness import missing
     from mcp_guard.serve.admin import Admin, prometheus_reader
@@ -211,6 +212,7 @@ async def run_serve(config: GuardConfig, host: str, port: int, allow_origin: tup
     fanout = None
     if config.state_url.startswith(("redis://", "rediss://")):  # replicas on several hosts: events over pub/sub
         fanout = Fanout(config.state_url)
+    era_rules.ladder()  # the SDK's import now, not in the first 2026-07-28 request
     settle_heap()
     try:
         await serve_http(sessions, verifier, host, port, allow_origin, config=config.serve,

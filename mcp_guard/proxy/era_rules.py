@@ -49,10 +49,11 @@ class Refusal:
 
 
 @functools.cache
-def _ladder() -> ModuleType:
+def ladder() -> ModuleType:
     """The SDK's ladder, imported at the first 2026-07-28 request: importing any part of ``mcp``
-    loads the whole SDK (client, server, HTTP stack: about a second of CPU), which a guard whose
-    host speaks the handshake era never needs."""
+    loads the whole SDK (client, server, HTTP stack: about a second of CPU), which a ``run`` whose
+    host speaks the handshake era never needs.  ``serve`` loads it at start-up, so no caller's
+    request waits for it."""
     from mcp.shared import inbound
 
     return inbound
@@ -60,7 +61,7 @@ def _ladder() -> ModuleType:
 
 def http_status(code: Any) -> int:
     """The HTTP status of a 2026-07-28 answer carrying JSON-RPC error ``code`` (200 when none is set)."""
-    return _ladder().ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
+    return ladder().ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
 
 
 def modern_header(version: str | None) -> bool:
@@ -73,12 +74,12 @@ def check(message: Message, headers: Mapping[str, str] | None = None, raw_header
     """The refusal of one 2026-07-28 request, or None when it may be served.  ``headers``: the HTTP
     headers by lower-case name (None on stdio); ``raw_headers``: every header line as sent, where a
     duplicated routing header shows (a folded mapping hides it)."""
-    ladder = _ladder()
-    duplicated = ladder.find_duplicated_routing_header(raw_headers)
+    sdk = ladder()
+    duplicated = sdk.find_duplicated_routing_header(raw_headers)
     if duplicated is not None:
         return Refusal(HEADER_MISMATCH, f"Header mismatch: {duplicated} is given more than once")
-    verdict = ladder.classify_inbound_request(message, headers=headers, supported_modern_versions=MODERN_VERSIONS)
-    if isinstance(verdict, ladder.InboundLadderRejection):
+    verdict = sdk.classify_inbound_request(message, headers=headers, supported_modern_versions=MODERN_VERSIONS)
+    if isinstance(verdict, sdk.InboundLadderRejection):
         return Refusal(verdict.code, verdict.message, verdict.data)
     method = message.get("method")
     if method in REMOVED_METHODS:
