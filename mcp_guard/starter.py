@@ -63,7 +63,7 @@ def starting_tools(tools: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Sta
         for tool in sorted(defs, key=lambda t: str(t.get("name"))):
             name = str(tool.get("name"))
             effect, why = classify(tool)
-            if not _PATTERN_SAFE.match(name):
+            if not _PATTERN_SAFE.fullmatch(name):
                 effect, why = Effect.DENY, "its name cannot be written as a literal policy pattern"
             desc = " ".join(str(tool.get("description") or "").split())
             schema = tool.get("inputSchema")

@@ -144,7 +144,7 @@ def _check_json(lines: Sequence[str], errors: int, warnings: int, policies: int,
     """``check --json``: every problem as an object, the counts, ``ok``; exit 1 on any error."""
     items = []
     for line in lines:
-        m = _LINE.match(line)
+        m = _LINE.fullmatch(line)
         items.append({"file": m["file"], "line": int(m["line"]), "col": int(m["col"]),
                       "severity": "warning" if m["warning"] else "error", "message": m["message"]} if m
                      else {"file": None, "line": None, "col": None, "severity": "error", "message": line})
@@ -292,7 +292,7 @@ def explain(config_path: Path | None, policy_paths: tuple[Path, ...], tool: str 
     paths: PathContext | None = config.upstreams[upstream].paths if config is not None and upstream in config.upstreams else None
     now = time.time()
     held = frozenset(x.strip() for x in (session_labels or "").split(",") if x.strip()) | (chain.flow.labels if chain else frozenset())
-    bad = sorted(x for x in held if not LABEL.match(x))
+    bad = sorted(x for x in held if not LABEL.fullmatch(x))
     if bad:
         raise GuardError(f"--session-labels: `{bad[0]}` is not a label (lower-case letters, digits, _ and -)")
     flow = SessionView(held) if held else None
@@ -333,7 +333,7 @@ def _target(kind: Kind, name: str, config: GuardConfig | None) -> str:
     """``UPSTREAM/NAME`` from the option; a bare resource URI (``file:///a``, no upstream in front)
     takes the configuration's only upstream, and is an error when there is not exactly one."""
     head, sep, rest = name.partition("/")
-    if sep and rest and UPSTREAM_NAME.match(head):
+    if sep and rest and UPSTREAM_NAME.fullmatch(head):
         return name  # an unconfigured upstream is refused below, as for tools
     if kind is not Kind.RESOURCE:
         raise GuardError(f"--{kind} must be UPSTREAM/{kind.upper()}, not `{name}`")

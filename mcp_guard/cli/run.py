@@ -63,7 +63,7 @@ def merge_inline(config: GuardConfig, command: tuple[str, ...], name: str | None
                 name = "upstream" if "upstream" not in upstreams else name
         if name in upstreams:
             raise ConfigError(f"--name {name}: an upstream with this name is already configured; choose another name")
-        if not UPSTREAM_NAME.match(name):
+        if not UPSTREAM_NAME.fullmatch(name):
             raise ConfigError(f"--name {name}: an upstream name must match [A-Za-z0-9_-]{{1,32}}")
         upstreams[name] = UpstreamConfig(name=name, command=command[0], args=tuple(command[1:]), cwd=os.getcwd())
     ident = config.identity

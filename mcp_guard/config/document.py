@@ -103,7 +103,7 @@ Scopes = Annotated[tuple[Text, ...], BeforeValidator(_scopes), WithJsonSchema({
 
 def _env_name(value: Any) -> str:
     text = _text(value)
-    if not ENV_PATTERN.match(text):
+    if not ENV_PATTERN.fullmatch(text):
         raise rejected(f"`{text}` is not a variable name or a PREFIX* pattern", whole=True)
     return text
 
@@ -140,7 +140,7 @@ PolicyPaths = Annotated[tuple[Text, ...], BeforeValidator(_policies), WithJsonSc
 
 
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not UPSTREAM_NAME.match(value):
+    if not isinstance(value, str) or not UPSTREAM_NAME.fullmatch(value):
         raise rejected(f"upstream name `{value}` must match [A-Za-z0-9_-]{{1,32}}", whole=True)
     return value
 

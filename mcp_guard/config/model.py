@@ -262,7 +262,7 @@ def parse_duration(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value) if value >= 0 else None
-    if isinstance(value, str) and (m := _DURATION.match(value)):
+    if isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         return float(m.group(1)) * _UNIT[m.group(2)]
     return None
 

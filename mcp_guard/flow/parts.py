@@ -21,7 +21,7 @@ _SEGMENT = re.compile(r"^(\*|[^.\[\]*]+)((?:\[\*\])*)$")
 def _select(value: Any, path: str) -> list[Any]:
     values = [value]
     for seg in path.split("."):
-        m = _SEGMENT.match(seg)
+        m = _SEGMENT.fullmatch(seg)
         if m is None:
             return []
         name, stars = m.group(1), len(m.group(2)) // 3

@@ -40,7 +40,7 @@ NONE = FlowClaims()
 
 
 def _labels(value: Any, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(x, str) and _LABEL.match(x) for x in value):
+    if not isinstance(value, list) or not all(isinstance(x, str) and _LABEL.fullmatch(x) for x in value):
         raise GrantError(MALFORMED, f"{name} must be a list of labels (lower-case letters, digits, _ and -)")
     return tuple(dict.fromkeys(value))
 

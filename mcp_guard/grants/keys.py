@@ -34,7 +34,7 @@ def b64url_decode(text: str) -> bytes:
     Python's decoder ignores stray characters and the unused low bits of the last symbol, so
     without the round-trip check two different strings could decode to one signature.
     """
-    if not _B64URL.match(text) or len(text) % 4 == 1:
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

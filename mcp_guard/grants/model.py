@@ -47,10 +47,10 @@ def check_pattern(pattern: Any, kind: Kind = Kind.TOOL) -> str:
     ``[`` are not glob syntax here.  A resource pattern is ``UPSTREAM/URI_GLOB``: the URI part is
     a glob over the whole URI (``*`` crosses ``/``)."""
     if kind is Kind.RESOURCE:
-        if not isinstance(pattern, str) or not _RESOURCE.match(pattern):
+        if not isinstance(pattern, str) or not _RESOURCE.fullmatch(pattern):
             raise GrantError(MALFORMED, f"resource {pattern!r} is not UPSTREAM/URI_GLOB (e.g. docs/* or fs/file:///srv/*)")
         return pattern
-    if not isinstance(pattern, str) or not _PATTERN.match(pattern):
+    if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
         raise GrantError(
             MALFORMED,
             f"{kind} {pattern!r} is not UPSTREAM/{kind.upper()} (letters, digits, _ - . and * globs within a segment)",
@@ -283,7 +283,7 @@ def _time(value: Any, name: str) -> float:
 
 
 def _string(value: Any, name: str, pattern: re.Pattern[str] = _NAME) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise GrantError(MALFORMED, f"claim {name} must be a non-empty string without whitespace")
     return value
 

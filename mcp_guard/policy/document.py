@@ -44,13 +44,21 @@ from mcp_guard.policy.model import (
 from mcp_guard.typedoc import rejected
 from mcp_guard.yamlsrc import did_you_mean
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
-TOOL = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s]{1,128}$")
-RESOURCE = re.compile(r"^[A-Za-z0-9_*?-]{1,32}/[^\s\x00-\x1f]{1,2048}$")
-ARG_PATH = re.compile(r"^args(\.[^.\[\]]+(\[\*\])*)+$")
-LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-UPSTREAM = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-PART = re.compile(r"^(\*|[^.\[\]*\s]+)(\[\*\])*(\.(\*|[^.\[\]*\s]+)(\[\*\])*)*$")
+
+def _whole(body: str) -> re.Pattern[str]:
+    """``body`` as the whole text.  Python's ``$`` also matches before a final newline, and the
+    models validate with Python's engine, so ``(?!\\n)`` follows it; the JSON Schema's ECMA engine
+    reads the pattern the same way."""
+    return re.compile(rf"^{body}$(?!\n)")
+
+
+ID = _whole(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+TOOL = _whole(r"[A-Za-z0-9_*?-]{1,32}/[^\s]{1,128}")
+RESOURCE = _whole(r"[A-Za-z0-9_*?-]{1,32}/[^\s\x00-\x1f]{1,2048}")
+ARG_PATH = _whole(r"args(\.[^.\[\]]+(\[\*\])*)+")
+LABEL = _whole(r"[a-z][a-z0-9_-]{0,63}")
+UPSTREAM = _whole(r"[A-Za-z0-9_-]{1,32}")
+PART = _whole(r"(\*|[^.\[\]*\s]+)(\[\*\])*(\.(\*|[^.\[\]*\s]+)(\[\*\])*)*")
 
 Text = Annotated[str, Field(min_length=1)]
 Prose = Annotated[str, Field(pattern=r"\S")]  # words shown to people: not blank
@@ -105,7 +113,7 @@ def _under(value: str) -> str:
 
 
 def _condition_key(key: str) -> str:
-    if key in CONDITION_KEYS or ARG_PATH.match(key):
+    if key in CONDITION_KEYS or ARG_PATH.fullmatch(key):
         return key
     hint = did_you_mean(key, (*CONDITION_KEYS, "args.")) if not key.startswith("args") else None
     raise rejected(f"unknown condition key `{key}`",

@@ -34,7 +34,7 @@ def path_arguments(definition: Mapping[str, Any]) -> tuple[str, ...]:
     props = schema.get("properties") if isinstance(schema, dict) else None
     out: list[str] = []
     for name, spec in (props.items() if isinstance(props, dict) else ()):
-        if not isinstance(spec, dict) or not _PATHY.match(str(name)):
+        if not isinstance(spec, dict) or not _PATHY.fullmatch(str(name)):
             continue
         kind = spec.get("type")
         items = spec.get("items")

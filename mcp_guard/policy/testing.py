@@ -111,7 +111,7 @@ def _call_target(r: SourceReader, call: CallDoc, path: Path) -> tuple[str | None
     if upstream is not None and value:
         return f"{upstream}/{value}", kind
     head, sep, rest = value.partition("/")
-    if not sep or not rest or not UPSTREAM.match(head):
+    if not sep or not rest or not UPSTREAM.fullmatch(head):
         what = "UPSTREAM/URI (or give `upstream`)" if kind is Kind.RESOURCE else f"UPSTREAM/{key.upper()}"
         r.error((*path, key), f"`call.{key}` must be {what}")
         return None, kind

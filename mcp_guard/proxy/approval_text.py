@@ -78,7 +78,7 @@ def render_arguments(args: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     used = 0
     for i, (key, value) in enumerate(args.items()):
-        name = key if _PLAIN_KEY.match(key) else _value(key)
+        name = key if _PLAIN_KEY.fullmatch(key) else _value(key)
         line = f"  {name} = {_value(value)}"
         if used + len(line) > MAX_ARGS_CHARS:
             lines.append(f"  … {len(args) - i} more argument(s) not shown (the approval still binds all of them)")

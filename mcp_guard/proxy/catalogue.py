@@ -35,7 +35,7 @@ class Catalogue:
             for tool in up.tools:
                 name = tool["name"]
                 exposed = up.config.exposed(name)
-                if not EXPOSED_NAME.match(exposed):
+                if not EXPOSED_NAME.fullmatch(exposed):
                     problems.append(
                         f"tool {up.name}/{name} is not exposed: `{exposed}` is not a host-safe name ([A-Za-z0-9_-], at most 64 characters)"
                     )

@@ -160,7 +160,7 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
         await self.guard.close()
     async def endpoint(self, request: Request) -> Response | EventStream:
         origin = request.headers.get("origin")
-        if origin and not (LOCAL_ORIGIN.match(origin) or origin in self.allowed_origins):
+        if origin and not (LOCAL_ORIGIN.fullmatch(origin) or origin in self.allowed_origins):
             return JSONResponse(error(None, INVALID_REQUEST, f"Origin {origin} is not allowed"), status_code=403)
         caller = await self.authenticate(request)
         if isinstance(caller, Response):

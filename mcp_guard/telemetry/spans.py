@@ -137,7 +137,7 @@ def remote_parent(meta: Mapping[str, Any]) -> RemoteParent | None:
     header = meta.get("traceparent")
     if not isinstance(header, str) or not header or len(header) > 512:
         return None
-    match = _TRACEPARENT.search(header)
+    match = _TRACEPARENT.fullmatch(header)
     if match is None:
         return None
     version, trace_id, span_id, flags, rest = match.groups()

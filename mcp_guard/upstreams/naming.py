@@ -68,7 +68,7 @@ def _word(command: Sequence[str]) -> str | None:
         return _first_operand(rest[2:])
     if (head, *rest[:1]) in _TWO_WORD_LAUNCHERS:
         return _first_operand(rest[1:])
-    if _INTERPRETERS.match(head):
+    if _INTERPRETERS.fullmatch(head):
         if "-m" in rest:
             i = rest.index("-m")
             return rest[i + 1] if i + 1 < len(rest) else None
