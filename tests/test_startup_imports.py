@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fixtures import PYTHON, RECORDING_SERVER, write_guard_config
 
 from mcp_guard.cli import MODULES, commands_of
@@ -66,6 +67,7 @@ SESSION: list[dict[str, object]] = [
 ]
 
 
+@pytest.mark.e2e
 def test_a_run_session_with_telemetry_off_imports_nothing_heavy(tmp_path: Path) -> None:
     config = write_guard_config(tmp_path, {"rec": {"command": PYTHON, "args": [str(RECORDING_SERVER)]}})
     imported = _run_imports(config, SESSION)
@@ -73,6 +75,7 @@ def test_a_run_session_with_telemetry_off_imports_nothing_heavy(tmp_path: Path) 
     assert _heavy(imported) == []
 
 
+@pytest.mark.e2e
 def test_what_the_configuration_asks_for_is_imported(tmp_path: Path) -> None:
     """The other side: telemetry on loads the SDK; a flow rule's content loads the index."""
     flow = {"version": 1, "labels": [{"tools": ["rec/echo"], "brings": ["untrusted"]}],
