@@ -119,6 +119,7 @@ async def run_stdio(config: GuardConfig, parsed: Parsed | None = None) -> None:
     ctx.flow_exclusive = True  # one host session, one process: nobody else writes its flow state
     host = StdioHost()
     await host.open()
+    settle_heap()  # as serve; and the exit after EOF skips a full collection of the start-up heap
     await run_host(ctx, host)
 
 

@@ -83,9 +83,10 @@ def reload_policies(ctx: GuardContext, tools: Iterable[str] = ()) -> list[str]:
 
 
 def resettle_heap() -> None:
-    """``serve`` froze its start-up heap (``gc.freeze``), the policy set included, so a set a reload
-    replaced would never be collected: thaw, collect it, and freeze what is left again.  Where
-    nothing froze the heap (``run``), the collector finds the old set on its own."""
+    """``serve`` and ``run`` froze their start-up heap (``gc.freeze``), the policy set included, so a
+    set a reload replaced would never be collected: thaw, collect it, and freeze what is left again.
+    Where nothing froze the heap (a guard in a test's process), the collector finds the old set on
+    its own."""
     if gc.get_freeze_count():
         gc.unfreeze()
         gc.collect()

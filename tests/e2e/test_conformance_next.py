@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,7 @@ from fixtures import (
     write_guard_config,
 )
 from fixtures.scores import Checks, assert_reference, reference, scenario_sets
+from fixtures.suite_runs import run_concurrently
 from test_conformance import (
     _RESULT_DIR,
     BEARER_PRELOAD,
@@ -82,12 +83,12 @@ NOT_ON_STDIO = frozenset({
 STDIO_BRIDGE = Path(__file__).resolve().parents[1] / "fixtures" / "stdio_bridge.py"
 RANK = {"SUCCESS": 0, "INFO": 0, "SKIPPED": 0, "WARNING": 1, "FAILURE": 2}
 REFERENCES = {MODERN: "next-2026-07-28", HANDSHAKE: "next-2025-11-25"}
-HANDSHAKE_SETS = scenario_sets(REFERENCES[HANDSHAKE], 4)
+HANDSHAKE_SETS = scenario_sets(REFERENCES[HANDSHAKE], 2)
 
 
 def run_next(url: str, out: Path, selection: tuple[str, ...], *, bearer: str | None = None,
              scenarios: Sequence[str] = ()) -> Checks:
-    """The 0.2.x server suite (or only ``scenarios``, one suite run each) against ``url``; each
+    """The 0.2.x server suite (or only ``scenarios``, one suite run each, a few at once) against ``url``; each
     (scenario, check id) -> its worst status (one id may be reported several times in a scenario)."""
     node = str(tool_path("node"))
     argv = [node, str(NEXT_SUITE), "server", "--url", url, "-o", str(out), *selection]
@@ -95,12 +96,10 @@ def run_next(url: str, out: Path, selection: tuple[str, ...], *, bearer: str | N
     if bearer is not None:
         argv = [node, "--import", str(BEARER_PRELOAD), *argv[1:]]
         env = tools_env({"MCP_BEARER_TOKEN": bearer, "MCP_BEARER_ORIGIN": url})
-    log = ""
-    for one in [("--scenario", s) for s in scenarios] or [()]:
-        proc = subprocess.run([*argv, *one], capture_output=True, text=True, timeout=600, env=env)
-        log += proc.stdout + proc.stderr
+    runs = run_concurrently([[*argv, *one] for one in [("--scenario", s) for s in scenarios] or [()]], env=env, timeout=600)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "conformance.log").write_text(log, encoding="utf-8")
+    (out / "conformance.log").write_text("".join(run.stdout + run.stderr for run in runs), encoding="utf-8")
+    proc = runs[-1]
     checks: Checks = {}
     for checks_file in sorted(out.glob("*/checks.json")):
         m = _RESULT_DIR.match(checks_file.parent.name)
@@ -145,9 +144,11 @@ def alone() -> dict[tuple[str, ...], Checks]:
 def test_reference_scores_of_the_fixture_alone(tmp_path: Path) -> None:
     """The fixture alone scores exactly the checked-in references, selection by selection."""
     port = free_port()
-    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=tmp_path / "server.log") as url:
-        for sel, name in REFERENCES.items():
-            assert_reference(name, "next", run_next(url, tmp_path / sel[1], sel))
+    with (serve_http(conformance_server_command("--http", "--port", str(port)), port, log=tmp_path / "server.log") as url,
+          ThreadPoolExecutor(len(REFERENCES)) as pool):  # the selections side by side: each mostly waits
+        scores = {name: pool.submit(run_next, url, tmp_path / sel[1], sel) for sel, name in REFERENCES.items()}
+        for name, checks in scores.items():
+            assert_reference(name, "next", checks.result())
 
 
 def serve_through(tmp: Path, selection: tuple[str, ...]) -> Checks:

@@ -175,10 +175,41 @@ async def test_after_a_reload_in_a_settled_heap_the_replaced_policy_set_is_colle
         gc.unfreeze()
 
 
+async def test_run_settles_its_heap_before_serving_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mcp-guard run`` freezes its start-up heap as serve does (so a reload resettles it, as above),
+    and its exit after the host's EOF skips a full collection of that heap, which every test and
+    host closing a guard used to wait out."""
+    import mcp_guard.app as app
+    import mcp_guard.transports.stdio as stdio
+
+    config = load_config(write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())}, ECHO_ONLY))
+    frozen: list[int] = []
+
+    class Host:
+        async def open(self) -> None: ...
+
+    async def context(*_: Any) -> Any:
+        return type("Ctx", (), {})()
+
+    async def serve(*_: Any) -> None:
+        frozen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(stdio, "StdioHost", Host)
+    monkeypatch.setattr(app, "build_context", context)
+    monkeypatch.setattr(app, "run_host", serve)
+    thresholds = gc.get_threshold()
+    try:
+        await app.run_stdio(config)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    assert len(frozen) == 1 and frozen[0] > 0
+
+
 async def test_without_a_settled_heap_a_reload_leaves_the_collector_alone(tmp_path: Path) -> None:
     config = load_config(write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())}, ECHO_ONLY))
     ctx = GuardContext(config=config, policies=load_policy_set(config), store=None)  # type: ignore[arg-type]
     assert gc.get_freeze_count() == 0
     resettle_heap()
-    assert gc.get_freeze_count() == 0  # `run` never froze anything: nothing is frozen behind its back
+    assert gc.get_freeze_count() == 0  # a guard in a test's process froze nothing: nothing is frozen behind its back
     assert reload_policies(ctx) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ STATIC = "demo://resource/static/document/"
 A, B, HIDDEN = STATIC + "architecture.md", STATIC + "features.md", STATIC + "extension.md"
 GUARDED = STATIC + "instructions.md"  # visible, but each read needs a person's approval
 UPDATED = "notifications/resources/updated"
+LIST_CHANGED = "notifications/resources/list_changed"
 PERIOD = 5.0  # server-everything's update interval
+SETTLE = 1.0  # how long the rest of one batch of updates may trail its first
 
 
 def policy(docs: list[str]) -> list[dict[str, Any]]:
@@ -36,12 +39,19 @@ def policy(docs: list[str]) -> list[dict[str, Any]]:
     ]}]
 
 
-async def collect(guard: RawGuard, seconds: float) -> list[dict[str, Any]]:
-    """Every message the guard writes for ``seconds`` (plus what already waited in ``others``)."""
+async def collect(guard: RawGuard, seconds: float, until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                  settle: float = SETTLE) -> list[dict[str, Any]]:
+    """Every message the guard writes for ``seconds`` (plus what already waited in ``others``); with
+    ``until``, only until what arrived satisfies it and ``settle`` seconds more (the rest of that
+    batch), instead of waiting out the whole window."""
     got = list(guard.others)
     guard.others.clear()
-    deadline = asyncio.get_running_loop().time() + seconds
-    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        if until is not None and until(got):
+            deadline, until = min(deadline, loop.time() + settle), None
+            continue
         try:
             got.append(await guard.recv(left))
         except TimeoutError:
@@ -71,14 +81,16 @@ async def test_updates_reach_only_the_listens_that_subscribed_and_never_for_hidd
         toggled = await guard.request("tools/call", {"name": "everything_toggle-subscriber-updates", "arguments": {},
                                                      "_meta": meta()})
         assert "Started" in toggled["result"]["content"][0]["text"], toggled
-        seen = updates(await collect(guard, PERIOD + 1.5))
-        assert seen == {("a", A), ("b", B), ("b", A)}  # each listen its own URIs; none for HIDDEN, none outside a listen
+        # the first batch comes at once: each listen its own URIs; none for HIDDEN, none outside a listen
+        seen = updates(await collect(guard, PERIOD + 1.5, until=lambda got: updates(got) >= {("a", A), ("b", B), ("b", A)}))
+        assert seen == {("a", A), ("b", B), ("b", A)}
 
-        # a reload hides B: its updates stop, though the upstream still sends them
+        # a reload hides B: its updates stop, though the upstream still sends them (every update
+        # after the list change is judged by the new policy: the guard writes in order)
         write_policies(tmp_path / "policies", policy([A]))
-        changed = await collect(guard, 3.0)
-        assert any(m.get("method") == "notifications/resources/list_changed" for m in changed), changed
-        seen = updates(await collect(guard, PERIOD + 1.5))
+        changed = await collect(guard, 10.0, until=lambda got: any(m.get("method") == LIST_CHANGED for m in got), settle=0)
+        assert any(m.get("method") == LIST_CHANGED for m in changed), changed
+        seen = updates(await collect(guard, PERIOD + 1.5, until=lambda got: updates(got) >= {("a", A), ("b", A)}))
         assert seen == {("a", A), ("b", A)}
 
         # listens end: nothing more arrives (the upstream is unsubscribed once no listen holds a URI)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,19 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
 
     balancer = free_port()
     url = f"http://localhost:{balancer}/mcp"
-    with private_redis(tmp_path) as (redis_url, _):
+    single = tmp_path / "single"  # the one replica's own config, Redis and audit file: the two runs share nothing
+    single.mkdir()
+    with private_redis(tmp_path) as (redis_url, _), private_redis(single) as (single_redis, _):
         config, token, _ = conformance_replicas(tmp_path, redis_url, balancer)
+        single_config, single_token, _ = conformance_replicas(single, single_redis, balancer)
         one_port = free_port()
-        with serve_http([str(mcp_guard_bin()), "serve", "--config", str(config), "--port", str(one_port)], one_port,
-                        log=tmp_path / "one.log"):
-            alone = run_conformance(f"http://localhost:{one_port}/mcp", tmp_path / "one", bearer=token)
-        with serve_replicas(config) as replicas, balanced(tmp_path, balancer, replicas):
+        with (serve_http([str(mcp_guard_bin()), "serve", "--config", str(single_config), "--port", str(one_port)], one_port,
+                         log=tmp_path / "one.log"),
+              serve_replicas(config) as replicas, balanced(tmp_path, balancer, replicas),
+              ThreadPoolExecutor(1) as side):  # the two suite runs mostly wait: side by side
+            one = side.submit(run_conformance, f"http://localhost:{one_port}/mcp", tmp_path / "one", bearer=single_token)
             through = run_conformance(url, tmp_path / "balanced", bearer=token)
+            alone = one.result()
     print(f"conformance: one replica {len(passed(alone))} passed, {len(failed(alone))} failed; "
           f"three behind HAProxy {len(passed(through))} passed, {len(failed(through))} failed: {sorted(failed(through))}")
     assert passed(alone) - passed(through) == set(), sorted(passed(alone) - passed(through))
