@@ -12,6 +12,10 @@ the upstream's, and their ratio.  The same requests sent to the upstream directl
 too with ``--direct``, so "guard ÷ direct" compares like with like.
 
   python count_serve.py [--calls 300] [--warmup 150] [--eras legacy,modern] [--direct] [--tree DIR]
+
+``--syscalls`` counts the guard's system calls per request instead (``strace -c -f`` attached for
+the counted requests, no valgrind): writes, reads and loop wake-ups that instruction counts do not
+see, and that no load moves either.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import http.client
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +56,11 @@ def main() -> None:
     ap.add_argument("--tree", type=Path, default=ROOT, help="the source tree (holding mcp_guard/) to run (default: this one)")
     ap.add_argument("--direct", action="store_true", help="count the upstream's instructions too (under valgrind)")
     ap.add_argument("--out", type=Path, help="where the callgrind files go (default: a temporary directory)")
+    ap.add_argument("--syscalls", action="store_true", help="count the guard's system calls per request (strace), not instructions")
     args = ap.parse_args()
+    if args.syscalls:
+        syscalls(args)
+        return
     out = (args.out or Path(tempfile.mkdtemp(prefix="count-serve-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     grind = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/callgrind.out.%p"]
@@ -99,6 +108,36 @@ def main() -> None:
             b.close()
 
 
+def syscalls(args: argparse.Namespace) -> None:
+    """One JSON line per era: the guard's system calls per request, in all and by name."""
+    out = (args.out or Path(tempfile.mkdtemp(prefix="count-serve-"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with otlp_sink() as sink:
+        b = Bench(out, sink)
+        b.env["PYTHONPATH"] = f"{args.tree.resolve()}:{HERE}"
+        try:
+            [guard] = b.start(["guard_full"])
+            for era in [e for e in args.eras.split(",") if e]:
+                send = requester(guard.port, era, guard.tool, guard.token)
+                for i in range(args.warmup):
+                    send(i)
+                table = out / f"strace-{era}.txt"
+                tracer = subprocess.Popen(["strace", "-c", "-f", "-q", "-o", str(table), "-p", str(guard.procs[0].pid)])
+                time.sleep(2)  # attached to every thread
+                for i in range(args.calls):
+                    send(args.warmup + i)
+                time.sleep(1)
+                tracer.send_signal(signal.SIGINT)
+                tracer.wait(60)
+                counts = {m.group(2): int(m.group(1)) for line in table.read_text().splitlines()
+                          if (m := re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)) and m.group(2) != "total"}
+                per = {k: round(v / args.calls, 2) for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v >= args.calls / 10}
+                print(json.dumps({"era": era, "calls": args.calls, "syscalls_per_request": round(sum(counts.values()) / args.calls, 2),
+                                  "by_name": per}), flush=True)
+        finally:
+            b.close()
+
+
 def requester(port: int, era: str, tool: str, token: str) -> Any:
     """``send(i)``: one ``tools/call`` of ``tool`` on a keep-alive connection, as wrk's script sends it."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -119,9 +158,13 @@ def requester(port: int, era: str, tool: str, token: str) -> Any:
 
     def send(i: int) -> None:
         body = '{"jsonrpc":"2.0","id":' + str(i) + ',"method":"tools/call","params":{"name":"' + tool + '","arguments":{"text":"hello"}' + meta + "}}"
-        conn.request("POST", "/mcp", body, headers)
-        resp = conn.getresponse()
-        data = resp.read()
+        for _ in range(600):  # under valgrind the guard may listen well before its upstream connection is up
+            conn.request("POST", "/mcp", body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if i > 0 or b"has not started" not in data:
+                break
+            time.sleep(1)
         if resp.status != 200 or b'"isError":false' not in data:
             sys.exit(f"{era} call {i} to port {port} failed: {resp.status} {data[:300]!r}")
 

@@ -132,7 +132,7 @@ class Bench:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = (work / "servers.log").open("ab")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        self.env["PYTHONPATH"] = str(HERE)
+        self.env["PYTHONPATH"] = f"{ROOT}:{HERE}"  # this tree's mcp_guard, whatever the venv has installed
         # a 2-link chain: the IdP lets the planner act for alice, the planner delegates echo to a coder
         idp, idp_pub = generate_keypair()
         planner, planner_pub = generate_keypair()

@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the stdio guard on uvloop where it is installed (Linux, macOS): its event loop is
-    written in C, and the per-message loop work (wake-ups, callbacks, pipe reads and writes) is
-    a fifth of the guard's CPU per call on the standard loop (docs/performance.md)."""
+    """Run the guard (``run`` and ``serve``) on uvloop where it is installed (Linux, macOS): its
+    event loop is written in C, and the per-message loop work (wake-ups, callbacks, pipe and
+    socket reads and writes) is a fifth of the guard's CPU per call on the standard loop
+    (docs/performance.md)."""
     try:
         import uvloop
     except ImportError:  # e.g. Windows: the standard loop
@@ -154,7 +155,7 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
     from mcp_guard.app import run_serve
 
     if workers == 1:
-        asyncio.run(run_serve(config, host, port, allow_origin, reuse_port))
+        run_loop(run_serve(config, host, port, allow_origin, reuse_port))
         return
     import secrets
 
@@ -162,7 +163,7 @@ def serve(config_path: str, host: str, port: int, allow_origin: tuple[str, ...],
 
     if config.approvals.state_key is None:  # every worker must open the approval state another sealed
         config = dataclasses.replace(config, approvals=dataclasses.replace(config.approvals, state_key=secrets.token_hex(32)))
-    raise SystemExit(run_workers(workers, lambda: asyncio.run(run_serve(config, host, port, allow_origin, True))))
+    raise SystemExit(run_workers(workers, lambda: run_loop(run_serve(config, host, port, allow_origin, True))))
 
 
 from mcp_guard.demo import demo  # noqa: E402

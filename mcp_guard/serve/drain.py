@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from mcp_guard.serve.wire import JoinedWritesProtocol
+
 if TYPE_CHECKING:
     import socket
 
@@ -42,9 +44,9 @@ class Listener(uvicorn.Server):
 
 def listener(app: Any, host: str, port: int, drain_timeout: float) -> Listener:
     # access_log off: at log level warning its lines are never written, yet uvicorn would format
-    # each request's client address and path for them
+    # each request's client address and path for them; a response's head and body leave in one write (wire.py)
     return Listener(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False,
-                                   timeout_graceful_shutdown=max(1, math.ceil(drain_timeout))))
+                                   http=JoinedWritesProtocol, timeout_graceful_shutdown=max(1, math.ceil(drain_timeout))))
 
 
 class Drain:

@@ -3,6 +3,7 @@ the caller request it belongs to, or to the session's ``GET`` stream."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,7 @@ class ReplyHost:
         self._asked: dict[Any, Stream] = {}  # request to the caller (session's id) -> the stream it went on
         self.listener: Stream | None = None  # GET stream
         self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None  # found once: each lookup is a system call on Python 3.11
         # replicas (questions.py): record a question before it goes out (None, or why it cannot be
         # asked), and drop the record once it is answered or can no longer be
         self.share: Callable[[Any], Awaitable[str | None]] | None = None
@@ -126,7 +128,9 @@ class ReplyHost:
     def open(self, message: Message, sse: bool) -> tuple[str, Stream]:
         """Register a caller request under an id unique to this host."""
         inner = f"h{next(self._ids)}"
-        stream = Stream(sse)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        stream = Stream(sse, loop=self._loop)
         self._open[inner] = stream
         self._inner[message["id"]] = inner
         params = message.get("params")

@@ -25,6 +25,7 @@ from mcp_guard.serve.oauth import OAuthError, OAuthVerifier
 log = logging.getLogger("mcp_guard.http")
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+CALLERS_KEPT = 1024  # grant-chain callers remembered by token (a client sends the same token on every request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class ResourceServer:
         self.oauth = oauth
         self.serve = serve
         self.mcp_path = "/mcp"
+        self._callers: dict[str, Caller] = {}  # grant-chain token -> its caller, while the verifier holds the same chain
 
     def _challenge(self, request: Request | None, code: str | None, description: str | None, scope: str | None = None) -> str:
         parts = ['Bearer realm="mcp-guard"']
@@ -138,7 +140,13 @@ class ResourceServer:
             chain = self.verifier.verify(token, time.time())
         except GrantError as exc:
             return self._refuse(request, 401, "invalid_token", f"{exc.code}: {exc}")
-        return Caller(chain.principal, chain, session_binding(None, chain.principal, token_key(token)))
+        known = self._callers.get(token)
+        if known is not None and known.chain is chain:  # verified (and time-checked) above: only the digests are saved
+            return known
+        if len(self._callers) >= CALLERS_KEPT:
+            self._callers.clear()
+        caller = self._callers[token] = Caller(chain.principal, chain, session_binding(None, chain.principal, token_key(token)))
+        return caller
 
     def _is_oauth(self, token: str) -> bool:
         """An OAuth access token: one JWT (a chain of several links has ``~``) whose issuer is not

@@ -32,8 +32,8 @@ class Stream:
     ``text/event-stream``, what the session sends while serving it (progress, log messages,
     an upstream's questions, listen notifications).  The GET stream is a ``Stream`` with no answer."""
 
-    def __init__(self, sse: bool, *, answered: bool = True) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, sse: bool, *, answered: bool = True, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        loop = loop or asyncio.get_running_loop()  # Python 3.11 makes a getpid system call for each lookup
         self.answer: asyncio.Future[Message] = loop.create_future()
         self.wake: asyncio.Future[None] = loop.create_future()  # the answer or a first event is there
         self.answered = answered  # False: the GET stream, never answered, ends when its session does
