@@ -208,7 +208,7 @@ class Pipeline:
                 verdict: Verdict) -> Message:
         record: Message = {
             **self._who(req.principal),
-            "session": req.session_id,
+            "session": req.session_key or req.session_id,
             "method": req.method,
             "kind": str(kind) if kind is not None else None,
             "upstream": upstream,
@@ -292,7 +292,7 @@ class Pipeline:
             del fixed["session"]
             slots = ("args_sha256", "session") if traced is None else ("args_sha256", "session", "span_id", "trace_id")
             template = self._templates[key] = audit.template(fixed, slots)
-        values = {"args_sha256": args_hash(args), "session": req.session_id}
+        values = {"args_sha256": args_hash(args), "session": req.session_key or req.session_id}
         if traced is not None:
             values["trace_id"] = f"{traced[0]:032x}"
             values["span_id"] = f"{traced[1]:016x}"

@@ -62,7 +62,7 @@ def abandoned_record(req: RequestContext, entry: Target, digest: str, verdict: V
     who = req.principal
     return {
         "principal": list(who.chain), "user": who.user, "agent": who.agent, "verified": who.verified,
-        "purpose": who.purpose, "grant_id": who.grant_id, "session": req.session_id, "method": req.method,
+        "purpose": who.purpose, "grant_id": who.grant_id, "session": req.session_key or req.session_id, "method": req.method,
         "kind": str(entry.kind), "upstream": entry.upstream, NAME_FIELD[entry.kind]: entry.name, "exposed": entry.exposed,
         "decision": str(Outcome.REJECTED), "policy_ids": list(verdict.policy_ids), "rule_ids": list(verdict.rule_ids),
         "reason": f"mcp-guard withdrew approval request {approval_id}: {ABANDONED_WHY}", "approver": None,

@@ -93,3 +93,26 @@ async def test_an_approval_waits_in_the_queue_and_a_second_process_releases_it(s
         result = await asyncio.wait_for(call, 30)
     assert not result.is_error
     assert served.record.tools_called() == ["write_note"]
+
+
+async def test_the_audit_names_a_session_as_every_replica_does_never_by_its_id(served: ServeSetup) -> None:
+    """A session that moves to another replica keeps one name in the log, and the log never holds
+    the Mcp-Session-Id (whoever reads the log could use it)."""
+    from mcp_guard.serve.table import session_key
+
+    alice = served.grant("alice@example.com", "planner", ["rec/echo"])
+    accept = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {alice}"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "h", "version": "1"}}}
+    async with httpx2.AsyncClient(timeout=30) as http:
+        opened = await http.post(served.url, json=init, headers=accept)
+        sid = opened.headers["mcp-session-id"]
+        headers = {**accept, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+        await http.post(served.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        called = await http.post(served.url, headers=headers, json={
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "rec_echo", "arguments": {"text": "hi"}}})
+        assert called.status_code == 200, called.text
+    text = (served.record.path.parent / "audit.jsonl").read_text()
+    calls = [r for line in text.splitlines() if (r := json.loads(line)).get("tool") == "echo"]
+    assert calls and {r["session"] for r in calls} == {session_key(f"sid:{sid}")}
+    assert sid not in text
