@@ -171,7 +171,7 @@ def request_record(ctx: GuardContext, req: RequestContext, entry: Target, args: 
     page the full arguments are stored too, so the page never clips the part that matters."""
     who = req.principal
     record: Message = {
-        "session": req.session_id,
+        "session": req.session_key or req.session_id,
         "principal": list(who.chain),
         "user": who.user,
         "agent": who.agent,

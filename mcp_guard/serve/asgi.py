@@ -391,7 +391,7 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
         retry at once.  Nothing otherwise: no stream, another replica, a queued or 2026-07-28 request."""
         if not record.get("binding"):  # only page requests carry one (a queued call is not elicited)
             return
-        entry = self.by_session_id.get(str(record.get("session")))
+        entry = self.by_session_key.get(str(record.get("session")))
         if entry is None or not entry.key.startswith("sid:") or entry.host.listener is None:
             return
         notice: Message = {"jsonrpc": "2.0", "method": "notifications/elicitation/complete",

@@ -82,7 +82,7 @@ class ReplicaLink:
             else await self.questions.forward(sid, caller.binding, message)
         if reason is None:
             return None
-        self.guard.refused(caller.principal, None, f"mcp-guard refused an answer: {reason}", entry.session.id)
+        self.guard.refused(caller.principal, None, f"mcp-guard refused an answer: {reason}", entry.session.key)
         return JSONResponse(error(message.get("id"), INVALID_REQUEST, f"Invalid Request: {reason}"), status_code=status,
                             headers={"Retry-After": "1"} if status == 503 else {})
 

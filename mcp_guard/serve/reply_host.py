@@ -31,7 +31,8 @@ STREAM_NOTICES = frozenset({"notifications/tools/list_changed", "notifications/p
 class HostSession(Protocol):
     """One caller's guard session, as the transport drives it."""
 
-    id: str  # the guard's id of the session (what approval requests record as their ``session``)
+    id: str  # this replica's id of the session
+    key: str  # its name on every replica (what audit records and approval requests record as their ``session``)
 
     async def handle(self, message: Any) -> None: ...
     async def close(self) -> None: ...

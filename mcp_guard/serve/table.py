@@ -75,7 +75,7 @@ class SessionTable:
         self.entries: dict[str, SessionEntry] = {}  # SessionEntry.key -> session
         self.owned: dict[str, OrderedDict[str, None]] = {}  # principal -> its entry keys, LRU order
         self.rooted: dict[str, int] = {}  # delegating root -> how many sessions its principals hold
-        self.by_session_id: dict[str, SessionEntry] = {}  # HostSession.id -> its entry (the approval page's notices)
+        self.by_session_key: dict[str, SessionEntry] = {}  # HostSession.key -> its entry (the approval page's notices)
         self.records: SessionRecords | None = None  # shared session records: any replica serves any session
 
     def _entry(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> SessionEntry | Response:
@@ -104,7 +104,7 @@ class SessionTable:
         host.session = session
         entry = SessionEntry(key, session, host, caller.binding, caller.owner, caller.root, time.monotonic())
         self.entries[key] = entry
-        self.by_session_id[session.id] = entry
+        self.by_session_key[session.key] = entry
         self.rooted[entry.root] = self.rooted.get(entry.root, 0) + 1
         mine = self.owned.setdefault(caller.owner, OrderedDict())
         mine[key] = None
@@ -148,7 +148,7 @@ class SessionTable:
     def _drop(self, key: str) -> SessionEntry | None:
         entry = self.entries.pop(key, None)
         if entry is not None:
-            self.by_session_id.pop(entry.session.id, None)
+            self.by_session_key.pop(entry.session.key, None)
             left = self.rooted.get(entry.root, 0) - 1
             if left > 0:
                 self.rooted[entry.root] = left

@@ -16,6 +16,7 @@ from mcp_guard.serve.table import SessionEntry
 
 class _Quiet:
     id = "guard-session-1"
+    key = "every-replica-name-1"
 
     async def handle(self, message: Any) -> None: ...
     async def close(self) -> None: ...
@@ -28,7 +29,7 @@ def hold_session(guard: HttpGuard) -> Stream:
     host.listener = stream
     entry = SessionEntry("sid:abc", _Quiet(), host, "grant:x", "user:alice", "root:alice", 0.0)
     guard.entries[entry.key] = entry
-    guard.by_session_id[_Quiet.id] = entry
+    guard.by_session_key[_Quiet.key] = entry
     return stream
 
 
@@ -46,9 +47,9 @@ async def test_an_answer_on_one_replica_reaches_the_stream_on_another(redis_url:
         b._page_answered("11112222", {"session": "someone-else", "binding": "b1"})
         assert await next_event(stream, 1.0) is None
         # a queued (not page) request carries no binding: nobody was pointed at the page
-        b._page_answered("33334444", {"session": _Quiet.id})
+        b._page_answered("33334444", {"session": _Quiet.key})
         assert await next_event(stream, 1.0) is None
-        b._page_answered("deadbeef", {"session": _Quiet.id, "binding": "b2"})
+        b._page_answered("deadbeef", {"session": _Quiet.key, "binding": "b2"})
         event = await next_event(stream, 10)
         assert event == {"jsonrpc": "2.0", "method": "notifications/elicitation/complete",
                          "params": {"elicitationId": "deadbeef"}}

@@ -29,6 +29,7 @@ from mcp_guard.serve.table import SessionEntry
 class _Session_:
     def __init__(self, sid: str) -> None:
         self.id = f"guard-{sid}"
+        self.key = f"key-{sid}"
         self.handled: list[dict[str, Any]] = []
         self.got = asyncio.Event()
 
@@ -79,7 +80,7 @@ def hold(guard: HttpGuard, sid: str, caller: Caller = ALICE) -> tuple[ReplyHost,
     host.settle = lambda qid: guard.questions.settled(sid, qid)  # type: ignore[union-attr]
     entry = SessionEntry(f"sid:{sid}", session, host, caller.binding, caller.owner, caller.root, time.monotonic())
     guard.entries[entry.key] = entry
-    guard.by_session_id[session.id] = entry
+    guard.by_session_key[session.key] = entry
     return host, session
 
 
@@ -112,7 +113,7 @@ async def test_an_answer_landing_on_another_replica_reaches_the_one_that_asked_o
         assert session_a.handled[-1]["id"] == 7 and "result" in session_a.handled[-1]
         again = await post_answer(b, "s1", ALICE, 7)  # one answer per question, wherever the second lands
         assert again.status_code == 400 and b"no question of this session has this id" in bytes(again.body)
-        assert [s for _, s in refusals(b)] == ["guard-s1"]
+        assert [s for _, s in refusals(b)] == ["key-s1"]
         assert len([m for m in session_a.handled if m.get("id") == 7]) == 1
 
 
@@ -134,7 +135,7 @@ async def test_an_answer_forged_for_another_sessions_question_via_another_replic
         # mallory answers the victim's question id on her own session, on another replica
         forged = await post_answer(b, "mallorys", MALLORY, 9)
         assert forged.status_code == 400
-        assert refusals(b) == [("mcp-guard refused an answer: no question of this session has this id", "guard-mallorys")]
+        assert refusals(b) == [("mcp-guard refused an answer: no question of this session has this id", "key-mallorys")]
         # on the victim's session she is another caller: 403 before anything is forwarded
         hold(b, "victim")
         stolen = await post_answer(b, "victim", MALLORY, 9)
