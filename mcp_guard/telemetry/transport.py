@@ -1,8 +1,8 @@
 """How the OTLP/HTTP exporters POST: the SDK's own urllib3 transport where it changes nothing.
 
 The SDK's default transport is ``requests``, which on every POST merges the environment's proxy,
-``.netrc`` and CA-bundle settings (about 3,400 interpreter calls per POST, against about 760 for
-the SDK's ``urllib3`` transport on the same bytes).  The guard uses the ``urllib3`` one only where
+``.netrc`` and CA-bundle settings (3.3 million instructions per POST of a 50 kB batch, against
+0.9 million for the SDK's ``urllib3`` transport on the same bytes).  The guard uses the ``urllib3`` one only where
 none of those can apply: a plain ``http://`` collector (no TLS, so no CA bundle or client
 certificate) and ``Settings.plain_http`` (the configuration found no proxy variable and no
 ``.netrc``).  Everywhere else, and with an SDK older than the pluggable transports, the exporter

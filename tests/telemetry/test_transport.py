@@ -80,7 +80,7 @@ def test_both_transports_post_the_same_request(collector: tuple[str, list[tuple[
     assert lean.export_bytes(b"\x0a\x00", 1) and default.export_bytes(b"\x0a\x00", 1)
     (path_a, head_a, body_a), (path_b, head_b, body_b) = got
     assert (path_a, body_a) == (path_b, body_b) == ("/v1/traces", b"\x0a\x00")
-    for header in ("content-type", "x-tenant", "content-length"):
+    for header in ("content-type", "x-tenant", "content-length", "user-agent"):
         assert head_a.get(header) == head_b.get(header), header
     lean.shutdown()
     default.shutdown()
