@@ -53,9 +53,13 @@ def count(command: Sequence[str], *, calls: int = 400, warmup: int = 200, settle
     """Run ``command`` under callgrind and return ``{"instructions_per_call", "calls", "dump"}``."""
     out = out or Path(tempfile.mkdtemp(prefix="callgrind-"))
     out.mkdir(parents=True, exist_ok=True)
+    # run from the tree PYTHONPATH names: ``python -m`` puts the working directory first on sys.path,
+    # so started from another checkout it would import that checkout's mcp_guard instead
+    tree = (env or {}).get("PYTHONPATH")
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/callgrind.out.%p", *command],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(out / "valgrind.log").open("w"), env=env,
+        cwd=tree if tree and os.path.isdir(tree) else None,
     )
     assert proc.stdin is not None and proc.stdout is not None
     rpc = line_rpc(proc)

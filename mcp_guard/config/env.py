@@ -97,7 +97,21 @@ def telemetry_settings(config: TelemetryConfig | None = None, environ: Mapping[s
         metric_interval=_positive(env, "OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_METRIC_INTERVAL * 1000) / 1000,
         sampler=env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or DEFAULT_SAMPLER,
         sampler_arg=env.get("OTEL_TRACES_SAMPLER_ARG", "").strip(),
+        plain_http=_plain_http(env),
     )
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _plain_http(env: Mapping[str, str]) -> bool:
+    """Whether an OTLP POST to an ``http://`` collector is the same from any HTTP client: no proxy
+    variable and no ``.netrc`` (which the SDK's default ``requests`` transport would apply), and
+    not macOS (where ``requests`` also reads the system's proxy settings)."""
+    if sys.platform == "darwin" or any(env.get(name) for name in (*PROXY_VARIABLES, "NETRC")):
+        return False
+    home = env.get("HOME") or os.path.expanduser("~")
+    return not any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc"))
 
 
 def browser_command(environ: Mapping[str, str] | None = None) -> str | None:

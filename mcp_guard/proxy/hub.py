@@ -179,9 +179,13 @@ class Hub:
 
     async def start(self) -> None:
         """Start the upstreams (once; every session shares the start)."""
-        if self._started is None:
-            self._started = asyncio.get_running_loop().create_task(self._start_upstreams())
-        await asyncio.shield(self._started)
+        started = self._started
+        if started is None:
+            started = self._started = asyncio.get_running_loop().create_task(self._start_upstreams())
+        elif started.done() and not started.cancelled():  # every request after the first: no shield to build
+            started.result()
+            return
+        await asyncio.shield(started)
 
     async def _start_upstreams(self) -> None:
         await asyncio.gather(*(up.start(self.profile.upstream_capabilities(up)) for up in self.upstreams.values()))

@@ -37,6 +37,7 @@ from mcp_guard.telemetry.settings import (
     DEFAULT_QUEUE,
     Settings,
 )
+from mcp_guard.telemetry.transport import lean_transport
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -423,7 +424,8 @@ def span_exporter(settings: Settings) -> SpanExporter | None:
 
         return ConsoleSpanExporter(out=sys.stderr)  # stdout is the MCP stream
     if settings.traces == "otlp":
-        return LightOTLPSpanExporter(endpoint=settings.traces_endpoint, timeout=settings.timeout)
+        return LightOTLPSpanExporter(endpoint=settings.traces_endpoint, timeout=settings.timeout,
+                                     **lean_transport(settings.traces_endpoint, settings.plain_http))
     return None
 
 

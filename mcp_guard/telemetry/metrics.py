@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from mcp_guard.telemetry.settings import Settings
+from mcp_guard.telemetry.transport import lean_transport
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -272,7 +273,8 @@ def metric_reader(settings: Settings) -> MetricReader | None:
     elif settings.metrics == "otlp":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        exporter = OTLPMetricExporter(endpoint=settings.metrics_endpoint, timeout=settings.timeout)
+        exporter = OTLPMetricExporter(endpoint=settings.metrics_endpoint, timeout=settings.timeout,
+                                      **lean_transport(settings.metrics_endpoint, settings.plain_http))
     else:
         return None
     return PeriodicExportingMetricReader(

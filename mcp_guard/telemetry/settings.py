@@ -36,6 +36,7 @@ class Settings:
     metric_interval: float = DEFAULT_METRIC_INTERVAL
     sampler: str = DEFAULT_SAMPLER  # an ``OTEL_TRACES_SAMPLER`` name
     sampler_arg: str = ""  # ``OTEL_TRACES_SAMPLER_ARG``
+    plain_http: bool = False  # no proxy variable and no ``.netrc``: an http:// collector may get the lean transport
 
     @property
     def enabled(self) -> bool:

@@ -42,10 +42,19 @@ class _Output(asyncio.streams.FlowControlMixin):
     def __init__(self) -> None:
         super().__init__()
         self.lost = asyncio.Event()
+        self.paused = False  # the pipe is full: a write must wait for ``drain``
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.lost.set()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.paused = False
 
 
 class StdioHost:
@@ -92,9 +101,10 @@ class StdioHost:
             if self._out is not None:
                 self._out.write(dumps(message))
                 return
-            assert self._writer is not None
+            assert self._writer is not None and self._output is not None
             self._writer.write(dumps(message))
-            await self._writer.drain()
+            if self._output.paused or self._output.lost.is_set():  # else drain() would return at once
+                await self._writer.drain()
         except OSError as exc:  # BrokenPipeError, ConnectionResetError: the host is gone
             self._gone = True
             if self._output is not None:

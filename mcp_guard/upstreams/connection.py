@@ -150,6 +150,9 @@ class Upstream:
             try:
                 await channel.open()
                 self._channel = channel
+                answer_with = getattr(channel, "answer_with", None)  # a stdio channel answers as lines arrive
+                if answer_with is not None:
+                    answer_with(self._answer)
                 reader = asyncio.get_running_loop().create_task(self._read_loop(channel))
                 await asyncio.wait_for(self._handshake(), self.handshake_timeout)
                 self.status = Status.READY
@@ -305,11 +308,9 @@ class Upstream:
     async def _read_loop(self, channel: Channel) -> None:
         while (message := await channel.receive()) is not None:
             try:
-                if is_response(message):
-                    fut = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
-                    if fut is not None and not fut.done():
-                        fut.set_result(message)
-                elif is_request(message):
+                if self._answer(message):
+                    continue
+                if is_request(message):
                     if message.get("method") == "ping":
                         await channel.send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
                     else:
@@ -322,6 +323,16 @@ class Upstream:
                 log.exception("[%s] handling a message failed", self.name)
         # the upstream is gone: fail what waits on it now (a handshake would otherwise sit out its time-out)
         self._fail_pending(f"upstream {self.name} {channel.exit_reason()}")
+
+    def _answer(self, message: Message) -> bool:
+        """A response: handed to the request waiting for it (an unknown id is dropped); False for
+        any other message."""
+        if not is_response(message):
+            return False
+        fut = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+        return True
 
     async def _guarded(self, coro: Any) -> None:
         try:

@@ -3,16 +3,25 @@
 The child gets an explicit environment (``config.upstream_environment``): a few essentials such as
 PATH and HOME, what ``env_passthrough`` names and its configured ``env`` — never another upstream's
 token or the guard's own secrets.  Its stderr goes to the guard's log, never to the host.
+
+Its stdout is split into lines by the pipe's own protocol (``_Lines``), not by a stream reader and
+a read loop: an answer to a request in flight is handed to the connection as soon as it arrives
+(``answer_with``), so a call's answer costs no wake-up of the reader task.  Everything else (the
+upstream's requests and notifications) is queued for ``receive``, and so is an answer while
+anything is queued or being handled before it: the upstream's messages keep their order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import shutil
 import signal
+from collections.abc import Callable
+from typing import Any, cast
 
 import orjson
 
@@ -23,6 +32,59 @@ from mcp_guard.jsonrpc import Message, dumps
 log = logging.getLogger("mcp_guard.upstream")
 
 LINE_LIMIT = 64 * 1024 * 1024  # a 2000-tool list is ~1 MB; leave ample room
+INBOX_LIMIT = 1024  # messages queued for ``receive`` before the child's stdout stops being read
+
+
+class _Lines(asyncio.subprocess.SubprocessStreamProtocol):
+    """The child's pipes: stdout split into lines here (handed to the channel), stdin and stderr as
+    ``asyncio.subprocess`` streams."""
+
+    def __init__(self, channel: StdioChannel, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=LINE_LIMIT, loop=loop)
+        self._channel = channel
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+        self._dropping = False  # after a line over the limit: the rest is read and dropped
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd != 1:
+            super().pipe_data_received(fd, data)
+            return
+        if self._dropping:
+            return
+        data = cast(bytes, data)  # a pipe gives bytes
+        channel = self._channel
+        end = data.find(b"\n")
+        if end < 0:
+            self._keep(data)
+            return
+        start = 0
+        if self._partial:
+            self._partial.append(data[:end])
+            line = b"".join(self._partial)
+            self._partial, self._partial_size = [], 0
+            channel.line(line)
+            start = end + 1
+            end = data.find(b"\n", start)
+        while end >= 0:
+            channel.line(data[start:end])
+            start = end + 1
+            end = data.find(b"\n", start)
+        if start < len(data):
+            self._keep(data[start:])
+
+    def _keep(self, piece: bytes) -> None:
+        self._partial.append(piece)
+        self._partial_size += len(piece)
+        if self._partial_size > LINE_LIMIT:
+            self._partial, self._partial_size = [], 0
+            self._dropping = True
+            self._channel.overrun()
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._channel.ended()
+        super().pipe_connection_lost(fd, exc)
 
 
 class StdioChannel:
@@ -31,13 +93,25 @@ class StdioChannel:
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._inbox: collections.deque[Message | None] = collections.deque()  # None: the end
+        self._waiter: asyncio.Future[None] | None = None  # ``receive`` waits on it (nothing queued)
+        self._paused = False
+        self._answer: Callable[[Message], bool] | None = None
+
+    def answer_with(self, answer: Callable[[Message], bool]) -> None:
+        """``answer(message)`` takes a response as it arrives (True: it was one, and is handled)
+        while ``receive`` is idle and nothing is queued before it."""
+        self._answer = answer
 
     async def open(self) -> None:
         assert self.config.command is not None
         env = upstream_environment(self.config)
         command = shutil.which(self.config.command, path=env.get("PATH")) or self.config.command
+        loop = asyncio.get_running_loop()
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            # asyncio.create_subprocess_exec, with stdout split by ``_Lines``
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Lines(self, loop),
                 command,
                 *self.config.args,
                 stdin=asyncio.subprocess.PIPE,
@@ -45,14 +119,14 @@ class StdioChannel:
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 cwd=self.config.cwd,
-                limit=LINE_LIMIT,
                 start_new_session=True,  # the guard's signals (Ctrl-C in a terminal) are not the child's
             )
+            self._proc = asyncio.subprocess.Process(transport, protocol, loop)
         except OSError as exc:
             raise UpstreamError(
                 f"upstream {self.config.name} could not start `{self.config.command}`: {exc.strerror or exc}"
             ) from None
-        self._stderr_task = asyncio.get_running_loop().create_task(self._pump_stderr())
+        self._stderr_task = loop.create_task(self._pump_stderr())
 
     async def _pump_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
@@ -71,32 +145,72 @@ class StdioChannel:
         except (ConnectionError, RuntimeError) as exc:
             raise UpstreamError(f"upstream {self.config.name} stopped reading its input ({exc})") from None
 
-    async def receive(self) -> Message | None:
-        proc = self._proc
-        if proc is None or proc.stdout is None:
-            return None
-        while True:
-            try:
-                line = await proc.stdout.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                log.error("[%s] sent a message over %d bytes; closing it", self.config.name, LINE_LIMIT)
-                return None
-            except ConnectionError:
-                return None
-            if not line:
-                with contextlib.suppress(TimeoutError):  # so exit_reason() can name the exit code
-                    await asyncio.wait_for(proc.wait(), 1.0)
-                return None
-            if not line.strip():
-                continue
-            try:
-                message = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                log.warning("[%s] wrote a line that is not JSON; ignored: %.200r", self.config.name, line)
-                continue
-            if isinstance(message, dict):
-                return message
+    # ------------------------------------------------------------------ stdout, line by line (``_Lines``)
+
+    def line(self, line: bytes) -> None:
+        """One line of the child's stdout: parsed, then answered at once or queued for ``receive``."""
+        if not line.strip():
+            return
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.warning("[%s] wrote a line that is not JSON; ignored: %.200r", self.config.name, line)
+            return
+        if not isinstance(message, dict):
             log.warning("[%s] wrote JSON that is not a JSON-RPC object; ignored", self.config.name)
+            return
+        waiter = self._waiter
+        if self._answer is not None and waiter is not None and not waiter.done() and not self._inbox:
+            try:
+                if self._answer(message):
+                    return
+            except Exception:  # protocol edge: one bad answer must not end the upstream's reader
+                log.exception("[%s] handling a message failed", self.config.name)
+                return
+        self._queue(message)
+
+    def overrun(self) -> None:
+        log.error("[%s] sent a message over %d bytes; closing it", self.config.name, LINE_LIMIT)
+        self._queue(None)
+
+    def ended(self) -> None:
+        self._queue(None)
+
+    def _stdout(self) -> Any:
+        assert self._proc is not None
+        return self._proc._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
+
+    def _queue(self, message: Message | None) -> None:
+        self._inbox.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if message is not None and len(self._inbox) >= INBOX_LIMIT and not self._paused and self._proc is not None:
+            self._paused = True
+            with contextlib.suppress(Exception):
+                self._stdout().pause_reading()
+
+    async def receive(self) -> Message | None:
+        if self._proc is None:
+            return None
+        inbox = self._inbox
+        while not inbox:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = inbox[0]
+        if message is None:  # the end stays queued: every later call returns None too
+            with contextlib.suppress(TimeoutError):  # so exit_reason() can name the exit code
+                await asyncio.wait_for(self._proc.wait(), 1.0)
+            return None
+        inbox.popleft()
+        if self._paused and len(inbox) < INBOX_LIMIT // 2:
+            self._paused = False
+            with contextlib.suppress(Exception):
+                self._stdout().resume_reading()
+        return message
 
     def exit_reason(self) -> str:
         if self._proc is None:
@@ -116,6 +230,10 @@ class StdioChannel:
         if proc is None or self._closing:
             return
         self._closing = True
+        if self._paused:  # read on, so the end of the child's output closes its pipes
+            self._paused = False
+            with contextlib.suppress(Exception):
+                self._stdout().resume_reading()
         if proc.returncode is None:
             with contextlib.suppress(Exception):
                 if proc.stdin is not None:
