@@ -295,7 +295,7 @@ class _Argument:
     def __init__(self, raw: str) -> None:
         self.forms = forms(raw)
         self.long = tuple(f for f in self.forms if len(f) >= RUN)
-        self.spaced = tuple(f for f in self.long if " " in f)
+        self.spaced = tuple(f for f in self.long if " " in f) if self.long else ()
         self._queries: dict[bool, _Query] = {}
 
     def query(self, spaced: bool = False) -> _Query:
@@ -426,15 +426,15 @@ def _matches(content: _LabelContent, arg: _Argument, token: bool, endorsed: froz
             if e in text:
                 text = text.replace(e, "\x00")  # a run inside an endorsed string is no match
         long.append(text)
-    if not content.long_words:
+    if not long:
+        return False
+    spaced = not content.long_words
+    if spaced:
         # normalised text has no whitespace but single spaces, so a run of RUN inside a form without
         # one is a space-free stretch that long, and the content has none: only spaced forms can share
         long = [text for text in long if " " in text]
-        spaced = True
-    else:
-        spaced = False
-    if not long:
-        return False
+        if not long:
+            return False
     # the long forms searched in one pass; endorsed strings that cut or skip one make a query of its own
     same = tuple(long) == (arg.spaced if spaced else arg.long)
     return content.shares_run(arg.query(spaced) if same else _Query(tuple(long)))
