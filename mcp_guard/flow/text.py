@@ -15,14 +15,13 @@ word; hex: 8+ hex digits).
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 import string
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
-
-import pybase64
 
 # base64 (standard or URL-safe alphabet) with optional padding; runs of 8+ characters are decoded.
 # A plain word (lower-case or capitalised letters only) is not read as base64.
@@ -90,13 +89,22 @@ def _printable(raw: bytes) -> str | None:
     return None if got is None else got[0]
 
 
+@functools.cache
+def _decoder() -> Callable[..., bytes]:
+    """``pybase64.b64decode``, imported on the first base64 run rather than at start-up."""
+    import pybase64
+
+    decode: Callable[..., bytes] = pybase64.b64decode
+    return decode
+
+
 def _b64_bytes(run: str) -> bytes | None:
     body = run.rstrip("=")
     if len(body) % 4 == 1:
         return None
     padded = body + "=" * (-len(body) % 4)
     try:  # strict: only the alphabet and correct padding (SIMD C: a tenth of ``binascii``'s time on 4 KiB)
-        return pybase64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        return _decoder()(padded.replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError):
         return None
 
