@@ -290,20 +290,30 @@ class _Argument:
     when first needed.  Kept per value, so the rules and labels that test one argument compute all
     of it once."""
 
-    __slots__ = ("_queries", "forms", "long", "spaced")
+    __slots__ = ("_query", "_spaced", "_spaced_query", "forms", "long")
 
     def __init__(self, raw: str) -> None:
         self.forms = forms(raw)
         self.long = tuple(f for f in self.forms if len(f) >= RUN)
-        self.spaced = tuple(f for f in self.long if " " in f) if self.long else ()
-        self._queries: dict[bool, _Query] = {}
+        self._spaced: tuple[str, ...] | None = None
+        self._query: _Query | None = None
+        self._spaced_query: _Query | None = None
+
+    def spaced(self) -> tuple[str, ...]:
+        """The long forms that hold a space."""
+        if self._spaced is None:
+            self._spaced = tuple(f for f in self.long if " " in f)
+        return self._spaced
 
     def query(self, spaced: bool = False) -> _Query:
         """The query over the long forms (``spaced``: only those that hold a space)."""
-        got = self._queries.get(spaced)
-        if got is None:
-            got = self._queries[spaced] = _Query(self.spaced if spaced else self.long)
-        return got
+        if spaced:
+            if self._spaced_query is None:
+                self._spaced_query = _Query(self.spaced())
+            return self._spaced_query
+        if self._query is None:
+            self._query = _Query(self.long)
+        return self._query
 
 
 _cached_argument = functools.lru_cache(maxsize=256)(_Argument)
@@ -411,6 +421,9 @@ class ContentIndex:
 
 def _matches(content: _LabelContent, arg: _Argument, token: bool, endorsed: frozenset[str]) -> bool:
     long: list[str] = []
+    # normalised text has no whitespace but single spaces, so a run of RUN inside a form without one
+    # is a space-free stretch that long: when the content has none, only spaced forms can share one
+    spaced = not content.long_words
     for text in arg.forms:
         if endorsed and text in endorsed:
             continue
@@ -425,18 +438,12 @@ def _matches(content: _LabelContent, arg: _Argument, token: bool, endorsed: froz
         for e in endorsed:
             if e in text:
                 text = text.replace(e, "\x00")  # a run inside an endorsed string is no match
-        long.append(text)
+        if not spaced or " " in text:
+            long.append(text)
     if not long:
         return False
-    spaced = not content.long_words
-    if spaced:
-        # normalised text has no whitespace but single spaces, so a run of RUN inside a form without
-        # one is a space-free stretch that long, and the content has none: only spaced forms can share
-        long = [text for text in long if " " in text]
-        if not long:
-            return False
     # the long forms searched in one pass; endorsed strings that cut or skip one make a query of its own
-    same = tuple(long) == (arg.spaced if spaced else arg.long)
+    same = tuple(long) == (arg.spaced() if spaced else arg.long)
     return content.shares_run(arg.query(spaced) if same else _Query(tuple(long)))
 
 
