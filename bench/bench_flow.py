@@ -15,12 +15,17 @@ Each figure is CPU time of this thread (``time.thread_time_ns``), the minimum ov
 rounds of many calls: the machine may be shared, and the minimum is the figure load moves least.
 The load average is printed beside it.
 
-Run: .venv/bin/python bench/bench_flow.py [--mib 16] [--rounds 15] [--json]
+Run: .venv/bin/python bench/bench_flow.py [--mib 16] [--rounds 15] [--json] [--compare DIR | --processes N]
 
 ``--compare DIR`` measures the ``carries`` cases of this tree and of the source tree ``DIR`` (an
 older checkout) side by side: one worker process per tree, each with its own index, their rounds
 interleaved (A B B A ...) so the machine's load falls on both alike; it prints both figures and
 their ratio, the figure to trust on a shared machine.
+
+``--processes N`` measures the two targeted cases in ``N`` fresh processes, one after another, each
+beside a pure-Python reference loop timed in the same rounds.  This machine (a virtual one) runs
+whole stretches of seconds about 40 % slower, the reference loop as much as ``carries``: the
+reference loop tells which stretch a process was measured in, and the ratio to it stays put.
 """
 
 from __future__ import annotations
@@ -182,6 +187,45 @@ def compare(base: str, mib: float, rounds: int) -> None:
     print(f"load average {os.getloadavg()[0]:.1f}")
 
 
+def reference_loop(_: Any = None) -> int:
+    """Pure Python with no index and no numpy: how fast this process's CPU runs just now."""
+    total = 0
+    for i in range(2000):
+        total += i * i
+    return total
+
+
+def one_process(mib: float, rounds: int) -> None:
+    """``--processes``' side: the two targeted cases and the reference loop, their rounds
+    interleaved, the least of each as one JSON line."""
+    index, cases, _build = carries_cases(mib)
+    batches = {name: fresh(cases[name], rounds, PER_CALL) for name in ("base64", "prose")}
+    best = {"base64": float("inf"), "prose": float("inf"), "reference": float("inf")}
+    for r in range(rounds):
+        for name, fn, batch in (("reference", reference_loop, [None] * PER_CALL),
+                                ("base64", lambda a: index.carries(a, ["untrusted"]), batches["base64"][r]),
+                                ("prose", lambda a: index.carries(a, ["untrusted"]), batches["prose"][r])):
+            best[name] = min(best[name], least_cpu(fn, [batch]))
+    print(json.dumps({k: round(v * 1e6, 1) for k, v in best.items()}), flush=True)
+
+
+def processes(n: int, mib: float, rounds: int) -> None:
+    """``n`` fresh processes one after another: each one's figures, then the spread."""
+    print(f"load average {os.getloadavg()[0]:.1f}; CPU µs per call, least of {rounds} rounds, one process per line")
+    got = []
+    for _ in range(n):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one-process", "--mib", str(mib),
+                              "--rounds", str(rounds)], capture_output=True, text=True, check=True).stdout
+        got.append(json.loads(out))
+        row = got[-1]
+        print(f"  base64 {row['base64']:7.1f}   prose {row['prose']:7.1f}   reference loop {row['reference']:7.1f}"
+              f"   base64 / reference {row['base64'] / row['reference']:.2f}", flush=True)
+    for name in ("base64", "prose", "reference"):
+        values = sorted(row[name] for row in got)
+        print(f"{name:10} least {values[0]:7.1f}   median {values[len(values) // 2]:7.1f}   most {values[-1]:7.1f}")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
 def flow_step_figures(rounds: int) -> tuple[float, float]:
     async def run() -> tuple[float, float]:
         tracker = FlowTracker(MemoryStore(), 16 << 20, exclusive=True)
@@ -214,10 +258,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare", metavar="DIR", help="another source tree to measure beside this one, interleaved")
+    ap.add_argument("--processes", type=int, metavar="N", help="the targeted cases in N fresh processes")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one-process", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args()
     if opts.worker:
         worker(opts.mib)
+        return
+    if opts.one_process:
+        one_process(opts.mib, opts.rounds)
+        return
+    if opts.processes:
+        processes(opts.processes, opts.mib, opts.rounds)
         return
     if opts.compare:
         compare(opts.compare, opts.mib, opts.rounds)

@@ -26,6 +26,7 @@ the rules and labels that test one argument compute them once.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ _S32 = np.uint64(32)
 _S7 = np.uint64(7)
 _BIT = np.array([1 << i for i in range(8)], dtype=np.uint8)  # a bit's mask in its byte
 _EMPTY = np.zeros(0, dtype=np.uint64)
+_LONG_WORD = re.compile(f"[^ ]{{{RUN}}}")  # in normalised text: a space-free stretch of RUN
 _CACHED_CHARS = 1 << 16  # arguments longer than this are not kept in the per-value cache
 assert K & (K - 1) == 0  # the run hash doubles its span up to K
 _SPANS = tuple((1 << j, np.uint64(pow(int(_BASE), 1 << j, 1 << 64))) for j in range(K.bit_length() - 1))
@@ -284,17 +286,31 @@ class _Query:
 
 class _Argument:
     """An argument string as ``carries`` compares it: its forms (normalised, decoded), its long
-    forms, and the run search's query over those, built when first needed.  Kept per value, so the
-    rules and labels that test one argument compute all of it once."""
+    forms (and those of them that hold a space), and the run search's queries over those, built
+    when first needed.  Kept per value, so the rules and labels that test one argument compute all
+    of it once."""
 
-    __slots__ = ("_query", "forms", "long")
+    __slots__ = ("_query", "_spaced", "_spaced_query", "forms", "long")
 
     def __init__(self, raw: str) -> None:
         self.forms = forms(raw)
         self.long = tuple(f for f in self.forms if len(f) >= RUN)
+        self._spaced: tuple[str, ...] | None = None
         self._query: _Query | None = None
+        self._spaced_query: _Query | None = None
 
-    def query(self) -> _Query:
+    def spaced(self) -> tuple[str, ...]:
+        """The long forms that hold a space."""
+        if self._spaced is None:
+            self._spaced = tuple(f for f in self.long if " " in f)
+        return self._spaced
+
+    def query(self, spaced: bool = False) -> _Query:
+        """The query over the long forms (``spaced``: only those that hold a space)."""
+        if spaced:
+            if self._spaced_query is None:
+                self._spaced_query = _Query(self.spaced())
+            return self._spaced_query
         if self._query is None:
             self._query = _Query(self.long)
         return self._query
@@ -320,8 +336,10 @@ class _LabelContent:
     prints: _Prints = field(default_factory=_Prints)
     sixes: _Sixes = field(default_factory=_Sixes)
     tokens: set[str] = field(default_factory=set)
+    long_words: bool = False  # some space-free stretch of RUN characters or more (a URL, an id, a blob)
 
     def add(self, text: str) -> None:
+        self.long_words = self.long_words or _LONG_WORD.search(text) is not None
         codes = codes_of(text)
         self.prints.add(len(self.texts), run_hashes(codes))
         self.texts.append(text)
@@ -403,6 +421,9 @@ class ContentIndex:
 
 def _matches(content: _LabelContent, arg: _Argument, token: bool, endorsed: frozenset[str]) -> bool:
     long: list[str] = []
+    # normalised text has no whitespace but single spaces, so a run of RUN inside a form without one
+    # is a space-free stretch that long: when the content has none, only spaced forms can share one
+    spaced = not content.long_words
     for text in arg.forms:
         if endorsed and text in endorsed:
             continue
@@ -417,11 +438,13 @@ def _matches(content: _LabelContent, arg: _Argument, token: bool, endorsed: froz
         for e in endorsed:
             if e in text:
                 text = text.replace(e, "\x00")  # a run inside an endorsed string is no match
-        long.append(text)
+        if not spaced or " " in text:
+            long.append(text)
     if not long:
         return False
     # the long forms searched in one pass; endorsed strings that cut or skip one make a query of its own
-    return content.shares_run(arg.query() if tuple(long) == arg.long else _Query(tuple(long)))
+    same = tuple(long) == (arg.spaced() if spaced else arg.long)
+    return content.shares_run(arg.query(spaced) if same else _Query(tuple(long)))
 
 
 __all__ = ["RUN", "WHOLE", "ContentIndex", "K", "W", "codes_of", "forms_of", "grams", "mix", "run_hashes",

