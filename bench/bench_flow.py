@@ -26,6 +26,8 @@ their ratio, the figure to trust on a shared machine.
 beside a pure-Python reference loop timed in the same rounds.  This machine (a virtual one) runs
 whole stretches of seconds about 40 % slower, the reference loop as much as ``carries``: the
 reference loop tells which stretch a process was measured in, and the ratio to it stays put.
+Each process then adds one URL to its content and measures base64 again (``base64_url``): content
+that holds a space-free stretch of 24+ characters, as most fetched pages do, is searched in full.
 """
 
 from __future__ import annotations
@@ -195,17 +197,31 @@ def reference_loop(_: Any = None) -> int:
     return total
 
 
+URL_PIECE = "see https://example.com/reports/2026/q3/summary?id=8f3a9c2e7b1d4f60a5 for details"
+"""Labelled content with one space-free stretch of 24+ characters (a URL, an id, an encoded blob),
+as most fetched pages hold: a space-free argument form is then searched in full."""
+
+
 def one_process(mib: float, rounds: int) -> None:
     """``--processes``' side: the two targeted cases and the reference loop, their rounds
-    interleaved, the least of each as one JSON line."""
+    interleaved, the least of each as one JSON line; then base64 again once the content also holds
+    a URL (``base64_url``)."""
     index, cases, _build = carries_cases(mib)
     batches = {name: fresh(cases[name], rounds, PER_CALL) for name in ("base64", "prose")}
-    best = {"base64": float("inf"), "prose": float("inf"), "reference": float("inf")}
+    best = {"base64": float("inf"), "prose": float("inf"), "reference": float("inf"), "base64_url": float("inf")}
+
+    def carries(a: Any) -> None:
+        index.carries(a, ["untrusted"])
+
     for r in range(rounds):
         for name, fn, batch in (("reference", reference_loop, [None] * PER_CALL),
-                                ("base64", lambda a: index.carries(a, ["untrusted"]), batches["base64"][r]),
-                                ("prose", lambda a: index.carries(a, ["untrusted"]), batches["prose"][r])):
+                                ("base64", carries, batches["base64"][r]), ("prose", carries, batches["prose"][r])):
             best[name] = min(best[name], least_cpu(fn, [batch]))
+    index.add({"untrusted"}, URL_PIECE)
+    again = fresh(lambda i: cases["base64"](rounds * PER_CALL + i), rounds, PER_CALL)
+    for r in range(rounds):
+        best["reference"] = min(best["reference"], least_cpu(reference_loop, [[None] * PER_CALL]))
+        best["base64_url"] = min(best["base64_url"], least_cpu(carries, [again[r]]))
     print(json.dumps({k: round(v * 1e6, 1) for k, v in best.items()}), flush=True)
 
 
@@ -218,9 +234,10 @@ def processes(n: int, mib: float, rounds: int) -> None:
                               "--rounds", str(rounds)], capture_output=True, text=True, check=True).stdout
         got.append(json.loads(out))
         row = got[-1]
-        print(f"  base64 {row['base64']:7.1f}   prose {row['prose']:7.1f}   reference loop {row['reference']:7.1f}"
+        print(f"  base64 {row['base64']:7.1f}   prose {row['prose']:7.1f}   base64, content with a URL {row['base64_url']:7.1f}"
+              f"   reference loop {row['reference']:7.1f}"
               f"   base64 / reference {row['base64'] / row['reference']:.2f}", flush=True)
-    for name in ("base64", "prose", "reference"):
+    for name in ("base64", "prose", "base64_url", "reference"):
         values = sorted(row[name] for row in got)
         print(f"{name:10} least {values[0]:7.1f}   median {values[len(values) // 2]:7.1f}   most {values[-1]:7.1f}")
     print(f"load average {os.getloadavg()[0]:.1f}")
