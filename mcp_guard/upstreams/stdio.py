@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 import orjson
 
@@ -91,6 +91,7 @@ class StdioChannel:
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self._proc: asyncio.subprocess.Process | None = None
+        self._stdout: asyncio.ReadTransport | None = None  # the child's stdout pipe (paused while the inbox is full)
         self._stderr_task: asyncio.Task[None] | None = None
         self._closing = False
         self._inbox: collections.deque[Message | None] = collections.deque()  # None: the end
@@ -122,6 +123,7 @@ class StdioChannel:
                 start_new_session=True,  # the guard's signals (Ctrl-C in a terminal) are not the child's
             )
             self._proc = asyncio.subprocess.Process(transport, protocol, loop)
+            self._stdout = cast(asyncio.ReadTransport, transport.get_pipe_transport(1))
         except OSError as exc:
             raise UpstreamError(
                 f"upstream {self.config.name} could not start `{self.config.command}`: {exc.strerror or exc}"
@@ -176,19 +178,23 @@ class StdioChannel:
     def ended(self) -> None:
         self._queue(None)
 
-    def _stdout(self) -> Any:
-        assert self._proc is not None
-        return self._proc._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
-
     def _queue(self, message: Message | None) -> None:
         self._inbox.append(message)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if message is not None and len(self._inbox) >= INBOX_LIMIT and not self._paused and self._proc is not None:
-            self._paused = True
-            with contextlib.suppress(Exception):
-                self._stdout().pause_reading()
+        if message is not None and len(self._inbox) >= INBOX_LIMIT and not self._paused:
+            self._reading(False)
+
+    def _reading(self, on: bool) -> None:
+        """Resume (or pause) reading the child's stdout: the inbox's back-pressure."""
+        self._paused = not on
+        if self._stdout is not None:
+            with contextlib.suppress(Exception):  # a pipe already closed has nothing to pause
+                if on:
+                    self._stdout.resume_reading()
+                else:
+                    self._stdout.pause_reading()
 
     async def receive(self) -> Message | None:
         if self._proc is None:
@@ -207,9 +213,7 @@ class StdioChannel:
             return None
         inbox.popleft()
         if self._paused and len(inbox) < INBOX_LIMIT // 2:
-            self._paused = False
-            with contextlib.suppress(Exception):
-                self._stdout().resume_reading()
+            self._reading(True)
         return message
 
     def exit_reason(self) -> str:
@@ -231,9 +235,7 @@ class StdioChannel:
             return
         self._closing = True
         if self._paused:  # read on, so the end of the child's output closes its pipes
-            self._paused = False
-            with contextlib.suppress(Exception):
-                self._stdout().resume_reading()
+            self._reading(True)
         if proc.returncode is None:
             with contextlib.suppress(Exception):
                 if proc.stdin is not None:
