@@ -14,7 +14,7 @@ import click
 from mcp_guard import __version__
 from mcp_guard.errors import ConfigError, GuardError
 
-# Each command by the module that defines it (its ``COMMANDS`` list); tests/test_cli_startup.py
+# Each command by the module that defines it (its ``COMMANDS`` list); tests/test_startup_imports.py
 # checks that this table and the modules agree.
 MODULES: dict[str, str] = {
     "run": "run", "serve": "run", "demo": "run",
