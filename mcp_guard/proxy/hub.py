@@ -131,11 +131,12 @@ class Hub:
         if self.shared and (last or level is not None):
             self.later(self._give_back(last, level, send_level))
 
-    async def call(self, session: str, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
-        """Forward a request for ``session`` (serve records who sent it: ``proxy/callers.py``)."""
+    def call(self, session: str, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Awaitable[Message]:
+        """Forward a request for ``session`` (serve records who sent it: ``proxy/callers.py``); the
+        awaitable is handed back as it is, so forwarding adds no coroutine of its own."""
         if self.shared:
-            return await self.callers.forward(session, up, method, params, on_id)
-        return await up.call(method, params, on_id=on_id)
+            return self.callers.forward(session, up, method, params, on_id)
+        return up.call(method, params, on_id=on_id)
 
     def level(self, session: str, rank: int) -> int:
         """The log level to ask the upstreams for when ``session`` asks for ``rank``: a shared
