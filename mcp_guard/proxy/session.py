@@ -212,7 +212,7 @@ class GuardSession:
                     text = f"Method not found: {method}"
                     await self.pipeline.audit_refused(req, None, None, Verdict(Outcome.UNKNOWN, text))
                     raise RpcError(METHOD_NOT_FOUND, text)
-                if method not in _STARTLESS:
+                if method not in _STARTLESS and not self.hub.up:
                     await self.hub.start()
                 response = await handler(req)
             except asyncio.CancelledError:
