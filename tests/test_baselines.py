@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from fixtures import baselines
-from fixtures.baselines import BASELINES, BASELINES_DIR, Baseline, npm_closure, python_closure
+from fixtures.baselines import BASELINES, BASELINES_DIR, Baseline, npm_closure, python_versions
 
-MADE_WITH = {"python": "3.11.7", "mcp": "2.3.0", "mcp dependencies": "aaaa", "node": "22.23.3",
+MADE_WITH = {"python": "3.11.7", "mcp": "2.3.0", "mcp requirements": "aaaa", "node": "22.23.3",
              "@modelcontextprotocol/conformance": "0.1.16", "conformance_server.py": "bbbb"}
 
 
@@ -75,7 +75,7 @@ def test_a_missing_baseline_runs_the_reference_live(tmp_path: Path) -> None:
 def test_every_baseline_is_keyed_on_the_versions_of_its_parts() -> None:
     for name, baseline in BASELINES.items():
         made_with = baseline.made_with()
-        assert {"python", "mcp", "mcp dependencies" if "mcp dependencies" in made_with else "mcp+pyyaml dependencies",
+        assert {"python", "mcp", "mcp requirements" if "mcp requirements" in made_with else "mcp+pyyaml requirements",
                 "node", "node dependencies"} <= made_with.keys(), name
         suite = "conformance-next" if name.startswith("next-") else "@modelcontextprotocol/conformance"
         assert {suite, f"{suite} dependencies"} <= made_with.keys(), name
@@ -123,7 +123,7 @@ def test_the_npm_closure_follows_nodes_resolution(tmp_path: Path) -> None:
     assert closure("absent", root) == {"absent": "missing"}
 
 
-def test_the_python_closure_follows_requirements_and_the_extras_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_python_key_follows_the_direct_requirements(monkeypatch: pytest.MonkeyPatch) -> None:
     installed = {
         "mcp": ("2.3.0", ["pydantic>=2", "pyjwt[crypto]>=2", "typer>=0.16; extra == 'cli'", "pywin32; sys_platform == 'win32'"]),
         "pydantic": ("2.12.0", ["pydantic-core==2.41"]),
@@ -140,12 +140,14 @@ def test_the_python_closure_follows_requirements_and_the_extras_asked_for(monkey
         return SimpleNamespace(version=version, requires=requires)
 
     monkeypatch.setattr(baselines.importlib.metadata, "distribution", distribution)
-    closure = python_closure.__wrapped__
-    first = closure("mcp")
-    assert first["mcp"] == "2.3.0" and "mcp dependencies" in first
-    for name, version in (("pydantic-core", "2.42.0"), ("cryptography", "47.0.0")):  # deep, and through an extra
+    key = python_versions.__wrapped__
+    first = key("mcp")
+    assert first["mcp"] == "2.3.0" and "mcp requirements" in first
+    for name, version in (("pydantic", "2.13.0"), ("pyjwt", "2.11.0"), ("mcp", "2.4.0")):
         installed[name] = (version, installed[name][1])
-        assert closure("mcp")["mcp dependencies"] != first["mcp dependencies"], name
-    changed = closure("mcp")
-    installed["typer"] = ("0.17.0", [])  # only with mcp[cli], which nothing asks for
-    assert closure("mcp") == changed
+        changed = key("mcp")
+        assert changed != first, name
+        first = changed
+    for name in ("pydantic-core", "cryptography", "typer"):  # deeper, or behind an extra nobody asks for
+        installed[name] = ("99.0.0", [])
+        assert key("mcp") == first, name
