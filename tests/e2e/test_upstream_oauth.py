@@ -170,10 +170,10 @@ def test_login_times_out_without_a_browser_answer(tmp_path: Path) -> None:
         config = write_guard_config(tmp_path, {"up": {"url": url, "auth": {"oauth": {}}}},
                                     state={"url": "sqlite:///state/state.db"})
         # a "browser" that opens nothing: the login gives up after its timeout with one sentence
-        done = _cli("login", "up", "--config", str(config), "--timeout", "2s",
+        done = _cli("login", "up", "--config", str(config), "--timeout", "1s",  # the shortest: it is waited out
                     env=_guard_env(BROWSER=shlex.join([sys.executable, "-c", "pass"])), cwd=tmp_path)
     assert done.returncode != 0
-    assert "no authorization arrived at the loopback redirect within 2s" in done.stderr
+    assert "no authorization arrived at the loopback redirect within 1s" in done.stderr
     assert "Traceback" not in done.stderr
     assert not any(_stored(f).get("tokens") for f in (tmp_path / "state" / "tokens").rglob("*.token"))
 
