@@ -6,128 +6,74 @@ stdio-to-HTTP bridge). supergateway has no Host/Origin check, so `dns-rebinding-
 whatever is inside; every other check that passes against the fixture directly must pass through
 the guard too (allow-all policy, `prefix: false`).
 
-The fixture's own score is checked in (``fixtures/scores/``): ``test_reference_score_of_the_fixture_alone``
-runs the fixture alone and asserts it still scores exactly that, while the guarded runs, one test per
-set of scenarios, compare with it in parallel instead of queueing behind a reference run.
+The reference sides, the fixture alone and supergateway alone in front of it, are baselines
+(``fixtures/baselines.py``): checked in, and run live only when made with other versions than those
+installed.  The guarded runs, one test per set of scenarios, always run live.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from fixtures import (
     ALLOW_ALL,
     conformance_server_command,
-    free_port,
     guard_command,
     requires_tools,
-    serve_http,
     stdio_upstream,
     tool_path,
     tools_env,
     write_guard_config,
 )
-from fixtures.scores import Checks, assert_reference, reference, scenario_sets
-from fixtures.suite_runs import run_concurrently
+from fixtures.baselines import checks, scenario_sets
+from fixtures.suites import NEXT_SUITE, Checks, failed, passed, through_supergateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_tools("conformance", "supergateway")]
 
 SUPERGATEWAY_ONLY_FAILURES = frozenset({"dns-rebinding-protection"})
-_RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
 
-REFERENCE = "0.1.16-active"
+REFERENCE = "active-alone"
 SETS = scenario_sets(REFERENCE, 2)
 """The active suite's scenarios in two sets of about equal cost, one guarded test each (a set runs its
 scenarios a few at once, so two sets keep both test workers busy)."""
 
-BEARER_PRELOAD = Path(__file__).resolve().parents[1] / "fixtures" / "conformance_bearer.mjs"
 
-
-def run_conformance(url: str, out_dir: Path, *, timeout: float = 240.0, bearer: str | None = None,
-                    scenarios: Sequence[str] = ()) -> Checks:
-    """Run the active server suite (or only ``scenarios``, one suite run each, a few at once) against ``url``; return
-    every check's status from its checks.json.  With ``bearer`` the suite itself sends
-    ``Authorization: Bearer BEARER`` to ``url``'s origin (a preload module wraps its HTTP clients; no
-    proxy in between)."""
-    suite = [str(tool_path("conformance")), "server", "--url", url, "-o", str(out_dir)]
-    env = tools_env()
-    if bearer is not None:
-        suite = [str(tool_path("node")), "--import", str(BEARER_PRELOAD), str(tool_path("conformance").resolve()), *suite[1:]]
-        env = tools_env({"MCP_BEARER_TOKEN": bearer, "MCP_BEARER_ORIGIN": url})
-    runs = run_concurrently([[*suite, *selection] for selection in [["--scenario", s] for s in scenarios] or [[]]],
-                            env=env, timeout=timeout)
-    (out_dir / "conformance.log").write_text("".join(run.stdout + run.stderr for run in runs), encoding="utf-8")
-    proc = runs[-1]
-    checks: Checks = {}
-    for checks_file in sorted(out_dir.glob("*/checks.json")):
-        m = _RESULT_DIR.match(checks_file.parent.name)
-        if not m:
-            continue
-        for check in json.loads(checks_file.read_text(encoding="utf-8")):
-            checks[(m["scenario"], str(check["id"]))] = str(check["status"])
-    assert checks, f"conformance produced no results (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-    return checks
-
-
-def passed(checks: Checks) -> set[tuple[str, str]]:
-    return {key for key, status in checks.items() if status == "SUCCESS"}
-
-
-def failed(checks: Checks) -> set[tuple[str, str]]:
-    return {key for key, status in checks.items() if status == "FAILURE"}
-
-
-def _report(missing: set[tuple[str, str]], out_dir: Path) -> str:
+def _report(missing: set[tuple[str, str]], details: object) -> str:
     lines = [f"  {scenario} / {check}" for scenario, check in sorted(missing)]
-    return f"{len(missing)} checks pass directly but not here (details under {out_dir}):\n" + "\n".join(lines)
+    return f"{len(missing)} checks pass directly but not here (details: {details}):\n" + "\n".join(lines)
 
 
 @pytest.fixture
 def direct() -> Checks:
-    """The fixture alone, over the SDK's own Streamable HTTP: the checked-in reference score."""
-    return reference(REFERENCE, "0.1.16")
+    """The fixture alone, over the SDK's own Streamable HTTP (a baseline)."""
+    return checks(REFERENCE)
 
 
-def _through_supergateway(argv: Sequence[str], out: Path, scenarios: Sequence[str] = ()) -> Checks:
-    port = free_port()
-    gateway = [str(tool_path("supergateway")), "--stdio", shlex.join(argv), "--outputTransport", "streamableHttp",
-               "--stateful", "--port", str(port)]
-    with serve_http(gateway, port, log=out / "supergateway.log"):
-        return run_conformance(f"http://localhost:{port}/mcp", out, scenarios=scenarios)
-
-
-@pytest.mark.timeout(300)
-def test_reference_score_of_the_fixture_alone(tmp_path: Path) -> None:
-    """The fixture alone scores exactly the checked-in reference, which passes the whole active suite."""
-    port = free_port()
-    with serve_http(conformance_server_command("--http", "--port", str(port)), port, log=tmp_path / "server.log") as url:
-        alone = run_conformance(url, tmp_path)
-    assert_reference(REFERENCE, "0.1.16", alone)
-
-
+@pytest.mark.timeout(300)  # the baseline runs live when made with other versions
 def test_fixture_passes_the_active_suite(direct: Checks) -> None:
     assert not failed(direct), f"fixture fails: {sorted(failed(direct))}"
     assert len(passed(direct)) >= 40
     assert {scenario for scenario, _ in direct} >= {"tools-call-sampling", "tools-call-elicitation", "dns-rebinding-protection"}
+    # the guarded sets were dealt from the checked-in baseline: they must cover every scenario of this one
+    assert {scenario for scenario, _ in direct} == {s for one in SETS for s in one}, \
+        "the suite's scenarios changed: refresh the baselines (fixtures/baselines.py)"
 
 
 @pytest.mark.timeout(300)
-def test_supergateway_baseline(direct: Checks, tmp_path: Path) -> None:
+def test_supergateway_baseline(direct: Checks) -> None:
     """The bridge alone (fixture over stdio) loses nothing but its own Host/Origin check."""
-    via = _through_supergateway(conformance_server_command(), tmp_path)
+    via = checks("active-supergateway")
     missing = {key for key in passed(direct) - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
-    assert not missing, _report(missing, tmp_path)
+    assert not missing, _report(missing, "the active-supergateway baseline")
     assert {s for s, _ in failed(via)} <= SUPERGATEWAY_ONLY_FAILURES
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("scenarios", SETS, ids=[f"set{i}" for i in range(1, len(SETS) + 1)])
 def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path, scenarios: tuple[str, ...]) -> None:
     """supergateway -> mcp-guard run (allow-all, prefix: false) -> fixture over stdio scores like the fixture."""
@@ -136,7 +82,7 @@ def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path, scena
         {"conformance": stdio_upstream(conformance_server_command(), prefix=False)},
         ALLOW_ALL,
     )
-    via = _through_supergateway(guard_command(config), tmp_path, scenarios)
+    via = through_supergateway(guard_command(config), tmp_path, scenarios)
     expected = {key for key in passed(direct) if key[0] in scenarios}
     missing = {key for key in expected - passed(via) if key[0] not in SUPERGATEWAY_ONLY_FAILURES}
     assert not missing, _report(missing, tmp_path)
@@ -145,7 +91,6 @@ def test_guard_is_transparent_to_the_suite(direct: Checks, tmp_path: Path, scena
 # --------------------------------------------------------------------------- the guard as the suite's client
 
 GUARD_CLIENT = Path(__file__).resolve().parents[1] / "fixtures" / "conformance_client.py"
-NEXT_SUITE = tool_path("node").parent.parent / "conformance-next" / "dist" / "index.js"  # 0.2.x: the 2026-07-28 era
 requires_next_suite = pytest.mark.skipif(not NEXT_SUITE.is_file(), reason="conformance-next missing from .tools; run scripts/setup")
 
 

@@ -11,16 +11,14 @@ from ``NOT_ON_STDIO``: the era's HTTP checks (status codes, the routing and vers
 ``Host`` header), which belong to whatever carries stdio over HTTP, not to the stdio guard.  The
 2026-07-28 tests assert the exact set of checks lost, so a regression (or a fix) names its check.
 
-The fixture's own scores are checked in (``fixtures/scores/``), verified by
-``test_reference_scores_of_the_fixture_alone`` in the same run; the long run through ``run`` is
-split into sets of scenarios so both workers share it."""
+The fixture's own scores are baselines (``fixtures/baselines.py``: checked in, and run live only
+when made with other versions than those installed); the long run through ``run`` is split into
+sets of scenarios so both workers share it."""
 
 from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,18 +33,11 @@ from fixtures import (
     serve_http,
     stdio_upstream,
     tool_path,
-    tools_env,
     write_guard_config,
 )
-from fixtures.scores import Checks, assert_reference, reference, scenario_sets
-from fixtures.suite_runs import run_concurrently
-from test_conformance import (
-    _RESULT_DIR,
-    BEARER_PRELOAD,
-    NEXT_SUITE,
-    SUPERGATEWAY_ONLY_FAILURES,
-    run_client_scenario,
-)
+from fixtures.baselines import HANDSHAKE, MODERN, checks, scenario_sets
+from fixtures.suites import NEXT_SUITE, Checks, passed, run_next
+from test_conformance import SUPERGATEWAY_ONLY_FAILURES, run_client_scenario
 
 from mcp_guard.grants import generate_keypair, issue_grant, public_jwk
 
@@ -54,8 +45,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               requires_tools("conformance", "supergateway"),
               pytest.mark.skipif(not NEXT_SUITE.is_file(), reason="conformance-next missing from .tools; run scripts/setup")]
 
-MODERN = ("--requirements", "2026-07-28")
-HANDSHAKE = ("--spec-version", "2025-11-25")
 UNKNOWN_TOOL_CHECKS = frozenset({
     ("input-required-result-ignore-extra-params", "sep-2322-ignore-unexpected-params"),
     ("tasks-capability-negotiation", "sep-2663-server-rejects-undeclared-client"),
@@ -81,38 +70,8 @@ NOT_ON_STDIO = frozenset({
     ("tasks-request-headers", "tasks-headers-reject-mismatched-method"),
 })
 STDIO_BRIDGE = Path(__file__).resolve().parents[1] / "fixtures" / "stdio_bridge.py"
-RANK = {"SUCCESS": 0, "INFO": 0, "SKIPPED": 0, "WARNING": 1, "FAILURE": 2}
-REFERENCES = {MODERN: "next-2026-07-28", HANDSHAKE: "next-2025-11-25"}
+REFERENCES = {MODERN: "next-2026-07-28-alone", HANDSHAKE: "next-2025-11-25-alone"}
 HANDSHAKE_SETS = scenario_sets(REFERENCES[HANDSHAKE], 2)
-
-
-def run_next(url: str, out: Path, selection: tuple[str, ...], *, bearer: str | None = None,
-             scenarios: Sequence[str] = ()) -> Checks:
-    """The 0.2.x server suite (or only ``scenarios``, one suite run each, a few at once) against ``url``; each
-    (scenario, check id) -> its worst status (one id may be reported several times in a scenario)."""
-    node = str(tool_path("node"))
-    argv = [node, str(NEXT_SUITE), "server", "--url", url, "-o", str(out), *selection]
-    env = tools_env()
-    if bearer is not None:
-        argv = [node, "--import", str(BEARER_PRELOAD), *argv[1:]]
-        env = tools_env({"MCP_BEARER_TOKEN": bearer, "MCP_BEARER_ORIGIN": url})
-    runs = run_concurrently([[*argv, *one] for one in [("--scenario", s) for s in scenarios] or [()]], env=env, timeout=600)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "conformance.log").write_text("".join(run.stdout + run.stderr for run in runs), encoding="utf-8")
-    proc = runs[-1]
-    checks: Checks = {}
-    for checks_file in sorted(out.glob("*/checks.json")):
-        m = _RESULT_DIR.match(checks_file.parent.name)
-        for check in json.loads(checks_file.read_text(encoding="utf-8")) if m else ():
-            key, status = (m["scenario"], str(check["id"])), str(check["status"])
-            if RANK.get(status, 2) >= RANK.get(checks.get(key, "SUCCESS"), 2):
-                checks[key] = status
-    assert checks, f"conformance produced no results (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-    return checks
-
-
-def passed(checks: Checks) -> set[tuple[str, str]]:
-    return {key for key, status in checks.items() if status == "SUCCESS"}
 
 
 def score(name: str, checks: Checks) -> str:
@@ -136,19 +95,15 @@ def lost(alone: Checks, guarded: Checks, allowed: frozenset[tuple[str, str]] = B
 
 @pytest.fixture
 def alone() -> dict[tuple[str, ...], Checks]:
-    """The fixture alone over the SDK's Streamable HTTP, per selection: the checked-in reference scores."""
-    return {sel: reference(name, "next") for sel, name in REFERENCES.items()}
+    """The fixture alone over the SDK's Streamable HTTP, per selection (baselines)."""
+    return {sel: checks(name) for sel, name in REFERENCES.items()}
 
 
-@pytest.mark.timeout(900)
-def test_reference_scores_of_the_fixture_alone(tmp_path: Path) -> None:
-    """The fixture alone scores exactly the checked-in references, selection by selection."""
-    port = free_port()
-    with (serve_http(conformance_server_command("--http", "--port", str(port)), port, log=tmp_path / "server.log") as url,
-          ThreadPoolExecutor(len(REFERENCES)) as pool):  # the selections side by side: each mostly waits
-        scores = {name: pool.submit(run_next, url, tmp_path / sel[1], sel) for sel, name in REFERENCES.items()}
-        for name, checks in scores.items():
-            assert_reference(name, "next", checks.result())
+@pytest.mark.timeout(900)  # the baselines run live when made with other versions
+def test_the_handshake_sets_cover_the_fixtures_scenarios(alone: dict[tuple[str, ...], Checks]) -> None:
+    """The sets were dealt from the checked-in baseline: they must cover every scenario of the one in use."""
+    assert {scenario for scenario, _ in alone[HANDSHAKE]} == {s for one in HANDSHAKE_SETS for s in one}, \
+        "the suite's scenarios changed: refresh the baselines (fixtures/baselines.py)"
 
 
 def serve_through(tmp: Path, selection: tuple[str, ...]) -> Checks:

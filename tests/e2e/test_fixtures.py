@@ -186,3 +186,15 @@ def test_inspector_cli_drives_the_recording_server(record_file: RecordFile) -> N
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["result"]["content"][0]["text"] == "yo"
     assert record_file.calls() == [("echo", {"text": "yo"})]
+
+
+@requires_tools("conformance")
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_baseline_taken_live_reproduces_its_checked_in_result(tmp_path: Path) -> None:
+    """The live run a baseline falls back to when made with other versions works, and gives what is
+    checked in (the cheapest one: one auth scenario with the SDK's own client)."""
+    from fixtures.baselines import BASELINES
+
+    baseline = BASELINES["auth-sdk-resource-mismatch"]
+    assert baseline.run(tmp_path) == json.loads(baseline.path().read_text(encoding="utf-8"))["result"]

@@ -34,7 +34,7 @@ def _host_env(home: Path) -> dict[str, str]:
 
 
 def test_the_wheel_in_a_fresh_venv(release_venv: Path, tmp_path: Path) -> None:
-    venv = release_venv  # the wheel installed by its own pip into a new venv (fixtures/release.py)
+    venv = release_venv  # the wheel and its declared dependencies only, in a new venv (fixtures/release.py)
     outside = tmp_path / "somewhere"
     outside.mkdir()
     guard = str(venv / "bin" / "mcp-guard")

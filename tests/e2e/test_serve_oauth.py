@@ -38,7 +38,7 @@ from fixtures import (
     wait_for_port,
     write_guard_config,
 )
-from fixtures.scores import reference
+from fixtures.baselines import checks as baseline_checks
 from fixtures.serving import cli, connect, serving_in_process
 from mcp.shared.exceptions import MCPError
 
@@ -342,12 +342,11 @@ async def test_token_exchange_then_offline_delegation(served: Served, idp: Idp, 
 @requires_tools("conformance")
 def test_conformance_suite_through_serve_with_an_idp_token(idp: Idp, tmp_path: Path) -> None:
     """The official suite sends the IdP's token itself (no proxy, Host and Origin as it sets them) to
-    serve -> fixture, and scores at least what the fixture scores alone (the checked-in reference score,
-    which test_conformance.py measures again in the same run)."""
+    serve -> fixture, and scores at least what the fixture scores alone (its baseline)."""
     from fixtures import ALLOW_ALL, conformance_server_command, serve_http
-    from test_conformance import REFERENCE, failed, passed, run_conformance
+    from fixtures.suites import failed, passed, run_conformance
 
-    direct = reference(REFERENCE, "0.1.16")
+    direct = baseline_checks("active-alone")
     serve_port = free_port()
     url = f"http://localhost:{serve_port}/mcp"
     config = write_guard_config(

@@ -95,7 +95,7 @@ def test_conformance_suite_through_three_replicas_scores_as_through_one(tmp_path
     """The suite's server scenarios through HAProxy (round robin, no stickiness) in front of three
     replicas on one Redis score what they score against one replica: every answer to an upstream's
     question (sampling, elicitation) reaches the replica that asked it, whichever one it lands on."""
-    from test_conformance import failed, passed, run_conformance
+    from fixtures.suites import failed, passed, run_conformance
 
     balancer = free_port()
     url = f"http://localhost:{balancer}/mcp"

@@ -1,8 +1,9 @@
 """HTTP upstreams that require authorization: the guard as an OAuth 2.1 client.
 
-* The official conformance suite's client auth scenarios, run against the `mcp` SDK's own client
-  (the baseline) and against host -> `mcp-guard run` -> scenario server: the guard scores at least
-  what the SDK scores, scenario by scenario.
+* The official conformance suite's client auth scenarios, run against host -> `mcp-guard run` ->
+  scenario server: the guard scores at least what the `mcp` SDK's own client scores, scenario by
+  scenario (the SDK's scores are baselines, ``fixtures/baselines.py``: checked in, and run live only
+  when made with other versions than those installed).
 * `mcp-guard login` / `run` / `logout` against a standing scenario server (the suite's interactive
   mode: an MCP server that answers 401 and an authorization server that approves at once): the
   loopback redirect is driven by `oauth_browser.py` as `$BROWSER`, no person needed.  Without a
@@ -16,13 +17,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import re
 import shlex
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,60 +39,21 @@ from fixtures import (
     tools_env,
     write_guard_config,
 )
+from fixtures.baselines import AUTH_RUNS, auth_name, scores
+from fixtures.suites import run_auth_suite
 
 pytestmark = [pytest.mark.e2e, requires_tools("conformance")]
 
-AUTH_CLIENT = FIXTURES_DIR / "conformance_auth_client.py"
 BROWSER = shlex.join([PYTHON, str(FIXTURES_DIR / "oauth_browser.py")]) + " %s"
-_RESULT_DIR = re.compile(r"^(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
-
-Scores = dict[str, tuple[int, int]]
-"""scenario -> (checks passed, checks failed)."""
-
-
-# Auth scenarios outside `--suite auth` (back-compat, draft, the client-credentials extension).
-EXTRA_SCENARIOS = (
-    "auth/client-credentials-basic", "auth/2025-03-26-oauth-metadata-backcompat",
-    "auth/2025-03-26-oauth-endpoint-fallback", "auth/resource-mismatch",
-    "auth/offline-access-scope", "auth/offline-access-not-supported",
-)
-
-
-SUITE_RUNS = (("--suite", "auth"), *(("--scenario", scenario) for scenario in EXTRA_SCENARIOS))
-"""One `conformance client` run each: the auth suite, then every extra scenario."""
-
-
-def run_auth_suite(kind: str, out: Path, which: tuple[str, ...]) -> Scores:
-    """`conformance client WHICH` (``--suite auth`` or ``--scenario S``) with ``conformance_auth_client.py KIND``."""
-    # The suite starts its 14 scenarios at once, each a client, a guard and a browser process: on a
-    # busy two-core machine the runner's 30 s default cut the guard's side short (CI, 6/1 of 13/0).
-    command = ["--command", shlex.join([PYTHON, str(AUTH_CLIENT), kind]), "-o", str(out), "--timeout", "240000"]
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([str(tool_path("conformance")), "client", *command, *which],
-                          capture_output=True, text=True, timeout=600, env=tools_env())
-    (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-    scores: Scores = {}
-    for checks_file in sorted(out.glob("auth/*/checks.json")):
-        m = _RESULT_DIR.match(checks_file.parent.name)
-        if not m:
-            continue
-        statuses = [str(c["status"]) for c in json.loads(checks_file.read_text(encoding="utf-8"))]
-        scores["auth/" + m["scenario"]] = (statuses.count("SUCCESS"), statuses.count("FAILURE"))
-    assert scores, f"conformance produced no results; see {out / 'conformance.log'}"
-    return scores
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("which", SUITE_RUNS, ids=[w[1].removeprefix("auth/") for w in SUITE_RUNS])
+@pytest.mark.parametrize("which", AUTH_RUNS, ids=[w[1].removeprefix("auth/") for w in AUTH_RUNS])
 def test_guard_scores_at_least_the_sdk_client_on_the_auth_suite(tmp_path: Path, which: tuple[str, ...]) -> None:
     """Scenario by scenario, the guard passes at least the checks the SDK client passes and fails no more
     (one test per suite run, so the runs spread over the workers)."""
-    if which[0] == "--suite":  # the suite already runs its scenarios all at once: one side at a time
-        sdk, guard = (run_auth_suite(kind, tmp_path / kind, which) for kind in ("sdk", "guard"))
-    else:  # one scenario each, mostly waiting: both sides at once
-        with ThreadPoolExecutor(2) as pool:
-            sdk, guard = pool.map(lambda kind: run_auth_suite(kind, tmp_path / kind, which), ("sdk", "guard"))
+    sdk, guard = scores(auth_name(which)), run_auth_suite("guard", tmp_path / "guard", which)
     lines = [f"{'scenario':45} {'sdk':>9} {'guard':>9}"]
     for scenario in sorted(set(sdk) | set(guard)):
         s, g = sdk.get(scenario, (0, 0)), guard.get(scenario, (0, 0))
@@ -210,10 +170,10 @@ def test_login_times_out_without_a_browser_answer(tmp_path: Path) -> None:
         config = write_guard_config(tmp_path, {"up": {"url": url, "auth": {"oauth": {}}}},
                                     state={"url": "sqlite:///state/state.db"})
         # a "browser" that opens nothing: the login gives up after its timeout with one sentence
-        done = _cli("login", "up", "--config", str(config), "--timeout", "2s",
+        done = _cli("login", "up", "--config", str(config), "--timeout", "1s",  # the shortest: it is waited out
                     env=_guard_env(BROWSER=shlex.join([sys.executable, "-c", "pass"])), cwd=tmp_path)
     assert done.returncode != 0
-    assert "no authorization arrived at the loopback redirect within 2s" in done.stderr
+    assert "no authorization arrived at the loopback redirect within 1s" in done.stderr
     assert "Traceback" not in done.stderr
     assert not any(_stored(f).get("tokens") for f in (tmp_path / "state" / "tokens").rglob("*.token"))
 

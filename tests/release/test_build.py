@@ -38,7 +38,7 @@ def test_the_sdist_and_the_wheel_carry_the_version_and_the_licence(release_dist:
 
 
 def test_the_wheel_installs_into_a_fresh_venv_and_runs(release_venv: Path, tmp_path: Path) -> None:
-    venv = release_venv  # installed by its own pip from the wheel alone (fixtures/release.py)
+    venv = release_venv  # the wheel and its declared dependencies only, in a new venv (fixtures/release.py)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     version = subprocess.run([str(venv / "bin" / "mcp-guard"), "--version"], capture_output=True, text=True, timeout=60,
                              cwd=tmp_path, env=env)
