@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from mcp_guard.decision import Verdict
     from mcp_guard.identity import Principal
     from mcp_guard.request import RequestContext, Target
+    from mcp_guard.telemetry.wire import Wired
 
 _NONE: Mapping[str, AttributeValue] = {}
 _getrandbits = random.getrandbits
@@ -53,6 +54,11 @@ def _mark(span: LightSpan, outcome: Outcome) -> None:
         span.set_error(description)
 
 
+def _principal_key(who: Principal) -> tuple[Any, ...]:
+    """What a principal's attributes (``a.principal_attributes``, verified) are made of."""
+    return (who.user, who.agents, who.purpose, who.verified, who.grant_id)
+
+
 class SpanRecord:
     """The span fields every scope notes on the loop: W3C ids, sampling, times."""
 
@@ -71,7 +77,8 @@ class SpanRecord:
 
     def open(self, parent: SpanRecord | None, remote: RemoteParent | None = None) -> None:
         """Take ids under ``parent`` (a span of this request) or ``remote`` (the host's context),
-        sampled as the parent was (parent-based always-on, the default sampler)."""
+        sampled as the parent was (parent-based always-on, the default sampler) or as the configured
+        sampler says for a span with no parent in this request."""
         if parent is not None:
             self.trace_id, self.parent_id, self.sampled, self.state = parent.trace_id, parent.span_id, parent.sampled, parent.state
             self.remote = False
@@ -82,7 +89,10 @@ class SpanRecord:
             self.trace_id, self.parent_id, self.sampled, self.state = _getrandbits(128) or _new_id(128), 0, True, None
             self.remote = False
         self.span_id = _getrandbits(64) or _new_id(64)
-        if self.tel.sampler is not None:
+        # a configured sampler decides a request's first span; the spans under it follow it, as the
+        # SDK's samplers (the only ones ``spans.sampler`` gives) decide for a local parent: parent-based
+        # ones by the parent, the ratio by the trace id (the parent's), always on/off alike
+        if parent is None and self.tel.sampler is not None:
             self.sampled, self.state = self.tel.sample(self.span_name(), self.kind(), self.sample_attrs(), self.trace_id,
                                                        self.parent_id, self.sampled, self.state, self.remote)
 
@@ -144,6 +154,20 @@ class RequestRecord(SpanRecord):
         tel.server_end(span, self.version, self.session, self.listed, who, private=self.outcome[0] is not None)
         return span
 
+    def wire(self) -> Wired:
+        """(key, per-request attributes, status) of the SERVER span (``wire`` encodes it)."""
+        guarded, method, name, outcome = self.guarded, self.method, self.name, self.outcome
+        who = (guarded.who() if guarded is not None
+               else _principal_key(self.principal) if method not in a.UNGUARDED else None)
+        key = ("server", method, name if name.__class__ is str else None, self.version, self.session, self.listed, who,
+               outcome[0], outcome[1])
+        unique: tuple[tuple[str, Any], ...] = ((a.JSONRPC_REQUEST_ID, str(self.message_id)),)
+        if isinstance(self.uri, str):
+            unique += ((a.MCP_RESOURCE_URI, self.uri),)
+        if outcome[0] is None:
+            return key, unique, None
+        return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
+
     def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
         method, version, error_type = self.method, self.version, self.outcome[0]
         target_attr, target = a.target_of(method, {"name": self.name})
@@ -154,7 +178,8 @@ class RequestRecord(SpanRecord):
 class DecisionRecord(SpanRecord):
     """One decision: its ``run_guardrail mcp-guard`` span and its ``mcp_guard.decisions`` count."""
 
-    __slots__ = ("_guarded", "approved_at", "events", "failure", "labels", "principal", "shadow", "target", "verdict")
+    __slots__ = ("_guarded", "_who", "approved_at", "events", "failure", "labels", "principal", "shadow", "target",
+                 "verdict")
 
     target: Target
     principal: Principal
@@ -164,6 +189,8 @@ class DecisionRecord(SpanRecord):
     approved_at: int
     events: list[tuple[str, int, Mapping[str, AttributeValue]]] | None  # an exception, noted on the loop
     failure: str | None
+    _guarded: Mapping[str, AttributeValue] | None  # None until the export thread built them
+    _who: tuple[Any, ...] | None
 
     def span_name(self) -> str:
         return a.GUARDRAIL_SPAN
@@ -184,17 +211,36 @@ class DecisionRecord(SpanRecord):
             decided, outcome = {**decided, **labels}, {**outcome, **labels}
         return decided, outcome
 
+    def who(self) -> tuple[Any, ...]:
+        """What ``guarded_attrs`` are made of (once per record: the SERVER and CLIENT spans ask too)."""
+        found = self._who
+        if found is None:
+            verdict, who = self.verdict, self.principal
+            assert verdict is not None
+            found = self._who = ((who.user, who.agents, who.purpose, who.verified, who.grant_id), verdict.decision,
+                                 verdict.policy_ids, verdict.rule_ids, verdict.reason, self.target.upstream,
+                                 verdict.approver, self.labels)
+        return found
+
+    def wire(self) -> Wired:
+        """(key, per-request attributes, status) of the ``run_guardrail`` span; no key for a span
+        with an event (an exception, an approval's outcome)."""
+        verdict = self.verdict
+        if self.events is not None or verdict is None or verdict.decision in ("approved", "rejected"):
+            return None, (), None
+        target, shadow = self.target, self.shadow
+        return ("guardrail", target.qualified, target.kind, self.who(),
+                shadow.decision if shadow is not None else None), (), None
+
     def guarded_attrs(self, *, cached: bool = True) -> Mapping[str, AttributeValue]:
         """Principal + decision: what the request's SERVER and later CLIENT spans carry (built once
         on the export thread; ``cached=False`` for a sampler on the loop, which must not touch it)."""
         if not cached:
             return {**a.principal_attributes(self.principal), **self._decided()[0]}
-        try:
-            return self._guarded
-        except AttributeError:
-            self._guarded: Mapping[str, AttributeValue] = self.tel.merged(a.principal_attributes(self.principal),
-                                                                          self._decided()[0])
-            return self._guarded
+        found = self._guarded
+        if found is None:
+            found = self._guarded = self.tel.merged(a.principal_attributes(self.principal), self._decided()[0])
+        return found
 
     def light(self) -> LightSpan:
         tel = self.tel
@@ -264,6 +310,19 @@ class UpstreamRecord(SpanRecord):
             span.attrs = {**span.attrs, a.ERROR_TYPE: error_type}  # shared: copy, then mark
             span.set_error(description)
         return span
+
+    def wire(self) -> Wired:
+        """(key, per-request attributes, status) of the CLIENT span."""
+        upstream, name, guarded, outcome, failure = self.upstream, self.name, self.guarded, self.outcome, self.failure
+        key = ("client", upstream.name, self.version, getattr(upstream.config, "url", None), self.method,
+               name if name.__class__ is str else None, guarded.who() if guarded is not None else None,
+               outcome[0], outcome[1], failure[0] if failure is not None else None)
+        unique = ((a.JSONRPC_REQUEST_ID, str(self.upstream_id)),) if self.upstream_id is not None else ()
+        if failure is not None:
+            return key, unique, (failure[1],)
+        if outcome[0] is not None:
+            return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
+        return key, unique, None
 
     def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
         upstream, version, method = self.upstream, self.version, self.method
