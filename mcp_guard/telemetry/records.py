@@ -5,14 +5,14 @@ The event loop notes the facts of a request (its ids, times, method, the request
 the outcome) in a slotted record and appends it to the span queue and to its instrument's queue;
 that is all telemetry costs a call.  The span export thread calls ``light()`` to build the span's
 attribute sets (through the ``Recorder``'s caches, which only that thread touches) and hands the
-``LightSpan`` to the encoder; the metric reader's thread calls ``measure()`` for the point's key
-and attributes.  A record is never changed once its scope has ended, so either thread may read it.
+``LightSpan`` to the encoder; the metric reader's thread calls ``metric_key()`` for the point's key
+(and ``metric_attrs()`` the first time a key is seen).  A record is never changed once its scope has ended, so either thread may read it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, TraceState
@@ -34,6 +34,7 @@ _NONE: Mapping[str, AttributeValue] = {}
 _getrandbits = random.getrandbits
 Outcome = tuple["str | None", "str | None", "str | None"]  # (error.type, rpc status code, description)
 _SUCCESS: Outcome = (None, None, None)
+_NAMED = frozenset(("tools/call", "prompts/get"))  # the methods whose params.name is an attribute (``a.target_of``)
 
 
 def _new_id(bits: int) -> int:
@@ -168,11 +169,14 @@ class RequestRecord(SpanRecord):
             return key, unique, None
         return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
 
-    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
-        method, version, error_type = self.method, self.version, self.outcome[0]
-        target_attr, target = a.target_of(method, {"name": self.name})
-        return ((method, version, target_attr, target, error_type),
-                lambda: a.server_metric(method, version, target_attr, target, error_type))
+    def metric_key(self) -> tuple[Any, ...]:
+        """The ``mcp.server.operation.duration`` point this request counts in (``metric_attrs``: its
+        attributes); read on the metric reader's thread."""
+        method, name = self.method, self.name
+        return method, self.version, name if method in _NAMED and name.__class__ is str else None, self.outcome[0]
+
+    def metric_attrs(self) -> Mapping[str, AttributeValue]:
+        return a.server_metric(self.method, self.version, *a.target_of(self.method, {"name": self.name}), self.outcome[0])
 
 
 class DecisionRecord(SpanRecord):
@@ -262,12 +266,19 @@ class DecisionRecord(SpanRecord):
             span.add_event(a.APPROVAL_EVENT, self.approved_at, event)
         return span
 
-    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
+    def metric_key(self) -> tuple[Any, ...]:
+        """The ``mcp_guard.decisions`` point this decision counts in: never a resource URI."""
         verdict, target = self.verdict, self.target
         assert verdict is not None
-        d, u, t, k = str(verdict.decision), target.upstream, target.exposed, target.kind
-        name_attr = a.NAME_ATTR.get(k)  # never a resource URI in a metric
-        return (d, u, t, k), lambda: {a.DECISION: d, a.UPSTREAM: a.text(u), **({name_attr: a.text(t)} if name_attr else {})}
+        kind = target.kind
+        return str(verdict.decision), target.upstream, target.exposed if kind in a.NAME_ATTR else None, kind
+
+    def metric_attrs(self) -> Mapping[str, AttributeValue]:
+        verdict, target = self.verdict, self.target
+        assert verdict is not None
+        name_attr = a.NAME_ATTR.get(target.kind)
+        return {a.DECISION: str(verdict.decision), a.UPSTREAM: a.text(target.upstream),
+                **({name_attr: a.text(target.exposed)} if name_attr else {})}
 
 
 class UpstreamRecord(SpanRecord):
@@ -324,15 +335,17 @@ class UpstreamRecord(SpanRecord):
             return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
         return key, unique, None
 
-    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
-        upstream, version, method = self.upstream, self.version, self.method
-        target_attr, target = a.target_of(method, {"name": self.name})
-        ckey = (upstream.name, version, getattr(upstream.config, "url", None), method, target_attr, target)
+    def metric_key(self) -> tuple[Any, ...]:
+        """The ``mcp.client.operation.duration`` point this request counts in."""
+        upstream, method, name, failure = self.upstream, self.method, self.name, self.failure
+        return (upstream.name, self.version, getattr(upstream.config, "url", None), method,
+                name if method in _NAMED and name.__class__ is str else None,
+                failure[0] if failure is not None else self.outcome[0])
+
+    def metric_attrs(self) -> Mapping[str, AttributeValue]:
+        attrs = Recorder.client_attrs_of(self.upstream, self.version, self.method, *a.target_of(self.method, {"name": self.name}))
         failed = self.failure[0] if self.failure is not None else self.outcome[0]
-        if failed is None:
-            return ckey, lambda: Recorder.client_attrs_of(upstream, version, method, target_attr, target)
-        return (ckey, failed), lambda: {**Recorder.client_attrs_of(upstream, version, method, target_attr, target),
-                                        a.ERROR_TYPE: failed}
+        return attrs if failed is None else {**attrs, a.ERROR_TYPE: failed}
 
 
 def note_request(record: RequestRecord, req: RequestContext) -> None:

@@ -171,3 +171,23 @@ def test_a_configured_sampler_decides_a_requests_first_span_and_the_rest_follow(
         assert all(r.sampled is sampled and r.trace_id == req.trace[0] for r in queued)  # type: ignore[index]
     finally:
         hooks.shutdown()
+
+
+def test_decisions_on_two_resources_count_in_one_point_without_their_uris(tel: Any) -> None:
+    """``mcp_guard.decisions`` never names a resource URI, so two URIs of one upstream make one
+    data point (not two points with the same attributes)."""
+    hooks, _, reader = tel
+    from mcp_guard.kinds import Kind
+
+    for rid, uri in ((1, "file:///a"), (2, "file:///b")):
+        req = RequestContext("s-1", WHO, None, Era.LEGACY, "2025-11-25",
+                             {"id": rid, "method": "resources/read", "params": {"uri": uri}}, {}, {})
+        with hooks.request(req):
+            req.target = Target(uri, "notes", uri, f"notes/{uri}", {}, None, kind=Kind.RESOURCE)
+            with hooks.decision(req):
+                req.verdict = Verdict(Outcome.ALLOW, "allowed", ("notes-policy",), ("read",))
+    data = reader.get_metrics_data()
+    (decisions,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                    if m.name == "mcp_guard.decisions"]
+    assert [(dict(p.attributes), p.value) for p in decisions.data.data_points] == [
+        ({"mcp_guard.decision": "allow", "mcp_guard.upstream": "notes"}, 2)]
