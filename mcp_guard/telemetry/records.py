@@ -3,10 +3,13 @@ spans and metric points on those threads only.
 
 The event loop notes the facts of a request (its ids, times, method, the request record's fields,
 the outcome) in a slotted record and appends it to the span queue and to its instrument's queue;
-that is all telemetry costs a call.  The span export thread calls ``light()`` to build the span's
-attribute sets (through the ``Recorder``'s caches, which only that thread touches) and hands the
-``LightSpan`` to the encoder; the metric reader's thread calls ``metric_key()`` for the point's key
-(and ``metric_attrs()`` the first time a key is seen).  A record is never changed once its scope has ended, so either thread may read it.
+that is all telemetry costs a call.  The span export thread asks ``wire()`` for the key of the
+span's kind of call (``wire`` encodes its name and attributes once per key) and the few fields
+that differ per span; it calls ``light()`` to build the span's attribute sets (through the
+``Recorder``'s caches, which only that thread touches) for a new key, a span with an event, or an
+exporter that takes SDK spans.  The metric reader's thread calls ``metric_key()`` for the point's
+key (and ``metric_attrs()`` the first time a key is seen).  A record is never changed once its
+scope has ended, so either thread may read it.
 """
 
 from __future__ import annotations
