@@ -15,7 +15,8 @@ pipeline, audit and upstream I/O are not in it: this prices the hooks and nothin
 ``--encode`` prices the span export thread's encoding alone: the records of ``--calls`` calls are
 collected (no export thread, no POST), then encoded to one OTLP request per 512 spans, by each
 path the tree has (``light``: a ``LightSpan`` per record through ``SpanEncoder``; ``wire``:
-``telemetry.wire``, when the tree has it); each is counted against a run that only collects.
+``telemetry.wire``, when the tree has it); each is counted against a run of the same path that
+collects as many records and encodes only the warm-up's.
 """
 
 from __future__ import annotations
@@ -91,12 +92,13 @@ def inner(calls: int, endpoint: str, encode: str | None = None) -> None:
 
 
 def _encode(recorder: Any, path: str, warm: list[Any], records: list[Any]) -> None:
-    """Encode ``warm`` (not counted apart: every run does it) then, unless ``path`` is "none", ``records``."""
+    """Encode ``warm`` (the path's caches filled), then ``records`` unless ``path`` ends in "-warm" (the
+    baseline the same path's run is counted against)."""
     from mcp_guard.telemetry.export import SpanEncoder
 
     resource, scope = recorder.resource, recorder.scope
     send: Callable[[list[Any]], bytes]
-    if path == "wire":
+    if path.startswith("wire"):
         from mcp_guard.telemetry.wire import RecordEncoder  # type: ignore[import-not-found, unused-ignore]
 
         send = RecordEncoder(resource, scope).records
@@ -107,7 +109,7 @@ def _encode(recorder: Any, path: str, warm: list[Any], records: list[Any]) -> No
             return light.request([r.light() for r in batch])
 
     send(warm)
-    if path != "none":
+    if not path.endswith("-warm"):
         for i in range(0, len(records), 512):
             send(records[i:i + 512])
 
@@ -138,9 +140,11 @@ def main() -> None:
     if args.encode:
         out = Path(tempfile.mkdtemp(prefix="telemetry-encode-"))
         paths = ["light"] + (["wire"] if (HERE.parent / "mcp_guard" / "telemetry" / "wire.py").exists() else [])
-        base = count(args.calls, "http://127.0.0.1:9", out, "none")[0]
-        print(json.dumps({"calls": args.calls, **{f"{p}_per_call": round((count(args.calls, "http://127.0.0.1:9", out, p)[0] - base)
-                                                                          / args.calls) for p in paths}}))
+        per_call = {}
+        for p in paths:
+            base = count(args.calls, "http://127.0.0.1:9", out, f"{p}-warm")[0]
+            per_call[f"{p}_per_call"] = round((count(args.calls, "http://127.0.0.1:9", out, p)[0] - base) / args.calls)
+        print(json.dumps({"calls": args.calls, **per_call}))
         return
     from otlp_sink import otlp_sink
 

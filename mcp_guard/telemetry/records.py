@@ -163,7 +163,7 @@ class RequestRecord(SpanRecord):
         guarded, method, name, outcome = self.guarded, self.method, self.name, self.outcome
         who = (guarded.who() if guarded is not None
                else _principal_key(self.principal) if method not in a.UNGUARDED else None)
-        key = ("server", method, name if name.__class__ is str else None, self.version, self.session, self.listed, who,
+        key = ("server", method, name if isinstance(name, str) else None, self.version, self.session, self.listed, who,
                outcome[0], outcome[1])
         unique: tuple[tuple[str, Any], ...] = ((a.JSONRPC_REQUEST_ID, str(self.message_id)),)
         if isinstance(self.uri, str):
@@ -176,7 +176,7 @@ class RequestRecord(SpanRecord):
         """The ``mcp.server.operation.duration`` point this request counts in (``metric_attrs``: its
         attributes); read on the metric reader's thread."""
         method, name = self.method, self.name
-        return method, self.version, name if method in _NAMED and name.__class__ is str else None, self.outcome[0]
+        return method, self.version, name if method in _NAMED and isinstance(name, str) else None, self.outcome[0]
 
     def metric_attrs(self) -> Mapping[str, AttributeValue]:
         return a.server_metric(self.method, self.version, *a.target_of(self.method, {"name": self.name}), self.outcome[0])
@@ -329,7 +329,7 @@ class UpstreamRecord(SpanRecord):
         """(key, per-request attributes, status) of the CLIENT span."""
         upstream, name, guarded, outcome, failure = self.upstream, self.name, self.guarded, self.outcome, self.failure
         key = ("client", upstream.name, self.version, getattr(upstream.config, "url", None), self.method,
-               name if name.__class__ is str else None, guarded.who() if guarded is not None else None,
+               name if isinstance(name, str) else None, guarded.who() if guarded is not None else None,
                outcome[0], outcome[1], failure[0] if failure is not None else None)
         unique = ((a.JSONRPC_REQUEST_ID, str(self.upstream_id)),) if self.upstream_id is not None else ()
         if failure is not None:
@@ -342,7 +342,7 @@ class UpstreamRecord(SpanRecord):
         """The ``mcp.client.operation.duration`` point this request counts in."""
         upstream, method, name, failure = self.upstream, self.method, self.name, self.failure
         return (upstream.name, self.version, getattr(upstream.config, "url", None), method,
-                name if method in _NAMED and name.__class__ is str else None,
+                name if method in _NAMED and isinstance(name, str) else None,
                 failure[0] if failure is not None else self.outcome[0])
 
     def metric_attrs(self) -> Mapping[str, AttributeValue]:

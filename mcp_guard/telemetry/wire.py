@@ -82,17 +82,18 @@ class RecordEncoder(SpanEncoder):
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
         super().__init__(resource, scope)
-        self._wired: dict[Hashable, tuple[bytes, bytes]] = {}
+        self._wired: dict[Hashable, tuple[bytes, bytes, int]] = {}
         self._heads: dict[str, tuple[bytes, int]] = {}  # few keys: the guard's per-request attribute names
 
-    def _learn(self, key: Hashable, record: Finished) -> tuple[bytes, bytes]:
-        """(name and kind fields, attribute block) of ``key``'s spans, encoded from ``record.light()``."""
+    def _learn(self, key: Hashable, record: Finished) -> tuple[bytes, bytes, int]:
+        """(name and kind fields, attribute block, their length with the times') of ``key``'s spans,
+        encoded from ``record.light()``."""
         span = record.light()
         name = _field(b"\x2a", span.name.encode("utf-8")) + b"\x30" + _SMALL[_KIND[span.kind]]
         block = self._block_of(span.attrs) if span.attrs else b""
         if len(self._wired) >= _BLOCK_LIMIT:
             self._wired.clear()
-        found = self._wired[key] = (name, block)
+        found = self._wired[key] = (name, block, len(name) + _TIMES.size + len(block))
         return found
 
     def _unique_head(self, key: str) -> tuple[bytes, int]:
@@ -103,8 +104,10 @@ class RecordEncoder(SpanEncoder):
 
     def records(self, batch: Sequence[Finished]) -> bytes:
         """``collector.trace.v1.ExportTraceServiceRequest`` holding the spans of ``batch``: each the
-        same bytes as ``SpanEncoder.span(r.light())``."""
-        parts = []
+        same bytes as ``SpanEncoder.span(r.light())``.  The pieces are joined once per batch (their
+        lengths are added up, not measured on copies)."""
+        parts = [b"", b"", b"", b""]  # the envelope's heads, filled in last
+        total = 0
         wired, heads = self._wired, self._heads
         for r in batch:
             key, unique, error = r.wire()
@@ -114,41 +117,53 @@ class RecordEncoder(SpanEncoder):
                 key = None
             if key is None:
                 span = self.span(r.light())
+                n = len(span)
+                head = b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n))
+                parts += (head, span)
+                total += len(head) + n
+                continue
+            if found is None:
+                found = self._learn(key, r)
+            trace_id, parent, state = r.trace_id, r.parent_id, r.state
+            if parent and not state:
+                ids = _IDS_PARENT.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", r.span_id,
+                                       b"\x22\x08", parent)
             else:
-                if found is None:
-                    found = self._learn(key, r)
-                trace_id, parent, state = r.trace_id, r.parent_id, r.state
-                if parent and not state:
-                    span = _IDS_PARENT.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", r.span_id,
-                                            b"\x22\x08", parent)
-                else:
-                    span = _IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", r.span_id)
-                    if state:
-                        span += _field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode())
-                    if parent:
-                        span += _PARENT.pack(b"\x22\x08", parent)
-                span += found[0] + _TIMES.pack(0x39, r.start, 0x41, r.end) + found[1]
-                for k, v in unique:  # Span.attributes (9): KeyValue{key, AnyValue{string_value}}
-                    if v.__class__ is str:
-                        head, limit = heads.get(k) or self._unique_head(k)
-                        raw = v.encode("utf-8")
-                        n = len(raw)
-                        if n < limit:
-                            span += b"\x4a" + _SMALL[len(head) + 3 + n] + head + _SMALL[n + 2] + b"\x0a" + _SMALL[n] + raw
-                            continue
-                    span += self._unique(k, v)
-                if error is None:
-                    span += _TAIL[r.remote]
-                else:
-                    message = error[0]
-                    status = (_field(b"\x12", message.encode("utf-8")) if message else b"") + _ERROR_CODE
-                    n = len(status)
-                    span += b"\x7a" + (_SMALL[n] if n < 0x80 else _varint(n)) + status + _FLAG_BYTES[r.remote]
-            n = len(span)
-            parts.append(b"\x12" + (_SMALL[n] if n < 0x80 else _LEN2.pack(n & 0x7F | 0x80, n >> 7) if n < 0x4000
-                                    else _varint(n)) + span)
-        scope_spans = _field(b"\x12", self._scope + b"".join(parts) + self._scope_tail)  # ResourceSpans.scope_spans
-        return _field(b"\x0a", self._resource + scope_spans + self._resource_tail)
+                ids = _IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", r.span_id)
+                if state:
+                    ids += _field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode())
+                if parent:
+                    ids += _PARENT.pack(b"\x22\x08", parent)
+            rest = b""  # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16)
+            for k, v in unique:
+                if v.__class__ is str:
+                    head, limit = heads.get(k) or self._unique_head(k)
+                    raw = v.encode("utf-8")
+                    n = len(raw)
+                    if n < limit:  # KeyValue{key, AnyValue{string_value}}, every length one byte
+                        rest += b"\x4a" + _SMALL[len(head) + 3 + n] + head + _SMALL[n + 2] + b"\x0a" + _SMALL[n] + raw
+                        continue
+                rest += self._unique(k, v)
+            if error is None:
+                rest += _TAIL[r.remote]
+            else:
+                message = error[0]
+                status = (_field(b"\x12", message.encode("utf-8")) if message else b"") + _ERROR_CODE
+                n = len(status)
+                rest += b"\x7a" + (_SMALL[n] if n < 0x80 else _varint(n)) + status + _FLAG_BYTES[r.remote]
+            name, block, fixed = found
+            n = len(ids) + fixed + len(rest)
+            head = b"\x12" + (_SMALL[n] if n < 0x80 else _LEN2.pack(n & 0x7F | 0x80, n >> 7) if n < 0x4000 else _varint(n))
+            parts += (head, ids, name, _TIMES.pack(0x39, r.start, 0x41, r.end), block, rest)
+            total += len(head) + n
+        # ResourceSpans{resource, scope_spans: ScopeSpans{scope, spans..., schema_url}, schema_url}
+        scope_spans = len(self._scope) + total + len(self._scope_tail)
+        parts[2] = b"\x12" + _varint(scope_spans)
+        parts[3] = self._scope
+        parts[1] = self._resource
+        parts[0] = b"\x0a" + _varint(len(self._resource) + len(parts[2]) + scope_spans + len(self._resource_tail))
+        parts += (self._scope_tail, self._resource_tail)
+        return b"".join(parts)
 
 
 def record_sender(exporter: SpanExporter, resource: Resource, scope: InstrumentationScope,
