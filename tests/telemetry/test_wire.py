@@ -5,8 +5,13 @@ encoder kept across all examples, so a key that missed anything would serve a st
 
 from __future__ import annotations
 
+import http.server
+import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
+from harness import HOST_TRACE_ID, TRACEPARENT, clean_env, guard_yaml, raw_guard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -34,7 +39,6 @@ text = st.text(max_size=40)
 short = st.text(max_size=6)  # few distinct values: the same keys come back across examples
 ids = st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), text, st.none())
 counts = st.integers(min_value=0, max_value=2**63 - 1)
-TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 class Up:
@@ -138,3 +142,61 @@ def test_an_unhashable_value_falls_back_to_the_light_path() -> None:
     encoder = RecordEncoder(RECORDER.resource, RECORDER.scope)
     assert encoder.records(call_records) == SpanEncoder(RECORDER.resource, RECORDER.scope).request(
         [r.light() for r in call_records])
+
+
+@pytest.mark.e2e
+async def test_a_real_guard_posts_the_spans_of_every_call_to_a_collector(tmp_path: Path) -> None:
+    """``mcp-guard run`` exporting OTLP/HTTP to a receiver on loopback: every call's three spans
+    (two for a refused one) arrive parsed by the official classes, linked and with their own ids;
+    the repeated calls' spans (served from the cached blocks) carry the first one's attributes."""
+    bodies: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/v1/traces":
+                bodies.append(body)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+                    OTEL_METRICS_EXPORTER="none", OTEL_SERVICE_NAME="mcp-guard-wire")
+    try:
+        async with raw_guard(guard_yaml(tmp_path, tmp_path / "received.jsonl"), env, tmp_path / "guard.log") as host:
+            await host.initialize()
+            for i in range(3):
+                assert (await host.call("notes_echo", {"text": f"ünï {i}"}))["result"]["isError"] is False
+            assert (await host.call("notes_echo", {"text": "x"}, {"traceparent": TRACEPARENT}))["result"]["isError"] is False
+            refused = await host.call("notes_write_note", {"path": "/etc/passwd", "text": "x"})
+            assert refused["result"]["isError"] is True
+    finally:
+        server.shutdown()
+    spans = [s for body in bodies for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+             for ss in rs.scope_spans for s in ss.spans]
+    values = {kv.key: kv.value.string_value for rs in ExportTraceServiceRequest.FromString(bodies[0]).resource_spans
+              for kv in rs.resource.attributes}
+    assert values["service.name"] == "mcp-guard-wire"
+    servers = [s for s in spans if s.kind == 2 and s.name.startswith("tools/call notes_")]
+    assert len(servers) == 5 and len({s.trace_id for s in servers}) == 5
+    assert servers[3].trace_id.hex() == HOST_TRACE_ID and servers[3].flags == 0x300  # the host's remote parent
+    for server_span in servers:
+        children = [s for s in spans if s.parent_span_id == server_span.span_id]
+        kinds = sorted(s.kind for s in children)
+        assert kinds == ([1] if server_span.name.endswith("write_note") else [1, 3])
+        assert all(s.trace_id == server_span.trace_id for s in children)
+
+    def attrs(span: Any) -> dict[str, Any]:
+        return {kv.key: str(kv.value) for kv in span.attributes if kv.key != "jsonrpc.request.id"}
+
+    echo = [s for s in servers if s.name == "tools/call notes_echo"]
+    assert attrs(echo[0]) == attrs(echo[1]) == attrs(echo[2])
+    assert len({next(kv.value.string_value for kv in s.attributes if kv.key == "jsonrpc.request.id") for s in echo}) == 4
+    denied = next(s for s in spans if s.kind == 1 and s.parent_span_id == servers[4].span_id)
+    assert {kv.key: kv.value.string_value for kv in denied.attributes}["mcp_guard.decision"] == "deny"
