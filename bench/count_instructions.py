@@ -33,7 +33,7 @@ from pathlib import Path
 
 from full_config import write as write_config
 from line_rpc import line_rpc
-from otlp_sink import otlp_sink
+from otlp_sink import RECEIVED, otlp_sink
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -82,16 +82,19 @@ def count(command: Sequence[str], *, calls: int = 400, warmup: int = 200, settle
     for i in range(warmup):
         call(f"warm {i}")
     time.sleep(settle)
+    posted = dict(RECEIVED)  # what the guard had exported to this process's sink (--per-part) so far
     subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
     for i in range(calls):
         call(f"hello {i}")
     time.sleep(settle)
     subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+    posts = {path: n - posted.get(path, 0) for path, n in RECEIVED.items() if n > posted.get(path, 0)}
     proc.stdin.close()
     proc.wait(300)
     dumps = sorted(out.glob(f"callgrind.out.{proc.pid}.1-*"))  # one per thread; -01 is the main thread
     per_thread = [next(int(m.group(1)) for line in d.open() if (m := re.match(r"summary: (\d+)", line))) for d in dumps]
     return {"instructions_per_call": round(sum(per_thread) / calls), "main_thread_per_call": round(per_thread[0] / calls),
+            "per_thread_per_call": [round(n / calls) for n in per_thread], "posts_while_counted": posts,
             "calls": calls, "dump": str(dumps[0])}
 
 

@@ -17,6 +17,7 @@ Read it in this order:
   spans and metric points from them;
 - ``spans``: light spans as the encoder takes them, W3C trace context and sampling;
 - ``export``: the direct OTLP/protobuf encoder and the bounded export thread;
+- ``wire``: a record's span written to OTLP bytes from blocks cached per kind of call;
 - ``metrics``: the instruments, aggregated in plain objects for any SDK metric reader.
 
 Design choices: spans are light records encoded to OTLP directly (the SDK's span objects and encoder

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from mcp_guard.telemetry.settings import (
@@ -132,7 +132,7 @@ class SpanEncoder:
         self._unique_keys: dict[str, bytes] = {}
         self._attr_cache: dict[Any, dict[Any, bytes]] = {}
         self._cached = 0
-        self._name_cache: dict[str, bytes] = {}
+        self._name_cache: dict[tuple[str, SpanKind], bytes] = {}
 
     def _attrs(self, tag: bytes, attrs: Mapping[str, Any]) -> list[bytes]:
         cache = self._attr_cache
@@ -209,11 +209,11 @@ class SpanEncoder:
             parts.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in s.trace_state.items()).encode()))
         if s.parent_id:
             parts.append(_PARENT.pack(b"\x22\x08", s.parent_id))
-        name = self._name_cache.get(s.name)
+        name = self._name_cache.get((s.name, s.kind))  # a SERVER and a CLIENT span may share a name
         if name is None:
             if len(self._name_cache) >= _CACHE_LIMIT:
                 self._name_cache.clear()
-            name = self._name_cache[s.name] = _field(b"\x2a", s.name.encode("utf-8")) + b"\x30" + _SMALL[_KIND[s.kind]]
+            name = self._name_cache[(s.name, s.kind)] = _field(b"\x2a", s.name.encode("utf-8")) + b"\x30" + _SMALL[_KIND[s.kind]]
         parts.append(name)
         parts.append(_TIMES.pack(0x39, s.start, 0x41, s.end))
         if s.attrs:
@@ -376,23 +376,6 @@ class BoundedBatchProcessor(Generic[Item]):
         self._maybe_log(final=True)
 
 
-def span_sender(exporter: SpanExporter, resource: Resource, scope: InstrumentationScope) -> Callable[[list[LightSpan]], bool]:
-    """How a batch of light spans reaches ``exporter``: protobuf bytes written directly for the
-    guard's OTLP exporter, SDK ``ReadableSpan``\\ s for any other (console, in-memory, custom)."""
-    if isinstance(exporter, LightOTLPSpanExporter):
-        encoder = SpanEncoder(resource, scope)
-
-        def send_bytes(batch: list[LightSpan]) -> bool:
-            return exporter.export_bytes(encoder.request(batch), len(batch))
-
-        return send_bytes
-
-    def send_readable(batch: list[LightSpan]) -> bool:
-        return exporter.export([s.readable(resource, scope) for s in batch]) is SpanExportResult.SUCCESS
-
-    return send_readable
-
-
 class Throttle(logging.Filter):
     """At most one record per 30 s from the OTLP exporters (they log every failed batch)."""
 
@@ -429,4 +412,4 @@ def span_exporter(settings: Settings) -> SpanExporter | None:
     return None
 
 
-__all__ = ["BoundedBatchProcessor", "LightOTLPSpanExporter", "SpanEncoder", "Throttle", "span_exporter", "span_sender"]
+__all__ = ["BoundedBatchProcessor", "LightOTLPSpanExporter", "SpanEncoder", "Throttle", "span_exporter"]

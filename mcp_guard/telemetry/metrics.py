@@ -87,7 +87,7 @@ class _Instrument:
         self.description = description
         # (key, value, attrs) per record, appended by the recording thread, folded under the lock;
         # deque append and popleft are atomic, so recording takes no lock.  attrs None: key is a
-        # scope's record whose ``measure()`` gives (key, attrs) on the folding thread
+        # scope's record whose ``metric_key()`` and ``metric_attrs`` are read on the folding thread
         self.pending: deque[tuple[Any, Any, Attrs | None]] = deque()
 
     def queue(self, key: Any, value: Any, attrs: Attrs | None) -> None:
@@ -129,7 +129,7 @@ class DurationHistogram(_Instrument):
         while pending:
             key, value, attrs = pending.popleft()
             if attrs is None:  # a scope's record (telemetry.records): its key and attributes are made here
-                key, attrs = key.measure()
+                key, attrs = key.metric_key(), key.metric_attrs
             point = points.get(key)
             if point is None:
                 key, made = self._slot(points, key, attrs)
@@ -159,7 +159,7 @@ class MonotonicCounter(_Instrument):
         while pending:
             key, amount, attrs = pending.popleft()
             if attrs is None:  # a scope's record (telemetry.records): its key and attributes are made here
-                key, attrs = key.measure()
+                key, attrs = key.metric_key(), key.metric_attrs
             point = points.get(key)
             if point is None:
                 key, made = self._slot(points, key, attrs)

@@ -20,7 +20,6 @@ from mcp_guard.telemetry.export import (
     NOISY_LOGGERS,
     BoundedBatchProcessor,
     Throttle,
-    span_sender,
 )
 from mcp_guard.telemetry.export import (
     span_exporter as configured_span_exporter,
@@ -36,6 +35,7 @@ from mcp_guard.telemetry.metrics import (
 )
 from mcp_guard.telemetry.settings import DEFAULT_EXPORT_TIMEOUT, Settings
 from mcp_guard.telemetry.spans import LightSpan, sampler
+from mcp_guard.telemetry.wire import Finished, record_sender
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -62,12 +62,6 @@ class Upstream(Protocol):
     def config(self) -> object: ...
 
 
-class Finished(Protocol):
-    """A scope's record, ended on the event loop: the export thread makes its span."""
-
-    def light(self) -> LightSpan: ...
-
-
 class Recorder:
     """Telemetry on: the span pipeline and instruments of one guard process."""
 
@@ -88,9 +82,8 @@ class Recorder:
         self.processor: BoundedBatchProcessor[Finished] | None = None
         exporter = span_exporter or configured_span_exporter(settings)
         if exporter is not None:
-            send = span_sender(exporter, self.resource, self.scope)
             self.processor = BoundedBatchProcessor(
-                lambda batch: send([record.light() for record in batch]),  # the spans are built here, off the loop
+                record_sender(exporter, self.resource, self.scope),  # the spans are made there, off the loop
                 exporter.shutdown,
                 max_queue_size=settings.max_queue_size,
                 max_batch_size=settings.max_batch_size,

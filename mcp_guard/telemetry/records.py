@@ -3,16 +3,19 @@ spans and metric points on those threads only.
 
 The event loop notes the facts of a request (its ids, times, method, the request record's fields,
 the outcome) in a slotted record and appends it to the span queue and to its instrument's queue;
-that is all telemetry costs a call.  The span export thread calls ``light()`` to build the span's
-attribute sets (through the ``Recorder``'s caches, which only that thread touches) and hands the
-``LightSpan`` to the encoder; the metric reader's thread calls ``measure()`` for the point's key
-and attributes.  A record is never changed once its scope has ended, so either thread may read it.
+that is all telemetry costs a call.  The span export thread asks ``wire()`` for the key of the
+span's kind of call (``wire`` encodes its name and attributes once per key) and the few fields
+that differ per span; it calls ``light()`` to build the span's attribute sets (through the
+``Recorder``'s caches, which only that thread touches) for a new key, a span with an event, or an
+exporter that takes SDK spans.  The metric reader's thread calls ``metric_key()`` for the point's
+key (and ``metric_attrs()`` the first time a key is seen).  A record is never changed once its
+scope has ended, so either thread may read it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, TraceState
@@ -28,11 +31,13 @@ if TYPE_CHECKING:
     from mcp_guard.decision import Verdict
     from mcp_guard.identity import Principal
     from mcp_guard.request import RequestContext, Target
+    from mcp_guard.telemetry.wire import Wired
 
 _NONE: Mapping[str, AttributeValue] = {}
 _getrandbits = random.getrandbits
 Outcome = tuple["str | None", "str | None", "str | None"]  # (error.type, rpc status code, description)
 _SUCCESS: Outcome = (None, None, None)
+_NAMED = frozenset(("tools/call", "prompts/get"))  # the methods whose params.name is an attribute (``a.target_of``)
 
 
 def _new_id(bits: int) -> int:
@@ -53,6 +58,11 @@ def _mark(span: LightSpan, outcome: Outcome) -> None:
         span.set_error(description)
 
 
+def _principal_key(who: Principal) -> tuple[Any, ...]:
+    """What a principal's attributes (``a.principal_attributes``, verified) are made of."""
+    return (who.user, who.agents, who.purpose, who.verified, who.grant_id)
+
+
 class SpanRecord:
     """The span fields every scope notes on the loop: W3C ids, sampling, times."""
 
@@ -71,7 +81,8 @@ class SpanRecord:
 
     def open(self, parent: SpanRecord | None, remote: RemoteParent | None = None) -> None:
         """Take ids under ``parent`` (a span of this request) or ``remote`` (the host's context),
-        sampled as the parent was (parent-based always-on, the default sampler)."""
+        sampled as the parent was (parent-based always-on, the default sampler) or as the configured
+        sampler says for a span with no parent in this request."""
         if parent is not None:
             self.trace_id, self.parent_id, self.sampled, self.state = parent.trace_id, parent.span_id, parent.sampled, parent.state
             self.remote = False
@@ -82,7 +93,10 @@ class SpanRecord:
             self.trace_id, self.parent_id, self.sampled, self.state = _getrandbits(128) or _new_id(128), 0, True, None
             self.remote = False
         self.span_id = _getrandbits(64) or _new_id(64)
-        if self.tel.sampler is not None:
+        # a configured sampler decides a request's first span; the spans under it follow it, as the
+        # SDK's samplers (the only ones ``spans.sampler`` gives) decide for a local parent: parent-based
+        # ones by the parent, the ratio by the trace id (the parent's), always on/off alike
+        if parent is None and self.tel.sampler is not None:
             self.sampled, self.state = self.tel.sample(self.span_name(), self.kind(), self.sample_attrs(), self.trace_id,
                                                        self.parent_id, self.sampled, self.state, self.remote)
 
@@ -144,17 +158,35 @@ class RequestRecord(SpanRecord):
         tel.server_end(span, self.version, self.session, self.listed, who, private=self.outcome[0] is not None)
         return span
 
-    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
-        method, version, error_type = self.method, self.version, self.outcome[0]
-        target_attr, target = a.target_of(method, {"name": self.name})
-        return ((method, version, target_attr, target, error_type),
-                lambda: a.server_metric(method, version, target_attr, target, error_type))
+    def wire(self) -> Wired:
+        """(key, per-request attributes, status) of the SERVER span (``wire`` encodes it)."""
+        guarded, method, name, outcome = self.guarded, self.method, self.name, self.outcome
+        who = (guarded.who() if guarded is not None
+               else _principal_key(self.principal) if method not in a.UNGUARDED else None)
+        key = ("server", method, name if isinstance(name, str) else None, self.version, self.session, self.listed, who,
+               outcome[0], outcome[1])
+        unique: tuple[tuple[str, Any], ...] = ((a.JSONRPC_REQUEST_ID, str(self.message_id)),)
+        if isinstance(self.uri, str):
+            unique += ((a.MCP_RESOURCE_URI, self.uri),)
+        if outcome[0] is None:
+            return key, unique, None
+        return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
+
+    def metric_key(self) -> tuple[Any, ...]:
+        """The ``mcp.server.operation.duration`` point this request counts in (``metric_attrs``: its
+        attributes); read on the metric reader's thread."""
+        method, name = self.method, self.name
+        return method, self.version, name if method in _NAMED and isinstance(name, str) else None, self.outcome[0]
+
+    def metric_attrs(self) -> Mapping[str, AttributeValue]:
+        return a.server_metric(self.method, self.version, *a.target_of(self.method, {"name": self.name}), self.outcome[0])
 
 
 class DecisionRecord(SpanRecord):
     """One decision: its ``run_guardrail mcp-guard`` span and its ``mcp_guard.decisions`` count."""
 
-    __slots__ = ("_guarded", "approved_at", "events", "failure", "labels", "principal", "shadow", "target", "verdict")
+    __slots__ = ("_guarded", "_who", "approved_at", "events", "failure", "labels", "principal", "shadow", "target",
+                 "verdict")
 
     target: Target
     principal: Principal
@@ -164,6 +196,8 @@ class DecisionRecord(SpanRecord):
     approved_at: int
     events: list[tuple[str, int, Mapping[str, AttributeValue]]] | None  # an exception, noted on the loop
     failure: str | None
+    _guarded: Mapping[str, AttributeValue] | None  # None until the export thread built them
+    _who: tuple[Any, ...] | None
 
     def span_name(self) -> str:
         return a.GUARDRAIL_SPAN
@@ -184,17 +218,36 @@ class DecisionRecord(SpanRecord):
             decided, outcome = {**decided, **labels}, {**outcome, **labels}
         return decided, outcome
 
+    def who(self) -> tuple[Any, ...]:
+        """What ``guarded_attrs`` are made of (once per record: the SERVER and CLIENT spans ask too)."""
+        found = self._who
+        if found is None:
+            verdict, who = self.verdict, self.principal
+            assert verdict is not None
+            found = self._who = ((who.user, who.agents, who.purpose, who.verified, who.grant_id), verdict.decision,
+                                 verdict.policy_ids, verdict.rule_ids, verdict.reason, self.target.upstream,
+                                 verdict.approver, self.labels)
+        return found
+
+    def wire(self) -> Wired:
+        """(key, per-request attributes, status) of the ``run_guardrail`` span; no key for a span
+        with an event (an exception, an approval's outcome)."""
+        verdict = self.verdict
+        if self.events is not None or verdict is None or verdict.decision in ("approved", "rejected"):
+            return None, (), None
+        target, shadow = self.target, self.shadow
+        return ("guardrail", target.qualified, target.kind, self.who(),
+                shadow.decision if shadow is not None else None), (), None
+
     def guarded_attrs(self, *, cached: bool = True) -> Mapping[str, AttributeValue]:
         """Principal + decision: what the request's SERVER and later CLIENT spans carry (built once
         on the export thread; ``cached=False`` for a sampler on the loop, which must not touch it)."""
         if not cached:
             return {**a.principal_attributes(self.principal), **self._decided()[0]}
-        try:
-            return self._guarded
-        except AttributeError:
-            self._guarded: Mapping[str, AttributeValue] = self.tel.merged(a.principal_attributes(self.principal),
-                                                                          self._decided()[0])
-            return self._guarded
+        found = self._guarded
+        if found is None:
+            found = self._guarded = self.tel.merged(a.principal_attributes(self.principal), self._decided()[0])
+        return found
 
     def light(self) -> LightSpan:
         tel = self.tel
@@ -216,12 +269,19 @@ class DecisionRecord(SpanRecord):
             span.add_event(a.APPROVAL_EVENT, self.approved_at, event)
         return span
 
-    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
+    def metric_key(self) -> tuple[Any, ...]:
+        """The ``mcp_guard.decisions`` point this decision counts in: never a resource URI."""
         verdict, target = self.verdict, self.target
         assert verdict is not None
-        d, u, t, k = str(verdict.decision), target.upstream, target.exposed, target.kind
-        name_attr = a.NAME_ATTR.get(k)  # never a resource URI in a metric
-        return (d, u, t, k), lambda: {a.DECISION: d, a.UPSTREAM: a.text(u), **({name_attr: a.text(t)} if name_attr else {})}
+        kind = target.kind
+        return str(verdict.decision), target.upstream, target.exposed if kind in a.NAME_ATTR else None, kind
+
+    def metric_attrs(self) -> Mapping[str, AttributeValue]:
+        verdict, target = self.verdict, self.target
+        assert verdict is not None
+        name_attr = a.NAME_ATTR.get(target.kind)
+        return {a.DECISION: str(verdict.decision), a.UPSTREAM: a.text(target.upstream),
+                **({name_attr: a.text(target.exposed)} if name_attr else {})}
 
 
 class UpstreamRecord(SpanRecord):
@@ -265,15 +325,30 @@ class UpstreamRecord(SpanRecord):
             span.set_error(description)
         return span
 
-    def measure(self) -> tuple[Any, Callable[[], Mapping[str, AttributeValue]]]:
-        upstream, version, method = self.upstream, self.version, self.method
-        target_attr, target = a.target_of(method, {"name": self.name})
-        ckey = (upstream.name, version, getattr(upstream.config, "url", None), method, target_attr, target)
+    def wire(self) -> Wired:
+        """(key, per-request attributes, status) of the CLIENT span."""
+        upstream, name, guarded, outcome, failure = self.upstream, self.name, self.guarded, self.outcome, self.failure
+        key = ("client", upstream.name, self.version, getattr(upstream.config, "url", None), self.method,
+               name if isinstance(name, str) else None, guarded.who() if guarded is not None else None,
+               outcome[0], outcome[1], failure[0] if failure is not None else None)
+        unique = ((a.JSONRPC_REQUEST_ID, str(self.upstream_id)),) if self.upstream_id is not None else ()
+        if failure is not None:
+            return key, unique, (failure[1],)
+        if outcome[0] is not None:
+            return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
+        return key, unique, None
+
+    def metric_key(self) -> tuple[Any, ...]:
+        """The ``mcp.client.operation.duration`` point this request counts in."""
+        upstream, method, name, failure = self.upstream, self.method, self.name, self.failure
+        return (upstream.name, self.version, getattr(upstream.config, "url", None), method,
+                name if method in _NAMED and isinstance(name, str) else None,
+                failure[0] if failure is not None else self.outcome[0])
+
+    def metric_attrs(self) -> Mapping[str, AttributeValue]:
+        attrs = Recorder.client_attrs_of(self.upstream, self.version, self.method, *a.target_of(self.method, {"name": self.name}))
         failed = self.failure[0] if self.failure is not None else self.outcome[0]
-        if failed is None:
-            return ckey, lambda: Recorder.client_attrs_of(upstream, version, method, target_attr, target)
-        return (ckey, failed), lambda: {**Recorder.client_attrs_of(upstream, version, method, target_attr, target),
-                                        a.ERROR_TYPE: failed}
+        return attrs if failed is None else {**attrs, a.ERROR_TYPE: failed}
 
 
 def note_request(record: RequestRecord, req: RequestContext) -> None:

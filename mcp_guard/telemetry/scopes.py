@@ -109,7 +109,7 @@ class DecisionSpan(DecisionRecord):
     def __init__(self, tel: Recorder, req: RequestContext) -> None:
         self.tel = tel
         self.req = req
-        self.events = None
+        self.events = self._guarded = self._who = None
 
     def __enter__(self) -> DecisionSpan:
         req = self.req

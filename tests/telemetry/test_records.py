@@ -145,3 +145,49 @@ def test_a_record_that_cannot_be_built_is_dropped_and_counted_never_raised_on_th
     processor = hooks.recorder.processor
     hooks.flush()
     assert processor.failed == 2 and exporter.get_finished_spans() == ()  # the batch held the unbuildable one
+
+
+@pytest.mark.parametrize(("name", "arg", "sampled"), [("parentbased_traceidratio", "0", False), ("traceidratio", "1", True),
+                                                      ("always_off", "", False), ("always_on", "", True)])
+def test_a_configured_sampler_decides_a_requests_first_span_and_the_rest_follow(name: str, arg: str, sampled: bool) -> None:
+    """The spans under the request's own span take its decision (what the SDK's samplers answer
+    for a local parent) without asking the sampler again; an unsampled call queues no record."""
+    hooks = telemetry.start(Settings(schedule_delay=3600, sampler=name, sampler_arg=arg), span_exporter=InMemorySpanExporter())
+    assert isinstance(hooks, Telemetry)
+    recorder = hooks.recorder
+    asked: list[str] = []
+    sample = recorder.sample
+
+    def counted(span_name: str, *args: Any) -> Any:
+        asked.append(span_name)
+        return sample(span_name, *args)
+
+    recorder.sample = counted  # type: ignore[method-assign]
+    try:
+        req = call(hooks, 5, {"jsonrpc": "2.0", "id": 5, "result": {"content": [], "isError": False}})
+        assert asked == ["tools/call notes_echo"]  # the SERVER span's only
+        queued = list(recorder.processor._queue)  # type: ignore[union-attr]
+        assert len(queued) == (3 if sampled else 0)
+        assert all(r.sampled is sampled and r.trace_id == req.trace[0] for r in queued)  # type: ignore[index]
+    finally:
+        hooks.shutdown()
+
+
+def test_decisions_on_two_resources_count_in_one_point_without_their_uris(tel: Any) -> None:
+    """``mcp_guard.decisions`` never names a resource URI, so two URIs of one upstream make one
+    data point (not two points with the same attributes)."""
+    hooks, _, reader = tel
+    from mcp_guard.kinds import Kind
+
+    for rid, uri in ((1, "file:///a"), (2, "file:///b")):
+        req = RequestContext("s-1", WHO, None, Era.LEGACY, "2025-11-25",
+                             {"id": rid, "method": "resources/read", "params": {"uri": uri}}, {}, {})
+        with hooks.request(req):
+            req.target = Target(uri, "notes", uri, f"notes/{uri}", {}, None, kind=Kind.RESOURCE)
+            with hooks.decision(req):
+                req.verdict = Verdict(Outcome.ALLOW, "allowed", ("notes-policy",), ("read",))
+    data = reader.get_metrics_data()
+    (decisions,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                    if m.name == "mcp_guard.decisions"]
+    assert [(dict(p.attributes), p.value) for p in decisions.data.data_points] == [
+        ({"mcp_guard.decision": "allow", "mcp_guard.upstream": "notes"}, 2)]
