@@ -8,7 +8,7 @@ per key (from the record's ``light()``, through ``SpanEncoder``, so the bytes ar
 writes).  Every other span is the cached blocks with the few fields that differ written in
 between: ids, times, the per-request attributes (JSON-RPC id, resource URI) and the status.  A
 record whose key is None (an exception's event, an approval's event) is encoded from its
-``light()`` as before.  ``tests/telemetry/test_wire.py`` checks the bytes against the
+``light()`` as before.  ``tests/telemetry/test_span_wire.py`` checks the bytes against the
 ``LightSpan`` path and the SDK's encoder.
 """
 
