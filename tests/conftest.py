@@ -61,8 +61,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the zygote; ``MCP_GUARD_TEST_ZYGOTE_LOG=FILE`` collects each one's log there (what it
+    forked and declined: how many Python upstreams the run started)."""
     while _zygote:
-        _zygote.pop().stop()
+        log = _zygote.pop().stop()
+        if os.environ.get("MCP_GUARD_TEST_ZYGOTE_LOG"):
+            with open(os.environ["MCP_GUARD_TEST_ZYGOTE_LOG"], "a", encoding="utf-8") as out:
+                out.write(log)
 
 
 @pytest.fixture
