@@ -175,9 +175,21 @@ def test_a_plain_pythonpath_is_honoured_by_the_fork(zygote: Zygote, tmp_path: Pa
     assert done.stdout.split() == ["True", "42"]
 
 
-def test_without_a_zygote_the_launcher_is_the_real_interpreter(tmp_path: Path) -> None:
+def test_a_launcher_started_before_the_zygote_is_ready_waits_for_it(tmp_path: Path) -> None:
+    z = start()
+    assert z is not None
+    try:
+        assert probe(z, tmp_path)["preloaded"] is True
+    finally:
+        z.stop()
+
+
+@pytest.mark.parametrize("zygote", ["none", "exited"])
+def test_without_a_zygote_the_launcher_is_the_real_interpreter(tmp_path: Path, zygote: str) -> None:
     launcher = tmp_path / "python"
-    write_launcher(launcher, tmp_path / "nobody-listens.sock", sys.executable)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    write_launcher(launcher, tmp_path / "nobody-listens.sock", sys.executable, gone.pid if zygote == "exited" else 0)
     done = subprocess.run([str(launcher), str(script(tmp_path, PROBE)), "x"], capture_output=True, text=True,
                           timeout=60, env={"PATH": os.environ["PATH"]})
     seen = json.loads(done.stdout)
