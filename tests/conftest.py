@@ -10,13 +10,17 @@ Where the guard runs in a test:
   the real process, for tests about it (signals, drain, exit, workers, replicas, HAProxy).
 - ``MCP_GUARD_TEST_PROCESSES=1`` makes both in-process forms real processes again.
 
-Upstreams are always real processes.  Tests that share one expensive set-up (a serve per flow-lab
+Upstreams are always real processes.  A Python fixture upstream (``fixtures.PYTHON script.py``) is
+started by a launcher that a pre-imported fork server (``fixtures/zygote.py``, one per test process)
+turns into that script's process, saving each about a second of imports; ``MCP_GUARD_TEST_ZYGOTE=0``
+makes ``PYTHON`` the plain interpreter again.  Tests that share one expensive set-up (a serve per flow-lab
 set-up, the wheel build, the conformance suite, Phoenix) carry an ``xdist_group`` mark so
 ``--dist loadgroup`` (scripts/test) keeps them on one worker.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -25,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fixtures
 import pytest
 from fixtures import (
     ALLOW_ALL,
@@ -37,6 +42,32 @@ from fixtures import (
     write_guard_config,
 )
 from fixtures.release import build_release, install_fresh, the_wheel
+from fixtures.zygote import Zygote
+from fixtures.zygote import start as start_zygote
+
+_zygote: list[Zygote] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process that runs tests (an xdist worker, or a run without workers) gets a zygote, and
+    ``fixtures.PYTHON`` becomes its launcher before the test modules are imported."""
+    controller = not hasattr(config, "workerinput") and config.getoption("dist", default="no") != "no"
+    if controller or config.getoption("collectonly") or os.environ.get("MCP_GUARD_TEST_ZYGOTE") == "0":
+        return
+    zygote = start_zygote()
+    if zygote is not None:
+        _zygote.append(zygote)
+        fixtures.PYTHON = str(zygote.launcher)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the zygote; ``MCP_GUARD_TEST_ZYGOTE_LOG=FILE`` collects each one's log there (what it
+    forked and declined: how many Python upstreams the run started)."""
+    while _zygote:
+        log = _zygote.pop().stop()
+        if os.environ.get("MCP_GUARD_TEST_ZYGOTE_LOG"):
+            with open(os.environ["MCP_GUARD_TEST_ZYGOTE_LOG"], "a", encoding="utf-8") as out:
+                out.write(log)
 
 
 @pytest.fixture

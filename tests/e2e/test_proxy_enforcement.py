@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from fixtures import (
     MODES,
-    VENV_BIN,
     Mode,
     RecordFile,
     guarded_session,
+    pypi_server_command,
     recording_server_command,
     requires_tools,
     stdio_upstream,
@@ -77,7 +77,7 @@ def setup(tmp_path: Path, record_file: RecordFile) -> tuple[Path, Path]:
         tmp_path,
         {
             "rec": stdio_upstream(recording_server_command(), env=record_file.env()),
-            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+            "time": stdio_upstream(pypi_server_command("mcp-server-time")),
             "fs": stdio_upstream([str(tool_path("mcp-server-filesystem")), str(root)]),
         },
         _policies(workspace),
@@ -185,7 +185,7 @@ async def test_prefix_false_keeps_upstream_names(mode: Mode, tmp_path: Path, rec
         tmp_path,
         {
             "rec": stdio_upstream(recording_server_command(), env=record_file.env(), prefix=False),
-            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+            "time": stdio_upstream(pypi_server_command("mcp-server-time")),
         },
         [{"id": "p", "rules": [{"effect": "allow", "tools": ["rec/echo", "time/*"]}]}],
     )

@@ -16,11 +16,11 @@ from typing import TypeVar
 import pytest
 from fixtures import (
     MODES,
-    VENV_BIN,
     Mode,
     RecordFile,
     guard_command,
     guarded_session,
+    pypi_server_command,
     recording_server_command,
     stdio_session,
     stdio_upstream,
@@ -41,7 +41,7 @@ async def test_upstream_that_fails_to_start_does_not_take_the_others_down(mode: 
         {
             "bad": stdio_upstream([str(tmp_path / "no-such-server")]),
             "dead": stdio_upstream(recording_server_command("--fail-start")),
-            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+            "time": stdio_upstream(pypi_server_command("mcp-server-time")),
         },
     )
     log = tmp_path / "guard.log"
@@ -68,7 +68,7 @@ async def test_crash_gives_a_clear_error_then_the_upstream_is_restarted(
         tmp_path,
         {
             "rec": stdio_upstream(recording_server_command(), env=record_file.env()),
-            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+            "time": stdio_upstream(pypi_server_command("mcp-server-time")),
         },
     )
     log = tmp_path / "guard.log"
@@ -183,7 +183,7 @@ async def test_a_slow_upstream_does_not_hold_the_hosts_start(tmp_path: Path, rec
     config = write_guard_config(
         tmp_path,
         {
-            "time": stdio_upstream([str(VENV_BIN / "mcp-server-time")]),
+            "time": stdio_upstream(pypi_server_command("mcp-server-time")),
             "slow": stdio_upstream(recording_server_command("--start-when", str(tmp_path / "go")), env=record_file.env(),
                                    startup_timeout="1s"),
         },
