@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fixtures import (
     ALLOW_ALL,
+    PYTHON,
     conformance_server_command,
     guard_command,
     requires_tools,
@@ -98,7 +98,7 @@ def run_client_scenario(scenario: str, out: Path, *, next_suite: bool = False, p
     """`conformance client --scenario SCENARIO` with a host -> `mcp-guard run` -> the scenario's server as
     the guard's HTTP upstream (``protocol``); every check id -> its worst status."""
     suite = [str(tool_path("node")), str(NEXT_SUITE)] if next_suite else [str(tool_path("conformance"))]
-    command = shlex.join([sys.executable, str(GUARD_CLIENT)])
+    command = shlex.join([PYTHON, str(GUARD_CLIENT)])  # a fork of the worker's pre-imported zygote
     proc = subprocess.run([*suite, "client", "--command", command, "--scenario", scenario, "-o", str(out), "--timeout", "90000"],
                           capture_output=True, text=True, timeout=180, env=tools_env({"GUARD_UPSTREAM_PROTOCOL": protocol}))
     (out / "conformance.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
