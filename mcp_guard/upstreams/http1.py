@@ -30,6 +30,7 @@ from mcp_guard.upstreams.framing import FrameError, Framer
 CONNECT_TIMEOUT = 30.0  # the SDK transport's connect/write timeout
 IDLE_KEEP = 4.0  # seconds an idle connection is reused (servers commonly close after 5)
 MAX_CONNECTIONS = 256  # open connections to one upstream; more requests wait for one
+BLOCKS_KEPT = 256  # request header blocks kept encoded (a handshake-era session sends the same ones on every request)
 
 
 class LinkError(UpstreamError):
@@ -226,9 +227,20 @@ class Http1Link:
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._closed = False
+        self._blocks: dict[tuple[tuple[str, str], ...], bytes] = {}  # headers -> their lines, checked and encoded
+
+    def _block(self, headers: Mapping[str, str]) -> bytes:
+        key = tuple(headers.items())
+        block = self._blocks.get(key)
+        if block is None:
+            block = _lines(headers).encode("latin-1")  # refuses a line break before anything is kept
+            if len(self._blocks) >= BLOCKS_KEPT:
+                self._blocks.clear()
+            self._blocks[key] = block
+        return block
 
     async def request(self, method: str, headers: Mapping[str, str], body: bytes | None) -> Exchange:
-        head = self._prefix[method] + _lines(headers).encode("latin-1")
+        head = self._prefix[method] + self._block(headers)
         if body is not None:
             data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         else:
