@@ -106,7 +106,7 @@ class ByteHost(Protocol):
 
     async def send(self, message: Message) -> None: ...
 
-    async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None: ...
+    async def serve(self, handle: Callable[[Any], Awaitable[None]], accept: Callable[[Any], Awaitable[None] | None] | None = None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -128,7 +128,7 @@ async def run_host(ctx: GuardContext, host: ByteHost, *, signals: bool = True) -
     (a process of its own), SIGTERM/SIGINT to stop and SIGHUP to reload."""
     session = GuardSession(ctx, host)
     loop = asyncio.get_running_loop()
-    serving = loop.create_task(host.serve(session.handle))
+    serving = loop.create_task(host.serve(session.handle, session.accept))
 
     def stop() -> None:
         serving.cancel()

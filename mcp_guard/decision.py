@@ -131,7 +131,28 @@ def evaluate(
         if "; this session holds" in decision.reason:
             reason += decision.reason[decision.reason.index("; this session holds"):]
         return Verdict(Outcome.APPROVAL_REQUIRED, reason, decision.policy_ids, decision.rule_ids, brings=brings)
+    if brings is NOTHING:
+        return _allowed(decision)
     return Verdict(Outcome.ALLOW, decision.reason, decision.policy_ids, decision.rule_ids, brings=brings)
+
+
+_ALLOWED: dict[int, tuple[Decision, Verdict]] = {}  # id(decision) -> (that decision, its allow verdict)
+_ALLOWED_MAX = 4096
+
+
+def _allowed(decision: Decision) -> Verdict:
+    """The allow verdict of ``decision`` when the request brings nothing: built once per decision
+    (the engine hands back the same Decision for the same rules and name), so an allowed call
+    builds no Verdict, rule ids or policy ids of its own.  The entry holds the decision itself,
+    so its id cannot be reused while the entry lives."""
+    known = _ALLOWED.get(id(decision))
+    if known is not None and known[0] is decision:
+        return known[1]
+    if len(_ALLOWED) >= _ALLOWED_MAX:
+        _ALLOWED.clear()
+    verdict = Verdict(Outcome.ALLOW, decision.reason, decision.policy_ids, decision.rule_ids)
+    _ALLOWED[id(decision)] = (decision, verdict)
+    return verdict
 
 
 def brought(policies: PolicySet, chain: GrantChain | None, who: Principal, name: str, args: Mapping[str, Any],

@@ -162,6 +162,9 @@ class _Plan:
     budgets: tuple[Budget, ...]
 
 
+_PERMITTED = {False: CallCheck(True, False), True: CallCheck(True, True)}  # immutable: one of each, not one per call
+
+
 class GrantChain:
     """A verified chain.  Immutable; call-time answers are cached per tool name."""
 
@@ -264,7 +267,7 @@ class GrantChain:
             finally:
                 if token is not None:
                     PATHS.reset(token)
-        return CallCheck(True, plan.approval)
+        return _PERMITTED[plan.approval]
 
     def budgets(self, tool: str, kind: Kind = Kind.TOOL) -> tuple[Budget, ...]:
         return self._plan(tool, kind).budgets

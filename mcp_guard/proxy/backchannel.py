@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcp_guard.decision import Kind
@@ -33,7 +33,7 @@ from mcp_guard.proxy.flow import scope_of, what_it_brought
 from mcp_guard.proxy.hub import Hub
 from mcp_guard.proxy.listen import Host, Listens
 from mcp_guard.proxy.relay import KIND as RELAYED_KIND
-from mcp_guard.proxy.relay import Relay, settle
+from mcp_guard.proxy.relay import Relay, asks_input, settle
 from mcp_guard.proxy.roundtrip import configured_roots
 from mcp_guard.proxy.routing import LOG_LEVELS, Router
 from mcp_guard.upstreams.connection import Upstream
@@ -171,12 +171,15 @@ class BackChannel:
         """A request forwarded for this session (through the hub, which records who sent it); a
         handshake-era host is asked what a 2026-07-28 upstream's ``input_required`` answer asks
         for, and the request retried with the answers (``relay.settle``)."""
-        async def call(sent: Message) -> Message:
-            return await self.hub.call(self.host.id, up, method, sent, on_id)
+        hub, session = self.hub, self.host.id
+        response = await hub.call(session, up, method, params, on_id)
+        if self.host.era == Era.MODERN or not asks_input(response):
+            return response  # the common case: no closure and no ``settle`` frame per request
 
-        if self.host.era == Era.MODERN:
-            return await call(params)
-        return await settle(call, params, lambda asked, question: self._input_for(up, asked, question))
+        def call(sent: Message) -> Awaitable[Message]:
+            return hub.call(session, up, method, sent, on_id)
+
+        return await settle(call, params, lambda asked, question: self._input_for(up, asked, question), response)
 
     async def _input_for(self, up: Upstream, method: str, params: Message) -> Message:
         """One input request of an upstream's ``input_required`` answer, put to the host as that

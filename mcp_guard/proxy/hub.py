@@ -114,6 +114,7 @@ class Hub:
         self.sessions: dict[str, Sink] = {}  # session id -> session, in the order they came
         self.levels: dict[str, int] = {}  # session id -> the log level it asked for
         self._started: asyncio.Task[None] | None = None
+        self.up = False  # the start succeeded (``start``)
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ sessions
@@ -131,11 +132,12 @@ class Hub:
         if self.shared and (last or level is not None):
             self.later(self._give_back(last, level, send_level))
 
-    async def call(self, session: str, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Message:
-        """Forward a request for ``session`` (serve records who sent it: ``proxy/callers.py``)."""
+    def call(self, session: str, up: Upstream, method: str, params: Message, on_id: Callable[[int], None]) -> Awaitable[Message]:
+        """Forward a request for ``session`` (serve records who sent it: ``proxy/callers.py``); the
+        awaitable is handed back as it is, so forwarding adds no coroutine of its own."""
         if self.shared:
-            return await self.callers.forward(session, up, method, params, on_id)
-        return await up.call(method, params, on_id=on_id)
+            return self.callers.forward(session, up, method, params, on_id)
+        return up.call(method, params, on_id=on_id)
 
     def level(self, session: str, rank: int) -> int:
         """The log level to ask the upstreams for when ``session`` asks for ``rank``: a shared
@@ -178,14 +180,17 @@ class Hub:
     # ------------------------------------------------------------------ start-up and shutdown
 
     async def start(self) -> None:
-        """Start the upstreams (once; every session shares the start)."""
+        """Start the upstreams (once; every session shares the start).  Once it has succeeded
+        ``up`` is True, and a request need not call this at all."""
         started = self._started
         if started is None:
             started = self._started = asyncio.get_running_loop().create_task(self._start_upstreams())
         elif started.done() and not started.cancelled():  # every request after the first: no shield to build
             started.result()
+            self.up = True
             return
         await asyncio.shield(started)
+        self.up = True
 
     async def _start_upstreams(self) -> None:
         await asyncio.gather(*(up.start(self.profile.upstream_capabilities(up)) for up in self.upstreams.values()))

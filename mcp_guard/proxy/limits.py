@@ -11,29 +11,29 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mcp_guard.decision import Outcome, Verdict
-from mcp_guard.identity import Principal
-from mcp_guard.policy import PolicySet
 from mcp_guard.request import Target
 
 if TYPE_CHECKING:
-    from mcp_guard.grants import GrantChain
+    from mcp_guard.grants import Budget
+    from mcp_guard.policy import BoundLimit
     from mcp_guard.state import StateStore
 
 
 async def check_limits(
     store: StateStore,
-    policies: PolicySet,
-    chain: GrantChain | None,
-    who: Principal,
+    limits: tuple[BoundLimit, ...],
+    budgets: tuple[Budget, ...],
     entry: Target,
     session_id: str,
     verdict: Verdict,
 ) -> Verdict:
-    """Rate limits, per-session budgets and every link's call budget; counts only if all pass."""
+    """Rate limits and per-session budgets (``limits``: the policies' that apply) and every link's
+    call budget (``budgets``); counts only if all pass.  The pipeline calls it only when either
+    holds something."""
     from mcp_guard.state import Counter
 
     counters: list[Counter] = []
-    for limit in policies.limits(who, entry.qualified, entry.kind):
+    for limit in limits:
         if limit.per_minute is not None and not await store.rate(f"rate:{session_id}:{limit.key}", limit.per_minute):
             return replace(
                 verdict,
@@ -42,8 +42,8 @@ async def check_limits(
             )
         if limit.per_session is not None:
             counters.append(Counter(f"session:{session_id}:{limit.key}", limit.per_session, time.time() + 86400))
-    if chain is not None:
-        counters.extend(Counter(b.key, b.limit, b.expires_at) for b in chain.budgets(entry.qualified, entry.kind))
+    if budgets:
+        counters.extend(Counter(b.key, b.limit, b.expires_at) for b in budgets)
     if counters:
         exhausted = await store.consume(counters)
         if exhausted is not None:

@@ -62,6 +62,7 @@ class Pipeline:
         self.upstreams = upstreams
         self._audit_who: tuple[Principal, Message] | None = None
         self._templates: dict[tuple[object, ...], RecordTemplate] = {}
+        self._seen: dict[tuple[object, ...], tuple[Principal, Target, Verdict, RecordTemplate]] = {}
         self.flows = FlowTracker(guard.store, int(guard.config.flow.max_content_mib * 2**20), exclusive=guard.flow_exclusive)
 
     def paths(self, upstream: str) -> PathContext | None:
@@ -177,8 +178,10 @@ class Pipeline:
                 verdict = await guard.approver.ask(req, target, args, verdict)
             if verdict.forward and self.upstreams[target.upstream].status == Status.READY:
                 # only a request that will be forwarded spends a rate slot or a budget unit
-                verdict = await check_limits(guard.store, guard.policies, req.chain, who, target,
-                                             req.limit_scope or req.session_id, verdict)
+                limits = guard.policies.limits(who, target.qualified, target.kind)
+                budgets = req.chain.budgets(target.qualified, target.kind) if req.chain is not None else ()
+                if limits or budgets:
+                    verdict = await check_limits(guard.store, limits, budgets, target, req.limit_scope or req.session_id, verdict)
         except StateError as exc:
             return Verdict(Outcome.DENY, f"mcp-guard denied {target.qualified}: the state store is unavailable ({exc})")
         return verdict
@@ -280,6 +283,27 @@ class Pipeline:
         """The common record (no approval, note, shadow, labels, pin or arguments) as a template
         and its slots: the fields that repeat for a principal, target and verdict are encoded once."""
         traced = req.trace
+        who = req.principal
+        # the same principal, target and verdict objects as a record before (an allowed call's verdict
+        # is shared): found by identity, without hashing the fields; the entry holds the objects
+        # themselves, so their ids cannot be reused while it lives
+        seen = self._seen.get((id(who), id(target), id(verdict), req.method, traced is None))
+        if seen is not None and seen[0] is who and seen[1] is target and seen[2] is verdict:
+            template = seen[3]
+        else:
+            template = self._template(req, target, verdict)
+            if len(self._seen) >= TEMPLATES:
+                self._seen.clear()
+            self._seen[id(who), id(target), id(verdict), req.method, traced is None] = (who, target, verdict, template)
+        values = {"args_sha256": args_hash(args), "session": req.session_key or req.session_id}
+        if traced is not None:
+            values["trace_id"] = f"{traced[0]:032x}"
+            values["span_id"] = f"{traced[1]:016x}"
+        return template, values
+
+    def _template(self, req: RequestContext, target: Target, verdict: Verdict) -> RecordTemplate:
+        """The template of records for this principal, target and verdict (equal values share one)."""
+        traced = req.trace
         key = (req.principal, req.method, target.kind, target.upstream, target.name, target.exposed, verdict.decision,
                verdict.policy_ids, verdict.rule_ids, verdict.reason, verdict.approver, traced is None)
         template = self._templates.get(key)
@@ -292,11 +316,7 @@ class Pipeline:
             del fixed["session"]
             slots = ("args_sha256", "session") if traced is None else ("args_sha256", "session", "span_id", "trace_id")
             template = self._templates[key] = audit.template(fixed, slots)
-        values = {"args_sha256": args_hash(args), "session": req.session_key or req.session_id}
-        if traced is not None:
-            values["trace_id"] = f"{traced[0]:032x}"
-            values["span_id"] = f"{traced[1]:016x}"
-        return template, values
+        return template
 
     def _append(self, record: Message | tuple[RecordTemplate, dict[str, str]], what: str) -> str:
         audit = self.guard.audit

@@ -204,15 +204,22 @@ class Relay:
                     c.task.cancel()
 
 
+def asks_input(response: Message) -> bool:
+    """Whether ``response`` is a 2026-07-28 ``input_required`` answer (``settle`` then asks the host)."""
+    out = response.get("result")
+    return isinstance(out, dict) and out.get("resultType") == "input_required"
+
+
 async def settle(call: Callable[[Message], Awaitable[Message]], params: Message,
-                 ask: Callable[[str, Message], Awaitable[Message]]) -> Message:
+                 ask: Callable[[str, Message], Awaitable[Message]], first: Message | None = None) -> Message:
     """A 2026-07-28 upstream's ``input_required`` answer, for a handshake-era host that can be asked:
     each of its ``inputRequests`` is put to the host (``ask`` mediates it as an upstream's own request
     is: the capability the host declared, the upstream's flow labels), and the request is sent again
     as a new request with the answers under ``inputResponses`` and ``requestState`` exactly as given
     (left out when none was), until the answer is not ``input_required``.  A question the host does
-    not answer fails the request with one sentence; nothing is retried without its answer."""
-    response = await call(params)
+    not answer fails the request with one sentence; nothing is retried without its answer.
+    ``first``: the answer to ``params`` when the caller already sent it."""
+    response = await call(params) if first is None else first
     for _ in range(MAX_ROUNDS):
         out = response.get("result")
         if not isinstance(out, dict) or out.get("resultType") != "input_required":

@@ -138,6 +138,17 @@ class GuardSession:
 
     # ------------------------------------------------------------------ host side
 
+    def accept(self, message: Any) -> Awaitable[None] | None:
+        """``handle``'s synchronous entry (the stdio pump calls it as a line arrives): a well-formed
+        handshake-era request is started here and None returned; anything else returns
+        ``handle(message)``, for the pump to await in the host's order."""
+        if type(message) is dict and "method" in message and self.profile.era != Era.MODERN:
+            rid = message.get("id")
+            if type(rid) in (str, int) and not era_rules.modern_request(message):
+                self._start(message)
+                return None
+        return self.handle(message)
+
     async def handle(self, message: Any) -> None:
         """Entry point for every message the host sends."""
         if not isinstance(message, dict):
@@ -151,19 +162,23 @@ class GuardSession:
         if is_request(message):
             if (self.profile.era == Era.MODERN or era_rules.modern_request(message)) and await self._era_refused(message):
                 return
-            self.profile.note(message)
-            if self.profile.era == Era.MODERN:
-                self.back.note_log_level(message)
-            req = self._request(message)
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            self.inflight.begin(message["id"], self._loop.create_task(self._serve(req)))
+            self._start(message)
         elif is_notification(message):
             await self._host_notification(message)
         elif is_response(message):
             self.back.answered(message)
         elif "id" in message:
             await self.send(error(message.get("id"), INVALID_REQUEST, "Invalid Request"))
+
+    def _start(self, message: Message) -> None:
+        """A request the era's rules let through: noted, and answered by a task of its own."""
+        self.profile.note(message)
+        if self.profile.era == Era.MODERN:
+            self.back.note_log_level(message)
+        req = self._request(message)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self.inflight.begin(message["id"], self._loop.create_task(self._serve(req)))
 
     async def _era_refused(self, message: Message) -> bool:
         """A 2026-07-28 request the era's rules refuse (proxy/era_rules.py) is answered and audited
@@ -197,7 +212,7 @@ class GuardSession:
                     text = f"Method not found: {method}"
                     await self.pipeline.audit_refused(req, None, None, Verdict(Outcome.UNKNOWN, text))
                     raise RpcError(METHOD_NOT_FOUND, text)
-                if method not in _STARTLESS:
+                if method not in _STARTLESS and not self.hub.up:
                     await self.hub.start()
                 response = await handler(req)
             except asyncio.CancelledError:

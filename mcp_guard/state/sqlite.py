@@ -123,6 +123,9 @@ class SqliteStore(SqliteDatabase):
         self._own_revokes += 1
 
     async def revocation_signal(self) -> Hashable:
+        return self._signal()
+
+    def _signal(self) -> Hashable:
         """``PRAGMA data_version`` moves when another connection (any process) commits; this
         connection's own revocations are counted beside it. No table is read."""
         (version,) = self._query("PRAGMA data_version")[0]
@@ -132,7 +135,7 @@ class SqliteStore(SqliteDatabase):
         if not jtis:
             return None
         key = tuple(jtis)
-        signal = await self.revocation_signal()
+        signal = self._signal()  # read on every call (no coroutine of its own): the "next call" bound
         known = self._revocations.lookup(signal, key)
         if known is not None:
             return known[0]

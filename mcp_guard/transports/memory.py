@@ -44,8 +44,9 @@ class MemoryHost:
         if not self._gone:
             await self._outbox.put(dumps(message))
 
-    async def serve(self, handle: Callable[[Any], Awaitable[None]]) -> None:
-        """Hand each line the peer sends to ``handle`` until the peer closes its side."""
+    async def serve(self, handle: Callable[[Any], Awaitable[None]], accept: Callable[[Any], Awaitable[None] | None] | None = None) -> None:
+        """Hand each line the peer sends to ``handle`` until the peer closes its side (``accept``,
+        the session's synchronous entry, is for a pipe's own reader: a queue has none to skip)."""
         while (line := await self._inbox.get()) != _EOF:
             await deliver_line(line, handle, self.send)
 

@@ -13,7 +13,7 @@ import contextvars
 import enum
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -346,20 +346,27 @@ class Upstream:
             if not fut.done():
                 fut.set_exception(UpstreamError(reason))
 
-    async def call(
+    def call(
         self,
         method: str,
         params: Message | None,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline, sent on as notifications/cancelled
+        timeout: float | None = None,
         on_id: Callable[[int], None] | None = None,
-    ) -> Message:
+    ) -> Coroutine[Any, Any, Message]:
         """Send a request; return the upstream's whole response message (result or error).
 
         Raises ``UpstreamError`` when the upstream is down, dies, or does not answer in time
         (then it is also sent ``notifications/cancelled``).  Traced as a CLIENT span when
-        telemetry is on (its trace context goes into ``params._meta``).
+        telemetry is on (its trace context goes into ``params._meta``); with telemetry off the
+        request itself is the coroutine, with no scope (and no frame) around it.
         """
+        if self.telemetry is OFF:
+            return self._call(method, params, timeout=timeout, on_id=on_id)
+        return self._traced_call(method, params, timeout, on_id)
+
+    async def _traced_call(self, method: str, params: Message | None, timeout: float | None,  # noqa: ASYNC109
+                           on_id: Callable[[int], None] | None) -> Message:
         with self.telemetry.upstream_call(self, method, params) as traced:
             response = await self._call(method, traced.inject(params), timeout=timeout, on_id=traced.noting(on_id))
             traced.respond(response)
