@@ -60,6 +60,7 @@ BROAD_EXCEPTS: set[tuple[str, str]] = {
     ("mcp_guard.upstreams.connection", "Upstream._read_loop"),
     ("mcp_guard.upstreams.connection", "Upstream._supervise"),
     ("mcp_guard.upstreams.http", "HttpChannel._request"),
+    ("mcp_guard.upstreams.http", "HttpChannel._deliver_answer"),
     ("mcp_guard.upstreams.stdio", "StdioChannel.line"),
     ("mcp_guard.upstreams.oauth", "_GuardFlow.async_auth_flow"),
 }

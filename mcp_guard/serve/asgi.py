@@ -42,8 +42,8 @@ from mcp_guard.serve.admin import healthz
 from mcp_guard.serve.drain import Drain, listener, run_listeners
 from mcp_guard.serve.oauth import OAuthVerifier
 from mcp_guard.serve.replica_link import ReplicaLink
-from mcp_guard.serve.resource import WELL_KNOWN, Caller, ResourceServer
-from mcp_guard.serve.streams import EventStream, Stream, accepts_sse
+from mcp_guard.serve.resource import WELL_KNOWN, Caller, McpRequest, ResourceServer
+from mcp_guard.serve.streams import EventStream, JsonAnswer, Stream, accepts_sse
 from mcp_guard.serve.table import SessionEntry, Sessions, SessionTable
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
                 return
         if scope["type"] == "http" and scope["path"] == self.mcp_path and scope["method"] in MCP_METHODS:
             # the MCP endpoint straight away: Starlette's routing and middleware cost ~10% of a call's CPU
-            answer = await self.endpoint(Request(scope, receive))
+            answer = await self.endpoint(McpRequest(scope, receive))
             await answer(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -159,16 +159,20 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
             await self.fanout.close()
         await self.guard.close()
     async def endpoint(self, request: Request) -> Response | EventStream:
-        origin = request.headers.get("origin")
+        if not isinstance(request, McpRequest):  # through the router
+            request = McpRequest(request.scope, request.receive)
+        head = request.head
+        origin = head.get("origin")
         if origin and not (LOCAL_ORIGIN.fullmatch(origin) or origin in self.allowed_origins):
             return JSONResponse(error(None, INVALID_REQUEST, f"Origin {origin} is not allowed"), status_code=403)
         caller = await self.authenticate(request)
         if isinstance(caller, Response):
             return caller
-        sid = request.headers.get("mcp-session-id")
-        if request.method == "GET":
+        sid = head.get("mcp-session-id")
+        method = request.scope["method"]
+        if method == "GET":
             return await self._listen(request, sid, caller)
-        if request.method == "DELETE":
+        if method == "DELETE":
             found = await self._find(sid or "", caller, method="DELETE")
             if isinstance(found, Response):
                 return Response(status_code=404)
@@ -186,19 +190,19 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
             return JSONResponse(error(None, PARSE_ERROR, "Parse error: the body is not valid JSON"), status_code=400)
         if not isinstance(message, dict):
             return JSONResponse(error(None, INVALID_REQUEST, "Invalid Request: one JSON-RPC object per POST"), status_code=400)
-        modern = is_request(message) and era_rules.modern_header(request.headers.get("mcp-protocol-version"))
+        modern = is_request(message) and era_rules.modern_header(head.get("mcp-protocol-version"))
         if modern:
-            raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-            refusal = era_rules.check(message, dict(request.headers), raw)
+            raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+            refusal = era_rules.check(message, head, raw)
             if refusal is not None:
                 method = message.get("method")
                 self.guard.refused(caller.principal, method if isinstance(method, str) else None,
                                    f"mcp-guard refused a 2026-07-28 request: {refusal.message}")
                 return JSONResponse(refusal.answer(message.get("id")), status_code=refusal.status)
-        header_method = request.headers.get("mcp-method")
+        header_method = head.get("mcp-method")
         if header_method is not None and header_method != message.get("method"):
             return JSONResponse(error(message.get("id"), HEADER_MISMATCH, "Mcp-Method header does not match the body"), status_code=400)
-        sse, eager = accepts_sse(request.headers.get("accept", ""))
+        sse, eager = accepts_sse(head.get("accept", ""))
         return await self._dispatch(message, sid, caller, sse, eager, modern)
 
     async def _find(self, sid: str, caller: Caller, rid: Any = None, method: str | None = None) -> SessionEntry | Response:
@@ -245,12 +249,12 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
         await self._replay(entry, record.get("state") or {})
         log.info("session %s adopted from the shared state store", sid[:8])
         return None
-    async def _listen(self, request: Request, sid: str | None, caller: Caller) -> Response | EventStream:
+    async def _listen(self, request: McpRequest, sid: str | None, caller: Caller) -> Response | EventStream:
         """``GET /mcp``: the session's stream of what no request caused (list changes, resource
         updates), one per session, only for its own caller."""
         if not sid:
             return Response(status_code=405, headers={"Allow": "POST, DELETE"})  # 2026-07-28: subscriptions/listen instead
-        if "text/event-stream" not in request.headers.get("accept", ""):
+        if "text/event-stream" not in request.head.get("accept", ""):
             return JSONResponse(error(None, INVALID_REQUEST, "GET /mcp needs Accept: text/event-stream"), status_code=406)
         if self.draining:
             return Response(status_code=503, headers={"Retry-After": "1", "Connection": "close"})
@@ -361,7 +365,7 @@ class HttpGuard(ResourceServer, ReplicaLink, SessionTable):
             answer = outward(stream.answer.result())
             failure = answer.get("error")
             status = era_rules.http_status(failure.get("code")) if modern and isinstance(failure, dict) else 200
-            return Response(orjson.dumps(answer), status_code=status, media_type="application/json", headers=headers)
+            return JsonAnswer(orjson.dumps(answer), status, headers)
 
         async def closed(early: bool) -> None:
             entry.busy -= 1

@@ -5,6 +5,7 @@ their ``WWW-Authenticate`` challenge, and the RFC 9728 protected resource metada
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mcp_guard.config import ServeConfig
@@ -52,6 +53,16 @@ class Caller:
     def root(self) -> str:
         """The delegating root: what ``max_sessions_per_root`` counts."""
         return root_key(self.issuer, self.principal, self.chain)
+
+
+class McpRequest(Request):
+    """A request to the MCP endpoint: Starlette's, with its headers read once into a dict by lower-case
+    name (the first of a repeated field wins, as in Starlette's ``Headers.get``): each request reads
+    seven of them, and ``Headers`` scans every line for each."""
+
+    @functools.cached_property
+    def head(self) -> dict[str, str]:
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(self.scope["headers"])}
 
 
 def token_key(token: str) -> str:
@@ -118,9 +129,9 @@ class ResourceServer:
             headers={"WWW-Authenticate": self._challenge(request, code, description if code else None, scope)},
         )
 
-    async def authenticate(self, request: Request) -> Caller | Response:
+    async def authenticate(self, request: McpRequest) -> Caller | Response:
         """The caller proven by ``Authorization: Bearer``, or the 401/403 refusal to send."""
-        auth = request.headers.get("authorization", "")
+        auth = request.head.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -168,20 +179,23 @@ class ResourceServer:
     async def read_body(self, request: Request) -> bytes | Response:
         """The request body, refused with 413 as soon as it passes ``serve.max_body`` (never buffered past it)."""
         limit = self.serve.max_body
-        declared = request.headers.get("content-length")
+        declared = (request.head if isinstance(request, McpRequest) else request.headers).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return self._too_large(limit)
         chunks: list[bytes] = []
         size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    return self._too_large(limit)
-                chunks.append(chunk)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        return b"".join(chunks)
+        receive = request.receive  # ASGI messages read directly: no async generator per request
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: the caller went away mid-body
+                return Response(status_code=400)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return self._too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @staticmethod
     def _too_large(limit: int) -> Response:

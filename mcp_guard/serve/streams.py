@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.responses import Response
 
 from mcp_guard.jsonrpc import Message
 from mcp_guard.serve.drain import RETRY_MS
@@ -104,6 +105,21 @@ class Stream:
         if answer is not None and answer.done():
             return await self.next()
         return KEEPALIVE
+
+class JsonAnswer(Response):
+    """A JSON-RPC answer as plain JSON: Starlette's ``Response``, its head made directly (the same
+    lines: the given headers, ``content-length``, ``content-type: application/json``)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
+        raw += ((b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"))
+        self.raw_headers = raw
+
 
 class EventStream:
     """An SSE response: one ``message`` event per JSON-RPC message until the stream ends; the

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -44,25 +45,22 @@ from mcp.shared.inbound import (
 from mcp_guard.config import UpstreamConfig, upstream_proxied
 from mcp_guard.errors import UpstreamError
 from mcp_guard.jsonrpc import INTERNAL_ERROR, META_PROTOCOL_VERSION, MODERN, Message, error, is_response
-from mcp_guard.upstreams.http1 import Exchange, Http1Link, HttpxLink, Link, LinkError
+from mcp_guard.upstreams.http1 import Exchange, Http1Link, Link, LinkError, Quick
+from mcp_guard.upstreams.httpx_link import HttpxLink
 from mcp_guard.upstreams.oauth import GuardProvider, build_auth, http_client
+from mcp_guard.upstreams.sse import HEADER_SAFE, SseError, sse_events
 from mcp_guard.upstreams.stdio import LINE_LIMIT as MESSAGE_LIMIT
 
 log = logging.getLogger("mcp_guard.upstream")
 
 POST_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 SESSION_ID = re.compile(r"[\x21-\x7e]{1,1024}")
-_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
 GET_RETRY = 1.0  # seconds before the standalone stream is opened again
 GET_FAILURES = 2  # consecutive failures to open it before giving up (as the SDK transport)
 RESUME_DELAY = 1.0  # seconds before a closed stream is resumed when the upstream sent no ``retry``
 RESUME_DELAY_MAX = 10.0  # a larger ``retry`` is cut to this
 RESUME_ATTEMPTS = 3  # reconnections in a row that bring nothing new before the request fails
 RESUME_TOTAL = 20  # reconnections of one request's stream in all
-
-
-class SseError(Exception):
-    """The event stream broke its format or its size limit."""
 
 
 class SseCursor:
@@ -78,64 +76,6 @@ class SseCursor:
         return min(self.retry, RESUME_DELAY_MAX) if self.retry is not None else RESUME_DELAY
 
 
-async def sse_events(chunks: AsyncIterator[bytes], limit: int, cursor: SseCursor | None = None) -> AsyncIterator[tuple[str, str]]:
-    """``(event type, data)`` for each event of a ``text/event-stream`` body; ``id`` and ``retry`` go to
-    ``cursor``, comments are dropped.  Raises ``SseError`` when one event grows past ``limit``."""
-    partial: list[bytes] = []
-    size = 0
-    data: list[bytes] = []
-    event = b""
-    async for chunk in chunks:
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            if nl < 0:
-                if start < len(chunk):
-                    partial.append(chunk[start:])
-                    size += len(chunk) - start
-                    if size > limit:
-                        raise SseError(f"sent an event over the limit of {limit} bytes")
-                break
-            piece = chunk[start:nl]
-            start = nl + 1
-            if partial:
-                partial.append(piece)
-                line = b"".join(partial)
-                partial = []
-            else:
-                line = piece
-                size += len(piece)
-                if size > limit:
-                    raise SseError(f"sent an event over the limit of {limit} bytes")
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if data:
-                    try:
-                        text = b"\n".join(data).decode()
-                    except UnicodeDecodeError:
-                        raise SseError("sent an event that is not UTF-8") from None
-                    yield (event.decode("latin-1") or "message", text)
-                data, event, size = [], b"", 0
-                continue
-            name, colon, value = line.partition(b":")
-            if not colon:
-                value = b""
-            elif value.startswith(b" "):
-                value = value[1:]
-            if name == b"data":
-                data.append(value)
-            elif name == b"event":
-                event = value
-            elif cursor is None:
-                continue
-            elif name == b"id" and b"\0" not in value and _HEADER_SAFE.fullmatch(value.decode("latin-1")):
-                cursor.last_id = value.decode("latin-1") or None  # an empty id resets it (no resumption)
-            elif name == b"retry" and value.isdigit():
-                cursor.retry = int(value) / 1000
-            # "" is a comment
-
-
 class HttpChannel:
     def __init__(self, config: UpstreamConfig) -> None:
         assert config.url is not None
@@ -147,12 +87,20 @@ class HttpChannel:
         self._auth: GuardProvider | None = None
         self._session: str | None = None
         self._version: str | None = None  # MCP-Protocol-Version after initialize
-        self._posts: dict[Any, asyncio.Task[None]] = {}  # our requests' POSTs in flight, by id
+        self._posts: dict[Any, asyncio.Task[None] | Quick] = {}  # our requests' POSTs in flight, by id
         self._param_maps: dict[str, dict[tuple[str, ...], str]] = {}  # tool -> argument path -> Mcp-Param-* token
         self.excluded: dict[str, str] = {}  # tool -> why it was left out of the listing (an invalid x-mcp-header)
         self._get: asyncio.Task[None] | None = None
         self._reason = "was never started"
         self._ended = False
+        self._answered: Callable[[Message], bool] | None = None  # hands an answer to the call waiting for it
+        self._parked = False  # ``receive`` waits on an empty inbox
+        self._session_headers: tuple[str | None, str | None, dict[str, str]] | None = None  # a handshake-era POST's headers
+
+    def answer_with(self, answer: Callable[[Message], bool]) -> None:
+        """``answer(message)`` takes a response as it arrives (True: it was one, and is handled) while
+        ``receive`` waits with nothing queued: an answer then skips the hop through the reader task."""
+        self._answered = answer
 
     # ------------------------------------------------------------------ Channel
 
@@ -187,16 +135,27 @@ class HttpChannel:
             if method == "initialize":
                 self._session = self._version = None
             rid = message["id"]
-            task = asyncio.get_running_loop().create_task(self._request(link, rid, method, headers, body))
-            self._posts[rid] = task
-            task.add_done_callback(lambda t: self._posts.pop(rid, None) if self._posts.get(rid) is t else None)
+            if method != "initialize" and isinstance(link, Http1Link):  # no task while the answer is a small JSON one
+                quick = link.post_now(headers, body, MESSAGE_LIMIT, functools.partial(self._whole, rid, method),
+                                      functools.partial(self._read_on, link, rid, method, headers, body))
+                if quick is not None:
+                    self._posts[rid] = quick
+                    return
+            self._run(rid, self._request(link, rid, method, headers, body))
             return
         await self._post_quietly(link, message, headers, body)
         if method == "notifications/initialized" and self._session is not None and self._get is None:
             self._get = asyncio.get_running_loop().create_task(self._standalone(link))
 
     async def receive(self) -> Message | None:
-        return await self._inbox.get()
+        inbox = self._inbox
+        if not inbox.empty():
+            return inbox.get_nowait()
+        self._parked = True
+        try:
+            return await inbox.get()
+        finally:
+            self._parked = False
 
     def exit_reason(self) -> str:
         if self._auth is not None and self._auth.failure:
@@ -222,23 +181,27 @@ class HttpChannel:
     # ------------------------------------------------------------------ exchanges
 
     def _headers(self, message: Message, method: Any, *, modern: bool) -> dict[str, str]:
-        headers = dict(POST_HEADERS)
-        if modern:
-            headers["MCP-Protocol-Version"] = MODERN
-            if isinstance(method, str):
-                headers["Mcp-Method"] = method
-                key = NAME_BEARING_METHODS.get(method)
-                value = message["params"].get(key) if key else None
-                if isinstance(value, str):
-                    headers["Mcp-Name"] = encode_header_value(value)
-                    if method == "tools/call" and (params_map := self._param_maps.get(value)):
-                        arguments = message["params"].get("arguments")
-                        headers.update(mcp_param_headers(params_map, arguments if isinstance(arguments, dict) else {}))
-            return headers
-        if self._session is not None:
-            headers["Mcp-Session-Id"] = self._session
-        if self._version is not None:
-            headers["MCP-Protocol-Version"] = self._version
+        """A POST's headers (the caller must not change them: a handshake-era session's are made once)."""
+        if not modern:
+            kept = self._session_headers
+            if kept is None or kept[0] != self._session or kept[1] != self._version:
+                headers = dict(POST_HEADERS)
+                if self._session is not None:
+                    headers["Mcp-Session-Id"] = self._session
+                if self._version is not None:
+                    headers["MCP-Protocol-Version"] = self._version
+                kept = self._session_headers = (self._session, self._version, headers)
+            return kept[2]
+        headers = {**POST_HEADERS, "MCP-Protocol-Version": MODERN}
+        if isinstance(method, str):
+            headers["Mcp-Method"] = method
+            key = NAME_BEARING_METHODS.get(method)
+            value = message["params"].get(key) if key else None
+            if isinstance(value, str):
+                headers["Mcp-Name"] = encode_header_value(value)
+                if method == "tools/call" and (params_map := self._param_maps.get(value)):
+                    arguments = message["params"].get("arguments")
+                    headers.update(mcp_param_headers(params_map, arguments if isinstance(arguments, dict) else {}))
         return headers
 
     def _end(self, reason: str) -> None:
@@ -269,9 +232,26 @@ class HttpChannel:
         finally:
             await answer.aclose()
 
-    async def _request(self, link: Link, rid: Any, method: str, headers: dict[str, str], body: bytes) -> None:
+    def _run(self, rid: Any, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._posts[rid] = task
+        task.add_done_callback(lambda t: self._posts.pop(rid, None) if self._posts.get(rid) is t else None)
+
+    def _whole(self, rid: Any, method: str, data: bytes) -> None:
+        """A sent-at-once POST's whole JSON answer (``Http1Link.post_now``)."""
+        self._posts.pop(rid, None)
+        self._json_answer(data, rid, method)
+
+    def _read_on(self, link: Link, rid: Any, method: str, headers: dict[str, str], body: bytes, quick: Quick) -> None:
+        """A sent-at-once POST whose answer is not a small JSON one: read the general way, in a task."""
+        self._run(rid, self._request(link, rid, method, headers, body, quick))
+
+    async def _request(self, link: Link, rid: Any, method: str, headers: dict[str, str], body: bytes,
+                       quick: Quick | None = None) -> None:
         try:
-            answer = await link.request("POST", headers, body)
+            answer = quick.exchange() if quick is not None else None
+            if answer is None:  # the connection of a sent-at-once POST closed before answering: sent again
+                answer = await link.request("POST", headers, body)
         except LinkError as exc:
             if exc.connect:
                 self._end(f"is unreachable at {self.url}: it {exc}")
@@ -317,15 +297,7 @@ class HttpChannel:
                 return
             self._session = sid
         if ctype.startswith("application/json"):
-            try:
-                message = orjson.loads(await answer.read(MESSAGE_LIMIT))
-            except orjson.JSONDecodeError:
-                self._fail(rid, f"answered {method} with a body that is not JSON")
-                return
-            if not isinstance(message, dict) or not is_response(message):
-                self._fail(rid, f"answered {method} with JSON that is not a JSON-RPC response")
-                return
-            self._deliver_answer(message, rid, method)
+            self._json_answer(await answer.read(MESSAGE_LIMIT), rid, method)
         elif ctype.startswith("text/event-stream"):
             cursor = SseCursor()
             if not await self._events(answer, rid, method, cursor):
@@ -333,14 +305,32 @@ class HttpChannel:
         else:
             self._fail(rid, f"answered {method} with content type {ctype or '(none)'}, not JSON or an event stream")
 
+    def _json_answer(self, data: bytes, rid: Any, method: str) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._fail(rid, f"answered {method} with a body that is not JSON")
+            return
+        if not isinstance(message, dict) or not is_response(message):
+            self._fail(rid, f"answered {method} with JSON that is not a JSON-RPC response")
+            return
+        self._deliver_answer(message, rid, method)
+
     def _deliver_answer(self, message: Message, rid: Any, method: str) -> None:
         message["id"] = rid  # the answer on a request's own POST is that request's, whatever id it names
         if method == "tools/list" and isinstance(message.get("result"), dict) and isinstance(message["result"].get("tools"), list):
             message["result"]["tools"] = self._headed_tools(message["result"]["tools"])
         if method == "initialize" and isinstance(message.get("result"), dict):
             version = message["result"].get("protocolVersion")
-            if isinstance(version, str) and _HEADER_SAFE.fullmatch(version):
+            if isinstance(version, str) and HEADER_SAFE.fullmatch(version):
                 self._version = version
+        if self._answered is not None and self._parked and self._inbox.empty():  # nothing before it: straight to its call
+            try:
+                if self._answered(message):
+                    return
+            except Exception:  # protocol edge: one bad answer must not end the upstream's reader
+                log.exception("[%s] handling a message failed", self.name)
+                return
         self._inbox.put_nowait(message)
 
     def _headed_tools(self, tools: list[Any]) -> list[Any]:

@@ -1,4 +1,4 @@
-"""The HTTP exchanges of a Streamable HTTP upstream: a lean HTTP/1.1 client, and httpx2 where it is needed.
+"""The HTTP exchanges of a Streamable HTTP upstream: a lean HTTP/1.1 client (httpx2 where it is needed: ``httpx_link.py``).
 
 ``Http1Link`` is a small keep-alive connection pool over asyncio protocols that sends each request
 as one write (head and body together) and leaves the framing of answers to llhttp (``framing.py``):
@@ -6,9 +6,9 @@ a connection goes back to the pool only after exactly one complete response that
 keep-alive, and anything it cannot frame closes the connection and fails that request.  Per request it costs a fraction of a general client: no request/response objects, no
 cookie jar, no URL merging; the upstream also wakes up once per request instead of twice.
 
-``HttpxLink`` is the same interface over an ``httpx2.AsyncClient``; it is used when the upstream
-has ``auth:`` (the OAuth providers are ``httpx2.Auth`` flows) or when a proxy from the
-environment applies to its URL.
+A request can also go out without a task of its own (``post_now``): on an idle connection, its
+response is watched as it arrives and a whole small JSON answer is handed on from the connection's
+own callback; anything else (an event stream, an error status, a failure) goes the general way.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol, cast
 from urllib.parse import urlsplit
-
-import httpx2
 
 from mcp_guard import __version__
 from mcp_guard.errors import UpstreamError
@@ -30,6 +28,7 @@ from mcp_guard.upstreams.framing import FrameError, Framer
 CONNECT_TIMEOUT = 30.0  # the SDK transport's connect/write timeout
 IDLE_KEEP = 4.0  # seconds an idle connection is reused (servers commonly close after 5)
 MAX_CONNECTIONS = 256  # open connections to one upstream; more requests wait for one
+BLOCKS_KEPT = 256  # request header blocks kept encoded (a handshake-era session sends the same ones on every request)
 
 
 class LinkError(UpstreamError):
@@ -78,6 +77,7 @@ class _Conn(asyncio.Protocol):
         self.lost = False
         self._paused = False
         self._wake: asyncio.Future[None] | None = None
+        self.watch: Callable[[], None] | None = None  # a request sent without a task (``Quick``) is told of each arrival
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -91,6 +91,8 @@ class _Conn(asyncio.Protocol):
             self._paused = True
             self.transport.pause_reading()
         self._notify()
+        if self.watch is not None:
+            self.watch()
 
     def eof_received(self) -> bool | None:
         return None  # close
@@ -99,6 +101,8 @@ class _Conn(asyncio.Protocol):
         self.lost = True
         self.framer.end()
         self._notify()
+        if self.watch is not None:
+            self.watch()
 
     def _notify(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -174,7 +178,7 @@ class _Response:
             await self.aclose()
             raise LinkError(f"sent a response of {int(length)} bytes, over the limit of {limit} bytes")
         try:
-            return await _collect(self.chunks(), limit)
+            return await collect_body(self.chunks(), limit)
         except LinkError:
             await self.aclose()
             raise
@@ -226,13 +230,45 @@ class Http1Link:
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._closed = False
+        self._blocks: dict[tuple[tuple[str, str], ...], bytes] = {}  # headers -> their lines, checked and encoded
+
+    def _block(self, headers: Mapping[str, str]) -> bytes:
+        key = tuple(headers.items())
+        block = self._blocks.get(key)
+        if block is None:
+            block = _lines(headers).encode("latin-1")  # refuses a line break before anything is kept
+            if len(self._blocks) >= BLOCKS_KEPT:
+                self._blocks.clear()
+            self._blocks[key] = block
+        return block
+
+    def _message(self, method: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
+        head = self._prefix[method] + self._block(headers)
+        if body is not None:
+            return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        return head + b"\r\n"
+
+    def post_now(self, headers: Mapping[str, str], body: bytes, limit: int, whole: Callable[[bytes], None],
+                 other: Callable[[Quick], None]) -> Quick | None:
+        """Send a POST at once, without a task, when an idle connection and a slot are free (None: then
+        ``request``).  Its response is watched as it arrives: a whole ``200`` JSON answer of at most
+        ``limit`` bytes goes to ``whole(body)``, anything else to ``other(quick)`` as soon as that is
+        clear (the general path then reads it: ``Quick.exchange``)."""
+        if self._closed or not self._idle or self._slots.locked():
+            return None
+        data = self._message("POST", headers, body)  # refuses a header line break before anything is taken
+        conn = self._idle.pop()
+        if not conn.usable():
+            conn.close()
+            return None
+        _take_now(self._slots)
+        conn.reused = True
+        quick = Quick(self, conn, limit, whole, other)
+        conn.send(data)
+        return quick
 
     async def request(self, method: str, headers: Mapping[str, str], body: bytes | None) -> Exchange:
-        head = self._prefix[method] + _lines(headers).encode("latin-1")
-        if body is not None:
-            data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
-        else:
-            data = head + b"\r\n"
+        data = self._message(method, headers, body)
         await self._slots.acquire()
         try:
             fresh = False
@@ -297,6 +333,86 @@ class Http1Link:
             conn.close()
 
 
+class Quick:
+    """A POST sent by ``Http1Link.post_now``: it holds its connection and a slot until its response is
+    taken whole, handed on, or the request is cancelled."""
+
+    __slots__ = ("_conn", "_limit", "_link", "_other", "_whole")
+
+    def __init__(self, link: Http1Link, conn: _Conn, limit: int, whole: Callable[[bytes], None],
+                 other: Callable[[Quick], None]) -> None:
+        self._link = link
+        self._conn: _Conn | None = conn
+        self._limit = limit
+        self._whole = whole
+        self._other = other
+        conn.watch = self._arrived
+
+    def _arrived(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        framer = conn.framer
+        if framer.failure is None and not conn.lost:
+            if not framer.head_done:
+                return  # the head is still coming
+            small_json = framer.status == 200 and framer.headers.get("content-type", "").lower().startswith("application/json") \
+                and framer.headers.get("content-length", "").isdigit() and int(framer.headers["content-length"]) <= self._limit
+            if small_json and not framer.complete:
+                return  # its body is still coming
+            if small_json:
+                data = conn.take_all()
+                self._release(conn)
+                self._whole(data)
+                return
+        conn.watch = None
+        self._other(self)
+
+    def _release(self, conn: _Conn) -> None:
+        conn.watch = None
+        self._conn = None
+        if conn.framer.complete and conn.framer.keep and conn.sound():
+            self._link.release(conn)
+        else:
+            self._link.discard(conn)
+        self._link._slots.release()
+
+    def exchange(self) -> Exchange | None:
+        """The response as ``request`` returns it once its head is in; None when the connection closed
+        before answering (send it again); ``LinkError`` when the upstream's bytes could not be framed."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return None
+        conn.watch = None
+        if conn.framer.head_done:
+            return _Released(_Response(self._link, conn), self._link._slots)
+        conn.close()
+        self._link._slots.release()
+        if conn.framer.failure is not None:
+            raise LinkError(conn.framer.failure)
+        return None
+
+    def cancel(self) -> None:
+        """The request is cancelled: its connection is closed (never reused), its slot freed."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.watch = None
+            conn.close()
+            self._link._slots.release()
+
+
+def _take_now(slots: asyncio.Semaphore) -> None:
+    """A slot of a semaphore that is not ``locked()``: its ``acquire`` then returns without waiting, so
+    its coroutine ends at its first step."""
+    step = slots.acquire()
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("a free slot had to be waited for")
+
+
 class _Released:
     """An exchange that gives its connection slot back exactly once, however it ends."""
 
@@ -329,7 +445,7 @@ class _Released:
         self._free()
 
 
-async def _collect(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+async def collect_body(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     """A body read whole, refused as soon as it passes ``limit`` (never buffered past it)."""
     parts: list[bytes] = []
     size = 0
@@ -358,52 +474,3 @@ def _tls_context() -> ssl.SSLContext:
         return ssl.create_default_context(cafile=certifi.where())
     except ImportError:  # pragma: no cover - certifi comes with httpx2
         return ssl.create_default_context()
-
-
-# --------------------------------------------------------------------------- httpx2 (auth, proxies)
-
-
-class _HttpxExchange:
-    def __init__(self, response: httpx2.Response) -> None:
-        self._response = response
-        self.status = response.status_code
-        self.headers = {k.lower(): v for k, v in response.headers.items()}
-
-    async def read(self, limit: int) -> bytes:
-        try:
-            return await _collect(self.chunks(), limit)
-        finally:
-            await self.aclose()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.aiter_bytes():
-                yield chunk
-        except httpx2.HTTPError as exc:
-            raise LinkError(f"closed the connection in the middle of a response ({exc})") from None
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
-class HttpxLink:
-    """The same exchanges through an ``httpx2.AsyncClient`` (its auth flow, its proxy support)."""
-
-    def __init__(self, client: httpx2.AsyncClient, url: str) -> None:
-        self._client = client
-        self._url = url
-
-    async def request(self, method: str, headers: Mapping[str, str], body: bytes | None) -> Exchange:
-        request = self._client.build_request(method, self._url, headers=headers, content=body)
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx2.ConnectError as exc:
-            raise LinkError(f"could not be connected to ({exc})", connect=True) from None
-        except httpx2.HTTPError as exc:
-            raise LinkError(f"failed ({type(exc).__name__}: {exc})") from None
-        return _HttpxExchange(response)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

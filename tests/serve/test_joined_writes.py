@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from mcp_guard.serve.drain import listener
 from mcp_guard.serve.wire import JoinedWrites, JoinedWritesProtocol
@@ -106,6 +108,51 @@ async def test_a_stream_event_is_not_held_back_for_the_next_one() -> None:
         rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
         assert b"data: two\n\n" in rest
         writer.close()
+
+
+class Clock:
+    """A loop's clock and timers, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Any]] = []
+        self.made = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Any) -> Any:
+        self.made += 1
+        entry = (self.now + delay, callback)
+        self.timers.append(entry)
+        return SimpleNamespace(cancel=lambda: self.timers.remove(entry) if entry in self.timers else None)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for entry in sorted(t for t in self.timers if t[0] <= self.now):
+            self.timers.remove(entry)
+            entry[1]()
+
+
+def test_one_keep_alive_timer_per_idle_stretch_and_an_idle_connection_closed_on_time() -> None:
+    clock = Clock()
+    proto = JoinedWritesProtocol(uvicorn.Config(app, timeout_keep_alive=5), ServerState(), {}, _loop=clock)  # type: ignore[arg-type]
+    closed: list[bool] = []
+    proto.transport = SimpleNamespace(is_closing=lambda: bool(closed), close=lambda: closed.append(True))  # type: ignore[assignment]
+    proto.flow = SimpleNamespace(resume_reading=lambda: None)  # type: ignore[assignment]
+    for _ in range(20):  # a request every second for 20 s: one timer, moved on when it fires
+        proto._unset_keepalive_if_required()  # the request's bytes arrive
+        proto.on_response_complete()
+        clock.advance(1)
+    assert not closed and clock.made <= 5  # uvicorn: 20 made and cancelled
+    proto._unset_keepalive_if_required()  # a slow request in flight when the timer fires: never closed under it
+    clock.advance(10)
+    assert not closed and not clock.timers
+    proto.on_response_complete()
+    clock.advance(4.9)
+    assert not closed
+    clock.advance(0.2)  # 5 s after its last response
+    assert closed == [True]
 
 
 async def test_abort_drops_what_was_gathered_and_close_sends_it_first() -> None:

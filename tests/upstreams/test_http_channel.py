@@ -411,3 +411,52 @@ def test_proxy_rule() -> None:
     assert not upstream_proxied("http://mcp.example.com/mcp", env)  # only HTTPS_PROXY is set
     assert upstream_proxied("http://x/mcp", {"ALL_PROXY": "socks5://p"})
     assert not upstream_proxied("http://x/mcp", {"http_proxy": "http://p", "no_proxy": "*"})
+
+
+async def test_an_answer_skips_the_reader_task_only_when_nothing_came_before_it() -> None:
+    """A plain JSON answer goes straight to its call; an answer whose stream brought a notification
+    first waits behind it, so the notification is handled before the call returns."""
+
+    class Slow(Handler):
+        async def upstream_notification(self, upstream: Upstream, message: Message) -> None:
+            await asyncio.sleep(0.2)  # the reader is busy with it while the answer arrives
+            self.notifications.append(message)
+
+    async with scripted_upstream() as (url, _script):
+        handler = Slow()
+        up = Upstream(UpstreamConfig(name="up", url=url, timeout=5.0, startup_timeout=5.0), handler)
+        try:
+            await up.start({"roots": {}})
+            channel = up._channel
+            assert isinstance(channel, http_channel.HttpChannel)
+            queued: list[Message | None] = []
+            put = channel._inbox.put_nowait
+            channel._inbox.put_nowait = lambda m: (queued.append(m), put(m))[1]  # type: ignore[method-assign]
+            assert text(await call(up, "json")) == "json ok"
+            assert queued == []  # not through the reader task
+            assert text(await call(up, "sse")) == "sse ok"
+            assert [n["method"] for n in handler.notifications] == ["notifications/progress"]  # handled first
+            assert [m and m.get("method", "answer") for m in queued] == ["notifications/progress", "answer"]
+        finally:
+            await up.close()
+
+
+def test_a_session_s_headers_are_made_again_when_its_id_or_version_changes() -> None:
+    channel = http_channel.HttpChannel(UpstreamConfig(name="up", url="http://127.0.0.1:9/mcp"))
+    assert "Mcp-Session-Id" not in channel._headers({}, "tools/call", modern=False)
+    channel._session, channel._version = "a", "2025-11-25"
+    first = channel._headers({}, "tools/call", modern=False)
+    assert channel._headers({}, "tools/call", modern=False) is first  # kept while the session is the same
+    channel._session = "b"
+    assert channel._headers({}, "tools/call", modern=False)["Mcp-Session-Id"] == "b"
+
+
+async def test_a_header_line_break_is_refused_every_time_never_kept() -> None:
+    from mcp_guard.upstreams.http1 import Http1Link
+
+    link = Http1Link("http://127.0.0.1:9/mcp", {})
+    for _ in range(2):
+        with pytest.raises(UpstreamError, match="line break"):
+            await link.request("POST", {"Mcp-Session-Id": "a\r\nX-Evil: 1"}, b"{}")
+    assert link._blocks == {}
+    assert link._block({"A": "1"}) == b"A: 1\r\n" and link._block({"A": "2"}) == b"A: 2\r\n"
