@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from mcp_guard.decision import Outcome, Verdict
 from mcp_guard.request import Target
+from mcp_guard.state import Counter
 
 if TYPE_CHECKING:
     from mcp_guard.grants import Budget
@@ -30,8 +31,6 @@ async def check_limits(
     """Rate limits and per-session budgets (``limits``: the policies' that apply) and every link's
     call budget (``budgets``); counts only if all pass.  The pipeline calls it only when either
     holds something."""
-    from mcp_guard.state import Counter
-
     counters: list[Counter] = []
     for limit in limits:
         if limit.per_minute is not None and not await store.rate(f"rate:{session_id}:{limit.key}", limit.per_minute):
