@@ -259,6 +259,7 @@ def test_a_forked_run_reads_its_environment_reloads_on_sighup_and_ends_at_stdin_
 def test_a_forked_serve_drains_on_sigterm(tmp_path: Path) -> None:
     from fixtures.ops import OpsSetup
 
+    _guard()  # what OpsSetup starts: mcp_guard_bin()
     setup = OpsSetup(tmp_path, drain="2s")
     with setup.running(env={"MCP_GUARD_LOG_LEVEL": "INFO"}) as proc:
         assert _children(proc.pid) == ""
