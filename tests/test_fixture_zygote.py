@@ -225,22 +225,41 @@ def _children(pid: int) -> str:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().strip()
 
 
-def test_a_forked_run_reads_its_environment_reloads_on_sighup_and_ends_at_stdin_eof(tmp_path: Path) -> None:
+def _start_run(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """``mcp-guard run`` over the launcher, past the host's ``initialize`` (its upstream started)."""
     from fixtures import recording_server_command, stdio_upstream, tools_env, write_guard_config
 
     config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())})
     err = tmp_path / "guard.log"
     with err.open("wb") as log:
         proc = subprocess.Popen([str(_guard()), "run", "--config", str(config)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, cwd=tmp_path,
-                                env=tools_env({"MCP_GUARD_LOG_LEVEL": "INFO", "MCP_GUARD_LOG_FORMAT": "json"}))
+                                stdout=subprocess.PIPE, stderr=log, cwd=tmp_path, env=tools_env(env))
     assert proc.stdin is not None and proc.stdout is not None
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    proc.stdin.write(json.dumps(hello).encode() + b"\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    return proc, err
+
+
+def test_a_guard_started_with_a_variable_read_at_import_runs_on_the_real_console_script(tmp_path: Path) -> None:
+    proc, _err = _start_run(tmp_path, {"OTEL_PROPAGATORS": "tracecontext"})
     try:
-        hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
-        proc.stdin.write(json.dumps(hello).encode() + b"\n")
-        proc.stdin.flush()
-        assert json.loads(proc.stdout.readline())["id"] == 1
+        assert _children(proc.pid) != ""  # the launcher became the guard: its upstream is its child
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_forked_run_reads_its_environment_reloads_on_sighup_and_ends_at_stdin_eof(tmp_path: Path) -> None:
+    proc, err = _start_run(tmp_path, {"MCP_GUARD_LOG_LEVEL": "INFO", "MCP_GUARD_LOG_FORMAT": "json"})
+    assert proc.stdin is not None
+    try:
         assert _children(proc.pid) == ""  # the guard (and its upstream) run in the zygote's child, not here
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
