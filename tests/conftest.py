@@ -50,14 +50,17 @@ _zygote: list[Zygote] = []
 
 def pytest_configure(config: pytest.Config) -> None:
     """Every process that runs tests (an xdist worker, or a run without workers) gets a zygote, and
-    ``fixtures.PYTHON`` becomes its launcher before the test modules are imported."""
+    ``fixtures.PYTHON`` and ``fixtures.GUARD`` (``mcp_guard_bin()``) become its launchers before the
+    test modules are imported (``MCP_GUARD_TEST_ZYGOTE=upstreams``: only ``PYTHON``)."""
     controller = not hasattr(config, "workerinput") and config.getoption("dist", default="no") != "no"
     if controller or config.getoption("collectonly") or os.environ.get("MCP_GUARD_TEST_ZYGOTE") == "0":
         return
-    zygote = start_zygote()
+    upstreams_only = os.environ.get("MCP_GUARD_TEST_ZYGOTE") == "upstreams"  # the guard starts by exec (A/B)
+    zygote = start_zygote(guard=None if upstreams_only else fixtures.real_mcp_guard_bin())
     if zygote is not None:
         _zygote.append(zygote)
         fixtures.PYTHON = str(zygote.launcher)
+        fixtures.GUARD = zygote.guard
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

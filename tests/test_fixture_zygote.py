@@ -194,3 +194,94 @@ def test_without_a_zygote_the_launcher_is_the_real_interpreter(tmp_path: Path, z
                           timeout=60, env={"PATH": os.environ["PATH"]})
     seen = json.loads(done.stdout)
     assert done.returncode == 0 and seen["preloaded"] is False and seen["argv"][1:] == ["x"]
+
+
+# --------------------------------------------------------------------------- the guard's launcher
+
+
+def _guard() -> Path:
+    """The worker's launcher for ``mcp-guard`` (tests/conftest.py's zygote)."""
+    import fixtures
+
+    if fixtures.GUARD is None:
+        pytest.skip("the guard is not forked here (MCP_GUARD_TEST_ZYGOTE=0)")
+    return fixtures.GUARD
+
+
+@pytest.mark.parametrize("args", [["--version"], ["no-such-command"], ["run", "--config", "missing.yaml"],
+                                  ["run", "--config", "bad.yaml"]])
+def test_the_guard_launcher_answers_and_exits_as_the_console_script(tmp_path: Path, args: list[str]) -> None:
+    from fixtures import real_mcp_guard_bin
+
+    (tmp_path / "bad.yaml").write_text("version: 1\nupstreams: [x]\n", encoding="utf-8")
+    forked, real = (subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                   stdin=subprocess.DEVNULL, env={"PATH": os.environ["PATH"]})
+                    for exe in (_guard(), real_mcp_guard_bin()))
+    assert (forked.returncode, forked.stdout, forked.stderr) == (real.returncode, real.stdout, real.stderr)
+    assert forked.returncode == {"--version": 0, "no-such-command": 2}.get(args[0], 1)
+
+
+def _children(pid: int) -> str:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().strip()
+
+
+def _start_run(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """``mcp-guard run`` over the launcher, past the host's ``initialize`` (its upstream started)."""
+    from fixtures import recording_server_command, stdio_upstream, tools_env, write_guard_config
+
+    config = write_guard_config(tmp_path, {"rec": stdio_upstream(recording_server_command())})
+    err = tmp_path / "guard.log"
+    with err.open("wb") as log:
+        proc = subprocess.Popen([str(_guard()), "run", "--config", str(config)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log, cwd=tmp_path, env=tools_env(env))
+    assert proc.stdin is not None and proc.stdout is not None
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    proc.stdin.write(json.dumps(hello).encode() + b"\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    return proc, err
+
+
+def test_a_guard_started_with_a_variable_read_at_import_runs_on_the_real_console_script(tmp_path: Path) -> None:
+    proc, _err = _start_run(tmp_path, {"OTEL_PROPAGATORS": "tracecontext"})
+    try:
+        assert _children(proc.pid) != ""  # the launcher became the guard: its upstream is its child
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_forked_run_reads_its_environment_reloads_on_sighup_and_ends_at_stdin_eof(tmp_path: Path) -> None:
+    proc, err = _start_run(tmp_path, {"MCP_GUARD_LOG_LEVEL": "INFO", "MCP_GUARD_LOG_FORMAT": "json"})
+    assert proc.stdin is not None
+    try:
+        assert _children(proc.pid) == ""  # the guard (and its upstream) run in the zygote's child, not here
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "policies reloaded" not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = [json.loads(line) for line in err.read_text().splitlines() if line.strip()]  # JSON: read at start
+    assert any("policies reloaded" in json.dumps(r) for r in records)  # INFO: read at start
+
+
+def test_a_forked_serve_drains_on_sigterm(tmp_path: Path) -> None:
+    from fixtures.ops import OpsSetup
+
+    _guard()  # what OpsSetup starts: mcp_guard_bin()
+    setup = OpsSetup(tmp_path, drain="2s")
+    with setup.running(env={"MCP_GUARD_LOG_LEVEL": "INFO"}) as proc:
+        assert _children(proc.pid) == ""
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert any("draining on SIGTERM" in line for line in setup.lines())

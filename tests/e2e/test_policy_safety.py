@@ -20,6 +20,7 @@ import yaml
 from fixtures import (
     guarded_session,
     mcp_guard_bin,
+    real_mcp_guard_bin,
     requires_tools,
     tool_path,
     tools_env,
@@ -55,7 +56,8 @@ def new_policies(ws: Path) -> list[dict[str, Any]]:
 
 
 def mcp_guard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(mcp_guard_bin()), *args], cwd=cwd, env=tools_env(), capture_output=True, text=True, timeout=120)
+    exe = real_mcp_guard_bin() if args[:1] == ("init",) else mcp_guard_bin()  # init writes its own path into host files
+    return subprocess.run([str(exe), *args], cwd=cwd, env=tools_env(), capture_output=True, text=True, timeout=120)
 
 
 def guard_dir(tmp_path: Path, policies: list[dict[str, Any]], *, include_args: bool = False) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ import pytest
 from fixtures import (
     RecordFile,
     free_port,
-    mcp_guard_bin,
+    real_mcp_guard_bin,
     recording_server_command,
     stdio_upstream,
     stop_process,
@@ -72,7 +72,7 @@ class Guard:
             self.in_process.enter_context(serving_in_process(self.config, port))
             return f"http://127.0.0.1:{port}/mcp"
         log = (self.tmp / f"serve-{port}.log").open("ab")
-        proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(self.config), "--port", str(port)],
+        proc = subprocess.Popen([str(real_mcp_guard_bin()), "serve", "--config", str(self.config), "--port", str(port)],  # its memory is a subject
                                 stdout=log, stderr=subprocess.STDOUT, env=tools_env())
         self.procs.append(proc)
         wait_for_port(port, timeout=60, proc=proc)

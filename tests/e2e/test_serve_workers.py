@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import mcp_guard_bin, stop_process, tools_env, wait_for_port
+from fixtures import real_mcp_guard_bin, stop_process, tools_env, wait_for_port
 from fixtures.serving import ServeSetup, connect
 from helpers_proxy import text
 
@@ -39,7 +39,7 @@ def _children(pid: int) -> set[int]:
 def two_workers(tmp_path: Path) -> Iterator[tuple[ServeSetup, subprocess.Popen[bytes]]]:
     setup = ServeSetup(tmp_path)
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port),
+    proc = subprocess.Popen([str(real_mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port),
                              "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, env=tools_env())
     try:
         wait_for_port(setup.port, timeout=60, proc=proc)
@@ -118,7 +118,7 @@ def test_memory_state_is_refused_with_workers(tmp_path: Path) -> None:
     assert "memory://" in config
     setup.config.write_text(config)
     for flag in (["--workers", "2"], ["--reuse-port"]):
-        done = subprocess.run([str(mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port), *flag],
+        done = subprocess.run([str(real_mcp_guard_bin()), "serve", "--config", str(setup.config), "--port", str(setup.port), *flag],
                               capture_output=True, text=True, timeout=30, env=tools_env())
         assert done.returncode != 0
         assert "memory:// lives in one process" in done.stderr and "Traceback" not in done.stderr
