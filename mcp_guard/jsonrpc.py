@@ -9,6 +9,7 @@ is forwarded as it came.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -138,3 +139,55 @@ def strip_meta(params: Message | None, *, drop_reserved: bool) -> Message | None
     else:
         del out["_meta"]
     return out
+
+
+class LineSplitter:
+    """Newline-delimited JSON-RPC (the stdio framing) split into lines as a pipe's bytes arrive,
+    each line at most ``limit`` bytes.  A longer line is dropped and ``on_overrun`` called once;
+    with ``resume`` the lines after its newline are read again (a host's stream), without it
+    nothing more is (an upstream that overran is closed)."""
+
+    __slots__ = ("_dropping", "_limit", "_on_line", "_on_overrun", "_partial", "_partial_size", "_resume")
+
+    def __init__(self, on_line: Callable[[bytes], None], on_overrun: Callable[[], None], limit: int,
+                 *, resume: bool) -> None:
+        self._on_line = on_line
+        self._on_overrun = on_overrun
+        self._limit = limit
+        self._resume = resume
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+        self._dropping = False  # inside a line over the limit
+
+    def feed(self, data: bytes) -> None:
+        on_line = self._on_line
+        start = 0
+        end = data.find(b"\n")
+        while end >= 0:
+            if self._dropping:
+                if not self._resume:
+                    return
+                self._dropping = False
+            elif self._partial:
+                self._partial.append(data[start:end])
+                line = b"".join(self._partial)
+                self._partial, self._partial_size = [], 0
+                on_line(line)
+            else:
+                on_line(data[start:end])
+            start = end + 1
+            end = data.find(b"\n", start)
+        if start < len(data) and not self._dropping:
+            self._partial.append(data[start:] if start else data)
+            self._partial_size += len(data) - start
+            if self._partial_size > self._limit:
+                self._partial, self._partial_size = [], 0
+                self._dropping = True
+                self._on_overrun()
+
+    def end(self) -> bytes | None:
+        """The last line if the stream ended without its newline (None if it did not, or if that
+        line was over the limit)."""
+        last = b"".join(self._partial) if self._partial and not self._dropping else None
+        self._partial, self._partial_size = [], 0
+        return last

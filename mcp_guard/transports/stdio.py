@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from mcp_guard.jsonrpc import INTERNAL_ERROR, PARSE_ERROR, Message, dumps, error
+from mcp_guard.jsonrpc import INTERNAL_ERROR, PARSE_ERROR, LineSplitter, Message, dumps, error
 
 log = logging.getLogger("mcp_guard.stdio")
 
@@ -77,33 +77,10 @@ class _Input(asyncio.Protocol):
 
     def __init__(self, host: StdioHost) -> None:
         self._host = host
-        self._partial: list[bytes] = []
-        self._partial_size = 0
-        self._dropping = False  # inside a line over the limit: dropped up to its newline
+        self._lines = LineSplitter(host.line, host.overrun, LINE_LIMIT, resume=True)
 
     def data_received(self, data: bytes) -> None:
-        host = self._host
-        start = 0
-        end = data.find(b"\n")
-        while end >= 0:
-            if self._dropping:
-                self._dropping = False
-            elif self._partial:
-                self._partial.append(data[start:end])
-                line = b"".join(self._partial)
-                self._partial, self._partial_size = [], 0
-                host.line(line)
-            else:
-                host.line(data[start:end])
-            start = end + 1
-            end = data.find(b"\n", start)
-        if start < len(data) and not self._dropping:
-            self._partial.append(data[start:] if start else data)
-            self._partial_size += len(data) - start
-            if self._partial_size > LINE_LIMIT:
-                self._partial, self._partial_size = [], 0
-                self._dropping = True
-                host.overrun()
+        self._lines.feed(data)
 
     def eof_received(self) -> bool:
         self._end()
@@ -113,10 +90,9 @@ class _Input(asyncio.Protocol):
         self._end()
 
     def _end(self) -> None:
-        if self._partial and not self._dropping:  # a last line without its newline
-            line = b"".join(self._partial)
-            self._partial, self._partial_size = [], 0
-            self._host.line(line)
+        last = self._lines.end()
+        if last is not None:  # a last line without its newline
+            self._host.line(last)
         self._host.ended()
 
 

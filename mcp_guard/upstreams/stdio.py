@@ -27,7 +27,7 @@ import orjson
 
 from mcp_guard.config import UpstreamConfig, upstream_environment
 from mcp_guard.errors import UpstreamError
-from mcp_guard.jsonrpc import Message, dumps
+from mcp_guard.jsonrpc import LineSplitter, Message, dumps
 
 log = logging.getLogger("mcp_guard.upstream")
 
@@ -42,44 +42,13 @@ class _Lines(asyncio.subprocess.SubprocessStreamProtocol):
     def __init__(self, channel: StdioChannel, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=LINE_LIMIT, loop=loop)
         self._channel = channel
-        self._partial: list[bytes] = []
-        self._partial_size = 0
-        self._dropping = False  # after a line over the limit: the rest is read and dropped
+        self._lines = LineSplitter(channel.line, channel.overrun, LINE_LIMIT, resume=False)
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         if fd != 1:
             super().pipe_data_received(fd, data)
             return
-        if self._dropping:
-            return
-        data = cast(bytes, data)  # a pipe gives bytes
-        channel = self._channel
-        end = data.find(b"\n")
-        if end < 0:
-            self._keep(data)
-            return
-        start = 0
-        if self._partial:
-            self._partial.append(data[:end])
-            line = b"".join(self._partial)
-            self._partial, self._partial_size = [], 0
-            channel.line(line)
-            start = end + 1
-            end = data.find(b"\n", start)
-        while end >= 0:
-            channel.line(data[start:end])
-            start = end + 1
-            end = data.find(b"\n", start)
-        if start < len(data):
-            self._keep(data[start:])
-
-    def _keep(self, piece: bytes) -> None:
-        self._partial.append(piece)
-        self._partial_size += len(piece)
-        if self._partial_size > LINE_LIMIT:
-            self._partial, self._partial_size = [], 0
-            self._dropping = True
-            self._channel.overrun()
+        self._lines.feed(cast(bytes, data))  # a pipe gives bytes
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 1:

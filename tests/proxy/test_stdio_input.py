@@ -6,6 +6,7 @@ in the host's order; an oversized line is dropped up to its newline and answered
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable
@@ -38,8 +39,8 @@ class _Pipes:
         return out
 
 
-@pytest.fixture
-async def piped(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[StdioHost, _Pipes]]:
+@contextlib.asynccontextmanager
+async def _piped(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[StdioHost, _Pipes]]:
     pipes = _Pipes()
     monkeypatch.setattr(sys, "stdin", os.fdopen(pipes.host_out, "rb", 0))
     monkeypatch.setattr(sys, "stdout", os.fdopen(pipes.host_in, "wb", 0))
@@ -49,6 +50,20 @@ async def piped(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[StdioHos
     await host.close()
     for fd in (pipes.to_guard, pipes.from_guard):
         os.close(fd)
+
+
+@pytest.fixture
+async def piped(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[StdioHost, _Pipes]]:
+    async with _piped(monkeypatch) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def piped_small(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[StdioHost, _Pipes]]:
+    """``piped`` with lines of at most 1000 bytes (the limit is read when stdin is opened)."""
+    monkeypatch.setattr(stdio, "LINE_LIMIT", 1000)
+    async with _piped(monkeypatch) as pair:
+        yield pair
 
 
 async def test_a_line_behind_unfinished_handling_waits_its_turn(piped: tuple[StdioHost, _Pipes]) -> None:
@@ -95,9 +110,8 @@ async def test_a_line_behind_unfinished_handling_waits_its_turn(piped: tuple[Std
 
 
 async def test_an_oversized_line_is_answered_once_and_the_next_line_is_served(
-        piped: tuple[StdioHost, _Pipes], monkeypatch: pytest.MonkeyPatch) -> None:
-    host, pipes = piped
-    monkeypatch.setattr(stdio, "LINE_LIMIT", 1000)
+        piped_small: tuple[StdioHost, _Pipes]) -> None:
+    host, pipes = piped_small
     got: list[Any] = []
 
     def accept(message: Any) -> None:
