@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_guard.audit import args_hash
@@ -31,6 +29,7 @@ from mcp_guard.jsonrpc import (
 )
 from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.completion import filter_values, hidden_values, template_pattern
+from mcp_guard.proxy.owners import Owners
 from mcp_guard.proxy.pages import PAGE_SIZE, decode_cursor, encode_cursor, page
 from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
 from mcp_guard.proxy.relay import MAX_ROUNDS, Relay
@@ -49,6 +48,7 @@ RESOURCE_NOT_FOUND = -32002  # what some servers answer for an unknown URI (the 
 MAX_UPSTREAM_PAGES = 1000
 
 _UNKNOWN = {Kind.TOOL: "Unknown tool", Kind.PROMPT: "Unknown prompt"}
+_MODERN, _TOOL = Era.MODERN, Kind.TOOL  # read per call: globals (``Era.MODERN`` is an enum metaclass hook on 3.11)
 
 
 def unknown_text(kind: Kind, name: Any) -> str:
@@ -66,7 +66,7 @@ def upstream_params(params: Message, upstream: Upstream, capabilities: Message |
     clean = strip_meta(params, drop_reserved=True) or params
     meta = params.get("_meta")
     level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
-    if upstream.era != Era.MODERN or (level not in LOG_LEVELS and capabilities is None):
+    if upstream.era != _MODERN or (level not in LOG_LEVELS and capabilities is None):
         return clean
     kept = clean.get("_meta")
     added: Message = {META_LOG_LEVEL: level} if level in LOG_LEVELS else {}
@@ -83,27 +83,6 @@ def params_of(message: Message, method: str) -> Message:
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, f"Invalid params: {method} needs an object as params")
     return params
-
-
-@dataclass
-class Owners:
-    """What each upstream last listed, shared by every session of a guard (who owns which URI,
-    template and prompt); refreshed whenever a list is aggregated."""
-
-    resources: dict[str, str] = field(default_factory=dict)  # uri -> upstream
-    templates: dict[str, tuple[str, re.Pattern[str]]] = field(default_factory=dict)  # uriTemplate -> (upstream, pattern)
-    prompts: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed name -> (upstream, own name)
-    # listed since the last list_changed: a name missing then is unknown, without asking the upstreams
-    # again (so looking up a nonexistent name costs what looking up a hidden one does: no timing oracle)
-    prompts_known: bool = False
-    resources_known: bool = False
-
-    def changed(self, method: str) -> None:
-        """An upstream said its resources or prompts changed: list them again on the next lookup."""
-        if method == "notifications/prompts/list_changed":
-            self.prompts_known = False
-        elif method == "notifications/resources/list_changed":
-            self.resources_known = False
 
 
 class UpstreamCall(Protocol):
@@ -204,7 +183,7 @@ class Router:
                 down = self.upstreams[entry.upstream].last_error or f"upstream {entry.upstream} has not started"
                 return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
             entry = None
-        if entry is None or entry.held or not self.visible(req, Kind.TOOL, entry.qualified, entry.annotations):
+        if entry is None or entry.held or not self.visible(req, _TOOL, entry.qualified, entry.annotations):
             raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None,
                                             entry.qualified if entry is not None else None)
         args = params.get("arguments")
@@ -212,10 +191,10 @@ class Router:
             args = {}
         if not isinstance(args, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
-        if req.era == Era.MODERN and Relay.is_resume(params):  # answers to an upstream's questions
+        if req.era == _MODERN and Relay.is_resume(params):  # answers to an upstream's questions
             return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid,
                                            lambda up, uid: self._track(rid, up, uid))
-        trips = self._round_trips if req.era == Era.MODERN and self._brings is not None else None
+        trips = self._round_trips if req.era == _MODERN and self._brings is not None else None
         bound, resumed = await trips.resume(req, entry, args_hash(args), params, self.pipeline.audit_refused) if trips else (None, {})
 
         async def forward(upstream: Upstream) -> Message:
@@ -223,7 +202,7 @@ class Router:
             forwarded.update(resumed)
             forwarded["name"] = entry.name
             forwarded = upstream_params(forwarded, upstream, req.capabilities if trips is not None else None)
-            if req.era == Era.MODERN:  # the upstream may ask questions mid-call: relayed as input_required
+            if req.era == _MODERN:  # the upstream may ask questions mid-call: relayed as input_required
                 ids: list[int] = []
 
                 def on_id(uid: int) -> None:
@@ -497,4 +476,4 @@ class Router:
                 await up.request("logging/setLevel", sent)
 
 
-__all__ = ["PAGE_SIZE", "Owners", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text", "upstream_params"]
+__all__ = ["PAGE_SIZE", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text", "upstream_params"]

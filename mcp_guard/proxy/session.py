@@ -57,6 +57,9 @@ log = logging.getLogger("mcp_guard.session")
 # and tools/call is checked by the call pipeline itself (a refusal is then a tool result)
 _CHAIN_CHECKED_LATER = frozenset({"ping", "tools/call"})
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
+# enum members read on every call, bound once: on Python 3.11 ``Era.MODERN`` is a lookup through the enum
+# metaclass's ``__getattr__`` hook (~750 instructions; a module global ~50)
+_MODERN = Era.MODERN
 
 
 class GuardSession:
@@ -142,7 +145,7 @@ class GuardSession:
         """``handle``'s synchronous entry (the stdio pump calls it as a line arrives): a well-formed
         handshake-era request is started here and None returned; anything else returns
         ``handle(message)``, for the pump to await in the host's order."""
-        if type(message) is dict and "method" in message and self.profile.era != Era.MODERN:
+        if type(message) is dict and "method" in message and self.profile.era != _MODERN:
             rid = message.get("id")
             if type(rid) in (str, int) and not era_rules.modern_request(message):
                 self._start(message)
@@ -173,7 +176,7 @@ class GuardSession:
     def _start(self, message: Message) -> None:
         """A request the era's rules let through: noted, and answered by a task of its own."""
         self.profile.note(message)
-        if self.profile.era == Era.MODERN:
+        if self.profile.era == _MODERN:
             self.back.note_log_level(message)
         req = self._request(message)
         if self._loop is None:
@@ -229,7 +232,7 @@ class GuardSession:
                 self.back.log_levels.pop(rid, None)
             response = self.profile.shape(str(method), response)
             traced.respond(response)
-            await self.send(response)
+            await self.host.send(response)
             if self.fatal is not None and self.on_fatal is not None:
                 self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
 
