@@ -48,7 +48,8 @@ RESOURCE_NOT_FOUND = -32002  # what some servers answer for an unknown URI (the 
 MAX_UPSTREAM_PAGES = 1000
 
 _UNKNOWN = {Kind.TOOL: "Unknown tool", Kind.PROMPT: "Unknown prompt"}
-_MODERN, _TOOL = Era.MODERN, Kind.TOOL  # read per call: globals (``Era.MODERN`` is an enum metaclass hook on 3.11)
+_ROUND_TRIP = frozenset(ROUND_TRIP_KEYS)
+_MODERN = Era.MODERN  # read per call: globals (``Era.MODERN`` is an enum metaclass hook on 3.11)
 
 
 def unknown_text(kind: Kind, name: Any) -> str:
@@ -126,6 +127,9 @@ class Router:
         self._brings = brings
         self.log_level: int | None = None  # what this session asked for with logging/setLevel (index in LOG_LEVELS)
         self._visible_cache: tuple[tuple[int, int, Principal], list[Target]] | None = None
+        # ``callable_tool``'s answers, valid for (catalogue version, policy set, principal, chain)
+        self._callable_for: tuple[int, object, object, object] = (-1, None, None, None)
+        self._callable: dict[str, tuple[Target, bool]] = {}
 
     # ------------------------------------------------------------------ visibility
 
@@ -146,6 +150,20 @@ class Router:
         tools = [e for e in self.catalogue.entries if not e.held and is_visible(policies, chain, who, e.qualified, e.annotations)]
         self._visible_cache = (key, tools)
         return tools
+
+    def callable_tool(self, req: RequestContext, entry: Target) -> bool:
+        """Whether the caller sees (so may call) the catalogued tool ``entry``: ``visible``, which is a
+        pure function of the policy set, the chain, the principal and the entry, remembered per tool
+        while those and the catalogue stay the same."""
+        policies, who, chain = self._policies(), req.principal, req.chain
+        version = self.catalogue.version
+        key = self._callable_for
+        if key[0] != version or key[1] is not policies or key[2] is not who or key[3] is not chain:
+            self._callable_for, self._callable = (version, policies, who, chain), {}
+        known = self._callable.get(entry.qualified)
+        if known is None or known[0] is not entry:
+            known = self._callable[entry.qualified] = (entry, is_visible(policies, chain, who, entry.qualified, entry.annotations))
+        return known[1]
 
     def cached_tools(self) -> list[Target] | None:
         return self._visible_cache[1] if self._visible_cache is not None else None
@@ -183,7 +201,7 @@ class Router:
                 down = self.upstreams[entry.upstream].last_error or f"upstream {entry.upstream} has not started"
                 return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
             entry = None
-        if entry is None or entry.held or not self.visible(req, _TOOL, entry.qualified, entry.annotations):
+        if entry is None or entry.held or not self.callable_tool(req, entry):
             raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None,
                                             entry.qualified if entry is not None else None)
         args = params.get("arguments")
@@ -198,8 +216,10 @@ class Router:
         bound, resumed = await trips.resume(req, entry, args_hash(args), params, self.pipeline.audit_refused) if trips else (None, {})
 
         async def forward(upstream: Upstream) -> Message:
-            forwarded = {k: v for k, v in params.items() if k not in ROUND_TRIP_KEYS}
-            forwarded.update(resumed)
+            # never the round-trip keys as the host sent them (the dict comprehension only when it sent one)
+            forwarded = dict(params) if _ROUND_TRIP.isdisjoint(params) else {k: v for k, v in params.items() if k not in _ROUND_TRIP}
+            if resumed:
+                forwarded.update(resumed)
             forwarded["name"] = entry.name
             forwarded = upstream_params(forwarded, upstream, req.capabilities if trips is not None else None)
             if req.era == _MODERN:  # the upstream may ask questions mid-call: relayed as input_required

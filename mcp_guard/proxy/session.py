@@ -148,7 +148,7 @@ class GuardSession:
         if type(message) is dict and "method" in message and self.profile.era != _MODERN:
             rid = message.get("id")
             if type(rid) in (str, int) and not era_rules.modern_request(message):
-                self._start(message)
+                self._begin(message)  # no era keys: nothing for ``profile.note`` to note
                 return None
         return self.handle(message)
 
@@ -178,6 +178,10 @@ class GuardSession:
         self.profile.note(message)
         if self.profile.era == _MODERN:
             self.back.note_log_level(message)
+        self._begin(message)
+
+    def _begin(self, message: Message) -> None:
+        """A request's task started (its era already noted)."""
         req = self._request(message)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
@@ -231,8 +235,10 @@ class GuardSession:
                 self.inflight.end(rid)
                 self.back.log_levels.pop(rid, None)
             response = self.profile.shape(str(method), response)
-            traced.respond(response)
-            await self.host.send(response)
+            try:
+                await self.host.send(response)
+            finally:  # the span's outcome is noted after the write: the host does not wait for it
+                traced.respond(response)
             if self.fatal is not None and self.on_fatal is not None:
                 self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
 
