@@ -28,8 +28,8 @@ from mcp_guard.jsonrpc import (
     tool_error,
 )
 from mcp_guard.proxy.catalogue import Catalogue
-from mcp_guard.proxy.completion import filter_values, hidden_values, template_pattern
-from mcp_guard.proxy.owners import Owners
+from mcp_guard.proxy.completion import filter_values, hidden_values
+from mcp_guard.proxy.owners import Owners, ready
 from mcp_guard.proxy.pages import PAGE_SIZE, decode_cursor, encode_cursor, page
 from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
 from mcp_guard.proxy.relay import MAX_ROUNDS, Relay
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard.routing")
 
 RESOURCE_NOT_FOUND = -32002  # what some servers answer for an unknown URI (the MCP spec now says -32602)
-MAX_UPSTREAM_PAGES = 1000
 
 _UNKNOWN = {Kind.TOOL: "Unknown tool", Kind.PROMPT: "Unknown prompt"}
 _ROUND_TRIP = frozenset(ROUND_TRIP_KEYS)
@@ -269,59 +268,13 @@ class Router:
 
     # ------------------------------------------------------------------ aggregation
 
-    def _ready(self, capability: str) -> list[Upstream]:
-        return [u for u in self.upstreams.values() if u.status == Status.READY and capability in u.capabilities]
-
-    async def _aggregate(self, method: str, key: str, capability: str) -> list[tuple[Upstream, Message]]:
-        items: list[tuple[Upstream, Message]] = []
-        for up in self._ready(capability):
-            cursor: str | None = None
-            for _ in range(MAX_UPSTREAM_PAGES):
-                try:
-                    got = await up.request(method, {"cursor": cursor} if cursor else None)
-                except (RpcError, UpstreamError) as exc:
-                    log.warning("%s from %s failed: %s", method, up.name, exc)
-                    break
-                items.extend((up, it) for it in got.get(key) or [] if isinstance(it, dict))
-                cursor = got.get("nextCursor")
-                if not cursor or not isinstance(cursor, str):
-                    break
-        return items
-
-    async def _resources(self) -> list[tuple[Upstream, Message]]:
-        items = [(up, it) for up, it in await self._aggregate("resources/list", "resources", "resources") if isinstance(it.get("uri"), str)]
-        for up, it in items:
-            self.owners.resources[it["uri"]] = up.name
-        return items
-
-    async def _templates(self) -> list[tuple[Upstream, Message]]:
-        items = [(up, it) for up, it in await self._aggregate("resources/templates/list", "resourceTemplates", "resources")
-                 if isinstance(it.get("uriTemplate"), str)]
-        for up, it in items:
-            template = it["uriTemplate"]
-            if template not in self.owners.templates:
-                self.owners.templates[template] = (up.name, template_pattern(template))
-        self.owners.resources_known = True
-        return items
-
-    async def _prompts(self) -> list[tuple[Upstream, str, Message]]:
-        out: list[tuple[Upstream, str, Message]] = []
-        for up, it in await self._aggregate("prompts/list", "prompts", "prompts"):
-            name = it.get("name")
-            if isinstance(name, str):
-                exposed = up.config.exposed(name)
-                self.owners.prompts[exposed] = (up.name, name)
-                out.append((up, exposed, it))
-        self.owners.prompts_known = True
-        return out
-
     async def listing(self, kind: Kind) -> list[tuple[str, bool]]:
         """Every prompt (``Kind.PROMPT``) or resource and resource template the upstreams list now,
         as ``(UPSTREAM/NAME, judge_uri)`` the way their listings judge them."""
         if kind is Kind.PROMPT:
-            return [(f"{up.name}/{it['name']}", True) for up, _exposed, it in await self._prompts()]
-        return ([(f"{up.name}/{it['uri']}", True) for up, it in await self._resources()]
-                + [(f"{up.name}/{it['uriTemplate']}", False) for up, it in await self._templates()])
+            return [(f"{up.name}/{it['name']}", True) for up, _exposed, it in await self.owners.list_prompts(self.upstreams)]
+        return ([(f"{up.name}/{it['uri']}", True) for up, it in await self.owners.list_resources(self.upstreams)]
+                + [(f"{up.name}/{it['uriTemplate']}", False) for up, it in await self.owners.list_templates(self.upstreams)])
 
     @staticmethod
     def seen(policies: PolicySet, who: Principal, chain: GrantChain | None, kind: Kind,
@@ -333,18 +286,18 @@ class Router:
 
     async def resources_list(self, req: RequestContext) -> Message:
         params = params_of(req.message, "resources/list")
-        items = [it for up, it in await self._resources() if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uri']}")]
+        items = [it for up, it in await self.owners.list_resources(self.upstreams) if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uri']}")]
         return result(req.message["id"], page(params, "resources", items, req.era))
 
     async def templates_list(self, req: RequestContext) -> Message:
         params = params_of(req.message, "resources/templates/list")
-        items = [it for up, it in await self._templates()
+        items = [it for up, it in await self.owners.list_templates(self.upstreams)
                  if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uriTemplate']}", judge_uri=False)]
         return result(req.message["id"], page(params, "resourceTemplates", items, req.era))
 
     async def prompts_list(self, req: RequestContext) -> Message:
         params = params_of(req.message, "prompts/list")
-        items = [{**it, "name": exposed} for up, exposed, it in await self._prompts()
+        items = [{**it, "name": exposed} for up, exposed, it in await self.owners.list_prompts(self.upstreams)
                  if self.visible(req, Kind.PROMPT, f"{up.name}/{it['name']}")]
         return result(req.message["id"], page(params, "prompts", items, req.era))
 
@@ -353,16 +306,16 @@ class Router:
     async def _resource_owner(self, uri: str) -> str | None:
         """The upstream that owns ``uri``: as last listed, else by a template, else the only one."""
         if not self.owners.resources_known:
-            await self._resources()
-            await self._templates()
+            await self.owners.list_resources(self.upstreams)
+            await self.owners.list_templates(self.upstreams)
         owner = self.owners.resources.get(uri)
         if owner is not None:
             return owner
         for template, (name, pattern) in self.owners.templates.items():
             if uri == template or pattern.fullmatch(uri):
                 return name
-        ready = self._ready("resources")
-        return ready[0].name if len(ready) == 1 else None
+        up = ready(self.upstreams, "resources")
+        return up[0].name if len(up) == 1 else None
 
     async def resource_target(self, req: RequestContext, uri: Any, *, judge_uri: bool = True) -> Target:
         """A visible resource, or the audited ``Resource not found`` (hidden == unknown)."""
@@ -374,7 +327,7 @@ class Router:
     async def prompt_target(self, req: RequestContext, exposed: Any) -> Target:
         """A visible prompt, or the audited ``Unknown prompt`` (hidden == unknown)."""
         if not self.owners.prompts_known:
-            await self._prompts()
+            await self.owners.list_prompts(self.upstreams)
         found = self.owners.prompts.get(exposed) if isinstance(exposed, str) else None
         if found is None or not self.visible(req, Kind.PROMPT, f"{found[0]}/{found[1]}"):
             raise await self.refuse_unknown(req, Kind.PROMPT, exposed, found[0] if found else None,
@@ -491,7 +444,7 @@ class Router:
     async def send_level(self, rank: int, params: Message | None = None) -> None:
         """Ask every ready upstream that logs to log at ``rank`` (one that fails keeps its level)."""
         sent = {**(params or {}), "level": LOG_LEVELS[rank]}
-        for up in self._ready("logging"):
+        for up in ready(self.upstreams, "logging"):
             with contextlib.suppress(RpcError, UpstreamError):
                 await up.request("logging/setLevel", sent)
 
