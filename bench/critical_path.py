@@ -5,8 +5,8 @@ bytes written to the upstream's stdin (``request``), and from the upstream's ans
 stdout to the answer's bytes written to the host's stdout (``answer``).  What the guard does after
 either write (bookkeeping) costs CPU but no latency.  This counts only those two windows: the
 guard runs under ``valgrind --tool=callgrind --collect-atstart=no`` inside a wrapper that switches
-collection on when the window's first bytes arrive and off at the window's write (the next
-``StreamWriter.write``), with a toggle compiled from valgrind's ``callgrind.h`` (``cc``).  Calls
+collection on when the window's first bytes arrive (the first Python the loop runs after the
+read) and off at the window's write (the next ``StreamWriter.write``), with a toggle compiled from valgrind's ``callgrind.h`` (``cc``).  Calls
 are sequential ``tools/call echo`` as in ``count_instructions.py``; nothing else runs on the loop.
 
   python critical_path.py [--calls 300] [--warmup 150] [--parts grant,audit] [--base DIR]
@@ -70,15 +70,26 @@ def inside(window: str, library: str, argv: list[str]) -> None:
             received(self, data)
 
         host_stdio._Input.data_received = opening_received  # type: ignore[method-assign]
-    else:
-        piped = upstream_stdio._Lines.pipe_data_received
+    elif hasattr(upstream_stdio, "_Stdout"):  # the loop reads the child's stdout pipe directly
+        received_out = upstream_stdio._Stdout.data_received
 
-        def opening_piped(self: Any, fd: int, data: bytes | str) -> None:
-            if fd == 1:
+        def opening_out(self: Any, data: bytes) -> None:
+            window_open()
+            received_out(self, data)
+
+        upstream_stdio._Stdout.data_received = opening_out  # type: ignore[method-assign]
+    else:  # stdout is a subprocess transport's pipe, whose reads uvloop hands on a loop turn later: open at the read
+        import uvloop.loop
+
+        pipe = uvloop.loop.ReadSubprocessPipeProto
+        received_pipe = pipe.data_received
+
+        def opening_pipe(self: Any, data: bytes) -> None:
+            if self.fd == 1:
                 window_open()
-            piped(self, fd, data)
+            received_pipe(self, data)
 
-        upstream_stdio._Lines.pipe_data_received = opening_piped  # type: ignore[method-assign]
+        pipe.data_received = opening_pipe
     sys.argv = ["mcp-guard", *argv]
     runpy.run_module("mcp_guard", run_name="__main__")
 
