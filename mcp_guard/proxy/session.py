@@ -135,9 +135,10 @@ class GuardSession:
 
     def _request(self, message: Message) -> RequestContext:
         profile = self.profile
-        return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
-                              profile.request_capabilities(message), profile.client_info, self.back.request_host, self.limit_scope,
-                              tell_host=self.send, session_key=self.key)
+        req = RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
+                             profile.request_capabilities(message), profile.client_info, self.back.request_host, self.limit_scope)
+        req.tell_host, req.session_key = self.send, self.key  # set, not passed: no keyword dict per request
+        return req
 
     # ------------------------------------------------------------------ host side
 
