@@ -1,6 +1,6 @@
-"""The pump's forward and answer path against a raw line-level upstream (a child process that
-writes exactly the lines the test wants): what reaches the upstream, and what reaches the host
-when the upstream misbehaves."""
+"""The pump's forward and answer path against a raw line-level upstream
+(``fixtures/raw_upstream.py``, which writes exactly the lines the test wants): what reaches the
+upstream, and what reaches the host when the upstream misbehaves."""
 
 from __future__ import annotations
 
@@ -10,55 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fixtures import ALLOW_ALL, stdio_upstream, write_policies
+from fixtures import ALLOW_ALL, FIXTURES_DIR, stdio_upstream, write_policies
 from proxy_harness import guard_session
 
 from mcp_guard.proxy.reload import load_policy_set
 
-# answers initialize and tools/list (one tool, ``probe``); a tools/call is answered with the
-# sorted keys of the params it received and its arguments; ``twice`` answers every tools/call twice, ``stray`` first
-# answers an id nobody asked for, ``late`` answers a call only after the next one arrived
-RAW_UPSTREAM = r"""
-import json, sys
-mode = sys.argv[1]
-held = []
-for line in sys.stdin:
-    msg = json.loads(line)
-    if "id" not in msg:
-        continue
-    method = msg.get("method")
-    if method == "initialize":
-        res = {"protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},
-               "serverInfo": {"name": "raw", "version": "1"}}
-    elif method == "tools/list":
-        res = {"tools": [{"name": "probe", "inputSchema": {"type": "object"}}]}
-    elif method == "tools/call":
-        text = json.dumps([sorted(msg["params"]), msg["params"].get("arguments")])
-        res = {"content": [{"type": "text", "text": text}], "isError": False}
-    else:
-        res = None
-    out = {"jsonrpc": "2.0", "id": msg["id"]}
-    out.update({"result": res} if res is not None else {"error": {"code": -32601, "message": "no"}})
-    line = json.dumps(out) + "\n"
-    if method == "tools/call" and mode == "twice":
-        line = line * 2
-    elif method == "tools/call" and mode == "stray":
-        line = json.dumps({"jsonrpc": "2.0", "id": 999999, "result": {"content": [], "isError": False}}) + "\n" + line
-    elif method == "tools/call" and mode == "late":
-        held.append(line)
-        if len(held) < 2:
-            continue
-        line = "".join(reversed(held))
-        held.clear()
-    sys.stdout.write(line)
-    sys.stdout.flush()
-"""
-
 
 def _raw(tmp_path: Path, mode: str) -> dict[str, Any]:
-    script = tmp_path / "raw_upstream.py"
-    script.write_text(RAW_UPSTREAM)
-    return stdio_upstream([sys.executable, str(script), mode], protocol="legacy", timeout=10)
+    return stdio_upstream([sys.executable, str(FIXTURES_DIR / "raw_upstream.py"), mode], protocol="legacy", timeout=10)
 
 
 def _heard(answer: dict[str, Any]) -> tuple[list[str], Any]:
