@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_guard.audit import args_hash
@@ -33,7 +34,7 @@ from mcp_guard.proxy.owners import Owners, ready
 from mcp_guard.proxy.pages import PAGE_SIZE, decode_cursor, encode_cursor, page
 from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
 from mcp_guard.proxy.relay import MAX_ROUNDS, Relay
-from mcp_guard.proxy.roundtrip import ROUND_TRIP_KEYS, Brings, RoundTrips, is_input_required, relayable
+from mcp_guard.proxy.roundtrip import ROUND_TRIP_KEYS, Bound, Brings, RoundTrips, is_input_required, relayable
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Status, Upstream
 
@@ -214,41 +215,52 @@ class Router:
         trips = self._round_trips if req.era == _MODERN and self._brings is not None else None
         bound, resumed = await trips.resume(req, entry, args_hash(args), params, self.pipeline.audit_refused) if trips else (None, {})
 
-        async def forward(upstream: Upstream) -> Message:
-            # never the round-trip keys as the host sent them (the dict comprehension only when it sent one)
-            forwarded = dict(params) if _ROUND_TRIP.isdisjoint(params) else {k: v for k, v in params.items() if k not in _ROUND_TRIP}
-            if resumed:
-                forwarded.update(resumed)
-            forwarded["name"] = entry.name
-            forwarded = upstream_params(forwarded, upstream, req.capabilities if trips is not None else None)
-            if req.era == _MODERN:  # the upstream may ask questions mid-call: relayed as input_required
-                ids: list[int] = []
+        # the forward as a partial of a method: no closure, and no cell per variable of this frame
+        return await self.pipeline.run(req, entry, args, partial(self._forward_call, req, entry, args, trips, bound, resumed))
 
-                def on_id(uid: int) -> None:
-                    ids.append(uid)
-                    self._track(rid, upstream, uid)
+    async def _forward_call(self, req: RequestContext, entry: Target, args: dict[str, Any], trips: RoundTrips | None,
+                            bound: Bound | None, resumed: Message, upstream: Upstream) -> Message:
+        """An allowed ``tools/call`` sent to ``upstream`` under the upstream's own name for the tool."""
+        message = req.message
+        rid, params = message["id"], message["params"]
+        # never the round-trip keys as the host sent them (the dict comprehension only when it sent one)
+        forwarded = dict(params) if _ROUND_TRIP.isdisjoint(params) else {k: v for k, v in params.items() if k not in _ROUND_TRIP}
+        if resumed:
+            forwarded.update(resumed)
+        forwarded["name"] = entry.name
+        forwarded = upstream_params(forwarded, upstream, req.capabilities if trips is not None else None)
+        if req.era == _MODERN:  # the upstream may ask questions mid-call: relayed as input_required
+            return await self._forward_asking(req, entry, args, trips, bound, upstream, forwarded)
+        try:
+            response = await self._call(upstream, "tools/call", forwarded, partial(self._track, rid, upstream))
+        except UpstreamError as exc:
+            return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
+        response["id"] = rid
+        return response
 
-                answered: Message = {}  # what the guard itself answered the upstream's questions with
-                for _ in range(MAX_ROUNDS):
-                    call = asyncio.ensure_future(self._call(upstream, "tools/call", {**forwarded, **answered}, on_id))
-                    response = await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities,
-                                                      rid, params, ids)
-                    if trips is None or bound is None or self._brings is None:
-                        return response
-                    response, again = await trips.pass_on(response, upstream, bound, req.capabilities, self._brings)
-                    if again is None:
-                        return response
-                    answered = again
-                return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: the upstream asked for input "
-                                              f"more than {MAX_ROUNDS} times"))
-            try:
-                response = await self._call(upstream, "tools/call", forwarded, lambda uid: self._track(rid, upstream, uid))
-            except UpstreamError as exc:
-                return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
-            response["id"] = rid
-            return response
+    async def _forward_asking(self, req: RequestContext, entry: Target, args: dict[str, Any], trips: RoundTrips | None,
+                              bound: Bound | None, upstream: Upstream, forwarded: Message) -> Message:
+        """A 2026-07-28 host's call, whose upstream may ask questions mid-call (relayed as input_required)."""
+        rid, params = req.message["id"], req.message["params"]
+        ids: list[int] = []
 
-        return await self.pipeline.run(req, entry, args, forward)
+        def on_id(uid: int) -> None:
+            ids.append(uid)
+            self._track(rid, upstream, uid)
+
+        answered: Message = {}  # what the guard itself answered the upstream's questions with
+        for _ in range(MAX_ROUNDS):
+            call = asyncio.ensure_future(self._call(upstream, "tools/call", {**forwarded, **answered}, on_id))
+            response = await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities,
+                                              rid, params, ids)
+            if trips is None or bound is None or self._brings is None:
+                return response
+            response, again = await trips.pass_on(response, upstream, bound, req.capabilities, self._brings)
+            if again is None:
+                return response
+            answered = again
+        return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: the upstream asked for input "
+                                      f"more than {MAX_ROUNDS} times"))
 
     @staticmethod
     def _binding(req: RequestContext, entry: Target, args: dict[str, Any]) -> tuple[str, str, str]:
