@@ -8,13 +8,16 @@ per key (from the record's ``light()``, through ``SpanEncoder``, so the bytes ar
 writes).  Every other span is the cached blocks with the few fields that differ written in
 between: ids, times, the per-request attributes (JSON-RPC id, resource URI) and the status.  A
 record whose key is None (an exception's event, an approval's event) is encoded from its
-``light()`` as before.  ``tests/telemetry/test_span_wire.py`` checks the bytes against the
+``light()`` as before.  A batch hands the GIL over every ``YIELD_EVERY`` spans, so an event loop
+woken while a batch is encoded waits for that many spans, not for the interpreter's 5 ms switch
+interval.  ``tests/telemetry/test_span_wire.py`` checks the bytes against the
 ``LightSpan`` path and the SDK's encoder.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +57,11 @@ _FLAG_BYTES = (_FLAGS.pack(_FLAGS_TAG, _FLAGS_HAS_IS_REMOTE),
                _FLAGS.pack(_FLAGS_TAG, _FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE))
 _ERROR_CODE = b"\x18\x02"
 _LEN2 = struct.Struct("BB")  # a varint of 128 to 16,383  # Status.code = STATUS_CODE_ERROR
+
+# spans encoded between two hand-overs of the GIL (``time.sleep(0)``) in a batch: encoding 512 spans
+# holds it for a few milliseconds, and an event loop woken meanwhile would wait for the switch interval
+YIELD_EVERY = 64
+_pause = time.sleep
 
 # what ``wire()`` returns: (the key of the span's name and attribute block, or None for the
 # ``light()`` path; its per-request attributes; None when its status is unset, else (the error's
@@ -109,7 +117,12 @@ class RecordEncoder(SpanEncoder):
         parts = [b"", b"", b"", b""]  # the envelope's heads, filled in last
         total = 0
         wired, heads = self._wired, self._heads
+        left = YIELD_EVERY
         for r in batch:
+            left -= 1
+            if not left:  # a waiting event loop would get the GIL only after the 5 ms switch interval
+                left = YIELD_EVERY
+                _pause(0)
             key, unique, error = r.wire()
             try:
                 found = wired.get(key) if key is not None else None
