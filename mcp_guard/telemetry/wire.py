@@ -147,27 +147,36 @@ class RecordEncoder(SpanEncoder):
                     ids += _field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode())
                 if parent:
                     ids += _PARENT.pack(b"\x22\x08", parent)
-            rest = b""  # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16)
+            name, block, fixed = found
+            at = len(parts)  # the span's tag and length go here once its size is known
+            parts += (b"", ids, name, _TIMES.pack(0x39, r.start, 0x41, r.end), block)
+            n = len(ids) + fixed
+            # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16): pieces
+            # joined with the batch, not concatenated per span
             for k, v in unique:
                 if v.__class__ is str:
                     head, limit = heads.get(k) or self._unique_head(k)
                     raw = v.encode("utf-8")
-                    n = len(raw)
-                    if n < limit:  # KeyValue{key, AnyValue{string_value}}, every length one byte
-                        rest += b"\x4a" + _SMALL[len(head) + 3 + n] + head + _SMALL[n + 2] + b"\x0a" + _SMALL[n] + raw
+                    m = len(raw)
+                    if m < limit:  # KeyValue{key, AnyValue{string_value}}, every length one byte
+                        size = len(head) + 3 + m
+                        parts += (b"\x4a", _SMALL[size], head, _SMALL[m + 2], b"\x0a", _SMALL[m], raw)
+                        n += size + 2
                         continue
-                rest += self._unique(k, v)
+                attr = self._unique(k, v)
+                parts.append(attr)
+                n += len(attr)
             if error is None:
-                rest += _TAIL[r.remote]
+                tail = _TAIL[r.remote]
             else:
                 message = error[0]
                 status = (_field(b"\x12", message.encode("utf-8")) if message else b"") + _ERROR_CODE
-                n = len(status)
-                rest += b"\x7a" + (_SMALL[n] if n < 0x80 else _varint(n)) + status + _FLAG_BYTES[r.remote]
-            name, block, fixed = found
-            n = len(ids) + fixed + len(rest)
+                m = len(status)
+                tail = b"\x7a" + (_SMALL[m] if m < 0x80 else _varint(m)) + status + _FLAG_BYTES[r.remote]
+            parts.append(tail)
+            n += len(tail)
             head = b"\x12" + (_SMALL[n] if n < 0x80 else _LEN2.pack(n & 0x7F | 0x80, n >> 7) if n < 0x4000 else _varint(n))
-            parts += (head, ids, name, _TIMES.pack(0x39, r.start, 0x41, r.end), block, rest)
+            parts[at] = head
             total += len(head) + n
         # ResourceSpans{resource, scope_spans: ScopeSpans{scope, spans..., schema_url}, schema_url}
         scope_spans = len(self._scope) + total + len(self._scope_tail)
