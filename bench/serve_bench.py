@@ -117,6 +117,16 @@ def tree_cpu_s(roots: list[int]) -> float:
     return total / TICKS
 
 
+def sleeps(pid: int) -> int:
+    """Voluntary context switches of ``pid``'s main thread (an event loop's: each is a wait for I/O that
+    found nothing ready), or 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 @dataclass
 class Target:
     name: str
@@ -297,10 +307,10 @@ def run_wrk(b: Bench, t: Target, era: str, conns: int, seconds: float, strace_up
     if strace_upstream:
         tracer = subprocess.Popen(["strace", "-c", "-f", "-q", "-o", str(table), "-p", str(b.upstream.pid)])
         time.sleep(2)  # attached to every thread
-    cpu0, up0, t0 = tree_cpu_s(pids), tree_cpu_s(upstream), time.monotonic()
+    cpu0, up0, t0, sleeps0 = tree_cpu_s(pids), tree_cpu_s(upstream), time.monotonic(), sleeps(b.upstream.pid)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     wall = time.monotonic() - t0
-    cpu1, up1 = tree_cpu_s(pids), tree_cpu_s(upstream)
+    cpu1, up1, sleeps1 = tree_cpu_s(pids), tree_cpu_s(upstream), sleeps(b.upstream.pid)
     traced: dict[str, Any] = {}
     if tracer is not None:
         time.sleep(0.5)  # what wrk left in flight
@@ -326,6 +336,7 @@ def run_wrk(b: Bench, t: Target, era: str, conns: int, seconds: float, strace_up
         "proxy_cpu_us": round((cpu1 - cpu0) / n * 1e6, 1),
         "upstream_cpu_us": round((up1 - up0) / n * 1e6, 1) if upstream else None,
         "proxy_cpu_util": round((cpu1 - cpu0) / wall, 3),
+        "upstream_sleeps_per_req": round((sleeps1 - sleeps0) / n, 3),
         "procs": len(pids),
         "first_errors": first_errors,
         **traced,
@@ -394,6 +405,7 @@ def main() -> None:
                         print(f"{time.strftime('%H:%M:%S')} r{r} c={c:<3} {era:6} {t.name:12} {row['rps']:8.1f} rps "
                               f"p50 {row['p50_ms']:7.2f} p99 {row['p99_ms']:8.2f} ms  cpu {row['proxy_cpu_us']:7.1f} us/req "
                               f"err {row['errors']}" + (f"  upstream cpu {row['upstream_cpu_us']} us/req" if row["upstream_cpu_us"] else "")
+                              + f"  upstream sleeps {row['upstream_sleeps_per_req']}/req"
                               + (f" epoll {row['upstream_epoll_per_req']}/req" if "upstream_epoll_per_req" in row else ""), file=sys.stderr)
     results.close()
     print(f"raw: {out / 'results.jsonl'}", file=sys.stderr)
