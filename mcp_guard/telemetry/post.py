@@ -22,6 +22,7 @@ connection error, retried; a collector that does not answer within the time-out 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import socket
@@ -270,8 +271,16 @@ class LeanTransport(BaseHTTPTransport):
         return self._fallback is not None and self._fallback.is_connection_error(exception)
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+        else:  # a request is in flight on another thread: end its wait now (it then drops the socket)
+            sock = self._sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         if self._fallback is not None:
             self._fallback.close()
 

@@ -272,3 +272,19 @@ def test_close_drops_the_connection(collector: RawCollector) -> None:
     assert isinstance(transport, LeanTransport) and transport._sock is not None
     lean.shutdown()
     assert transport._sock is None
+
+
+def test_close_ends_a_request_still_waiting_for_a_silent_collector(collector: RawCollector) -> None:
+    collector.script = [lambda conn, request: (time.sleep(5), True)[1]]
+    transport = LeanTransport(collector.url)
+    results: list[object] = []
+    waiting = threading.Thread(target=lambda: results.append(
+        transport.request("POST", collector.url, headers={"user-agent": "t"}, timeout=30, data=b"x")))
+    waiting.start()
+    while not collector.requests:
+        time.sleep(0.01)
+    transport.close()  # does not wait for the request's 30 s
+    waiting.join(10)
+    assert not waiting.is_alive()
+    (result,) = results
+    assert isinstance(result.error, CollectorConnectionError) and transport._sock is None  # type: ignore[attr-defined]
