@@ -101,21 +101,26 @@ class AuditLog:
         """
         path = self.path
         assert path is not None
-        for _ in range(64):
+        tries = 0
+        while True:
             if self._fd < 0:
                 self._open_fd()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fd = self._fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 st = None
+            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
             if st is not None and st.st_ino == self._ino and st.st_dev == self._dev:
                 break
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
             self._close_fd()  # rotated or removed by someone else: reopen what the path names now
-        else:
-            raise AuditError(f"the audit log {path} keeps being replaced under us")
-        assert st is not None
+            tries += 1
+            if tries == 64:
+                raise AuditError(f"the audit log {path} keeps being replaced under us")
         if st.st_size != self._size:  # first use (-1), or another process appended
             try:
                 self._resync()
@@ -218,17 +223,18 @@ class AuditLog:
         """:meth:`append` of the template's record with ``values`` in its slots: the same line,
         without encoding the fixed fields again."""
         values = {**values, "time": now()}
-        slots = template.slots
+        fill = template.fill_in
 
         def encode(prev: str) -> bytes:
             values["prev"] = prev
-            return template.fill([values[name] for name in slots])
+            return fill(values)
 
         return self._chain(encode)
 
     def _chain(self, encode: Callable[[str], bytes]) -> str:
         """Write the record ``encode(prev)`` gives for the current head; returns its hash."""
-        with self._lock:
+        self._lock.acquire()  # (not `with`: its special-method lookups cost more than the pair)
+        try:
             if self.path is None:
                 self._head = hashlib.sha256(encode(self._head)).hexdigest()
                 return self._head
@@ -244,26 +250,40 @@ class AuditLog:
             try:
                 self._acquire()
                 try:
-                    head = self._head
-                    digest, text = line(encode(head))
-                    if self.max_bytes is not None:
-                        while self._size > 0 and self._size + len(text) > self.max_bytes:
-                            self._rotate()
-                        if head != self._head:  # the new file was started (and written) by another process
-                            digest, text = line(encode(self._head))
-                    self._write(text)
+                    data = encode(self._head)
+                    digest = hashlib.sha256(data).hexdigest()  # line(data), spelled out on the hot path
+                    text = b"".join((data[:-1], b',"hash":"', digest.encode(), b'"}\n'))
+                    size = len(text)
+                    if self.max_bytes is not None and self._size > 0 and self._size + size > self.max_bytes:
+                        digest, text = self._rotate_for(encode, size)
+                        size = len(text)
+                    written = os.write(self._fd, text)  # one write(2) of the whole line, as a rule
+                    if written < size or self.fsync:
+                        self._write(text, written)
+                    self._size += size
                     self._head = digest
                     return digest
                 finally:
-                    self._release()
+                    if self._fd >= 0:  # (it is not when a rotation could not open the new file)
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
             except OSError as exc:
                 raise AuditError(f"cannot write the audit log {self.path}: {_describe(exc)}") from None
+        finally:
+            self._lock.release()
 
-    def _write(self, text: bytes) -> None:
+    def _rotate_for(self, encode: Callable[[str], bytes], size: int) -> tuple[str, bytes]:
+        """Rotate until a record of ``size`` bytes fits, and encode it again for the head it then
+        follows (the new file may have been started, and written, by another process)."""
+        assert self.max_bytes is not None
+        while self._size > 0 and self._size + size > self.max_bytes:
+            self._rotate()
+        return line(encode(self._head))
+
+    def _write(self, text: bytes, written: int) -> None:
+        """Finish a short write of ``text`` (``written`` bytes are on the file), and fsync if
+        configured; on failure no partial record is left behind."""
         size = len(text)
-        written = 0
         try:
-            written = os.write(self._fd, text)
             if written < size:  # a short write (full disk, signal): finish it or fail below
                 view = memoryview(text)
                 while written < size:
@@ -276,7 +296,6 @@ class AuditLog:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, self._size)
             raise
-        self._size += written
 
     def close(self) -> None:
         with self._lock:

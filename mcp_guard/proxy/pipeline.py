@@ -231,14 +231,20 @@ class Pipeline:
     async def audit(self, req: RequestContext, args: dict[str, Any], note: str | None = None) -> None:
         """One record per decision (``req.target``, ``req.verdict``), flushed before the request is
         forwarded; a failed write refuses it."""
-        if self.guard.audit is None:
+        audit = self.guard.audit
+        if audit is None:
             return
         target, verdict = req.target, req.verdict
         assert target is not None and verdict is not None
         if (note is None and verdict.approval_channel is None and req.shadow is None and req.session_labels is None
                 and target.pin not in ("new", "changed") and not self.guard.config.audit.include_args):
-            digest = self._append(self._filled(req, target, verdict, args), target.qualified)
-            req.audit_record = int(digest[:12], 16) if digest else None
+            template, values = self._filled(req, target, verdict, args)
+            try:
+                digest = audit.append_filled(template, values)
+            except AuditError as exc:
+                raise self._audit_failed(exc, target.qualified) from None
+            if verdict.brings.entries:  # its only reader: what the answer brings names this record
+                req.audit_record = int(digest[:12], 16)
             return
         record = self._record(req, target.kind, target.upstream, target.name, target.exposed, verdict)
         record["args_sha256"] = args_hash(args)
@@ -320,14 +326,18 @@ class Pipeline:
             template = self._templates[key] = audit.template(fixed, slots)
         return template
 
-    def _append(self, record: Message | tuple[RecordTemplate, dict[str, str]], what: str) -> str:
+    def _append(self, record: Message, what: str) -> str:
         audit = self.guard.audit
         assert audit is not None
         try:
-            return audit.append_filled(*record) if isinstance(record, tuple) else audit.append(record)
+            return audit.append(record)
         except AuditError as exc:
-            log.error("audit write failed: %s", exc)
-            raise AuditRefusal(f"mcp-guard refused {what}: the audit log cannot be written") from None
+            raise self._audit_failed(exc, what) from None
+
+    @staticmethod
+    def _audit_failed(exc: AuditError, what: str) -> AuditRefusal:
+        log.error("audit write failed: %s", exc)
+        return AuditRefusal(f"mcp-guard refused {what}: the audit log cannot be written")
 
 
 def _trace_ids(req: RequestContext, record: Message) -> None:

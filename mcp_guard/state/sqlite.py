@@ -59,6 +59,8 @@ class SqliteStore(SqliteDatabase):
     def __init__(self, url: str, *, holder: bool = False) -> None:
         super().__init__(url, holder=holder)
         self._own_revokes = 0  # data_version does not move for this connection's own commits
+        self._data_version = -1
+        self._seen_header: tuple[int, bytes | None] = (-1, None)  # (connection, WAL-index header) of that version
         self._revocations = RevocationCache()
         self._flows: dict[str, tuple[str, SessionFlow]] = {}  # scope -> (epoch, the state last read)
 
@@ -127,9 +129,22 @@ class SqliteStore(SqliteDatabase):
 
     def _signal(self) -> Hashable:
         """``PRAGMA data_version`` moves when another connection (any process) commits; this
-        connection's own revocations are counted beside it. No table is read."""
-        (version,) = self._query("PRAGMA data_version")[0]
-        return (self._connections, version, self._own_revokes)
+        connection's own revocations are counted beside it. No table is read.
+
+        The pragma is asked only when the WAL-index header moved: every commit, by any connection,
+        rewrites that header, so while it reads as before no other connection has committed and the
+        version read last is still the answer (a memory read instead of a statement). The header
+        is read before the pragma, so a commit landing between the two moves it for the next call.
+        """
+        self._check()
+        seen = (self._connections, self.wal_header())
+        if seen[1] is None or seen != self._seen_header:
+            try:
+                (self._data_version,) = self._db.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error as exc:
+                raise self._failed(exc) from None
+            self._seen_header = seen
+        return (self._connections, self._data_version, self._own_revokes)
 
     async def revoked(self, jtis: Sequence[str]) -> str | None:
         if not jtis:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +38,12 @@ GC_EVERY = 4096  # writes between sweeps of expired counters, idle rate windows 
 CHECK_EVERY = 0.1  # seconds between full checks (which file each path is, is each writable) while all is well
 
 Ident = tuple[int, int] | None  # (st_dev, st_ino) of a file, None when it does not exist
+
+WAL_HEADER = 48
+"""Bytes of the WAL-index header at the start of the ``-shm`` file (SQLite's documented WAL-mode
+file format): every commit by any connection rewrites it (its change counter, frame count and
+checksums), so while it reads the same, no other connection has committed."""
+WAL_INDEX_VERSION = 3007000  # the header's iVersion (native byte order) since SQLite 3.7.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
@@ -107,6 +114,7 @@ class SqliteDatabase:
         self._problem: str | None = None  # why the store refuses now (logged once), None when usable
         self._next_check = 0.0
         self._connections = 0  # connections opened so far: a reopened file starts a new data_version series
+        self._shm = -1  # SQLite's own descriptor of the -shm file, when found (see wal_header)
         self.flow_ttl = FLOW_TTL
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -172,12 +180,47 @@ class SqliteDatabase:
         """Note which files the connection uses now (and, for a guard, tell other processes)."""
         self._idents = self._stat_all()
         self._connections += 1
+        self._shm = self._find_shm()
         self._next_check = time.monotonic() + CHECK_EVERY
         if self._holder and self._idents[0] is not None:
             dev, ino = self._idents[0]
             with contextlib.suppress(OSError):
                 self._holders.mkdir(mode=0o700, exist_ok=True)
                 (self._holders / str(os.getpid())).write_text(f"{dev} {ino}\n", encoding="ascii")
+
+    def _find_shm(self) -> int:
+        """SQLite's own open descriptor of the ``-shm`` file, or -1 (then ``wal_header`` is None).
+
+        Never a descriptor of our own: closing any descriptor of a file drops every POSIX lock the
+        process holds on it, SQLite's included, and another process would then take the WAL index
+        for unused and reset it. SQLite keeps its descriptor while the connection is open; after a
+        reopen (``_remember``) it is looked up again."""
+        try:
+            want = os.stat(self._files[2])
+            names = os.listdir("/proc/self/fd")  # Linux; elsewhere the pragma is asked every time
+        except OSError:
+            return -1
+        for name in names:
+            try:
+                fd = int(name)
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino) and st.st_size >= 2 * WAL_HEADER \
+                        and int.from_bytes(os.pread(fd, 4, 0), sys.byteorder) == WAL_INDEX_VERSION:
+                    return fd
+            except (OSError, ValueError):
+                continue
+        return -1
+
+    def wal_header(self) -> bytes | None:
+        """The WAL-index header as it is now (read from the page cache SQLite's shared mapping
+        writes to; torn by a concurrent commit at worst, which only reads as a change), or None
+        when there is no descriptor to read it through: then ask SQLite."""
+        if self._shm < 0:
+            return None
+        try:
+            return os.pread(self._shm, WAL_HEADER, 0)
+        except OSError:
+            return None
 
     def _live_holders(self) -> dict[int, Ident]:
         """Other live guard processes holding this database path, with the file each has open."""
@@ -374,6 +417,7 @@ class SqliteDatabase:
     async def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
+        self._shm = -1
         if self._holder:
             with contextlib.suppress(OSError):
                 os.unlink(self._holders / str(os.getpid()))

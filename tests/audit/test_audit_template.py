@@ -33,7 +33,7 @@ keys = st.text(min_size=1, max_size=12)
 @st.composite
 def records(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str]]:
     fixed = draw(st.dictionaries(keys, values, max_size=10))
-    slots = draw(st.dictionaries(keys.filter(lambda k: k not in fixed), st.text(), max_size=5))
+    slots = draw(st.dictionaries(keys.filter(lambda k: k not in fixed), st.text(), max_size=7))  # 4 and 6 are spelled out
     return fixed, slots
 
 
@@ -66,6 +66,32 @@ def test_the_audit_record_shape_keeps_its_sorted_order() -> None:
     assert template.fill([slots[name] for name in template.slots]) == reference({**fixed, **slots})
     assert RecordTemplate({}, []).fill([]) == b"{}"
     assert RecordTemplate({}, ["a"]).fill(["x"]) == b'{"a":"x"}'
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_canonical_is_byte_for_byte_the_reference_encoding(value: Any) -> None:
+    """orjson's fast path and its fallbacks (tiny floats, integers past 64 bits) give the stdlib's bytes."""
+    assert canonical(value) == reference(value)
+
+
+@pytest.mark.parametrize("text", ["0.00001", "1e-5", "v1e-5x", "ate-9", "e-", "0.0000", "x" * 600 + "2e-7"])
+def test_strings_that_look_like_small_floats_are_encoded_as_strings(text: str) -> None:
+    for value in (text, {"k": text, "n": 1e-05}, [text, 2**70]):
+        assert canonical(value) == reference(value)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 5, 6, 7])
+def test_every_slot_count_refuses_a_value_that_is_not_a_string(count: int) -> None:
+    names = [f"s{i}" for i in range(count)]
+    template = RecordTemplate({"a": 1}, names)
+    good = {name: f"v{i}" for i, name in enumerate(names)}
+    assert template.fill_in(good) == reference({"a": 1, **good})
+    for name in names:
+        with pytest.raises(TypeError, match="must be a string, not float"):
+            template.fill_in({**good, name: 1e-05})  # type: ignore[dict-item]
+    with pytest.raises(KeyError):
+        template.fill_in({name: good[name] for name in names[1:]})
 
 
 def test_a_template_refuses_what_it_cannot_encode_exactly() -> None:

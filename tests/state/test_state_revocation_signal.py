@@ -20,6 +20,7 @@ from mcp_guard.errors import StateError
 from mcp_guard.state import Counter, StateStore, open_store
 from mcp_guard.state.base import RevocationCache
 from mcp_guard.state.redis import RedisStore
+from mcp_guard.state.sqlite import SqliteStore
 
 HERE = Path(__file__).parent
 CHAIN = ["root-jti", "planner-jti", "coder-jti"]
@@ -100,6 +101,61 @@ def _delete(db: Path, *suffixes: str) -> None:
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{db}{suffix}")
+
+
+async def test_sqlite_asks_for_data_version_only_when_the_wal_header_moved(tmp_path: Path) -> None:
+    """While no connection commits, the signal is a read of the mapped WAL-index header: no
+    statement at all; another connection's commit (a budget, then a revocation) moves the header,
+    and the pragma is asked once for it (then the revocations are read again, as for any write of
+    another process); this connection's own commits move the header but not data_version, so
+    they cost a pragma and change no answer."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store, other = open_store(url), open_store(url)
+    assert isinstance(store, SqliteStore) and store.wal_header() is not None
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        assert await store.revoked(CHAIN) is None
+        statements.clear()
+        for _ in range(3):
+            assert await store.revoked(CHAIN) is None
+        assert statements == []
+        before = store.wal_header()
+        await other.consume([Counter("session:o:k", 5)])
+        assert store.wal_header() != before
+        assert await store.revoked(CHAIN) is None
+        assert statements[0] == "PRAGMA data_version" and statements[1].startswith("SELECT jti")  # another's commit
+        statements.clear()
+        assert await store.revoked(CHAIN) is None
+        assert statements == []
+        await store.consume([Counter("session:s:k", 5)])
+        signal = await store.revocation_signal()
+        assert await store.revocation_signal() == signal
+        assert await store.revoked(CHAIN) is None
+        assert not any(s.startswith("SELECT jti") for s in statements)
+        await other.revoke("coder-jti")
+        assert await store.revoked(CHAIN) == "coder-jti"
+    finally:
+        await store.close()
+        await other.close()
+
+
+async def test_sqlite_without_the_wal_header_asks_sqlite_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store, other = open_store(url), open_store(url)
+    assert isinstance(store, SqliteStore)
+    monkeypatch.setattr(store, "wal_header", lambda: None)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        for _ in range(3):
+            assert await store.revoked(CHAIN) is None
+        assert statements.count("PRAGMA data_version") == 3
+        await other.revoke("root-jti")
+        assert await store.revoked(CHAIN) == "root-jti"
+    finally:
+        await store.close()
+        await other.close()
 
 
 async def test_sqlite_refuses_instead_of_a_kept_answer_when_the_database_is_gone(tmp_path: Path) -> None:
