@@ -1,10 +1,12 @@
 """The scopes on the event loop: one draw of ids and one wall-clock read per request, later times
 from the monotonic clock, the upstream told its CLIENT span, and records freed without the
-cyclic garbage collector."""
+cyclic garbage collector, and the metric records folded off the loop."""
 
 from __future__ import annotations
 
 import gc
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,7 @@ from mcp_guard.decision import Outcome, Verdict
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import Era
 from mcp_guard.request import RequestContext, Target
-from mcp_guard.telemetry import scopes
+from mcp_guard.telemetry import metrics, scopes
 from mcp_guard.telemetry.hooks import Telemetry
 from mcp_guard.telemetry.settings import Settings
 
@@ -134,3 +136,40 @@ def test_a_calls_records_are_freed_by_reference_counting_not_left_to_the_collect
         gc.set_debug(0)
         gc.garbage.clear()
     assert left == []
+
+
+def test_under_sustained_traffic_the_metric_records_are_folded_off_the_loop(tel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader collects once a minute: a busy guard's queues reach ``WAKE_AT`` long before, and
+    the fold thread folds them; the loop folds a queue only past ``FOLD_AT`` (the fold thread
+    fell behind), so memory stays bounded either way."""
+    hooks, _, reader = tel
+    instruments = hooks.recorder.metrics
+    folded_on: set[str] = set()
+    for instrument in (*instruments.histograms, *instruments.counters):
+        fold = instrument._fold_locked
+
+        def watched(fold: Any = fold) -> None:
+            folded_on.add(threading.current_thread().name)
+            fold()
+
+        monkeypatch.setattr(instrument, "_fold_locked", watched)
+    for rid in range(3 * metrics.WAKE_AT):
+        call(hooks, rid)
+    deadline = time.monotonic() + 30
+    while any(len(i.pending) >= metrics.WAKE_AT for i in instruments.histograms) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert folded_on == {"mcp-guard-metric-fold"}
+    assert all(len(i.pending) < metrics.WAKE_AT for i in (*instruments.histograms, *instruments.counters))
+
+    instruments._stopped = True  # the fold thread gone: the loop keeps the queues bounded itself
+    instruments.wake.set()
+    instruments._folder.join(5)
+    monkeypatch.setattr(metrics, "FOLD_AT", metrics.WAKE_AT + 10)
+    for rid in range(3 * metrics.WAKE_AT):
+        call(hooks, rid)
+    assert threading.current_thread().name in folded_on
+    assert all(len(i.pending) <= metrics.WAKE_AT + 10 for i in (*instruments.histograms, *instruments.counters))
+    data = reader.get_metrics_data()
+    (decisions,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                    if m.name == "mcp_guard.decisions"]
+    assert sum(p.value for p in decisions.data.data_points) == 6 * metrics.WAKE_AT
