@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from otlp_sink import otlp_sink
-from serve_bench import GUARD, HERE, PY, ROOT, Bench, free_port, open_session, wait_port
+from serve_bench import GUARD, HERE, PY, ROOT, Bench, free_port, open_session, strace_counts, wait_port
 
 
 def summary(out: Path, pid: int, part: int) -> tuple[int, int]:
@@ -129,8 +129,7 @@ def syscalls(args: argparse.Namespace) -> None:
                 time.sleep(1)
                 tracer.send_signal(signal.SIGINT)
                 tracer.wait(60)
-                counts = {m.group(2): int(m.group(1)) for line in table.read_text().splitlines()
-                          if (m := re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)) and m.group(2) != "total"}
+                counts = strace_counts(table)
                 per = {k: round(v / args.calls, 2) for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v >= args.calls / 10}
                 print(json.dumps({"era": era, "calls": args.calls, "syscalls_per_request": round(sum(counts.values()) / args.calls, 2),
                                   "by_name": per}), flush=True)

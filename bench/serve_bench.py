@@ -22,12 +22,18 @@ Targets:
                 --reuse-session it opens a new upstream session per request: ~12 calls/s)
 
 Eras: ``modern`` = 2026-07-28 stateless POSTs; ``legacy`` = 2025-11-25 sessions, opened here
-(initialize + notifications/initialized, one per connection) before wrk runs. A handshake-era
-session lives in the process that opened it, so legacy is not run against guard_w2/guard_redis2.
+(initialize + notifications/initialized, one per connection) before wrk runs; ``legacy1`` = the
+same with one session shared by every connection (what the upstream sees behind the guard, which
+holds one upstream session for all its callers). A handshake-era session lives in the process that
+opened it, so neither is run against guard_w2/guard_redis2.
+
+``--strace-upstream`` attaches ``strace -c -f`` to the upstream during each measurement and adds its
+system calls and loop wake-ups (``epoll_pwait``) per request to the row: how many requests the
+upstream finds per wake-up, a figure the machine's load moves far less than requests per second.
 
 Usage (from the repository root; needs wrk: ``apt-get install -y wrk``):
   .venv/bin/python bench/serve_bench.py [--conns 1,4,16,64,256] [--duration 5] [--rounds 2]
-      [--eras modern,legacy] [--targets direct,passthrough,guard,guard_full,guard_w2,guard_redis2,fastmcp]
+      [--eras modern,legacy,legacy1] [--strace-upstream] [--targets direct,passthrough,guard,guard_full,guard_w2,guard_redis2,fastmcp]
       [--out bench/results/serve-<stamp>]
 then ``.venv/bin/python bench/summarize.py --serve OUT/results.jsonl [--markdown]``.
 """
@@ -39,6 +45,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,6 +115,16 @@ def tree_cpu_s(roots: list[int]) -> float:
         total += table[pid][1]
         stack.extend(children.get(pid, []))
     return total / TICKS
+
+
+def sleeps(pid: int) -> int:
+    """Voluntary context switches of ``pid``'s main thread (an event loop's: each is a wait for I/O that
+    found nothing ready), or 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    except (OSError, StopIteration, ValueError):
+        return 0
 
 
 @dataclass
@@ -266,30 +283,49 @@ def open_session(t: Target) -> str:
 
 # ------------------------------------------------------------------ one wrk run
 
-def run_wrk(b: Bench, t: Target, era: str, conns: int, seconds: float) -> dict[str, Any]:
+def strace_counts(table: Path) -> dict[str, int]:
+    """System calls by name from a ``strace -c`` table."""
+    return {m.group(2): int(m.group(1)) for line in table.read_text().splitlines()
+            if (m := re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)) and m.group(2) != "total"}
+
+
+def run_wrk(b: Bench, t: Target, era: str, conns: int, seconds: float, strace_upstream: bool = False) -> dict[str, Any]:
     threads = 1 if conns == 1 else 2
-    script_args = [era, t.tool, t.token]
-    if era == "legacy":
-        while len(t.sessions) < conns:
+    script_args = ["legacy" if era == "legacy1" else era, t.tool, t.token]
+    if era in ("legacy", "legacy1"):
+        while len(t.sessions) < (conns if era == "legacy" else 1):
             t.sessions.append(open_session(t))
-        sids = b.work / f"sessions-{t.name}-{conns}.txt"
-        sids.write_text("\n".join(t.sessions[:conns]) + "\n")
+        sids = b.work / f"sessions-{t.name}-{era}-{conns}.txt"
+        sids.write_text("\n".join(t.sessions[:conns] if era == "legacy" else t.sessions[:1] * conns) + "\n")
         script_args += [str(sids), str(threads)]
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
            "-s", str(LUA), t.url, "--", *script_args]
     pids = [p.pid for p in t.procs]
     upstream = [] if t.name == "direct" else [b.upstream.pid]
     b.quiesce()
-    cpu0, up0, t0 = tree_cpu_s(pids), tree_cpu_s(upstream), time.monotonic()
+    tracer, table = None, b.work / f"strace-upstream-{t.name}-{era}-{conns}.txt"
+    if strace_upstream:
+        tracer = subprocess.Popen(["strace", "-c", "-f", "-q", "-o", str(table), "-p", str(b.upstream.pid)])
+        time.sleep(2)  # attached to every thread
+    cpu0, up0, t0, sleeps0 = tree_cpu_s(pids), tree_cpu_s(upstream), time.monotonic(), sleeps(b.upstream.pid)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     wall = time.monotonic() - t0
-    cpu1, up1 = tree_cpu_s(pids), tree_cpu_s(upstream)
+    cpu1, up1, sleeps1 = tree_cpu_s(pids), tree_cpu_s(upstream), sleeps(b.upstream.pid)
+    traced: dict[str, Any] = {}
+    if tracer is not None:
+        time.sleep(0.5)  # what wrk left in flight
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(60)
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise SystemExit(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     w = json.loads(line[len("WRKJSON "):])
     first_errors = [x[len("WRKERR "):] for x in out.stdout.splitlines() if x.startswith("WRKERR ")]
     n = max(1, w["requests"])
+    if tracer is not None:
+        counts = strace_counts(table)
+        traced = {"upstream_syscalls_per_req": round(sum(counts.values()) / n, 2),
+                  "upstream_epoll_per_req": round(counts.get("epoll_pwait", 0) / n, 2)}
     errors = sum(w[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "rpc_errors"))
     return {
         "label": t.name, "era": era, "conns": conns, "threads": threads, "seconds": seconds,
@@ -300,8 +336,10 @@ def run_wrk(b: Bench, t: Target, era: str, conns: int, seconds: float) -> dict[s
         "proxy_cpu_us": round((cpu1 - cpu0) / n * 1e6, 1),
         "upstream_cpu_us": round((up1 - up0) / n * 1e6, 1) if upstream else None,
         "proxy_cpu_util": round((cpu1 - cpu0) / wall, 3),
+        "upstream_sleeps_per_req": round((sleeps1 - sleeps0) / n, 3),
         "procs": len(pids),
         "first_errors": first_errors,
+        **traced,
     }
 
 
@@ -322,7 +360,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk per target before measuring")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--eras", default="modern,legacy")
+    ap.add_argument("--eras", default="modern,legacy", help="modern, legacy, legacy1 (one session for all connections)")
+    ap.add_argument("--strace-upstream", action="store_true", help="count the upstream's system calls per request (strace -c)")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--base", type=Path, default=None,
@@ -349,23 +388,25 @@ def main() -> None:
         targets = b.start(names)
         for t in targets:
             for era in eras:
-                if era == "legacy" and t.name in MULTI:
+                if era.startswith("legacy") and t.name in MULTI:
                     continue
                 run_wrk(b, t, era, 16, args.warmup)  # imports, caches, first exports
         for r in range(1, args.rounds + 1):
             for c in conns:
                 for era in eras:
                     for t in targets:
-                        if era == "legacy" and t.name in MULTI:
+                        if era.startswith("legacy") and t.name in MULTI:
                             continue
-                        row = run_wrk(b, t, era, c, args.duration)
+                        row = run_wrk(b, t, era, c, args.duration, args.strace_upstream)
                         row["round"] = r
                         row["load"] = round(os.getloadavg()[0], 2)
                         results.write(json.dumps(row) + "\n")
                         results.flush()
                         print(f"{time.strftime('%H:%M:%S')} r{r} c={c:<3} {era:6} {t.name:12} {row['rps']:8.1f} rps "
                               f"p50 {row['p50_ms']:7.2f} p99 {row['p99_ms']:8.2f} ms  cpu {row['proxy_cpu_us']:7.1f} us/req "
-                              f"err {row['errors']}", file=sys.stderr)
+                              f"err {row['errors']}" + (f"  upstream cpu {row['upstream_cpu_us']} us/req" if row["upstream_cpu_us"] else "")
+                              + f"  upstream sleeps {row['upstream_sleeps_per_req']}/req"
+                              + (f" epoll {row['upstream_epoll_per_req']}/req" if "upstream_epoll_per_req" in row else ""), file=sys.stderr)
     results.close()
     print(f"raw: {out / 'results.jsonl'}", file=sys.stderr)
     subprocess.run([PY, str(HERE / "summarize.py"), "--serve", str(out / "results.jsonl")], check=False)

@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def inner(calls: int, endpoint: str, encode: str | None = None) -> None:
+    from mcp_guard.config.model import UpstreamConfig
     from mcp_guard.decision import Outcome, Verdict
     from mcp_guard.identity import Principal
     from mcp_guard.jsonrpc import Era
@@ -58,7 +59,7 @@ def inner(calls: int, endpoint: str, encode: str | None = None) -> None:
     class Up:
         name = "upstream"
         protocol_version = "2025-11-25"
-        config = object()
+        config = UpstreamConfig("upstream", sys.executable)  # as the guard's: ``url`` is None for a stdio upstream
 
     up = Up()
     who = Principal("alice@example.com", ("planner", "coder"), "benchmark", True, "g-1")

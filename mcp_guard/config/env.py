@@ -102,13 +102,17 @@ def telemetry_settings(config: TelemetryConfig | None = None, environ: Mapping[s
 
 
 PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+# a ``requests`` session the SDK's OTLP/HTTP exporters load from an entry point (it may sign or authorise requests)
+CREDENTIAL_PROVIDERS = ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+                        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+                        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER")
 
 
 def _plain_http(env: Mapping[str, str]) -> bool:
     """Whether an OTLP POST to an ``http://`` collector is the same from any HTTP client: no proxy
-    variable and no ``.netrc`` (which the SDK's default ``requests`` transport would apply), and
-    not macOS (where ``requests`` also reads the system's proxy settings)."""
-    if sys.platform == "darwin" or any(env.get(name) for name in (*PROXY_VARIABLES, "NETRC")):
+    variable, no ``.netrc`` and no credential provider (which the SDK's default ``requests``
+    transport would apply), and not macOS (where ``requests`` also reads the system's proxy settings)."""
+    if sys.platform == "darwin" or any(env.get(name) for name in (*PROXY_VARIABLES, "NETRC", *CREDENTIAL_PROVIDERS)):
         return False
     home = env.get("HOME") or os.path.expanduser("~")
     return not any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc"))

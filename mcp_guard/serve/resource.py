@@ -5,12 +5,11 @@ their ``WWW-Authenticate`` challenge, and the RFC 9728 protected resource metada
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -22,6 +21,9 @@ from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import INVALID_REQUEST, error
 from mcp_guard.serve.binding import principal_key, root_key, session_binding, store_key
 from mcp_guard.serve.oauth import OAuthError, OAuthVerifier
+
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope
 
 log = logging.getLogger("mcp_guard.http")
 
@@ -58,11 +60,12 @@ class Caller:
 class McpRequest(Request):
     """A request to the MCP endpoint: Starlette's, with its headers read once into a dict by lower-case
     name (the first of a repeated field wins, as in Starlette's ``Headers.get``): each request reads
-    seven of them, and ``Headers`` scans every line for each."""
+    seven of them, and ``Headers`` scans every line for each.  Read as it is made: every request to
+    the endpoint reads them (``functools.cached_property`` takes a lock on Python 3.11)."""
 
-    @functools.cached_property
-    def head(self) -> dict[str, str]:
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(self.scope["headers"])}
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        super().__init__(scope, receive)
+        self.head: dict[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
 
 
 def token_key(token: str) -> str:

@@ -10,6 +10,7 @@ managers (``scopes``) read and write through a ``Recorder``; ``hooks.Telemetry``
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,10 +114,22 @@ class Recorder:
         self._server_end: dict[tuple[Any, ...], tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]]] = {}
         self._merged: dict[tuple[int, int], tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue],
                                                   dict[str, AttributeValue]]] = {}
+        self._numbers: dict[tuple[Any, ...], int] = {}  # ``number``: on the span export thread only
+        self._counter = itertools.count()
         for name in NOISY_LOGGERS:
             logger = logging.getLogger(name)
             if not any(isinstance(f, Throttle) for f in logger.filters):
                 logger.addFilter(Throttle())
+
+    def number(self, parts: tuple[Any, ...]) -> int:
+        """A number for ``parts`` (hashable), the same while it is remembered and never given to
+        anything else (a cleared table hands out new numbers), so it can stand for them in a key."""
+        found = self._numbers.get(parts)
+        if found is None:
+            if len(self._numbers) >= CACHE_LIMIT:
+                self._numbers.clear()
+            found = self._numbers[parts] = next(self._counter)
+        return found
 
     def merged(self, left: Mapping[str, AttributeValue], right: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
         """``{**left, **right}``, built once per pair of (cached, unchanging) attribute sets."""

@@ -196,7 +196,7 @@ class DecisionRecord(SpanRecord):
     events: list[tuple[str, int, Mapping[str, AttributeValue]]] | None  # an exception, noted on the loop
     failure: str | None
     _guarded: Mapping[str, AttributeValue] | None  # None until the export thread built them
-    _who: tuple[Any, ...] | None
+    _who: int | tuple[Any, ...] | None
 
     def span_name(self) -> str:
         return a.GUARDRAIL_SPAN
@@ -217,15 +217,20 @@ class DecisionRecord(SpanRecord):
             decided, outcome = {**decided, **labels}, {**outcome, **labels}
         return decided, outcome
 
-    def who(self) -> tuple[Any, ...]:
-        """What ``guarded_attrs`` are made of (once per record: the SERVER and CLIENT spans ask too)."""
+    def who(self) -> int | tuple[Any, ...]:
+        """What ``guarded_attrs`` are made of, as the ``Recorder``'s number for it: the three spans of
+        a request put it in their ``wire()`` keys, which then hash one int, not this nested tuple."""
         found = self._who
         if found is None:
             verdict, who = self.verdict, self.principal
             assert verdict is not None
-            found = self._who = ((who.user, who.agents, who.purpose, who.verified, who.grant_id), verdict.decision,
-                                 verdict.policy_ids, verdict.rule_ids, verdict.reason, self.target.upstream,
-                                 verdict.approver, self.labels)
+            parts = ((who.user, who.agents, who.purpose, who.verified, who.grant_id), verdict.decision,
+                     verdict.policy_ids, verdict.rule_ids, verdict.reason, self.target.upstream, verdict.approver,
+                     self.labels)
+            try:
+                found = self._who = self.tel.number(parts)
+            except TypeError:  # an unhashable value: the keys holding it stay unhashable (``wire`` takes ``light()``)
+                found = self._who = parts
         return found
 
     def wire(self) -> Wired:

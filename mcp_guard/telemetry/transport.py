@@ -1,12 +1,11 @@
-"""How the OTLP/HTTP exporters POST: the SDK's own urllib3 transport where it changes nothing.
+"""Which transport the OTLP/HTTP exporters POST with: the guard's lean one where it changes nothing.
 
-The SDK's default transport is ``requests``, which on every POST merges the environment's proxy,
-``.netrc`` and CA-bundle settings (3.3 million instructions per POST of a 50 kB batch, against
-0.9 million for the SDK's ``urllib3`` transport on the same bytes).  The guard uses the ``urllib3`` one only where
-none of those can apply: a plain ``http://`` collector (no TLS, so no CA bundle or client
-certificate) and ``Settings.plain_http`` (the configuration found no proxy variable and no
-``.netrc``).  Everywhere else, and with an SDK older than the pluggable transports, the exporter
-keeps its default.
+``post.LeanTransport`` (one kept-alive socket, the request written once per header set, the answer
+framed by llhttp) replaces the SDK's transport only where nothing of a transport can change the
+request: a plain ``http://`` collector (no TLS, so no CA bundle or client certificate), no user
+name or password in the URL, and ``Settings.plain_http`` (no proxy variable, no ``.netrc``, no
+credential provider, which the SDK's default ``requests`` transport would apply).  Everywhere
+else, and with an SDK older than the pluggable transports, the exporter keeps its default.
 """
 
 from __future__ import annotations
@@ -16,14 +15,14 @@ from typing import Any
 
 def lean_transport(endpoint: str | None, plain_http: bool) -> dict[str, Any]:
     """Keyword arguments for an SDK OTLP/HTTP exporter bound for ``endpoint``: ``{"_transport": ...}``
-    when the ``urllib3`` transport sends exactly what ``requests`` would, else ``{}``."""
-    if not plain_http or not endpoint or not endpoint.startswith("http://"):
+    when the lean transport sends exactly what the SDK's would, else ``{}`` (the SDK's default)."""
+    if not plain_http or not endpoint:
         return {}
     try:
-        from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+        from mcp_guard.telemetry.post import LeanTransport
     except ImportError:  # an SDK before the pluggable transports
         return {}
-    return {"_transport": Urllib3HTTPTransport()}
+    return {"_transport": LeanTransport(endpoint)} if LeanTransport.suits(endpoint) else {}
 
 
 __all__ = ["lean_transport"]

@@ -8,13 +8,16 @@ per key (from the record's ``light()``, through ``SpanEncoder``, so the bytes ar
 writes).  Every other span is the cached blocks with the few fields that differ written in
 between: ids, times, the per-request attributes (JSON-RPC id, resource URI) and the status.  A
 record whose key is None (an exception's event, an approval's event) is encoded from its
-``light()`` as before.  ``tests/telemetry/test_span_wire.py`` checks the bytes against the
+``light()`` as before.  A batch hands the GIL over every ``YIELD_EVERY`` spans, so an event loop
+woken while a batch is encoded waits for that many spans, not for the interpreter's 5 ms switch
+interval.  ``tests/telemetry/test_span_wire.py`` checks the bytes against the
 ``LightSpan`` path and the SDK's encoder.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +57,11 @@ _FLAG_BYTES = (_FLAGS.pack(_FLAGS_TAG, _FLAGS_HAS_IS_REMOTE),
                _FLAGS.pack(_FLAGS_TAG, _FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE))
 _ERROR_CODE = b"\x18\x02"
 _LEN2 = struct.Struct("BB")  # a varint of 128 to 16,383  # Status.code = STATUS_CODE_ERROR
+
+# spans encoded between two hand-overs of the GIL (``time.sleep(0)``) in a batch: encoding 512 spans
+# holds it for a few milliseconds, and an event loop woken meanwhile would wait for the switch interval
+YIELD_EVERY = 64
+_pause = time.sleep
 
 # what ``wire()`` returns: (the key of the span's name and attribute block, or None for the
 # ``light()`` path; its per-request attributes; None when its status is unset, else (the error's
@@ -109,7 +117,12 @@ class RecordEncoder(SpanEncoder):
         parts = [b"", b"", b"", b""]  # the envelope's heads, filled in last
         total = 0
         wired, heads = self._wired, self._heads
+        left = YIELD_EVERY
         for r in batch:
+            left -= 1
+            if not left:  # a waiting event loop would get the GIL only after the 5 ms switch interval
+                left = YIELD_EVERY
+                _pause(0)
             key, unique, error = r.wire()
             try:
                 found = wired.get(key) if key is not None else None
@@ -134,27 +147,36 @@ class RecordEncoder(SpanEncoder):
                     ids += _field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode())
                 if parent:
                     ids += _PARENT.pack(b"\x22\x08", parent)
-            rest = b""  # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16)
+            name, block, fixed = found
+            at = len(parts)  # the span's tag and length go here once its size is known
+            parts += (b"", ids, name, _TIMES.pack(0x39, r.start, 0x41, r.end), block)
+            n = len(ids) + fixed
+            # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16): pieces
+            # joined with the batch, not concatenated per span
             for k, v in unique:
                 if v.__class__ is str:
                     head, limit = heads.get(k) or self._unique_head(k)
                     raw = v.encode("utf-8")
-                    n = len(raw)
-                    if n < limit:  # KeyValue{key, AnyValue{string_value}}, every length one byte
-                        rest += b"\x4a" + _SMALL[len(head) + 3 + n] + head + _SMALL[n + 2] + b"\x0a" + _SMALL[n] + raw
+                    m = len(raw)
+                    if m < limit:  # KeyValue{key, AnyValue{string_value}}, every length one byte
+                        size = len(head) + 3 + m
+                        parts += (b"\x4a", _SMALL[size], head, _SMALL[m + 2], b"\x0a", _SMALL[m], raw)
+                        n += size + 2
                         continue
-                rest += self._unique(k, v)
+                attr = self._unique(k, v)
+                parts.append(attr)
+                n += len(attr)
             if error is None:
-                rest += _TAIL[r.remote]
+                tail = _TAIL[r.remote]
             else:
                 message = error[0]
                 status = (_field(b"\x12", message.encode("utf-8")) if message else b"") + _ERROR_CODE
-                n = len(status)
-                rest += b"\x7a" + (_SMALL[n] if n < 0x80 else _varint(n)) + status + _FLAG_BYTES[r.remote]
-            name, block, fixed = found
-            n = len(ids) + fixed + len(rest)
+                m = len(status)
+                tail = b"\x7a" + (_SMALL[m] if m < 0x80 else _varint(m)) + status + _FLAG_BYTES[r.remote]
+            parts.append(tail)
+            n += len(tail)
             head = b"\x12" + (_SMALL[n] if n < 0x80 else _LEN2.pack(n & 0x7F | 0x80, n >> 7) if n < 0x4000 else _varint(n))
-            parts += (head, ids, name, _TIMES.pack(0x39, r.start, 0x41, r.end), block, rest)
+            parts[at] = head
             total += len(head) + n
         # ResourceSpans{resource, scope_spans: ScopeSpans{scope, spans..., schema_url}, schema_url}
         scope_spans = len(self._scope) + total + len(self._scope_tail)

@@ -191,3 +191,19 @@ def test_decisions_on_two_resources_count_in_one_point_without_their_uris(tel: A
                     if m.name == "mcp_guard.decisions"]
     assert [(dict(p.attributes), p.value) for p in decisions.data.data_points] == [
         ({"mcp_guard.decision": "allow", "mcp_guard.upstream": "notes"}, 2)]
+
+
+def test_a_number_stands_for_one_set_of_parts_even_after_its_table_is_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_guard.telemetry import recorder
+
+    hooks = telemetry.start(Settings(schedule_delay=3600), span_exporter=InMemorySpanExporter())
+    assert isinstance(hooks, Telemetry)
+    rec = hooks.recorder
+    first = rec.number(("alice", ("planner",)))
+    assert rec.number(("alice", ("planner",))) == first != rec.number(("bob", ("planner",)))
+    monkeypatch.setattr(recorder, "CACHE_LIMIT", 2)
+    rec.number(("carol",))  # the table is full: cleared, and every number after it is new
+    assert rec.number(("alice", ("planner",))) not in (first, rec.number(("bob", ("planner",))))
+    with pytest.raises(TypeError):
+        rec.number((["a list"],))
+    hooks.shutdown()

@@ -133,6 +133,22 @@ def test_a_repeated_call_is_served_from_one_learned_block() -> None:
     assert encoder._wired == learned  # nothing new learned: the same three keys
 
 
+def test_a_long_batch_hands_the_gil_over_every_few_spans_and_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_guard.telemetry import wire
+
+    pauses: list[float] = []
+    monkeypatch.setattr(wire, "_pause", pauses.append)
+    call = {"who": Principal("a"), "verdict": Verdict(Outcome.ALLOW, "allowed", ("p",), ("r",)), "shadow": None,
+            "labels": None, "method": "tools/call", "name": "t", "uri": None, "upstream_id": 5, "session": None,
+            "era": Era.MODERN, "listed": None, "kind": Kind.TOOL, "upstream": "notes", "url": None,
+            "answer": {"result": {}}, "upstream_answer": {"result": {}}, "failure": None, "decide": True}
+    records = [r for i in range(50) for r in run({**call, "id": i})]
+    assert len(records) == 150
+    ours = RecordEncoder(RECORDER.resource, RECORDER.scope).records(records)
+    assert ours == SpanEncoder(RECORDER.resource, RECORDER.scope).request([r.light() for r in records])
+    assert pauses == [0, 0]  # before the 64th and the 128th span
+
+
 def test_an_unhashable_value_falls_back_to_the_light_path() -> None:
     call_records = run({"who": Principal("a"), "verdict": Verdict(Outcome.DENY, "no", ["p"], ["r"]),  # type: ignore[arg-type]
                         "shadow": None, "labels": None, "method": "tools/call", "name": "t", "uri": None, "id": 3,

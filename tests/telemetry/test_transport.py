@@ -1,4 +1,4 @@
-"""The OTLP/HTTP exporters POST through the SDK's urllib3 transport only where the environment's
+"""The OTLP/HTTP exporters POST through the guard's lean transport only where the environment's
 proxy, ``.netrc`` and TLS settings cannot apply; what reaches the collector is the same."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from fixtures import free_port
-from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 
 from mcp_guard.config.env import telemetry_settings
 from mcp_guard.telemetry.export import LightOTLPSpanExporter
+from mcp_guard.telemetry.post import LeanTransport
 from mcp_guard.telemetry.transport import lean_transport
 
 HTTP = "http://collector.example:4318/v1/traces"
@@ -24,11 +24,11 @@ def _plain(env: dict[str, str]) -> bool:
     return telemetry_settings(None, env).plain_http
 
 
-def test_a_plain_http_collector_gets_the_urllib3_transport(tmp_path: Path) -> None:
+def test_a_plain_http_collector_gets_the_lean_transport(tmp_path: Path) -> None:
     plain = _plain({"HOME": str(tmp_path)})
     assert plain is (sys.platform != "darwin")
     if plain:
-        assert isinstance(lean_transport(HTTP, plain).get("_transport"), Urllib3HTTPTransport)
+        assert isinstance(lean_transport(HTTP, plain).get("_transport"), LeanTransport)
 
 
 @pytest.mark.parametrize("endpoint", ["https://collector.example:4318/v1/traces", None, ""])
