@@ -49,15 +49,17 @@ PER_PART = (  # row label, full_config.py parts (None: the bare line forwarder)
 
 
 def count(command: Sequence[str], *, calls: int = 400, warmup: int = 200, settle: float = 6.0, out: Path | None = None,
-          env: dict[str, str] | None = None) -> dict[str, object]:
-    """Run ``command`` under callgrind and return ``{"instructions_per_call", "calls", "dump"}``."""
+          env: dict[str, str] | None = None, valgrind: Sequence[str] = ()) -> dict[str, object]:
+    """Run ``command`` under callgrind (with the extra ``valgrind`` options) and return
+    ``{"instructions_per_call", "calls", "dump"}``."""
     out = out or Path(tempfile.mkdtemp(prefix="callgrind-"))
     out.mkdir(parents=True, exist_ok=True)
     # run from the tree PYTHONPATH names: ``python -m`` puts the working directory first on sys.path,
     # so started from another checkout it would import that checkout's mcp_guard instead
     tree = (env or {}).get("PYTHONPATH")
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/callgrind.out.%p", *command],
+        ["valgrind", "--tool=callgrind", "--separate-threads=yes", *valgrind, f"--callgrind-out-file={out}/callgrind.out.%p",
+         *command],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(out / "valgrind.log").open("w"), env=env,
         cwd=tree if tree and os.path.isdir(tree) else None,
     )

@@ -44,6 +44,8 @@ class Outcome(enum.StrEnum):
 
 
 FORWARDED = frozenset((Outcome.ALLOW, Outcome.APPROVED))
+# read per call: globals (``Effect.DENY`` is an enum metaclass hook on 3.11)
+_DENY_EFFECT, _APPROVE_EFFECT, _RESOURCE = Effect.DENY, Effect.APPROVE, Kind.RESOURCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +112,9 @@ def evaluate(
         if late is not None:
             return Verdict(Outcome.EXPIRED, f"mcp-guard denied {name}: {late}")
     decision: Decision = policies.decide(who, name, args, annotations, kind=kind, paths=paths, flow=flow)
-    if decision.effect is Effect.DENY:
+    if decision.effect is _DENY_EFFECT:
         return Verdict(Outcome.DENY, decision.reason, decision.policy_ids, decision.rule_ids)
-    needs_approval = decision.effect is Effect.APPROVE
+    needs_approval = decision.effect is _APPROVE_EFFECT
     brings = brought(policies, chain, who, name, args, kind, paths)
     if chain is not None:
         check = chain.check_call(name, args, kind, paths=paths)
@@ -168,7 +170,7 @@ def brought(policies: PolicySet, chain: GrantChain | None, who: Principal, name:
 
 
 def _uri_args(kind: Kind, name: str) -> Mapping[str, Any] | None:
-    return None if kind is not Kind.RESOURCE else {URI_SLOT: name.partition("/")[2]}
+    return None if kind is not _RESOURCE else {URI_SLOT: name.partition("/")[2]}
 
 
 @functools.lru_cache(maxsize=256)

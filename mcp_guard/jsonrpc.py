@@ -160,9 +160,12 @@ class LineSplitter:
         self._dropping = False  # inside a line over the limit
 
     def feed(self, data: bytes) -> None:
+        end = data.find(b"\n")
+        if end == len(data) - 1 and not self._partial and not self._dropping:  # one whole line: the common case
+            self._on_line(data[:end])
+            return
         on_line = self._on_line
         start = 0
-        end = data.find(b"\n")
         while end >= 0:
             if self._dropping:
                 if not self._resume:

@@ -36,6 +36,7 @@ from mcp_guard.policy.model import (
 from mcp_guard.policy.traces import BoundLimit, Explanation, PolicyTrace, RuleTrace
 
 _CACHE_MAX = 65_536
+_TOOL, _RESOURCE = Kind.TOOL, Kind.RESOURCE  # read per call: globals (``Kind.TOOL`` is an enum metaclass hook on 3.11)
 _PROFILES_MAX = 1_024  # each profile is one byte per rule
 
 
@@ -166,7 +167,7 @@ class PolicySet:
         """The decision for ``tool`` (``UPSTREAM/NAME``; for a resource ``UPSTREAM/URI``) with ``args``
         as ``principal``; ``paths`` places relative and linked paths for ``under``; ``flow`` is the
         session's labels and labelled content (None: a session that holds nothing)."""
-        if kind is Kind.TOOL:
+        if kind is _TOOL:
             c = self._cands.get(tool) or self._candidates(tool)
             a = args if isinstance(args, Mapping) else _NO_ARGS
             return self._decide(c, principal, a, annotations, paths, tool, flow)
@@ -232,8 +233,8 @@ class PolicySet:
         templates): some allow or approve rule could select one of its expansions (its selectors
         and ``uri`` equals/in/glob met) and no unconditional deny selects all of them.
         """
-        if kind is not Kind.RESOURCE:
-            c = (self._cands.get(tool) or self._candidates(tool)) if kind is Kind.TOOL else self._index[kind].candidates(tool)
+        if kind is not _RESOURCE:
+            c = (self._cands.get(tool) or self._candidates(tool)) if kind is _TOOL else self._index[kind].candidates(tool)
             return bool(c.permits) and self._visible(c, principal, annotations, None)  # no permit: hidden, at once
         if not judge_uri:
             permits, blanket = self._template_rules(tool)

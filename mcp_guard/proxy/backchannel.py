@@ -39,6 +39,7 @@ from mcp_guard.proxy.routing import LOG_LEVELS, Router
 from mcp_guard.upstreams.connection import Upstream
 
 log = logging.getLogger("mcp_guard.session")
+_MODERN = Era.MODERN  # read per call: a global (``Era.MODERN`` is an enum metaclass hook on 3.11)
 
 
 class BackChannel:
@@ -173,7 +174,7 @@ class BackChannel:
         for, and the request retried with the answers (``relay.settle``)."""
         hub, session = self.hub, self.host.id
         response = await hub.call(session, up, method, params, on_id)
-        if self.host.era == Era.MODERN or not asks_input(response):
+        if self.host.era == _MODERN or not asks_input(response):
             return response  # the common case: no closure and no ``settle`` frame per request
 
         def call(sent: Message) -> Awaitable[Message]:

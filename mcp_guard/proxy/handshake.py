@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mcp_guard.upstreams.connection import Upstream
 
 SERVER_INFO = {"name": "mcp-guard", "version": __version__}
+_MODERN = Era.MODERN  # read per call: a global (``Era.MODERN`` is an enum metaclass hook on 3.11)
 CACHEABLE = frozenset(
     {"server/discover", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"}
 )  # 2026-07-28 results that must carry ttlMs + cacheScope
@@ -60,7 +61,7 @@ class HostProfile:
 
     def request_capabilities(self, message: Message) -> Message:
         """2026-07-28: the capabilities this very request declares (else the session's)."""
-        if self.era != Era.MODERN:
+        if self.era != _MODERN:
             return self.client_capabilities
         params = message.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
@@ -108,7 +109,7 @@ class HostProfile:
         out = response.get("result")
         if not isinstance(out, dict):
             return response
-        if self.era != Era.MODERN:
+        if self.era != _MODERN:
             if "resultType" in out:  # from a 2026-07-28 upstream to a handshake-era host
                 if out.get("resultType") == "input_required":
                     return error(response.get("id"), INTERNAL_ERROR,

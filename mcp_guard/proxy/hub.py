@@ -25,9 +25,9 @@ from mcp_guard.proxy.callers import Callers
 from mcp_guard.proxy.catalogue import Catalogue
 from mcp_guard.proxy.context import GuardContext
 from mcp_guard.proxy.handshake import HostProfile
+from mcp_guard.proxy.owners import Owners
 from mcp_guard.proxy.pipeline import Pipeline
 from mcp_guard.proxy.roundtrip import RoundTrips, configured_roots
-from mcp_guard.proxy.routing import Owners
 from mcp_guard.upstreams.connection import Status, Upstream
 
 if TYPE_CHECKING:

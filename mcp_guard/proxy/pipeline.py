@@ -40,6 +40,8 @@ log = logging.getLogger("mcp_guard.pipeline")
 # the audit field that names the target, per kind
 NAME_FIELD = {Kind.TOOL: "tool", Kind.RESOURCE: "uri", Kind.PROMPT: "prompt"}
 TEMPLATES = 4096  # audit record templates kept (one per principal, target and verdict), then started afresh
+# read per call: globals (``Status.READY`` is an enum metaclass hook on 3.11)
+_READY, _APPROVAL_REQUIRED = Status.READY, Outcome.APPROVAL_REQUIRED
 
 
 class AuditRefusal(Exception):
@@ -120,7 +122,7 @@ class Pipeline:
             if not verdict.forward:
                 await self.audit(req, args)
                 return refusal(req, target.kind, verdict.reason)
-            if upstream.status != Status.READY:
+            if upstream.status != _READY:
                 down = upstream.last_error or f"upstream {upstream.name} is not available"
                 await self.audit(req, args, note=down)
                 return refusal(req, target.kind, f"mcp-guard could not call {target.qualified}: {down}")
@@ -160,11 +162,11 @@ class Pipeline:
     async def _verdict(self, req: RequestContext, target: Target, args: dict[str, Any], exact: bool) -> Verdict:
         guard = self.guard
         who = req.principal
-        refused = await self.chain_refusal(req, target.qualified)
+        refused = await self.chain_refusal(req, target.qualified) if req.chain is not None else None
         if refused is not None:
             return refused
         try:
-            flow = await self._flow_view(req)
+            flow = await self._flow_view(req) if req.chain is not None or guard.policies.uses_flow else None
             if exact:
                 verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
                                    guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
@@ -174,9 +176,9 @@ class Pipeline:
                                           guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
             else:  # completion of a resource template: decided as its listing is (the URI is a template)
                 verdict = self._by_visibility(req, target)
-            if verdict.decision is Outcome.APPROVAL_REQUIRED:
+            if verdict.decision is _APPROVAL_REQUIRED:
                 verdict = await guard.approver.ask(req, target, args, verdict)
-            if verdict.forward and self.upstreams[target.upstream].status == Status.READY:
+            if verdict.forward and self.upstreams[target.upstream].status == _READY:
                 # only a request that will be forwarded spends a rate slot or a budget unit
                 limits = guard.policies.limits(who, target.qualified, target.kind)
                 budgets = req.chain.budgets(target.qualified, target.kind) if req.chain is not None else ()

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp_guard.audit import args_hash
@@ -30,11 +29,12 @@ from mcp_guard.jsonrpc import (
     tool_error,
 )
 from mcp_guard.proxy.catalogue import Catalogue
-from mcp_guard.proxy.completion import filter_values, hidden_values, template_pattern
+from mcp_guard.proxy.completion import filter_values, hidden_values
+from mcp_guard.proxy.owners import Owners, ready
 from mcp_guard.proxy.pages import PAGE_SIZE, decode_cursor, encode_cursor, page
 from mcp_guard.proxy.pipeline import Pipeline, unknown_verdict
 from mcp_guard.proxy.relay import MAX_ROUNDS, Relay
-from mcp_guard.proxy.roundtrip import ROUND_TRIP_KEYS, Brings, RoundTrips, is_input_required, relayable
+from mcp_guard.proxy.roundtrip import ROUND_TRIP_KEYS, Bound, Brings, RoundTrips, is_input_required, relayable
 from mcp_guard.request import RequestContext, Target
 from mcp_guard.upstreams.connection import Status, Upstream
 
@@ -46,9 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcp_guard.routing")
 
 RESOURCE_NOT_FOUND = -32002  # what some servers answer for an unknown URI (the MCP spec now says -32602)
-MAX_UPSTREAM_PAGES = 1000
 
 _UNKNOWN = {Kind.TOOL: "Unknown tool", Kind.PROMPT: "Unknown prompt"}
+_ROUND_TRIP = frozenset(ROUND_TRIP_KEYS)
+_MODERN = Era.MODERN  # read per call: globals (``Era.MODERN`` is an enum metaclass hook on 3.11)
 
 
 def unknown_text(kind: Kind, name: Any) -> str:
@@ -66,7 +67,7 @@ def upstream_params(params: Message, upstream: Upstream, capabilities: Message |
     clean = strip_meta(params, drop_reserved=True) or params
     meta = params.get("_meta")
     level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
-    if upstream.era != Era.MODERN or (level not in LOG_LEVELS and capabilities is None):
+    if upstream.era != _MODERN or (level not in LOG_LEVELS and capabilities is None):
         return clean
     kept = clean.get("_meta")
     added: Message = {META_LOG_LEVEL: level} if level in LOG_LEVELS else {}
@@ -83,27 +84,6 @@ def params_of(message: Message, method: str) -> Message:
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, f"Invalid params: {method} needs an object as params")
     return params
-
-
-@dataclass
-class Owners:
-    """What each upstream last listed, shared by every session of a guard (who owns which URI,
-    template and prompt); refreshed whenever a list is aggregated."""
-
-    resources: dict[str, str] = field(default_factory=dict)  # uri -> upstream
-    templates: dict[str, tuple[str, re.Pattern[str]]] = field(default_factory=dict)  # uriTemplate -> (upstream, pattern)
-    prompts: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed name -> (upstream, own name)
-    # listed since the last list_changed: a name missing then is unknown, without asking the upstreams
-    # again (so looking up a nonexistent name costs what looking up a hidden one does: no timing oracle)
-    prompts_known: bool = False
-    resources_known: bool = False
-
-    def changed(self, method: str) -> None:
-        """An upstream said its resources or prompts changed: list them again on the next lookup."""
-        if method == "notifications/prompts/list_changed":
-            self.prompts_known = False
-        elif method == "notifications/resources/list_changed":
-            self.resources_known = False
 
 
 class UpstreamCall(Protocol):
@@ -147,6 +127,9 @@ class Router:
         self._brings = brings
         self.log_level: int | None = None  # what this session asked for with logging/setLevel (index in LOG_LEVELS)
         self._visible_cache: tuple[tuple[int, int, Principal], list[Target]] | None = None
+        # ``callable_tool``'s answers, valid for (catalogue version, policy set, principal, chain)
+        self._callable_for: tuple[int, object, object, object] = (-1, None, None, None)
+        self._callable: dict[str, tuple[Target, bool]] = {}
 
     # ------------------------------------------------------------------ visibility
 
@@ -167,6 +150,20 @@ class Router:
         tools = [e for e in self.catalogue.entries if not e.held and is_visible(policies, chain, who, e.qualified, e.annotations)]
         self._visible_cache = (key, tools)
         return tools
+
+    def callable_tool(self, req: RequestContext, entry: Target) -> bool:
+        """Whether the caller sees (so may call) the catalogued tool ``entry``: ``visible``, which is a
+        pure function of the policy set, the chain, the principal and the entry, remembered per tool
+        while those and the catalogue stay the same."""
+        policies, who, chain = self._policies(), req.principal, req.chain
+        version = self.catalogue.version
+        key = self._callable_for
+        if key[0] != version or key[1] is not policies or key[2] is not who or key[3] is not chain:
+            self._callable_for, self._callable = (version, policies, who, chain), {}
+        known = self._callable.get(entry.qualified)
+        if known is None or known[0] is not entry:
+            known = self._callable[entry.qualified] = (entry, is_visible(policies, chain, who, entry.qualified, entry.annotations))
+        return known[1]
 
     def cached_tools(self) -> list[Target] | None:
         return self._visible_cache[1] if self._visible_cache is not None else None
@@ -204,7 +201,7 @@ class Router:
                 down = self.upstreams[entry.upstream].last_error or f"upstream {entry.upstream} has not started"
                 return result(rid, tool_error(f"mcp-guard could not call {entry.qualified}: {down}"))
             entry = None
-        if entry is None or entry.held or not self.visible(req, Kind.TOOL, entry.qualified, entry.annotations):
+        if entry is None or entry.held or not self.callable_tool(req, entry):
             raise await self.refuse_unknown(req, Kind.TOOL, name, entry.upstream if entry is not None else None,
                                             entry.qualified if entry is not None else None)
         args = params.get("arguments")
@@ -212,45 +209,58 @@ class Router:
             args = {}
         if not isinstance(args, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: `arguments` must be an object")
-        if req.era == Era.MODERN and Relay.is_resume(params):  # answers to an upstream's questions
+        if req.era == _MODERN and Relay.is_resume(params):  # answers to an upstream's questions
             return await self.relay.resume(params, self._binding(req, entry, args), req.capabilities, rid,
                                            lambda up, uid: self._track(rid, up, uid))
-        trips = self._round_trips if req.era == Era.MODERN and self._brings is not None else None
+        trips = self._round_trips if req.era == _MODERN and self._brings is not None else None
         bound, resumed = await trips.resume(req, entry, args_hash(args), params, self.pipeline.audit_refused) if trips else (None, {})
 
-        async def forward(upstream: Upstream) -> Message:
-            forwarded = {k: v for k, v in params.items() if k not in ROUND_TRIP_KEYS}
+        # the forward as a partial of a method: no closure, and no cell per variable of this frame
+        return await self.pipeline.run(req, entry, args, partial(self._forward_call, req, entry, args, trips, bound, resumed))
+
+    async def _forward_call(self, req: RequestContext, entry: Target, args: dict[str, Any], trips: RoundTrips | None,
+                            bound: Bound | None, resumed: Message, upstream: Upstream) -> Message:
+        """An allowed ``tools/call`` sent to ``upstream`` under the upstream's own name for the tool."""
+        message = req.message
+        rid, params = message["id"], message["params"]
+        # never the round-trip keys as the host sent them (the dict comprehension only when it sent one)
+        forwarded = dict(params) if _ROUND_TRIP.isdisjoint(params) else {k: v for k, v in params.items() if k not in _ROUND_TRIP}
+        if resumed:
             forwarded.update(resumed)
-            forwarded["name"] = entry.name
-            forwarded = upstream_params(forwarded, upstream, req.capabilities if trips is not None else None)
-            if req.era == Era.MODERN:  # the upstream may ask questions mid-call: relayed as input_required
-                ids: list[int] = []
+        forwarded["name"] = entry.name
+        forwarded = upstream_params(forwarded, upstream, req.capabilities if trips is not None else None)
+        if req.era == _MODERN:  # the upstream may ask questions mid-call: relayed as input_required
+            return await self._forward_asking(req, entry, args, trips, bound, upstream, forwarded)
+        try:
+            response = await self._call(upstream, "tools/call", forwarded, partial(self._track, rid, upstream))
+        except UpstreamError as exc:
+            return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
+        response["id"] = rid
+        return response
 
-                def on_id(uid: int) -> None:
-                    ids.append(uid)
-                    self._track(rid, upstream, uid)
+    async def _forward_asking(self, req: RequestContext, entry: Target, args: dict[str, Any], trips: RoundTrips | None,
+                              bound: Bound | None, upstream: Upstream, forwarded: Message) -> Message:
+        """A 2026-07-28 host's call, whose upstream may ask questions mid-call (relayed as input_required)."""
+        rid, params = req.message["id"], req.message["params"]
+        ids: list[int] = []
 
-                answered: Message = {}  # what the guard itself answered the upstream's questions with
-                for _ in range(MAX_ROUNDS):
-                    call = asyncio.ensure_future(self._call(upstream, "tools/call", {**forwarded, **answered}, on_id))
-                    response = await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities,
-                                                      rid, params, ids)
-                    if trips is None or bound is None or self._brings is None:
-                        return response
-                    response, again = await trips.pass_on(response, upstream, bound, req.capabilities, self._brings)
-                    if again is None:
-                        return response
-                    answered = again
-                return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: the upstream asked for input "
-                                              f"more than {MAX_ROUNDS} times"))
-            try:
-                response = await self._call(upstream, "tools/call", forwarded, lambda uid: self._track(rid, upstream, uid))
-            except UpstreamError as exc:
-                return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: {exc}"))
-            response["id"] = rid
-            return response
+        def on_id(uid: int) -> None:
+            ids.append(uid)
+            self._track(rid, upstream, uid)
 
-        return await self.pipeline.run(req, entry, args, forward)
+        answered: Message = {}  # what the guard itself answered the upstream's questions with
+        for _ in range(MAX_ROUNDS):
+            call = asyncio.ensure_future(self._call(upstream, "tools/call", {**forwarded, **answered}, on_id))
+            response = await self.relay.start(upstream, call, self._binding(req, entry, args), req.capabilities,
+                                              rid, params, ids)
+            if trips is None or bound is None or self._brings is None:
+                return response
+            response, again = await trips.pass_on(response, upstream, bound, req.capabilities, self._brings)
+            if again is None:
+                return response
+            answered = again
+        return result(rid, tool_error(f"mcp-guard could not complete {entry.qualified}: the upstream asked for input "
+                                      f"more than {MAX_ROUNDS} times"))
 
     @staticmethod
     def _binding(req: RequestContext, entry: Target, args: dict[str, Any]) -> tuple[str, str, str]:
@@ -270,59 +280,13 @@ class Router:
 
     # ------------------------------------------------------------------ aggregation
 
-    def _ready(self, capability: str) -> list[Upstream]:
-        return [u for u in self.upstreams.values() if u.status == Status.READY and capability in u.capabilities]
-
-    async def _aggregate(self, method: str, key: str, capability: str) -> list[tuple[Upstream, Message]]:
-        items: list[tuple[Upstream, Message]] = []
-        for up in self._ready(capability):
-            cursor: str | None = None
-            for _ in range(MAX_UPSTREAM_PAGES):
-                try:
-                    got = await up.request(method, {"cursor": cursor} if cursor else None)
-                except (RpcError, UpstreamError) as exc:
-                    log.warning("%s from %s failed: %s", method, up.name, exc)
-                    break
-                items.extend((up, it) for it in got.get(key) or [] if isinstance(it, dict))
-                cursor = got.get("nextCursor")
-                if not cursor or not isinstance(cursor, str):
-                    break
-        return items
-
-    async def _resources(self) -> list[tuple[Upstream, Message]]:
-        items = [(up, it) for up, it in await self._aggregate("resources/list", "resources", "resources") if isinstance(it.get("uri"), str)]
-        for up, it in items:
-            self.owners.resources[it["uri"]] = up.name
-        return items
-
-    async def _templates(self) -> list[tuple[Upstream, Message]]:
-        items = [(up, it) for up, it in await self._aggregate("resources/templates/list", "resourceTemplates", "resources")
-                 if isinstance(it.get("uriTemplate"), str)]
-        for up, it in items:
-            template = it["uriTemplate"]
-            if template not in self.owners.templates:
-                self.owners.templates[template] = (up.name, template_pattern(template))
-        self.owners.resources_known = True
-        return items
-
-    async def _prompts(self) -> list[tuple[Upstream, str, Message]]:
-        out: list[tuple[Upstream, str, Message]] = []
-        for up, it in await self._aggregate("prompts/list", "prompts", "prompts"):
-            name = it.get("name")
-            if isinstance(name, str):
-                exposed = up.config.exposed(name)
-                self.owners.prompts[exposed] = (up.name, name)
-                out.append((up, exposed, it))
-        self.owners.prompts_known = True
-        return out
-
     async def listing(self, kind: Kind) -> list[tuple[str, bool]]:
         """Every prompt (``Kind.PROMPT``) or resource and resource template the upstreams list now,
         as ``(UPSTREAM/NAME, judge_uri)`` the way their listings judge them."""
         if kind is Kind.PROMPT:
-            return [(f"{up.name}/{it['name']}", True) for up, _exposed, it in await self._prompts()]
-        return ([(f"{up.name}/{it['uri']}", True) for up, it in await self._resources()]
-                + [(f"{up.name}/{it['uriTemplate']}", False) for up, it in await self._templates()])
+            return [(f"{up.name}/{it['name']}", True) for up, _exposed, it in await self.owners.list_prompts(self.upstreams)]
+        return ([(f"{up.name}/{it['uri']}", True) for up, it in await self.owners.list_resources(self.upstreams)]
+                + [(f"{up.name}/{it['uriTemplate']}", False) for up, it in await self.owners.list_templates(self.upstreams)])
 
     @staticmethod
     def seen(policies: PolicySet, who: Principal, chain: GrantChain | None, kind: Kind,
@@ -334,18 +298,18 @@ class Router:
 
     async def resources_list(self, req: RequestContext) -> Message:
         params = params_of(req.message, "resources/list")
-        items = [it for up, it in await self._resources() if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uri']}")]
+        items = [it for up, it in await self.owners.list_resources(self.upstreams) if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uri']}")]
         return result(req.message["id"], page(params, "resources", items, req.era))
 
     async def templates_list(self, req: RequestContext) -> Message:
         params = params_of(req.message, "resources/templates/list")
-        items = [it for up, it in await self._templates()
+        items = [it for up, it in await self.owners.list_templates(self.upstreams)
                  if self.visible(req, Kind.RESOURCE, f"{up.name}/{it['uriTemplate']}", judge_uri=False)]
         return result(req.message["id"], page(params, "resourceTemplates", items, req.era))
 
     async def prompts_list(self, req: RequestContext) -> Message:
         params = params_of(req.message, "prompts/list")
-        items = [{**it, "name": exposed} for up, exposed, it in await self._prompts()
+        items = [{**it, "name": exposed} for up, exposed, it in await self.owners.list_prompts(self.upstreams)
                  if self.visible(req, Kind.PROMPT, f"{up.name}/{it['name']}")]
         return result(req.message["id"], page(params, "prompts", items, req.era))
 
@@ -354,16 +318,16 @@ class Router:
     async def _resource_owner(self, uri: str) -> str | None:
         """The upstream that owns ``uri``: as last listed, else by a template, else the only one."""
         if not self.owners.resources_known:
-            await self._resources()
-            await self._templates()
+            await self.owners.list_resources(self.upstreams)
+            await self.owners.list_templates(self.upstreams)
         owner = self.owners.resources.get(uri)
         if owner is not None:
             return owner
         for template, (name, pattern) in self.owners.templates.items():
             if uri == template or pattern.fullmatch(uri):
                 return name
-        ready = self._ready("resources")
-        return ready[0].name if len(ready) == 1 else None
+        up = ready(self.upstreams, "resources")
+        return up[0].name if len(up) == 1 else None
 
     async def resource_target(self, req: RequestContext, uri: Any, *, judge_uri: bool = True) -> Target:
         """A visible resource, or the audited ``Resource not found`` (hidden == unknown)."""
@@ -375,7 +339,7 @@ class Router:
     async def prompt_target(self, req: RequestContext, exposed: Any) -> Target:
         """A visible prompt, or the audited ``Unknown prompt`` (hidden == unknown)."""
         if not self.owners.prompts_known:
-            await self._prompts()
+            await self.owners.list_prompts(self.upstreams)
         found = self.owners.prompts.get(exposed) if isinstance(exposed, str) else None
         if found is None or not self.visible(req, Kind.PROMPT, f"{found[0]}/{found[1]}"):
             raise await self.refuse_unknown(req, Kind.PROMPT, exposed, found[0] if found else None,
@@ -492,9 +456,9 @@ class Router:
     async def send_level(self, rank: int, params: Message | None = None) -> None:
         """Ask every ready upstream that logs to log at ``rank`` (one that fails keeps its level)."""
         sent = {**(params or {}), "level": LOG_LEVELS[rank]}
-        for up in self._ready("logging"):
+        for up in ready(self.upstreams, "logging"):
             with contextlib.suppress(RpcError, UpstreamError):
                 await up.request("logging/setLevel", sent)
 
 
-__all__ = ["PAGE_SIZE", "Owners", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text", "upstream_params"]
+__all__ = ["PAGE_SIZE", "Router", "decode_cursor", "encode_cursor", "page", "params_of", "unknown_text", "upstream_params"]

@@ -57,6 +57,9 @@ log = logging.getLogger("mcp_guard.session")
 # and tools/call is checked by the call pipeline itself (a refusal is then a tool result)
 _CHAIN_CHECKED_LATER = frozenset({"ping", "tools/call"})
 _STARTLESS = frozenset({"initialize", "server/discover", "ping"})  # answered before the upstreams are up
+# enum members read on every call, bound once: on Python 3.11 ``Era.MODERN`` is a lookup through the enum
+# metaclass's ``__getattr__`` hook (~750 instructions; a module global ~50)
+_MODERN = Era.MODERN
 
 
 class GuardSession:
@@ -132,9 +135,10 @@ class GuardSession:
 
     def _request(self, message: Message) -> RequestContext:
         profile = self.profile
-        return RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
-                              profile.request_capabilities(message), profile.client_info, self.back.request_host, self.limit_scope,
-                              tell_host=self.send, session_key=self.key)
+        req = RequestContext(self.id, self.principal, self.chain, profile.era, profile.protocol_version, message,
+                             profile.request_capabilities(message), profile.client_info, self.back.request_host, self.limit_scope)
+        req.tell_host, req.session_key = self.send, self.key  # set, not passed: no keyword dict per request
+        return req
 
     # ------------------------------------------------------------------ host side
 
@@ -142,10 +146,10 @@ class GuardSession:
         """``handle``'s synchronous entry (the stdio pump calls it as a line arrives): a well-formed
         handshake-era request is started here and None returned; anything else returns
         ``handle(message)``, for the pump to await in the host's order."""
-        if type(message) is dict and "method" in message and self.profile.era != Era.MODERN:
+        if type(message) is dict and "method" in message and self.profile.era != _MODERN:
             rid = message.get("id")
             if type(rid) in (str, int) and not era_rules.modern_request(message):
-                self._start(message)
+                self._begin(message)  # no era keys: nothing for ``profile.note`` to note
                 return None
         return self.handle(message)
 
@@ -173,8 +177,12 @@ class GuardSession:
     def _start(self, message: Message) -> None:
         """A request the era's rules let through: noted, and answered by a task of its own."""
         self.profile.note(message)
-        if self.profile.era == Era.MODERN:
+        if self.profile.era == _MODERN:
             self.back.note_log_level(message)
+        self._begin(message)
+
+    def _begin(self, message: Message) -> None:
+        """A request's task started (its era already noted)."""
         req = self._request(message)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
@@ -228,8 +236,10 @@ class GuardSession:
                 self.inflight.end(rid)
                 self.back.log_levels.pop(rid, None)
             response = self.profile.shape(str(method), response)
-            traced.respond(response)
-            await self.send(response)
+            try:
+                await self.host.send(response)
+            finally:  # the span's outcome is noted after the write: the host does not wait for it
+                traced.respond(response)
             if self.fatal is not None and self.on_fatal is not None:
                 self.on_fatal()  # e.g. a tool name collision: answered, now the guard stops
 

@@ -37,13 +37,18 @@ class SelfAsserted:
     def __init__(self, identity: IdentityConfig) -> None:
         self._identity = identity
         self._known: tuple[str, Principal] | None = None
+        self._seen: tuple[Message, Principal] | None = None  # the clientInfo object last asked about, per request
 
     def principal(self, client_info: Message) -> Principal:
+        seen = self._seen
+        if seen is not None and seen[0] is client_info:  # the session's clientInfo, unchanged since the last request
+            return seen[1]
         ident = self._identity
         agent = ident.agent or str(client_info.get("name") or "unknown-agent")
         known = self._known
         if known is None or known[0] != agent:
             known = self._known = (agent, Principal(user=ident.user or "unknown-user", agents=(agent,), purpose=ident.purpose, verified=False))
+        self._seen = (client_info, known[1])
         return known[1]
 
 

@@ -42,6 +42,7 @@ from mcp_guard.jsonrpc import (
 )
 from mcp_guard.telemetry import OFF, Hooks
 from mcp_guard.upstreams.channel import Channel
+from mcp_guard.upstreams.deadlines import Deadlines
 
 log = logging.getLogger("mcp_guard.upstream")
 
@@ -49,6 +50,7 @@ CLIENT_INFO = {"name": "mcp-guard", "version": __version__}
 LISTEN_FOREVER = 10.0 * 365 * 86400  # a subscriptions/listen request stays open for the connection's life
 MAX_BACKOFF = 30.0
 MAX_LIST_PAGES = 1000
+_MODERN = Era.MODERN  # read per call: a global (``Era.MODERN`` is an enum metaclass hook on 3.11)
 
 
 class Status(enum.StrEnum):
@@ -105,6 +107,7 @@ class Upstream:
         self._channel: Channel | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._deadlines = Deadlines()  # when each of them times out
         self._loop: asyncio.AbstractEventLoop | None = None  # found once: on 3.11 each lookup is a getpid(2)
         self._supervisor: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()
@@ -391,12 +394,12 @@ class Upstream:
         self._pending[request_id] = fut
         if on_id is not None:
             on_id(request_id)
-        # the deadline is one timer on the answer's own future (``asyncio.wait_for`` would add a
-        # second future, a done-callback and a partial per request)
-        timer = loop.call_later(timeout or self.config.timeout, _expire, fut)
+        # the deadline fails the answer's own future (``asyncio.wait_for`` would add a second
+        # future, a done-callback and a partial per request), on a timer shared by the requests
+        self._deadlines.add(loop, request_id, fut, timeout or self.config.timeout)
         try:
             try:
-                await channel.send(request(request_id, method, self._modern(params) if self.era == Era.MODERN else params))
+                await channel.send(request(request_id, method, self._modern(params) if self.era == _MODERN else params))
             except orjson.JSONEncodeError as exc:  # e.g. arguments nested deeper than the encoder's 255 levels
                 raise RpcError(INVALID_PARAMS, f"Invalid params: mcp-guard cannot forward this {method} ({exc})") from None
             return await fut
@@ -407,7 +410,7 @@ class Upstream:
                 f"upstream {self.name} did not answer {method} within {timeout or self.config.timeout:g}s"
             ) from None
         finally:
-            timer.cancel()
+            self._deadlines.discard(request_id)
             self._pending.pop(request_id, None)
 
     async def request(self, method: str, params: Message | None = None, *, timeout: float | None = None) -> Message:  # noqa: ASYNC109
@@ -435,12 +438,6 @@ class Upstream:
 
     async def refuse(self, request_id: Any, text: str) -> None:
         await self.respond(error(request_id, METHOD_NOT_FOUND, text))
-
-
-def _expire(fut: asyncio.Future[Message]) -> None:
-    """The upstream did not answer in time: the waiting ``_call`` gets ``TimeoutError``."""
-    if not fut.done():
-        fut.set_exception(TimeoutError())
 
 
 def _offers_modern(exc: RpcError) -> bool:

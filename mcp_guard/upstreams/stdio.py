@@ -4,9 +4,11 @@ The child gets an explicit environment (``config.upstream_environment``): a few 
 PATH and HOME, what ``env_passthrough`` names and its configured ``env`` — never another upstream's
 token or the guard's own secrets.  Its stderr goes to the guard's log, never to the host.
 
-Its stdout is split into lines by the pipe's own protocol (``_Lines``), not by a stream reader and
-a read loop: an answer to a request in flight is handed to the connection as soon as it arrives
-(``answer_with``), so a call's answer costs no wake-up of the reader task.  Everything else (the
+Its stdout is a pipe of the guard's own, read by the event loop directly (``_Stdout``; a
+subprocess transport's pipe hands each read on one loop turn later) and split into lines by the
+pipe's protocol, not by a stream reader and a read loop: an answer to a request in flight is handed
+to the connection as soon as it arrives (``answer_with``), so a call's answer costs no wake-up of
+the reader task.  Everything else (the
 upstream's requests and notifications) is queued for ``receive``, and so is an answer while
 anything is queued or being handled before it: the upstream's messages keep their order.
 """
@@ -21,7 +23,6 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
-from typing import cast
 
 import orjson
 
@@ -35,31 +36,44 @@ LINE_LIMIT = 64 * 1024 * 1024  # a 2000-tool list is ~1 MB; leave ample room
 INBOX_LIMIT = 1024  # messages queued for ``receive`` before the child's stdout stops being read
 
 
-class _Lines(asyncio.subprocess.SubprocessStreamProtocol):
-    """The child's pipes: stdout split into lines here (handed to the channel), stdin and stderr as
-    ``asyncio.subprocess`` streams."""
+class _Pipes(asyncio.subprocess.SubprocessStreamProtocol):
+    """The child's stdin and stderr, as ``asyncio.subprocess`` streams."""
 
-    def __init__(self, channel: StdioChannel, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=LINE_LIMIT, loop=loop)
+        self.paused = False  # the child's stdin is full: a write must wait for ``drain``
+
+    def pause_writing(self) -> None:  # called by the stdin pipe's write, as its buffer passes the high-water mark
+        super().pause_writing()
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.paused = False
+
+
+class _Stdout(asyncio.Protocol):
+    """The child's stdout, split into lines here and handed to the channel."""
+
+    def __init__(self, channel: StdioChannel) -> None:
         self._channel = channel
         self._lines = LineSplitter(channel.line, channel.overrun, LINE_LIMIT, resume=False)
 
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        if fd != 1:
-            super().pipe_data_received(fd, data)
-            return
-        self._lines.feed(cast(bytes, data))  # a pipe gives bytes
+    def data_received(self, data: bytes) -> None:
+        self._lines.feed(data)
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd == 1:
-            self._channel.ended()
-        super().pipe_connection_lost(fd, exc)
+    def eof_received(self) -> bool:
+        return False  # the transport closes: ``connection_lost`` says the end
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._channel.ended()
 
 
 class StdioChannel:
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self._proc: asyncio.subprocess.Process | None = None
+        self._pipes: _Pipes | None = None
         self._stdout: asyncio.ReadTransport | None = None  # the child's stdout pipe (paused while the inbox is full)
         self._stderr_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -78,25 +92,30 @@ class StdioChannel:
         env = upstream_environment(self.config)
         command = shutil.which(self.config.command, path=env.get("PATH")) or self.config.command
         loop = asyncio.get_running_loop()
+        stdout, child_stdout = os.pipe()
         try:
-            # asyncio.create_subprocess_exec, with stdout split by ``_Lines``
+            # asyncio.create_subprocess_exec, with stdout a pipe of the guard's own (``_Stdout``)
             transport, protocol = await loop.subprocess_exec(
-                lambda: _Lines(self, loop),
+                lambda: _Pipes(loop),
                 command,
                 *self.config.args,
                 stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=child_stdout,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 cwd=self.config.cwd,
                 start_new_session=True,  # the guard's signals (Ctrl-C in a terminal) are not the child's
             )
-            self._proc = asyncio.subprocess.Process(transport, protocol, loop)
-            self._stdout = cast(asyncio.ReadTransport, transport.get_pipe_transport(1))
         except OSError as exc:
+            os.close(stdout)
             raise UpstreamError(
                 f"upstream {self.config.name} could not start `{self.config.command}`: {exc.strerror or exc}"
             ) from None
+        finally:
+            os.close(child_stdout)  # the child's copy is the only writer left: its exit ends the pipe
+        self._proc = asyncio.subprocess.Process(transport, protocol, loop)
+        self._pipes = protocol
+        self._stdout, _ = await loop.connect_read_pipe(lambda: _Stdout(self), os.fdopen(stdout, "rb", 0))
         self._stderr_task = loop.create_task(self._pump_stderr())
 
     async def _pump_stderr(self) -> None:
@@ -111,8 +130,12 @@ class StdioChannel:
         if proc is None or proc.stdin is None or proc.returncode is not None:
             raise UpstreamError(f"upstream {self.config.name} is not running")
         try:
-            proc.stdin.write(dumps(message))
-            await proc.stdin.drain()
+            stdin = proc.stdin
+            stdin.write(dumps(message))
+            pipes = self._pipes
+            # drain() returns at once unless the pipe is full or closing (two coroutines per call saved)
+            if pipes is None or pipes.paused or stdin.transport.is_closing():
+                await stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise UpstreamError(f"upstream {self.config.name} stopped reading its input ({exc})") from None
 
@@ -223,3 +246,5 @@ class StdioChannel:
         if self._stderr_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stderr_task, 1.0)
+        if self._stdout is not None:  # a grandchild may still hold the child's stdout open
+            self._stdout.close()
