@@ -35,6 +35,7 @@ _perf_ns = time.perf_counter_ns
 _time_ns = time.time_ns
 _getrandbits = random.getrandbits
 _LOW64 = (1 << 64) - 1
+_LEGACY = Era.LEGACY  # bound once: an enum member read through its class costs a slow attribute hook on 3.11
 _FLAGS_HEX = ("-00", "-01")  # the traceparent's trace-flags: unsampled, sampled
 
 
@@ -105,7 +106,7 @@ class RequestTrace(RequestRecord):
         tel, req = self.tel, self.req
         # what the SERVER span and the duration read of the request record, noted as it ends
         self.version = req.protocol_version
-        self.session = req.session_id if req.era == Era.LEGACY else None
+        self.session = req.session_id if req.era is _LEGACY else None
         self.listed = req.tools_listed
         self.principal = req.principal
         del self.req  # the record outlives the request in the queues: not its message
