@@ -9,7 +9,9 @@ to a sink of its own, under callgrind.
 runs ``valgrind --tool=callgrind --separate-threads=yes`` over ``telemetry_loop.py --inner N`` for
 N = 0 and N = ``--calls`` and prints the difference per call: of the main thread (what a call
 waits for) and of all threads (the export threads' encoding and POSTs too), and the hooks' own
-share of the main thread's (against the same loop with telemetry off).  The flush at shutdown
+share of the main thread's (against the same loop with telemetry off).  After its warm-up it
+settles the heap as the guard does once started (``app.settle_heap``: the start-up heap frozen,
+the guard's young-generation threshold), so the collector's passes are the guard's.  The flush at shutdown
 runs on a thread of its own, so the main thread's figure is the event loop's share alone.  The guard's own
 pipeline, audit and upstream I/O are not in it: this prices the hooks and nothing else.
 
@@ -83,6 +85,9 @@ def inner(calls: int, endpoint: str, encode: str | None = None) -> None:
 
     for i in range(200):  # warm the caches
         one(i)
+    from mcp_guard.app import settle_heap
+
+    settle_heap()  # the collector as the guard runs it: the start-up heap frozen, its young-generation threshold
     if encode not in (None, "off"):
         warm, collected[:] = list(collected), []
         for i in range(calls):

@@ -25,6 +25,7 @@ shared attribute sets) is ``recorder``.  This module is the face the proxy holds
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.telemetry.settings import DEFAULT_EXPORT_TIMEOUT, Settings
@@ -67,19 +68,26 @@ class _Untraced:
 _UNTRACED = _Untraced()
 
 
+def _no_scope(req: RequestContext) -> _Untraced:
+    return _UNTRACED
+
+
+def _off_upstream_call(upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> _Untraced:
+    return _UNTRACED
+
+
 class Hooks:
-    """Telemetry off: every hook is a shared no-op context manager."""
+    """Telemetry off: every hook is a shared no-op context manager.
+
+    The hooks are attributes holding a callable, not methods: ``Telemetry``'s open their scope
+    in one call (the scope's class with its recorder bound), without a frame of the hook's own."""
 
     tracing = False
 
-    def request(self, req: RequestContext) -> _Untraced | RequestTrace:
-        return _UNTRACED
-
-    def decision(self, req: RequestContext) -> _Untraced | DecisionSpan:
-        return _UNTRACED
-
-    def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> _Untraced | UpstreamCall:
-        return _UNTRACED
+    def __init__(self) -> None:
+        self.request: Callable[[RequestContext], _Untraced | RequestTrace] = _no_scope
+        self.decision: Callable[[RequestContext], _Untraced | DecisionSpan] = _no_scope
+        self.upstream_call: Callable[[Upstream, str, Mapping[str, Any] | None], _Untraced | UpstreamCall] = _off_upstream_call
 
     def flush(self, timeout: float = DEFAULT_EXPORT_TIMEOUT) -> bool:
         return True
@@ -111,19 +119,13 @@ class Telemetry(Hooks):
         from mcp_guard.telemetry import scopes
         from mcp_guard.telemetry.recorder import Recorder
 
-        self._scopes = scopes
-        self.recorder = Recorder(settings, span_exporter=span_exporter, metric_reader=metric_reader,
-                                 scrape_reader=scrape_reader)
-        self.tracing = self.recorder.tracing
-
-    def request(self, req: RequestContext) -> RequestTrace:
-        return self._scopes.RequestTrace(self.recorder, req)
-
-    def decision(self, req: RequestContext) -> DecisionSpan:
-        return self._scopes.DecisionSpan(self.recorder, req)
-
-    def upstream_call(self, upstream: Upstream, method: str, params: Mapping[str, Any] | None) -> UpstreamCall:
-        return self._scopes.UpstreamCall(self.recorder, upstream, method, params)
+        super().__init__()
+        recorder = self.recorder = Recorder(settings, span_exporter=span_exporter, metric_reader=metric_reader,
+                                            scrape_reader=scrape_reader)
+        self.tracing = recorder.tracing
+        self.request = partial(scopes.RequestTrace, recorder)
+        self.decision = partial(scopes.DecisionSpan, recorder)
+        self.upstream_call = partial(scopes.UpstreamCall, recorder)
 
     def flush(self, timeout: float = DEFAULT_EXPORT_TIMEOUT) -> bool:
         return self.recorder.flush(timeout)

@@ -4,9 +4,12 @@ aggregated in plain objects and collected by any SDK MetricReader.
 An SDK ``Histogram.record`` validates and hashes its attributes, builds a ``Measurement`` and runs
 the exemplar machinery: ~15 µs per record on a busy machine, two per tool call.  The guard's
 metric attributes are a handful of low-cardinality sets it builds itself, so each set gets a
-point object once.  A record on the event loop is one append to the instrument's queue; the
-reader's thread folds the queue into the points (a bisect and four additions each) when it
-collects, and the loop folds it itself only when FOLD_AT records piled up (bounded memory).
+point object once.  A record on the event loop is one append to the instrument's queue; a fold
+thread of its own folds the queues into the points (a point key from the record, a bisect and
+four additions each) whenever WAKE_AT records piled up in one, the reader's thread folds what is
+left when it collects, and the loop folds a queue itself only when FOLD_AT records piled up (the
+fold thread fell behind: bounded memory).  The reader collects once a minute by default, so
+without the fold thread a guard past ~70 calls a second would fold every record on the loop.
 
 The points reach the standard pipeline unchanged: the configured ``MetricReader`` (periodic OTLP
 or console export, or the SDK's ``InMemoryMetricReader`` in tests) is registered on this object
@@ -48,7 +51,8 @@ if TYPE_CHECKING:
 
 DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 CARDINALITY_LIMIT = 2000  # the SDK's default per instrument
-FOLD_AT = 4096  # queued records an instrument folds on the recording thread (else the reader folds)
+WAKE_AT = 512  # queued records of an instrument that wake the fold thread (as a span batch wakes the export thread)
+FOLD_AT = 4096  # queued records an instrument folds on the recording thread (the fold thread fell behind)
 _OVERFLOW: Mapping[str, AttributeValue] = {"otel.metric.overflow": True}
 
 
@@ -91,11 +95,15 @@ class _Instrument:
         self.pending: deque[tuple[Any, Any, Attrs | None]] = deque()
 
     def queue(self, key: Any, value: Any, attrs: Attrs | None) -> None:
-        """One record: an append on the recording thread; folded here only when ``FOLD_AT`` piled up.
-        ``attrs`` is only called the first time ``key`` is seen (None: ``key`` is a scope's record)."""
+        """One record: an append on the recording thread, which wakes the fold thread once per
+        ``WAKE_AT`` records and folds here only when ``FOLD_AT`` piled up.  ``attrs`` is only
+        called the first time ``key`` is seen (None: ``key`` is a scope's record)."""
         pending = self.pending
         pending.append((key, value, attrs))
-        if len(pending) >= FOLD_AT:
+        queued = len(pending)
+        if queued == WAKE_AT:
+            self._owner.wake.set()
+        elif queued >= FOLD_AT:
             self.fold()
 
     def fold(self) -> None:
@@ -193,9 +201,24 @@ class Instruments:
         self._last_collect = time.time_ns()
         self.histograms: list[DurationHistogram] = []
         self.counters: list[MonotonicCounter] = []
+        self.wake = threading.Event()  # set by a queue that reached WAKE_AT
+        self._stopped = False
+        self._folder = threading.Thread(target=self._fold_when_woken, name="mcp-guard-metric-fold", daemon=True)
+        self._folder.start()
         # the registration a MeterProvider performs: the reader now collects from here
         for each in (reader, scrape) if scrape is not None and scrape is not reader else (reader,):
             each._set_collect_callback(self._collect)  # type: ignore[arg-type]  # the SDK annotation is stale: it is called (reader, timeout_millis=)
+
+    def _fold_when_woken(self) -> None:
+        """The fold thread: folds every queue each time one of them reached ``WAKE_AT``."""
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self._stopped:
+                return
+            with self.lock:
+                for instrument in (*self.histograms, *self.counters):
+                    instrument._fold_locked()
 
     def start_for_new(self, kind: str) -> int:
         """Start time of a new point: the last collection (or the start) for either temporality.
@@ -256,6 +279,9 @@ class Instruments:
         return bool(self.reader.force_flush(timeout_millis=timeout_millis))
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
+        self._stopped = True
+        self.wake.set()
+        self._folder.join(timeout_millis / 1000)
         self.reader.shutdown(timeout_millis=timeout_millis)
         if self.scrape is not None and self.scrape is not self.reader:
             self.scrape.shutdown(timeout_millis=timeout_millis)
@@ -284,4 +310,4 @@ def metric_reader(settings: Settings) -> MetricReader | None:
     )
 
 
-__all__ = ["CARDINALITY_LIMIT", "DURATION_BUCKETS", "DurationHistogram", "Instruments", "MonotonicCounter", "metric_reader"]
+__all__ = ["CARDINALITY_LIMIT", "DURATION_BUCKETS", "FOLD_AT", "WAKE_AT", "DurationHistogram", "Instruments", "MonotonicCounter", "metric_reader"]

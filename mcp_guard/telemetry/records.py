@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, TraceState
 
-from mcp_guard.jsonrpc import Era
 from mcp_guard.telemetry import attributes as a
 from mcp_guard.telemetry.recorder import Recorder, Upstream
 from mcp_guard.telemetry.spans import LightSpan, RemoteParent
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
     from mcp_guard.decision import Verdict
     from mcp_guard.identity import Principal
-    from mcp_guard.request import RequestContext, Target
+    from mcp_guard.request import Target
     from mcp_guard.telemetry.wire import Wired
 
 _NONE: Mapping[str, AttributeValue] = {}
@@ -120,7 +119,7 @@ class SpanRecord:
 class RequestRecord(SpanRecord):
     """One host request: its SERVER span and its ``mcp.server.operation.duration`` point."""
 
-    __slots__ = ("current", "elapsed", "guarded", "listed", "message_id", "method", "name", "outcome", "principal",
+    __slots__ = ("current", "guarded", "listed", "message_id", "method", "name", "outcome", "principal",
                  "session", "uri", "version")
 
     method: str
@@ -356,12 +355,4 @@ class UpstreamRecord(SpanRecord):
         return attrs if failed is None else {**attrs, a.ERROR_TYPE: failed}
 
 
-def note_request(record: RequestRecord, req: RequestContext) -> None:
-    """What the SERVER span and the duration read of the request record, noted as it ends."""
-    record.version = req.protocol_version
-    record.session = req.session_id if req.era == Era.LEGACY else None
-    record.listed = req.tools_listed
-    record.principal = req.principal
-
-
-__all__ = ["DecisionRecord", "RequestRecord", "SpanRecord", "UpstreamRecord", "note_request"]
+__all__ = ["DecisionRecord", "RequestRecord", "SpanRecord", "UpstreamRecord"]
