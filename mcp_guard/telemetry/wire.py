@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from mcp_guard.telemetry.attributes import JSONRPC_REQUEST_ID
 from mcp_guard.telemetry.export import (
     _BLOCK_LIMIT,
     _FLAGS,
@@ -67,9 +68,10 @@ YIELD_EVERY = 64
 _pause = time.sleep
 
 # what ``wire()`` returns: (the key of the span's name and attribute block, or None for the
-# ``light()`` path; its per-request attributes; None when its status is unset, else (the error's
-# description or None,); then the record's trace_id, span_id, parent_id, state, remote, start, end)
-Wired = tuple["Hashable | None", "Sequence[tuple[str, Any]]", "tuple[str | None] | None",
+# ``light()`` path; its ``jsonrpc.request.id`` or None; its other per-request attributes; None when
+# its status is unset, else (the error's description or None,); then the record's trace_id,
+# span_id, parent_id, state, remote, start, end)
+Wired = tuple["Hashable | None", "str | None", "Sequence[tuple[str, Any]]", "tuple[str | None] | None",
               int, int, int, "TraceState | None", bool, int, int]
 
 
@@ -124,6 +126,7 @@ class RecordEncoder(SpanEncoder):
         parts = [b"", b"", b"", b""]  # the envelope's heads, filled in last
         total = 0
         wired, heads, span_heads = self._wired, self._heads, _SPAN_HEADS
+        id_heads = heads.get(JSONRPC_REQUEST_ID) or self._unique_heads(JSONRPC_REQUEST_ID)
         last_trace, trace = -1, b""
         left = YIELD_EVERY
         for r in batch:
@@ -132,7 +135,7 @@ class RecordEncoder(SpanEncoder):
                 left = YIELD_EVERY
                 _pause(0)
             # one call for every field (a record's own method reads its slots at the specialised speed)
-            key, unique, error, trace_id, span_id, parent, state, remote, start, end = r.wire()
+            key, rid, unique, error, trace_id, span_id, parent, state, remote, start, end = r.wire()
             try:
                 found = wired.get(key) if key is not None else None
             except TypeError:  # an unhashable value where the guard's own code puts a str or a tuple
@@ -163,6 +166,17 @@ class RecordEncoder(SpanEncoder):
             n = 18 + len(ids) + fixed  # the trace id's 18 bytes, then the rest
             # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16): pieces
             # joined with the batch, not concatenated per span
+            if rid is not None:  # a JSON-RPC id: short, a string
+                raw = rid.encode("utf-8")
+                m = len(raw)
+                if m < len(id_heads):
+                    prefix = id_heads[m]
+                    parts += (prefix, raw)
+                    n += len(prefix) + m
+                else:
+                    attr = self._unique(JSONRPC_REQUEST_ID, rid)
+                    parts.append(attr)
+                    n += len(attr)
             for k, v in unique:
                 if v.__class__ is str:
                     raw = v.encode("utf-8")
