@@ -128,84 +128,82 @@ class RecordEncoder(SpanEncoder):
         wired, heads, span_heads = self._wired, self._heads, _SPAN_HEADS
         id_heads = heads.get(JSONRPC_REQUEST_ID) or self._unique_heads(JSONRPC_REQUEST_ID)
         last_trace, trace = -1, b""
-        left = YIELD_EVERY
-        for r in batch:
-            left -= 1
-            if not left:  # a waiting event loop would get the GIL only after the 5 ms switch interval
-                left = YIELD_EVERY
+        for at in range(0, len(batch), YIELD_EVERY):
+            if at:  # a waiting event loop would get the GIL only after the 5 ms switch interval
                 _pause(0)
-            # one call for every field (a record's own method reads its slots at the specialised speed)
-            key, rid, unique, error, trace_id, span_id, parent, state, remote, start, end = r.wire()
-            try:
-                found = wired.get(key) if key is not None else None
-            except TypeError:  # an unhashable value where the guard's own code puts a str or a tuple
-                key = None
-            if key is None:
-                span = self.span(r.light())
-                n = len(span)
-                head = b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n))
-                parts += (head, span)
-                total += len(head) + n
-                continue
-            if found is None:
-                found = self._learn(key, r)
-            if trace_id != last_trace:  # a request's spans share their trace and mostly come one after another
-                last_trace, trace = trace_id, _TRACE_TAG + trace_id.to_bytes(16, "big")
-            if state:
-                ids = (_SPAN.pack(b"\x12\x08", span_id)
-                       + _field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
-                if parent:
-                    ids += _PARENT.pack(b"\x22\x08", parent)
-            elif parent:
-                ids = _SPAN_PARENT.pack(b"\x12\x08", span_id, b"\x22\x08", parent)
-            else:
-                ids = _SPAN.pack(b"\x12\x08", span_id)
-            name, block, fixed = found
-            at = len(parts)  # the span's tag and length go here once its size is known
-            parts += (b"", trace, ids, name, _TIMES.pack(0x39, start, 0x41, end), block)
-            n = 18 + len(ids) + fixed  # the trace id's 18 bytes, then the rest
-            # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16): pieces
-            # joined with the batch, not concatenated per span
-            if rid is not None:  # a JSON-RPC id: short, a string
-                raw = rid.encode("utf-8")
-                m = len(raw)
-                if m < len(id_heads):
-                    prefix = id_heads[m]
-                    parts += (prefix, raw)
-                    n += len(prefix) + m
+            for r in batch[at:at + YIELD_EVERY]:
+                # one call for every field (a record's own method reads its slots at the specialised speed)
+                key, rid, unique, error, trace_id, span_id, parent, state, remote, start, end = r.wire()
+                try:
+                    found = wired.get(key) if key is not None else None
+                except TypeError:  # an unhashable value where the guard's own code puts a str or a tuple
+                    key = None
+                if key is None:
+                    span = self.span(r.light())
+                    n = len(span)
+                    head = b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n))
+                    parts += (head, span)
+                    total += len(head) + n
+                    continue
+                if found is None:
+                    found = self._learn(key, r)
+                if trace_id != last_trace:  # a request's spans share their trace and mostly come one after another
+                    last_trace, trace = trace_id, _TRACE_TAG + trace_id.to_bytes(16, "big")
+                if state:
+                    ids = (_SPAN.pack(b"\x12\x08", span_id)
+                           + _field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+                    if parent:
+                        ids += _PARENT.pack(b"\x22\x08", parent)
+                elif parent:
+                    ids = _SPAN_PARENT.pack(b"\x12\x08", span_id, b"\x22\x08", parent)
                 else:
-                    attr = self._unique(JSONRPC_REQUEST_ID, rid)
-                    parts.append(attr)
-                    n += len(attr)
-            for k, v in unique:
-                if v.__class__ is str:
-                    raw = v.encode("utf-8")
+                    ids = _SPAN.pack(b"\x12\x08", span_id)
+                name, block, fixed = found
+                here = len(parts)  # the span's tag and length go here once its size is known
+                parts += (b"", trace, ids, name, _TIMES.pack(0x39, start, 0x41, end), block)
+                n = 18 + len(ids) + fixed  # the trace id's 18 bytes, then the rest
+                # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16): pieces
+                # joined with the batch, not concatenated per span
+                if rid is not None:  # a JSON-RPC id: short, a string
+                    raw = rid.encode("utf-8")
                     m = len(raw)
-                    framed = heads.get(k) or self._unique_heads(k)
-                    if m < len(framed):  # KeyValue{key, AnyValue{string_value}}, every length one byte
-                        prefix = framed[m]
+                    if m < len(id_heads):
+                        prefix = id_heads[m]
                         parts += (prefix, raw)
                         n += len(prefix) + m
-                        continue
-                attr = self._unique(k, v)
-                parts.append(attr)
-                n += len(attr)
-            if error is None:
-                tail = _TAIL[remote]
-            else:
-                message = error[0]
-                status = (_field(b"\x12", message.encode("utf-8")) if message else b"") + _ERROR_CODE
-                m = len(status)
-                tail = b"\x7a" + (_SMALL[m] if m < 0x80 else _varint(m)) + status + _FLAG_BYTES[remote]
-            parts.append(tail)
-            n += len(tail)
-            kept = span_heads[n] if n < _HEADS_KEPT else None
-            if kept is None:
-                kept = b"\x12" + _varint(n)
-                if n < _HEADS_KEPT:
-                    span_heads[n] = kept
-            parts[at] = kept
-            total += len(kept) + n
+                    else:
+                        attr = self._unique(JSONRPC_REQUEST_ID, rid)
+                        parts.append(attr)
+                        n += len(attr)
+                for k, v in unique:
+                    if v.__class__ is str:
+                        raw = v.encode("utf-8")
+                        m = len(raw)
+                        framed = heads.get(k) or self._unique_heads(k)
+                        if m < len(framed):  # KeyValue{key, AnyValue{string_value}}, every length one byte
+                            prefix = framed[m]
+                            parts += (prefix, raw)
+                            n += len(prefix) + m
+                            continue
+                    attr = self._unique(k, v)
+                    parts.append(attr)
+                    n += len(attr)
+                if error is None:
+                    tail = _TAIL[remote]
+                else:
+                    message = error[0]
+                    status = (_field(b"\x12", message.encode("utf-8")) if message else b"") + _ERROR_CODE
+                    m = len(status)
+                    tail = b"\x7a" + (_SMALL[m] if m < 0x80 else _varint(m)) + status + _FLAG_BYTES[remote]
+                parts.append(tail)
+                n += len(tail)
+                kept = span_heads[n] if n < _HEADS_KEPT else None
+                if kept is None:
+                    kept = b"\x12" + _varint(n)
+                    if n < _HEADS_KEPT:
+                        span_heads[n] = kept
+                parts[here] = kept
+                total += len(kept) + n
         # ResourceSpans{resource, scope_spans: ScopeSpans{scope, spans..., schema_url}, schema_url}
         scope_spans = len(self._scope) + total + len(self._scope_tail)
         parts[2] = b"\x12" + _varint(scope_spans)
