@@ -33,7 +33,6 @@ from mcp_guard.telemetry.export import (
     _KIND,
     _PARENT,
     _SMALL,
-    _TIMES,
     LightOTLPSpanExporter,
     SpanEncoder,
     _field,
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
 # span_id (2) alone or with parent_span_id (4) in one pack, big-endian
 _TRACE_TAG = b"\x0a\x10"
 _SPAN = struct.Struct(">2sQ")
+_STARTED = struct.Struct("<QBQ")  # start_time_unix_nano's value (its tag ends the cached name), end_time_unix_nano (8)
 _SPAN_PARENT = struct.Struct(">2sQ2sQ")
 # Span's tag and length, made once for each length below this (a varint of one or two bytes)
 _HEADS_KEPT = 0x4000
@@ -103,11 +103,12 @@ class RecordEncoder(SpanEncoder):
         """(name and kind fields, attribute block, their length with the times') of ``key``'s spans,
         encoded from ``record.light()``."""
         span = record.light()
-        name = _field(b"\x2a", span.name.encode("utf-8")) + b"\x30" + _SMALL[_KIND[span.kind]]
+        # Span.name (5), Span.kind (6), and the tag of start_time_unix_nano (7), which ``_STARTED`` packs
+        name = _field(b"\x2a", span.name.encode("utf-8")) + b"\x30" + _SMALL[_KIND[span.kind]] + b"\x39"
         block = self._block_of(span.attrs) if span.attrs else b""
         if len(self._wired) >= _BLOCK_LIMIT:
             self._wired.clear()
-        found = self._wired[key] = (name, block, len(name) + _TIMES.size + len(block))
+        found = self._wired[key] = (name, block, len(name) + _STARTED.size + len(block))
         return found
 
     def _unique_heads(self, key: str) -> tuple[bytes, ...]:
@@ -160,7 +161,7 @@ class RecordEncoder(SpanEncoder):
                     ids = _SPAN.pack(b"\x12\x08", span_id)
                 name, block, fixed = found
                 here = len(parts)  # the span's tag and length go here once its size is known
-                parts += (b"", trace, ids, name, _TIMES.pack(0x39, start, 0x41, end), block)
+                parts += (b"", trace, ids, name, _STARTED.pack(start, 0x41, end), block)
                 n = 18 + len(ids) + fixed  # the trace id's 18 bytes, then the rest
                 # Span.attributes (9) of this request, then Span.status (15) and Span.flags (16): pieces
                 # joined with the batch, not concatenated per span
