@@ -6,9 +6,13 @@ the same (method, tool, principal, verdict, outcome kind...): each record says w
 ``wire()`` key, and the span's ``name``/``kind`` fields and its attribute block are encoded once
 per key (from the record's ``light()``, through ``SpanEncoder``, so the bytes are the ones it
 writes).  Every other span is the cached blocks with the few fields that differ written in
-between: ids, times, the per-request attributes (JSON-RPC id, resource URI) and the status.  A
+between: ids, times, the per-request attributes (JSON-RPC id, resource URI) and the status.
+``wire()`` returns those fields with the key (read in the record's own method, where attribute
+reads are specialised to its class: the encoder's loop sees three classes and reads each slot at
+the generic attribute path's price); the trace id's bytes are made once for a request's spans in
+a row, the JSON-RPC id's head once per length, a span's tag and length once per size.  A
 record whose key is None (an exception's event, an approval's event) is encoded from its
-``light()`` as before.  A batch hands the GIL over every ``YIELD_EVERY`` spans, so an event loop
+``light()`` as before.  A batch hands the GIL over between slices of ``YIELD_EVERY`` spans, so an event loop
 woken while a batch is encoded waits for that many spans, not for the interpreter's 5 ms switch
 interval.  ``tests/telemetry/test_span_wire.py`` checks the bytes against the
 ``LightSpan`` path and the SDK's encoder.
