@@ -97,17 +97,18 @@ def evaluate(
     name: str,
     args: Mapping[str, Any],
     annotations: Mapping[str, Any] | None,
-    now: float,
+    now: float | None,
     *,
     kind: Kind = Kind.TOOL,
     paths: PathContext | None = None,
     flow: FlowView | None = None,
 ) -> Verdict:
     """Policies AND every chain link, for ``name`` (``UPSTREAM/TOOL``, ``UPSTREAM/URI`` or
-    ``UPSTREAM/PROMPT``).  deny beats approve beats allow; an expired chain is ``expired``.
+    ``UPSTREAM/PROMPT``).  deny beats approve beats allow; an expired chain is ``expired``
+    (``now`` None: the caller checked the chain's times for this request already).
     ``flow`` is the session's labels and content; a request that would bring a label beyond the
     chain's label ceiling is denied."""
-    if chain is not None:
+    if chain is not None and now is not None:
         late = chain.check_time(now)
         if late is not None:
             return Verdict(Outcome.EXPIRED, f"mcp-guard denied {name}: {late}")

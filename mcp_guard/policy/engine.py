@@ -169,7 +169,8 @@ class PolicySet:
         session's labels and labelled content (None: a session that holds nothing)."""
         if kind is _TOOL:
             c = self._cands.get(tool) or self._candidates(tool)
-            a = args if isinstance(args, Mapping) else _NO_ARGS
+            # a dict first: ``isinstance`` of an ABC walks its subclass hook per call
+            a = args if type(args) is dict or isinstance(args, Mapping) else _NO_ARGS
             return self._decide(c, principal, a, annotations, paths, tool, flow)
         if kind is Kind.PROMPT:
             c = self._index[kind].candidates(tool)

@@ -168,12 +168,14 @@ class Pipeline:
         try:
             flow = await self._flow_view(req) if req.chain is not None or guard.policies.uses_flow else None
             if exact:
+                # the chain's times were checked for this request above (``chain_refusal``): not again
+                now = None if req.chain is None or req.chain_checked else guard.clock()
                 verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
-                                   guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
+                                   now, kind=target.kind, paths=self.paths(target.upstream), flow=flow)
                 shadow = guard.policies.shadow
                 if shadow is not None:  # only when some policy says `mode: shadow`
                     req.shadow = evaluate(shadow, req.chain, who, target.qualified, args, target.annotations,
-                                          guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
+                                          now, kind=target.kind, paths=self.paths(target.upstream), flow=flow)
             else:  # completion of a resource template: decided as its listing is (the URI is a template)
                 verdict = self._by_visibility(req, target)
             if verdict.decision is _APPROVAL_REQUIRED:
@@ -305,8 +307,9 @@ class Pipeline:
             self._seen[id(who), id(target), id(verdict), req.method, traced is None] = (who, target, verdict, template)
         values = {"args_sha256": args_hash(args), "session": req.session_key or req.session_id}
         if traced is not None:
-            values["trace_id"] = f"{traced[0]:032x}"
-            values["span_id"] = f"{traced[1]:016x}"
+            # the same lowercase, zero-padded hex as ``:032x``/``:016x``, without a `__format__` call each
+            values["trace_id"] = traced[0].to_bytes(16, "big").hex()
+            values["span_id"] = traced[1].to_bytes(8, "big").hex()
         return template, values
 
     def _template(self, req: RequestContext, target: Target, verdict: Verdict) -> RecordTemplate:
