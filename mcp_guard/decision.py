@@ -162,7 +162,9 @@ def brought(policies: PolicySet, chain: GrantChain | None, who: Principal, name:
             kind: Kind, paths: PathContext | None) -> Brought:
     """What a forwarded request brings: its ``labels:`` entries, less ``untrusted`` when the grant
     endorses the request as a source the principal vouched for."""
-    brings = policies.labels.brings(who, kind, name, args, paths, _uri_args(kind, name))
+    labels = policies.labels
+    # no ``labels:`` entries (their method answers the same): no call, no URI arguments built
+    brings = labels.brings(who, kind, name, args, paths, _uri_args(kind, name)) if labels.entries else NOTHING
     if chain is not None and chain.flow.endorse_sources and "untrusted" in brings.labels \
             and endorsed_source(chain.flow.endorse_sources, who, kind, name, args, paths):
         brings = brings.without("untrusted")
