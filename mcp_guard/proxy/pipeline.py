@@ -65,6 +65,8 @@ class Pipeline:
         self._audit_who: tuple[Principal, Message] | None = None
         self._templates: dict[tuple[object, ...], RecordTemplate] = {}
         self._seen: dict[tuple[object, ...], tuple[Principal, Target, Verdict, RecordTemplate]] = {}
+        # (principal, target, verdict, method, untraced, template) of the last common record
+        self._last_filled: tuple[Any, ...] = (None, None, None, None, None, None)
         self.flows = FlowTracker(guard.store, int(guard.config.flow.max_content_mib * 2**20), exclusive=guard.flow_exclusive)
 
     def paths(self, upstream: str) -> PathContext | None:
@@ -297,14 +299,20 @@ class Pipeline:
         # the same principal, target and verdict objects as a record before (an allowed call's verdict
         # is shared): found by identity, without hashing the fields; the entry holds the objects
         # themselves, so their ids cannot be reused while it lives
-        seen = self._seen.get((id(who), id(target), id(verdict), req.method, traced is None))
-        if seen is not None and seen[0] is who and seen[1] is target and seen[2] is verdict:
-            template = seen[3]
+        method, plain = req.method, traced is None
+        last = self._last_filled  # the record before's objects (a session's repeated call): no key to build
+        if last[0] is who and last[1] is target and last[2] is verdict and last[3] == method and last[4] is plain:
+            template = last[5]
         else:
-            template = self._template(req, target, verdict)
-            if len(self._seen) >= TEMPLATES:
-                self._seen.clear()
-            self._seen[id(who), id(target), id(verdict), req.method, traced is None] = (who, target, verdict, template)
+            seen = self._seen.get((id(who), id(target), id(verdict), method, plain))
+            if seen is not None and seen[0] is who and seen[1] is target and seen[2] is verdict:
+                template = seen[3]
+            else:
+                template = self._template(req, target, verdict)
+                if len(self._seen) >= TEMPLATES:
+                    self._seen.clear()
+                self._seen[id(who), id(target), id(verdict), method, plain] = (who, target, verdict, template)
+            self._last_filled = (who, target, verdict, method, plain, template)
         values = {"args_sha256": args_hash(args), "session": req.session_key or req.session_id}
         if traced is not None:
             # the same lowercase, zero-padded hex as ``:032x``/``:016x``, without a `__format__` call each
