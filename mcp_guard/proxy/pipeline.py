@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.audit import RecordTemplate, args_hash
-from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
+from mcp_guard.decision import FORWARDED, Kind, Outcome, PathContext, Verdict, evaluate
 from mcp_guard.errors import AuditError, StateError
 from mcp_guard.flow.view import SessionView
 from mcp_guard.jsonrpc import REFUSED, URL_ELICITATION_REQUIRED, Message, error, result, tool_error
@@ -121,7 +121,7 @@ class Pipeline:
                 return error(req.message.get("id"), URL_ELICITATION_REQUIRED,
                              f"A human must approve {target.qualified} on the guard's approval page first",
                              dict(verdict.url_elicitation))
-            if not verdict.forward:
+            if verdict.decision not in FORWARDED:  # ``verdict.forward``, without the property's call
                 await self.audit(req, args)
                 return refusal(req, target.kind, verdict.reason)
             if upstream.status != _READY:
@@ -182,7 +182,7 @@ class Pipeline:
                 verdict = self._by_visibility(req, target)
             if verdict.decision is _APPROVAL_REQUIRED:
                 verdict = await guard.approver.ask(req, target, args, verdict)
-            if verdict.forward and self.upstreams[target.upstream].status == _READY:
+            if verdict.decision in FORWARDED and self.upstreams[target.upstream].status == _READY:
                 # only a request that will be forwarded spends a rate slot or a budget unit
                 limits = guard.policies.limits(who, target.qualified, target.kind)
                 budgets = req.chain.budgets(target.qualified, target.kind) if req.chain is not None else ()
