@@ -97,17 +97,18 @@ def evaluate(
     name: str,
     args: Mapping[str, Any],
     annotations: Mapping[str, Any] | None,
-    now: float,
+    now: float | None,
     *,
     kind: Kind = Kind.TOOL,
     paths: PathContext | None = None,
     flow: FlowView | None = None,
 ) -> Verdict:
     """Policies AND every chain link, for ``name`` (``UPSTREAM/TOOL``, ``UPSTREAM/URI`` or
-    ``UPSTREAM/PROMPT``).  deny beats approve beats allow; an expired chain is ``expired``.
+    ``UPSTREAM/PROMPT``).  deny beats approve beats allow; an expired chain is ``expired``
+    (``now`` None: the caller checked the chain's times for this request already).
     ``flow`` is the session's labels and content; a request that would bring a label beyond the
     chain's label ceiling is denied."""
-    if chain is not None:
+    if chain is not None and now is not None:
         late = chain.check_time(now)
         if late is not None:
             return Verdict(Outcome.EXPIRED, f"mcp-guard denied {name}: {late}")
@@ -161,7 +162,9 @@ def brought(policies: PolicySet, chain: GrantChain | None, who: Principal, name:
             kind: Kind, paths: PathContext | None) -> Brought:
     """What a forwarded request brings: its ``labels:`` entries, less ``untrusted`` when the grant
     endorses the request as a source the principal vouched for."""
-    brings = policies.labels.brings(who, kind, name, args, paths, _uri_args(kind, name))
+    labels = policies.labels
+    # no ``labels:`` entries (their method answers the same): no call, no URI arguments built
+    brings = labels.brings(who, kind, name, args, paths, _uri_args(kind, name)) if labels.entries else NOTHING
     if chain is not None and chain.flow.endorse_sources and "untrusted" in brings.labels \
             and endorsed_source(chain.flow.endorse_sources, who, kind, name, args, paths):
         brings = brings.without("untrusted")

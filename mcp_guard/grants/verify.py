@@ -38,6 +38,7 @@ from mcp_guard.paths import PathContext
 MAX_LINKS = 8
 MAX_BYTES = 16 * 1024
 NBF_LEEWAY = 30.0  # clock skew between the issuer's machine and the guard's
+_TOOL = Kind.TOOL  # read per call: a global (a member read through its class is the enum metaclass's slow hook on 3.11)
 
 
 def iso(ts: float) -> str:
@@ -210,7 +211,7 @@ class GrantChain:
         return None
 
     def _plan(self, tool: str, kind: Kind = Kind.TOOL) -> _Plan:
-        key: str | tuple[Kind, str] = tool if kind is Kind.TOOL else (kind, tool)
+        key: str | tuple[Kind, str] = tool if kind is _TOOL else (kind, tool)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
@@ -218,7 +219,7 @@ class GrantChain:
         approval = False
         validators: list[tuple[Link, ToolEntry]] = []
         budgets: list[Budget] = []
-        prefix = "tool" if kind is Kind.TOOL else str(kind)
+        prefix = "tool" if kind is _TOOL else str(kind)
         for link in self.links:
             entries = link.entries(kind, tool)
             if not entries:
@@ -251,7 +252,7 @@ class GrantChain:
         """Whether every link permits this request (``tool`` is ``UPSTREAM/URI`` for a resource);
         ``paths`` places relative paths for the ``x-under`` argument constraint."""
         plan = self._plan(tool, kind)
-        what = tool if kind is Kind.TOOL else f"{kind} {tool}"
+        what = tool if kind is _TOOL else f"{kind} {tool}"
         if plan.missing is not None:
             link = plan.missing
             return CallCheck(False, False, f"the grant of agent {link.agent} does not include {what}", link.index, E.TOOL_NOT_GRANTED)

@@ -117,6 +117,7 @@ class PolicySet:
         self._candidates = tools.candidates
         self._templates: dict[str, tuple[tuple[_Rule, ...], tuple[_Rule, ...]]] = {}
         self._profiles: dict[tuple[str, tuple[str, ...], str | None], _Profile] = {}
+        self._last_profile: tuple[Principal | None, _Profile] = (None, _Profile(bytearray(), bytearray(), {}))
         # decisions by (name, matched rules): the sentence and the rule ids are built once, and the
         # same Decision object comes back, so callers may keep what they derive from it
         self._combined: dict[tuple[object, ...], Decision] = {}
@@ -139,12 +140,16 @@ class PolicySet:
     # ----------------------------------------------------------------- lookups
 
     def _profile(self, p: Principal) -> _Profile:
+        last = self._last_profile  # the same (immutable) principal as the call before: no key to hash
+        if last[0] is p:
+            return last[1]
         key = (p.user, p.agents, p.purpose)
         prof = self._profiles.get(key)
         if prof is None:
             if len(self._profiles) >= _PROFILES_MAX:
                 self._profiles.clear()
             prof = self._profiles[key] = _Profile(bytearray(len(self.policies)), bytearray(len(self._rules)), {})
+        self._last_profile = (p, prof)  # holds the principal: its id is not reused while kept
         return prof
 
     def _subjects_ok(self, prof: _Profile, policy: int, p: Principal) -> bool:
@@ -169,7 +174,8 @@ class PolicySet:
         session's labels and labelled content (None: a session that holds nothing)."""
         if kind is _TOOL:
             c = self._cands.get(tool) or self._candidates(tool)
-            a = args if isinstance(args, Mapping) else _NO_ARGS
+            # a dict first: ``isinstance`` of an ABC walks its subclass hook per call
+            a = args if type(args) is dict or isinstance(args, Mapping) else _NO_ARGS
             return self._decide(c, principal, a, annotations, paths, tool, flow)
         if kind is Kind.PROMPT:
             c = self._index[kind].candidates(tool)
@@ -198,7 +204,7 @@ class PolicySet:
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x.test(a, principal, paths) is True for x in r.arg_conds)
+                    and (not r.arg_conds or all(x.test(a, principal, paths) is True for x in r.arg_conds))
                     and (not r.flow_conds or all(f.test(a, principal, flow) is True for f in r.flow_conds))
                 ]
             else:
@@ -206,14 +212,15 @@ class PolicySet:
                     r for r in tier
                     if (states[r.order] or self._static(prof, r, principal)) == 2
                     and (not r.annotations or r.annotations_ok(annotations))
-                    and all(x.test(a, principal, paths) is not False for x in r.arg_conds)
+                    and (not r.arg_conds or all(x.test(a, principal, paths) is not False for x in r.arg_conds))
                     and (not r.flow_conds or all(f.test(a, principal, flow) is not False for f in r.flow_conds))
                 ]
             if matched:
                 first = matched[0]
                 if first.flow_conds and first.effect is not Effect.ALLOW:  # its sentence names the session's labels
                     return _combine(matched, label, flow)
-                key = (label, *[r.order for r in matched])
+                # one matched rule (the common case) without a list: the same key either way
+                key = (label, first.order) if len(matched) == 1 else (label, *[r.order for r in matched])
                 decision = self._combined.get(key)
                 if decision is None:
                     if len(self._combined) >= _CACHE_MAX:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mcp_guard.audit import RecordTemplate, args_hash
-from mcp_guard.decision import Kind, Outcome, PathContext, Verdict, evaluate
+from mcp_guard.decision import FORWARDED, Kind, Outcome, PathContext, Verdict, evaluate
 from mcp_guard.errors import AuditError, StateError
 from mcp_guard.flow.view import SessionView
 from mcp_guard.jsonrpc import REFUSED, URL_ELICITATION_REQUIRED, Message, error, result, tool_error
@@ -65,6 +65,8 @@ class Pipeline:
         self._audit_who: tuple[Principal, Message] | None = None
         self._templates: dict[tuple[object, ...], RecordTemplate] = {}
         self._seen: dict[tuple[object, ...], tuple[Principal, Target, Verdict, RecordTemplate]] = {}
+        # (principal, target, verdict, method, untraced, template) of the last common record
+        self._last_filled: tuple[Any, ...] = (None, None, None, None, None, None)
         self.flows = FlowTracker(guard.store, int(guard.config.flow.max_content_mib * 2**20), exclusive=guard.flow_exclusive)
 
     def paths(self, upstream: str) -> PathContext | None:
@@ -119,7 +121,7 @@ class Pipeline:
                 return error(req.message.get("id"), URL_ELICITATION_REQUIRED,
                              f"A human must approve {target.qualified} on the guard's approval page first",
                              dict(verdict.url_elicitation))
-            if not verdict.forward:
+            if verdict.decision not in FORWARDED:  # ``verdict.forward``, without the property's call
                 await self.audit(req, args)
                 return refusal(req, target.kind, verdict.reason)
             if upstream.status != _READY:
@@ -168,17 +170,19 @@ class Pipeline:
         try:
             flow = await self._flow_view(req) if req.chain is not None or guard.policies.uses_flow else None
             if exact:
+                # the chain's times were checked for this request above (``chain_refusal``): not again
+                now = None if req.chain is None or req.chain_checked else guard.clock()
                 verdict = evaluate(guard.policies, req.chain, who, target.qualified, args, target.annotations,
-                                   guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
+                                   now, kind=target.kind, paths=self.paths(target.upstream), flow=flow)
                 shadow = guard.policies.shadow
                 if shadow is not None:  # only when some policy says `mode: shadow`
                     req.shadow = evaluate(shadow, req.chain, who, target.qualified, args, target.annotations,
-                                          guard.clock(), kind=target.kind, paths=self.paths(target.upstream), flow=flow)
+                                          now, kind=target.kind, paths=self.paths(target.upstream), flow=flow)
             else:  # completion of a resource template: decided as its listing is (the URI is a template)
                 verdict = self._by_visibility(req, target)
             if verdict.decision is _APPROVAL_REQUIRED:
                 verdict = await guard.approver.ask(req, target, args, verdict)
-            if verdict.forward and self.upstreams[target.upstream].status == _READY:
+            if verdict.decision in FORWARDED and self.upstreams[target.upstream].status == _READY:
                 # only a request that will be forwarded spends a rate slot or a budget unit
                 limits = guard.policies.limits(who, target.qualified, target.kind)
                 budgets = req.chain.budgets(target.qualified, target.kind) if req.chain is not None else ()
@@ -295,18 +299,25 @@ class Pipeline:
         # the same principal, target and verdict objects as a record before (an allowed call's verdict
         # is shared): found by identity, without hashing the fields; the entry holds the objects
         # themselves, so their ids cannot be reused while it lives
-        seen = self._seen.get((id(who), id(target), id(verdict), req.method, traced is None))
-        if seen is not None and seen[0] is who and seen[1] is target and seen[2] is verdict:
-            template = seen[3]
+        method, plain = req.method, traced is None
+        last = self._last_filled  # the record before's objects (a session's repeated call): no key to build
+        if last[0] is who and last[1] is target and last[2] is verdict and last[3] == method and last[4] is plain:
+            template = last[5]
         else:
-            template = self._template(req, target, verdict)
-            if len(self._seen) >= TEMPLATES:
-                self._seen.clear()
-            self._seen[id(who), id(target), id(verdict), req.method, traced is None] = (who, target, verdict, template)
+            seen = self._seen.get((id(who), id(target), id(verdict), method, plain))
+            if seen is not None and seen[0] is who and seen[1] is target and seen[2] is verdict:
+                template = seen[3]
+            else:
+                template = self._template(req, target, verdict)
+                if len(self._seen) >= TEMPLATES:
+                    self._seen.clear()
+                self._seen[id(who), id(target), id(verdict), method, plain] = (who, target, verdict, template)
+            self._last_filled = (who, target, verdict, method, plain, template)
         values = {"args_sha256": args_hash(args), "session": req.session_key or req.session_id}
         if traced is not None:
-            values["trace_id"] = f"{traced[0]:032x}"
-            values["span_id"] = f"{traced[1]:016x}"
+            # the same lowercase, zero-padded hex as ``:032x``/``:016x``, without a `__format__` call each
+            values["trace_id"] = traced[0].to_bytes(16, "big").hex()
+            values["span_id"] = traced[1].to_bytes(8, "big").hex()
         return template, values
 
     def _template(self, req: RequestContext, target: Target, verdict: Verdict) -> RecordTemplate:

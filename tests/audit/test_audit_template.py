@@ -126,3 +126,22 @@ def test_a_template_record_is_refused_like_any_other_when_the_log_cannot_be_writ
     template = log.template({"decision": "allow"}, ["session"])
     with pytest.raises(AuditError, match="cannot write the audit log /dev/full"):
         log.append_filled(template, {"session": "s1"})
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+def test_the_record_time_is_datetime_isoformat_to_the_microsecond(ns: int) -> None:
+    """The stamp (its second part kept per second, the microseconds printf-formatted) is exactly
+    ``datetime.isoformat(timespec="microseconds")`` in UTC with ``Z``, for any clock reading."""
+    import datetime
+    from unittest import mock
+
+    from mcp_guard.audit import encoding
+
+    micros = ns // 1000
+    if micros // 1_000_000 > 253402300799:  # past 9999-12-31: no datetime to compare with
+        return
+    expected = (datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(microseconds=micros)
+                ).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    with mock.patch.object(encoding.time, "time_ns", return_value=ns):
+        assert encoding.now() == expected
+        assert encoding.now() == expected  # the second part as kept from the call before

@@ -112,3 +112,19 @@ def test_link_ids_never_look_like_command_line_options() -> None:
     from mcp_guard.grants.issue import new_jti
 
     assert all(not new_jti().startswith("-") for _ in range(2000))
+
+
+def test_evaluate_checks_the_chains_times_unless_the_caller_did(world: World) -> None:
+    """``evaluate`` refuses an expired chain given the time; ``now=None`` is the proxy's pipeline,
+    which checked expiry and revocation for the request moments before (and refuses there)."""
+    from mcp_guard.decision import Outcome, evaluate
+    from mcp_guard.policy import load_sources
+
+    chain = world.verifier.verify(world.three(), NOW + 30)
+    policies = load_sources([("p.yaml", "version: 1\npolicies:\n- id: p\n  rules:\n  - effect: allow\n    tools: [fs/*]\n")])
+    late = NOW + 20 + 300 + 1  # past the leaf's ttl
+    assert chain.check_time(late) is not None
+    expired = evaluate(policies, chain, chain.principal, "fs/read_text_file", {}, None, late)
+    assert expired.decision is Outcome.EXPIRED and "expired" in expired.reason
+    assert evaluate(policies, chain, chain.principal, "fs/read_text_file", {}, None, NOW + 30).forward
+    assert evaluate(policies, chain, chain.principal, "fs/read_text_file", {}, None, None).forward
