@@ -158,18 +158,17 @@ class RequestRecord(SpanRecord):
         return span
 
     def wire(self) -> Wired:
-        """(key, per-request attributes, status) of the SERVER span (``wire`` encodes it)."""
+        """(key, JSON-RPC id, other per-request attributes, status, ids and times) of the SERVER span (``wire`` encodes
+        it): the slots are read here, where the attribute reads are specialised to one class."""
         guarded, method, name, outcome = self.guarded, self.method, self.name, self.outcome
-        who = (guarded.who() if guarded is not None
+        who = ((guarded._who or guarded.who()) if guarded is not None  # filled by the decision span's wire()
                else _principal_key(self.principal) if method not in a.UNGUARDED else None)
         key = ("server", method, name if isinstance(name, str) else None, self.version, self.session, self.listed, who,
                outcome[0], outcome[1])
-        unique: tuple[tuple[str, Any], ...] = ((a.JSONRPC_REQUEST_ID, str(self.message_id)),)
-        if isinstance(self.uri, str):
-            unique += ((a.MCP_RESOURCE_URI, self.uri),)
-        if outcome[0] is None:
-            return key, unique, None
-        return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
+        uri = self.uri
+        return (key, str(self.message_id), ((a.MCP_RESOURCE_URI, uri),) if isinstance(uri, str) else (),
+                None if outcome[0] is None else (outcome[2] if isinstance(outcome[2], str) else None,),
+                self.trace_id, self.span_id, self.parent_id, self.state, self.remote, self.start, self.end)
 
     def metric_key(self) -> tuple[Any, ...]:
         """The ``mcp.server.operation.duration`` point this request counts in (``metric_attrs``: its
@@ -234,14 +233,15 @@ class DecisionRecord(SpanRecord):
         return found
 
     def wire(self) -> Wired:
-        """(key, per-request attributes, status) of the ``run_guardrail`` span; no key for a span
-        with an event (an exception, an approval's outcome)."""
+        """(key, no JSON-RPC id, no other attributes, status, ids and times) of the ``run_guardrail`` span; no key
+        for a span with an event (an exception, an approval's outcome)."""
         verdict = self.verdict
         if self.events is not None or verdict is None or verdict.decision in ("approved", "rejected"):
-            return None, (), None
-        target, shadow = self.target, self.shadow
-        return ("guardrail", target.qualified, target.kind, self.who(),
-                shadow.decision if shadow is not None else None), (), None
+            key = None
+        else:
+            target, shadow = self.target, self.shadow
+            key = ("guardrail", target.qualified, target.kind, self.who(), shadow.decision if shadow is not None else None)
+        return key, None, (), None, self.trace_id, self.span_id, self.parent_id, self.state, self.remote, self.start, self.end
 
     def guarded_attrs(self, *, cached: bool = True) -> Mapping[str, AttributeValue]:
         """Principal + decision: what the request's SERVER and later CLIENT spans carry (built once
@@ -330,17 +330,16 @@ class UpstreamRecord(SpanRecord):
         return span
 
     def wire(self) -> Wired:
-        """(key, per-request attributes, status) of the CLIENT span."""
+        """(key, JSON-RPC id, no other attributes, status, ids and times) of the CLIENT span."""
         upstream, name, guarded, outcome, failure = self.upstream, self.name, self.guarded, self.outcome, self.failure
         key = ("client", upstream.name, self.version, getattr(upstream.config, "url", None), self.method,
-               name if isinstance(name, str) else None, guarded.who() if guarded is not None else None,
+               name if isinstance(name, str) else None, (guarded._who or guarded.who()) if guarded is not None else None,
                outcome[0], outcome[1], failure[0] if failure is not None else None)
-        unique = ((a.JSONRPC_REQUEST_ID, str(self.upstream_id)),) if self.upstream_id is not None else ()
-        if failure is not None:
-            return key, unique, (failure[1],)
-        if outcome[0] is not None:
-            return key, unique, (outcome[2] if isinstance(outcome[2], str) else None,)
-        return key, unique, None
+        upstream_id = self.upstream_id
+        error = ((failure[1],) if failure is not None
+                 else None if outcome[0] is None else (outcome[2] if isinstance(outcome[2], str) else None,))
+        return (key, str(upstream_id) if upstream_id is not None else None, (), error,
+                self.trace_id, self.span_id, self.parent_id, self.state, self.remote, self.start, self.end)
 
     def metric_key(self) -> tuple[Any, ...]:
         """The ``mcp.client.operation.duration`` point this request counts in."""
