@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures import stop_process
 from fixtures.zygote import Zygote, start, write_launcher
 
 pytestmark = pytest.mark.timeout(120)
@@ -251,9 +252,7 @@ def test_a_guard_started_with_a_variable_read_at_import_runs_on_the_real_console
         proc.stdin.close()
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_a_forked_run_reads_its_environment_reloads_on_sighup_and_ends_at_stdin_eof(tmp_path: Path) -> None:
@@ -268,9 +267,7 @@ def test_a_forked_run_reads_its_environment_reloads_on_sighup_and_ends_at_stdin_
         proc.stdin.close()
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     records = [json.loads(line) for line in err.read_text().splitlines() if line.strip()]  # JSON: read at start
     assert any("policies reloaded" in json.dumps(r) for r in records)  # INFO: read at start
 
