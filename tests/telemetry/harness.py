@@ -1,4 +1,5 @@
-"""Shared pieces of the telemetry tests: the tiny upstream, guard.yaml, and a raw JSON-RPC host.
+"""Shared pieces of the telemetry tests: the tiny upstream, guard.yaml, a raw JSON-RPC host, and the
+in-memory telemetry the scope and record tests drive.
 
 The raw host speaks newline-delimited JSON-RPC to a real ``mcp-guard run`` so a test controls
 ``params._meta`` exactly (an SDK client would add or replace trace context itself).
@@ -12,11 +13,17 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from fixtures import mcp_guard_bin, write_guard_config
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from mcp_guard import telemetry
+from mcp_guard.telemetry.hooks import Telemetry
+from mcp_guard.telemetry.settings import Settings
 
 META_UPSTREAM = Path(__file__).resolve().parent / "meta_upstream.py"
 HOST_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -123,3 +130,21 @@ async def raw_guard(config: Path, env: Mapping[str, str], stderr: Path) -> Async
                 proc.kill()
                 await proc.wait()
         host._reader.cancel()
+
+
+class StubUpstream:
+    """What the telemetry hooks read of an upstream: its name, protocol version and config."""
+
+    name = "notes"
+    protocol_version = "2025-11-25"
+    config = object()
+
+
+@contextlib.contextmanager
+def in_memory_telemetry(settings: Settings) -> Iterator[tuple[Telemetry, InMemorySpanExporter, InMemoryMetricReader]]:
+    """The guard's telemetry started with in-memory span and metric sinks, shut down afterwards."""
+    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
+    hooks = telemetry.start(settings, span_exporter=spans, metric_reader=metrics)
+    assert isinstance(hooks, Telemetry)
+    yield hooks, spans, metrics
+    hooks.shutdown()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness import StubUpstream, in_memory_telemetry
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -26,19 +27,10 @@ TARGET = Target("notes_echo", "notes", "echo", "notes/echo", {"name": "notes_ech
 BIG = "x" * 1_000_000
 
 
-class Up:
-    name = "notes"
-    protocol_version = "2025-11-25"
-    config = object()
-
-
 @pytest.fixture
 def tel() -> Iterator[tuple[Telemetry, InMemorySpanExporter, InMemoryMetricReader]]:
-    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
-    hooks = telemetry.start(Settings(schedule_delay=3600), span_exporter=spans, metric_reader=metrics)
-    assert isinstance(hooks, Telemetry)
-    yield hooks, spans, metrics
-    hooks.shutdown()
+    with in_memory_telemetry(Settings(schedule_delay=3600)) as started:
+        yield started
 
 
 def call(hooks: Telemetry, rid: int, answer: dict[str, Any], upstream_answer: dict[str, Any] | None = None) -> RequestContext:
@@ -49,7 +41,7 @@ def call(hooks: Telemetry, rid: int, answer: dict[str, Any], upstream_answer: di
         req.target = TARGET
         with hooks.decision(req):
             req.verdict = Verdict(Outcome.ALLOW, "allowed by rule echo", ("notes-policy",), ("echo",))
-        with hooks.upstream_call(Up(), "tools/call", {"name": "echo", "arguments": {"text": BIG}}) as up:
+        with hooks.upstream_call(StubUpstream(), "tools/call", {"name": "echo", "arguments": {"text": BIG}}) as up:
             sent = up.inject({"name": "echo"})
             assert sent is not None and sent["_meta"]["traceparent"].startswith(f"00-{req.trace[0]:032x}-")  # type: ignore[index]
             noted = up.noting(None)
@@ -117,7 +109,7 @@ def test_errors_and_exceptions_are_noted_on_the_loop_and_marked_on_the_spans(tel
         req.target = TARGET
         with pytest.raises(RuntimeError), hooks.decision(req):
             raise RuntimeError("policy store gone")
-    with pytest.raises(TimeoutError), hooks.upstream_call(Up(), "tools/list", None):
+    with pytest.raises(TimeoutError), hooks.upstream_call(StubUpstream(), "tools/list", None):
         raise TimeoutError
     hooks.flush()
     spans = exporter.get_finished_spans()

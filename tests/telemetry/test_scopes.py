@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness import StubUpstream, in_memory_telemetry
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from mcp_guard import telemetry
 from mcp_guard.decision import Outcome, Verdict
 from mcp_guard.identity import Principal
 from mcp_guard.jsonrpc import Era
@@ -29,20 +29,10 @@ TARGET = Target("notes_echo", "notes", "echo", "notes/echo", {"name": "notes_ech
 ANSWER = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
 
 
-class Up:
-    name = "notes"
-    protocol_version = "2025-11-25"
-    config = object()
-
-
 @pytest.fixture
 def tel() -> Iterator[tuple[Telemetry, InMemorySpanExporter, InMemoryMetricReader]]:
-    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
-    hooks = telemetry.start(Settings(schedule_delay=3600, max_queue_size=10_000), span_exporter=spans,
-                            metric_reader=metrics)
-    assert isinstance(hooks, Telemetry)
-    yield hooks, spans, metrics
-    hooks.shutdown()
+    with in_memory_telemetry(Settings(schedule_delay=3600, max_queue_size=10_000)) as started:
+        yield started
 
 
 def call(hooks: Telemetry, rid: int, meta: dict[str, Any] | None = None) -> tuple[RequestContext, str]:
@@ -56,7 +46,7 @@ def call(hooks: Telemetry, rid: int, meta: dict[str, Any] | None = None) -> tupl
         req.target = TARGET
         with hooks.decision(req):
             req.verdict = Verdict(Outcome.ALLOW, "allowed", ("p",), ("r",))
-        with hooks.upstream_call(Up(), "tools/call", {"name": "echo"}) as up:
+        with hooks.upstream_call(StubUpstream(), "tools/call", {"name": "echo"}) as up:
             sent = up.inject({"name": "echo", "_meta": {"baggage": "secret=1"}})
             up.respond(ANSWER)
         traced.respond(ANSWER)
