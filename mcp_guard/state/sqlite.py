@@ -139,10 +139,7 @@ class SqliteStore(SqliteDatabase):
         self._check()
         seen = (self._connections, self.wal_header())
         if seen[1] is None or seen != self._seen_header:
-            try:
-                (self._data_version,) = self._db.execute("PRAGMA data_version").fetchone()
-            except sqlite3.Error as exc:
-                raise self._failed(exc) from None
+            (self._data_version,) = self._query("PRAGMA data_version")[0]
             self._seen_header = seen
         return (self._connections, self._data_version, self._own_revokes)
 
